@@ -1,0 +1,334 @@
+//! The ECS data model as ecs-janitor sees it: a typed [`Instance`] with the fields the facts file
+//! lists, and its exact wire form (`DescribeInstances`' JSON) in both directions, so the client and
+//! the simulator agree on one shape.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An instance's lifecycle state, as `DescribeInstances` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum InstanceStatus {
+    Pending,
+    Running,
+    Starting,
+    Stopping,
+    Stopped,
+    /// A state this build does not know. Never matched by a policy.
+    #[serde(other)]
+    Unknown,
+}
+
+impl InstanceStatus {
+    /// The five states ECS documents, in lifecycle order.
+    pub const ALL: [InstanceStatus; 5] = [
+        InstanceStatus::Pending,
+        InstanceStatus::Running,
+        InstanceStatus::Starting,
+        InstanceStatus::Stopping,
+        InstanceStatus::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Pending => "Pending",
+            InstanceStatus::Running => "Running",
+            InstanceStatus::Starting => "Starting",
+            InstanceStatus::Stopping => "Stopping",
+            InstanceStatus::Stopped => "Stopped",
+            InstanceStatus::Unknown => "Unknown",
+        }
+    }
+
+    /// Parses one of the documented names exactly (ECS spells them capitalised).
+    pub fn parse(s: &str) -> Option<InstanceStatus> {
+        InstanceStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an instance is billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ChargeType {
+    /// Subscription.
+    PrePaid,
+    /// Pay-as-you-go.
+    PostPaid,
+}
+
+impl ChargeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChargeType::PrePaid => "PrePaid",
+            ChargeType::PostPaid => "PostPaid",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChargeType> {
+        match s {
+            "PrePaid" => Some(ChargeType::PrePaid),
+            "PostPaid" => Some(ChargeType::PostPaid),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ChargeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One ECS instance, normalised from `DescribeInstances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub instance_id: String,
+    pub instance_name: String,
+    pub region_id: String,
+    pub zone_id: String,
+    pub status: InstanceStatus,
+    pub charge_type: ChargeType,
+    pub instance_type: String,
+    pub creation_time: Option<DateTime<Utc>>,
+    /// For pay-as-you-go instances ECS reports a far-future date (2099-12-31T15:59Z).
+    pub expired_time: Option<DateTime<Utc>>,
+    /// `None` when ECS reports `""`.
+    pub auto_release_time: Option<DateTime<Utc>>,
+    pub deletion_protection: bool,
+    /// The `LockReason` of each entry of `OperationLocks` (`security`, `financial`, ...).
+    pub lock_reasons: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+    pub resource_group_id: String,
+    pub stopped_mode: String,
+}
+
+impl Instance {
+    /// True when `OperationLocks` holds a `security` lock.
+    pub fn security_locked(&self) -> bool {
+        self.lock_reasons.iter().any(|r| r == "security")
+    }
+
+    /// The wire (DescribeInstances JSON) form of this instance.
+    pub fn to_wire(&self) -> WireInstance {
+        WireInstance {
+            instance_id: self.instance_id.clone(),
+            instance_name: self.instance_name.clone(),
+            region_id: self.region_id.clone(),
+            zone_id: self.zone_id.clone(),
+            status: self.status.as_str().to_string(),
+            instance_charge_type: self.charge_type.as_str().to_string(),
+            instance_type: self.instance_type.clone(),
+            creation_time: self.creation_time.map(format_ecs_time).unwrap_or_default(),
+            expired_time: self.expired_time.map(format_ecs_time).unwrap_or_default(),
+            auto_release_time: self.auto_release_time.map(format_ecs_time).unwrap_or_default(),
+            deletion_protection: self.deletion_protection,
+            operation_locks: WireLocks {
+                lock_reason: self
+                    .lock_reasons
+                    .iter()
+                    .map(|r| WireLock {
+                        lock_reason: r.clone(),
+                        lock_msg: String::new(),
+                    })
+                    .collect(),
+            },
+            tags: WireTags {
+                tag: self
+                    .tags
+                    .iter()
+                    .map(|(k, v)| WireTag {
+                        tag_key: k.clone(),
+                        tag_value: v.clone(),
+                    })
+                    .collect(),
+            },
+            resource_group_id: self.resource_group_id.clone(),
+            stopped_mode: self.stopped_mode.clone(),
+        }
+    }
+}
+
+/// Why a wire instance could not be turned into an [`Instance`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("instance {instance_id}: field {field} has value {value:?}, which is not {expected}")]
+pub struct WireError {
+    pub instance_id: String,
+    pub field: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// An instance exactly as `DescribeInstances` serialises it (field names and nesting are ECS's).
+/// Unknown fields are ignored when reading.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WireInstance {
+    pub instance_id: String,
+    pub instance_name: String,
+    pub region_id: String,
+    pub zone_id: String,
+    pub status: String,
+    pub instance_charge_type: String,
+    pub instance_type: String,
+    pub creation_time: String,
+    pub expired_time: String,
+    pub auto_release_time: String,
+    pub deletion_protection: bool,
+    pub operation_locks: WireLocks,
+    pub tags: WireTags,
+    pub resource_group_id: String,
+    pub stopped_mode: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WireLocks {
+    pub lock_reason: Vec<WireLock>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WireLock {
+    pub lock_reason: String,
+    pub lock_msg: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WireTags {
+    pub tag: Vec<WireTag>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WireTag {
+    pub tag_key: String,
+    pub tag_value: String,
+}
+
+impl WireInstance {
+    /// Normalises the wire form. Times parse in minute and second precision; `""` is "none".
+    pub fn into_instance(self) -> Result<Instance, WireError> {
+        let id = self.instance_id.clone();
+        let err = |field: &'static str, value: &str, expected: &'static str| WireError {
+            instance_id: id.clone(),
+            field,
+            value: value.to_string(),
+            expected,
+        };
+        let status = InstanceStatus::parse(&self.status).unwrap_or(InstanceStatus::Unknown);
+        let charge_type = ChargeType::parse(&self.instance_charge_type).ok_or_else(|| {
+            err(
+                "InstanceChargeType",
+                &self.instance_charge_type,
+                "PrePaid or PostPaid",
+            )
+        })?;
+        let time = |field: &'static str, v: &str| -> Result<Option<DateTime<Utc>>, WireError> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            parse_ecs_time(v)
+                .map(Some)
+                .ok_or_else(|| err(field, v, "a time like 2024-01-31T08:35Z"))
+        };
+        Ok(Instance {
+            creation_time: time("CreationTime", &self.creation_time)?,
+            expired_time: time("ExpiredTime", &self.expired_time)?,
+            auto_release_time: time("AutoReleaseTime", &self.auto_release_time)?,
+            status,
+            charge_type,
+            deletion_protection: self.deletion_protection,
+            lock_reasons: self
+                .operation_locks
+                .lock_reason
+                .into_iter()
+                .map(|l| l.lock_reason)
+                .collect(),
+            tags: self
+                .tags
+                .tag
+                .into_iter()
+                .map(|t| (t.tag_key, t.tag_value))
+                .collect(),
+            instance_id: self.instance_id,
+            instance_name: self.instance_name,
+            region_id: self.region_id,
+            zone_id: self.zone_id,
+            instance_type: self.instance_type,
+            resource_group_id: self.resource_group_id,
+            stopped_mode: self.stopped_mode,
+        })
+    }
+}
+
+/// Parses an ECS time: `yyyy-MM-ddTHH:mmZ` (what the API really returns) or `yyyy-MM-ddTHH:mm:ssZ`
+/// (what its documentation says).
+pub fn parse_ecs_time(s: &str) -> Option<DateTime<Utc>> {
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%MZ")
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%SZ"))
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+/// Formats a time the way `DescribeInstances` does: minute precision, `yyyy-MM-ddTHH:mmZ`.
+pub fn format_ecs_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%MZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_minute_and_second_form() {
+        let m = parse_ecs_time("2019-11-11T08:35Z").unwrap();
+        let s = parse_ecs_time("2019-11-11T08:35:00Z").unwrap();
+        assert_eq!(m, s);
+        assert_eq!(format_ecs_time(m), "2019-11-11T08:35Z");
+        assert!(parse_ecs_time("yesterday").is_none());
+    }
+
+    #[test]
+    fn the_documented_example_instance_parses() {
+        let json = r#"{
+            "ImageId": "centos_7_06_64_20G_alibase_20190711.vhd",
+            "ZoneId": "cn-hangzhou-f", "AutoReleaseTime": "", "ResourceGroupId": "",
+            "CreationTime": "2019-11-11T08:35Z",
+            "Tags": {"Tag": [{"TagValue": "ESS", "TagKey": "ESS"}]},
+            "RegionId": "cn-hangzhou", "DeletionProtection": false,
+            "OperationLocks": {"LockReason": []}, "ExpiredTime": "2099-12-31T15:59Z",
+            "InstanceId": "i-bp1j4i2jdf3owlhe****", "SpotStrategy": "NoSpot",
+            "InstanceName": "ECS-asg-MyFirstScalingGroup", "InstanceType": "ecs.mn4.large",
+            "Status": "Running", "InstanceChargeType": "PostPaid"
+        }"#;
+        let wire: WireInstance = serde_json::from_str(json).unwrap();
+        let inst = wire.into_instance().unwrap();
+        assert_eq!(inst.status, InstanceStatus::Running);
+        assert_eq!(inst.charge_type, ChargeType::PostPaid);
+        assert_eq!(inst.auto_release_time, None);
+        assert_eq!(inst.tags.get("ESS").map(String::as_str), Some("ESS"));
+        assert!(!inst.security_locked());
+        // The round trip through the wire form keeps every field.
+        assert_eq!(inst.to_wire().into_instance().unwrap(), inst);
+    }
+
+    #[test]
+    fn a_bad_charge_type_names_the_instance_and_field() {
+        let wire = WireInstance {
+            instance_id: "i-1".into(),
+            instance_charge_type: "Free".into(),
+            ..Default::default()
+        };
+        let e = wire.into_instance().unwrap_err();
+        assert!(e.to_string().contains("i-1"));
+        assert!(e.to_string().contains("InstanceChargeType"));
+    }
+}

@@ -1,0 +1,15 @@
+//! ecs-janitor releases Alibaba Cloud ECS instances that nobody needs, following declarative
+//! lifecycle policies kept as YAML in git.
+//!
+//! The modules follow the data flow:
+//! `policy` (YAML → validated policies) → `schedule` (cron ticks) → `inventory` (DescribeInstances)
+//! → `plan` (pure decisions with reasons) → `store` (the durable release queue) → `worker`
+//! (re-verify, DeleteInstances, record) → `server` (health, metrics, API, status page).
+//! `ecs` is the signed OpenAPI client and `sim` a faithful ECS simulator used by tests, the demo and
+//! the benchmarks.
+
+pub mod clock;
+pub mod ecs;
+pub mod plan;
+pub mod policy;
+pub mod sim;
