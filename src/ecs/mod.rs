@@ -1,3 +1,15 @@
-//! The signed ECS OpenAPI client.
+//! The signed ECS OpenAPI client (RPC style, version 2014-05-26): signing, the two actions
+//! ecs-janitor uses (`DescribeInstances`, `DeleteInstances`), error classification and credentials.
+
+pub mod client;
+pub mod credentials;
+pub mod error;
+pub mod sign;
 pub mod types;
+
+pub use client::{
+    ClientConfig, DeleteAnswer, DeleteRequest, DescribeFilter, DescribePage, EcsClient,
+};
+pub use credentials::{Credentials, CredentialsProvider, EnvProvider, Secret, StaticProvider};
+pub use error::{classify_code, EcsError, ErrorClass};
 pub use types::{ChargeType, Instance, InstanceStatus};

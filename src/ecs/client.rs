@@ -1,0 +1,513 @@
+//! The ECS RPC client: signs each attempt afresh, sends it the way Alibaba's SDKs do (POST with
+//! every parameter in the query and an empty body), and reads answers and errors into types.
+//!
+//! Reads (`DescribeInstances`) are retried here, since they have no side effect. Releases
+//! (`DeleteInstances`) are sent exactly once per call: their retries belong to the queue, which
+//! owns the ClientToken.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Deserialize;
+use tokio::time::Instant;
+use url::Url;
+
+use super::credentials::SharedProvider;
+use super::error::{parse_time_left, EcsError, ErrorClass, InvalidRequest, TransportKind};
+use super::sign;
+use super::types::{ChargeType, Instance, InstanceStatus, WireInstance};
+use crate::backoff::Backoff;
+use crate::clock::{SharedClock, SystemClock};
+
+/// The API version every call names.
+pub const API_VERSION: &str = "2014-05-26";
+/// The largest page and the largest id list ECS accepts.
+pub const MAX_PAGE: usize = 100;
+
+/// How the client reaches ECS.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Replaces `https://ecs.<region>.aliyuncs.com/` for every region (plain http allowed).
+    pub endpoint: Option<Url>,
+    pub connect_timeout: Duration,
+    /// The whole call, from connecting to the last byte of the answer.
+    pub timeout: Duration,
+    /// Attempts of a read, the first included.
+    pub read_attempts: u32,
+    /// Backoff between read attempts.
+    pub read_backoff: Backoff,
+    /// A read gives up once this much time has passed since its first attempt.
+    pub read_deadline: Duration,
+    /// Seed of the jitter's random source.
+    pub seed: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            endpoint: None,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            read_attempts: 4,
+            read_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            read_deadline: Duration::from_secs(60),
+            seed: 0x6563_735f_6a61_6e69,
+        }
+    }
+}
+
+/// Server-side filters of `DescribeInstances`. All given filters must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DescribeFilter {
+    pub status: Option<InstanceStatus>,
+    pub charge_type: Option<ChargeType>,
+    /// `Tag.N.Key` / `Tag.N.Value`, N = 1..20. An empty value filters on the key alone.
+    pub tags: Vec<(String, String)>,
+    /// At most 100 ids per call; [`EcsClient::describe_instances`] splits longer lists.
+    pub instance_ids: Option<Vec<String>>,
+}
+
+/// One page of `DescribeInstances`.
+#[derive(Debug, Clone)]
+pub struct DescribePage {
+    pub instances: Vec<Instance>,
+    pub next_token: Option<String>,
+    pub request_id: String,
+}
+
+/// One `DeleteInstances` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteRequest {
+    pub region: String,
+    pub instance_ids: Vec<String>,
+    pub force: bool,
+    pub terminate_subscription: bool,
+    pub dry_run: bool,
+    pub client_token: String,
+}
+
+/// A successful `DeleteInstances`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteAnswer {
+    pub request_id: String,
+}
+
+/// What one call looked like, for metrics.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub action: &'static str,
+    /// `OK`, an ECS code, or a local `Janitor.*` code.
+    pub code: String,
+    pub attempt: u32,
+}
+
+/// Receives a record of every HTTP attempt.
+pub type CallObserver = Arc<dyn Fn(&CallRecord) + Send + Sync>;
+
+/// The signed ECS client. Cheap to clone; clones share one connection pool.
+#[derive(Clone)]
+pub struct EcsClient {
+    http: reqwest::Client,
+    cfg: Arc<ClientConfig>,
+    creds: SharedProvider,
+    clock: SharedClock,
+    rng: Arc<Mutex<StdRng>>,
+    observer: Option<CallObserver>,
+}
+
+impl std::fmt::Debug for EcsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EcsClient")
+            .field("cfg", &self.cfg)
+            .field("creds", &self.creds)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeBody {
+    #[serde(default)]
+    request_id: String,
+    #[serde(default)]
+    next_token: Option<String>,
+    #[serde(default)]
+    instances: InstancesBody,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InstancesBody {
+    #[serde(default)]
+    instance: Vec<WireInstance>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorBody {
+    #[serde(default)]
+    request_id: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Checks a region id before it becomes part of a host name.
+pub fn valid_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 64
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
+}
+
+/// Checks a ClientToken as ECS does: 1 to 64 ASCII characters.
+pub fn check_client_token(token: &str) -> Result<(), InvalidRequest> {
+    let len = token.chars().count();
+    let non_ascii = !token.is_ascii();
+    if len == 0 || len > 64 || non_ascii {
+        return Err(InvalidRequest::ClientToken { len, non_ascii });
+    }
+    Ok(())
+}
+
+impl EcsClient {
+    /// A client with the system clock.
+    pub fn new(cfg: ClientConfig, creds: SharedProvider) -> Result<Self, reqwest::Error> {
+        Self::with_clock(cfg, creds, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(
+        cfg: ClientConfig,
+        creds: SharedProvider,
+        clock: SharedClock,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.timeout)
+            .pool_max_idle_per_host(32)
+            .user_agent(concat!("ecs-janitor/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        Ok(EcsClient {
+            http,
+            cfg: Arc::new(cfg),
+            creds,
+            clock,
+            rng: Arc::new(Mutex::new(rng)),
+            observer: None,
+        })
+    }
+
+    /// Reports every attempt to `observer` (metrics).
+    pub fn with_observer(mut self, observer: CallObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    fn endpoint(&self, region: &str) -> Result<Url, EcsError> {
+        if let Some(u) = &self.cfg.endpoint {
+            return Ok(u.clone());
+        }
+        Url::parse(&format!("https://ecs.{region}.aliyuncs.com/")).map_err(|_| EcsError::Invalid {
+            action: "request",
+            reason: InvalidRequest::Region(region.to_string()),
+        })
+    }
+
+    /// Every instance matching `filter` in `region`, paging with NextToken/MaxResults=100 until
+    /// the returned NextToken is empty. Id lists longer than 100 are split into several queries.
+    pub async fn describe_instances(
+        &self,
+        region: &str,
+        filter: &DescribeFilter,
+    ) -> Result<Vec<Instance>, EcsError> {
+        let chunks: Vec<Option<Vec<String>>> = match &filter.instance_ids {
+            None => vec![None],
+            Some(ids) if ids.is_empty() => return Ok(Vec::new()),
+            Some(ids) => ids.chunks(MAX_PAGE).map(|c| Some(c.to_vec())).collect(),
+        };
+        let mut out = Vec::new();
+        for ids in chunks {
+            let f = DescribeFilter {
+                instance_ids: ids,
+                ..filter.clone()
+            };
+            let mut token: Option<String> = None;
+            loop {
+                let page = self.describe_page(region, &f, token.as_deref()).await?;
+                out.extend(page.instances);
+                match page.next_token {
+                    Some(t) if !t.is_empty() => token = Some(t),
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of `DescribeInstances` (at most 100 instances), retried on retryable errors.
+    pub async fn describe_page(
+        &self,
+        region: &str,
+        filter: &DescribeFilter,
+        next_token: Option<&str>,
+    ) -> Result<DescribePage, EcsError> {
+        const ACTION: &str = "DescribeInstances";
+        let invalid = |reason| EcsError::Invalid {
+            action: ACTION,
+            reason,
+        };
+        let mut params: Vec<(String, String)> = vec![("MaxResults".into(), MAX_PAGE.to_string())];
+        if let Some(t) = next_token {
+            params.push(("NextToken".into(), t.to_string()));
+        }
+        if let Some(s) = filter.status {
+            params.push(("Status".into(), s.as_str().into()));
+        }
+        if let Some(c) = filter.charge_type {
+            params.push(("InstanceChargeType".into(), c.as_str().into()));
+        }
+        if filter.tags.len() > 20 {
+            return Err(invalid(InvalidRequest::TooManyTags(filter.tags.len())));
+        }
+        for (i, (k, v)) in filter.tags.iter().enumerate() {
+            params.push((format!("Tag.{}.Key", i + 1), k.clone()));
+            if !v.is_empty() {
+                params.push((format!("Tag.{}.Value", i + 1), v.clone()));
+            }
+        }
+        if let Some(ids) = &filter.instance_ids {
+            if ids.len() > MAX_PAGE {
+                return Err(invalid(InvalidRequest::TooManyIdsToDescribe(ids.len())));
+            }
+            let json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+            params.push(("InstanceIds".into(), json));
+        }
+
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.call(ACTION, region, &params, attempt).await;
+            let err = match result {
+                Ok((status, body)) => match serde_json::from_slice::<DescribeBody>(&body) {
+                    Ok(b) => return self.into_page(b, status),
+                    Err(e) => EcsError::Decode {
+                        action: ACTION,
+                        status,
+                        request_id: String::new(),
+                        detail: e.to_string(),
+                    },
+                },
+                Err(e) => e,
+            };
+            let give_up = err.class() != ErrorClass::Retryable
+                || attempt >= self.cfg.read_attempts
+                || started.elapsed() >= self.cfg.read_deadline;
+            if give_up {
+                return Err(err);
+            }
+            let delay = {
+                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                self.cfg
+                    .read_backoff
+                    .delay(attempt - 1, err.retry_after(), &mut *rng)
+            };
+            tracing::debug!(action = ACTION, region, attempt, code = err.code(), ?delay, "retrying read");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn into_page(&self, b: DescribeBody, status: u16) -> Result<DescribePage, EcsError> {
+        let request_id = b.request_id;
+        let instances = b
+            .instances
+            .instance
+            .into_iter()
+            .map(WireInstance::into_instance)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EcsError::Decode {
+                action: "DescribeInstances",
+                status,
+                request_id: request_id.clone(),
+                detail: e.to_string(),
+            })?;
+        Ok(DescribePage {
+            instances,
+            next_token: b.next_token.filter(|t| !t.is_empty()),
+            request_id,
+        })
+    }
+
+    /// Sends one `DeleteInstances`, once. The caller retries, reusing the same ClientToken.
+    pub async fn delete_instances(&self, req: &DeleteRequest) -> Result<DeleteAnswer, EcsError> {
+        const ACTION: &str = "DeleteInstances";
+        let invalid = |reason| EcsError::Invalid {
+            action: ACTION,
+            reason,
+        };
+        let n = req.instance_ids.len();
+        if n == 0 || n > MAX_PAGE {
+            return Err(invalid(InvalidRequest::InstanceCount(n)));
+        }
+        check_client_token(&req.client_token).map_err(invalid)?;
+        let mut params: Vec<(String, String)> = req
+            .instance_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (format!("InstanceId.{}", i + 1), id.clone()))
+            .collect();
+        params.push(("Force".into(), req.force.to_string()));
+        params.push((
+            "TerminateSubscription".into(),
+            req.terminate_subscription.to_string(),
+        ));
+        if req.dry_run {
+            params.push(("DryRun".into(), "true".into()));
+        }
+        params.push(("ClientToken".into(), req.client_token.clone()));
+        let (status, body) = self.call(ACTION, &req.region, &params, 1).await?;
+        let b: ErrorBody = serde_json::from_slice(&body).map_err(|e| EcsError::Decode {
+            action: ACTION,
+            status,
+            request_id: String::new(),
+            detail: e.to_string(),
+        })?;
+        Ok(DeleteAnswer {
+            request_id: b.request_id,
+        })
+    }
+
+    /// Signs and sends one attempt. Returns the status and body of a 2xx answer.
+    async fn call(
+        &self,
+        action: &'static str,
+        region: &str,
+        api_params: &[(String, String)],
+        attempt: u32,
+    ) -> Result<(u16, bytes::Bytes), EcsError> {
+        let result = self.call_inner(action, region, api_params).await;
+        if let Some(obs) = &self.observer {
+            let code = match &result {
+                Ok(_) => "OK".to_string(),
+                Err(e) => e.code().to_string(),
+            };
+            obs(&CallRecord {
+                action,
+                code,
+                attempt,
+            });
+        }
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        action: &'static str,
+        region: &str,
+        api_params: &[(String, String)],
+    ) -> Result<(u16, bytes::Bytes), EcsError> {
+        if !valid_region(region) {
+            return Err(EcsError::Invalid {
+                action,
+                reason: InvalidRequest::Region(region.to_string()),
+            });
+        }
+        let creds = self.creds.credentials().await?;
+        let mut params: Vec<(String, String)> = Vec::with_capacity(api_params.len() + 12);
+        params.push(("Action".into(), action.into()));
+        params.push(("Version".into(), API_VERSION.into()));
+        params.push(("Format".into(), "JSON".into()));
+        params.push(("RegionId".into(), region.into()));
+        params.push(("AccessKeyId".into(), creds.access_key_id.clone()));
+        params.push(("SignatureMethod".into(), "HMAC-SHA1".into()));
+        params.push(("SignatureVersion".into(), "1.0".into()));
+        params.push((
+            "SignatureNonce".into(),
+            uuid::Uuid::new_v4().hyphenated().to_string(),
+        ));
+        params.push((
+            "Timestamp".into(),
+            self.clock
+                .now()
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+        ));
+        if let Some(t) = &creds.security_token {
+            params.push(("SecurityToken".into(), t.expose().to_string()));
+        }
+        params.extend(api_params.iter().cloned());
+        let signature = sign::sign(
+            creds.access_key_secret.expose(),
+            &sign::string_to_sign("POST", &params),
+        );
+        params.push(("Signature".into(), signature));
+
+        let mut url = self.endpoint(region)?;
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{}={}", sign::percent_encode(k), sign::percent_encode(v)))
+            .collect();
+        url.set_query(Some(&query.join("&")));
+
+        let transport = |kind, e: reqwest::Error| EcsError::Transport {
+            action,
+            kind,
+            // reqwest's Display includes the URL, which carries the security token: strip it.
+            detail: e.without_url().to_string(),
+        };
+        let resp = self.http.post(url).send().await.map_err(|e| {
+            let kind = if e.is_connect() {
+                TransportKind::Connect
+            } else if e.is_timeout() {
+                TransportKind::Timeout
+            } else {
+                TransportKind::LostAnswer
+            };
+            transport(kind, e)
+        })?;
+        let status = resp.status().as_u16();
+        let retry_after = ["x-ratelimit-user-api", "x-ratelimit-user"]
+            .iter()
+            .filter_map(|h| resp.headers().get(*h))
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_time_left);
+        let body = resp.bytes().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                TransportKind::Timeout
+            } else {
+                TransportKind::LostAnswer
+            };
+            transport(kind, e)
+        })?;
+        if (200..300).contains(&status) {
+            return Ok((status, body));
+        }
+        let err: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        let code = if err.code.is_empty() {
+            // No ECS error document: a proxy or gateway answered. The status becomes the code;
+            // `classify_code` retries the 5xx ones.
+            format!("Janitor.Http{status}")
+        } else {
+            err.code
+        };
+        Err(EcsError::Api {
+            action,
+            status,
+            code,
+            message: err.message,
+            request_id: err.request_id,
+            retry_after,
+        })
+    }
+}
