@@ -1,1 +1,391 @@
-//! Policies.
+//! The policy language: YAML lifecycle policies turned into validated [`Policy`] values, with
+//! every problem in every file reported at its line and column.
+//!
+//! Loading runs in three steps: read the file (size, UTF-8 and tab checks), parse each YAML
+//! document into a located tree ([`node`]), then validate that tree by hand ([`validate`]) so a
+//! single pass can report every unknown key, wrong type and broken rule rather than stopping at
+//! the first. The format is documented in `docs/policies.md`; [`json_schema`] describes it for
+//! editors.
+
+mod diag;
+mod duration;
+pub mod node;
+mod schema;
+mod validate;
+
+pub use diag::{Diagnostic, Diagnostics};
+pub use duration::Duration;
+pub use schema::json_schema;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::ecs::{ChargeType, InstanceStatus};
+
+/// Policy files larger than this are refused before parsing: a policy is a few dozen lines.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+
+/// The default `limits.max_releases_per_run`.
+pub const DEFAULT_MAX_RELEASES_PER_RUN: u32 = 50;
+
+/// Every valid policy, sorted by name (names are unique).
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    /// The policy called `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&Policy> {
+        self.policies
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.policies.get(i))
+    }
+}
+
+/// Where a policy was written: its file and the line its document starts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRef {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// One validated lifecycle policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub description: Option<String>,
+    /// The parsed schedule (UTC); its text is in [`Policy::schedule_text`].
+    pub schedule: cron::Schedule,
+    pub schedule_text: String,
+    /// Region ids, in the order written, without duplicates.
+    pub regions: Vec<String>,
+    /// Every condition must hold for an instance to be selected.
+    pub select: Selector,
+    /// Any one condition holding excludes an instance. `None` when absent or empty.
+    pub exclude: Option<Selector>,
+    pub release: ReleaseOptions,
+    pub limits: Limits,
+    pub dry_run: bool,
+    pub source: SourceRef,
+}
+
+/// The `release:` block: how DeleteInstances is called, and the extra safety gates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseOptions {
+    /// DeleteInstances `Force`: release instances that are not Stopped.
+    pub force: bool,
+    /// DeleteInstances `TerminateSubscription`: release subscription (PrePaid) instances.
+    pub terminate_subscription: bool,
+    /// Wait this long after the first match before releasing.
+    pub grace: chrono::Duration,
+    /// Release instances holding a `security` operation lock (their disks go with them).
+    pub allow_security_locked: bool,
+}
+
+impl Default for ReleaseOptions {
+    fn default() -> Self {
+        ReleaseOptions {
+            force: false,
+            terminate_subscription: false,
+            grace: chrono::Duration::zero(),
+            allow_security_locked: false,
+        }
+    }
+}
+
+/// The `limits:` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Blast radius: a run that would release more than this is refused as a whole. Always >= 1.
+    pub max_releases_per_run: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_releases_per_run: DEFAULT_MAX_RELEASES_PER_RUN,
+        }
+    }
+}
+
+/// A compiled glob with the text it came from.
+#[derive(Debug, Clone)]
+pub struct Glob {
+    pub text: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl Glob {
+    /// Compiles `text`; the error explains what is wrong with the pattern.
+    pub fn new(text: &str) -> Result<Glob, String> {
+        // `*` must cross `/` and `.`: names and types are not paths.
+        let glob = globset::GlobBuilder::new(text)
+            .literal_separator(false)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| e.kind().to_string())?;
+        Ok(Glob {
+            text: text.to_string(),
+            matcher: glob.compile_matcher(),
+        })
+    }
+
+    pub fn is_match(&self, s: &str) -> bool {
+        self.matcher.is_match(s)
+    }
+}
+
+impl PartialEq for Glob {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+/// One `tags` pair: a key and the value it must have, or `None` for `"*"` (the key is present).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagMatch {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// The conditions of a `select:` or `exclude:` block. Absent conditions are `None`/empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selector {
+    pub charge_type: Option<ChargeType>,
+    /// Any of these states; empty means "any state" (Unknown states never match).
+    pub status: Vec<InstanceStatus>,
+    pub tags: Vec<TagMatch>,
+    pub name: Option<Glob>,
+    pub instance_type: Option<Glob>,
+    pub zone: Option<String>,
+    pub resource_group_id: Option<String>,
+    pub instance_ids: Vec<String>,
+    pub created_before: Option<Duration>,
+    pub expired: Option<bool>,
+    pub expired_for: Option<Duration>,
+    pub stopped_for: Option<Duration>,
+}
+
+impl Selector {
+    /// True when no condition is given.
+    pub fn is_empty(&self) -> bool {
+        *self == Selector::default()
+    }
+
+    /// True when this selection (as a `select:` block) can only match subscription instances,
+    /// which ECS releases only with `TerminateSubscription`.
+    pub fn selects_subscriptions(&self) -> bool {
+        self.charge_type == Some(ChargeType::PrePaid)
+            || self.expired == Some(true)
+            || self.expired_for.is_some()
+    }
+
+    /// The `DescribeInstances` filters this selection implies, so inventory can ask ECS for
+    /// less. Only meaningful for a `select:` block; every instance returned must still be
+    /// evaluated, since the filters are a narrowing, not the whole selection.
+    pub fn server_filters(&self) -> ServerFilters {
+        let mut tags: Vec<(String, String)> = self
+            .tags
+            .iter()
+            .filter_map(|t| t.value.as_ref().map(|v| (t.key.clone(), v.clone())))
+            .collect();
+        tags.sort();
+        ServerFilters {
+            status: match self.status.as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            },
+            charge_type: self
+                .charge_type
+                .or(if self.expired == Some(true) || self.expired_for.is_some() {
+                    Some(ChargeType::PrePaid)
+                } else {
+                    None
+                }),
+            tags,
+            instance_ids: self.instance_ids.clone(),
+            zone_id: self.zone.clone(),
+            resource_group_id: self.resource_group_id.clone(),
+        }
+    }
+}
+
+/// Server-side `DescribeInstances` filters implied by a selection. Every field is optional;
+/// `tags` are exact key=value pairs (a `"*"` value is not a server filter).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerFilters {
+    pub status: Option<InstanceStatus>,
+    /// `InstanceChargeType`.
+    pub charge_type: Option<ChargeType>,
+    pub tags: Vec<(String, String)>,
+    /// `InstanceIds` (ECS accepts up to 100 per call; the caller chunks).
+    pub instance_ids: Vec<String>,
+    pub zone_id: Option<String>,
+    pub resource_group_id: Option<String>,
+}
+
+/// Protections that apply to every policy, set by the operator rather than policy authors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectionConfig {
+    /// An instance with this tag set to `true` is never released.
+    pub protect_tag_key: String,
+}
+
+impl ProtectionConfig {
+    /// The tag value that protects: `true` (exactly, as ECS stores tag values as text).
+    pub const PROTECT_VALUE: &'static str = "true";
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        ProtectionConfig {
+            protect_tag_key: "janitor:protect".to_string(),
+        }
+    }
+}
+
+/// Loads every `*.yaml`/`*.yml` file under `dir` (recursively, in path order, skipping names
+/// starting with `.`). Returns every policy, or every problem in every file.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, Diagnostics> {
+    let mut files = Vec::new();
+    let mut diags = Vec::new();
+    collect_files(dir, &mut files, &mut diags);
+    files.sort();
+    let mut inputs = Vec::with_capacity(files.len());
+    for file in files {
+        match std::fs::read(&file) {
+            Ok(bytes) => inputs.push((file, bytes)),
+            Err(e) => diags.push(file_diag(&file, format!("cannot read the file: {e}"))),
+        }
+    }
+    load_inputs(inputs, diags)
+}
+
+/// Loads policies from one text, reporting problems against `name_for_errors`. For tests and
+/// for callers that already hold the text.
+pub fn load_str(name_for_errors: impl Into<PathBuf>, text: &str) -> Result<PolicySet, Diagnostics> {
+    load_inputs(vec![(name_for_errors.into(), text.as_bytes().to_vec())], Vec::new())
+}
+
+/// Loads policies from several named byte buffers, as if each were a file.
+pub fn load_bytes(inputs: Vec<(PathBuf, Vec<u8>)>) -> Result<PolicySet, Diagnostics> {
+    load_inputs(inputs, Vec::new())
+}
+
+fn load_inputs(
+    inputs: Vec<(PathBuf, Vec<u8>)>,
+    mut diags: Vec<Diagnostic>,
+) -> Result<PolicySet, Diagnostics> {
+    let mut policies: Vec<Policy> = Vec::new();
+    // Name -> (file, line) of its first definition, to name both places on a duplicate.
+    let mut seen: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    for (file, bytes) in inputs {
+        let (found, name_positions) = validate::load_file(&file, &bytes, &mut diags);
+        for (name, pos) in name_positions {
+            match seen.get(&name) {
+                Some((first_file, first_line)) => diags.push(Diagnostic {
+                    file: file.clone(),
+                    line: pos.line,
+                    col: pos.col,
+                    message: format!(
+                        "policy name `{name}` is already used at {}:{first_line}",
+                        first_file.display()
+                    ),
+                    hint: Some("policy names must be unique across all files; rename one".into()),
+                }),
+                None => {
+                    seen.insert(name, (file.clone(), pos.line));
+                }
+            }
+        }
+        policies.extend(found);
+    }
+    if !diags.is_empty() {
+        diags.sort();
+        diags.dedup();
+        return Err(Diagnostics(diags));
+    }
+    policies.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(PolicySet { policies })
+}
+
+fn file_diag(file: &Path, message: String) -> Diagnostic {
+    Diagnostic {
+        file: file.to_path_buf(),
+        line: 0,
+        col: 0,
+        message,
+        hint: None,
+    }
+}
+
+fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            diags.push(file_diag(dir, format!("cannot read the policies folder: {e}")));
+            return;
+        }
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                diags.push(file_diag(dir, format!("cannot list the policies folder: {e}")));
+                continue;
+            }
+        };
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        // Follows symlinks, as policy repositories sometimes link shared files in.
+        if path.is_dir() {
+            collect_files(&path, files, diags);
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml") | Some("yml")
+        ) {
+            files.push(path);
+        }
+    }
+}
+
+/// The keys each block accepts, in the order the reference documents them.
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "schedule",
+    "regions",
+    "select",
+    "exclude",
+    "release",
+    "limits",
+    "dry_run",
+];
+pub(crate) const SELECTOR_KEYS: &[&str] = &[
+    "charge_type",
+    "status",
+    "tags",
+    "name",
+    "instance_type",
+    "zone",
+    "resource_group_id",
+    "instance_ids",
+    "created_before",
+    "expired",
+    "expired_for",
+    "stopped_for",
+];
+pub(crate) const RELEASE_KEYS: &[&str] =
+    &["force", "terminate_subscription", "grace", "allow_security_locked"];
+pub(crate) const LIMITS_KEYS: &[&str] = &["max_releases_per_run"];
+
+/// Tags as a sorted map, for callers that want `key -> value` (`"*"` for presence).
+pub fn tags_as_map(tags: &[TagMatch]) -> BTreeMap<String, String> {
+    tags.iter()
+        .map(|t| (t.key.clone(), t.value.clone().unwrap_or_else(|| "*".into())))
+        .collect()
+}
