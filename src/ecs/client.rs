@@ -156,6 +156,22 @@ struct ErrorBody {
     message: String,
 }
 
+/// ECS echoes the string to sign in `SignatureDoesNotMatch`, and it holds the security token:
+/// keep the explanation, drop the echo, and blank the token wherever else it appears.
+fn redact_message(message: String, token: Option<&super::credentials::Secret>) -> String {
+    const ECHO: &str = "server string to sign is:";
+    let mut m = match message.find(ECHO) {
+        Some(at) => format!("{}<omitted>", &message[..at + ECHO.len()]),
+        None => message,
+    };
+    if let Some(t) = token.map(|t| t.expose()).filter(|t| !t.is_empty()) {
+        for form in [t.to_string(), sign::percent_encode(t)] {
+            m = m.replace(&form, "<redacted>");
+        }
+    }
+    m
+}
+
 /// Checks a region id before it becomes part of a host name.
 pub fn valid_region(region: &str) -> bool {
     !region.is_empty()
@@ -324,7 +340,14 @@ impl EcsClient {
                     .read_backoff
                     .delay(attempt - 1, err.retry_after(), &mut *rng)
             };
-            tracing::debug!(action = ACTION, region, attempt, code = err.code(), ?delay, "retrying read");
+            tracing::debug!(
+                action = ACTION,
+                region,
+                attempt,
+                code = err.code(),
+                ?delay,
+                "retrying read"
+            );
             tokio::time::sleep(delay).await;
         }
     }
@@ -389,6 +412,23 @@ impl EcsClient {
         })
     }
 
+    /// Sends any action once, unchecked and unretried, and returns the answer's JSON. For tools
+    /// and tests that need requests the typed methods refuse to build.
+    pub async fn call_action(
+        &self,
+        action: &'static str,
+        region: &str,
+        params: &[(String, String)],
+    ) -> Result<serde_json::Value, EcsError> {
+        let (status, body) = self.call(action, region, params, 1).await?;
+        serde_json::from_slice(&body).map_err(|e| EcsError::Decode {
+            action,
+            status,
+            request_id: String::new(),
+            detail: e.to_string(),
+        })
+    }
+
     /// Signs and sends one attempt. Returns the status and body of a 2xx answer.
     async fn call(
         &self,
@@ -439,9 +479,7 @@ impl EcsClient {
         ));
         params.push((
             "Timestamp".into(),
-            self.clock
-                .now()
-                .to_rfc3339_opts(SecondsFormat::Secs, true),
+            self.clock.now().to_rfc3339_opts(SecondsFormat::Secs, true),
         ));
         if let Some(t) = &creds.security_token {
             params.push(("SecurityToken".into(), t.expose().to_string()));
@@ -494,6 +532,7 @@ impl EcsClient {
             return Ok((status, body));
         }
         let err: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        let message = redact_message(err.message, creds.security_token.as_ref());
         let code = if err.code.is_empty() {
             // No ECS error document: a proxy or gateway answered. The status becomes the code;
             // `classify_code` retries the 5xx ones.
@@ -505,7 +544,7 @@ impl EcsClient {
             action,
             status,
             code,
-            message: err.message,
+            message,
             request_id: err.request_id,
             retry_after,
         })

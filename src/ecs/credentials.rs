@@ -169,6 +169,9 @@ mod tests {
         .await
         .unwrap_err()
         .to_string();
-        assert!(e.contains("ALIBABA_CLOUD_ACCESS_KEY_SECRET is not set"), "{e}");
+        assert!(
+            e.contains("ALIBABA_CLOUD_ACCESS_KEY_SECRET is not set"),
+            "{e}"
+        );
     }
 }

@@ -158,7 +158,9 @@ impl EcsError {
     pub fn request_id(&self) -> Option<&str> {
         match self {
             EcsError::Api { request_id, .. } | EcsError::Decode { request_id, .. } => {
-                Some(request_id).filter(|r| !r.is_empty()).map(String::as_str)
+                Some(request_id)
+                    .filter(|r| !r.is_empty())
+                    .map(String::as_str)
             }
             _ => None,
         }
@@ -206,14 +208,20 @@ mod tests {
             ("InternalError", ErrorClass::Retryable),
             ("UnknownError", ErrorClass::Retryable),
             ("ServiceUnavailable", ErrorClass::Retryable),
-            ("ServiceUnavailable.RegionMaintaining", ErrorClass::Retryable),
+            (
+                "ServiceUnavailable.RegionMaintaining",
+                ErrorClass::Retryable,
+            ),
             ("Throttling", ErrorClass::Retryable),
             ("Throttling.User", ErrorClass::Retryable),
             ("Throttling.Api", ErrorClass::Retryable),
             ("LastTokenProcessing", ErrorClass::Retryable),
             ("OperationConflict", ErrorClass::Retryable),
             ("DependencyViolation.SLBConfiguring", ErrorClass::Retryable),
-            ("IncorrectInstanceStatus.Initializing", ErrorClass::Retryable),
+            (
+                "IncorrectInstanceStatus.Initializing",
+                ErrorClass::Retryable,
+            ),
             ("InvalidInstanceId.NotFound", ErrorClass::Gone),
             ("InvalidInstanceIds.NotFound", ErrorClass::Gone),
             ("DryRunOperation", ErrorClass::DryRunPassed),

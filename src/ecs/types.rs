@@ -127,7 +127,10 @@ impl Instance {
             instance_type: self.instance_type.clone(),
             creation_time: self.creation_time.map(format_ecs_time).unwrap_or_default(),
             expired_time: self.expired_time.map(format_ecs_time).unwrap_or_default(),
-            auto_release_time: self.auto_release_time.map(format_ecs_time).unwrap_or_default(),
+            auto_release_time: self
+                .auto_release_time
+                .map(format_ecs_time)
+                .unwrap_or_default(),
             deletion_protection: self.deletion_protection,
             operation_locks: WireLocks {
                 lock_reason: self

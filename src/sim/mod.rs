@@ -1,1 +1,944 @@
-//! The ECS simulator.
+//! A stateful ECS simulator that speaks ECS's wire protocol (RPC, signature V1, JSON), so that
+//! ecs-janitor — or Alibaba's own SDKs — can be tried, tested and benchmarked with no cloud
+//! account.
+//!
+//! It holds a fleet per region, serves `DescribeInstances` (both paging styles and the filters
+//! ecs-janitor uses) and `DeleteInstances` with ECS's rules and error codes, remembers
+//! ClientTokens, verifies signatures, nonces and timestamps, and can inject faults. `GET
+//! /__sim/state` shows the remaining fleet and the log of effective releases.
+
+pub mod fleet;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::ecs::sign;
+use crate::ecs::types::{ChargeType, Instance, InstanceStatus};
+
+/// The AccessKey pair the simulator accepts unless told otherwise.
+pub const DEFAULT_ACCESS_KEY_ID: &str = "sim-access-key-id";
+pub const DEFAULT_ACCESS_KEY_SECRET: &str = "sim-access-key-secret";
+
+/// Fault injection. Rates are probabilities per request, drawn from a seeded source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Answer 500 InternalError without doing anything.
+    pub internal_error_rate: f64,
+    /// Answer 400 Throttling without doing anything.
+    pub throttle_rate: f64,
+    /// Carry out a DeleteInstances, then close the connection before the answer's body.
+    pub drop_after_commit_rate: f64,
+    /// Added before every answer.
+    pub latency: Duration,
+    /// Which actions the error faults apply to (empty: all).
+    pub actions: Vec<String>,
+}
+
+/// How the simulator behaves.
+#[derive(Clone)]
+pub struct SimConfig {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub faults: Faults,
+    pub seed: u64,
+    /// Timestamps further than this from the simulator's clock are refused.
+    pub max_clock_skew: chrono::Duration,
+    /// The `TimeLeft` sent with a throttling answer.
+    pub throttle_time_left: Duration,
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("access_key_id", &self.access_key_id)
+            .field("access_key_secret", &"<redacted>")
+            .field("faults", &self.faults)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            access_key_id: DEFAULT_ACCESS_KEY_ID.into(),
+            access_key_secret: DEFAULT_ACCESS_KEY_SECRET.into(),
+            faults: Faults::default(),
+            seed: 1,
+            max_clock_skew: chrono::Duration::minutes(15),
+            throttle_time_left: Duration::from_millis(50),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// One effective release, as the simulator carried it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseRecord {
+    pub instance_id: String,
+    pub region: String,
+    pub client_token: Option<String>,
+    pub force: bool,
+    pub terminate_subscription: bool,
+    pub request_id: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A request the simulator saw, for tests that check what was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallLogEntry {
+    pub action: String,
+    pub region: String,
+    pub client_token: Option<String>,
+    pub instance_ids: Vec<String>,
+    /// `OK` or the error code answered; `Dropped` when the answer was cut off.
+    pub outcome: String,
+}
+
+/// A stored answer to a ClientToken.
+#[derive(Debug, Clone)]
+struct TokenEntry {
+    fingerprint: String,
+    request_id: String,
+}
+
+#[derive(Debug)]
+struct SimState {
+    /// region → instance id → instance; ordered, so paging is stable.
+    fleet: HashMap<String, BTreeMap<String, Instance>>,
+    releases: Vec<ReleaseRecord>,
+    calls: Vec<CallLogEntry>,
+    tokens: HashMap<String, TokenEntry>,
+    nonces: HashMap<String, DateTime<Utc>>,
+    rng: StdRng,
+    request_seq: u64,
+}
+
+/// The simulator's shared state and rules; cheap to clone.
+#[derive(Clone)]
+pub struct Simulator {
+    cfg: Arc<Mutex<SimConfig>>,
+    state: Arc<Mutex<SimState>>,
+}
+
+/// An ECS error answer.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn api_err(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        code,
+        message: message.into(),
+    }
+}
+
+/// What a handled action produced.
+enum Outcome {
+    Ok(serde_json::Value),
+    /// Carried out, but the connection is closed before the answer.
+    Dropped,
+}
+
+impl Simulator {
+    pub fn new(cfg: SimConfig, fleet: Vec<Instance>) -> Self {
+        let mut by_region: HashMap<String, BTreeMap<String, Instance>> = HashMap::new();
+        for inst in fleet {
+            by_region
+                .entry(inst.region_id.clone())
+                .or_default()
+                .insert(inst.instance_id.clone(), inst);
+        }
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        Simulator {
+            cfg: Arc::new(Mutex::new(cfg)),
+            state: Arc::new(Mutex::new(SimState {
+                fleet: by_region,
+                releases: Vec::new(),
+                calls: Vec::new(),
+                tokens: HashMap::new(),
+                nonces: HashMap::new(),
+                rng,
+                request_seq: 0,
+            })),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn config(&self) -> SimConfig {
+        self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the fault settings (tests turn faults on and off between phases).
+    pub fn set_faults(&self, faults: Faults) {
+        self.cfg.lock().unwrap_or_else(|e| e.into_inner()).faults = faults;
+    }
+
+    /// Adds or replaces an instance.
+    pub fn upsert(&self, inst: Instance) {
+        let mut st = self.state();
+        for r in st.fleet.values_mut() {
+            r.remove(&inst.instance_id);
+        }
+        st.fleet
+            .entry(inst.region_id.clone())
+            .or_default()
+            .insert(inst.instance_id.clone(), inst);
+    }
+
+    /// Changes an instance in place; false when it does not exist.
+    pub fn modify(&self, instance_id: &str, f: impl FnOnce(&mut Instance)) -> bool {
+        let mut st = self.state();
+        for r in st.fleet.values_mut() {
+            if let Some(i) = r.get_mut(instance_id) {
+                f(i);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The remaining fleet, ordered by region then id.
+    pub fn instances(&self) -> Vec<Instance> {
+        let st = self.state();
+        let mut regions: Vec<_> = st.fleet.keys().cloned().collect();
+        regions.sort();
+        regions
+            .iter()
+            .flat_map(|r| st.fleet[r].values().cloned())
+            .collect()
+    }
+
+    /// Every effective release so far, in order.
+    pub fn releases(&self) -> Vec<ReleaseRecord> {
+        self.state().releases.clone()
+    }
+
+    /// Every request answered so far (after authentication), in order.
+    pub fn calls(&self) -> Vec<CallLogEntry> {
+        self.state().calls.clone()
+    }
+
+    /// The axum router (for embedding).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(handle).post(handle))
+            .route("/__sim/state", get(state_handler))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `addr` (use port 0 for any) until the returned handle is shut down or dropped.
+    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<SimHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let app = self.router();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await;
+        });
+        Ok(SimHandle {
+            addr,
+            sim: self.clone(),
+            cancel,
+            task: Some(task),
+        })
+    }
+
+    fn next_request_id(&self, st: &mut SimState) -> String {
+        st.request_seq += 1;
+        let r: u64 = st.rng.gen();
+        let s = format!("{:016X}{:016X}", st.request_seq, r);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &s[0..8],
+            &s[8..12],
+            &s[12..16],
+            &s[16..20],
+            &s[20..32]
+        )
+    }
+
+    /// Authenticates and answers one request. `params` are form-decoded (query and body).
+    fn process(
+        &self,
+        method: &str,
+        params: &[(String, String)],
+    ) -> (Result<Outcome, ApiError>, String, Option<Duration>) {
+        let cfg = self.config();
+        let mut st = self.state();
+        let request_id = self.next_request_id(&mut st);
+        let r = authenticate(&cfg, &mut st, method, params);
+        let map: HashMap<&str, &str> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let action = map.get("Action").copied().unwrap_or_default().to_string();
+        let region = map.get("RegionId").copied().unwrap_or_default().to_string();
+        if let Err(e) = r {
+            return (Err(e), request_id, None);
+        }
+        let mut log = CallLogEntry {
+            action: action.clone(),
+            region,
+            client_token: map.get("ClientToken").map(|s| s.to_string()),
+            instance_ids: instance_id_params(params)
+                .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
+                .unwrap_or_default(),
+            outcome: String::new(),
+        };
+        let faults_apply = cfg.faults.actions.is_empty() || cfg.faults.actions.contains(&action);
+        let mut retry_after = None;
+        let result = if faults_apply
+            && st
+                .rng
+                .gen_bool(cfg.faults.internal_error_rate.clamp(0.0, 1.0))
+        {
+            Err(api_err(
+                500,
+                "InternalError",
+                "The request processing has failed due to some unknown error.",
+            ))
+        } else if faults_apply && st.rng.gen_bool(cfg.faults.throttle_rate.clamp(0.0, 1.0)) {
+            retry_after = Some(cfg.throttle_time_left);
+            Err(api_err(
+                400,
+                "Throttling",
+                "Request was denied due to request throttling.",
+            ))
+        } else {
+            match action.as_str() {
+                "" => Err(api_err(
+                    400,
+                    "MissingParameter",
+                    "The input parameter \"Action\" that is mandatory for processing this request is not supplied.",
+                )),
+                "DescribeInstances" => describe(&mut st, &map).map(Outcome::Ok),
+                "DeleteInstances" => {
+                    let drop = st.rng.gen_bool(cfg.faults.drop_after_commit_rate.clamp(0.0, 1.0));
+                    let now = cfg.clock.now();
+                    delete(&mut st, &map, params, &request_id, now).map(|v| {
+                        if drop && v.get("RequestId").is_some() {
+                            Outcome::Dropped
+                        } else {
+                            Outcome::Ok(v)
+                        }
+                    })
+                }
+                _ => Err(api_err(
+                    404,
+                    "InvalidAction.NotFound",
+                    format!("Specified api {action} is not found, please check your url and method."),
+                )),
+            }
+        };
+        log.outcome = match &result {
+            Ok(Outcome::Ok(_)) => "OK".into(),
+            Ok(Outcome::Dropped) => "Dropped".into(),
+            Err(e) => e.code.into(),
+        };
+        st.calls.push(log);
+        (result, request_id, retry_after)
+    }
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    pub sim: Simulator,
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// `http://ADDR/`, the endpoint to give the client.
+    pub fn endpoint(&self) -> url::Url {
+        url::Url::parse(&format!("http://{}/", self.addr)).expect("a socket address forms a URL")
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn authenticate(
+    cfg: &SimConfig,
+    st: &mut SimState,
+    method: &str,
+    params: &[(String, String)],
+) -> Result<(), ApiError> {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    for required in ["AccessKeyId", "Signature", "SignatureNonce", "Timestamp"] {
+        if get(required).is_none() {
+            return Err(api_err(
+                400,
+                "MissingParameter",
+                format!("The input parameter \"{required}\" that is mandatory for processing this request is not supplied."),
+            ));
+        }
+    }
+    let key_id = get("AccessKeyId").unwrap_or_default();
+    if key_id != cfg.access_key_id {
+        return Err(api_err(
+            404,
+            "InvalidAccessKeyId.NotFound",
+            "Specified access key is not found.",
+        ));
+    }
+    if get("SignatureMethod") != Some("HMAC-SHA1") || get("SignatureVersion") != Some("1.0") {
+        return Err(api_err(
+            400,
+            "InvalidParameter",
+            "This server accepts SignatureMethod HMAC-SHA1 with SignatureVersion 1.0.",
+        ));
+    }
+    let ts = get("Timestamp").unwrap_or_default();
+    let Ok(t) = NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%SZ") else {
+        return Err(api_err(
+            400,
+            "InvalidTimeStamp.Format",
+            "Specified time stamp or date value is not well formatted.",
+        ));
+    };
+    let now = cfg.clock.now();
+    if (now - t.and_utc()).abs() > cfg.max_clock_skew {
+        return Err(api_err(
+            400,
+            "InvalidTimeStamp.Expired",
+            "Specified time stamp or date value is expired.",
+        ));
+    }
+    let unsigned: Vec<(&str, &str)> = params
+        .iter()
+        .filter(|(k, _)| k != "Signature")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let sts = sign::string_to_sign(method, &unsigned);
+    let expected = sign::sign(&cfg.access_key_secret, &sts);
+    if !sign::signatures_equal(&expected, get("Signature").unwrap_or_default()) {
+        return Err(api_err(
+            400,
+            "SignatureDoesNotMatch",
+            format!("Specified signature is not matched with our calculation. server string to sign is:{sts}"),
+        ));
+    }
+    let nonce = get("SignatureNonce").unwrap_or_default().to_string();
+    // Nonces older than the clock skew window cannot be replayed anyway: forget them.
+    if st.nonces.len() > 100_000 {
+        let horizon = now - cfg.max_clock_skew;
+        st.nonces.retain(|_, seen| *seen >= horizon);
+    }
+    if st.nonces.insert(nonce, now).is_some() {
+        return Err(api_err(
+            400,
+            "SignatureNonceUsed",
+            "Specified signature nonce was used already.",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_bool(map: &HashMap<&str, &str>, key: &str) -> Result<bool, ApiError> {
+    match map.get(key) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(api_err(
+            400,
+            "InvalidParameter",
+            format!("The specified parameter \"{key}\" is not valid: {v:?} is not a boolean."),
+        )),
+    }
+}
+
+fn require_region<'a>(
+    st: &'a SimState,
+    map: &HashMap<&str, &str>,
+) -> Result<(&'a str, Option<&'a BTreeMap<String, Instance>>), ApiError> {
+    let region = map.get("RegionId").copied().unwrap_or_default();
+    if region.is_empty() {
+        return Err(api_err(
+            400,
+            "MissingParameter",
+            "The input parameter \"RegionId\" that is mandatory for processing this request is not supplied.",
+        ));
+    }
+    match st.fleet.get_key_value(region) {
+        Some((k, v)) => Ok((k.as_str(), Some(v))),
+        None if crate::ecs::client::valid_region(region) => Ok(("", None)),
+        None => Err(api_err(
+            404,
+            "InvalidRegionId.NotFound",
+            format!("The specified region {region:?} does not exist."),
+        )),
+    }
+}
+
+fn describe(st: &mut SimState, map: &HashMap<&str, &str>) -> Result<serde_json::Value, ApiError> {
+    let (_, fleet) = require_region(st, map)?;
+    let status = match map.get("Status") {
+        None => None,
+        Some(s) => Some(InstanceStatus::parse(s).ok_or_else(|| {
+            api_err(
+                404,
+                "InvalidStatus.NotFound",
+                format!("The specified Status {s:?} is not found."),
+            )
+        })?),
+    };
+    let charge = match map.get("InstanceChargeType") {
+        None => None,
+        Some(s) => Some(ChargeType::parse(s).ok_or_else(|| {
+            api_err(
+                404,
+                "InvalidInstanceChargeType.NotFound",
+                format!("The specified InstanceChargeType {s:?} is not found."),
+            )
+        })?),
+    };
+    let ids: Option<HashSet<String>> = match map.get("InstanceIds") {
+        None => None,
+        Some(raw) => {
+            let v: Vec<String> = serde_json::from_str(raw).map_err(|_| {
+                api_err(
+                    400,
+                    "InvalidParameter",
+                    "The specified parameter \"InstanceIds\" is not a JSON array of instance ids.",
+                )
+            })?;
+            if v.len() > 100 {
+                return Err(api_err(
+                    400,
+                    "InvalidParameter",
+                    "The specified parameter \"InstanceIds\" holds more than 100 ids.",
+                ));
+            }
+            Some(v.into_iter().collect())
+        }
+    };
+    let mut tags: Vec<(String, Option<String>)> = Vec::new();
+    for n in 1..=21 {
+        let key = map
+            .get(format!("Tag.{n}.Key").as_str())
+            .or_else(|| map.get(format!("Tag.{n}.key").as_str()));
+        let value = map
+            .get(format!("Tag.{n}.Value").as_str())
+            .or_else(|| map.get(format!("Tag.{n}.value").as_str()));
+        match (key, value) {
+            (Some(k), v) if n <= 20 => tags.push((k.to_string(), v.map(|s| s.to_string()))),
+            (Some(_), _) => {
+                return Err(api_err(
+                    400,
+                    "InvalidTagCount",
+                    "The number of tags exceeds 20.",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(api_err(
+                    400,
+                    "InvalidTag.Mismatch",
+                    format!("Tag.{n}.Value is given without Tag.{n}.Key."),
+                ))
+            }
+            (None, None) => {}
+        }
+    }
+    let matches = |i: &Instance| {
+        status.is_none_or(|s| i.status == s)
+            && charge.is_none_or(|c| i.charge_type == c)
+            && ids.as_ref().is_none_or(|set| set.contains(&i.instance_id))
+            && tags.iter().all(|(k, v)| match (i.tags.get(k), v) {
+                (Some(have), Some(want)) => have == want,
+                (Some(_), None) => true,
+                (None, _) => false,
+            })
+    };
+
+    let token_mode = map.contains_key("NextToken") || map.contains_key("MaxResults");
+    let size_param = if token_mode { "MaxResults" } else { "PageSize" };
+    let default_size = 10;
+    let size = match map.get(size_param) {
+        None => default_size,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                return Err(api_err(
+                    400,
+                    "InvalidParameter",
+                    format!(
+                        "The specified parameter \"{size_param}\" must be a number from 1 to 100."
+                    ),
+                ))
+            }
+        },
+    };
+    let empty = BTreeMap::new();
+    let fleet = fleet.unwrap_or(&empty);
+    let body = if token_mode {
+        let after = match map.get("NextToken").filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => Some(decode_token(t).ok_or_else(|| {
+                api_err(
+                    400,
+                    "InvalidParameter",
+                    "The specified parameter \"NextToken\" is not valid.",
+                )
+            })?),
+        };
+        let iter: Box<dyn Iterator<Item = &Instance>> = match &after {
+            Some(a) => Box::new(
+                fleet
+                    .range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                    .map(|(_, i)| i),
+            ),
+            None => Box::new(fleet.values()),
+        };
+        let mut page: Vec<&Instance> = Vec::with_capacity(size);
+        let mut more = false;
+        for i in iter.filter(|i| matches(i)) {
+            if page.len() == size {
+                more = true;
+                break;
+            }
+            page.push(i);
+        }
+        let next = if more {
+            page.last()
+                .map(|i| encode_token(&i.instance_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        json!({
+            "NextToken": next,
+            "MaxResults": size,
+            "TotalCount": page.len(),
+            "Instances": {"Instance": page.iter().map(|i| i.to_wire()).collect::<Vec<_>>()},
+        })
+    } else {
+        let number = match map.get("PageNumber") {
+            None => 1,
+            Some(s) => s.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                api_err(
+                    400,
+                    "InvalidParameter",
+                    "The specified parameter \"PageNumber\" must be a number from 1.",
+                )
+            })?,
+        };
+        let all: Vec<&Instance> = fleet.values().filter(|i| matches(i)).collect();
+        let page: Vec<_> = all
+            .iter()
+            .skip((number - 1).saturating_mul(size))
+            .take(size)
+            .map(|i| i.to_wire())
+            .collect();
+        json!({
+            "PageNumber": number,
+            "PageSize": size,
+            "TotalCount": all.len(),
+            "Instances": {"Instance": page},
+        })
+    };
+    Ok(body)
+}
+
+/// NextToken is the hex of the last id served: opaque to clients, stable across releases.
+fn encode_token(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_token(t: &str) -> Option<String> {
+    if t.len() % 2 != 0 || t.len() > 256 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..t.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(t.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// `InstanceId.N` parameters, ordered by N; an error when N is not a positive number.
+fn instance_id_params(params: &[(String, String)]) -> Result<Vec<(usize, String)>, ApiError> {
+    let mut ids = Vec::new();
+    for (k, v) in params {
+        if let Some(n) = k.strip_prefix("InstanceId.") {
+            let n: usize = n.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                api_err(
+                    400,
+                    "InvalidParameter",
+                    format!("The parameter name \"{k}\" is not valid: N counts from 1."),
+                )
+            })?;
+            ids.push((n, v.clone()));
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+fn delete(
+    st: &mut SimState,
+    map: &HashMap<&str, &str>,
+    params: &[(String, String)],
+    request_id: &str,
+    now: DateTime<Utc>,
+) -> Result<serde_json::Value, ApiError> {
+    let (region, _) = require_region(st, map)?;
+    let region = region.to_string();
+    let region_param = map.get("RegionId").copied().unwrap_or_default().to_string();
+    let ids: Vec<String> = instance_id_params(params)?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    if ids.is_empty() {
+        return Err(api_err(
+            400,
+            "MissingParameter",
+            "The input parameter \"InstanceId.N\" that is mandatory for processing this request is not supplied.",
+        ));
+    }
+    if ids.len() > 100 {
+        return Err(api_err(
+            403,
+            "InvalidParameter.TooManyInstanceIds",
+            "Instance ids cannot be more than 100.",
+        ));
+    }
+    let force = parse_bool(map, "Force")?;
+    let terminate = parse_bool(map, "TerminateSubscription")?;
+    let dry_run = parse_bool(map, "DryRun")?;
+    let token = map.get("ClientToken").map(|s| s.to_string());
+    if let Some(t) = &token {
+        if t.is_empty() || t.chars().count() > 64 || !t.is_ascii() {
+            return Err(api_err(
+                400,
+                "InvalidParameter",
+                "The specified parameter \"ClientToken\" must be 1 to 64 ASCII characters.",
+            ));
+        }
+    }
+    let fingerprint = format!(
+        "{region_param}|{}|{force}|{terminate}|{dry_run}",
+        ids.join(",")
+    );
+    if let Some(t) = &token {
+        if let Some(prev) = st.tokens.get(t) {
+            if prev.fingerprint == fingerprint {
+                return Ok(json!({"RequestId": prev.request_id}));
+            }
+            return Err(api_err(
+                400,
+                "IdempotentParameterMismatch",
+                "The request is retried with updated parameters.",
+            ));
+        }
+    }
+    if dry_run {
+        return Err(api_err(
+            400,
+            "DryRunOperation",
+            "Request validation has been passed with DryRun flag set.",
+        ));
+    }
+    let fleet = st.fleet.get(&region);
+    for id in &ids {
+        let Some(i) = fleet.and_then(|f| f.get(id)) else {
+            return Err(api_err(
+                404,
+                "InvalidInstanceId.NotFound",
+                format!("The specified InstanceId does not exist: {id}"),
+            ));
+        };
+        if i.deletion_protection {
+            return Err(api_err(
+                403,
+                "InvalidOperation.DeletionProtection",
+                format!("The operation is not allowed due to deletion protection: {id}"),
+            ));
+        }
+        if i.security_locked() {
+            return Err(api_err(
+                403,
+                "InstanceLockedForSecurity",
+                "The specified operation is denied as your instance is locked for security reasons.",
+            ));
+        }
+        if i.charge_type == ChargeType::PrePaid {
+            let expired = i.expired_time.is_some_and(|t| t <= now);
+            if !terminate || !expired {
+                let why = if !expired {
+                    "the subscription has not expired"
+                } else {
+                    "TerminateSubscription is not true"
+                };
+                return Err(api_err(
+                    403,
+                    "ChargeTypeViolation",
+                    format!("The subscription instance {id} cannot be released: {why}."),
+                ));
+            }
+        }
+        match i.status {
+            InstanceStatus::Stopped => {}
+            InstanceStatus::Running | InstanceStatus::Starting | InstanceStatus::Stopping
+                if force => {}
+            InstanceStatus::Pending => {
+                return Err(api_err(
+                    403,
+                    "IncorrectInstanceStatus.Initializing",
+                    format!("The instance {id} is still initializing."),
+                ))
+            }
+            other => {
+                return Err(api_err(
+                    403,
+                    "IncorrectInstanceStatus",
+                    format!("The specified instance is in an incorrect status for the requested action; Status of {id} is {other} but the expected status is in (Stopped)."),
+                ))
+            }
+        }
+    }
+    // Every member passed: the batch is carried out as a whole.
+    if let Some(f) = st.fleet.get_mut(&region) {
+        for id in &ids {
+            f.remove(id);
+        }
+    }
+    for id in &ids {
+        st.releases.push(ReleaseRecord {
+            instance_id: id.clone(),
+            region: region.clone(),
+            client_token: token.clone(),
+            force,
+            terminate_subscription: terminate,
+            request_id: request_id.to_string(),
+            at: now,
+        });
+    }
+    if let Some(t) = token {
+        st.tokens.insert(
+            t,
+            TokenEntry {
+                fingerprint,
+                request_id: request_id.to_string(),
+            },
+        );
+    }
+    Ok(json!({"RequestId": request_id}))
+}
+
+async fn handle(
+    State(sim): State<Simulator>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let mut params: Vec<(String, String)> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let is_form = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if is_form || (method == Method::POST && !body.is_empty()) {
+        params.extend(form_urlencoded::parse(&body).into_owned());
+    }
+    let (result, request_id, retry_after) = sim.process(method.as_str(), &params);
+    let latency = sim.config().faults.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match result {
+        Ok(Outcome::Ok(mut v)) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "RequestId".into(),
+                    json!(o.get("RequestId").cloned().unwrap_or(json!(request_id))),
+                );
+            }
+            (StatusCode::OK, Json(v)).into_response()
+        }
+        Ok(Outcome::Dropped) => {
+            // Headers go out, then the body fails: the connection is cut before the answer.
+            let stream = futures::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::other("simulated lost answer"))
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(Body::from_stream(stream))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        Err(e) => {
+            let body = json!({
+                "RequestId": request_id,
+                "HostId": "ecs.aliyuncs.com",
+                "Code": e.code,
+                "Message": e.message,
+                "Recommend": format!(
+                    "https://api.aliyun.com/troubleshoot?q={}&product=Ecs&requestId={request_id}",
+                    e.code
+                ),
+            });
+            let mut resp = (e.status, Json(body)).into_response();
+            if let Some(d) = retry_after {
+                if let Ok(v) =
+                    format!("Limit:10,Remain:0,TimeLeft:{},Reset:0", d.as_millis()).parse()
+                {
+                    resp.headers_mut().insert("x-ratelimit-user-api", v);
+                }
+            }
+            resp
+        }
+    }
+}
+
+async fn state_handler(State(sim): State<Simulator>) -> Response {
+    let instances: Vec<_> = sim.instances().iter().map(|i| i.to_wire()).collect();
+    Json(json!({
+        "instances": instances,
+        "releases": sim.releases(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,851 @@
+//! The ECS client against the simulator, over real HTTP on 127.0.0.1: paging, filters, every
+//! error code and its class, ClientToken replay, injected faults, and bad input into the simulator.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ecs_janitor::clock::{ManualClock, SystemClock};
+use ecs_janitor::ecs::client::{ClientConfig, DeleteRequest, DescribeFilter, EcsClient};
+use ecs_janitor::ecs::credentials::{Credentials, StaticProvider};
+use ecs_janitor::ecs::error::{EcsError, ErrorClass, TransportKind};
+use ecs_janitor::ecs::sign;
+use ecs_janitor::ecs::types::{ChargeType, Instance, InstanceStatus};
+use ecs_janitor::sim::{self, fleet, Faults, SimConfig, SimHandle, Simulator};
+
+const REGION: &str = "cn-hangzhou";
+
+fn inst(id: &str, status: InstanceStatus, charge: ChargeType) -> Instance {
+    Instance {
+        instance_id: id.into(),
+        instance_name: format!("name-{id}"),
+        region_id: REGION.into(),
+        zone_id: "cn-hangzhou-h".into(),
+        status,
+        charge_type: charge,
+        instance_type: "ecs.g6.large".into(),
+        creation_time: Some(Utc::now() - chrono::Duration::days(30)),
+        expired_time: Some(fleet::payg_expiry()),
+        auto_release_time: None,
+        deletion_protection: false,
+        lock_reasons: vec![],
+        tags: BTreeMap::new(),
+        resource_group_id: "rg-1".into(),
+        stopped_mode: "KeepCharging".into(),
+    }
+}
+
+async fn start(fleet: Vec<Instance>, faults: Faults) -> SimHandle {
+    let cfg = SimConfig {
+        faults,
+        seed: 7,
+        ..SimConfig::default()
+    };
+    Simulator::new(cfg, fleet)
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn client_for(h: &SimHandle, secret: &str) -> EcsClient {
+    let cfg = ClientConfig {
+        endpoint: Some(h.endpoint()),
+        read_backoff: ecs_janitor::backoff::Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(20),
+        ),
+        ..ClientConfig::default()
+    };
+    let creds = Credentials::new(sim::DEFAULT_ACCESS_KEY_ID, secret);
+    EcsClient::new(cfg, Arc::new(StaticProvider(creds))).unwrap()
+}
+
+fn client(h: &SimHandle) -> EcsClient {
+    client_for(h, sim::DEFAULT_ACCESS_KEY_SECRET)
+}
+
+fn del(ids: &[&str], token: &str) -> DeleteRequest {
+    DeleteRequest {
+        region: REGION.into(),
+        instance_ids: ids.iter().map(|s| s.to_string()).collect(),
+        force: false,
+        terminate_subscription: false,
+        dry_run: false,
+        client_token: token.into(),
+    }
+}
+
+fn api_code(e: &EcsError) -> (&str, u16) {
+    match e {
+        EcsError::Api { code, status, .. } => (code, *status),
+        other => panic!("expected an ECS error answer, got {other:?}"),
+    }
+}
+
+/// Sends a request signed by hand, so a test can send what the client refuses to build.
+async fn raw(
+    h: &SimHandle,
+    params: &[(&str, &str)],
+    nonce: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let nonce = nonce
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut p: Vec<(String, String)> = vec![
+        ("Version".into(), "2014-05-26".into()),
+        ("Format".into(), "JSON".into()),
+        ("AccessKeyId".into(), sim::DEFAULT_ACCESS_KEY_ID.into()),
+        ("SignatureMethod".into(), "HMAC-SHA1".into()),
+        ("SignatureVersion".into(), "1.0".into()),
+        ("SignatureNonce".into(), nonce),
+        ("Timestamp".into(), now),
+    ];
+    p.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let sig = sign::sign(
+        sim::DEFAULT_ACCESS_KEY_SECRET,
+        &sign::string_to_sign("GET", &p),
+    );
+    p.push(("Signature".into(), sig));
+    let q: Vec<String> = p
+        .iter()
+        .map(|(k, v)| format!("{}={}", sign::percent_encode(k), sign::percent_encode(v)))
+        .collect();
+    let url = format!("{}?{}", h.endpoint(), q.join("&"));
+    let resp = reqwest::get(url).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn token_paging_returns_every_instance_once_across_thousands() {
+    let now = Utc::now();
+    let fleet = fleet::generate(5000, 11, now);
+    let expected: HashSet<String> = fleet
+        .iter()
+        .filter(|i| i.region_id == REGION)
+        .map(|i| i.instance_id.clone())
+        .collect();
+    assert!(expected.len() > 1000);
+    let h = start(fleet, Faults::default()).await;
+    let got = client(&h)
+        .describe_instances(REGION, &DescribeFilter::default())
+        .await
+        .unwrap();
+    let ids: HashSet<String> = got.iter().map(|i| i.instance_id.clone()).collect();
+    assert_eq!(ids.len(), got.len(), "no instance twice");
+    assert_eq!(ids, expected);
+    // ceil(n/100) pages, each a DescribeInstances call.
+    let calls = h.sim.calls().len();
+    assert_eq!(calls, expected.len().div_ceil(100));
+}
+
+#[tokio::test]
+async fn page_number_paging_covers_the_fleet_with_total_count() {
+    let fleet = fleet::generate(1500, 12, Utc::now());
+    let n = fleet.iter().filter(|i| i.region_id == REGION).count();
+    let h = start(fleet, Faults::default()).await;
+    let mut seen = HashSet::new();
+    for page in 1.. {
+        let pn = page.to_string();
+        let (status, body) = raw(
+            &h,
+            &[
+                ("Action", "DescribeInstances"),
+                ("RegionId", REGION),
+                ("PageNumber", &pn),
+                ("PageSize", "100"),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["TotalCount"].as_u64().unwrap() as usize, n);
+        let items = body["Instances"]["Instance"].as_array().unwrap();
+        if items.is_empty() {
+            break;
+        }
+        for i in items {
+            assert!(seen.insert(i["InstanceId"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(seen.len(), n);
+}
+
+#[tokio::test]
+async fn every_server_side_filter_narrows_the_answer() {
+    let now = Utc::now();
+    let fleet = fleet::generate(3000, 13, now);
+    let local: Vec<Instance> = fleet
+        .iter()
+        .filter(|i| i.region_id == REGION)
+        .cloned()
+        .collect();
+    let h = start(fleet, Faults::default()).await;
+    let c = client(&h);
+    let ids = |v: &[Instance]| {
+        v.iter()
+            .map(|i| i.instance_id.clone())
+            .collect::<HashSet<_>>()
+    };
+    let check = |f: DescribeFilter, pred: Box<dyn Fn(&Instance) -> bool>| {
+        let c = c.clone();
+        let want: HashSet<String> = local
+            .iter()
+            .filter(|i| pred(i))
+            .map(|i| i.instance_id.clone())
+            .collect();
+        async move {
+            let got = c.describe_instances(REGION, &f).await.unwrap();
+            assert!(!want.is_empty(), "the filter {f:?} selects something");
+            assert_eq!(ids(&got), want, "filter {f:?}");
+        }
+    };
+    check(
+        DescribeFilter {
+            status: Some(InstanceStatus::Stopped),
+            ..Default::default()
+        },
+        Box::new(|i| i.status == InstanceStatus::Stopped),
+    )
+    .await;
+    check(
+        DescribeFilter {
+            charge_type: Some(ChargeType::PrePaid),
+            ..Default::default()
+        },
+        Box::new(|i| i.charge_type == ChargeType::PrePaid),
+    )
+    .await;
+    check(
+        DescribeFilter {
+            tags: vec![
+                ("purpose".into(), "ci".into()),
+                ("env".into(), "dev".into()),
+            ],
+            ..Default::default()
+        },
+        Box::new(|i| {
+            i.tags.get("purpose").map(String::as_str) == Some("ci")
+                && i.tags.get("env").map(String::as_str) == Some("dev")
+        }),
+    )
+    .await;
+    check(
+        DescribeFilter {
+            tags: vec![("keep".into(), String::new())],
+            ..Default::default()
+        },
+        Box::new(|i| i.tags.contains_key("keep")),
+    )
+    .await;
+    // More than 100 ids are split into several calls by the client.
+    let some: Vec<String> = local
+        .iter()
+        .step_by(3)
+        .take(150)
+        .map(|i| i.instance_id.clone())
+        .collect();
+    let set: HashSet<String> = some.iter().cloned().collect();
+    check(
+        DescribeFilter {
+            instance_ids: Some(some.clone()),
+            status: Some(InstanceStatus::Running),
+            ..Default::default()
+        },
+        Box::new(move |i| set.contains(&i.instance_id) && i.status == InstanceStatus::Running),
+    )
+    .await;
+    // Unknown ids just produce fewer entries.
+    let got = c
+        .describe_instances(
+            REGION,
+            &DescribeFilter {
+                instance_ids: Some(vec!["i-nope".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+}
+
+#[tokio::test]
+async fn release_rules_answer_ecs_codes_with_their_classes() {
+    let now = Utc::now();
+    let mut protected = inst("i-protected", InstanceStatus::Stopped, ChargeType::PostPaid);
+    protected.deletion_protection = true;
+    let mut locked = inst("i-locked", InstanceStatus::Stopped, ChargeType::PostPaid);
+    locked.lock_reasons = vec!["security".into()];
+    let running = inst("i-running", InstanceStatus::Running, ChargeType::PostPaid);
+    let pending = inst("i-pending", InstanceStatus::Pending, ChargeType::PostPaid);
+    let mut sub_live = inst("i-sub-live", InstanceStatus::Stopped, ChargeType::PrePaid);
+    sub_live.expired_time = Some(now + chrono::Duration::days(10));
+    let mut sub_expired = inst(
+        "i-sub-expired",
+        InstanceStatus::Stopped,
+        ChargeType::PrePaid,
+    );
+    sub_expired.expired_time = Some(now - chrono::Duration::days(10));
+    let ok = inst("i-ok", InstanceStatus::Stopped, ChargeType::PostPaid);
+    let h = start(
+        vec![
+            protected,
+            locked,
+            running,
+            pending,
+            sub_live,
+            sub_expired,
+            ok,
+        ],
+        Faults::default(),
+    )
+    .await;
+    let c = client(&h);
+    let cases: Vec<(DeleteRequest, &str, u16, ErrorClass)> = vec![
+        (
+            del(&["i-protected"], "t1"),
+            "InvalidOperation.DeletionProtection",
+            403,
+            ErrorClass::Permanent,
+        ),
+        (
+            del(&["i-locked"], "t2"),
+            "InstanceLockedForSecurity",
+            403,
+            ErrorClass::Permanent,
+        ),
+        (
+            del(&["i-running"], "t3"),
+            "IncorrectInstanceStatus",
+            403,
+            ErrorClass::Permanent,
+        ),
+        (
+            del(&["i-pending"], "t3b"),
+            "IncorrectInstanceStatus.Initializing",
+            403,
+            ErrorClass::Retryable,
+        ),
+        (
+            DeleteRequest {
+                terminate_subscription: true,
+                ..del(&["i-sub-live"], "t4")
+            },
+            "ChargeTypeViolation",
+            403,
+            ErrorClass::Permanent,
+        ),
+        (
+            del(&["i-sub-expired"], "t5"),
+            "ChargeTypeViolation",
+            403,
+            ErrorClass::Permanent,
+        ),
+        (
+            del(&["i-missing"], "t6"),
+            "InvalidInstanceId.NotFound",
+            404,
+            ErrorClass::Gone,
+        ),
+        (
+            DeleteRequest {
+                dry_run: true,
+                ..del(&["i-ok"], "t7")
+            },
+            "DryRunOperation",
+            400,
+            ErrorClass::DryRunPassed,
+        ),
+        // All or nothing: one bad member refuses the whole batch.
+        (
+            del(&["i-ok", "i-protected"], "t8"),
+            "InvalidOperation.DeletionProtection",
+            403,
+            ErrorClass::Permanent,
+        ),
+    ];
+    for (req, code, status, class) in cases {
+        let e = c.delete_instances(&req).await.unwrap_err();
+        assert_eq!(api_code(&e), (code, status), "{req:?}");
+        assert_eq!(e.class(), class, "{code}");
+        assert!(e.request_id().is_some(), "errors carry a RequestId");
+    }
+    assert!(
+        h.sim.releases().is_empty(),
+        "nothing was released by refused calls"
+    );
+
+    // What is allowed goes through.
+    c.delete_instances(&DeleteRequest {
+        force: true,
+        ..del(&["i-running"], "t9")
+    })
+    .await
+    .unwrap();
+    c.delete_instances(&DeleteRequest {
+        terminate_subscription: true,
+        ..del(&["i-sub-expired"], "t10")
+    })
+    .await
+    .unwrap();
+    c.delete_instances(&del(&["i-ok"], "t11")).await.unwrap();
+    let released: Vec<String> = h
+        .sim
+        .releases()
+        .into_iter()
+        .map(|r| r.instance_id)
+        .collect();
+    assert_eq!(released, ["i-running", "i-sub-expired", "i-ok"]);
+    let left: HashSet<String> = h
+        .sim
+        .instances()
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect();
+    assert!(!left.contains("i-ok") && left.contains("i-protected"));
+}
+
+#[tokio::test]
+async fn auth_errors_wrong_secret_unknown_key_skew_and_nonce_reuse() {
+    let h = start(
+        vec![inst("i-1", InstanceStatus::Stopped, ChargeType::PostPaid)],
+        Faults::default(),
+    )
+    .await;
+    let e = client_for(&h, "wrong-secret")
+        .describe_instances(REGION, &DescribeFilter::default())
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&e), ("SignatureDoesNotMatch", 400));
+    assert_eq!(e.class(), ErrorClass::Permanent);
+
+    let cfg = ClientConfig {
+        endpoint: Some(h.endpoint()),
+        ..ClientConfig::default()
+    };
+    let other = EcsClient::new(
+        cfg.clone(),
+        Arc::new(StaticProvider(Credentials::new("nobody", "x"))),
+    )
+    .unwrap();
+    let e = other
+        .describe_instances(REGION, &DescribeFilter::default())
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&e), ("InvalidAccessKeyId.NotFound", 404));
+
+    // A client whose clock is 20 minutes fast.
+    let skewed = ManualClock::new(Utc::now() + chrono::Duration::minutes(20));
+    let c = EcsClient::with_clock(
+        cfg,
+        Arc::new(StaticProvider(Credentials::new(
+            sim::DEFAULT_ACCESS_KEY_ID,
+            sim::DEFAULT_ACCESS_KEY_SECRET,
+        ))),
+        Arc::new(skewed),
+    )
+    .unwrap();
+    let e = c
+        .describe_instances(REGION, &DescribeFilter::default())
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&e), ("InvalidTimeStamp.Expired", 400));
+
+    let params = [("Action", "DescribeInstances"), ("RegionId", REGION)];
+    let (s, _) = raw(&h, &params, Some("fixed-nonce")).await;
+    assert_eq!(s, 200);
+    let (s, body) = raw(&h, &params, Some("fixed-nonce")).await;
+    assert_eq!(
+        (s, body["Code"].as_str().unwrap()),
+        (400, "SignatureNonceUsed")
+    );
+    let _ = SystemClock;
+}
+
+#[tokio::test]
+async fn a_client_token_replays_the_first_answer_and_refuses_other_parameters() {
+    let h = start(
+        vec![
+            inst("i-a", InstanceStatus::Stopped, ChargeType::PostPaid),
+            inst("i-b", InstanceStatus::Stopped, ChargeType::PostPaid),
+        ],
+        Faults::default(),
+    )
+    .await;
+    let c = client(&h);
+    let first = c.delete_instances(&del(&["i-a"], "tok-1")).await.unwrap();
+    let again = c.delete_instances(&del(&["i-a"], "tok-1")).await.unwrap();
+    assert_eq!(
+        first.request_id, again.request_id,
+        "same answer for the same token"
+    );
+    assert_eq!(h.sim.releases().len(), 1, "the second call did nothing");
+    let e = c
+        .delete_instances(&del(&["i-b"], "tok-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&e), ("IdempotentParameterMismatch", 400));
+    assert_eq!(e.class(), ErrorClass::Permanent);
+    assert!(h.sim.instances().iter().any(|i| i.instance_id == "i-b"));
+}
+
+#[tokio::test]
+async fn injected_faults_have_the_right_classes() {
+    let h = start(
+        vec![inst("i-a", InstanceStatus::Stopped, ChargeType::PostPaid)],
+        Faults {
+            internal_error_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let c = client(&h);
+    let e = c
+        .describe_instances(REGION, &DescribeFilter::default())
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&e), ("InternalError", 500));
+    assert_eq!(e.class(), ErrorClass::Retryable);
+    // A read is retried inside the client: four attempts by default.
+    assert_eq!(h.sim.calls().len(), 4);
+    let e = c.delete_instances(&del(&["i-a"], "x")).await.unwrap_err();
+    assert_eq!(api_code(&e), ("InternalError", 500));
+    assert_eq!(
+        h.sim.calls().len(),
+        5,
+        "a release is sent once: the queue retries it"
+    );
+
+    h.sim.set_faults(Faults {
+        throttle_rate: 1.0,
+        ..Faults::default()
+    });
+    let e = c.delete_instances(&del(&["i-a"], "x")).await.unwrap_err();
+    assert_eq!(api_code(&e), ("Throttling", 400));
+    assert_eq!(e.class(), ErrorClass::Retryable);
+    assert_eq!(
+        e.retry_after(),
+        Some(Duration::from_millis(50)),
+        "TimeLeft is honoured"
+    );
+
+    // Reads recover when a fault clears between attempts.
+    h.sim.set_faults(Faults {
+        internal_error_rate: 0.5,
+        ..Faults::default()
+    });
+    for _ in 0..5 {
+        c.describe_instances(REGION, &DescribeFilter::default())
+            .await
+            .unwrap();
+    }
+
+    h.sim.set_faults(Faults {
+        drop_after_commit_rate: 1.0,
+        ..Faults::default()
+    });
+    let e = c
+        .delete_instances(&del(&["i-a"], "lost"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            EcsError::Transport {
+                kind: TransportKind::LostAnswer,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.outcome_unknown());
+    assert_eq!(e.class(), ErrorClass::Retryable);
+    assert_eq!(h.sim.releases().len(), 1, "the release happened");
+    // The retry with the same token gets the first answer; nothing is released twice.
+    h.sim.set_faults(Faults::default());
+    let again = c.delete_instances(&del(&["i-a"], "lost")).await.unwrap();
+    assert_eq!(again.request_id, h.sim.releases()[0].request_id);
+    assert_eq!(h.sim.releases().len(), 1);
+
+    h.sim.set_faults(Faults {
+        latency: Duration::from_millis(500),
+        ..Faults::default()
+    });
+    let cfg = ClientConfig {
+        endpoint: Some(h.endpoint()),
+        timeout: Duration::from_millis(100),
+        read_attempts: 1,
+        ..ClientConfig::default()
+    };
+    let slow = EcsClient::new(
+        cfg,
+        Arc::new(StaticProvider(Credentials::new(
+            sim::DEFAULT_ACCESS_KEY_ID,
+            sim::DEFAULT_ACCESS_KEY_SECRET,
+        ))),
+    )
+    .unwrap();
+    let e = slow
+        .describe_instances(REGION, &DescribeFilter::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            EcsError::Transport {
+                kind: TransportKind::Timeout,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.class(), ErrorClass::Retryable);
+}
+
+#[tokio::test]
+async fn bad_input_gets_ecs_errors_never_a_crash() {
+    let h = start(
+        vec![inst("i-a", InstanceStatus::Stopped, ChargeType::PostPaid)],
+        Faults::default(),
+    )
+    .await;
+    let ids101: Vec<(String, String)> = (1..=101)
+        .map(|n| (format!("InstanceId.{n}"), format!("i-{n}")))
+        .collect();
+    let mut p101: Vec<(&str, &str)> = vec![("Action", "DeleteInstances"), ("RegionId", REGION)];
+    p101.extend(ids101.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let long = "x".repeat(65);
+    let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
+        (vec![("RegionId", REGION)], 400, "MissingParameter"),
+        (
+            vec![("Action", "RebootEverything"), ("RegionId", REGION)],
+            404,
+            "InvalidAction.NotFound",
+        ),
+        (
+            vec![
+                ("Action", "DescribeInstances"),
+                ("RegionId", REGION),
+                ("InstanceIds", "[\"i-a\""),
+            ],
+            400,
+            "InvalidParameter",
+        ),
+        (
+            vec![
+                ("Action", "DescribeInstances"),
+                ("RegionId", REGION),
+                ("Status", "Sleeping"),
+            ],
+            404,
+            "InvalidStatus.NotFound",
+        ),
+        (p101, 403, "InvalidParameter.TooManyInstanceIds"),
+        (
+            vec![
+                ("Action", "DeleteInstances"),
+                ("RegionId", REGION),
+                ("InstanceId.1", "i-a"),
+                ("ClientToken", "tøken"),
+            ],
+            400,
+            "InvalidParameter",
+        ),
+        (
+            vec![
+                ("Action", "DeleteInstances"),
+                ("RegionId", REGION),
+                ("InstanceId.1", "i-a"),
+                ("ClientToken", &long),
+            ],
+            400,
+            "InvalidParameter",
+        ),
+        (
+            vec![("Action", "DeleteInstances"), ("InstanceId.1", "i-a")],
+            400,
+            "MissingParameter",
+        ),
+        (
+            vec![("Action", "DeleteInstances"), ("RegionId", REGION)],
+            400,
+            "MissingParameter",
+        ),
+        (
+            vec![
+                ("Action", "DeleteInstances"),
+                ("RegionId", REGION),
+                ("InstanceId.1", "i-a"),
+                ("Force", "maybe"),
+            ],
+            400,
+            "InvalidParameter",
+        ),
+        (
+            vec![
+                ("Action", "DescribeInstances"),
+                ("RegionId", "NOT A REGION"),
+            ],
+            404,
+            "InvalidRegionId.NotFound",
+        ),
+        (
+            vec![
+                ("Action", "DescribeInstances"),
+                ("RegionId", REGION),
+                ("MaxResults", "1000"),
+            ],
+            400,
+            "InvalidParameter",
+        ),
+    ];
+    for (params, status, code) in cases {
+        let (s, body) = raw(&h, &params, None).await;
+        assert_eq!(
+            (s, body["Code"].as_str().unwrap_or("?")),
+            (status, code),
+            "{params:?}"
+        );
+        for field in ["RequestId", "HostId", "Message", "Recommend"] {
+            assert!(body[field].is_string(), "{field} in {body}");
+        }
+    }
+    // Booleans in any case, and form bodies.
+    let (s, _) = raw(
+        &h,
+        &[
+            ("Action", "DeleteInstances"),
+            ("RegionId", REGION),
+            ("InstanceId.1", "i-a"),
+            ("Force", "True"),
+            ("DryRun", "FALSE"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    // The simulator is still serving.
+    let (s, _) = raw(
+        &h,
+        &[("Action", "DescribeInstances"), ("RegionId", REGION)],
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    // The client refuses locally what ECS would refuse.
+    let c = client(&h);
+    let ids: Vec<String> = (0..101).map(|n| format!("i-{n}")).collect();
+    let mut r = del(&[], "t");
+    r.instance_ids = ids;
+    assert!(matches!(
+        c.delete_instances(&r).await,
+        Err(EcsError::Invalid { .. })
+    ));
+    assert!(matches!(
+        c.delete_instances(&del(&["i-a"], &long)).await,
+        Err(EcsError::Invalid { .. })
+    ));
+    assert!(matches!(
+        c.delete_instances(&del(&["i-a"], "tøken")).await,
+        Err(EcsError::Invalid { .. })
+    ));
+}
+
+#[tokio::test]
+async fn form_bodies_are_signed_and_accepted_like_the_go_sdk_sends_them() {
+    let h = start(
+        vec![inst("i-a", InstanceStatus::Stopped, ChargeType::PostPaid)],
+        Faults::default(),
+    )
+    .await;
+    let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let query: Vec<(String, String)> = vec![
+        ("Action".into(), "DescribeInstances".into()),
+        ("Version".into(), "2014-05-26".into()),
+        ("Format".into(), "JSON".into()),
+        ("AccessKeyId".into(), sim::DEFAULT_ACCESS_KEY_ID.into()),
+        ("SignatureMethod".into(), "HMAC-SHA1".into()),
+        ("SignatureVersion".into(), "1.0".into()),
+        ("SignatureNonce".into(), "n-form-1".into()),
+        ("Timestamp".into(), now),
+    ];
+    let form = vec![
+        ("RegionId".to_string(), REGION.to_string()),
+        ("InstanceName".to_string(), "a b".to_string()),
+    ];
+    let mut all = query.clone();
+    all.extend(form.clone());
+    let sig = sign::sign(
+        sim::DEFAULT_ACCESS_KEY_SECRET,
+        &sign::string_to_sign("POST", &all),
+    );
+    let mut q = query;
+    q.push(("Signature".into(), sig));
+    // Go's url.Values.Encode sends spaces as '+': the simulator must form-decode.
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&form)
+        .finish();
+    assert!(body.contains('+'));
+    let resp = reqwest::Client::new()
+        .post(h.endpoint())
+        .query(&q)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+}
+
+#[tokio::test]
+async fn secrets_never_reach_errors_or_debug_output() {
+    let secret = "SuperSecretValue-9f8e7d";
+    let token = "StsTokenValue-1a2b3c";
+    let h = start(vec![], Faults::default()).await;
+    let creds = Credentials {
+        access_key_id: sim::DEFAULT_ACCESS_KEY_ID.into(),
+        access_key_secret: ecs_janitor::ecs::Secret::new(secret),
+        security_token: Some(ecs_janitor::ecs::Secret::new(token)),
+    };
+    let provider = Arc::new(StaticProvider(creds));
+    // A wrong secret: the simulator echoes the string to sign, which carries the token.
+    let c = EcsClient::new(
+        ClientConfig {
+            endpoint: Some(h.endpoint()),
+            ..ClientConfig::default()
+        },
+        provider.clone(),
+    )
+    .unwrap();
+    let e = c
+        .describe_instances(REGION, &DescribeFilter::default())
+        .await
+        .unwrap_err();
+    // Nothing listens on port 9 of localhost: a transport error whose URL holds the token.
+    let closed = EcsClient::new(
+        ClientConfig {
+            endpoint: Some(url::Url::parse("http://127.0.0.1:9/").unwrap()),
+            read_attempts: 1,
+            ..ClientConfig::default()
+        },
+        provider,
+    )
+    .unwrap();
+    let e2 = closed
+        .describe_instances(REGION, &DescribeFilter::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e2.class(), ErrorClass::Retryable);
+    for text in [
+        format!("{e} {e:?}"),
+        format!("{e2} {e2:?}"),
+        format!("{c:?} {closed:?}"),
+    ] {
+        assert!(!text.contains(secret), "{text}");
+        assert!(!text.contains(token), "{text}");
+        assert!(!text.contains(&sign::percent_encode(token)), "{text}");
+    }
+    let _: Option<DateTime<Utc>> = None;
+}
