@@ -9,6 +9,7 @@
 //! the benchmarks.
 
 pub mod backoff;
+pub mod cli;
 pub mod clock;
 pub mod ecs;
 pub mod plan;
