@@ -1,0 +1,593 @@
+//! The pure evaluation core: (policies, inventory, observations, queue, now) → which instances
+//! each policy would release and why, and which it skips and why.
+//!
+//! Nothing here reads a clock, a file or the network, so every decision can be tested with
+//! table cases and property tests. Rules, in the order they apply to an instance and a policy:
+//!
+//! 1. Only instances in one of the policy's regions, with a known status, are considered.
+//! 2. `select` must fully hold and no `exclude` condition may hold. An instance that would match
+//!    except that it has not been seen Stopped long enough is skipped as "stopped since unknown".
+//! 3. Protections (protect tag, DeletionProtection, `security` lock unless allowed) skip it.
+//! 4. The first policy in name order that matches an instance claims it, even if that policy
+//!    then skips it or is refused: a later policy reports "also matched by" and never plans it.
+//!    This is the conservative choice: a refused or protecting policy never hands its
+//!    instances to another.
+//! 5. An instance ECS would refuse to release with this policy's flags (not Stopped without
+//!    `force`, PrePaid without `terminate_subscription`) is skipped.
+//! 6. If the policy's would-be releases exceed `limits.max_releases_per_run`, it is refused as a
+//!    whole: nothing from it is planned, and each would-be release is listed as over the limit.
+//! 7. A planned release whose `not_before` (now + grace, or the queued time) is in the future is
+//!    also reported as a "grace pending" skip: it stays planned (so the queue keeps it) but is
+//!    not released in this run.
+
+mod render;
+mod saved;
+
+pub use render::{render_json, render_text, JSON_FORMAT_VERSION};
+pub use saved::{SavedPlan, SavedPlanError, SavedRelease};
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::ecs::{ChargeType, Instance, InstanceStatus};
+use crate::policy::{Policy, ProtectionConfig, Selector};
+
+/// A release already in the queue, from an earlier run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedInfo {
+    pub policy: String,
+    pub not_before: DateTime<Utc>,
+}
+
+/// What evaluation knows besides the inventory: facts ecs-janitor recorded itself.
+#[derive(Debug, Clone, Default)]
+pub struct EvalContext {
+    /// Instance id → when ecs-janitor first saw it Stopped (continuously since).
+    pub observations: HashMap<String, DateTime<Utc>>,
+    /// Instance id → its active queued release.
+    pub queued: HashMap<String, QueuedInfo>,
+    pub protection: ProtectionConfig,
+}
+
+/// The decisions for every policy evaluated, in policy name order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The `now` the plan was evaluated at.
+    pub generated_at: DateTime<Utc>,
+    pub policies: Vec<PolicyPlan>,
+}
+
+/// One policy's decisions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyPlan {
+    pub policy: String,
+    pub dry_run: bool,
+    /// Instances to release (empty when refused), in inventory order.
+    pub releases: Vec<PlannedRelease>,
+    pub skips: Vec<Skip>,
+    /// Set when the policy would exceed its blast-radius limit.
+    pub refused: Option<Refusal>,
+}
+
+/// An instance a policy will release.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRelease {
+    pub instance_id: String,
+    pub region: String,
+    pub instance_name: String,
+    pub policy: String,
+    pub force: bool,
+    pub terminate_subscription: bool,
+    /// Not released before this: now + grace, or the queued time if already queued.
+    pub not_before: DateTime<Utc>,
+    /// The conditions that matched, in words.
+    pub reasons: Vec<String>,
+    /// Later policies (in name order) that selected it too.
+    pub also_matched_by: Vec<String>,
+}
+
+impl PlannedRelease {
+    /// True when the release waits for its grace period to end.
+    pub fn is_pending(&self, now: DateTime<Utc>) -> bool {
+        self.not_before > now
+    }
+}
+
+/// An instance a policy considered and did not release now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub instance_id: String,
+    pub region: String,
+    pub policy: String,
+    pub reason: SkipReason,
+    /// The reason in words, for people.
+    pub detail: String,
+}
+
+/// Why an instance was skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Carries the protect tag (its key is given) with value `true`.
+    Protected {
+        tag: String,
+    },
+    DeletionProtection,
+    /// A `security` operation lock, and the policy does not allow releasing those.
+    SecurityLocked,
+    /// Planned, but its grace period runs until `until`.
+    GracePending {
+        until: DateTime<Utc>,
+    },
+    /// `stopped_for` cannot be confirmed: never seen Stopped, or seen too recently.
+    StoppedSinceUnknown {
+        first_seen: Option<DateTime<Utc>>,
+    },
+    /// Would be released, but the policy was refused for exceeding its limit.
+    OverLimit,
+    /// Claimed by an earlier policy in name order.
+    AlsoMatchedBy {
+        policy: String,
+    },
+    /// Not Stopped, and the policy does not set `release.force`: ECS would refuse.
+    RequiresForce {
+        status: InstanceStatus,
+    },
+    /// A subscription, and the policy does not set `release.terminate_subscription`.
+    RequiresTerminateSubscription,
+}
+
+impl SkipReason {
+    /// A stable machine name, used by the JSON output.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SkipReason::Protected { .. } => "protected",
+            SkipReason::DeletionProtection => "deletion_protection",
+            SkipReason::SecurityLocked => "security_locked",
+            SkipReason::GracePending { .. } => "grace_pending",
+            SkipReason::StoppedSinceUnknown { .. } => "stopped_since_unknown",
+            SkipReason::OverLimit => "over_limit",
+            SkipReason::AlsoMatchedBy { .. } => "also_matched_by",
+            SkipReason::RequiresForce { .. } => "requires_force",
+            SkipReason::RequiresTerminateSubscription => "requires_terminate_subscription",
+        }
+    }
+}
+
+/// A policy refused for its blast radius.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// How many releases it would have planned.
+    pub count: usize,
+    pub limit: u32,
+}
+
+impl Refusal {
+    pub fn message(&self) -> String {
+        format!(
+            "refused: {} releases would exceed limits.max_releases_per_run {}; nothing planned",
+            self.count, self.limit
+        )
+    }
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlanSummary {
+    /// Releases due now (not waiting for grace).
+    pub to_release: usize,
+    /// Skips of every kind, including grace pending.
+    pub skipped: usize,
+    /// Planned releases waiting for grace (also counted in `skipped`).
+    pub pending: usize,
+    pub policies_refused: usize,
+}
+
+impl Plan {
+    pub fn summary(&self) -> PlanSummary {
+        let mut s = PlanSummary::default();
+        for p in &self.policies {
+            let pending = p
+                .releases
+                .iter()
+                .filter(|r| r.is_pending(self.generated_at))
+                .count();
+            s.pending += pending;
+            s.to_release += p.releases.len() - pending;
+            s.skipped += p.skips.len();
+            s.policies_refused += usize::from(p.refused.is_some());
+        }
+        s
+    }
+
+    /// Every planned release across policies (each instance at most once).
+    pub fn releases(&self) -> impl Iterator<Item = &PlannedRelease> {
+        self.policies.iter().flat_map(|p| p.releases.iter())
+    }
+}
+
+/// How one instance fares against one policy's conditions.
+enum Match {
+    No,
+    /// Everything holds except `stopped_for`, which cannot be confirmed yet.
+    StoppedUnknown(Option<DateTime<Utc>>),
+    Yes,
+}
+
+/// Evaluates `policies` against `inventory` at `now`. Pure and deterministic.
+pub fn evaluate(
+    policies: &[Policy],
+    inventory: &[Instance],
+    ctx: &EvalContext,
+    now: DateTime<Utc>,
+) -> Plan {
+    let mut order: Vec<&Policy> = policies.iter().collect();
+    order.sort_by(|a, b| a.name.cmp(&b.name));
+
+    // Index by region once, so each policy only walks its own regions.
+    let mut by_region: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, inst) in inventory.iter().enumerate() {
+        by_region
+            .entry(inst.region_id.as_str())
+            .or_default()
+            .push(i);
+    }
+    // Which policy (index into `out`) claimed each instance, and its release index if planned.
+    let mut claimed: Vec<Option<(usize, Option<usize>)>> = vec![None; inventory.len()];
+    let mut out: Vec<PolicyPlan> = Vec::with_capacity(order.len());
+
+    for (pi, policy) in order.iter().enumerate() {
+        let mut plan = PolicyPlan {
+            policy: policy.name.clone(),
+            dry_run: policy.dry_run,
+            releases: Vec::new(),
+            skips: Vec::new(),
+            refused: None,
+        };
+        let mut candidates: Vec<(usize, PlannedRelease)> = Vec::new();
+        let mut regions: Vec<&str> = policy.regions.iter().map(String::as_str).collect();
+        regions.sort_unstable();
+        regions.dedup();
+        for region in regions {
+            let Some(indices) = by_region.get(region) else {
+                continue;
+            };
+            for &ii in indices {
+                let inst = &inventory[ii];
+                let skip = |reason: SkipReason, detail: String| Skip {
+                    instance_id: inst.instance_id.clone(),
+                    region: inst.region_id.clone(),
+                    policy: policy.name.clone(),
+                    reason,
+                    detail,
+                };
+                match matches(policy, inst, ctx, now) {
+                    Match::No => continue,
+                    Match::StoppedUnknown(first_seen) => {
+                        let detail = match first_seen {
+                            Some(t) => format!(
+                                "stopped since unknown, first seen stopped at {}",
+                                fmt_time(t)
+                            ),
+                            None => "stopped since unknown: not yet seen stopped".to_string(),
+                        };
+                        plan.skips
+                            .push(skip(SkipReason::StoppedSinceUnknown { first_seen }, detail));
+                        continue;
+                    }
+                    Match::Yes => {}
+                }
+                let earlier = claimed[ii];
+                if earlier.is_none() {
+                    claimed[ii] = Some((pi, None));
+                }
+                if let Some((reason, detail)) = protection(policy, inst, &ctx.protection) {
+                    plan.skips.push(skip(reason, detail));
+                    continue;
+                }
+                if let Some((owner, release)) = earlier {
+                    let owner_name = out[owner].policy.clone();
+                    if let Some(ri) = release {
+                        out[owner].releases[ri]
+                            .also_matched_by
+                            .push(policy.name.clone());
+                    }
+                    let detail = format!("also matched by {owner_name}, which comes first");
+                    plan.skips.push(skip(
+                        SkipReason::AlsoMatchedBy { policy: owner_name },
+                        detail,
+                    ));
+                    continue;
+                }
+                if inst.status != InstanceStatus::Stopped && !policy.release.force {
+                    let detail = format!(
+                        "instance is {}; ECS releases only Stopped instances unless release.force is true",
+                        inst.status
+                    );
+                    plan.skips.push(skip(
+                        SkipReason::RequiresForce {
+                            status: inst.status,
+                        },
+                        detail,
+                    ));
+                    continue;
+                }
+                if inst.charge_type == ChargeType::PrePaid && !policy.release.terminate_subscription
+                {
+                    plan.skips.push(skip(
+                        SkipReason::RequiresTerminateSubscription,
+                        "a subscription instance; ECS releases it only with release.terminate_subscription: true".into(),
+                    ));
+                    continue;
+                }
+                let not_before = match ctx.queued.get(&inst.instance_id) {
+                    Some(q) => q.not_before,
+                    None => now + policy.release.grace,
+                };
+                candidates.push((
+                    ii,
+                    PlannedRelease {
+                        instance_id: inst.instance_id.clone(),
+                        region: inst.region_id.clone(),
+                        instance_name: inst.instance_name.clone(),
+                        policy: policy.name.clone(),
+                        force: policy.release.force,
+                        terminate_subscription: policy.release.terminate_subscription,
+                        not_before,
+                        reasons: reasons(&policy.select, inst, ctx),
+                        also_matched_by: Vec::new(),
+                    },
+                ));
+            }
+        }
+        // Walk regions in a stable order but report in inventory order.
+        candidates.sort_by_key(|(ii, _)| *ii);
+        let limit = policy.limits.max_releases_per_run;
+        if candidates.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+            let refusal = Refusal {
+                count: candidates.len(),
+                limit,
+            };
+            for (_, r) in candidates {
+                plan.skips.push(Skip {
+                    instance_id: r.instance_id,
+                    region: r.region,
+                    policy: r.policy,
+                    reason: SkipReason::OverLimit,
+                    detail: refusal.message(),
+                });
+            }
+            plan.refused = Some(refusal);
+        } else {
+            for (ii, r) in candidates {
+                if r.not_before > now {
+                    plan.skips.push(Skip {
+                        instance_id: r.instance_id.clone(),
+                        region: r.region.clone(),
+                        policy: r.policy.clone(),
+                        reason: SkipReason::GracePending {
+                            until: r.not_before,
+                        },
+                        detail: format!("grace pending until {}", fmt_time(r.not_before)),
+                    });
+                }
+                claimed[ii] = Some((pi, Some(plan.releases.len())));
+                plan.releases.push(r);
+            }
+        }
+        out.push(plan);
+    }
+    Plan {
+        generated_at: now,
+        policies: out,
+    }
+}
+
+/// RFC 3339 in UTC to the second, as every time in plans is shown.
+pub(crate) fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn protection(
+    policy: &Policy,
+    inst: &Instance,
+    protection: &ProtectionConfig,
+) -> Option<(SkipReason, String)> {
+    if inst
+        .tags
+        .get(&protection.protect_tag_key)
+        .map(String::as_str)
+        == Some(ProtectionConfig::PROTECT_VALUE)
+    {
+        let tag = protection.protect_tag_key.clone();
+        let detail = format!("protected by tag {tag}=true");
+        return Some((SkipReason::Protected { tag }, detail));
+    }
+    if inst.deletion_protection {
+        return Some((
+            SkipReason::DeletionProtection,
+            "deletion protection is on".into(),
+        ));
+    }
+    if inst.security_locked() && !policy.release.allow_security_locked {
+        return Some((
+            SkipReason::SecurityLocked,
+            "security lock: releasing it would also release disks set to outlive it; set release.allow_security_locked to allow".into(),
+        ));
+    }
+    None
+}
+
+/// Whether `inst` meets the policy's conditions. No allocation: this runs for every instance
+/// and policy.
+fn matches(policy: &Policy, inst: &Instance, ctx: &EvalContext, now: DateTime<Utc>) -> Match {
+    if inst.status == InstanceStatus::Unknown {
+        return Match::No;
+    }
+    let sel = &policy.select;
+    if !select_holds(sel, inst, now) {
+        return Match::No;
+    }
+    if let Some(ex) = &policy.exclude {
+        if any_holds(ex, inst, ctx, now) {
+            return Match::No;
+        }
+    }
+    if let Some(d) = sel.stopped_for {
+        if inst.status != InstanceStatus::Stopped {
+            return Match::No;
+        }
+        let first_seen = ctx.observations.get(&inst.instance_id).copied();
+        match first_seen {
+            Some(t) if t <= now - d.to_chrono() => {}
+            other => return Match::StoppedUnknown(other),
+        }
+    }
+    Match::Yes
+}
+
+fn tag_holds(t: &crate::policy::TagMatch, inst: &Instance) -> bool {
+    match (&t.value, inst.tags.get(&t.key)) {
+        (None, Some(_)) => true,
+        (Some(want), Some(have)) => want == have,
+        (_, None) => false,
+    }
+}
+
+fn is_expired(inst: &Instance, at: DateTime<Utc>) -> bool {
+    inst.charge_type == ChargeType::PrePaid && inst.expired_time.is_some_and(|t| t <= at)
+}
+
+fn created_before(inst: &Instance, at: DateTime<Utc>) -> bool {
+    inst.creation_time.is_some_and(|t| t <= at)
+}
+
+/// Every condition of `sel` holds, except `stopped_for` which needs observations and is
+/// checked by the caller.
+fn select_holds(sel: &Selector, inst: &Instance, now: DateTime<Utc>) -> bool {
+    sel.charge_type.is_none_or(|c| c == inst.charge_type)
+        && (sel.status.is_empty() || sel.status.contains(&inst.status))
+        && sel.tags.iter().all(|t| tag_holds(t, inst))
+        && sel
+            .name
+            .as_ref()
+            .is_none_or(|g| g.is_match(&inst.instance_name))
+        && sel
+            .instance_type
+            .as_ref()
+            .is_none_or(|g| g.is_match(&inst.instance_type))
+        && sel.zone.as_ref().is_none_or(|z| *z == inst.zone_id)
+        && sel
+            .resource_group_id
+            .as_ref()
+            .is_none_or(|r| *r == inst.resource_group_id)
+        && (sel.instance_ids.is_empty() || sel.instance_ids.contains(&inst.instance_id))
+        && sel
+            .created_before
+            .is_none_or(|d| created_before(inst, now - d.to_chrono()))
+        && sel.expired.is_none_or(|e| e == is_expired(inst, now))
+        && sel
+            .expired_for
+            .is_none_or(|d| is_expired(inst, now - d.to_chrono()))
+}
+
+/// Any single condition of an `exclude` block holds (each tag pair counts on its own).
+fn any_holds(ex: &Selector, inst: &Instance, ctx: &EvalContext, now: DateTime<Utc>) -> bool {
+    ex.charge_type == Some(inst.charge_type)
+        || ex.status.contains(&inst.status)
+        || ex.tags.iter().any(|t| tag_holds(t, inst))
+        || ex
+            .name
+            .as_ref()
+            .is_some_and(|g| g.is_match(&inst.instance_name))
+        || ex
+            .instance_type
+            .as_ref()
+            .is_some_and(|g| g.is_match(&inst.instance_type))
+        || ex.zone.as_ref().is_some_and(|z| *z == inst.zone_id)
+        || ex
+            .resource_group_id
+            .as_ref()
+            .is_some_and(|r| *r == inst.resource_group_id)
+        || ex.instance_ids.contains(&inst.instance_id)
+        || ex
+            .created_before
+            .is_some_and(|d| created_before(inst, now - d.to_chrono()))
+        || ex.expired.is_some_and(|e| e == is_expired(inst, now))
+        || ex
+            .expired_for
+            .is_some_and(|d| is_expired(inst, now - d.to_chrono()))
+        || ex.stopped_for.is_some_and(|d| {
+            inst.status == InstanceStatus::Stopped
+                && ctx
+                    .observations
+                    .get(&inst.instance_id)
+                    .is_some_and(|t| *t <= now - d.to_chrono())
+        })
+}
+
+/// The matched `select` conditions in words. Only called for planned releases.
+fn reasons(sel: &Selector, inst: &Instance, ctx: &EvalContext) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(c) = sel.charge_type {
+        out.push(format!("charge type is {c}"));
+    }
+    if !sel.status.is_empty() {
+        out.push(format!("status is {}", inst.status));
+    }
+    for t in &sel.tags {
+        match &t.value {
+            Some(v) => out.push(format!("tag {}={v}", t.key)),
+            None => out.push(format!("has tag {}", t.key)),
+        }
+    }
+    if let Some(g) = &sel.name {
+        out.push(format!(
+            "name {:?} matches {:?}",
+            inst.instance_name, g.text
+        ));
+    }
+    if let Some(g) = &sel.instance_type {
+        out.push(format!(
+            "instance type {} matches {:?}",
+            inst.instance_type, g.text
+        ));
+    }
+    if let Some(z) = &sel.zone {
+        out.push(format!("in zone {z}"));
+    }
+    if let Some(r) = &sel.resource_group_id {
+        out.push(format!("in resource group {r}"));
+    }
+    if !sel.instance_ids.is_empty() {
+        out.push("instance id is listed".to_string());
+    }
+    if let (Some(d), Some(t)) = (sel.created_before, inst.creation_time) {
+        out.push(format!("created {} (at least {d} ago)", fmt_time(t)));
+    }
+    if sel.expired == Some(true) || sel.expired_for.is_some() {
+        if let Some(t) = inst.expired_time {
+            match sel.expired_for {
+                Some(d) => out.push(format!(
+                    "subscription expired {} (at least {d} ago)",
+                    fmt_time(t)
+                )),
+                None => out.push(format!("subscription expired {}", fmt_time(t))),
+            }
+        }
+    } else if sel.expired == Some(false) {
+        out.push("not an expired subscription".to_string());
+    }
+    if let Some(d) = sel.stopped_for {
+        if let Some(t) = ctx.observations.get(&inst.instance_id) {
+            out.push(format!(
+                "stopped since at least {} (at least {d})",
+                fmt_time(*t)
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

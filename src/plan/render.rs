@@ -1,0 +1,181 @@
+//! Shows a [`Plan`] to people (text, in Terraform's spirit) and to programs (a versioned JSON
+//! document whose format is documented in `docs/policies.md`).
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use super::{fmt_time, Plan, SkipReason};
+
+/// The `version` field of [`render_json`]'s document. Bump it on any incompatible change.
+pub const JSON_FORMAT_VERSION: u32 = 1;
+
+struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    fn wrap(&self, code: &str, s: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+    fn bold(&self, s: &str) -> String {
+        self.wrap("1", s)
+    }
+    fn red(&self, s: &str) -> String {
+        self.wrap("31", s)
+    }
+    fn yellow(&self, s: &str) -> String {
+        self.wrap("33", s)
+    }
+    fn dim(&self, s: &str) -> String {
+        self.wrap("2", s)
+    }
+}
+
+/// The plan as text: per policy, each release with why and each skip with why, then
+/// `Plan: N to release, M skipped, K policies refused.` ANSI colours only when `color`.
+pub fn render_text(plan: &Plan, color: bool) -> String {
+    let p = Paint { on: color };
+    let now = plan.generated_at;
+    let mut out = String::new();
+    for pp in &plan.policies {
+        let mut header = format!("policy {}", pp.policy);
+        if pp.dry_run {
+            header.push_str(" (dry run: nothing will be released)");
+        }
+        let _ = writeln!(out, "{}", p.bold(&header));
+        if let Some(r) = &pp.refused {
+            let _ = writeln!(out, "  {}", p.red(&format!("! {}", r.message())));
+        }
+        for r in pp.releases.iter().filter(|r| !r.is_pending(now)) {
+            let name = if r.instance_name.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.instance_name)
+            };
+            let _ = writeln!(
+                out,
+                "  {} {}{name} in {} will be released",
+                p.red("-"),
+                r.instance_id,
+                r.region
+            );
+            let mut flags = Vec::new();
+            if r.force {
+                flags.push("force");
+            }
+            if r.terminate_subscription {
+                flags.push("terminate_subscription");
+            }
+            if !flags.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "      {}",
+                    p.dim(&format!("with {}", flags.join(", ")))
+                );
+            }
+            let _ = writeln!(out, "      because {}", r.reasons.join("; "));
+            if !r.also_matched_by.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "      {}",
+                    p.dim(&format!("also matched by {}", r.also_matched_by.join(", ")))
+                );
+            }
+        }
+        for s in &pp.skips {
+            // Over-limit skips repeat the refusal already shown; list them briefly.
+            let mark = match s.reason {
+                SkipReason::GracePending { .. } => p.yellow("~"),
+                _ => p.yellow("•"),
+            };
+            let _ = writeln!(
+                out,
+                "  {mark} {} in {} skipped: {}",
+                s.instance_id, s.region, s.detail
+            );
+        }
+        if pp.releases.is_empty() && pp.skips.is_empty() && pp.refused.is_none() {
+            let _ = writeln!(out, "  {}", p.dim("no matching instances"));
+        }
+        out.push('\n');
+    }
+    let s = plan.summary();
+    let _ = writeln!(
+        out,
+        "{}",
+        p.bold(&format!(
+            "Plan: {} to release, {} skipped, {} policies refused.",
+            s.to_release, s.skipped, s.policies_refused
+        ))
+    );
+    out
+}
+
+fn skip_json(reason: &SkipReason) -> Value {
+    let mut v = json!({ "code": reason.code() });
+    match reason {
+        SkipReason::Protected { tag } => v["tag"] = json!(tag),
+        SkipReason::GracePending { until } => v["until"] = json!(fmt_time(*until)),
+        SkipReason::StoppedSinceUnknown { first_seen } => {
+            v["first_seen_stopped"] = json!(first_seen.map(fmt_time))
+        }
+        SkipReason::AlsoMatchedBy { policy } => v["policy"] = json!(policy),
+        SkipReason::RequiresForce { status } => v["status"] = json!(status.as_str()),
+        _ => {}
+    }
+    v
+}
+
+/// The plan as a stable JSON document (format version [`JSON_FORMAT_VERSION`]).
+pub fn render_json(plan: &Plan) -> Value {
+    let now = plan.generated_at;
+    let s = plan.summary();
+    let policies: Vec<Value> = plan
+        .policies
+        .iter()
+        .map(|pp| {
+            json!({
+                "name": pp.policy,
+                "dry_run": pp.dry_run,
+                "refused": pp.refused.map(|r| json!({
+                    "count": r.count,
+                    "limit": r.limit,
+                    "message": r.message(),
+                })),
+                "releases": pp.releases.iter().map(|r| json!({
+                    "instance_id": r.instance_id,
+                    "region": r.region,
+                    "instance_name": r.instance_name,
+                    "force": r.force,
+                    "terminate_subscription": r.terminate_subscription,
+                    "not_before": fmt_time(r.not_before),
+                    "pending": r.is_pending(now),
+                    "reasons": r.reasons,
+                    "also_matched_by": r.also_matched_by,
+                })).collect::<Vec<_>>(),
+                "skips": pp.skips.iter().map(|k| json!({
+                    "instance_id": k.instance_id,
+                    "region": k.region,
+                    "reason": skip_json(&k.reason),
+                    "detail": k.detail,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "version": JSON_FORMAT_VERSION,
+        "generated_at": fmt_time(now),
+        "policies": policies,
+        "summary": {
+            "to_release": s.to_release,
+            "pending": s.pending,
+            "skipped": s.skipped,
+            "policies_refused": s.policies_refused,
+        },
+    })
+}
