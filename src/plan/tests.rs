@@ -7,7 +7,9 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 
 fn now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).single().unwrap_or_default()
+    Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0)
+        .single()
+        .unwrap_or_default()
 }
 
 fn policies(yaml: &str) -> Vec<Policy> {
@@ -59,7 +61,11 @@ fn basic_match_plans_with_reasons() {
     let r = &plan.policies[0].releases[0];
     assert_eq!(r.instance_id, "a");
     assert_eq!(r.not_before, now());
-    assert!(r.reasons.iter().any(|x| x == "status is Stopped"), "{:?}", r.reasons);
+    assert!(
+        r.reasons.iter().any(|x| x == "status is Stopped"),
+        "{:?}",
+        r.reasons
+    );
     assert!(r.reasons.iter().any(|x| x == "tag purpose=ci"));
     assert_eq!(plan.summary().to_release, 1);
 }
@@ -67,15 +73,34 @@ fn basic_match_plans_with_reasons() {
 #[test]
 fn protections_table() {
     let cases: Vec<(Box<dyn Fn(&mut Instance)>, &str)> = vec![
-        (Box::new(|i| { i.tags.insert("janitor:protect".into(), "true".into()); }), "protected"),
-        (Box::new(|i| i.deletion_protection = true), "deletion_protection"),
-        (Box::new(|i| i.lock_reasons.push("security".into())), "security_locked"),
+        (
+            Box::new(|i| {
+                i.tags.insert("janitor:protect".into(), "true".into());
+            }),
+            "protected",
+        ),
+        (
+            Box::new(|i| i.deletion_protection = true),
+            "deletion_protection",
+        ),
+        (
+            Box::new(|i| i.lock_reasons.push("security".into())),
+            "security_locked",
+        ),
         (Box::new(|i| i.status = InstanceStatus::Running), "no match"),
         (Box::new(|i| i.tags.clear()), "no match"),
         (Box::new(|i| i.region_id = "cn-beijing".into()), "no match"),
         (Box::new(|i| i.status = InstanceStatus::Unknown), "no match"),
-        (Box::new(|i| { i.tags.insert("janitor:protect".into(), "false".into()); }), "planned"),
-        (Box::new(|i| i.lock_reasons.push("financial".into())), "planned"),
+        (
+            Box::new(|i| {
+                i.tags.insert("janitor:protect".into(), "false".into());
+            }),
+            "planned",
+        ),
+        (
+            Box::new(|i| i.lock_reasons.push("financial".into())),
+            "planned",
+        ),
     ];
     for (mutate, want) in cases {
         let mut i = inst("a");
@@ -94,7 +119,9 @@ fn protections_table() {
 
 #[test]
 fn security_lock_allowed_by_policy() {
-    let ps = policies(&format!("{BASIC}release: {{allow_security_locked: true}}\n"));
+    let ps = policies(&format!(
+        "{BASIC}release: {{allow_security_locked: true}}\n"
+    ));
     let mut i = inst("a");
     i.lock_reasons.push("security".into());
     assert_eq!(eval(&ps, &[i]).policies[0].releases.len(), 1);
@@ -105,11 +132,18 @@ fn custom_protect_tag_key() {
     let mut i = inst("a");
     i.tags.insert("keep-me".into(), "true".into());
     let ctx = EvalContext {
-        protection: ProtectionConfig { protect_tag_key: "keep-me".into() },
+        protection: ProtectionConfig {
+            protect_tag_key: "keep-me".into(),
+        },
         ..Default::default()
     };
     let plan = evaluate(&policies(BASIC), &[i], &ctx, now());
-    assert_eq!(only_skip(&plan), &SkipReason::Protected { tag: "keep-me".into() });
+    assert_eq!(
+        only_skip(&plan),
+        &SkipReason::Protected {
+            tag: "keep-me".into()
+        }
+    );
 }
 
 #[test]
@@ -119,17 +153,30 @@ fn stopped_for_needs_an_old_enough_observation() {
     );
     let i = inst("a");
     let plan = eval(&ps, std::slice::from_ref(&i));
-    assert_eq!(only_skip(&plan), &SkipReason::StoppedSinceUnknown { first_seen: None });
-    assert!(plan.policies[0].skips[0].detail.contains("not yet seen stopped"));
+    assert_eq!(
+        only_skip(&plan),
+        &SkipReason::StoppedSinceUnknown { first_seen: None }
+    );
+    assert!(plan.policies[0].skips[0]
+        .detail
+        .contains("not yet seen stopped"));
 
     let mut ctx = EvalContext::default();
     let seen = now() - chrono::Duration::hours(1);
     ctx.observations.insert("a".into(), seen);
     let plan = evaluate(&ps, std::slice::from_ref(&i), &ctx, now());
-    assert_eq!(only_skip(&plan), &SkipReason::StoppedSinceUnknown { first_seen: Some(seen) });
-    assert!(plan.policies[0].skips[0].detail.contains("first seen stopped at 2025-06-01T11:00:00Z"));
+    assert_eq!(
+        only_skip(&plan),
+        &SkipReason::StoppedSinceUnknown {
+            first_seen: Some(seen)
+        }
+    );
+    assert!(plan.policies[0].skips[0]
+        .detail
+        .contains("first seen stopped at 2025-06-01T11:00:00Z"));
 
-    ctx.observations.insert("a".into(), now() - chrono::Duration::hours(2));
+    ctx.observations
+        .insert("a".into(), now() - chrono::Duration::hours(2));
     let plan = evaluate(&ps, std::slice::from_ref(&i), &ctx, now());
     assert_eq!(plan.policies[0].releases.len(), 1);
 
@@ -161,17 +208,27 @@ fn expiry_and_creation_table() {
         i.expired_time = Some(now() - days(exp));
         i.creation_time = Some(now() - days(created));
         let plan = eval(&ps, &[i]);
-        assert_eq!(plan.policies[0].releases.len() == 1, want, "{ct} {exp} {created}");
+        assert_eq!(
+            plan.policies[0].releases.len() == 1,
+            want,
+            "{ct} {exp} {created}"
+        );
     }
 }
 
 #[test]
 fn exclude_any_condition() {
-    let ps = policies(&format!("{BASIC}exclude: {{tags: {{keep: 'true', team: '*'}}}}\n"));
+    let ps = policies(&format!(
+        "{BASIC}exclude: {{tags: {{keep: 'true', team: '*'}}}}\n"
+    ));
     let mut kept = inst("a");
     kept.tags.insert("team".into(), "x".into());
     let plan = eval(&ps, &[kept, inst("b")]);
-    let ids: Vec<_> = plan.policies[0].releases.iter().map(|r| r.instance_id.as_str()).collect();
+    let ids: Vec<_> = plan.policies[0]
+        .releases
+        .iter()
+        .map(|r| r.instance_id.as_str())
+        .collect();
     assert_eq!(ids, ["b"]);
 }
 
@@ -183,7 +240,9 @@ fn first_policy_in_name_order_claims() {
     assert_eq!(plan.policies[0].releases[0].also_matched_by, ["stopped-ci"]);
     assert_eq!(
         plan.policies[1].skips[0].reason,
-        SkipReason::AlsoMatchedBy { policy: "a-first".into() }
+        SkipReason::AlsoMatchedBy {
+            policy: "a-first".into()
+        }
     );
     assert_eq!(plan.summary().to_release, 1);
 }
@@ -198,7 +257,10 @@ fn refused_policy_plans_nothing_and_keeps_its_claims() {
     let first = &plan.policies[0];
     assert_eq!(first.refused, Some(Refusal { count: 2, limit: 1 }));
     assert!(first.releases.is_empty());
-    assert!(first.skips.iter().all(|s| s.reason == SkipReason::OverLimit));
+    assert!(first
+        .skips
+        .iter()
+        .all(|s| s.reason == SkipReason::OverLimit));
     assert!(plan.policies[1].releases.is_empty());
     let s = plan.summary();
     assert_eq!((s.to_release, s.skipped, s.policies_refused), (0, 4, 1));
@@ -216,7 +278,13 @@ fn grace_and_queue() {
 
     let mut ctx = EvalContext::default();
     let queued = now() - chrono::Duration::minutes(5);
-    ctx.queued.insert("a".into(), QueuedInfo { policy: "stopped-ci".into(), not_before: queued });
+    ctx.queued.insert(
+        "a".into(),
+        QueuedInfo {
+            policy: "stopped-ci".into(),
+            not_before: queued,
+        },
+    );
     let plan = evaluate(&ps, &[inst("a")], &ctx, now());
     assert_eq!(plan.policies[0].releases[0].not_before, queued);
     assert!(plan.policies[0].skips.is_empty());
@@ -232,7 +300,11 @@ fn ecs_would_refuse_without_flags() {
     let mut sub = inst("b");
     sub.charge_type = ChargeType::PrePaid;
     let plan = eval(&ps, &[running, sub]);
-    let codes: Vec<_> = plan.policies[0].skips.iter().map(|s| s.reason.code()).collect();
+    let codes: Vec<_> = plan.policies[0]
+        .skips
+        .iter()
+        .map(|s| s.reason.code())
+        .collect();
     assert_eq!(codes, ["requires_force", "requires_terminate_subscription"]);
 }
 
@@ -242,15 +314,23 @@ fn text_and_json_render() {
     protected.deletion_protection = true;
     let plan = eval(&policies(BASIC), &[inst("a"), protected]);
     let text = render_text(&plan, false);
-    assert!(text.contains("- a (ci-a) in cn-hangzhou will be released"), "{text}");
+    assert!(
+        text.contains("- a (ci-a) in cn-hangzhou will be released"),
+        "{text}"
+    );
     assert!(text.contains("p in cn-hangzhou skipped: deletion protection is on"));
-    assert!(text.trim_end().ends_with("Plan: 1 to release, 1 skipped, 0 policies refused."));
+    assert!(text
+        .trim_end()
+        .ends_with("Plan: 1 to release, 1 skipped, 0 policies refused."));
     assert!(!text.contains('\x1b'));
     assert!(render_text(&plan, true).contains("\x1b[1m"));
     let json = render_json(&plan);
     assert_eq!(json["version"], 1);
     assert_eq!(json["summary"]["to_release"], 1);
-    assert_eq!(json["policies"][0]["skips"][0]["reason"]["code"], "deletion_protection");
+    assert_eq!(
+        json["policies"][0]["skips"][0]["reason"]["code"],
+        "deletion_protection"
+    );
 }
 
 #[test]
@@ -265,10 +345,15 @@ fn saved_plan_round_trip_and_errors() {
     assert_eq!(SavedPlan::load(&path).unwrap(), saved);
     let p = Path::new("x.json");
     let e = SavedPlan::from_json(p, "{not json").unwrap_err();
-    assert!(e.to_string().contains("not a valid ecs-janitor plan file"), "{e}");
-    let e = SavedPlan::from_json(p, r#"{"version": 9, "created_at": "x", "releases": []}"#).unwrap_err();
+    assert!(
+        e.to_string().contains("not a valid ecs-janitor plan file"),
+        "{e}"
+    );
+    let e = SavedPlan::from_json(p, r#"{"version": 9, "created_at": "x", "releases": []}"#)
+        .unwrap_err();
     assert!(e.to_string().contains("version 9 is not supported"), "{e}");
-    let e = SavedPlan::from_json(p, r#"{"version": 1, "created_at": "2025-01-01T00:00:00Z"}"#).unwrap_err();
+    let e = SavedPlan::from_json(p, r#"{"version": 1, "created_at": "2025-01-01T00:00:00Z"}"#)
+        .unwrap_err();
     assert!(e.to_string().contains("releases"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -298,28 +383,42 @@ fn arb_instance() -> impl Strategy<Value = Instance> {
         0i64..20,
         0usize..3,
     )
-        .prop_map(|(id, st, prepaid, region, protect, delprot, locked, age, purpose)| {
-            let mut i = inst(&format!("i-{id}"));
-            i.status = STATUSES[st];
-            i.charge_type = if prepaid { ChargeType::PrePaid } else { ChargeType::PostPaid };
-            i.region_id = REGIONS[region].into();
-            i.deletion_protection = delprot;
-            if locked {
-                i.lock_reasons.push("security".into());
-            }
-            if protect {
-                i.tags.insert("janitor:protect".into(), "true".into());
-            }
-            i.tags.insert("purpose".into(), ["ci", "web", "db"][purpose].into());
-            i.creation_time = Some(now() - chrono::Duration::days(age));
-            i.expired_time = Some(now() - chrono::Duration::days(age - 5));
-            i
-        })
+        .prop_map(
+            |(id, st, prepaid, region, protect, delprot, locked, age, purpose)| {
+                let mut i = inst(&format!("i-{id}"));
+                i.status = STATUSES[st];
+                i.charge_type = if prepaid {
+                    ChargeType::PrePaid
+                } else {
+                    ChargeType::PostPaid
+                };
+                i.region_id = REGIONS[region].into();
+                i.deletion_protection = delprot;
+                if locked {
+                    i.lock_reasons.push("security".into());
+                }
+                if protect {
+                    i.tags.insert("janitor:protect".into(), "true".into());
+                }
+                i.tags
+                    .insert("purpose".into(), ["ci", "web", "db"][purpose].into());
+                i.creation_time = Some(now() - chrono::Duration::days(age));
+                i.expired_time = Some(now() - chrono::Duration::days(age - 5));
+                i
+            },
+        )
 }
 
 /// A handful of varied policies: different regions, flags, limits and selections.
 fn arb_policies() -> impl Strategy<Value = Vec<Policy>> {
-    let one = (0usize..4, 0usize..3, any::<bool>(), any::<bool>(), 1u32..6, any::<bool>());
+    let one = (
+        0usize..4,
+        0usize..3,
+        any::<bool>(),
+        any::<bool>(),
+        1u32..6,
+        any::<bool>(),
+    );
     proptest::collection::vec(one, 1..5).prop_map(|specs| {
         let docs: Vec<String> = specs
             .iter()

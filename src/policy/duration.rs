@@ -37,12 +37,22 @@ impl Duration {
     pub fn parse(text: &str) -> Result<Duration, String> {
         let s = text.trim();
         if s.is_empty() {
-            return Err("empty duration; write a number and a unit, e.g. 30s, 15m, 2h, 7d, 1w".into());
+            return Err(
+                "empty duration; write a number and a unit, e.g. 30s, 15m, 2h, 7d, 1w".into(),
+            );
         }
         if s.starts_with('-') {
-            return Err(format!("duration {text:?} is negative; durations are never negative"));
+            return Err(format!(
+                "duration {text:?} is negative; durations are never negative"
+            ));
         }
-        let units: [(char, u64); 5] = [('w', 604_800), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
+        let units: [(char, u64); 5] = [
+            ('w', 604_800),
+            ('d', 86_400),
+            ('h', 3_600),
+            ('m', 60),
+            ('s', 1),
+        ];
         let mut total: u64 = 0;
         let mut last_unit: Option<usize> = None;
         let mut digits = String::new();
@@ -57,7 +67,9 @@ impl Duration {
                 ));
             };
             if digits.is_empty() {
-                return Err(format!("duration {text:?}: unit {ch:?} has no number before it"));
+                return Err(format!(
+                    "duration {text:?}: unit {ch:?} has no number before it"
+                ));
             }
             if last_unit.is_some_and(|l| idx <= l) {
                 return Err(format!(
@@ -91,7 +103,13 @@ impl fmt::Display for Duration {
             return f.write_str("0s");
         }
         let mut rest = self.secs;
-        for (unit, size) in [('w', 604_800), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)] {
+        for (unit, size) in [
+            ('w', 604_800),
+            ('d', 86_400),
+            ('h', 3_600),
+            ('m', 60),
+            ('s', 1),
+        ] {
             let n = rest / size;
             if n > 0 {
                 write!(f, "{n}{unit}")?;
@@ -120,9 +138,24 @@ mod tests {
             ("1w2d3h4m5s", 604_800 + 2 * 86_400 + 3 * 3_600 + 4 * 60 + 5),
         ];
         for (text, secs) in ok {
-            assert_eq!(Duration::parse(text), Ok(Duration::from_secs(secs)), "{text}");
+            assert_eq!(
+                Duration::parse(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
         }
-        for bad in ["", "-1d", "5", "d", "1x", "1h1d", "1d1d", "1.5h", "99999999999999999999s", "1000000w"] {
+        for bad in [
+            "",
+            "-1d",
+            "5",
+            "d",
+            "1x",
+            "1h1d",
+            "1d1d",
+            "1.5h",
+            "99999999999999999999s",
+            "1000000w",
+        ] {
             assert!(Duration::parse(bad).is_err(), "{bad} should be refused");
         }
         assert!(Duration::parse("-1d").unwrap_err().contains("negative"));

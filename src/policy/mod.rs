@@ -197,13 +197,13 @@ impl Selector {
                 [only] => Some(*only),
                 _ => None,
             },
-            charge_type: self
-                .charge_type
-                .or(if self.expired == Some(true) || self.expired_for.is_some() {
+            charge_type: self.charge_type.or(
+                if self.expired == Some(true) || self.expired_for.is_some() {
                     Some(ChargeType::PrePaid)
                 } else {
                     None
-                }),
+                },
+            ),
             tags,
             instance_ids: self.instance_ids.clone(),
             zone_id: self.zone.clone(),
@@ -266,7 +266,10 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Diagnostics> {
 /// Loads policies from one text, reporting problems against `name_for_errors`. For tests and
 /// for callers that already hold the text.
 pub fn load_str(name_for_errors: impl Into<PathBuf>, text: &str) -> Result<PolicySet, Diagnostics> {
-    load_inputs(vec![(name_for_errors.into(), text.as_bytes().to_vec())], Vec::new())
+    load_inputs(
+        vec![(name_for_errors.into(), text.as_bytes().to_vec())],
+        Vec::new(),
+    )
 }
 
 /// Loads policies from several named byte buffers, as if each were a file.
@@ -325,7 +328,10 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnosti
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            diags.push(file_diag(dir, format!("cannot read the policies folder: {e}")));
+            diags.push(file_diag(
+                dir,
+                format!("cannot read the policies folder: {e}"),
+            ));
             return;
         }
     };
@@ -333,7 +339,10 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnosti
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                diags.push(file_diag(dir, format!("cannot list the policies folder: {e}")));
+                diags.push(file_diag(
+                    dir,
+                    format!("cannot list the policies folder: {e}"),
+                ));
                 continue;
             }
         };
@@ -379,8 +388,12 @@ pub(crate) const SELECTOR_KEYS: &[&str] = &[
     "expired_for",
     "stopped_for",
 ];
-pub(crate) const RELEASE_KEYS: &[&str] =
-    &["force", "terminate_subscription", "grace", "allow_security_locked"];
+pub(crate) const RELEASE_KEYS: &[&str] = &[
+    "force",
+    "terminate_subscription",
+    "grace",
+    "allow_security_locked",
+];
 pub(crate) const LIMITS_KEYS: &[&str] = &["max_releases_per_run"];
 
 /// Tags as a sorted map, for callers that want `key -> value` (`"*"` for presence).

@@ -141,7 +141,9 @@ mod tests {
             serde_saphyr::from_str_multiple("a: 1\nbb:\n  - x\n  - {c: d}\n---\n---\nz: yes\n")
                 .unwrap();
         eprintln!("{docs:#?}");
-        let Value::Map(m) = &docs[0].value else { panic!() };
+        let Value::Map(m) = &docs[0].value else {
+            panic!()
+        };
         assert_eq!(m[1].0.pos, Pos { line: 2, col: 1 });
         assert_eq!(m[0].1.pos, Pos { line: 1, col: 4 });
     }

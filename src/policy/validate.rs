@@ -195,7 +195,12 @@ impl Validator<'_> {
             line: usize::try_from(l.line()).unwrap_or(0),
             col: usize::try_from(l.column()).unwrap_or(0),
         });
-        let (message, hint) = match e.without_snippet() {
+        // Alias and snippet wrappers carry the real cause inside.
+        let mut cause = e;
+        while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = cause {
+            cause = error;
+        }
+        let (message, hint) = match cause {
             E::DuplicateMappingKey { key, .. } => (
                 match key {
                     Some(k) => format!("duplicate key `{k}`"),
@@ -226,7 +231,10 @@ impl Validator<'_> {
         let Value::Map(_) = &doc.value else {
             self.err(
                 doc.pos,
-                format!("a policy must be a mapping of keys, found {}", doc.value.kind()),
+                format!(
+                    "a policy must be a mapping of keys, found {}",
+                    doc.value.kind()
+                ),
                 Some("start with `name: my-policy`".into()),
             );
             return None;
@@ -249,7 +257,9 @@ impl Validator<'_> {
             self.names.push((s.clone(), n.pos));
             Some(s)
         });
-        let description = f.get("description").and_then(|n| self.string(n, "description"));
+        let description = f
+            .get("description")
+            .and_then(|n| self.string(n, "description"));
         let schedule = self
             .required(&f, "schedule", doc.pos)
             .and_then(|n| self.schedule(n));
@@ -284,12 +294,19 @@ impl Validator<'_> {
             .get("exclude")
             .and_then(|n| self.selector(n, "exclude"))
             .filter(|s| !s.is_empty());
-        let release = f.get("release").map_or(Some(ReleaseOptions::default()), |n| self.release(n));
-        let limits = f.get("limits").map_or(Some(Limits::default()), |n| self.limits(n));
-        let dry_run = f.get("dry_run").map_or(Some(false), |n| self.boolean(n, "dry_run"));
+        let release = f
+            .get("release")
+            .map_or(Some(ReleaseOptions::default()), |n| self.release(n));
+        let limits = f
+            .get("limits")
+            .map_or(Some(Limits::default()), |n| self.limits(n));
+        let dry_run = f
+            .get("dry_run")
+            .map_or(Some(false), |n| self.boolean(n, "dry_run"));
 
         // Cross-key rules: ECS refuses these releases, so refuse the policy up front.
-        if let (Some(select), Some(release), Some(sel_node)) = (&select, &release, f.get("select")) {
+        if let (Some(select), Some(release), Some(sel_node)) = (&select, &release, f.get("select"))
+        {
             if select.selects_subscriptions() && !release.terminate_subscription {
                 let at = [("charge_type"), ("expired"), ("expired_for")]
                     .iter()
@@ -302,7 +319,15 @@ impl Validator<'_> {
                 );
             }
             if select.status.contains(&InstanceStatus::Running) && !release.force {
-                let at = map_get(sel_node, "status").map_or(sel_node.pos, |(_, v)| v.pos);
+                // Point at the `Running` item itself when status is a list.
+                let at =
+                    map_get(sel_node, "status").map_or(sel_node.pos, |(_, v)| match &v.value {
+                        Value::Seq(items) => items
+                            .iter()
+                            .find(|i| matches!(&i.value, Value::Str(s) if s == "Running"))
+                            .map_or(v.pos, |i| i.pos),
+                        _ => v.pos,
+                    });
                 self.err(
                     at,
                     "`status` includes Running, which ECS releases only with Force".into(),
@@ -485,7 +510,11 @@ impl Validator<'_> {
         match text.parse::<cron::Schedule>() {
             Ok(s) => Some((s, text)),
             Err(e) => {
-                self.err(n.pos, format!("invalid cron {text:?}: {e}"), Some(CRON_FORM.into()));
+                self.err(
+                    n.pos,
+                    format!("invalid cron {text:?}: {e}"),
+                    Some(CRON_FORM.into()),
+                );
                 None
             }
         }
@@ -534,7 +563,8 @@ impl Validator<'_> {
         let mut s = Selector::default();
         let p = |k: &str| format!("{block}.{k}");
         if let Some(v) = f.get("charge_type") {
-            s.charge_type = self.enum_value(v, &p("charge_type"), &["PrePaid", "PostPaid"])
+            s.charge_type = self
+                .enum_value(v, &p("charge_type"), &["PrePaid", "PostPaid"])
                 .and_then(|t| ChargeType::parse(&t));
         }
         if let Some(v) = f.get("status") {
@@ -581,7 +611,10 @@ impl Validator<'_> {
                 _ => self.type_err(v, &p("tags"), "a mapping of tag key to value"),
             }
         }
-        for (key, slot) in [("name", &mut s.name), ("instance_type", &mut s.instance_type)] {
+        for (key, slot) in [
+            ("name", &mut s.name),
+            ("instance_type", &mut s.instance_type),
+        ] {
             if let Some(v) = f.get(key) {
                 if let Some(text) = self.string(v, &p(key)) {
                     match Glob::new(&text) {
@@ -604,7 +637,11 @@ impl Validator<'_> {
         if let Some(v) = f.get("instance_ids") {
             if let Some(ids) = self.string_list(v, &p("instance_ids")) {
                 if ids.is_empty() {
-                    self.err(v.pos, format!("`{}` is an empty list", p("instance_ids")), None);
+                    self.err(
+                        v.pos,
+                        format!("`{}` is an empty list", p("instance_ids")),
+                        None,
+                    );
                 }
                 for (id, _) in ids {
                     if !s.instance_ids.contains(&id) {
@@ -753,7 +790,15 @@ mod tests {
         for ok in ["cn-hangzhou", "ap-southeast-1", "us-west-1", "cn-hongkong"] {
             assert!(is_valid_region(ok), "{ok}");
         }
-        for bad in ["", "cn", "c-hangzhou", "CN-hangzhou", "cn-", "cn_hangzhou", "cn-hz-"] {
+        for bad in [
+            "",
+            "cn",
+            "c-hangzhou",
+            "CN-hangzhou",
+            "cn-",
+            "cn_hangzhou",
+            "cn-hz-",
+        ] {
             assert!(!is_valid_region(bad), "{bad}");
         }
     }
