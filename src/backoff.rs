@@ -58,7 +58,9 @@ mod tests {
         let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let run = |seed| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            (0..8).map(|n| b.delay(n, None, &mut rng)).collect::<Vec<_>>()
+            (0..8)
+                .map(|n| b.delay(n, None, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
     }

@@ -115,7 +115,9 @@ fn rate(s: &str) -> Result<f64, String> {
     if (0.0..=1.0).contains(&v) {
         Ok(v)
     } else {
-        Err(format!("{v} is not a probability; give a number from 0 to 1"))
+        Err(format!(
+            "{v} is not a probability; give a number from 0 to 1"
+        ))
     }
 }
 
