@@ -15,3 +15,4 @@ pub mod ecs;
 pub mod plan;
 pub mod policy;
 pub mod sim;
+pub mod store;

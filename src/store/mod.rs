@@ -1,0 +1,1093 @@
+//! The durable release queue: releases, batches with their ClientTokens, policy runs,
+//! observations, the audit log and settings, in SQLite (one process) or PostgreSQL (replicas).
+//!
+//! One implementation serves both databases: the schema is the same (times are UTC milliseconds,
+//! flags 0/1), each database has its own migrations, and every query is written once with `$N`
+//! placeholders, which both understand. The only difference is how a claim locks: PostgreSQL uses
+//! `FOR UPDATE SKIP LOCKED`; SQLite has one writer connection, so its transactions never overlap.
+//!
+//! The database enforces the queue's invariants: one active release per instance (a partial
+//! unique index), one run per (policy, tick) (a primary key), states by CHECK, and completion fenced
+//! by lease owner and claim number, so a worker that lost its lease cannot overwrite a result.
+
+mod rows;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+
+pub use rows::{BatchMember, ClaimedBatch, EventRow, ReleaseRow, RunRow};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL {url:?} is not supported: use sqlite://PATH or postgres://USER@HOST/DB")]
+    Url { url: String },
+    #[error("cannot open the database at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "the database at {url} has schema version {found}, newer than this ecs-janitor knows \
+         ({known}); run a newer ecs-janitor against it, or point --database elsewhere"
+    )]
+    TooNew { url: String, found: i64, known: i64 },
+    #[error("cannot migrate the database at {url}: {source}")]
+    Migrate {
+        url: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("release {0} does not exist")]
+    NoSuchRelease(i64),
+    #[error("release {id} is {state}; {what}")]
+    WrongState {
+        id: i64,
+        state: String,
+        what: &'static str,
+    },
+}
+
+/// Milliseconds since the epoch, the stored form of every time.
+pub fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The inverse of [`ms`].
+pub fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to whichever pool the store has; the body is compiled once per
+/// database, so each query is written once.
+macro_rules! with_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($p) => $body,
+            Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Appends events inside the transaction `$tx`.
+macro_rules! insert_events {
+    ($tx:ident, $events:expr, $now:expr) => {{
+        let events: &[NewEvent] = $events;
+        for chunk in events.chunks(400) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO events (at, kind, release_id, batch_id, policy, instance_id, code,
+                 request_id, client_token, detail) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(ms($now))
+                    .push_bind(e.kind)
+                    .push_bind(e.release_id)
+                    .push_bind(e.batch_id)
+                    .push_bind(e.policy.clone())
+                    .push_bind(e.instance_id.clone())
+                    .push_bind(e.code.clone())
+                    .push_bind(e.request_id.clone())
+                    .push_bind(e.client_token.clone())
+                    .push_bind(e.detail.clone());
+            });
+            q.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+/// Makes `$ids` the in-flight members of batch `$batch`, inside `$tx`.
+macro_rules! assign {
+    ($tx:ident, $batch:expr, $ids:expr, $now:expr) => {{
+        let ids: &[i64] = $ids;
+        let mut q = QueryBuilder::new("UPDATE releases SET state = 'in_flight', batch_id = ");
+        q.push_bind($batch);
+        q.push(", updated_at = ").push_bind(ms($now));
+        q.push(" WHERE state = 'pending' AND id IN (");
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut *$tx).await?;
+    }};
+}
+
+/// Moves settled members of batch `$batch` to their final state, with an event each.
+macro_rules! settle {
+    ($tx:ident, $batch:expr, $settled:expr, $now:expr) => {{
+        let settled: &[(BatchMember, MemberOutcome)] = $settled;
+        let mut events = Vec::with_capacity(settled.len());
+        for (m, outcome) in settled {
+            let (state, code, message, request_id, kind) = match outcome {
+                MemberOutcome::Succeeded {
+                    request_id,
+                    code,
+                    detail,
+                } => (
+                    "succeeded",
+                    code.clone(),
+                    detail.clone(),
+                    request_id.clone(),
+                    "succeeded",
+                ),
+                MemberOutcome::Failed {
+                    code,
+                    message,
+                    request_id,
+                } => (
+                    "failed",
+                    Some(code.clone()),
+                    message.clone(),
+                    request_id.clone(),
+                    "failed",
+                ),
+                MemberOutcome::Cancelled { reason } => {
+                    ("cancelled", None, reason.clone(), None, "cancelled")
+                }
+            };
+            sqlx::query(
+                "UPDATE releases SET state = $3, last_code = COALESCE($4, last_code),
+                        last_message = $5, request_id = COALESCE($6, request_id), updated_at = $7
+                 WHERE id = $1 AND batch_id = $2 AND state = 'in_flight'",
+            )
+            .bind(m.release_id)
+            .bind($batch)
+            .bind(state)
+            .bind(code.clone())
+            .bind(message.clone())
+            .bind(request_id.clone())
+            .bind(ms($now))
+            .execute(&mut *$tx)
+            .await?;
+            events.push(NewEvent {
+                kind,
+                release_id: Some(m.release_id),
+                batch_id: Some($batch),
+                policy: Some(m.policy.clone()),
+                instance_id: Some(m.instance_id.clone()),
+                code,
+                request_id,
+                detail: message,
+                ..NewEvent::default()
+            });
+        }
+        insert_events!($tx, &events, $now);
+    }};
+}
+
+/// A release the reconciler wants queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRelease {
+    pub instance_id: String,
+    pub instance_name: String,
+    pub region: String,
+    pub policy: String,
+    pub force: bool,
+    pub terminate_subscription: bool,
+    pub not_before: DateTime<Utc>,
+    pub reasons: String,
+}
+
+/// How one member of a batch ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberOutcome {
+    Succeeded {
+        request_id: Option<String>,
+        code: Option<String>,
+        detail: String,
+    },
+    Failed {
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    Cancelled {
+        reason: String,
+    },
+}
+
+/// Proof that a worker holds a batch's lease: completion is refused without the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub batch_id: i64,
+    pub owner: String,
+    pub claims: i64,
+}
+
+/// Counts of releases by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateCounts {
+    pub pending: i64,
+    pub in_flight: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+}
+
+/// Filters of [`Store::list_releases`].
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseFilter {
+    pub state: Option<String>,
+    pub policy: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// An event to append to the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub release_id: Option<i64>,
+    pub batch_id: Option<i64>,
+    pub policy: Option<String>,
+    pub instance_id: Option<String>,
+    pub code: Option<String>,
+    pub request_id: Option<String>,
+    pub client_token: Option<String>,
+    pub detail: String,
+}
+
+/// The queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    url_for_errors: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.url_for_errors)
+            .finish()
+    }
+}
+
+/// Hides a password in a database URL, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("<redacted>"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+const ACTIVE: &str = "('pending', 'in_flight')";
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) and migrates the database at `url`.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let shown = redact_url(url);
+        let connect_err = |source| StoreError::Connect {
+            url: shown.clone(),
+            source,
+        };
+        let pool = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(connect_err)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            // One connection: SQLite has one writer anyway, and this keeps claims serial.
+            let p = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?;
+            Pool::Sqlite(p)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url).map_err(connect_err)?;
+            let p = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?;
+            Pool::Postgres(p)
+        } else {
+            return Err(StoreError::Url { url: shown });
+        };
+        let store = Store {
+            pool,
+            url_for_errors: shown,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match &self.pool {
+            Pool::Sqlite(_) => sqlx::migrate!("./migrations/sqlite"),
+            Pool::Postgres(_) => sqlx::migrate!("./migrations/postgres"),
+        };
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or_default();
+        let result = with_pool!(self, p => migrator.run(p).await);
+        result.map_err(|source| match source {
+            sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::TooNew {
+                url: self.url_for_errors.clone(),
+                found,
+                known,
+            },
+            source => StoreError::Migrate {
+                url: self.url_for_errors.clone(),
+                source,
+            },
+        })
+    }
+
+    /// True for PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Appends to the audit log.
+    pub async fn record_event(&self, e: NewEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            insert_events!(tx, &[e], now);
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    // ---- reconcile ------------------------------------------------------------------------
+
+    /// Records that `policy`'s tick `scheduled_for` is being reconciled by `owner`. False when
+    /// some replica already took it: each tick is reconciled once.
+    pub async fn begin_run(
+        &self,
+        policy: &str,
+        scheduled_for: DateTime<Utc>,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r = with_pool!(self, p => sqlx::query(
+            "INSERT INTO policy_runs (policy, scheduled_for, owner, started_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (policy, scheduled_for) DO NOTHING",
+        )
+        .bind(policy)
+        .bind(ms(scheduled_for))
+        .bind(owner)
+        .bind(ms(now))
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r == 1)
+    }
+
+    /// Closes a run with its outcome and counts.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_run(
+        &self,
+        policy: &str,
+        scheduled_for: DateTime<Utc>,
+        outcome: &str,
+        planned: i64,
+        enqueued: i64,
+        cancelled: i64,
+        refused: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query(
+            "UPDATE policy_runs SET finished_at = $3, outcome = $4, planned = $5, enqueued = $6,
+                    cancelled = $7, refused = $8
+             WHERE policy = $1 AND scheduled_for = $2",
+        )
+        .bind(policy)
+        .bind(ms(scheduled_for))
+        .bind(ms(now))
+        .bind(outcome)
+        .bind(planned)
+        .bind(enqueued)
+        .bind(cancelled)
+        .bind(refused)
+        .execute(p)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Every run, newest first (at most `limit`).
+    pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+        let rows = with_pool!(self, p => sqlx::query_as::<_, RunRow>(
+            "SELECT policy, scheduled_for, owner, started_at, finished_at, outcome, planned, enqueued,
+                    cancelled, refused
+             FROM policy_runs ORDER BY scheduled_for DESC, policy LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(p)
+        .await)?;
+        Ok(rows)
+    }
+
+    /// Updates when instances were first seen Stopped: recorded the first time, kept while they
+    /// stay Stopped, cleared when seen in any other state.
+    pub async fn observe(
+        &self,
+        seen: &[(String, String, bool)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let stopped: Vec<&(String, String, bool)> = seen.iter().filter(|s| s.2).collect();
+        let other: Vec<&String> = seen.iter().filter(|s| !s.2).map(|s| &s.0).collect();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for chunk in stopped.chunks(500) {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO observations (instance_id, region, first_seen_stopped_at) ",
+                );
+                q.push_values(chunk, |mut b, s| {
+                    b.push_bind(s.0.clone()).push_bind(s.1.clone()).push_bind(ms(now));
+                });
+                q.push(" ON CONFLICT (instance_id) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in other.chunks(500) {
+                let mut q = QueryBuilder::new("DELETE FROM observations WHERE instance_id IN (");
+                let mut sep = q.separated(", ");
+                for id in chunk {
+                    sep.push_bind((*id).clone());
+                }
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    /// When each instance was first seen Stopped.
+    pub async fn observations(&self) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
+        let rows: Vec<(String, i64)> = with_pool!(self, p => sqlx::query_as(
+            "SELECT instance_id, first_seen_stopped_at FROM observations",
+        )
+        .fetch_all(p)
+        .await)?;
+        Ok(rows.into_iter().map(|(i, t)| (i, from_ms(t))).collect())
+    }
+
+    /// Active (pending or in-flight) releases by instance: (release id, policy, not_before,
+    /// state, batched).
+    pub async fn active_releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
+        self.list_releases(&ReleaseFilter {
+            state: None,
+            policy: None,
+            limit: None,
+        })
+        .await
+        .map(|v| {
+            v.into_iter()
+                .filter(|r| r.state == "pending" || r.state == "in_flight")
+                .collect()
+        })
+    }
+
+    /// Queues releases. An instance that already has an active release is left alone (the
+    /// partial unique index decides). Returns the ids of the releases created.
+    pub async fn enqueue(
+        &self,
+        releases: &[NewRelease],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut created = Vec::new();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for chunk in releases.chunks(400) {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO releases (instance_id, instance_name, region, policy, force,
+                     terminate_subscription, state, not_before, reasons, created_at, updated_at) ",
+                );
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.instance_id.clone())
+                        .push_bind(r.instance_name.clone())
+                        .push_bind(r.region.clone())
+                        .push_bind(r.policy.clone())
+                        .push_bind(r.force as i64)
+                        .push_bind(r.terminate_subscription as i64)
+                        .push_bind("pending")
+                        .push_bind(ms(r.not_before))
+                        .push_bind(r.reasons.clone())
+                        .push_bind(ms(now))
+                        .push_bind(ms(now));
+                });
+                q.push(format!(
+                    " ON CONFLICT (instance_id) WHERE state IN {ACTIVE} DO NOTHING RETURNING id, instance_id, policy"
+                ));
+                let rows = q.build().fetch_all(&mut *tx).await?;
+                let mut events = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let id: i64 = row.try_get(0)?;
+                    let instance: String = row.try_get(1)?;
+                    let policy: String = row.try_get(2)?;
+                    events.push(NewEvent {
+                        kind: "enqueued",
+                        release_id: Some(id),
+                        policy: Some(policy),
+                        instance_id: Some(instance.clone()),
+                        ..NewEvent::default()
+                    });
+                    created.push((id, instance));
+                }
+                insert_events!(tx, &events, now);
+            }
+            tx.commit().await
+        })?;
+        Ok(created)
+    }
+
+    /// Cancels pending releases that no batch holds yet, each with its reason. Returns how many
+    /// were cancelled (a release already batched is left to the worker's re-check).
+    pub async fn cancel_pending(
+        &self,
+        cancels: &[(i64, String)],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for (id, reason) in cancels {
+                let row = sqlx::query(
+                    "UPDATE releases SET state = 'cancelled', last_message = $2, updated_at = $3
+                     WHERE id = $1 AND state = 'pending' AND batch_id IS NULL
+                     RETURNING policy, instance_id",
+                )
+                .bind(id)
+                .bind(reason)
+                .bind(ms(now))
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = row {
+                    n += 1;
+                    let ev = NewEvent {
+                        kind: "cancelled",
+                        release_id: Some(*id),
+                        policy: Some(row.try_get(0)?),
+                        instance_id: Some(row.try_get(1)?),
+                        detail: reason.clone(),
+                        ..NewEvent::default()
+                    };
+                    insert_events!(tx, &[ev], now);
+                }
+            }
+            tx.commit().await
+        })?;
+        Ok(n)
+    }
+
+    // ---- workers --------------------------------------------------------------------------
+
+    /// Claims the next due batch under a lease: first a stored batch whose retry is due or whose
+    /// lease expired (with its token and members unchanged), else a new batch of up to
+    /// `max_batch` due releases of one region and one set of flags, whose token and membership
+    /// are written in the same transaction, before any call.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        max_batch: usize,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
+        let lock = if self.is_postgres() {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let until = ms(now) + lease.as_millis() as i64;
+        let claimed = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let existing: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
+                   AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
+                 ORDER BY next_attempt_at, id LIMIT 1{lock}"
+            ))
+            .bind(ms(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let batch_id = match existing {
+                Some(id) => Some(id),
+                None => {
+                    let head: Option<(String, i64, i64)> = sqlx::query_as(&format!(
+                        "SELECT region, force, terminate_subscription FROM releases
+                         WHERE state = 'pending' AND not_before <= $1
+                         ORDER BY id LIMIT 1{lock}"
+                    ))
+                    .bind(ms(now))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match head {
+                        None => None,
+                        Some((region, force, ts)) => {
+                            let ids: Vec<i64> = sqlx::query_scalar(&format!(
+                                "SELECT id FROM releases
+                                 WHERE state = 'pending' AND not_before <= $1 AND region = $2
+                                   AND force = $3 AND terminate_subscription = $4
+                                 ORDER BY id LIMIT $5{lock}"
+                            ))
+                            .bind(ms(now))
+                            .bind(&region)
+                            .bind(force)
+                            .bind(ts)
+                            .bind(max_batch as i64)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                            if ids.is_empty() {
+                                None
+                            } else {
+                                let token = new_client_token();
+                                let id: i64 = sqlx::query_scalar(
+                                    "INSERT INTO batches (region, force, terminate_subscription,
+                                       client_token, state, next_attempt_at, created_at, updated_at)
+                                     VALUES ($1, $2, $3, $4, 'open', $5, $5, $5) RETURNING id",
+                                )
+                                .bind(&region)
+                                .bind(force)
+                                .bind(ts)
+                                .bind(&token)
+                                .bind(ms(now))
+                                .fetch_one(&mut *tx)
+                                .await?;
+                                assign!(tx, id, &ids, now);
+                                insert_events!(tx, &[NewEvent {
+                                    kind: "batched",
+                                    batch_id: Some(id),
+                                    client_token: Some(token),
+                                    detail: format!("{} releases in {region}", ids.len()),
+                                    ..NewEvent::default()
+                                }], now);
+                                Some(id)
+                            }
+                        }
+                    }
+                }
+            };
+            let claimed = match batch_id {
+                None => None,
+                Some(id) => {
+                    let b = sqlx::query_as::<_, rows::BatchRow>(
+                        "UPDATE batches SET lease_owner = $2, lease_expires_at = $3,
+                                claims = claims + 1, updated_at = $4
+                         WHERE id = $1
+                         RETURNING id, region, force, terminate_subscription, client_token, attempts, claims",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .bind(until)
+                    .bind(ms(now))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let members = sqlx::query_as::<_, BatchMember>(
+                        "SELECT id AS release_id, instance_id, instance_name, policy FROM releases
+                         WHERE batch_id = $1 AND state = 'in_flight' ORDER BY id",
+                    )
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    Some(b.into_claimed(owner, members))
+                }
+            };
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(claimed)
+        })?;
+        Ok(claimed)
+    }
+
+    /// Extends a lease while a call is in flight. False when the lease was lost.
+    pub async fn renew_lease(
+        &self,
+        fence: &Fence,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, p => sqlx::query(
+            "UPDATE batches SET lease_expires_at = $4, updated_at = $5
+             WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",
+        )
+        .bind(fence.batch_id)
+        .bind(&fence.owner)
+        .bind(fence.claims)
+        .bind(ms(now) + lease.as_millis() as i64)
+        .bind(ms(now))
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    /// Before a call: settles the members the re-check removed, counts the attempt and logs
+    /// the call with its token, fenced. False when the lease was lost (do not call).
+    pub async fn begin_attempt(
+        &self,
+        fence: &Fence,
+        settled: &[(BatchMember, MemberOutcome)],
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let ok = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
+                "UPDATE batches SET attempts = attempts + 1, updated_at = $4
+                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",
+            )
+            .bind(fence.batch_id)
+            .bind(&fence.owner)
+            .bind(fence.claims)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n != 1 {
+                tx.rollback().await?;
+                false
+            } else {
+                settle!(tx, fence.batch_id, settled, now);
+                sqlx::query(
+                    "UPDATE releases SET attempts = attempts + 1, updated_at = $2
+                     WHERE batch_id = $1 AND state = 'in_flight'",
+                )
+                .bind(fence.batch_id)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+                insert_events!(tx, &[NewEvent {
+                    kind: "call_sent",
+                    batch_id: Some(fence.batch_id),
+                    client_token: Some(token.to_string()),
+                    ..NewEvent::default()
+                }], now);
+                tx.commit().await?;
+                true
+            }
+        });
+        Ok(ok)
+    }
+
+    /// Ends a batch (fenced): settles every listed member, moves the batch to `state` (`done`,
+    /// `failed` or `split`), and puts each group of `regroup` into a new batch under a new
+    /// token. False when the lease was lost (nothing is written).
+    pub async fn finish_batch(
+        &self,
+        fence: &Fence,
+        state: &str,
+        code: Option<&str>,
+        settled: &[(BatchMember, MemberOutcome)],
+        regroup: &[Vec<i64>],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let ok = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let batch: Option<(String, i64, i64)> = sqlx::query_as(
+                "UPDATE batches SET state = $4, last_code = $5, lease_owner = NULL,
+                        lease_expires_at = NULL, updated_at = $6
+                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'
+                 RETURNING region, force, terminate_subscription",
+            )
+            .bind(fence.batch_id)
+            .bind(&fence.owner)
+            .bind(fence.claims)
+            .bind(state)
+            .bind(code)
+            .bind(ms(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+            match batch {
+                None => {
+                    tx.rollback().await?;
+                    false
+                }
+                Some((region, force, ts)) => {
+                    settle!(tx, fence.batch_id, settled, now);
+                    for group in regroup.iter().filter(|g| !g.is_empty()) {
+                        let token = new_client_token();
+                        let id: i64 = sqlx::query_scalar(
+                            "INSERT INTO batches (region, force, terminate_subscription,
+                               client_token, state, next_attempt_at, created_at, updated_at)
+                             VALUES ($1, $2, $3, $4, 'open', $5, $5, $5) RETURNING id",
+                        )
+                        .bind(&region)
+                        .bind(force)
+                        .bind(ts)
+                        .bind(&token)
+                        .bind(ms(now))
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        assign!(tx, id, group, now);
+                        insert_events!(tx, &[NewEvent {
+                            kind: "split",
+                            batch_id: Some(id),
+                            client_token: Some(token),
+                            code: code.map(str::to_string),
+                            detail: format!("{} releases from batch {}", group.len(), fence.batch_id),
+                            ..NewEvent::default()
+                        }], now);
+                    }
+                    tx.commit().await?;
+                    true
+                }
+            }
+        });
+        Ok(ok)
+    }
+
+    /// Schedules the same batch (same token, same members) for another attempt, fenced.
+    pub async fn retry_later(
+        &self,
+        fence: &Fence,
+        code: &str,
+        message: &str,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let ok = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
+                "UPDATE batches SET next_attempt_at = $4, last_code = $5, lease_owner = NULL,
+                        lease_expires_at = NULL, updated_at = $6
+                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",
+            )
+            .bind(fence.batch_id)
+            .bind(&fence.owner)
+            .bind(fence.claims)
+            .bind(ms(at))
+            .bind(code)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                sqlx::query(
+                    "UPDATE releases SET last_code = $2, last_message = $3, updated_at = $4
+                     WHERE batch_id = $1 AND state = 'in_flight'",
+                )
+                .bind(fence.batch_id)
+                .bind(code)
+                .bind(message)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+                insert_events!(tx, &[NewEvent {
+                    kind: "retry_scheduled",
+                    batch_id: Some(fence.batch_id),
+                    code: Some(code.to_string()),
+                    detail: format!("next attempt at {}", at.to_rfc3339()),
+                    ..NewEvent::default()
+                }], now);
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            n == 1
+        });
+        Ok(ok)
+    }
+
+    /// When the queue next has work for a worker without new releases being queued: now if
+    /// something is due, the earliest retry or lease expiry otherwise, `None` when idle.
+    pub async fn next_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let (pending, batches): (Option<i64>, Option<i64>) = with_pool!(self, p => {
+            let pending: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(not_before) FROM releases WHERE state = 'pending' AND not_before <= $1",
+            )
+            .bind(ms(now))
+            .fetch_one(p)
+            .await?;
+            let batches: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > next_attempt_at
+                                 THEN lease_expires_at ELSE next_attempt_at END)
+                 FROM batches WHERE state = 'open'",
+            )
+            .fetch_one(p)
+            .await?;
+            Ok::<_, sqlx::Error>((pending, batches))
+        })?;
+        Ok(match (pending, batches) {
+            (Some(_), _) => Some(now),
+            (None, Some(b)) => Some(from_ms(b).max(now)),
+            (None, None) => None,
+        })
+    }
+
+    // ---- operators ------------------------------------------------------------------------
+
+    /// Releases, newest first, with their batch's ClientToken.
+    pub async fn list_releases(&self, f: &ReleaseFilter) -> Result<Vec<ReleaseRow>, StoreError> {
+        let rows = with_pool!(self, p => {
+            let mut q = QueryBuilder::new(rows::RELEASE_SELECT);
+            q.push(" WHERE 1 = 1");
+            if let Some(s) = &f.state {
+                q.push(" AND r.state = ").push_bind(s.clone());
+            }
+            if let Some(pol) = &f.policy {
+                q.push(" AND r.policy = ").push_bind(pol.clone());
+            }
+            q.push(" ORDER BY r.id DESC");
+            if let Some(l) = f.limit {
+                q.push(" LIMIT ").push_bind(l);
+            }
+            q.build_query_as::<ReleaseRow>().fetch_all(p).await
+        })?;
+        Ok(rows)
+    }
+
+    /// One release.
+    pub async fn release(&self, id: i64) -> Result<ReleaseRow, StoreError> {
+        let row = with_pool!(self, p => {
+            let mut q = QueryBuilder::new(rows::RELEASE_SELECT);
+            q.push(" WHERE r.id = ").push_bind(id);
+            q.build_query_as::<ReleaseRow>().fetch_optional(p).await
+        })?;
+        row.ok_or(StoreError::NoSuchRelease(id))
+    }
+
+    /// Puts a failed or cancelled release back in the queue, due now.
+    pub async fn retry_release(&self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let r = self.release(id).await?;
+        if r.state != "failed" && r.state != "cancelled" {
+            return Err(StoreError::WrongState {
+                id,
+                state: r.state,
+                what: "only failed or cancelled releases can be retried",
+            });
+        }
+        let res = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
+                "UPDATE releases SET state = 'pending', batch_id = NULL, attempts = 0, not_before = $2,
+                        updated_at = $2
+                 WHERE id = $1 AND state IN ('failed', 'cancelled')",
+            )
+            .bind(id)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await;
+            match n {
+                Ok(_) => {
+                    insert_events!(tx, &[NewEvent {
+                        kind: "retried",
+                        release_id: Some(id),
+                        policy: Some(r.policy.clone()),
+                        instance_id: Some(r.instance_id.clone()),
+                        detail: "by an operator".into(),
+                        ..NewEvent::default()
+                    }], now);
+                    tx.commit().await
+                }
+                Err(e) => Err(e),
+            }
+        });
+        match res {
+            Ok(()) => Ok(()),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                Err(StoreError::WrongState {
+                    id,
+                    state: r.state,
+                    what: "its instance already has an active release",
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Cancels a pending release that no batch holds yet.
+    pub async fn cancel_release(
+        &self,
+        id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let r = self.release(id).await?;
+        let n = self
+            .cancel_pending(&[(id, reason.to_string())], now)
+            .await?;
+        if n == 0 {
+            return Err(StoreError::WrongState {
+                id,
+                state: r.state,
+                what: "only pending releases not yet in a batch can be cancelled",
+            });
+        }
+        Ok(())
+    }
+
+    /// The audit log, newest first.
+    pub async fn events(&self, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        let rows = with_pool!(self, p => sqlx::query_as::<_, EventRow>(
+            "SELECT id, at, kind, release_id, batch_id, policy, instance_id, code, request_id,
+                    client_token, detail
+             FROM events ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(p)
+        .await)?;
+        Ok(rows)
+    }
+
+    /// Releases by state.
+    pub async fn counts(&self) -> Result<StateCounts, StoreError> {
+        let rows: Vec<(String, i64)> = with_pool!(self, p => sqlx::query_as(
+            "SELECT state, COUNT(*) FROM releases GROUP BY state",
+        )
+        .fetch_all(p)
+        .await)?;
+        let mut c = StateCounts::default();
+        for (s, n) in rows {
+            match s.as_str() {
+                "pending" => c.pending = n,
+                "in_flight" => c.in_flight = n,
+                "succeeded" => c.succeeded = n,
+                "failed" => c.failed = n,
+                "cancelled" => c.cancelled = n,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reads a setting.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let v = with_pool!(self, p => sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(p)
+            .await)?;
+        Ok(v)
+    }
+
+    /// Writes a setting.
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        with_pool!(self, p => sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(p)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+}
+
+/// A fresh ClientToken: 32 hex characters, well within ECS's 64 ASCII.
+pub fn new_client_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

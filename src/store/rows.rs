@@ -1,0 +1,174 @@
+//! Rows as the store returns them. Times are decoded from stored milliseconds.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::{from_ms, Fence};
+
+/// The columns of a release, with its batch's ClientToken.
+pub(super) const RELEASE_SELECT: &str =
+    "SELECT r.id, r.instance_id, r.instance_name, r.region, r.policy, r.force,
+            r.terminate_subscription, r.state, r.not_before, r.batch_id, r.attempts, r.last_code,
+            r.last_message, r.request_id, r.reasons, r.created_at, r.updated_at,
+            b.client_token
+     FROM releases r LEFT JOIN batches b ON b.id = r.batch_id";
+
+#[derive(Debug, Clone, FromRow)]
+struct RawRelease {
+    id: i64,
+    instance_id: String,
+    instance_name: String,
+    region: String,
+    policy: String,
+    force: i64,
+    terminate_subscription: i64,
+    state: String,
+    not_before: i64,
+    batch_id: Option<i64>,
+    attempts: i64,
+    last_code: Option<String>,
+    last_message: Option<String>,
+    request_id: Option<String>,
+    reasons: String,
+    created_at: i64,
+    updated_at: i64,
+    client_token: Option<String>,
+}
+
+/// One release, as `queue list --json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseRow {
+    pub id: i64,
+    pub instance_id: String,
+    pub instance_name: String,
+    pub region: String,
+    pub policy: String,
+    pub force: bool,
+    pub terminate_subscription: bool,
+    /// pending | in_flight | succeeded | failed | cancelled
+    pub state: String,
+    pub not_before: DateTime<Utc>,
+    pub batch_id: Option<i64>,
+    pub attempts: i64,
+    pub client_token: Option<String>,
+    pub last_error: Option<String>,
+    /// The last error's code, or the outcome's (`DryRunOperation`, `InvalidInstanceId.NotFound`).
+    pub last_code: Option<String>,
+    pub request_id: Option<String>,
+    /// Why the policy selected it.
+    pub reasons: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl<'r, R: sqlx::Row> FromRow<'r, R> for ReleaseRow
+where
+    RawRelease: FromRow<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let r = RawRelease::from_row(row)?;
+        Ok(ReleaseRow {
+            id: r.id,
+            instance_id: r.instance_id,
+            instance_name: r.instance_name,
+            region: r.region,
+            policy: r.policy,
+            force: r.force != 0,
+            terminate_subscription: r.terminate_subscription != 0,
+            state: r.state,
+            not_before: from_ms(r.not_before),
+            batch_id: r.batch_id,
+            attempts: r.attempts,
+            client_token: r.client_token,
+            last_error: r.last_message,
+            last_code: r.last_code,
+            request_id: r.request_id,
+            reasons: r.reasons,
+            created_at: from_ms(r.created_at),
+            updated_at: from_ms(r.updated_at),
+        })
+    }
+}
+
+/// A member of a claimed batch.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct BatchMember {
+    pub release_id: i64,
+    pub instance_id: String,
+    pub instance_name: String,
+    pub policy: String,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub(super) struct BatchRow {
+    id: i64,
+    region: String,
+    force: i64,
+    terminate_subscription: i64,
+    client_token: String,
+    attempts: i64,
+    claims: i64,
+}
+
+impl BatchRow {
+    pub(super) fn into_claimed(self, owner: &str, members: Vec<BatchMember>) -> ClaimedBatch {
+        ClaimedBatch {
+            fence: Fence {
+                batch_id: self.id,
+                owner: owner.to_string(),
+                claims: self.claims,
+            },
+            region: self.region,
+            force: self.force != 0,
+            terminate_subscription: self.terminate_subscription != 0,
+            client_token: self.client_token,
+            attempts: self.attempts,
+            members,
+        }
+    }
+}
+
+/// A batch a worker holds under a lease: one DeleteInstances call, its token and its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedBatch {
+    pub fence: Fence,
+    pub region: String,
+    pub force: bool,
+    pub terminate_subscription: bool,
+    pub client_token: String,
+    /// Calls already sent with this token.
+    pub attempts: i64,
+    pub members: Vec<BatchMember>,
+}
+
+/// One policy run.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+pub struct RunRow {
+    pub policy: String,
+    pub scheduled_for: i64,
+    pub owner: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub planned: i64,
+    pub enqueued: i64,
+    pub cancelled: i64,
+    pub refused: i64,
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: i64,
+    pub kind: String,
+    pub release_id: Option<i64>,
+    pub batch_id: Option<i64>,
+    pub policy: Option<String>,
+    pub instance_id: Option<String>,
+    pub code: Option<String>,
+    pub request_id: Option<String>,
+    pub client_token: Option<String>,
+    pub detail: String,
+}
