@@ -442,28 +442,38 @@ impl Store {
         Ok(rows)
     }
 
-    /// Updates when instances were first seen Stopped: recorded the first time, kept while they
-    /// stay Stopped, cleared when seen in any other state.
+    /// Updates when instances of `region` were first seen Stopped: recorded the first time,
+    /// kept while they stay Stopped, and cleared for every instance of the region that is not
+    /// Stopped now (or was not listed), so a stop that ended never counts towards `stopped_for`.
     pub async fn observe(
         &self,
-        seen: &[(String, String, bool)],
+        region: &str,
+        stopped: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let stopped: Vec<&(String, String, bool)> = seen.iter().filter(|s| s.2).collect();
-        let other: Vec<&String> = seen.iter().filter(|s| !s.2).map(|s| &s.0).collect();
+        let known: Vec<String> = with_pool!(self, p => sqlx::query_scalar(
+            "SELECT instance_id FROM observations WHERE region = $1",
+        )
+        .bind(region)
+        .fetch_all(p)
+        .await)?;
+        let now_stopped: std::collections::HashSet<&String> = stopped.iter().collect();
+        let known_set: std::collections::HashSet<&String> = known.iter().collect();
+        let fresh: Vec<&String> = stopped.iter().filter(|i| !known_set.contains(i)).collect();
+        let ended: Vec<&String> = known.iter().filter(|i| !now_stopped.contains(i)).collect();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            for chunk in stopped.chunks(500) {
+            for chunk in fresh.chunks(500) {
                 let mut q = QueryBuilder::new(
                     "INSERT INTO observations (instance_id, region, first_seen_stopped_at) ",
                 );
-                q.push_values(chunk, |mut b, s| {
-                    b.push_bind(s.0.clone()).push_bind(s.1.clone()).push_bind(ms(now));
+                q.push_values(chunk, |mut b, id| {
+                    b.push_bind((*id).clone()).push_bind(region).push_bind(ms(now));
                 });
                 q.push(" ON CONFLICT (instance_id) DO NOTHING");
                 q.build().execute(&mut *tx).await?;
             }
-            for chunk in other.chunks(500) {
+            for chunk in ended.chunks(500) {
                 let mut q = QueryBuilder::new("DELETE FROM observations WHERE instance_id IN (");
                 let mut sep = q.separated(", ");
                 for id in chunk {

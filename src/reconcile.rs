@@ -1,0 +1,363 @@
+//! One reconcile pass: claim each policy's tick, fetch the inventory, record observations, plan,
+//! then queue new releases and cancel pending ones that no longer qualify, recording the run.
+//! Level-triggered: every pass recomputes from the current state, so repeating one is safe.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::ecs::client::{DeleteRequest, EcsClient};
+use crate::ecs::{EcsError, ErrorClass, InstanceStatus};
+use crate::inventory::{self, Inventory};
+use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
+use crate::policy::{Policy, ProtectionConfig};
+use crate::store::{NewEvent, NewRelease, Store, StoreError};
+
+/// Why a pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot read the inventory: {0}")]
+    Inventory(#[source] EcsError),
+}
+
+/// What a pass needs.
+#[derive(Clone, Debug)]
+pub struct Reconciler {
+    pub store: Store,
+    pub client: EcsClient,
+    pub protection: ProtectionConfig,
+    /// Who runs the pass (a replica id), recorded with each run.
+    pub owner: String,
+    /// Treat every policy as `dry_run: true`.
+    pub force_dry_run: bool,
+}
+
+/// What one policy's run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunOutcome {
+    pub policy: String,
+    /// False when another replica already reconciled this tick.
+    pub ran: bool,
+    pub planned: usize,
+    pub enqueued: usize,
+    pub cancelled: usize,
+    pub refused: Option<String>,
+    pub dry_run: bool,
+    /// Dry run: how many releases ECS's DryRun check accepted, and the codes of those it refused.
+    pub would_release: usize,
+    pub dry_run_refusals: Vec<String>,
+}
+
+/// A pass's plan and what each policy's run did.
+#[derive(Debug, Clone)]
+pub struct PassResult {
+    pub plan: Plan,
+    pub runs: Vec<RunOutcome>,
+}
+
+impl Reconciler {
+    /// Reconciles `policies` for the tick `scheduled_for` (for `apply`, the pass's own time).
+    /// With `saved`, only releases in that reviewed plan are queued, and nothing is cancelled.
+    pub async fn pass(
+        &self,
+        policies: &[Policy],
+        scheduled_for: DateTime<Utc>,
+        saved: Option<&SavedPlan>,
+        now: DateTime<Utc>,
+    ) -> Result<PassResult, ReconcileError> {
+        let mut mine = Vec::new();
+        let mut runs = Vec::new();
+        for p in policies {
+            if self
+                .store
+                .begin_run(&p.name, scheduled_for, &self.owner, now)
+                .await?
+            {
+                mine.push(p.clone());
+            } else {
+                runs.push(RunOutcome {
+                    policy: p.name.clone(),
+                    ..RunOutcome::default()
+                });
+            }
+        }
+        let result = self.reconcile(&mine, scheduled_for, saved, now).await;
+        match result {
+            Ok((plan, mut done)) => {
+                runs.append(&mut done);
+                runs.sort_by(|a, b| a.policy.cmp(&b.policy));
+                Ok(PassResult { plan, runs })
+            }
+            Err(e) => {
+                for p in &mine {
+                    let _ = self
+                        .store
+                        .finish_run(&p.name, scheduled_for, "error", 0, 0, 0, 0, now)
+                        .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Plans without changing anything but observations (used by `plan`).
+    pub async fn plan_only(
+        &self,
+        policies: &[Policy],
+        now: DateTime<Utc>,
+    ) -> Result<Plan, ReconcileError> {
+        let (inv, ctx) = self.observe(policies, now).await?;
+        Ok(plan::evaluate(policies, &inv.all(), &ctx, now))
+    }
+
+    async fn observe(
+        &self,
+        policies: &[Policy],
+        now: DateTime<Utc>,
+    ) -> Result<(Inventory, EvalContext), ReconcileError> {
+        let inv = inventory::fetch(&self.client, policies)
+            .await
+            .map_err(ReconcileError::Inventory)?;
+        for (region, instances) in &inv.regions {
+            let stopped: Vec<String> = instances
+                .iter()
+                .filter(|i| i.status == InstanceStatus::Stopped)
+                .map(|i| i.instance_id.clone())
+                .collect();
+            self.store.observe(region, &stopped, now).await?;
+        }
+        let queued = self
+            .store
+            .active_releases()
+            .await?
+            .into_iter()
+            .map(|r| {
+                (
+                    r.instance_id,
+                    QueuedInfo {
+                        policy: r.policy,
+                        not_before: r.not_before,
+                    },
+                )
+            })
+            .collect();
+        let ctx = EvalContext {
+            observations: self.store.observations().await?,
+            queued,
+            protection: self.protection.clone(),
+        };
+        Ok((inv, ctx))
+    }
+
+    async fn reconcile(
+        &self,
+        policies: &[Policy],
+        scheduled_for: DateTime<Utc>,
+        saved: Option<&SavedPlan>,
+        now: DateTime<Utc>,
+    ) -> Result<(Plan, Vec<RunOutcome>), ReconcileError> {
+        if policies.is_empty() {
+            return Ok((
+                Plan {
+                    generated_at: now,
+                    policies: Vec::new(),
+                },
+                Vec::new(),
+            ));
+        }
+        let (inv, ctx) = self.observe(policies, now).await?;
+        let listed: HashSet<&str> = inv
+            .regions
+            .values()
+            .flatten()
+            .map(|i| i.instance_id.as_str())
+            .collect();
+        let plan = plan::evaluate(policies, &inv.all(), &ctx, now);
+        let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
+            s.releases
+                .iter()
+                .map(|r| {
+                    (
+                        r.instance_id.as_str(),
+                        (r.policy.as_str(), r.force, r.terminate_subscription),
+                    )
+                })
+                .collect()
+        });
+        let active = self.store.active_releases().await?;
+        let mut runs = Vec::new();
+        for pp in &plan.policies {
+            let Some(policy) = policies.iter().find(|p| p.name == pp.policy) else {
+                continue;
+            };
+            let dry_run = policy.dry_run || self.force_dry_run;
+            let mut run = RunOutcome {
+                policy: pp.policy.clone(),
+                ran: true,
+                planned: pp.releases.len(),
+                dry_run,
+                ..RunOutcome::default()
+            };
+            if let Some(r) = &pp.refused {
+                run.refused = Some(r.message());
+                self.store
+                    .record_event(
+                        NewEvent {
+                            kind: "refused",
+                            policy: Some(pp.policy.clone()),
+                            detail: r.message(),
+                            ..NewEvent::default()
+                        },
+                        now,
+                    )
+                    .await?;
+            } else {
+                let wanted: Vec<&plan::PlannedRelease> = pp
+                    .releases
+                    .iter()
+                    .filter(|r| match &reviewed {
+                        None => true,
+                        Some(set) => set.get(r.instance_id.as_str()).is_some_and(|(p, f, t)| {
+                            *p == r.policy && *f == r.force && *t == r.terminate_subscription
+                        }),
+                    })
+                    .collect();
+                if dry_run {
+                    self.dry_run(&wanted, &mut run, now).await?;
+                } else {
+                    let new: Vec<NewRelease> = wanted
+                        .iter()
+                        .filter(|r| !ctx.queued.contains_key(&r.instance_id))
+                        .map(|r| NewRelease {
+                            instance_id: r.instance_id.clone(),
+                            instance_name: r.instance_name.clone(),
+                            region: r.region.clone(),
+                            policy: r.policy.clone(),
+                            force: r.force,
+                            terminate_subscription: r.terminate_subscription,
+                            not_before: r.not_before,
+                            reasons: r.reasons.join("; "),
+                        })
+                        .collect();
+                    run.enqueued = self.store.enqueue(&new, now).await?.len();
+                }
+                if saved.is_none() {
+                    let planned: HashSet<&str> =
+                        pp.releases.iter().map(|r| r.instance_id.as_str()).collect();
+                    let cancels: Vec<(i64, String)> = active
+                        .iter()
+                        .filter(|r| r.policy == pp.policy && r.state == "pending")
+                        .filter(|r| !planned.contains(r.instance_id.as_str()))
+                        .map(|r| {
+                            let why = match pp.skips.iter().find(|s| s.instance_id == r.instance_id) {
+                                Some(s) => format!("no longer qualifies: {}", s.detail),
+                                None if !listed.contains(r.instance_id.as_str()) => {
+                                    "the instance is no longer listed by DescribeInstances (released elsewhere, or no longer matches the policy's filters)".to_string()
+                                }
+                                None => "the instance no longer matches the policy".to_string(),
+                            };
+                            (r.id, why)
+                        })
+                        .collect();
+                    run.cancelled = self.store.cancel_pending(&cancels, now).await?;
+                }
+            }
+            let outcome = if run.refused.is_some() {
+                "refused"
+            } else if dry_run {
+                "dry_run"
+            } else {
+                "ok"
+            };
+            self.store
+                .finish_run(
+                    &run.policy,
+                    scheduled_for,
+                    outcome,
+                    run.planned as i64,
+                    run.enqueued as i64,
+                    run.cancelled as i64,
+                    i64::from(run.refused.is_some()),
+                    now,
+                )
+                .await?;
+            runs.push(run);
+        }
+        Ok((plan, runs))
+    }
+
+    /// Sends DeleteInstances with DryRun=true for the due releases, in batches of up to 100 of
+    /// one region and one set of flags, and records each instance as "would release".
+    async fn dry_run(
+        &self,
+        wanted: &[&plan::PlannedRelease],
+        run: &mut RunOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), ReconcileError> {
+        let mut groups: HashMap<(String, bool, bool), Vec<&plan::PlannedRelease>> = HashMap::new();
+        for r in wanted.iter().filter(|r| !r.is_pending(now)) {
+            groups
+                .entry((r.region.clone(), r.force, r.terminate_subscription))
+                .or_default()
+                .push(r);
+        }
+        let mut keys: Vec<_> = groups.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
+            for chunk in groups[&key].chunks(crate::ecs::client::MAX_PAGE) {
+                let token = crate::store::new_client_token();
+                let req = DeleteRequest {
+                    region: key.0.clone(),
+                    instance_ids: chunk.iter().map(|r| r.instance_id.clone()).collect(),
+                    force: key.1,
+                    terminate_subscription: key.2,
+                    dry_run: true,
+                    client_token: token.clone(),
+                };
+                let (kind, code, request_id) = match self.client.delete_instances(&req).await {
+                    Err(e) if e.class() == ErrorClass::DryRunPassed => {
+                        run.would_release += chunk.len();
+                        (
+                            "would_release",
+                            e.code().to_string(),
+                            e.request_id().map(str::to_string),
+                        )
+                    }
+                    Err(e) => {
+                        run.dry_run_refusals.push(e.code().to_string());
+                        (
+                            "dry_run_refused",
+                            e.code().to_string(),
+                            e.request_id().map(str::to_string),
+                        )
+                    }
+                    Ok(a) => {
+                        // ECS ignored DryRun: nothing to undo, but say so loudly.
+                        tracing::error!(request_id = %a.request_id, "DryRun call was answered as a real release");
+                        ("dry_run_released", "OK".to_string(), Some(a.request_id))
+                    }
+                };
+                for r in chunk {
+                    self.store
+                        .record_event(
+                            NewEvent {
+                                kind,
+                                policy: Some(r.policy.clone()),
+                                instance_id: Some(r.instance_id.clone()),
+                                code: Some(code.clone()),
+                                request_id: request_id.clone(),
+                                client_token: Some(token.clone()),
+                                detail: r.reasons.join("; "),
+                                ..NewEvent::default()
+                            },
+                            now,
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

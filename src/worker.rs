@@ -1,0 +1,585 @@
+//! Workers carry out queued releases: claim a batch under a lease, re-verify its members against
+//! the live inventory right before the first call, send DeleteInstances with the batch's stored
+//! ClientToken, and record the outcome, fenced by the lease.
+//!
+//! Outcomes: success and "gone" complete the batch; a retryable failure (including a lost answer)
+//! schedules the same batch — same token, same members — after a backoff; a permanent refusal of
+//! several members splits the batch in halves under new tokens (the refused call had no effect)
+//! until the offending instance is alone, and that one fails with its code.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::clock::SharedClock;
+use crate::ecs::client::{DeleteRequest, DescribeFilter, EcsClient};
+use crate::ecs::{EcsError, ErrorClass, Instance};
+use crate::plan::{self, EvalContext};
+use crate::policy::{Policy, ProtectionConfig};
+use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, Store, StoreError};
+
+/// How workers behave.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This process's identity in leases.
+    pub owner: String,
+    pub lease: Duration,
+    /// Calls per batch before its members are re-checked and failed.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub max_batch: usize,
+    /// DeleteInstances and re-check calls per second, all workers together.
+    pub calls_per_second: u32,
+    /// Batches in flight at once.
+    pub concurrency: usize,
+    pub seed: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            owner: format!("{}-{}", hostname(), std::process::id()),
+            lease: Duration::from_secs(30),
+            max_attempts: 8,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+            max_batch: crate::ecs::client::MAX_PAGE,
+            calls_per_second: 10,
+            concurrency: 4,
+            seed: 0x6a61_6e69_746f_72,
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "janitor".to_string())
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What happened to one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchResult {
+    Released {
+        count: usize,
+        request_id: String,
+    },
+    RetryScheduled {
+        code: String,
+        at: DateTime<Utc>,
+    },
+    Split {
+        code: String,
+    },
+    Failed {
+        code: String,
+    },
+    /// Nothing to call: every member was settled by the re-check.
+    Settled,
+    /// The lease was lost to another worker; its result stands.
+    LeaseLost,
+}
+
+/// A worker pool's shared parts. Cheap to clone.
+#[derive(Clone)]
+pub struct Workers {
+    pub store: Store,
+    pub client: EcsClient,
+    pub policies: Arc<RwLock<Vec<Policy>>>,
+    pub protection: ProtectionConfig,
+    pub cfg: WorkerConfig,
+    pub clock: SharedClock,
+    limiter: Arc<tokio::sync::Semaphore>,
+    rate: Arc<tokio::sync::Mutex<tokio::time::Interval>>,
+    rng: Arc<Mutex<StdRng>>,
+}
+
+impl Workers {
+    pub fn new(
+        store: Store,
+        client: EcsClient,
+        policies: Arc<RwLock<Vec<Policy>>>,
+        protection: ProtectionConfig,
+        cfg: WorkerConfig,
+        clock: SharedClock,
+    ) -> Self {
+        let per_call = Duration::from_secs_f64(1.0 / f64::from(cfg.calls_per_second.max(1)));
+        let mut interval = tokio::time::interval(per_call);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Workers {
+            limiter: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1))),
+            rate: Arc::new(tokio::sync::Mutex::new(interval)),
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
+            store,
+            client,
+            policies,
+            protection,
+            cfg,
+            clock,
+        }
+    }
+
+    /// Waits for the global call rate.
+    async fn pace(&self) {
+        self.rate.lock().await.tick().await;
+    }
+
+    /// Works the queue until nothing is due (retries waiting out their backoff count as due),
+    /// or until `cancel` fires. Runs `concurrency` batches at once.
+    pub async fn drain(&self, cancel: CancellationToken) -> Result<(), WorkerError> {
+        let mut tasks = Vec::new();
+        for _ in 0..self.cfg.concurrency.max(1) {
+            let w = self.clone();
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move { w.drain_one(cancel).await }));
+        }
+        let mut first_err = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(join) => tracing::error!(error = %join, "worker task ended abnormally"),
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn drain_one(&self, cancel: CancellationToken) -> Result<(), WorkerError> {
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            if self.process_next().await?.is_some() {
+                continue;
+            }
+            let now = self.clock.now();
+            match self.store.next_due(now).await? {
+                None => return Ok(()),
+                Some(at) => {
+                    // Poll at least every 200 ms: another worker may finish what we wait on.
+                    let wait = (at - now)
+                        .to_std()
+                        .unwrap_or_default()
+                        .clamp(Duration::from_millis(20), Duration::from_millis(200));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims and carries out one batch; `None` when nothing is due.
+    pub async fn process_next(&self) -> Result<Option<BatchResult>, WorkerError> {
+        let _permit = self.limiter.acquire().await.ok();
+        let now = self.clock.now();
+        let Some(batch) = self
+            .store
+            .claim(&self.cfg.owner, now, self.cfg.lease, self.cfg.max_batch)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let span = tracing::info_span!("batch", id = batch.fence.batch_id, region = %batch.region,
+            token = %batch.client_token, members = batch.members.len(), attempts = batch.attempts);
+        let _g = span.enter();
+        drop(_g);
+        self.process(batch).await.map(Some)
+    }
+
+    async fn describe(&self, region: &str, ids: Vec<String>) -> Result<Vec<Instance>, EcsError> {
+        self.pace().await;
+        let f = DescribeFilter {
+            instance_ids: Some(ids),
+            ..DescribeFilter::default()
+        };
+        self.client.describe_instances(region, &f).await
+    }
+
+    /// Why `inst` may no longer be released under `policy_name`, or `None` when it still may.
+    fn recheck(
+        &self,
+        policy_name: &str,
+        inst: &Instance,
+        observations: &HashMap<String, DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+        let Some(policy) = policies.iter().find(|p| p.name == policy_name) else {
+            return Some(format!("policy {policy_name} is no longer loaded"));
+        };
+        let ctx = EvalContext {
+            observations: observations
+                .get(&inst.instance_id)
+                .map(|t| (inst.instance_id.clone(), *t))
+                .into_iter()
+                .collect(),
+            queued: HashMap::new(),
+            protection: self.protection.clone(),
+        };
+        let p = plan::evaluate(
+            std::slice::from_ref(policy),
+            std::slice::from_ref(inst),
+            &ctx,
+            now,
+        );
+        let pp = p.policies.first()?;
+        if pp
+            .releases
+            .iter()
+            .any(|r| r.instance_id == inst.instance_id)
+        {
+            return None;
+        }
+        Some(
+            match pp.skips.iter().find(|s| s.instance_id == inst.instance_id) {
+                Some(s) => s.detail.clone(),
+                None => format!("no longer matches policy {policy_name}"),
+            },
+        )
+    }
+
+    /// Splits members into those that vanished (released) and those still listed.
+    async fn vanished(
+        &self,
+        region: &str,
+        members: &[BatchMember],
+    ) -> Result<(Vec<BatchMember>, HashMap<String, Instance>), EcsError> {
+        let found = self
+            .describe(
+                region,
+                members.iter().map(|m| m.instance_id.clone()).collect(),
+            )
+            .await?;
+        let found: HashMap<String, Instance> = found
+            .into_iter()
+            .map(|i| (i.instance_id.clone(), i))
+            .collect();
+        let gone = members
+            .iter()
+            .filter(|m| !found.contains_key(&m.instance_id))
+            .cloned()
+            .collect();
+        Ok((gone, found))
+    }
+
+    async fn process(&self, b: ClaimedBatch) -> Result<BatchResult, WorkerError> {
+        let fence = b.fence.clone();
+        let mut settled: Vec<(BatchMember, MemberOutcome)> = Vec::new();
+        let mut live = b.members.clone();
+        if live.is_empty() {
+            let ok = self
+                .store
+                .finish_batch(&fence, "done", None, &[], &[], self.clock.now())
+                .await?;
+            return Ok(if ok {
+                BatchResult::Settled
+            } else {
+                BatchResult::LeaseLost
+            });
+        }
+        if b.attempts == 0 {
+            // Re-verify right before the token is first used.
+            let (gone, found) = match self.vanished(&b.region, &live).await {
+                Ok(v) => v,
+                Err(e) => return self.retry(&b, &e).await,
+            };
+            let observations = self.store.observations().await?;
+            let now = self.clock.now();
+            for m in &gone {
+                settled.push((
+                    m.clone(),
+                    MemberOutcome::Succeeded {
+                        request_id: None,
+                        code: Some("Janitor.AlreadyGone".into()),
+                        detail: "no longer listed by DescribeInstances before the call".into(),
+                    },
+                ));
+            }
+            live.retain(|m| !gone.contains(m));
+            let mut keep = Vec::new();
+            for m in live {
+                match found
+                    .get(&m.instance_id)
+                    .and_then(|i| self.recheck(&m.policy, i, &observations, now))
+                {
+                    Some(reason) => settled.push((
+                        m,
+                        MemberOutcome::Cancelled {
+                            reason: format!("re-check before release: {reason}"),
+                        },
+                    )),
+                    None => keep.push(m),
+                }
+            }
+            live = keep;
+            if live.is_empty() {
+                let ok = self
+                    .store
+                    .finish_batch(&fence, "done", None, &settled, &[], now)
+                    .await?;
+                return Ok(if ok {
+                    BatchResult::Settled
+                } else {
+                    BatchResult::LeaseLost
+                });
+            }
+        }
+        let now = self.clock.now();
+        if !self
+            .store
+            .begin_attempt(&fence, &settled, &b.client_token, now)
+            .await?
+        {
+            return Ok(BatchResult::LeaseLost);
+        }
+        let req = DeleteRequest {
+            region: b.region.clone(),
+            instance_ids: live.iter().map(|m| m.instance_id.clone()).collect(),
+            force: b.force,
+            terminate_subscription: b.terminate_subscription,
+            dry_run: false,
+            client_token: b.client_token.clone(),
+        };
+        let result = self.call_with_lease(&fence, &req).await;
+        let now = self.clock.now();
+        match result {
+            Ok(answer) => {
+                let done: Vec<_> = live
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.clone(),
+                            MemberOutcome::Succeeded {
+                                request_id: Some(answer.request_id.clone()),
+                                code: None,
+                                detail: "released".into(),
+                            },
+                        )
+                    })
+                    .collect();
+                let ok = self
+                    .store
+                    .finish_batch(&fence, "done", None, &done, &[], now)
+                    .await?;
+                tracing::info!(batch = fence.batch_id, count = live.len(), request_id = %answer.request_id, "released");
+                Ok(if ok {
+                    BatchResult::Released {
+                        count: live.len(),
+                        request_id: answer.request_id,
+                    }
+                } else {
+                    BatchResult::LeaseLost
+                })
+            }
+            Err(e) => match e.class() {
+                ErrorClass::Retryable if (b.attempts + 1) < i64::from(self.cfg.max_attempts) => {
+                    self.retry(&b, &e).await
+                }
+                ErrorClass::Retryable | ErrorClass::Gone => {
+                    // Exhausted, or some member is unknown: whatever vanished was released
+                    // (perhaps by a call whose answer was lost); the rest fail or go on alone.
+                    self.settle_after_failure(&b, &live, &e).await
+                }
+                ErrorClass::Permanent | ErrorClass::DryRunPassed => {
+                    if live.len() > 1 {
+                        let ids: Vec<i64> = live.iter().map(|m| m.release_id).collect();
+                        let (a, c) = ids.split_at(ids.len() / 2);
+                        let ok = self
+                            .store
+                            .finish_batch(
+                                &fence,
+                                "split",
+                                Some(e.code()),
+                                &[],
+                                &[a.to_vec(), c.to_vec()],
+                                now,
+                            )
+                            .await?;
+                        tracing::warn!(
+                            batch = fence.batch_id,
+                            code = e.code(),
+                            "refused; splitting"
+                        );
+                        Ok(if ok {
+                            BatchResult::Split {
+                                code: e.code().to_string(),
+                            }
+                        } else {
+                            BatchResult::LeaseLost
+                        })
+                    } else {
+                        self.settle_after_failure(&b, &live, &e).await
+                    }
+                }
+            },
+        }
+    }
+
+    /// Sends the call while renewing the lease, so a long call keeps its batch.
+    async fn call_with_lease(
+        &self,
+        fence: &crate::store::Fence,
+        req: &DeleteRequest,
+    ) -> Result<crate::ecs::DeleteAnswer, EcsError> {
+        self.pace().await;
+        let renew = {
+            let store = self.store.clone();
+            let fence = fence.clone();
+            let lease = self.cfg.lease;
+            let clock = self.clock.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(lease / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match store.renew_lease(&fence, clock.now(), lease).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => tracing::warn!(error = %e, "cannot renew a lease"),
+                    }
+                }
+            })
+        };
+        let r = self.client.delete_instances(req).await;
+        renew.abort();
+        r
+    }
+
+    async fn retry(&self, b: &ClaimedBatch, e: &EcsError) -> Result<BatchResult, WorkerError> {
+        let delay = {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            let retries = u32::try_from(b.attempts.max(0)).unwrap_or(u32::MAX);
+            self.cfg.backoff.delay(retries, e.retry_after(), &mut *rng)
+        };
+        let now = self.clock.now();
+        let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        let ok = self
+            .store
+            .retry_later(&b.fence, e.code(), &e.to_string(), at, now)
+            .await?;
+        tracing::warn!(
+            batch = b.fence.batch_id,
+            code = e.code(),
+            ?delay,
+            "will retry with the same token"
+        );
+        Ok(if ok {
+            BatchResult::RetryScheduled {
+                code: e.code().to_string(),
+                at,
+            }
+        } else {
+            BatchResult::LeaseLost
+        })
+    }
+
+    /// Ends a batch that cannot succeed as it is: re-checks its members, so those that vanished
+    /// count as released, a lone member refused for its state is cancelled when it no longer
+    /// qualifies, those still listed (after a `Gone` answer) go on in a new batch, and the rest
+    /// fail with the error's code.
+    async fn settle_after_failure(
+        &self,
+        b: &ClaimedBatch,
+        live: &[BatchMember],
+        e: &EcsError,
+    ) -> Result<BatchResult, WorkerError> {
+        let (gone, found) = match self.vanished(&b.region, live).await {
+            Ok(v) => v,
+            // Cannot tell what happened: keep the batch and its token, try again later.
+            Err(de) => return self.retry(b, &de).await,
+        };
+        let now = self.clock.now();
+        let observations = self.store.observations().await?;
+        let mut settled = Vec::new();
+        let mut regroup = Vec::new();
+        for m in live {
+            if gone.contains(m) {
+                settled.push((
+                    m.clone(),
+                    MemberOutcome::Succeeded {
+                        request_id: e.request_id().map(str::to_string),
+                        code: Some(e.code().to_string()),
+                        detail: "no longer listed by DescribeInstances after the call".into(),
+                    },
+                ));
+            } else if e.class() == ErrorClass::Gone {
+                regroup.push(m.release_id);
+            } else if e.code().starts_with("IncorrectInstanceStatus") {
+                let reason = found
+                    .get(&m.instance_id)
+                    .and_then(|i| self.recheck(&m.policy, i, &observations, now));
+                settled.push((
+                    m.clone(),
+                    match reason {
+                        Some(r) => MemberOutcome::Cancelled {
+                            reason: format!("refused with {}; re-check: {r}", e.code()),
+                        },
+                        None => failed(e),
+                    },
+                ));
+            } else {
+                settled.push((m.clone(), failed(e)));
+            }
+        }
+        let any_failed = settled
+            .iter()
+            .any(|(_, o)| matches!(o, MemberOutcome::Failed { .. }));
+        let state = if !regroup.is_empty() {
+            "split"
+        } else if any_failed {
+            "failed"
+        } else {
+            "done"
+        };
+        let groups: Vec<Vec<i64>> = if regroup.is_empty() {
+            vec![]
+        } else {
+            vec![regroup]
+        };
+        let ok = self
+            .store
+            .finish_batch(&b.fence, state, Some(e.code()), &settled, &groups, now)
+            .await?;
+        if any_failed {
+            tracing::error!(batch = b.fence.batch_id, code = e.code(), "release failed");
+        }
+        Ok(if !ok {
+            BatchResult::LeaseLost
+        } else if any_failed {
+            BatchResult::Failed {
+                code: e.code().to_string(),
+            }
+        } else if state == "split" {
+            BatchResult::Split {
+                code: e.code().to_string(),
+            }
+        } else {
+            BatchResult::Settled
+        })
+    }
+}
+
+fn failed(e: &EcsError) -> MemberOutcome {
+    MemberOutcome::Failed {
+        code: e.code().to_string(),
+        message: e.to_string(),
+        request_id: e.request_id().map(str::to_string),
+    }
+}
