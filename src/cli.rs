@@ -9,9 +9,20 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use std::io::IsTerminal;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::clock::{SharedClock, SystemClock};
 use crate::ecs::client::{ClientConfig, EcsClient};
 use crate::ecs::credentials::{EnvProvider, SharedProvider};
+use crate::plan::SavedPlan;
+use crate::policy::{Policy, ProtectionConfig};
+use crate::reconcile::Reconciler;
 use crate::sim::{self, Faults, SimConfig, Simulator};
+use crate::store::{ReleaseFilter, Store};
+use crate::worker::WorkerConfig;
 
 /// Releases unneeded Alibaba Cloud ECS instances from declarative lifecycle policies.
 #[derive(Debug, Parser)]
@@ -33,8 +44,170 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole job against the built-in simulator, with nothing to configure.
+    Demo(DemoArgs),
+    /// Check the policy files; every problem as FILE:LINE:COL. Needs no credentials or network.
+    Validate(PoliciesArgs),
+    /// Print a JSON Schema of the policy format (for yaml-language-server).
+    Schema,
+    /// Show which instances would be released and why. Changes nothing.
+    Plan(PlanArgs),
+    /// One reconcile pass, then work the queue until nothing is due.
+    Apply(ApplyArgs),
+    /// Inspect and steer the release queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// The audit log: who released what, when, under which policy and RequestId.
+    History(HistoryArgs),
     /// Run the ECS simulator: a stateful fake ECS endpoint for trying, testing and benchmarking.
     Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PoliciesArgs {
+    /// The folder of policy files (*.yaml, *.yml).
+    #[arg(long, env = "JANITOR_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
+    #[arg(
+        long = "database",
+        env = "JANITOR_DATABASE_URL",
+        default_value = "sqlite://janitor.db"
+    )]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SafetyArgs {
+    /// The tag key that protects an instance when set to "true".
+    #[arg(long, env = "JANITOR_PROTECT_TAG", default_value = "janitor:protect")]
+    pub protect_tag_key: String,
+}
+
+impl SafetyArgs {
+    fn protection(&self) -> ProtectionConfig {
+        ProtectionConfig {
+            protect_tag_key: self.protect_tag_key.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Instances in the simulated fleet.
+    #[arg(long, default_value_t = 500)]
+    pub instances: usize,
+    /// Seed of the simulated fleet.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub policies: PoliciesArgs,
+    /// Only these policies (repeatable).
+    #[arg(long = "policy")]
+    pub only: Vec<String>,
+    /// Print the plan as JSON (see docs/policies.md for the format).
+    #[arg(long)]
+    pub json: bool,
+    /// Save the plan, for `apply --plan FILE` to act on exactly this set.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub ecs: EcsArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub safety: SafetyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub policies: PoliciesArgs,
+    /// Only these policies (repeatable).
+    #[arg(long = "policy")]
+    pub only: Vec<String>,
+    /// Act on exactly the releases of a plan saved with `plan --out`.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Send DeleteInstances with DryRun=true: check permissions and parameters, release nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub ecs: EcsArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub safety: SafetyArgs,
+    /// DeleteInstances and re-check calls per second.
+    #[arg(long, env = "JANITOR_CALLS_PER_SECOND", default_value_t = 10)]
+    pub calls_per_second: u32,
+    /// Batches in flight at once.
+    #[arg(long, env = "JANITOR_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Calls per batch before giving up.
+    #[arg(long, env = "JANITOR_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+    /// First retry delay ceiling, in milliseconds (doubles each retry, full jitter).
+    #[arg(long, env = "JANITOR_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub backoff_base_ms: u64,
+    /// Largest retry delay, in milliseconds.
+    #[arg(long, env = "JANITOR_BACKOFF_CAP_MS", default_value_t = 300_000)]
+    pub backoff_cap_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List releases, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show one release.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Put a failed or cancelled release back in the queue.
+    Retry {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Cancel a pending release.
+    Cancel {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// How many events, newest first.
+    #[arg(long, default_value_t = 200)]
+    pub limit: i64,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 /// How to reach ECS.
@@ -124,8 +297,252 @@ fn rate(s: &str) -> Result<f64, String> {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Demo(args) => demo(args).await,
+        Command::Validate(args) => Ok(validate(&args)),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::policy::json_schema())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan(args) => plan(args).await,
+        Command::Apply(args) => apply(args).await,
+        Command::Queue(cmd) => queue(cmd).await,
+        Command::History(args) => history(args).await,
         Command::Simulate(args) => simulate(args).await,
     }
+}
+
+fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let opts = crate::app::DemoOptions {
+        instances: args.instances,
+        seed: args.seed,
+        dir: None,
+        color: stdout_is_terminal(),
+    };
+    crate::app::demo(opts, &mut |s| print!("{s}")).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(args: &PoliciesArgs) -> ExitCode {
+    match crate::policy::load_dir(&args.policies) {
+        Ok(set) => {
+            println!(
+                "{}: {} policies, no problems.",
+                args.policies.display(),
+                set.policies.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            println!("{diags}");
+            eprintln!("{} problems found.", diags.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads the policies, keeping only `only` when given; unknown names are an error.
+fn load_policies(dir: &std::path::Path, only: &[String]) -> anyhow::Result<Vec<Policy>> {
+    let set = crate::policy::load_dir(dir)
+        .map_err(|d| anyhow::anyhow!("the policies in {} have problems:\n{d}", dir.display()))?;
+    for name in only {
+        if set.get(name).is_none() {
+            let known: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
+            anyhow::bail!(
+                "no policy named {name:?} in {}; known: {}",
+                dir.display(),
+                known.join(", ")
+            );
+        }
+    }
+    Ok(set
+        .policies
+        .into_iter()
+        .filter(|p| only.is_empty() || only.contains(&p.name))
+        .collect())
+}
+
+async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let policies = load_policies(&args.policies.policies, &args.only)?;
+    let store = Store::connect(&args.db.url).await?;
+    let client = args.ecs.client()?;
+    let rec = Reconciler {
+        store,
+        client,
+        protection: args.safety.protection(),
+        owner: "plan".into(),
+        force_dry_run: true,
+    };
+    let plan = rec.plan_only(&policies, chrono::Utc::now()).await?;
+    if let Some(path) = &args.out {
+        SavedPlan::from_plan(&plan).save(path)?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::plan::render_json(&plan))?
+        );
+    } else {
+        print!("{}", crate::plan::render_text(&plan, stdout_is_terminal()));
+        if let Some(path) = &args.out {
+            println!(
+                "Saved to {}; `ecs-janitor apply --plan {}` acts on exactly this set.",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let policies = load_policies(&args.policies.policies, &args.only)?;
+    let saved = match &args.plan {
+        Some(p) => Some(SavedPlan::load(p)?),
+        None => None,
+    };
+    let store = Store::connect(&args.db.url).await?;
+    let client = args.ecs.client()?;
+    let worker_cfg = WorkerConfig {
+        calls_per_second: args.calls_per_second,
+        concurrency: args.concurrency,
+        max_attempts: args.max_attempts.max(1),
+        backoff: crate::backoff::Backoff::new(
+            Duration::from_millis(args.backoff_base_ms),
+            Duration::from_millis(args.backoff_cap_ms),
+        ),
+        ..WorkerConfig::default()
+    };
+    let clock: SharedClock = Arc::new(SystemClock);
+    let app = App::new(
+        store,
+        client,
+        policies,
+        args.safety.protection(),
+        worker_cfg,
+        clock,
+        args.dry_run,
+    );
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("Stopping: no new batches are claimed; in-flight calls finish. Run apply again to resume.");
+            c.cancel();
+        }
+    });
+    let report = app.apply(saved.as_ref(), cancel).await?;
+    if args.json {
+        let v = serde_json::json!({
+            "runs": report.pass.runs,
+            "releases": report.releases,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", report.render(chrono::Utc::now()));
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
+    let now = chrono::Utc::now();
+    match cmd {
+        QueueCommand::List {
+            state,
+            policy,
+            json,
+            db,
+        } => {
+            if let Some(s) = &state {
+                const STATES: [&str; 5] =
+                    ["pending", "in_flight", "succeeded", "failed", "cancelled"];
+                if !STATES.contains(&s.as_str()) {
+                    anyhow::bail!(
+                        "--state {s:?} is not a state; use one of {}",
+                        STATES.join(", ")
+                    );
+                }
+            }
+            let store = Store::connect(&db.url).await?;
+            let rows = store
+                .list_releases(&ReleaseFilter {
+                    state,
+                    policy,
+                    limit: None,
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} LAST",
+                    "ID", "INSTANCE", "REGION", "STATE", "TRY", "POLICY"
+                );
+                for r in rows {
+                    println!(
+                        "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {}",
+                        r.id,
+                        r.instance_id,
+                        r.region,
+                        r.state,
+                        r.attempts,
+                        r.policy,
+                        r.last_code.or(r.last_error).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        QueueCommand::Show { id, db } => {
+            let store = Store::connect(&db.url).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&store.release(id).await?)?
+            );
+        }
+        QueueCommand::Retry { id, db } => {
+            let store = Store::connect(&db.url).await?;
+            store.retry_release(id, now).await?;
+            println!("Release {id} is pending again; the next apply or the daemon sends it.");
+        }
+        QueueCommand::Cancel { id, db } => {
+            let store = Store::connect(&db.url).await?;
+            store
+                .cancel_release(id, "cancelled by an operator", now)
+                .await?;
+            println!("Release {id} is cancelled.");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&args.db.url).await?;
+    let events = store.events(args.limit).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+    } else {
+        for e in events {
+            println!(
+                "{} {:<16} {:<24} {:<28} {:<28} {} {}",
+                crate::store::from_ms(e.at).format("%Y-%m-%dT%H:%M:%SZ"),
+                e.kind,
+                e.instance_id.unwrap_or_default(),
+                e.policy.unwrap_or_default(),
+                e.code.unwrap_or_default(),
+                e.request_id
+                    .map(|r| format!("RequestId {r}"))
+                    .unwrap_or_default(),
+                e.detail
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {

@@ -51,3 +51,27 @@ impl Clock for ManualClock {
 
 /// A shared, dynamically chosen clock.
 pub type SharedClock = Arc<dyn Clock>;
+
+/// The wall clock shifted by an adjustable offset: time flows normally, and `advance` jumps
+/// ahead (the demo uses it to show a day passing in a second).
+#[derive(Debug, Clone, Default)]
+pub struct OffsetClock {
+    offset: Arc<Mutex<Duration>>,
+}
+
+impl OffsetClock {
+    pub fn new() -> Self {
+        OffsetClock::default()
+    }
+
+    pub fn advance(&self, d: Duration) {
+        let mut o = self.offset.lock().unwrap_or_else(|e| e.into_inner());
+        *o += d;
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + *self.offset.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -8,6 +8,7 @@
 //! `ecs` is the signed OpenAPI client and `sim` a faithful ECS simulator used by tests, the demo and
 //! the benchmarks.
 
+pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod clock;

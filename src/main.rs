@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use ecs_janitor::cli::{self, Cli, LogFormat};
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JANITOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -19,7 +19,12 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo and one-shot commands print their own report; the daemon logs its work.
+    let quiet = matches!(
+        cli.command,
+        cli::Command::Demo(_) | cli::Command::Validate(_) | cli::Command::Schema
+    );
+    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

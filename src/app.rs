@@ -1,0 +1,323 @@
+//! The jobs the commands run, built from the stages: `apply` (one reconcile pass, then work the
+//! queue until nothing is due) and `demo` (the whole job against the built-in simulator).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{OffsetClock, SharedClock};
+use crate::ecs::client::{ClientConfig, EcsClient};
+use crate::ecs::credentials::{Credentials, StaticProvider};
+use crate::plan::{self, Plan, SavedPlan};
+use crate::policy::{Policy, ProtectionConfig};
+use crate::reconcile::{PassResult, ReconcileError, Reconciler};
+use crate::sim::{self, SimConfig, Simulator};
+use crate::store::{ReleaseFilter, ReleaseRow, Store, StoreError};
+use crate::worker::{WorkerConfig, WorkerError, Workers};
+
+/// Why a job stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The assembled pipeline.
+#[derive(Clone)]
+pub struct App {
+    pub store: Store,
+    pub client: EcsClient,
+    pub reconciler: Reconciler,
+    pub workers: Workers,
+    pub clock: SharedClock,
+}
+
+impl App {
+    pub fn new(
+        store: Store,
+        client: EcsClient,
+        policies: Vec<Policy>,
+        protection: ProtectionConfig,
+        worker_cfg: WorkerConfig,
+        clock: SharedClock,
+        dry_run: bool,
+    ) -> App {
+        let reconciler = Reconciler {
+            store: store.clone(),
+            client: client.clone(),
+            protection: protection.clone(),
+            owner: worker_cfg.owner.clone(),
+            force_dry_run: dry_run,
+        };
+        let workers = Workers::new(
+            store.clone(),
+            client.clone(),
+            Arc::new(RwLock::new(policies)),
+            protection,
+            worker_cfg,
+            clock.clone(),
+        );
+        App {
+            store,
+            client,
+            reconciler,
+            workers,
+            clock,
+        }
+    }
+
+    fn policies(&self) -> Vec<Policy> {
+        self.workers
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// One reconcile pass of every loaded policy (or exactly a saved plan), then the queue is
+    /// worked until nothing is due. Releases still in their grace period stay queued.
+    pub async fn apply(
+        &self,
+        saved: Option<&SavedPlan>,
+        cancel: CancellationToken,
+    ) -> Result<ApplyReport, AppError> {
+        let started = self.clock.now();
+        let policies = self.policies();
+        let pass = self
+            .reconciler
+            .pass(&policies, started, saved, started)
+            .await?;
+        self.workers.drain(cancel).await?;
+        let touched: Vec<ReleaseRow> = self
+            .store
+            .list_releases(&ReleaseFilter::default())
+            .await?
+            .into_iter()
+            .filter(|r| r.updated_at >= started || r.state == "pending")
+            .collect();
+        Ok(ApplyReport {
+            pass,
+            releases: touched,
+        })
+    }
+}
+
+/// What an `apply` did.
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    pub pass: PassResult,
+    /// Releases this apply changed, and every release still waiting.
+    pub releases: Vec<ReleaseRow>,
+}
+
+impl ApplyReport {
+    pub fn in_state(&self, state: &str) -> impl Iterator<Item = &ReleaseRow> {
+        let state = state.to_string();
+        self.releases.iter().filter(move |r| r.state == state)
+    }
+
+    /// Exit status: 0 when every due release succeeded, 2 when some failed.
+    pub fn exit_code(&self) -> u8 {
+        if self.in_state("failed").next().is_some() {
+            2
+        } else {
+            0
+        }
+    }
+
+    /// A human summary, one release a line, then totals.
+    pub fn render(&self, now: DateTime<Utc>) -> String {
+        let mut out = String::new();
+        for (state, title) in [
+            ("succeeded", "Released"),
+            ("failed", "Failed"),
+            ("cancelled", "Cancelled"),
+            ("in_flight", "Still in flight (retrying)"),
+            ("pending", "Waiting (grace period)"),
+        ] {
+            let rows: Vec<&ReleaseRow> = self.in_state(state).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("{title}:\n"));
+            for r in rows {
+                let detail = match state {
+                    "succeeded" => format!("RequestId {}", r.request_id.as_deref().unwrap_or("-")),
+                    "failed" => format!(
+                        "{}: {}",
+                        r.last_code.as_deref().unwrap_or("?"),
+                        r.last_error.as_deref().unwrap_or("")
+                    ),
+                    "cancelled" => r.last_error.clone().unwrap_or_default(),
+                    "pending" => format!(
+                        "not before {} (in {})",
+                        r.not_before.format("%Y-%m-%d %H:%M UTC"),
+                        human((r.not_before - now).num_seconds())
+                    ),
+                    _ => format!("attempts {}", r.attempts),
+                };
+                out.push_str(&format!(
+                    "  {:<24} {:<16} {:<32} {}\n",
+                    r.instance_id, r.region, r.policy, detail
+                ));
+            }
+        }
+        for run in &self.pass.runs {
+            if let Some(why) = &run.refused {
+                out.push_str(&format!("Policy {} {}\n", run.policy, why));
+            }
+            if run.dry_run {
+                out.push_str(&format!(
+                    "Policy {} (dry run): {} would be released{}\n",
+                    run.policy,
+                    run.would_release,
+                    if run.dry_run_refusals.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; DryRun refused with {}", run.dry_run_refusals.join(", "))
+                    }
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "Released {} instances, {} failed, {} cancelled, {} waiting.\n",
+            self.in_state("succeeded").count(),
+            self.in_state("failed").count(),
+            self.in_state("cancelled").count(),
+            self.in_state("pending").count(),
+        ));
+        out
+    }
+}
+
+fn human(secs: i64) -> String {
+    let s = secs.max(0);
+    if s >= 86_400 {
+        format!("{}d{}h", s / 86_400, (s % 86_400) / 3600)
+    } else if s >= 3600 {
+        format!("{}h{}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m", s / 60)
+    }
+}
+
+/// The example policies, built in so the demo needs no files.
+pub const DEMO_POLICIES: [(&str, &str); 2] = [
+    (
+        "policies/release-expired-subscriptions.yaml",
+        include_str!("../policies/release-expired-subscriptions.yaml"),
+    ),
+    (
+        "policies/release-stopped-payg-tagged.yaml",
+        include_str!("../policies/release-stopped-payg-tagged.yaml"),
+    ),
+];
+
+/// Options of the demo.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub instances: usize,
+    pub seed: u64,
+    /// Where the SQLite file goes; a temporary directory when `None`.
+    pub dir: Option<PathBuf>,
+    pub color: bool,
+}
+
+/// The main job on embedded defaults: the simulator in-process with a seeded fleet, SQLite in a
+/// temporary directory, the example policies. Day 0: a pass records which instances are stopped
+/// and starts the grace periods. Then the clock jumps a day ahead, and day 1's plan is applied.
+/// Returns the text to print and the number of instances released.
+pub async fn demo(opts: DemoOptions, out: &mut dyn FnMut(&str)) -> Result<usize, AppError> {
+    let clock = OffsetClock::new();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let fleet = sim::fleet::generate(opts.instances, opts.seed, shared.now());
+    let sim_cfg = SimConfig {
+        clock: shared.clone(),
+        seed: opts.seed,
+        ..SimConfig::default()
+    };
+    let handle = Simulator::new(sim_cfg, fleet)
+        .serve(([127, 0, 0, 1], 0).into())
+        .await
+        .map_err(|e| AppError::Other(format!("cannot start the simulator: {e}")))?;
+    let tmp;
+    let dir = match &opts.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()
+                .map_err(|e| AppError::Other(format!("cannot make a temporary directory: {e}")))?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let db = dir.join("janitor.db");
+    let url = format!("sqlite://{}", db.display());
+    out(&format!(
+        "ecs-janitor demo: simulator with {} instances at {}, queue in {}\n",
+        opts.instances,
+        handle.endpoint(),
+        db.display()
+    ));
+    let store = Store::connect(&url).await?;
+    let client = EcsClient::with_clock(
+        ClientConfig {
+            endpoint: Some(handle.endpoint()),
+            ..ClientConfig::default()
+        },
+        Arc::new(StaticProvider(Credentials::new(
+            sim::DEFAULT_ACCESS_KEY_ID,
+            sim::DEFAULT_ACCESS_KEY_SECRET,
+        ))),
+        shared.clone(),
+    )
+    .map_err(|e| AppError::Other(format!("cannot build the HTTP client: {e}")))?;
+    let inputs = DEMO_POLICIES
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.as_bytes().to_vec()))
+        .collect();
+    let policies = crate::policy::load_bytes(inputs)
+        .map_err(|d| AppError::Other(format!("the built-in policies do not load:\n{d}")))?
+        .policies;
+    let worker_cfg = WorkerConfig {
+        backoff: crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+        calls_per_second: 50,
+        ..WorkerConfig::default()
+    };
+    let app = App::new(
+        store,
+        client,
+        policies.clone(),
+        ProtectionConfig::default(),
+        worker_cfg,
+        shared.clone(),
+        false,
+    );
+    out("\n== Day 0: first look. Stopped instances are noted; grace periods start.\n\n");
+    let first = app.apply(None, CancellationToken::new()).await?;
+    out(&plan::render_text(&first.pass.plan, opts.color));
+    out("\n");
+    clock.advance(chrono::Duration::hours(25));
+    out("\n== Day 1 (the clock jumps 25 hours): the plan, then apply.\n\n");
+    let plan: Plan = app.reconciler.plan_only(&policies, shared.now()).await?;
+    out(&plan::render_text(&plan, opts.color));
+    let report = app.apply(None, CancellationToken::new()).await?;
+    out("\n");
+    out(&report.render(shared.now()));
+    let released = report.in_state("succeeded").count();
+    let sim_released = handle.sim.releases().len();
+    if sim_released != released {
+        return Err(AppError::Other(format!(
+            "the simulator released {sim_released} instances but the queue recorded {released}"
+        )));
+    }
+    handle.shutdown().await;
+    Ok(released)
+}
