@@ -117,7 +117,7 @@ macro_rules! assign {
         let mut q = QueryBuilder::new("UPDATE releases SET state = 'in_flight', batch_id = ");
         q.push_bind($batch);
         q.push(", updated_at = ").push_bind(ms($now));
-        q.push(" WHERE state = 'pending' AND id IN (");
+        q.push(" WHERE state IN ('pending', 'in_flight') AND id IN (");
         let mut sep = q.separated(", ");
         for id in ids {
             sep.push_bind(*id);

@@ -1,0 +1,158 @@
+//! Shared test fixtures: fresh stores (SQLite in a temp dir, PostgreSQL in a fresh database),
+//! the in-process simulator and a client for it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use ecs_janitor::ecs::client::{ClientConfig, EcsClient};
+use ecs_janitor::ecs::credentials::{Credentials, StaticProvider};
+use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
+use ecs_janitor::sim::{self, Faults, SimConfig, SimHandle, Simulator};
+use ecs_janitor::store::Store;
+
+/// A store plus whatever keeps it alive (the temp dir, the database name to drop).
+pub struct TestDb {
+    pub store: Store,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_admin: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg_admin.take() {
+            // Best effort, on a thread of its own: Drop cannot await.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(async move {
+                        use sqlx::Connection;
+                        if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                            let _ = sqlx::query(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .execute(&mut c)
+                            .await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+pub async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("janitor.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    TestDb {
+        store,
+        url,
+        _dir: Some(dir),
+        pg_admin: None,
+    }
+}
+
+/// The PostgreSQL admin URL, or None (with a note) when the tests should skip PostgreSQL.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("JANITOR_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!("JANITOR_TEST_POSTGRES_URL is not set: skipping the PostgreSQL variant");
+            None
+        }
+    }
+}
+
+/// A fresh database next to the one `JANITOR_TEST_POSTGRES_URL` names.
+pub async fn postgres() -> Option<TestDb> {
+    use sqlx::Connection;
+    let admin = pg_url()?;
+    let name = format!("janitor_test_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to JANITOR_TEST_POSTGRES_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let mut u = url::Url::parse(&admin).unwrap();
+    u.set_path(&format!("/{name}"));
+    let url = u.to_string();
+    let store = Store::connect(&url).await.unwrap();
+    Some(TestDb {
+        store,
+        url,
+        _dir: None,
+        pg_admin: Some((admin, name)),
+    })
+}
+
+pub fn inst(id: &str, region: &str, status: InstanceStatus, charge: ChargeType) -> Instance {
+    Instance {
+        instance_id: id.into(),
+        instance_name: format!("name-{id}"),
+        region_id: region.into(),
+        zone_id: format!("{region}-h"),
+        status,
+        charge_type: charge,
+        instance_type: "ecs.g6.large".into(),
+        creation_time: Some(Utc::now() - chrono::Duration::days(30)),
+        expired_time: Some(sim::fleet::payg_expiry()),
+        auto_release_time: None,
+        deletion_protection: false,
+        lock_reasons: vec![],
+        tags: BTreeMap::new(),
+        resource_group_id: "rg-1".into(),
+        stopped_mode: "KeepCharging".into(),
+    }
+}
+
+pub async fn start_sim(fleet: Vec<Instance>, faults: Faults, seed: u64) -> SimHandle {
+    let cfg = SimConfig {
+        faults,
+        seed,
+        ..SimConfig::default()
+    };
+    Simulator::new(cfg, fleet)
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+pub fn client(h: &SimHandle) -> EcsClient {
+    let cfg = ClientConfig {
+        endpoint: Some(h.endpoint()),
+        read_backoff: ecs_janitor::backoff::Backoff::new(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(20),
+        ),
+        read_attempts: 8,
+        ..ClientConfig::default()
+    };
+    let creds = Credentials::new(sim::DEFAULT_ACCESS_KEY_ID, sim::DEFAULT_ACCESS_KEY_SECRET);
+    EcsClient::new(cfg, Arc::new(StaticProvider(creds))).unwrap()
+}
+
+/// Waits for `cond` with a deadline, polling; panics with `what` when the deadline passes.
+pub async fn wait_for<F, Fut>(what: &str, deadline: std::time::Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() > end {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

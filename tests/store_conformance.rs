@@ -1,0 +1,495 @@
+//! One conformance suite, run against both stores: SQLite always, PostgreSQL when
+//! `JANITOR_TEST_POSTGRES_URL` is set (each test in a fresh database). Each test is an invariant
+//! the queue promises.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::TestDb;
+use ecs_janitor::store::{
+    BatchMember, MemberOutcome, NewRelease, ReleaseFilter, Store, StoreError,
+};
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn rel(id: &str, region: &str, force: bool) -> NewRelease {
+    NewRelease {
+        instance_id: id.into(),
+        instance_name: format!("n-{id}"),
+        region: region.into(),
+        policy: "p".into(),
+        force,
+        terminate_subscription: false,
+        not_before: t0(),
+        reasons: "because".into(),
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// Generates `$name::sqlite` and `$name::postgres` from one async body taking a `TestDb`.
+macro_rules! conformance {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                let db = common::sqlite().await;
+                ($body)(db).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = common::postgres().await {
+                    ($body)(db).await;
+                }
+            }
+        }
+    };
+}
+
+async fn state_of(s: &Store, instance: &str) -> Vec<String> {
+    s.list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.instance_id == instance)
+        .map(|r| r.state)
+        .collect()
+}
+
+conformance!(one_active_release_per_instance, |db: TestDb| async move {
+    let s = &db.store;
+    let a = s
+        .enqueue(&[rel("i-1", "r1", false), rel("i-1", "r1", false)], t0())
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 1, "the same instance is queued once");
+    let b = s.enqueue(&[rel("i-1", "r1", true)], t0()).await.unwrap();
+    assert!(b.is_empty(), "an active release blocks another");
+    // Once it has ended, the instance may be queued again.
+    s.cancel_pending(&[(a[0].0, "test".into())], t0())
+        .await
+        .unwrap();
+    let c = s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(state_of(s, "i-1").await, ["pending", "cancelled"]);
+});
+
+conformance!(
+    batches_hold_at_most_100_of_one_region_and_flag_set,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let mut rs = Vec::new();
+        for n in 0..250 {
+            rs.push(rel(&format!("i-a{n}"), "r1", false));
+        }
+        for n in 0..30 {
+            rs.push(rel(&format!("i-b{n}"), "r2", false));
+        }
+        for n in 0..20 {
+            rs.push(rel(&format!("i-c{n}"), "r1", true));
+        }
+        s.enqueue(&rs, t0()).await.unwrap();
+        let mut seen = HashSet::new();
+        let mut tokens = HashSet::new();
+        let mut sizes = Vec::new();
+        while let Some(b) = s.claim("w", t0(), LEASE, 100).await.unwrap() {
+            assert!(b.members.len() <= 100);
+            assert!(tokens.insert(b.client_token.clone()), "tokens are unique");
+            assert!(b.client_token.len() <= 64 && b.client_token.is_ascii());
+            for m in &b.members {
+                assert!(
+                    seen.insert(m.instance_id.clone()),
+                    "{} in two batches",
+                    m.instance_id
+                );
+                let want_region = if m.instance_id.starts_with("i-b") {
+                    "r2"
+                } else {
+                    "r1"
+                };
+                assert_eq!(b.region, want_region);
+                assert_eq!(
+                    b.force,
+                    m.instance_id.starts_with("i-c"),
+                    "one set of flags"
+                );
+            }
+            sizes.push(b.members.len());
+            // Finish it so the next claim forms a new batch rather than waiting.
+            let done: Vec<_> = b.members.iter().map(|m| (m.clone(), ok())).collect();
+            assert!(s
+                .finish_batch(&b.fence, "done", None, &done, &[], t0())
+                .await
+                .unwrap());
+        }
+        assert_eq!(seen.len(), 300);
+        sizes.sort();
+        assert_eq!(sizes, [20, 30, 50, 100, 100]);
+    }
+);
+
+fn ok() -> MemberOutcome {
+    MemberOutcome::Succeeded {
+        request_id: Some("RID".into()),
+        code: None,
+        detail: "released".into(),
+    }
+}
+
+conformance!(
+    a_retried_batch_keeps_its_token_and_members,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.enqueue(&[rel("i-1", "r1", false), rel("i-2", "r1", false)], t0())
+            .await
+            .unwrap();
+        let b = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        assert_eq!(b.attempts, 0);
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, t0())
+            .await
+            .unwrap());
+        let later = t0() + chrono::Duration::seconds(5);
+        assert!(s
+            .retry_later(&b.fence, "InternalError", "boom", later, t0())
+            .await
+            .unwrap());
+        // Not due before its next attempt, and nothing new to batch.
+        assert!(s
+            .claim("w", t0() + chrono::Duration::seconds(1), LEASE, 100)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(s.next_due(t0()).await.unwrap(), Some(later));
+        let again = s.claim("w2", later, LEASE, 100).await.unwrap().unwrap();
+        assert_eq!(again.client_token, b.client_token);
+        assert_eq!(again.members, b.members);
+        assert_eq!(again.attempts, 1);
+        let r = s.list_releases(&ReleaseFilter::default()).await.unwrap();
+        assert!(r
+            .iter()
+            .all(|r| r.client_token.as_deref() == Some(b.client_token.as_str())));
+        assert!(r
+            .iter()
+            .all(|r| r.last_code.as_deref() == Some("InternalError")));
+    }
+);
+
+conformance!(
+    an_expired_lease_is_taken_over_and_the_old_owner_is_fenced,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
+        let a = s
+            .claim("worker-a", t0(), LEASE, 100)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            s.claim("worker-b", t0(), LEASE, 100)
+                .await
+                .unwrap()
+                .is_none(),
+            "leased"
+        );
+        let after = t0() + chrono::Duration::seconds(31);
+        let b = s
+            .claim("worker-b", after, LEASE, 100)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            a.client_token, b.client_token,
+            "the same batch, the same token"
+        );
+        assert!(!s.renew_lease(&a.fence, after, LEASE).await.unwrap());
+        assert!(!s
+            .begin_attempt(&a.fence, &[], &a.client_token, after)
+            .await
+            .unwrap());
+        let done: Vec<_> = a.members.iter().map(|m| (m.clone(), ok())).collect();
+        assert!(!s
+            .finish_batch(&a.fence, "done", None, &done, &[], after)
+            .await
+            .unwrap());
+        assert_eq!(
+            state_of(s, "i-1").await,
+            ["in_flight"],
+            "the stale owner changed nothing"
+        );
+        assert!(s.renew_lease(&b.fence, after, LEASE).await.unwrap());
+        assert!(s
+            .finish_batch(&b.fence, "done", None, &done, &[], after)
+            .await
+            .unwrap());
+        assert_eq!(state_of(s, "i-1").await, ["succeeded"]);
+    }
+);
+
+conformance!(each_policy_tick_runs_once, |db: TestDb| async move {
+    let s = &db.store;
+    assert!(s.begin_run("p", t0(), "a", t0()).await.unwrap());
+    assert!(!s.begin_run("p", t0(), "b", t0()).await.unwrap());
+    assert!(s.begin_run("q", t0(), "b", t0()).await.unwrap());
+    s.finish_run("p", t0(), "ok", 3, 2, 1, 0, t0())
+        .await
+        .unwrap();
+    let runs = s.runs(10).await.unwrap();
+    let p = runs.iter().find(|r| r.policy == "p").unwrap();
+    assert_eq!(
+        (p.owner.as_str(), p.planned, p.enqueued, p.cancelled),
+        ("a", 3, 2, 1)
+    );
+});
+
+conformance!(
+    a_split_regroups_members_under_new_tokens,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let rs: Vec<_> = (0..4)
+            .map(|n| rel(&format!("i-{n}"), "r1", false))
+            .collect();
+        s.enqueue(&rs, t0()).await.unwrap();
+        let b = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, t0())
+            .await
+            .unwrap());
+        let ids: Vec<i64> = b.members.iter().map(|m| m.release_id).collect();
+        let groups = vec![ids[..2].to_vec(), ids[2..].to_vec()];
+        assert!(s
+            .finish_batch(
+                &b.fence,
+                "split",
+                Some("InvalidOperation.DeletionProtection"),
+                &[],
+                &groups,
+                t0()
+            )
+            .await
+            .unwrap());
+        let x = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let y = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let tokens: HashSet<_> = [&b.client_token, &x.client_token, &y.client_token]
+            .into_iter()
+            .collect();
+        assert_eq!(tokens.len(), 3, "each half has a new token");
+        assert_eq!(x.members.len() + y.members.len(), 4);
+        assert_eq!((x.attempts, y.attempts), (0, 0));
+    }
+);
+
+conformance!(
+    grace_holds_a_release_until_not_before,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let mut r = rel("i-1", "r1", false);
+        r.not_before = t0() + chrono::Duration::hours(2);
+        s.enqueue(&[r], t0()).await.unwrap();
+        assert!(s.claim("w", t0(), LEASE, 100).await.unwrap().is_none());
+        assert_eq!(
+            s.next_due(t0()).await.unwrap(),
+            None,
+            "grace is not work for a drain"
+        );
+        assert!(s
+            .claim("w", t0() + chrono::Duration::hours(2), LEASE, 100)
+            .await
+            .unwrap()
+            .is_some());
+    }
+);
+
+conformance!(
+    settling_members_and_operator_actions,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let rs: Vec<_> = (0..3)
+            .map(|n| rel(&format!("i-{n}"), "r1", false))
+            .collect();
+        s.enqueue(&rs, t0()).await.unwrap();
+        let b = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let m: Vec<BatchMember> = b.members.clone();
+        // The re-check cancels one before the call.
+        let pre = vec![(
+            m[0].clone(),
+            MemberOutcome::Cancelled {
+                reason: "now protected".into(),
+            },
+        )];
+        assert!(s
+            .begin_attempt(&b.fence, &pre, &b.client_token, t0())
+            .await
+            .unwrap());
+        let end = vec![
+            (m[1].clone(), ok()),
+            (
+                m[2].clone(),
+                MemberOutcome::Failed {
+                    code: "ChargeTypeViolation".into(),
+                    message: "no".into(),
+                    request_id: Some("R2".into()),
+                },
+            ),
+        ];
+        assert!(s
+            .finish_batch(
+                &b.fence,
+                "failed",
+                Some("ChargeTypeViolation"),
+                &end,
+                &[],
+                t0()
+            )
+            .await
+            .unwrap());
+        let c = s.counts().await.unwrap();
+        assert_eq!(
+            (c.cancelled, c.succeeded, c.failed, c.pending, c.in_flight),
+            (1, 1, 1, 0, 0)
+        );
+        let failed = s
+            .list_releases(&ReleaseFilter {
+                state: Some("failed".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(failed[0].last_code.as_deref(), Some("ChargeTypeViolation"));
+        assert_eq!(failed[0].request_id.as_deref(), Some("R2"));
+        // An operator retries the failed one; it is pending and due again.
+        s.retry_release(failed[0].id, t0()).await.unwrap();
+        assert_eq!(state_of(s, "i-2").await, ["pending"]);
+        // Succeeded releases cannot be retried; in-flight ones cannot be cancelled.
+        let done = s
+            .list_releases(&ReleaseFilter {
+                state: Some("succeeded".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.retry_release(done[0].id, t0()).await,
+            Err(StoreError::WrongState { .. })
+        ));
+        let b2 = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        assert!(matches!(
+            s.cancel_release(b2.members[0].release_id, "x", t0()).await,
+            Err(StoreError::WrongState { .. })
+        ));
+        assert!(matches!(
+            s.retry_release(9999, t0()).await,
+            Err(StoreError::NoSuchRelease(9999))
+        ));
+        // The audit log tells the story.
+        let kinds: Vec<String> = s
+            .events(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .rev()
+            .map(|e| e.kind)
+            .collect();
+        for k in [
+            "enqueued",
+            "batched",
+            "cancelled",
+            "call_sent",
+            "succeeded",
+            "failed",
+            "retried",
+        ] {
+            assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+        }
+        let sent = s
+            .events(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.kind == "call_sent")
+            .unwrap();
+        assert_eq!(sent.client_token.as_deref(), Some(b.client_token.as_str()));
+    }
+);
+
+conformance!(
+    observations_start_once_and_clear_when_not_stopped,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.observe("r1", &["i-1".into(), "i-2".into()], t0())
+            .await
+            .unwrap();
+        let later = t0() + chrono::Duration::hours(1);
+        s.observe("r1", &["i-1".into()], later).await.unwrap();
+        s.observe("r2", &["i-9".into()], later).await.unwrap();
+        let o = s.observations().await.unwrap();
+        assert_eq!(o.get("i-1"), Some(&t0()), "the first sighting is kept");
+        assert!(!o.contains_key("i-2"), "no longer stopped: cleared");
+        assert_eq!(o.get("i-9"), Some(&later));
+    }
+);
+
+conformance!(
+    concurrent_claims_never_share_a_release,
+    |db: TestDb| async move {
+        let s = db.store.clone();
+        let rs: Vec<_> = (0..600)
+            .map(|n| rel(&format!("i-{n}"), ["r1", "r2", "r3"][n % 3], n % 2 == 0))
+            .collect();
+        s.enqueue(&rs, t0()).await.unwrap();
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(b) = s.claim(&format!("w{w}"), t0(), LEASE, 50).await.unwrap() {
+                    mine.extend(b.members.iter().map(|m| m.instance_id.clone()));
+                }
+                mine
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        let set: HashSet<_> = all.iter().collect();
+        assert_eq!(set.len(), all.len(), "no release claimed twice");
+        assert_eq!(all.len(), 600);
+    }
+);
+
+#[tokio::test]
+async fn a_database_newer_than_the_binary_is_refused_clearly() {
+    let db = common::sqlite().await;
+    let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
+         VALUES (9999, 'from the future', CURRENT_TIMESTAMP, 1, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let e = Store::connect(&db.url).await.unwrap_err().to_string();
+    assert!(e.contains("9999") && e.contains("newer"), "{e}");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error() {
+    let e = Store::connect("postgres://janitor:hunter2@127.0.0.1:1/janitor")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot open the database"), "{e}");
+    assert!(!e.contains("hunter2"), "the password is redacted: {e}");
+    let e = Store::connect("mysql://x").await.unwrap_err().to_string();
+    assert!(e.contains("sqlite://") && e.contains("postgres://"), "{e}");
+}
