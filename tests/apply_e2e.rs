@@ -1,0 +1,403 @@
+//! `apply` end to end against the in-process simulator: the exact expected set is released, once,
+//! with every retry after a lost answer reusing its ClientToken; refusals split a batch until the
+//! offender is alone; the re-check right before the call cancels what became protected; dry runs
+//! and saved plans release nothing beyond what they should.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ecs_janitor::app::App;
+use ecs_janitor::backoff::Backoff;
+use ecs_janitor::clock::{OffsetClock, SharedClock, SystemClock};
+use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
+use ecs_janitor::plan::SavedPlan;
+use ecs_janitor::policy::{self, Policy, ProtectionConfig};
+use ecs_janitor::sim::{fleet, Faults, SimHandle};
+use ecs_janitor::store::ReleaseFilter;
+use ecs_janitor::worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+const CI_POLICY: &str = r#"
+name: ci-stopped
+schedule: "0 */15 * * * *"
+regions: [cn-hangzhou]
+select:
+  charge_type: PostPaid
+  status: Stopped
+  tags: {purpose: ci}
+limits:
+  max_releases_per_run: 1000
+"#;
+
+fn policies(yaml: &str) -> Vec<Policy> {
+    policy::load_str("test.yaml", yaml).unwrap().policies
+}
+
+/// The instances CI_POLICY must release, computed from the fleet without the planner.
+fn expected_ci(fleet: &[Instance]) -> BTreeSet<String> {
+    fleet
+        .iter()
+        .filter(|i| {
+            i.region_id == "cn-hangzhou"
+                && i.charge_type == ChargeType::PostPaid
+                && i.status == InstanceStatus::Stopped
+                && i.tags.get("purpose").map(String::as_str) == Some("ci")
+                && i.tags.get("janitor:protect").map(String::as_str) != Some("true")
+                && !i.deletion_protection
+                && !i.security_locked()
+        })
+        .map(|i| i.instance_id.clone())
+        .collect()
+}
+
+fn fast_workers() -> WorkerConfig {
+    WorkerConfig {
+        backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(100)),
+        max_attempts: 30,
+        calls_per_second: 1000,
+        lease: Duration::from_secs(10),
+        ..WorkerConfig::default()
+    }
+}
+
+async fn app_for(h: &SimHandle, db: &common::TestDb, ps: Vec<Policy>, clock: SharedClock) -> App {
+    App::new(
+        db.store.clone(),
+        common::client(h),
+        ps,
+        ProtectionConfig::default(),
+        fast_workers(),
+        clock,
+        false,
+    )
+}
+
+fn released(h: &SimHandle) -> BTreeSet<String> {
+    h.sim
+        .releases()
+        .into_iter()
+        .map(|r| r.instance_id)
+        .collect()
+}
+
+/// Every ClientToken was always sent with the same instances, and no instance was released by
+/// two different tokens.
+fn assert_tokens_consistent(h: &SimHandle) {
+    let mut by_token: HashMap<String, Vec<String>> = HashMap::new();
+    for c in h
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == "DeleteInstances")
+    {
+        let t = c
+            .client_token
+            .clone()
+            .expect("every release carries a ClientToken");
+        match by_token.get(&t) {
+            Some(ids) => assert_eq!(
+                ids, &c.instance_ids,
+                "token {t} was reused with other members"
+            ),
+            None => {
+                by_token.insert(t, c.instance_ids.clone());
+            }
+        }
+    }
+    let recs = h.sim.releases();
+    let once: BTreeSet<_> = recs.iter().map(|r| r.instance_id.clone()).collect();
+    assert_eq!(once.len(), recs.len(), "no instance released twice");
+}
+
+#[tokio::test]
+async fn apply_releases_exactly_the_expected_set_and_records_it() {
+    let fleet = fleet::generate(3000, 5, Utc::now());
+    let want = expected_ci(&fleet);
+    assert!(want.len() > 20, "the fleet has work: {}", want.len());
+    let h = common::start_sim(fleet, Faults::default(), 1).await;
+    let db = common::sqlite().await;
+    let app = app_for(&h, &db, policies(CI_POLICY), Arc::new(SystemClock)).await;
+    let report = app.apply(None, CancellationToken::new()).await.unwrap();
+    assert_eq!(released(&h), want);
+    assert_eq!(report.exit_code(), 0);
+    let rows = db
+        .store
+        .list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), want.len());
+    let sim_rid: HashMap<String, String> = h
+        .sim
+        .releases()
+        .into_iter()
+        .map(|r| (r.instance_id, r.request_id))
+        .collect();
+    for r in &rows {
+        assert_eq!(r.state, "succeeded");
+        assert_eq!(
+            r.request_id.as_ref(),
+            sim_rid.get(&r.instance_id),
+            "RequestId recorded"
+        );
+        assert!(r.client_token.is_some());
+    }
+    // ceil(n/100) DeleteInstances calls, no more.
+    let deletes = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.action == "DeleteInstances")
+        .count();
+    assert_eq!(deletes, want.len().div_ceil(100));
+    // A second apply finds nothing more to do.
+    let again = app.apply(None, CancellationToken::new()).await.unwrap();
+    assert_eq!(again.in_state("succeeded").count(), 0);
+    assert_eq!(h.sim.releases().len(), want.len());
+}
+
+#[tokio::test]
+async fn apply_under_faults_releases_the_same_set_once_with_stable_tokens() {
+    for (seed, db) in [(21u64, common::sqlite().await)]
+        .into_iter()
+        .chain(common::postgres().await.map(|db| (22u64, db)))
+    {
+        let fleet = fleet::generate(10_000, seed, Utc::now());
+        let want = expected_ci(&fleet);
+        let faults = Faults {
+            internal_error_rate: 0.2,
+            throttle_rate: 0.1,
+            drop_after_commit_rate: 0.1,
+            latency: Duration::from_millis(2),
+            actions: vec![],
+        };
+        let h = common::start_sim(fleet, faults, seed).await;
+        // Small batches: many calls, so every kind of fault occurs.
+        let app = App::new(
+            db.store.clone(),
+            common::client(&h),
+            policies(CI_POLICY),
+            ProtectionConfig::default(),
+            WorkerConfig {
+                max_batch: 4,
+                ..fast_workers()
+            },
+            Arc::new(SystemClock),
+            false,
+        );
+        let report = app.apply(None, CancellationToken::new()).await.unwrap();
+        assert_eq!(released(&h), want, "store {}", db.url);
+        assert_eq!(report.exit_code(), 0);
+        assert_tokens_consistent(&h);
+        for outcome in ["Dropped", "InternalError", "Throttling"] {
+            let n = h
+                .sim
+                .calls()
+                .iter()
+                .filter(|c| c.action == "DeleteInstances" && c.outcome == outcome)
+                .count();
+            assert!(n > 0, "the run met {outcome}");
+        }
+        for r in db
+            .store
+            .list_releases(&ReleaseFilter::default())
+            .await
+            .unwrap()
+        {
+            assert_eq!(r.state, "succeeded", "{r:?}");
+            assert!(r.request_id.is_some(), "{r:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_split_until_the_offender_is_alone() {
+    // allow_security_locked lets the plan pick a locked instance; ECS (the simulator) refuses it.
+    let yaml = r#"
+name: locked-too
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: ci}
+  status: Stopped
+release:
+  allow_security_locked: true
+"#;
+    let mut fleet: Vec<Instance> = (0..8)
+        .map(|n| {
+            let mut i = common::inst(
+                &format!("i-{n}"),
+                "cn-hangzhou",
+                InstanceStatus::Stopped,
+                ChargeType::PostPaid,
+            );
+            i.tags.insert("purpose".into(), "ci".into());
+            i
+        })
+        .collect();
+    fleet[5].lock_reasons = vec!["security".into()];
+    let h = common::start_sim(fleet, Faults::default(), 3).await;
+    let db = common::sqlite().await;
+    let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock)).await;
+    let report = app.apply(None, CancellationToken::new()).await.unwrap();
+    assert_eq!(report.exit_code(), 2, "a failure is reported");
+    let failed: Vec<_> = report
+        .in_state("failed")
+        .map(|r| r.instance_id.clone())
+        .collect();
+    assert_eq!(failed, ["i-5"]);
+    assert_eq!(
+        report
+            .in_state("failed")
+            .next()
+            .unwrap()
+            .last_code
+            .as_deref(),
+        Some("InstanceLockedForSecurity")
+    );
+    let want: BTreeSet<String> = (0..8)
+        .filter(|n| *n != 5)
+        .map(|n| format!("i-{n}"))
+        .collect();
+    assert_eq!(released(&h), want);
+    assert_tokens_consistent(&h);
+    // 8 → 4+4 → the half with i-5 splits 2+2 → 1+1: log2(8) levels, each refused call split.
+    let deletes = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.action == "DeleteInstances")
+        .count();
+    assert_eq!(deletes, 7);
+}
+
+#[tokio::test]
+async fn the_recheck_before_the_call_cancels_what_became_protected() {
+    let yaml = r#"
+name: ci-grace
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: ci}
+  status: Stopped
+release:
+  grace: 1h
+"#;
+    let fleet: Vec<Instance> = (0..3)
+        .map(|n| {
+            let mut i = common::inst(
+                &format!("i-{n}"),
+                "cn-hangzhou",
+                InstanceStatus::Stopped,
+                ChargeType::PostPaid,
+            );
+            i.tags.insert("purpose".into(), "ci".into());
+            i
+        })
+        .collect();
+    let h = common::start_sim(fleet, Faults::default(), 4).await;
+    let db = common::sqlite().await;
+    let clock = OffsetClock::new();
+    let app = app_for(&h, &db, policies(yaml), Arc::new(clock.clone())).await;
+    let first = app.apply(None, CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        first.in_state("pending").count(),
+        3,
+        "waiting out the grace period"
+    );
+    assert!(h.sim.releases().is_empty());
+    // During the grace period someone protects one and starts another.
+    h.sim.modify("i-1", |i| {
+        i.tags.insert("janitor:protect".into(), "true".into());
+    });
+    h.sim.modify("i-2", |i| i.status = InstanceStatus::Running);
+    clock.advance(chrono::Duration::minutes(61));
+    // Claim and work directly, without a new reconcile pass, so only the worker's re-check
+    // stands between the queue and the release.
+    app.workers.drain(CancellationToken::new()).await.unwrap();
+    assert_eq!(released(&h), BTreeSet::from(["i-0".to_string()]));
+    let rows = db
+        .store
+        .list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap();
+    let by: HashMap<_, _> = rows.iter().map(|r| (r.instance_id.as_str(), r)).collect();
+    assert_eq!(by["i-1"].state, "cancelled");
+    assert!(
+        by["i-1"]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("re-check"),
+        "{:?}",
+        by["i-1"]
+    );
+    assert_eq!(by["i-2"].state, "cancelled");
+}
+
+#[tokio::test]
+async fn a_dry_run_sends_dry_run_calls_and_releases_nothing() {
+    let fleet = fleet::generate(2000, 6, Utc::now());
+    let want = expected_ci(&fleet);
+    let h = common::start_sim(fleet, Faults::default(), 5).await;
+    let db = common::sqlite().await;
+    let app = App::new(
+        db.store.clone(),
+        common::client(&h),
+        policies(CI_POLICY),
+        ProtectionConfig::default(),
+        fast_workers(),
+        Arc::new(SystemClock),
+        true,
+    );
+    let report = app.apply(None, CancellationToken::new()).await.unwrap();
+    assert!(h.sim.releases().is_empty());
+    assert_eq!(report.pass.runs[0].would_release, want.len());
+    let would: BTreeSet<String> = db
+        .store
+        .events(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "would_release")
+        .filter_map(|e| e.instance_id)
+        .collect();
+    assert_eq!(would, want);
+    assert!(db
+        .store
+        .list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn apply_with_a_saved_plan_releases_only_the_reviewed_set() {
+    let fleet = fleet::generate(2000, 8, Utc::now());
+    let want = expected_ci(&fleet);
+    let h = common::start_sim(fleet, Faults::default(), 6).await;
+    let db = common::sqlite().await;
+    let ps = policies(CI_POLICY);
+    let app = app_for(&h, &db, ps.clone(), Arc::new(SystemClock)).await;
+    let plan = app.reconciler.plan_only(&ps, Utc::now()).await.unwrap();
+    let mut saved = SavedPlan::from_plan(&plan);
+    // The reviewer keeps only the first three.
+    saved.releases.truncate(3);
+    let reviewed: BTreeSet<String> = saved
+        .releases
+        .iter()
+        .map(|r| r.instance_id.clone())
+        .collect();
+    assert!(reviewed.is_subset(&want));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    saved.save(&path).unwrap();
+    let loaded = SavedPlan::load(&path).unwrap();
+    app.apply(Some(&loaded), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(released(&h), reviewed);
+}
