@@ -54,6 +54,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// One reconcile pass, then work the queue until nothing is due.
     Apply(ApplyArgs),
+    /// The daemon: reconcile each policy on its schedule and carry out the queue.
+    Run(RunArgs),
     /// Inspect and steer the release queue.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -149,21 +151,75 @@ pub struct ApplyArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub safety: SafetyArgs,
-    /// DeleteInstances and re-check calls per second.
+    #[command(flatten)]
+    pub workers: WorkerArgs,
+}
+
+/// How releases are carried out.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// DeleteInstances and re-check calls per second, all workers together.
     #[arg(long, env = "JANITOR_CALLS_PER_SECOND", default_value_t = 10)]
     pub calls_per_second: u32,
     /// Batches in flight at once.
     #[arg(long, env = "JANITOR_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
-    /// Calls per batch before giving up.
+    /// Calls per batch before its members are re-checked and failed.
     #[arg(long, env = "JANITOR_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
-    /// First retry delay ceiling, in milliseconds (doubles each retry, full jitter).
+    /// Ceiling of the first retry delay, in milliseconds (doubles each retry; full jitter).
     #[arg(long, env = "JANITOR_BACKOFF_BASE_MS", default_value_t = 1000)]
     pub backoff_base_ms: u64,
     /// Largest retry delay, in milliseconds.
     #[arg(long, env = "JANITOR_BACKOFF_CAP_MS", default_value_t = 300_000)]
     pub backoff_cap_ms: u64,
+    /// Seconds a claimed batch stays leased without renewal.
+    #[arg(long, env = "JANITOR_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+    /// This replica's name in leases and runs (default: host name and process id).
+    #[arg(long, env = "JANITOR_REPLICA_ID")]
+    pub replica_id: Option<String>,
+}
+
+impl WorkerArgs {
+    fn config(&self) -> WorkerConfig {
+        let d = WorkerConfig::default();
+        WorkerConfig {
+            owner: self.replica_id.clone().unwrap_or(d.owner),
+            calls_per_second: self.calls_per_second.max(1),
+            concurrency: self.concurrency.max(1),
+            max_attempts: self.max_attempts.max(1),
+            backoff: crate::backoff::Backoff::new(
+                Duration::from_millis(self.backoff_base_ms),
+                Duration::from_millis(self.backoff_cap_ms.max(self.backoff_base_ms)),
+            ),
+            lease: Duration::from_secs(self.lease_secs.max(3)),
+            ..d
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub policies: PoliciesArgs,
+    #[command(flatten)]
+    pub ecs: EcsArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub safety: SafetyArgs,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
+    /// Address of the admin server (health, readiness).
+    #[arg(long, env = "JANITOR_LISTEN", default_value = "127.0.0.1:9187")]
+    pub listen: SocketAddr,
+    /// Seconds in-flight calls may take to finish after SIGTERM or SIGINT.
+    #[arg(long, env = "JANITOR_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Milliseconds between checks of the policy files for changes.
+    #[arg(long, env = "JANITOR_RELOAD_MS", default_value_t = 2000)]
+    pub reload_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +364,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plan(args) => plan(args).await,
         Command::Apply(args) => apply(args).await,
+        Command::Run(args) => run_daemon(args).await,
         Command::Queue(cmd) => queue(cmd).await,
         Command::History(args) => history(args).await,
         Command::Simulate(args) => simulate(args).await,
@@ -409,16 +466,7 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     };
     let store = Store::connect(&args.db.url).await?;
     let client = args.ecs.client()?;
-    let worker_cfg = WorkerConfig {
-        calls_per_second: args.calls_per_second,
-        concurrency: args.concurrency,
-        max_attempts: args.max_attempts.max(1),
-        backoff: crate::backoff::Backoff::new(
-            Duration::from_millis(args.backoff_base_ms),
-            Duration::from_millis(args.backoff_cap_ms),
-        ),
-        ..WorkerConfig::default()
-    };
+    let worker_cfg = args.workers.config();
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::new(
         store,
@@ -432,10 +480,12 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("Stopping: no new batches are claimed; in-flight calls finish. Run apply again to resume.");
-            c.cancel();
-        }
+        wait_for_signal().await;
+        eprintln!("Stopping: no new batches are claimed; calls in flight finish. Run apply again to resume.");
+        c.cancel();
+        wait_for_signal().await;
+        eprintln!("second signal: exiting now; apply again resumes the stored batches with their tokens");
+        std::process::exit(130);
     });
     let report = app.apply(saved.as_ref(), cancel).await?;
     if args.json {
@@ -448,6 +498,56 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         print!("{}", report.render(chrono::Utc::now()));
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Fail before binding anything when the policies or the database are unusable.
+    let policies = load_policies(&args.policies.policies, &[])?;
+    let store = Store::connect(&args.db.url).await?;
+    let client = args.ecs.client()?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let app = App::new(store, client, policies, args.safety.protection(), args.workers.config(), clock, false);
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: shutting down (a second signal exits at once)");
+        s.cancel();
+        wait_for_signal().await;
+        eprintln!("second signal: exiting now; unfinished batches resume after their leases expire");
+        std::process::exit(130);
+    });
+    let cfg = crate::daemon::DaemonConfig {
+        policies_dir: args.policies.policies.clone(),
+        reload_every: Duration::from_millis(args.reload_ms.max(100)),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        listen: args.listen,
+    };
+    crate::daemon::run(app, cfg, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {

@@ -24,6 +24,9 @@ use crate::plan::{self, EvalContext};
 use crate::policy::{Policy, ProtectionConfig};
 use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, Store, StoreError};
 
+/// The setting that pauses every replica's releases when `true`.
+pub const PAUSED: &str = "paused";
+
 /// How workers behave.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -183,6 +186,63 @@ impl Workers {
                 }
             }
         }
+    }
+
+    /// The daemon's loop: `concurrency` workers claim and carry out batches until `cancel`
+    /// fires, sleeping when nothing is due until `wake` is notified or the next retry is due.
+    /// While the `paused` setting is `true`, nothing is claimed. A batch being worked when
+    /// `cancel` fires is finished; the caller bounds how long it waits for that.
+    pub async fn serve(&self, cancel: CancellationToken, wake: Arc<tokio::sync::Notify>) {
+        let mut tasks = Vec::new();
+        for _ in 0..self.cfg.concurrency.max(1) {
+            let w = self.clone();
+            let cancel = cancel.clone();
+            let wake = wake.clone();
+            tasks.push(tokio::spawn(async move {
+                while !cancel.is_cancelled() {
+                    let idle = match w.step().await {
+                        Ok(true) => Duration::ZERO,
+                        Ok(false) => {
+                            let now = w.clock.now();
+                            match w.store.next_due(now).await {
+                                Ok(Some(at)) => (at - now)
+                                    .to_std()
+                                    .unwrap_or_default()
+                                    .clamp(Duration::from_millis(20), Duration::from_secs(1)),
+                                Ok(None) => Duration::from_secs(1),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot read the queue");
+                                    Duration::from_secs(1)
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "worker step failed; retrying");
+                            Duration::from_secs(1)
+                        }
+                    };
+                    if idle.is_zero() {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(idle) => {}
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// One claim-and-work step of the daemon: false when paused or nothing is due.
+    async fn step(&self) -> Result<bool, WorkerError> {
+        if self.store.setting(PAUSED).await?.as_deref() == Some("true") {
+            return Ok(false);
+        }
+        Ok(self.process_next().await?.is_some())
     }
 
     /// Claims and carries out one batch; `None` when nothing is due.

@@ -1,0 +1,191 @@
+//! `run`: the long-running service. A scheduler reconciles each policy on its cron (one run per
+//! tick across replicas), workers carry out the queue, policies are reloaded when their files
+//! change (an invalid change is refused and the last good set keeps running), and the admin server
+//! answers health checks. Shutdown stops claiming and lets in-flight calls finish within a grace
+//! period; what is left is recovered by lease expiry.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, AppError};
+use crate::policy::Policy;
+use crate::schedule;
+use crate::server::{self, Health};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub policies_dir: PathBuf,
+    /// How often the policy files are checked for changes.
+    pub reload_every: Duration,
+    /// How long in-flight calls may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    pub listen: SocketAddr,
+}
+
+/// A fingerprint of every policy file's name and content, to notice changes.
+fn fingerprint(dir: &Path) -> u64 {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut h = DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        std::fs::read(&f).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Loads the policies; on failure logs every problem and keeps the current set.
+fn reload(app: &App, dir: &Path, health: &Health) -> bool {
+    match crate::policy::load_dir(dir) {
+        Ok(set) => {
+            let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
+            *app.workers.policies.write().unwrap_or_else(|e| e.into_inner()) = set.policies;
+            health.policies_loaded.store(true, Ordering::SeqCst);
+            *health.last_load_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            tracing::info!(dir = %dir.display(), policies = ?names, "policies loaded");
+            true
+        }
+        Err(d) => {
+            tracing::error!(dir = %dir.display(), problems = d.len(), "policy change refused; the last good set keeps running:\n{d}");
+            *health.last_load_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(d.to_string());
+            false
+        }
+    }
+}
+
+/// Runs until `shutdown` fires. The admin server is bound before anything else runs, so a
+/// port in use fails fast.
+pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), AppError> {
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| AppError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let admin_addr = listener.local_addr().map_err(|e| AppError::Other(e.to_string()))?;
+    tracing::info!(%admin_addr, "admin server listening");
+    let server = {
+        let router = server::router(app.store.clone(), health.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        })
+    };
+
+    let mut last_print = fingerprint(&cfg.policies_dir);
+    reload(&app, &cfg.policies_dir, &health);
+
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let changed = Arc::new(tokio::sync::Notify::new());
+    // Workers stop claiming on `stop_claiming`; in-flight batches finish.
+    let stop_claiming = shutdown.child_token();
+    let workers = {
+        let w = app.workers.clone();
+        let c = stop_claiming.clone();
+        let wake = wake.clone();
+        tokio::spawn(async move { w.serve(c, wake).await })
+    };
+
+    let scheduler = {
+        let app = app.clone();
+        let stop = shutdown.clone();
+        let wake = wake.clone();
+        let changed = changed.clone();
+        tokio::spawn(async move { scheduler(app, stop, wake, changed).await })
+    };
+
+    let mut ticker = tokio::time::interval(cfg.reload_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {
+                let print = fingerprint(&cfg.policies_dir);
+                if print != last_print {
+                    last_print = print;
+                    if reload(&app, &cfg.policies_dir, &health) {
+                        changed.notify_one();
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: no new claims; waiting for calls in flight");
+    let _ = scheduler.await;
+    if tokio::time::timeout(cfg.shutdown_grace, workers).await.is_err() {
+        tracing::warn!("calls still in flight after the grace period; their leases will expire and another run resumes them");
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+async fn scheduler(
+    app: App,
+    stop: CancellationToken,
+    wake: Arc<tokio::sync::Notify>,
+    changed: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let policies: Vec<Policy> = app
+            .workers
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let now = app.clock.now();
+        let Some((at, names)) = schedule::next_group(&policies, now) else {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed.notified() => continue,
+            }
+        };
+        let wait = (at - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changed.notified() => continue,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let due: Vec<Policy> = policies
+            .into_iter()
+            .filter(|p| names.contains(&p.name))
+            .collect();
+        let span = tracing::info_span!("tick", at = %at, policies = ?names);
+        let _g = span.enter();
+        drop(_g);
+        match app.reconciler.pass(&due, at, None, app.clock.now()).await {
+            Ok(r) => {
+                for run in r.runs {
+                    if !run.ran {
+                        tracing::debug!(policy = %run.policy, "tick already reconciled by another replica");
+                    } else if let Some(why) = run.refused {
+                        tracing::warn!(policy = %run.policy, "{why}");
+                    } else {
+                        tracing::info!(policy = %run.policy, planned = run.planned, enqueued = run.enqueued, cancelled = run.cancelled, "reconciled");
+                    }
+                }
+                wake.notify_waiters();
+            }
+            Err(e) => tracing::error!(error = %e, "reconcile failed; the next tick tries again"),
+        }
+    }
+}
