@@ -72,7 +72,8 @@ fn basic_match_plans_with_reasons() {
 
 #[test]
 fn protections_table() {
-    let cases: Vec<(Box<dyn Fn(&mut Instance)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut Instance)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|i| {
                 i.tags.insert("janitor:protect".into(), "true".into());

@@ -17,7 +17,7 @@ pub use diag::{Diagnostic, Diagnostics};
 pub use duration::Duration;
 pub use schema::json_schema;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::ecs::{ChargeType, InstanceStatus};
@@ -395,10 +395,3 @@ pub(crate) const RELEASE_KEYS: &[&str] = &[
     "allow_security_locked",
 ];
 pub(crate) const LIMITS_KEYS: &[&str] = &["max_releases_per_run"];
-
-/// Tags as a sorted map, for callers that want `key -> value` (`"*"` for presence).
-pub fn tags_as_map(tags: &[TagMatch]) -> BTreeMap<String, String> {
-    tags.iter()
-        .map(|t| (t.key.clone(), t.value.clone().unwrap_or_else(|| "*".into())))
-        .collect()
-}
