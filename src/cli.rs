@@ -484,7 +484,9 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("Stopping: no new batches are claimed; calls in flight finish. Run apply again to resume.");
         c.cancel();
         wait_for_signal().await;
-        eprintln!("second signal: exiting now; apply again resumes the stored batches with their tokens");
+        eprintln!(
+            "second signal: exiting now; apply again resumes the stored batches with their tokens"
+        );
         std::process::exit(130);
     });
     let report = app.apply(saved.as_ref(), cancel).await?;
@@ -506,7 +508,15 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&args.db.url).await?;
     let client = args.ecs.client()?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let app = App::new(store, client, policies, args.safety.protection(), args.workers.config(), clock, false);
+    let app = App::new(
+        store,
+        client,
+        policies,
+        args.safety.protection(),
+        args.workers.config(),
+        clock,
+        false,
+    );
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
@@ -514,7 +524,9 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("signal received: shutting down (a second signal exits at once)");
         s.cancel();
         wait_for_signal().await;
-        eprintln!("second signal: exiting now; unfinished batches resume after their leases expire");
+        eprintln!(
+            "second signal: exiting now; unfinished batches resume after their leases expire"
+        );
         std::process::exit(130);
     });
     let cfg = crate::daemon::DaemonConfig {

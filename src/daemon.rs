@@ -35,7 +35,9 @@ fn fingerprint(dir: &Path) -> u64 {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -59,15 +61,24 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
     match crate::policy::load_dir(dir) {
         Ok(set) => {
             let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
-            *app.workers.policies.write().unwrap_or_else(|e| e.into_inner()) = set.policies;
+            *app.workers
+                .policies
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = set.policies;
             health.policies_loaded.store(true, Ordering::SeqCst);
-            *health.last_load_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *health
+                .last_load_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
             tracing::info!(dir = %dir.display(), policies = ?names, "policies loaded");
             true
         }
         Err(d) => {
             tracing::error!(dir = %dir.display(), problems = d.len(), "policy change refused; the last good set keeps running:\n{d}");
-            *health.last_load_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(d.to_string());
+            *health
+                .last_load_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(d.to_string());
             false
         }
     }
@@ -80,7 +91,9 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| AppError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let admin_addr = listener.local_addr().map_err(|e| AppError::Other(e.to_string()))?;
+    let admin_addr = listener
+        .local_addr()
+        .map_err(|e| AppError::Other(e.to_string()))?;
     tracing::info!(%admin_addr, "admin server listening");
     let server = {
         let router = server::router(app.store.clone(), health.clone());
@@ -132,7 +145,10 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     }
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: no new claims; waiting for calls in flight");
     let _ = scheduler.await;
-    if tokio::time::timeout(cfg.shutdown_grace, workers).await.is_err() {
+    if tokio::time::timeout(cfg.shutdown_grace, workers)
+        .await
+        .is_err()
+    {
         tracing::warn!("calls still in flight after the grace period; their leases will expire and another run resumes them");
     }
     let _ = server.await;

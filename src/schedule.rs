@@ -46,10 +46,19 @@ mod tests {
     #[test]
     fn next_tick_is_strictly_after() {
         let p = pol("a", "0 */15 * * * *");
-        assert_eq!(next_after(&p, t("2026-11-26T10:00:00Z")), Some(t("2026-11-26T10:15:00Z")));
-        assert_eq!(next_after(&p, t("2026-11-26T10:14:59Z")), Some(t("2026-11-26T10:15:00Z")));
+        assert_eq!(
+            next_after(&p, t("2026-11-26T10:00:00Z")),
+            Some(t("2026-11-26T10:15:00Z"))
+        );
+        assert_eq!(
+            next_after(&p, t("2026-11-26T10:14:59Z")),
+            Some(t("2026-11-26T10:15:00Z"))
+        );
         let daily = pol("b", "0 0 3 * * *");
-        assert_eq!(next_after(&daily, t("2026-11-26T03:00:00Z")), Some(t("2026-11-27T03:00:00Z")));
+        assert_eq!(
+            next_after(&daily, t("2026-11-26T03:00:00Z")),
+            Some(t("2026-11-27T03:00:00Z"))
+        );
     }
 
     #[test]

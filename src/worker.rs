@@ -54,7 +54,7 @@ impl Default for WorkerConfig {
             max_batch: crate::ecs::client::MAX_PAGE,
             calls_per_second: 10,
             concurrency: 4,
-            seed: 0x6a61_6e69_746f_72,
+            seed: 0x006a_616e_6974_6f72,
         }
     }
 }

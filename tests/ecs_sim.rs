@@ -617,7 +617,9 @@ async fn bad_input_gets_ecs_errors_never_a_crash() {
     let mut p101: Vec<(&str, &str)> = vec![("Action", "DeleteInstances"), ("RegionId", REGION)];
     p101.extend(ids101.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let long = "x".repeat(65);
-    let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
+    // (request parameters, HTTP status, ECS code)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![("RegionId", REGION)], 400, "MissingParameter"),
         (
             vec![("Action", "RebootEverything"), ("RegionId", REGION)],

@@ -318,7 +318,7 @@ impl EcsClient {
             let result = self.call(ACTION, region, &params, attempt).await;
             let err = match result {
                 Ok((status, body)) => match serde_json::from_slice::<DescribeBody>(&body) {
-                    Ok(b) => return self.into_page(b, status),
+                    Ok(b) => return Self::page_from(b, status),
                     Err(e) => EcsError::Decode {
                         action: ACTION,
                         status,
@@ -352,7 +352,7 @@ impl EcsClient {
         }
     }
 
-    fn into_page(&self, b: DescribeBody, status: u16) -> Result<DescribePage, EcsError> {
+    fn page_from(b: DescribeBody, status: u16) -> Result<DescribePage, EcsError> {
         let request_id = b.request_id;
         let instances = b
             .instances

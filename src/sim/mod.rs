@@ -108,7 +108,10 @@ pub struct CallLogEntry {
     pub action: String,
     pub region: String,
     pub client_token: Option<String>,
+    /// `InstanceId.N` of a DeleteInstances, or the `InstanceIds` filter of a DescribeInstances.
     pub instance_ids: Vec<String>,
+    /// The `NextToken` or `PageNumber` a DescribeInstances asked for (`None` for a first page).
+    pub page: Option<String>,
     /// `OK` or the error code answered; `Dropped` when the answer was cut off.
     pub outcome: String,
 }
@@ -309,9 +312,17 @@ impl Simulator {
             action: action.clone(),
             region,
             client_token: map.get("ClientToken").map(|s| s.to_string()),
-            instance_ids: instance_id_params(params)
-                .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
-                .unwrap_or_default(),
+            instance_ids: match map.get("InstanceIds") {
+                Some(raw) => serde_json::from_str(raw).unwrap_or_default(),
+                None => instance_id_params(params)
+                    .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
+                    .unwrap_or_default(),
+            },
+            page: map
+                .get("NextToken")
+                .filter(|t| !t.is_empty())
+                .or_else(|| map.get("PageNumber").filter(|n| **n != "1"))
+                .map(|s| s.to_string()),
             outcome: String::new(),
         };
         let faults_apply = cfg.faults.actions.is_empty() || cfg.faults.actions.contains(&action);
@@ -488,10 +499,13 @@ fn parse_bool(map: &HashMap<&str, &str>, key: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// A region's instances, when the simulator has any there.
+type RegionFleet<'a> = Option<&'a BTreeMap<String, Instance>>;
+
 fn require_region<'a>(
     st: &'a SimState,
     map: &HashMap<&str, &str>,
-) -> Result<(&'a str, Option<&'a BTreeMap<String, Instance>>), ApiError> {
+) -> Result<(&'a str, RegionFleet<'a>), ApiError> {
     let region = map.get("RegionId").copied().unwrap_or_default();
     if region.is_empty() {
         return Err(api_err(

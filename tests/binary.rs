@@ -1,0 +1,481 @@
+//! Black-box tests of the `ecs-janitor` binary against the in-process simulator: crash recovery
+//! after SIGKILL, SIGTERM during a drain, the daemon with hot reload, and two daemons sharing one
+//! PostgreSQL database.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
+use ecs_janitor::sim::{self, fleet, Faults, SimHandle};
+use ecs_janitor::store::{ReleaseFilter, Store};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ecs-janitor");
+
+const STOPPED_PAYG: &str = r#"
+name: stopped-payg
+schedule: "* * * * * *"
+regions: [cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]
+select:
+  charge_type: PostPaid
+  status: Stopped
+limits:
+  max_releases_per_run: 100000
+"#;
+
+fn expected(fleet: &[Instance], regions: &[&str]) -> BTreeSet<String> {
+    fleet
+        .iter()
+        .filter(|i| {
+            regions.contains(&i.region_id.as_str())
+                && i.charge_type == ChargeType::PostPaid
+                && i.status == InstanceStatus::Stopped
+                && i.tags.get("janitor:protect").map(String::as_str) != Some("true")
+                && !i.deletion_protection
+                && !i.security_locked()
+        })
+        .map(|i| i.instance_id.clone())
+        .collect()
+}
+
+const ALL_REGIONS: [&str; 4] = ["cn-hangzhou", "cn-shanghai", "cn-beijing", "ap-southeast-1"];
+
+fn janitor(h: &SimHandle, dir: &Path, db_url: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str())
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", sim::DEFAULT_ACCESS_KEY_ID)
+        .env(
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+            sim::DEFAULT_ACCESS_KEY_SECRET,
+        )
+        .env("JANITOR_POLICIES", dir.join("policies"))
+        .env("JANITOR_DATABASE_URL", db_url)
+        .env("JANITOR_BACKOFF_BASE_MS", "20")
+        .env("JANITOR_BACKOFF_CAP_MS", "200")
+        .env("JANITOR_MAX_ATTEMPTS", "40")
+        .env("JANITOR_LOG", "warn")
+        .env("JANITOR_LEASE_SECS", "3")
+        .stdin(Stdio::null());
+    // Files, not pipes: a child must never block on a full pipe nobody reads yet.
+    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let out = std::fs::File::create(dir.join(format!("out-{n}.txt"))).unwrap();
+    let err = std::fs::File::create(dir.join(format!("err-{n}.txt"))).unwrap();
+    c.stdout(out)
+        .stderr(err)
+        .env("JANITOR_TEST_RUN", n.to_string());
+    c
+}
+
+static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What a finished child printed.
+struct Output {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn write_policy(dir: &Path, file: &str, yaml: &str) {
+    let p = dir.join("policies");
+    std::fs::create_dir_all(&p).unwrap();
+    // Write then rename, as git checkouts and config mounts do, so a reader never sees half.
+    let tmp = p.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, p.join(file)).unwrap();
+}
+
+fn released(h: &SimHandle) -> BTreeSet<String> {
+    h.sim
+        .releases()
+        .into_iter()
+        .map(|r| r.instance_id)
+        .collect()
+}
+
+fn assert_tokens_consistent(h: &SimHandle) {
+    let mut by_token: HashMap<String, Vec<String>> = HashMap::new();
+    for c in h
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == "DeleteInstances")
+    {
+        let t = c.client_token.clone().unwrap();
+        let ids = by_token
+            .entry(t.clone())
+            .or_insert_with(|| c.instance_ids.clone());
+        assert_eq!(
+            ids, &c.instance_ids,
+            "token {t} was resent with other members"
+        );
+    }
+    let recs = h.sim.releases();
+    let once: BTreeSet<_> = recs.iter().map(|r| &r.instance_id).collect();
+    assert_eq!(once.len(), recs.len(), "an instance was released twice");
+}
+
+/// Waits (bounded: a hung child fails the test rather than CI) and reads what it printed.
+fn finish(dir: &Path, mut child: Child, what: &str) -> Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish: {}", last_output(dir).1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = last_output(dir);
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The stdout and stderr of the newest child started for the test that owns `dir`.
+fn last_output(dir: &Path) -> (String, String) {
+    let n = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("out-")?
+                .strip_suffix(".txt")?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    let read =
+        |k: &str| std::fs::read_to_string(dir.join(format!("{k}-{n}.txt"))).unwrap_or_default();
+    (read("out"), read("err"))
+}
+
+async fn all_succeeded(url: &str, want: usize) {
+    let store = Store::connect(url).await.unwrap();
+    let rows = store
+        .list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap();
+    let ok = rows
+        .iter()
+        .filter(|r| r.state == "succeeded" && r.request_id.is_some())
+        .count();
+    assert_eq!(
+        ok,
+        want,
+        "every release is recorded as succeeded with its RequestId: {:?}",
+        rows.iter()
+            .filter(|r| r.state != "succeeded")
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_killed_with_sigkill_resumes_and_releases_exactly_once() {
+    let fleet = fleet::generate(3000, 31, Utc::now());
+    let want = expected(&fleet, &ALL_REGIONS);
+    let faults = Faults {
+        internal_error_rate: 0.2,
+        throttle_rate: 0.1,
+        drop_after_commit_rate: 0.1,
+        latency: Duration::from_millis(5),
+        actions: vec!["DeleteInstances".into()],
+    };
+    let h = common::start_sim(fleet, faults, 31).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), "p.yaml", STOPPED_PAYG);
+    let url = format!("sqlite://{}", dir.path().join("j.db").display());
+    // Kill it several times, each once something more was released.
+    for round in 0..3 {
+        let before = h.sim.releases().len();
+        let child = janitor(&h, dir.path(), &url, &["apply", "--calls-per-second", "8"])
+            .spawn()
+            .unwrap();
+        let total = want.len();
+        common::wait_for(
+            "a release during this round",
+            Duration::from_secs(60),
+            || {
+                let n = h.sim.releases().len();
+                async move { n > before || n == total }
+            },
+        )
+        .await;
+        let mut child = child;
+        child.kill().unwrap();
+        let _ = child.wait();
+        if released(&h).len() == want.len() {
+            eprintln!("everything released by round {round}");
+            break;
+        }
+    }
+    let out = finish(
+        dir.path(),
+        janitor(&h, dir.path(), &url, &["apply"]).spawn().unwrap(),
+        "the last apply",
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(released(&h), want);
+    assert_tokens_consistent(&h);
+    all_succeeded(&url, want.len()).await;
+    assert!(out.stdout.contains("failed"), "the summary is printed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_drain_leaves_a_consistent_queue() {
+    let fleet = fleet::generate(3000, 32, Utc::now());
+    let want = expected(&fleet, &ALL_REGIONS);
+    let faults = Faults {
+        latency: Duration::from_millis(30),
+        ..Faults::default()
+    };
+    let h = common::start_sim(fleet, faults, 32).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), "p.yaml", STOPPED_PAYG);
+    let url = format!("sqlite://{}", dir.path().join("j.db").display());
+    let child = janitor(
+        &h,
+        dir.path(),
+        &url,
+        &["apply", "--calls-per-second", "2", "--concurrency", "1"],
+    )
+    .spawn()
+    .unwrap();
+    common::wait_for("the first release", Duration::from_secs(60), || {
+        let n = h.sim.releases().len();
+        async move { n > 0 }
+    })
+    .await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = finish(dir.path(), child, "apply after SIGTERM");
+    assert!(
+        out.status.success(),
+        "a graceful stop exits 0: {}",
+        out.stderr
+    );
+    let partial = released(&h);
+    assert!(partial.len() < want.len(), "it stopped before the end");
+    // Consistent: what ECS released is what the queue says succeeded, nothing more.
+    let store = Store::connect(&url).await.unwrap();
+    let rows = store
+        .list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap();
+    let done: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| r.state == "succeeded")
+        .map(|r| r.instance_id.clone())
+        .collect();
+    assert_eq!(done, partial);
+    assert!(rows
+        .iter()
+        .all(|r| r.state != "in_flight" || r.client_token.is_some()));
+    drop(store);
+    let out = finish(
+        dir.path(),
+        janitor(&h, dir.path(), &url, &["apply"]).spawn().unwrap(),
+        "apply again",
+    );
+    assert!(out.status.success());
+    assert_eq!(released(&h), want);
+    assert_tokens_consistent(&h);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn http_status(url: &str) -> Option<u16> {
+    reqwest::get(url).await.ok().map(|r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm() {
+    let fleet = fleet::generate(2000, 33, Utc::now());
+    let want_hz = expected(&fleet, &["cn-hangzhou"]);
+    let want_all = expected(&fleet, &ALL_REGIONS);
+    let h = common::start_sim(fleet, Faults::default(), 33).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(
+        dir.path(),
+        "p.yaml",
+        &STOPPED_PAYG.replace(
+            "[cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]",
+            "[cn-hangzhou]",
+        ),
+    );
+    let url = format!("sqlite://{}", dir.path().join("j.db").display());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = janitor(
+        &h,
+        dir.path(),
+        &url,
+        &["run", "--listen", &listen, "--reload-ms", "200"],
+    )
+    .spawn()
+    .unwrap();
+    let ready = format!("http://{listen}/readyz");
+    common::wait_for("readiness", Duration::from_secs(30), || {
+        let u = ready.clone();
+        async move { http_status(&u).await == Some(200) }
+    })
+    .await;
+    assert_eq!(
+        http_status(&format!("http://{listen}/healthz")).await,
+        Some(200)
+    );
+    common::wait_for(
+        "the first policy's releases",
+        Duration::from_secs(60),
+        || {
+            let done = released(&h) == want_hz;
+            async move { done }
+        },
+    )
+    .await;
+    // An invalid change is refused; the daemon keeps running the last good set.
+    write_policy(
+        dir.path(),
+        "broken.yaml",
+        "name: Broken Name\nschedule: nope\n",
+    );
+    common::wait_for(
+        "the refused change to be reported",
+        Duration::from_secs(30),
+        || {
+            let u = ready.clone();
+            async move {
+                match reqwest::get(&u).await {
+                    Ok(r) => r.text().await.unwrap_or_default().contains("broken.yaml"),
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        http_status(&ready).await,
+        Some(200),
+        "still ready on the last good set"
+    );
+    // A fixed set that covers every region takes effect within seconds.
+    std::fs::remove_file(dir.path().join("policies/broken.yaml")).unwrap();
+    write_policy(dir.path(), "p.yaml", STOPPED_PAYG);
+    common::wait_for(
+        "the reloaded policy's releases",
+        Duration::from_secs(60),
+        || {
+            let done = released(&h) == want_all;
+            async move { done }
+        },
+    )
+    .await;
+    assert_tokens_consistent(&h);
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = finish(dir.path(), child, "run after SIGTERM");
+    assert!(out.status.success(), "{}", out.stderr);
+    all_succeeded(&url, want_all.len()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_share_one_postgres_without_running_a_tick_or_a_batch_twice() {
+    let Some(db) = common::postgres().await else {
+        return;
+    };
+    let fleet = fleet::generate(3000, 34, Utc::now());
+    let want = expected(&fleet, &ALL_REGIONS);
+    let faults = Faults {
+        internal_error_rate: 0.1,
+        drop_after_commit_rate: 0.1,
+        actions: vec!["DeleteInstances".into()],
+        ..Faults::default()
+    };
+    let h = common::start_sim(fleet, faults, 34).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), "p.yaml", STOPPED_PAYG);
+    let mut children = Vec::new();
+    for name in ["replica-a", "replica-b"] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut c = janitor(
+            &h,
+            dir.path(),
+            &db.url,
+            &["run", "--listen", &listen, "--replica-id", name],
+        );
+        children.push(c.spawn().unwrap());
+    }
+    common::wait_for("every release", Duration::from_secs(90), || {
+        let done = released(&h) == want;
+        async move { done }
+    })
+    .await;
+    for c in &children {
+        let pid = c.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+    for c in children {
+        let out = finish(dir.path(), c, "a replica after SIGTERM");
+        assert!(out.status.success(), "{}", out.stderr);
+    }
+    assert_tokens_consistent(&h);
+    all_succeeded(&db.url, want.len()).await;
+    // Each reconciled tick fetched the inventory once: one first page per region per run, so
+    // no tick was reconciled by both replicas.
+    let runs = db.store.runs(100_000).await.unwrap();
+    assert!(!runs.is_empty());
+    let first_pages = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| {
+            c.action == "DescribeInstances" && c.instance_ids.is_empty() && c.page.is_none()
+        })
+        .count();
+    assert_eq!(
+        first_pages,
+        ALL_REGIONS.len() * runs.len(),
+        "one inventory per (policy, tick)"
+    );
+    // Every batch's call history is one worker's: attempts were sent under a held lease.
+    let events = db.store.events(1_000_000).await.unwrap();
+    let mut sends: HashMap<String, usize> = HashMap::new();
+    for e in events.iter().filter(|e| e.kind == "call_sent") {
+        *sends.entry(e.client_token.clone().unwrap()).or_default() += 1;
+    }
+    let calls = h.sim.calls();
+    for (token, n) in sends {
+        let seen = calls
+            .iter()
+            .filter(|c| c.client_token.as_deref() == Some(token.as_str()))
+            .count();
+        assert_eq!(
+            seen, n,
+            "token {token}: each recorded send is one call, no unrecorded extra"
+        );
+    }
+}
