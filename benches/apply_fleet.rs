@@ -1,0 +1,262 @@
+//! `ecs-janitor apply` on a 100,000-instance simulated fleet of which 20,000 match, on SQLite and
+//! (when `JANITOR_TEST_POSTGRES_URL` is set) PostgreSQL. Reports the ECS calls made against the
+//! minimum (inventory pages + 2 × batches: one re-check and one release per batch), the wall time
+//! beside the simulator's own (a bare client making exactly the minimal calls, with the same
+//! concurrency, against the same fleet), and the apply process's peak memory.
+//!
+//! `cargo bench --bench apply_fleet` measures; under `cargo test` it runs a small smoke pass.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ecs_janitor::ecs::client::{ClientConfig, DeleteRequest, DescribeFilter, EcsClient};
+use ecs_janitor::ecs::credentials::{Credentials, StaticProvider};
+use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
+use ecs_janitor::sim::{self, fleet, SimConfig, SimHandle, Simulator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ecs-janitor");
+const CONCURRENCY: usize = 4;
+
+/// The fleet, with exactly `matching` eligible instances tagged `bench=release`.
+fn bench_fleet(instances: usize, matching: usize) -> Vec<Instance> {
+    let mut f = fleet::generate(instances, 7, chrono::Utc::now());
+    let mut n = 0;
+    for i in f.iter_mut() {
+        let eligible = i.status == InstanceStatus::Stopped
+            && i.charge_type == ChargeType::PostPaid
+            && !i.deletion_protection
+            && !i.security_locked()
+            && !i.tags.contains_key("janitor:protect");
+        if eligible && n < matching {
+            i.tags.insert("bench".into(), "release".into());
+            n += 1;
+        }
+    }
+    assert_eq!(
+        n, matching,
+        "the generated fleet has enough eligible instances"
+    );
+    f
+}
+
+async fn start(f: Vec<Instance>) -> SimHandle {
+    Simulator::new(SimConfig::default(), f)
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("serve")
+}
+
+fn client(h: &SimHandle) -> EcsClient {
+    EcsClient::new(
+        ClientConfig {
+            endpoint: Some(h.endpoint()),
+            ..ClientConfig::default()
+        },
+        Arc::new(StaticProvider(Credentials::new(
+            sim::DEFAULT_ACCESS_KEY_ID,
+            sim::DEFAULT_ACCESS_KEY_SECRET,
+        ))),
+    )
+    .expect("client")
+}
+
+/// The simulator's own time: the minimal calls, made by a bare client.
+async fn baseline(f: Vec<Instance>) -> (f64, usize) {
+    let h = start(f).await;
+    let c = client(&h);
+    let start_t = Instant::now();
+    let filter = DescribeFilter {
+        status: Some(InstanceStatus::Stopped),
+        tags: vec![("bench".into(), "release".into())],
+        ..DescribeFilter::default()
+    };
+    let mut chunks = Vec::new();
+    for region in fleet::REGIONS {
+        let found = c
+            .describe_instances(region, &filter)
+            .await
+            .expect("describe");
+        for chunk in found.chunks(100) {
+            chunks.push((
+                region,
+                chunk
+                    .iter()
+                    .map(|i| i.instance_id.clone())
+                    .collect::<Vec<_>>(),
+            ));
+        }
+    }
+    let queue = Arc::new(std::sync::Mutex::new(chunks));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (c, q) = (c.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = q.lock().unwrap().pop();
+                let Some((region, ids)) = next else { break };
+                let f = DescribeFilter {
+                    instance_ids: Some(ids.clone()),
+                    ..DescribeFilter::default()
+                };
+                c.describe_instances(region, &f).await.expect("re-check");
+                c.delete_instances(&DeleteRequest {
+                    region: region.to_string(),
+                    instance_ids: ids,
+                    force: false,
+                    terminate_subscription: false,
+                    dry_run: false,
+                    client_token: uuid::Uuid::new_v4().simple().to_string(),
+                })
+                .await
+                .expect("delete");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let secs = start_t.elapsed().as_secs_f64();
+    let calls = h.sim.calls().len();
+    h.shutdown().await;
+    (secs, calls)
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn fresh_postgres() -> Option<String> {
+    use sqlx::Connection;
+    let admin = std::env::var("JANITOR_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let name = format!("janitor_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&admin).await.expect("postgres");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await
+        .expect("create");
+    let mut u = url::Url::parse(&admin).expect("url");
+    u.set_path(&format!("/{name}"));
+    Some(u.to_string())
+}
+
+async fn run(store: &str, db_url: &str, f: Vec<Instance>, matching: usize, base_secs: f64) {
+    let instances = f.len();
+    // Batches hold one region each: the minimum is ceil(n/100) per region.
+    let mut per_region = std::collections::BTreeMap::<String, usize>::new();
+    for i in f.iter().filter(|i| i.tags.contains_key("bench")) {
+        *per_region.entry(i.region_id.clone()).or_default() += 1;
+    }
+    let batches: usize = per_region.values().map(|n| n.div_ceil(100)).sum();
+    let h = start(f).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(dir.path().join("policies")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("policies/bench.yaml"),
+        "name: bench\nschedule: \"0 0 * * * *\"\n\
+         regions: [cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]\n\
+         select:\n  status: Stopped\n  tags: {bench: release}\n\
+         limits:\n  max_releases_per_run: 1000000\n",
+    )
+    .expect("policy");
+    let start_t = Instant::now();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "apply",
+            "--calls-per-second",
+            "100000",
+            "--concurrency",
+            &CONCURRENCY.to_string(),
+        ])
+        .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str())
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", sim::DEFAULT_ACCESS_KEY_ID)
+        .env(
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+            sim::DEFAULT_ACCESS_KEY_SECRET,
+        )
+        .env("JANITOR_POLICIES", dir.path().join("policies"))
+        .env("JANITOR_DATABASE_URL", db_url)
+        .env("JANITOR_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn apply");
+    let pid = child.id();
+    let mut peak = 0;
+    let status = loop {
+        if let Some(hwm) = vm_hwm_kib(pid) {
+            peak = peak.max(hwm);
+        }
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let secs = start_t.elapsed().as_secs_f64();
+    assert!(status.success(), "apply failed: {status}");
+    let calls = h.sim.calls();
+    assert_eq!(h.sim.releases().len(), matching, "every match released");
+    let inventory = calls
+        .iter()
+        .filter(|c| c.action == "DescribeInstances" && c.instance_ids.is_empty())
+        .count();
+    let minimum = inventory + 2 * batches;
+    println!(
+        "apply_fleet [{store}]: {instances} instances, {matching} released in {secs:.2} s; bare client (the simulator's own time) {base_secs:.2} s, so {:.2} s beyond it ({:.2}x); ECS calls {} vs minimum {minimum} ({inventory} inventory pages + 2 x {batches}); peak memory of apply {:.0} MiB",
+        secs - base_secs,
+        secs / base_secs,
+        calls.len(),
+        peak as f64 / 1024.0,
+    );
+    h.shutdown().await;
+}
+
+async fn drop_database(url: &str) {
+    use sqlx::Connection;
+    let Ok(admin) = std::env::var("JANITOR_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let name = url.rsplit('/').next().unwrap_or_default().to_string();
+    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut c)
+            .await;
+    }
+}
+
+fn main() {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let (instances, matching) = if measuring {
+        (100_000, 20_000)
+    } else {
+        (4_000, 500)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let f = bench_fleet(instances, matching);
+        let base = baseline(f.clone()).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
+        run("sqlite", &sqlite, f.clone(), matching, base.0).await;
+        match fresh_postgres().await {
+            Some(url) => {
+                run("postgres", &url, f, matching, base.0).await;
+                drop_database(&url).await;
+            }
+            None => {
+                println!("apply_fleet [postgres]: skipped (JANITOR_TEST_POSTGRES_URL is not set)")
+            }
+        }
+    });
+}
