@@ -24,6 +24,22 @@ use crate::sim::{self, Faults, SimConfig, Simulator};
 use crate::store::{ReleaseFilter, Store};
 use crate::worker::WorkerConfig;
 
+/// Writes to stdout; a closed pipe (`ecs-janitor queue list | head`) ends output quietly
+/// instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Releases unneeded Alibaba Cloud ECS instances from declarative lifecycle policies.
 #[derive(Debug, Parser)]
 #[command(name = "ecs-janitor", version, about, long_about = None)]
@@ -356,7 +372,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo(args).await,
         Command::Validate(args) => Ok(validate(&args)),
         Command::Schema => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&crate::policy::json_schema())?
             );
@@ -382,14 +398,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         dir: None,
         color: stdout_is_terminal(),
     };
-    crate::app::demo(opts, &mut |s| print!("{s}")).await?;
+    crate::app::demo(opts, &mut |s| out!("{s}")).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn validate(args: &PoliciesArgs) -> ExitCode {
     match crate::policy::load_dir(&args.policies) {
         Ok(set) => {
-            println!(
+            outln!(
                 "{}: {} policies, no problems.",
                 args.policies.display(),
                 set.policies.len()
@@ -397,7 +413,7 @@ fn validate(args: &PoliciesArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(diags) => {
-            println!("{diags}");
+            outln!("{diags}");
             eprintln!("{} problems found.", diags.len());
             ExitCode::from(1)
         }
@@ -441,14 +457,14 @@ async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         SavedPlan::from_plan(&plan).save(path)?;
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&crate::plan::render_json(&plan))?
         );
     } else {
-        print!("{}", crate::plan::render_text(&plan, stdout_is_terminal()));
+        out!("{}", crate::plan::render_text(&plan, stdout_is_terminal()));
         if let Some(path) = &args.out {
-            println!(
+            outln!(
                 "Saved to {}; `ecs-janitor apply --plan {}` acts on exactly this set.",
                 path.display(),
                 path.display()
@@ -489,17 +505,53 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         );
         std::process::exit(130);
     });
-    let report = app.apply(saved.as_ref(), cancel).await?;
+    let progress =
+        (!args.json && std::io::stderr().is_terminal()).then(|| spawn_progress(app.store.clone()));
+    let report = app.apply(saved.as_ref(), cancel).await;
+    if let Some((bar, task)) = progress {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    let report = report?;
     if args.json {
         let v = serde_json::json!({
             "runs": report.pass.runs,
             "releases": report.releases,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", report.render(chrono::Utc::now()));
+        out!("{}", report.render(chrono::Utc::now()));
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// A progress bar on the terminal while `apply` works the queue: releases settled since it
+/// started, out of those settled plus those still queued.
+fn spawn_progress(store: Store) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} settled {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        let settled = |c: &crate::store::StateCounts| c.succeeded + c.failed + c.cancelled;
+        let Ok(start) = store.counts().await else {
+            return;
+        };
+        loop {
+            if let Ok(c) = store.counts().await {
+                let done = (settled(&c) - settled(&start)).max(0) as u64;
+                b.set_length(done + (c.pending + c.in_flight) as u64);
+                b.set_position(done);
+                b.set_message(format!("({} in flight, {} queued)", c.in_flight, c.pending));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (bar, task)
 }
 
 async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -590,14 +642,19 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                 })
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!(
+                outln!(
                     "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} LAST",
-                    "ID", "INSTANCE", "REGION", "STATE", "TRY", "POLICY"
+                    "ID",
+                    "INSTANCE",
+                    "REGION",
+                    "STATE",
+                    "TRY",
+                    "POLICY"
                 );
                 for r in rows {
-                    println!(
+                    outln!(
                         "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {}",
                         r.id,
                         r.instance_id,
@@ -612,7 +669,7 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
         }
         QueueCommand::Show { id, db } => {
             let store = Store::connect(&db.url).await?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&store.release(id).await?)?
             );
@@ -620,14 +677,14 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
         QueueCommand::Retry { id, db } => {
             let store = Store::connect(&db.url).await?;
             store.retry_release(id, now).await?;
-            println!("Release {id} is pending again; the next apply or the daemon sends it.");
+            outln!("Release {id} is pending again; the next apply or the daemon sends it.");
         }
         QueueCommand::Cancel { id, db } => {
             let store = Store::connect(&db.url).await?;
             store
                 .cancel_release(id, "cancelled by an operator", now)
                 .await?;
-            println!("Release {id} is cancelled.");
+            outln!("Release {id} is cancelled.");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -637,10 +694,10 @@ async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&args.db.url).await?;
     let events = store.events(args.limit).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&events)?);
+        outln!("{}", serde_json::to_string_pretty(&events)?);
     } else {
         for e in events {
-            println!(
+            outln!(
                 "{} {:<16} {:<24} {:<28} {:<28} {} {}",
                 crate::store::from_ms(e.at).format("%Y-%m-%dT%H:%M:%SZ"),
                 e.kind,
@@ -680,7 +737,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         .serve(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!(
+    outln!(
         "ECS simulator serving {n} instances at {} (AccessKeyId {}). State: {}__sim/state. Ctrl-C stops it.",
         handle.endpoint(),
         args.access_key_id,

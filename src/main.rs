@@ -19,7 +19,8 @@ fn init_logging(format: LogFormat, default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo and one-shot commands print their own report; the daemon logs its work.
+    // One-shot commands print their own report (JANITOR_LOG=info shows their work too); the
+    // daemon and the simulator log theirs.
     let quiet = matches!(
         cli.command,
         cli::Command::Demo(_) | cli::Command::Validate(_) | cli::Command::Schema
@@ -38,7 +39,16 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once: many messages already name their source.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     }

@@ -102,25 +102,29 @@ impl Reconciler {
         }
     }
 
-    /// Plans without changing anything but observations (used by `plan`).
+    /// Plans without changing anything (used by `plan`): observations are read, not recorded,
+    /// so an instance stopped since the last pass shows as "stopped since unknown".
     pub async fn plan_only(
         &self,
         policies: &[Policy],
         now: DateTime<Utc>,
     ) -> Result<Plan, ReconcileError> {
-        let (inv, ctx) = self.observe(policies, now).await?;
+        let (inv, ctx) = self.observe(policies, now, false).await?;
         Ok(plan::evaluate(policies, &inv.all(), &ctx, now))
     }
 
+    /// Fetches the inventory and builds the evaluation context; with `record`, first notes
+    /// which instances are Stopped now (for `stopped_for`).
     async fn observe(
         &self,
         policies: &[Policy],
         now: DateTime<Utc>,
+        record: bool,
     ) -> Result<(Inventory, EvalContext), ReconcileError> {
         let inv = inventory::fetch(&self.client, policies)
             .await
             .map_err(ReconcileError::Inventory)?;
-        for (region, instances) in &inv.regions {
+        for (region, instances) in inv.regions.iter().filter(|_| record) {
             let stopped: Vec<String> = instances
                 .iter()
                 .filter(|i| i.status == InstanceStatus::Stopped)
@@ -167,7 +171,7 @@ impl Reconciler {
                 Vec::new(),
             ));
         }
-        let (inv, ctx) = self.observe(policies, now).await?;
+        let (inv, ctx) = self.observe(policies, now, true).await?;
         let listed: HashSet<&str> = inv
             .regions
             .values()

@@ -23,6 +23,84 @@ use crate::ecs::{EcsError, ErrorClass, Instance};
 use crate::plan::{self, EvalContext};
 use crate::policy::{Policy, ProtectionConfig};
 use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, Store, StoreError};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+/// One ECS call a worker makes.
+#[derive(Debug)]
+enum Call {
+    /// The re-check: DescribeInstances of a batch's instances.
+    Describe {
+        region: String,
+        ids: Vec<String>,
+    },
+    Delete(DeleteRequest),
+}
+
+#[derive(Debug)]
+enum Answer {
+    Instances(Vec<Instance>),
+    Deleted(crate::ecs::DeleteAnswer),
+}
+
+type CallFuture = futures::future::BoxFuture<'static, Result<Answer, BoxError>>;
+
+/// Workers' ECS calls go through this service: a global rate limit and a limit on calls in
+/// flight, as tower layers, shared by every worker through a buffer.
+type CallService = tower::buffer::Buffer<Call, CallFuture>;
+
+fn call_service(client: EcsClient, per_second: u32, in_flight: usize) -> CallService {
+    let inner = ServiceBuilder::new()
+        .concurrency_limit(in_flight.max(1))
+        .rate_limit(u64::from(per_second.max(1)), Duration::from_secs(1))
+        .service_fn(move |call: Call| {
+            let client = client.clone();
+            async move {
+                match call {
+                    Call::Describe { region, ids } => {
+                        let f = DescribeFilter {
+                            instance_ids: Some(ids),
+                            ..DescribeFilter::default()
+                        };
+                        client
+                            .describe_instances(&region, &f)
+                            .await
+                            .map(Answer::Instances)
+                            .map_err(BoxError::from)
+                    }
+                    Call::Delete(req) => client
+                        .delete_instances(&req)
+                        .await
+                        .map(Answer::Deleted)
+                        .map_err(BoxError::from),
+                }
+            }
+        });
+    let boxed: tower::util::BoxService<Call, Answer, BoxError> =
+        tower::util::BoxService::new(inner);
+    tower::buffer::Buffer::new(boxed, 1024)
+}
+
+/// The call service answered a call with the other call's answer (cannot happen by construction).
+fn mismatched(action: &'static str) -> EcsError {
+    EcsError::Decode {
+        action,
+        status: 0,
+        request_id: String::new(),
+        detail: "internal: the call service returned the wrong kind of answer".into(),
+    }
+}
+
+/// Turns the service's error back into the ECS error it carries.
+fn ecs_error(e: BoxError, action: &'static str) -> EcsError {
+    match e.downcast::<EcsError>() {
+        Ok(e) => *e,
+        Err(other) => EcsError::Transport {
+            action,
+            kind: crate::ecs::error::TransportKind::Connect,
+            detail: format!("not sent: {other}"),
+        },
+    }
+}
 
 /// The setting that pauses every replica's releases when `true`.
 pub const PAUSED: &str = "paused";
@@ -105,8 +183,7 @@ pub struct Workers {
     pub protection: ProtectionConfig,
     pub cfg: WorkerConfig,
     pub clock: SharedClock,
-    limiter: Arc<tokio::sync::Semaphore>,
-    rate: Arc<tokio::sync::Mutex<tokio::time::Interval>>,
+    calls: CallService,
     rng: Arc<Mutex<StdRng>>,
 }
 
@@ -119,12 +196,8 @@ impl Workers {
         cfg: WorkerConfig,
         clock: SharedClock,
     ) -> Self {
-        let per_call = Duration::from_secs_f64(1.0 / f64::from(cfg.calls_per_second.max(1)));
-        let mut interval = tokio::time::interval(per_call);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Workers {
-            limiter: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1))),
-            rate: Arc::new(tokio::sync::Mutex::new(interval)),
+            calls: call_service(client.clone(), cfg.calls_per_second, cfg.concurrency),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             store,
             client,
@@ -135,9 +208,15 @@ impl Workers {
         }
     }
 
-    /// Waits for the global call rate.
-    async fn pace(&self) {
-        self.rate.lock().await.tick().await;
+    /// Makes one call through the rate and concurrency limits.
+    async fn call(&self, call: Call) -> Result<Answer, EcsError> {
+        let action = match call {
+            Call::Describe { .. } => "DescribeInstances",
+            Call::Delete(_) => "DeleteInstances",
+        };
+        let mut svc = self.calls.clone();
+        let ready = svc.ready().await.map_err(|e| ecs_error(e, action))?;
+        ready.call(call).await.map_err(|e| ecs_error(e, action))
     }
 
     /// Works the queue until nothing is due (retries waiting out their backoff count as due),
@@ -247,7 +326,6 @@ impl Workers {
 
     /// Claims and carries out one batch; `None` when nothing is due.
     pub async fn process_next(&self) -> Result<Option<BatchResult>, WorkerError> {
-        let _permit = self.limiter.acquire().await.ok();
         let now = self.clock.now();
         let Some(batch) = self
             .store
@@ -264,12 +342,16 @@ impl Workers {
     }
 
     async fn describe(&self, region: &str, ids: Vec<String>) -> Result<Vec<Instance>, EcsError> {
-        self.pace().await;
-        let f = DescribeFilter {
-            instance_ids: Some(ids),
-            ..DescribeFilter::default()
-        };
-        self.client.describe_instances(region, &f).await
+        match self
+            .call(Call::Describe {
+                region: region.to_string(),
+                ids,
+            })
+            .await?
+        {
+            Answer::Instances(v) => Ok(v),
+            Answer::Deleted(_) => Err(mismatched("DescribeInstances")),
+        }
     }
 
     /// Why `inst` may no longer be released under `policy_name`, or `None` when it still may.
@@ -498,7 +580,6 @@ impl Workers {
         fence: &crate::store::Fence,
         req: &DeleteRequest,
     ) -> Result<crate::ecs::DeleteAnswer, EcsError> {
-        self.pace().await;
         let renew = {
             let store = self.store.clone();
             let fence = fence.clone();
@@ -517,9 +598,12 @@ impl Workers {
                 }
             })
         };
-        let r = self.client.delete_instances(req).await;
+        let r = self.call(Call::Delete(req.clone())).await;
         renew.abort();
-        r
+        match r? {
+            Answer::Deleted(a) => Ok(a),
+            Answer::Instances(_) => Err(mismatched("DeleteInstances")),
+        }
     }
 
     async fn retry(&self, b: &ClaimedBatch, e: &EcsError) -> Result<BatchResult, WorkerError> {
