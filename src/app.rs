@@ -102,7 +102,10 @@ impl App {
             .list_releases(&ReleaseFilter::default())
             .await?
             .into_iter()
-            .filter(|r| r.updated_at >= started || r.state == "pending")
+            // Stored times have millisecond precision.
+            .filter(|r| {
+                crate::store::ms(r.updated_at) >= crate::store::ms(started) || r.state == "pending"
+            })
             .collect();
         Ok(ApplyReport {
             pass,

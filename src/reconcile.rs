@@ -248,14 +248,22 @@ impl Reconciler {
                     run.enqueued = self.store.enqueue(&new, now).await?.len();
                 }
                 if saved.is_none() {
-                    let planned: HashSet<&str> =
-                        pp.releases.iter().map(|r| r.instance_id.as_str()).collect();
+                    // A policy switched to dry_run releases nothing, including what it queued
+                    // before.
+                    let planned: HashSet<&str> = if policy.dry_run {
+                        HashSet::new()
+                    } else {
+                        pp.releases.iter().map(|r| r.instance_id.as_str()).collect()
+                    };
                     let cancels: Vec<(i64, String)> = active
                         .iter()
                         .filter(|r| r.policy == pp.policy && r.state == "pending")
                         .filter(|r| !planned.contains(r.instance_id.as_str()))
                         .map(|r| {
                             let why = match pp.skips.iter().find(|s| s.instance_id == r.instance_id) {
+                                _ if policy.dry_run => {
+                                    "the policy is now dry_run: it releases nothing".to_string()
+                                }
                                 Some(s) => format!("no longer qualifies: {}", s.detail),
                                 None if !listed.contains(r.instance_id.as_str()) => {
                                     "the instance is no longer listed by DescribeInstances (released elsewhere, or no longer matches the policy's filters)".to_string()

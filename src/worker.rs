@@ -366,6 +366,11 @@ impl Workers {
         let Some(policy) = policies.iter().find(|p| p.name == policy_name) else {
             return Some(format!("policy {policy_name} is no longer loaded"));
         };
+        if policy.dry_run {
+            return Some(format!(
+                "policy {policy_name} is now dry_run: it releases nothing"
+            ));
+        }
         let ctx = EvalContext {
             observations: observations
                 .get(&inst.instance_id)

@@ -401,3 +401,47 @@ async fn apply_with_a_saved_plan_releases_only_the_reviewed_set() {
         .unwrap();
     assert_eq!(released(&h), reviewed);
 }
+
+#[tokio::test]
+async fn switching_a_policy_to_dry_run_cancels_what_it_queued() {
+    let yaml = r#"
+name: ci-grace
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: ci}
+  status: Stopped
+release:
+  grace: 1h
+"#;
+    let fleet: Vec<Instance> = (0..3)
+        .map(|n| {
+            let mut i = common::inst(
+                &format!("i-{n}"),
+                "cn-hangzhou",
+                InstanceStatus::Stopped,
+                ChargeType::PostPaid,
+            );
+            i.tags.insert("purpose".into(), "ci".into());
+            i
+        })
+        .collect();
+    let h = common::start_sim(fleet, Faults::default(), 9).await;
+    let db = common::sqlite().await;
+    let clock = OffsetClock::new();
+    let app = app_for(&h, &db, policies(yaml), Arc::new(clock.clone())).await;
+    let first = app.apply(None, CancellationToken::new()).await.unwrap();
+    assert_eq!(first.in_state("pending").count(), 3);
+    // The owner flips the policy to dry_run during the grace period.
+    *app.workers.policies.write().unwrap() = policies(&format!("{yaml}dry_run: true\n"));
+    clock.advance(chrono::Duration::minutes(61));
+    let second = app.apply(None, CancellationToken::new()).await.unwrap();
+    assert!(h.sim.releases().is_empty(), "nothing released");
+    assert_eq!(second.in_state("cancelled").count(), 3);
+    for r in second.in_state("cancelled") {
+        assert!(
+            r.last_error.as_deref().unwrap().contains("dry_run"),
+            "{r:?}"
+        );
+    }
+}
