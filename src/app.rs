@@ -192,11 +192,11 @@ impl ApplyReport {
             }
         }
         out.push_str(&format!(
-            "Released {} instances, {} failed, {} cancelled, {} waiting.\n",
-            self.in_state("succeeded").count(),
+            "{} failed, {} cancelled, {} waiting.\nReleased {} instances.\n",
             self.in_state("failed").count(),
             self.in_state("cancelled").count(),
             self.in_state("pending").count(),
+            self.in_state("succeeded").count(),
         ));
         out
     }

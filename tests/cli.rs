@@ -1,0 +1,269 @@
+//! The one-shot commands as a user runs them: `validate`, `schema`, `plan` (text, JSON, saved),
+//! `apply --plan`, `queue`, `history`, and the errors a user can cause.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use chrono::Utc;
+use ecs_janitor::sim::{self, fleet, Faults, SimHandle};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ecs-janitor");
+
+const POLICY: &str = r#"
+name: ci-stopped
+schedule: "0 */15 * * * *"
+regions: [cn-hangzhou]
+select:
+  charge_type: PostPaid
+  status: Stopped
+  tags: {purpose: ci}
+limits:
+  max_releases_per_run: 1000
+"#;
+
+/// Runs the binary off the async runtime, so the in-process simulator keeps serving.
+async fn run(h: Option<&SimHandle>, dir: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+        .env(
+            "JANITOR_DATABASE_URL",
+            format!("sqlite://{}", dir.join("j.db").display()),
+        )
+        .env("JANITOR_POLICIES", dir.join("policies"));
+    if let Some(h) = h {
+        c.env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str())
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", sim::DEFAULT_ACCESS_KEY_ID)
+            .env(
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+                sim::DEFAULT_ACCESS_KEY_SECRET,
+            );
+    }
+    tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/ci.yaml"), POLICY).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_reports_every_problem_with_its_place_and_exit_code() {
+    let dir = setup();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/policy_corpus");
+    let out = run(
+        None,
+        dir.path(),
+        &["validate", "--policies", corpus.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let located = stdout
+        .lines()
+        .filter(|l| {
+            let mut parts = l.splitn(4, ':');
+            let (_file, line, col) = (parts.next(), parts.next(), parts.next());
+            line.is_some_and(|x| x.parse::<u32>().is_ok())
+                && col.is_some_and(|x| x.parse::<u32>().is_ok())
+        })
+        .count();
+    assert!(
+        located >= 20,
+        "FILE:LINE:COL lines, got {located}:\n{stdout}"
+    );
+    assert!(text(&out.stderr).contains("problems found"));
+
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let out = run(
+        None,
+        dir.path(),
+        &["validate", "--policies", shipped.to_str().unwrap()],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("no problems"));
+
+    let out = run(None, dir.path(), &["schema"]).await;
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(schema["properties"]["select"].is_object(), "{schema}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_then_apply_the_saved_plan_then_inspect_the_queue_and_history() {
+    let fleet = fleet::generate(2000, 41, Utc::now());
+    let h = common::start_sim(fleet, Faults::default(), 41).await;
+    let dir = setup();
+
+    let out = run(Some(&h), dir.path(), &["plan"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan_text = text(&out.stdout);
+    let summary = plan_text.lines().last().unwrap().to_string();
+    assert!(
+        summary.starts_with("Plan: ") && summary.ends_with("policies refused."),
+        "{summary}"
+    );
+    assert!(
+        !plan_text.contains("\u{1b}["),
+        "no colours when not on a terminal"
+    );
+
+    let out = run(
+        Some(&h),
+        dir.path(),
+        &["plan", "--json", "--out", "plan.json"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let planned: BTreeSet<String> = doc["policies"][0]["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["instance_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(planned.len() > 5);
+    assert!(h.sim.releases().is_empty(), "plan changes nothing");
+
+    // A reviewer trims the saved plan to two instances; apply acts on exactly those.
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("plan.json")).unwrap())
+            .unwrap();
+    saved["releases"].as_array_mut().unwrap().truncate(2);
+    let reviewed: BTreeSet<String> = saved["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["instance_id"].as_str().unwrap().to_string())
+        .collect();
+    std::fs::write(dir.path().join("plan.json"), saved.to_string()).unwrap();
+    let out = run(Some(&h), dir.path(), &["apply", "--plan", "plan.json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("Released 2 instances"),
+        "{}",
+        text(&out.stdout)
+    );
+    let released: BTreeSet<String> = h
+        .sim
+        .releases()
+        .into_iter()
+        .map(|r| r.instance_id)
+        .collect();
+    assert_eq!(released, reviewed);
+
+    let out = run(None, dir.path(), &["queue", "list", "--json"]).await;
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        for key in [
+            "instance_id",
+            "region",
+            "policy",
+            "state",
+            "attempts",
+            "client_token",
+            "last_error",
+            "request_id",
+            "updated_at",
+        ] {
+            assert!(r.get(key).is_some(), "{key} in {r}");
+        }
+        assert_eq!(r["state"], "succeeded");
+        assert!(r["request_id"].is_string());
+    }
+    let out = run(None, dir.path(), &["history", "--json"]).await;
+    let events: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: BTreeSet<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in ["enqueued", "batched", "call_sent", "succeeded"] {
+        assert!(kinds.contains(k), "{k} in {kinds:?}");
+    }
+    let id = rows[0]["id"].as_i64().unwrap().to_string();
+    let out = run(None, dir.path(), &["queue", "retry", &id]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("only failed or cancelled releases can be retried"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_errors_say_what_and_how_to_fix_it() {
+    let h = common::start_sim(vec![], Faults::default(), 42).await;
+    let dir = setup();
+    let out = run(Some(&h), dir.path(), &["apply", "--policy", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no policy named \"nope\"")
+            && text(&out.stderr).contains("ci-stopped")
+    );
+
+    let out = run(None, dir.path(), &["plan"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("ALIBABA_CLOUD_ACCESS_KEY_ID") && e.contains("ALIBABA_CLOUD_ACCESS_KEY_SECRET"),
+        "{e}"
+    );
+
+    let out = run(None, dir.path(), &["queue", "list", "--state", "done"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("pending, in_flight, succeeded, failed, cancelled"));
+
+    std::fs::write(
+        dir.path().join("policies/bad.yaml"),
+        "name: x\nschedule: \"* * * * *\"\n",
+    )
+    .unwrap();
+    let out = run(Some(&h), dir.path(), &["apply"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("bad.yaml:2:"),
+        "the error names the file and line: {e}"
+    );
+    assert!(
+        h.sim.calls().is_empty(),
+        "nothing was called with broken policies"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_the_whole_job_with_nothing_to_configure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(None, dir.path(), &["demo"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().unwrap();
+    let n: usize = last
+        .strip_prefix("Released ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the demo ends with `Released N instances`: {last}"));
+    assert!(n > 0, "{stdout}");
+    assert!(stdout.contains("Plan: "), "the plan is shown");
+    assert!(
+        !dir.path().join("janitor.db").exists(),
+        "the demo leaves no database behind"
+    );
+}
