@@ -84,35 +84,6 @@ fn released(h: &SimHandle) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every ClientToken was always sent with the same instances, and no instance was released by
-/// two different tokens.
-fn assert_tokens_consistent(h: &SimHandle) {
-    let mut by_token: HashMap<String, Vec<String>> = HashMap::new();
-    for c in h
-        .sim
-        .calls()
-        .into_iter()
-        .filter(|c| c.action == "DeleteInstances")
-    {
-        let t = c
-            .client_token
-            .clone()
-            .expect("every release carries a ClientToken");
-        match by_token.get(&t) {
-            Some(ids) => assert_eq!(
-                ids, &c.instance_ids,
-                "token {t} was reused with other members"
-            ),
-            None => {
-                by_token.insert(t, c.instance_ids.clone());
-            }
-        }
-    }
-    let recs = h.sim.releases();
-    let once: BTreeSet<_> = recs.iter().map(|r| r.instance_id.clone()).collect();
-    assert_eq!(once.len(), recs.len(), "no instance released twice");
-}
-
 #[tokio::test]
 async fn apply_releases_exactly_the_expected_set_and_records_it() {
     let fleet = fleet::generate(3000, 5, Utc::now());
@@ -191,7 +162,7 @@ async fn apply_under_faults_releases_the_same_set_once_with_stable_tokens() {
         let report = app.apply(None, CancellationToken::new()).await.unwrap();
         assert_eq!(released(&h), want, "store {}", db.url);
         assert_eq!(report.exit_code(), 0);
-        assert_tokens_consistent(&h);
+        common::assert_tokens_consistent(&h);
         for outcome in ["Dropped", "InternalError", "Throttling"] {
             let n = h
                 .sim
@@ -226,18 +197,7 @@ select:
 release:
   allow_security_locked: true
 "#;
-    let mut fleet: Vec<Instance> = (0..8)
-        .map(|n| {
-            let mut i = common::inst(
-                &format!("i-{n}"),
-                "cn-hangzhou",
-                InstanceStatus::Stopped,
-                ChargeType::PostPaid,
-            );
-            i.tags.insert("purpose".into(), "ci".into());
-            i
-        })
-        .collect();
+    let mut fleet = common::ci_fleet(8);
     fleet[5].lock_reasons = vec!["security".into()];
     let h = common::start_sim(fleet, Faults::default(), 3).await;
     let db = common::sqlite().await;
@@ -263,7 +223,7 @@ release:
         .map(|n| format!("i-{n}"))
         .collect();
     assert_eq!(released(&h), want);
-    assert_tokens_consistent(&h);
+    common::assert_tokens_consistent(&h);
     // 8 → 4+4 → the half with i-5 splits 2+2 → 1+1: log2(8) levels, each refused call split.
     let deletes = h
         .sim
@@ -286,18 +246,7 @@ select:
 release:
   grace: 1h
 "#;
-    let fleet: Vec<Instance> = (0..3)
-        .map(|n| {
-            let mut i = common::inst(
-                &format!("i-{n}"),
-                "cn-hangzhou",
-                InstanceStatus::Stopped,
-                ChargeType::PostPaid,
-            );
-            i.tags.insert("purpose".into(), "ci".into());
-            i
-        })
-        .collect();
+    let fleet = common::ci_fleet(3);
     let h = common::start_sim(fleet, Faults::default(), 4).await;
     let db = common::sqlite().await;
     let clock = OffsetClock::new();
@@ -414,18 +363,7 @@ select:
 release:
   grace: 1h
 "#;
-    let fleet: Vec<Instance> = (0..3)
-        .map(|n| {
-            let mut i = common::inst(
-                &format!("i-{n}"),
-                "cn-hangzhou",
-                InstanceStatus::Stopped,
-                ChargeType::PostPaid,
-            );
-            i.tags.insert("purpose".into(), "ci".into());
-            i
-        })
-        .collect();
+    let fleet = common::ci_fleet(3);
     let h = common::start_sim(fleet, Faults::default(), 9).await;
     let db = common::sqlite().await;
     let clock = OffsetClock::new();

@@ -97,28 +97,6 @@ fn released(h: &SimHandle) -> BTreeSet<String> {
         .collect()
 }
 
-fn assert_tokens_consistent(h: &SimHandle) {
-    let mut by_token: HashMap<String, Vec<String>> = HashMap::new();
-    for c in h
-        .sim
-        .calls()
-        .into_iter()
-        .filter(|c| c.action == "DeleteInstances")
-    {
-        let t = c.client_token.clone().unwrap();
-        let ids = by_token
-            .entry(t.clone())
-            .or_insert_with(|| c.instance_ids.clone());
-        assert_eq!(
-            ids, &c.instance_ids,
-            "token {t} was resent with other members"
-        );
-    }
-    let recs = h.sim.releases();
-    let once: BTreeSet<_> = recs.iter().map(|r| &r.instance_id).collect();
-    assert_eq!(once.len(), recs.len(), "an instance was released twice");
-}
-
 /// Waits (bounded: a hung child fails the test rather than CI) and reads what it printed.
 fn finish(dir: &Path, mut child: Child, what: &str) -> Output {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -226,7 +204,7 @@ async fn apply_killed_with_sigkill_resumes_and_releases_exactly_once() {
     );
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(released(&h), want);
-    assert_tokens_consistent(&h);
+    common::assert_tokens_consistent(&h);
     all_succeeded(&url, want.len()).await;
     assert!(out.stdout.contains("failed"), "the summary is printed");
 }
@@ -293,7 +271,7 @@ async fn sigterm_during_a_drain_leaves_a_consistent_queue() {
     );
     assert!(out.status.success());
     assert_eq!(released(&h), want);
-    assert_tokens_consistent(&h);
+    common::assert_tokens_consistent(&h);
 }
 
 fn free_port() -> u16 {
@@ -390,7 +368,7 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
         },
     )
     .await;
-    assert_tokens_consistent(&h);
+    common::assert_tokens_consistent(&h);
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -442,7 +420,7 @@ async fn two_daemons_share_one_postgres_without_running_a_tick_or_a_batch_twice(
         let out = finish(dir.path(), c, "a replica after SIGTERM");
         assert!(out.status.success(), "{}", out.stderr);
     }
-    assert_tokens_consistent(&h);
+    common::assert_tokens_consistent(&h);
     all_succeeded(&db.url, want.len()).await;
     // Each reconciled tick fetched the inventory once: one first page per region per run, so
     // no tick was reconciled by both replicas.

@@ -127,6 +127,27 @@ macro_rules! assign {
     }};
 }
 
+/// Creates an open batch with its token and makes `$ids` its members, inside `$tx`: the token
+/// and the membership are stored together, before any call. Evaluates to the batch id.
+macro_rules! new_batch {
+    ($tx:ident, $region:expr, $force:expr, $ts:expr, $token:expr, $ids:expr, $now:expr) => {{
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO batches (region, force, terminate_subscription,
+               client_token, state, next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'open', $5, $5, $5) RETURNING id",
+        )
+        .bind($region)
+        .bind($force)
+        .bind($ts)
+        .bind($token)
+        .bind(ms($now))
+        .fetch_one(&mut *$tx)
+        .await?;
+        assign!($tx, id, $ids, $now);
+        id
+    }};
+}
+
 /// Moves settled members of batch `$batch` to their final state, with an event each.
 macro_rules! settle {
     ($tx:ident, $batch:expr, $settled:expr, $now:expr) => {{
@@ -665,19 +686,7 @@ impl Store {
                                 None
                             } else {
                                 let token = new_client_token();
-                                let id: i64 = sqlx::query_scalar(
-                                    "INSERT INTO batches (region, force, terminate_subscription,
-                                       client_token, state, next_attempt_at, created_at, updated_at)
-                                     VALUES ($1, $2, $3, $4, 'open', $5, $5, $5) RETURNING id",
-                                )
-                                .bind(&region)
-                                .bind(force)
-                                .bind(ts)
-                                .bind(&token)
-                                .bind(ms(now))
-                                .fetch_one(&mut *tx)
-                                .await?;
-                                assign!(tx, id, &ids, now);
+                                let id = new_batch!(tx, &region, force, ts, &token, &ids, now);
                                 insert_events!(tx, &[NewEvent {
                                     kind: "batched",
                                     batch_id: Some(id),
@@ -829,19 +838,7 @@ impl Store {
                     settle!(tx, fence.batch_id, settled, now);
                     for group in regroup.iter().filter(|g| !g.is_empty()) {
                         let token = new_client_token();
-                        let id: i64 = sqlx::query_scalar(
-                            "INSERT INTO batches (region, force, terminate_subscription,
-                               client_token, state, next_attempt_at, created_at, updated_at)
-                             VALUES ($1, $2, $3, $4, 'open', $5, $5, $5) RETURNING id",
-                        )
-                        .bind(&region)
-                        .bind(force)
-                        .bind(ts)
-                        .bind(&token)
-                        .bind(ms(now))
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        assign!(tx, id, group, now);
+                        let id = new_batch!(tx, &region, force, ts, &token, group, now);
                         insert_events!(tx, &[NewEvent {
                             kind: "split",
                             batch_id: Some(id),

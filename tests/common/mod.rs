@@ -156,3 +156,46 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
+
+/// Every ClientToken the simulator saw was always sent with the same instances, and no instance
+/// was released twice.
+pub fn assert_tokens_consistent(h: &SimHandle) {
+    let mut by_token: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for c in h
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == "DeleteInstances")
+    {
+        let t = c
+            .client_token
+            .clone()
+            .expect("every release carries a ClientToken");
+        let ids = by_token
+            .entry(t.clone())
+            .or_insert_with(|| c.instance_ids.clone());
+        assert_eq!(
+            ids, &c.instance_ids,
+            "token {t} was resent with other members"
+        );
+    }
+    let recs = h.sim.releases();
+    let once: std::collections::BTreeSet<_> = recs.iter().map(|r| &r.instance_id).collect();
+    assert_eq!(once.len(), recs.len(), "an instance was released twice");
+}
+
+/// `n` stopped pay-as-you-go instances `i-0`.. in cn-hangzhou tagged `purpose=ci`.
+pub fn ci_fleet(n: usize) -> Vec<Instance> {
+    (0..n)
+        .map(|k| {
+            let mut i = inst(
+                &format!("i-{k}"),
+                "cn-hangzhou",
+                InstanceStatus::Stopped,
+                ChargeType::PostPaid,
+            );
+            i.tags.insert("purpose".into(), "ci".into());
+            i
+        })
+        .collect()
+}
