@@ -22,4 +22,5 @@ pub mod schedule;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod window;
 pub mod worker;
