@@ -75,6 +75,12 @@ impl App {
         }
     }
 
+    /// Uses `metrics` (shared with the admin server and the ECS client's observer).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> App {
+        self.workers.metrics = metrics;
+        self
+    }
+
     fn policies(&self) -> Vec<Policy> {
         self.workers
             .policies

@@ -236,6 +236,10 @@ pub struct RunArgs {
     /// Milliseconds between checks of the policy files for changes.
     #[arg(long, env = "JANITOR_RELOAD_MS", default_value_t = 2000)]
     pub reload_ms: u64,
+    /// Bearer token for the mutating admin endpoints (retry, cancel, pause, resume); without
+    /// it they answer 403. Read from the environment only, so it never shows in `ps`.
+    #[arg(skip = std::env::var("JANITOR_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(crate::ecs::Secret::new))]
+    pub admin_token: Option<crate::ecs::Secret>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -558,7 +562,8 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Fail before binding anything when the policies or the database are unusable.
     let policies = load_policies(&args.policies.policies, &[])?;
     let store = Store::connect(&args.db.url).await?;
-    let client = args.ecs.client()?;
+    let metrics = crate::metrics::Metrics::new();
+    let client = args.ecs.client()?.with_observer(metrics.call_observer());
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::new(
         store,
@@ -568,7 +573,8 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.workers.config(),
         clock,
         false,
-    );
+    )
+    .with_metrics(metrics);
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
@@ -586,6 +592,7 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         reload_every: Duration::from_millis(args.reload_ms.max(100)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         listen: args.listen,
+        admin_token: args.admin_token.clone(),
     };
     crate::daemon::run(app, cfg, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -28,6 +28,8 @@ pub struct DaemonConfig {
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     pub listen: SocketAddr,
+    /// `JANITOR_ADMIN_TOKEN`: enables the mutating admin endpoints.
+    pub admin_token: Option<crate::ecs::Secret>,
 }
 
 /// A fingerprint of every policy file's name and content, to notice changes.
@@ -74,6 +76,7 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
             true
         }
         Err(d) => {
+            app.workers.metrics.policy_load_failed();
             tracing::error!(dir = %dir.display(), problems = d.len(), "policy change refused; the last good set keeps running:\n{d}");
             *health
                 .last_load_error
@@ -88,6 +91,9 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
 /// port in use fails fast.
 pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), AppError> {
     let health = Arc::new(Health::default());
+    if cfg.admin_token.is_none() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(listen = %cfg.listen, "the admin server listens beyond this machine without JANITOR_ADMIN_TOKEN: its pages and metrics are readable by anyone who reaches it (mutating endpoints stay disabled)");
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| AppError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;
@@ -96,7 +102,14 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
         .map_err(|e| AppError::Other(e.to_string()))?;
     tracing::info!(%admin_addr, "admin server listening");
     let server = {
-        let router = server::router(app.store.clone(), health.clone());
+        let router = server::router(server::AdminContext {
+            store: app.store.clone(),
+            health: health.clone(),
+            policies: app.workers.policies.clone(),
+            metrics: app.workers.metrics.clone(),
+            clock: app.clock.clone(),
+            admin_token: cfg.admin_token.clone(),
+        });
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)

@@ -15,6 +15,8 @@ pub mod clock;
 pub mod daemon;
 pub mod ecs;
 pub mod inventory;
+pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;

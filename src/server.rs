@@ -1,17 +1,27 @@
-//! The admin HTTP server of `run`: liveness (`/healthz`) and readiness (`/readyz`).
+//! The admin HTTP server of `run`: liveness (`/healthz`), readiness (`/readyz`), Prometheus
+//! metrics (`/metrics`), a JSON API (releases, policies, retry, cancel, pause, resume) and a
+//! server-rendered status page at `/`. Mutating endpoints need `Authorization: Bearer <token>`
+//! with the token from `JANITOR_ADMIN_TOKEN`; with no token configured they answer 403.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::store::Store;
+use crate::clock::SharedClock;
+use crate::ecs::sign::signatures_equal;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::store::{ReleaseFilter, ReleaseRow, Store, StoreError};
+use crate::worker::PAUSED;
 
 /// What readiness depends on, shared with the daemon.
 #[derive(Debug, Default)]
@@ -22,21 +32,76 @@ pub struct Health {
     pub last_load_error: Mutex<Option<String>>,
 }
 
+/// Everything the admin server reads.
 #[derive(Clone)]
-struct AdminState {
-    store: Store,
-    health: Arc<Health>,
+pub struct AdminContext {
+    pub store: Store,
+    pub health: Arc<Health>,
+    pub policies: Arc<RwLock<Vec<Policy>>>,
+    pub metrics: Metrics,
+    pub clock: SharedClock,
+    /// `JANITOR_ADMIN_TOKEN`; `None` disables the mutating endpoints.
+    pub admin_token: Option<crate::ecs::Secret>,
 }
 
 /// The admin routes.
-pub fn router(store: Store, health: Arc<Health>) -> Router {
+pub fn router(ctx: AdminContext) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { store, health })
+        .route("/metrics", get(metrics))
+        .route("/api/v1/releases", get(list_releases))
+        .route("/api/v1/policies", get(list_policies))
+        .route("/api/v1/releases/{id}/retry", post(retry_release))
+        .route("/api/v1/releases/{id}/cancel", post(cancel_release))
+        .route("/api/v1/pause", post(pause))
+        .route("/api/v1/resume", post(resume))
+        .with_state(ctx)
 }
 
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+/// An API error: a status and a JSON `{"error": ...}` body.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::NoSuchRelease(_) => StatusCode::NOT_FOUND,
+            StoreError::WrongState { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(want) = &ctx.admin_token else {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "mutating endpoints are disabled: set JANITOR_ADMIN_TOKEN to enable them".into(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if given.is_empty() || !signatures_equal(given, want.expose()) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <JANITOR_ADMIN_TOKEN>".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn readyz(State(s): State<AdminContext>) -> impl IntoResponse {
     let db = match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("database: {e}")),
@@ -75,4 +140,312 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
             "last_policy_load_error": load_error,
         })),
     )
+}
+
+async fn metrics(State(s): State<AdminContext>) -> Response {
+    match s.metrics.render(&s.store, s.clock.now()).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReleaseQuery {
+    state: Option<String>,
+    policy: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_releases(
+    State(s): State<AdminContext>,
+    Query(q): Query<ReleaseQuery>,
+) -> Result<Json<Vec<ReleaseRow>>, ApiError> {
+    let rows = s
+        .store
+        .list_releases(&ReleaseFilter {
+            state: q.state.filter(|v| !v.is_empty()),
+            policy: q.policy.filter(|v| !v.is_empty()),
+            limit: Some(q.limit.unwrap_or(500).clamp(1, 10_000)),
+        })
+        .await?;
+    Ok(Json(rows))
+}
+
+fn loaded(s: &AdminContext) -> Vec<Policy> {
+    s.policies.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+async fn list_policies(State(s): State<AdminContext>) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = s.clock.now();
+    let snap = s.store.metrics_snapshot(now).await?;
+    let runs = s.store.runs(1000).await?;
+    let out: Vec<serde_json::Value> = loaded(&s)
+        .iter()
+        .map(|p| {
+            let last = runs.iter().find(|r| r.policy == p.name);
+            let counts: serde_json::Map<String, serde_json::Value> = snap
+                .by_policy_state
+                .iter()
+                .filter(|(pol, _, _)| pol == &p.name)
+                .map(|(_, st, n)| (st.clone(), json!(n)))
+                .collect();
+            json!({
+                "name": p.name,
+                "description": p.description,
+                "schedule": p.schedule_text,
+                "regions": p.regions,
+                "dry_run": p.dry_run,
+                "next_run": crate::schedule::next_after(p, now),
+                "last_run": last.map(|r| json!({
+                    "scheduled_for": crate::store::from_ms(r.scheduled_for),
+                    "outcome": r.outcome,
+                    "owner": r.owner,
+                    "planned": r.planned,
+                    "enqueued": r.enqueued,
+                    "cancelled": r.cancelled,
+                    "refused": r.refused != 0,
+                })),
+                "releases": counts,
+            })
+        })
+        .collect();
+    Ok(Json(json!(out)))
+}
+
+async fn retry_release(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<ReleaseRow>, ApiError> {
+    authorize(&s, &headers)?;
+    s.store.retry_release(id, s.clock.now()).await?;
+    Ok(Json(s.store.release(id).await?))
+}
+
+async fn cancel_release(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<ReleaseRow>, ApiError> {
+    authorize(&s, &headers)?;
+    s.store
+        .cancel_release(id, "cancelled through the admin API", s.clock.now())
+        .await?;
+    Ok(Json(s.store.release(id).await?))
+}
+
+async fn set_paused(s: &AdminContext, paused: bool) -> Result<Json<serde_json::Value>, ApiError> {
+    s.store
+        .set_setting(PAUSED, if paused { "true" } else { "false" })
+        .await?;
+    s.store
+        .record_event(
+            crate::store::NewEvent {
+                kind: if paused { "paused" } else { "resumed" },
+                detail: "through the admin API".into(),
+                ..Default::default()
+            },
+            s.clock.now(),
+        )
+        .await?;
+    tracing::warn!(paused, "kill switch changed through the admin API");
+    Ok(Json(json!({ "paused": paused })))
+}
+
+async fn pause(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    set_paused(&s, true).await
+}
+
+async fn resume(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    set_paused(&s, false).await
+}
+
+fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    html_escape::encode_safe(s)
+}
+
+fn ago(now: DateTime<Utc>, t: DateTime<Utc>) -> String {
+    let s = (now - t).num_seconds();
+    let (v, pre, post) = if s >= 0 {
+        (s, "", " ago")
+    } else {
+        (-s, "in ", "")
+    };
+    let text = if v >= 86_400 {
+        format!("{}d {}h", v / 86_400, (v % 86_400) / 3600)
+    } else if v >= 3600 {
+        format!("{}h {}m", v / 3600, (v % 3600) / 60)
+    } else if v >= 60 {
+        format!("{}m", v / 60)
+    } else {
+        format!("{v}s")
+    };
+    format!("{pre}{text}{post}")
+}
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,sans-serif;margin:0;padding:1rem;\
+color:#1d232a;background:#fafbfc;max-width:72rem}h1{font-size:1.4rem;margin:.2rem 0 1rem}\
+h2{font-size:1.1rem;margin:1.5rem 0 .5rem}table{border-collapse:collapse;width:100%;\
+font-size:.9rem}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #dde1e6;\
+vertical-align:top}th{background:#eef1f4}.scroll{overflow-x:auto}code{font-size:.85em;\
+word-break:break-all}.banner{padding:.6rem .8rem;border-radius:.3rem;margin-bottom:1rem;\
+font-weight:600}.paused{background:#ffe3e3;color:#8a1111}.running{background:#e3f6e8;\
+color:#0f5a2a}.muted{color:#66707a}.fail{color:#8a1111}";
+
+/// The status page: server-rendered HTML, no scripts, readable on a phone.
+async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiError> {
+    let now = s.clock.now();
+    let snap = s.store.metrics_snapshot(now).await?;
+    let runs = s.store.runs(1000).await?;
+    let waiting = s
+        .store
+        .list_releases(&ReleaseFilter {
+            state: Some("pending".into()),
+            policy: None,
+            limit: Some(200),
+        })
+        .await?;
+    let recent = s
+        .store
+        .list_releases(&ReleaseFilter {
+            state: Some("succeeded".into()),
+            policy: None,
+            limit: Some(50),
+        })
+        .await?;
+    let failed = s
+        .store
+        .list_releases(&ReleaseFilter {
+            state: Some("failed".into()),
+            policy: None,
+            limit: Some(50),
+        })
+        .await?;
+    let mut h = String::with_capacity(16 * 1024);
+    h.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">");
+    h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
+    h.push_str("<meta http-equiv=\"refresh\" content=\"30\"><title>ecs-janitor</title><style>");
+    h.push_str(STYLE);
+    h.push_str("</style></head><body><h1>ecs-janitor</h1>");
+    if snap.paused {
+        h.push_str("<div class=\"banner paused\" id=\"paused\">Paused: releases are stopped on every replica. Plans go on. POST /api/v1/resume to resume.</div>");
+    } else {
+        h.push_str("<div class=\"banner running\" id=\"running\">Running: releases are carried out as scheduled.</div>");
+    }
+    h.push_str(&format!(
+        "<p class=\"muted\">{} in the queue; oldest due release waiting {:.0} s. Updated {} UTC.</p>",
+        snap.queue_depth,
+        snap.oldest_due_age_seconds,
+        now.format("%Y-%m-%d %H:%M:%S")
+    ));
+
+    h.push_str("<h2>Policies</h2><div class=\"scroll\"><table id=\"policies\"><tr><th>Policy</th><th>Schedule (UTC)</th><th>Next run</th><th>Last run</th></tr>");
+    for p in loaded(&s) {
+        let next = crate::schedule::next_after(&p, now)
+            .map(|t| format!("{} ({})", t.format("%Y-%m-%d %H:%M:%S"), esc(&ago(now, t))))
+            .unwrap_or_else(|| "never".into());
+        let last = runs
+            .iter()
+            .find(|r| r.policy == p.name)
+            .map(|r| {
+                format!(
+                    "{} {} ({} planned, {} queued, {} cancelled)",
+                    crate::store::from_ms(r.scheduled_for).format("%Y-%m-%d %H:%M:%S"),
+                    esc(r.outcome.as_deref().unwrap_or("running")),
+                    r.planned,
+                    r.enqueued,
+                    r.cancelled
+                )
+            })
+            .unwrap_or_else(|| "not yet".into());
+        h.push_str(&format!(
+            "<tr><td>{}{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            esc(&p.name),
+            if p.dry_run {
+                " <span class=\"muted\">(dry run)</span>"
+            } else {
+                ""
+            },
+            esc(&p.schedule_text),
+            next,
+            last
+        ));
+    }
+    h.push_str("</table></div>");
+
+    h.push_str("<h2>Waiting out their grace period</h2>");
+    if waiting.is_empty() {
+        h.push_str("<p class=\"muted\" id=\"waiting\">None.</p>");
+    } else {
+        h.push_str("<div class=\"scroll\"><table id=\"waiting\"><tr><th>Instance</th><th>Region</th><th>Policy</th><th>Released</th></tr>");
+        for r in &waiting {
+            h.push_str(&format!(
+                "<tr><td><code>{}</code> {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.instance_id),
+                esc(&r.instance_name),
+                esc(&r.region),
+                esc(&r.policy),
+                if r.not_before > now {
+                    esc(&ago(now, r.not_before)).into_owned()
+                } else {
+                    "due now".to_string()
+                }
+            ));
+        }
+        h.push_str("</table></div>");
+    }
+
+    h.push_str("<h2>Recent failures</h2>");
+    if failed.is_empty() {
+        h.push_str("<p class=\"muted\" id=\"failures\">None.</p>");
+    } else {
+        h.push_str("<div class=\"scroll\"><table id=\"failures\"><tr><th>Instance</th><th>Policy</th><th>Code</th><th>RequestId</th><th>When</th></tr>");
+        for r in &failed {
+            h.push_str(&format!(
+                "<tr><td><code>{}</code></td><td>{}</td><td class=\"fail\"><code>{}</code><br><span class=\"muted\">{}</span></td><td><code>{}</code></td><td>{}</td></tr>",
+                esc(&r.instance_id),
+                esc(&r.policy),
+                esc(r.last_code.as_deref().unwrap_or("")),
+                esc(r.last_error.as_deref().unwrap_or("")),
+                esc(r.request_id.as_deref().unwrap_or("-")),
+                esc(&ago(now, r.updated_at)),
+            ));
+        }
+        h.push_str("</table></div>");
+    }
+
+    h.push_str("<h2>Recent releases</h2>");
+    if recent.is_empty() {
+        h.push_str("<p class=\"muted\" id=\"released\">None yet.</p>");
+    } else {
+        h.push_str("<div class=\"scroll\"><table id=\"released\"><tr><th>Instance</th><th>Policy</th><th>RequestId</th><th>When</th></tr>");
+        for r in &recent {
+            h.push_str(&format!(
+                "<tr><td><code>{}</code> {}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                esc(&r.instance_id),
+                esc(&r.instance_name),
+                esc(&r.policy),
+                esc(r.request_id.as_deref().unwrap_or("-")),
+                esc(&ago(now, r.updated_at)),
+            ));
+        }
+        h.push_str("</table></div>");
+    }
+    h.push_str("</body></html>");
+    Ok(Html(h))
 }

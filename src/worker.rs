@@ -183,6 +183,7 @@ pub struct Workers {
     pub protection: ProtectionConfig,
     pub cfg: WorkerConfig,
     pub clock: SharedClock,
+    pub metrics: crate::metrics::Metrics,
     calls: CallService,
     rng: Arc<Mutex<StdRng>>,
 }
@@ -198,6 +199,7 @@ impl Workers {
     ) -> Self {
         Workers {
             calls: call_service(client.clone(), cfg.calls_per_second, cfg.concurrency),
+            metrics: crate::metrics::Metrics::new(),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             store,
             client,
@@ -317,7 +319,7 @@ impl Workers {
     }
 
     /// One claim-and-work step of the daemon: false when paused or nothing is due.
-    async fn step(&self) -> Result<bool, WorkerError> {
+    pub async fn step(&self) -> Result<bool, WorkerError> {
         if self.store.setting(PAUSED).await?.as_deref() == Some("true") {
             return Ok(false);
         }

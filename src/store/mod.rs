@@ -260,6 +260,18 @@ pub struct StateCounts {
     pub cancelled: i64,
 }
 
+/// What the metrics endpoint reads from the store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// (policy, state, count)
+    pub by_policy_state: Vec<(String, String, i64)>,
+    pub queue_depth: i64,
+    pub oldest_due_age_seconds: f64,
+    /// (policy, scheduled time of its last successful tick)
+    pub last_success: Vec<(String, DateTime<Utc>)>,
+    pub paused: bool,
+}
+
 /// Filters of [`Store::list_releases`].
 #[derive(Debug, Clone, Default)]
 pub struct ReleaseFilter {
@@ -1068,6 +1080,49 @@ impl Store {
             }
         }
         Ok(c)
+    }
+
+    /// The numbers the metrics endpoint reports, read in one go.
+    pub async fn metrics_snapshot(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<MetricsSnapshot, StoreError> {
+        let snap = with_pool!(self, p => {
+            let by_policy_state: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT policy, state, COUNT(*) FROM releases GROUP BY policy, state ORDER BY policy, state",
+            )
+            .fetch_all(p)
+            .await?;
+            let oldest: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(not_before) FROM releases WHERE state = 'pending' AND not_before <= $1",
+            )
+            .bind(ms(now))
+            .fetch_one(p)
+            .await?;
+            let last: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT policy, MAX(scheduled_for) FROM policy_runs WHERE outcome IN ('ok', 'dry_run')
+                 GROUP BY policy ORDER BY policy",
+            )
+            .fetch_all(p)
+            .await?;
+            let paused: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = 'paused'")
+                .fetch_optional(p)
+                .await?;
+            Ok::<_, sqlx::Error>(MetricsSnapshot {
+                queue_depth: by_policy_state
+                    .iter()
+                    .filter(|(_, s, _)| s == "pending" || s == "in_flight")
+                    .map(|(_, _, n)| n)
+                    .sum(),
+                by_policy_state,
+                oldest_due_age_seconds: oldest
+                    .map(|t| ((ms(now) - t).max(0) as f64) / 1000.0)
+                    .unwrap_or(0.0),
+                last_success: last.into_iter().map(|(p, t)| (p, from_ms(t))).collect(),
+                paused: paused.as_deref() == Some("true"),
+            })
+        })?;
+        Ok(snap)
     }
 
     /// Reads a setting.

@@ -1,0 +1,334 @@
+//! The admin server as an operator uses it: health and readiness, metrics, the JSON API with its
+//! bearer token, the pause switch every worker honours, and the status page, loaded in headless
+//! Chromium (the screenshot is kept at target/status-page.png).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ecs_janitor::app::App;
+use ecs_janitor::backoff::Backoff;
+use ecs_janitor::clock::SystemClock;
+use ecs_janitor::ecs::Secret;
+use ecs_janitor::metrics::Metrics;
+use ecs_janitor::policy::{self, ProtectionConfig};
+use ecs_janitor::server::{self, AdminContext, Health};
+use ecs_janitor::sim::{Faults, SimHandle};
+use ecs_janitor::worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+const POLICIES: &str = r#"
+name: ci-now
+schedule: "0 */5 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: ci}
+  status: Stopped
+  instance_ids: [i-0, i-1, i-2, i-3]
+release:
+  allow_security_locked: true
+---
+name: ci-later
+schedule: "0 0 3 * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: ci}
+  instance_ids: [i-4, i-5]
+release:
+  grace: 2h
+"#;
+
+struct Admin {
+    base: String,
+    app: App,
+    health: Arc<Health>,
+    h: SimHandle,
+    _db: common::TestDb,
+    _stop: CancellationToken,
+}
+
+/// A store with history (releases, a failure, releases waiting out their grace) and the admin
+/// server over it on 127.0.0.1.
+async fn admin(token: Option<&str>) -> Admin {
+    let mut fleet = common::ci_fleet(6);
+    fleet[2].lock_reasons = vec!["security".into()];
+    let h = common::start_sim(fleet, Faults::default(), 11).await;
+    let db = common::sqlite().await;
+    let metrics = Metrics::new();
+    let client = common::client(&h).with_observer(metrics.call_observer());
+    let policies = policy::load_str("p.yaml", POLICIES).unwrap().policies;
+    let app = App::new(
+        db.store.clone(),
+        client,
+        policies,
+        ProtectionConfig::default(),
+        WorkerConfig {
+            backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(50)),
+            calls_per_second: 1000,
+            ..WorkerConfig::default()
+        },
+        Arc::new(SystemClock),
+        false,
+    )
+    .with_metrics(metrics.clone());
+    app.apply(None, CancellationToken::new()).await.unwrap();
+    let health = Arc::new(Health::default());
+    health.policies_loaded.store(true, Ordering::SeqCst);
+    let router = server::router(AdminContext {
+        store: db.store.clone(),
+        health: health.clone(),
+        policies: app.workers.policies.clone(),
+        metrics,
+        clock: Arc::new(SystemClock),
+        admin_token: token.map(Secret::new),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await;
+    });
+    Admin {
+        base,
+        app,
+        health,
+        h,
+        _db: db,
+        _stop: stop,
+    }
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn post(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().post(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let a = admin(None).await;
+    assert_eq!(get(&format!("{}/healthz", a.base)).await.0, 200);
+    assert_eq!(get(&format!("{}/readyz", a.base)).await.0, 200);
+    a.health.policies_loaded.store(false, Ordering::SeqCst);
+    *a.health.last_load_error.lock().unwrap() = Some("p.yaml:3:1: bad".into());
+    let (status, body) = get(&format!("{}/readyz", a.base)).await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("policies: not loaded") && body.contains("p.yaml:3:1"),
+        "{body}"
+    );
+
+    let (status, m) = get(&format!("{}/metrics", a.base)).await;
+    assert_eq!(status, 200);
+    for line in [
+        "janitor_releases{policy=\"ci-now\",state=\"succeeded\"} 3",
+        "janitor_releases{policy=\"ci-now\",state=\"failed\"} 1",
+        "janitor_releases{policy=\"ci-later\",state=\"pending\"} 2",
+        "janitor_queue_depth 2",
+        "janitor_oldest_due_release_age_seconds 0.0",
+        "janitor_ecs_calls_total{action=\"DeleteInstances\",code=\"OK\"}",
+        "janitor_ecs_calls_total{action=\"DeleteInstances\",code=\"InstanceLockedForSecurity\"}",
+        "janitor_policy_last_success_timestamp_seconds{policy=\"ci-now\"}",
+        "janitor_paused 0",
+        "janitor_policy_load_errors_total 0",
+        "janitor_release_retries_total 0",
+    ] {
+        assert!(m.contains(line), "{line} in\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_lists_and_its_mutations_need_the_token() {
+    let a = admin(Some("s3cret-admin")).await;
+    let (status, body) = get(&format!("{}/api/v1/releases?state=failed", a.base)).await;
+    assert_eq!(status, 200);
+    let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["last_code"], "InstanceLockedForSecurity");
+    let failed_id = rows[0]["id"].as_i64().unwrap();
+
+    let (_, body) = get(&format!("{}/api/v1/policies", a.base)).await;
+    let ps: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let now_policy = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ci-now")
+        .unwrap();
+    assert!(now_policy["next_run"].is_string());
+    assert_eq!(now_policy["last_run"]["outcome"], "ok");
+    assert_eq!(now_policy["releases"]["succeeded"], 3);
+
+    let retry = format!("{}/api/v1/releases/{failed_id}/retry", a.base);
+    assert_eq!(post(&retry, None).await.0, 401);
+    assert_eq!(post(&retry, Some("wrong")).await.0, 401);
+    let (status, row) = post(&retry, Some("s3cret-admin")).await;
+    assert_eq!((status, row["state"].as_str()), (200, Some("pending")));
+    let (status, body) = post(&retry, Some("s3cret-admin")).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, row) = post(
+        &format!("{}/api/v1/releases/{failed_id}/cancel", a.base),
+        Some("s3cret-admin"),
+    )
+    .await;
+    assert_eq!((status, row["state"].as_str()), (200, Some("cancelled")));
+    assert_eq!(
+        post(
+            &format!("{}/api/v1/releases/99999/retry", a.base),
+            Some("s3cret-admin")
+        )
+        .await
+        .0,
+        404
+    );
+
+    let b = admin(None).await;
+    let (status, body) = post(&format!("{}/api/v1/pause", b.base), Some("anything")).await;
+    assert_eq!(status, 403, "no token configured: mutations are disabled");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("JANITOR_ADMIN_TOKEN"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_releases_until_resume() {
+    let a = admin(Some("tok")).await;
+    let (status, body) = post(&format!("{}/api/v1/pause", a.base), Some("tok")).await;
+    assert_eq!((status, body["paused"].as_bool()), (200, Some(true)));
+    // The grace period of ci-later ends: work is due, but a paused worker claims nothing.
+    let rows = a
+        .app
+        .store
+        .list_releases(&Default::default())
+        .await
+        .unwrap();
+    for r in rows.iter().filter(|r| r.state == "pending") {
+        a.app
+            .store
+            .cancel_release(r.id, "test", chrono::Utc::now())
+            .await
+            .unwrap();
+        a.app
+            .store
+            .retry_release(r.id, chrono::Utc::now())
+            .await
+            .unwrap();
+    }
+    let before = a.h.sim.releases().len();
+    assert!(
+        !a.app.workers.step().await.unwrap(),
+        "paused: nothing claimed"
+    );
+    assert_eq!(a.h.sim.releases().len(), before);
+    let (_, m) = get(&format!("{}/metrics", a.base)).await;
+    assert!(m.contains("janitor_paused 1"));
+    let (_, page) = get(&format!("{}/", a.base)).await;
+    assert!(page.contains("id=\"paused\""));
+    assert_eq!(
+        post(&format!("{}/api/v1/resume", a.base), Some("tok"))
+            .await
+            .0,
+        200
+    );
+    assert!(
+        a.app.workers.step().await.unwrap(),
+        "resumed: the due batch is worked"
+    );
+    assert!(a.h.sim.releases().len() > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_policies_waiting_releases_and_failures_in_chromium() {
+    let a = admin(None).await;
+    let (status, html) = get(&format!("{}/", a.base)).await;
+    assert_eq!(status, 200);
+    for want in [
+        "ci-now",
+        "ci-later",
+        "Waiting out their grace period",
+        "i-4",
+        "InstanceLockedForSecurity",
+        "name=\"viewport\"",
+    ] {
+        assert!(html.contains(want), "{want} in the page");
+    }
+    assert!(!html.contains("<script"), "no JavaScript");
+    let rid = a.h.sim.releases()[0].request_id.clone();
+    assert!(html.contains(&rid), "RequestIds of recent releases");
+
+    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(chromium) = chromium else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs chromium; it is missing"
+        );
+        eprintln!("chromium is not installed: skipping the browser check");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
+    let url = format!("{}/", a.base);
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ];
+    let user_dir = format!("--user-data-dir={}", profile.path().display());
+    let run = |extra: Vec<String>| {
+        let mut c = std::process::Command::new(chromium);
+        c.args(flags).arg(&user_dir).args(extra);
+        async move {
+            tokio::task::spawn_blocking(move || c.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let dom = run(vec!["--dump-dom".into(), url.clone()]).await;
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(
+        dom.contains("ci-later") && dom.contains("InstanceLockedForSecurity"),
+        "{dom}"
+    );
+    // A phone-sized window.
+    let out = run(vec![
+        "--window-size=412,1600".into(),
+        format!("--screenshot={}", shot.display()),
+        url,
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5_000,
+        "a real screenshot"
+    );
+}
