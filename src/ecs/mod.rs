@@ -4,6 +4,8 @@
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod imds;
+pub mod profile;
 pub mod sign;
 pub mod types;
 
