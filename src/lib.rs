@@ -15,6 +15,7 @@ pub mod clock;
 pub mod daemon;
 pub mod ecs;
 pub mod inventory;
+pub mod notify;
 pub mod metrics;
 pub mod notify;
 pub mod plan;
