@@ -44,6 +44,11 @@ macro_rules! out {
 #[derive(Debug, Parser)]
 #[command(name = "ecs-janitor", version, about, long_about = None)]
 pub struct Cli {
+    /// A configuration file (YAML) with any of the settings flags and environment variables
+    /// give; flags and environment variables win over it. Default: ./janitor.yaml if present.
+    #[arg(long, global = true, env = "JANITOR_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "JANITOR_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -79,6 +84,15 @@ pub enum Command {
     History(HistoryArgs),
     /// Run the ECS simulator: a stateful fake ECS endpoint for trying, testing and benchmarking.
     Simulate(SimulateArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the settings `run` would use, where each comes from, with secrets redacted.
+    Check,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -388,7 +402,81 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(cmd) => queue(cmd).await,
         Command::History(args) => history(args).await,
         Command::Simulate(args) => simulate(args).await,
+        Command::Config(ConfigCommand::Check) => config_check(),
     }
+}
+
+/// The settings `run` would use: for each, its value and whether it came from the environment,
+/// the configuration file or the default. Secrets show only whether they are set.
+fn config_check() -> anyhow::Result<ExitCode> {
+    use clap::parser::ValueSource;
+    use clap::CommandFactory;
+    let file = crate::config::current();
+    let matches = Cli::command().try_get_matches_from(["ecs-janitor", "run"])?;
+    let Some(("run", run)) = matches.subcommand() else {
+        anyhow::bail!("internal: cannot parse the run command");
+    };
+    let cmd = Cli::command();
+    let run_cmd = cmd
+        .find_subcommand("run")
+        .ok_or_else(|| anyhow::anyhow!("internal: no run command"))?;
+    match &file {
+        Some(f) => outln!("configuration file: {}", f.path.display()),
+        None => outln!("configuration file: none (--config, JANITOR_CONFIG or ./janitor.yaml)"),
+    }
+    outln!("{:<32} {:<48} SOURCE", "SETTING", "VALUE");
+    for arg in run_cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        let Some(env) = arg.get_env().map(|e| e.to_string_lossy().to_string()) else {
+            continue;
+        };
+        let value: Vec<String> = run
+            .get_raw(id)
+            .map(|vs| vs.map(|v| v.to_string_lossy().to_string()).collect())
+            .unwrap_or_default();
+        let source = match run.value_source(id) {
+            Some(ValueSource::EnvVariable)
+                if file.as_ref().is_some_and(|f| f.exported.contains(&env)) =>
+            {
+                "file".to_string()
+            }
+            Some(ValueSource::EnvVariable) => format!("environment ({env})"),
+            Some(ValueSource::DefaultValue) => "default".to_string(),
+            Some(ValueSource::CommandLine) => "flag".to_string(),
+            _ => "unset".to_string(),
+        };
+        let shown = if value.is_empty() {
+            "-".to_string()
+        } else {
+            crate::store::redact_url(&value.join(","))
+        };
+        outln!(
+            "{:<32} {:<48} {}",
+            format!("--{}", arg.get_long().unwrap_or(id)),
+            shown,
+            source
+        );
+    }
+    for (var, secret) in [
+        ("JANITOR_ADMIN_TOKEN", true),
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", false),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", true),
+        ("ALIBABA_CLOUD_SECURITY_TOKEN", true),
+    ] {
+        let v = std::env::var(var).ok().filter(|v| !v.is_empty());
+        let shown = match (&v, secret) {
+            (None, _) => "not set".to_string(),
+            (Some(_), true) => "<redacted>".to_string(),
+            (Some(v), false) => v.clone(),
+        };
+        let source = match (&v, &file) {
+            (None, _) => "",
+            (Some(_), Some(f)) if f.exported.contains(var) => "file",
+            (Some(_), _) => "environment",
+        };
+        outln!("{:<32} {:<48} {}", var, shown, source);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stdout_is_terminal() -> bool {

@@ -18,6 +18,23 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 fn main() -> ExitCode {
+    // The configuration file feeds the environment before the command line is parsed, so a
+    // flag beats the environment, which beats the file, which beats the default.
+    let args: Vec<String> = std::env::args().collect();
+    let file = match ecs_janitor::config::locate(&args)
+        .map(|p| ecs_janitor::config::ConfigFile::load(&p))
+        .transpose()
+    {
+        Ok(f) => f.map(|mut f| {
+            f.export();
+            f
+        }),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    ecs_janitor::config::set_current(file);
     let cli = Cli::parse();
     // One-shot commands print their own report (JANITOR_LOG=info shows their work too); the
     // daemon and the simulator log theirs.

@@ -267,3 +267,63 @@ async fn the_demo_runs_the_whole_job_with_nothing_to_configure() {
         "the demo leaves no database behind"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_sits_below_the_environment_and_secrets_stay_hidden() {
+    let dir = setup();
+    std::fs::write(
+        dir.path().join("janitor.yaml"),
+        "admin_token: hunter2-admin\nworkers:\n  concurrency: 8\n  calls_per_second: 5\n",
+    )
+    .unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["config", "check"])
+        .current_dir(dir.path())
+        .env("JANITOR_CALLS_PER_SECOND", "3")
+        .env_remove("JANITOR_ADMIN_TOKEN")
+        .env_remove("JANITOR_CONCURRENCY");
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let line = |k: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("--concurrency").contains(" 8 ") && line("--concurrency").ends_with("file"),
+        "{stdout}"
+    );
+    assert!(
+        line("--calls-per-second").contains(" 3 ")
+            && line("--calls-per-second").contains("environment"),
+        "{stdout}"
+    );
+    assert!(line("--max-attempts").ends_with("default"), "{stdout}");
+    assert!(
+        line("JANITOR_ADMIN_TOKEN").contains("<redacted>"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "the secret is never printed");
+
+    std::fs::write(
+        dir.path().join("janitor.yaml"),
+        "workers:\n  concurency: 8\n",
+    )
+    .unwrap();
+    let out = run(None, dir.path(), &["validate"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a bad configuration stops before anything runs"
+    );
+    assert!(
+        text(&out.stderr).contains("workers.concurency"),
+        "{}",
+        text(&out.stderr)
+    );
+}

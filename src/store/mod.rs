@@ -313,7 +313,7 @@ impl std::fmt::Debug for Store {
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("<redacted>"));
+            let _ = u.set_password(Some("REDACTED"));
             u.to_string()
         }
         _ => url.to_string(),
