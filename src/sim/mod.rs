@@ -251,12 +251,12 @@ impl Simulator {
     /// The axum router (for embedding).
     pub fn router(&self) -> Router {
         let cfg = self.config();
-        let role_creds = crate::ecs::Credentials::new(cfg.access_key_id, cfg.access_key_secret);
+        let creds = crate::ecs::Credentials::new(cfg.access_key_id, cfg.access_key_secret);
         Router::new()
             .route("/", get(handle).post(handle))
             .route("/__sim/state", get(state_handler))
             .with_state(self.clone())
-            .merge(imds::metadata_router(imds::DEFAULT_ROLE, role_creds, cfg.clock))
+            .merge(imds::metadata_router(imds::DEFAULT_ROLE, creds, cfg.clock))
     }
 
     /// Serves on `addr` (use port 0 for any) until the returned handle is shut down or dropped.
