@@ -11,6 +11,7 @@
 //! refresh fails while the cached credentials have not yet expired, they are used and the failure
 //! is logged, so a brief metadata hiccup does not stop a release.
 
+use std::error::Error as _;
 use std::fmt;
 use std::time::Duration;
 
@@ -323,7 +324,8 @@ fn unreachable(what: &'static str, url: &str, e: &reqwest::Error) -> ImdsError {
     let reason = if e.is_timeout() {
         format!("no answer within {}s", TIMEOUT.as_secs())
     } else {
-        error_chain(e)
+        // reqwest's own message only repeats the URL; the cause says what happened.
+        e.source().map(error_chain).unwrap_or_else(|| e.to_string())
     };
     ImdsError::Unreachable {
         what,

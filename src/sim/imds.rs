@@ -169,8 +169,8 @@ impl MetadataService {
             .with_state(self.clone())
     }
 
-    /// `Ok` when the read may go on, else the 401 to answer.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// Whether the read may go on; counts a refusal.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
         let sent = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
         let valid = sent.is_some_and(|t| {
             let now = self.inner.clock.now();
@@ -184,15 +184,13 @@ impl MetadataService {
             (TokenMode::Required, None) => false,
             (_, None) => true,
         };
-        if ok {
-            Ok(())
-        } else {
+        if !ok {
             self.inner
                 .counts
                 .unauthorized
                 .fetch_add(1, Ordering::SeqCst);
-            Err((StatusCode::UNAUTHORIZED, "Unauthorized").into_response())
         }
+        ok
     }
 }
 
@@ -235,8 +233,8 @@ async fn token(State(svc): State<MetadataService>, headers: HeaderMap) -> Respon
 
 async fn role_list(State(svc): State<MetadataService>, headers: HeaderMap) -> Response {
     svc.inner.counts.role_list.fetch_add(1, Ordering::SeqCst);
-    if let Err(r) = svc.authorize(&headers) {
-        return r;
+    if !svc.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     }
     svc.inner.role.clone().into_response()
 }
@@ -248,8 +246,8 @@ async fn role_credentials(
 ) -> Response {
     let inner = &svc.inner;
     inner.counts.credentials.fetch_add(1, Ordering::SeqCst);
-    if let Err(r) = svc.authorize(&headers) {
-        return r;
+    if !svc.authorized(&headers) {
+        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     }
     if role != inner.role {
         return (StatusCode::NOT_FOUND, "Not Found").into_response();
