@@ -57,6 +57,7 @@ impl App {
             protection: protection.clone(),
             owner: worker_cfg.owner.clone(),
             force_dry_run: dry_run,
+            notifier: None,
         };
         let workers = Workers::new(
             store.clone(),
@@ -73,6 +74,20 @@ impl App {
             workers,
             clock,
         }
+    }
+
+    /// Sends notifications through `n` (scheduled and refused from passes, released and failed
+    /// from workers).
+    pub fn with_notifier(mut self, n: crate::notify::Notifier) -> App {
+        self.reconciler.notifier = Some(n.clone());
+        self.workers.notifier = Some(n);
+        self
+    }
+
+    /// Carries out releases only inside `w`; plans and scheduling go on outside it.
+    pub fn with_window(mut self, w: Option<crate::window::OperatingWindow>) -> App {
+        self.workers.window = w;
+        self
     }
 
     /// Uses `metrics` (shared with the admin server and the ECS client's observer).
@@ -113,9 +128,23 @@ impl App {
                 crate::store::ms(r.updated_at) >= crate::store::ms(started) || r.state == "pending"
             })
             .collect();
+        let now = self.clock.now();
+        let window_note = match &self.workers.window {
+            Some(w) if !w.is_open(now) => Some(match w.next_open(now) {
+                Some(at) => format!(
+                    "Outside the operating window: queued releases wait until it opens at {} UTC.",
+                    at.format("%Y-%m-%d %H:%M")
+                ),
+                None => {
+                    "Outside the operating window, which never opens: nothing is released.".into()
+                }
+            }),
+            _ => None,
+        };
         Ok(ApplyReport {
             pass,
             releases: touched,
+            window_note,
         })
     }
 }
@@ -126,6 +155,8 @@ pub struct ApplyReport {
     pub pass: PassResult,
     /// Releases this apply changed, and every release still waiting.
     pub releases: Vec<ReleaseRow>,
+    /// Set when the operating window kept releases from going.
+    pub window_note: Option<String>,
 }
 
 impl ApplyReport {
@@ -196,6 +227,10 @@ impl ApplyReport {
                     }
                 ));
             }
+        }
+        if let Some(note) = &self.window_note {
+            out.push_str(note);
+            out.push('\n');
         }
         out.push_str(&format!(
             "{} failed, {} cancelled, {} waiting.\nReleased {} instances.\n",

@@ -543,6 +543,7 @@ async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         protection: args.safety.protection(),
         owner: "plan".into(),
         force_dry_run: true,
+        notifier: None,
     };
     let plan = rec.plan_only(&policies, chrono::Utc::now()).await?;
     if let Some(path) = &args.out {
@@ -585,6 +586,7 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         clock,
         args.dry_run,
     );
+    let app = with_file_settings(app)?;
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
@@ -605,6 +607,10 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     let report = report?;
+    // Let notifications about this run go out before the process ends.
+    if let Some(n) = &app.workers.notifier {
+        n.flush(Duration::from_secs(15)).await;
+    }
     if args.json {
         let v = serde_json::json!({
             "runs": report.pass.runs,
@@ -646,6 +652,21 @@ fn spawn_progress(store: Store) -> (indicatif::ProgressBar, tokio::task::JoinHan
     (bar, task)
 }
 
+/// The webhooks and operating window of the configuration file, attached to `app`.
+fn with_file_settings(app: App) -> anyhow::Result<App> {
+    let Some(file) = crate::config::current() else {
+        return Ok(app);
+    };
+    let window = file.window()?;
+    let hooks = file.webhooks()?;
+    let app = app.with_window(window);
+    if hooks.is_empty() {
+        return Ok(app);
+    }
+    let n = crate::notify::Notifier::start(hooks, crate::notify::NotifierOptions::default())?;
+    Ok(app.with_notifier(n))
+}
+
 async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Fail before binding anything when the policies or the database are unusable.
     let policies = load_policies(&args.policies.policies, &[])?;
@@ -663,6 +684,7 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         false,
     )
     .with_metrics(metrics);
+    let app = with_file_settings(app)?;
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {

@@ -178,6 +178,34 @@ impl ConfigFile {
         })
     }
 
+    /// The webhooks the file configures (none when it has no `webhooks:`).
+    pub fn webhooks(&self) -> Result<Vec<crate::notify::WebhookConfig>, ConfigError> {
+        match &self.webhooks {
+            None => Ok(Vec::new()),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| ConfigError::Other {
+                path: self.path.clone(),
+                message: format!(
+                    "`webhooks`: {e} (each webhook is {{url: https://..., format: generic|dingtalk|slack, name: optional}})"
+                ),
+            }),
+        }
+    }
+
+    /// The operating window the file configures, if any.
+    pub fn window(&self) -> Result<Option<crate::window::OperatingWindow>, ConfigError> {
+        match &self.window {
+            None => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| ConfigError::Other {
+                    path: self.path.clone(),
+                    message: format!(
+                        "`window`: {e} (e.g. {{days: mon-fri, start: \"22:00\", end: \"06:00\", timezone: \"+08:00\"}})"
+                    ),
+                }),
+        }
+    }
+
     /// Exports each setting as its environment variable unless the variable is already set,
     /// so a flag, then the environment, then the file, then the default wins. Call before
     /// parsing the command line and before any thread starts.

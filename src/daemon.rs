@@ -77,6 +77,11 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
         }
         Err(d) => {
             app.workers.metrics.policy_load_failed();
+            if let Some(n) = &app.workers.notifier {
+                n.send_batch(vec![crate::notify::Notification::PolicyLoadFailed {
+                    problems: d.to_string(),
+                }]);
+            }
             tracing::error!(dir = %dir.display(), problems = d.len(), "policy change refused; the last good set keeps running:\n{d}");
             *health
                 .last_load_error
@@ -165,6 +170,9 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
         tracing::warn!("calls still in flight after the grace period; their leases will expire and another run resumes them");
     }
     let _ = server.await;
+    if let Some(n) = &app.workers.notifier {
+        n.flush(Duration::from_secs(5)).await;
+    }
     Ok(())
 }
 

@@ -32,6 +32,8 @@ pub struct Reconciler {
     pub owner: String,
     /// Treat every policy as `dry_run: true`.
     pub force_dry_run: bool,
+    /// Where "releases scheduled" and "policy refused" notifications go.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// What one policy's run did.
@@ -192,6 +194,7 @@ impl Reconciler {
         });
         let active = self.store.active_releases().await?;
         let mut runs = Vec::new();
+        let mut notes: Vec<crate::notify::Notification> = Vec::new();
         for pp in &plan.policies {
             let Some(policy) = policies.iter().find(|p| p.name == pp.policy) else {
                 continue;
@@ -206,6 +209,11 @@ impl Reconciler {
             };
             if let Some(r) = &pp.refused {
                 run.refused = Some(r.message());
+                notes.push(crate::notify::Notification::Refused {
+                    policy: pp.policy.clone(),
+                    count: r.count,
+                    limit: r.limit,
+                });
                 self.store
                     .record_event(
                         NewEvent {
@@ -245,7 +253,28 @@ impl Reconciler {
                             reasons: r.reasons.join("; "),
                         })
                         .collect();
-                    run.enqueued = self.store.enqueue(&new, now).await?.len();
+                    let created = self.store.enqueue(&new, now).await?;
+                    run.enqueued = created.len();
+                    // Grace starts for what was queued to wait: say which and when they go.
+                    let created: HashSet<&str> = created.iter().map(|(_, i)| i.as_str()).collect();
+                    let waiting: Vec<&NewRelease> = new
+                        .iter()
+                        .filter(|r| created.contains(r.instance_id.as_str()) && r.not_before > now)
+                        .collect();
+                    if let Some(at) = waiting.iter().map(|r| r.not_before).min() {
+                        notes.push(crate::notify::Notification::Scheduled {
+                            policy: pp.policy.clone(),
+                            releases: waiting
+                                .iter()
+                                .map(|r| crate::notify::InstanceRef {
+                                    instance_id: r.instance_id.clone(),
+                                    instance_name: r.instance_name.clone(),
+                                    region: r.region.clone(),
+                                })
+                                .collect(),
+                            at,
+                        });
+                    }
                 }
                 if saved.is_none() {
                     // A policy switched to dry_run releases nothing, including what it queued
@@ -296,6 +325,9 @@ impl Reconciler {
                 )
                 .await?;
             runs.push(run);
+        }
+        if let (Some(n), false) = (&self.notifier, notes.is_empty()) {
+            n.send_batch(notes);
         }
         Ok((plan, runs))
     }

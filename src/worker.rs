@@ -184,6 +184,9 @@ pub struct Workers {
     pub cfg: WorkerConfig,
     pub clock: SharedClock,
     pub metrics: crate::metrics::Metrics,
+    /// Releases execute only while this is open (always, when `None`).
+    pub window: Option<crate::window::OperatingWindow>,
+    pub notifier: Option<crate::notify::Notifier>,
     calls: CallService,
     rng: Arc<Mutex<StdRng>>,
 }
@@ -200,6 +203,8 @@ impl Workers {
         Workers {
             calls: call_service(client.clone(), cfg.calls_per_second, cfg.concurrency),
             metrics: crate::metrics::Metrics::new(),
+            window: None,
+            notifier: None,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             store,
             client,
@@ -243,9 +248,15 @@ impl Workers {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// True while the operating window (if any) is closed.
+    pub fn window_closed(&self, now: DateTime<Utc>) -> bool {
+        self.window.as_ref().is_some_and(|w| !w.is_open(now))
+    }
+
     async fn drain_one(&self, cancel: CancellationToken) -> Result<(), WorkerError> {
         loop {
-            if cancel.is_cancelled() {
+            // Outside the operating window a drain ends; what is queued waits for the window.
+            if cancel.is_cancelled() || self.window_closed(self.clock.now()) {
                 return Ok(());
             }
             if self.process_next().await?.is_some() {
@@ -320,7 +331,9 @@ impl Workers {
 
     /// One claim-and-work step of the daemon: false when paused or nothing is due.
     pub async fn step(&self) -> Result<bool, WorkerError> {
-        if self.store.setting(PAUSED).await?.as_deref() == Some("true") {
+        if self.window_closed(self.clock.now())
+            || self.store.setting(PAUSED).await?.as_deref() == Some("true")
+        {
             return Ok(false);
         }
         Ok(self.process_next().await?.is_some())
@@ -527,6 +540,9 @@ impl Workers {
                     .store
                     .finish_batch(&fence, "done", None, &done, &[], now)
                     .await?;
+                if ok {
+                    self.notify(&b.region, &done, now);
+                }
                 tracing::info!(batch = fence.batch_id, count = live.len(), request_id = %answer.request_id, "released");
                 Ok(if ok {
                     BatchResult::Released {
@@ -711,6 +727,9 @@ impl Workers {
         if any_failed {
             tracing::error!(batch = b.fence.batch_id, code = e.code(), "release failed");
         }
+        if ok {
+            self.notify(&b.region, &settled, now);
+        }
         Ok(if !ok {
             BatchResult::LeaseLost
         } else if any_failed {
@@ -727,10 +746,73 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// Tells people what a finished batch did: one Released and one Failed notification per
+    /// policy, sent in the background.
+    fn notify(&self, region: &str, settled: &[(BatchMember, MemberOutcome)], now: DateTime<Utc>) {
+        use crate::notify::{FailedRelease, InstanceRef, Notification, ReleasedInstance};
+        let Some(n) = &self.notifier else { return };
+        let mut released: std::collections::BTreeMap<&str, Vec<ReleasedInstance>> =
+            Default::default();
+        let mut failed: std::collections::BTreeMap<&str, Vec<FailedRelease>> = Default::default();
+        for (m, o) in settled {
+            let instance = InstanceRef {
+                instance_id: m.instance_id.clone(),
+                instance_name: m.instance_name.clone(),
+                region: region.to_string(),
+            };
+            match o {
+                MemberOutcome::Succeeded { request_id, .. } => released
+                    .entry(&m.policy)
+                    .or_default()
+                    .push(ReleasedInstance {
+                        instance,
+                        request_id: request_id.clone(),
+                        at: now,
+                    }),
+                MemberOutcome::Failed {
+                    code,
+                    message,
+                    request_id,
+                } => failed.entry(&m.policy).or_default().push(FailedRelease {
+                    instance,
+                    code: code.clone(),
+                    message: message.clone(),
+                    request_id: request_id.clone(),
+                    at: now,
+                }),
+                MemberOutcome::Cancelled { .. } => {}
+            }
+        }
+        let mut batch: Vec<Notification> = released
+            .into_iter()
+            .map(|(p, releases)| Notification::Released {
+                policy: p.to_string(),
+                releases,
+            })
+            .collect();
+        batch.extend(
+            failed
+                .into_iter()
+                .map(|(p, releases)| Notification::Failed {
+                    policy: p.to_string(),
+                    releases,
+                }),
+        );
+        if !batch.is_empty() {
+            n.send_batch(batch);
+        }
+    }
+}
+
 fn failed(e: &EcsError) -> MemberOutcome {
     MemberOutcome::Failed {
         code: e.code().to_string(),
-        message: e.to_string(),
+        // The code and RequestId are stored beside it: keep ECS's own words.
+        message: match e {
+            EcsError::Api { message, .. } if !message.is_empty() => message.clone(),
+            other => other.to_string(),
+        },
         request_id: e.request_id().map(str::to_string),
     }
 }

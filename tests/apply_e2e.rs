@@ -383,3 +383,134 @@ release:
         );
     }
 }
+
+/// A webhook receiver on 127.0.0.1 that keeps every body it is sent.
+async fn receiver() -> (url::Url, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    let got: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let g = g.clone();
+            async move {
+                g.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = url::Url::parse(&format!("http://{}/hook", l.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (url, got)
+}
+
+#[tokio::test]
+async fn notifications_tell_of_scheduled_released_failed_and_refused() {
+    use ecs_janitor::notify::{Notifier, NotifierOptions, WebhookConfig, WebhookFormat};
+    let yaml = r#"
+name: a-now
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: ci}
+  status: Stopped
+  instance_ids: [i-0, i-1, i-2]
+release:
+  allow_security_locked: true
+---
+name: b-later
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  instance_ids: [i-3, i-4]
+release:
+  grace: 1h
+---
+name: c-too-many
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  instance_ids: [i-5, i-6, i-7]
+limits:
+  max_releases_per_run: 2
+"#;
+    let mut fleet = common::ci_fleet(8);
+    fleet[1].lock_reasons = vec!["security".into()];
+    let h = common::start_sim(fleet, Faults::default(), 12).await;
+    let db = common::sqlite().await;
+    let (url, got) = receiver().await;
+    let n = Notifier::start(
+        vec![WebhookConfig::new(url, WebhookFormat::Generic, Some("test".into())).unwrap()],
+        NotifierOptions {
+            seed: 1,
+            ..NotifierOptions::default()
+        },
+    )
+    .unwrap();
+    let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock))
+        .await
+        .with_notifier(n.clone());
+    app.apply(None, CancellationToken::new()).await.unwrap();
+    assert!(n.flush(Duration::from_secs(10)).await, "delivered");
+    let all = serde_json::to_string(&*got.lock().unwrap()).unwrap();
+    for want in [
+        "b-later",
+        "i-3",
+        "c-too-many",
+        "i-0",
+        "i-1",
+        "InstanceLockedForSecurity",
+    ] {
+        assert!(all.contains(want), "{want} in {all}");
+    }
+    // One message per run or per batch, never one per instance.
+    assert!(got.lock().unwrap().len() <= 4, "{all}");
+}
+
+#[tokio::test]
+async fn outside_the_operating_window_nothing_is_released_and_apply_says_when() {
+    let fleet = common::ci_fleet(3);
+    let h = common::start_sim(fleet, Faults::default(), 13).await;
+    let db = common::sqlite().await;
+    let yaml = "name: ci\nschedule: \"0 0 * * * *\"\nregions: [cn-hangzhou]\nselect:\n  tags: {purpose: ci}\n";
+    let now = Utc::now();
+    // A one-hour window that opened two hours ago, every day: closed now.
+    let start = (now - chrono::Duration::hours(2))
+        .format("%H:%M")
+        .to_string();
+    let end = (now - chrono::Duration::hours(1))
+        .format("%H:%M")
+        .to_string();
+    let closed: ecs_janitor::window::OperatingWindow =
+        serde_json::from_value(serde_json::json!({"start": start, "end": end, "timezone": "UTC"}))
+            .unwrap();
+    let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock))
+        .await
+        .with_window(Some(closed));
+    let report = app.apply(None, CancellationToken::new()).await.unwrap();
+    assert!(h.sim.releases().is_empty());
+    assert_eq!(
+        report.in_state("pending").count(),
+        3,
+        "queued, waiting for the window"
+    );
+    assert!(report
+        .render(Utc::now())
+        .contains("Outside the operating window"));
+    // The same queue inside an open window goes out.
+    let open_start = (now - chrono::Duration::hours(1))
+        .format("%H:%M")
+        .to_string();
+    let open_end = (now + chrono::Duration::hours(1))
+        .format("%H:%M")
+        .to_string();
+    let open: ecs_janitor::window::OperatingWindow = serde_json::from_value(
+        serde_json::json!({"start": open_start, "end": open_end, "timezone": "UTC"}),
+    )
+    .unwrap();
+    let app = app.with_window(Some(open));
+    app.workers.drain(CancellationToken::new()).await.unwrap();
+    assert_eq!(h.sim.releases().len(), 3);
+}
