@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::clock::{SharedClock, SystemClock};
 use crate::ecs::client::{ClientConfig, EcsClient};
-use crate::ecs::credentials::{EnvProvider, SharedProvider};
+use crate::ecs::credentials::SharedProvider;
 use crate::plan::SavedPlan;
 use crate::policy::{Policy, ProtectionConfig};
 use crate::reconcile::Reconciler;
@@ -312,12 +312,22 @@ pub struct EcsArgs {
     /// Seconds one ECS call may take in all.
     #[arg(long, env = "JANITOR_ECS_TIMEOUT", default_value_t = 30.0)]
     pub call_timeout: f64,
+    /// The aliyun CLI profile (~/.aliyun/config.json) to sign with; it wins over the
+    /// ALIBABA_CLOUD_ACCESS_KEY_* variables. Without it: those variables, then the file's
+    /// current profile, then the ECS RAM role when ALIBABA_CLOUD_ECS_METADATA names one.
+    #[arg(long, env = "ALIBABA_CLOUD_PROFILE")]
+    pub profile: Option<String>,
 }
 
 impl EcsArgs {
-    /// The client these flags describe, with credentials from the environment.
+    /// The client these flags describe, with credentials looked up in the order of Alibaba's
+    /// SDKs (see `--profile`).
     pub fn client(&self) -> anyhow::Result<EcsClient> {
-        self.client_with(Arc::new(EnvProvider::from_env()))
+        let creds = crate::ecs::credentials::default_chain(crate::ecs::credentials::ChainOptions {
+            profile: self.profile.clone(),
+            ..Default::default()
+        });
+        self.client_with(creds)
     }
 
     pub fn client_with(&self, creds: SharedProvider) -> anyhow::Result<EcsClient> {

@@ -327,3 +327,59 @@ async fn the_config_file_sits_below_the_environment_and_secrets_stay_hidden() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_profile_signs_when_named_with_profile() {
+    let fleet = fleet::generate(500, 43, Utc::now());
+    let h = common::start_sim(fleet, Faults::default(), 43).await;
+    let dir = setup();
+    std::fs::create_dir(dir.path().join(".aliyun")).unwrap();
+    let profile = serde_json::json!({
+        "current": "other",
+        "profiles": [
+            {"name": "other", "mode": "AK", "access_key_id": "nobody", "access_key_secret": "x"},
+            {"name": "sim", "mode": "AK", "access_key_id": sim::DEFAULT_ACCESS_KEY_ID,
+             "access_key_secret": sim::DEFAULT_ACCESS_KEY_SECRET, "region_id": "cn-hangzhou"}
+        ]
+    });
+    std::fs::write(dir.path().join(".aliyun/config.json"), profile.to_string()).unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["plan", "--profile", "sim"])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+        .env(
+            "JANITOR_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("j.db").display()),
+        )
+        .env("JANITOR_POLICIES", dir.path().join("policies"))
+        .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str());
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Plan: "));
+    // The file's current profile has keys the simulator does not know.
+    let mut c = Command::new(BIN);
+    c.args(["plan"])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+        .env(
+            "JANITOR_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("j.db").display()),
+        )
+        .env("JANITOR_POLICIES", dir.path().join("policies"))
+        .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str());
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("InvalidAccessKeyId.NotFound"),
+        "{}",
+        text(&out.stderr)
+    );
+}
