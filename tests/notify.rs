@@ -499,7 +499,7 @@ async fn a_hung_or_broken_webhook_never_blocks_and_gives_up() {
     let broken = Receiver::start(Mode::Always(500)).await;
     let healthy = Receiver::start(Mode::Script(&[])).await;
     let options = NotifierOptions {
-        request_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(150),
         ..fast()
     };
     let notifier = Notifier::start(
