@@ -207,9 +207,8 @@ async fn scheduler(
             .filter(|p| names.contains(&p.name))
             .collect();
         let span = tracing::info_span!("tick", at = %at, policies = ?names);
-        let _g = span.enter();
-        drop(_g);
-        match app.reconciler.pass(&due, at, None, app.clock.now()).await {
+        let pass = app.reconciler.pass(&due, at, None, app.clock.now());
+        match tracing::Instrument::instrument(pass, span).await {
             Ok(r) => {
                 for run in r.runs {
                     if !run.ran {

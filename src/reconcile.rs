@@ -85,7 +85,11 @@ impl Reconciler {
                 });
             }
         }
-        let result = self.reconcile(&mine, scheduled_for, saved, now).await;
+        let span = tracing::info_span!("run", tick = %scheduled_for, owner = %self.owner,
+            policies = ?mine.iter().map(|p| p.name.as_str()).collect::<Vec<_>>());
+        let result =
+            tracing::Instrument::instrument(self.reconcile(&mine, scheduled_for, saved, now), span)
+                .await;
         match result {
             Ok((plan, mut done)) => {
                 runs.append(&mut done);

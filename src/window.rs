@@ -11,9 +11,8 @@
 //! - a local time that happens twice (a fall-back overlap) means its first occurrence;
 //! - an interval that lies wholly inside a gap does not open that day.
 //!
-//! Time zones are `UTC` or a fixed offset such as `+08:00`. The algorithm is generic over
-//! [`chrono::TimeZone`] and is tested against a zone with daylight saving, so named IANA zones
-//! need only a new [`WindowTimeZone`] variant once `chrono-tz` is a dependency.
+//! Time zones are `UTC`, a fixed offset such as `+08:00`, or an IANA name such as
+//! `Asia/Shanghai` or `Europe/Berlin` (which follows daylight saving).
 
 use std::fmt;
 use std::str::FromStr;
@@ -48,7 +47,7 @@ pub enum WindowError {
         value: String,
         hint: &'static str,
     },
-    #[error("operating window `timezone`: {value:?} {reason}; write \"UTC\" or a fixed offset from UTC such as \"+08:00\" or \"-05:30\"")]
+    #[error("operating window `timezone`: {value:?} {reason}; write an IANA name such as \"Asia/Shanghai\", \"UTC\", or a fixed offset from UTC such as \"+08:00\"")]
     TimeZone { value: String, reason: &'static str },
 }
 
@@ -58,6 +57,8 @@ pub enum WindowTimeZone {
     Utc,
     /// A fixed offset from UTC; it does not follow daylight saving.
     Fixed(FixedOffset),
+    /// An IANA zone, with its daylight saving rules.
+    Named(chrono_tz::Tz),
 }
 
 impl fmt::Debug for WindowTimeZone {
@@ -71,6 +72,7 @@ impl fmt::Display for WindowTimeZone {
         match self {
             WindowTimeZone::Utc => f.write_str("UTC"),
             WindowTimeZone::Fixed(o) => write!(f, "{o}"),
+            WindowTimeZone::Named(tz) => f.write_str(tz.name()),
         }
     }
 }
@@ -79,7 +81,7 @@ impl FromStr for WindowTimeZone {
     type Err = WindowError;
 
     /// Accepts `UTC`, `GMT`, `Z`, and offsets `+08:00`, `+0800`, `+08`, optionally prefixed by
-    /// `UTC` or `GMT` (`UTC+8`, `UTC+05:30`).
+    /// `UTC` or `GMT` (`UTC+8`, `UTC+05:30`), and IANA names (`Asia/Shanghai`).
     fn from_str(s: &str) -> Result<Self, WindowError> {
         let err = |reason| WindowError::TimeZone {
             value: s.to_string(),
@@ -87,9 +89,9 @@ impl FromStr for WindowTimeZone {
         };
         let t = s.trim();
         if t.contains('/') {
-            return Err(err(
-                "is a named (IANA) time zone, which this build does not support yet",
-            ));
+            return chrono_tz::Tz::from_str(t)
+                .map(WindowTimeZone::Named)
+                .map_err(|_| err("is not a known IANA time zone (names are case-sensitive, such as \"Asia/Shanghai\")"));
         }
         let upper = t.to_ascii_uppercase();
         let rest = upper
@@ -171,6 +173,7 @@ impl OperatingWindow {
         match self.timezone {
             WindowTimeZone::Utc => self.is_open_in(&Utc, now),
             WindowTimeZone::Fixed(o) => self.is_open_in(&o, now),
+            WindowTimeZone::Named(tz) => self.is_open_in(&tz, now),
         }
     }
 
@@ -180,6 +183,7 @@ impl OperatingWindow {
         match self.timezone {
             WindowTimeZone::Utc => self.next_open_in(&Utc, now),
             WindowTimeZone::Fixed(o) => self.next_open_in(&o, now),
+            WindowTimeZone::Named(tz) => self.next_open_in(&tz, now),
         }
     }
 
@@ -779,6 +783,38 @@ mod tests {
     }
 
     #[test]
+    fn iana_zones_follow_daylight_saving() {
+        let w = window("sun", "02:30", "04:00", "Europe/Berlin");
+        // The same answers as the hand-made Cet2024 zone, from the real rules.
+        assert_eq!(
+            w.next_open(utc("2024-03-30T12:00:00Z")),
+            Some(utc("2024-03-31T01:00:00Z"))
+        );
+        assert!(!w.is_open(utc("2024-03-31T02:00:00Z")));
+        let d = NaiveDate::from_ymd_opt(2024, 10, 27).unwrap();
+        assert_eq!(
+            w.interval_in(&chrono_tz::Europe::Berlin, d),
+            Some((utc("2024-10-27T00:30:00Z"), utc("2024-10-27T03:00:00Z")))
+        );
+        // Shanghai has no daylight saving: Monday 22:00 local is always 14:00Z.
+        let w = window("mon", "22:00", "06:00", "Asia/Shanghai");
+        assert_eq!(
+            w.next_open(utc("2024-05-06T00:00:00Z")),
+            Some(utc("2024-05-06T14:00:00Z"))
+        );
+        // New York, winter and summer.
+        let w = window("mon-fri", "09:00", "17:00", "America/New_York");
+        assert_eq!(
+            w.next_open(utc("2024-01-06T00:00:00Z")),
+            Some(utc("2024-01-08T14:00:00Z"))
+        );
+        assert_eq!(
+            w.next_open(utc("2024-07-06T00:00:00Z")),
+            Some(utc("2024-07-08T13:00:00Z"))
+        );
+    }
+
+    #[test]
     fn time_zones_parse() {
         let ok = [
             ("UTC", "UTC"),
@@ -808,12 +844,19 @@ mod tests {
                 "{s:?} should be rejected"
             );
         }
-        let e = "Asia/Shanghai"
+        assert_eq!(
+            "Asia/Shanghai"
+                .parse::<WindowTimeZone>()
+                .unwrap()
+                .to_string(),
+            "Asia/Shanghai"
+        );
+        let e = "Asia/Shangai"
             .parse::<WindowTimeZone>()
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("\"Asia/Shanghai\"") && e.contains("+08:00"),
+            e.contains("\"Asia/Shangai\" is not a known IANA time zone"),
             "{e}"
         );
     }
@@ -882,8 +925,8 @@ mod tests {
                 "`end`: \"6pm\" is not a time of day",
             ),
             (
-                "start: '22:00'\nend: '06:00'\ntimezone: Asia/Shanghai\n",
-                "named (IANA) time zone",
+                "start: '22:00'\nend: '06:00'\ntimezone: Mars/Olympus\n",
+                "not a known IANA time zone",
             ),
             ("start: '22:00'\nend: '06:00'\n", "timezone"),
             (
@@ -925,6 +968,7 @@ mod tests {
         let local = match w.timezone {
             WindowTimeZone::Utc => now.naive_utc(),
             WindowTimeZone::Fixed(o) => now.with_timezone(&o).naive_local(),
+            WindowTimeZone::Named(_) => unreachable!("the oracle is for fixed offsets"),
         };
         let (day, t) = (local.weekday(), local.time());
         if w.start < w.end {
@@ -952,6 +996,19 @@ mod tests {
         #[test]
         fn is_open_matches_the_wall_clock(w in arb_window(), t in arb_instant()) {
             prop_assert_eq!(w.is_open(t), oracle(&w, t), "{} at {}", w, t);
+        }
+
+        #[test]
+        fn iana_zones_keep_the_properties(w in arb_window(), t in arb_instant(), z in 0usize..4) {
+            let tz = [chrono_tz::Europe::Berlin, chrono_tz::America::New_York,
+                      chrono_tz::Australia::Lord_Howe, chrono_tz::Asia::Shanghai][z];
+            let w = OperatingWindow { timezone: WindowTimeZone::Named(tz), ..w };
+            let n = w.next_open(t).unwrap();
+            prop_assert!(n >= t);
+            prop_assert!(w.is_open(n));
+            if n > t {
+                prop_assert!(!w.is_open(n - chrono::Duration::seconds(1)));
+            }
         }
 
         #[test]

@@ -351,9 +351,9 @@ impl Workers {
         };
         let span = tracing::info_span!("batch", id = batch.fence.batch_id, region = %batch.region,
             token = %batch.client_token, members = batch.members.len(), attempts = batch.attempts);
-        let _g = span.enter();
-        drop(_g);
-        self.process(batch).await.map(Some)
+        tracing::Instrument::instrument(self.process(batch), span)
+            .await
+            .map(Some)
     }
 
     async fn describe(&self, region: &str, ids: Vec<String>) -> Result<Vec<Instance>, EcsError> {

@@ -457,3 +457,47 @@ async fn two_daemons_share_one_postgres_without_running_a_tick_or_a_batch_twice(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_of_a_full_run() {
+    let fleet = fleet::generate(1500, 35, Utc::now());
+    let faults = Faults {
+        internal_error_rate: 0.2,
+        drop_after_commit_rate: 0.2,
+        actions: vec!["DeleteInstances".into()],
+        ..Faults::default()
+    };
+    let h = common::start_sim(fleet, faults, 35).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), "p.yaml", STOPPED_PAYG);
+    let url = format!("sqlite://{}", dir.path().join("j.db").display());
+    let token = "StsTokenInTheLogs/Zx+9";
+    let admin = "AdminTokenInTheLogs-42";
+    let mut logs = String::new();
+    // A full apply, then one signed with a wrong secret (the error paths).
+    for secret in [sim::DEFAULT_ACCESS_KEY_SECRET, "WrongSecretInTheLogs-7"] {
+        let mut c = janitor(&h, dir.path(), &url, &["--log-format", "json", "apply"]);
+        c.env("JANITOR_LOG", "trace")
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", secret)
+            .env("ALIBABA_CLOUD_SECURITY_TOKEN", token)
+            .env("JANITOR_ADMIN_TOKEN", admin);
+        let out = finish(dir.path(), c.spawn().unwrap(), "apply with trace logs");
+        logs.push_str(&out.stderr);
+        logs.push_str(&out.stdout);
+    }
+    assert!(logs.len() > 10_000, "the run logged: {} bytes", logs.len());
+    assert!(
+        logs.contains("SignatureDoesNotMatch"),
+        "the wrong secret was refused"
+    );
+    let encoded = ecs_janitor::ecs::sign::percent_encode(token);
+    for s in [
+        sim::DEFAULT_ACCESS_KEY_SECRET,
+        "WrongSecretInTheLogs-7",
+        token,
+        &encoded,
+        admin,
+    ] {
+        assert!(!logs.contains(s), "{s} appears in the logs");
+    }
+}

@@ -437,7 +437,37 @@ impl EcsClient {
         api_params: &[(String, String)],
         attempt: u32,
     ) -> Result<(u16, bytes::Bytes), EcsError> {
-        let result = self.call_inner(action, region, api_params).await;
+        let span = tracing::debug_span!(
+            "ecs_call",
+            action,
+            region,
+            attempt,
+            code = tracing::field::Empty,
+            request_id = tracing::field::Empty
+        );
+        let result = tracing::Instrument::instrument(
+            self.call_inner(action, region, api_params),
+            span.clone(),
+        )
+        .await;
+        match &result {
+            Ok((_, body)) => {
+                // The RequestId of a success sits in the body; a cheap look without a full parse.
+                let rid = serde_json::from_slice::<ErrorBody>(body)
+                    .map(|b| b.request_id)
+                    .unwrap_or_default();
+                span.record("code", "OK");
+                span.record("request_id", rid.as_str());
+                tracing::debug!(parent: &span, "answered");
+            }
+            Err(e) => {
+                span.record("code", e.code());
+                if let Some(r) = e.request_id() {
+                    span.record("request_id", r);
+                }
+                tracing::debug!(parent: &span, error = %e, "failed");
+            }
+        }
         if let Some(obs) = &self.observer {
             let code = match &result {
                 Ok(_) => "OK".to_string(),
