@@ -318,6 +318,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/janitor.example.yaml");
+        let c = ConfigFile::load(&path).unwrap();
+        assert_eq!(c.values["workers.concurrency"], "4");
+        assert_eq!(c.webhooks().unwrap().len(), 3);
+        assert!(c.window().unwrap().is_some());
+    }
+
+    #[test]
     fn locate_prefers_the_flag() {
         let args: Vec<String> = ["x", "run", "--config", "a.yaml"]
             .iter()
