@@ -153,7 +153,7 @@ async fn apply_under_faults_releases_the_same_set_once_with_stable_tokens() {
             policies(CI_POLICY),
             ProtectionConfig::default(),
             WorkerConfig {
-                max_batch: 4,
+                max_batch: 2,
                 ..fast_workers()
             },
             Arc::new(SystemClock),
