@@ -274,6 +274,23 @@ async fn sigterm_during_a_drain_leaves_a_consistent_queue() {
     common::assert_tokens_consistent(&h);
 }
 
+/// Waits until the store at `url` records `n` succeeded releases: ECS may have released an
+/// instance whose answer was lost, and the record follows when the retry (same token) answers.
+async fn wait_recorded(url: &str, n: usize) {
+    let store = Store::connect(url).await.unwrap();
+    common::wait_for("every release recorded", Duration::from_secs(90), || {
+        let store = store.clone();
+        async move {
+            store
+                .counts()
+                .await
+                .map(|c| c.succeeded == n as i64)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -368,6 +385,7 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
         },
     )
     .await;
+    wait_recorded(&url, want_all.len()).await;
     common::assert_tokens_consistent(&h);
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -412,6 +430,7 @@ async fn two_daemons_share_one_postgres_without_running_a_tick_or_a_batch_twice(
         async move { done }
     })
     .await;
+    wait_recorded(&db.url, want.len()).await;
     for c in &children {
         let pid = c.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
