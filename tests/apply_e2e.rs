@@ -33,6 +33,18 @@ limits:
   max_releases_per_run: 1000
 "#;
 
+/// Stopped CI runners, released after an hour of grace.
+const GRACE_POLICY: &str = r#"
+name: ci-grace
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: ci}
+  status: Stopped
+release:
+  grace: 1h
+"#;
+
 fn policies(yaml: &str) -> Vec<Policy> {
     policy::load_str("test.yaml", yaml).unwrap().policies
 }
@@ -236,16 +248,7 @@ release:
 
 #[tokio::test]
 async fn the_recheck_before_the_call_cancels_what_became_protected() {
-    let yaml = r#"
-name: ci-grace
-schedule: "0 0 * * * *"
-regions: [cn-hangzhou]
-select:
-  tags: {purpose: ci}
-  status: Stopped
-release:
-  grace: 1h
-"#;
+    let yaml = GRACE_POLICY;
     let fleet = common::ci_fleet(3);
     let h = common::start_sim(fleet, Faults::default(), 4).await;
     let db = common::sqlite().await;
@@ -353,16 +356,7 @@ async fn apply_with_a_saved_plan_releases_only_the_reviewed_set() {
 
 #[tokio::test]
 async fn switching_a_policy_to_dry_run_cancels_what_it_queued() {
-    let yaml = r#"
-name: ci-grace
-schedule: "0 0 * * * *"
-regions: [cn-hangzhou]
-select:
-  tags: {purpose: ci}
-  status: Stopped
-release:
-  grace: 1h
-"#;
+    let yaml = GRACE_POLICY;
     let fleet = common::ci_fleet(3);
     let h = common::start_sim(fleet, Faults::default(), 9).await;
     let db = common::sqlite().await;

@@ -328,6 +328,25 @@ async fn the_config_file_sits_below_the_environment_and_secrets_stay_hidden() {
     );
 }
 
+/// Runs the binary with `dir` as HOME and no credentials in the environment, against `h`.
+async fn run_with_home(h: &SimHandle, dir: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+        .env(
+            "JANITOR_DATABASE_URL",
+            format!("sqlite://{}", dir.join("j.db").display()),
+        )
+        .env("JANITOR_POLICIES", dir.join("policies"))
+        .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str());
+    tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cli_profile_signs_when_named_with_profile() {
     let fleet = fleet::generate(500, 43, Utc::now());
@@ -343,39 +362,11 @@ async fn a_cli_profile_signs_when_named_with_profile() {
         ]
     });
     std::fs::write(dir.path().join(".aliyun/config.json"), profile.to_string()).unwrap();
-    let mut c = Command::new(BIN);
-    c.args(["plan", "--profile", "sim"])
-        .current_dir(dir.path())
-        .env("HOME", dir.path())
-        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
-        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
-        .env(
-            "JANITOR_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("j.db").display()),
-        )
-        .env("JANITOR_POLICIES", dir.path().join("policies"))
-        .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str());
-    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap();
+    let out = run_with_home(&h, dir.path(), &["plan", "--profile", "sim"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("Plan: "));
     // The file's current profile has keys the simulator does not know.
-    let mut c = Command::new(BIN);
-    c.args(["plan"])
-        .current_dir(dir.path())
-        .env("HOME", dir.path())
-        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
-        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
-        .env(
-            "JANITOR_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("j.db").display()),
-        )
-        .env("JANITOR_POLICIES", dir.path().join("policies"))
-        .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str());
-    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap();
+    let out = run_with_home(&h, dir.path(), &["plan"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("InvalidAccessKeyId.NotFound"),
