@@ -530,20 +530,15 @@ impl Store {
         Ok(rows.into_iter().map(|(i, t)| (i, from_ms(t))).collect())
     }
 
-    /// Active (pending or in-flight) releases by instance: (release id, policy, not_before,
-    /// state, batched).
+    /// Pending and in-flight releases, newest first.
     pub async fn active_releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
-        self.list_releases(&ReleaseFilter {
-            state: None,
-            policy: None,
-            limit: None,
-        })
-        .await
-        .map(|v| {
-            v.into_iter()
-                .filter(|r| r.state == "pending" || r.state == "in_flight")
-                .collect()
-        })
+        // Filtered in the database: every pass reads this, and history only grows.
+        let sql = format!(
+            "{} WHERE r.state IN {ACTIVE} ORDER BY r.id DESC",
+            rows::RELEASE_SELECT
+        );
+        let rows = with_pool!(self, p => sqlx::query_as::<_, ReleaseRow>(&sql).fetch_all(p).await)?;
+        Ok(rows)
     }
 
     /// Queues releases. An instance that already has an active release is left alone (the
