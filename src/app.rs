@@ -51,9 +51,10 @@ impl App {
         clock: SharedClock,
         dry_run: bool,
     ) -> App {
+        let accounts = crate::ecs::Accounts::single(client.clone());
         let reconciler = Reconciler {
             store: store.clone(),
-            client: client.clone(),
+            accounts: accounts.clone(),
             protection: protection.clone(),
             owner: worker_cfg.owner.clone(),
             force_dry_run: dry_run,
@@ -61,7 +62,7 @@ impl App {
         };
         let workers = Workers::new(
             store.clone(),
-            client.clone(),
+            accounts,
             Arc::new(RwLock::new(policies)),
             protection,
             worker_cfg,
@@ -74,6 +75,13 @@ impl App {
             workers,
             clock,
         }
+    }
+
+    /// Signs each policy's calls as its account (`account:`), with clients from `accounts`.
+    pub fn with_accounts(mut self, accounts: crate::ecs::Accounts) -> App {
+        self.reconciler.accounts = accounts.clone();
+        self.workers = self.workers.with_accounts(accounts);
+        self
     }
 
     /// Sends notifications through `n` (scheduled and refused from passes, released and failed

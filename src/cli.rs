@@ -330,6 +330,24 @@ impl EcsArgs {
         self.client_with(creds)
     }
 
+    /// Clients by account for `policies`: the default client for policies without `account:`,
+    /// and for each named account the profile it maps to (janitor.yaml `accounts:`, else the
+    /// profile of the same name). Fails, naming the policy, when a named account's profile
+    /// cannot be used.
+    pub fn accounts(
+        &self,
+        default: EcsClient,
+        policies: &[crate::policy::Policy],
+    ) -> anyhow::Result<crate::ecs::Accounts> {
+        let map = match crate::config::current() {
+            Some(file) => file.accounts()?,
+            None => Default::default(),
+        };
+        let accounts = crate::ecs::Accounts::from_profiles(default, map);
+        accounts.check(policies)?;
+        Ok(accounts)
+    }
+
     pub fn client_with(&self, creds: SharedProvider) -> anyhow::Result<EcsClient> {
         let secs = |what: &str, v: f64| -> anyhow::Result<Duration> {
             Duration::try_from_secs_f64(v)
@@ -547,9 +565,10 @@ async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let policies = load_policies(&args.policies.policies, &args.only)?;
     let store = Store::connect(&args.db.url).await?;
     let client = args.ecs.client()?;
+    let accounts = args.ecs.accounts(client, &policies)?;
     let rec = Reconciler {
         store,
-        client,
+        accounts,
         protection: args.safety.protection(),
         owner: "plan".into(),
         force_dry_run: true,
@@ -585,6 +604,7 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     };
     let store = Store::connect(&args.db.url).await?;
     let client = args.ecs.client()?;
+    let accounts = args.ecs.accounts(client.clone(), &policies)?;
     let worker_cfg = args.workers.config();
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::new(
@@ -595,7 +615,8 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         worker_cfg,
         clock,
         args.dry_run,
-    );
+    )
+    .with_accounts(accounts);
     let app = with_file_settings(app)?;
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -683,6 +704,7 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&args.db.url).await?;
     let metrics = crate::metrics::Metrics::new();
     let client = args.ecs.client()?.with_observer(metrics.call_observer());
+    let accounts = args.ecs.accounts(client.clone(), &policies)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let app = App::new(
         store,
@@ -693,6 +715,7 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         clock,
         false,
     )
+    .with_accounts(accounts)
     .with_metrics(metrics);
     let app = with_file_settings(app)?;
     let shutdown = CancellationToken::new();

@@ -191,6 +191,41 @@ impl ConfigFile {
         }
     }
 
+    /// Account name → aliyun CLI profile, from `accounts:` (`prod: {profile: janitor-prod}`).
+    /// An account not listed signs with the profile of its own name.
+    pub fn accounts(&self) -> Result<BTreeMap<String, String>, ConfigError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Account {
+            profile: String,
+        }
+        let Some(v) = &self.accounts else {
+            return Ok(BTreeMap::new());
+        };
+        let bad = |message: String| ConfigError::Other {
+            path: self.path.clone(),
+            message,
+        };
+        let map: BTreeMap<String, Account> = serde_json::from_value(v.clone()).map_err(|e| {
+            bad(format!(
+                "`accounts`: {e} (each account is `NAME: {{profile: PROFILE}}`, e.g. `prod: {{profile: janitor-prod}}`)"
+            ))
+        })?;
+        let mut out = BTreeMap::new();
+        for (name, a) in map {
+            if !crate::policy::is_valid_account(&name) {
+                return Err(bad(format!(
+                    "`accounts`: invalid account name {name:?}: use 1-63 letters, digits, dashes and underscores"
+                )));
+            }
+            if a.profile.trim().is_empty() {
+                return Err(bad(format!("`accounts.{name}.profile` is empty")));
+            }
+            out.insert(name, a.profile);
+        }
+        Ok(out)
+    }
+
     /// The operating window the file configures, if any.
     pub fn window(&self) -> Result<Option<crate::window::OperatingWindow>, ConfigError> {
         match &self.window {
@@ -266,6 +301,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn accounts_map_names_to_profiles_and_bad_entries_say_how_to_write_one() {
+        let c = ConfigFile::parse(
+            Path::new("janitor.yaml"),
+            "accounts:\n  prod: {profile: janitor-prod}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.accounts().unwrap(),
+            BTreeMap::from([("prod".to_string(), "janitor-prod".to_string())])
+        );
+        for bad in [
+            "accounts:\n  prod: janitor-prod\n",
+            "accounts:\n  prod: {profle: x}\n",
+            "accounts:\n  \"bad name\": {profile: x}\n",
+            "accounts:\n  prod: {profile: \"\"}\n",
+        ] {
+            let e = ConfigFile::parse(Path::new("janitor.yaml"), bad)
+                .unwrap()
+                .accounts()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("janitor.yaml") && e.contains("accounts"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn scalars_flatten_and_unknown_keys_are_named() {
         let c = ConfigFile::parse(
             Path::new("janitor.yaml"),
@@ -324,6 +388,7 @@ mod tests {
         assert_eq!(c.values["workers.concurrency"], "4");
         assert_eq!(c.webhooks().unwrap().len(), 3);
         assert!(c.window().unwrap().is_some());
+        assert_eq!(c.accounts().unwrap()["prod"], "janitor-prod");
     }
 
     #[test]

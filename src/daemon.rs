@@ -60,7 +60,17 @@ fn fingerprint(dir: &Path) -> u64 {
 
 /// Loads the policies; on failure logs every problem and keeps the current set.
 fn reload(app: &App, dir: &Path, health: &Health) -> bool {
-    match crate::policy::load_dir(dir) {
+    // A policy naming an account without usable credentials is refused like a broken file.
+    let loaded = crate::policy::load_dir(dir)
+        .map_err(|d| d.to_string())
+        .and_then(|set| {
+            app.workers
+                .accounts
+                .check(&set.policies)
+                .map(|()| set)
+                .map_err(|e| e.to_string())
+        });
+    match loaded {
         Ok(set) => {
             let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
             *app.workers
@@ -79,14 +89,14 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
             app.workers.metrics.policy_load_failed();
             if let Some(n) = &app.workers.notifier {
                 n.send_batch(vec![crate::notify::Notification::PolicyLoadFailed {
-                    problems: d.to_string(),
+                    problems: d.clone(),
                 }]);
             }
-            tracing::error!(dir = %dir.display(), problems = d.len(), "policy change refused; the last good set keeps running:\n{d}");
+            tracing::error!(dir = %dir.display(), "policy change refused; the last good set keeps running:\n{d}");
             *health
                 .last_load_error
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(d.to_string());
+                .unwrap_or_else(|e| e.into_inner()) = Some(d);
             false
         }
     }

@@ -1,23 +1,55 @@
-//! One pass's view of the fleet: each region's instances, fetched once with DescribeInstances,
-//! narrowed by the server-side filters that every policy of the region shares (so a filter never
-//! hides an instance some policy could select).
+//! One pass's view of the fleet: each (account, region)'s instances, fetched once with
+//! DescribeInstances signed as that account, narrowed by the server-side filters that every policy
+//! of the account and region shares (so a filter never hides an instance some policy could
+//! select).
 
 use std::collections::BTreeMap;
 
-use crate::ecs::client::{DescribeFilter, EcsClient};
-use crate::ecs::{EcsError, Instance};
+use crate::ecs::client::DescribeFilter;
+use crate::ecs::{account_of, Accounts, EcsError, Instance};
 use crate::policy::Policy;
 
-/// Instances by region.
+/// Instances by (account, region); `""` is the default account.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    pub regions: BTreeMap<String, Vec<Instance>>,
+    pub regions: BTreeMap<(String, String), Vec<Instance>>,
+}
+
+/// Why an (account, region) could not be listed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot list the instances of {region}{}: {source}",
+    account_suffix(account)
+)]
+pub struct InventoryError {
+    pub account: String,
+    pub region: String,
+    #[source]
+    pub source: EcsError,
+}
+
+/// ` in account "prod"`, or nothing for the default account.
+pub fn account_suffix(account: &str) -> String {
+    if account.is_empty() {
+        String::new()
+    } else {
+        format!(" in account {account:?}")
+    }
 }
 
 impl Inventory {
     /// Every instance, region by region.
     pub fn all(&self) -> Vec<Instance> {
         self.regions.values().flatten().cloned().collect()
+    }
+
+    /// The instances of `account`, region by region.
+    pub fn of_account(&self, account: &str) -> Vec<Instance> {
+        self.regions
+            .iter()
+            .filter(|((a, _), _)| a == account)
+            .flat_map(|(_, v)| v.iter().cloned())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -58,25 +90,38 @@ pub fn shared_filter<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Desc
     out.unwrap_or_default()
 }
 
-/// Fetches every region any of `policies` names, once each.
-pub async fn fetch(client: &EcsClient, policies: &[Policy]) -> Result<Inventory, EcsError> {
-    let mut regions: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
+/// Fetches every (account, region) any of `policies` names, once each.
+pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory, InventoryError> {
+    let mut regions: BTreeMap<(&str, &str), Vec<&Policy>> = BTreeMap::new();
     for p in policies {
         for r in &p.regions {
-            regions.entry(r.as_str()).or_default().push(p);
+            regions
+                .entry((account_of(p), r.as_str()))
+                .or_default()
+                .push(p);
         }
     }
     let mut inv = Inventory::default();
-    for (region, ps) in regions {
+    for ((account, region), ps) in regions {
         let filter = shared_filter(ps);
-        let instances = client.describe_instances(region, &filter).await?;
+        let instances = accounts
+            .client(account)
+            .describe_instances(region, &filter)
+            .await
+            .map_err(|source| InventoryError {
+                account: account.to_string(),
+                region: region.to_string(),
+                source,
+            })?;
         tracing::debug!(
+            account,
             region,
             count = instances.len(),
             ?filter,
             "inventory fetched"
         );
-        inv.regions.insert(region.to_string(), instances);
+        inv.regions
+            .insert((account.to_string(), region.to_string()), instances);
     }
     Ok(inv)
 }

@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::ecs::client::{DeleteRequest, EcsClient};
-use crate::ecs::{EcsError, ErrorClass, InstanceStatus};
-use crate::inventory::{self, Inventory};
+use crate::ecs::client::DeleteRequest;
+use crate::ecs::{account_of, Accounts, ErrorClass, InstanceStatus};
+use crate::inventory::{self, Inventory, InventoryError};
 use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
 use crate::policy::{Policy, ProtectionConfig};
 use crate::store::{NewEvent, NewRelease, Store, StoreError};
@@ -19,14 +19,15 @@ pub enum ReconcileError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot read the inventory: {0}")]
-    Inventory(#[source] EcsError),
+    Inventory(#[source] InventoryError),
 }
 
 /// What a pass needs.
 #[derive(Clone, Debug)]
 pub struct Reconciler {
     pub store: Store,
-    pub client: EcsClient,
+    /// ECS clients by account.
+    pub accounts: Accounts,
     pub protection: ProtectionConfig,
     /// Who runs the pass (a replica id), recorded with each run.
     pub owner: String,
@@ -116,7 +117,7 @@ impl Reconciler {
         now: DateTime<Utc>,
     ) -> Result<Plan, ReconcileError> {
         let (inv, ctx) = self.observe(policies, now, false).await?;
-        Ok(plan::evaluate(policies, &inv.all(), &ctx, now))
+        Ok(evaluate(policies, &inv, &ctx, now))
     }
 
     /// Fetches the inventory and builds the evaluation context; with `record`, first notes
@@ -127,16 +128,16 @@ impl Reconciler {
         now: DateTime<Utc>,
         record: bool,
     ) -> Result<(Inventory, EvalContext), ReconcileError> {
-        let inv = inventory::fetch(&self.client, policies)
+        let inv = inventory::fetch(&self.accounts, policies)
             .await
             .map_err(ReconcileError::Inventory)?;
-        for (region, instances) in inv.regions.iter().filter(|_| record) {
+        for ((account, region), instances) in inv.regions.iter().filter(|_| record) {
             let stopped: Vec<String> = instances
                 .iter()
                 .filter(|i| i.status == InstanceStatus::Stopped)
                 .map(|i| i.instance_id.clone())
                 .collect();
-            self.store.observe(region, &stopped, now).await?;
+            self.store.observe(account, region, &stopped, now).await?;
         }
         let queued = self
             .store
@@ -184,7 +185,7 @@ impl Reconciler {
             .flatten()
             .map(|i| i.instance_id.as_str())
             .collect();
-        let plan = plan::evaluate(policies, &inv.all(), &ctx, now);
+        let plan = evaluate(policies, &inv, &ctx, now);
         let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
             s.releases
                 .iter()
@@ -241,7 +242,8 @@ impl Reconciler {
                     })
                     .collect();
                 if dry_run {
-                    self.dry_run(&wanted, &mut run, now).await?;
+                    self.dry_run(account_of(policy), &wanted, &mut run, now)
+                        .await?;
                 } else {
                     let new: Vec<NewRelease> = wanted
                         .iter()
@@ -249,6 +251,7 @@ impl Reconciler {
                         .map(|r| NewRelease {
                             instance_id: r.instance_id.clone(),
                             instance_name: r.instance_name.clone(),
+                            account: account_of(policy).to_string(),
                             region: r.region.clone(),
                             policy: r.policy.clone(),
                             force: r.force,
@@ -336,10 +339,12 @@ impl Reconciler {
         Ok((plan, runs))
     }
 
-    /// Sends DeleteInstances with DryRun=true for the due releases, in batches of up to 100 of
-    /// one region and one set of flags, and records each instance as "would release".
+    /// Sends DeleteInstances with DryRun=true, signed as `account`, for the due releases, in
+    /// batches of up to 100 of one region and one set of flags, and records each instance as
+    /// "would release".
     async fn dry_run(
         &self,
+        account: &str,
         wanted: &[&plan::PlannedRelease],
         run: &mut RunOutcome,
         now: DateTime<Utc>,
@@ -364,7 +369,8 @@ impl Reconciler {
                     dry_run: true,
                     client_token: token.clone(),
                 };
-                let (kind, code, request_id) = match self.client.delete_instances(&req).await {
+                let client = self.accounts.client(account);
+                let (kind, code, request_id) = match client.delete_instances(&req).await {
                     Err(e) if e.class() == ErrorClass::DryRunPassed => {
                         run.would_release += chunk.len();
                         (
@@ -408,4 +414,36 @@ impl Reconciler {
         }
         Ok(())
     }
+}
+
+/// Plans each account's policies against that account's instances only (instance ids are unique
+/// across accounts, but a policy must never select another account's machine), in policy order.
+fn evaluate(policies: &[Policy], inv: &Inventory, ctx: &EvalContext, now: DateTime<Utc>) -> Plan {
+    let mut by_account: Vec<&str> = policies.iter().map(account_of).collect();
+    by_account.sort_unstable();
+    by_account.dedup();
+    if by_account.len() <= 1 {
+        return plan::evaluate(policies, &inv.all(), ctx, now);
+    }
+    let mut out = Plan {
+        generated_at: now,
+        policies: Vec::new(),
+    };
+    for account in by_account {
+        let mine: Vec<Policy> = policies
+            .iter()
+            .filter(|p| account_of(p) == account)
+            .cloned()
+            .collect();
+        let part = plan::evaluate(&mine, &inv.of_account(account), ctx, now);
+        out.policies.extend(part.policies);
+    }
+    let order: HashMap<&str, usize> = policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    out.policies
+        .sort_by_key(|pp| order.get(pp.policy.as_str()).copied().unwrap_or(usize::MAX));
+    out
 }

@@ -200,6 +200,7 @@ async fn list_policies(State(s): State<AdminContext>) -> Result<Json<serde_json:
                 "name": p.name,
                 "description": p.description,
                 "schedule": p.schedule_text,
+                "account": p.account,
                 "regions": p.regions,
                 "dry_run": p.dry_run,
                 "next_run": crate::schedule::next_after(p, now),
@@ -374,8 +375,12 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
             })
             .unwrap_or_else(|| "not yet".into());
         h.push_str(&format!(
-            "<tr><td>{}{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}{}{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
             esc(&p.name),
+            p.account.as_deref().map_or(String::new(), |a| format!(
+                " <span class=\"muted\">(account {})</span>",
+                esc(a)
+            )),
             if p.dry_run {
                 " <span class=\"muted\">(dry run)</span>"
             } else {

@@ -18,22 +18,26 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::clock::SharedClock;
-use crate::ecs::client::{DeleteRequest, DescribeFilter, EcsClient};
-use crate::ecs::{EcsError, ErrorClass, Instance};
+use crate::ecs::client::{DeleteRequest, DescribeFilter};
+use crate::ecs::{account_of, Accounts, EcsError, ErrorClass, Instance};
 use crate::plan::{self, EvalContext};
 use crate::policy::{Policy, ProtectionConfig};
 use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, Store, StoreError};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
-/// One ECS call a worker makes.
+/// One ECS call a worker makes, signed as the batch's account.
 #[derive(Debug)]
 enum Call {
     /// The re-check: DescribeInstances of a batch's instances.
     Describe {
+        account: String,
         region: String,
         ids: Vec<String>,
     },
-    Delete(DeleteRequest),
+    Delete {
+        account: String,
+        req: DeleteRequest,
+    },
 }
 
 #[derive(Debug)]
@@ -45,29 +49,35 @@ enum Answer {
 type CallFuture = futures::future::BoxFuture<'static, Result<Answer, BoxError>>;
 
 /// Workers' ECS calls go through this service: a global rate limit and a limit on calls in
-/// flight, as tower layers, shared by every worker through a buffer.
+/// flight, as tower layers, shared by every worker (and every account) through a buffer.
 type CallService = tower::buffer::Buffer<Call, CallFuture>;
 
-fn call_service(client: EcsClient, per_second: u32, in_flight: usize) -> CallService {
+fn call_service(accounts: Accounts, per_second: u32, in_flight: usize) -> CallService {
     let inner = ServiceBuilder::new()
         .concurrency_limit(in_flight.max(1))
         .rate_limit(u64::from(per_second.max(1)), Duration::from_secs(1))
         .service_fn(move |call: Call| {
-            let client = client.clone();
+            let accounts = accounts.clone();
             async move {
                 match call {
-                    Call::Describe { region, ids } => {
+                    Call::Describe {
+                        account,
+                        region,
+                        ids,
+                    } => {
                         let f = DescribeFilter {
                             instance_ids: Some(ids),
                             ..DescribeFilter::default()
                         };
-                        client
+                        accounts
+                            .client(&account)
                             .describe_instances(&region, &f)
                             .await
                             .map(Answer::Instances)
                             .map_err(BoxError::from)
                     }
-                    Call::Delete(req) => client
+                    Call::Delete { account, req } => accounts
+                        .client(&account)
                         .delete_instances(&req)
                         .await
                         .map(Answer::Deleted)
@@ -178,7 +188,8 @@ pub enum BatchResult {
 #[derive(Clone)]
 pub struct Workers {
     pub store: Store,
-    pub client: EcsClient,
+    /// ECS clients by account.
+    pub accounts: Accounts,
     pub policies: Arc<RwLock<Vec<Policy>>>,
     pub protection: ProtectionConfig,
     pub cfg: WorkerConfig,
@@ -194,20 +205,20 @@ pub struct Workers {
 impl Workers {
     pub fn new(
         store: Store,
-        client: EcsClient,
+        accounts: Accounts,
         policies: Arc<RwLock<Vec<Policy>>>,
         protection: ProtectionConfig,
         cfg: WorkerConfig,
         clock: SharedClock,
     ) -> Self {
         Workers {
-            calls: call_service(client.clone(), cfg.calls_per_second, cfg.concurrency),
+            calls: call_service(accounts.clone(), cfg.calls_per_second, cfg.concurrency),
             metrics: crate::metrics::Metrics::new(),
             window: None,
             notifier: None,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             store,
-            client,
+            accounts,
             policies,
             protection,
             cfg,
@@ -215,11 +226,22 @@ impl Workers {
         }
     }
 
+    /// Signs each batch's calls as its account, with clients from `accounts`.
+    pub fn with_accounts(mut self, accounts: Accounts) -> Self {
+        self.calls = call_service(
+            accounts.clone(),
+            self.cfg.calls_per_second,
+            self.cfg.concurrency,
+        );
+        self.accounts = accounts;
+        self
+    }
+
     /// Makes one call through the rate and concurrency limits.
     async fn call(&self, call: Call) -> Result<Answer, EcsError> {
         let action = match call {
             Call::Describe { .. } => "DescribeInstances",
-            Call::Delete(_) => "DeleteInstances",
+            Call::Delete { .. } => "DeleteInstances",
         };
         let mut svc = self.calls.clone();
         let ready = svc.ready().await.map_err(|e| ecs_error(e, action))?;
@@ -356,9 +378,15 @@ impl Workers {
             .map(Some)
     }
 
-    async fn describe(&self, region: &str, ids: Vec<String>) -> Result<Vec<Instance>, EcsError> {
+    async fn describe(
+        &self,
+        account: &str,
+        region: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<Instance>, EcsError> {
         match self
             .call(Call::Describe {
+                account: account.to_string(),
                 region: region.to_string(),
                 ids,
             })
@@ -369,9 +397,11 @@ impl Workers {
         }
     }
 
-    /// Why `inst` may no longer be released under `policy_name`, or `None` when it still may.
+    /// Why `inst` (listed in `account`) may no longer be released under `policy_name`, or
+    /// `None` when it still may.
     fn recheck(
         &self,
+        account: &str,
         policy_name: &str,
         inst: &Instance,
         observations: &HashMap<String, DateTime<Utc>>,
@@ -384,6 +414,12 @@ impl Workers {
         if policy.dry_run {
             return Some(format!(
                 "policy {policy_name} is now dry_run: it releases nothing"
+            ));
+        }
+        if account_of(policy) != account {
+            return Some(format!(
+                "policy {policy_name} now acts on account {:?}, not {account:?}",
+                account_of(policy)
             ));
         }
         let ctx = EvalContext {
@@ -420,12 +456,13 @@ impl Workers {
     /// Splits members into those that vanished (released) and those still listed.
     async fn vanished(
         &self,
-        region: &str,
+        b: &ClaimedBatch,
         members: &[BatchMember],
     ) -> Result<(Vec<BatchMember>, HashMap<String, Instance>), EcsError> {
         let found = self
             .describe(
-                region,
+                &b.account,
+                &b.region,
                 members.iter().map(|m| m.instance_id.clone()).collect(),
             )
             .await?;
@@ -458,7 +495,7 @@ impl Workers {
         }
         if b.attempts == 0 {
             // Re-verify right before the token is first used.
-            let (gone, found) = match self.vanished(&b.region, &live).await {
+            let (gone, found) = match self.vanished(&b, &live).await {
                 Ok(v) => v,
                 Err(e) => return self.retry(&b, &e).await,
             };
@@ -479,7 +516,7 @@ impl Workers {
             for m in live {
                 match found
                     .get(&m.instance_id)
-                    .and_then(|i| self.recheck(&m.policy, i, &observations, now))
+                    .and_then(|i| self.recheck(&b.account, &m.policy, i, &observations, now))
                 {
                     Some(reason) => settled.push((
                         m,
@@ -519,7 +556,7 @@ impl Workers {
             dry_run: false,
             client_token: b.client_token.clone(),
         };
-        let result = self.call_with_lease(&fence, &req).await;
+        let result = self.call_with_lease(&b.account, &fence, &req).await;
         let now = self.clock.now();
         match result {
             Ok(answer) => {
@@ -600,6 +637,7 @@ impl Workers {
     /// Sends the call while renewing the lease, so a long call keeps its batch.
     async fn call_with_lease(
         &self,
+        account: &str,
         fence: &crate::store::Fence,
         req: &DeleteRequest,
     ) -> Result<crate::ecs::DeleteAnswer, EcsError> {
@@ -621,7 +659,12 @@ impl Workers {
                 }
             })
         };
-        let r = self.call(Call::Delete(req.clone())).await;
+        let r = self
+            .call(Call::Delete {
+                account: account.to_string(),
+                req: req.clone(),
+            })
+            .await;
         renew.abort();
         match r? {
             Answer::Deleted(a) => Ok(a),
@@ -667,7 +710,7 @@ impl Workers {
         live: &[BatchMember],
         e: &EcsError,
     ) -> Result<BatchResult, WorkerError> {
-        let (gone, found) = match self.vanished(&b.region, live).await {
+        let (gone, found) = match self.vanished(b, live).await {
             Ok(v) => v,
             // Cannot tell what happened: keep the batch and its token, try again later.
             Err(de) => return self.retry(b, &de).await,
@@ -691,7 +734,7 @@ impl Workers {
             } else if e.code().starts_with("IncorrectInstanceStatus") {
                 let reason = found
                     .get(&m.instance_id)
-                    .and_then(|i| self.recheck(&m.policy, i, &observations, now));
+                    .and_then(|i| self.recheck(&b.account, &m.policy, i, &observations, now));
                 settled.push((
                     m.clone(),
                     match reason {

@@ -23,6 +23,7 @@ fn rel(id: &str, region: &str, force: bool) -> NewRelease {
     NewRelease {
         instance_id: id.into(),
         instance_name: format!("n-{id}"),
+        account: String::new(),
         region: region.into(),
         policy: "p".into(),
         force,
@@ -424,16 +425,26 @@ conformance!(
     observations_start_once_and_clear_when_not_stopped,
     |db: TestDb| async move {
         let s = &db.store;
-        s.observe("r1", &["i-1".into(), "i-2".into()], t0())
+        s.observe("", "r1", &["i-1".into(), "i-2".into()], t0())
+            .await
+            .unwrap();
+        s.observe("prod", "r1", &["i-7".into()], t0())
             .await
             .unwrap();
         let later = t0() + chrono::Duration::hours(1);
-        s.observe("r1", &["i-1".into()], later).await.unwrap();
-        s.observe("r2", &["i-9".into()], later).await.unwrap();
+        s.observe("", "r1", &["i-1".into()], later).await.unwrap();
+        s.observe("", "r2", &["i-9".into()], later).await.unwrap();
         let o = s.observations().await.unwrap();
         assert_eq!(o.get("i-1"), Some(&t0()), "the first sighting is kept");
         assert!(!o.contains_key("i-2"), "no longer stopped: cleared");
         assert_eq!(o.get("i-9"), Some(&later));
+        assert_eq!(
+            o.get("i-7"),
+            Some(&t0()),
+            "another account's listing of the same region clears nothing of this one"
+        );
+        s.observe("prod", "r1", &[], later).await.unwrap();
+        assert!(!s.observations().await.unwrap().contains_key("i-7"));
     }
 );
 
@@ -492,4 +503,110 @@ async fn an_unreachable_database_is_a_clear_error() {
     assert!(!e.contains("hunter2"), "the password is redacted: {e}");
     let e = Store::connect("mysql://x").await.unwrap_err().to_string();
     assert!(e.contains("sqlite://") && e.contains("postgres://"), "{e}");
+}
+
+conformance!(
+    a_batch_holds_one_account_and_says_which,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let mut rs = Vec::new();
+        for n in 0..150 {
+            let mut r = rel(&format!("i-{n}"), "r1", false);
+            r.account = ["", "prod", "staging"][n % 3].to_string();
+            rs.push(r);
+        }
+        s.enqueue(&rs, t0()).await.unwrap();
+        let account = |id: &str| {
+            let n: usize = id[2..].parse().unwrap();
+            ["", "prod", "staging"][n % 3]
+        };
+        let mut sizes = Vec::new();
+        while let Some(b) = s.claim("w", t0(), LEASE, 100).await.unwrap() {
+            for m in &b.members {
+                assert_eq!(b.account, account(&m.instance_id), "{}", m.instance_id);
+            }
+            sizes.push((b.account.clone(), b.members.len()));
+            // A split keeps the account: the halves go back as batches of their own.
+            let half: Vec<i64> = b.members.iter().map(|m| m.release_id).collect();
+            let (a, c) = half.split_at(half.len() / 2);
+            if b.members.len() > 1 {
+                assert!(s
+                    .finish_batch(
+                        &b.fence,
+                        "split",
+                        Some("X"),
+                        &[],
+                        &[a.to_vec(), c.to_vec()],
+                        t0()
+                    )
+                    .await
+                    .unwrap());
+                continue;
+            }
+            let done: Vec<_> = b.members.iter().map(|m| (m.clone(), ok())).collect();
+            assert!(s
+                .finish_batch(&b.fence, "done", None, &done, &[], t0())
+                .await
+                .unwrap());
+        }
+        let rows = s.list_releases(&ReleaseFilter::default()).await.unwrap();
+        assert_eq!(rows.len(), 150);
+        for r in rows {
+            assert_eq!(r.state, "succeeded");
+            assert_eq!(r.account, account(&r.instance_id));
+        }
+        assert!(sizes.iter().any(|(a, n)| a == "prod" && *n == 50));
+    }
+);
+
+/// A database written by the first schema (one account) is upgraded in place: its releases
+/// stay, and belong to the default account.
+#[tokio::test]
+async fn upgrading_from_the_first_schema_keeps_every_release() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    std::fs::create_dir(&first).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite/0001_queue.sql"
+        ),
+        first.join("0001_queue.sql"),
+    )
+    .unwrap();
+    let db = dir.path().join("old.db");
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(first.as_path())
+            .await
+            .unwrap()
+            .run_direct(&mut c)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO releases (instance_id, region, policy, force, terminate_subscription,
+               state, not_before, created_at, updated_at)
+             VALUES ('i-old', 'cn-hangzhou', 'p', 0, 0, 'pending', 0, 0, 0)",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+        c.close().await.unwrap();
+    }
+    let s = Store::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rows = s.list_releases(&ReleaseFilter::default()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].instance_id, "i-old");
+    assert_eq!(rows[0].account, "", "the default account");
+    let b = s
+        .claim("w", t0(), LEASE, 100)
+        .await
+        .unwrap()
+        .expect("the old release is still due");
+    assert_eq!(b.account, "");
+    assert_eq!(b.members[0].instance_id, "i-old");
 }

@@ -227,6 +227,15 @@ impl EcsClient {
         self
     }
 
+    /// The same client (settings, connection pool, observer) signing as `creds`: another
+    /// account's client.
+    pub fn with_credentials(&self, creds: SharedProvider) -> EcsClient {
+        EcsClient {
+            creds,
+            ..self.clone()
+        }
+    }
+
     pub fn config(&self) -> &ClientConfig {
         &self.cfg
     }

@@ -1,6 +1,7 @@
 //! The signed ECS OpenAPI client (RPC style, version 2014-05-26): signing, the two actions
 //! ecs-janitor uses (`DescribeInstances`, `DeleteInstances`), error classification and credentials.
 
+pub mod accounts;
 pub mod client;
 pub mod credentials;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod profile;
 pub mod sign;
 pub mod types;
 
+pub use accounts::{account_of, AccountError, Accounts, DEFAULT_ACCOUNT};
 pub use client::{
     ClientConfig, DeleteAnswer, DeleteRequest, DescribeFilter, DescribePage, EcsClient,
 };

@@ -62,6 +62,8 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyPlan {
     pub policy: String,
+    /// The account the policy acts on (`account:`), `None` for the default credentials.
+    pub account: Option<String>,
     pub dry_run: bool,
     /// Instances to release (empty when refused), in inventory order.
     pub releases: Vec<PlannedRelease>,
@@ -239,6 +241,7 @@ pub fn evaluate(
     for (pi, policy) in order.iter().enumerate() {
         let mut plan = PolicyPlan {
             policy: policy.name.clone(),
+            account: policy.account.clone(),
             dry_run: policy.dry_run,
             releases: Vec::new(),
             skips: Vec::new(),

@@ -44,6 +44,9 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
     let mut out = String::new();
     for pp in &plan.policies {
         let mut header = format!("policy {}", pp.policy);
+        if let Some(a) = &pp.account {
+            header.push_str(&format!(" (account {a})"));
+        }
         if pp.dry_run {
             header.push_str(" (dry run: nothing will be released)");
         }
@@ -141,6 +144,7 @@ pub fn render_json(plan: &Plan) -> Value {
         .map(|pp| {
             json!({
                 "name": pp.policy,
+                "account": pp.account,
                 "dry_run": pp.dry_run,
                 "refused": pp.refused.map(|r| json!({
                     "count": r.count,

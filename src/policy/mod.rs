@@ -16,6 +16,7 @@ mod validate;
 pub use diag::{Diagnostic, Diagnostics};
 pub use duration::Duration;
 pub use schema::json_schema;
+pub use validate::is_valid_account;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,9 @@ pub struct Policy {
     /// The parsed schedule (UTC); its text is in [`Policy::schedule_text`].
     pub schedule: cron::Schedule,
     pub schedule_text: String,
+    /// The account whose instances the policy acts on (`account:`), signed for with the aliyun
+    /// CLI profile it maps to; `None` is the default credentials.
+    pub account: Option<String>,
     /// Region ids, in the order written, without duplicates.
     pub regions: Vec<String>,
     /// Every condition must hold for an instance to be selected.
@@ -366,6 +370,7 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnosti
 pub(crate) const TOP_KEYS: &[&str] = &[
     "name",
     "description",
+    "account",
     "schedule",
     "regions",
     "select",

@@ -67,6 +67,7 @@ pub fn json_schema() -> Value {
         "properties": {
             "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "Unique across all policy files."},
             "description": {"type": "string"},
+            "account": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,63}$", "description": "The account to act on: an aliyun CLI profile, or an entry under `accounts:` in janitor.yaml. Default: the default credentials."},
             "schedule": {"type": "string", "description": "Cron with a seconds field, UTC: \"sec min hour day-of-month month day-of-week [year]\", e.g. \"0 */15 * * * *\"."},
             "regions": {"type": "array", "minItems": 1, "uniqueItems": true, "items": {"type": "string", "pattern": "^[a-z]{2,}-[a-z0-9-]*[a-z0-9]$"}},
             "select": select,

@@ -133,6 +133,14 @@ fn is_valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
+/// An account, named as the aliyun CLI names profiles.
+pub fn is_valid_account(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
 /// `cn-hangzhou`, `ap-southeast-1`, `us-west-1`: two or more lowercase letters, a dash, then
 /// lowercase letters, digits and dashes, not ending in a dash.
 fn is_valid_region(s: &str) -> bool {
@@ -260,6 +268,18 @@ impl Validator<'_> {
         let description = f
             .get("description")
             .and_then(|n| self.string(n, "description"));
+        let account = f.get("account").map_or(Some(None), |n| {
+            let s = self.string(n, "account")?;
+            if !is_valid_account(&s) {
+                self.err(
+                    n.pos,
+                    format!("invalid account name {s:?}"),
+                    Some("use 1-63 letters, digits, dashes and underscores: the name of an aliyun CLI profile, or of an entry under `accounts:` in janitor.yaml".into()),
+                );
+                return None;
+            }
+            Some(Some(s))
+        });
         let schedule = self
             .required(&f, "schedule", doc.pos)
             .and_then(|n| self.schedule(n));
@@ -345,6 +365,7 @@ impl Validator<'_> {
             description,
             schedule,
             schedule_text,
+            account: account?,
             regions: regions?,
             select: select?,
             exclude,

@@ -64,6 +64,28 @@ pub struct SimConfig {
     /// The `TimeLeft` sent with a throttling answer.
     pub throttle_time_left: Duration,
     pub clock: SharedClock,
+    /// More accounts, each with its own key. The key above is the default account (`""`);
+    /// every instance belongs to the default account unless [`Simulator::assign`] says otherwise,
+    /// and a caller sees and releases only its own account's instances.
+    pub accounts: Vec<SimAccount>,
+}
+
+/// A further account of the simulator and the key that signs as it.
+#[derive(Clone)]
+pub struct SimAccount {
+    pub name: String,
+    pub access_key_id: String,
+    pub access_key_secret: String,
+}
+
+impl std::fmt::Debug for SimAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimAccount")
+            .field("name", &self.name)
+            .field("access_key_id", &self.access_key_id)
+            .field("access_key_secret", &"<redacted>")
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for SimConfig {
@@ -73,6 +95,7 @@ impl std::fmt::Debug for SimConfig {
             .field("access_key_secret", &"<redacted>")
             .field("faults", &self.faults)
             .field("seed", &self.seed)
+            .field("accounts", &self.accounts)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +110,7 @@ impl Default for SimConfig {
             max_clock_skew: chrono::Duration::minutes(15),
             throttle_time_left: Duration::from_millis(50),
             clock: Arc::new(SystemClock),
+            accounts: Vec::new(),
         }
     }
 }
@@ -94,6 +118,8 @@ impl Default for SimConfig {
 /// One effective release, as the simulator carried it out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReleaseRecord {
+    /// The account that released it (`""`: the default account).
+    pub account: String,
     pub instance_id: String,
     pub region: String,
     pub client_token: Option<String>,
@@ -106,6 +132,8 @@ pub struct ReleaseRecord {
 /// A request the simulator saw, for tests that check what was sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallLogEntry {
+    /// The account that signed the call (`""`: the default account).
+    pub account: String,
     pub action: String,
     pub region: String,
     pub client_token: Option<String>,
@@ -128,6 +156,8 @@ struct TokenEntry {
 struct SimState {
     /// region → instance id → instance; ordered, so paging is stable.
     fleet: HashMap<String, BTreeMap<String, Instance>>,
+    /// Instance id → its account, for instances not in the default account.
+    owners: HashMap<String, String>,
     releases: Vec<ReleaseRecord>,
     calls: Vec<CallLogEntry>,
     tokens: HashMap<String, TokenEntry>,
@@ -180,6 +210,7 @@ impl Simulator {
             cfg: Arc::new(Mutex::new(cfg)),
             state: Arc::new(Mutex::new(SimState {
                 fleet: by_region,
+                owners: HashMap::new(),
                 releases: Vec::new(),
                 calls: Vec::new(),
                 tokens: HashMap::new(),
@@ -213,6 +244,27 @@ impl Simulator {
             .entry(inst.region_id.clone())
             .or_default()
             .insert(inst.instance_id.clone(), inst);
+    }
+
+    /// Moves an instance to `account` (`""`: the default account): only that account's key
+    /// sees and releases it.
+    pub fn assign(&self, instance_id: &str, account: &str) {
+        let mut st = self.state();
+        if account.is_empty() {
+            st.owners.remove(instance_id);
+        } else {
+            st.owners
+                .insert(instance_id.to_string(), account.to_string());
+        }
+    }
+
+    /// The account an instance belongs to.
+    pub fn account_of(&self, instance_id: &str) -> String {
+        self.state()
+            .owners
+            .get(instance_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Changes an instance in place; false when it does not exist.
@@ -303,6 +355,7 @@ impl Simulator {
         let mut st = self.state();
         let request_id = self.next_request_id(&mut st);
         let r = authenticate(&cfg, &mut st, method, params);
+        let account = r.as_ref().map(String::clone).unwrap_or_default();
         let map: HashMap<&str, &str> = params
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -313,6 +366,7 @@ impl Simulator {
             return (Err(e), request_id, None);
         }
         let mut log = CallLogEntry {
+            account: account.clone(),
             action: action.clone(),
             region,
             client_token: map.get("ClientToken").map(|s| s.to_string()),
@@ -355,11 +409,11 @@ impl Simulator {
                     "MissingParameter",
                     "The input parameter \"Action\" that is mandatory for processing this request is not supplied.",
                 )),
-                "DescribeInstances" => describe(&mut st, &map).map(Outcome::Ok),
+                "DescribeInstances" => describe(&mut st, &account, &map).map(Outcome::Ok),
                 "DeleteInstances" => {
                     let drop = st.rng.gen_bool(cfg.faults.drop_after_commit_rate.clamp(0.0, 1.0));
                     let now = cfg.clock.now();
-                    delete(&mut st, &map, params, &request_id, now).map(|v| {
+                    delete(&mut st, &account, &map, params, &request_id, now).map(|v| {
                         if drop && v.get("RequestId").is_some() {
                             Outcome::Dropped
                         } else {
@@ -413,12 +467,13 @@ impl Drop for SimHandle {
     }
 }
 
+/// Checks the signature and the nonce; the account the key signs as.
 fn authenticate(
     cfg: &SimConfig,
     st: &mut SimState,
     method: &str,
     params: &[(String, String)],
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     for required in ["AccessKeyId", "Signature", "SignatureNonce", "Timestamp"] {
         if get(required).is_none() {
@@ -430,13 +485,20 @@ fn authenticate(
         }
     }
     let key_id = get("AccessKeyId").unwrap_or_default();
-    if key_id != cfg.access_key_id {
-        return Err(api_err(
-            404,
-            "InvalidAccessKeyId.NotFound",
-            "Specified access key is not found.",
-        ));
-    }
+    let (account, secret) = if key_id == cfg.access_key_id {
+        ("", cfg.access_key_secret.as_str())
+    } else {
+        match cfg.accounts.iter().find(|a| a.access_key_id == key_id) {
+            Some(a) => (a.name.as_str(), a.access_key_secret.as_str()),
+            None => {
+                return Err(api_err(
+                    404,
+                    "InvalidAccessKeyId.NotFound",
+                    "Specified access key is not found.",
+                ))
+            }
+        }
+    };
     if get("SignatureMethod") != Some("HMAC-SHA1") || get("SignatureVersion") != Some("1.0") {
         return Err(api_err(
             400,
@@ -466,7 +528,7 @@ fn authenticate(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let sts = sign::string_to_sign(method, &unsigned);
-    let expected = sign::sign(&cfg.access_key_secret, &sts);
+    let expected = sign::sign(secret, &sts);
     if !sign::signatures_equal(&expected, get("Signature").unwrap_or_default()) {
         return Err(api_err(
             400,
@@ -487,7 +549,7 @@ fn authenticate(
             "Specified signature nonce was used already.",
         ));
     }
-    Ok(())
+    Ok(account.to_string())
 }
 
 fn parse_bool(map: &HashMap<&str, &str>, key: &str) -> Result<bool, ApiError> {
@@ -529,7 +591,16 @@ fn require_region<'a>(
     }
 }
 
-fn describe(st: &mut SimState, map: &HashMap<&str, &str>) -> Result<serde_json::Value, ApiError> {
+/// Whether `account` owns the instance `id`.
+fn owns(st: &SimState, account: &str, id: &str) -> bool {
+    st.owners.get(id).map_or("", String::as_str) == account
+}
+
+fn describe(
+    st: &mut SimState,
+    account: &str,
+    map: &HashMap<&str, &str>,
+) -> Result<serde_json::Value, ApiError> {
     let (_, fleet) = require_region(st, map)?;
     let status = match map.get("Status") {
         None => None,
@@ -599,7 +670,8 @@ fn describe(st: &mut SimState, map: &HashMap<&str, &str>) -> Result<serde_json::
         }
     }
     let matches = |i: &Instance| {
-        status.is_none_or(|s| i.status == s)
+        owns(st, account, &i.instance_id)
+            && status.is_none_or(|s| i.status == s)
             && charge.is_none_or(|c| i.charge_type == c)
             && ids.as_ref().is_none_or(|set| set.contains(&i.instance_id))
             && tags.iter().all(|(k, v)| match (i.tags.get(k), v) {
@@ -735,6 +807,7 @@ fn instance_id_params(params: &[(String, String)]) -> Result<Vec<(usize, String)
 
 fn delete(
     st: &mut SimState,
+    account: &str,
     map: &HashMap<&str, &str>,
     params: &[(String, String)],
     request_id: &str,
@@ -778,7 +851,15 @@ fn delete(
         "{region_param}|{}|{force}|{terminate}|{dry_run}",
         ids.join(",")
     );
-    if let Some(t) = &token {
+    // ClientTokens are scoped to the account that sent them.
+    let token_key = token.as_ref().map(|t| {
+        if account.is_empty() {
+            t.clone()
+        } else {
+            format!("{account}/{t}")
+        }
+    });
+    if let Some(t) = &token_key {
         if let Some(prev) = st.tokens.get(t) {
             if prev.fingerprint == fingerprint {
                 return Ok(json!({"RequestId": prev.request_id}));
@@ -799,7 +880,10 @@ fn delete(
     }
     let fleet = st.fleet.get(&region);
     for id in &ids {
-        let Some(i) = fleet.and_then(|f| f.get(id)) else {
+        let Some(i) = fleet
+            .and_then(|f| f.get(id))
+            .filter(|_| owns(st, account, id))
+        else {
             return Err(api_err(
                 404,
                 "InvalidInstanceId.NotFound",
@@ -863,6 +947,7 @@ fn delete(
     }
     for id in &ids {
         st.releases.push(ReleaseRecord {
+            account: account.to_string(),
             instance_id: id.clone(),
             region: region.clone(),
             client_token: token.clone(),
@@ -872,7 +957,7 @@ fn delete(
             at: now,
         });
     }
-    if let Some(t) = token {
+    if let Some(t) = token_key {
         st.tokens.insert(
             t,
             TokenEntry {

@@ -130,17 +130,18 @@ macro_rules! assign {
 /// Creates an open batch with its token and makes `$ids` its members, inside `$tx`: the token
 /// and the membership are stored together, before any call. Evaluates to the batch id.
 macro_rules! new_batch {
-    ($tx:ident, $region:expr, $force:expr, $ts:expr, $token:expr, $ids:expr, $now:expr) => {{
+    ($tx:ident, $account:expr, $region:expr, $force:expr, $ts:expr, $token:expr, $ids:expr, $now:expr) => {{
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO batches (region, force, terminate_subscription,
-               client_token, state, next_attempt_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'open', $5, $5, $5) RETURNING id",
+               client_token, state, next_attempt_at, created_at, updated_at, account)
+             VALUES ($1, $2, $3, $4, 'open', $5, $5, $5, $6) RETURNING id",
         )
         .bind($region)
         .bind($force)
         .bind($ts)
         .bind($token)
         .bind(ms($now))
+        .bind($account)
         .fetch_one(&mut *$tx)
         .await?;
         assign!($tx, id, $ids, $now);
@@ -216,6 +217,8 @@ macro_rules! settle {
 pub struct NewRelease {
     pub instance_id: String,
     pub instance_name: String,
+    /// The account it belongs to (`""`: the default account).
+    pub account: String,
     pub region: String,
     pub policy: String,
     pub force: bool,
@@ -475,19 +478,22 @@ impl Store {
         Ok(rows)
     }
 
-    /// Updates when instances of `region` were first seen Stopped: recorded the first time,
-    /// kept while they stay Stopped, and cleared for every instance of the region that is not
-    /// Stopped now (or was not listed), so a stop that ended never counts towards `stopped_for`.
+    /// Updates when instances of `account`'s `region` were first seen Stopped: recorded the
+    /// first time, kept while they stay Stopped, and cleared for every instance of the region
+    /// that is not Stopped now (or was not listed), so a stop that ended never counts towards
+    /// `stopped_for`.
     pub async fn observe(
         &self,
+        account: &str,
         region: &str,
         stopped: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let known: Vec<String> = with_pool!(self, p => sqlx::query_scalar(
-            "SELECT instance_id FROM observations WHERE region = $1",
+            "SELECT instance_id FROM observations WHERE region = $1 AND account = $2",
         )
         .bind(region)
+        .bind(account)
         .fetch_all(p)
         .await)?;
         let now_stopped: std::collections::HashSet<&String> = stopped.iter().collect();
@@ -498,10 +504,13 @@ impl Store {
             let mut tx = p.begin().await?;
             for chunk in fresh.chunks(500) {
                 let mut q = QueryBuilder::new(
-                    "INSERT INTO observations (instance_id, region, first_seen_stopped_at) ",
+                    "INSERT INTO observations (instance_id, region, first_seen_stopped_at, account) ",
                 );
                 q.push_values(chunk, |mut b, id| {
-                    b.push_bind((*id).clone()).push_bind(region).push_bind(ms(now));
+                    b.push_bind((*id).clone())
+                        .push_bind(region)
+                        .push_bind(ms(now))
+                        .push_bind(account);
                 });
                 q.push(" ON CONFLICT (instance_id) DO NOTHING");
                 q.build().execute(&mut *tx).await?;
@@ -554,7 +563,8 @@ impl Store {
             for chunk in releases.chunks(400) {
                 let mut q = QueryBuilder::new(
                     "INSERT INTO releases (instance_id, instance_name, region, policy, force,
-                     terminate_subscription, state, not_before, reasons, created_at, updated_at) ",
+                     terminate_subscription, state, not_before, reasons, created_at, updated_at,
+                     account) ",
                 );
                 q.push_values(chunk, |mut b, r| {
                     b.push_bind(r.instance_id.clone())
@@ -567,7 +577,8 @@ impl Store {
                         .push_bind(ms(r.not_before))
                         .push_bind(r.reasons.clone())
                         .push_bind(ms(now))
-                        .push_bind(ms(now));
+                        .push_bind(ms(now))
+                        .push_bind(r.account.clone());
                 });
                 q.push(format!(
                     " ON CONFLICT (instance_id) WHERE state IN {ACTIVE} DO NOTHING RETURNING id, instance_id, policy"
@@ -637,7 +648,7 @@ impl Store {
 
     /// Claims the next due batch under a lease: first a stored batch whose retry is due or whose
     /// lease expired (with its token and members unchanged), else a new batch of up to
-    /// `max_batch` due releases of one region and one set of flags, whose token and membership
+    /// `max_batch` due releases of one account, one region and one set of flags, whose token and membership
     /// are written in the same transaction, before any call.
     pub async fn claim(
         &self,
@@ -665,8 +676,8 @@ impl Store {
             let batch_id = match existing {
                 Some(id) => Some(id),
                 None => {
-                    let head: Option<(String, i64, i64)> = sqlx::query_as(&format!(
-                        "SELECT region, force, terminate_subscription FROM releases
+                    let head: Option<(String, String, i64, i64)> = sqlx::query_as(&format!(
+                        "SELECT account, region, force, terminate_subscription FROM releases
                          WHERE state = 'pending' AND not_before <= $1
                          ORDER BY id LIMIT 1{lock}"
                     ))
@@ -675,11 +686,12 @@ impl Store {
                     .await?;
                     match head {
                         None => None,
-                        Some((region, force, ts)) => {
+                        Some((account, region, force, ts)) => {
                             let ids: Vec<i64> = sqlx::query_scalar(&format!(
                                 "SELECT id FROM releases
                                  WHERE state = 'pending' AND not_before <= $1 AND region = $2
                                    AND force = $3 AND terminate_subscription = $4
+                                   AND account = $6
                                  ORDER BY id LIMIT $5{lock}"
                             ))
                             .bind(ms(now))
@@ -687,13 +699,14 @@ impl Store {
                             .bind(force)
                             .bind(ts)
                             .bind(max_batch as i64)
+                            .bind(&account)
                             .fetch_all(&mut *tx)
                             .await?;
                             if ids.is_empty() {
                                 None
                             } else {
                                 let token = new_client_token();
-                                let id = new_batch!(tx, &region, force, ts, &token, &ids, now);
+                                let id = new_batch!(tx, &account, &region, force, ts, &token, &ids, now);
                                 insert_events!(tx, &[NewEvent {
                                     kind: "batched",
                                     batch_id: Some(id),
@@ -714,7 +727,7 @@ impl Store {
                         "UPDATE batches SET lease_owner = $2, lease_expires_at = $3,
                                 claims = claims + 1, updated_at = $4
                          WHERE id = $1
-                         RETURNING id, region, force, terminate_subscription, client_token, attempts, claims",
+                         RETURNING id, account, region, force, terminate_subscription, client_token, attempts, claims",
                     )
                     .bind(id)
                     .bind(owner)
@@ -822,11 +835,11 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let ok = with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let batch: Option<(String, i64, i64)> = sqlx::query_as(
+            let batch: Option<(String, String, i64, i64)> = sqlx::query_as(
                 "UPDATE batches SET state = $4, last_code = $5, lease_owner = NULL,
                         lease_expires_at = NULL, updated_at = $6
                  WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'
-                 RETURNING region, force, terminate_subscription",
+                 RETURNING account, region, force, terminate_subscription",
             )
             .bind(fence.batch_id)
             .bind(&fence.owner)
@@ -841,11 +854,11 @@ impl Store {
                     tx.rollback().await?;
                     false
                 }
-                Some((region, force, ts)) => {
+                Some((account, region, force, ts)) => {
                     settle!(tx, fence.batch_id, settled, now);
                     for group in regroup.iter().filter(|g| !g.is_empty()) {
                         let token = new_client_token();
-                        let id = new_batch!(tx, &region, force, ts, &token, group, now);
+                        let id = new_batch!(tx, &account, &region, force, ts, &token, group, now);
                         insert_events!(tx, &[NewEvent {
                             kind: "split",
                             batch_id: Some(id),

@@ -11,7 +11,7 @@ pub(super) const RELEASE_SELECT: &str =
     "SELECT r.id, r.instance_id, r.instance_name, r.region, r.policy, r.force,
             r.terminate_subscription, r.state, r.not_before, r.batch_id, r.attempts, r.last_code,
             r.last_message, r.request_id, r.reasons, r.created_at, r.updated_at,
-            b.client_token
+            b.client_token, r.account
      FROM releases r LEFT JOIN batches b ON b.id = r.batch_id";
 
 #[derive(Debug, Clone, FromRow)]
@@ -34,6 +34,7 @@ struct RawRelease {
     created_at: i64,
     updated_at: i64,
     client_token: Option<String>,
+    account: String,
 }
 
 /// One release, as `queue list --json` shows it.
@@ -43,6 +44,9 @@ pub struct ReleaseRow {
     pub instance_id: String,
     pub instance_name: String,
     pub region: String,
+    /// The account it belongs to (`""`: the default account).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub account: String,
     pub policy: String,
     pub force: bool,
     pub terminate_subscription: bool,
@@ -73,6 +77,7 @@ where
             instance_id: r.instance_id,
             instance_name: r.instance_name,
             region: r.region,
+            account: r.account,
             policy: r.policy,
             force: r.force != 0,
             terminate_subscription: r.terminate_subscription != 0,
@@ -103,6 +108,7 @@ pub struct BatchMember {
 #[derive(Debug, Clone, FromRow)]
 pub(super) struct BatchRow {
     id: i64,
+    account: String,
     region: String,
     force: i64,
     terminate_subscription: i64,
@@ -119,6 +125,7 @@ impl BatchRow {
                 owner: owner.to_string(),
                 claims: self.claims,
             },
+            account: self.account,
             region: self.region,
             force: self.force != 0,
             terminate_subscription: self.terminate_subscription != 0,
@@ -133,6 +140,8 @@ impl BatchRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedBatch {
     pub fence: Fence,
+    /// Whose credentials sign the call (`""`: the default account).
+    pub account: String,
     pub region: String,
     pub force: bool,
     pub terminate_subscription: bool,
