@@ -63,6 +63,9 @@ pub struct WebhookConfig {
     pub format: WebhookFormat,
     /// A name for logs, such as `ops-dingtalk`.
     pub name: Option<String>,
+    /// A DingTalk robot's signing secret (`SEC…`, the robot's "additional signature" security
+    /// setting): each message then carries `timestamp` and `sign`.
+    pub secret: Option<crate::ecs::Secret>,
 }
 
 impl WebhookConfig {
@@ -78,7 +81,31 @@ impl WebhookConfig {
         if url.host_str().is_none() {
             return Err(WebhookConfigError::NoHost);
         }
-        Ok(WebhookConfig { url, format, name })
+        Ok(WebhookConfig {
+            url,
+            format,
+            name,
+            secret: None,
+        })
+    }
+
+    /// Signs every message with a DingTalk robot's secret.
+    pub fn with_secret(mut self, secret: crate::ecs::Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Where a message goes at `now_ms`: the URL, plus for a DingTalk robot with a secret
+    /// `timestamp=now_ms` and `sign=base64(HMAC-SHA256(secret, "now_ms\nsecret"))`, as
+    /// DingTalk's signed robots require (the timestamp must be within an hour of DingTalk's).
+    pub fn url_at(&self, now_ms: i64) -> Url {
+        let mut url = self.url.clone();
+        if let (WebhookFormat::DingTalk, Some(secret)) = (self.format, &self.secret) {
+            url.query_pairs_mut()
+                .append_pair("timestamp", &now_ms.to_string())
+                .append_pair("sign", &dingtalk_sign(secret.expose(), now_ms));
+        }
+        url
     }
 
     /// What logs call this webhook: its name and its origin, such as
@@ -97,8 +124,19 @@ impl fmt::Debug for WebhookConfig {
             .field("url", &redacted_url(&self.url))
             .field("format", &self.format)
             .field("name", &self.name)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .finish()
     }
+}
+
+/// DingTalk's robot signature of `timestamp_ms`.
+pub fn dingtalk_sign(secret: &str, timestamp_ms: i64) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(format!("{timestamp_ms}\n{secret}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// `scheme://host[:port]`, with `/…` when the URL has anything after the host. User info, path,
@@ -124,6 +162,8 @@ pub enum WebhookConfigError {
     Scheme(String),
     #[error("webhook `url` has no host; write the full address, such as https://hooks.slack.com/services/…")]
     NoHost,
+    #[error("webhook `secret` signs DingTalk robots only; remove it, or set `format: dingtalk`")]
+    Secret,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +174,8 @@ struct RawWebhook {
     format: WebhookFormat,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
 }
 
 impl TryFrom<RawWebhook> for WebhookConfig {
@@ -141,7 +183,12 @@ impl TryFrom<RawWebhook> for WebhookConfig {
 
     fn try_from(raw: RawWebhook) -> Result<Self, WebhookConfigError> {
         let url = Url::parse(raw.url.trim()).map_err(|e| WebhookConfigError::Url(e.to_string()))?;
-        WebhookConfig::new(url, raw.format, raw.name)
+        let hook = WebhookConfig::new(url, raw.format, raw.name)?;
+        match raw.secret {
+            None => Ok(hook),
+            Some(_) if raw.format != WebhookFormat::DingTalk => Err(WebhookConfigError::Secret),
+            Some(s) => Ok(hook.with_secret(crate::ecs::Secret::new(s.trim()))),
+        }
     }
 }
 
@@ -478,7 +525,7 @@ impl Delivery {
     async fn attempt(&self, body: &Value) -> Result<(), AttemptError> {
         let response = self
             .client
-            .post(self.hook.url.clone())
+            .post(self.hook.url_at(chrono::Utc::now().timestamp_millis()))
             .json(body)
             .send()
             .await
@@ -497,7 +544,10 @@ impl Delivery {
             reason: describe_reqwest(e, self.options.request_timeout),
             floor: None,
         })?;
-        let snippet = scrub(&text, &self.hook.url);
+        let mut snippet = scrub(&text, &self.hook.url);
+        if let Some(secret) = self.hook.secret.as_ref().filter(|s| !s.expose().is_empty()) {
+            snippet = snippet.replace(secret.expose(), "…");
+        }
         if !status.is_success() {
             let reason = format!("HTTP {status}: {snippet}");
             let transient =

@@ -1,6 +1,7 @@
 //! Webhook notifications against a real HTTP receiver on 127.0.0.1:0: the exact message of each
-//! format for each event, one message per batch, retries, giving up without blocking, dropping
-//! when a queue is full, and URL secrets kept out of logs and `Debug`.
+//! format for each event, one message per batch, retries (waiting out a `Retry-After`), DingTalk
+//! signing, giving up without blocking, dropping when a queue is full, and URL secrets kept out
+//! of logs and `Debug`.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -710,4 +711,119 @@ fn webhooks_come_from_yaml() {
     assert!(e.contains("not a valid URL"), "{e}");
     let e = err("url: https://example.com/\nfromat: slack\n");
     assert!(e.contains("fromat"), "{e}");
+}
+
+/// Answers 429 with `Retry-After: 1` once, then 200, recording when each request came.
+#[tokio::test]
+async fn a_retry_after_is_waited_out_before_the_next_attempt() {
+    let times: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let t = times.clone();
+    let app = Router::new().fallback(move || {
+        let t = t.clone();
+        async move {
+            let mut v = t.lock().unwrap();
+            v.push(Instant::now());
+            if v.len() == 1 {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "1")],
+                    "slow down",
+                )
+                    .into_response()
+            } else {
+                (StatusCode::OK, "ok").into_response()
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/h", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let hook = WebhookConfig::new(url.parse().unwrap(), WebhookFormat::Generic, None).unwrap();
+    // The backoff alone would retry within 10 ms; its cap leaves room for the server's 1 s.
+    let options = NotifierOptions {
+        backoff: Backoff::new(Duration::from_millis(1), Duration::from_secs(5)),
+        ..fast()
+    };
+    let notifier = Notifier::start(vec![hook], options).unwrap();
+    notifier.send_batch(vec![Notification::Refused {
+        policy: "p".into(),
+        count: 9,
+        limit: 3,
+    }]);
+    assert!(notifier.flush(DEADLINE).await);
+    let v = times.lock().unwrap().clone();
+    assert_eq!(v.len(), 2, "one refusal, one delivery");
+    assert!(
+        v[1] - v[0] >= Duration::from_secs(1),
+        "retried after {:?}, before the Retry-After of 1 s",
+        v[1] - v[0]
+    );
+}
+
+/// A signed DingTalk robot gets `timestamp` and `sign` computed from its secret; the secret
+/// itself never travels and never shows in Debug output.
+#[tokio::test]
+async fn a_dingtalk_robot_with_a_secret_gets_signed_messages() {
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g = got.clone();
+    let app = Router::new().fallback(move |uri: Uri| {
+        let g = g.clone();
+        async move {
+            g.lock()
+                .unwrap()
+                .push(uri.query().unwrap_or_default().to_string());
+            (StatusCode::OK, r#"{"errcode":0,"errmsg":"ok"}"#)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/robot/send?access_token=tok123",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let secret = "SECsigning-secret-0123456789";
+    let hooks: Vec<WebhookConfig> = serde_saphyr::from_str::<Vec<serde_json::Value>>(&format!(
+        "- {{url: \"{url}\", format: dingtalk, secret: {secret}}}\n"
+    ))
+    .unwrap()
+    .into_iter()
+    .map(|v| serde_json::from_value(v).unwrap())
+    .collect();
+    assert!(!format!("{:?}", hooks[0]).contains(secret));
+    let before = Utc::now().timestamp_millis();
+    let notifier = Notifier::start(hooks, fast()).unwrap();
+    notifier.send_batch(vec![Notification::Refused {
+        policy: "p".into(),
+        count: 9,
+        limit: 3,
+    }]);
+    assert!(notifier.flush(DEADLINE).await);
+    let after = Utc::now().timestamp_millis();
+    let query = got.lock().unwrap()[0].clone();
+    assert!(!query.contains(secret), "{query}");
+    let pairs: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(pairs["access_token"], "tok123");
+    let ts: i64 = pairs["timestamp"].parse().unwrap();
+    assert!(
+        (before..=after).contains(&ts),
+        "{ts} not in [{before}, {after}]"
+    );
+    // The signature, computed here from DingTalk's description of it.
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{ts}\n{secret}").as_bytes());
+    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(pairs["sign"], want);
+
+    // A secret on a format that has no signing is a configuration error, not silently ignored.
+    let e = serde_json::from_value::<WebhookConfig>(serde_json::json!({
+        "url": "https://hooks.slack.com/services/T/B/X", "format": "slack", "secret": "SECx"
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("secret"), "{e}");
 }
