@@ -121,6 +121,41 @@ async fn baseline(f: Vec<Instance>) -> (f64, usize) {
     (secs, calls)
 }
 
+/// What a plain script would do: list the matching instances, then release them one at a time,
+/// each DeleteInstances call waited for before the next. Returns (seconds, calls).
+async fn naive(f: Vec<Instance>) -> (f64, usize) {
+    let h = start(f).await;
+    let c = client(&h);
+    let start_t = Instant::now();
+    let filter = DescribeFilter {
+        status: Some(InstanceStatus::Stopped),
+        tags: vec![("bench".into(), "release".into())],
+        ..DescribeFilter::default()
+    };
+    for region in fleet::REGIONS {
+        for i in c
+            .describe_instances(region, &filter)
+            .await
+            .expect("describe")
+        {
+            c.delete_instances(&DeleteRequest {
+                region: region.to_string(),
+                instance_ids: vec![i.instance_id],
+                force: false,
+                terminate_subscription: false,
+                dry_run: false,
+                client_token: uuid::Uuid::new_v4().simple().to_string(),
+            })
+            .await
+            .expect("delete");
+        }
+    }
+    let secs = start_t.elapsed().as_secs_f64();
+    let calls = h.sim.calls().len();
+    h.shutdown().await;
+    (secs, calls)
+}
+
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
@@ -148,7 +183,14 @@ async fn fresh_postgres() -> Option<String> {
     Some(u.to_string())
 }
 
-async fn run(store: &str, db_url: &str, f: Vec<Instance>, matching: usize, base_secs: f64) {
+/// Runs `apply` on `f` and returns its wall time in seconds and the ECS calls it made.
+async fn run(
+    store: &str,
+    db_url: &str,
+    f: Vec<Instance>,
+    matching: usize,
+    base_secs: f64,
+) -> (f64, usize) {
     let instances = f.len();
     // Batches hold one region each: the minimum is ceil(n/100) per region.
     let mut per_region = std::collections::BTreeMap::<String, usize>::new();
@@ -216,7 +258,9 @@ async fn run(store: &str, db_url: &str, f: Vec<Instance>, matching: usize, base_
         calls.len(),
         peak as f64 / 1024.0,
     );
+    let made = calls.len();
     h.shutdown().await;
+    (secs, made)
 }
 
 async fn drop_database(url: &str) {
@@ -248,7 +292,13 @@ fn main() {
         let base = baseline(f.clone()).await;
         let dir = tempfile::tempdir().expect("dir");
         let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-        run("sqlite", &sqlite, f.clone(), matching, base.0).await;
+        let (secs, calls) = run("sqlite", &sqlite, f.clone(), matching, base.0).await;
+        let (naive_secs, naive_calls) = naive(f.clone()).await;
+        println!(
+            "apply_fleet [naive script]: the same {matching} releases one instance at a time took {naive_secs:.2} s and {naive_calls} ECS calls; against apply on SQLite ({secs:.2} s, {calls} calls): time ratio naive/apply {:.2}, calls ratio {:.1}",
+            naive_secs / secs,
+            naive_calls as f64 / calls as f64,
+        );
         match fresh_postgres().await {
             Some(url) => {
                 run("postgres", &url, f, matching, base.0).await;

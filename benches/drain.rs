@@ -1,0 +1,260 @@
+//! Draining a queue of releases through the simulator: N releases already queued (100,000 when
+//! measuring) are worked by the workers with 1, 2 and 4 batches in flight, on SQLite and (when
+//! `JANITOR_TEST_POSTGRES_URL` is set) PostgreSQL. Each row is set beside the simulator's own
+//! time for the same work: a bare client making exactly the minimal calls (one re-check
+//! DescribeInstances and one DeleteInstances per 100 releases of a region) with the same
+//! concurrency, against a fresh simulator with the same fleet. Also reports enqueueing the N
+//! releases, the ECS calls per 100 releases, and the process's peak memory (which includes the
+//! simulator and its fleet).
+//!
+//! `cargo bench --bench drain` measures; under `cargo test` it runs a small smoke pass.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ecs_janitor::backoff::Backoff;
+use ecs_janitor::clock::SystemClock;
+use ecs_janitor::ecs::client::{ClientConfig, DeleteRequest, DescribeFilter, EcsClient};
+use ecs_janitor::ecs::credentials::{Credentials, StaticProvider};
+use ecs_janitor::ecs::{Accounts, Instance};
+use ecs_janitor::policy::{self, ProtectionConfig};
+use ecs_janitor::sim::{self, SimConfig, SimHandle, Simulator};
+use ecs_janitor::store::{NewRelease, Store};
+use ecs_janitor::worker::{WorkerConfig, Workers};
+use tokio_util::sync::CancellationToken;
+
+#[path = "support/plan_case.rs"]
+#[allow(dead_code)]
+mod plan_case;
+
+const REGIONS: [&str; 4] = ["cn-hangzhou", "cn-shanghai", "cn-beijing", "ap-southeast-1"];
+
+const POLICY: &str = "name: bench\nschedule: \"0 0 * * * *\"\n\
+    regions: [cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]\n\
+    select:\n  status: Stopped\n  tags: {bench: release}\n\
+    limits:\n  max_releases_per_run: 1000000\n";
+
+/// `n` stopped pay-as-you-go instances tagged `bench=release`, over four regions.
+fn bench_fleet(n: usize) -> Vec<Instance> {
+    (0..n)
+        .map(|i| {
+            let mut inst = plan_case::instance(&format!("i-{i:07}"), REGIONS[i % 4]);
+            inst.tags.insert("bench".into(), "release".into());
+            inst
+        })
+        .collect()
+}
+
+async fn start(f: Vec<Instance>) -> SimHandle {
+    Simulator::new(SimConfig::default(), f)
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("serve")
+}
+
+fn client(h: &SimHandle) -> EcsClient {
+    EcsClient::new(
+        ClientConfig {
+            endpoint: Some(h.endpoint()),
+            ..ClientConfig::default()
+        },
+        Arc::new(StaticProvider(Credentials::new(
+            sim::DEFAULT_ACCESS_KEY_ID,
+            sim::DEFAULT_ACCESS_KEY_SECRET,
+        ))),
+    )
+    .expect("client")
+}
+
+/// The minimal batches: ceil(n/100) per region.
+fn chunks(f: &[Instance]) -> Vec<(String, Vec<String>)> {
+    let mut by_region: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for i in f {
+        by_region
+            .entry(i.region_id.as_str())
+            .or_default()
+            .push(i.instance_id.clone());
+    }
+    let mut out = Vec::new();
+    for (region, ids) in by_region {
+        for c in ids.chunks(100) {
+            out.push((region.to_string(), c.to_vec()));
+        }
+    }
+    out
+}
+
+/// The simulator's own time for the drain: the minimal calls, `concurrency` at a time.
+async fn baseline(f: &[Instance], concurrency: usize) -> f64 {
+    let h = start(f.to_vec()).await;
+    let c = client(&h);
+    let queue = Arc::new(std::sync::Mutex::new(chunks(f)));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (c, q) = (c.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = q.lock().unwrap().pop();
+                let Some((region, ids)) = next else { break };
+                let f = DescribeFilter {
+                    instance_ids: Some(ids.clone()),
+                    ..DescribeFilter::default()
+                };
+                c.describe_instances(&region, &f).await.expect("re-check");
+                c.delete_instances(&DeleteRequest {
+                    region,
+                    instance_ids: ids,
+                    force: false,
+                    terminate_subscription: false,
+                    dry_run: false,
+                    client_token: uuid::Uuid::new_v4().simple().to_string(),
+                })
+                .await
+                .expect("delete");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    h.shutdown().await;
+    secs
+}
+
+/// A fresh database of `kind`, and what to clean up afterwards.
+async fn fresh(kind: &str) -> (Store, Option<tempfile::TempDir>, Option<String>) {
+    if kind == "sqlite" {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        return (Store::connect(&url).await.expect("sqlite"), Some(dir), None);
+    }
+    use sqlx::Connection;
+    let admin = std::env::var("JANITOR_TEST_POSTGRES_URL").expect("postgres url");
+    let name = format!("janitor_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&admin).await.expect("postgres");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await
+        .expect("create");
+    let mut u = url::Url::parse(&admin).expect("url");
+    u.set_path(&format!("/{name}"));
+    (
+        Store::connect(u.as_str()).await.expect("postgres"),
+        None,
+        Some(name),
+    )
+}
+
+async fn drop_database(name: &str) {
+    use sqlx::Connection;
+    let Ok(admin) = std::env::var("JANITOR_TEST_POSTGRES_URL") else {
+        return;
+    };
+    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut c)
+            .await;
+    }
+}
+
+fn peak_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
+    let n = f.len();
+    let h = start(f.to_vec()).await;
+    let (store, _dir, pg) = fresh(kind).await;
+    let releases: Vec<NewRelease> = f
+        .iter()
+        .map(|i| NewRelease {
+            instance_id: i.instance_id.clone(),
+            instance_name: i.instance_name.clone(),
+            account: String::new(),
+            region: i.region_id.clone(),
+            policy: "bench".into(),
+            force: false,
+            terminate_subscription: false,
+            not_before: Utc::now(),
+            reasons: "stopped, tagged bench=release".into(),
+        })
+        .collect();
+    let t = Instant::now();
+    store.enqueue(&releases, Utc::now()).await.expect("enqueue");
+    let enqueue_secs = t.elapsed().as_secs_f64();
+    let policies = policy::load_str("bench.yaml", POLICY)
+        .expect("policy")
+        .policies;
+    let workers = Workers::new(
+        store.clone(),
+        Accounts::single(client(&h)),
+        Arc::new(RwLock::new(policies)),
+        ProtectionConfig::default(),
+        WorkerConfig {
+            concurrency,
+            calls_per_second: 1_000_000,
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(500)),
+            ..WorkerConfig::default()
+        },
+        Arc::new(SystemClock),
+    );
+    let t = Instant::now();
+    workers
+        .drain(CancellationToken::new())
+        .await
+        .expect("drain");
+    let secs = t.elapsed().as_secs_f64();
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(counts.succeeded as usize, n, "every release succeeded");
+    assert_eq!(h.sim.releases().len(), n, "every instance released once");
+    let calls = h.sim.calls().len();
+    let minimum = 2 * chunks(f).len();
+    h.shutdown().await;
+    let base = baseline(f, concurrency).await;
+    println!(
+        "drain [{kind}, {concurrency} workers]: {n} releases in {secs:.2} s ({:.0}/s); simulator's own time {base:.2} s, ratio {:.2}x; enqueue {enqueue_secs:.2} s; ECS calls {calls} (minimum {minimum}), {:.2} per 100 releases; process peak {:.0} MiB",
+        n as f64 / secs,
+        secs / base,
+        calls as f64 * 100.0 / n as f64,
+        peak_mib(),
+    );
+    drop(store);
+    if let Some(name) = pg {
+        drop_database(&name).await;
+    }
+}
+
+fn main() {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let n = if measuring { 100_000 } else { 1_000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let f = bench_fleet(n);
+        let mut kinds = vec!["sqlite"];
+        if std::env::var("JANITOR_TEST_POSTGRES_URL").is_ok_and(|u| !u.is_empty()) {
+            kinds.push("postgres");
+        } else {
+            println!("drain [postgres]: skipped (JANITOR_TEST_POSTGRES_URL is not set)");
+        }
+        for kind in kinds {
+            for concurrency in [1, 2, 4] {
+                drain(kind, &f, concurrency).await;
+            }
+        }
+    });
+}
