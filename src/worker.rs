@@ -460,11 +460,7 @@ impl Workers {
         members: &[BatchMember],
     ) -> Result<(Vec<BatchMember>, HashMap<String, Instance>), EcsError> {
         let found = self
-            .describe(
-                &b.account,
-                &b.region,
-                members.iter().map(|m| m.instance_id.clone()).collect(),
-            )
+            .describe(&b.account, &b.region, instance_ids(members))
             .await?;
         let found: HashMap<String, Instance> = found
             .into_iter()
@@ -499,7 +495,7 @@ impl Workers {
                 Ok(v) => v,
                 Err(e) => return self.retry(&b, &e).await,
             };
-            let observations = self.store.observations().await?;
+            let observations = self.store.observations_of(&instance_ids(&live)).await?;
             let now = self.clock.now();
             for m in &gone {
                 settled.push((
@@ -716,7 +712,7 @@ impl Workers {
             Err(de) => return self.retry(b, &de).await,
         };
         let now = self.clock.now();
-        let observations = self.store.observations().await?;
+        let observations = self.store.observations_of(&instance_ids(live)).await?;
         let mut settled = Vec::new();
         let mut regroup = Vec::new();
         for m in live {
@@ -846,6 +842,10 @@ impl Workers {
             n.send_batch(batch);
         }
     }
+}
+
+fn instance_ids(members: &[BatchMember]) -> Vec<String> {
+    members.iter().map(|m| m.instance_id.clone()).collect()
 }
 
 fn failed(e: &EcsError) -> MemberOutcome {

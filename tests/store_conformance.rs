@@ -443,6 +443,16 @@ conformance!(
             Some(&t0()),
             "another account's listing of the same region clears nothing of this one"
         );
+        let some = s
+            .observations_of(&["i-1".into(), "i-9".into(), "i-404".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            some.len(),
+            2,
+            "only the instances asked for, and only those seen"
+        );
+        assert_eq!(some.get("i-1"), Some(&t0()));
         s.observe("prod", "r1", &[], later).await.unwrap();
         assert!(!s.observations().await.unwrap().contains_key("i-7"));
     }

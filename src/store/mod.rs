@@ -154,6 +154,12 @@ macro_rules! settle {
     ($tx:ident, $batch:expr, $settled:expr, $now:expr) => {{
         let settled: &[(BatchMember, MemberOutcome)] = $settled;
         let mut events = Vec::with_capacity(settled.len());
+        // Members that end the same way are updated together: usually the whole batch at once.
+        #[allow(clippy::type_complexity)]
+        let mut groups: std::collections::BTreeMap<
+            (&str, Option<String>, String, Option<String>),
+            Vec<i64>,
+        > = std::collections::BTreeMap::new();
         for (m, outcome) in settled {
             let (state, code, message, request_id, kind) = match outcome {
                 MemberOutcome::Succeeded {
@@ -182,20 +188,10 @@ macro_rules! settle {
                     ("cancelled", None, reason.clone(), None, "cancelled")
                 }
             };
-            sqlx::query(
-                "UPDATE releases SET state = $3, last_code = COALESCE($4, last_code),
-                        last_message = $5, request_id = COALESCE($6, request_id), updated_at = $7
-                 WHERE id = $1 AND batch_id = $2 AND state = 'in_flight'",
-            )
-            .bind(m.release_id)
-            .bind($batch)
-            .bind(state)
-            .bind(code.clone())
-            .bind(message.clone())
-            .bind(request_id.clone())
-            .bind(ms($now))
-            .execute(&mut *$tx)
-            .await?;
+            groups
+                .entry((state, code.clone(), message.clone(), request_id.clone()))
+                .or_insert_with(Vec::new)
+                .push(m.release_id);
             events.push(NewEvent {
                 kind,
                 release_id: Some(m.release_id),
@@ -207,6 +203,26 @@ macro_rules! settle {
                 detail: message,
                 ..NewEvent::default()
             });
+        }
+        for ((state, code, message, request_id), ids) in &groups {
+            for chunk in ids.chunks(400) {
+                let mut q = QueryBuilder::new("UPDATE releases SET state = ");
+                q.push_bind(*state);
+                q.push(", last_code = COALESCE(").push_bind(code.clone());
+                q.push(", last_code), last_message = ")
+                    .push_bind(message.clone());
+                q.push(", request_id = COALESCE(")
+                    .push_bind(request_id.clone());
+                q.push(", request_id), updated_at = ").push_bind(ms($now));
+                q.push(" WHERE batch_id = ").push_bind($batch);
+                q.push(" AND state = 'in_flight' AND id IN (");
+                let mut sep = q.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                q.push(")");
+                q.build().execute(&mut *$tx).await?;
+            }
         }
         insert_events!($tx, &events, $now);
     }};
@@ -537,6 +553,30 @@ impl Store {
         .fetch_all(p)
         .await)?;
         Ok(rows.into_iter().map(|(i, t)| (i, from_ms(t))).collect())
+    }
+
+    /// When each of `ids` was first seen Stopped (those never seen are left out): a batch's
+    /// re-check reads its own instances only.
+    pub async fn observations_of(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let rows: Vec<(String, i64)> = with_pool!(self, p => {
+                let mut q = QueryBuilder::new(
+                    "SELECT instance_id, first_seen_stopped_at FROM observations WHERE instance_id IN (",
+                );
+                let mut sep = q.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.clone());
+                }
+                q.push(")");
+                q.build_query_as().fetch_all(p).await
+            })?;
+            out.extend(rows.into_iter().map(|(i, t)| (i, from_ms(t))));
+        }
+        Ok(out)
     }
 
     /// Pending and in-flight releases, newest first.
