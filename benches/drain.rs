@@ -7,7 +7,8 @@
 //! releases, the ECS calls per 100 releases, and the process's peak memory (which includes the
 //! simulator and its fleet).
 //!
-//! `cargo bench --bench drain` measures; under `cargo test` it runs a small smoke pass.
+//! `cargo bench --bench drain` measures (`-- sqlite 4` narrows it to one store and one worker
+//! count); under `cargo test` it runs a small smoke pass.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -251,8 +252,17 @@ fn main() {
         } else {
             println!("drain [postgres]: skipped (JANITOR_TEST_POSTGRES_URL is not set)");
         }
-        for kind in kinds {
-            for concurrency in [1, 2, 4] {
+        // `cargo bench --bench drain -- sqlite 4` runs only the SQLite store with 4 workers.
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let want_kind = |k: &str| {
+            !args.iter().any(|a| a == "sqlite" || a == "postgres") || args.iter().any(|a| a == k)
+        };
+        let want_workers = |w: usize| {
+            !args.iter().any(|a| a.parse::<usize>().is_ok())
+                || args.iter().any(|a| a.parse::<usize>() == Ok(w))
+        };
+        for kind in kinds.into_iter().filter(|k| want_kind(k)) {
+            for concurrency in [1, 2, 4].into_iter().filter(|w| want_workers(*w)) {
                 drain(kind, &f, concurrency).await;
             }
         }

@@ -716,9 +716,11 @@ impl Store {
             let batch_id = match existing {
                 Some(id) => Some(id),
                 None => {
+                    // `+not_before`: filter on the due time, but walk the pending releases
+                    // in id order (the partial indexes of migration 0003), never sort them all.
                     let head: Option<(String, String, i64, i64)> = sqlx::query_as(&format!(
                         "SELECT account, region, force, terminate_subscription FROM releases
-                         WHERE state = 'pending' AND not_before <= $1
+                         WHERE state = 'pending' AND +not_before <= $1
                          ORDER BY id LIMIT 1{lock}"
                     ))
                     .bind(ms(now))
@@ -729,7 +731,7 @@ impl Store {
                         Some((account, region, force, ts)) => {
                             let ids: Vec<i64> = sqlx::query_scalar(&format!(
                                 "SELECT id FROM releases
-                                 WHERE state = 'pending' AND not_before <= $1 AND region = $2
+                                 WHERE state = 'pending' AND +not_before <= $1 AND region = $2
                                    AND force = $3 AND terminate_subscription = $4
                                    AND account = $6
                                  ORDER BY id LIMIT $5{lock}"
