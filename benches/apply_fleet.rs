@@ -308,5 +308,26 @@ fn main() {
                 println!("apply_fleet [postgres]: skipped (JANITOR_TEST_POSTGRES_URL is not set)")
             }
         }
+        // The largest job: every instance of the fleet matches, so apply lists, plans, queues
+        // and releases all of them (peak memory at full scale).
+        let all = every_instance_matches(instances);
+        let base = baseline(all.clone()).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let sqlite = format!("sqlite://{}", dir.path().join("all.db").display());
+        run("sqlite, every instance matches", &sqlite, all, instances, base.0).await;
     });
+}
+
+/// `n` stopped pay-as-you-go instances, all tagged `bench=release`.
+fn every_instance_matches(n: usize) -> Vec<Instance> {
+    let mut f = fleet::generate(n, 8, chrono::Utc::now());
+    for i in f.iter_mut() {
+        i.status = InstanceStatus::Stopped;
+        i.charge_type = ChargeType::PostPaid;
+        i.deletion_protection = false;
+        i.lock_reasons.clear();
+        i.tags.remove("janitor:protect");
+        i.tags.insert("bench".into(), "release".into());
+    }
+    f
 }
