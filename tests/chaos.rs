@@ -387,6 +387,35 @@ impl Probe {
         }
     }
 
+    /// The releases by state and the batches not done, for a failure message.
+    async fn describe(&self) -> String {
+        let states = "SELECT state || ': ' || COUNT(*) FROM releases GROUP BY state";
+        let batches = "SELECT 'batch ' || id || ' ' || state || ' attempts ' || attempts
+                       || ' claims ' || claims || ' owner ' || COALESCE(lease_owner, '-')
+                       || ' lease until ' || COALESCE(lease_expires_at, 0)
+                       || ' next attempt ' || next_attempt_at || ' code '
+                       || COALESCE(last_code, '-')
+                       FROM batches WHERE state <> 'done' ORDER BY id";
+        let twice = "SELECT 'instance ' || instance_id || ': ' || STRING_AGG(id || ' ' || state
+                       || ' batch ' || COALESCE(batch_id, 0) || ' ' || COALESCE(last_code, '-')
+                       || ' ' || COALESCE(request_id, '-'), '; ')
+                     FROM releases GROUP BY instance_id HAVING COUNT(*) > 1 LIMIT 20";
+        let twice = match self {
+            Probe::Sqlite(_) => twice.replace("STRING_AGG", "GROUP_CONCAT"),
+            Probe::Pg(_) => twice.to_string(),
+        };
+        let mut out: Vec<String> = Vec::new();
+        for sql in [states, batches, twice.as_str()] {
+            let lines: Vec<String> = match self {
+                Probe::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+                Probe::Pg(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+            };
+            out.extend(lines);
+        }
+        out.push(format!("now {}", Utc::now().timestamp_millis()));
+        out.join("\n")
+    }
+
     /// A batch's state and claim count.
     async fn batch(&self, id: i64) -> (String, i64) {
         let sql = "SELECT state, claims FROM batches WHERE id = $1";
@@ -397,15 +426,42 @@ impl Probe {
     }
 }
 
-/// Waits until the store records `n` succeeded releases: ECS may have carried out a release
-/// whose answer was lost, and the record follows when the retry (same token) answers.
-async fn wait_recorded(probe: &Probe, n: usize) {
-    common::wait_for(
-        "every release recorded",
-        Duration::from_secs(90),
-        || async move { probe.succeeded().await == n as i64 },
-    )
+/// Waits until ECS has released as many instances as `want` holds, then checks they are the ones.
+async fn wait_released(h: &SimHandle, want: &BTreeSet<String>) {
+    common::wait_for("every release", Duration::from_secs(90), || {
+        let done = h.sim.releases().len() >= want.len();
+        async move { done }
+    })
     .await;
+    let got = released(h);
+    let extra: Vec<_> = got.difference(want).collect();
+    let missing: Vec<_> = want.difference(&got).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "ECS released {} unexpected instances {extra:?} and not {missing:?}",
+        extra.len()
+    );
+}
+
+/// Waits until the store records `n` succeeded releases: ECS may have carried out a release
+/// whose answer was lost, and the record follows when the retry (same token) answers. At the
+/// deadline, panics with the queue's state and what the `running` children logged.
+async fn wait_recorded(probe: &Probe, n: usize, running: &[&Janitor]) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(90);
+    while probe.succeeded().await != n as i64 {
+        if tokio::time::Instant::now() > end {
+            let logs: Vec<String> = running
+                .iter()
+                .map(|j| format!("--- {}:\n{}", j.name, tail(&j.stderr())))
+                .collect();
+            panic!(
+                "timed out waiting for {n} releases recorded as succeeded:\n{}\n{}",
+                probe.describe().await,
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// What a user relies on after any amount of chaos: ECS released exactly `want`, each instance
@@ -768,12 +824,8 @@ async fn three_replicas_share_postgres_and_finish_the_batches_of_one_killed_hold
     );
     assert!(!orphaned.is_empty(), "replica-c died holding a lease");
 
-    common::wait_for("every release", Duration::from_secs(90), || {
-        let done = h.sim.releases().len() >= want.len();
-        async move { done }
-    })
-    .await;
-    wait_recorded(&probe, want.len()).await;
+    wait_released(&h, &want).await;
+    wait_recorded(&probe, want.len(), &[&victim, &others[0], &others[1]]).await;
     for (id, claims) in &orphaned {
         let (state, now_claims) = probe.batch(*id).await;
         assert!(
@@ -1008,10 +1060,14 @@ async fn the_daemon_survives_a_postgres_outage_and_finishes_the_work() {
         Some(200),
         "alive while the database is away"
     );
-    // The outage lasts until the daemon has been refused new connections and both of its loops
-    // (the scheduler and the workers) have met the error.
+    // The outage lasts a seeded 4 to 10 s, and at least until the daemon has been refused new
+    // connections and both of its loops (the scheduler and the workers) have met the error.
+    // Readiness says 503, naming the database, every time it is asked meanwhile.
+    let hold = Duration::from_millis(StdRng::seed_from_u64(seed).gen_range(4000..10_000));
     let refused = &proxy.refused;
     let err = d.err.clone();
+    let answers = AtomicUsize::new(0);
+    let answers = &answers;
     let met = d
         .until(
             "the scheduler and the workers to meet the outage",
@@ -1019,8 +1075,16 @@ async fn the_daemon_survives_a_postgres_outage_and_finishes_the_work() {
             || {
                 let log = std::fs::read_to_string(&err).unwrap_or_default();
                 let n = refused.load(Ordering::SeqCst);
+                let long_enough = (Utc::now() - cut_at).to_std().unwrap_or_default() >= hold;
                 async move {
-                    n >= 3
+                    let answer = http_get(r).await;
+                    assert!(
+                        matches!(&answer, Some((503, body)) if body.contains("database")),
+                        "/readyz during the outage: {answer:?}"
+                    );
+                    answers.fetch_add(1, Ordering::SeqCst);
+                    long_enough
+                        && n >= 3
                         && log.contains("reconcile failed")
                         && (log.contains("worker step failed")
                             || log.contains("cannot read the queue"))
@@ -1033,8 +1097,11 @@ async fn the_daemon_survives_a_postgres_outage_and_finishes_the_work() {
     proxy.restore();
     let restored_at = Utc::now();
     eprintln!(
-        "outage of {} ms; {left} releases left when the database came back",
-        (restored_at - cut_at).num_milliseconds()
+        "outage of {} ms ({} readiness answers, all 503; {} connections refused); {left} \
+         releases left when the database came back",
+        (restored_at - cut_at).num_milliseconds(),
+        answers.load(Ordering::SeqCst),
+        refused.load(Ordering::SeqCst)
     );
     assert!(left > 0, "work was left for after the outage");
     assert!(
@@ -1047,12 +1114,8 @@ async fn the_daemon_survives_a_postgres_outage_and_finishes_the_work() {
         "the daemon exited: {}",
         d.stderr()
     );
-    common::wait_for("every release", Duration::from_secs(90), || {
-        let done = h.sim.releases().len() >= want.len();
-        async move { done }
-    })
-    .await;
-    wait_recorded(&probe, want.len()).await;
+    wait_released(&h, &want).await;
+    wait_recorded(&probe, want.len(), &[&d]).await;
     // The scheduler went on after the outage: a tick after it was reconciled.
     let store = &db.store;
     common::wait_for(
