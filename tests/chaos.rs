@@ -86,8 +86,9 @@ fn protected(i: &Instance) -> bool {
         || i.lock_reasons.iter().any(|r| r == "security")
 }
 
-/// A generated fleet where, on top of the generator's own few, every tenth instance the policy
-/// selects is protected: in turn by the tag, by deletion protection, by a security lock.
+/// A generated fleet where, on top of the generator's own few, three in every ten instances the
+/// policy selects are protected: one by the tag, one by deletion protection, one by a security
+/// lock.
 fn chaos_fleet(n: usize, seed: u64) -> Vec<Instance> {
     let mut fleet = fleet::generate(n, seed, Utc::now());
     for (k, i) in fleet.iter_mut().filter(|i| selected(i)).enumerate() {
@@ -217,13 +218,18 @@ impl Janitor {
     }
 
     fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends `kill -SIG` (TERM, STOP, CONT).
+    fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("still running").to_string();
         let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{sig}"), &pid])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM {pid}");
+        assert!(ok, "kill -{sig} {pid}");
     }
 
     /// Waits for it to exit, at most `within`.
@@ -747,7 +753,8 @@ async fn three_replicas_share_postgres_and_finish_the_batches_of_one_killed_hold
         return;
     };
     let seed = seed("replicas", 0x5eed_0003);
-    let fleet = chaos_fleet(5000, seed);
+    // About 1400 releases: some 15 batches, enough for three replicas at 4 calls a second each.
+    let fleet = chaos_fleet(10_000, seed);
     let want = expected(&fleet);
     let guard = guarded(&fleet);
     // Error faults on DeleteInstances only, so each inventory's first page is exactly one call
@@ -791,38 +798,54 @@ async fn three_replicas_share_postgres_and_finish_the_batches_of_one_killed_hold
         victim.stderr()
     );
     let mut others = vec![start("replica-a"), start("replica-b")];
+    // Mid-run: the others are at work and ECS has carried out a batch.
+    let sim = &h.sim;
     common::wait_for(
-        "replica-a and replica-b at work",
+        "replica-a and replica-b at work, and a batch released",
         Duration::from_secs(60),
         || async move {
-            p.count(
-                "SELECT COUNT(DISTINCT owner) FROM policy_runs
-                 WHERE owner IN ('replica-a', 'replica-b')",
-            )
-            .await
+            let others_at_work = p
+                .count(
+                    "SELECT COUNT(DISTINCT owner) FROM policy_runs
+                     WHERE owner IN ('replica-a', 'replica-b')",
+                )
+                .await
                 > 0
                 || !p.leases("replica-a", true).await.is_empty()
-                || !p.leases("replica-b", true).await.is_empty()
+                || !p.leases("replica-b", true).await.is_empty();
+            others_at_work && !sim.releases().is_empty()
         },
     )
     .await;
-    // Killed while it holds a lease: its batches stay leased to a dead process.
-    let holding = victim
-        .until(
-            "replica-c to hold a lease",
-            Duration::from_secs(60),
-            || async move { !p.leases("replica-c", true).await.is_empty() },
-        )
-        .await;
-    assert!(holding, "replica-c exited: {}", victim.stderr());
+    // Killed while it holds a lease: frozen (SIGSTOP) once it is seen holding one, so that what
+    // it holds can be read before it dies; thawed and watched again if it let go just before.
+    let mut orphaned = Vec::new();
+    for _ in 0..20 {
+        let holding = victim
+            .until(
+                "replica-c to hold a lease",
+                Duration::from_secs(60),
+                || async move { !p.leases("replica-c", true).await.is_empty() },
+            )
+            .await;
+        assert!(holding, "replica-c exited: {}", victim.stderr());
+        victim.signal("STOP");
+        orphaned = probe.leases("replica-c", true).await;
+        if !orphaned.is_empty() {
+            break;
+        }
+        victim.signal("CONT");
+    }
+    assert!(
+        !orphaned.is_empty(),
+        "replica-c was never frozen holding a lease"
+    );
     victim.sigkill().await;
-    let orphaned = probe.leases("replica-c", false).await;
     eprintln!(
-        "replica-c killed holding batches {orphaned:?}; ECS released {} of {}",
+        "replica-c killed holding batches {orphaned:?} (id, claims); ECS released {} of {}",
         h.sim.releases().len(),
         want.len()
     );
-    assert!(!orphaned.is_empty(), "replica-c died holding a lease");
 
     wait_released(&h, &want).await;
     wait_recorded(&probe, want.len(), &[&victim, &others[0], &others[1]]).await;
