@@ -6,7 +6,8 @@
 //! - three `run` replicas sharing one PostgreSQL database, one killed while it holds a lease;
 //! - the PostgreSQL connection cut and restored under a running daemon (through a TCP proxy in
 //!   the test, so the shared server is never restarted);
-//! - a SQLite file locked by another connection, and one made read-only.
+//! - a SQLite file locked by another connection, and one made read-only (`chattr +i`, which
+//!   binds root too) or opened with `?mode=ro`.
 //!
 //! Every random choice comes from a seed that the test prints; set `JANITOR_CHAOS_SEED` to
 //! replay a failure or to explore another seed. Children write to files, never to pipes, and are
@@ -569,7 +570,7 @@ const KILLS: usize = 12;
 
 async fn apply_under_chaos(db_url: &str, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    // About 2000 releases: some 20 batches of at most 100, so that kills find work to interrupt.
+    // About 1600 releases: some 20 batches of at most 100, so that kills find work to interrupt.
     let fleet = chaos_fleet(12_000, seed);
     let want = expected(&fleet);
     let guard = guarded(&fleet);
@@ -1327,25 +1328,38 @@ impl Drop for Immutable {
 async fn a_read_only_sqlite_file_is_named_with_what_to_do_and_loses_nothing() {
     let (h, dir, path, url) = released_once().await;
     let before = stored(&path).await;
-    // Tests run as root, for whom file modes change nothing: the immutable attribute is refused
-    // to root too, as a read-only file is to anyone else. Where chattr is not available (another
-    // file system, no CAP_LINUX_IMMUTABLE), the URL asks SQLite to open the file read-only.
-    let immutable = Immutable::set(&path);
-    let ro_url = match &immutable {
-        Some(_) => url.clone(),
-        None => {
-            eprintln!("chattr +i is not available here: opening the file with ?mode=ro instead");
-            format!("{url}?mode=ro")
-        }
-    };
     let sent = deletes(&h);
-    let mut j = janitor(&h, dir.path(), &ro_url, "read-only", &["apply"], &[]);
+    // Tests run as root, for whom file modes change nothing: the immutable attribute is refused
+    // to root too, as a read-only file is to anyone else. It needs chattr and a file system that
+    // has the attribute (ext4, xfs, btrfs) and CAP_LINUX_IMMUTABLE; without them that case is
+    // skipped with a note, and only the read-only URL below is tried.
+    match Immutable::set(&path) {
+        Some(immutable) => {
+            let mut j = janitor(&h, dir.path(), &url, "immutable", &["apply"], &[]);
+            let st = j.exit(Duration::from_secs(60)).await;
+            let msg = assert_explained_failure(&j, st, &path);
+            eprintln!("{msg}");
+            assert!(msg.contains("read-only"), "{msg}");
+            assert!(msg.contains("writable"), "says what to do: {msg}");
+            assert!(
+                msg.contains("chattr -i"),
+                "names the attribute to check: {msg}"
+            );
+            drop(immutable);
+        }
+        None => eprintln!("chattr +i is not available here: only ?mode=ro is tried"),
+    }
+    // A URL that asks SQLite to open the file read-only gets its own remedy.
+    let ro_url = format!("{url}?mode=ro");
+    let mut j = janitor(&h, dir.path(), &ro_url, "mode-ro", &["apply"], &[]);
     let st = j.exit(Duration::from_secs(60)).await;
     let msg = assert_explained_failure(&j, st, &path);
     eprintln!("{msg}");
-    assert!(msg.contains("read-only"), "{msg}");
+    assert!(
+        msg.contains("read-only") && msg.contains("mode=ro"),
+        "{msg}"
+    );
     assert!(msg.contains("writable"), "says what to do: {msg}");
     assert_eq!(deletes(&h), sent, "nothing was sent to ECS");
-    drop(immutable);
     rerun_completes(&h, dir.path(), &path, &url, &before).await;
 }
