@@ -128,17 +128,9 @@ impl Reconciler {
         now: DateTime<Utc>,
         record: bool,
     ) -> Result<(Inventory, EvalContext), ReconcileError> {
-        let inv = inventory::fetch(&self.accounts, policies)
-            .await
-            .map_err(ReconcileError::Inventory)?;
-        for ((account, region), instances) in inv.regions.iter().filter(|_| record) {
-            let stopped: Vec<String> = instances
-                .iter()
-                .filter(|i| i.status == InstanceStatus::Stopped)
-                .map(|i| i.instance_id.clone())
-                .collect();
-            self.store.observe(account, region, &stopped, now).await?;
-        }
+        // The queue is read before the inventory: a release that finishes while the inventory
+        // is fetched still counts as queued, so its instance (listed, but gone by now) is not
+        // queued a second time.
         let queued = self
             .store
             .active_releases()
@@ -154,6 +146,17 @@ impl Reconciler {
                 )
             })
             .collect();
+        let inv = inventory::fetch(&self.accounts, policies)
+            .await
+            .map_err(ReconcileError::Inventory)?;
+        for ((account, region), instances) in inv.regions.iter().filter(|_| record) {
+            let stopped: Vec<String> = instances
+                .iter()
+                .filter(|i| i.status == InstanceStatus::Stopped)
+                .map(|i| i.instance_id.clone())
+                .collect();
+            self.store.observe(account, region, &stopped, now).await?;
+        }
         let ctx = EvalContext {
             observations: self.store.observations().await?,
             queued,

@@ -620,3 +620,28 @@ async fn upgrading_from_the_first_schema_keeps_every_release() {
     assert_eq!(b.account, "");
     assert_eq!(b.members[0].instance_id, "i-old");
 }
+
+conformance!(
+    an_instance_released_once_is_never_queued_again,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
+        let b = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let done: Vec<_> = b.members.iter().map(|m| (m.clone(), ok())).collect();
+        assert!(s
+            .finish_batch(&b.fence, "done", None, &done, &[], t0())
+            .await
+            .unwrap());
+        // A slow pass that listed i-1 before it went now tries to queue it again.
+        let again = s
+            .enqueue(&[rel("i-1", "r1", false), rel("i-2", "r1", false)], t0())
+            .await
+            .unwrap();
+        assert_eq!(
+            again.iter().map(|(_, i)| i.as_str()).collect::<Vec<_>>(),
+            ["i-2"],
+            "a released instance is gone for good"
+        );
+        assert_eq!(state_of(s, "i-1").await, ["succeeded"]);
+    }
+);

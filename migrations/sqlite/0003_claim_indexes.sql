@@ -8,3 +8,5 @@ CREATE INDEX releases_due ON releases (not_before) WHERE state = 'pending';
 CREATE INDEX releases_pending_by_id ON releases (id) WHERE state = 'pending';
 CREATE INDEX releases_pending_group ON releases (account, region, force, terminate_subscription, id)
     WHERE state = 'pending';
+-- Enqueueing skips instances already released, looked up by instance id in every state.
+CREATE INDEX releases_instance ON releases (instance_id);

@@ -591,7 +591,9 @@ impl Store {
     }
 
     /// Queues releases. An instance that already has an active release is left alone (the
-    /// partial unique index decides). Returns the ids of the releases created.
+    /// partial unique index decides), and so is one already released: ECS never reuses an
+    /// instance id, so a pass that listed the instance before another replica released it must
+    /// not queue it again. Returns the ids of the releases created.
     pub async fn enqueue(
         &self,
         releases: &[NewRelease],
@@ -601,6 +603,22 @@ impl Store {
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
             for chunk in releases.chunks(400) {
+                let mut q = QueryBuilder::new(
+                    "SELECT instance_id FROM releases WHERE state = 'succeeded' AND instance_id IN (",
+                );
+                let mut sep = q.separated(", ");
+                for r in chunk {
+                    sep.push_bind(r.instance_id.clone());
+                }
+                q.push(")");
+                let done: std::collections::HashSet<String> =
+                    q.build_query_scalar().fetch_all(&mut *tx).await?.into_iter().collect();
+                let fresh: Vec<&NewRelease> =
+                    chunk.iter().filter(|r| !done.contains(&r.instance_id)).collect();
+                if fresh.is_empty() {
+                    continue;
+                }
+                let chunk = fresh;
                 let mut q = QueryBuilder::new(
                     "INSERT INTO releases (instance_id, instance_name, region, policy, force,
                      terminate_subscription, state, not_before, reasons, created_at, updated_at,
