@@ -781,6 +781,11 @@ async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Fail before binding anything when the policies or the database are unusable.
     let policies = load_policies(&args.policies.policies, &[])?;
     let store = Store::connect(&args.db.url).await?;
+    // A daemon only reads until work arrives: prove now that the database takes writes (not a
+    // read-only file or replica), rather than at the first release.
+    store
+        .set_setting("last_started_at", &chrono::Utc::now().to_rfc3339())
+        .await?;
     let metrics = crate::metrics::Metrics::new();
     let client = args.ecs.client()?.with_observer(metrics.call_observer());
     let accounts = args.ecs.accounts(client.clone(), &policies)?;

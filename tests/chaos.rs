@@ -1360,6 +1360,18 @@ async fn a_read_only_sqlite_file_is_named_with_what_to_do_and_loses_nothing() {
         "{msg}"
     );
     assert!(msg.contains("writable"), "says what to do: {msg}");
+    // The daemon, which only reads until work arrives, refuses to start on it too.
+    let mut j = janitor(
+        &h,
+        dir.path(),
+        &ro_url,
+        "run-mode-ro",
+        &["run", "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    let st = j.exit(Duration::from_secs(60)).await;
+    let msg = assert_explained_failure(&j, st, &path);
+    assert!(msg.contains("mode=ro"), "{msg}");
     assert_eq!(deletes(&h), sent, "nothing was sent to ECS");
     rerun_completes(&h, dir.path(), &path, &url, &before).await;
 }
