@@ -743,9 +743,12 @@ fn delete(
     let (region, _) = require_region(st, map)?;
     let region = region.to_string();
     let region_param = map.get("RegionId").copied().unwrap_or_default().to_string();
+    // An id named twice (under one index or two) is one instance, released once.
+    let mut seen = HashSet::new();
     let ids: Vec<String> = instance_id_params(params)?
         .into_iter()
         .map(|(_, id)| id)
+        .filter(|id| seen.insert(id.clone()))
         .collect();
     if ids.is_empty() {
         return Err(api_err(
