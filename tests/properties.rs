@@ -11,8 +11,8 @@
 //! - claiming batches from a real SQLite store until the queue is empty yields batches of at most
 //!   100 ids, one region and one flag combination each, holding every due release exactly once.
 //!
-//! Runs are seeded (set `PROPTEST_RNG_SEED` to explore other inputs) and case counts are small
-//! enough for the whole file to run in seconds.
+//! Runs are seeded (set `PROPTEST_RNG_SEED` to explore other inputs, `PROPTEST_CASES` for more
+//! of them) and case counts are small enough for the whole file to run in seconds.
 
 mod common;
 
@@ -33,11 +33,18 @@ use ecs_janitor::store::NewRelease;
 /// The seed of every property here unless `PROPTEST_RNG_SEED` says otherwise.
 const SEED: u64 = 0x006a_616e_6974_6f72;
 
+/// `cases` cases from the fixed seed, unless `PROPTEST_CASES` or `PROPTEST_RNG_SEED` say
+/// otherwise (for a longer or different local run).
 fn config(cases: u32) -> ProptestConfig {
     let base = ProptestConfig::default();
     let rng_seed = match base.rng_seed {
         RngSeed::Random => RngSeed::Fixed(SEED),
         fixed => fixed,
+    };
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() {
+        base.cases
+    } else {
+        cases
     };
     ProptestConfig {
         cases,
