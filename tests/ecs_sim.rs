@@ -755,6 +755,38 @@ async fn bad_input_gets_ecs_errors_never_a_crash() {
     ));
 }
 
+/// Found by fuzzing (fuzz/regressions/sim_request/duplicate-instance-ids-released-once.req):
+/// the simulator recorded an instance named twice in one DeleteInstances as released twice.
+#[tokio::test]
+async fn an_instance_named_twice_in_one_call_is_released_once() {
+    let h = start(
+        vec![
+            inst("i-a", InstanceStatus::Stopped, ChargeType::PostPaid),
+            inst("i-b", InstanceStatus::Stopped, ChargeType::PostPaid),
+        ],
+        Faults::default(),
+    )
+    .await;
+    let delete = [("Action", "DeleteInstances"), ("RegionId", REGION)];
+    // The same index twice, then the same id under two indices.
+    for ids in [
+        [("InstanceId.1", "i-a"), ("InstanceId.1", "i-a")],
+        [("InstanceId.1", "i-b"), ("InstanceId.2", "i-b")],
+    ] {
+        let params: Vec<(&str, &str)> = delete.iter().chain(&ids).copied().collect();
+        let (status, body) = raw(&h, &params, None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let released: Vec<String> = h
+        .sim
+        .releases()
+        .into_iter()
+        .map(|r| r.instance_id)
+        .collect();
+    assert_eq!(released, ["i-a", "i-b"]);
+    assert!(h.sim.instances().is_empty());
+}
+
 #[tokio::test]
 async fn form_bodies_are_signed_and_accepted_like_the_go_sdk_sends_them() {
     let h = start(

@@ -816,9 +816,12 @@ fn delete(
     let (region, _) = require_region(st, map)?;
     let region = region.to_string();
     let region_param = map.get("RegionId").copied().unwrap_or_default().to_string();
+    // An id named twice (under one index or two) is one instance, released once.
+    let mut seen = HashSet::new();
     let ids: Vec<String> = instance_id_params(params)?
         .into_iter()
         .map(|(_, id)| id)
+        .filter(|id| seen.insert(id.clone()))
         .collect();
     if ids.is_empty() {
         return Err(api_err(
@@ -976,6 +979,19 @@ async fn handle(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    respond(&sim, &method, &headers, query.as_deref(), &body).await
+}
+
+/// Answers one ECS RPC request from its raw parts, exactly as the endpoint `/` does: parameters
+/// come from the query and, for a form (or any non-empty POST) body, from the body. Public so
+/// the whole request path (parsing, signature check, dispatch) can be fuzzed without a socket.
+pub async fn respond(
+    sim: &Simulator,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &[u8],
+) -> Response {
     let mut params: Vec<(String, String)> =
         form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
@@ -984,8 +1000,8 @@ async fn handle(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if is_form || (method == Method::POST && !body.is_empty()) {
-        params.extend(form_urlencoded::parse(&body).into_owned());
+    if is_form || (*method == Method::POST && !body.is_empty()) {
+        params.extend(form_urlencoded::parse(body).into_owned());
     }
     let (result, request_id, retry_after) = sim.process(method.as_str(), &params);
     let latency = sim.config().faults.latency;
