@@ -606,6 +606,7 @@ async fn claim_all(
             let r = &rows[&m.release_id];
             assert_eq!(r.instance_id, m.instance_id);
             assert_eq!(r.region, b.region, "a batch mixes regions");
+            assert_eq!(r.account, b.account, "a batch mixes accounts");
             assert_eq!(
                 (r.force, r.terminate_subscription),
                 (b.force, b.terminate_subscription),
@@ -621,8 +622,9 @@ async fn claim_all(
 proptest! {
     #![proptest_config(config(12))]
 
-    /// However releases arrive (regions, flags, duplicates, due now or later), the batches a
-    /// worker claims hold at most 100 ids of one region and one flag combination, and every
+    /// However releases arrive (accounts, regions, flags, duplicates, due now or later), the
+    /// batches a worker claims hold at most 100 ids of one account, one region and one flag
+    /// combination, and every
     /// queued release is batched exactly once, when it is due.
     #[test]
     fn batches_are_small_uniform_and_cover_the_queue_once(
@@ -639,6 +641,8 @@ proptest! {
                 .map(|&(inst, region, force, terminate, due)| NewRelease {
                     instance_id: format!("i-{inst}"),
                     instance_name: format!("name-{inst}"),
+                    // Mostly the default account, some in a second one.
+                    account: if inst % 7 == 0 { "prod".into() } else { String::new() },
                     region: REGIONS[region].into(),
                     policy: "p".into(),
                     force,
