@@ -20,7 +20,8 @@ impl Backoff {
 
     /// The upper bound of the delay before retry number `retries + 1`.
     pub fn ceiling(&self, retries: u32) -> Duration {
-        let factor = 1u64.checked_shl(retries.min(63)).unwrap_or(u64::MAX);
+        // 2^retries, saturating: from 64 retries on the product is past any cap.
+        let factor = 1u64.checked_shl(retries).unwrap_or(u64::MAX);
         let base_ms = self.base.as_millis().min(u64::MAX as u128) as u64;
         let ms = base_ms.saturating_mul(factor);
         Duration::from_millis(ms).min(self.cap)
