@@ -583,6 +583,28 @@ fn config_check() -> anyhow::Result<ExitCode> {
         };
         outln!("{:<32} {:<48} {}", var, shown, source);
     }
+    // Accounts the file maps, and whether each one's profile can sign (no secret is shown).
+    let accounts = match &file {
+        Some(f) => f.accounts()?,
+        None => Default::default(),
+    };
+    for (account, profile) in accounts {
+        let chain =
+            crate::ecs::credentials::ChainProvider::new(crate::ecs::credentials::ChainOptions {
+                profile: Some(profile.clone()),
+                ..Default::default()
+            });
+        let status = match chain.source() {
+            Ok(source) => source.to_string(),
+            Err(e) => format!("UNUSABLE: {e}"),
+        };
+        outln!(
+            "{:<32} {:<48} {}",
+            format!("account {account}"),
+            format!("profile {profile}"),
+            status
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

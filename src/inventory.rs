@@ -9,10 +9,12 @@ use crate::ecs::client::DescribeFilter;
 use crate::ecs::{account_of, Accounts, EcsError, Instance};
 use crate::policy::Policy;
 
-/// Instances by (account, region); `""` is the default account.
+/// Instances by (account, region); `""` is the default account. One vector holds them all,
+/// each (account, region) a contiguous run of it, so the planner reads them without a copy.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    pub regions: BTreeMap<(String, String), Vec<Instance>>,
+    instances: Vec<Instance>,
+    runs: BTreeMap<(String, String), std::ops::Range<usize>>,
 }
 
 /// Why an (account, region) could not be listed.
@@ -38,26 +40,39 @@ pub fn account_suffix(account: &str) -> String {
 }
 
 impl Inventory {
-    /// Every instance, region by region.
-    pub fn all(&self) -> Vec<Instance> {
-        self.regions.values().flatten().cloned().collect()
+    /// Every instance, account by account and region by region.
+    pub fn all(&self) -> &[Instance] {
+        &self.instances
     }
 
-    /// The instances of `account`, region by region.
-    pub fn of_account(&self, account: &str) -> Vec<Instance> {
-        self.regions
+    /// The instances of `account`, region by region (contiguous: runs are stored in
+    /// (account, region) order).
+    pub fn of_account(&self, account: &str) -> &[Instance] {
+        let mut mine = self
+            .runs
             .iter()
             .filter(|((a, _), _)| a == account)
-            .flat_map(|(_, v)| v.iter().cloned())
-            .collect()
+            .map(|(_, r)| r.clone());
+        let Some(first) = mine.next() else {
+            return &[];
+        };
+        let end = mine.last().map_or(first.end, |r| r.end);
+        &self.instances[first.start..end]
+    }
+
+    /// Each (account, region) with its instances.
+    pub fn regions(&self) -> impl Iterator<Item = (&(String, String), &[Instance])> {
+        self.runs
+            .iter()
+            .map(|(k, r)| (k, &self.instances[r.clone()]))
     }
 
     pub fn len(&self) -> usize {
-        self.regions.values().map(Vec::len).sum()
+        self.instances.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.instances.is_empty()
     }
 }
 
@@ -120,8 +135,12 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
             ?filter,
             "inventory fetched"
         );
-        inv.regions
-            .insert((account.to_string(), region.to_string()), instances);
+        let start = inv.instances.len();
+        inv.instances.extend(instances);
+        inv.runs.insert(
+            (account.to_string(), region.to_string()),
+            start..inv.instances.len(),
+        );
     }
     Ok(inv)
 }

@@ -149,7 +149,7 @@ impl Reconciler {
         let inv = inventory::fetch(&self.accounts, policies)
             .await
             .map_err(ReconcileError::Inventory)?;
-        for ((account, region), instances) in inv.regions.iter().filter(|_| record) {
+        for ((account, region), instances) in inv.regions().filter(|_| record) {
             let stopped: Vec<String> = instances
                 .iter()
                 .filter(|i| i.status == InstanceStatus::Stopped)
@@ -182,12 +182,7 @@ impl Reconciler {
             ));
         }
         let (inv, ctx) = self.observe(policies, now, true).await?;
-        let listed: HashSet<&str> = inv
-            .regions
-            .values()
-            .flatten()
-            .map(|i| i.instance_id.as_str())
-            .collect();
+        let listed: HashSet<&str> = inv.all().iter().map(|i| i.instance_id.as_str()).collect();
         let plan = evaluate(policies, &inv, &ctx, now);
         let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
             s.releases
@@ -426,7 +421,7 @@ fn evaluate(policies: &[Policy], inv: &Inventory, ctx: &EvalContext, now: DateTi
     by_account.sort_unstable();
     by_account.dedup();
     if by_account.len() <= 1 {
-        return plan::evaluate(policies, &inv.all(), ctx, now);
+        return plan::evaluate(policies, inv.all(), ctx, now);
     }
     let mut out = Plan {
         generated_at: now,
@@ -438,7 +433,7 @@ fn evaluate(policies: &[Policy], inv: &Inventory, ctx: &EvalContext, now: DateTi
             .filter(|p| account_of(p) == account)
             .cloned()
             .collect();
-        let part = plan::evaluate(&mine, &inv.of_account(account), ctx, now);
+        let part = plan::evaluate(&mine, inv.of_account(account), ctx, now);
         out.policies.extend(part.policies);
     }
     let order: HashMap<&str, usize> = policies

@@ -343,6 +343,23 @@ async fn the_binary_maps_accounts_to_profiles_and_refuses_an_unknown_one() {
         "accounts:\n  prod: {profile: janitor-prod}\n",
     )
     .unwrap();
+    // `config check` says which profile each account signs with, and that it is usable.
+    let out = tokio::task::spawn_blocking({
+        let (h, d) = (h.endpoint(), d.to_path_buf());
+        move || run_endpoint(&h, &d, &["config", "check"])
+    })
+    .await
+    .unwrap();
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("account prod"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.contains("profile janitor-prod") && line.contains("AK") && !line.contains("UNUSABLE"),
+        "{line}"
+    );
+    assert!(!stdout.contains(PROD_SECRET), "{stdout}");
     let out = tokio::task::spawn_blocking({
         let (h, d) = (h.endpoint(), d.to_path_buf());
         move || run_endpoint(&h, &d, &["apply"])

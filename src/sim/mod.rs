@@ -593,6 +593,9 @@ fn require_region<'a>(
 
 /// Whether `account` owns the instance `id`.
 fn owns(st: &SimState, account: &str, id: &str) -> bool {
+    if st.owners.is_empty() {
+        return account.is_empty();
+    }
     st.owners.get(id).map_or("", String::as_str) == account
 }
 
@@ -670,8 +673,7 @@ fn describe(
         }
     }
     let matches = |i: &Instance| {
-        owns(st, account, &i.instance_id)
-            && status.is_none_or(|s| i.status == s)
+        status.is_none_or(|s| i.status == s)
             && charge.is_none_or(|c| i.charge_type == c)
             && ids.as_ref().is_none_or(|set| set.contains(&i.instance_id))
             && tags.iter().all(|(k, v)| match (i.tags.get(k), v) {
@@ -679,6 +681,7 @@ fn describe(
                 (Some(_), None) => true,
                 (None, _) => false,
             })
+            && owns(st, account, &i.instance_id)
     };
 
     let token_mode = map.contains_key("NextToken") || map.contains_key("MaxResults");
@@ -701,6 +704,19 @@ fn describe(
     };
     let empty = BTreeMap::new();
     let fleet = fleet.unwrap_or(&empty);
+    // Looked up by id, as ECS does, rather than by scanning the region.
+    let by_id: BTreeMap<String, Instance>;
+    let fleet = match &ids {
+        Some(set) => {
+            by_id = set
+                .iter()
+                .filter_map(|id| fleet.get_key_value(id))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            &by_id
+        }
+        None => fleet,
+    };
     let body = if token_mode {
         let after = match map.get("NextToken").filter(|t| !t.is_empty()) {
             None => None,
