@@ -56,7 +56,7 @@ impl Inventory {
         let Some(first) = mine.next() else {
             return &[];
         };
-        let end = mine.last().map_or(first.end, |r| r.end);
+        let end = mine.next_back().map_or(first.end, |r| r.end);
         &self.instances[first.start..end]
     }
 
