@@ -40,7 +40,19 @@ fn bench_fleet(instances: usize, matching: usize) -> Vec<Instance> {
 }
 
 async fn start(f: Vec<Instance>) -> SimHandle {
-    Simulator::new(SimConfig::default(), f)
+    start_with_latency(f, Duration::ZERO).await
+}
+
+/// A simulator that waits `latency` before each answer, like a real API's round trip.
+async fn start_with_latency(f: Vec<Instance>, latency: Duration) -> SimHandle {
+    let cfg = SimConfig {
+        faults: sim::Faults {
+            latency,
+            ..sim::Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    Simulator::new(cfg, f)
         .serve("127.0.0.1:0".parse().unwrap())
         .await
         .expect("serve")
@@ -124,7 +136,10 @@ async fn baseline(f: Vec<Instance>) -> (f64, usize) {
 /// What a plain script would do: list the matching instances, then release them one at a time,
 /// each DeleteInstances call waited for before the next. Returns (seconds, calls).
 async fn naive(f: Vec<Instance>) -> (f64, usize) {
-    let h = start(f).await;
+    naive_on(start(f).await).await
+}
+
+async fn naive_on(h: SimHandle) -> (f64, usize) {
     let c = client(&h);
     let start_t = Instant::now();
     let filter = DescribeFilter {
@@ -190,6 +205,7 @@ async fn run(
     f: Vec<Instance>,
     matching: usize,
     base_secs: f64,
+    latency: Duration,
 ) -> (f64, usize) {
     let instances = f.len();
     // Batches hold one region each: the minimum is ceil(n/100) per region.
@@ -198,7 +214,7 @@ async fn run(
         *per_region.entry(i.region_id.clone()).or_default() += 1;
     }
     let batches: usize = per_region.values().map(|n| n.div_ceil(100)).sum();
-    let h = start(f).await;
+    let h = start_with_latency(f, latency).await;
     let dir = tempfile::tempdir().expect("dir");
     std::fs::create_dir(dir.path().join("policies")).expect("mkdir");
     std::fs::write(
@@ -292,7 +308,15 @@ fn main() {
         let base = baseline(f.clone()).await;
         let dir = tempfile::tempdir().expect("dir");
         let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-        let (secs, calls) = run("sqlite", &sqlite, f.clone(), matching, base.0).await;
+        let (secs, calls) = run(
+            "sqlite",
+            &sqlite,
+            f.clone(),
+            matching,
+            base.0,
+            Duration::ZERO,
+        )
+        .await;
         let (naive_secs, naive_calls) = naive(f.clone()).await;
         println!(
             "apply_fleet [naive script]: the same {matching} releases one instance at a time took {naive_secs:.2} s and {naive_calls} ECS calls; against apply on SQLite ({secs:.2} s, {calls} calls): time ratio naive/apply {:.2}, calls ratio {:.1}",
@@ -301,7 +325,7 @@ fn main() {
         );
         match fresh_postgres().await {
             Some(url) => {
-                run("postgres", &url, f, matching, base.0).await;
+                run("postgres", &url, f, matching, base.0, Duration::ZERO).await;
                 drop_database(&url).await;
             }
             None => {
@@ -314,7 +338,37 @@ fn main() {
         let base = baseline(all.clone()).await;
         let dir = tempfile::tempdir().expect("dir");
         let sqlite = format!("sqlite://{}", dir.path().join("all.db").display());
-        run("sqlite, every instance matches", &sqlite, all, instances, base.0).await;
+        run(
+            "sqlite, every instance matches",
+            &sqlite,
+            all,
+            instances,
+            base.0,
+            Duration::ZERO,
+        )
+        .await;
+        // The same comparison with a round trip like a real API's on every call, on a fleet a
+        // tenth the size (the script would otherwise take minutes).
+        let latency = Duration::from_millis(20);
+        let small = bench_fleet(instances / 10, matching / 10);
+        let dir = tempfile::tempdir().expect("dir");
+        let sqlite = format!("sqlite://{}", dir.path().join("small.db").display());
+        let (secs, calls) = run(
+            "sqlite, 20 ms per call",
+            &sqlite,
+            small.clone(),
+            matching / 10,
+            f64::NAN,
+            latency,
+        )
+        .await;
+        let (naive_secs, naive_calls) = naive_on(start_with_latency(small, latency).await).await;
+        println!(
+            "apply_fleet [naive script, 20 ms per call]: {} releases one instance at a time took {naive_secs:.2} s and {naive_calls} ECS calls; against apply ({secs:.2} s, {calls} calls): time ratio naive/apply {:.1}, calls ratio {:.1}",
+            matching / 10,
+            naive_secs / secs,
+            naive_calls as f64 / calls as f64,
+        );
     });
 }
 

@@ -126,16 +126,14 @@ impl App {
             .pass(&policies, started, saved, started)
             .await?;
         self.workers.drain(cancel).await?;
+        // Read from the database only what this apply touched: history only grows.
         let touched: Vec<ReleaseRow> = self
             .store
-            .list_releases(&ReleaseFilter::default())
-            .await?
-            .into_iter()
-            // Stored times have millisecond precision.
-            .filter(|r| {
-                crate::store::ms(r.updated_at) >= crate::store::ms(started) || r.state == "pending"
+            .list_releases(&ReleaseFilter {
+                touched_since: Some(started),
+                ..ReleaseFilter::default()
             })
-            .collect();
+            .await?;
         let now = self.clock.now();
         let window_note = match &self.workers.window {
             Some(w) if !w.is_open(now) => Some(match w.next_open(now) {

@@ -895,6 +895,7 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                     state,
                     policy,
                     limit: None,
+                    ..ReleaseFilter::default()
                 })
                 .await?;
             if json {

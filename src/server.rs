@@ -174,6 +174,7 @@ async fn list_releases(
             state: q.state.filter(|v| !v.is_empty()),
             policy: q.policy.filter(|v| !v.is_empty()),
             limit: Some(q.limit.unwrap_or(500).clamp(1, 10_000)),
+            ..ReleaseFilter::default()
         })
         .await?;
     Ok(Json(rows))
@@ -320,6 +321,7 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
             state: Some("pending".into()),
             policy: None,
             limit: Some(200),
+            ..ReleaseFilter::default()
         })
         .await?;
     let recent = s
@@ -328,6 +330,7 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
             state: Some("succeeded".into()),
             policy: None,
             limit: Some(50),
+            ..ReleaseFilter::default()
         })
         .await?;
     let failed = s
@@ -336,6 +339,7 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
             state: Some("failed".into()),
             policy: None,
             limit: Some(50),
+            ..ReleaseFilter::default()
         })
         .await?;
     let mut h = String::with_capacity(16 * 1024);

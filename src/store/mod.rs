@@ -297,6 +297,9 @@ pub struct ReleaseFilter {
     pub state: Option<String>,
     pub policy: Option<String>,
     pub limit: Option<i64>,
+    /// Only releases changed at or after this time, and those still pending (what one `apply`
+    /// touched or left waiting), rather than the whole history.
+    pub touched_since: Option<DateTime<Utc>>,
 }
 
 /// An event to append to the audit log.
@@ -1026,6 +1029,10 @@ impl Store {
             }
             if let Some(pol) = &f.policy {
                 q.push(" AND r.policy = ").push_bind(pol.clone());
+            }
+            if let Some(t) = f.touched_since {
+                q.push(" AND (r.updated_at >= ").push_bind(ms(t));
+                q.push(" OR r.state = 'pending')");
             }
             q.push(" ORDER BY r.id DESC");
             if let Some(l) = f.limit {
