@@ -1,7 +1,7 @@
 //! The ECS client against the simulator, over real HTTP on 127.0.0.1: paging, filters, every
 //! error code and its class, ClientToken replay, injected faults, and bad input into the simulator.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ fn inst(id: &str, status: InstanceStatus, charge: ChargeType) -> Instance {
         auto_release_time: None,
         deletion_protection: false,
         lock_reasons: vec![],
-        tags: BTreeMap::new(),
+        tags: ecs_janitor::ecs::Tags::new(),
         resource_group_id: "rg-1".into(),
         stopped_mode: "KeepCharging".into(),
     }

@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -473,7 +473,7 @@ fn instance() -> impl Strategy<Value = Observed> {
                     tags: tags
                         .iter()
                         .map(|(k, v)| (TAG_KEYS[*k].to_string(), TAG_VALUES[*v].to_string()))
-                        .collect::<BTreeMap<_, _>>(),
+                        .collect(),
                     resource_group_id: "rg-1".into(),
                     stopped_mode: String::new(),
                 };

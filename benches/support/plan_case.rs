@@ -1,8 +1,6 @@
 //! The plan benchmark case, shared by `policy_plan` (figures with memory) and `pipeline`
 //! (criterion): 20 policies and a fleet spread over four regions.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
 use ecs_janitor::plan::EvalContext;
@@ -26,7 +24,7 @@ pub fn instance(id: &str, region: &str) -> Instance {
         auto_release_time: None,
         deletion_protection: false,
         lock_reasons: Vec::new(),
-        tags: BTreeMap::from([("purpose".to_string(), "ci".to_string())]),
+        tags: ecs_janitor::ecs::Tags::from([("purpose".to_string(), "ci".to_string())]),
         resource_group_id: String::new(),
         stopped_mode: "KeepCharging".into(),
     }

@@ -25,7 +25,7 @@
 // The fuzz target and the seed test each use a different part of this file.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -126,7 +126,7 @@ fn instance(id: &str, region: &str, status: InstanceStatus) -> Instance {
         auto_release_time: None,
         deletion_protection: false,
         lock_reasons: vec![],
-        tags: BTreeMap::from([("purpose".to_string(), "ci".to_string())]),
+        tags: ecs_janitor::ecs::Tags::from([("purpose".to_string(), "ci".to_string())]),
         resource_group_id: "rg-1".into(),
         stopped_mode: "KeepCharging".into(),
     }
@@ -158,7 +158,7 @@ pub fn fleet() -> Vec<Instance> {
     active.charge_type = ChargeType::PrePaid;
     active.expired_time = Some(now() + Duration::days(200));
     let mut web = instance("i-web", hz, Stopped);
-    web.tags = BTreeMap::from([
+    web.tags = ecs_janitor::ecs::Tags::from([
         ("purpose".to_string(), "web".to_string()),
         ("owner".to_string(), "bob".to_string()),
     ]);

@@ -16,4 +16,4 @@ pub use client::{
 };
 pub use credentials::{Credentials, CredentialsProvider, EnvProvider, Secret, StaticProvider};
 pub use error::{classify_code, EcsError, ErrorClass};
-pub use types::{ChargeType, Instance, InstanceStatus};
+pub use types::{ChargeType, Instance, InstanceStatus, Tags};

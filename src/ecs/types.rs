@@ -86,6 +86,111 @@ impl fmt::Display for ChargeType {
     }
 }
 
+/// An instance's tags, key → value. Kept as a vector sorted by key: an instance has a handful,
+/// and a map's node per instance costs several times what its tags do (an inventory holds
+/// 100,000 of them).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tags(Vec<(String, String)>);
+
+impl Tags {
+    pub fn new() -> Tags {
+        Tags(Vec::new())
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// Sets `key`, returning its previous value.
+    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+        match self.find(&key) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (key, value));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.find(key).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (key, value) pairs in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl FromIterator<(String, String)> for Tags {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Tags {
+        let mut t = Tags::new();
+        for (k, v) in iter {
+            t.insert(k, v);
+        }
+        t.0.shrink_to_fit();
+        t
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Tags {
+    fn from(pairs: [(String, String); N]) -> Tags {
+        pairs.into_iter().collect()
+    }
+}
+
+impl std::ops::Index<&str> for Tags {
+    type Output = String;
+
+    /// The value of `key`; like a map's index, it panics when the key is absent, so use it
+    /// only where the key is known to be set.
+    fn index(&self, key: &str) -> &String {
+        match self.get(key) {
+            Some(v) => v,
+            None => panic!("no tag {key:?}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Tags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Tags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Tags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Tags, D::Error> {
+        let m = BTreeMap::<String, String>::deserialize(d)?;
+        Ok(m.into_iter().collect())
+    }
+}
+
 /// One ECS instance, normalised from `DescribeInstances`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -104,7 +209,7 @@ pub struct Instance {
     pub deletion_protection: bool,
     /// The `LockReason` of each entry of `OperationLocks` (`security`, `financial`, ...).
     pub lock_reasons: Vec<String>,
-    pub tags: BTreeMap<String, String>,
+    pub tags: Tags,
     pub resource_group_id: String,
     pub stopped_mode: String,
 }
@@ -289,6 +394,30 @@ pub fn format_ecs_time(t: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_behave_as_a_map_in_key_order() {
+        let mut t = Tags::new();
+        assert_eq!(t.insert("team".into(), "a".into()), None);
+        assert_eq!(t.insert("env".into(), "dev".into()), None);
+        assert_eq!(t.insert("team".into(), "b".into()), Some("a".into()));
+        assert_eq!(t.get("team").map(String::as_str), Some("b"));
+        assert!(t.contains_key("env") && !t.contains_key("owner"));
+        let keys: Vec<&String> = t.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["env", "team"]);
+        assert_eq!(format!("{t:?}"), r#"{"env": "dev", "team": "b"}"#);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, r#"{"env":"dev","team":"b"}"#);
+        assert_eq!(serde_json::from_str::<Tags>(&json).unwrap(), t);
+        assert_eq!(t.remove("env"), Some("dev".into()));
+        assert_eq!(t.len(), 1);
+        let from: Tags = [
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ]
+        .into();
+        assert_eq!(from.iter().next().map(|(k, _)| k.as_str()), Some("a"));
+    }
 
     #[test]
     fn times_parse_in_minute_and_second_form() {

@@ -4,7 +4,6 @@ use super::*;
 use crate::policy;
 use chrono::TimeZone;
 use proptest::prelude::*;
-use std::collections::BTreeMap;
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0)
@@ -33,7 +32,7 @@ fn inst(id: &str) -> Instance {
         auto_release_time: None,
         deletion_protection: false,
         lock_reasons: Vec::new(),
-        tags: BTreeMap::from([("purpose".to_string(), "ci".to_string())]),
+        tags: crate::ecs::Tags::from([("purpose".to_string(), "ci".to_string())]),
         resource_group_id: "rg-1".into(),
         stopped_mode: String::new(),
     }

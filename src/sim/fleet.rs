@@ -1,7 +1,6 @@
 //! Fleets for the simulator: a realistic generated one from a seed, or one read from a JSON file
 //! of instances in `DescribeInstances`' shape.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, Duration, Utc};
@@ -41,7 +40,7 @@ pub fn generate(n: usize, seed: u64, now: DateTime<Utc>) -> Vec<Instance> {
         let region = REGIONS[rng.gen_range(0..REGIONS.len())];
         let zone = format!("{region}-{}", ["a", "b", "h", "i"][rng.gen_range(0..4)]);
         let role = roles[rng.gen_range(0..roles.len())];
-        let mut tags = BTreeMap::new();
+        let mut tags = crate::ecs::Tags::new();
         tags.insert("purpose".to_string(), role.to_string());
         tags.insert(
             "owner".to_string(),

@@ -2,7 +2,6 @@
 //! the in-process simulator and a client for it.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -107,7 +106,7 @@ pub fn inst(id: &str, region: &str, status: InstanceStatus, charge: ChargeType) 
         auto_release_time: None,
         deletion_protection: false,
         lock_reasons: vec![],
-        tags: BTreeMap::new(),
+        tags: ecs_janitor::ecs::Tags::new(),
         resource_group_id: "rg-1".into(),
         stopped_mode: "KeepCharging".into(),
     }
