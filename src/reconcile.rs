@@ -182,8 +182,19 @@ impl Reconciler {
             ));
         }
         let (inv, ctx) = self.observe(policies, now, true).await?;
-        let listed: HashSet<&str> = inv.all().iter().map(|i| i.instance_id.as_str()).collect();
         let plan = evaluate(policies, &inv, &ctx, now);
+        let active = self.store.active_releases().await?;
+        // Of the queued instances, those the inventory listed (for cancellation reasons); then
+        // the inventory, the largest thing a pass holds, is let go before queueing.
+        let listed: HashSet<String> = {
+            let all: HashSet<&str> = inv.all().iter().map(|i| i.instance_id.as_str()).collect();
+            active
+                .iter()
+                .filter(|r| all.contains(r.instance_id.as_str()))
+                .map(|r| r.instance_id.clone())
+                .collect()
+        };
+        drop(inv);
         let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
             s.releases
                 .iter()
@@ -195,7 +206,6 @@ impl Reconciler {
                 })
                 .collect()
         });
-        let active = self.store.active_releases().await?;
         let mut runs = Vec::new();
         let mut notes: Vec<crate::notify::Notification> = Vec::new();
         for pp in &plan.policies {
@@ -299,7 +309,7 @@ impl Reconciler {
                                     "the policy is now dry_run: it releases nothing".to_string()
                                 }
                                 Some(s) => format!("no longer qualifies: {}", s.detail),
-                                None if !listed.contains(r.instance_id.as_str()) => {
+                                None if !listed.contains(&r.instance_id) => {
                                     "the instance is no longer listed by DescribeInstances (released elsewhere, or no longer matches the policy's filters)".to_string()
                                 }
                                 None => "the instance no longer matches the policy".to_string(),
