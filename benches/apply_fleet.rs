@@ -9,10 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ecs_janitor::ecs::client::{ClientConfig, DeleteRequest, DescribeFilter, EcsClient};
-use ecs_janitor::ecs::credentials::{Credentials, StaticProvider};
+use ecs_janitor::ecs::client::{DeleteRequest, DescribeFilter};
 use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
-use ecs_janitor::sim::{self, fleet, SimConfig, SimHandle, Simulator};
+use ecs_janitor::sim::{self, fleet, SimHandle};
+
+#[path = "support/harness.rs"]
+mod harness;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ecs-janitor");
 const CONCURRENCY: usize = 4;
@@ -40,42 +42,13 @@ fn bench_fleet(instances: usize, matching: usize) -> Vec<Instance> {
 }
 
 async fn start(f: Vec<Instance>) -> SimHandle {
-    start_with_latency(f, Duration::ZERO).await
-}
-
-/// A simulator that waits `latency` before each answer, like a real API's round trip.
-async fn start_with_latency(f: Vec<Instance>, latency: Duration) -> SimHandle {
-    let cfg = SimConfig {
-        faults: sim::Faults {
-            latency,
-            ..sim::Faults::default()
-        },
-        ..SimConfig::default()
-    };
-    Simulator::new(cfg, f)
-        .serve("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("serve")
-}
-
-fn client(h: &SimHandle) -> EcsClient {
-    EcsClient::new(
-        ClientConfig {
-            endpoint: Some(h.endpoint()),
-            ..ClientConfig::default()
-        },
-        Arc::new(StaticProvider(Credentials::new(
-            sim::DEFAULT_ACCESS_KEY_ID,
-            sim::DEFAULT_ACCESS_KEY_SECRET,
-        ))),
-    )
-    .expect("client")
+    harness::start_sim(f, Duration::ZERO).await
 }
 
 /// The simulator's own time: the minimal calls, made by a bare client.
 async fn baseline(f: Vec<Instance>) -> (f64, usize) {
     let h = start(f).await;
-    let c = client(&h);
+    let c = harness::sim_client(&h);
     let start_t = Instant::now();
     let filter = DescribeFilter {
         status: Some(InstanceStatus::Stopped),
@@ -140,7 +113,7 @@ async fn naive(f: Vec<Instance>) -> (f64, usize) {
 }
 
 async fn naive_on(h: SimHandle) -> (f64, usize) {
-    let c = client(&h);
+    let c = harness::sim_client(&h);
     let start_t = Instant::now();
     let filter = DescribeFilter {
         status: Some(InstanceStatus::Stopped),
@@ -171,33 +144,6 @@ async fn naive_on(h: SimHandle) -> (f64, usize) {
     (secs, calls)
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-async fn fresh_postgres() -> Option<String> {
-    use sqlx::Connection;
-    let admin = std::env::var("JANITOR_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
-    let name = format!("janitor_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut c = sqlx::PgConnection::connect(&admin).await.expect("postgres");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut c)
-        .await
-        .expect("create");
-    let mut u = url::Url::parse(&admin).expect("url");
-    u.set_path(&format!("/{name}"));
-    Some(u.to_string())
-}
-
 /// Runs `apply` on `f` and returns its wall time in seconds and the ECS calls it made.
 async fn run(
     store: &str,
@@ -214,7 +160,7 @@ async fn run(
         *per_region.entry(i.region_id.clone()).or_default() += 1;
     }
     let batches: usize = per_region.values().map(|n| n.div_ceil(100)).sum();
-    let h = start_with_latency(f, latency).await;
+    let h = harness::start_sim(f, latency).await;
     let dir = tempfile::tempdir().expect("dir");
     std::fs::create_dir(dir.path().join("policies")).expect("mkdir");
     std::fs::write(
@@ -248,11 +194,9 @@ async fn run(
         .spawn()
         .expect("spawn apply");
     let pid = child.id();
-    let mut peak = 0;
+    let mut peak: f64 = 0.0;
     let status = loop {
-        if let Some(hwm) = vm_hwm_kib(pid) {
-            peak = peak.max(hwm);
-        }
+        peak = f64::max(peak, harness::status_mib(Some(pid), "VmHWM:"));
         if let Some(st) = child.try_wait().expect("wait") {
             break st;
         }
@@ -272,24 +216,11 @@ async fn run(
         secs - base_secs,
         secs / base_secs,
         calls.len(),
-        peak as f64 / 1024.0,
+        peak,
     );
     let made = calls.len();
     h.shutdown().await;
     (secs, made)
-}
-
-async fn drop_database(url: &str) {
-    use sqlx::Connection;
-    let Ok(admin) = std::env::var("JANITOR_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let name = url.rsplit('/').next().unwrap_or_default().to_string();
-    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut c)
-            .await;
-    }
 }
 
 fn main() {
@@ -323,10 +254,11 @@ fn main() {
             naive_secs / secs,
             naive_calls as f64 / calls as f64,
         );
-        match fresh_postgres().await {
-            Some(url) => {
-                run("postgres", &url, f, matching, base.0, Duration::ZERO).await;
-                drop_database(&url).await;
+        match harness::postgres_admin() {
+            Some(_) => {
+                let db = harness::fresh_db("postgres").await;
+                run("postgres", &db.url, f, matching, base.0, Duration::ZERO).await;
+                harness::drop_database(db.pg_name.as_deref().unwrap_or_default()).await;
             }
             None => {
                 println!("apply_fleet [postgres]: skipped (JANITOR_TEST_POSTGRES_URL is not set)")
@@ -362,7 +294,7 @@ fn main() {
             latency,
         )
         .await;
-        let (naive_secs, naive_calls) = naive_on(start_with_latency(small, latency).await).await;
+        let (naive_secs, naive_calls) = naive_on(harness::start_sim(small, latency).await).await;
         println!(
             "apply_fleet [naive script, 20 ms per call]: {} releases one instance at a time took {naive_secs:.2} s and {naive_calls} ECS calls; against apply ({secs:.2} s, {calls} calls): time ratio naive/apply {:.1}, calls ratio {:.1}",
             matching / 10,

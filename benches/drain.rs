@@ -17,14 +17,26 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ecs_janitor::backoff::Backoff;
 use ecs_janitor::clock::SystemClock;
-use ecs_janitor::ecs::client::{ClientConfig, DeleteRequest, DescribeFilter, EcsClient};
-use ecs_janitor::ecs::credentials::{Credentials, StaticProvider};
+use ecs_janitor::ecs::client::{DeleteRequest, DescribeFilter};
 use ecs_janitor::ecs::{Accounts, Instance};
 use ecs_janitor::policy::{self, ProtectionConfig};
-use ecs_janitor::sim::{self, SimConfig, SimHandle, Simulator};
+use ecs_janitor::sim::SimHandle;
 use ecs_janitor::store::{NewRelease, Store};
 use ecs_janitor::worker::{WorkerConfig, Workers};
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/harness.rs"]
+mod harness;
+use harness::{sim_client as client, status_mib};
+
+async fn start(f: Vec<Instance>) -> SimHandle {
+    harness::start_sim(f, Duration::ZERO).await
+}
+
+/// `VmRSS:`/`VmHWM:` of this process, in MiB.
+fn mib(field: &str) -> f64 {
+    status_mib(None, field)
+}
 
 #[path = "support/plan_case.rs"]
 #[allow(dead_code)]
@@ -46,27 +58,6 @@ fn bench_fleet(n: usize) -> Vec<Instance> {
             inst
         })
         .collect()
-}
-
-async fn start(f: Vec<Instance>) -> SimHandle {
-    Simulator::new(SimConfig::default(), f)
-        .serve("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("serve")
-}
-
-fn client(h: &SimHandle) -> EcsClient {
-    EcsClient::new(
-        ClientConfig {
-            endpoint: Some(h.endpoint()),
-            ..ClientConfig::default()
-        },
-        Arc::new(StaticProvider(Credentials::new(
-            sim::DEFAULT_ACCESS_KEY_ID,
-            sim::DEFAULT_ACCESS_KEY_SECRET,
-        ))),
-    )
-    .expect("client")
 }
 
 /// The minimal batches: ceil(n/100) per region.
@@ -126,54 +117,6 @@ async fn baseline(f: &[Instance], concurrency: usize) -> f64 {
     secs
 }
 
-/// A fresh database of `kind`, and what to clean up afterwards.
-async fn fresh(kind: &str) -> (Store, Option<tempfile::TempDir>, Option<String>) {
-    if kind == "sqlite" {
-        let dir = tempfile::tempdir().expect("dir");
-        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        return (Store::connect(&url).await.expect("sqlite"), Some(dir), None);
-    }
-    use sqlx::Connection;
-    let admin = std::env::var("JANITOR_TEST_POSTGRES_URL").expect("postgres url");
-    let name = format!("janitor_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut c = sqlx::PgConnection::connect(&admin).await.expect("postgres");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut c)
-        .await
-        .expect("create");
-    let mut u = url::Url::parse(&admin).expect("url");
-    u.set_path(&format!("/{name}"));
-    (
-        Store::connect(u.as_str()).await.expect("postgres"),
-        None,
-        Some(name),
-    )
-}
-
-async fn drop_database(name: &str) {
-    use sqlx::Connection;
-    let Ok(admin) = std::env::var("JANITOR_TEST_POSTGRES_URL") else {
-        return;
-    };
-    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut c)
-            .await;
-    }
-}
-
-fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Resets the process's peak resident size to its current one (Linux `clear_refs` 5), so the
 /// next `VmHWM` is the peak of what follows.
 fn reset_peak() {
@@ -183,7 +126,8 @@ fn reset_peak() {
 async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
     let n = f.len();
     let h = start(f.to_vec()).await;
-    let (store, _dir, pg) = fresh(kind).await;
+    let db = harness::fresh_db(kind).await;
+    let store = Store::connect(&db.url).await.expect("store");
     let releases: Vec<NewRelease> = f
         .iter()
         .map(|i| NewRelease {
@@ -218,14 +162,14 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
         Arc::new(SystemClock),
     );
     reset_peak();
-    let resident_before = status_mib("VmRSS:");
+    let resident_before = mib("VmRSS:");
     let t = Instant::now();
     workers
         .drain(CancellationToken::new())
         .await
         .expect("drain");
     let secs = t.elapsed().as_secs_f64();
-    let drain_growth = status_mib("VmHWM:") - resident_before;
+    let drain_growth = mib("VmHWM:") - resident_before;
     let counts = store.counts().await.expect("counts");
     assert_eq!(counts.succeeded as usize, n, "every release succeeded");
     assert_eq!(h.sim.releases().len(), n, "every instance released once");
@@ -240,8 +184,8 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
         calls as f64 * 100.0 / n as f64,
     );
     drop(store);
-    if let Some(name) = pg {
-        drop_database(&name).await;
+    if let Some(name) = &db.pg_name {
+        harness::drop_database(name).await;
     }
 }
 

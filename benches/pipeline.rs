@@ -16,6 +16,8 @@ use ecs_janitor::plan;
 use ecs_janitor::policy;
 use ecs_janitor::store::{NewRelease, Store};
 
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "support/plan_case.rs"]
 mod plan_case;
 
@@ -80,44 +82,13 @@ fn releases(n: usize) -> Vec<NewRelease> {
         .collect()
 }
 
-/// A fresh, migrated database: SQLite in a temp dir, or a new PostgreSQL database (whose name
-/// is kept so it can be dropped afterwards).
-async fn fresh(
-    kind: &str,
-    made: &std::sync::Mutex<Vec<String>>,
-) -> (Store, Option<tempfile::TempDir>) {
-    if kind == "sqlite" {
-        let dir = tempfile::tempdir().expect("dir");
-        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        return (Store::connect(&url).await.expect("sqlite"), Some(dir));
+/// A fresh, migrated database; a PostgreSQL one's name is kept in `made` to drop afterwards.
+async fn fresh(kind: &str, made: &std::sync::Mutex<Vec<String>>) -> (Store, harness::FreshDb) {
+    let db = harness::fresh_db(kind).await;
+    if let Some(name) = &db.pg_name {
+        made.lock().expect("lock").push(name.clone());
     }
-    use sqlx::Connection;
-    let admin = std::env::var("JANITOR_TEST_POSTGRES_URL").expect("postgres url");
-    let name = format!("janitor_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut c = sqlx::PgConnection::connect(&admin).await.expect("postgres");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut c)
-        .await
-        .expect("create");
-    made.lock().expect("lock").push(name.clone());
-    let mut u = url::Url::parse(&admin).expect("url");
-    u.set_path(&format!("/{name}"));
-    (Store::connect(u.as_str()).await.expect("postgres"), None)
-}
-
-async fn drop_databases(names: Vec<String>) {
-    use sqlx::Connection;
-    let Ok(admin) = std::env::var("JANITOR_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let Ok(mut c) = sqlx::PgConnection::connect(&admin).await else {
-        return;
-    };
-    for name in names {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut c)
-            .await;
-    }
+    (Store::connect(&db.url).await.expect("store"), db)
 }
 
 fn enqueue(c: &mut Criterion) {
@@ -126,7 +97,7 @@ fn enqueue(c: &mut Criterion) {
     let rs = releases(n);
     let made = std::sync::Mutex::new(Vec::new());
     let mut kinds = vec!["sqlite"];
-    if std::env::var("JANITOR_TEST_POSTGRES_URL").is_ok_and(|u| !u.is_empty()) {
+    if harness::postgres_admin().is_some() {
         kinds.push("postgres");
     }
     let mut g = c.benchmark_group("store");
@@ -149,7 +120,11 @@ fn enqueue(c: &mut Criterion) {
         });
     }
     g.finish();
-    rt.block_on(drop_databases(made.into_inner().expect("lock")));
+    rt.block_on(async {
+        for name in made.into_inner().expect("lock") {
+            harness::drop_database(&name).await;
+        }
+    });
 }
 
 criterion_group!(benches, plan, load, enqueue);

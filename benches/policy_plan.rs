@@ -9,30 +9,20 @@ use std::time::Instant;
 use ecs_janitor::plan;
 use ecs_janitor::policy;
 
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "support/plan_case.rs"]
 mod plan_case;
 use plan_case::{bench_case, now};
 
 /// Peak resident memory of this process so far, in MiB (Linux).
 fn peak_mib() -> f64 {
-    status_mib("VmHWM:")
+    harness::status_mib(None, "VmHWM:")
 }
 
 /// Resident memory now, in MiB (Linux).
 fn rss_mib() -> f64 {
-    status_mib("VmRSS:")
-}
-
-fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    harness::status_mib(None, "VmRSS:")
 }
 
 fn main() {

@@ -1,0 +1,114 @@
+//! What the benchmarks share: a simulator on 127.0.0.1 and a client for it, fresh databases, and
+//! memory readings from /proc. Each benchmark uses a part of it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ecs_janitor::ecs::client::{ClientConfig, EcsClient};
+use ecs_janitor::ecs::credentials::{Credentials, StaticProvider};
+use ecs_janitor::ecs::Instance;
+use ecs_janitor::sim::{self, Faults, SimConfig, SimHandle, Simulator};
+
+/// A simulator serving `fleet`, waiting `latency` before each answer (zero: at once).
+pub async fn start_sim(fleet: Vec<Instance>, latency: Duration) -> SimHandle {
+    let cfg = SimConfig {
+        faults: Faults {
+            latency,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    Simulator::new(cfg, fleet)
+        .serve("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("serve")
+}
+
+/// A client of `h` with the simulator's default key.
+pub fn sim_client(h: &SimHandle) -> EcsClient {
+    EcsClient::new(
+        ClientConfig {
+            endpoint: Some(h.endpoint()),
+            ..ClientConfig::default()
+        },
+        Arc::new(StaticProvider(Credentials::new(
+            sim::DEFAULT_ACCESS_KEY_ID,
+            sim::DEFAULT_ACCESS_KEY_SECRET,
+        ))),
+    )
+    .expect("client")
+}
+
+/// The PostgreSQL server to benchmark against, when `JANITOR_TEST_POSTGRES_URL` names one.
+pub fn postgres_admin() -> Option<String> {
+    std::env::var("JANITOR_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A fresh database: a SQLite file in a temporary directory, or a new PostgreSQL database.
+pub struct FreshDb {
+    pub url: String,
+    /// The PostgreSQL database's name, to drop afterwards.
+    pub pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh database of `kind` (`sqlite` or `postgres`).
+pub async fn fresh_db(kind: &str) -> FreshDb {
+    if kind == "sqlite" {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        return FreshDb {
+            url,
+            pg_name: None,
+            _dir: Some(dir),
+        };
+    }
+    use sqlx::Connection;
+    let admin = postgres_admin().expect("JANITOR_TEST_POSTGRES_URL");
+    let name = format!("janitor_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&admin).await.expect("postgres");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await
+        .expect("create");
+    let mut u = url::Url::parse(&admin).expect("url");
+    u.set_path(&format!("/{name}"));
+    FreshDb {
+        url: u.to_string(),
+        pg_name: Some(name),
+        _dir: None,
+    }
+}
+
+/// Drops a database made by [`fresh_db`].
+pub async fn drop_database(name: &str) {
+    use sqlx::Connection;
+    let Some(admin) = postgres_admin() else {
+        return;
+    };
+    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut c)
+            .await;
+    }
+}
+
+/// A field of /proc/PID/status (this process when `pid` is `None`) in MiB, e.g. `VmHWM:`.
+pub fn status_mib(pid: Option<u32>, field: &str) -> f64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
