@@ -47,19 +47,7 @@ const ALL_REGIONS: [&str; 4] = ["cn-hangzhou", "cn-shanghai", "cn-beijing", "ap-
 fn janitor(h: &SimHandle, dir: &Path, db_url: &str, args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
-        .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str())
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", sim::DEFAULT_ACCESS_KEY_ID)
-        .env(
-            "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
-            sim::DEFAULT_ACCESS_KEY_SECRET,
-        )
-        .env("JANITOR_POLICIES", dir.join("policies"))
-        .env("JANITOR_DATABASE_URL", db_url)
-        .env("JANITOR_BACKOFF_BASE_MS", "20")
-        .env("JANITOR_BACKOFF_CAP_MS", "200")
-        .env("JANITOR_MAX_ATTEMPTS", "40")
-        .env("JANITOR_LOG", "warn")
-        .env("JANITOR_LEASE_SECS", "3")
+        .envs(common::janitor_env(h, dir, db_url))
         .stdin(Stdio::null());
     // Files, not pipes: a child must never block on a full pipe nobody reads yet.
     let n = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
-use ecs_janitor::sim::{self, fleet, Faults, SimHandle};
+use ecs_janitor::sim::{fleet, Faults, SimHandle};
 use ecs_janitor::store::{ReleaseFilter, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -169,19 +169,7 @@ fn janitor(
 ) -> Janitor {
     let mut c = Command::new(BIN);
     c.args(args)
-        .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str())
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", sim::DEFAULT_ACCESS_KEY_ID)
-        .env(
-            "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
-            sim::DEFAULT_ACCESS_KEY_SECRET,
-        )
-        .env("JANITOR_POLICIES", dir.join("policies"))
-        .env("JANITOR_DATABASE_URL", db_url)
-        .env("JANITOR_BACKOFF_BASE_MS", "20")
-        .env("JANITOR_BACKOFF_CAP_MS", "200")
-        .env("JANITOR_MAX_ATTEMPTS", "40")
-        .env("JANITOR_LOG", "warn")
-        .env("JANITOR_LEASE_SECS", "3")
+        .envs(common::janitor_env(h, dir, db_url))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .kill_on_drop(true);

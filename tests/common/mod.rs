@@ -198,3 +198,33 @@ pub fn ci_fleet(n: usize) -> Vec<Instance> {
         })
         .collect()
 }
+
+/// The environment of an `ecs-janitor` child run against the simulator `h` and the database
+/// `db_url`, with the policies in `dir/policies`, short backoffs and leases, and warnings only.
+pub fn janitor_env(
+    h: &SimHandle,
+    dir: &std::path::Path,
+    db_url: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("JANITOR_ECS_ENDPOINT", h.endpoint().to_string()),
+        (
+            "ALIBABA_CLOUD_ACCESS_KEY_ID",
+            sim::DEFAULT_ACCESS_KEY_ID.into(),
+        ),
+        (
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+            sim::DEFAULT_ACCESS_KEY_SECRET.into(),
+        ),
+        (
+            "JANITOR_POLICIES",
+            dir.join("policies").display().to_string(),
+        ),
+        ("JANITOR_DATABASE_URL", db_url.into()),
+        ("JANITOR_BACKOFF_BASE_MS", "20".into()),
+        ("JANITOR_BACKOFF_CAP_MS", "200".into()),
+        ("JANITOR_MAX_ATTEMPTS", "40".into()),
+        ("JANITOR_LOG", "warn".into()),
+        ("JANITOR_LEASE_SECS", "3".into()),
+    ]
+}
