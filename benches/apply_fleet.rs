@@ -6,7 +6,6 @@
 //!
 //! `cargo bench --bench apply_fleet` measures; under `cargo test` it runs a small smoke pass.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ecs_janitor::ecs::client::{DeleteRequest, DescribeFilter};
@@ -55,51 +54,15 @@ async fn baseline(f: Vec<Instance>) -> (f64, usize) {
         tags: vec![("bench".into(), "release".into())],
         ..DescribeFilter::default()
     };
-    let mut chunks = Vec::new();
+    let mut found = Vec::new();
     for region in fleet::REGIONS {
-        let found = c
-            .describe_instances(region, &filter)
-            .await
-            .expect("describe");
-        for chunk in found.chunks(100) {
-            chunks.push((
-                region,
-                chunk
-                    .iter()
-                    .map(|i| i.instance_id.clone())
-                    .collect::<Vec<_>>(),
-            ));
-        }
-    }
-    let queue = Arc::new(std::sync::Mutex::new(chunks));
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (c, q) = (c.clone(), queue.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let next = q.lock().unwrap().pop();
-                let Some((region, ids)) = next else { break };
-                let f = DescribeFilter {
-                    instance_ids: Some(ids.clone()),
-                    ..DescribeFilter::default()
-                };
-                c.describe_instances(region, &f).await.expect("re-check");
-                c.delete_instances(&DeleteRequest {
-                    region: region.to_string(),
-                    instance_ids: ids,
-                    force: false,
-                    terminate_subscription: false,
-                    dry_run: false,
-                    client_token: uuid::Uuid::new_v4().simple().to_string(),
-                })
+        found.extend(
+            c.describe_instances(region, &filter)
                 .await
-                .expect("delete");
-            }
-        }));
+                .expect("describe"),
+        );
     }
-    for t in tasks {
-        t.await.expect("task");
-    }
+    harness::release_minimally(&c, harness::minimal_batches(&found), CONCURRENCY).await;
     let secs = start_t.elapsed().as_secs_f64();
     let calls = h.sim.calls().len();
     h.shutdown().await;

@@ -10,14 +10,12 @@
 //! `cargo bench --bench drain` measures (`-- sqlite 4` narrows it to one store and one worker
 //! count); under `cargo test` it runs a small smoke pass.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ecs_janitor::backoff::Backoff;
 use ecs_janitor::clock::SystemClock;
-use ecs_janitor::ecs::client::{DeleteRequest, DescribeFilter};
 use ecs_janitor::ecs::{Accounts, Instance};
 use ecs_janitor::policy::{self, ProtectionConfig};
 use ecs_janitor::sim::SimHandle;
@@ -60,58 +58,12 @@ fn bench_fleet(n: usize) -> Vec<Instance> {
         .collect()
 }
 
-/// The minimal batches: ceil(n/100) per region.
-fn chunks(f: &[Instance]) -> Vec<(String, Vec<String>)> {
-    let mut by_region: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for i in f {
-        by_region
-            .entry(i.region_id.as_str())
-            .or_default()
-            .push(i.instance_id.clone());
-    }
-    let mut out = Vec::new();
-    for (region, ids) in by_region {
-        for c in ids.chunks(100) {
-            out.push((region.to_string(), c.to_vec()));
-        }
-    }
-    out
-}
-
 /// The simulator's own time for the drain: the minimal calls, `concurrency` at a time.
 async fn baseline(f: &[Instance], concurrency: usize) -> f64 {
     let h = start(f.to_vec()).await;
     let c = client(&h);
-    let queue = Arc::new(std::sync::Mutex::new(chunks(f)));
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (c, q) = (c.clone(), queue.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let next = q.lock().unwrap().pop();
-                let Some((region, ids)) = next else { break };
-                let f = DescribeFilter {
-                    instance_ids: Some(ids.clone()),
-                    ..DescribeFilter::default()
-                };
-                c.describe_instances(&region, &f).await.expect("re-check");
-                c.delete_instances(&DeleteRequest {
-                    region,
-                    instance_ids: ids,
-                    force: false,
-                    terminate_subscription: false,
-                    dry_run: false,
-                    client_token: uuid::Uuid::new_v4().simple().to_string(),
-                })
-                .await
-                .expect("delete");
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("task");
-    }
+    harness::release_minimally(&c, harness::minimal_batches(f), concurrency).await;
     let secs = t.elapsed().as_secs_f64();
     h.shutdown().await;
     secs
@@ -174,7 +126,7 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
     assert_eq!(counts.succeeded as usize, n, "every release succeeded");
     assert_eq!(h.sim.releases().len(), n, "every instance released once");
     let calls = h.sim.calls().len();
-    let minimum = 2 * chunks(f).len();
+    let minimum = 2 * harness::minimal_batches(f).len();
     h.shutdown().await;
     let base = baseline(f, concurrency).await;
     println!(

@@ -589,13 +589,8 @@ fn config_check() -> anyhow::Result<ExitCode> {
         None => Default::default(),
     };
     for (account, profile) in accounts {
-        let chain =
-            crate::ecs::credentials::ChainProvider::new(crate::ecs::credentials::ChainOptions {
-                profile: Some(profile.clone()),
-                ..Default::default()
-            });
-        let status = match chain.source() {
-            Ok(source) => source.to_string(),
+        let status = match crate::ecs::accounts::profile_credentials(&profile) {
+            Ok((source, _)) => source,
             Err(e) => format!("UNUSABLE: {e}"),
         };
         outln!(

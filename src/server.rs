@@ -104,6 +104,7 @@ fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), ApiError> {
 async fn readyz(State(s): State<AdminContext>) -> impl IntoResponse {
     let db = match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
         Ok(Ok(())) => Ok(()),
+        // The driver's own words, without the store's "database error:" prefix.
         Ok(Err(crate::store::StoreError::Db(e))) => Err(format!("database: {e}")),
         Ok(Err(e)) => Err(format!("database: {e}")),
         Err(_) => Err("database: no answer within 2 s".to_string()),

@@ -112,3 +112,62 @@ pub fn status_mib(pid: Option<u32>, field: &str) -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// The fewest DeleteInstances batches for `instances`: up to 100 of one region each, as
+/// (region, ids).
+pub fn minimal_batches(instances: &[Instance]) -> Vec<(String, Vec<String>)> {
+    let mut by_region: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for i in instances {
+        by_region
+            .entry(i.region_id.as_str())
+            .or_default()
+            .push(i.instance_id.clone());
+    }
+    let mut out = Vec::new();
+    for (region, ids) in by_region {
+        for c in ids.chunks(100) {
+            out.push((region.to_string(), c.to_vec()));
+        }
+    }
+    out
+}
+
+/// What the simulator's own time for releasing `batches` is measured with: a bare client making
+/// exactly the minimal calls, one re-check DescribeInstances and one DeleteInstances per batch,
+/// `concurrency` batches at a time.
+pub async fn release_minimally(
+    c: &EcsClient,
+    batches: Vec<(String, Vec<String>)>,
+    concurrency: usize,
+) {
+    use ecs_janitor::ecs::client::{DeleteRequest, DescribeFilter};
+    let queue = Arc::new(std::sync::Mutex::new(batches));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (c, q) = (c.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = q.lock().expect("lock").pop();
+                let Some((region, ids)) = next else { break };
+                let f = DescribeFilter {
+                    instance_ids: Some(ids.clone()),
+                    ..DescribeFilter::default()
+                };
+                c.describe_instances(&region, &f).await.expect("re-check");
+                c.delete_instances(&DeleteRequest {
+                    region,
+                    instance_ids: ids,
+                    force: false,
+                    terminate_subscription: false,
+                    dry_run: false,
+                    client_token: uuid::Uuid::new_v4().simple().to_string(),
+                })
+                .await
+                .expect("delete");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}

@@ -105,16 +105,8 @@ impl Accounts {
     /// its account's credentials (never the environment, so a policy meant for one account is
     /// never carried out with another's keys).
     pub fn from_profiles(default: EcsClient, profiles: BTreeMap<String, String>) -> Accounts {
-        let factory: ProviderFactory = Arc::new(|profile: &str| {
-            let chain = ChainProvider::new(ChainOptions {
-                profile: Some(profile.to_string()),
-                ..ChainOptions::default()
-            });
-            match chain.source() {
-                Ok(_) => Ok(Arc::new(chain) as SharedProvider),
-                Err(e) => Err(e.to_string()),
-            }
-        });
+        let factory: ProviderFactory =
+            Arc::new(|profile: &str| profile_credentials(profile).map(|(_, p)| p));
         Accounts::new(default, profiles, factory)
     }
 
@@ -180,6 +172,17 @@ impl Accounts {
         }
         Ok(())
     }
+}
+
+/// The credentials of the aliyun CLI profile `profile` as the only source, with a description of
+/// where they come from (no secret), or why they cannot be used.
+pub fn profile_credentials(profile: &str) -> Result<(String, SharedProvider), String> {
+    let chain = ChainProvider::new(ChainOptions {
+        profile: Some(profile.to_string()),
+        ..ChainOptions::default()
+    });
+    let source = chain.source().map_err(|e| e.to_string())?.to_string();
+    Ok((source, Arc::new(chain)))
 }
 
 /// The account a policy acts on, as stored with its releases (`""` for the default).
