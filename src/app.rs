@@ -1,6 +1,7 @@
 //! The jobs the commands run, built from the stages: `apply` (one reconcile pass, then work the
 //! queue until nothing is due) and `demo` (the whole job against the built-in simulator).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -15,8 +16,8 @@ use crate::plan::{self, Plan, SavedPlan};
 use crate::policy::{Policy, ProtectionConfig};
 use crate::reconcile::{PassResult, ReconcileError, Reconciler};
 use crate::sim::{self, SimConfig, Simulator};
-use crate::store::{ReleaseFilter, ReleaseRow, Store, StoreError};
-use crate::worker::{WorkerConfig, WorkerError, Workers};
+use crate::store::{PauseInfo, ReleaseFilter, ReleaseRow, ReleaseState, Store, StoreError};
+use crate::worker::{Stop, WorkerConfig, WorkerError, Workers};
 
 /// Why a job stopped.
 #[derive(Debug, thiserror::Error)]
@@ -113,45 +114,165 @@ impl App {
     }
 
     /// One reconcile pass of every loaded policy (or exactly a saved plan), then the queue is
-    /// worked until nothing is due. Releases still in their grace period stay queued.
+    /// worked until nothing is due, through the same worker loop as `run`. Releases still in
+    /// their grace period stay queued. With `opts.narrowed` (`--policy`) or a saved plan, only
+    /// this pass's releases are carried out; the rest of the queue is left as it is. A dry run
+    /// sends DryRun calls only and leaves the queue as it found it.
     pub async fn apply(
         &self,
         saved: Option<&SavedPlan>,
+        opts: &ApplyOptions,
         cancel: CancellationToken,
     ) -> Result<ApplyReport, AppError> {
         let started = self.clock.now();
         let policies = self.policies();
+        if let Some(s) = saved {
+            self.check_saved(s, &policies, opts.max_plan_age, started)
+                .await?;
+        }
         let pass = self
             .reconciler
             .pass(&policies, started, saved, started)
             .await?;
-        self.workers.drain(cancel).await?;
+        let mut stopped = None;
+        if !self.reconciler.force_dry_run {
+            let mut workers = self.workers.clone();
+            let scope = (opts.narrowed || saved.is_some()).then(crate::store::new_client_token);
+            if let Some(id) = &scope {
+                let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+                let pairs: Option<Vec<(String, String)>> = saved.map(|s| {
+                    s.releases
+                        .iter()
+                        .map(|r| (r.instance_id.clone(), r.policy.clone()))
+                        .collect()
+                });
+                self.store
+                    .create_scope(id, &names, pairs.as_deref())
+                    .await?;
+                workers.scope = Some(id.clone());
+            }
+            let worked = workers.drain(cancel).await;
+            if let Some(id) = &scope {
+                self.store.drop_scope(id).await?;
+            }
+            stopped = worked?.stopped;
+        }
         // Read from the database only what this apply touched: history only grows.
-        let touched: Vec<ReleaseRow> = self
+        let mut touched: Vec<ReleaseRow> = self
             .store
             .list_releases(&ReleaseFilter {
                 touched_since: Some(started),
                 ..ReleaseFilter::default()
             })
             .await?;
+        if opts.narrowed || saved.is_some() {
+            // Only what this run could act on: the pass's policies (and the plan's instances).
+            let names: HashSet<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+            let pairs: Option<HashSet<(&str, &str)>> = saved.map(|s| {
+                s.releases
+                    .iter()
+                    .map(|r| (r.instance_id.as_str(), r.policy.as_str()))
+                    .collect()
+            });
+            touched.retain(|r| {
+                names.contains(r.policy.as_str())
+                    && pairs.as_ref().is_none_or(|p| {
+                        p.contains(&(r.instance_id.as_str(), r.policy.as_str()))
+                    })
+            });
+        }
         let now = self.clock.now();
-        let window_note = match &self.workers.window {
-            Some(w) if !w.is_open(now) => Some(match w.next_open(now) {
-                Some(at) => format!(
-                    "Outside the operating window: queued releases wait until it opens at {} UTC.",
-                    at.format("%Y-%m-%d %H:%M")
-                ),
-                None => {
-                    "Outside the operating window, which never opens: nothing is released.".into()
-                }
-            }),
+        let window_note = match (&stopped, &self.workers.window) {
+            (Some(Stop::WindowClosed { .. }), Some(w)) | (None, Some(w)) if !w.is_open(now) => {
+                Some(match w.next_open(now) {
+                    Some(at) => format!(
+                        "Outside the operating window: queued releases wait until it opens at {} UTC.",
+                        at.format("%Y-%m-%d %H:%M")
+                    ),
+                    None => "Outside the operating window, which never opens: nothing is released."
+                        .into(),
+                })
+            }
+            _ => None,
+        };
+        let paused = match stopped {
+            Some(Stop::Paused(p)) => Some(p),
             _ => None,
         };
         Ok(ApplyReport {
             pass,
             releases: touched,
             window_note,
+            paused,
+            dry_run: self.reconciler.force_dry_run,
         })
+    }
+
+    /// Refuses a saved plan that is too old, from another database, or names a policy that is
+    /// not loaded.
+    async fn check_saved(
+        &self,
+        saved: &SavedPlan,
+        policies: &[Policy],
+        max_age: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        let age = now - saved.created_at;
+        if age > max_age {
+            return Err(AppError::Other(format!(
+                "the plan was made at {} ({} ago), older than --max-plan-age {}: the fleet may have                  changed since it was reviewed; make and review a new plan with `plan --out`",
+                saved.created_at.format("%Y-%m-%d %H:%M UTC"),
+                human(age.num_seconds()),
+                human(max_age.num_seconds())
+            )));
+        }
+        if let Some(id) = &saved.database_id {
+            let ours = self.store.database_id().await?;
+            if *id != ours {
+                return Err(AppError::Other(format!(
+                    "the plan was made against another database (id {id}; this one is {ours}):                      apply it with the --database it was planned with, or make a new plan here"
+                )));
+            }
+        }
+        let loaded: HashSet<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+        let mut missing: Vec<&str> = saved
+            .releases
+            .iter()
+            .map(|r| r.policy.as_str())
+            .filter(|p| !loaded.contains(p))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            return Err(AppError::Other(format!(
+                "the plan names {} not loaded here: {}; load the policies it was made with (or                  drop --policy), or make a new plan",
+                if missing.len() == 1 {
+                    "a policy"
+                } else {
+                    "policies"
+                },
+                missing.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How `apply` runs.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// `--policy` narrowed the policies: carry out only their releases.
+    pub narrowed: bool,
+    /// A saved plan older than this is refused.
+    pub max_plan_age: chrono::Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            narrowed: false,
+            max_plan_age: chrono::Duration::hours(24),
+        }
     }
 }
 
@@ -163,17 +284,32 @@ pub struct ApplyReport {
     pub releases: Vec<ReleaseRow>,
     /// Set when the operating window kept releases from going.
     pub window_note: Option<String>,
+    /// Set when releases are paused: nothing was sent.
+    pub paused: Option<PauseInfo>,
+    /// `--dry-run`: only DryRun calls were sent, and the queue was left as it was.
+    pub dry_run: bool,
 }
 
+/// `apply`'s exit status when releases are paused.
+pub const EXIT_PAUSED: u8 = 3;
+
 impl ApplyReport {
-    pub fn in_state(&self, state: &str) -> impl Iterator<Item = &ReleaseRow> {
-        let state = state.to_string();
+    /// The releases in `state` (a [`ReleaseState`] or its name).
+    pub fn in_state<S: Copy>(&self, state: S) -> impl Iterator<Item = &ReleaseRow>
+    where
+        ReleaseState: PartialEq<S>,
+    {
         self.releases.iter().filter(move |r| r.state == state)
     }
 
-    /// Exit status: 0 when every due release succeeded, 2 when some failed.
+    /// Exit status: 0 when every due release succeeded, 2 when some failed (or a planned
+    /// release was not carried out), 3 when paused.
     pub fn exit_code(&self) -> u8 {
-        if self.in_state("failed").next().is_some() {
+        if self.paused.is_some() {
+            EXIT_PAUSED
+        } else if self.in_state(ReleaseState::Failed).next().is_some()
+            || !self.pass.not_carried.is_empty()
+        {
             2
         } else {
             0
@@ -183,12 +319,22 @@ impl ApplyReport {
     /// A human summary, one release a line, then totals.
     pub fn render(&self, now: DateTime<Utc>) -> String {
         let mut out = String::new();
+        if let Some(p) = &self.paused {
+            out.push_str(&format!(
+                "Releases are {}. Nothing was released; queued releases wait. `ecs-janitor resume` lifts the pause.\n",
+                p.describe()
+            ));
+        }
         for (state, title) in [
-            ("succeeded", "Released"),
-            ("failed", "Failed"),
-            ("cancelled", "Cancelled"),
-            ("in_flight", "Still in flight (retrying)"),
-            ("pending", "Waiting (grace period)"),
+            (ReleaseState::Succeeded, "Released"),
+            (ReleaseState::Failed, "Failed"),
+            (ReleaseState::Cancelled, "Cancelled"),
+            (
+                ReleaseState::Vanished,
+                "Vanished (not listed before our call; not released by ecs-janitor)",
+            ),
+            (ReleaseState::InFlight, "Still in flight (retrying)"),
+            (ReleaseState::Pending, "Waiting"),
         ] {
             let rows: Vec<&ReleaseRow> = self.in_state(state).collect();
             if rows.is_empty() {
@@ -197,23 +343,37 @@ impl ApplyReport {
             out.push_str(&format!("{title}:\n"));
             for r in rows {
                 let detail = match state {
-                    "succeeded" => format!("RequestId {}", r.request_id.as_deref().unwrap_or("-")),
-                    "failed" => format!(
+                    ReleaseState::Succeeded => {
+                        format!("RequestId {}", r.request_id.as_deref().unwrap_or("-"))
+                    }
+                    ReleaseState::Failed => format!(
                         "{}: {}",
                         r.last_code.as_deref().unwrap_or("?"),
                         r.last_error.as_deref().unwrap_or("")
                     ),
-                    "cancelled" => r.last_error.clone().unwrap_or_default(),
-                    "pending" => format!(
+                    ReleaseState::Cancelled | ReleaseState::Vanished => {
+                        r.last_error.clone().unwrap_or_default()
+                    }
+                    ReleaseState::Pending if r.not_before > now => format!(
                         "not before {} (in {})",
                         r.not_before.format("%Y-%m-%d %H:%M UTC"),
                         human((r.not_before - now).num_seconds())
                     ),
-                    _ => format!("attempts {}", r.attempts),
+                    ReleaseState::Pending => "due; not sent".to_string(),
+                    ReleaseState::InFlight => format!("attempts {}", r.attempts),
                 };
                 out.push_str(&format!(
                     "  {:<24} {:<16} {:<32} {}\n",
                     r.instance_id, r.region, r.policy, detail
+                ));
+            }
+        }
+        if !self.pass.not_carried.is_empty() {
+            out.push_str("Planned but not released:\n");
+            for n in &self.pass.not_carried {
+                out.push_str(&format!(
+                    "  {:<24} {:<16} {:<32} {}\n",
+                    n.instance_id, n.region, n.policy, n.why
                 ));
             }
         }
@@ -222,6 +382,15 @@ impl ApplyReport {
                 out.push_str(&format!("Policy {} {}\n", run.policy, why));
             }
             if run.dry_run {
+                if !run.dry_run_results.is_empty() {
+                    out.push_str(&format!("Dry run of policy {}:\n", run.policy));
+                    for d in &run.dry_run_results {
+                        out.push_str(&format!(
+                            "  {:<24} {:<16} {}\n",
+                            d.instance_id, d.region, d.outcome
+                        ));
+                    }
+                }
                 out.push_str(&format!(
                     "Policy {} (dry run): {} would be released{}\n",
                     run.policy,
@@ -234,16 +403,22 @@ impl ApplyReport {
                 ));
             }
         }
+        if self.dry_run {
+            out.push_str("Dry run: only DryRun calls were sent; the queue is as it was.\n");
+        }
         if let Some(note) = &self.window_note {
             out.push_str(note);
             out.push('\n');
         }
+        let n = self.in_state(ReleaseState::Succeeded).count();
         out.push_str(&format!(
-            "{} failed, {} cancelled, {} waiting.\nReleased {} instances.\n",
-            self.in_state("failed").count(),
-            self.in_state("cancelled").count(),
-            self.in_state("pending").count(),
-            self.in_state("succeeded").count(),
+            "{} failed, {} cancelled, {} vanished, {} waiting.\nReleased {} {}.\n",
+            self.in_state(ReleaseState::Failed).count(),
+            self.in_state(ReleaseState::Cancelled).count(),
+            self.in_state(ReleaseState::Vanished).count(),
+            self.in_state(ReleaseState::Pending).count(),
+            n,
+            if n == 1 { "instance" } else { "instances" },
         ));
         out
     }
@@ -351,17 +526,21 @@ pub async fn demo(opts: DemoOptions, out: &mut dyn FnMut(&str)) -> Result<usize,
         false,
     );
     out("\n== Day 0: first look. Stopped instances are noted; grace periods start.\n\n");
-    let first = app.apply(None, CancellationToken::new()).await?;
+    let first = app
+        .apply(None, &ApplyOptions::default(), CancellationToken::new())
+        .await?;
     out(&plan::render_text(&first.pass.plan, opts.color));
     out("\n");
     clock.advance(chrono::Duration::hours(25));
     out("\n== Day 1 (the clock jumps 25 hours): the plan, then apply.\n\n");
     let plan: Plan = app.reconciler.plan_only(&policies, shared.now()).await?;
     out(&plan::render_text(&plan, opts.color));
-    let report = app.apply(None, CancellationToken::new()).await?;
+    let report = app
+        .apply(None, &ApplyOptions::default(), CancellationToken::new())
+        .await?;
     out("\n");
     out(&report.render(shared.now()));
-    let released = report.in_state("succeeded").count();
+    let released = report.in_state(ReleaseState::Succeeded).count();
     let sim_released = handle.sim.releases().len();
     if sim_released != released {
         return Err(AppError::Other(format!(

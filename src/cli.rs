@@ -80,6 +80,10 @@ pub enum Command {
     /// Inspect and steer the release queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// The kill switch: stop every DeleteInstances, on every replica and command, until resumed.
+    Pause(PauseArgs),
+    /// Lift the pause.
+    Resume(ResumeArgs),
     /// The audit log: who released what, when, under which policy and RequestId.
     History(HistoryArgs),
     /// Run the ECS simulator: a stateful fake ECS endpoint for trying, testing and benchmarking.
@@ -169,6 +173,9 @@ pub struct ApplyArgs {
     /// Act on exactly the releases of a plan saved with `plan --out`.
     #[arg(long)]
     pub plan: Option<PathBuf>,
+    /// Refuse a saved plan older than this (`30m`, `24h`, `2d`).
+    #[arg(long, value_parser = duration_arg, default_value = "24h")]
+    pub max_plan_age: chrono::Duration,
     /// Send DeleteInstances with DryRun=true: check permissions and parameters, release nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -275,18 +282,56 @@ pub enum QueueCommand {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Put a failed or cancelled release back in the queue.
+    /// Put a failed, cancelled or vanished release back in the queue, lifting its hold or
+    /// quarantine; what was left of its grace period stays.
     Retry {
         id: i64,
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Cancel a pending release.
+    /// Cancel a pending release, and hold its instance out of the policy until `queue retry`
+    /// (or for `--for DURATION`).
     Cancel {
         id: i64,
+        /// Why, recorded with the hold and shown in plans.
+        #[arg(long, default_value = "no reason given")]
+        reason: String,
+        /// Hold only this long (`2h`, `7d`); the next pass after it may queue the instance again.
+        #[arg(long = "for", value_parser = duration_arg)]
+        hold_for: Option<chrono::Duration>,
         #[command(flatten)]
         db: DbArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// Why, recorded in the audit log and shown by `apply`, `queue list` and the status page.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// A duration flag: `30s`, `15m`, `2h`, `7d`, `1w`, or combinations.
+fn duration_arg(s: &str) -> Result<chrono::Duration, String> {
+    crate::policy::Duration::parse(s).map(|d| d.to_chrono())
+}
+
+/// Who runs this command, for the audit log: `$JANITOR_OPERATOR`, else `$USER`, and the host.
+fn operator() -> String {
+    let who = std::env::var("JANITOR_OPERATOR")
+        .or_else(|_| std::env::var("USER"))
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "someone".into());
+    format!("{who} (cli)")
 }
 
 #[derive(Debug, Args)]
@@ -420,6 +465,8 @@ impl Command {
             Command::Apply(a) => &a.db,
             Command::Run(a) => &a.db,
             Command::History(a) => &a.db,
+            Command::Pause(a) => &a.db,
+            Command::Resume(a) => &a.db,
             Command::Queue(
                 QueueCommand::List { db, .. }
                 | QueueCommand::Show { db, .. }
@@ -508,6 +555,20 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_daemon(args).await,
         Command::Queue(cmd) => queue(cmd).await,
         Command::History(args) => history(args).await,
+        Command::Pause(args) => {
+            let store = Store::connect(&args.db.url).await?;
+            store
+                .pause(&operator(), &args.reason, chrono::Utc::now())
+                .await?;
+            outln!("Releases are paused on every replica and command. `ecs-janitor resume` lifts it.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume(args) => {
+            let store = Store::connect(&args.db.url).await?;
+            store.resume(&operator(), chrono::Utc::now()).await?;
+            outln!("Releases are resumed.");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate(args) => simulate(args).await,
         Command::Config(ConfigCommand::Check) => config_check(),
     }
@@ -672,7 +733,9 @@ async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     };
     let plan = rec.plan_only(&policies, chrono::Utc::now()).await?;
     if let Some(path) = &args.out {
-        SavedPlan::from_plan(&plan).save(path)?;
+        let mut saved = SavedPlan::from_plan(&plan);
+        saved.database_id = Some(rec.store.database_id().await?);
+        saved.save(path)?;
     }
     if args.json {
         outln!(
@@ -728,7 +791,11 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     });
     let progress =
         (!args.json && std::io::stderr().is_terminal()).then(|| spawn_progress(app.store.clone()));
-    let report = app.apply(saved.as_ref(), cancel).await;
+    let opts = crate::app::ApplyOptions {
+        narrowed: !args.only.is_empty(),
+        max_plan_age: args.max_plan_age,
+    };
+    let report = app.apply(saved.as_ref(), &opts, cancel).await;
     if let Some((bar, task)) = progress {
         task.abort();
         bar.finish_and_clear();
@@ -742,6 +809,9 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         let v = serde_json::json!({
             "runs": report.pass.runs,
             "releases": report.releases,
+            "not_carried": report.pass.not_carried,
+            "paused": report.paused,
+            "dry_run": report.dry_run,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -875,16 +945,16 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             db,
         } => {
             if let Some(s) = &state {
-                const STATES: [&str; 5] =
-                    ["pending", "in_flight", "succeeded", "failed", "cancelled"];
-                if !STATES.contains(&s.as_str()) {
-                    anyhow::bail!(
-                        "--state {s:?} is not a state; use one of {}",
-                        STATES.join(", ")
-                    );
-                }
+                s.parse::<crate::store::ReleaseState>()
+                    .map_err(|e| anyhow::anyhow!("--state: {e}"))?;
             }
             let store = Store::connect(&db.url).await?;
+            if let (Some(p), false) = (store.pause_state().await?, json) {
+                outln!(
+                    "Releases are {}; nothing is sent until `ecs-janitor resume`.",
+                    p.describe()
+                );
+            }
             let rows = store
                 .list_releases(&ReleaseFilter {
                     state,
@@ -928,15 +998,29 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
         }
         QueueCommand::Retry { id, db } => {
             let store = Store::connect(&db.url).await?;
-            store.retry_release(id, now).await?;
+            store.retry_release(id, &operator(), now).await?;
             outln!("Release {id} is pending again; the next apply or the daemon sends it.");
         }
-        QueueCommand::Cancel { id, db } => {
+        QueueCommand::Cancel {
+            id,
+            reason,
+            hold_for,
+            db,
+        } => {
             let store = Store::connect(&db.url).await?;
+            let until = hold_for.map(|d| now + d);
             store
-                .cancel_release(id, "cancelled by an operator", now)
+                .cancel_release(id, &operator(), &reason, until, now)
                 .await?;
-            outln!("Release {id} is cancelled.");
+            match until {
+                Some(t) => outln!(
+                    "Release {id} is cancelled; its instance is held out of the policy until {}.",
+                    t.format("%Y-%m-%d %H:%M UTC")
+                ),
+                None => outln!(
+                    "Release {id} is cancelled; its instance is held out of the policy until `queue retry {id}`."
+                ),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,7 @@ use crate::ecs::{account_of, Accounts, ErrorClass, InstanceStatus};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
 use crate::policy::{Policy, ProtectionConfig};
-use crate::store::{NewEvent, NewRelease, Store, StoreError};
+use crate::store::{NewEvent, NewRelease, ReleaseState, Store, StoreError};
 
 /// Why a pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,17 @@ pub struct RunOutcome {
     /// Dry run: how many releases ECS's DryRun check accepted, and the codes of those it refused.
     pub would_release: usize,
     pub dry_run_refusals: Vec<String>,
+    /// Dry run: each instance checked, with what ECS's DryRun answered.
+    pub dry_run_results: Vec<DryRunResult>,
+}
+
+/// One instance of a dry run, and what ECS's DryRun check said of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DryRunResult {
+    pub instance_id: String,
+    pub region: String,
+    /// `would release`, or the code DryRun refused with.
+    pub outcome: String,
 }
 
 /// A pass's plan and what each policy's run did.
@@ -58,6 +69,17 @@ pub struct RunOutcome {
 pub struct PassResult {
     pub plan: Plan,
     pub runs: Vec<RunOutcome>,
+    /// With a saved plan: its releases that this pass did not queue, each with why.
+    pub not_carried: Vec<NotCarried>,
+}
+
+/// A release of a saved plan that will not be carried out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NotCarried {
+    pub instance_id: String,
+    pub region: String,
+    pub policy: String,
+    pub why: String,
 }
 
 impl Reconciler {
@@ -95,7 +117,12 @@ impl Reconciler {
             Ok((plan, mut done)) => {
                 runs.append(&mut done);
                 runs.sort_by(|a, b| a.policy.cmp(&b.policy));
-                Ok(PassResult { plan, runs })
+                let not_carried = saved.map(|s| not_carried(s, &plan)).unwrap_or_default();
+                Ok(PassResult {
+                    plan,
+                    runs,
+                    not_carried,
+                })
             }
             Err(e) => {
                 for p in &mine {
@@ -157,10 +184,22 @@ impl Reconciler {
                 .collect();
             self.store.observe(account, region, &stopped, now).await?;
         }
+        let holds = self
+            .store
+            .holds(now)
+            .await?
+            .into_iter()
+            .map(|h| ((h.instance_id.clone(), h.policy.clone()), h.describe()))
+            .collect();
         let ctx = EvalContext {
             observations: self.store.observations().await?,
             queued,
             protection: self.protection.clone(),
+            holds,
+            released: self
+                .store
+                .released_since(now - chrono::Duration::days(1))
+                .await?,
         };
         Ok((inv, ctx))
     }
@@ -291,9 +330,9 @@ impl Reconciler {
                         });
                     }
                 }
-                if saved.is_none() {
+                if saved.is_none() && !self.force_dry_run {
                     // A policy switched to dry_run releases nothing, including what it queued
-                    // before.
+                    // before. A forced dry run (`apply --dry-run`) leaves the queue as it is.
                     let planned: HashSet<&str> = if policy.dry_run {
                         HashSet::new()
                     } else {
@@ -301,7 +340,7 @@ impl Reconciler {
                     };
                     let cancels: Vec<(i64, String)> = active
                         .iter()
-                        .filter(|r| r.policy == pp.policy && r.state == "pending")
+                        .filter(|r| r.policy == pp.policy && r.state == ReleaseState::Pending)
                         .filter(|r| !planned.contains(r.instance_id.as_str()))
                         .map(|r| {
                             let why = match pp.skips.iter().find(|s| s.instance_id == r.instance_id) {
@@ -402,6 +441,15 @@ impl Reconciler {
                     }
                 };
                 for r in chunk {
+                    run.dry_run_results.push(DryRunResult {
+                        instance_id: r.instance_id.clone(),
+                        region: r.region.clone(),
+                        outcome: if kind == "would_release" {
+                            "would release".to_string()
+                        } else {
+                            code.clone()
+                        },
+                    });
                     self.store
                         .record_event(
                             NewEvent {
@@ -453,5 +501,49 @@ fn evaluate(policies: &[Policy], inv: &Inventory, ctx: &EvalContext, now: DateTi
         .collect();
     out.policies
         .sort_by_key(|pp| order.get(pp.policy.as_str()).copied().unwrap_or(usize::MAX));
+    out
+}
+
+/// The releases of `saved` that the fresh `plan` no longer makes, each with why: protected
+/// since, no longer matching, gone, flags changed, or left running.
+fn not_carried(saved: &SavedPlan, plan: &Plan) -> Vec<NotCarried> {
+    let mut planned: HashMap<(&str, &str), &plan::PlannedRelease> = HashMap::new();
+    let mut skipped: HashMap<(&str, &str), &plan::Skip> = HashMap::new();
+    let mut refused: HashMap<&str, String> = HashMap::new();
+    for pp in &plan.policies {
+        if let Some(r) = &pp.refused {
+            refused.insert(pp.policy.as_str(), r.message());
+        }
+        for r in &pp.releases {
+            planned.insert((r.instance_id.as_str(), r.policy.as_str()), r);
+        }
+        for sk in &pp.skips {
+            skipped.insert((sk.instance_id.as_str(), sk.policy.as_str()), sk);
+        }
+    }
+    let mut out = Vec::new();
+    for r in &saved.releases {
+        let key = (r.instance_id.as_str(), r.policy.as_str());
+        let why = match (planned.get(&key), skipped.get(&key)) {
+            (Some(p), _) if p.force != r.force || p.terminate_subscription != r.terminate_subscription => {
+                format!(
+                    "the policy's release flags changed since the plan (force={} terminate_subscription={} now); make a new plan",
+                    p.force, p.terminate_subscription
+                )
+            }
+            (Some(_), _) if refused.contains_key(r.policy.as_str()) => {
+                format!("policy {} {}", r.policy, refused[r.policy.as_str()])
+            }
+            (Some(_), _) => continue,
+            (None, Some(sk)) => format!("no longer qualifies: {}", sk.detail),
+            (None, None) => "no longer listed by DescribeInstances (gone), or no longer selected by the policy".to_string(),
+        };
+        out.push(NotCarried {
+            instance_id: r.instance_id.clone(),
+            region: r.region.clone(),
+            policy: r.policy.clone(),
+            why,
+        });
+    }
     out
 }

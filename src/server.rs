@@ -21,7 +21,6 @@ use crate::ecs::sign::signatures_equal;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::store::{ReleaseFilter, ReleaseRow, Store, StoreError};
-use crate::worker::PAUSED;
 
 /// What readiness depends on, shared with the daemon.
 #[derive(Debug, Default)]
@@ -55,7 +54,7 @@ pub fn router(ctx: AdminContext) -> Router {
         .route("/api/v1/policies", get(list_policies))
         .route("/api/v1/releases/{id}/retry", post(retry_release))
         .route("/api/v1/releases/{id}/cancel", post(cancel_release))
-        .route("/api/v1/pause", post(pause))
+        .route("/api/v1/pause", post(pause).get(pause_state))
         .route("/api/v1/resume", post(resume))
         .with_state(ctx)
 }
@@ -227,9 +226,10 @@ async fn retry_release(
     State(s): State<AdminContext>,
     headers: HeaderMap,
     Path(id): Path<i64>,
+    Query(op): Query<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
     authorize(&s, &headers)?;
-    s.store.retry_release(id, s.clock.now()).await?;
+    s.store.retry_release(id, &op.by(), s.clock.now()).await?;
     Ok(Json(s.store.release(id).await?))
 }
 
@@ -237,46 +237,67 @@ async fn cancel_release(
     State(s): State<AdminContext>,
     headers: HeaderMap,
     Path(id): Path<i64>,
+    Query(op): Query<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
     authorize(&s, &headers)?;
+    let now = s.clock.now();
+    let until = op
+        .hold_secs
+        .filter(|n| *n > 0)
+        .map(|n| now + chrono::Duration::seconds(n.min(10 * 365 * 86_400)));
+    let reason = op.reason.clone().unwrap_or_else(|| "no reason given".into());
     s.store
-        .cancel_release(id, "cancelled through the admin API", s.clock.now())
+        .cancel_release(id, &op.by(), &reason, until, now)
         .await?;
     Ok(Json(s.store.release(id).await?))
 }
 
-async fn set_paused(s: &AdminContext, paused: bool) -> Result<Json<serde_json::Value>, ApiError> {
-    s.store
-        .set_setting(PAUSED, if paused { "true" } else { "false" })
-        .await?;
-    s.store
-        .record_event(
-            crate::store::NewEvent {
-                kind: if paused { "paused" } else { "resumed" },
-                detail: "through the admin API".into(),
-                ..Default::default()
-            },
-            s.clock.now(),
-        )
-        .await?;
-    tracing::warn!(paused, "kill switch changed through the admin API");
-    Ok(Json(json!({ "paused": paused })))
+/// Who and why, from the query string of a mutating call (`?by=alice&reason=...`).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Operator {
+    by: Option<String>,
+    reason: Option<String>,
+    /// `queue cancel`'s hold: seconds, e.g. 86400 for a day.
+    hold_secs: Option<i64>,
+}
+
+impl Operator {
+    fn by(&self) -> String {
+        match self.by.as_deref().filter(|b| !b.trim().is_empty()) {
+            Some(b) => format!("{} (admin API)", b.trim()),
+            None => "the admin API".to_string(),
+        }
+    }
 }
 
 async fn pause(
     State(s): State<AdminContext>,
     headers: HeaderMap,
+    Query(op): Query<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
-    set_paused(&s, true).await
+    let reason = op.reason.clone().unwrap_or_default();
+    s.store.pause(&op.by(), &reason, s.clock.now()).await?;
+    tracing::warn!(by = %op.by(), reason = %reason, "releases paused through the admin API");
+    pause_state(State(s)).await
 }
 
 async fn resume(
     State(s): State<AdminContext>,
     headers: HeaderMap,
+    Query(op): Query<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
-    set_paused(&s, false).await
+    s.store.resume(&op.by(), s.clock.now()).await?;
+    tracing::warn!(by = %op.by(), "releases resumed through the admin API");
+    pause_state(State(s)).await
+}
+
+async fn pause_state(State(s): State<AdminContext>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(match s.store.pause_state().await? {
+        Some(p) => json!({ "paused": true, "by": p.by, "reason": p.reason, "at": p.at }),
+        None => json!({ "paused": false }),
+    }))
 }
 
 fn esc(s: &str) -> std::borrow::Cow<'_, str> {
@@ -349,8 +370,11 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
     h.push_str("<meta http-equiv=\"refresh\" content=\"30\"><title>ecs-janitor</title><style>");
     h.push_str(STYLE);
     h.push_str("</style></head><body><h1>ecs-janitor</h1>");
-    if snap.paused {
-        h.push_str("<div class=\"banner paused\" id=\"paused\">Paused: releases are stopped on every replica. Plans go on. POST /api/v1/resume to resume.</div>");
+    if let Some(p) = s.store.pause_state().await? {
+        h.push_str(&format!(
+            "<div class=\"banner paused\" id=\"paused\">Paused: releases are stopped on every replica and command ({}). Plans go on. <code>ecs-janitor resume</code> or POST /api/v1/resume to resume.</div>",
+            esc(&p.describe())
+        ));
     } else {
         h.push_str("<div class=\"banner running\" id=\"running\">Running: releases are carried out as scheduled.</div>");
     }

@@ -73,7 +73,7 @@ async fn admin(token: Option<&str>) -> Admin {
         false,
     )
     .with_metrics(metrics.clone());
-    app.apply(None, CancellationToken::new()).await.unwrap();
+    app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
     let health = Arc::new(Health::default());
     health.policies_loaded.store(true, Ordering::SeqCst);
     let router = server::router(AdminContext {
@@ -219,12 +219,12 @@ async fn pause_stops_releases_until_resume() {
     for r in rows.iter().filter(|r| r.state == "pending") {
         a.app
             .store
-            .cancel_release(r.id, "test", chrono::Utc::now())
+            .cancel_release(r.id, "test", "test", None, chrono::Utc::now())
             .await
             .unwrap();
         a.app
             .store
-            .retry_release(r.id, chrono::Utc::now())
+            .retry_release(r.id, "test", chrono::Utc::now())
             .await
             .unwrap();
     }

@@ -594,7 +594,7 @@ async fn claim_all(
     let mut batched = Vec::new();
     // A lease far longer than the test, so no batch comes back for a second claim.
     let lease = Duration::from_secs(86_400 * 7);
-    while let Some(b) = store.claim("prop", at, lease, max_batch).await.unwrap() {
+    while let Some(b) = store.claim("prop", at, lease, max_batch, None).await.unwrap() {
         assert!(seen_batches.insert(b.fence.batch_id), "batch claimed twice");
         assert!(!b.members.is_empty(), "an empty batch");
         assert!(
@@ -690,7 +690,7 @@ proptest! {
             assert_eq!(all, want, "releases batched other than once each");
             for id in &all {
                 let row = store.release(*id).await.unwrap();
-                assert_eq!(row.state, "in_flight");
+                assert_eq!(row.state, ecs_janitor::store::ReleaseState::InFlight);
                 assert!(row.batch_id.is_some_and(|b| seen_batches.contains(&b)));
             }
         });

@@ -61,7 +61,7 @@ async fn state_of(s: &Store, instance: &str) -> Vec<String> {
         .unwrap()
         .into_iter()
         .filter(|r| r.instance_id == instance)
-        .map(|r| r.state)
+        .map(|r| r.state.to_string())
         .collect()
 }
 
@@ -101,7 +101,7 @@ conformance!(
         let mut seen = HashSet::new();
         let mut tokens = HashSet::new();
         let mut sizes = Vec::new();
-        while let Some(b) = s.claim("w", t0(), LEASE, 100).await.unwrap() {
+        while let Some(b) = s.claim("w", t0(), LEASE, 100, None).await.unwrap() {
             assert!(b.members.len() <= 100);
             assert!(tokens.insert(b.client_token.clone()), "tokens are unique");
             assert!(b.client_token.len() <= 64 && b.client_token.is_ascii());
@@ -152,7 +152,7 @@ conformance!(
         s.enqueue(&[rel("i-1", "r1", false), rel("i-2", "r1", false)], t0())
             .await
             .unwrap();
-        let b = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
         assert_eq!(b.attempts, 0);
         assert!(s
             .begin_attempt(&b.fence, &[], &b.client_token, t0())
@@ -160,17 +160,17 @@ conformance!(
             .unwrap());
         let later = t0() + chrono::Duration::seconds(5);
         assert!(s
-            .retry_later(&b.fence, "InternalError", "boom", later, t0())
+            .retry_later(&b.fence, "InternalError", "boom", later, false, t0())
             .await
             .unwrap());
         // Not due before its next attempt, and nothing new to batch.
         assert!(s
-            .claim("w", t0() + chrono::Duration::seconds(1), LEASE, 100)
+            .claim("w", t0() + chrono::Duration::seconds(1), LEASE, 100, None)
             .await
             .unwrap()
             .is_none());
-        assert_eq!(s.next_due(t0()).await.unwrap(), Some(later));
-        let again = s.claim("w2", later, LEASE, 100).await.unwrap().unwrap();
+        assert_eq!(s.next_due(t0(), None).await.unwrap(), Some(later));
+        let again = s.claim("w2", later, LEASE, 100, None).await.unwrap().unwrap();
         assert_eq!(again.client_token, b.client_token);
         assert_eq!(again.members, b.members);
         assert_eq!(again.attempts, 1);
@@ -190,12 +190,12 @@ conformance!(
         let s = &db.store;
         s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
         let a = s
-            .claim("worker-a", t0(), LEASE, 100)
+            .claim("worker-a", t0(), LEASE, 100, None)
             .await
             .unwrap()
             .unwrap();
         assert!(
-            s.claim("worker-b", t0(), LEASE, 100)
+            s.claim("worker-b", t0(), LEASE, 100, None)
                 .await
                 .unwrap()
                 .is_none(),
@@ -203,7 +203,7 @@ conformance!(
         );
         let after = t0() + chrono::Duration::seconds(31);
         let b = s
-            .claim("worker-b", after, LEASE, 100)
+            .claim("worker-b", after, LEASE, 100, None)
             .await
             .unwrap()
             .unwrap();
@@ -259,7 +259,7 @@ conformance!(
             .map(|n| rel(&format!("i-{n}"), "r1", false))
             .collect();
         s.enqueue(&rs, t0()).await.unwrap();
-        let b = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
         assert!(s
             .begin_attempt(&b.fence, &[], &b.client_token, t0())
             .await
@@ -277,8 +277,8 @@ conformance!(
             )
             .await
             .unwrap());
-        let x = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
-        let y = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let x = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        let y = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
         let tokens: HashSet<_> = [&b.client_token, &x.client_token, &y.client_token]
             .into_iter()
             .collect();
@@ -295,14 +295,14 @@ conformance!(
         let mut r = rel("i-1", "r1", false);
         r.not_before = t0() + chrono::Duration::hours(2);
         s.enqueue(&[r], t0()).await.unwrap();
-        assert!(s.claim("w", t0(), LEASE, 100).await.unwrap().is_none());
+        assert!(s.claim("w", t0(), LEASE, 100, None).await.unwrap().is_none());
         assert_eq!(
-            s.next_due(t0()).await.unwrap(),
+            s.next_due(t0(), None).await.unwrap(),
             None,
             "grace is not work for a drain"
         );
         assert!(s
-            .claim("w", t0() + chrono::Duration::hours(2), LEASE, 100)
+            .claim("w", t0() + chrono::Duration::hours(2), LEASE, 100, None)
             .await
             .unwrap()
             .is_some());
@@ -317,7 +317,7 @@ conformance!(
             .map(|n| rel(&format!("i-{n}"), "r1", false))
             .collect();
         s.enqueue(&rs, t0()).await.unwrap();
-        let b = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
         let m: Vec<BatchMember> = b.members.clone();
         // The re-check cancels one before the call.
         let pre = vec![(
@@ -338,6 +338,7 @@ conformance!(
                     code: "ChargeTypeViolation".into(),
                     message: "no".into(),
                     request_id: Some("R2".into()),
+                    quarantine: None,
                 },
             ),
         ];
@@ -367,7 +368,7 @@ conformance!(
         assert_eq!(failed[0].last_code.as_deref(), Some("ChargeTypeViolation"));
         assert_eq!(failed[0].request_id.as_deref(), Some("R2"));
         // An operator retries the failed one; it is pending and due again.
-        s.retry_release(failed[0].id, t0()).await.unwrap();
+        s.retry_release(failed[0].id, "test", t0()).await.unwrap();
         assert_eq!(state_of(s, "i-2").await, ["pending"]);
         // Succeeded releases cannot be retried; in-flight ones cannot be cancelled.
         let done = s
@@ -378,16 +379,16 @@ conformance!(
             .await
             .unwrap();
         assert!(matches!(
-            s.retry_release(done[0].id, t0()).await,
+            s.retry_release(done[0].id, "test", t0()).await,
             Err(StoreError::WrongState { .. })
         ));
-        let b2 = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let b2 = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
         assert!(matches!(
-            s.cancel_release(b2.members[0].release_id, "x", t0()).await,
+            s.cancel_release(b2.members[0].release_id, "test", "x", None, t0()).await,
             Err(StoreError::WrongState { .. })
         ));
         assert!(matches!(
-            s.retry_release(9999, t0()).await,
+            s.retry_release(9999, "test", t0()).await,
             Err(StoreError::NoSuchRelease(9999))
         ));
         // The audit log tells the story.
@@ -471,7 +472,7 @@ conformance!(
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
-                while let Some(b) = s.claim(&format!("w{w}"), t0(), LEASE, 50).await.unwrap() {
+                while let Some(b) = s.claim(&format!("w{w}"), t0(), LEASE, 50, None).await.unwrap() {
                     mine.extend(b.members.iter().map(|m| m.instance_id.clone()));
                 }
                 mine
@@ -531,7 +532,7 @@ conformance!(
             ["", "prod", "staging"][n % 3]
         };
         let mut sizes = Vec::new();
-        while let Some(b) = s.claim("w", t0(), LEASE, 100).await.unwrap() {
+        while let Some(b) = s.claim("w", t0(), LEASE, 100, None).await.unwrap() {
             for m in &b.members {
                 assert_eq!(b.account, account(&m.instance_id), "{}", m.instance_id);
             }
@@ -613,7 +614,7 @@ async fn upgrading_from_the_first_schema_keeps_every_release() {
     assert_eq!(rows[0].instance_id, "i-old");
     assert_eq!(rows[0].account, "", "the default account");
     let b = s
-        .claim("w", t0(), LEASE, 100)
+        .claim("w", t0(), LEASE, 100, None)
         .await
         .unwrap()
         .expect("the old release is still due");
@@ -626,7 +627,7 @@ conformance!(
     |db: TestDb| async move {
         let s = &db.store;
         s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
-        let b = s.claim("w", t0(), LEASE, 100).await.unwrap().unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
         let done: Vec<_> = b.members.iter().map(|m| (m.clone(), ok())).collect();
         assert!(s
             .finish_batch(&b.fence, "done", None, &done, &[], t0())

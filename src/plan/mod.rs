@@ -47,6 +47,10 @@ pub struct EvalContext {
     pub observations: HashMap<String, DateTime<Utc>>,
     /// Instance id → its active queued release.
     pub queued: HashMap<String, QueuedInfo>,
+    /// (instance id, policy) → why an operator's hold or a quarantine keeps it out, in words.
+    pub holds: HashMap<(String, String), String>,
+    /// Instance id → when ecs-janitor released it: ECS may list it for a while afterwards.
+    pub released: HashMap<String, DateTime<Utc>>,
     pub protection: ProtectionConfig,
 }
 
@@ -137,6 +141,10 @@ pub enum SkipReason {
     },
     /// A subscription, and the policy does not set `release.terminate_subscription`.
     RequiresTerminateSubscription,
+    /// An operator's hold (a cancel) or a quarantine after a permanent refusal.
+    Held,
+    /// Already released by ecs-janitor; ECS still lists it while the release completes.
+    Released { at: DateTime<Utc> },
 }
 
 impl SkipReason {
@@ -152,6 +160,8 @@ impl SkipReason {
             SkipReason::AlsoMatchedBy { .. } => "also_matched_by",
             SkipReason::RequiresForce { .. } => "requires_force",
             SkipReason::RequiresTerminateSubscription => "requires_terminate_subscription",
+            SkipReason::Held => "held",
+            SkipReason::Released { .. } => "released",
         }
     }
 }
@@ -321,6 +331,23 @@ pub fn evaluate(
                         SkipReason::RequiresTerminateSubscription,
                         "a subscription instance; ECS releases it only with release.terminate_subscription: true".into(),
                     ));
+                    continue;
+                }
+                if let Some(at) = ctx.released.get(&inst.instance_id) {
+                    plan.skips.push(skip(
+                        SkipReason::Released { at: *at },
+                        format!(
+                            "released by ecs-janitor at {}; ECS still lists it while the release completes",
+                            fmt_time(*at)
+                        ),
+                    ));
+                    continue;
+                }
+                if let Some(why) = ctx
+                    .holds
+                    .get(&(inst.instance_id.clone(), policy.name.clone()))
+                {
+                    plan.skips.push(skip(SkipReason::Held, why.clone()));
                     continue;
                 }
                 let not_before = match ctx.queued.get(&inst.instance_id) {

@@ -15,6 +15,10 @@ pub struct SavedPlan {
     /// Always [`SavedPlan::VERSION`] for files this build writes.
     pub version: u32,
     pub created_at: DateTime<Utc>,
+    /// The database the plan was made against (its queue and observations); `apply --plan`
+    /// refuses a plan from another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_id: Option<String>,
     pub releases: Vec<SavedRelease>,
 }
 
@@ -77,6 +81,7 @@ impl SavedPlan {
         SavedPlan {
             version: Self::VERSION,
             created_at: plan.generated_at,
+            database_id: None,
             releases,
         }
     }

@@ -21,7 +21,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
 
-pub use rows::{BatchMember, ClaimedBatch, EventRow, ReleaseRow, RunRow};
+pub use rows::{BatchMember, ClaimedBatch, EventRow, ReleaseRow, ReleaseState, RunRow};
+pub use safety::{HoldKind, HoldRow, PauseInfo};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,39 @@ macro_rules! new_batch {
     }};
 }
 
+/// Quarantines member `$m` after a permanent refusal, inside `$tx`: its instance stays out of its
+/// policy's enqueue for `$base`, doubled for each quarantine it already had (at most 2^10 times).
+macro_rules! quarantine {
+    ($tx:ident, $m:expr, $code:expr, $message:expr, $base:expr, $now:expr) => {{
+        let m: &BatchMember = $m;
+        let before: Option<i64> = sqlx::query_scalar(
+            "SELECT repeats FROM holds WHERE instance_id = $1 AND policy = $2 AND kind = 'quarantine'",
+        )
+        .bind(&m.instance_id)
+        .bind(&m.policy)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        let repeats = before.unwrap_or(0) + 1;
+        let base: chrono::Duration = $base;
+        let factor = 1i64 << (repeats - 1).clamp(0, 10);
+        let until = ms($now).saturating_add(base.num_milliseconds().saturating_mul(factor));
+        sqlx::query(
+            "INSERT INTO holds (instance_id, policy, kind, until, by_whom, reason, repeats, created_at)
+             VALUES ($1, $2, 'quarantine', $3, 'ecs-janitor', $4, $5, $6)
+             ON CONFLICT (instance_id, policy, kind) DO UPDATE SET until = excluded.until,
+                 reason = excluded.reason, repeats = excluded.repeats, created_at = excluded.created_at",
+        )
+        .bind(&m.instance_id)
+        .bind(&m.policy)
+        .bind(until)
+        .bind(format!("refused with {}: {}", $code, $message))
+        .bind(repeats)
+        .bind(ms($now))
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
 /// Moves settled members of batch `$batch` to their final state, with an event each.
 macro_rules! settle {
     ($tx:ident, $batch:expr, $settled:expr, $now:expr) => {{
@@ -177,15 +211,24 @@ macro_rules! settle {
                     code,
                     message,
                     request_id,
-                } => (
-                    "failed",
-                    Some(code.clone()),
-                    message.clone(),
-                    request_id.clone(),
-                    "failed",
-                ),
+                    quarantine,
+                } => {
+                    if let Some(base) = quarantine {
+                        quarantine!($tx, m, code, message, *base, $now);
+                    }
+                    (
+                        "failed",
+                        Some(code.clone()),
+                        message.clone(),
+                        request_id.clone(),
+                        "failed",
+                    )
+                }
                 MemberOutcome::Cancelled { reason } => {
                     ("cancelled", None, reason.clone(), None, "cancelled")
+                }
+                MemberOutcome::Vanished { detail } => {
+                    ("vanished", None, detail.clone(), None, "vanished")
                 }
             };
             groups
@@ -228,6 +271,8 @@ macro_rules! settle {
     }};
 }
 
+mod safety;
+
 /// A release the reconciler wants queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRelease {
@@ -255,9 +300,16 @@ pub enum MemberOutcome {
         code: String,
         message: String,
         request_id: Option<String>,
+        /// Refused for good: keep the instance out of its policy's enqueue for this long,
+        /// doubled for every earlier quarantine of the same instance and policy.
+        quarantine: Option<chrono::Duration>,
     },
     Cancelled {
         reason: String,
+    },
+    /// Missing from the re-check: not released by us.
+    Vanished {
+        detail: String,
     },
 }
 
@@ -277,6 +329,7 @@ pub struct StateCounts {
     pub succeeded: i64,
     pub failed: i64,
     pub cancelled: i64,
+    pub vanished: i64,
 }
 
 /// What the metrics endpoint reads from the store.
@@ -606,26 +659,15 @@ impl Store {
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
             for chunk in releases.chunks(400) {
-                let mut q = QueryBuilder::new(
-                    "SELECT instance_id FROM releases WHERE state = 'succeeded' AND instance_id IN (",
-                );
-                let mut sep = q.separated(", ");
-                for r in chunk {
-                    sep.push_bind(r.instance_id.clone());
-                }
-                q.push(")");
-                let done: std::collections::HashSet<String> =
-                    q.build_query_scalar().fetch_all(&mut *tx).await?.into_iter().collect();
-                let fresh: Vec<&NewRelease> =
-                    chunk.iter().filter(|r| !done.contains(&r.instance_id)).collect();
-                if fresh.is_empty() {
-                    continue;
-                }
-                let chunk = fresh;
+                // One statement decides and inserts: the "already released" and "held" checks
+                // cannot be separated from the insert by another replica's commit in between.
                 let mut q = QueryBuilder::new(
                     "INSERT INTO releases (instance_id, instance_name, region, policy, force,
                      terminate_subscription, state, not_before, reasons, created_at, updated_at,
-                     account) ",
+                     account)
+                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6,
+                            'pending', v.column7, v.column8, v.column9, v.column9, v.column10
+                     FROM (",
                 );
                 q.push_values(chunk, |mut b, r| {
                     b.push_bind(r.instance_id.clone())
@@ -634,15 +676,21 @@ impl Store {
                         .push_bind(r.policy.clone())
                         .push_bind(r.force as i64)
                         .push_bind(r.terminate_subscription as i64)
-                        .push_bind("pending")
                         .push_bind(ms(r.not_before))
                         .push_bind(r.reasons.clone())
                         .push_bind(ms(now))
-                        .push_bind(ms(now))
                         .push_bind(r.account.clone());
                 });
+                q.push(") AS v WHERE NOT EXISTS (SELECT 1 FROM releases d
+                          WHERE d.instance_id = v.column1 AND d.state = 'succeeded')
+                     AND NOT EXISTS (SELECT 1 FROM holds h
+                          WHERE h.instance_id = v.column1 AND h.policy = v.column4
+                            AND (h.until IS NULL OR h.until > ");
+                q.push_bind(ms(now));
                 q.push(format!(
-                    " ON CONFLICT (instance_id) WHERE state IN {ACTIVE} DO NOTHING RETURNING id, instance_id, policy"
+                    "))
+                     ON CONFLICT (instance_id) WHERE state IN {ACTIVE} DO NOTHING
+                     RETURNING id, instance_id, policy"
                 ));
                 let rows = q.build().fetch_all(&mut *tx).await?;
                 let mut events = Vec::with_capacity(rows.len());
@@ -710,28 +758,40 @@ impl Store {
     /// Claims the next due batch under a lease: first a stored batch whose retry is due or whose
     /// lease expired (with its token and members unchanged), else a new batch of up to
     /// `max_batch` due releases of one account, one region and one set of flags, whose token and membership
-    /// are written in the same transaction, before any call.
+    /// are written in the same transaction, before any call. With `scope`, only that run's
+    /// releases are claimed (see [`Store::create_scope`]), and only batches all of whose members
+    /// are in it.
     pub async fn claim(
         &self,
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
         max_batch: usize,
+        scope: Option<&str>,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
         let lock = if self.is_postgres() {
             " FOR UPDATE SKIP LOCKED"
         } else {
             ""
         };
+        // `$9` is the scope (`''`: the whole queue), always bound so each query has one shape.
+        let batch_scope = " AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM releases m
+                 WHERE m.batch_id = batches.id AND m.state = 'in_flight'
+                   AND m.id NOT IN (SELECT release_id FROM scope_members WHERE scope = $9)))";
+        let release_scope =
+            " AND ($9 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $9))";
+        let scope = scope.unwrap_or_default();
         let until = ms(now) + lease.as_millis() as i64;
         let claimed = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let existing: Option<i64> = sqlx::query_scalar(&format!(
                 "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
-                   AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
-                 ORDER BY next_attempt_at, id LIMIT 1{lock}"
+                   AND (lease_expires_at IS NULL OR lease_expires_at <= $1){}
+                 ORDER BY next_attempt_at, id LIMIT 1{lock}",
+                batch_scope.replace("$9", "$2")
             ))
             .bind(ms(now))
+            .bind(scope)
             .fetch_optional(&mut *tx)
             .await?;
             let batch_id = match existing {
@@ -741,10 +801,12 @@ impl Store {
                     // in id order (the partial indexes of migration 0003), never sort them all.
                     let head: Option<(String, String, i64, i64)> = sqlx::query_as(&format!(
                         "SELECT account, region, force, terminate_subscription FROM releases
-                         WHERE state = 'pending' AND +not_before <= $1
-                         ORDER BY id LIMIT 1{lock}"
+                         WHERE state = 'pending' AND +not_before <= $1{}
+                         ORDER BY id LIMIT 1{lock}",
+                        release_scope.replace("$9", "$2")
                     ))
                     .bind(ms(now))
+                    .bind(scope)
                     .fetch_optional(&mut *tx)
                     .await?;
                     match head {
@@ -754,8 +816,9 @@ impl Store {
                                 "SELECT id FROM releases
                                  WHERE state = 'pending' AND +not_before <= $1 AND region = $2
                                    AND force = $3 AND terminate_subscription = $4
-                                   AND account = $6
-                                 ORDER BY id LIMIT $5{lock}"
+                                   AND account = $6{}
+                                 ORDER BY id LIMIT $5{lock}",
+                                release_scope.replace("$9", "$7")
                             ))
                             .bind(ms(now))
                             .bind(&region)
@@ -763,6 +826,7 @@ impl Store {
                             .bind(ts)
                             .bind(max_batch as i64)
                             .bind(&account)
+                            .bind(scope)
                             .fetch_all(&mut *tx)
                             .await?;
                             if ids.is_empty() {
@@ -790,7 +854,8 @@ impl Store {
                         "UPDATE batches SET lease_owner = $2, lease_expires_at = $3,
                                 claims = claims + 1, updated_at = $4
                          WHERE id = $1
-                         RETURNING id, account, region, force, terminate_subscription, client_token, attempts, claims",
+                         RETURNING id, account, region, force, terminate_subscription, client_token,
+                                   attempts, tries, claims, last_code",
                     )
                     .bind(id)
                     .bind(owner)
@@ -848,7 +913,7 @@ impl Store {
         let ok = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let n = sqlx::query(
-                "UPDATE batches SET attempts = attempts + 1, updated_at = $4
+                "UPDATE batches SET attempts = attempts + 1, tries = tries + 1, updated_at = $4
                  WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",
             )
             .bind(fence.batch_id)
@@ -940,19 +1005,25 @@ impl Store {
     }
 
     /// Schedules the same batch (same token, same members) for another attempt, fenced.
+    /// `recheck_failed`: the try failed before any call (the re-check), so it counts here; a
+    /// call's try was counted by [`Store::begin_attempt`]. The code of a re-check failure does
+    /// not replace the last call's, which tells whether that call's outcome is unknown.
     pub async fn retry_later(
         &self,
         fence: &Fence,
         code: &str,
         message: &str,
         at: DateTime<Utc>,
+        recheck_failed: bool,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let ok = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let n = sqlx::query(
-                "UPDATE batches SET next_attempt_at = $4, last_code = $5, lease_owner = NULL,
-                        lease_expires_at = NULL, updated_at = $6
+                "UPDATE batches SET next_attempt_at = $4,
+                        last_code = CASE WHEN $7 = 1 THEN last_code ELSE $5 END,
+                        tries = tries + $7, lease_owner = NULL, lease_expires_at = NULL,
+                        updated_at = $6
                  WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",
             )
             .bind(fence.batch_id)
@@ -961,6 +1032,7 @@ impl Store {
             .bind(ms(at))
             .bind(code)
             .bind(ms(now))
+            .bind(i64::from(recheck_failed))
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -993,19 +1065,31 @@ impl Store {
 
     /// When the queue next has work for a worker without new releases being queued: now if
     /// something is due, the earliest retry or lease expiry otherwise, `None` when idle.
-    pub async fn next_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    /// With `scope`, only that run's releases count.
+    pub async fn next_due(
+        &self,
+        now: DateTime<Utc>,
+        scope: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let scope = scope.unwrap_or_default();
         let (pending, batches): (Option<i64>, Option<i64>) = with_pool!(self, p => {
             let pending: Option<i64> = sqlx::query_scalar(
-                "SELECT MIN(not_before) FROM releases WHERE state = 'pending' AND not_before <= $1",
+                "SELECT MIN(not_before) FROM releases WHERE state = 'pending' AND not_before <= $1
+                   AND ($2 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $2))",
             )
             .bind(ms(now))
+            .bind(scope)
             .fetch_one(p)
             .await?;
             let batches: Option<i64> = sqlx::query_scalar(
                 "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > next_attempt_at
                                  THEN lease_expires_at ELSE next_attempt_at END)
-                 FROM batches WHERE state = 'open'",
+                 FROM batches WHERE state = 'open'
+                   AND ($1 = '' OR EXISTS (SELECT 1 FROM releases m
+                        WHERE m.batch_id = batches.id AND m.state = 'in_flight'
+                          AND m.id IN (SELECT release_id FROM scope_members WHERE scope = $1)))",
             )
+            .bind(scope)
             .fetch_one(p)
             .await?;
             Ok::<_, sqlx::Error>((pending, batches))
@@ -1053,27 +1137,46 @@ impl Store {
         row.ok_or(StoreError::NoSuchRelease(id))
     }
 
-    /// Puts a failed or cancelled release back in the queue, due now.
-    pub async fn retry_release(&self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+    /// Puts a failed, cancelled or vanished release back in the queue, and lifts the hold or
+    /// quarantine that kept its instance out of its policy. What was left of its grace period
+    /// stays: it is due at its old `not_before`, or now if that has passed.
+    pub async fn retry_release(
+        &self,
+        id: i64,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let r = self.release(id).await?;
-        if r.state != "failed" && r.state != "cancelled" {
+        if !matches!(
+            r.state,
+            ReleaseState::Failed | ReleaseState::Cancelled | ReleaseState::Vanished
+        ) {
             return Err(StoreError::WrongState {
                 id,
-                state: r.state,
-                what: "only failed or cancelled releases can be retried",
+                state: r.state.to_string(),
+                what: "only failed, cancelled or vanished releases can be retried",
             });
         }
         let res = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let n = sqlx::query(
-                "UPDATE releases SET state = 'pending', batch_id = NULL, attempts = 0, not_before = $2,
+                "UPDATE releases SET state = 'pending', batch_id = NULL, attempts = 0,
+                        not_before = CASE WHEN not_before > $2 THEN not_before ELSE $2 END,
                         updated_at = $2
-                 WHERE id = $1 AND state IN ('failed', 'cancelled')",
+                 WHERE id = $1 AND state IN ('failed', 'cancelled', 'vanished')",
             )
             .bind(id)
             .bind(ms(now))
             .execute(&mut *tx)
             .await;
+            let n = match n {
+                Ok(_) => sqlx::query("DELETE FROM holds WHERE instance_id = $1 AND policy = $2")
+                    .bind(&r.instance_id)
+                    .bind(&r.policy)
+                    .execute(&mut *tx)
+                    .await,
+                Err(e) => Err(e),
+            };
             match n {
                 Ok(_) => {
                     insert_events!(tx, &[NewEvent {
@@ -1081,7 +1184,7 @@ impl Store {
                         release_id: Some(id),
                         policy: Some(r.policy.clone()),
                         instance_id: Some(r.instance_id.clone()),
-                        detail: "by an operator".into(),
+                        detail: format!("by {by}"),
                         ..NewEvent::default()
                     }], now);
                     tx.commit().await
@@ -1094,7 +1197,7 @@ impl Store {
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
                 Err(StoreError::WrongState {
                     id,
-                    state: r.state,
+                    state: r.state.to_string(),
                     what: "its instance already has an active release",
                 })
             }
@@ -1102,21 +1205,66 @@ impl Store {
         }
     }
 
-    /// Cancels a pending release that no batch holds yet.
+    /// An operator's cancel: cancels a pending release that no batch holds yet, and holds its
+    /// instance out of its policy's enqueue until `queue retry`, or until `until`. `by` and
+    /// `reason` are recorded with the hold and in the audit log.
     pub async fn cancel_release(
         &self,
         id: i64,
+        by: &str,
         reason: &str,
+        until: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let r = self.release(id).await?;
-        let n = self
-            .cancel_pending(&[(id, reason.to_string())], now)
-            .await?;
+        let why = format!("cancelled by {by}: {reason}");
+        let n = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
+                "UPDATE releases SET state = 'cancelled', last_message = $2, updated_at = $3
+                 WHERE id = $1 AND state = 'pending' AND batch_id IS NULL",
+            )
+            .bind(id)
+            .bind(&why)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                sqlx::query(
+                    "INSERT INTO holds (instance_id, policy, kind, until, by_whom, reason, repeats, created_at)
+                     VALUES ($1, $2, 'hold', $3, $4, $5, 1, $6)
+                     ON CONFLICT (instance_id, policy, kind) DO UPDATE SET until = excluded.until,
+                         by_whom = excluded.by_whom, reason = excluded.reason,
+                         created_at = excluded.created_at",
+                )
+                .bind(&r.instance_id)
+                .bind(&r.policy)
+                .bind(until.map(ms))
+                .bind(by)
+                .bind(reason)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+                insert_events!(tx, &[NewEvent {
+                    kind: "cancelled",
+                    release_id: Some(id),
+                    policy: Some(r.policy.clone()),
+                    instance_id: Some(r.instance_id.clone()),
+                    detail: match until {
+                        Some(t) => format!("{why}; held until {}", t.to_rfc3339()),
+                        None => format!("{why}; held until `queue retry`"),
+                    },
+                    ..NewEvent::default()
+                }], now);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(n)
+        })?;
         if n == 0 {
             return Err(StoreError::WrongState {
                 id,
-                state: r.state,
+                state: r.state.to_string(),
                 what: "only pending releases not yet in a batch can be cancelled",
             });
         }
@@ -1151,6 +1299,7 @@ impl Store {
                 "succeeded" => c.succeeded = n,
                 "failed" => c.failed = n,
                 "cancelled" => c.cancelled = n,
+                "vanished" => c.vanished = n,
                 _ => {}
             }
         }

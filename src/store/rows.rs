@@ -6,6 +6,86 @@ use sqlx::FromRow;
 
 use super::{from_ms, Fence};
 
+/// Where a release is in its life. Stored as its [`ReleaseState::as_str`] name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    /// Queued; due at `not_before`.
+    Pending,
+    /// A member of an open batch.
+    InFlight,
+    /// Released by an answer to ecs-janitor's own call.
+    Succeeded,
+    /// Refused for good, or out of attempts.
+    Failed,
+    /// Withdrawn: by an operator, a re-check, or a pass it no longer qualifies in.
+    Cancelled,
+    /// Missing from the re-check before our call: released by someone else, or invisible to
+    /// these credentials. Never counted as released; queued again if an inventory lists it.
+    Vanished,
+}
+
+impl ReleaseState {
+    pub const ALL: [ReleaseState; 6] = [
+        ReleaseState::Pending,
+        ReleaseState::InFlight,
+        ReleaseState::Succeeded,
+        ReleaseState::Failed,
+        ReleaseState::Cancelled,
+        ReleaseState::Vanished,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseState::Pending => "pending",
+            ReleaseState::InFlight => "in_flight",
+            ReleaseState::Succeeded => "succeeded",
+            ReleaseState::Failed => "failed",
+            ReleaseState::Cancelled => "cancelled",
+            ReleaseState::Vanished => "vanished",
+        }
+    }
+
+    /// Pending or in flight: holds the instance's one active release.
+    pub fn is_active(self) -> bool {
+        matches!(self, ReleaseState::Pending | ReleaseState::InFlight)
+    }
+}
+
+impl std::fmt::Display for ReleaseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lets callers compare with a state's name (`row.state == "succeeded"`).
+impl PartialEq<&str> for ReleaseState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for ReleaseState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl std::str::FromStr for ReleaseState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ReleaseState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is not a release state; use one of {}",
+                    ReleaseState::ALL.map(ReleaseState::as_str).join(", ")
+                )
+            })
+    }
+}
+
 /// The columns of a release, with its batch's ClientToken.
 pub(super) const RELEASE_SELECT: &str =
     "SELECT r.id, r.instance_id, r.instance_name, r.region, r.policy, r.force,
@@ -50,8 +130,7 @@ pub struct ReleaseRow {
     pub policy: String,
     pub force: bool,
     pub terminate_subscription: bool,
-    /// pending | in_flight | succeeded | failed | cancelled
-    pub state: String,
+    pub state: ReleaseState,
     pub not_before: DateTime<Utc>,
     pub batch_id: Option<i64>,
     pub attempts: i64,
@@ -81,7 +160,10 @@ where
             policy: r.policy,
             force: r.force != 0,
             terminate_subscription: r.terminate_subscription != 0,
-            state: r.state,
+            state: r
+                .state
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             not_before: from_ms(r.not_before),
             batch_id: r.batch_id,
             attempts: r.attempts,
@@ -114,7 +196,9 @@ pub(super) struct BatchRow {
     terminate_subscription: i64,
     client_token: String,
     attempts: i64,
+    tries: i64,
     claims: i64,
+    last_code: Option<String>,
 }
 
 impl BatchRow {
@@ -131,6 +215,8 @@ impl BatchRow {
             terminate_subscription: self.terminate_subscription != 0,
             client_token: self.client_token,
             attempts: self.attempts,
+            tries: self.tries,
+            last_code: self.last_code,
             members,
         }
     }
@@ -146,8 +232,12 @@ pub struct ClaimedBatch {
     pub force: bool,
     pub terminate_subscription: bool,
     pub client_token: String,
-    /// Calls already sent with this token.
+    /// Calls already sent with this token: the token is in use once this is above 0.
     pub attempts: i64,
+    /// Tries so far, counting re-checks that failed before a call; bounded by `max_attempts`.
+    pub tries: i64,
+    /// The code the last try ended with (decides whether its outcome is unknown).
+    pub last_code: Option<String>,
     pub members: Vec<BatchMember>,
 }
 

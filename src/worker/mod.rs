@@ -1,11 +1,13 @@
-//! Workers carry out queued releases: claim a batch under a lease, re-verify its members against
-//! the live inventory right before the first call, send DeleteInstances with the batch's stored
-//! ClientToken, and record the outcome, fenced by the lease.
+//! Workers carry out queued releases, in the one loop `apply` and `run` share: claim a batch
+//! under a lease, re-check its members against the live inventory right before every call (the
+//! first and every retry), ask the pure [`decide`] what to do, send DeleteInstances with the
+//! batch's stored ClientToken when it says so, and record the outcome, fenced by the lease.
 //!
-//! Outcomes: success and "gone" complete the batch; a retryable failure (including a lost answer)
-//! schedules the same batch — same token, same members — after a backoff; a permanent refusal of
-//! several members splits the batch in halves under new tokens (the refused call had no effect)
-//! until the offending instance is alone, and that one fails with its code.
+//! Outcomes: success completes the batch; a retryable failure (including a lost answer)
+//! schedules the same batch after a backoff, and the next try re-checks first; a permanent
+//! refusal of several members splits the batch in halves under new tokens (the refused call had
+//! no effect) until the offending instance is alone, and that one fails with its code and is
+//! quarantined. Every try counts, so a batch ends after `max_attempts`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,11 +21,15 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::clock::SharedClock;
 use crate::ecs::client::{DeleteRequest, DescribeFilter};
-use crate::ecs::{account_of, Accounts, EcsError, ErrorClass, Instance};
-use crate::plan::{self, EvalContext};
+use crate::ecs::{Accounts, EcsError, ErrorClass, Instance};
 use crate::policy::{Policy, ProtectionConfig};
-use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, Store, StoreError};
+use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, PauseInfo, Store, StoreError};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+pub mod decide;
+
+pub use decide::{Gate, Live, Rules, Stop, Transition};
+use decide::{against_policy, decide, gate_stop};
 
 /// One ECS call a worker makes, signed as the batch's account.
 #[derive(Debug)]
@@ -121,7 +127,7 @@ pub struct WorkerConfig {
     /// This process's identity in leases.
     pub owner: String,
     pub lease: Duration,
-    /// Calls per batch before its members are re-checked and failed.
+    /// Tries per batch (calls, and re-checks that failed) before its members fail.
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub max_batch: usize,
@@ -130,6 +136,9 @@ pub struct WorkerConfig {
     /// Batches in flight at once.
     pub concurrency: usize,
     pub seed: u64,
+    /// How long an instance refused for good stays out of its policy's enqueue (doubling with
+    /// each repeat).
+    pub quarantine: chrono::Duration,
 }
 
 impl Default for WorkerConfig {
@@ -143,6 +152,7 @@ impl Default for WorkerConfig {
             calls_per_second: 10,
             concurrency: 4,
             seed: 0x006a_616e_6974_6f72,
+            quarantine: chrono::Duration::hours(24),
         }
     }
 }
@@ -180,8 +190,29 @@ pub enum BatchResult {
     },
     /// Nothing to call: every member was settled by the re-check.
     Settled,
+    /// The token was retired and the still-eligible members re-formed under a new one.
+    Reformed,
+    /// Nothing may be sent now (paused, window closed, dry run); the batch was given back.
+    Stopped(Stop),
     /// The lease was lost to another worker; its result stands.
     LeaseLost,
+}
+
+/// When a worker loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// `apply`: when nothing in its scope is due (retries waiting out a backoff count as due),
+    /// or when a switch stops releases.
+    Idle,
+    /// `run`: only at shutdown.
+    Shutdown,
+}
+
+/// How a worker loop ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkReport {
+    /// Set when a switch (pause, window, dry run) stopped releases.
+    pub stopped: Option<Stop>,
 }
 
 /// A worker pool's shared parts. Cheap to clone.
@@ -198,6 +229,10 @@ pub struct Workers {
     /// Releases execute only while this is open (always, when `None`).
     pub window: Option<crate::window::OperatingWindow>,
     pub notifier: Option<crate::notify::Notifier>,
+    /// Nothing is sent without DryRun (`apply --dry-run`).
+    pub dry_run: bool,
+    /// Only this run's releases are claimed (see [`Store::create_scope`]).
+    pub scope: Option<String>,
     calls: CallService,
     rng: Arc<Mutex<StdRng>>,
 }
@@ -216,6 +251,8 @@ impl Workers {
             metrics: crate::metrics::Metrics::new(),
             window: None,
             notifier: None,
+            dry_run: false,
+            scope: None,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             store,
             accounts,
@@ -248,14 +285,39 @@ impl Workers {
         ready.call(call).await.map_err(|e| ecs_error(e, action))
     }
 
-    /// Works the queue until nothing is due (retries waiting out their backoff count as due),
-    /// or until `cancel` fires. Runs `concurrency` batches at once.
-    pub async fn drain(&self, cancel: CancellationToken) -> Result<(), WorkerError> {
+    /// `apply`'s loop: works the queue (this run's scope) until nothing is due, a switch stops
+    /// releases, or `cancel` fires.
+    pub async fn drain(&self, cancel: CancellationToken) -> Result<WorkReport, WorkerError> {
+        self.work(cancel, Until::Idle, None).await
+    }
+
+    /// The daemon's loop: works the queue until `cancel` fires, sleeping when nothing is due
+    /// until `wake` is notified or the next retry is due. A batch being worked when `cancel`
+    /// fires is finished; the caller bounds how long it waits for that.
+    pub async fn serve(&self, cancel: CancellationToken, wake: Arc<tokio::sync::Notify>) {
+        if let Err(e) = self.work(cancel, Until::Shutdown, Some(wake)).await {
+            tracing::error!(error = %e, "workers stopped");
+        }
+    }
+
+    /// The one worker loop of `apply` and `run`: `concurrency` workers claim and carry out
+    /// batches; they differ only in when they stop.
+    pub async fn work(
+        &self,
+        cancel: CancellationToken,
+        until: Until,
+        wake: Option<Arc<tokio::sync::Notify>>,
+    ) -> Result<WorkReport, WorkerError> {
+        let stopped: Arc<Mutex<Option<Stop>>> = Arc::default();
         let mut tasks = Vec::new();
         for _ in 0..self.cfg.concurrency.max(1) {
             let w = self.clone();
             let cancel = cancel.clone();
-            tasks.push(tokio::spawn(async move { w.drain_one(cancel).await }));
+            let wake = wake.clone();
+            let stopped = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                w.work_one(cancel, until, wake, stopped).await
+            }));
         }
         let mut first_err = None;
         for t in tasks {
@@ -267,98 +329,104 @@ impl Workers {
                 Err(join) => tracing::error!(error = %join, "worker task ended abnormally"),
             }
         }
-        first_err.map_or(Ok(()), Err)
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let stopped = stopped.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(WorkReport { stopped })
     }
 
-    /// True while the operating window (if any) is closed.
-    pub fn window_closed(&self, now: DateTime<Utc>) -> bool {
-        self.window.as_ref().is_some_and(|w| !w.is_open(now))
-    }
-
-    async fn drain_one(&self, cancel: CancellationToken) -> Result<(), WorkerError> {
-        loop {
-            // Outside the operating window a drain ends; what is queued waits for the window.
-            if cancel.is_cancelled() || self.window_closed(self.clock.now()) {
-                return Ok(());
-            }
-            if self.process_next().await?.is_some() {
+    async fn work_one(
+        &self,
+        cancel: CancellationToken,
+        until: Until,
+        wake: Option<Arc<tokio::sync::Notify>>,
+        stopped: Arc<Mutex<Option<Stop>>>,
+    ) -> Result<(), WorkerError> {
+        let idle_cap = match until {
+            Until::Idle => Duration::from_millis(200),
+            Until::Shutdown => Duration::from_secs(1),
+        };
+        while !cancel.is_cancelled() {
+            let idle = match self.step_inner().await {
+                Ok(Some(BatchResult::Stopped(why))) => {
+                    if until == Until::Idle {
+                        *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        return Ok(());
+                    }
+                    idle_cap
+                }
+                Ok(Some(_)) => Duration::ZERO,
+                Ok(None) => {
+                    let now = self.clock.now();
+                    match self.store.next_due(now, self.scope.as_deref()).await {
+                        Ok(None) if until == Until::Idle => return Ok(()),
+                        Ok(None) => idle_cap,
+                        Ok(Some(at)) => (at - now)
+                            .to_std()
+                            .unwrap_or_default()
+                            .clamp(Duration::from_millis(20), idle_cap),
+                        Err(e) if until == Until::Idle => return Err(e.into()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the queue");
+                            idle_cap
+                        }
+                    }
+                }
+                Err(e) if until == Until::Idle => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "worker step failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            if idle.is_zero() {
                 continue;
             }
-            let now = self.clock.now();
-            match self.store.next_due(now).await? {
-                None => return Ok(()),
-                Some(at) => {
-                    // Poll at least every 200 ms: another worker may finish what we wait on.
-                    let wait = (at - now)
-                        .to_std()
-                        .unwrap_or_default()
-                        .clamp(Duration::from_millis(20), Duration::from_millis(200));
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+            let notified = async {
+                match &wake {
+                    Some(w) => w.notified().await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = notified => {}
+                _ = tokio::time::sleep(idle) => {}
             }
         }
+        Ok(())
     }
 
-    /// The daemon's loop: `concurrency` workers claim and carry out batches until `cancel`
-    /// fires, sleeping when nothing is due until `wake` is notified or the next retry is due.
-    /// While the `paused` setting is `true`, nothing is claimed. A batch being worked when
-    /// `cancel` fires is finished; the caller bounds how long it waits for that.
-    pub async fn serve(&self, cancel: CancellationToken, wake: Arc<tokio::sync::Notify>) {
-        let mut tasks = Vec::new();
-        for _ in 0..self.cfg.concurrency.max(1) {
-            let w = self.clone();
-            let cancel = cancel.clone();
-            let wake = wake.clone();
-            tasks.push(tokio::spawn(async move {
-                while !cancel.is_cancelled() {
-                    let idle = match w.step().await {
-                        Ok(true) => Duration::ZERO,
-                        Ok(false) => {
-                            let now = w.clock.now();
-                            match w.store.next_due(now).await {
-                                Ok(Some(at)) => (at - now)
-                                    .to_std()
-                                    .unwrap_or_default()
-                                    .clamp(Duration::from_millis(20), Duration::from_secs(1)),
-                                Ok(None) => Duration::from_secs(1),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "cannot read the queue");
-                                    Duration::from_secs(1)
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "worker step failed; retrying");
-                            Duration::from_secs(1)
-                        }
-                    };
-                    if idle.is_zero() {
-                        continue;
-                    }
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = wake.notified() => {}
-                        _ = tokio::time::sleep(idle) => {}
-                    }
-                }
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-
-    /// One claim-and-work step of the daemon: false when paused or nothing is due.
+    /// One claim-and-work step: false when a switch stops releases or nothing is due.
     pub async fn step(&self) -> Result<bool, WorkerError> {
-        if self.window_closed(self.clock.now())
-            || self.store.setting(PAUSED).await?.as_deref() == Some("true")
-        {
-            return Ok(false);
+        Ok(matches!(
+            self.step_inner().await?,
+            Some(r) if !matches!(r, BatchResult::Stopped(_))
+        ))
+    }
+
+    /// The switches as they are right now, read from the database (the pause) and the clock.
+    async fn switches(&self) -> Result<Option<PauseInfo>, WorkerError> {
+        Ok(self.store.pause_state().await?)
+    }
+
+    fn gate<'a>(&'a self, paused: Option<&'a PauseInfo>) -> Gate<'a> {
+        Gate {
+            paused,
+            window: self.window.as_ref(),
+            dry_run: self.dry_run,
+            max_tries: i64::from(self.cfg.max_attempts.max(1)),
         }
-        Ok(self.process_next().await?.is_some())
+    }
+
+    /// Checks the switches, then claims and carries out one batch; `None` when nothing is due.
+    async fn step_inner(&self) -> Result<Option<BatchResult>, WorkerError> {
+        // Before claiming, so that a paused or closed queue is left exactly as it is.
+        let paused = self.switches().await?;
+        if let Some((why, _)) = gate_stop(&self.gate(paused.as_ref()), self.clock.now()) {
+            return Ok(Some(BatchResult::Stopped(why)));
+        }
+        self.process_next().await
     }
 
     /// Claims and carries out one batch; `None` when nothing is due.
@@ -366,7 +434,13 @@ impl Workers {
         let now = self.clock.now();
         let Some(batch) = self
             .store
-            .claim(&self.cfg.owner, now, self.cfg.lease, self.cfg.max_batch)
+            .claim(
+                &self.cfg.owner,
+                now,
+                self.cfg.lease,
+                self.cfg.max_batch,
+                self.scope.as_deref(),
+            )
             .await?
         else {
             return Ok(None);
@@ -397,149 +471,141 @@ impl Workers {
         }
     }
 
-    /// Why `inst` (listed in `account`) may no longer be released under `policy_name`, or
-    /// `None` when it still may.
-    fn recheck(
-        &self,
-        account: &str,
-        policy_name: &str,
-        inst: &Instance,
-        observations: &HashMap<String, DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> Option<String> {
-        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
-        let Some(policy) = policies.iter().find(|p| p.name == policy_name) else {
-            return Some(format!("policy {policy_name} is no longer loaded"));
-        };
-        if policy.dry_run {
-            return Some(format!(
-                "policy {policy_name} is now dry_run: it releases nothing"
-            ));
-        }
-        if account_of(policy) != account {
-            return Some(format!(
-                "policy {policy_name} now acts on account {:?}, not {account:?}",
-                account_of(policy)
-            ));
-        }
-        let ctx = EvalContext {
-            observations: observations
-                .get(&inst.instance_id)
-                .map(|t| (inst.instance_id.clone(), *t))
-                .into_iter()
-                .collect(),
-            queued: HashMap::new(),
-            protection: self.protection.clone(),
-        };
-        let p = plan::evaluate(
-            std::slice::from_ref(policy),
-            std::slice::from_ref(inst),
-            &ctx,
-            now,
-        );
-        let pp = p.policies.first()?;
-        if pp
-            .releases
-            .iter()
-            .any(|r| r.instance_id == inst.instance_id)
-        {
-            return None;
-        }
-        Some(
-            match pp.skips.iter().find(|s| s.instance_id == inst.instance_id) {
-                Some(s) => s.detail.clone(),
-                None => format!("no longer matches policy {policy_name}"),
-            },
-        )
+    fn policies_now(&self) -> Vec<Policy> {
+        self.policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Splits members into those that vanished (released) and those still listed.
-    async fn vanished(
+    /// The members DescribeInstances lists now, by instance id.
+    async fn listed(
         &self,
         b: &ClaimedBatch,
         members: &[BatchMember],
-    ) -> Result<(Vec<BatchMember>, HashMap<String, Instance>), EcsError> {
+    ) -> Result<HashMap<String, Instance>, EcsError> {
         let found = self
             .describe(&b.account, &b.region, instance_ids(members))
             .await?;
-        let found: HashMap<String, Instance> = found
+        Ok(found
             .into_iter()
             .map(|i| (i.instance_id.clone(), i))
-            .collect();
-        let gone = members
-            .iter()
-            .filter(|m| !found.contains_key(&m.instance_id))
-            .cloned()
-            .collect();
-        Ok((gone, found))
+            .collect())
+    }
+
+    /// Gives the result of a fenced write: `LeaseLost` when it was refused.
+    fn fenced(ok: bool, r: BatchResult) -> BatchResult {
+        if ok {
+            r
+        } else {
+            BatchResult::LeaseLost
+        }
     }
 
     async fn process(&self, b: ClaimedBatch) -> Result<BatchResult, WorkerError> {
         let fence = b.fence.clone();
-        let mut settled: Vec<(BatchMember, MemberOutcome)> = Vec::new();
-        let mut live = b.members.clone();
-        if live.is_empty() {
+        if b.members.is_empty() {
             let ok = self
                 .store
                 .finish_batch(&fence, "done", None, &[], &[], self.clock.now())
                 .await?;
-            return Ok(if ok {
-                BatchResult::Settled
-            } else {
-                BatchResult::LeaseLost
-            });
+            return Ok(Self::fenced(ok, BatchResult::Settled));
         }
-        if b.attempts == 0 {
-            // Re-verify right before the token is first used.
-            let (gone, found) = match self.vanished(&b, &live).await {
-                Ok(v) => v,
-                Err(e) => return self.retry(&b, &e).await,
-            };
-            let observations = self.store.observations_of(&instance_ids(&live)).await?;
-            let now = self.clock.now();
-            for m in &gone {
-                settled.push((
-                    m.clone(),
-                    MemberOutcome::Succeeded {
-                        request_id: None,
-                        code: Some("Janitor.AlreadyGone".into()),
-                        detail: "no longer listed by DescribeInstances before the call".into(),
-                    },
-                ));
+        // The re-check, before every call: live state, then the one decision.
+        let paused = self.switches().await?;
+        if let Some((why, at)) = gate_stop(&self.gate(paused.as_ref()), self.clock.now()) {
+            let ok = self.store.postpone(&fence, at, self.clock.now()).await?;
+            return Ok(Self::fenced(ok, BatchResult::Stopped(why)));
+        }
+        let found = match self.listed(&b, &b.members).await {
+            Ok(v) => v,
+            Err(e) => return self.retry(&b, &e, true).await,
+        };
+        let ids = instance_ids(&b.members);
+        let observations = self.store.observations_of(&ids).await?;
+        let released = self.store.released_among(&ids).await?;
+        // The pause is read again: the re-check may have taken a while.
+        let paused = self.switches().await?;
+        let policies = self.policies_now();
+        let now = self.clock.now();
+        let t = decide(
+            &b,
+            &Live {
+                found: &found,
+                observations: &observations,
+                released: &released,
+            },
+            &Rules {
+                policies: &policies,
+                protection: &self.protection,
+            },
+            &self.gate(paused.as_ref()),
+            now,
+        );
+        match t {
+            Transition::Wait { until, why } => {
+                let ok = self.store.postpone(&fence, until, now).await?;
+                Ok(Self::fenced(ok, BatchResult::Stopped(why)))
             }
-            live.retain(|m| !gone.contains(m));
-            let mut keep = Vec::new();
-            for m in live {
-                match found
-                    .get(&m.instance_id)
-                    .and_then(|i| self.recheck(&b.account, &m.policy, i, &observations, now))
-                {
-                    Some(reason) => settled.push((
-                        m,
-                        MemberOutcome::Cancelled {
-                            reason: format!("re-check before release: {reason}"),
-                        },
-                    )),
-                    None => keep.push(m),
-                }
-            }
-            live = keep;
-            if live.is_empty() {
+            Transition::GiveUp { settle } => {
+                let code = settle
+                    .first()
+                    .and_then(|(_, o)| match o {
+                        MemberOutcome::Failed { code, .. } => Some(code.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
                 let ok = self
                     .store
-                    .finish_batch(&fence, "done", None, &settled, &[], now)
+                    .finish_batch(&fence, "failed", Some(&code), &settle, &[], now)
                     .await?;
-                return Ok(if ok {
-                    BatchResult::Settled
-                } else {
-                    BatchResult::LeaseLost
-                });
+                tracing::error!(batch = fence.batch_id, code = %code, tries = b.tries, "out of attempts");
+                if ok {
+                    self.notify(&b.region, &settle, now);
+                }
+                Ok(Self::fenced(ok, BatchResult::Failed { code }))
             }
+            Transition::Done { settle } => {
+                let ok = self
+                    .store
+                    .finish_batch(&fence, "done", None, &settle, &[], now)
+                    .await?;
+                Ok(Self::fenced(ok, BatchResult::Settled))
+            }
+            Transition::Reform { settle, keep } => {
+                let ok = self
+                    .store
+                    .finish_batch(
+                        &fence,
+                        "split",
+                        Some("Janitor.MembersChanged"),
+                        &settle,
+                        &[keep],
+                        now,
+                    )
+                    .await?;
+                tracing::info!(
+                    batch = fence.batch_id,
+                    "members changed after the token was used: token retired, the rest re-formed"
+                );
+                Ok(Self::fenced(ok, BatchResult::Reformed))
+            }
+            Transition::Send { settle, send } => self.send(&b, settle, send, now).await,
         }
-        let now = self.clock.now();
+    }
+
+    /// Sends DeleteInstances with the batch's token for exactly `send`, and records the answer.
+    async fn send(
+        &self,
+        b: &ClaimedBatch,
+        settle: Vec<(BatchMember, MemberOutcome)>,
+        live: Vec<BatchMember>,
+        now: DateTime<Utc>,
+    ) -> Result<BatchResult, WorkerError> {
+        let fence = b.fence.clone();
         if !self
             .store
-            .begin_attempt(&fence, &settled, &b.client_token, now)
+            .begin_attempt(&fence, &settle, &b.client_token, now)
             .await?
         {
             return Ok(BatchResult::LeaseLost);
@@ -577,24 +643,19 @@ impl Workers {
                     self.notify(&b.region, &done, now);
                 }
                 tracing::info!(batch = fence.batch_id, count = live.len(), request_id = %answer.request_id, "released");
-                Ok(if ok {
+                Ok(Self::fenced(
+                    ok,
                     BatchResult::Released {
                         count: live.len(),
                         request_id: answer.request_id,
-                    }
-                } else {
-                    BatchResult::LeaseLost
-                })
+                    },
+                ))
             }
             Err(e) => match e.class() {
-                ErrorClass::Retryable if (b.attempts + 1) < i64::from(self.cfg.max_attempts) => {
-                    self.retry(&b, &e).await
-                }
-                ErrorClass::Retryable | ErrorClass::Gone => {
-                    // Exhausted, or some member is unknown: whatever vanished was released
-                    // (perhaps by a call whose answer was lost); the rest fail or go on alone.
-                    self.settle_after_failure(&b, &live, &e).await
-                }
+                // Same token, same members, after a backoff; the next try re-checks first and
+                // ends the batch when the tries run out.
+                ErrorClass::Retryable => self.retry(b, &e, false).await,
+                ErrorClass::Gone => self.settle_after_failure(b, &live, &e).await,
                 ErrorClass::Permanent | ErrorClass::DryRunPassed => {
                     if live.len() > 1 {
                         let ids: Vec<i64> = live.iter().map(|m| m.release_id).collect();
@@ -615,15 +676,14 @@ impl Workers {
                             code = e.code(),
                             "refused; splitting"
                         );
-                        Ok(if ok {
+                        Ok(Self::fenced(
+                            ok,
                             BatchResult::Split {
                                 code: e.code().to_string(),
-                            }
-                        } else {
-                            BatchResult::LeaseLost
-                        })
+                            },
+                        ))
                     } else {
-                        self.settle_after_failure(&b, &live, &e).await
+                        self.settle_after_failure(b, &live, &e).await
                     }
                 }
             },
@@ -668,80 +728,116 @@ impl Workers {
         }
     }
 
-    async fn retry(&self, b: &ClaimedBatch, e: &EcsError) -> Result<BatchResult, WorkerError> {
+    /// Schedules another try of the same batch after a backoff that grows with every try.
+    /// `recheck_failed`: the re-check failed before any call (it counts as a try too).
+    async fn retry(
+        &self,
+        b: &ClaimedBatch,
+        e: &EcsError,
+        recheck_failed: bool,
+    ) -> Result<BatchResult, WorkerError> {
         let delay = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            let retries = u32::try_from(b.attempts.max(0)).unwrap_or(u32::MAX);
+            let retries = u32::try_from(b.tries.max(0)).unwrap_or(u32::MAX);
             self.cfg.backoff.delay(retries, e.retry_after(), &mut *rng)
         };
         let now = self.clock.now();
-        let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        let at = now
+            .checked_add_signed(chrono::Duration::from_std(delay).unwrap_or_default())
+            .unwrap_or(now);
         let ok = self
             .store
-            .retry_later(&b.fence, e.code(), &e.to_string(), at, now)
+            .retry_later(&b.fence, e.code(), &e.to_string(), at, recheck_failed, now)
             .await?;
+        if ok {
+            self.metrics.retry_scheduled();
+        }
         tracing::warn!(
             batch = b.fence.batch_id,
             code = e.code(),
+            recheck_failed,
+            tries = b.tries + 1,
             ?delay,
             "will retry with the same token"
         );
-        Ok(if ok {
+        Ok(Self::fenced(
+            ok,
             BatchResult::RetryScheduled {
                 code: e.code().to_string(),
                 at,
-            }
-        } else {
-            BatchResult::LeaseLost
-        })
+            },
+        ))
     }
 
-    /// Ends a batch that cannot succeed as it is: re-checks its members, so those that vanished
-    /// count as released, a lone member refused for its state is cancelled when it no longer
-    /// qualifies, those still listed (after a `Gone` answer) go on in a new batch, and the rest
-    /// fail with the error's code.
+    /// Ends a batch refused for good, or answered NotFound: re-checks its members, so those no
+    /// longer listed after our call's NotFound count as released by it, a lone member refused
+    /// for its state is cancelled when it no longer qualifies, those still listed (after a
+    /// NotFound) go on in a new batch, and the rest fail with the error's code and are
+    /// quarantined.
     async fn settle_after_failure(
         &self,
         b: &ClaimedBatch,
         live: &[BatchMember],
         e: &EcsError,
     ) -> Result<BatchResult, WorkerError> {
-        let (gone, found) = match self.vanished(b, live).await {
+        let found = match self.listed(b, live).await {
             Ok(v) => v,
             // Cannot tell what happened: keep the batch and its token, try again later.
-            Err(de) => return self.retry(b, &de).await,
+            Err(de) => return self.retry(b, &de, true).await,
         };
         let now = self.clock.now();
         let observations = self.store.observations_of(&instance_ids(live)).await?;
+        let policies = self.policies_now();
+        let no_released = HashMap::new();
+        let view = Live {
+            found: &found,
+            observations: &observations,
+            released: &no_released,
+        };
+        let rules = Rules {
+            policies: &policies,
+            protection: &self.protection,
+        };
         let mut settled = Vec::new();
         let mut regroup = Vec::new();
         for m in live {
-            if gone.contains(m) {
+            let listed = found.get(&m.instance_id);
+            if listed.is_none() && e.class() == ErrorClass::Gone {
                 settled.push((
                     m.clone(),
                     MemberOutcome::Succeeded {
                         request_id: e.request_id().map(str::to_string),
                         code: Some(e.code().to_string()),
-                        detail: "no longer listed by DescribeInstances after the call".into(),
+                        detail: "our call was answered NotFound and the instance is no longer listed".into(),
+                    },
+                ));
+            } else if listed.is_none() {
+                settled.push((
+                    m.clone(),
+                    MemberOutcome::Vanished {
+                        detail: format!("refused with {}, and no longer listed", e.code()),
                     },
                 ));
             } else if e.class() == ErrorClass::Gone {
                 regroup.push(m.release_id);
             } else if e.code().starts_with("IncorrectInstanceStatus") {
-                let reason = found
-                    .get(&m.instance_id)
-                    .and_then(|i| self.recheck(&b.account, &m.policy, i, &observations, now));
+                let reason = listed.and_then(|i| {
+                    policies
+                        .iter()
+                        .find(|p| p.name == m.policy)
+                        .and_then(|p| against_policy(b, p, i, &view, &rules, now))
+                });
                 settled.push((
                     m.clone(),
                     match reason {
                         Some(r) => MemberOutcome::Cancelled {
                             reason: format!("refused with {}; re-check: {r}", e.code()),
                         },
-                        None => failed(e),
+                        None => failed(e, Some(self.cfg.quarantine)),
                     },
                 ));
             } else {
-                settled.push((m.clone(), failed(e)));
+                settled.push((m.clone(), failed(e, Some(self.cfg.quarantine))));
             }
         }
         let any_failed = settled
@@ -769,19 +865,20 @@ impl Workers {
         if ok {
             self.notify(&b.region, &settled, now);
         }
-        Ok(if !ok {
-            BatchResult::LeaseLost
-        } else if any_failed {
-            BatchResult::Failed {
-                code: e.code().to_string(),
-            }
-        } else if state == "split" {
-            BatchResult::Split {
-                code: e.code().to_string(),
-            }
-        } else {
-            BatchResult::Settled
-        })
+        Ok(Self::fenced(
+            ok,
+            if any_failed {
+                BatchResult::Failed {
+                    code: e.code().to_string(),
+                }
+            } else if state == "split" {
+                BatchResult::Split {
+                    code: e.code().to_string(),
+                }
+            } else {
+                BatchResult::Settled
+            },
+        ))
     }
 }
 
@@ -813,6 +910,7 @@ impl Workers {
                     code,
                     message,
                     request_id,
+                    ..
                 } => failed.entry(&m.policy).or_default().push(FailedRelease {
                     instance,
                     code: code.clone(),
@@ -820,7 +918,7 @@ impl Workers {
                     request_id: request_id.clone(),
                     at: now,
                 }),
-                MemberOutcome::Cancelled { .. } => {}
+                MemberOutcome::Cancelled { .. } | MemberOutcome::Vanished { .. } => {}
             }
         }
         let mut batch: Vec<Notification> = released
@@ -848,8 +946,9 @@ fn instance_ids(members: &[BatchMember]) -> Vec<String> {
     members.iter().map(|m| m.instance_id.clone()).collect()
 }
 
-fn failed(e: &EcsError) -> MemberOutcome {
+fn failed(e: &EcsError, quarantine: Option<chrono::Duration>) -> MemberOutcome {
     MemberOutcome::Failed {
+        quarantine,
         code: e.code().to_string(),
         // The code and RequestId are stored beside it: keep ECS's own words.
         message: match e {

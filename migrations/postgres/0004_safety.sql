@@ -1,0 +1,26 @@
+-- Safety at every call (issue 10). See the SQLite migration of the same number for the why.
+ALTER TABLE releases DROP CONSTRAINT IF EXISTS releases_state_check;
+ALTER TABLE releases ADD CONSTRAINT releases_state_check
+    CHECK (state IN ('pending', 'in_flight', 'succeeded', 'failed', 'cancelled', 'vanished'));
+
+CREATE TABLE holds (
+    instance_id TEXT    NOT NULL,
+    policy      TEXT    NOT NULL,
+    kind        TEXT    NOT NULL CHECK (kind IN ('hold', 'quarantine')),
+    until       BIGINT,
+    by_whom     TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    repeats     BIGINT  NOT NULL DEFAULT 1,
+    created_at  BIGINT  NOT NULL,
+    PRIMARY KEY (instance_id, policy, kind)
+);
+
+CREATE TABLE scope_members (
+    scope      TEXT   NOT NULL,
+    release_id BIGINT NOT NULL,
+    PRIMARY KEY (scope, release_id)
+);
+
+-- 4. Every try of a batch counts towards its attempt limit, including a re-check that failed
+--    before any call (`attempts` stays the number of calls sent with the token).
+ALTER TABLE batches ADD COLUMN tries BIGINT NOT NULL DEFAULT 0;

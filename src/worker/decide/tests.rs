@@ -1,0 +1,313 @@
+//! The decision, case by case: every rule a release must pass right before a call.
+
+use super::*;
+use crate::ecs::types::{ChargeType, InstanceStatus};
+use crate::store::Fence;
+
+fn policy(yaml: &str) -> Policy {
+    let text = format!(
+        "name: ci\nschedule: \"0 0 * * * *\"\nregions: [cn-hangzhou]\nselect:\n  status: Stopped\n{yaml}"
+    );
+    crate::policy::load_bytes(vec![("p.yaml".into(), text.into_bytes())])
+        .expect("test policy loads")
+        .policies
+        .remove(0)
+}
+
+fn inst(id: &str) -> Instance {
+    Instance {
+        instance_id: id.into(),
+        instance_name: String::new(),
+        region_id: "cn-hangzhou".into(),
+        zone_id: "cn-hangzhou-h".into(),
+        status: InstanceStatus::Stopped,
+        charge_type: ChargeType::PostPaid,
+        instance_type: "ecs.g7.large".into(),
+        creation_time: None,
+        expired_time: None,
+        auto_release_time: None,
+        deletion_protection: false,
+        lock_reasons: Vec::new(),
+        tags: Default::default(),
+        resource_group_id: String::new(),
+        stopped_mode: String::new(),
+    }
+}
+
+fn member(n: i64) -> BatchMember {
+    BatchMember {
+        release_id: n,
+        instance_id: format!("i-{n}"),
+        instance_name: String::new(),
+        policy: "ci".into(),
+    }
+}
+
+fn batch(members: &[i64], attempts: i64, last_code: Option<&str>) -> ClaimedBatch {
+    ClaimedBatch {
+        fence: Fence {
+            batch_id: 1,
+            owner: "w".into(),
+            claims: 1,
+        },
+        account: String::new(),
+        region: "cn-hangzhou".into(),
+        force: false,
+        terminate_subscription: false,
+        client_token: "t".into(),
+        attempts,
+        tries: attempts,
+        last_code: last_code.map(str::to_string),
+        members: members.iter().map(|n| member(*n)).collect(),
+    }
+}
+
+struct World {
+    found: HashMap<String, Instance>,
+    obs: HashMap<String, DateTime<Utc>>,
+    released: HashMap<String, i64>,
+    policies: Vec<Policy>,
+    protection: ProtectionConfig,
+    paused: Option<PauseInfo>,
+    dry_run: bool,
+}
+
+impl World {
+    fn new(listed: &[i64]) -> World {
+        World {
+            found: listed
+                .iter()
+                .map(|n| (format!("i-{n}"), inst(&format!("i-{n}"))))
+                .collect(),
+            obs: HashMap::new(),
+            released: HashMap::new(),
+            policies: vec![policy("")],
+            protection: ProtectionConfig::default(),
+            paused: None,
+            dry_run: false,
+        }
+    }
+
+    fn decide(&self, b: &ClaimedBatch) -> Transition {
+        decide(
+            b,
+            &Live {
+                found: &self.found,
+                observations: &self.obs,
+                released: &self.released,
+            },
+            &Rules {
+                policies: &self.policies,
+                protection: &self.protection,
+            },
+            &Gate {
+                paused: self.paused.as_ref(),
+                window: None,
+                dry_run: self.dry_run,
+                max_tries: 4,
+            },
+            now(),
+        )
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn sent(t: &Transition) -> Vec<i64> {
+    match t {
+        Transition::Send { send, .. } => send.iter().map(|m| m.release_id).collect(),
+        _ => vec![],
+    }
+}
+
+fn settled(t: &Transition) -> Vec<(i64, &'static str)> {
+    let s = match t {
+        Transition::Send { settle, .. }
+        | Transition::Reform { settle, .. }
+        | Transition::Done { settle }
+        | Transition::GiveUp { settle } => settle,
+        Transition::Wait { .. } => return vec![],
+    };
+    s.iter()
+        .map(|(m, o)| {
+            (
+                m.release_id,
+                match o {
+                    MemberOutcome::Succeeded { .. } => "succeeded",
+                    MemberOutcome::Failed { .. } => "failed",
+                    MemberOutcome::Cancelled { .. } => "cancelled",
+                    MemberOutcome::Vanished { .. } => "vanished",
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn all_eligible_first_call_sends_every_member() {
+    let w = World::new(&[1, 2, 3]);
+    let t = w.decide(&batch(&[1, 2, 3], 0, None));
+    assert_eq!(sent(&t), vec![1, 2, 3]);
+    assert!(settled(&t).is_empty());
+}
+
+#[test]
+fn paused_sends_nothing_and_says_who() {
+    let mut w = World::new(&[1]);
+    w.paused = Some(PauseInfo {
+        by: "alice".into(),
+        reason: "incident".into(),
+        at: None,
+    });
+    match w.decide(&batch(&[1], 0, None)) {
+        Transition::Wait {
+            why: Stop::Paused(p),
+            ..
+        } => assert_eq!(p.by, "alice"),
+        other => panic!("expected a wait, got {other:?}"),
+    }
+}
+
+#[test]
+fn dry_run_never_sends_even_a_batch_queued_earlier() {
+    let mut w = World::new(&[1]);
+    w.dry_run = true;
+    let t = w.decide(&batch(&[1], 2, Some("Janitor.LostAnswer")));
+    assert!(matches!(t, Transition::Wait { why: Stop::DryRun, .. }));
+}
+
+#[test]
+fn missing_before_the_first_call_is_vanished_not_released() {
+    let w = World::new(&[1]);
+    let t = w.decide(&batch(&[1, 2], 0, None));
+    assert_eq!(sent(&t), vec![1]);
+    assert_eq!(settled(&t), vec![(2, "vanished")]);
+}
+
+#[test]
+fn protected_after_a_call_without_effect_retires_the_token() {
+    let mut w = World::new(&[1, 2]);
+    w.found
+        .get_mut("i-2")
+        .unwrap()
+        .tags
+        .insert("janitor:protect".into(), "true".into());
+    let t = w.decide(&batch(&[1, 2], 1, Some("Janitor.Http503")));
+    match &t {
+        Transition::Reform { keep, .. } => assert_eq!(keep, &vec![1]),
+        other => panic!("expected a re-form, got {other:?}"),
+    }
+    assert_eq!(settled(&t), vec![(2, "cancelled")]);
+}
+
+#[test]
+fn protected_on_the_first_call_is_dropped_before_the_token_is_used() {
+    let mut w = World::new(&[1, 2]);
+    w.found
+        .get_mut("i-1")
+        .unwrap()
+        .tags
+        .insert("janitor:protect".into(), "true".into());
+    let t = w.decide(&batch(&[1, 2], 0, None));
+    assert_eq!(sent(&t), vec![2]);
+    assert_eq!(settled(&t), vec![(1, "cancelled")]);
+}
+
+#[test]
+fn lost_answer_with_members_gone_resends_the_identical_set() {
+    // What a call that took effect leaves: the members are gone. The same token with the same
+    // members gets ECS's stored answer.
+    let w = World::new(&[2]);
+    let t = w.decide(&batch(&[1, 2], 1, Some("Janitor.LostAnswer")));
+    assert_eq!(sent(&t), vec![1, 2]);
+}
+
+#[test]
+fn lost_answer_then_a_member_changed_retires_the_token_and_vanishes_the_missing() {
+    let mut w = World::new(&[2, 3]);
+    w.found.get_mut("i-3").unwrap().status = InstanceStatus::Running;
+    let t = w.decide(&batch(&[1, 2, 3], 1, Some("Janitor.Timeout")));
+    match &t {
+        Transition::Reform { keep, .. } => assert_eq!(keep, &vec![2]),
+        other => panic!("expected a re-form, got {other:?}"),
+    }
+    let mut s = settled(&t);
+    s.sort();
+    assert_eq!(s, vec![(1, "vanished"), (3, "cancelled")]);
+}
+
+#[test]
+fn running_without_force_is_not_sent() {
+    let mut w = World::new(&[1]);
+    w.found.get_mut("i-1").unwrap().status = InstanceStatus::Running;
+    let t = w.decide(&batch(&[1], 0, None));
+    assert!(matches!(t, Transition::Done { .. }));
+    assert_eq!(settled(&t), vec![(1, "cancelled")]);
+}
+
+#[test]
+fn a_policy_no_longer_loaded_cancels() {
+    let mut w = World::new(&[1]);
+    w.policies.clear();
+    assert_eq!(settled(&w.decide(&batch(&[1], 0, None))), vec![(1, "cancelled")]);
+}
+
+#[test]
+fn changed_flags_cancel_for_a_requeue_with_the_current_ones() {
+    let mut w = World::new(&[1]);
+    w.policies = vec![policy("release:\n  force: true\n")];
+    assert_eq!(settled(&w.decide(&batch(&[1], 0, None))), vec![(1, "cancelled")]);
+}
+
+#[test]
+fn a_policy_now_dry_run_cancels() {
+    let mut w = World::new(&[1]);
+    w.policies = vec![policy("dry_run: true\n")];
+    assert_eq!(settled(&w.decide(&batch(&[1], 0, None))), vec![(1, "cancelled")]);
+}
+
+#[test]
+fn already_released_by_another_release_is_not_sent_again() {
+    let mut w = World::new(&[1]);
+    w.released.insert("i-1".into(), 77);
+    assert_eq!(settled(&w.decide(&batch(&[1], 0, None))), vec![(1, "cancelled")]);
+}
+
+#[test]
+fn out_of_tries_after_a_lost_answer_is_outcome_unknown() {
+    let w = World::new(&[1]);
+    let mut b = batch(&[1], 4, Some("Janitor.LostAnswer"));
+    b.tries = 4;
+    match w.decide(&b) {
+        Transition::GiveUp { settle } => match &settle[0].1 {
+            MemberOutcome::Failed { code, .. } => assert_eq!(code, "Janitor.OutcomeUnknown"),
+            o => panic!("{o:?}"),
+        },
+        other => panic!("expected give-up, got {other:?}"),
+    }
+}
+
+#[test]
+fn out_of_tries_after_refusals_fails_with_the_code() {
+    let w = World::new(&[1]);
+    let mut b = batch(&[1], 2, Some("Throttling"));
+    b.tries = 4;
+    match w.decide(&b) {
+        Transition::GiveUp { settle } => match &settle[0].1 {
+            MemberOutcome::Failed { code, .. } => assert_eq!(code, "Throttling"),
+            o => panic!("{o:?}"),
+        },
+        other => panic!("expected give-up, got {other:?}"),
+    }
+}
+
+#[test]
+fn nothing_left_is_done() {
+    let w = World::new(&[]);
+    let t = w.decide(&batch(&[1], 0, None));
+    assert!(matches!(t, Transition::Done { .. }));
+}
