@@ -176,9 +176,9 @@ impl App {
             });
             touched.retain(|r| {
                 names.contains(r.policy.as_str())
-                    && pairs.as_ref().is_none_or(|p| {
-                        p.contains(&(r.instance_id.as_str(), r.policy.as_str()))
-                    })
+                    && pairs
+                        .as_ref()
+                        .is_none_or(|p| p.contains(&(r.instance_id.as_str(), r.policy.as_str())))
             });
         }
         let now = self.clock.now();

@@ -560,7 +560,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             store
                 .pause(&operator(), &args.reason, chrono::Utc::now())
                 .await?;
-            outln!("Releases are paused on every replica and command. `ecs-janitor resume` lifts it.");
+            outln!(
+                "Releases are paused on every replica and command. `ecs-janitor resume` lifts it."
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Resume(args) => {

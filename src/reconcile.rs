@@ -525,7 +525,9 @@ fn not_carried(saved: &SavedPlan, plan: &Plan) -> Vec<NotCarried> {
     for r in &saved.releases {
         let key = (r.instance_id.as_str(), r.policy.as_str());
         let why = match (planned.get(&key), skipped.get(&key)) {
-            (Some(p), _) if p.force != r.force || p.terminate_subscription != r.terminate_subscription => {
+            (Some(p), _)
+                if p.force != r.force || p.terminate_subscription != r.terminate_subscription =>
+            {
                 format!(
                     "the policy's release flags changed since the plan (force={} terminate_subscription={} now); make a new plan",
                     p.force, p.terminate_subscription
@@ -536,7 +538,10 @@ fn not_carried(saved: &SavedPlan, plan: &Plan) -> Vec<NotCarried> {
             }
             (Some(_), _) => continue,
             (None, Some(sk)) => format!("no longer qualifies: {}", sk.detail),
-            (None, None) => "no longer listed by DescribeInstances (gone), or no longer selected by the policy".to_string(),
+            (None, None) => {
+                "no longer listed by DescribeInstances (gone), or no longer selected by the policy"
+                    .to_string()
+            }
         };
         out.push(NotCarried {
             instance_id: r.instance_id.clone(),

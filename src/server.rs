@@ -245,7 +245,10 @@ async fn cancel_release(
         .hold_secs
         .filter(|n| *n > 0)
         .map(|n| now + chrono::Duration::seconds(n.min(10 * 365 * 86_400)));
-    let reason = op.reason.clone().unwrap_or_else(|| "no reason given".into());
+    let reason = op
+        .reason
+        .clone()
+        .unwrap_or_else(|| "no reason given".into());
     s.store
         .cancel_release(id, &op.by(), &reason, until, now)
         .await?;

@@ -181,7 +181,9 @@ async fn releases_each_account_with_its_own_key(db: common::TestDb) {
     );
 
     let app = app(&h, &db, policies(POLICIES), OffsetClock::new());
-    app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    app.apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
 
     // Exactly the expected set, each instance released by its own account's key.
     assert_released_by_owners(&h, &want, &owner);
@@ -244,7 +246,10 @@ release:
     let db = common::sqlite().await;
     let clock = OffsetClock::new();
     let app = app(&h, &db, policies(yaml), clock.clone());
-    let first = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    let first = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     let queued: Vec<_> = first.in_state("pending").collect();
     let prod: Vec<&String> = owner
         .iter()

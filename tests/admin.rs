@@ -73,7 +73,9 @@ async fn admin(token: Option<&str>) -> Admin {
         false,
     )
     .with_metrics(metrics.clone());
-    app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    app.apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     let health = Arc::new(Health::default());
     health.policies_loaded.store(true, Ordering::SeqCst);
     let router = server::router(AdminContext {
@@ -209,25 +211,40 @@ async fn pause_stops_releases_until_resume() {
     let a = admin(Some("tok")).await;
     let (status, body) = post(&format!("{}/api/v1/pause", a.base), Some("tok")).await;
     assert_eq!((status, body["paused"].as_bool()), (200, Some(true)));
-    // The grace period of ci-later ends: work is due, but a paused worker claims nothing.
+    // Work is due (i-4's release, cancelled with a hold that has already ended, queued again
+    // with no grace left), but a paused worker claims nothing.
     let rows = a
         .app
         .store
         .list_releases(&Default::default())
         .await
         .unwrap();
+    let now = chrono::Utc::now();
     for r in rows.iter().filter(|r| r.state == "pending") {
         a.app
             .store
-            .cancel_release(r.id, "test", "test", None, chrono::Utc::now())
-            .await
-            .unwrap();
-        a.app
-            .store
-            .retry_release(r.id, "test", chrono::Utc::now())
+            .cancel_release(r.id, "test", "test", Some(now), now)
             .await
             .unwrap();
     }
+    a.app
+        .store
+        .enqueue(
+            &[ecs_janitor::store::NewRelease {
+                instance_id: "i-4".into(),
+                instance_name: String::new(),
+                account: String::new(),
+                region: "cn-hangzhou".into(),
+                policy: "ci-later".into(),
+                force: false,
+                terminate_subscription: false,
+                not_before: chrono::Utc::now() - chrono::Duration::seconds(1),
+                reasons: "test".into(),
+            }],
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
     let before = a.h.sim.releases().len();
     assert!(
         !a.app.workers.step().await.unwrap(),

@@ -104,7 +104,10 @@ async fn apply_releases_exactly_the_expected_set_and_records_it() {
     let h = common::start_sim(fleet, Faults::default(), 1).await;
     let db = common::sqlite().await;
     let app = app_for(&h, &db, policies(CI_POLICY), Arc::new(SystemClock)).await;
-    let report = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    let report = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(released(&h), want);
     assert_eq!(report.exit_code(), 0);
     let rows = db
@@ -137,7 +140,10 @@ async fn apply_releases_exactly_the_expected_set_and_records_it() {
         .count();
     assert_eq!(deletes, want.len().div_ceil(100));
     // A second apply finds nothing more to do.
-    let again = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    let again = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(again.in_state("succeeded").count(), 0);
     assert_eq!(h.sim.releases().len(), want.len());
 }
@@ -171,7 +177,10 @@ async fn apply_under_faults_releases_the_same_set_once_with_stable_tokens() {
             Arc::new(SystemClock),
             false,
         );
-        let report = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+        let report = app
+            .apply(None, &Default::default(), CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(released(&h), want, "store {}", db.url);
         assert_eq!(report.exit_code(), 0);
         common::assert_tokens_consistent(&h);
@@ -214,7 +223,10 @@ release:
     let h = common::start_sim(fleet, Faults::default(), 3).await;
     let db = common::sqlite().await;
     let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock)).await;
-    let report = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    let report = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(report.exit_code(), 2, "a failure is reported");
     let failed: Vec<_> = report
         .in_state("failed")
@@ -254,7 +266,10 @@ async fn the_recheck_before_the_call_cancels_what_became_protected() {
     let db = common::sqlite().await;
     let clock = OffsetClock::new();
     let app = app_for(&h, &db, policies(yaml), Arc::new(clock.clone())).await;
-    let first = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    let first = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(
         first.in_state("pending").count(),
         3,
@@ -305,7 +320,10 @@ async fn a_dry_run_sends_dry_run_calls_and_releases_nothing() {
         Arc::new(SystemClock),
         true,
     );
-    let report = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    let report = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     assert!(h.sim.releases().is_empty());
     assert_eq!(report.pass.runs[0].would_release, want.len());
     let would: BTreeSet<String> = db
@@ -362,12 +380,18 @@ async fn switching_a_policy_to_dry_run_cancels_what_it_queued() {
     let db = common::sqlite().await;
     let clock = OffsetClock::new();
     let app = app_for(&h, &db, policies(yaml), Arc::new(clock.clone())).await;
-    let first = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    let first = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(first.in_state("pending").count(), 3);
     // The owner flips the policy to dry_run during the grace period.
     *app.workers.policies.write().unwrap() = policies(&format!("{yaml}dry_run: true\n"));
     clock.advance(chrono::Duration::minutes(61));
-    let second = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    let second = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     assert!(h.sim.releases().is_empty(), "nothing released");
     assert_eq!(second.in_state("cancelled").count(), 3);
     for r in second.in_state("cancelled") {
@@ -446,7 +470,9 @@ limits:
     let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock))
         .await
         .with_notifier(n.clone());
-    app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    app.apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     assert!(n.flush(Duration::from_secs(10)).await, "delivered");
     let all = serde_json::to_string(&*got.lock().unwrap()).unwrap();
     for want in [
@@ -483,7 +509,10 @@ async fn outside_the_operating_window_nothing_is_released_and_apply_says_when() 
     let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock))
         .await
         .with_window(Some(closed));
-    let report = app.apply(None, &Default::default(), CancellationToken::new()).await.unwrap();
+    let report = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
     assert!(h.sim.releases().is_empty());
     assert_eq!(
         report.in_state("pending").count(),

@@ -201,7 +201,7 @@ async fn plan_then_apply_the_saved_plan_then_inspect_the_queue_and_history() {
     let out = run(None, dir.path(), &["queue", "retry", &id]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("only failed or cancelled releases can be retried"),
+        text(&out.stderr).contains("only failed, cancelled or vanished releases can be retried"),
         "{}",
         text(&out.stderr)
     );

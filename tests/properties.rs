@@ -594,7 +594,11 @@ async fn claim_all(
     let mut batched = Vec::new();
     // A lease far longer than the test, so no batch comes back for a second claim.
     let lease = Duration::from_secs(86_400 * 7);
-    while let Some(b) = store.claim("prop", at, lease, max_batch, None).await.unwrap() {
+    while let Some(b) = store
+        .claim("prop", at, lease, max_batch, None)
+        .await
+        .unwrap()
+    {
         assert!(seen_batches.insert(b.fence.batch_id), "batch claimed twice");
         assert!(!b.members.is_empty(), "an empty batch");
         assert!(

@@ -170,7 +170,11 @@ conformance!(
             .unwrap()
             .is_none());
         assert_eq!(s.next_due(t0(), None).await.unwrap(), Some(later));
-        let again = s.claim("w2", later, LEASE, 100, None).await.unwrap().unwrap();
+        let again = s
+            .claim("w2", later, LEASE, 100, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(again.client_token, b.client_token);
         assert_eq!(again.members, b.members);
         assert_eq!(again.attempts, 1);
@@ -295,7 +299,11 @@ conformance!(
         let mut r = rel("i-1", "r1", false);
         r.not_before = t0() + chrono::Duration::hours(2);
         s.enqueue(&[r], t0()).await.unwrap();
-        assert!(s.claim("w", t0(), LEASE, 100, None).await.unwrap().is_none());
+        assert!(s
+            .claim("w", t0(), LEASE, 100, None)
+            .await
+            .unwrap()
+            .is_none());
         assert_eq!(
             s.next_due(t0(), None).await.unwrap(),
             None,
@@ -384,7 +392,8 @@ conformance!(
         ));
         let b2 = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
         assert!(matches!(
-            s.cancel_release(b2.members[0].release_id, "test", "x", None, t0()).await,
+            s.cancel_release(b2.members[0].release_id, "test", "x", None, t0())
+                .await,
             Err(StoreError::WrongState { .. })
         ));
         assert!(matches!(
@@ -472,7 +481,11 @@ conformance!(
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
-                while let Some(b) = s.claim(&format!("w{w}"), t0(), LEASE, 50, None).await.unwrap() {
+                while let Some(b) = s
+                    .claim(&format!("w{w}"), t0(), LEASE, 50, None)
+                    .await
+                    .unwrap()
+                {
                     mine.extend(b.members.iter().map(|m| m.instance_id.clone()));
                 }
                 mine

@@ -144,7 +144,9 @@ pub enum SkipReason {
     /// An operator's hold (a cancel) or a quarantine after a permanent refusal.
     Held,
     /// Already released by ecs-janitor; ECS still lists it while the release completes.
-    Released { at: DateTime<Utc> },
+    Released {
+        at: DateTime<Utc>,
+    },
 }
 
 impl SkipReason {

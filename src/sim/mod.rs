@@ -68,6 +68,11 @@ pub struct SimConfig {
     /// every instance belongs to the default account unless [`Simulator::assign`] says otherwise,
     /// and a caller sees and releases only its own account's instances.
     pub accounts: Vec<SimAccount>,
+    /// How long DescribeInstances still lists an instance after a successful DeleteInstances.
+    /// ECS releases asynchronously: the release is accepted at once and the instance goes away
+    /// shortly after. How long that takes, and what DescribeInstances shows meanwhile, is not
+    /// documented; the simulator keeps the instance listed as it was.
+    pub release_delay: Duration,
 }
 
 /// A further account of the simulator and the key that signs as it.
@@ -111,6 +116,7 @@ impl Default for SimConfig {
             throttle_time_left: Duration::from_millis(50),
             clock: Arc::new(SystemClock),
             accounts: Vec::new(),
+            release_delay: Duration::from_secs(3),
         }
     }
 }
@@ -164,6 +170,10 @@ struct SimState {
     nonces: HashMap<String, DateTime<Utc>>,
     rng: StdRng,
     request_seq: u64,
+    /// Released instances ECS still lists, until when (asynchronous release).
+    releasing: HashMap<String, DateTime<Utc>>,
+    /// Scripted answers, each used once by the first call it matches.
+    script: Vec<ScriptStep>,
 }
 
 /// The simulator's shared state and rules; cheap to clone.
@@ -177,14 +187,14 @@ pub struct Simulator {
 #[derive(Debug)]
 struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: String,
     message: String,
 }
 
-fn api_err(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+fn api_err(status: u16, code: impl Into<String>, message: impl Into<String>) -> ApiError {
     ApiError {
         status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-        code,
+        code: code.into(),
         message: message.into(),
     }
 }
@@ -194,6 +204,40 @@ enum Outcome {
     Ok(serde_json::Value),
     /// Carried out, but the connection is closed before the answer.
     Dropped,
+    /// A gateway's HTML error page (status 503), without doing anything.
+    Html503,
+}
+
+/// A scripted answer for the next call of one action (tests script what a bullet needs).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scripted {
+    /// A gateway's HTML 503 page; the call has no effect.
+    Html503,
+    /// DescribeInstances answers an empty list (what ECS answers a principal that may not
+    /// describe the instances).
+    EmptyList,
+    /// An ECS error with this HTTP status and code; the call has no effect.
+    Error { status: u16, code: String },
+}
+
+/// One scripted answer and the action it is for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ScriptStep {
+    pub action: String,
+    pub answer: Scripted,
+    /// Only for a call naming this instance (DeleteInstances' `InstanceId.N`, or
+    /// DescribeInstances' `InstanceIds`); any call of the action when absent.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+/// A tag to set on an instance (`POST /__sim/tag`).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct TagRequest {
+    instance_id: String,
+    key: String,
+    value: String,
 }
 
 impl Simulator {
@@ -217,6 +261,8 @@ impl Simulator {
                 nonces: HashMap::new(),
                 rng,
                 request_seq: 0,
+                releasing: HashMap::new(),
+                script: Vec::new(),
             })),
         }
     }
@@ -279,15 +325,30 @@ impl Simulator {
         false
     }
 
-    /// The remaining fleet, ordered by region then id.
+    /// The remaining fleet, ordered by region then id (released instances ECS may still list
+    /// for a while are not part of it).
     pub fn instances(&self) -> Vec<Instance> {
         let st = self.state();
         let mut regions: Vec<_> = st.fleet.keys().cloned().collect();
         regions.sort();
         regions
             .iter()
-            .flat_map(|r| st.fleet[r].values().cloned())
+            .flat_map(|r| st.fleet[r].values())
+            .filter(|i| !st.releasing.contains_key(&i.instance_id))
+            .cloned()
             .collect()
+    }
+
+    /// Scripts the answer to the next call `step` matches.
+    pub fn script(&self, step: ScriptStep) {
+        self.state().script.push(step);
+    }
+
+    /// Sets a tag on an instance; false when it does not exist.
+    pub fn tag(&self, instance_id: &str, key: &str, value: &str) -> bool {
+        self.modify(instance_id, |i| {
+            i.tags.insert(key.to_string(), value.to_string());
+        })
     }
 
     /// Every effective release so far, in order.
@@ -307,6 +368,8 @@ impl Simulator {
         Router::new()
             .route("/", get(handle).post(handle))
             .route("/__sim/state", get(state_handler))
+            .route("/__sim/script", axum::routing::post(script_handler))
+            .route("/__sim/tag", axum::routing::post(tag_handler))
             .with_state(self.clone())
             .merge(imds::metadata_router(imds::DEFAULT_ROLE, creds, cfg.clock))
     }
@@ -383,9 +446,46 @@ impl Simulator {
                 .map(|s| s.to_string()),
             outcome: String::new(),
         };
+        // Released instances stop being listed once their delay is over.
+        let now = cfg.clock.now();
+        let over: Vec<String> = st
+            .releasing
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in over {
+            st.releasing.remove(&id);
+            for f in st.fleet.values_mut() {
+                f.remove(&id);
+            }
+        }
+        let scripted = st.script.iter().position(|s| {
+            s.action == action
+                && s.instance_id
+                    .as_ref()
+                    .is_none_or(|id| log.instance_ids.contains(id))
+        });
+        let scripted = scripted.map(|i| st.script.remove(i).answer);
         let faults_apply = cfg.faults.actions.is_empty() || cfg.faults.actions.contains(&action);
         let mut retry_after = None;
-        let result = if faults_apply
+        let result = if let Some(answer) = scripted {
+            match answer {
+                Scripted::Html503 => Ok(Outcome::Html503),
+                Scripted::EmptyList => Ok(Outcome::Ok(json!({
+                    "Instances": {"Instance": []},
+                    "TotalCount": 0,
+                    "PageNumber": 1,
+                    "PageSize": 100,
+                    "NextToken": "",
+                }))),
+                Scripted::Error { status, code } => Err(api_err(
+                    status,
+                    code.clone(),
+                    format!("scripted answer {code}"),
+                )),
+            }
+        } else if faults_apply
             && st
                 .rng
                 .gen_bool(cfg.faults.internal_error_rate.clamp(0.0, 1.0))
@@ -412,8 +512,7 @@ impl Simulator {
                 "DescribeInstances" => describe(&mut st, &account, &map).map(Outcome::Ok),
                 "DeleteInstances" => {
                     let drop = st.rng.gen_bool(cfg.faults.drop_after_commit_rate.clamp(0.0, 1.0));
-                    let now = cfg.clock.now();
-                    delete(&mut st, &account, &map, params, &request_id, now).map(|v| {
+                    delete(&mut st, &account, &map, params, &request_id, now, cfg.release_delay).map(|v| {
                         if drop && v.get("RequestId").is_some() {
                             Outcome::Dropped
                         } else {
@@ -431,7 +530,8 @@ impl Simulator {
         log.outcome = match &result {
             Ok(Outcome::Ok(_)) => "OK".into(),
             Ok(Outcome::Dropped) => "Dropped".into(),
-            Err(e) => e.code.into(),
+            Ok(Outcome::Html503) => "Html503".into(),
+            Err(e) => e.code.clone(),
         };
         st.calls.push(log);
         (result, request_id, retry_after)
@@ -828,6 +928,7 @@ fn delete(
     params: &[(String, String)],
     request_id: &str,
     now: DateTime<Utc>,
+    release_delay: Duration,
 ) -> Result<serde_json::Value, ApiError> {
     let (region, _) = require_region(st, map)?;
     let region = region.to_string();
@@ -909,6 +1010,14 @@ fn delete(
                 format!("The specified InstanceId does not exist: {id}"),
             ));
         };
+        if st.releasing.contains_key(id) {
+            // Undocumented: what ECS answers a second release of an instance it is releasing.
+            return Err(api_err(
+                403,
+                "IncorrectInstanceStatus",
+                format!("The specified instance {id} is being released."),
+            ));
+        }
         if i.deletion_protection {
             return Err(api_err(
                 403,
@@ -959,9 +1068,16 @@ fn delete(
         }
     }
     // Every member passed: the batch is carried out as a whole.
-    if let Some(f) = st.fleet.get_mut(&region) {
+    if release_delay.is_zero() {
+        if let Some(f) = st.fleet.get_mut(&region) {
+            for id in &ids {
+                f.remove(id);
+            }
+        }
+    } else {
+        let until = now + chrono::Duration::from_std(release_delay).unwrap_or_default();
         for id in &ids {
-            f.remove(id);
+            st.releasing.insert(id.clone(), until);
         }
     }
     for id in &ids {
@@ -1034,6 +1150,12 @@ pub async fn respond(
             }
             (StatusCode::OK, Json(v)).into_response()
         }
+        Ok(Outcome::Html503) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "text/html")],
+            "<html><head><title>503 Service Temporarily Unavailable</title></head><body><center><h1>503 Service Temporarily Unavailable</h1></center></body></html>",
+        )
+            .into_response(),
         Ok(Outcome::Dropped) => {
             // Headers go out, then the body fails: the connection is cut before the answer.
             let stream = futures::stream::once(async {
@@ -1049,8 +1171,8 @@ pub async fn respond(
             let body = json!({
                 "RequestId": request_id,
                 "HostId": "ecs.aliyuncs.com",
-                "Code": e.code,
-                "Message": e.message,
+                "Code": &e.code,
+                "Message": &e.message,
                 "Recommend": format!(
                     "https://api.aliyun.com/troubleshoot?q={}&product=Ecs&requestId={request_id}",
                     e.code
@@ -1076,4 +1198,21 @@ async fn state_handler(State(sim): State<Simulator>) -> Response {
         "releases": sim.releases(),
     }))
     .into_response()
+}
+
+async fn script_handler(State(sim): State<Simulator>, Json(step): Json<ScriptStep>) -> Response {
+    sim.script(step);
+    Json(json!({"scripted": true})).into_response()
+}
+
+async fn tag_handler(State(sim): State<Simulator>, Json(t): Json<TagRequest>) -> Response {
+    if sim.tag(&t.instance_id, &t.key, &t.value) {
+        Json(json!({"tagged": t.instance_id})).into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no instance {}", t.instance_id)})),
+        )
+            .into_response()
+    }
 }

@@ -913,7 +913,8 @@ impl Store {
         let ok = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let n = sqlx::query(
-                "UPDATE batches SET attempts = attempts + 1, tries = tries + 1, updated_at = $4
+                "UPDATE batches SET attempts = attempts + 1, tries = tries + 1, last_code = NULL,
+                        updated_at = $4
                  WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",
             )
             .bind(fence.batch_id)

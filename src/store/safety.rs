@@ -85,7 +85,12 @@ impl HoldRow {
 
 impl Store {
     /// Pauses releases on every replica and command; recorded in the audit log with who and why.
-    pub async fn pause(&self, by: &str, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn pause(
+        &self,
+        by: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         for (k, v) in [
             (PAUSED_BY, by.to_string()),
             (PAUSED_REASON, reason.to_string()),
@@ -155,8 +160,16 @@ impl Store {
     /// Holds and quarantines in force at `now`.
     pub async fn holds(&self, now: DateTime<Utc>) -> Result<Vec<HoldRow>, StoreError> {
         #[allow(clippy::type_complexity)]
-        let rows: Vec<(String, String, String, Option<i64>, String, String, i64, i64)> =
-            with_pool!(self, p => sqlx::query_as(
+        let rows: Vec<(
+            String,
+            String,
+            String,
+            Option<i64>,
+            String,
+            String,
+            i64,
+            i64,
+        )> = with_pool!(self, p => sqlx::query_as(
                 "SELECT instance_id, policy, kind, until, by_whom, reason, repeats, created_at
                  FROM holds WHERE until IS NULL OR until > $1 ORDER BY instance_id, policy, kind",
             )
@@ -165,20 +178,22 @@ impl Store {
             .await)?;
         Ok(rows
             .into_iter()
-            .map(|(instance_id, policy, kind, until, by, reason, repeats, created_at)| HoldRow {
-                instance_id,
-                policy,
-                kind: if kind == "quarantine" {
-                    HoldKind::Quarantine
-                } else {
-                    HoldKind::Hold
+            .map(
+                |(instance_id, policy, kind, until, by, reason, repeats, created_at)| HoldRow {
+                    instance_id,
+                    policy,
+                    kind: if kind == "quarantine" {
+                        HoldKind::Quarantine
+                    } else {
+                        HoldKind::Hold
+                    },
+                    until: until.map(from_ms),
+                    by,
+                    reason,
+                    repeats,
+                    created_at: from_ms(created_at),
                 },
-                until: until.map(from_ms),
-                by,
-                reason,
-                repeats,
-                created_at: from_ms(created_at),
-            })
+            )
             .collect())
     }
 

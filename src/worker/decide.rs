@@ -132,9 +132,11 @@ pub fn outcome_unknown(code: &str) -> bool {
         || code.starts_with("Janitor.Http5")
 }
 
-/// Whether the batch's token has been sent and the last call's outcome is unknown.
+/// Whether the batch's token has been sent and the last call's outcome is unknown: its answer
+/// was lost, or never recorded (the process died with the call in flight; a call clears the
+/// batch's code when it is sent).
 fn last_call_unknown(b: &ClaimedBatch) -> bool {
-    b.attempts > 0 && b.last_code.as_deref().is_some_and(outcome_unknown)
+    b.attempts > 0 && b.last_code.as_deref().is_none_or(outcome_unknown)
 }
 
 /// The decision. `live` is `None` only for a batch with no members.
@@ -303,7 +305,10 @@ pub fn against_policy(
 /// Out of tries: each member fails with the last code, or as "outcome unknown" when the last
 /// call's answer was lost (it may have been released; the operator checks).
 fn give_up(b: &ClaimedBatch) -> Transition {
-    let last = b.last_code.clone().unwrap_or_else(|| "Janitor.Exhausted".into());
+    let last = b
+        .last_code
+        .clone()
+        .unwrap_or_else(|| "Janitor.Exhausted".into());
     let (code, message) = if last_call_unknown(b) {
         (
             "Janitor.OutcomeUnknown".to_string(),

@@ -28,8 +28,8 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 pub mod decide;
 
-pub use decide::{Gate, Live, Rules, Stop, Transition};
 use decide::{against_policy, decide, gate_stop};
+pub use decide::{Gate, Live, Rules, Stop, Transition};
 
 /// One ECS call a worker makes, signed as the batch's account.
 #[derive(Debug)]
@@ -808,7 +808,9 @@ impl Workers {
                     MemberOutcome::Succeeded {
                         request_id: e.request_id().map(str::to_string),
                         code: Some(e.code().to_string()),
-                        detail: "our call was answered NotFound and the instance is no longer listed".into(),
+                        detail:
+                            "our call was answered NotFound and the instance is no longer listed"
+                                .into(),
                     },
                 ));
             } else if listed.is_none() {

@@ -177,7 +177,13 @@ fn dry_run_never_sends_even_a_batch_queued_earlier() {
     let mut w = World::new(&[1]);
     w.dry_run = true;
     let t = w.decide(&batch(&[1], 2, Some("Janitor.LostAnswer")));
-    assert!(matches!(t, Transition::Wait { why: Stop::DryRun, .. }));
+    assert!(matches!(
+        t,
+        Transition::Wait {
+            why: Stop::DryRun,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -253,28 +259,40 @@ fn running_without_force_is_not_sent() {
 fn a_policy_no_longer_loaded_cancels() {
     let mut w = World::new(&[1]);
     w.policies.clear();
-    assert_eq!(settled(&w.decide(&batch(&[1], 0, None))), vec![(1, "cancelled")]);
+    assert_eq!(
+        settled(&w.decide(&batch(&[1], 0, None))),
+        vec![(1, "cancelled")]
+    );
 }
 
 #[test]
 fn changed_flags_cancel_for_a_requeue_with_the_current_ones() {
     let mut w = World::new(&[1]);
     w.policies = vec![policy("release:\n  force: true\n")];
-    assert_eq!(settled(&w.decide(&batch(&[1], 0, None))), vec![(1, "cancelled")]);
+    assert_eq!(
+        settled(&w.decide(&batch(&[1], 0, None))),
+        vec![(1, "cancelled")]
+    );
 }
 
 #[test]
 fn a_policy_now_dry_run_cancels() {
     let mut w = World::new(&[1]);
     w.policies = vec![policy("dry_run: true\n")];
-    assert_eq!(settled(&w.decide(&batch(&[1], 0, None))), vec![(1, "cancelled")]);
+    assert_eq!(
+        settled(&w.decide(&batch(&[1], 0, None))),
+        vec![(1, "cancelled")]
+    );
 }
 
 #[test]
 fn already_released_by_another_release_is_not_sent_again() {
     let mut w = World::new(&[1]);
     w.released.insert("i-1".into(), 77);
-    assert_eq!(settled(&w.decide(&batch(&[1], 0, None))), vec![(1, "cancelled")]);
+    assert_eq!(
+        settled(&w.decide(&batch(&[1], 0, None))),
+        vec![(1, "cancelled")]
+    );
 }
 
 #[test]
@@ -310,4 +328,12 @@ fn nothing_left_is_done() {
     let w = World::new(&[]);
     let t = w.decide(&batch(&[1], 0, None));
     assert!(matches!(t, Transition::Done { .. }));
+}
+
+#[test]
+fn a_call_whose_answer_was_never_recorded_is_resent_identically() {
+    // The process died with the call in flight: no code was recorded after it was sent.
+    let w = World::new(&[]);
+    let t = w.decide(&batch(&[1, 2], 1, None));
+    assert_eq!(sent(&t), vec![1, 2]);
 }

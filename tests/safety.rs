@@ -1,0 +1,464 @@
+//! Safety at every call (issue 10): each switch holds at every DeleteInstances, whichever
+//! command sends it. Black box: the `ecs-janitor` binary against the in-process simulator,
+//! scripted to answer as each rule needs.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ecs_janitor::sim::{Faults, ScriptStep, Scripted, SimHandle};
+use ecs_janitor::store::{ReleaseFilter, ReleaseRow, ReleaseState, Store};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ecs-janitor");
+
+/// Stopped pay-as-you-go CI runners, released at once.
+const CI: &str = r#"
+name: ci
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: ci}
+  status: Stopped
+"#;
+
+/// The same fleet's other half, under another policy.
+const OTHER: &str = r#"
+name: other
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: other}
+  status: Stopped
+"#;
+
+struct Env {
+    h: SimHandle,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// A simulator with `ci` instances i-0..i-{n-1} (and `other` ones o-0..), the policies given,
+/// and a SQLite database in a temporary folder.
+async fn env(n: usize, others: usize, policies: &[&str]) -> Env {
+    let mut fleet = common::ci_fleet(n);
+    for k in 0..others {
+        let mut i = common::inst(
+            &format!("o-{k}"),
+            "cn-hangzhou",
+            ecs_janitor::ecs::InstanceStatus::Stopped,
+            ecs_janitor::ecs::ChargeType::PostPaid,
+        );
+        i.tags.insert("purpose".into(), "other".into());
+        fleet.push(i);
+    }
+    let h = common::start_sim(fleet, Faults::default(), 7).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    for (k, p) in policies.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("policies/p{k}.yaml")), p).unwrap();
+    }
+    let url = format!("sqlite://{}", dir.path().join("janitor.db").display());
+    Env { h, dir, url }
+}
+
+impl Env {
+    /// Runs the binary to its end (bounded) off the async runtime, so the in-process simulator
+    /// keeps answering.
+    async fn run(&self, args: &[&str]) -> Out {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .envs(common::janitor_env(&self.h, self.dir.path(), &self.url))
+            .env("JANITOR_OPERATOR", "alice")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = c.spawn().unwrap();
+        let what = args.join(" ");
+        tokio::task::spawn_blocking(move || wait_bounded(child, &what))
+            .await
+            .unwrap()
+    }
+
+    async fn store(&self) -> Store {
+        Store::connect(&self.url).await.unwrap()
+    }
+
+    async fn rows(&self) -> Vec<ReleaseRow> {
+        self.store()
+            .await
+            .list_releases(&ReleaseFilter::default())
+            .await
+            .unwrap()
+    }
+
+    /// DeleteInstances calls sent without DryRun that ECS carried out or refused (a DryRun
+    /// call is answered DryRunOperation).
+    fn real_deletes(&self) -> Vec<Vec<String>> {
+        self.h
+            .sim
+            .calls()
+            .into_iter()
+            .filter(|c| c.action == "DeleteInstances" && c.outcome != "DryRunOperation")
+            .map(|c| c.instance_ids)
+            .collect()
+    }
+
+    fn released(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .h
+            .sim
+            .releases()
+            .into_iter()
+            .map(|r| r.instance_id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+fn wait_bounded(mut child: std::process::Child, what: &str) -> Out {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`ecs-janitor {what}` did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+fn ids(rows: &[ReleaseRow], state: ReleaseState) -> Vec<String> {
+    let mut v: Vec<String> = rows
+        .iter()
+        .filter(|r| r.state == state)
+        .map(|r| r.instance_id.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_apply_and_dry_run_never_releases_what_an_earlier_pass_queued() {
+    let e = env(3, 0, &[CI]).await;
+    let p = e.run(&["pause", "--reason", "change freeze"]).await;
+    assert_eq!(p.code, 0, "{}", p.all());
+    // Paused: apply queues (the plan goes on) but sends nothing, says who and why, exits 3.
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 3, "the documented paused exit code: {}", a.all());
+    assert!(a.stdout.contains("paused by alice (cli)"), "{}", a.stdout);
+    assert!(a.stdout.contains("change freeze"), "{}", a.stdout);
+    assert!(e.real_deletes().is_empty(), "nothing sent while paused");
+    assert_eq!(ids(&e.rows().await, ReleaseState::Pending).len(), 3);
+    let q = e.run(&["queue", "list"]).await;
+    assert!(q.stdout.contains("paused by alice"), "{}", q.stdout);
+    // Resumed, a dry run: due releases queued earlier get DryRun calls only; the queue is
+    // left as it was.
+    assert_eq!(e.run(&["resume"]).await.code, 0);
+    let d = e.run(&["apply", "--dry-run"]).await;
+    assert_eq!(d.code, 0, "{}", d.all());
+    assert!(
+        e.real_deletes().is_empty(),
+        "a dry run sent a real DeleteInstances"
+    );
+    assert!(e.released().is_empty());
+    for i in ["i-0", "i-1", "i-2"] {
+        assert!(d.stdout.contains(i), "the dry run lists {i}: {}", d.stdout);
+    }
+    assert!(d.stdout.contains("would release"), "{}", d.stdout);
+    assert_eq!(ids(&e.rows().await, ReleaseState::Pending).len(), 3);
+    // Then a real apply releases them; the audit log says who paused and resumed.
+    let r = e.run(&["apply"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(e.released(), vec!["i-0", "i-1", "i-2"]);
+    let h = e.run(&["history"]).await;
+    assert!(h.stdout.contains("paused") && h.stdout.contains("by alice (cli): change freeze"));
+    assert!(h.stdout.contains("resumed"), "{}", h.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_plan_is_carried_out_exactly_and_nothing_else_is_touched() {
+    let e = env(3, 2, &[CI, OTHER]).await;
+    // Both policies' releases are queued while paused.
+    e.run(&["pause"]).await;
+    assert_eq!(e.run(&["apply"]).await.code, 3);
+    e.run(&["resume"]).await;
+    let plan = e.path("ci.json");
+    let p = e.run(&["plan", "--policy", "ci", "--out", &plan]).await;
+    assert_eq!(p.code, 0, "{}", p.all());
+    // Between review and apply, i-1 is protected.
+    assert!(e.h.sim.tag("i-1", "janitor:protect", "true"));
+    let a = e.run(&["apply", "--plan", &plan, "--policy", "ci"]).await;
+    assert_eq!(a.code, 2, "a planned release not carried out: {}", a.all());
+    assert_eq!(e.released(), vec!["i-0", "i-2"]);
+    assert!(
+        a.stdout.contains("Planned but not released"),
+        "{}",
+        a.stdout
+    );
+    assert!(a.stdout.contains("i-1"), "{}", a.stdout);
+    // The other policy's queued releases are untouched: not sent, not cancelled.
+    let rows = e.rows().await;
+    assert_eq!(ids(&rows, ReleaseState::Pending), vec!["o-0", "o-1"]);
+    assert!(e
+        .real_deletes()
+        .iter()
+        .all(|c| c.iter().all(|i| i.starts_with("i-"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_foreign_or_unloadable_plan_is_refused() {
+    let e = env(2, 0, &[CI]).await;
+    let plan = e.path("p.json");
+    assert_eq!(e.run(&["plan", "--out", &plan]).await.code, 0);
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let write = |v: &serde_json::Value, name: &str| {
+        let p = e.path(name);
+        std::fs::write(&p, serde_json::to_string(v).unwrap()).unwrap();
+        p
+    };
+    let mut old = v.clone();
+    old["created_at"] = serde_json::json!("2020-01-01T00:00:00Z");
+    let a = e.run(&["apply", "--plan", &write(&old, "old.json")]).await;
+    assert_eq!(a.code, 1, "{}", a.all());
+    assert!(a.stderr.contains("--max-plan-age"), "{}", a.stderr);
+    let mut foreign = v.clone();
+    foreign["database_id"] = serde_json::json!("another");
+    let a = e
+        .run(&["apply", "--plan", &write(&foreign, "f.json")])
+        .await;
+    assert_eq!(a.code, 1);
+    assert!(a.stderr.contains("another database"), "{}", a.stderr);
+    v["releases"][0]["policy"] = serde_json::json!("gone-policy");
+    let a = e.run(&["apply", "--plan", &write(&v, "g.json")]).await;
+    assert_eq!(a.code, 1);
+    assert!(a.stderr.contains("gone-policy"), "{}", a.stderr);
+    assert!(e.real_deletes().is_empty(), "a refused plan sent nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_missing_from_the_recheck_is_vanished_and_queued_again_later() {
+    let e = env(1, 0, &[CI]).await;
+    e.h.sim.script(ScriptStep {
+        action: "DescribeInstances".into(),
+        answer: Scripted::EmptyList,
+        instance_id: Some("i-0".into()),
+    });
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 0, "{}", a.all());
+    assert!(a.stdout.contains("Released 0 instances"), "{}", a.stdout);
+    assert!(a.stdout.contains("Vanished"), "{}", a.stdout);
+    assert_eq!(ids(&e.rows().await, ReleaseState::Vanished), vec!["i-0"]);
+    assert!(e.real_deletes().is_empty());
+    // It still exists: the next pass lists it, queues it again, and releases it.
+    let b = e.run(&["apply"]).await;
+    assert_eq!(b.code, 0, "{}", b.all());
+    assert_eq!(e.released(), vec!["i-0"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_cancel_sticks_and_retry_keeps_the_grace() {
+    let graced = CI.replace(
+        "  status: Stopped\n",
+        "  status: Stopped\nrelease:\n  grace: 2h\n",
+    );
+    let e = env(1, 0, &[&graced]).await;
+    assert_eq!(e.run(&["apply"]).await.code, 0);
+    let row = e.rows().await.remove(0);
+    let not_before = row.not_before;
+    let id = row.id.to_string();
+    let c = e
+        .run(&["queue", "cancel", &id, "--reason", "still debugging"])
+        .await;
+    assert_eq!(c.code, 0, "{}", c.all());
+    // The next passes do not queue it again; the plan says who holds it and why.
+    assert_eq!(e.run(&["apply"]).await.code, 0);
+    let rows = e.rows().await;
+    assert_eq!(rows.len(), 1, "queued again after a cancel: {rows:?}");
+    let p = e.run(&["plan"]).await;
+    assert!(p.stdout.contains("held by alice (cli)"), "{}", p.stdout);
+    assert!(p.stdout.contains("still debugging"), "{}", p.stdout);
+    // Retry: pending again, with what was left of its grace.
+    assert_eq!(e.run(&["queue", "retry", &id]).await.code, 0);
+    let again = e.store().await.release(row.id).await.unwrap();
+    assert_eq!(again.state, ReleaseState::Pending);
+    assert_eq!(again.not_before, not_before, "retry skipped the grace");
+    assert!(e.real_deletes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_refusal_is_quarantined_not_retried_every_pass() {
+    let e = env(2, 0, &[CI]).await;
+    // Refused for good: the batch's call, then i-1's own call after the split.
+    for _ in 0..2 {
+        e.h.sim.script(ScriptStep {
+            action: "DeleteInstances".into(),
+            answer: Scripted::Error {
+                status: 403,
+                code: "DependencyViolation.RouteEntry".into(),
+            },
+            instance_id: Some("i-1".into()),
+        });
+    }
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 2, "{}", a.all());
+    assert_eq!(e.released(), vec!["i-0"]);
+    let sent_i1 = || {
+        e.real_deletes()
+            .iter()
+            .filter(|c| c.contains(&"i-1".to_string()))
+            .count()
+    };
+    let before = sent_i1();
+    for _ in 0..2 {
+        assert_eq!(e.run(&["apply"]).await.code, 0);
+    }
+    assert_eq!(sent_i1(), before, "a quarantined instance was sent again");
+    let p = e.run(&["plan"]).await;
+    assert!(p.stdout.contains("quarantined"), "{}", p.stdout);
+    // `queue retry` ends the quarantine at once.
+    let failed = e
+        .rows()
+        .await
+        .into_iter()
+        .find(|r| r.state == ReleaseState::Failed)
+        .unwrap();
+    assert_eq!(
+        e.run(&["queue", "retry", &failed.id.to_string()])
+            .await
+            .code,
+        0
+    );
+    assert_eq!(e.run(&["apply"]).await.code, 0);
+    assert_eq!(e.released(), vec!["i-0", "i-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_instance_still_listed_is_neither_sent_nor_queued_again() {
+    let e = env(3, 0, &[CI]).await;
+    assert_eq!(e.run(&["apply"]).await.code, 0);
+    assert_eq!(e.released().len(), 3);
+    // ECS still lists them (the simulator's release delay); the next pass leaves them be.
+    let calls = e.real_deletes().len();
+    let b = e.run(&["apply"]).await;
+    assert_eq!(b.code, 0, "{}", b.all());
+    assert_eq!(
+        e.real_deletes().len(),
+        calls,
+        "sent again while still listed"
+    );
+    let p = e.run(&["plan"]).await;
+    assert!(p.stdout.contains("released by ecs-janitor"), "{}", p.stdout);
+    assert_eq!(e.rows().await.len(), 3, "queued again");
+}
+
+/// A first call that certainly had no effect (a gateway's HTML 503), then the instance is
+/// protected: the retry re-checks and sends nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recheck_runs_before_every_retry() {
+    use ecs_janitor::app::App;
+    use ecs_janitor::policy::{self, ProtectionConfig};
+    use ecs_janitor::worker::{BatchResult, WorkerConfig};
+    let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
+    let db = common::sqlite().await;
+    let app = App::new(
+        db.store.clone(),
+        common::client(&h),
+        policy::load_str("p.yaml", CI).unwrap().policies,
+        ProtectionConfig::default(),
+        WorkerConfig {
+            backoff: ecs_janitor::backoff::Backoff::new(
+                Duration::from_millis(1),
+                Duration::from_millis(2),
+            ),
+            ..WorkerConfig::default()
+        },
+        std::sync::Arc::new(ecs_janitor::clock::SystemClock),
+        false,
+    );
+    h.sim.script(ScriptStep {
+        action: "DeleteInstances".into(),
+        answer: Scripted::Html503,
+        instance_id: None,
+    });
+    let policies = app.workers.policies.read().unwrap().clone();
+    let now = chrono::Utc::now();
+    app.reconciler
+        .pass(&policies, now, None, now)
+        .await
+        .unwrap();
+    let first = app.workers.process_next().await.unwrap();
+    assert!(
+        matches!(first, Some(BatchResult::RetryScheduled { .. })),
+        "{first:?}"
+    );
+    assert!(h.sim.tag("i-1", "janitor:protect", "true"));
+    common::wait_for("the retry", Duration::from_secs(10), || async {
+        app.workers.process_next().await.unwrap();
+        db.store
+            .next_due(chrono::Utc::now(), None)
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    let calls: Vec<_> = h
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == "DeleteInstances")
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1].instance_ids, vec!["i-0"], "protected i-1 was sent");
+    assert_ne!(
+        calls[0].client_token, calls[1].client_token,
+        "a changed member set must not reuse the token"
+    );
+    assert_eq!(
+        h.sim
+            .releases()
+            .iter()
+            .map(|r| r.instance_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["i-0"]
+    );
+}
