@@ -700,3 +700,150 @@ proptest! {
         });
     }
 }
+
+/// One thing that happens between two worker steps.
+#[derive(Debug, Clone)]
+enum Event {
+    Pause,
+    Resume,
+    /// Tag instance `k` `janitor:protect=true`.
+    Protect(usize),
+    Unprotect(usize),
+    /// An operator cancels instance `k`'s pending release (if it has one).
+    Cancel(usize),
+    /// The next DeleteInstances is carried out but its answer is lost.
+    LoseAnswer,
+    /// The next DeleteInstances gets a gateway's HTML 503 and has no effect.
+    Html503,
+    /// A worker claims a batch and dies holding it (its lease expires).
+    Kill,
+    /// A reconcile pass.
+    Pass,
+    /// One worker step: claim, re-check, decide, maybe send.
+    Step,
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        1 => Just(Event::Pause),
+        2 => Just(Event::Resume),
+        2 => (0..6usize).prop_map(Event::Protect),
+        1 => (0..6usize).prop_map(Event::Unprotect),
+        1 => (0..6usize).prop_map(Event::Cancel),
+        1 => Just(Event::LoseAnswer),
+        1 => Just(Event::Html503),
+        1 => Just(Event::Kill),
+        2 => Just(Event::Pass),
+        6 => Just(Event::Step),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// Whatever happens between steps (pauses, protections, operators' cancels, lost answers,
+    /// refused calls, a worker dying with a lease), no DeleteInstances is sent that the decision
+    /// would refuse at that moment: none while paused, none naming a protected instance, a token
+    /// never with another member set, and no instance released twice.
+    #[test]
+    fn nothing_is_sent_that_the_decision_would_refuse(
+        events in proptest::collection::vec(event(), 1..60),
+    ) {
+        use ecs_janitor::sim::{Scripted, ScriptStep};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let h = common::start_sim(common::ci_fleet(6), ecs_janitor::sim::Faults::default(), 5).await;
+            let db = common::sqlite().await;
+            let policy = policy::load_str(
+                "p.yaml",
+                "name: ci\nschedule: \"0 0 * * * *\"\nregions: [cn-hangzhou]\nselect:\n  tags: {purpose: ci}\n  status: Stopped\n",
+            )
+            .unwrap()
+            .policies;
+            let app = ecs_janitor::app::App::new(
+                db.store.clone(),
+                common::client(&h),
+                policy.clone(),
+                ProtectionConfig::default(),
+                ecs_janitor::worker::WorkerConfig {
+                    backoff: ecs_janitor::backoff::Backoff::new(
+                        std::time::Duration::ZERO,
+                        std::time::Duration::ZERO,
+                    ),
+                    lease: std::time::Duration::from_millis(30),
+                    max_batch: 3,
+                    ..Default::default()
+                },
+                std::sync::Arc::new(ecs_janitor::clock::SystemClock),
+                false,
+            );
+            let store = &db.store;
+            let mut paused = false;
+            let mut protected: HashSet<String> = HashSet::new();
+            for ev in &events {
+                match ev {
+                    Event::Pause => {
+                        store.pause("prop", "test", Utc::now()).await.unwrap();
+                        paused = true;
+                    }
+                    Event::Resume => {
+                        store.resume("prop", Utc::now()).await.unwrap();
+                        paused = false;
+                    }
+                    Event::Protect(k) => {
+                        h.sim.tag(&format!("i-{k}"), "janitor:protect", "true");
+                        protected.insert(format!("i-{k}"));
+                    }
+                    Event::Unprotect(k) => {
+                        h.sim.tag(&format!("i-{k}"), "janitor:protect", "false");
+                        protected.remove(&format!("i-{k}"));
+                    }
+                    Event::Cancel(k) => {
+                        let rows = store.active_releases().await.unwrap();
+                        if let Some(r) = rows.iter().find(|r| r.instance_id == format!("i-{k}")) {
+                            let _ = store.cancel_release(r.id, "prop", "test", None, Utc::now()).await;
+                        }
+                    }
+                    Event::LoseAnswer => h.sim.script(ScriptStep {
+                        action: "DeleteInstances".into(),
+                        answer: Scripted::LostAnswer,
+                        instance_id: None,
+                    }),
+                    Event::Html503 => h.sim.script(ScriptStep {
+                        action: "DeleteInstances".into(),
+                        answer: Scripted::Html503,
+                        instance_id: None,
+                    }),
+                    Event::Kill => {
+                        let _ = store
+                            .claim("dead", Utc::now(), std::time::Duration::from_millis(1), 3, None)
+                            .await
+                            .unwrap();
+                    }
+                    Event::Pass => {
+                        let now = Utc::now();
+                        app.reconciler.pass(&policy, now, None, now).await.unwrap();
+                    }
+                    Event::Step => {
+                        let before = h.sim.calls().len();
+                        app.workers.step().await.unwrap();
+                        for c in h.sim.calls().into_iter().skip(before) {
+                            if c.action != "DeleteInstances" {
+                                continue;
+                            }
+                            assert!(!paused, "DeleteInstances sent while paused: {c:?}");
+                            for i in &c.instance_ids {
+                                assert!(!protected.contains(i), "protected {i} was sent: {c:?}");
+                            }
+                        }
+                    }
+                }
+            }
+            common::assert_tokens_consistent(&h);
+        });
+    }
+}

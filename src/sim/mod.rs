@@ -219,6 +219,8 @@ pub enum Scripted {
     EmptyList,
     /// An ECS error with this HTTP status and code; the call has no effect.
     Error { status: u16, code: String },
+    /// DeleteInstances is carried out, then the connection is cut before the answer.
+    LostAnswer,
 }
 
 /// One scripted answer and the action it is for.
@@ -484,6 +486,17 @@ impl Simulator {
                     code.clone(),
                     format!("scripted answer {code}"),
                 )),
+                Scripted::LostAnswer if action == "DeleteInstances" => delete(
+                    &mut st,
+                    &account,
+                    &map,
+                    params,
+                    &request_id,
+                    now,
+                    cfg.release_delay,
+                )
+                .map(|_| Outcome::Dropped),
+                Scripted::LostAnswer => Ok(Outcome::Dropped),
             }
         } else if faults_apply
             && st
