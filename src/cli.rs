@@ -278,21 +278,21 @@ pub enum QueueCommand {
     },
     /// Show one release.
     Show {
-        id: i64,
+        id: crate::store::ReleaseId,
         #[command(flatten)]
         db: DbArgs,
     },
     /// Put a failed, cancelled or vanished release back in the queue, lifting its hold or
     /// quarantine; what was left of its grace period stays.
     Retry {
-        id: i64,
+        id: crate::store::ReleaseId,
         #[command(flatten)]
         db: DbArgs,
     },
     /// Cancel a pending release, and hold its instance out of the policy until `queue retry`
     /// (or for `--for DURATION`).
     Cancel {
-        id: i64,
+        id: crate::store::ReleaseId,
         /// Why, recorded with the hold and shown in plans.
         #[arg(long, default_value = "no reason given")]
         reason: String,

@@ -338,7 +338,7 @@ impl Reconciler {
                     } else {
                         pp.releases.iter().map(|r| r.instance_id.as_str()).collect()
                     };
-                    let cancels: Vec<(i64, String)> = active
+                    let cancels: Vec<(crate::store::ReleaseId, String)> = active
                         .iter()
                         .filter(|r| r.policy == pp.policy && r.state == ReleaseState::Pending)
                         .filter(|r| !planned.contains(r.instance_id.as_str()))

@@ -225,7 +225,7 @@ async fn list_policies(State(s): State<AdminContext>) -> Result<Json<serde_json:
 async fn retry_release(
     State(s): State<AdminContext>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<crate::store::ReleaseId>,
     Query(op): Query<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
     authorize(&s, &headers)?;
@@ -236,7 +236,7 @@ async fn retry_release(
 async fn cancel_release(
     State(s): State<AdminContext>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<crate::store::ReleaseId>,
     Query(op): Query<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
     authorize(&s, &headers)?;

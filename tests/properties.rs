@@ -28,7 +28,7 @@ use ecs_janitor::ecs::sign::{percent_encode, sign, string_to_sign};
 use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
 use ecs_janitor::plan::{evaluate, EvalContext, QueuedInfo, SkipReason};
 use ecs_janitor::policy::{self, Policy, ProtectionConfig};
-use ecs_janitor::store::NewRelease;
+use ecs_janitor::store::{BatchId, NewRelease, ReleaseId};
 
 /// The seed of every property here unless `PROPTEST_RNG_SEED` says otherwise.
 const SEED: u64 = 0x006a_616e_6974_6f72;
@@ -586,11 +586,11 @@ fn queued() -> impl Strategy<Value = Queued> {
 /// (`rows`, by id). Returns the release ids batched.
 async fn claim_all(
     store: &ecs_janitor::store::Store,
-    rows: &HashMap<i64, ecs_janitor::store::ReleaseRow>,
+    rows: &HashMap<ReleaseId, ecs_janitor::store::ReleaseRow>,
     at: DateTime<Utc>,
     max_batch: usize,
-    seen_batches: &mut HashSet<i64>,
-) -> Vec<i64> {
+    seen_batches: &mut HashSet<BatchId>,
+) -> Vec<ReleaseId> {
     let mut batched = Vec::new();
     // A lease far longer than the test, so no batch comes back for a second claim.
     let lease = Duration::from_secs(86_400 * 7);
@@ -676,7 +676,7 @@ proptest! {
             let max_batch = ecs_janitor::worker::WorkerConfig::default().max_batch;
             let mut seen_batches = HashSet::new();
             let due_now = claim_all(store, &rows, now(), max_batch, &mut seen_batches).await;
-            let mut want_now: Vec<i64> = rows
+            let mut want_now: Vec<ReleaseId> = rows
                 .values()
                 .filter(|r| r.not_before <= now())
                 .map(|r| r.id)
@@ -687,9 +687,9 @@ proptest! {
             assert_eq!(got_now, want_now, "due releases batched other than once each");
 
             let due_later = claim_all(store, &rows, later, max_batch, &mut seen_batches).await;
-            let mut all: Vec<i64> = due_now.into_iter().chain(due_later).collect();
+            let mut all: Vec<ReleaseId> = due_now.into_iter().chain(due_later).collect();
             all.sort_unstable();
-            let mut want: Vec<i64> = rows.keys().copied().collect();
+            let mut want: Vec<ReleaseId> = rows.keys().copied().collect();
             want.sort_unstable();
             assert_eq!(all, want, "releases batched other than once each");
             for id in &all {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::TestDb;
 use ecs_janitor::store::{
-    BatchMember, MemberOutcome, NewRelease, ReleaseFilter, Store, StoreError,
+    BatchMember, BatchState, MemberOutcome, NewRelease, ReleaseFilter, ReleaseId, Store, StoreError,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -127,7 +127,7 @@ conformance!(
             // Finish it so the next claim forms a new batch rather than waiting.
             let done: Vec<_> = b.members.iter().map(|m| (m.clone(), ok())).collect();
             assert!(s
-                .finish_batch(&b.fence, "done", None, &done, &[], t0())
+                .finish_batch(&b.fence, BatchState::Done, None, &done, &[], t0())
                 .await
                 .unwrap());
         }
@@ -222,7 +222,7 @@ conformance!(
             .unwrap());
         let done: Vec<_> = a.members.iter().map(|m| (m.clone(), ok())).collect();
         assert!(!s
-            .finish_batch(&a.fence, "done", None, &done, &[], after)
+            .finish_batch(&a.fence, BatchState::Done, None, &done, &[], after)
             .await
             .unwrap());
         assert_eq!(
@@ -232,7 +232,7 @@ conformance!(
         );
         assert!(s.renew_lease(&b.fence, after, LEASE).await.unwrap());
         assert!(s
-            .finish_batch(&b.fence, "done", None, &done, &[], after)
+            .finish_batch(&b.fence, BatchState::Done, None, &done, &[], after)
             .await
             .unwrap());
         assert_eq!(state_of(s, "i-1").await, ["succeeded"]);
@@ -268,12 +268,12 @@ conformance!(
             .begin_attempt(&b.fence, &[], &b.client_token, t0())
             .await
             .unwrap());
-        let ids: Vec<i64> = b.members.iter().map(|m| m.release_id).collect();
+        let ids: Vec<ReleaseId> = b.members.iter().map(|m| m.release_id).collect();
         let groups = vec![ids[..2].to_vec(), ids[2..].to_vec()];
         assert!(s
             .finish_batch(
                 &b.fence,
-                "split",
+                BatchState::Split,
                 Some("InvalidOperation.DeletionProtection"),
                 &[],
                 &groups,
@@ -353,7 +353,7 @@ conformance!(
         assert!(s
             .finish_batch(
                 &b.fence,
-                "failed",
+                BatchState::Failed,
                 Some("ChargeTypeViolation"),
                 &end,
                 &[],
@@ -397,8 +397,8 @@ conformance!(
             Err(StoreError::WrongState { .. })
         ));
         assert!(matches!(
-            s.retry_release(9999, "test", t0()).await,
-            Err(StoreError::NoSuchRelease(9999))
+            s.retry_release(ReleaseId(9999), "test", t0()).await,
+            Err(StoreError::NoSuchRelease(ReleaseId(9999)))
         ));
         // The audit log tells the story.
         let kinds: Vec<String> = s
@@ -551,13 +551,13 @@ conformance!(
             }
             sizes.push((b.account.clone(), b.members.len()));
             // A split keeps the account: the halves go back as batches of their own.
-            let half: Vec<i64> = b.members.iter().map(|m| m.release_id).collect();
+            let half: Vec<ReleaseId> = b.members.iter().map(|m| m.release_id).collect();
             let (a, c) = half.split_at(half.len() / 2);
             if b.members.len() > 1 {
                 assert!(s
                     .finish_batch(
                         &b.fence,
-                        "split",
+                        BatchState::Split,
                         Some("X"),
                         &[],
                         &[a.to_vec(), c.to_vec()],
@@ -569,7 +569,7 @@ conformance!(
             }
             let done: Vec<_> = b.members.iter().map(|m| (m.clone(), ok())).collect();
             assert!(s
-                .finish_batch(&b.fence, "done", None, &done, &[], t0())
+                .finish_batch(&b.fence, BatchState::Done, None, &done, &[], t0())
                 .await
                 .unwrap());
         }
@@ -643,7 +643,7 @@ conformance!(
         let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
         let done: Vec<_> = b.members.iter().map(|m| (m.clone(), ok())).collect();
         assert!(s
-            .finish_batch(&b.fence, "done", None, &done, &[], t0())
+            .finish_batch(&b.fence, BatchState::Done, None, &done, &[], t0())
             .await
             .unwrap());
         // A slow pass that listed i-1 before it went now tries to queue it again.

@@ -21,7 +21,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
 
-pub use rows::{BatchMember, ClaimedBatch, EventRow, ReleaseRow, ReleaseState, RunRow};
+pub use rows::{
+    BatchId, BatchMember, BatchState, ClaimedBatch, EventRow, ReleaseId, ReleaseRow, ReleaseState,
+    RunRow,
+};
 pub use safety::{HoldKind, HoldRow, PauseInfo};
 
 /// Why the store failed.
@@ -49,10 +52,10 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("release {0} does not exist")]
-    NoSuchRelease(i64),
+    NoSuchRelease(ReleaseId),
     #[error("release {id} is {state}; {what}")]
     WrongState {
-        id: i64,
+        id: ReleaseId,
         state: String,
         what: &'static str,
     },
@@ -114,7 +117,7 @@ macro_rules! insert_events {
 /// Makes `$ids` the in-flight members of batch `$batch`, inside `$tx`.
 macro_rules! assign {
     ($tx:ident, $batch:expr, $ids:expr, $now:expr) => {{
-        let ids: &[i64] = $ids;
+        let ids: &[ReleaseId] = $ids;
         let mut q = QueryBuilder::new("UPDATE releases SET state = 'in_flight', batch_id = ");
         q.push_bind($batch);
         q.push(", updated_at = ").push_bind(ms($now));
@@ -132,7 +135,7 @@ macro_rules! assign {
 /// and the membership are stored together, before any call. Evaluates to the batch id.
 macro_rules! new_batch {
     ($tx:ident, $account:expr, $region:expr, $force:expr, $ts:expr, $token:expr, $ids:expr, $now:expr) => {{
-        let id: i64 = sqlx::query_scalar(
+        let id: BatchId = sqlx::query_scalar(
             "INSERT INTO batches (region, force, terminate_subscription,
                client_token, state, next_attempt_at, created_at, updated_at, account)
              VALUES ($1, $2, $3, $4, 'open', $5, $5, $5, $6) RETURNING id",
@@ -192,7 +195,7 @@ macro_rules! settle {
         #[allow(clippy::type_complexity)]
         let mut groups: std::collections::BTreeMap<
             (&str, Option<String>, String, Option<String>),
-            Vec<i64>,
+            Vec<ReleaseId>,
         > = std::collections::BTreeMap::new();
         for (m, outcome) in settled {
             let (state, code, message, request_id, kind) = match outcome {
@@ -316,7 +319,7 @@ pub enum MemberOutcome {
 /// Proof that a worker holds a batch's lease: completion is refused without the current one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
-    pub batch_id: i64,
+    pub batch_id: BatchId,
     pub owner: String,
     pub claims: i64,
 }
@@ -359,8 +362,8 @@ pub struct ReleaseFilter {
 #[derive(Debug, Clone, Default)]
 pub struct NewEvent {
     pub kind: &'static str,
-    pub release_id: Option<i64>,
-    pub batch_id: Option<i64>,
+    pub release_id: Option<ReleaseId>,
+    pub batch_id: Option<BatchId>,
     pub policy: Option<String>,
     pub instance_id: Option<String>,
     pub code: Option<String>,
@@ -654,7 +657,7 @@ impl Store {
         &self,
         releases: &[NewRelease],
         now: DateTime<Utc>,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+    ) -> Result<Vec<(ReleaseId, String)>, StoreError> {
         let mut created = Vec::new();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -695,7 +698,7 @@ impl Store {
                 let rows = q.build().fetch_all(&mut *tx).await?;
                 let mut events = Vec::with_capacity(rows.len());
                 for row in rows {
-                    let id: i64 = row.try_get(0)?;
+                    let id: ReleaseId = row.try_get(0)?;
                     let instance: String = row.try_get(1)?;
                     let policy: String = row.try_get(2)?;
                     events.push(NewEvent {
@@ -718,7 +721,7 @@ impl Store {
     /// were cancelled (a release already batched is left to the worker's re-check).
     pub async fn cancel_pending(
         &self,
-        cancels: &[(i64, String)],
+        cancels: &[(ReleaseId, String)],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let mut n = 0;
@@ -784,7 +787,7 @@ impl Store {
         let until = ms(now) + lease.as_millis() as i64;
         let claimed = with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let existing: Option<i64> = sqlx::query_scalar(&format!(
+            let existing: Option<BatchId> = sqlx::query_scalar(&format!(
                 "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
                    AND (lease_expires_at IS NULL OR lease_expires_at <= $1){}
                  ORDER BY next_attempt_at, id LIMIT 1{lock}",
@@ -812,7 +815,7 @@ impl Store {
                     match head {
                         None => None,
                         Some((account, region, force, ts)) => {
-                            let ids: Vec<i64> = sqlx::query_scalar(&format!(
+                            let ids: Vec<ReleaseId> = sqlx::query_scalar(&format!(
                                 "SELECT id FROM releases
                                  WHERE state = 'pending' AND +not_before <= $1 AND region = $2
                                    AND force = $3 AND terminate_subscription = $4
@@ -956,10 +959,10 @@ impl Store {
     pub async fn finish_batch(
         &self,
         fence: &Fence,
-        state: &str,
+        state: BatchState,
         code: Option<&str>,
         settled: &[(BatchMember, MemberOutcome)],
-        regroup: &[Vec<i64>],
+        regroup: &[Vec<ReleaseId>],
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let ok = with_pool!(self, p => {
@@ -973,7 +976,7 @@ impl Store {
             .bind(fence.batch_id)
             .bind(&fence.owner)
             .bind(fence.claims)
-            .bind(state)
+            .bind(state.as_str())
             .bind(code)
             .bind(ms(now))
             .fetch_optional(&mut *tx)
@@ -1129,7 +1132,7 @@ impl Store {
     }
 
     /// One release.
-    pub async fn release(&self, id: i64) -> Result<ReleaseRow, StoreError> {
+    pub async fn release(&self, id: ReleaseId) -> Result<ReleaseRow, StoreError> {
         let row = with_pool!(self, p => {
             let mut q = QueryBuilder::new(rows::RELEASE_SELECT);
             q.push(" WHERE r.id = ").push_bind(id);
@@ -1143,7 +1146,7 @@ impl Store {
     /// stays: it is due at its old `not_before`, or now if that has passed.
     pub async fn retry_release(
         &self,
-        id: i64,
+        id: ReleaseId,
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
@@ -1211,7 +1214,7 @@ impl Store {
     /// `reason` are recorded with the hold and in the audit log.
     pub async fn cancel_release(
         &self,
-        id: i64,
+        id: ReleaseId,
         by: &str,
         reason: &str,
         until: Option<DateTime<Utc>>,

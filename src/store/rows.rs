@@ -6,6 +6,78 @@ use sqlx::FromRow;
 
 use super::{from_ms, Fence};
 
+/// Defines an id newtype: stored and serialised as its number, printed as it.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize,
+            serde::Deserialize, sqlx::Type,
+        )]
+        #[serde(transparent)]
+        #[sqlx(transparent)]
+        pub struct $name(pub i64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl From<i64> for $name {
+            fn from(v: i64) -> Self {
+                $name(v)
+            }
+        }
+
+        impl PartialEq<i64> for $name {
+            fn eq(&self, other: &i64) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::num::ParseIntError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map($name)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A release's id.
+    ReleaseId
+);
+id_type!(
+    /// A batch's id.
+    BatchId
+);
+
+/// How a batch ended (`Open` while it may still be sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    Open,
+    /// Every member settled.
+    Done,
+    /// Retired: its members went on in new batches under new tokens.
+    Split,
+    /// Some member failed.
+    Failed,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Open => "open",
+            BatchState::Done => "done",
+            BatchState::Split => "split",
+            BatchState::Failed => "failed",
+        }
+    }
+}
+
 /// Where a release is in its life. Stored as its [`ReleaseState::as_str`] name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,7 +168,7 @@ pub(super) const RELEASE_SELECT: &str =
 
 #[derive(Debug, Clone, FromRow)]
 struct RawRelease {
-    id: i64,
+    id: ReleaseId,
     instance_id: String,
     instance_name: String,
     region: String,
@@ -105,7 +177,7 @@ struct RawRelease {
     terminate_subscription: i64,
     state: String,
     not_before: i64,
-    batch_id: Option<i64>,
+    batch_id: Option<BatchId>,
     attempts: i64,
     last_code: Option<String>,
     last_message: Option<String>,
@@ -120,7 +192,7 @@ struct RawRelease {
 /// One release, as `queue list --json` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReleaseRow {
-    pub id: i64,
+    pub id: ReleaseId,
     pub instance_id: String,
     pub instance_name: String,
     pub region: String,
@@ -132,7 +204,7 @@ pub struct ReleaseRow {
     pub terminate_subscription: bool,
     pub state: ReleaseState,
     pub not_before: DateTime<Utc>,
-    pub batch_id: Option<i64>,
+    pub batch_id: Option<BatchId>,
     pub attempts: i64,
     pub client_token: Option<String>,
     pub last_error: Option<String>,
@@ -181,7 +253,7 @@ where
 /// A member of a claimed batch.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct BatchMember {
-    pub release_id: i64,
+    pub release_id: ReleaseId,
     pub instance_id: String,
     pub instance_name: String,
     pub policy: String,
@@ -189,7 +261,7 @@ pub struct BatchMember {
 
 #[derive(Debug, Clone, FromRow)]
 pub(super) struct BatchRow {
-    id: i64,
+    id: BatchId,
     account: String,
     region: String,
     force: i64,

@@ -272,10 +272,13 @@ impl Store {
     /// Of `ids`, those some release already released, with that release's id: ECS may list an
     /// instance for a while after a successful DeleteInstances, and no second release of it may
     /// be sent.
-    pub async fn released_among(&self, ids: &[String]) -> Result<HashMap<String, i64>, StoreError> {
+    pub async fn released_among(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, super::ReleaseId>, StoreError> {
         let mut out = HashMap::new();
         for chunk in ids.chunks(400) {
-            let rows: Vec<(String, i64)> = with_pool!(self, p => {
+            let rows: Vec<(String, super::ReleaseId)> = with_pool!(self, p => {
                 let mut q = QueryBuilder::new(
                     "SELECT instance_id, MIN(id) FROM releases WHERE state = 'succeeded' AND instance_id IN (",
                 );

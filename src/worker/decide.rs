@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use crate::ecs::{account_of, Instance};
 use crate::plan::{self, EvalContext};
 use crate::policy::{Policy, ProtectionConfig};
-use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, PauseInfo};
+use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, PauseInfo, ReleaseId};
 use crate::window::OperatingWindow;
 
 /// The switches that hold at every call.
@@ -40,7 +40,7 @@ pub struct Live<'a> {
     /// When each member was first seen Stopped.
     pub observations: &'a HashMap<String, DateTime<Utc>>,
     /// Members some release already released (instance id → that release's id).
-    pub released: &'a HashMap<String, i64>,
+    pub released: &'a HashMap<String, ReleaseId>,
 }
 
 /// The loaded policies and protections the members are checked against.
@@ -68,7 +68,7 @@ pub enum Transition {
     /// `keep` (release ids) into a new batch with a new token.
     Reform {
         settle: Vec<(BatchMember, MemberOutcome)>,
-        keep: Vec<i64>,
+        keep: Vec<ReleaseId>,
     },
     /// Every member is settled; nothing to send.
     Done {

@@ -23,7 +23,9 @@ use crate::clock::SharedClock;
 use crate::ecs::client::{DeleteRequest, DescribeFilter};
 use crate::ecs::{Accounts, EcsError, ErrorClass, Instance};
 use crate::policy::{Policy, ProtectionConfig};
-use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, PauseInfo, Store, StoreError};
+use crate::store::{
+    BatchMember, BatchState, ClaimedBatch, MemberOutcome, PauseInfo, ReleaseId, Store, StoreError,
+};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 pub mod decide;
@@ -445,7 +447,7 @@ impl Workers {
         else {
             return Ok(None);
         };
-        let span = tracing::info_span!("batch", id = batch.fence.batch_id, region = %batch.region,
+        let span = tracing::info_span!("batch", id = %batch.fence.batch_id, region = %batch.region,
             token = %batch.client_token, members = batch.members.len(), attempts = batch.attempts);
         tracing::Instrument::instrument(self.process(batch), span)
             .await
@@ -507,7 +509,7 @@ impl Workers {
         if b.members.is_empty() {
             let ok = self
                 .store
-                .finish_batch(&fence, "done", None, &[], &[], self.clock.now())
+                .finish_batch(&fence, BatchState::Done, None, &[], &[], self.clock.now())
                 .await?;
             return Ok(Self::fenced(ok, BatchResult::Settled));
         }
@@ -557,9 +559,9 @@ impl Workers {
                     .unwrap_or_default();
                 let ok = self
                     .store
-                    .finish_batch(&fence, "failed", Some(&code), &settle, &[], now)
+                    .finish_batch(&fence, BatchState::Failed, Some(&code), &settle, &[], now)
                     .await?;
-                tracing::error!(batch = fence.batch_id, code = %code, tries = b.tries, "out of attempts");
+                tracing::error!(batch = %fence.batch_id, code = %code, tries = b.tries, "out of attempts");
                 if ok {
                     self.notify(&b.region, &settle, now);
                 }
@@ -568,7 +570,7 @@ impl Workers {
             Transition::Done { settle } => {
                 let ok = self
                     .store
-                    .finish_batch(&fence, "done", None, &settle, &[], now)
+                    .finish_batch(&fence, BatchState::Done, None, &settle, &[], now)
                     .await?;
                 Ok(Self::fenced(ok, BatchResult::Settled))
             }
@@ -577,7 +579,7 @@ impl Workers {
                     .store
                     .finish_batch(
                         &fence,
-                        "split",
+                        BatchState::Split,
                         Some("Janitor.MembersChanged"),
                         &settle,
                         &[keep],
@@ -585,7 +587,7 @@ impl Workers {
                     )
                     .await?;
                 tracing::info!(
-                    batch = fence.batch_id,
+                    batch = %fence.batch_id,
                     "members changed after the token was used: token retired, the rest re-formed"
                 );
                 Ok(Self::fenced(ok, BatchResult::Reformed))
@@ -637,12 +639,12 @@ impl Workers {
                     .collect();
                 let ok = self
                     .store
-                    .finish_batch(&fence, "done", None, &done, &[], now)
+                    .finish_batch(&fence, BatchState::Done, None, &done, &[], now)
                     .await?;
                 if ok {
                     self.notify(&b.region, &done, now);
                 }
-                tracing::info!(batch = fence.batch_id, count = live.len(), request_id = %answer.request_id, "released");
+                tracing::info!(batch = %fence.batch_id, count = live.len(), request_id = %answer.request_id, "released");
                 Ok(Self::fenced(
                     ok,
                     BatchResult::Released {
@@ -658,13 +660,13 @@ impl Workers {
                 ErrorClass::Gone => self.settle_after_failure(b, &live, &e).await,
                 ErrorClass::Permanent | ErrorClass::DryRunPassed => {
                     if live.len() > 1 {
-                        let ids: Vec<i64> = live.iter().map(|m| m.release_id).collect();
+                        let ids: Vec<ReleaseId> = live.iter().map(|m| m.release_id).collect();
                         let (a, c) = ids.split_at(ids.len() / 2);
                         let ok = self
                             .store
                             .finish_batch(
                                 &fence,
-                                "split",
+                                BatchState::Split,
                                 Some(e.code()),
                                 &[],
                                 &[a.to_vec(), c.to_vec()],
@@ -672,7 +674,7 @@ impl Workers {
                             )
                             .await?;
                         tracing::warn!(
-                            batch = fence.batch_id,
+                            batch = %fence.batch_id,
                             code = e.code(),
                             "refused; splitting"
                         );
@@ -753,7 +755,7 @@ impl Workers {
             self.metrics.retry_scheduled();
         }
         tracing::warn!(
-            batch = b.fence.batch_id,
+            batch = %b.fence.batch_id,
             code = e.code(),
             recheck_failed,
             tries = b.tries + 1,
@@ -846,13 +848,13 @@ impl Workers {
             .iter()
             .any(|(_, o)| matches!(o, MemberOutcome::Failed { .. }));
         let state = if !regroup.is_empty() {
-            "split"
+            BatchState::Split
         } else if any_failed {
-            "failed"
+            BatchState::Failed
         } else {
-            "done"
+            BatchState::Done
         };
-        let groups: Vec<Vec<i64>> = if regroup.is_empty() {
+        let groups: Vec<Vec<ReleaseId>> = if regroup.is_empty() {
             vec![]
         } else {
             vec![regroup]
@@ -862,7 +864,7 @@ impl Workers {
             .finish_batch(&b.fence, state, Some(e.code()), &settled, &groups, now)
             .await?;
         if any_failed {
-            tracing::error!(batch = b.fence.batch_id, code = e.code(), "release failed");
+            tracing::error!(batch = %b.fence.batch_id, code = e.code(), "release failed");
         }
         if ok {
             self.notify(&b.region, &settled, now);
@@ -873,7 +875,7 @@ impl Workers {
                 BatchResult::Failed {
                     code: e.code().to_string(),
                 }
-            } else if state == "split" {
+            } else if state == BatchState::Split {
                 BatchResult::Split {
                     code: e.code().to_string(),
                 }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::ecs::types::{ChargeType, InstanceStatus};
 use crate::store::Fence;
+use crate::store::ReleaseId;
 
 fn policy(yaml: &str) -> Policy {
     let text = format!(
@@ -36,7 +37,7 @@ fn inst(id: &str) -> Instance {
 
 fn member(n: i64) -> BatchMember {
     BatchMember {
-        release_id: n,
+        release_id: ReleaseId(n),
         instance_id: format!("i-{n}"),
         instance_name: String::new(),
         policy: "ci".into(),
@@ -46,7 +47,7 @@ fn member(n: i64) -> BatchMember {
 fn batch(members: &[i64], attempts: i64, last_code: Option<&str>) -> ClaimedBatch {
     ClaimedBatch {
         fence: Fence {
-            batch_id: 1,
+            batch_id: crate::store::BatchId(1),
             owner: "w".into(),
             claims: 1,
         },
@@ -65,7 +66,7 @@ fn batch(members: &[i64], attempts: i64, last_code: Option<&str>) -> ClaimedBatc
 struct World {
     found: HashMap<String, Instance>,
     obs: HashMap<String, DateTime<Utc>>,
-    released: HashMap<String, i64>,
+    released: HashMap<String, ReleaseId>,
     policies: Vec<Policy>,
     protection: ProtectionConfig,
     paused: Option<PauseInfo>,
@@ -119,7 +120,7 @@ fn now() -> DateTime<Utc> {
 
 fn sent(t: &Transition) -> Vec<i64> {
     match t {
-        Transition::Send { send, .. } => send.iter().map(|m| m.release_id).collect(),
+        Transition::Send { send, .. } => send.iter().map(|m| m.release_id.0).collect(),
         _ => vec![],
     }
 }
@@ -135,7 +136,7 @@ fn settled(t: &Transition) -> Vec<(i64, &'static str)> {
     s.iter()
         .map(|(m, o)| {
             (
-                m.release_id,
+                m.release_id.0,
                 match o {
                     MemberOutcome::Succeeded { .. } => "succeeded",
                     MemberOutcome::Failed { .. } => "failed",
@@ -288,7 +289,7 @@ fn a_policy_now_dry_run_cancels() {
 #[test]
 fn already_released_by_another_release_is_not_sent_again() {
     let mut w = World::new(&[1]);
-    w.released.insert("i-1".into(), 77);
+    w.released.insert("i-1".into(), ReleaseId(77));
     assert_eq!(
         settled(&w.decide(&batch(&[1], 0, None))),
         vec![(1, "cancelled")]
