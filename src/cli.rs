@@ -68,7 +68,7 @@ pub enum Command {
     /// The whole job against the built-in simulator, with nothing to configure.
     Demo(DemoArgs),
     /// Check the policy files; every problem as FILE:LINE:COL. Needs no credentials or network.
-    Validate(PoliciesArgs),
+    Validate(ValidateArgs),
     /// Print a JSON Schema of the policy format (for yaml-language-server).
     Schema,
     /// Show which instances would be released and why. Changes nothing.
@@ -100,6 +100,16 @@ pub struct PoliciesArgs {
     /// The folder of policy files (*.yaml, *.yml).
     #[arg(long, env = "JANITOR_POLICIES", default_value = "policies")]
     pub policies: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub policies: PoliciesArgs,
+    /// Check these files (or folders) instead of --policies, e.g. the files a pre-commit hook
+    /// passes. Policy names must be unique among them.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -618,19 +628,36 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(args: &PoliciesArgs) -> ExitCode {
-    match crate::policy::load_dir(&args.policies) {
+fn validate(args: &ValidateArgs) -> ExitCode {
+    let (paths, what) = if args.files.is_empty() {
+        let dir = &args.policies.policies;
+        (vec![dir.clone()], dir.display().to_string())
+    } else {
+        let shown: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();
+        (args.files.clone(), shown.join(", "))
+    };
+    let loaded = crate::policy::load_paths(&paths);
+    for w in loaded.warnings.iter() {
+        outln!("warning: {w}");
+    }
+    let warnings = match loaded.warnings.len() {
+        0 => String::new(),
+        n => format!(" ({})", crate::policy::count(n, "warning")),
+    };
+    match loaded.result {
         Ok(set) => {
             outln!(
-                "{}: {} policies, no problems.",
-                args.policies.display(),
-                set.policies.len()
+                "{what}: {}, no problems{warnings}.",
+                crate::policy::count(set.policies.len(), "policy")
             );
             ExitCode::SUCCESS
         }
         Err(diags) => {
             outln!("{diags}");
-            eprintln!("{} problems found.", diags.len());
+            eprintln!(
+                "{} found{warnings}.",
+                crate::policy::count(diags.len(), "problem")
+            );
             ExitCode::from(1)
         }
     }
