@@ -5,11 +5,19 @@ use std::process::ExitCode;
 use clap::Parser;
 use ecs_janitor::cli::{self, Cli, LogFormat};
 
+/// Colour codes only for a person at a terminal: never in a file, a pipe or a journal, and
+/// never when `NO_COLOR` is set (https://no-color.org).
+fn log_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JANITOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colours())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -147,3 +147,122 @@ fn validate_checks_the_files_it_is_given_for_pre_commit_hooks() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_region_typo_is_refused_with_a_suggestion_and_regions_unchecked_accepts_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("policies/typo.yaml"),
+        &policy("typo", "0 0 * * * *", "[cn-hangzou]"),
+    );
+    let out = janitor(dir.path(), &["validate"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "policies/typo.yaml:3:11: unknown region cn-hangzou (hint: did you mean cn-hangzhou?"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        text(&out.stderr).contains("1 problem found."),
+        "{}",
+        text(&out.stderr)
+    );
+
+    write(
+        &dir.path().join("policies/typo.yaml"),
+        &format!(
+            "{}regions_unchecked: true\n",
+            policy("typo", "0 0 * * * *", "[cn-newregion-1]")
+        ),
+    );
+    let out = janitor(dir.path(), &["validate"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("policies: 1 policy, no problems."),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn cron_problems_are_one_line_each_with_the_real_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("policies/a.yaml"),
+        &policy("a", "0 61 * * * *", "[cn-hangzhou]"),
+    );
+    write(
+        &dir.path().join("policies/b.yaml"),
+        &policy("b", "@every 5m", "[cn-hangzhou]"),
+    );
+    write(
+        &dir.path().join("policies/c.yaml"),
+        &policy("c", "0 0 24 * * *", "[cn-hangzhou]"),
+    );
+    let out = janitor(dir.path(), &["validate"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per problem:\n{stdout}");
+    assert!(lines[0].starts_with(
+        "policies/a.yaml:2:11: schedule \"0 61 * * * *\": minute 61 is out of range 0-59 (hint: "
+    ), "{stdout}");
+    assert!(lines[1].starts_with(
+        "policies/b.yaml:2:11: schedule \"@every 5m\": @every is not a shorthand ecs-janitor knows (hint: write every 5m as the cron \"0 */5 * * * *\""
+    ), "{stdout}");
+    assert!(
+        lines[2].contains("hour 24 is out of range 0-23"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("must be less than"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("3 problems found."),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn logs_carry_no_colour_codes_off_a_terminal_or_with_no_color() {
+    // A link out of the folder makes `plan` log a warning before it needs the network.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("policies/a.yaml"),
+        &policy("a", "0 0 * * * *", "[cn-hangzhou]"),
+    );
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("policies/out")).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}/");
+    let db = format!("sqlite://{}", dir.path().join("j.db").display());
+    let base = [
+        ("JANITOR_ECS_ENDPOINT", endpoint.as_str()),
+        ("JANITOR_DATABASE_URL", db.as_str()),
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", "id"),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "secret"),
+    ];
+    for extra in [None, Some(("NO_COLOR", "1"))] {
+        let mut env = base.to_vec();
+        env.extend(extra);
+        let out = janitor(dir.path(), &["plan"], &env);
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("policies/out"), "{stderr}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "colour codes in a pipe: {stderr:?}"
+        );
+        // The refused connection names the host and the cause.
+        assert!(
+            stderr.contains(&format!(
+                "cannot connect to 127.0.0.1:{port}: connection refused"
+            )),
+            "{stderr}"
+        );
+    }
+}

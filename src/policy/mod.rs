@@ -7,15 +7,18 @@
 //! the first. The format is documented in `docs/policies.md`; [`json_schema`] describes it for
 //! editors.
 
+mod cron_text;
 mod diag;
 mod duration;
 pub mod node;
+mod regions;
 mod schema;
 mod validate;
 mod walk;
 
 pub use diag::{count, Diagnostic, Diagnostics};
 pub use duration::Duration;
+pub use regions::{closest_region, is_known_region, ECS_REGIONS};
 pub use schema::json_schema;
 pub use validate::is_valid_account;
 pub use walk::{policy_files, PolicyFiles};
@@ -381,6 +384,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "account",
     "schedule",
     "regions",
+    "regions_unchecked",
     "select",
     "exclude",
     "release",
