@@ -222,8 +222,10 @@ impl ConfigFile {
                     }
                     Value::Null => {}
                     other => {
-                        let message =
-                            format!("`{k}` must be a mapping of settings, found {}", other.kind());
+                        let message = format!(
+                            "`{k}` must be a mapping of settings, found {}",
+                            other.kind()
+                        );
                         problems.push(at(value.pos, message));
                     }
                 }

@@ -29,21 +29,38 @@ fn main() -> ExitCode {
     // The configuration file feeds the environment before the command line is parsed, so a
     // flag beats the environment, which beats the file, which beats the default.
     let args: Vec<String> = std::env::args().collect();
-    let file = match ecs_janitor::config::locate(&args)
-        .map(|p| ecs_janitor::config::ConfigFile::load(&p))
-        .transpose()
-    {
-        Ok(f) => f.map(|mut f| {
-            f.export();
-            f
-        }),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(64);
+    // `config check` reports every problem itself, so it carries on past them.
+    let checking = args.windows(2).any(|w| w[0] == "config" && w[1] == "check");
+    let file = match ecs_janitor::config::locate(&args) {
+        None => None,
+        Some(path) => {
+            let (mut file, problems) = ecs_janitor::config::ConfigFile::load_all(&path);
+            if !problems.is_empty() && !checking {
+                for p in &problems {
+                    eprintln!("error: {p}");
+                }
+                eprintln!(
+                    "{} in the configuration file; nothing was run.",
+                    ecs_janitor::policy::count(problems.len(), "problem")
+                );
+                return ExitCode::from(64);
+            }
+            file.export();
+            Some(file)
         }
     };
     ecs_janitor::config::set_current(file);
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => match cli::explain_parse_error(&e, &args) {
+            // A bad value from the environment or the file is a configuration problem.
+            Some(msg) => {
+                eprintln!("error: {msg}");
+                return ExitCode::from(64);
+            }
+            None => e.exit(),
+        },
+    };
     // One-shot commands print their own report (JANITOR_LOG=info shows their work too); the
     // daemon and the simulator log theirs.
     let quiet = matches!(

@@ -266,3 +266,121 @@ fn logs_carry_no_colour_codes_off_a_terminal_or_with_no_color() {
         );
     }
 }
+
+#[test]
+fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("policies/a.yaml"),
+        &policy("a", "0 0 * * * *", "[cn-hangzhou]"),
+    );
+    write(
+        &dir.path().join("janitor.yaml"),
+        "admin_token: [hunter2-secret]\n\
+         window: {days: mon-fry, start: \"22:00\", end: \"06:00\"}\n\
+         webhooks:\n  - url: https://example.invalid/hook\n    format: teams\n\
+         workers:\n  concurrency: four\n  concurency: 3\n\
+         accounts:\n  prod: {profile: no-such-profile}\n",
+    );
+    let home = dir.path().display().to_string();
+    let env = [
+        ("HOME", home.as_str()),
+        ("JANITOR_CALLS_PER_SECOND", "lots"),
+        ("JANITOR_ADMIN_TOKEN", "env-admin-token-1234"),
+    ];
+    let out = janitor(dir.path(), &["config", "check"], &env);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    for want in [
+        "janitor.yaml:1:14: `admin_token` must be a single value, found a list",
+        "janitor.yaml:2:9: `window`: operating window `days`: \"fry\" is not a day of the week",
+        "janitor.yaml:4:3: `webhooks`: unknown variant `teams`",
+        "janitor.yaml:8:3: unknown key `workers.concurency`",
+        "janitor.yaml:7:16 (`workers.concurrency`): invalid value \"four\" for --concurrency",
+        "environment variable JANITOR_CALLS_PER_SECOND: invalid value \"lots\" for --calls-per-second",
+        "janitor.yaml:10:3: account prod: profile no-such-profile is unusable",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+    assert!(stdout.contains("\n7 problems:\n"), "{stdout}");
+    assert!(stderr.contains("7 problems found"), "{stderr}");
+    assert!(
+        !stdout.contains("flag"),
+        "no value here came from a flag: {stdout}"
+    );
+    for secret in ["hunter2", "env-admin-token-1234"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret}: {stdout}{stderr}"
+        );
+    }
+
+    // `run` and `apply` name the real source of a bad value too, and exit as for bad settings.
+    write(
+        &dir.path().join("janitor.yaml"),
+        "workers:\n  concurrency: four\n",
+    );
+    let out = janitor(dir.path(), &["apply"], &[("HOME", home.as_str())]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains(
+            "janitor.yaml:2:16 (`workers.concurrency`): invalid value \"four\" for --concurrency"
+        ),
+        "{stderr}"
+    );
+    let out = janitor(
+        dir.path(),
+        &["apply", "--concurrency", "five"],
+        &[("HOME", home.as_str())],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad flag is clap's usage error"
+    );
+    assert!(
+        text(&out.stderr).contains("'five' for '--concurrency"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A clean setup passes, with the database reachable.
+    std::fs::remove_file(dir.path().join("janitor.yaml")).unwrap();
+    let db = format!("sqlite://{}", dir.path().join("j.db").display());
+    let out = janitor(
+        dir.path(),
+        &["config", "check"],
+        &[
+            ("HOME", home.as_str()),
+            ("JANITOR_DATABASE_URL", db.as_str()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("No problems"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = janitor(
+        dir.path(),
+        &["config", "check"],
+        &[
+            ("HOME", home.as_str()),
+            ("JANITOR_DATABASE_URL", "sqlite:///nonexistent/dir/j.db"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout)
+            .contains("environment variable JANITOR_DATABASE_URL: cannot use the database"),
+        "{}",
+        text(&out.stdout)
+    );
+}
