@@ -175,8 +175,7 @@ pub(super) fn parse(text: &str) -> Result<cron::Schedule, CronProblem> {
         let last = said
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('^') && *l != trimmed)
-            .last()
+            .rfind(|l| !l.is_empty() && !l.starts_with('^') && *l != trimmed)
             .unwrap_or("not a valid cron")
             .to_string();
         problem(last, Some(FORM.into()))
