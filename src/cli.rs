@@ -68,7 +68,7 @@ pub enum Command {
     /// The whole job against the built-in simulator, with nothing to configure.
     Demo(DemoArgs),
     /// Check the policy files; every problem as FILE:LINE:COL. Needs no credentials or network.
-    Validate(PoliciesArgs),
+    Validate(ValidateArgs),
     /// Print a JSON Schema of the policy format (for yaml-language-server).
     Schema,
     /// Show which instances would be released and why. Changes nothing.
@@ -104,6 +104,16 @@ pub struct PoliciesArgs {
     /// The folder of policy files (*.yaml, *.yml).
     #[arg(long, env = "JANITOR_POLICIES", default_value = "policies")]
     pub policies: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub policies: PoliciesArgs,
+    /// Check these files (or folders) instead of --policies, e.g. the files a pre-commit hook
+    /// passes. Policy names must be unique among them.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -572,24 +582,247 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => simulate(args).await,
-        Command::Config(ConfigCommand::Check) => config_check(),
+        Command::Config(ConfigCommand::Check) => config_check().await,
     }
 }
 
-/// The settings `run` would use: for each, its value and whether it came from the environment,
-/// the configuration file or the default. Secrets show only whether they are set.
-fn config_check() -> anyhow::Result<ExitCode> {
-    use clap::parser::ValueSource;
+/// Where a setting read through environment variable `var` came from: the configuration file
+/// (at its line and column) when the file exported it, else the environment.
+fn setting_source(var: &str) -> String {
+    // A flag wins over both; clap's value_source says so too, but preflight has no matches.
+    let long = Cli::command_env_long(var);
+    if let Some(long) = long {
+        let flag = format!("--{long}");
+        if std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+            return format!("flag {flag}");
+        }
+    }
+    match crate::config::current() {
+        Some(f) if f.exported.contains(var) => {
+            let key = crate::config::ConfigFile::key_of(var).unwrap_or(var);
+            format!("{} (`{key}`)", f.place(key))
+        }
+        _ => format!("environment variable {var}"),
+    }
+}
+
+impl Cli {
+    /// The long flag of the argument read from environment variable `var`, if any.
+    fn command_env_long(var: &str) -> Option<String> {
+        use clap::CommandFactory;
+        fn find(cmd: &clap::Command, var: &str) -> Option<String> {
+            cmd.get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == var))
+                .and_then(|a| a.get_long().map(str::to_string))
+                .or_else(|| cmd.get_subcommands().find_map(|s| find(s, var)))
+        }
+        find(&Cli::command(), var)
+    }
+}
+
+/// Every secret value this process knows, longest first, to blank them out of any message.
+fn known_secrets() -> Vec<String> {
+    let mut secrets: Vec<String> = [
+        "JANITOR_ADMIN_TOKEN",
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+        "ALIBABA_CLOUD_SECURITY_TOKEN",
+    ]
+    .iter()
+    .filter_map(|v| std::env::var(v).ok())
+    .collect();
+    if let Some(f) = crate::config::current() {
+        for key in crate::config::SECRET_KEYS {
+            secrets.extend(f.values.get(*key).cloned());
+        }
+    }
+    secrets.retain(|s| s.len() >= 4);
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
+}
+
+/// `text` with every known secret and every URL password replaced.
+fn redact(text: &str) -> String {
+    let mut out = text.to_string();
+    for s in known_secrets() {
+        out = out.replace(&s, "<redacted>");
+    }
+    out.split(' ')
+        .map(|w| {
+            if w.contains("://") && w.contains('@') {
+                crate::store::redact_url(w)
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// For a command line clap refused because of a value that came from the environment or the
+/// configuration file, the message clap would give names a flag the user never typed
+/// (`invalid value 'four' for '--concurrency'`): say where the value really came from instead.
+/// `None` when the value was given as a flag, or the error is not about a value.
+pub fn explain_parse_error(e: &clap::Error, args: &[String]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
     use clap::CommandFactory;
-    let file = crate::config::current();
-    let matches = Cli::command().try_get_matches_from(["ecs-janitor", "run"])?;
-    let Some(("run", run)) = matches.subcommand() else {
-        anyhow::bail!("internal: cannot parse the run command");
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
     };
+    let long = arg
+        .split_whitespace()
+        .next()?
+        .strip_prefix("--")?
+        .to_string();
+    let typed = args
+        .iter()
+        .any(|a| *a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    if typed {
+        return None;
+    }
+    fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().to_string())
+            .or_else(|| cmd.get_subcommands().find_map(|s| env_of(s, long)))
+    }
+    let var = env_of(&Cli::command(), &long)?;
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => std::env::var(&var).unwrap_or_default(),
+    };
+    let reason = match (std::error::Error::source(e), e.get(ContextKind::ValidValue)) {
+        (Some(r), _) => r.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => format!("use one of {}", valid.join(", ")),
+        _ => "not a valid value".to_string(),
+    };
+    Some(redact(&format!(
+        "{}: invalid value {value:?} for --{long}: {reason}",
+        setting_source(&var)
+    )))
+}
+
+/// The structured settings of the configuration file `run` reads: the operating window, the
+/// webhooks, and the accounts (each profile must be usable).
+fn file_setting_problems() -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(file) = crate::config::current() {
+        if let Err(e) = file.window() {
+            problems.push(e.to_string());
+        }
+        if let Err(e) = file.webhooks() {
+            problems.push(e.to_string());
+        }
+        match file.accounts() {
+            Err(e) => problems.push(e.to_string()),
+            Ok(map) => {
+                for (account, profile) in map {
+                    if let Err(e) = crate::ecs::accounts::profile_credentials(&profile) {
+                        problems.push(format!(
+                            "{}: account {account}: profile {profile} is unusable: {e}",
+                            file.place("accounts")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems.iter().map(|p| redact(p)).collect()
+}
+
+/// Everything `run` checks before it starts, each problem once with where it comes from:
+/// the policies, the ECS client settings, the accounts, the operating window, the webhooks and
+/// the database. `config check` reports these; `run` refuses to start on any.
+pub async fn preflight(args: &RunArgs) -> Vec<String> {
+    let mut problems = Vec::new();
+    let policies = match crate::policy::load_dir(&args.policies.policies) {
+        Ok(set) => set.policies,
+        Err(diags) => {
+            problems.extend(diags.iter().map(|d| d.to_string()));
+            Vec::new()
+        }
+    };
+    match args.ecs.client() {
+        Ok(client) => {
+            if let Err(e) = args.ecs.accounts(client, &policies) {
+                problems.push(format!("accounts: {e:#}"));
+            }
+        }
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    problems.extend(file_setting_problems());
+    let url = &args.db.url;
+    let db_source = setting_source("JANITOR_DATABASE_URL");
+    match tokio::time::timeout(Duration::from_secs(15), Store::connect(url)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => problems.push(format!(
+            "{db_source}: cannot use the database {}: {e:#}",
+            crate::store::redact_url(url)
+        )),
+        Err(_) => problems.push(format!(
+            "{db_source}: the database {} did not answer within 15 s",
+            crate::store::redact_url(url)
+        )),
+    }
+    problems.iter().map(|p| redact(p)).collect()
+}
+
+/// The settings `run` would use: for each, its value and whether it came from the environment,
+/// the configuration file or the default (secrets show only whether they are set), then every
+/// problem `run` would refuse to start on, each with its source. Exit 1 on any problem.
+async fn config_check() -> anyhow::Result<ExitCode> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let file = crate::config::current();
+    let mut problems: Vec<String> = Vec::new();
+    // The file as written, every problem in it (main carried on past them for this command).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = crate::config::locate(&args) {
+        let (_, file_problems) = crate::config::ConfigFile::load_all(&path);
+        problems.extend(file_problems.iter().map(|p| redact(&p.to_string())));
+    }
     let cmd = Cli::command();
     let run_cmd = cmd
         .find_subcommand("run")
         .ok_or_else(|| anyhow::anyhow!("internal: no run command"))?;
+    // Each value on its own, so one bad value does not hide the others.
+    for arg in run_cmd.get_arguments() {
+        let Some(var) = arg.get_env().map(|e| e.to_string_lossy().to_string()) else {
+            continue;
+        };
+        if std::env::var_os(&var).is_none_or(|v| v.is_empty()) {
+            continue;
+        }
+        // clap reads the variable itself, as it does for `run`.
+        let alone = clap::Command::new("run")
+            .no_binary_name(true)
+            .arg(arg.clone().required(false))
+            .try_get_matches_from(Vec::<String>::new());
+        if let Err(e) = alone {
+            problems.push(explain_parse_error(&e, &[]).unwrap_or_else(|| {
+                let first = e.to_string();
+                redact(&format!(
+                    "{}: {}",
+                    setting_source(&var),
+                    first
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim_start_matches("error: ")
+                ))
+            }));
+        }
+    }
+    let run = Cli::command()
+        .try_get_matches_from(["ecs-janitor", "run"])
+        .ok()
+        .and_then(|m| m.subcommand_matches("run").cloned());
     match &file {
         Some(f) => outln!("configuration file: {}", f.path.display()),
         None => outln!("configuration file: none (--config, JANITOR_CONFIG or ./janitor.yaml)"),
@@ -600,25 +833,34 @@ fn config_check() -> anyhow::Result<ExitCode> {
         let Some(env) = arg.get_env().map(|e| e.to_string_lossy().to_string()) else {
             continue;
         };
-        let value: Vec<String> = run
-            .get_raw(id)
-            .map(|vs| vs.map(|v| v.to_string_lossy().to_string()).collect())
-            .unwrap_or_default();
-        let source = match run.value_source(id) {
-            Some(ValueSource::EnvVariable)
-                if file.as_ref().is_some_and(|f| f.exported.contains(&env)) =>
-            {
-                "file".to_string()
+        let raw = std::env::var(&env).ok().filter(|v| !v.is_empty());
+        let (value, source) = match (&run, &raw) {
+            (Some(run), _) => {
+                let value: Vec<String> = run
+                    .get_raw(id)
+                    .map(|vs| vs.map(|v| v.to_string_lossy().to_string()).collect())
+                    .unwrap_or_default();
+                let source = match run.value_source(id) {
+                    Some(ValueSource::EnvVariable)
+                        if file.as_ref().is_some_and(|f| f.exported.contains(&env)) =>
+                    {
+                        "file".to_string()
+                    }
+                    Some(ValueSource::EnvVariable) => format!("environment ({env})"),
+                    Some(ValueSource::DefaultValue) => "default".to_string(),
+                    Some(ValueSource::CommandLine) => "flag".to_string(),
+                    _ => "unset".to_string(),
+                };
+                (value.join(","), source)
             }
-            Some(ValueSource::EnvVariable) => format!("environment ({env})"),
-            Some(ValueSource::DefaultValue) => "default".to_string(),
-            Some(ValueSource::CommandLine) => "flag".to_string(),
-            _ => "unset".to_string(),
+            // Some value is invalid (listed below): show what is set, as set.
+            (None, Some(v)) => (v.clone(), "see the problems below".to_string()),
+            (None, None) => (String::new(), "default".to_string()),
         };
         let shown = if value.is_empty() {
             "-".to_string()
         } else {
-            crate::store::redact_url(&value.join(","))
+            redact(&crate::store::redact_url(&value))
         };
         outln!(
             "{:<32} {:<48} {}",
@@ -647,14 +889,14 @@ fn config_check() -> anyhow::Result<ExitCode> {
         outln!("{:<32} {:<48} {}", var, shown, source);
     }
     // Accounts the file maps, and whether each one's profile can sign (no secret is shown).
-    let accounts = match &file {
-        Some(f) => f.accounts()?,
-        None => Default::default(),
-    };
+    let accounts = file
+        .as_ref()
+        .and_then(|f| f.accounts().ok())
+        .unwrap_or_default();
     for (account, profile) in accounts {
         let status = match crate::ecs::accounts::profile_credentials(&profile) {
             Ok((source, _)) => source,
-            Err(e) => format!("UNUSABLE: {e}"),
+            Err(e) => redact(&format!("UNUSABLE: {e}")),
         };
         outln!(
             "{:<32} {:<48} {}",
@@ -663,7 +905,28 @@ fn config_check() -> anyhow::Result<ExitCode> {
             status
         );
     }
-    Ok(ExitCode::SUCCESS)
+    // What `run` itself checks, once every value parses.
+    match run.as_ref().map(RunArgs::from_arg_matches) {
+        Some(Ok(args)) => problems.extend(preflight(&args).await),
+        Some(Err(e)) => problems.push(redact(&e.to_string())),
+        // Some value does not parse: still check what does not depend on the values.
+        None => problems.extend(file_setting_problems()),
+    }
+    problems.dedup();
+    if problems.is_empty() {
+        outln!("No problems: `run` would start with these settings.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!();
+    outln!("{}:", crate::policy::count(problems.len(), "problem"));
+    for p in &problems {
+        outln!("{p}");
+    }
+    eprintln!(
+        "{} found; `run` would refuse to start.",
+        crate::policy::count(problems.len(), "problem")
+    );
+    Ok(ExitCode::from(1))
 }
 
 fn stdout_is_terminal() -> bool {
@@ -681,19 +944,36 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(args: &PoliciesArgs) -> ExitCode {
-    match crate::policy::load_dir(&args.policies) {
+fn validate(args: &ValidateArgs) -> ExitCode {
+    let (paths, what) = if args.files.is_empty() {
+        let dir = &args.policies.policies;
+        (vec![dir.clone()], dir.display().to_string())
+    } else {
+        let shown: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();
+        (args.files.clone(), shown.join(", "))
+    };
+    let loaded = crate::policy::load_paths(&paths);
+    for w in loaded.warnings.iter() {
+        outln!("warning: {w}");
+    }
+    let warnings = match loaded.warnings.len() {
+        0 => String::new(),
+        n => format!(" ({})", crate::policy::count(n, "warning")),
+    };
+    match loaded.result {
         Ok(set) => {
             outln!(
-                "{}: {} policies, no problems.",
-                args.policies.display(),
-                set.policies.len()
+                "{what}: {}, no problems{warnings}.",
+                crate::policy::count(set.policies.len(), "policy")
             );
             ExitCode::SUCCESS
         }
         Err(diags) => {
             outln!("{diags}");
-            eprintln!("{} problems found.", diags.len());
+            eprintln!(
+                "{} found{warnings}.",
+                crate::policy::count(diags.len(), "problem")
+            );
             ExitCode::from(1)
         }
     }
@@ -867,7 +1147,15 @@ fn with_file_settings(app: App) -> anyhow::Result<App> {
 }
 
 async fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
-    // Fail before binding anything when the policies or the database are unusable.
+    // Fail before binding anything on any problem `config check` would report, all at once.
+    let problems = preflight(&args).await;
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{} in the settings, so `run` does not start:\n{}",
+            crate::policy::count(problems.len(), "problem"),
+            problems.join("\n")
+        );
+    }
     let policies = load_policies(&args.policies.policies, &[])?;
     let store = Store::connect(&args.db.url).await?;
     // A daemon only reads until work arrives: prove now that the database takes writes (not a

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::policy::node::{Node, Pos, Value};
+
 /// The settings the file may hold, by their key and environment variable.
 pub const SCALARS: &[(&str, &str)] = &[
     ("policies", "JANITOR_POLICIES"),
@@ -67,126 +69,248 @@ pub struct ConfigFile {
     pub webhooks: Option<serde_json::Value>,
     pub window: Option<serde_json::Value>,
     pub accounts: Option<serde_json::Value>,
+    /// Where each setting's value is written, by dotted key: 1-based line and column.
+    pub positions: BTreeMap<String, (usize, usize)>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Raw {
-    policies: Option<serde_json::Value>,
-    database: Option<serde_json::Value>,
-    listen: Option<serde_json::Value>,
-    log_format: Option<serde_json::Value>,
-    log: Option<serde_json::Value>,
-    replica_id: Option<serde_json::Value>,
-    protect_tag_key: Option<serde_json::Value>,
-    shutdown_grace_secs: Option<serde_json::Value>,
-    reload_ms: Option<serde_json::Value>,
-    admin_token: Option<serde_json::Value>,
-    ecs: Option<BTreeMap<String, serde_json::Value>>,
-    workers: Option<BTreeMap<String, serde_json::Value>>,
-    webhooks: Option<serde_json::Value>,
-    window: Option<serde_json::Value>,
-    accounts: Option<serde_json::Value>,
-}
+/// The structured top-level keys, kept whole.
+const STRUCTURED: &[&str] = &["webhooks", "window", "accounts"];
+/// The top-level keys that hold a mapping of scalar settings.
+const SECTIONS: &[&str] = &["ecs", "workers"];
 
-fn scalar_text(v: &serde_json::Value) -> Option<String> {
+fn scalar_text(v: &Value) -> Option<String> {
     match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
+        Value::Str(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
         _ => None,
+    }
+}
+
+/// A located YAML value as JSON, for the settings read through serde.
+fn to_json(n: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &n.value {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::Str(s) => J::String(s.clone()),
+        Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|(k, v)| {
+                    let key = scalar_text(&k.value).unwrap_or_else(|| k.value.kind());
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// A value's kind in words without the value itself, for secrets.
+fn kind_only(v: &Value) -> &'static str {
+    match v {
+        Value::Seq(_) => "a list",
+        Value::Map(_) => "a mapping",
+        Value::Null => "nothing (null)",
+        _ => "a single value",
     }
 }
 
 impl ConfigFile {
     /// Reads and checks `path`. Unknown keys and non-scalar values where a scalar belongs are
-    /// errors that name the key.
+    /// errors that name the key; the first is returned ([`ConfigFile::load_all`] gives all).
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        let (file, mut problems) = Self::load_all(path);
+        if problems.is_empty() {
+            Ok(file)
+        } else {
+            Err(problems.remove(0))
+        }
     }
 
+    /// Reads `path`: what could be read of it, and every problem found, each at its place.
+    pub fn load_all(path: &Path) -> (ConfigFile, Vec<ConfigError>) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse_all(path, &text),
+            Err(source) => (
+                ConfigFile {
+                    path: path.to_path_buf(),
+                    ..ConfigFile::default()
+                },
+                vec![ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }],
+            ),
+        }
+    }
+
+    /// Parses the text of a configuration file; the first problem, if any.
     pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
-        let raw: Raw = serde_saphyr::from_str(text).map_err(|e| {
-            let msg = e.to_string();
-            // serde-saphyr reports "line N column M" in its message; keep it whole.
-            ConfigError::Other {
-                path: path.to_path_buf(),
-                message: format!(
-                    "{msg} (valid top-level keys: {})",
-                    top_level_keys().join(", ")
-                ),
-            }
-        })?;
-        let mut flat: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        let top = [
-            ("policies", raw.policies),
-            ("database", raw.database),
-            ("listen", raw.listen),
-            ("log_format", raw.log_format),
-            ("log", raw.log),
-            ("replica_id", raw.replica_id),
-            ("protect_tag_key", raw.protect_tag_key),
-            ("shutdown_grace_secs", raw.shutdown_grace_secs),
-            ("reload_ms", raw.reload_ms),
-            ("admin_token", raw.admin_token),
-        ];
-        for (k, v) in top {
-            if let Some(v) = v {
-                flat.insert(k.to_string(), v);
-            }
+        let (file, mut problems) = Self::parse_all(path, text);
+        if problems.is_empty() {
+            Ok(file)
+        } else {
+            Err(problems.remove(0))
         }
-        for (section, map) in [("ecs", raw.ecs), ("workers", raw.workers)] {
-            for (k, v) in map.unwrap_or_default() {
-                flat.insert(format!("{section}.{k}"), v);
-            }
-        }
-        let mut values = BTreeMap::new();
-        for (k, v) in flat {
-            if !SCALARS.iter().any(|(key, _)| *key == k) {
-                let section = k.split('.').next().unwrap_or_default();
-                let valid: Vec<&str> = SCALARS
-                    .iter()
-                    .filter_map(|(key, _)| key.strip_prefix(&format!("{section}.")))
-                    .collect();
-                return Err(ConfigError::Other {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "unknown key `{k}`; valid keys under `{section}`: {}",
-                        valid.join(", ")
-                    ),
-                });
-            }
-            let Some(text) = scalar_text(&v) else {
-                return Err(ConfigError::Other {
-                    path: path.to_path_buf(),
-                    message: format!("`{k}` must be a single value, found {v}"),
-                });
-            };
-            values.insert(k, text);
-        }
-        Ok(ConfigFile {
+    }
+
+    /// Parses the text of a configuration file: the settings that are valid, and a located
+    /// problem for each one that is not. Secret values never appear in a problem.
+    pub fn parse_all(path: &Path, text: &str) -> (ConfigFile, Vec<ConfigError>) {
+        let mut file = ConfigFile {
             path: path.to_path_buf(),
-            values,
-            exported: BTreeSet::new(),
-            webhooks: raw.webhooks,
-            window: raw.window,
-            accounts: raw.accounts,
-        })
+            ..ConfigFile::default()
+        };
+        let mut problems = Vec::new();
+        let at = |pos: Pos, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: pos.line,
+            col: pos.col,
+            message,
+        };
+        let root: Node = match serde_saphyr::from_str(text) {
+            Ok(n) => n,
+            Err(e) => {
+                // serde-saphyr reports "line N column M" in its message; keep it whole.
+                problems.push(ConfigError::Other {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                });
+                return (file, problems);
+            }
+        };
+        let entries = match root.value {
+            Value::Map(entries) => entries,
+            Value::Null => Vec::new(),
+            other => {
+                let message = format!(
+                    "the configuration must be a mapping of settings, found {}",
+                    other.kind()
+                );
+                problems.push(at(root.pos, message));
+                return (file, problems);
+            }
+        };
+        let mut scalars: Vec<(String, Node, Node)> = Vec::new();
+        for (key, value) in entries {
+            let Some(k) = scalar_text(&key.value) else {
+                let message = format!("keys must be strings, found {}", key.value.kind());
+                problems.push(at(key.pos, message));
+                continue;
+            };
+            if STRUCTURED.contains(&k.as_str()) {
+                file.positions
+                    .insert(k.clone(), (value.pos.line, value.pos.col));
+                let json = Some(to_json(&value));
+                match k.as_str() {
+                    "webhooks" => file.webhooks = json,
+                    "window" => file.window = json,
+                    _ => file.accounts = json,
+                }
+            } else if SECTIONS.contains(&k.as_str()) {
+                match value.value {
+                    Value::Map(sub) => {
+                        for (sk, sv) in sub {
+                            let name = scalar_text(&sk.value).unwrap_or_else(|| sk.value.kind());
+                            scalars.push((format!("{k}.{name}"), sk, sv));
+                        }
+                    }
+                    Value::Null => {}
+                    other => {
+                        let message = format!(
+                            "`{k}` must be a mapping of settings, found {}",
+                            other.kind()
+                        );
+                        problems.push(at(value.pos, message));
+                    }
+                }
+            } else {
+                scalars.push((k, key, value));
+            }
+        }
+        for (k, key, value) in scalars {
+            if !SCALARS.iter().any(|(known, _)| *known == k) {
+                let message = match k.split_once('.') {
+                    Some((section, _)) => {
+                        let valid: Vec<&str> = SCALARS
+                            .iter()
+                            .filter_map(|(key, _)| key.strip_prefix(&format!("{section}.")))
+                            .collect();
+                        format!(
+                            "unknown key `{k}`; valid keys under `{section}`: {}",
+                            valid.join(", ")
+                        )
+                    }
+                    None => format!(
+                        "unknown key `{k}`; valid top-level keys: {}",
+                        top_level_keys().join(", ")
+                    ),
+                };
+                problems.push(at(key.pos, message));
+                continue;
+            }
+            let Some(text) = scalar_text(&value.value) else {
+                let found = if SECRET_KEYS.contains(&k.as_str()) {
+                    // Never the value: a secret written as a list is still a secret.
+                    kind_only(&value.value).to_string()
+                } else {
+                    value.value.kind()
+                };
+                let message = format!("`{k}` must be a single value, found {found}");
+                problems.push(at(value.pos, message));
+                continue;
+            };
+            file.positions
+                .insert(k.clone(), (value.pos.line, value.pos.col));
+            file.values.insert(k, text);
+        }
+        (file, problems)
+    }
+
+    /// Where the file sets `key`: `FILE:LINE:COL`, or the file alone when not known.
+    pub fn place(&self, key: &str) -> String {
+        match self.positions.get(key) {
+            Some((line, col)) => format!("{}:{line}:{col}", self.path.display()),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// The setting (dotted key) that feeds the environment variable `var`.
+    pub fn key_of(var: &str) -> Option<&'static str> {
+        SCALARS.iter().find(|(_, v)| *v == var).map(|(k, _)| *k)
+    }
+
+    fn invalid(&self, key: &str, message: String) -> ConfigError {
+        match self.positions.get(key) {
+            Some((line, col)) => ConfigError::Invalid {
+                path: self.path.clone(),
+                line: *line,
+                col: *col,
+                message,
+            },
+            None => ConfigError::Other {
+                path: self.path.clone(),
+                message,
+            },
+        }
     }
 
     /// The webhooks the file configures (none when it has no `webhooks:`).
     pub fn webhooks(&self) -> Result<Vec<crate::notify::WebhookConfig>, ConfigError> {
         match &self.webhooks {
             None => Ok(Vec::new()),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| ConfigError::Other {
-                path: self.path.clone(),
-                message: format!(
-                    "`webhooks`: {e} (each webhook is {{url: https://..., format: generic|dingtalk|slack, name: optional}})"
-                ),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                self.invalid(
+                    "webhooks",
+                    format!(
+                        "`webhooks`: {e} (each webhook is {{url: https://..., format: generic|dingtalk|slack, name: optional}})"
+                    ),
+                )
             }),
         }
     }
@@ -202,10 +326,7 @@ impl ConfigFile {
         let Some(v) = &self.accounts else {
             return Ok(BTreeMap::new());
         };
-        let bad = |message: String| ConfigError::Other {
-            path: self.path.clone(),
-            message,
-        };
+        let bad = |message: String| self.invalid("accounts", message);
         let map: BTreeMap<String, Account> = serde_json::from_value(v.clone()).map_err(|e| {
             bad(format!(
                 "`accounts`: {e} (each account is `NAME: {{profile: PROFILE}}`, e.g. `prod: {{profile: janitor-prod}}`)"
@@ -232,12 +353,7 @@ impl ConfigFile {
             None => Ok(None),
             Some(v) => serde_json::from_value(v.clone())
                 .map(Some)
-                .map_err(|e| ConfigError::Other {
-                    path: self.path.clone(),
-                    message: format!(
-                        "`window`: {e} (e.g. {{days: mon-fri, start: \"22:00\", end: \"06:00\", timezone: \"+08:00\"}})"
-                    ),
-                }),
+                .map_err(|e| self.invalid("window", format!("`window`: {e} (e.g. {{days: mon-fri, start: \"22:00\", end: \"06:00\", timezone: \"+08:00\"}})")))
         }
     }
 

@@ -172,6 +172,44 @@ fn redact_message(message: String, token: Option<&super::credentials::Secret>) -
     m
 }
 
+/// What went wrong on the wire, naming the host and the cause:
+/// "cannot connect to ecs.cn-hangzhou.aliyuncs.com:443: connection refused",
+/// "cannot resolve ecs.cn-hangzhuo.aliyuncs.com: ...", "no complete answer from HOST: ...".
+fn transport_detail(kind: TransportKind, target: &str, e: reqwest::Error) -> String {
+    use std::error::Error as _;
+    let timed_out = e.is_timeout();
+    // reqwest's Display includes the URL, which carries the security token: strip it.
+    let e = e.without_url();
+    let mut dns = false;
+    let mut io_kind = None;
+    let mut deepest = e.to_string();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        dns |= text.starts_with("dns error");
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        if !text.is_empty() {
+            deepest = text;
+        }
+        cur = c.source();
+    }
+    let cause = match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_string(),
+        Some(std::io::ErrorKind::ConnectionReset) => "connection reset".to_string(),
+        _ if timed_out => "timed out".to_string(),
+        _ => deepest,
+    };
+    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+    match kind {
+        TransportKind::Connect if dns => format!("cannot resolve {host}: {cause}"),
+        TransportKind::Connect => format!("cannot connect to {target}: {cause}"),
+        TransportKind::Timeout => format!("no complete answer from {target}: {cause}"),
+        TransportKind::LostAnswer => format!("the answer from {target} was lost: {cause}"),
+    }
+}
+
 /// Checks a region id before it becomes part of a host name.
 pub fn valid_region(region: &str) -> bool {
     !region.is_empty()
@@ -337,18 +375,22 @@ impl EcsClient {
                 },
                 Err(e) => e,
             };
+            let elapsed = started.elapsed();
             let give_up = err.class() != ErrorClass::Retryable
                 || attempt >= self.cfg.read_attempts
-                || started.elapsed() >= self.cfg.read_deadline;
+                || elapsed >= self.cfg.read_deadline;
             if give_up {
                 return Err(err);
             }
+            // At most the backoff's cap (a throttling TimeLeft included), and never past the
+            // read's deadline.
             let delay = {
                 let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
                 self.cfg
                     .read_backoff
                     .delay(attempt - 1, err.retry_after(), &mut *rng)
-            };
+            }
+            .min(self.cfg.read_deadline.saturating_sub(elapsed));
             tracing::debug!(
                 action = ACTION,
                 region,
@@ -537,11 +579,16 @@ impl EcsClient {
             .collect();
         url.set_query(Some(&query.join("&")));
 
+        // Named in errors: the URL itself carries the security token, so never the whole of it.
+        let target = format!(
+            "{}:{}",
+            url.host_str().unwrap_or("?"),
+            url.port_or_known_default().unwrap_or(0)
+        );
         let transport = |kind, e: reqwest::Error| EcsError::Transport {
             action,
             kind,
-            // reqwest's Display includes the URL, which carries the security token: strip it.
-            detail: e.without_url().to_string(),
+            detail: transport_detail(kind, &target, e),
         };
         let resp = self.http.post(url).send().await.map_err(|e| {
             let kind = if e.is_connect() {

@@ -29,6 +29,13 @@ impl ErrorClass {
 }
 
 /// Classifies an ECS error code.
+///
+/// Retryable are the refusals that mean "not now" rather than "never": throttling, a busy or
+/// failing service, a ClientToken still being processed, and a proxy or gateway answering 5xx,
+/// 429 or 408 without an ECS error document (`Janitor.Http{status}`), since none of them says
+/// anything about the request itself. A refusal that concerns the whole account (see
+/// [`is_account_wide`]) stays [`ErrorClass::Permanent`]; callers ask [`EcsError::account_wide`]
+/// to stop the account's work instead of splitting the batch.
 pub fn classify_code(code: &str) -> ErrorClass {
     match code {
         "InternalError"
@@ -37,7 +44,15 @@ pub fn classify_code(code: &str) -> ErrorClass {
         | "LastTokenProcessing"
         | "OperationConflict"
         | "DependencyViolation.SLBConfiguring"
-        | "IncorrectInstanceStatus.Initializing" => ErrorClass::Retryable,
+        | "IncorrectInstanceStatus.Initializing"
+        // A replayed request (the nonce was seen): the next attempt signs with a new nonce, and
+        // a release reuses its ClientToken, so retrying is safe either way.
+        | "SignatureNonceUsed"
+        // Terraform's provider retries it (NeedRetry); it is gateway throttling by another name.
+        | "Rejected.Throttling"
+        // 429 Too Many Requests and 408 Request Timeout from a gateway, without an ECS body.
+        | "Janitor.Http429"
+        | "Janitor.Http408" => ErrorClass::Retryable,
         // `Janitor.Http5xx`: a 5xx answer without an ECS error document (a proxy or gateway).
         c if c.starts_with("ServiceUnavailable")
             || c.starts_with("Throttling.")
@@ -49,6 +64,39 @@ pub fn classify_code(code: &str) -> ErrorClass {
         "DryRunOperation" | "DRYRUN.SUCCESS" => ErrorClass::DryRunPassed,
         _ => ErrorClass::Permanent,
     }
+}
+
+/// True when an ECS refusal concerns every call the account makes, not one instance: its
+/// credentials, signature, clock, permissions or standing (Forbidden.RAM, SignatureDoesNotMatch,
+/// InvalidAccessKeyId.*, InvalidTimeStamp.Expired, InvalidSecurityToken.*, ...). Splitting a
+/// batch cannot help with these: each half is refused the same way. Such codes are
+/// [`ErrorClass::Permanent`]; this says their scope.
+pub fn is_account_wide(code: &str) -> bool {
+    // A code that names an instance is about that instance, whatever its prefix.
+    const NAMES_AN_INSTANCE: &[&str] = &["Forbidden.InstanceNotFound"];
+    if NAMES_AN_INSTANCE.contains(&code) {
+        return false;
+    }
+    let prefixed = |p: &str| {
+        code == p
+            || code
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    matches!(
+        code,
+        "SignatureDoesNotMatch"
+            | "IncompleteSignature"
+            | "IllegalTimestamp"
+            | "InsufficientBalance"
+            | "InvalidAction"
+            | "UnsupportedHTTPMethod"
+            | "Janitor.NoCredentials"
+    ) || code.starts_with("Forbidden")
+        || prefixed("InvalidAccessKeyId")
+        || prefixed("InvalidAccessKeySecret")
+        || prefixed("InvalidTimeStamp")
+        || prefixed("InvalidSecurityToken")
 }
 
 /// How a call failed before an ECS answer could be read.
@@ -77,7 +125,7 @@ pub enum EcsError {
         retry_after: Option<Duration>,
     },
     /// No usable answer.
-    #[error("{action} failed: {kind:?}: {detail}")]
+    #[error("{action} failed: {detail}")]
     Transport {
         action: &'static str,
         kind: TransportKind,
@@ -154,6 +202,21 @@ impl EcsError {
         }
     }
 
+    /// True when this failure concerns every call of the account (credentials, permissions,
+    /// signature, clock): stop the account's work for the run instead of splitting the batch.
+    /// Always false for an error that is not [`ErrorClass::Permanent`].
+    pub fn account_wide(&self) -> bool {
+        match self {
+            EcsError::Api { code, .. } => {
+                classify_code(code) == ErrorClass::Permanent && is_account_wide(code)
+            }
+            EcsError::Credentials(_) => true,
+            EcsError::Transport { .. } | EcsError::Invalid { .. } | EcsError::Decode { .. } => {
+                false
+            }
+        }
+    }
+
     /// The RequestId of ECS's answer, when there was one.
     pub fn request_id(&self) -> Option<&str> {
         match self {
@@ -187,14 +250,27 @@ impl EcsError {
     }
 }
 
-/// Parses `Limit:1,Remain:0,TimeLeft:2000,Reset:1234` and returns `TimeLeft` (milliseconds).
+/// The longest wait a throttling answer can ask for: a larger `TimeLeft` is read as this. It
+/// keeps every later piece of arithmetic on the wait (a deadline, a `DateTime`) far from
+/// overflow; callers clamp further to their own configured cap.
+pub const MAX_TIME_LEFT: Duration = Duration::from_secs(3600);
+
+/// Parses `Limit:1,Remain:0,TimeLeft:2000,Reset:1234` and returns `TimeLeft` (milliseconds),
+/// at most [`MAX_TIME_LEFT`]. A number too large for any integer type counts as the maximum;
+/// anything that is not a run of digits is ignored.
 pub fn parse_time_left(header: &str) -> Option<Duration> {
     header.split(',').find_map(|part| {
         let (k, v) = part.split_once(':')?;
-        (k.trim() == "TimeLeft")
-            .then(|| v.trim().parse::<u64>().ok())
-            .flatten()
-            .map(Duration::from_millis)
+        if k.trim() != "TimeLeft" {
+            return None;
+        }
+        let v = v.trim();
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // Digits that overflow u64 are still "a very long time".
+        let ms = v.parse::<u64>().unwrap_or(u64::MAX);
+        Some(Duration::from_millis(ms).min(MAX_TIME_LEFT))
     })
 }
 
@@ -202,46 +278,145 @@ pub fn parse_time_left(header: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    use ErrorClass::{DryRunPassed as D, Gone as G, Permanent as P, Retryable as R};
+
+    /// Every code documented in ../shared/ecs-api.md (the ECS common error table, the gateway
+    /// tables, DescribeInstances' and DeleteInstances' own tables, the SDK and Terraform notes)
+    /// and in the seed's DeleteInstances.zh-CN.md, with its class and whether it concerns the
+    /// whole account. Adding a code to the documents means adding it here.
+    const DOCUMENTED: &[(&str, ErrorClass, bool)] = &[
+        // Signature and request (ecs-api.md 1.1, 1.5, 3.4).
+        ("InvalidTimeStamp.Expired", P, true),
+        ("InvalidTimeStamp.Format", P, true),
+        ("IllegalTimestamp", P, true),
+        ("SignatureNonceUsed", R, false),
+        ("SignatureDoesNotMatch", P, true),
+        ("IncompleteSignature", P, true),
+        ("MissingParameter", P, false),
+        ("InvalidParameter", P, false),
+        ("UnsupportedParameter", P, false),
+        ("InvalidAccessKeyId.NotFound", P, true),
+        ("InvalidAccessKeyId.Inactive", P, true),
+        ("InvalidSecurityToken.Expired", P, true),
+        ("InvalidSecurityToken.Malformed", P, true),
+        ("InvalidSecurityToken.MismatchWithAccessKey", P, true),
+        ("InsufficientBalance", P, true),
+        ("InvalidAction", P, true),
+        ("UnsupportedHTTPMethod", P, true),
+        // Permissions (ecs-api.md 3.4).
+        ("Forbidden.RAM", P, true),
+        ("Forbidden.SubUser", P, true),
+        ("Forbidden.Unauthorized", P, true),
+        ("Forbidden.NotSupportRAM", P, true),
+        ("Forbidden.RiskControl", P, true),
+        ("Forbidden.AccessKeyDisabled", P, true),
+        ("Forbidden", P, true),
+        // Terraform counts it as "not found": it names one instance, so it is not account-wide.
+        ("Forbidden.InstanceNotFound", P, false),
+        // Idempotence (ecs-api.md 3.4, 4).
+        ("IdempotentParameterMismatch", P, false),
+        ("InvalidIdempotenceParameter.Mismatch", P, false),
+        ("LastTokenProcessing", R, false),
+        ("OperationConflict", R, false),
+        // Service state and throttling (ecs-api.md 3.4, 6.3).
+        ("InternalError", R, false),
+        ("UnknownError", R, false),
+        ("ServiceUnavailable", R, false),
+        ("ServiceUnavailable.RegionMaintaining", R, false),
+        ("Throttling", R, false),
+        ("Throttling.User", R, false),
+        ("Throttling.Api", R, false),
+        ("Rejected.Throttling", R, false),
+        ("InvalidRegionId.NotFound", P, false),
+        // DescribeInstances (ecs-api.md 2.2).
+        ("InvalidInstanceChargeType.NotFound", P, false),
+        ("InvalidInternetChargeType.ValueNotSupported", P, false),
+        ("InvalidLockReason.NotFound", P, false),
+        ("InvalidFilterKey.NotFound", P, false),
+        ("InvalidNetworkType.NotFound", P, false),
+        ("InvalidStatus.NotFound", P, false),
+        ("InvalidTag.Mismatch", P, false),
+        ("InvalidTagCount", P, false),
+        ("InvalidHpcClusterId.NotFound", P, false),
+        ("InvalidHpcClusterId.Creating", P, false),
+        ("DryRunOperation", D, false),
+        // DeleteInstances (ecs-api.md 3.3; DeleteInstances.zh-CN.md).
+        ("InvalidParameter.CrossRegionNotSupport", P, false),
+        ("DRYRUN.SUCCESS", D, false),
+        ("DependencyViolation.SLBConfiguring", R, false),
+        ("DependencyViolation.RouteEntry", P, false),
+        ("InvalidParameter.TooManyInstanceIds", P, false),
+        ("InvalidInstanceIds.ValueNotSupported", P, false),
+        ("InvalidOperation.DeletionProtection", P, false),
+        ("InvalidOperation.NotInWhiteList", P, false),
+        ("ChargeTypeViolation", P, false),
+        ("IncorrectInstanceStatus.Initializing", R, false),
+        ("InvalidOperation.EniLinked", P, false),
+        ("IncorrectInstanceStatus", P, false),
+        ("InstanceLockedForSecurity", P, false),
+        ("OperationDenied.SystemInstanceNotSupport", P, false),
+        ("InvalidInstanceIds.NotFound", G, false),
+        ("InvalidInstanceId.NotFound", G, false),
+        // Answers without an ECS error document (a proxy or gateway), by HTTP status.
+        ("Janitor.Http429", R, false),
+        ("Janitor.Http408", R, false),
+        ("Janitor.Http500", R, false),
+        ("Janitor.Http502", R, false),
+        ("Janitor.Http503", R, false),
+        ("Janitor.Http504", R, false),
+        ("Janitor.Http403", P, false),
+        ("Janitor.Http404", P, false),
+        // Near misses are not what they resemble.
+        ("Throttlingish", P, false),
+        ("InvalidAccessKeyIdentity", P, false),
+    ];
+
     #[test]
-    fn codes_are_classified_as_the_issue_lists() {
-        let table = [
-            ("InternalError", ErrorClass::Retryable),
-            ("UnknownError", ErrorClass::Retryable),
-            ("ServiceUnavailable", ErrorClass::Retryable),
-            (
-                "ServiceUnavailable.RegionMaintaining",
-                ErrorClass::Retryable,
-            ),
-            ("Throttling", ErrorClass::Retryable),
-            ("Throttling.User", ErrorClass::Retryable),
-            ("Throttling.Api", ErrorClass::Retryable),
-            ("LastTokenProcessing", ErrorClass::Retryable),
-            ("OperationConflict", ErrorClass::Retryable),
-            ("DependencyViolation.SLBConfiguring", ErrorClass::Retryable),
-            (
-                "IncorrectInstanceStatus.Initializing",
-                ErrorClass::Retryable,
-            ),
-            ("InvalidInstanceId.NotFound", ErrorClass::Gone),
-            ("InvalidInstanceIds.NotFound", ErrorClass::Gone),
-            ("DryRunOperation", ErrorClass::DryRunPassed),
-            ("DRYRUN.SUCCESS", ErrorClass::DryRunPassed),
-            ("InvalidOperation.DeletionProtection", ErrorClass::Permanent),
-            ("InstanceLockedForSecurity", ErrorClass::Permanent),
-            ("ChargeTypeViolation", ErrorClass::Permanent),
-            ("DependencyViolation.RouteEntry", ErrorClass::Permanent),
-            ("IncorrectInstanceStatus", ErrorClass::Permanent),
-            ("Forbidden.RAM", ErrorClass::Permanent),
-            ("SignatureDoesNotMatch", ErrorClass::Permanent),
-            ("InvalidAccessKeyId.NotFound", ErrorClass::Permanent),
-            ("IdempotentParameterMismatch", ErrorClass::Permanent),
-            ("Throttlingish", ErrorClass::Permanent),
-            ("Janitor.Http502", ErrorClass::Retryable),
-            ("Janitor.Http404", ErrorClass::Permanent),
-        ];
-        for (code, class) in table {
-            assert_eq!(classify_code(code), class, "{code}");
+    fn every_documented_code_has_its_class_and_scope() {
+        let mut wrong = Vec::new();
+        for (code, class, wide) in DOCUMENTED {
+            let (got_class, got_wide) = (classify_code(code), is_account_wide(code));
+            if got_class != *class || got_wide != *wide {
+                wrong.push(format!(
+                    "{code}: expected {} account_wide={wide}, got {} account_wide={got_wide}",
+                    class.as_str(),
+                    got_class.as_str()
+                ));
+            }
         }
+        assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn account_wide_errors_are_permanent_refusals_of_the_account() {
+        let api = |code: &str| EcsError::Api {
+            action: "DeleteInstances",
+            status: 403,
+            code: code.into(),
+            message: String::new(),
+            request_id: "r".into(),
+            retry_after: None,
+        };
+        for (code, class, wide) in DOCUMENTED {
+            let e = api(code);
+            assert_eq!(e.class(), *class, "{code}");
+            assert_eq!(e.account_wide(), *wide, "{code}");
+            if *wide {
+                assert_eq!(e.class(), ErrorClass::Permanent, "{code}");
+            }
+        }
+        let connect = EcsError::Transport {
+            action: "DescribeInstances",
+            kind: TransportKind::Connect,
+            detail: "cannot connect to ecs.cn-hangzhou.aliyuncs.com:443: connection refused".into(),
+        };
+        assert_eq!(connect.class(), ErrorClass::Retryable);
+        assert!(!connect.account_wide() && !connect.outcome_unknown());
+        let no_creds =
+            EcsError::Credentials(super::super::credentials::CredentialsError::Missing {
+                detail: String::new(),
+            });
+        assert!(no_creds.account_wide());
     }
 
     #[test]
@@ -252,5 +427,14 @@ mod tests {
         );
         assert_eq!(parse_time_left("Limit:1,Remain:0"), None);
         assert_eq!(parse_time_left("garbage"), None);
+        assert_eq!(parse_time_left("TimeLeft:-5"), None);
+        assert_eq!(parse_time_left("TimeLeft:"), None);
+        // The issue's header: far past any sane wait, so it is read as the maximum.
+        for huge in [
+            "Limit:1,Remain:0,TimeLeft:9000000000000000,Reset:1",
+            "TimeLeft:99999999999999999999999999999999",
+        ] {
+            assert_eq!(parse_time_left(huge), Some(MAX_TIME_LEFT), "{huge}");
+        }
     }
 }

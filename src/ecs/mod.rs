@@ -15,5 +15,5 @@ pub use client::{
     ClientConfig, DeleteAnswer, DeleteRequest, DescribeFilter, DescribePage, EcsClient,
 };
 pub use credentials::{Credentials, CredentialsProvider, EnvProvider, Secret, StaticProvider};
-pub use error::{classify_code, EcsError, ErrorClass};
+pub use error::{classify_code, is_account_wide, EcsError, ErrorClass};
 pub use types::{ChargeType, Instance, InstanceStatus, Tags};

@@ -73,3 +73,29 @@ impl IntoIterator for Diagnostics {
         self.0.into_iter()
     }
 }
+
+/// `n` and the noun, singular or plural as `n` asks: "1 problem", "2 problems", "1 policy",
+/// "0 policies". For the nouns of reports (problem, policy, warning, account).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else if let Some(stem) = noun.strip_suffix('y') {
+        format!("{n} {stem}ies")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_agree_with_their_number() {
+        assert_eq!(count(1, "problem"), "1 problem");
+        assert_eq!(count(2, "problem"), "2 problems");
+        assert_eq!(count(0, "policy"), "0 policies");
+        assert_eq!(count(1, "policy"), "1 policy");
+        assert_eq!(count(3, "warning"), "3 warnings");
+    }
+}

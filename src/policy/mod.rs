@@ -7,16 +7,21 @@
 //! the first. The format is documented in `docs/policies.md`; [`json_schema`] describes it for
 //! editors.
 
+mod cron_text;
 mod diag;
 mod duration;
 pub mod node;
+mod regions;
 mod schema;
 mod validate;
+mod walk;
 
-pub use diag::{Diagnostic, Diagnostics};
+pub use diag::{count, Diagnostic, Diagnostics};
 pub use duration::Duration;
+pub use regions::{closest_region, is_known_region, ECS_REGIONS};
 pub use schema::json_schema;
 pub use validate::is_valid_account;
+pub use walk::{policy_files, PolicyFiles};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -251,12 +256,51 @@ impl Default for ProtectionConfig {
 }
 
 /// Loads every `*.yaml`/`*.yml` file under `dir` (recursively, in path order, skipping names
-/// starting with `.`). Returns every policy, or every problem in every file.
+/// starting with `.`; see [`policy_files`] for links). Returns every policy, or every problem
+/// in every file. Links the walk did not follow are logged as warnings; [`load_paths`] returns
+/// them instead.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, Diagnostics> {
+    let loaded = load_paths(&[dir.to_path_buf()]);
+    for w in loaded.warnings.iter() {
+        tracing::warn!("{w}");
+    }
+    loaded.result
+}
+
+/// What [`load_paths`] found: the policies or every problem, and the warnings either way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub result: Result<PolicySet, Diagnostics>,
+    /// Links not followed (outside the folder, loops, second paths), each once.
+    pub warnings: Diagnostics,
+}
+
+/// Loads policies from folders (walked as [`load_dir`] does) and single files (read whatever
+/// their extension, for pre-commit hooks that pass the files they changed). Names must be
+/// unique across everything given.
+pub fn load_paths(paths: &[PathBuf]) -> Loaded {
     let mut files = Vec::new();
     let mut diags = Vec::new();
-    collect_files(dir, &mut files, &mut diags);
-    files.sort();
+    let mut warnings = Vec::new();
+    for path in paths {
+        // A path that is not there is named as what it looks like: a file when it ends in
+        // .yaml or .yml, else a folder.
+        let looks_like_file = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        if path.is_dir() || (!path.exists() && !looks_like_file) {
+            let found = policy_files(path);
+            files.extend(found.files);
+            diags.extend(found.errors);
+            warnings.extend(found.warnings);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    // The same file named twice (a.yaml and ./a.yaml) is read once.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
     let mut inputs = Vec::with_capacity(files.len());
     for file in files {
         match std::fs::read(&file) {
@@ -264,7 +308,12 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Diagnostics> {
             Err(e) => diags.push(file_diag(&file, format!("cannot read the file: {e}"))),
         }
     }
-    load_inputs(inputs, diags)
+    warnings.sort();
+    warnings.dedup();
+    Loaded {
+        result: load_inputs(inputs, diags),
+        warnings: Diagnostics(warnings),
+    }
 }
 
 /// Loads policies from one text, reporting problems against `name_for_errors`. For tests and
@@ -328,44 +377,6 @@ fn file_diag(file: &Path, message: String) -> Diagnostic {
     }
 }
 
-fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            diags.push(file_diag(
-                dir,
-                format!("cannot read the policies folder: {e}"),
-            ));
-            return;
-        }
-    };
-    for entry in entries {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                diags.push(file_diag(
-                    dir,
-                    format!("cannot list the policies folder: {e}"),
-                ));
-                continue;
-            }
-        };
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        // Follows symlinks, as policy repositories sometimes link shared files in.
-        if path.is_dir() {
-            collect_files(&path, files, diags);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml") | Some("yml")
-        ) {
-            files.push(path);
-        }
-    }
-}
-
 /// The keys each block accepts, in the order the reference documents them.
 pub(crate) const TOP_KEYS: &[&str] = &[
     "name",
@@ -373,6 +384,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "account",
     "schedule",
     "regions",
+    "regions_unchecked",
     "select",
     "exclude",
     "release",

@@ -64,12 +64,16 @@ pub fn json_schema() -> Value {
         "type": "object",
         "additionalProperties": false,
         "required": ["name", "schedule", "regions", "select"],
+        // Unless regions_unchecked is true, every region is one of ECS's.
+        "if": {"not": {"properties": {"regions_unchecked": {"const": true}}, "required": ["regions_unchecked"]}},
+        "then": {"properties": {"regions": {"items": {"enum": super::ECS_REGIONS}}}},
         "properties": {
             "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "Unique across all policy files."},
             "description": {"type": "string"},
             "account": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,63}$", "description": "The account to act on: an aliyun CLI profile, or an entry under `accounts:` in janitor.yaml. Default: the default credentials."},
             "schedule": {"type": "string", "description": "Cron with a seconds field, UTC: \"sec min hour day-of-month month day-of-week [year]\", e.g. \"0 */15 * * * *\"."},
-            "regions": {"type": "array", "minItems": 1, "uniqueItems": true, "items": {"type": "string", "pattern": "^[a-z]{2,}-[a-z0-9-]*[a-z0-9]$"}},
+            "regions": {"type": "array", "minItems": 1, "uniqueItems": true, "items": {"type": "string", "pattern": "^[a-z]{2,}-[a-z0-9-]*[a-z0-9]$"}, "description": "ECS region ids, e.g. [cn-hangzhou, ap-southeast-1]; each must be a known ECS region unless regions_unchecked is true."},
+            "regions_unchecked": {"type": "boolean", "default": false, "description": "Accept region ids that ecs-janitor's list of ECS regions lacks (a region opened since this release, or a private one). They must still be well formed."},
             "select": select,
             "exclude": selector("Any one condition holding excludes the instance (each tag pair counts alone)."),
             "release": {
@@ -112,6 +116,20 @@ mod tests {
         let mut v: Vec<String> = k.iter().map(|s| s.to_string()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn regions_are_listed_unless_unchecked() {
+        let s = json_schema();
+        let listed = s["then"]["properties"]["regions"]["items"]["enum"]
+            .as_array()
+            .unwrap();
+        assert!(listed.iter().any(|r| r == "cn-hangzhou"));
+        assert!(!listed.iter().any(|r| r == "cn-hangzou"));
+        assert_eq!(
+            s["if"]["not"]["properties"]["regions_unchecked"]["const"],
+            json!(true)
+        );
     }
 
     /// The schema and the validator must agree on every key name.

@@ -11,9 +11,6 @@ use super::{
 };
 use crate::ecs::{ChargeType, InstanceStatus};
 
-const CRON_FORM: &str = "a cron has six or seven fields, seconds first: \
-\"sec min hour day-of-month month day-of-week [year]\", e.g. \"0 */15 * * * *\" (every 15 minutes, UTC)";
-
 /// Reads one file's bytes into policies. Problems go to `diags`; the returned names (with the
 /// position of each `name:` value) let the caller find duplicates across files.
 pub(super) fn load_file(
@@ -98,7 +95,7 @@ fn pos_of_byte(bytes: &[u8], offset: usize) -> Pos {
 }
 
 /// Levenshtein distance, for "did you mean" hints.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];
@@ -283,9 +280,12 @@ impl Validator<'_> {
         let schedule = self
             .required(&f, "schedule", doc.pos)
             .and_then(|n| self.schedule(n));
+        let unchecked = f
+            .get("regions_unchecked")
+            .map_or(Some(false), |n| self.boolean(n, "regions_unchecked"));
         let regions = self
             .required(&f, "regions", doc.pos)
-            .and_then(|n| self.regions(n));
+            .and_then(|n| self.regions(n, unchecked.unwrap_or(false)));
 
         let select = match f.get("select") {
             None => {
@@ -518,30 +518,17 @@ impl Validator<'_> {
 
     fn schedule(&mut self, n: &Node) -> Option<(cron::Schedule, String)> {
         let text = self.string(n, "schedule")?;
-        let fields = text.split_whitespace().count();
-        let shorthand = text.trim_start().starts_with('@');
-        if !shorthand && fields != 6 && fields != 7 {
-            self.err(
-                n.pos,
-                format!("invalid cron {text:?}: it has {fields} fields"),
-                Some(CRON_FORM.into()),
-            );
-            return None;
-        }
-        match text.parse::<cron::Schedule>() {
+        match super::cron_text::parse(&text) {
             Ok(s) => Some((s, text)),
-            Err(e) => {
-                self.err(
-                    n.pos,
-                    format!("invalid cron {text:?}: {e}"),
-                    Some(CRON_FORM.into()),
-                );
+            Err(p) => {
+                self.err(n.pos, p.message, p.hint);
                 None
             }
         }
     }
 
-    fn regions(&mut self, n: &Node) -> Option<Vec<String>> {
+    /// Region ids, each well formed and, unless `unchecked`, one ECS has.
+    fn regions(&mut self, n: &Node, unchecked: bool) -> Option<Vec<String>> {
         let items = self.string_list(n, "regions")?;
         if items.is_empty() {
             self.err(
@@ -561,6 +548,16 @@ impl Validator<'_> {
                     format!("malformed region id {r:?}"),
                     Some("region ids look like cn-hangzhou, ap-southeast-1 or us-west-1".into()),
                 );
+            } else if !unchecked && !super::is_known_region(&r) {
+                ok = false;
+                let hint = match super::closest_region(&r) {
+                    Some(c) => format!("did you mean {c}? A region ECS opened after this list: add `regions_unchecked: true`"),
+                    None => format!(
+                        "ECS regions are {}; a region ECS opened after this list: add `regions_unchecked: true`",
+                        super::ECS_REGIONS.join(", ")
+                    ),
+                };
+                self.err(pos, format!("unknown region {r}"), Some(hint));
             } else if out.contains(&r) {
                 ok = false;
                 self.err(pos, format!("region {r:?} is listed twice"), None);
