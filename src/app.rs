@@ -130,32 +130,40 @@ impl App {
             self.check_saved(s, &policies, opts.max_plan_age, started)
                 .await?;
         }
-        let pass = self
-            .reconciler
-            .pass(&policies, started, saved, started)
-            .await?;
+        // A signal or the run's deadline interrupts the pass too (its listing's retries and
+        // throttling waits); nothing has been queued by then that a later run would not redo.
+        let pass = tokio::select! {
+            r = self.reconciler.pass(&policies, started, saved, started) => r?,
+            _ = cancel.cancelled() => {
+                return Err(AppError::Other(
+                    "stopped before the reconcile pass finished; nothing was released".into(),
+                ))
+            }
+        };
         let mut stopped = None;
+        let mut accounts_stopped = Vec::new();
         if !self.reconciler.force_dry_run {
+            // The run's scope: what this pass may carry out. With --policy or a plan, only
+            // their releases; otherwise every release queued when the pass ended.
             let mut workers = self.workers.clone();
-            let scope = (opts.narrowed || saved.is_some()).then(crate::store::new_client_token);
-            if let Some(id) = &scope {
-                let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
-                let pairs: Option<Vec<(String, String)>> = saved.map(|s| {
-                    s.releases
-                        .iter()
-                        .map(|r| (r.instance_id.clone(), r.policy.clone()))
-                        .collect()
-                });
-                self.store
-                    .create_scope(id, &names, pairs.as_deref())
-                    .await?;
-                workers.scope = Some(id.clone());
-            }
-            let worked = workers.drain(cancel).await;
-            if let Some(id) = &scope {
-                self.store.drop_scope(id).await?;
-            }
-            stopped = worked?.stopped;
+            let id = crate::store::new_client_token();
+            let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+            let pairs: Option<Vec<(String, String)>> = saved.map(|s| {
+                s.releases
+                    .iter()
+                    .map(|r| (r.instance_id.clone(), r.policy.clone()))
+                    .collect()
+            });
+            let narrowed = (opts.narrowed || saved.is_some()).then_some(names.as_slice());
+            self.store
+                .create_scope(&id, narrowed, pairs.as_deref())
+                .await?;
+            workers.scope = Some(id.clone());
+            let worked = workers.drain(cancel.clone()).await;
+            self.store.drop_scope(&id).await?;
+            let worked = worked?;
+            stopped = worked.stopped;
+            accounts_stopped = worked.accounts_stopped;
         }
         // Read from the database only what this apply touched: history only grows.
         let mut touched: Vec<ReleaseRow> = self
@@ -205,6 +213,8 @@ impl App {
             window_note,
             paused,
             dry_run: self.reconciler.force_dry_run,
+            accounts_stopped,
+            interrupted: cancel.is_cancelled(),
         })
     }
 
@@ -288,6 +298,10 @@ pub struct ApplyReport {
     pub paused: Option<PauseInfo>,
     /// `--dry-run`: only DryRun calls were sent, and the queue was left as it was.
     pub dry_run: bool,
+    /// Accounts ECS refused as a whole; their work stopped for this run.
+    pub accounts_stopped: Vec<crate::worker::AccountStop>,
+    /// A signal or `--timeout` stopped the run before the queue was idle.
+    pub interrupted: bool,
 }
 
 /// `apply`'s exit status when releases are paused.
@@ -302,13 +316,16 @@ impl ApplyReport {
         self.releases.iter().filter(move |r| r.state == state)
     }
 
-    /// Exit status: 0 when every due release succeeded, 2 when some failed (or a planned
-    /// release was not carried out), 3 when paused.
+    /// Exit status: 0 when every due release succeeded; 2 when some failed, a planned release
+    /// was not carried out, an account was refused as a whole, or the run was stopped early;
+    /// 3 when paused.
     pub fn exit_code(&self) -> u8 {
         if self.paused.is_some() {
             EXIT_PAUSED
         } else if self.in_state(ReleaseState::Failed).next().is_some()
             || !self.pass.not_carried.is_empty()
+            || !self.accounts_stopped.is_empty()
+            || self.interrupted
         {
             2
         } else {
@@ -405,6 +422,19 @@ impl ApplyReport {
         }
         if self.dry_run {
             out.push_str("Dry run: only DryRun calls were sent; the queue is as it was.\n");
+        }
+        for a in &self.accounts_stopped {
+            out.push_str(&format!("Error: {}.\n", a.describe()));
+        }
+        if self.interrupted {
+            let left = self.in_state(ReleaseState::InFlight).count()
+                + self
+                    .in_state(ReleaseState::Pending)
+                    .filter(|r| r.not_before <= now)
+                    .count();
+            out.push_str(&format!(
+                "Stopped before the queue was done (a signal or --timeout): {left} due releases left, listed above; `apply` again resumes them with their tokens.\n"
+            ));
         }
         if let Some(note) = &self.window_note {
             out.push_str(note);

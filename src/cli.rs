@@ -186,6 +186,10 @@ pub struct ApplyArgs {
     /// Refuse a saved plan older than this (`30m`, `24h`, `2d`).
     #[arg(long, value_parser = duration_arg, default_value = "24h")]
     pub max_plan_age: chrono::Duration,
+    /// Bound the whole run: when it expires, no new batch is claimed, calls in flight end, and
+    /// apply exits 2 listing what was left (`apply` again resumes it).
+    #[arg(long, value_parser = duration_arg, default_value = "30m")]
+    pub timeout: chrono::Duration,
     /// Send DeleteInstances with DryRun=true: check permissions and parameters, release nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -1061,6 +1065,16 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let app = with_file_settings(app)?;
     let cancel = CancellationToken::new();
     let c = cancel.clone();
+    let limit = args.timeout.to_std().unwrap_or_default();
+    tokio::spawn(async move {
+        tokio::time::sleep(limit).await;
+        eprintln!(
+            "--timeout {} reached: no new batches are claimed; calls in flight finish.",
+            crate::policy::Duration::from_secs(limit.as_secs())
+        );
+        c.cancel();
+    });
+    let c = cancel.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         eprintln!("Stopping: no new batches are claimed; calls in flight finish. Run apply again to resume.");
@@ -1094,6 +1108,8 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             "not_carried": report.pass.not_carried,
             "paused": report.paused,
             "dry_run": report.dry_run,
+            "accounts_stopped": report.accounts_stopped,
+            "interrupted": report.interrupted,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {

@@ -32,23 +32,10 @@ pub struct DaemonConfig {
     pub admin_token: Option<crate::ecs::Secret>,
 }
 
-/// A fingerprint of every policy file's name and content, to notice changes.
+/// A fingerprint of every policy file's name and content, to notice changes. The folder is
+/// walked as `validate` walks it: each real directory once, links into loops not followed.
 fn fingerprint(dir: &Path) -> u64 {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
-                files.push(p);
-            }
-        }
-    }
+    let mut files = crate::policy::policy_files(dir).files;
     files.sort();
     let mut h = DefaultHasher::new();
     for f in files {

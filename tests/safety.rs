@@ -462,3 +462,96 @@ async fn the_recheck_runs_before_every_retry() {
         vec!["i-0"]
     );
 }
+
+// ---- Bounded under failure (issue 11): every try counts, and apply always ends ----------------
+
+/// A re-check that keeps failing counts as a try each time: the batch ends failed after
+/// `--max-attempts`, and nothing is sent for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recheck_that_keeps_failing_ends_the_batch_after_max_attempts() {
+    let e = env(1, 0, &[CI]).await;
+    for _ in 0..20 {
+        e.h.sim.script(ScriptStep {
+            action: "DescribeInstances".into(),
+            answer: Scripted::Error {
+                status: 500,
+                code: "InternalError".into(),
+            },
+            instance_id: Some("i-0".into()),
+        });
+    }
+    let a = e.run(&["apply", "--max-attempts", "3"]).await;
+    assert_eq!(a.code, 2, "{}", a.all());
+    assert!(
+        a.stdout.contains("out of attempts (3 tries)"),
+        "{}",
+        a.stdout
+    );
+    assert!(
+        e.real_deletes().is_empty(),
+        "sent although never re-checked"
+    );
+    let rechecks =
+        e.h.sim
+            .calls()
+            .iter()
+            .filter(|c| c.action == "DescribeInstances" && c.instance_ids == ["i-0"])
+            .count();
+    // One re-check per try, each a read the client itself retries at most 4 times.
+    assert!(
+        (3..=12).contains(&rechecks),
+        "{rechecks} re-check calls for 3 tries"
+    );
+}
+
+/// An account-wide refusal (Forbidden.RAM) is not split into more calls: one call, one clear
+/// error naming the code, and the release stays queued with its token for the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_wide_refusal_stops_the_account_without_splitting() {
+    let e = env(8, 0, &[CI]).await;
+    for _ in 0..20 {
+        e.h.sim.script(ScriptStep {
+            action: "DeleteInstances".into(),
+            answer: Scripted::Error {
+                status: 403,
+                code: "Forbidden.RAM".into(),
+            },
+            instance_id: None,
+        });
+    }
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 2, "{}", a.all());
+    assert_eq!(e.real_deletes().len(), 1, "split into more calls");
+    assert!(a.stdout.contains("Forbidden.RAM"), "{}", a.stdout);
+    assert!(a.stdout.contains("the default account"), "{}", a.stdout);
+    let rows = e.rows().await;
+    assert_eq!(ids(&rows, ReleaseState::InFlight).len(), 8, "{rows:?}");
+}
+
+/// `--timeout` bounds the whole run, even while ECS throttles every call: apply stops claiming,
+/// exits 2, and lists what was left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_ends_at_its_timeout_while_ecs_throttles() {
+    let e = env(3, 0, &[CI]).await;
+    e.h.sim.set_faults(Faults {
+        throttle_rate: 1.0,
+        actions: vec!["DeleteInstances".into()],
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    let a = e
+        .run(&["apply", "--timeout", "2s", "--max-attempts", "1000"])
+        .await;
+    assert_eq!(a.code, 2, "{}", a.all());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "apply ran on past its timeout"
+    );
+    assert!(a.stderr.contains("--timeout 2s reached"), "{}", a.stderr);
+    assert!(
+        a.stdout.contains("Stopped before the queue was done"),
+        "{}",
+        a.stdout
+    );
+    assert!(e.released().is_empty());
+}

@@ -1025,7 +1025,7 @@ impl Store {
             let mut tx = p.begin().await?;
             let n = sqlx::query(
                 "UPDATE batches SET next_attempt_at = $4,
-                        last_code = CASE WHEN $7 = 1 THEN last_code ELSE $5 END,
+                        last_code = CASE WHEN $7 = 1 AND attempts > 0 THEN last_code ELSE $5 END,
                         tries = tries + $7, lease_owner = NULL, lease_expires_at = NULL,
                         updated_at = $6
                  WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",

@@ -197,19 +197,31 @@ impl Store {
             .collect())
     }
 
-    /// Makes a run's scope: the active releases of `policies`, narrowed to the `(instance,
-    /// policy)` pairs of `only` when given (a saved plan). Returns how many are in it.
+    /// Makes a run's scope: the active releases of `policies` (all of them when `None`),
+    /// narrowed to the `(instance, policy)` pairs of `only` when given (a saved plan). Returns
+    /// how many are in it.
     pub async fn create_scope(
         &self,
         scope: &str,
-        policies: &[String],
+        policies: Option<&[String]>,
         only: Option<&[(String, String)]>,
     ) -> Result<u64, StoreError> {
         let mut n = 0;
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            match only {
-                None => {
+            match (only, policies) {
+                (None, None) => {
+                    n += sqlx::query(
+                        "INSERT INTO scope_members (scope, release_id)
+                         SELECT $1, id FROM releases WHERE state IN ('pending', 'in_flight')
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(scope)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                (None, Some(policies)) => {
                     for chunk in policies.chunks(200) {
                         let mut q = QueryBuilder::new(
                             "INSERT INTO scope_members (scope, release_id) SELECT ",
@@ -224,7 +236,7 @@ impl Store {
                         n += q.build().execute(&mut *tx).await?.rows_affected();
                     }
                 }
-                Some(pairs) => {
+                (Some(pairs), _) => {
                     for chunk in pairs.chunks(300) {
                         let mut q = QueryBuilder::new(
                             "INSERT INTO scope_members (scope, release_id) SELECT ",

@@ -304,7 +304,7 @@ pub fn against_policy(
 
 /// Out of tries: each member fails with the last code, or as "outcome unknown" when the last
 /// call's answer was lost (it may have been released; the operator checks).
-fn give_up(b: &ClaimedBatch) -> Transition {
+pub fn give_up(b: &ClaimedBatch) -> Transition {
     let last = b
         .last_code
         .clone()

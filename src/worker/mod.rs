@@ -30,7 +30,7 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 pub mod decide;
 
-use decide::{against_policy, decide, gate_stop};
+use decide::{against_policy, decide, gate_stop, give_up};
 pub use decide::{Gate, Live, Rules, Stop, Transition};
 
 /// One ECS call a worker makes, signed as the batch's account.
@@ -105,6 +105,15 @@ fn mismatched(action: &'static str) -> EcsError {
         status: 0,
         request_id: String::new(),
         detail: "internal: the call service returned the wrong kind of answer".into(),
+    }
+}
+
+/// A call not sent because the run is stopping.
+fn interrupted(action: &'static str) -> EcsError {
+    EcsError::Transport {
+        action,
+        kind: crate::ecs::error::TransportKind::Connect,
+        detail: "not sent: the run is stopping".into(),
     }
 }
 
@@ -215,6 +224,31 @@ pub enum Until {
 pub struct WorkReport {
     /// Set when a switch (pause, window, dry run) stopped releases.
     pub stopped: Option<Stop>,
+    /// Accounts whose work stopped after an account-wide refusal.
+    pub accounts_stopped: Vec<AccountStop>,
+}
+
+/// An account whose releases stopped for the run: ECS refused it as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccountStop {
+    /// `""`: the default credentials.
+    pub account: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl AccountStop {
+    pub fn describe(&self) -> String {
+        let who = if self.account.is_empty() {
+            "the default account".to_string()
+        } else {
+            format!("account {:?}", self.account)
+        };
+        format!(
+            "ECS refused {who} with {}: {}; nothing more is sent for it in this run, and its releases stay queued with their tokens",
+            self.code, self.message
+        )
+    }
 }
 
 /// A worker pool's shared parts. Cheap to clone.
@@ -235,6 +269,10 @@ pub struct Workers {
     pub dry_run: bool,
     /// Only this run's releases are claimed (see [`Store::create_scope`]).
     pub scope: Option<String>,
+    /// Accounts whose work this run stopped after an account-wide refusal, with the error.
+    stopped_accounts: Arc<Mutex<Vec<AccountStop>>>,
+    /// Ends waits (throttling, the call limits, a re-check's retries) at once.
+    cancel: CancellationToken,
     calls: CallService,
     rng: Arc<Mutex<StdRng>>,
 }
@@ -255,6 +293,8 @@ impl Workers {
             notifier: None,
             dry_run: false,
             scope: None,
+            stopped_accounts: Arc::default(),
+            cancel: CancellationToken::new(),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             store,
             accounts,
@@ -282,9 +322,55 @@ impl Workers {
             Call::Describe { .. } => "DescribeInstances",
             Call::Delete { .. } => "DeleteInstances",
         };
+        let interruptible = matches!(call, Call::Describe { .. });
         let mut svc = self.calls.clone();
-        let ready = svc.ready().await.map_err(|e| ecs_error(e, action))?;
-        ready.call(call).await.map_err(|e| ecs_error(e, action))
+        // Waiting for the call limits is cut short by a shutdown: nothing was sent.
+        let ready = tokio::select! {
+            r = svc.ready() => r.map_err(|e| ecs_error(e, action))?,
+            _ = self.cancel.cancelled() => return Err(interrupted(action)),
+        };
+        let fut = ready.call(call);
+        if interruptible {
+            // A re-check has no effect: its retries and throttling waits end at once.
+            tokio::select! {
+                r = fut => r.map_err(|e| ecs_error(e, action)),
+                _ = self.cancel.cancelled() => Err(interrupted(action)),
+            }
+        } else {
+            // A DeleteInstances in flight is let finish, so its answer is recorded.
+            fut.await.map_err(|e| ecs_error(e, action))
+        }
+    }
+
+    /// Stops `b`'s account for the rest of this run (an account-wide refusal): in a scoped
+    /// run its releases leave the scope, and the run reports the account once.
+    async fn stop_account(&self, b: &ClaimedBatch, e: &EcsError) -> Result<(), WorkerError> {
+        let first = {
+            let mut stopped = self
+                .stopped_accounts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if stopped.iter().any(|s| s.account == b.account) {
+                false
+            } else {
+                stopped.push(AccountStop {
+                    account: b.account.clone(),
+                    code: e.code().to_string(),
+                    message: match e {
+                        EcsError::Api { message, .. } => message.clone(),
+                        other => other.to_string(),
+                    },
+                });
+                true
+            }
+        };
+        if let Some(scope) = &self.scope {
+            self.store.shrink_scope(scope, &b.account).await?;
+        }
+        if first {
+            tracing::error!(account = %b.account, code = e.code(), "ECS refused the account as a whole; its work stops for this run");
+        }
+        Ok(())
     }
 
     /// `apply`'s loop: works the queue (this run's scope) until nothing is due, a switch stops
@@ -312,8 +398,10 @@ impl Workers {
     ) -> Result<WorkReport, WorkerError> {
         let stopped: Arc<Mutex<Option<Stop>>> = Arc::default();
         let mut tasks = Vec::new();
+        let mut this = self.clone();
+        this.cancel = cancel.clone();
         for _ in 0..self.cfg.concurrency.max(1) {
-            let w = self.clone();
+            let w = this.clone();
             let cancel = cancel.clone();
             let wake = wake.clone();
             let stopped = stopped.clone();
@@ -335,7 +423,15 @@ impl Workers {
             return Err(e);
         }
         let stopped = stopped.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(WorkReport { stopped })
+        let accounts_stopped = self
+            .stopped_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(WorkReport {
+            stopped,
+            accounts_stopped,
+        })
     }
 
     async fn work_one(
@@ -519,8 +615,22 @@ impl Workers {
             let ok = self.store.postpone(&fence, at, self.clock.now()).await?;
             return Ok(Self::fenced(ok, BatchResult::Stopped(why)));
         }
+        // Out of tries ends the batch before another re-check: a re-check that keeps failing
+        // must not keep it open.
+        let gate = self.gate(paused.as_ref());
+        if b.tries >= gate.max_tries {
+            return self
+                .apply_transition(&b, give_up(&b), self.clock.now())
+                .await;
+        }
         let found = match self.listed(&b, &b.members).await {
             Ok(v) => v,
+            Err(_) if self.cancel.is_cancelled() => {
+                // Stopping: give the batch back as it was, without counting a try.
+                let now = self.clock.now();
+                let ok = self.store.postpone(&fence, now, now).await?;
+                return Ok(Self::fenced(ok, BatchResult::LeaseLost));
+            }
             Err(e) => return self.retry(&b, &e, true).await,
         };
         let ids = instance_ids(&b.members);
@@ -544,6 +654,18 @@ impl Workers {
             &self.gate(paused.as_ref()),
             now,
         );
+        self.apply_transition(&b, t, now).await
+    }
+
+    /// Carries out one transition of the decision: the store applies it in one fenced write,
+    /// and `Send` sends the call.
+    async fn apply_transition(
+        &self,
+        b: &ClaimedBatch,
+        t: Transition,
+        now: DateTime<Utc>,
+    ) -> Result<BatchResult, WorkerError> {
+        let fence = b.fence.clone();
         match t {
             Transition::Wait { until, why } => {
                 let ok = self.store.postpone(&fence, until, now).await?;
@@ -592,7 +714,7 @@ impl Workers {
                 );
                 Ok(Self::fenced(ok, BatchResult::Reformed))
             }
-            Transition::Send { settle, send } => self.send(&b, settle, send, now).await,
+            Transition::Send { settle, send } => self.send(b, settle, send, now).await,
         }
     }
 
@@ -657,6 +779,14 @@ impl Workers {
                 // Same token, same members, after a backoff; the next try re-checks first and
                 // ends the batch when the tries run out.
                 ErrorClass::Retryable => self.retry(b, &e, false).await,
+                // The account cannot release anything (permissions, keys, clock): splitting
+                // would only cost more refused calls. The batch waits with its token; the run
+                // stops this account's work.
+                ErrorClass::Permanent if e.account_wide() => {
+                    let r = self.retry(b, &e, false).await?;
+                    self.stop_account(b, &e).await?;
+                    Ok(r)
+                }
                 ErrorClass::Gone => self.settle_after_failure(b, &live, &e).await,
                 ErrorClass::Permanent | ErrorClass::DryRunPassed => {
                     if live.len() > 1 {
@@ -744,9 +874,7 @@ impl Workers {
             self.cfg.backoff.delay(retries, e.retry_after(), &mut *rng)
         };
         let now = self.clock.now();
-        let at = now
-            .checked_add_signed(chrono::Duration::from_std(delay).unwrap_or_default())
-            .unwrap_or(now);
+        let at = crate::backoff::add_capped(now, delay);
         let ok = self
             .store
             .retry_later(&b.fence, e.code(), &e.to_string(), at, recheck_failed, now)
