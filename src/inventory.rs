@@ -15,6 +15,8 @@ use crate::policy::Policy;
 pub struct Inventory {
     instances: Vec<Instance>,
     runs: BTreeMap<(String, String), std::ops::Range<usize>>,
+    /// The server-side filter each (account, region) was listed with.
+    filters: BTreeMap<(String, String), DescribeFilter>,
 }
 
 /// Why an (account, region) could not be listed.
@@ -65,6 +67,14 @@ impl Inventory {
         self.runs
             .iter()
             .map(|(k, r)| (k, &self.instances[r.clone()]))
+    }
+
+    /// The filter an (account, region) was listed with (none: unfiltered).
+    pub fn filter_of(&self, account: &str, region: &str) -> DescribeFilter {
+        self.filters
+            .get(&(account.to_string(), region.to_string()))
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -119,7 +129,7 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
     let mut inv = Inventory::default();
     for ((account, region), ps) in regions {
         let filter = shared_filter(ps);
-        let instances = accounts
+        let listed = accounts
             .client(account)
             .describe_instances(region, &filter)
             .await
@@ -128,6 +138,7 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
                 region: region.to_string(),
                 source,
             })?;
+        let instances = listed;
         tracing::debug!(
             account,
             region,
@@ -141,6 +152,49 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
             (account.to_string(), region.to_string()),
             start..inv.instances.len(),
         );
+        inv.filters
+            .insert((account.to_string(), region.to_string()), filter);
     }
     Ok(inv)
+}
+
+/// What one listing shows of the Stopped instances of its (account, region): which it listed
+/// Stopped, which it listed in another state, and which it could have listed at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub stopped: Vec<String>,
+    pub not_stopped: Vec<String>,
+    /// The listing's constraints besides status, one a string (`charge_type=PostPaid`,
+    /// `tag:purpose=ci`), sorted: an instance not listed is known not to be Stopped only if it
+    /// met all of them.
+    pub constraints: Vec<String>,
+    /// False when the listing filtered on a status other than Stopped: it could not have
+    /// listed a Stopped instance, so an unlisted one says nothing.
+    pub sees_stopped: bool,
+}
+
+impl Seen {
+    /// What `filter`'s listing `instances` shows.
+    pub fn of(filter: &DescribeFilter, instances: &[Instance]) -> Seen {
+        use crate::ecs::InstanceStatus;
+        let (stopped, not_stopped): (Vec<&Instance>, Vec<&Instance>) = instances
+            .iter()
+            .partition(|i| i.status == InstanceStatus::Stopped);
+        let mut constraints: Vec<String> = filter
+            .tags
+            .iter()
+            .map(|(k, v)| format!("tag:{k}={v}"))
+            .collect();
+        if let Some(c) = filter.charge_type {
+            constraints.push(format!("charge_type={}", c.as_str()));
+        }
+        constraints.sort();
+        constraints.dedup();
+        Seen {
+            stopped: stopped.iter().map(|i| i.instance_id.clone()).collect(),
+            not_stopped: not_stopped.iter().map(|i| i.instance_id.clone()).collect(),
+            constraints,
+            sees_stopped: filter.status.is_none_or(|s| s == InstanceStatus::Stopped),
+        }
+    }
 }

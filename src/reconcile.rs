@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use crate::ecs::client::DeleteRequest;
-use crate::ecs::{account_of, Accounts, ErrorClass, InstanceStatus};
+use crate::ecs::{account_of, Accounts, ErrorClass};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
 use crate::policy::{Policy, ProtectionConfig};
@@ -177,12 +177,8 @@ impl Reconciler {
             .await
             .map_err(ReconcileError::Inventory)?;
         for ((account, region), instances) in inv.regions().filter(|_| record) {
-            let stopped: Vec<String> = instances
-                .iter()
-                .filter(|i| i.status == InstanceStatus::Stopped)
-                .map(|i| i.instance_id.clone())
-                .collect();
-            self.store.observe(account, region, &stopped, now).await?;
+            let seen = inventory::Seen::of(&inv.filter_of(account, region), instances);
+            self.store.observe(account, region, &seen, now).await?;
         }
         let holds = self
             .store

@@ -555,3 +555,122 @@ async fn apply_ends_at_its_timeout_while_ecs_throttles() {
     );
     assert!(e.released().is_empty());
 }
+
+/// One policy's pass does not reset another's `stopped_for` clock: a listing filtered on other
+/// tags could not have returned the other policy's instances, so their observations stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_pass_keeps_what_its_listing_could_not_have_seen() {
+    let waits = |p: &str| {
+        p.replace(
+            "  status: Stopped\n",
+            "  status: Stopped\n  stopped_for: 1h\n",
+        )
+    };
+    let e = env(2, 2, &[&waits(CI), &waits(OTHER)]).await;
+    assert_eq!(e.run(&["apply", "--policy", "ci"]).await.code, 0);
+    let p = e.run(&["plan", "--policy", "ci"]).await;
+    assert!(p.stdout.contains("first seen stopped at"), "{}", p.stdout);
+    assert_eq!(e.run(&["apply", "--policy", "other"]).await.code, 0);
+    let p = e.run(&["plan", "--policy", "ci"]).await;
+    assert!(
+        p.stdout.contains("first seen stopped at") && !p.stdout.contains("not yet seen stopped"),
+        "the other policy's pass reset ci's clock: {}",
+        p.stdout
+    );
+    // An instance of ci that starts is cleared by ci's own next pass.
+    e.h.sim.modify("i-0", |i| {
+        i.status = ecs_janitor::ecs::InstanceStatus::Running
+    });
+    assert_eq!(e.run(&["apply", "--policy", "ci"]).await.code, 0);
+    e.h.sim.modify("i-0", |i| {
+        i.status = ecs_janitor::ecs::InstanceStatus::Stopped
+    });
+    let p = e.run(&["plan", "--policy", "ci", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&p.stdout).unwrap();
+    let skips = v.to_string();
+    assert!(
+        skips.contains("not yet seen stopped"),
+        "i-0's stop ended: {skips}"
+    );
+}
+
+/// Forbidden.RAM on the re-check stops the account's work for the run at once: no
+/// DeleteInstances, one clear error, the release still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_on_the_recheck_stops_the_account() {
+    let e = env(2, 0, &[CI]).await;
+    for id in ["i-0", "i-1"] {
+        for _ in 0..5 {
+            e.h.sim.script(ScriptStep {
+                action: "DescribeInstances".into(),
+                answer: Scripted::Error {
+                    status: 403,
+                    code: "Forbidden.RAM".into(),
+                },
+                instance_id: Some(id.into()),
+            });
+        }
+    }
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 2, "{}", a.all());
+    assert!(a.stdout.contains("Forbidden.RAM"), "{}", a.stdout);
+    assert!(e.real_deletes().is_empty());
+    assert_eq!(
+        ids(&e.rows().await, ReleaseState::InFlight),
+        vec!["i-0", "i-1"]
+    );
+}
+
+/// SIGTERM ends apply at once while it waits out a long backoff after throttling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_interrupts_a_backoff_wait() {
+    let e = env(1, 0, &[CI]).await;
+    e.h.sim.set_faults(Faults {
+        throttle_rate: 1.0,
+        actions: vec!["DeleteInstances".into()],
+        ..Faults::default()
+    });
+    let mut c = Command::new(BIN);
+    c.args([
+        "apply",
+        "--backoff-base-ms",
+        "60000",
+        "--backoff-cap-ms",
+        "120000",
+    ])
+    .envs(common::janitor_env(&e.h, e.dir.path(), &e.url))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let h = e.h.sim.clone();
+    common::wait_for("the first, throttled call", Duration::from_secs(30), || {
+        let n = h
+            .calls()
+            .iter()
+            .filter(|c| c.action == "DeleteInstances")
+            .count();
+        async move { n > 0 }
+    })
+    .await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || wait_bounded(child, "apply after SIGTERM"))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "apply slept out its backoff after SIGTERM"
+    );
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(
+        out.stdout.contains("Stopped before the queue was done"),
+        "{}",
+        out.stdout
+    );
+}

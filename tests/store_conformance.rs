@@ -13,6 +13,15 @@ use ecs_janitor::store::{
     BatchMember, BatchState, MemberOutcome, NewRelease, ReleaseFilter, ReleaseId, Store, StoreError,
 };
 
+/// What an unfiltered listing shows: `ids` Stopped, nothing else listed.
+fn listed_stopped(ids: &[String]) -> ecs_janitor::inventory::Seen {
+    ecs_janitor::inventory::Seen {
+        stopped: ids.to_vec(),
+        sees_stopped: true,
+        ..Default::default()
+    }
+}
+
 fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
         .unwrap()
@@ -435,15 +444,24 @@ conformance!(
     observations_start_once_and_clear_when_not_stopped,
     |db: TestDb| async move {
         let s = &db.store;
-        s.observe("", "r1", &["i-1".into(), "i-2".into()], t0())
-            .await
-            .unwrap();
-        s.observe("prod", "r1", &["i-7".into()], t0())
+        s.observe(
+            "",
+            "r1",
+            &listed_stopped(&["i-1".into(), "i-2".into()]),
+            t0(),
+        )
+        .await
+        .unwrap();
+        s.observe("prod", "r1", &listed_stopped(&["i-7".into()]), t0())
             .await
             .unwrap();
         let later = t0() + chrono::Duration::hours(1);
-        s.observe("", "r1", &["i-1".into()], later).await.unwrap();
-        s.observe("", "r2", &["i-9".into()], later).await.unwrap();
+        s.observe("", "r1", &listed_stopped(&["i-1".into()]), later)
+            .await
+            .unwrap();
+        s.observe("", "r2", &listed_stopped(&["i-9".into()]), later)
+            .await
+            .unwrap();
         let o = s.observations().await.unwrap();
         assert_eq!(o.get("i-1"), Some(&t0()), "the first sighting is kept");
         assert!(!o.contains_key("i-2"), "no longer stopped: cleared");
@@ -463,7 +481,9 @@ conformance!(
             "only the instances asked for, and only those seen"
         );
         assert_eq!(some.get("i-1"), Some(&t0()));
-        s.observe("prod", "r1", &[], later).await.unwrap();
+        s.observe("prod", "r1", &listed_stopped(&[]), later)
+            .await
+            .unwrap();
         assert!(!s.observations().await.unwrap().contains_key("i-7"));
     }
 );

@@ -66,3 +66,8 @@ CREATE TABLE scope_members (
 -- 4. Every try of a batch counts towards its attempt limit, including a re-check that failed
 --    before any call (`attempts` stays the number of calls sent with the token).
 ALTER TABLE batches ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;
+
+-- 5. Observations remember the listing constraints (charge type, tags) the instance met when it
+--    was seen Stopped, so a pass whose listing was filtered differently clears only what its
+--    listing could have returned. One constraint a line; '' for an unfiltered listing.
+ALTER TABLE observations ADD COLUMN seen_with TEXT NOT NULL DEFAULT '';

@@ -553,42 +553,74 @@ impl Store {
         Ok(rows)
     }
 
-    /// Updates when instances of `account`'s `region` were first seen Stopped: recorded the
-    /// first time, kept while they stay Stopped, and cleared for every instance of the region
-    /// that is not Stopped now (or was not listed), so a stop that ended never counts towards
-    /// `stopped_for`.
+    /// Updates when instances of `account`'s `region` were first seen Stopped, from what one
+    /// listing `seen` shows: recorded the first time, kept while they stay Stopped, cleared for
+    /// an instance listed in another state, and cleared for an unlisted one only when the
+    /// listing could have returned it (it met every constraint the listing had, and the
+    /// listing could list Stopped instances). So a stop that ended never counts towards
+    /// `stopped_for`, and one policy's filtered pass never resets another policy's clock.
     pub async fn observe(
         &self,
         account: &str,
         region: &str,
-        stopped: &[String],
+        seen: &crate::inventory::Seen,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let known: Vec<String> = with_pool!(self, p => sqlx::query_scalar(
-            "SELECT instance_id FROM observations WHERE region = $1 AND account = $2",
+        use std::collections::{BTreeSet, HashSet};
+        let known: Vec<(String, String)> = with_pool!(self, p => sqlx::query_as(
+            "SELECT instance_id, seen_with FROM observations WHERE region = $1 AND account = $2",
         )
         .bind(region)
         .bind(account)
         .fetch_all(p)
         .await)?;
-        let now_stopped: std::collections::HashSet<&String> = stopped.iter().collect();
-        let known_set: std::collections::HashSet<&String> = known.iter().collect();
-        let fresh: Vec<&String> = stopped.iter().filter(|i| !known_set.contains(i)).collect();
-        let ended: Vec<&String> = known.iter().filter(|i| !now_stopped.contains(i)).collect();
+        let constraints: BTreeSet<&str> = seen.constraints.iter().map(String::as_str).collect();
+        let stopped: HashSet<&String> = seen.stopped.iter().collect();
+        let not_stopped: HashSet<&String> = seen.not_stopped.iter().collect();
+        let known_ids: HashSet<&String> = known.iter().map(|(i, _)| i).collect();
+        let fresh: Vec<&String> = seen
+            .stopped
+            .iter()
+            .filter(|i| !known_ids.contains(i))
+            .collect();
+        let mut ended: Vec<&String> = Vec::new();
+        // Known and listed Stopped again: it met this listing's constraints too.
+        let mut widened: Vec<(&String, String)> = Vec::new();
+        for (id, with) in &known {
+            let met: BTreeSet<&str> = with.lines().filter(|l| !l.is_empty()).collect();
+            if stopped.contains(id) {
+                if !constraints.is_subset(&met) {
+                    let all: Vec<&str> = met.union(&constraints).copied().collect();
+                    widened.push((id, all.join("\n")));
+                }
+            } else if not_stopped.contains(id) || (seen.sees_stopped && constraints.is_subset(&met))
+            {
+                ended.push(id);
+            }
+        }
+        let with_now = seen.constraints.join("\n");
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            for chunk in fresh.chunks(500) {
+            for chunk in fresh.chunks(400) {
                 let mut q = QueryBuilder::new(
-                    "INSERT INTO observations (instance_id, region, first_seen_stopped_at, account) ",
+                    "INSERT INTO observations (instance_id, region, first_seen_stopped_at, account, seen_with) ",
                 );
                 q.push_values(chunk, |mut b, id| {
                     b.push_bind((*id).clone())
                         .push_bind(region)
                         .push_bind(ms(now))
-                        .push_bind(account);
+                        .push_bind(account)
+                        .push_bind(with_now.clone());
                 });
                 q.push(" ON CONFLICT (instance_id) DO NOTHING");
                 q.build().execute(&mut *tx).await?;
+            }
+            for (id, with) in &widened {
+                sqlx::query("UPDATE observations SET seen_with = $2 WHERE instance_id = $1")
+                    .bind(*id)
+                    .bind(with)
+                    .execute(&mut *tx)
+                    .await?;
             }
             for chunk in ended.chunks(500) {
                 let mut q = QueryBuilder::new("DELETE FROM observations WHERE instance_id IN (");

@@ -631,6 +631,11 @@ impl Workers {
                 let ok = self.store.postpone(&fence, now, now).await?;
                 return Ok(Self::fenced(ok, BatchResult::LeaseLost));
             }
+            Err(e) if e.account_wide() => {
+                let r = self.retry(&b, &e, true).await?;
+                self.stop_account(&b, &e).await?;
+                return Ok(r);
+            }
             Err(e) => return self.retry(&b, &e, true).await,
         };
         let ids = instance_ids(&b.members);
