@@ -679,3 +679,161 @@ conformance!(
         assert_eq!(state_of(s, "i-1").await, ["succeeded"]);
     }
 );
+
+conformance!(
+    holds_quarantines_and_released_instances_keep_enqueue_out,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let a = s
+            .enqueue(&[rel("i-1", "r1", false), rel("i-2", "r1", false)], t0())
+            .await
+            .unwrap();
+        // An operator's cancel holds i-1 out of policy p until retried; for a limited time,
+        // until then.
+        s.cancel_release(a[0].0, "alice", "debugging", None, t0())
+            .await
+            .unwrap();
+        assert!(s
+            .enqueue(&[rel("i-1", "r1", false)], t0())
+            .await
+            .unwrap()
+            .is_empty());
+        let holds = s.holds(t0()).await.unwrap();
+        assert_eq!(holds.len(), 1);
+        assert!(holds[0].describe().contains("held by alice"));
+        s.retry_release(a[0].0, "alice", t0()).await.unwrap();
+        assert!(
+            s.holds(t0()).await.unwrap().is_empty(),
+            "retry lifts the hold"
+        );
+        // A quarantine after a permanent refusal, doubling with each repeat.
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        let m = b.members.clone();
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, t0())
+            .await
+            .unwrap());
+        let refused = |m: &BatchMember| {
+            (
+                m.clone(),
+                MemberOutcome::Failed {
+                    code: "DependencyViolation.RouteEntry".into(),
+                    message: "route".into(),
+                    request_id: None,
+                    quarantine: Some(chrono::Duration::hours(1)),
+                },
+            )
+        };
+        let end: Vec<_> = m.iter().map(refused).collect();
+        assert!(s
+            .finish_batch(&b.fence, BatchState::Failed, None, &end, &[], t0())
+            .await
+            .unwrap());
+        assert!(s
+            .enqueue(
+                &[rel("i-1", "r1", false)],
+                t0() + chrono::Duration::minutes(59)
+            )
+            .await
+            .unwrap()
+            .is_empty());
+        let q = s.holds(t0()).await.unwrap();
+        assert_eq!(q.len(), 2);
+        assert!(q
+            .iter()
+            .all(|h| h.until == Some(t0() + chrono::Duration::hours(1))));
+        // After it, eligible again; a second refusal waits twice as long.
+        let later = t0() + chrono::Duration::hours(2);
+        let c = s.enqueue(&[rel("i-1", "r1", false)], later).await.unwrap();
+        assert_eq!(c.len(), 1);
+        let b = s
+            .claim("w", later, LEASE, 100, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, later)
+            .await
+            .unwrap());
+        let end: Vec<_> = b.members.iter().map(refused).collect();
+        s.finish_batch(&b.fence, BatchState::Failed, None, &end, &[], later)
+            .await
+            .unwrap();
+        let q = s.holds(later).await.unwrap();
+        let i1 = q.iter().find(|h| h.instance_id == "i-1").unwrap();
+        assert_eq!(
+            (i1.repeats, i1.until),
+            (2, Some(later + chrono::Duration::hours(2)))
+        );
+        // A released instance is never queued again, even if ECS still lists it.
+        let d = s.enqueue(&[rel("i-9", "r1", false)], t0()).await.unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        assert_eq!(b.members[0].release_id, d[0].0);
+        s.finish_batch(
+            &b.fence,
+            BatchState::Done,
+            None,
+            &[(b.members[0].clone(), ok())],
+            &[],
+            t0(),
+        )
+        .await
+        .unwrap();
+        assert!(s
+            .enqueue(&[rel("i-9", "r1", false)], t0())
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.released_among(&["i-9".into()]).await.unwrap().get("i-9"),
+            Some(&d[0].0)
+        );
+    }
+);
+
+conformance!(
+    a_scope_limits_claims_and_the_pause_records_who,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let mut other = rel("o-1", "r1", false);
+        other.policy = "other".into();
+        s.enqueue(&[rel("i-1", "r1", false), other], t0())
+            .await
+            .unwrap();
+        let n = s
+            .create_scope("run-1", Some(&["p".into()]), None)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let b = s
+            .claim("w", t0(), LEASE, 100, Some("run-1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.members.len(), 1);
+        assert_eq!(b.members[0].instance_id, "i-1");
+        assert!(s
+            .claim("w", t0(), LEASE, 100, Some("run-1"))
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            s.next_due(t0(), Some("run-1")).await.unwrap(),
+            Some(t0() + lease_as_chrono())
+        );
+        s.drop_scope("run-1").await.unwrap();
+        assert!(s.pause_state().await.unwrap().is_none());
+        s.pause("alice", "freeze", t0()).await.unwrap();
+        let p = s.pause_state().await.unwrap().unwrap();
+        assert_eq!((p.by.as_str(), p.reason.as_str()), ("alice", "freeze"));
+        s.resume("bob", t0()).await.unwrap();
+        assert!(s.pause_state().await.unwrap().is_none());
+        let id = s.database_id().await.unwrap();
+        assert!(!id.is_empty());
+        assert_eq!(s.database_id().await.unwrap(), id, "stable");
+    }
+);
+
+fn lease_as_chrono() -> chrono::Duration {
+    chrono::Duration::from_std(LEASE).unwrap()
+}
