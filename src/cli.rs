@@ -230,6 +230,10 @@ pub struct WorkerArgs {
     /// This replica's name in leases and runs (default: host name and process id).
     #[arg(long, env = "JANITOR_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// How long an instance refused for good (e.g. DependencyViolation.RouteEntry) stays out
+    /// of its policy before it is tried again; doubles with each repeat (`queue retry` ends it).
+    #[arg(long, env = "JANITOR_QUARANTINE", value_parser = duration_arg, default_value = "24h")]
+    pub quarantine: chrono::Duration,
 }
 
 impl WorkerArgs {
@@ -245,6 +249,7 @@ impl WorkerArgs {
                 Duration::from_millis(self.backoff_cap_ms.max(self.backoff_base_ms)),
             ),
             lease: Duration::from_secs(self.lease_secs.max(3)),
+            quarantine: self.quarantine,
             ..d
         }
     }
@@ -456,6 +461,10 @@ pub struct SimulateArgs {
     /// Milliseconds added before every answer.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Milliseconds DescribeInstances still lists an instance after it was released (ECS
+    /// releases asynchronously).
+    #[arg(long, default_value_t = 3000)]
+    pub release_delay_ms: u64,
 }
 
 fn rate(s: &str) -> Result<f64, String> {
@@ -1373,6 +1382,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             actions: Vec::new(),
         },
         seed: args.seed,
+        release_delay: Duration::from_millis(args.release_delay_ms),
         ..SimConfig::default()
     };
     let handle = Simulator::new(cfg, fleet)

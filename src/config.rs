@@ -32,6 +32,7 @@ pub const SCALARS: &[(&str, &str)] = &[
     ("workers.backoff_base_ms", "JANITOR_BACKOFF_BASE_MS"),
     ("workers.backoff_cap_ms", "JANITOR_BACKOFF_CAP_MS"),
     ("workers.lease_secs", "JANITOR_LEASE_SECS"),
+    ("workers.quarantine", "JANITOR_QUARANTINE"),
 ];
 
 /// Keys whose values are secrets: never printed.
