@@ -71,3 +71,7 @@ ALTER TABLE batches ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;
 --    was seen Stopped, so a pass whose listing was filtered differently clears only what its
 --    listing could have returned. One constraint a line; '' for an unfiltered listing.
 ALTER TABLE observations ADD COLUMN seen_with TEXT NOT NULL DEFAULT '';
+
+-- 6. Whether any call sent with a batch's token may have taken effect (its answer was lost, or
+--    the process died with it in flight). Sticky: a later refusal does not undo an earlier call.
+ALTER TABLE batches ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0;

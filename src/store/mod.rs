@@ -890,7 +890,7 @@ impl Store {
                                 claims = claims + 1, updated_at = $4
                          WHERE id = $1
                          RETURNING id, account, region, force, terminate_subscription, client_token,
-                                   attempts, tries, claims, last_code",
+                                   attempts, tries, claims, last_code, uncertain",
                     )
                     .bind(id)
                     .bind(owner)
@@ -948,8 +948,9 @@ impl Store {
         let ok = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let n = sqlx::query(
-                "UPDATE batches SET attempts = attempts + 1, tries = tries + 1, last_code = NULL,
-                        updated_at = $4
+                "UPDATE batches SET attempts = attempts + 1, tries = tries + 1,
+                        uncertain = CASE WHEN attempts > 0 AND last_code IS NULL THEN 1 ELSE uncertain END,
+                        last_code = NULL, updated_at = $4
                  WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",
             )
             .bind(fence.batch_id)
@@ -1053,12 +1054,30 @@ impl Store {
         recheck_failed: bool,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        self.retry_later_as(fence, code, message, at, recheck_failed, false, now)
+            .await
+    }
+
+    /// [`Store::retry_later`], recording whether the call it follows may have taken effect
+    /// (`uncertain`, sticky for the batch).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn retry_later_as(
+        &self,
+        fence: &Fence,
+        code: &str,
+        message: &str,
+        at: DateTime<Utc>,
+        recheck_failed: bool,
+        uncertain: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let ok = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let n = sqlx::query(
                 "UPDATE batches SET next_attempt_at = $4,
                         last_code = CASE WHEN $7 = 1 AND attempts > 0 THEN last_code ELSE $5 END,
-                        tries = tries + $7, lease_owner = NULL, lease_expires_at = NULL,
+                        tries = tries + $7, uncertain = CASE WHEN $8 = 1 THEN 1 ELSE uncertain END,
+                        lease_owner = NULL, lease_expires_at = NULL,
                         updated_at = $6
                  WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",
             )
@@ -1069,6 +1088,7 @@ impl Store {
             .bind(code)
             .bind(ms(now))
             .bind(i64::from(recheck_failed))
+            .bind(i64::from(uncertain))
             .execute(&mut *tx)
             .await?
             .rows_affected();

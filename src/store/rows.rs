@@ -271,6 +271,7 @@ pub(super) struct BatchRow {
     tries: i64,
     claims: i64,
     last_code: Option<String>,
+    uncertain: i64,
 }
 
 impl BatchRow {
@@ -289,6 +290,7 @@ impl BatchRow {
             attempts: self.attempts,
             tries: self.tries,
             last_code: self.last_code,
+            uncertain: self.uncertain != 0,
             members,
         }
     }
@@ -308,8 +310,12 @@ pub struct ClaimedBatch {
     pub attempts: i64,
     /// Tries so far, counting re-checks that failed before a call; bounded by `max_attempts`.
     pub tries: i64,
-    /// The code the last try ended with (decides whether its outcome is unknown).
+    /// The code the last call ended with; `None` while a call is (or was, when the process
+    /// died) in flight.
     pub last_code: Option<String>,
+    /// Some call sent with this token may have taken effect (a lost answer, or a call in
+    /// flight when the process died).
+    pub uncertain: bool,
     pub members: Vec<BatchMember>,
 }
 

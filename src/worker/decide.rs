@@ -132,11 +132,11 @@ pub fn outcome_unknown(code: &str) -> bool {
         || code.starts_with("Janitor.Http5")
 }
 
-/// Whether the batch's token has been sent and the last call's outcome is unknown: its answer
-/// was lost, or never recorded (the process died with the call in flight; a call clears the
+/// Whether the batch's token has been sent and some call's outcome is unknown: an answer
+/// was lost (any call's: a later refusal does not undo it), or never recorded (the process died with the call in flight; a call clears the
 /// batch's code when it is sent).
 fn last_call_unknown(b: &ClaimedBatch) -> bool {
-    b.attempts > 0 && b.last_code.as_deref().is_none_or(outcome_unknown)
+    b.attempts > 0 && (b.uncertain || b.last_code.as_deref().is_none_or(outcome_unknown))
 }
 
 /// The decision. `live` is `None` only for a batch with no members.

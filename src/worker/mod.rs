@@ -880,9 +880,18 @@ impl Workers {
         };
         let now = self.clock.now();
         let at = crate::backoff::add_capped(now, delay);
+        let uncertain = !recheck_failed && decide::outcome_unknown(e.code());
         let ok = self
             .store
-            .retry_later(&b.fence, e.code(), &e.to_string(), at, recheck_failed, now)
+            .retry_later_as(
+                &b.fence,
+                e.code(),
+                &e.to_string(),
+                at,
+                recheck_failed,
+                uncertain,
+                now,
+            )
             .await?;
         if ok {
             self.metrics.retry_scheduled();

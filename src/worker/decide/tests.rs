@@ -59,6 +59,7 @@ fn batch(members: &[i64], attempts: i64, last_code: Option<&str>) -> ClaimedBatc
         attempts,
         tries: attempts,
         last_code: last_code.map(str::to_string),
+        uncertain: false,
         members: members.iter().map(|n| member(*n)).collect(),
     }
 }
@@ -337,4 +338,14 @@ fn a_call_whose_answer_was_never_recorded_is_resent_identically() {
     let w = World::new(&[]);
     let t = w.decide(&batch(&[1, 2], 1, None));
     assert_eq!(sent(&t), vec![1, 2]);
+}
+
+#[test]
+fn a_lost_answer_stays_uncertain_after_a_later_refusal() {
+    // Call 1's answer was lost (it may have released i-1); call 2 was throttled. i-1 is gone:
+    // the identical resend gets ECS's stored answer, it is not "vanished".
+    let w = World::new(&[2]);
+    let mut b = batch(&[1, 2], 2, Some("Throttling"));
+    b.uncertain = true;
+    assert_eq!(sent(&w.decide(&b)), vec![1, 2]);
 }
