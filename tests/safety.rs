@@ -674,3 +674,53 @@ async fn sigterm_interrupts_a_backoff_wait() {
         out.stdout
     );
 }
+
+/// ECS goes away mid-run (the simulator is shut down): apply still ends, bounded by
+/// `--max-attempts`, with what was left failed or waiting, instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_ends_when_ecs_goes_away_mid_run() {
+    let many = format!("{CI}limits:\n  max_releases_per_run: 1000\n");
+    let e = env(300, 0, &[&many]).await;
+    e.h.sim.set_faults(Faults {
+        latency: Duration::from_millis(200),
+        ..Faults::default()
+    });
+    let mut c = Command::new(BIN);
+    c.args([
+        "apply",
+        "--max-attempts",
+        "3",
+        "--calls-per-second",
+        "4",
+        "--concurrency",
+        "1",
+    ])
+    .envs(common::janitor_env(&e.h, e.dir.path(), &e.url))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let sim = e.h.sim.clone();
+    common::wait_for("the first release", Duration::from_secs(30), || {
+        let n = sim.releases().len();
+        async move { n > 0 }
+    })
+    .await;
+    let Env { h, dir, url } = e;
+    h.shutdown().await;
+    let out = tokio::task::spawn_blocking(move || wait_bounded(child, "apply with ECS gone"))
+        .await
+        .unwrap();
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("out of attempts"), "{}", out.stdout);
+    let store = Store::connect(&url).await.unwrap();
+    let open = store
+        .list_releases(&ReleaseFilter {
+            state: Some("in_flight".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "batches left open: {open:?}");
+    drop(dir);
+}
