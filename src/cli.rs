@@ -343,6 +343,16 @@ fn duration_arg(s: &str) -> Result<chrono::Duration, String> {
     crate::policy::Duration::parse(s).map(|d| d.to_chrono())
 }
 
+/// `--since`: a duration back from now (`2h`, `7d`) or an RFC 3339 time.
+fn since_arg(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    crate::policy::Duration::parse(s)
+        .map(|d| chrono::Utc::now() - d.to_chrono())
+        .map_err(|e| format!("{e}; or give an RFC 3339 time, e.g. 2026-12-01T00:00:00Z"))
+}
+
 /// Who runs this command, for the audit log: `$JANITOR_OPERATOR`, else `$USER`, and the host.
 fn operator() -> String {
     let who = std::env::var("JANITOR_OPERATOR")
@@ -355,11 +365,25 @@ fn operator() -> String {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    /// JSON, one object per event, times in RFC 3339 (UTC, milliseconds).
     #[arg(long)]
     pub json: bool,
     /// How many events, newest first.
     #[arg(long, default_value_t = 200)]
     pub limit: i64,
+    /// Only this policy's events.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Only this instance's events.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Only events of this kind (enqueued, batched, call_sent, succeeded, failed, cancelled,
+    /// vanished, paused, resumed, retried, ...).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only events this recent (`2h`, `7d`) or since this RFC 3339 time.
+    #[arg(long, value_parser = since_arg)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -1343,14 +1367,22 @@ async fn queue(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
 
 async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&args.db.url).await?;
-    let events = store.events(args.limit).await?;
+    let events = store
+        .events_where(&crate::store::EventFilter {
+            policy: args.policy.clone(),
+            instance_id: args.instance.clone(),
+            kind: args.kind.clone(),
+            since: args.since,
+            limit: Some(args.limit),
+        })
+        .await?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&events)?);
     } else {
         for e in events {
             outln!(
                 "{} {:<16} {:<24} {:<28} {:<28} {} {}",
-                crate::store::from_ms(e.at).format("%Y-%m-%dT%H:%M:%SZ"),
+                e.at.format("%Y-%m-%dT%H:%M:%SZ"),
                 e.kind,
                 e.instance_id.unwrap_or_default(),
                 e.policy.unwrap_or_default(),

@@ -724,3 +724,46 @@ async fn apply_ends_when_ecs_goes_away_mid_run() {
     assert!(open.is_empty(), "batches left open: {open:?}");
     drop(dir);
 }
+
+/// `history` narrows by policy, instance, kind and time, and its JSON times are RFC 3339.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_filters_and_speaks_rfc3339() {
+    let e = env(2, 1, &[CI, OTHER]).await;
+    assert_eq!(e.run(&["apply"]).await.code, 0);
+    let h = e
+        .run(&[
+            "history",
+            "--json",
+            "--kind",
+            "succeeded",
+            "--instance",
+            "i-0",
+        ])
+        .await;
+    assert_eq!(h.code, 0, "{}", h.all());
+    let v: Vec<serde_json::Value> = serde_json::from_str(&h.stdout).unwrap();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["instance_id"], "i-0");
+    let at = v[0]["at"].as_str().expect("`at` is a string");
+    assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+    let by_policy = e.run(&["history", "--json", "--policy", "other"]).await;
+    let v: Vec<serde_json::Value> = serde_json::from_str(&by_policy.stdout).unwrap();
+    assert!(
+        !v.is_empty() && v.iter().all(|e| e["policy"] == "other"),
+        "{v:?}"
+    );
+    let recent = e.run(&["history", "--json", "--since", "1h"]).await;
+    let v: Vec<serde_json::Value> = serde_json::from_str(&recent.stdout).unwrap();
+    assert!(!v.is_empty());
+    let future = e
+        .run(&["history", "--json", "--since", "2999-01-01T00:00:00Z"])
+        .await;
+    assert_eq!(future.stdout.trim(), "[]");
+    let bad = e.run(&["history", "--since", "yesterday"]).await;
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("RFC 3339"), "{}", bad.stderr);
+    // A success shows no error.
+    let q = e.run(&["queue", "list", "--json"]).await;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&q.stdout).unwrap();
+    assert!(rows.iter().all(|r| r["last_error"].is_null()), "{rows:?}");
+}

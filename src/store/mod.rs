@@ -255,8 +255,10 @@ macro_rules! settle {
                 let mut q = QueryBuilder::new("UPDATE releases SET state = ");
                 q.push_bind(*state);
                 q.push(", last_code = COALESCE(").push_bind(code.clone());
+                // A success has no error to show: its words stay in the audit log only.
+                let last_message = (*state != "succeeded").then(|| message.clone());
                 q.push(", last_code), last_message = ")
-                    .push_bind(message.clone());
+                    .push_bind(last_message);
                 q.push(", request_id = COALESCE(")
                     .push_bind(request_id.clone());
                 q.push(", request_id), updated_at = ").push_bind(ms($now));
@@ -356,6 +358,16 @@ pub struct ReleaseFilter {
     /// Only releases changed at or after this time, and those still pending (what one `apply`
     /// touched or left waiting), rather than the whole history.
     pub touched_since: Option<DateTime<Utc>>,
+}
+
+/// Filters of [`Store::events_where`].
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub policy: Option<String>,
+    pub instance_id: Option<String>,
+    pub kind: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
 }
 
 /// An event to append to the audit log.
@@ -1327,16 +1339,41 @@ impl Store {
         Ok(())
     }
 
-    /// The audit log, newest first.
+    /// The audit log, newest first (at most `limit`).
     pub async fn events(&self, limit: i64) -> Result<Vec<EventRow>, StoreError> {
-        let rows = with_pool!(self, p => sqlx::query_as::<_, EventRow>(
-            "SELECT id, at, kind, release_id, batch_id, policy, instance_id, code, request_id,
-                    client_token, detail
-             FROM events ORDER BY id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(p)
-        .await)?;
+        self.events_where(&EventFilter {
+            limit: Some(limit),
+            ..EventFilter::default()
+        })
+        .await
+    }
+
+    /// The audit log, newest first, narrowed by `f`.
+    pub async fn events_where(&self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+        let rows = with_pool!(self, p => {
+            let mut q = QueryBuilder::new(
+                "SELECT id, at, kind, release_id, batch_id, policy, instance_id, code, request_id,
+                        client_token, detail
+                 FROM events WHERE 1 = 1",
+            );
+            if let Some(v) = &f.policy {
+                q.push(" AND policy = ").push_bind(v.clone());
+            }
+            if let Some(v) = &f.instance_id {
+                q.push(" AND instance_id = ").push_bind(v.clone());
+            }
+            if let Some(v) = &f.kind {
+                q.push(" AND kind = ").push_bind(v.clone());
+            }
+            if let Some(t) = f.since {
+                q.push(" AND at >= ").push_bind(ms(t));
+            }
+            q.push(" ORDER BY id DESC");
+            if let Some(l) = f.limit {
+                q.push(" LIMIT ").push_bind(l);
+            }
+            q.build_query_as::<EventRow>().fetch_all(p).await
+        })?;
         Ok(rows)
     }
 

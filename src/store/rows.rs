@@ -334,18 +334,56 @@ pub struct RunRow {
     pub refused: i64,
 }
 
-/// One audit-log entry.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+/// An audit-log entry as stored (times in milliseconds).
+#[derive(Debug, Clone, FromRow)]
+struct RawEvent {
+    id: i64,
+    at: i64,
+    kind: String,
+    release_id: Option<ReleaseId>,
+    batch_id: Option<BatchId>,
+    policy: Option<String>,
+    instance_id: Option<String>,
+    code: Option<String>,
+    request_id: Option<String>,
+    client_token: Option<String>,
+    detail: String,
+}
+
+/// One audit log entry, as `history --json` shows it (times in RFC 3339, UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRow {
     pub id: i64,
-    pub at: i64,
+    pub at: DateTime<Utc>,
     pub kind: String,
-    pub release_id: Option<i64>,
-    pub batch_id: Option<i64>,
+    pub release_id: Option<ReleaseId>,
+    pub batch_id: Option<BatchId>,
     pub policy: Option<String>,
     pub instance_id: Option<String>,
     pub code: Option<String>,
     pub request_id: Option<String>,
     pub client_token: Option<String>,
     pub detail: String,
+}
+
+impl<'r, R: sqlx::Row> FromRow<'r, R> for EventRow
+where
+    RawEvent: FromRow<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let e = RawEvent::from_row(row)?;
+        Ok(EventRow {
+            id: e.id,
+            at: from_ms(e.at),
+            kind: e.kind,
+            release_id: e.release_id,
+            batch_id: e.batch_id,
+            policy: e.policy,
+            instance_id: e.instance_id,
+            code: e.code,
+            request_id: e.request_id,
+            client_token: e.client_token,
+            detail: e.detail,
+        })
+    }
 }

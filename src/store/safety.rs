@@ -124,20 +124,29 @@ impl Store {
         .await
     }
 
-    /// `Some` while releases are paused.
+    /// `Some` while releases are paused. One query: workers read this before every call.
     pub async fn pause_state(&self) -> Result<Option<PauseInfo>, StoreError> {
-        if self.setting(PAUSED).await?.as_deref() != Some("true") {
+        let rows: Vec<(String, String)> = with_pool!(self, p => sqlx::query_as(
+            "SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4)",
+        )
+        .bind(PAUSED)
+        .bind(PAUSED_BY)
+        .bind(PAUSED_REASON)
+        .bind(PAUSED_AT)
+        .fetch_all(p)
+        .await)?;
+        let get = |k: &str| {
+            rows.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        if get(PAUSED).as_deref() != Some("true") {
             return Ok(None);
         }
         Ok(Some(PauseInfo {
-            by: self
-                .setting(PAUSED_BY)
-                .await?
-                .unwrap_or_else(|| "an unknown operator".into()),
-            reason: self.setting(PAUSED_REASON).await?.unwrap_or_default(),
-            at: self
-                .setting(PAUSED_AT)
-                .await?
+            by: get(PAUSED_BY).unwrap_or_else(|| "an unknown operator".into()),
+            reason: get(PAUSED_REASON).unwrap_or_default(),
+            at: get(PAUSED_AT)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc)),
         }))
