@@ -56,15 +56,50 @@ pub fn router(ctx: AdminContext) -> Router {
         .route("/api/v1/releases/{id}/cancel", post(cancel_release))
         .route("/api/v1/pause", post(pause).get(pause_state))
         .route("/api/v1/resume", post(resume))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such route: see the README's Operations section for the admin API".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method (mutations are POST)".into(),
+            )
+        })
         .with_state(ctx)
 }
 
-/// An API error: a status and a JSON `{"error": ...}` body.
+/// An API error: a status and a JSON body `{"error": {"code": ..., "message": ...}}`, the same
+/// shape for every route and failure.
+#[derive(Debug)]
 struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    /// A stable machine code for the status.
+    fn code(&self) -> &'static str {
+        match self.0 {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "error",
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let body = json!({ "error": { "code": self.code(), "message": self.1 } });
+        (self.0, Json(body)).into_response()
     }
 }
 
@@ -77,6 +112,15 @@ impl From<StoreError> for ApiError {
         };
         ApiError(status, e.to_string())
     }
+}
+
+/// A release id from the path, or a 400 that says what an id looks like.
+fn release_id(raw: &str) -> Result<crate::store::ReleaseId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{raw:?} is not a release id: use the number `queue list` or GET /api/v1/releases shows"
+        ))
+    })
 }
 
 fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -168,10 +212,15 @@ async fn list_releases(
     State(s): State<AdminContext>,
     Query(q): Query<ReleaseQuery>,
 ) -> Result<Json<Vec<ReleaseRow>>, ApiError> {
+    let state = q.state.filter(|v| !v.is_empty());
+    if let Some(st) = &state {
+        st.parse::<crate::store::ReleaseState>()
+            .map_err(|e| ApiError::bad_request(format!("state: {e}")))?;
+    }
     let rows = s
         .store
         .list_releases(&ReleaseFilter {
-            state: q.state.filter(|v| !v.is_empty()),
+            state,
             policy: q.policy.filter(|v| !v.is_empty()),
             limit: Some(q.limit.unwrap_or(500).clamp(1, 10_000)),
             ..ReleaseFilter::default()
@@ -225,10 +274,11 @@ async fn list_policies(State(s): State<AdminContext>) -> Result<Json<serde_json:
 async fn retry_release(
     State(s): State<AdminContext>,
     headers: HeaderMap,
-    Path(id): Path<crate::store::ReleaseId>,
+    Path(raw): Path<String>,
     Query(op): Query<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
     authorize(&s, &headers)?;
+    let id = release_id(&raw)?;
     s.store.retry_release(id, &op.by(), s.clock.now()).await?;
     Ok(Json(s.store.release(id).await?))
 }
@@ -236,10 +286,11 @@ async fn retry_release(
 async fn cancel_release(
     State(s): State<AdminContext>,
     headers: HeaderMap,
-    Path(id): Path<crate::store::ReleaseId>,
+    Path(raw): Path<String>,
     Query(op): Query<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
     authorize(&s, &headers)?;
+    let id = release_id(&raw)?;
     let now = s.clock.now();
     let until = op
         .hold_secs

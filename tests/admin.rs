@@ -200,7 +200,7 @@ async fn the_api_lists_and_its_mutations_need_the_token() {
     let b = admin(None).await;
     let (status, body) = post(&format!("{}/api/v1/pause", b.base), Some("anything")).await;
     assert_eq!(status, 403, "no token configured: mutations are disabled");
-    assert!(body["error"]
+    assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("JANITOR_ADMIN_TOKEN"));
@@ -348,4 +348,50 @@ async fn the_status_page_shows_policies_waiting_releases_and_failures_in_chromiu
         png.starts_with(b"\x89PNG") && png.len() > 5_000,
         "a real screenshot"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_bad_input_with_json_errors() {
+    let a = admin(Some("tok")).await;
+    let (status, body) = post(
+        &format!("{}/api/v1/releases/abc/retry", a.base),
+        Some("tok"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "bad_request");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not a release id"));
+    let r = reqwest::get(format!("{}/api/v1/releases?state=bogus", a.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vanished"),
+        "{body}"
+    );
+    let r = reqwest::get(format!("{}/api/v1/pause", a.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["paused"], false);
+    let r = reqwest::get(format!("{}/api/v1/nope", a.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    let r = reqwest::get(format!("{}/api/v1/resume", a.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 }
