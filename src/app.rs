@@ -333,6 +333,20 @@ impl ApplyReport {
         }
     }
 
+    /// `--detailed-exitcode`: 0 nothing was released, 2 something was, 4 some release failed,
+    /// was not carried out, or was left by a stop or a refused account; 3 when paused.
+    pub fn detailed_exit_code(&self) -> u8 {
+        if self.paused.is_some() {
+            EXIT_PAUSED
+        } else if self.exit_code() != 0 {
+            4
+        } else if self.in_state(ReleaseState::Succeeded).next().is_some() {
+            2
+        } else {
+            0
+        }
+    }
+
     /// A human summary, one release a line, then totals.
     pub fn render(&self, now: DateTime<Utc>) -> String {
         let mut out = String::new();

@@ -186,6 +186,14 @@ pub struct ApplyArgs {
     /// Refuse a saved plan older than this (`30m`, `24h`, `2d`).
     #[arg(long, value_parser = duration_arg, default_value = "24h")]
     pub max_plan_age: chrono::Duration,
+    /// On a terminal, release without showing the plan and asking for `yes` first (apply never
+    /// asks when stdin or stdout is not a terminal).
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Exit codes as Terraform's `-detailed-exitcode`: 0 nothing was released, 2 something was
+    /// released, 1 an error, 4 some release failed or was not carried out, 3 paused.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
     /// Bound the whole run: when it expires, no new batch is claimed, calls in flight end, and
     /// apply exits 2 listing what was left (`apply` again resumes it).
     #[arg(long, value_parser = duration_arg, default_value = "30m")]
@@ -1076,10 +1084,15 @@ async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
 
 async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let policies = load_policies(&args.policies.policies, &args.only)?;
-    let saved = match &args.plan {
+    let mut saved = match &args.plan {
         Some(p) => Some(SavedPlan::load(p)?),
         None => None,
     };
+    let ask = saved.is_none()
+        && !args.auto_approve
+        && !args.dry_run
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal();
     let store = Store::connect(&args.db.url).await?;
     let client = args.ecs.client()?;
     let accounts = args.ecs.accounts(client.clone(), &policies)?;
@@ -1096,6 +1109,41 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     )
     .with_accounts(accounts);
     let app = with_file_settings(app)?;
+    if ask {
+        // Show the plan, and act on exactly what was approved (as `apply --plan` would).
+        let now = chrono::Utc::now();
+        let loaded = app
+            .workers
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let plan = app.reconciler.plan_only(&loaded, now).await?;
+        out!("{}", crate::plan::render_text(&plan, true));
+        let mut reviewed = SavedPlan::from_plan(&plan);
+        if reviewed.releases.is_empty() {
+            outln!("Nothing to release.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        reviewed.database_id = Some(app.store.database_id().await?);
+        outln!(
+            "\nRelease the {} {} above? This destroys their data for good. Only `yes` is accepted.",
+            reviewed.releases.len(),
+            if reviewed.releases.len() == 1 {
+                "instance"
+            } else {
+                "instances"
+            }
+        );
+        out!("  Enter a value: ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            outln!("Apply cancelled; nothing was released.");
+            return Ok(ExitCode::FAILURE);
+        }
+        saved = Some(reviewed);
+    }
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     let limit = args.timeout.to_std().unwrap_or_default();
@@ -1148,7 +1196,11 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     } else {
         out!("{}", report.render(chrono::Utc::now()));
     }
-    Ok(ExitCode::from(report.exit_code()))
+    Ok(ExitCode::from(if args.detailed_exitcode {
+        report.detailed_exit_code()
+    } else {
+        report.exit_code()
+    }))
 }
 
 /// A progress bar on the terminal while `apply` works the queue: releases settled since it

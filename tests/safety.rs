@@ -767,3 +767,62 @@ async fn history_filters_and_speaks_rfc3339() {
     let rows: Vec<serde_json::Value> = serde_json::from_str(&q.stdout).unwrap();
     assert!(rows.iter().all(|r| r["last_error"].is_null()), "{rows:?}");
 }
+
+/// On a terminal, apply shows the plan and releases only after `yes`, exactly what it showed;
+/// `--detailed-exitcode` tells "released something" from "nothing to do".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_on_a_terminal_asks_first_and_detailed_exit_codes() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is needed to give apply a terminal");
+        return;
+    }
+    let e = env(2, 0, &[CI]).await;
+    let on_terminal = |answer: &'static str| {
+        let mut c = Command::new("script");
+        c.args(["-qec", &format!("{BIN} apply"), "/dev/null"])
+            .envs(common::janitor_env(&e.h, e.dir.path(), &e.url))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        child
+    };
+    let child = on_terminal("no\n");
+    let out = tokio::task::spawn_blocking(move || wait_bounded(child, "apply on a terminal"))
+        .await
+        .unwrap();
+    assert!(
+        out.stdout.contains("Only `yes` is accepted"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("Apply cancelled"), "{}", out.stdout);
+    assert!(e.real_deletes().is_empty(), "released without a yes");
+    let child = on_terminal("yes\n");
+    let out = tokio::task::spawn_blocking(move || wait_bounded(child, "apply on a terminal"))
+        .await
+        .unwrap();
+    assert!(
+        out.stdout.contains("Released 2 instances"),
+        "{}",
+        out.stdout
+    );
+    // Not a terminal: never asks. Nothing left: 0 with --detailed-exitcode.
+    let d = e.run(&["apply", "--detailed-exitcode"]).await;
+    assert_eq!(d.code, 0, "{}", d.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detailed_exit_code_two_means_released() {
+    let e = env(1, 0, &[CI]).await;
+    let d = e.run(&["apply", "--detailed-exitcode"]).await;
+    assert_eq!(d.code, 2, "{}", d.all());
+    assert_eq!(e.released(), vec!["i-0"]);
+}
