@@ -114,6 +114,10 @@ pub struct ValidateArgs {
     /// passes. Policy names must be unique among them.
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// text for people; json; github (workflow commands: inline annotations in a pull
+    /// request); sarif (SARIF 2.1.0, for code scanning). Exit 0 clean, 1 on any problem.
+    #[arg(long, value_enum, default_value_t = crate::policy::report::Format::Text)]
+    pub format: crate::policy::report::Format,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -998,6 +1002,29 @@ fn validate(args: &ValidateArgs) -> ExitCode {
         (args.files.clone(), shown.join(", "))
     };
     let loaded = crate::policy::load_paths(&paths);
+    if args.format != crate::policy::report::Format::Text {
+        use crate::policy::report::{self, Findings, Format};
+        let (problems, policies): (Vec<crate::policy::Diagnostic>, usize) = match &loaded.result {
+            Ok(set) => (Vec::new(), set.policies.len()),
+            Err(d) => (d.0.clone(), 0),
+        };
+        let warnings: Vec<crate::policy::Diagnostic> = loaded.warnings.0.clone();
+        let f = Findings {
+            problems: &problems,
+            warnings: &warnings,
+            policies,
+        };
+        match args.format {
+            Format::Json => outln!("{:#}", report::json(&f)),
+            Format::Sarif => outln!("{:#}", report::sarif(&f)),
+            Format::Github | Format::Text => out!("{}", report::github(&f)),
+        }
+        return if problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
     for w in loaded.warnings.iter() {
         outln!("warning: {w}");
     }

@@ -384,3 +384,76 @@ fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret(
         text(&out.stdout)
     );
 }
+
+/// `validate --format` for CI: GitHub annotations at the problem's place, JSON, and SARIF
+/// 2.1.0; the exit code says clean (0) or not (1) in every format.
+#[test]
+fn validate_speaks_the_formats_ci_systems_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("policies/bad.yaml");
+    write(&bad, &policy("bad", "61 * * * * *", "[cn-hangzhou]"));
+    let good = dir.path().join("policies/good.yaml");
+    write(&good, &policy("good", "0 0 * * * *", "[cn-hangzhou]"));
+    let gh = janitor(
+        dir.path(),
+        &["validate", "--format", "github", "policies"],
+        &[],
+    );
+    assert_eq!(gh.status.code(), Some(1));
+    let out = text(&gh.stdout);
+    let line = out.lines().next().unwrap_or_default();
+    assert!(
+        line.starts_with("::error file=policies/bad.yaml,line=2,col="),
+        "{out}"
+    );
+    assert!(line.contains("61"), "{out}");
+    let js = janitor(
+        dir.path(),
+        &["validate", "--format", "json", "policies"],
+        &[],
+    );
+    assert_eq!(js.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&js.stdout).unwrap();
+    assert_eq!(v["problems"][0]["line"], 2);
+    let sarif = janitor(
+        dir.path(),
+        &["validate", "--format", "sarif", "policies"],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&sarif.stdout).unwrap();
+    assert_eq!(v["version"], "2.1.0");
+    let r = &v["runs"][0]["results"][0];
+    assert_eq!(r["level"], "error");
+    assert_eq!(
+        r["locations"][0]["physicalLocation"]["region"]["startLine"],
+        2
+    );
+    let clean = janitor(
+        dir.path(),
+        &["validate", "--format", "json", "policies/good.yaml"],
+        &[],
+    );
+    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&clean.stdout).unwrap();
+    assert_eq!(
+        (
+            v["policies"].as_u64(),
+            v["problems"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0))
+    );
+}
+
+/// The pre-commit hook definition runs `validate` on the policy files a commit changes.
+#[test]
+fn the_pre_commit_hook_runs_validate_on_policy_files() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".pre-commit-hooks.yaml"),
+    )
+    .unwrap();
+    let hooks: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let h = &hooks[0];
+    assert_eq!(h["entry"], "ecs-janitor validate");
+    assert_eq!(h["pass_filenames"], true);
+    assert!(h["files"].as_str().unwrap().contains("ya?ml"));
+}

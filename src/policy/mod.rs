@@ -12,6 +12,7 @@ mod diag;
 mod duration;
 pub mod node;
 mod regions;
+pub mod report;
 mod schema;
 mod validate;
 mod walk;
