@@ -166,6 +166,12 @@ pub struct PlanArgs {
     /// Print the plan as JSON (see docs/policies.md for the format).
     #[arg(long)]
     pub json: bool,
+    /// One line per policy: how many to release, how many wait, skips counted by reason.
+    #[arg(long)]
+    pub summary: bool,
+    /// Leave out the skipped instances (their count stays in the last line).
+    #[arg(long)]
+    pub hide_skips: bool,
     /// Save the plan, for `apply --plan FILE` to act on exactly this set.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -1097,7 +1103,17 @@ async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&crate::plan::render_json(&plan))?
         );
     } else {
-        out!("{}", crate::plan::render_text(&plan, stdout_is_terminal()));
+        out!(
+            "{}",
+            crate::plan::render_text_with(
+                &plan,
+                &crate::plan::TextOptions {
+                    color: stdout_is_terminal(),
+                    summary: args.summary,
+                    hide_skips: args.hide_skips,
+                }
+            )
+        );
         if let Some(path) = &args.out {
             outln!(
                 "Saved to {}; `ecs-janitor apply --plan {}` acts on exactly this set.",

@@ -826,3 +826,54 @@ async fn detailed_exit_code_two_means_released() {
     assert_eq!(d.code, 2, "{}", d.all());
     assert_eq!(e.released(), vec!["i-0"]);
 }
+
+// ---- For people (issue 17): plans that stay readable at fleet scale -----------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_groups_skips_by_reason_and_summarises() {
+    let e = env(10, 0, &[CI]).await;
+    for k in 2..10 {
+        e.h.sim.tag(&format!("i-{k}"), "janitor:protect", "true");
+    }
+    let full = e.run(&["plan"]).await;
+    assert_eq!(full.code, 0, "{}", full.all());
+    assert!(
+        full.stdout.contains("8 skipped: protected"),
+        "{}",
+        full.stdout
+    );
+    assert!(
+        full.stdout
+            .contains("... and 3 more protected (all in --json)"),
+        "{}",
+        full.stdout
+    );
+    let listed = full
+        .stdout
+        .lines()
+        .filter(|l| l.contains("in cn-hangzhou skipped"))
+        .count();
+    assert_eq!(listed, 5, "five listed, the rest counted: {}", full.stdout);
+    let summary = e.run(&["plan", "--summary"]).await;
+    assert!(
+        summary
+            .stdout
+            .contains("ci: 2 to release; skipped: 8 protected"),
+        "{}",
+        summary.stdout
+    );
+    let hidden = e.run(&["plan", "--hide-skips"]).await;
+    assert!(!hidden.stdout.contains("skipped:"), "{}", hidden.stdout);
+    assert!(
+        hidden.stdout.contains("Plan: 2 to release, 8 skipped"),
+        "{}",
+        hidden.stdout
+    );
+    let json = e.run(&["plan", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        v.to_string().matches("\"protected\"").count(),
+        8,
+        "the JSON keeps every skip"
+    );
+}

@@ -23,7 +23,7 @@
 mod render;
 mod saved;
 
-pub use render::{render_json, render_text, JSON_FORMAT_VERSION};
+pub use render::{render_json, render_text, render_text_with, TextOptions, JSON_FORMAT_VERSION};
 pub use saved::{SavedPlan, SavedPlanError, SavedRelease};
 
 use std::collections::HashMap;

@@ -36,10 +36,56 @@ impl Paint {
     }
 }
 
+/// How much of a plan the text shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextOptions {
+    /// ANSI colours (a terminal only).
+    pub color: bool,
+    /// One line per policy: counts of releases and of skips by reason.
+    pub summary: bool,
+    /// Leave the skips out (their counts stay in the last line).
+    pub hide_skips: bool,
+}
+
+/// Skips of one reason listed one by one, at most; the rest are counted (`--json` has all).
+const SKIPS_LISTED_PER_REASON: usize = 5;
+
 /// The plan as text: per policy, each release with why and each skip with why, then
 /// `Plan: N to release, M skipped, K policies refused.` ANSI colours only when `color`.
 pub fn render_text(plan: &Plan, color: bool) -> String {
-    let p = Paint { on: color };
+    render_text_with(
+        plan,
+        &TextOptions {
+            color,
+            ..TextOptions::default()
+        },
+    )
+}
+
+/// Skips grouped by reason, in the order each reason first appears, with their count.
+fn by_reason(skips: &[super::Skip]) -> Vec<(&'static str, Vec<&super::Skip>)> {
+    let mut groups: Vec<(&'static str, Vec<&super::Skip>)> = Vec::new();
+    for s in skips {
+        let code = s.reason.code();
+        match groups.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, v)) => v.push(s),
+            None => groups.push((code, vec![s])),
+        }
+    }
+    groups
+}
+
+/// A reason's code in words, for counts.
+fn reason_words(code: &str) -> String {
+    code.replace('_', " ")
+}
+
+/// The plan as text, as much of it as `o` asks for.
+pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
+    let p = Paint { on: o.color };
+    if o.summary {
+        return render_summary(plan, &p);
+    }
     let now = plan.generated_at;
     let mut out = String::new();
     for pp in &plan.policies {
@@ -90,17 +136,37 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
                 );
             }
         }
-        for s in &pp.skips {
-            // Over-limit skips repeat the refusal already shown; list them briefly.
-            let mark = match s.reason {
+        for (code, group) in by_reason(&pp.skips).into_iter().filter(|_| !o.hide_skips) {
+            let mark = match group[0].reason {
                 SkipReason::GracePending { .. } => p.yellow("~"),
                 _ => p.yellow("•"),
             };
-            let _ = writeln!(
-                out,
-                "  {mark} {} in {} skipped: {}",
-                s.instance_id, s.region, s.detail
-            );
+            if group.len() > SKIPS_LISTED_PER_REASON {
+                let _ = writeln!(
+                    out,
+                    "  {mark} {} skipped: {}",
+                    group.len(),
+                    reason_words(code)
+                );
+            }
+            for s in group.iter().take(SKIPS_LISTED_PER_REASON) {
+                let _ = writeln!(
+                    out,
+                    "  {mark} {} in {} skipped: {}",
+                    s.instance_id, s.region, s.detail
+                );
+            }
+            if group.len() > SKIPS_LISTED_PER_REASON {
+                let _ = writeln!(
+                    out,
+                    "    {}",
+                    p.dim(&format!(
+                        "... and {} more {} (all in --json)",
+                        group.len() - SKIPS_LISTED_PER_REASON,
+                        reason_words(code)
+                    ))
+                );
+            }
         }
         if pp.releases.is_empty() && pp.skips.is_empty() && pp.refused.is_none() {
             let _ = writeln!(out, "  {}", p.dim("no matching instances"));
@@ -182,4 +248,42 @@ pub fn render_json(plan: &Plan) -> Value {
             "policies_refused": s.policies_refused,
         },
     })
+}
+
+/// `plan --summary`: per policy, what it releases, what waits, and its skips counted by reason.
+fn render_summary(plan: &Plan, p: &Paint) -> String {
+    let now = plan.generated_at;
+    let mut out = String::new();
+    for pp in &plan.policies {
+        let due = pp.releases.iter().filter(|r| !r.is_pending(now)).count();
+        let waiting = pp.releases.len() - due;
+        let skips: Vec<String> = by_reason(&pp.skips)
+            .into_iter()
+            .map(|(code, g)| format!("{} {}", g.len(), reason_words(code)))
+            .collect();
+        let mut line = format!("{}: {due} to release", p.bold(&pp.policy));
+        if waiting > 0 {
+            line.push_str(&format!(", {waiting} waiting out their grace"));
+        }
+        if !skips.is_empty() {
+            line.push_str(&format!("; skipped: {}", skips.join(", ")));
+        }
+        if let Some(r) = &pp.refused {
+            line.push_str(&format!("; {}", p.red(&r.message())));
+        }
+        if pp.dry_run {
+            line.push_str(" (dry run)");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let s = plan.summary();
+    let _ = writeln!(
+        out,
+        "{}",
+        p.bold(&format!(
+            "Plan: {} to release, {} skipped, {} policies refused.",
+            s.to_release, s.skipped, s.policies_refused
+        ))
+    );
+    out
 }
