@@ -371,14 +371,22 @@ fn since_arg(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         .map_err(|e| format!("{e}; or give an RFC 3339 time, e.g. 2026-12-01T00:00:00Z"))
 }
 
-/// Who runs this command, for the audit log: `$JANITOR_OPERATOR`, else `$USER`, and the host.
+/// Who runs this command, for the audit log: `$JANITOR_OPERATOR`, else `$USER`, at the host.
 fn operator() -> String {
     let who = std::env::var("JANITOR_OPERATOR")
         .or_else(|_| std::env::var("USER"))
         .ok()
         .filter(|u| !u.trim().is_empty())
         .unwrap_or_else(|| "someone".into());
-    format!("{who} (cli)")
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(h) => format!("{who}@{h} (cli)"),
+        None => format!("{who} (cli)"),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -184,12 +184,12 @@ async fn pause_holds_apply_and_dry_run_never_releases_what_an_earlier_pass_queue
     // Paused: apply queues (the plan goes on) but sends nothing, says who and why, exits 3.
     let a = e.run(&["apply"]).await;
     assert_eq!(a.code, 3, "the documented paused exit code: {}", a.all());
-    assert!(a.stdout.contains("paused by alice (cli)"), "{}", a.stdout);
+    assert!(a.stdout.contains("paused by alice@"), "{}", a.stdout);
     assert!(a.stdout.contains("change freeze"), "{}", a.stdout);
     assert!(e.real_deletes().is_empty(), "nothing sent while paused");
     assert_eq!(ids(&e.rows().await, ReleaseState::Pending).len(), 3);
     let q = e.run(&["queue", "list"]).await;
-    assert!(q.stdout.contains("paused by alice"), "{}", q.stdout);
+    assert!(q.stdout.contains("paused by alice@"), "{}", q.stdout);
     // Resumed, a dry run: due releases queued earlier get DryRun calls only; the queue is
     // left as it was.
     assert_eq!(e.run(&["resume"]).await.code, 0);
@@ -210,7 +210,7 @@ async fn pause_holds_apply_and_dry_run_never_releases_what_an_earlier_pass_queue
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(e.released(), vec!["i-0", "i-1", "i-2"]);
     let h = e.run(&["history"]).await;
-    assert!(h.stdout.contains("paused") && h.stdout.contains("by alice (cli): change freeze"));
+    assert!(h.stdout.contains("paused") && h.stdout.contains("(cli): change freeze"));
     assert!(h.stdout.contains("resumed"), "{}", h.stdout);
 }
 
@@ -315,7 +315,7 @@ async fn an_operators_cancel_sticks_and_retry_keeps_the_grace() {
     let rows = e.rows().await;
     assert_eq!(rows.len(), 1, "queued again after a cancel: {rows:?}");
     let p = e.run(&["plan"]).await;
-    assert!(p.stdout.contains("held by alice (cli)"), "{}", p.stdout);
+    assert!(p.stdout.contains("held by alice@"), "{}", p.stdout);
     assert!(p.stdout.contains("still debugging"), "{}", p.stdout);
     // Retry: pending again, with what was left of its grace.
     assert_eq!(e.run(&["queue", "retry", &id]).await.code, 0);
