@@ -378,4 +378,40 @@ mod tests {
         }
         assert!(!names.contains(&"janitor_ecs_calls".to_string()));
     }
+
+    #[test]
+    fn the_series_names_are_those_the_encoder_writes() {
+        let m = Metrics::new();
+        (m.call_observer())(&CallRecord {
+            action: "DeleteInstances",
+            code: "OK".into(),
+            attempt: 1,
+        });
+        let _ = m.releases.get_or_create(&ReleaseLabels {
+            policy: "p".into(),
+            state: "failed".into(),
+        });
+        let _ = m
+            .last_success
+            .get_or_create(&PolicyLabels { policy: "p".into() });
+        m.paused_since.get_or_create(&Vec::new()).set(1);
+        let _ = m
+            .policy_interval
+            .get_or_create(&PolicyLabels { policy: "p".into() });
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        let written: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let mut written: Vec<String> = written.into_iter().map(String::from).collect();
+        written.sort();
+        written.dedup();
+        assert_eq!(written, m.series_names(), "{out}");
+        assert!(
+            out.contains("\njanitor_paused_since_timestamp_seconds 1\n"),
+            "{out}"
+        );
+    }
 }
