@@ -60,6 +60,9 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
     match loaded {
         Ok(set) => {
             let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
+            app.workers
+                .metrics
+                .policies_loaded(&set.policies, app.clock.now());
             *app.workers
                 .policies
                 .write()
@@ -93,6 +96,9 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
 /// port in use fails fast.
 pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), AppError> {
     let health = Arc::new(Health::default());
+    app.workers
+        .metrics
+        .observe(app.workers.window.clone(), app.workers.notifier.clone());
     if cfg.admin_token.is_none() && !cfg.listen.ip().is_loopback() {
         tracing::warn!(listen = %cfg.listen, "the admin server listens beyond this machine without JANITOR_ADMIN_TOKEN: its pages and metrics are readable by anyone who reaches it (mutating endpoints stay disabled)");
     }
