@@ -1,12 +1,14 @@
-//! A stateful ECS simulator that speaks ECS's wire protocol (RPC, signature V1, JSON), so that
+//! A stateful ECS simulator that speaks ECS's wire protocol (RPC, JSON, signed with V1 or V3), so that
 //! ecs-janitor — or Alibaba's own SDKs — can be tried, tested and benchmarked with no cloud
 //! account.
 //!
 //! It holds a fleet per region, serves `DescribeInstances` (both paging styles and the filters
 //! ecs-janitor uses) and `DeleteInstances` with ECS's rules and error codes, remembers
-//! ClientTokens, verifies signatures, nonces and timestamps, and can inject faults. `GET
+//! ClientTokens, verifies both signatures (V1 HMAC-SHA1 and V3 ACS3-HMAC-SHA256, see [`auth`]),
+//! nonces, timestamps and STS tokens, and can inject faults. `GET
 //! /__sim/state` shows the remaining fleet and the log of effective releases.
 
+mod auth;
 pub mod fleet;
 pub mod imds;
 
@@ -21,7 +23,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -30,7 +32,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::ecs::sign;
 use crate::ecs::types::{ChargeType, Instance, InstanceStatus};
 
 /// The AccessKey pair the simulator accepts unless told otherwise.
@@ -68,6 +69,9 @@ pub struct SimConfig {
     /// every instance belongs to the default account unless [`Simulator::assign`] says otherwise,
     /// and a caller sees and releases only its own account's instances.
     pub accounts: Vec<SimAccount>,
+    /// STS keys: each signs as an account (`""`: the default one) and is accepted only with its
+    /// security token, until it expires.
+    pub sts_keys: Vec<SimStsKey>,
     /// How long DescribeInstances still lists an instance after a successful DeleteInstances.
     /// ECS releases asynchronously: the release is accepted at once and the instance goes away
     /// shortly after. How long that takes, and what DescribeInstances shows meanwhile, is not
@@ -93,6 +97,30 @@ impl std::fmt::Debug for SimAccount {
     }
 }
 
+/// A temporary (STS) key of the simulator: its AccessKey pair, the security token that must come
+/// with it (V1 `SecurityToken`, V3 `x-acs-security-token`) and its expiry.
+#[derive(Clone)]
+pub struct SimStsKey {
+    /// The account it signs as (`""`: the default account).
+    pub account: String,
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub security_token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for SimStsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimStsKey")
+            .field("account", &self.account)
+            .field("access_key_id", &self.access_key_id)
+            .field("access_key_secret", &"<redacted>")
+            .field("security_token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for SimConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimConfig")
@@ -101,6 +129,7 @@ impl std::fmt::Debug for SimConfig {
             .field("faults", &self.faults)
             .field("seed", &self.seed)
             .field("accounts", &self.accounts)
+            .field("sts_keys", &self.sts_keys)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +145,7 @@ impl Default for SimConfig {
             throttle_time_left: Duration::from_millis(50),
             clock: Arc::new(SystemClock),
             accounts: Vec::new(),
+            sts_keys: Vec::new(),
             release_delay: Duration::from_secs(3),
         }
     }
@@ -410,26 +440,25 @@ impl Simulator {
         )
     }
 
-    /// Authenticates and answers one request. `params` are form-decoded (query and body).
+    /// Authenticates and answers one request.
     fn process(
         &self,
-        method: &str,
-        params: &[(String, String)],
+        req: &auth::Incoming<'_>,
     ) -> (Result<Outcome, ApiError>, String, Option<Duration>) {
         let cfg = self.config();
         let mut st = self.state();
         let request_id = self.next_request_id(&mut st);
-        let r = authenticate(&cfg, &mut st, method, params);
-        let account = r.as_ref().map(String::clone).unwrap_or_default();
+        let (account, params) = match auth::authenticate(&cfg, &mut st, req) {
+            Ok(a) => (a.account, a.params),
+            Err(e) => return (Err(e), request_id, None),
+        };
+        let params = params.as_slice();
         let map: HashMap<&str, &str> = params
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let action = map.get("Action").copied().unwrap_or_default().to_string();
         let region = map.get("RegionId").copied().unwrap_or_default().to_string();
-        if let Err(e) = r {
-            return (Err(e), request_id, None);
-        }
         let mut log = CallLogEntry {
             account: account.clone(),
             action: action.clone(),
@@ -578,91 +607,6 @@ impl Drop for SimHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
-}
-
-/// Checks the signature and the nonce; the account the key signs as.
-fn authenticate(
-    cfg: &SimConfig,
-    st: &mut SimState,
-    method: &str,
-    params: &[(String, String)],
-) -> Result<String, ApiError> {
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    for required in ["AccessKeyId", "Signature", "SignatureNonce", "Timestamp"] {
-        if get(required).is_none() {
-            return Err(api_err(
-                400,
-                "MissingParameter",
-                format!("The input parameter \"{required}\" that is mandatory for processing this request is not supplied."),
-            ));
-        }
-    }
-    let key_id = get("AccessKeyId").unwrap_or_default();
-    let (account, secret) = if key_id == cfg.access_key_id {
-        ("", cfg.access_key_secret.as_str())
-    } else {
-        match cfg.accounts.iter().find(|a| a.access_key_id == key_id) {
-            Some(a) => (a.name.as_str(), a.access_key_secret.as_str()),
-            None => {
-                return Err(api_err(
-                    404,
-                    "InvalidAccessKeyId.NotFound",
-                    "Specified access key is not found.",
-                ))
-            }
-        }
-    };
-    if get("SignatureMethod") != Some("HMAC-SHA1") || get("SignatureVersion") != Some("1.0") {
-        return Err(api_err(
-            400,
-            "InvalidParameter",
-            "This server accepts SignatureMethod HMAC-SHA1 with SignatureVersion 1.0.",
-        ));
-    }
-    let ts = get("Timestamp").unwrap_or_default();
-    let Ok(t) = NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%SZ") else {
-        return Err(api_err(
-            400,
-            "InvalidTimeStamp.Format",
-            "Specified time stamp or date value is not well formatted.",
-        ));
-    };
-    let now = cfg.clock.now();
-    if (now - t.and_utc()).abs() > cfg.max_clock_skew {
-        return Err(api_err(
-            400,
-            "InvalidTimeStamp.Expired",
-            "Specified time stamp or date value is expired.",
-        ));
-    }
-    let unsigned: Vec<(&str, &str)> = params
-        .iter()
-        .filter(|(k, _)| k != "Signature")
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let sts = sign::string_to_sign(method, &unsigned);
-    let expected = sign::sign(secret, &sts);
-    if !sign::signatures_equal(&expected, get("Signature").unwrap_or_default()) {
-        return Err(api_err(
-            400,
-            "SignatureDoesNotMatch",
-            format!("Specified signature is not matched with our calculation. server string to sign is:{sts}"),
-        ));
-    }
-    let nonce = get("SignatureNonce").unwrap_or_default().to_string();
-    // Nonces older than the clock skew window cannot be replayed anyway: forget them.
-    if st.nonces.len() > 100_000 {
-        let horizon = now - cfg.max_clock_skew;
-        st.nonces.retain(|_, seen| *seen >= horizon);
-    }
-    if st.nonces.insert(nonce, now).is_some() {
-        return Err(api_err(
-            400,
-            "SignatureNonceUsed",
-            "Specified signature nonce was used already.",
-        ));
-    }
-    Ok(account.to_string())
 }
 
 fn parse_bool(map: &HashMap<&str, &str>, key: &str) -> Result<bool, ApiError> {
@@ -1137,18 +1081,26 @@ pub async fn respond(
     query: Option<&str>,
     body: &[u8],
 ) -> Response {
-    let mut params: Vec<(String, String)> =
-        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
+    let query: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
     let is_form = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if is_form || (*method == Method::POST && !body.is_empty()) {
-        params.extend(form_urlencoded::parse(body).into_owned());
-    }
-    let (result, request_id, retry_after) = sim.process(method.as_str(), &params);
+    let form = if is_form || (*method == Method::POST && !body.is_empty()) {
+        form_urlencoded::parse(body).into_owned().collect()
+    } else {
+        Vec::new()
+    };
+    let req = auth::Incoming {
+        method: method.as_str(),
+        headers,
+        query,
+        form,
+        body,
+    };
+    let (result, request_id, retry_after) = sim.process(&req);
     let latency = sim.config().faults.latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
