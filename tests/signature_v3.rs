@@ -470,3 +470,66 @@ mod property {
             .unwrap();
     }
 }
+
+/// `--signature`, `JANITOR_SIGNATURE` and `ecs.signature` choose what the binary sends; the
+/// default stays V1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_signs_as_the_flag_environment_or_config_file_says() {
+    let h = start(vec![inst("i-1", InstanceStatus::Stopped)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        "name: p\nschedule: \"0 */15 * * * *\"\nregions: [cn-hangzhou]\nselect:\n  status: Stopped\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-janitor"));
+        c.args(args)
+            .current_dir(dir.path())
+            .env_remove("JANITOR_SIGNATURE")
+            .env("JANITOR_POLICIES", dir.path().join("policies"))
+            .env(
+                "JANITOR_DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("j.db").display()),
+            )
+            .env("JANITOR_ECS_ENDPOINT", h.endpoint().as_str())
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", sim::DEFAULT_ACCESS_KEY_ID)
+            .env(
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+                sim::DEFAULT_ACCESS_KEY_SECRET,
+            );
+        if let Some(v) = env {
+            c.env("JANITOR_SIGNATURE", v);
+        }
+        c
+    };
+    let mut seen = 0;
+    let mut plan_signed = |c: std::process::Command, want: &str| {
+        let mut c = c;
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let calls = h.sim.calls();
+        assert!(calls.len() > seen, "the plan described the region");
+        for call in &calls[seen..] {
+            assert_eq!(call.signature, want, "{call:?}");
+        }
+        seen = calls.len();
+    };
+    let out = tokio::task::block_in_place(|| {
+        plan_signed(run(&["plan"], None), "v1");
+        plan_signed(run(&["plan", "--signature", "v3"], None), "v3");
+        plan_signed(run(&["plan"], Some("v3")), "v3");
+        std::fs::write(dir.path().join("janitor.yaml"), "ecs:\n  signature: v3\n").unwrap();
+        plan_signed(run(&["plan"], None), "v3");
+        plan_signed(run(&["plan", "--signature", "v1"], None), "v1");
+        run(&["plan", "--signature", "v2"], None).output().unwrap()
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("v1") && err.contains("v3"), "{err}");
+}

@@ -40,6 +40,8 @@ pub(super) struct Authenticated {
     pub account: String,
     /// Query and form parameters; for V3 also `Action` and `Version` from their headers.
     pub params: Vec<(String, String)>,
+    /// `v1` or `v3`.
+    pub signature: &'static str,
 }
 
 /// A key the simulator knows.
@@ -214,6 +216,7 @@ fn v1(cfg: &SimConfig, st: &mut SimState, req: &Incoming<'_>) -> Result<Authenti
     Ok(Authenticated {
         account: key.account.to_string(),
         params,
+        signature: "v1",
     })
 }
 
@@ -337,5 +340,6 @@ fn v3(
     Ok(Authenticated {
         account: key.account.to_string(),
         params,
+        signature: "v3",
     })
 }

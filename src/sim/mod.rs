@@ -179,6 +179,8 @@ pub struct CallLogEntry {
     pub page: Option<String>,
     /// `OK` or the error code answered; `Dropped` when the answer was cut off.
     pub outcome: String,
+    /// The signature the call was verified with: `v1` or `v3`.
+    pub signature: String,
 }
 
 /// A stored answer to a ClientToken.
@@ -448,8 +450,8 @@ impl Simulator {
         let cfg = self.config();
         let mut st = self.state();
         let request_id = self.next_request_id(&mut st);
-        let (account, params) = match auth::authenticate(&cfg, &mut st, req) {
-            Ok(a) => (a.account, a.params),
+        let (account, params, signature) = match auth::authenticate(&cfg, &mut st, req) {
+            Ok(a) => (a.account, a.params, a.signature),
             Err(e) => return (Err(e), request_id, None),
         };
         let params = params.as_slice();
@@ -476,6 +478,7 @@ impl Simulator {
                 .or_else(|| map.get("PageNumber").filter(|n| **n != "1"))
                 .map(|s| s.to_string()),
             outcome: String::new(),
+            signature: signature.to_string(),
         };
         // Released instances stop being listed once their delay is over.
         let now = cfg.clock.now();
