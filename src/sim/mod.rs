@@ -161,6 +161,10 @@ pub struct ReleaseRecord {
     pub client_token: Option<String>,
     pub force: bool,
     pub terminate_subscription: bool,
+    /// Every disk of the instance was released with it, whatever its `DeleteWithInstance`: so
+    /// for a security-locked instance. Otherwise each disk followed its own `DeleteWithInstance`.
+    /// (The simulator models no disks beyond this.)
+    pub all_disks_released: bool,
     pub request_id: String,
     pub at: DateTime<Utc>,
 }
@@ -640,9 +644,11 @@ fn require_region<'a>(
             "The input parameter \"RegionId\" that is mandatory for processing this request is not supplied.",
         ));
     }
+    // A region ECS has, or one the simulator was given instances in, is served (empty when it
+    // holds none); any other is unknown, as it is to ECS.
     match st.fleet.get_key_value(region) {
         Some((k, v)) => Ok((k.as_str(), Some(v))),
-        None if crate::ecs::client::valid_region(region) => Ok(("", None)),
+        None if crate::policy::is_known_region(region) => Ok(("", None)),
         None => Err(api_err(
             404,
             "InvalidRegionId.NotFound",
@@ -658,6 +664,61 @@ fn owns(st: &SimState, account: &str, id: &str) -> bool {
     }
     st.owners.get(id).map_or("", String::as_str) == account
 }
+
+/// DescribeInstances' tag filters: `Tag.N.Key` with an optional `Tag.N.Value` (the deprecated
+/// lowercase `key`/`value` too), N = 1..20.
+fn tag_filters(map: &HashMap<&str, &str>) -> Result<Vec<(String, Option<String>)>, ApiError> {
+    let mut by_n: BTreeMap<usize, (Option<&str>, Option<&str>)> = BTreeMap::new();
+    for (k, v) in map {
+        let Some(rest) = k.strip_prefix("Tag.") else {
+            continue;
+        };
+        let Some((n, field)) = rest.split_once('.') else {
+            continue;
+        };
+        let Ok(n) = n.parse::<usize>() else {
+            continue;
+        };
+        let e = by_n.entry(n).or_default();
+        match field {
+            "Key" => e.0 = Some(v),
+            "key" => e.0 = e.0.or(Some(v)),
+            "Value" => e.1 = Some(v),
+            "value" => e.1 = e.1.or(Some(v)),
+            _ => {}
+        }
+    }
+    let mut tags = Vec::new();
+    for (n, (key, value)) in by_n {
+        if key.is_none() && value.is_none() {
+            continue;
+        }
+        if n == 0 || n > MAX_TAG_FILTERS {
+            return Err(api_err(
+                400,
+                "InvalidTagCount",
+                format!("The number of tags exceeds {MAX_TAG_FILTERS}: Tag.N counts from 1 to {MAX_TAG_FILTERS}, got Tag.{n}."),
+            ));
+        }
+        match key {
+            Some(k) => tags.push((k.to_string(), value.map(str::to_string))),
+            None => {
+                return Err(api_err(
+                    400,
+                    "InvalidTag.Mismatch",
+                    format!("Tag.{n}.Value is given without Tag.{n}.Key."),
+                ))
+            }
+        }
+    }
+    Ok(tags)
+}
+
+/// The most `Tag.N` filters DescribeInstances takes.
+pub const MAX_TAG_FILTERS: usize = 20;
+/// The most instances a DescribeInstances filtered by tags returns, over all its pages (beyond
+/// that ECS points to ListTagResources).
+pub const MAX_TAG_FILTERED: usize = 1000;
 
 fn describe(
     st: &mut SimState,
@@ -705,33 +766,7 @@ fn describe(
             Some(v.into_iter().collect())
         }
     };
-    let mut tags: Vec<(String, Option<String>)> = Vec::new();
-    for n in 1..=21 {
-        let key = map
-            .get(format!("Tag.{n}.Key").as_str())
-            .or_else(|| map.get(format!("Tag.{n}.key").as_str()));
-        let value = map
-            .get(format!("Tag.{n}.Value").as_str())
-            .or_else(|| map.get(format!("Tag.{n}.value").as_str()));
-        match (key, value) {
-            (Some(k), v) if n <= 20 => tags.push((k.to_string(), v.map(|s| s.to_string()))),
-            (Some(_), _) => {
-                return Err(api_err(
-                    400,
-                    "InvalidTagCount",
-                    "The number of tags exceeds 20.",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(api_err(
-                    400,
-                    "InvalidTag.Mismatch",
-                    format!("Tag.{n}.Value is given without Tag.{n}.Key."),
-                ))
-            }
-            (None, None) => {}
-        }
-    }
+    let tags = tag_filters(map)?;
     let matches = |i: &Instance| {
         status.is_none_or(|s| i.status == s)
             && charge.is_none_or(|c| i.charge_type == c)
@@ -749,6 +784,17 @@ fn describe(
     let default_size = 10;
     let size = match map.get(size_param) {
         None => default_size,
+        // MaxResults outside 10..100 is brought into it, as ECS documents (GO-V2-ECS).
+        Some(s) if token_mode => match s.parse::<u64>() {
+            Ok(n) => n.clamp(10, 100) as usize,
+            Err(_) => {
+                return Err(api_err(
+                    400,
+                    "InvalidParameter",
+                    "The specified parameter \"MaxResults\" is not a number.",
+                ))
+            }
+        },
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=100).contains(&n) => n,
             _ => {
@@ -762,6 +808,13 @@ fn describe(
             }
         },
     };
+    if parse_bool(map, "DryRun")? {
+        return Err(api_err(
+            400,
+            "DryRunOperation",
+            "Request validation has been passed with DryRun flag set.",
+        ));
+    }
     let empty = BTreeMap::new();
     let fleet = fleet.unwrap_or(&empty);
     // Looked up by id, as ECS does, rather than by scanning the region.
@@ -777,6 +830,17 @@ fn describe(
         }
         None => fleet,
     };
+    // With tag filters, nothing past the MAX_TAG_FILTERED-th match is listed.
+    let cap: Option<String> = if tags.is_empty() {
+        None
+    } else {
+        fleet
+            .values()
+            .filter(|i| matches(i))
+            .nth(MAX_TAG_FILTERED - 1)
+            .map(|i| i.instance_id.clone())
+    };
+    let within = |i: &&Instance| cap.as_ref().is_none_or(|c| i.instance_id <= *c);
     let body = if token_mode {
         let after = match map.get("NextToken").filter(|t| !t.is_empty()) {
             None => None,
@@ -798,7 +862,7 @@ fn describe(
         };
         let mut page: Vec<&Instance> = Vec::with_capacity(size);
         let mut more = false;
-        for i in iter.filter(|i| matches(i)) {
+        for i in iter.filter(|i| matches(i)).take_while(within) {
             if page.len() == size {
                 more = true;
                 break;
@@ -829,7 +893,11 @@ fn describe(
                 )
             })?,
         };
-        let all: Vec<&Instance> = fleet.values().filter(|i| matches(i)).collect();
+        let all: Vec<&Instance> = fleet
+            .values()
+            .filter(|i| matches(i))
+            .take_while(within)
+            .collect();
         let page: Vec<_> = all
             .iter()
             .skip((number - 1).saturating_mul(size))
@@ -985,13 +1053,9 @@ fn delete(
                 format!("The operation is not allowed due to deletion protection: {id}"),
             ));
         }
-        if i.security_locked() {
-            return Err(api_err(
-                403,
-                "InstanceLockedForSecurity",
-                "The specified operation is denied as your instance is locked for security reasons.",
-            ));
-        }
+        // A security lock does not block a release ("DeleteInstances: Unaffected"); the
+        // instance's disks then go with it whatever their DeleteWithInstance says (recorded in
+        // the release). InstanceLockedForSecurity is answered only when a test scripts it.
         if i.charge_type == ChargeType::PrePaid {
             let expired = i.expired_time.is_some_and(|t| t <= now);
             if !terminate || !expired {
@@ -1027,6 +1091,16 @@ fn delete(
             }
         }
     }
+    let locked: HashSet<String> = st
+        .fleet
+        .get(&region)
+        .map(|f| {
+            ids.iter()
+                .filter(|id| f.get(*id).is_some_and(Instance::security_locked))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     // Every member passed: the batch is carried out as a whole.
     if release_delay.is_zero() {
         if let Some(f) = st.fleet.get_mut(&region) {
@@ -1042,6 +1116,7 @@ fn delete(
     }
     for id in &ids {
         st.releases.push(ReleaseRecord {
+            all_disks_released: locked.contains(id),
             account: account.to_string(),
             instance_id: id.clone(),
             region: region.clone(),
