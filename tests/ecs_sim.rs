@@ -879,19 +879,24 @@ async fn secrets_never_reach_errors_or_debug_output() {
     let _: Option<DateTime<Utc>> = None;
 }
 
-#[tokio::test]
-async fn describe_applies_ecs_limits_max_results_tags_regions_and_dry_run() {
-    let fleet: Vec<Instance> = (0..120)
+/// `n` Stopped instances tagged `k=v`, ids in order.
+fn tagged_fleet(n: usize) -> Vec<Instance> {
+    (0..n)
         .map(|i| {
             let mut x = inst(
-                &format!("i-{i:03}"),
+                &format!("i-{i:05}"),
                 InstanceStatus::Stopped,
                 ChargeType::PostPaid,
             );
             x.tags.insert("k".into(), "v".into());
             x
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn describe_applies_ecs_limits_max_results_tags_regions_and_dry_run() {
+    let fleet = tagged_fleet(120);
     let h = start(fleet, Faults::default()).await;
     let page_len = |v: &serde_json::Value| v["Instances"]["Instance"].as_array().map(Vec::len);
     // MaxResults is brought into 10..100, not refused.
@@ -1008,17 +1013,7 @@ async fn describe_applies_ecs_limits_max_results_tags_regions_and_dry_run() {
 
 #[tokio::test]
 async fn tag_filtered_listings_stop_at_a_thousand_instances() {
-    let fleet: Vec<Instance> = (0..1005)
-        .map(|i| {
-            let mut x = inst(
-                &format!("i-{i:04}"),
-                InstanceStatus::Stopped,
-                ChargeType::PostPaid,
-            );
-            x.tags.insert("k".into(), "v".into());
-            x
-        })
-        .collect();
+    let fleet = tagged_fleet(1005);
     let h = start(fleet, Faults::default()).await;
     let c = client(&h);
     let tagged = c
