@@ -16,7 +16,7 @@ use ecs_janitor::clock::{OffsetClock, SharedClock, SystemClock};
 use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
 use ecs_janitor::plan::SavedPlan;
 use ecs_janitor::policy::{self, Policy, ProtectionConfig};
-use ecs_janitor::sim::{fleet, Faults, ScriptStep, Scripted, SimHandle};
+use ecs_janitor::sim::{fleet, Faults, SimHandle};
 use ecs_janitor::store::ReleaseFilter;
 use ecs_janitor::worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
@@ -205,21 +205,6 @@ async fn apply_under_faults_releases_the_same_set_once_with_stable_tokens() {
     }
 }
 
-/// Scripts the simulator to refuse the next `times` DeleteInstances naming `id` with 403
-/// InstanceLockedForSecurity (a code ECS lists, though a security lock alone does not refuse).
-fn refuse_every_call_naming(h: &SimHandle, id: &str, times: usize) {
-    for _ in 0..times {
-        h.sim.script(ScriptStep {
-            action: "DeleteInstances".into(),
-            answer: Scripted::Error {
-                status: 403,
-                code: "InstanceLockedForSecurity".into(),
-            },
-            instance_id: Some(id.into()),
-        });
-    }
-}
-
 #[tokio::test]
 async fn a_refused_batch_is_split_until_the_offender_is_alone() {
     // allow_security_locked lets the plan pick a locked instance; ECS would release it (a
@@ -238,7 +223,7 @@ release:
     fleet[5].lock_reasons = vec!["security".into()];
     let h = common::start_sim(fleet, Faults::default(), 3).await;
     // Every call naming i-5 is refused: the batch of 8, then the halves of 4, 2 and 1.
-    refuse_every_call_naming(&h, "i-5", 4);
+    common::refuse_every_call_naming(&h, "i-5", 4);
     let db = common::sqlite().await;
     let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock)).await;
     let report = app
@@ -475,7 +460,7 @@ limits:
     let mut fleet = common::ci_fleet(8);
     fleet[1].lock_reasons = vec!["security".into()];
     let h = common::start_sim(fleet, Faults::default(), 12).await;
-    refuse_every_call_naming(&h, "i-1", 3);
+    common::refuse_every_call_naming(&h, "i-1", 3);
     let db = common::sqlite().await;
     let (url, got) = receiver().await;
     let n = Notifier::start(
