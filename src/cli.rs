@@ -426,6 +426,10 @@ pub struct EcsArgs {
     /// Seconds one ECS call may take in all.
     #[arg(long, env = "JANITOR_ECS_TIMEOUT", default_value_t = 30.0)]
     pub call_timeout: f64,
+    /// The request signature: v1 (RPC HMAC-SHA1) or v3 (ACS3-HMAC-SHA256, what today's
+    /// official SDKs send).
+    #[arg(long, env = "JANITOR_SIGNATURE", default_value = "v1")]
+    pub signature: crate::ecs::SignatureVersion,
     /// The aliyun CLI profile (~/.aliyun/config.json) to sign with; it wins over the
     /// ALIBABA_CLOUD_ACCESS_KEY_* variables. Without it: those variables, then the file's
     /// current profile, then the ECS RAM role when ALIBABA_CLOUD_ECS_METADATA names one.
@@ -473,6 +477,7 @@ impl EcsArgs {
             endpoint: self.endpoint.clone(),
             connect_timeout: secs("connect-timeout", self.connect_timeout)?,
             timeout: secs("call-timeout", self.call_timeout)?,
+            signature: self.signature,
             ..ClientConfig::default()
         };
         EcsClient::new(cfg, creds).context("cannot build the HTTP client")

@@ -26,6 +26,7 @@ pub const SCALARS: &[(&str, &str)] = &[
     ("ecs.endpoint", "JANITOR_ECS_ENDPOINT"),
     ("ecs.connect_timeout", "JANITOR_ECS_CONNECT_TIMEOUT"),
     ("ecs.call_timeout", "JANITOR_ECS_TIMEOUT"),
+    ("ecs.signature", "JANITOR_SIGNATURE"),
     ("workers.calls_per_second", "JANITOR_CALLS_PER_SECOND"),
     ("workers.concurrency", "JANITOR_CONCURRENCY"),
     ("workers.max_attempts", "JANITOR_MAX_ATTEMPTS"),

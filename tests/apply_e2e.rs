@@ -207,7 +207,8 @@ async fn apply_under_faults_releases_the_same_set_once_with_stable_tokens() {
 
 #[tokio::test]
 async fn a_refused_batch_is_split_until_the_offender_is_alone() {
-    // allow_security_locked lets the plan pick a locked instance; ECS (the simulator) refuses it.
+    // allow_security_locked lets the plan pick a locked instance; ECS would release it (a
+    // security lock does not block DeleteInstances), so the simulator is scripted to refuse it.
     let yaml = r#"
 name: locked-too
 schedule: "0 0 * * * *"
@@ -221,6 +222,8 @@ release:
     let mut fleet = common::ci_fleet(8);
     fleet[5].lock_reasons = vec!["security".into()];
     let h = common::start_sim(fleet, Faults::default(), 3).await;
+    // Every call naming i-5 is refused: the batch of 8, then the halves of 4, 2 and 1.
+    common::refuse_every_call_naming(&h, "i-5", 4);
     let db = common::sqlite().await;
     let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock)).await;
     let report = app
@@ -457,6 +460,7 @@ limits:
     let mut fleet = common::ci_fleet(8);
     fleet[1].lock_reasons = vec!["security".into()];
     let h = common::start_sim(fleet, Faults::default(), 12).await;
+    common::refuse_every_call_naming(&h, "i-1", 3);
     let db = common::sqlite().await;
     let (url, got) = receiver().await;
     let n = Notifier::start(

@@ -311,12 +311,6 @@ async fn release_rules_answer_ecs_codes_with_their_classes() {
             ErrorClass::Permanent,
         ),
         (
-            del(&["i-locked"], "t2"),
-            "InstanceLockedForSecurity",
-            403,
-            ErrorClass::Permanent,
-        ),
-        (
             del(&["i-running"], "t3"),
             "IncorrectInstanceStatus",
             403,
@@ -391,13 +385,13 @@ async fn release_rules_answer_ecs_codes_with_their_classes() {
     .await
     .unwrap();
     c.delete_instances(&del(&["i-ok"], "t11")).await.unwrap();
-    let released: Vec<String> = h
-        .sim
-        .releases()
-        .into_iter()
-        .map(|r| r.instance_id)
-        .collect();
-    assert_eq!(released, ["i-running", "i-sub-expired", "i-ok"]);
+    // A security lock does not block the release; the instance's disks all go with it.
+    c.delete_instances(&del(&["i-locked"], "t2")).await.unwrap();
+    let releases = h.sim.releases();
+    let released: Vec<&str> = releases.iter().map(|r| r.instance_id.as_str()).collect();
+    assert_eq!(released, ["i-running", "i-sub-expired", "i-ok", "i-locked"]);
+    let all_disks: Vec<bool> = releases.iter().map(|r| r.all_disks_released).collect();
+    assert_eq!(all_disks, [false, false, false, true]);
     let left: HashSet<String> = h
         .sim
         .instances()
@@ -697,7 +691,8 @@ async fn bad_input_gets_ecs_errors_never_a_crash() {
             vec![
                 ("Action", "DescribeInstances"),
                 ("RegionId", REGION),
-                ("MaxResults", "1000"),
+                // Out of range is clamped (see describe_applies_ecs_limits…); not a number is not.
+                ("MaxResults", "many"),
             ],
             400,
             "InvalidParameter",
@@ -882,4 +877,136 @@ async fn secrets_never_reach_errors_or_debug_output() {
         assert!(!text.contains(&sign::percent_encode(token)), "{text}");
     }
     let _: Option<DateTime<Utc>> = None;
+}
+
+/// `n` Stopped instances tagged `k=v`, ids in order.
+fn tagged_fleet(n: usize) -> Vec<Instance> {
+    (0..n)
+        .map(|i| {
+            let mut x = inst(
+                &format!("i-{i:05}"),
+                InstanceStatus::Stopped,
+                ChargeType::PostPaid,
+            );
+            x.tags.insert("k".into(), "v".into());
+            x
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn describe_applies_ecs_limits_max_results_tags_regions_and_dry_run() {
+    let fleet = tagged_fleet(120);
+    let h = start(fleet, Faults::default()).await;
+    let page_len = |v: &serde_json::Value| v["Instances"]["Instance"].as_array().map(Vec::len);
+    // MaxResults is brought into 10..100, not refused.
+    for (asked, served) in [
+        ("1", 10),
+        ("9", 10),
+        ("10", 10),
+        ("55", 55),
+        ("100", 100),
+        ("500", 100),
+    ] {
+        let (status, v) = raw(
+            &h,
+            &[
+                ("Action", "DescribeInstances"),
+                ("RegionId", REGION),
+                ("MaxResults", asked),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "MaxResults={asked}: {v}");
+        assert_eq!(page_len(&v), Some(served), "MaxResults={asked}");
+        assert_eq!(v["MaxResults"], served, "MaxResults={asked}");
+    }
+    // At most 20 Tag.N filters; N counts from 1.
+    let mut params: Vec<(String, String)> = (1..=20)
+        .map(|n| (format!("Tag.{n}.Key"), "k".to_string()))
+        .collect();
+    let send = |params: Vec<(String, String)>| {
+        let h = &h;
+        async move {
+            let mut p: Vec<(&str, &str)> =
+                vec![("Action", "DescribeInstances"), ("RegionId", REGION)];
+            p.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            raw(h, &p, None).await
+        }
+    };
+    let (status, v) = send(params.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    params.push(("Tag.25.Key".into(), "k".into()));
+    let (status, v) = send(params).await;
+    assert_eq!(
+        (status, v["Code"].as_str()),
+        (400, Some("InvalidTagCount")),
+        "{v}"
+    );
+    let (_, v) = send(vec![("Tag.0.Key".into(), "k".into())]).await;
+    assert_eq!(v["Code"], "InvalidTagCount", "{v}");
+    let (_, v) = send(vec![("Tag.3.Value".into(), "v".into())]).await;
+    assert_eq!(v["Code"], "InvalidTag.Mismatch", "{v}");
+    // An unknown region is an error, not an empty list; a real one without instances is empty.
+    let (status, v) = raw(
+        &h,
+        &[
+            ("Action", "DescribeInstances"),
+            ("RegionId", "cn-nowhere-9"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v["Code"].as_str()),
+        (404, Some("InvalidRegionId.NotFound")),
+        "{v}"
+    );
+    let (status, v) = raw(
+        &h,
+        &[("Action", "DescribeInstances"), ("RegionId", "eu-west-1")],
+        None,
+    )
+    .await;
+    assert_eq!((status, page_len(&v)), (200, Some(0)), "{v}");
+    // DryRun checks the request and answers DryRunOperation; a bad request still fails as such.
+    let (status, v) = raw(
+        &h,
+        &[
+            ("Action", "DescribeInstances"),
+            ("RegionId", REGION),
+            ("DryRun", "true"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v["Code"].as_str()),
+        (400, Some("DryRunOperation")),
+        "{v}"
+    );
+    let (_, v) = raw(
+        &h,
+        &[
+            ("Action", "DescribeInstances"),
+            ("RegionId", REGION),
+            ("DryRun", "true"),
+            ("Status", "Sleeping"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(v["Code"], "InvalidStatus.NotFound", "{v}");
+    let (_, v) = raw(
+        &h,
+        &[
+            ("Action", "DescribeInstances"),
+            ("RegionId", "cn-nowhere-9"),
+            ("DryRun", "true"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(v["Code"], "InvalidRegionId.NotFound", "{v}");
 }

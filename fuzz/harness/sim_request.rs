@@ -308,8 +308,9 @@ pub fn check(data: &[u8]) -> Vec<Answer> {
 }
 
 /// Whatever was asked, the simulator only released what ECS would: existing instances, once,
-/// in their own region, never deletion-protected, security-locked or initializing, running ones
-/// only with Force, subscriptions only expired and with TerminateSubscription.
+/// in their own region, never deletion-protected or initializing (security-locked ones with all
+/// their disks), running ones only with Force, subscriptions only expired and with
+/// TerminateSubscription.
 fn check_releases(initial: &[Instance], sim: &Simulator) {
     let mut released = HashSet::new();
     for rec in sim.releases() {
@@ -326,7 +327,12 @@ fn check_releases(initial: &[Instance], sim: &Simulator) {
             !i.deletion_protection,
             "released despite deletion protection"
         );
-        assert!(!i.security_locked(), "released despite a security lock");
+        // A security lock does not block a release, but then every disk goes with it.
+        assert_eq!(
+            rec.all_disks_released,
+            i.security_locked(),
+            "disks of a release not as ECS releases them: {rec:?}"
+        );
         assert_ne!(
             i.status,
             InstanceStatus::Pending,

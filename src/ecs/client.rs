@@ -27,6 +27,45 @@ pub const API_VERSION: &str = "2014-05-26";
 /// The largest page and the largest id list ECS accepts.
 pub const MAX_PAGE: usize = 100;
 
+/// Which request signature the client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignatureVersion {
+    /// RPC V1 (HMAC-SHA1): everything, the signature included, in the query.
+    #[default]
+    V1,
+    /// ACS3-HMAC-SHA256: the API's parameters in the query, the action, version, date and nonce
+    /// in `x-acs-*` headers, the signature in `Authorization`. Today's official SDKs send it.
+    V3,
+}
+
+impl SignatureVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureVersion::V1 => "v1",
+            SignatureVersion::V3 => "v3",
+        }
+    }
+}
+
+impl std::fmt::Display for SignatureVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SignatureVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "v1" => Ok(SignatureVersion::V1),
+            "v3" => Ok(SignatureVersion::V3),
+            other => Err(format!(
+                "unknown signature {other:?}: use v1 (HMAC-SHA1) or v3 (ACS3-HMAC-SHA256)"
+            )),
+        }
+    }
+}
+
 /// How the client reaches ECS.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -43,6 +82,8 @@ pub struct ClientConfig {
     pub read_deadline: Duration,
     /// Seed of the jitter's random source.
     pub seed: u64,
+    /// The request signature to send.
+    pub signature: SignatureVersion,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +96,7 @@ impl Default for ClientConfig {
             read_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             read_deadline: Duration::from_secs(60),
             seed: 0x6563_735f_6a61_6e69,
+            signature: SignatureVersion::V1,
         }
     }
 }
@@ -533,19 +575,14 @@ impl EcsClient {
         result
     }
 
-    async fn call_inner(
+    /// Every parameter of a V1 request, `Signature` last.
+    fn sign_v1(
         &self,
-        action: &'static str,
+        action: &str,
         region: &str,
+        creds: &super::credentials::Credentials,
         api_params: &[(String, String)],
-    ) -> Result<(u16, bytes::Bytes), EcsError> {
-        if !valid_region(region) {
-            return Err(EcsError::Invalid {
-                action,
-                reason: InvalidRequest::Region(region.to_string()),
-            });
-        }
-        let creds = self.creds.credentials().await?;
+    ) -> Vec<(String, String)> {
         let mut params: Vec<(String, String)> = Vec::with_capacity(api_params.len() + 12);
         params.push(("Action".into(), action.into()));
         params.push(("Version".into(), API_VERSION.into()));
@@ -571,14 +608,96 @@ impl EcsClient {
             &sign::string_to_sign("POST", &params),
         );
         params.push(("Signature".into(), signature));
+        params
+    }
 
+    /// The headers of a V3 request (`POST`, empty body) to `url` with `query`, `Authorization`
+    /// included. Every header sent besides reqwest's own is signed.
+    fn sign_v3(
+        &self,
+        action: &str,
+        url: &Url,
+        creds: &super::credentials::Credentials,
+        query: &[(String, String)],
+    ) -> Vec<(&'static str, String)> {
+        // What reqwest sends as Host: the port only when it is not the scheme's default.
+        let host = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        let mut headers: Vec<(&'static str, String)> = vec![
+            ("host", host),
+            ("x-acs-action", action.to_string()),
+            ("x-acs-version", API_VERSION.to_string()),
+            (
+                "x-acs-date",
+                self.clock.now().to_rfc3339_opts(SecondsFormat::Secs, true),
+            ),
+            (
+                "x-acs-signature-nonce",
+                uuid::Uuid::new_v4().simple().to_string(),
+            ),
+            ("x-acs-content-sha256", sign::EMPTY_BODY_SHA256.to_string()),
+        ];
+        if let Some(t) = &creds.security_token {
+            headers.push(("x-acs-accesskey-id", creds.access_key_id.clone()));
+            headers.push(("x-acs-security-token", t.expose().to_string()));
+        }
+        let canonical = sign::CanonicalHeaders::new(&headers);
+        let names: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
+        let request = sign::v3_canonical_request(
+            "POST",
+            "/",
+            query,
+            &canonical,
+            &names,
+            sign::EMPTY_BODY_SHA256,
+        );
+        let signature = sign::v3_sign(
+            creds.access_key_secret.expose(),
+            &sign::v3_string_to_sign(&request),
+        );
+        headers.push((
+            "authorization",
+            sign::v3_authorization(&creds.access_key_id, &names, &signature),
+        ));
+        headers
+    }
+
+    async fn call_inner(
+        &self,
+        action: &'static str,
+        region: &str,
+        api_params: &[(String, String)],
+    ) -> Result<(u16, bytes::Bytes), EcsError> {
+        if !valid_region(region) {
+            return Err(EcsError::Invalid {
+                action,
+                reason: InvalidRequest::Region(region.to_string()),
+            });
+        }
+        let creds = self.creds.credentials().await?;
         let mut url = self.endpoint(region)?;
-        let query: Vec<String> = params
-            .iter()
-            .map(|(k, v)| format!("{}={}", sign::percent_encode(k), sign::percent_encode(v)))
-            .collect();
-        url.set_query(Some(&query.join("&")));
-
+        let mut extra_headers: Vec<(&'static str, String)> = Vec::new();
+        match self.cfg.signature {
+            SignatureVersion::V1 => {
+                let params = self.sign_v1(action, region, &creds, api_params);
+                let query: Vec<String> = params
+                    .iter()
+                    .map(|(k, v)| {
+                        format!("{}={}", sign::percent_encode(k), sign::percent_encode(v))
+                    })
+                    .collect();
+                url.set_query(Some(&query.join("&")));
+            }
+            SignatureVersion::V3 => {
+                let mut query: Vec<(String, String)> = Vec::with_capacity(api_params.len() + 1);
+                query.push(("RegionId".into(), region.into()));
+                query.extend(api_params.iter().cloned());
+                url.set_query(Some(&sign::canonical_query(&query)));
+                extra_headers = self.sign_v3(action, &url, &creds, &query);
+            }
+        }
         // Named in errors: the URL itself carries the security token, so never the whole of it.
         let target = format!(
             "{}:{}",
@@ -590,7 +709,11 @@ impl EcsClient {
             kind,
             detail: transport_detail(kind, &target, e),
         };
-        let resp = self.http.post(url).send().await.map_err(|e| {
+        let mut request = self.http.post(url);
+        for (k, v) in extra_headers {
+            request = request.header(k, v);
+        }
+        let resp = request.send().await.map_err(|e| {
             let kind = if e.is_connect() {
                 TransportKind::Connect
             } else if e.is_timeout() {

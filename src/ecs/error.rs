@@ -87,6 +87,8 @@ pub fn is_account_wide(code: &str) -> bool {
         code,
         "SignatureDoesNotMatch"
             | "IncompleteSignature"
+            | "InvalidSignatureMethod"
+            | "MissingSecurityToken"
             | "IllegalTimestamp"
             | "InsufficientBalance"
             | "InvalidAction"
@@ -300,6 +302,8 @@ mod tests {
         ("InvalidSecurityToken.Expired", P, true),
         ("InvalidSecurityToken.Malformed", P, true),
         ("InvalidSecurityToken.MismatchWithAccessKey", P, true),
+        ("MissingSecurityToken", P, true),
+        ("InvalidSignatureMethod", P, true),
         ("InsufficientBalance", P, true),
         ("InvalidAction", P, true),
         ("UnsupportedHTTPMethod", P, true),

@@ -13,6 +13,7 @@ pub mod types;
 pub use accounts::{account_of, AccountError, Accounts, DEFAULT_ACCOUNT};
 pub use client::{
     ClientConfig, DeleteAnswer, DeleteRequest, DescribeFilter, DescribePage, EcsClient,
+    SignatureVersion,
 };
 pub use credentials::{Credentials, CredentialsProvider, EnvProvider, Secret, StaticProvider};
 pub use error::{classify_code, is_account_wide, EcsError, ErrorClass};

@@ -91,9 +91,24 @@ pub struct PlannedRelease {
     pub reasons: Vec<String>,
     /// Later policies (in name order) that selected it too.
     pub also_matched_by: Vec<String>,
+    /// It holds a `security` lock (the policy allows those): ECS releases every one of its
+    /// disks with it, whatever their `DeleteWithInstance`.
+    pub security_locked: bool,
 }
 
+/// The plan's warning for a security-locked release.
+pub const SECURITY_LOCK_WARNING: &str = "security-locked: ECS releases all of its disks with it, even those set to outlive it (DeleteWithInstance=false)";
+
 impl PlannedRelease {
+    /// What a reviewer must know before this release goes ahead.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        if self.security_locked {
+            vec![SECURITY_LOCK_WARNING]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// True when the release waits for its grace period to end.
     pub fn is_pending(&self, now: DateTime<Utc>) -> bool {
         self.not_before > now
@@ -368,6 +383,7 @@ pub fn evaluate(
                         not_before,
                         reasons: reasons(&policy.select, inst, ctx),
                         also_matched_by: Vec::new(),
+                        security_locked: inst.security_locked(),
                     },
                 ));
             }

@@ -128,6 +128,9 @@ pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
                 );
             }
             let _ = writeln!(out, "      because {}", r.reasons.join("; "));
+            for w in r.warnings() {
+                let _ = writeln!(out, "      {}", p.red(&format!("! {w}")));
+            }
             if !r.also_matched_by.is_empty() {
                 let _ = writeln!(
                     out,
@@ -227,6 +230,8 @@ pub fn render_json(plan: &Plan) -> Value {
                     "pending": r.is_pending(now),
                     "reasons": r.reasons,
                     "also_matched_by": r.also_matched_by,
+                    "security_locked": r.security_locked,
+                    "warnings": r.warnings(),
                 })).collect::<Vec<_>>(),
                 "skips": pp.skips.iter().map(|k| json!({
                     "instance_id": k.instance_id,

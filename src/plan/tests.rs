@@ -124,7 +124,29 @@ fn security_lock_allowed_by_policy() {
     ));
     let mut i = inst("a");
     i.lock_reasons.push("security".into());
-    assert_eq!(eval(&ps, &[i]).policies[0].releases.len(), 1);
+    let plan = eval(&ps, &[i, inst("b")]);
+    assert_eq!(plan.policies[0].releases.len(), 2);
+    // The plan warns that the locked one's disks go too, in text and JSON, and only for it.
+    let text = super::render::render_text(&plan, false);
+    let warned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(super::SECURITY_LOCK_WARNING))
+        .collect();
+    assert_eq!(warned.len(), 1, "{text}");
+    let a_at = text.find(" a ").unwrap();
+    let b_at = text.find(" b ").unwrap();
+    let w_at = text.find(super::SECURITY_LOCK_WARNING).unwrap();
+    assert!(
+        (a_at < w_at) && (b_at < a_at || w_at < b_at),
+        "the warning sits under the locked instance: {text}"
+    );
+    let json = super::render::render_json(&plan);
+    let releases = json["policies"][0]["releases"].as_array().unwrap();
+    let by_id = |id: &str| releases.iter().find(|r| r["instance_id"] == id).unwrap();
+    assert_eq!(by_id("a")["security_locked"], true);
+    assert_eq!(by_id("a")["warnings"][0], super::SECURITY_LOCK_WARNING);
+    assert_eq!(by_id("b")["security_locked"], false);
+    assert_eq!(by_id("b")["warnings"].as_array().unwrap().len(), 0);
 }
 
 #[test]

@@ -228,3 +228,18 @@ pub fn janitor_env(
         ("JANITOR_LEASE_SECS", "3".into()),
     ]
 }
+
+/// Scripts the simulator to refuse the next `times` DeleteInstances naming `id` with 403
+/// InstanceLockedForSecurity (a code ECS lists, though a security lock alone does not refuse).
+pub fn refuse_every_call_naming(h: &SimHandle, id: &str, times: usize) {
+    for _ in 0..times {
+        h.sim.script(sim::ScriptStep {
+            action: "DeleteInstances".into(),
+            answer: sim::Scripted::Error {
+                status: 403,
+                code: "InstanceLockedForSecurity".into(),
+            },
+            instance_id: Some(id.into()),
+        });
+    }
+}
