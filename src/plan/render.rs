@@ -198,6 +198,7 @@ fn skip_json(reason: &SkipReason) -> Value {
         }
         SkipReason::AlsoMatchedBy { policy } => v["policy"] = json!(policy),
         SkipReason::RequiresForce { status } => v["status"] = json!(status.as_str()),
+        SkipReason::Released { at } => v["released_at"] = json!(fmt_time(*at)),
         _ => {}
     }
     v
