@@ -877,3 +877,90 @@ async fn plan_groups_skips_by_reason_and_summarises() {
         "the JSON keeps every skip"
     );
 }
+
+/// A pause made while a DeleteInstances waits for its turn under the call-rate limit still
+/// holds: the last check runs once the limit lets the call through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_during_the_rate_limit_wait_holds() {
+    use ecs_janitor::app::App;
+    use ecs_janitor::policy::{self, ProtectionConfig};
+    use ecs_janitor::worker::WorkerConfig;
+    let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
+    let db = common::sqlite().await;
+    let app = App::new(
+        db.store.clone(),
+        common::client(&h),
+        policy::load_str("p.yaml", CI).unwrap().policies,
+        ProtectionConfig::default(),
+        WorkerConfig {
+            calls_per_second: 1,
+            ..WorkerConfig::default()
+        },
+        std::sync::Arc::new(ecs_janitor::clock::SystemClock),
+        false,
+    );
+    let policies = app.workers.policies.read().unwrap().clone();
+    let now = chrono::Utc::now();
+    app.reconciler
+        .pass(&policies, now, None, now)
+        .await
+        .unwrap();
+    let w = app.workers.clone();
+    let step = tokio::spawn(async move { w.process_next().await });
+    // The re-check has gone out; the DeleteInstances now waits about a second for its turn.
+    let sim = h.sim.clone();
+    common::wait_for("the re-check", Duration::from_secs(10), || {
+        let n = sim
+            .calls()
+            .iter()
+            .filter(|c| c.action == "DescribeInstances" && !c.instance_ids.is_empty())
+            .count();
+        async move { n > 0 }
+    })
+    .await;
+    db.store
+        .pause("alice", "now", chrono::Utc::now())
+        .await
+        .unwrap();
+    let r = step.await.unwrap().unwrap();
+    assert!(
+        h.sim.calls().iter().all(|c| c.action != "DeleteInstances"),
+        "sent after the pause: {r:?}"
+    );
+    assert!(
+        matches!(r, Some(ecs_janitor::worker::BatchResult::Stopped(_))),
+        "{r:?}"
+    );
+}
+
+/// A batch left open by another run, mixing this run's policy with another's, is outside the
+/// scope: `apply --policy` neither claims it nor waits for it until its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_apply_does_not_wait_on_a_batch_outside_its_scope() {
+    let e = env(2, 2, &[CI, OTHER]).await;
+    e.h.sim.set_faults(Faults {
+        throttle_rate: 1.0,
+        actions: vec!["DeleteInstances".into()],
+        ..Faults::default()
+    });
+    // An unscoped run leaves one open batch holding both policies' releases.
+    let first = e
+        .run(&["apply", "--timeout", "1s", "--max-attempts", "1000"])
+        .await;
+    assert_eq!(first.code, 2, "{}", first.all());
+    e.h.sim.set_faults(Faults::default());
+    let started = std::time::Instant::now();
+    let a = e
+        .run(&["apply", "--policy", "ci", "--timeout", "20s"])
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "waited on a batch outside its scope: {}",
+        a.all()
+    );
+    assert!(!a.stderr.contains("--timeout 20s reached"), "{}", a.all());
+    assert!(
+        e.released().is_empty(),
+        "a batch outside the scope was sent"
+    );
+}

@@ -837,3 +837,31 @@ conformance!(
 fn lease_as_chrono() -> chrono::Duration {
     chrono::Duration::from_std(LEASE).unwrap()
 }
+
+conformance!(
+    no_attempt_on_an_expired_lease_or_while_paused,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        let late = t0() + lease_as_chrono() + chrono::Duration::seconds(1);
+        assert!(
+            !s.begin_attempt(&b.fence, &[], &b.client_token, late)
+                .await
+                .unwrap(),
+            "a call on an expired lease"
+        );
+        s.pause("alice", "freeze", t0()).await.unwrap();
+        assert!(
+            !s.begin_attempt(&b.fence, &[], &b.client_token, t0())
+                .await
+                .unwrap(),
+            "a call while paused"
+        );
+        s.resume("alice", t0()).await.unwrap();
+        assert!(s
+            .begin_attempt_for(&b.fence, &[], &b.client_token, Some(LEASE), t0())
+            .await
+            .unwrap());
+    }
+);

@@ -957,18 +957,39 @@ impl Store {
         token: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        self.begin_attempt_for(fence, settled, token, None, now)
+            .await
+    }
+
+    /// [`Store::begin_attempt`], the last word before a call is sent: refused (false) when the
+    /// lease was lost or has expired, or when releases are paused, all in the same write that
+    /// counts the attempt. With `lease`, the lease is extended from `now`, so the call starts
+    /// with a whole lease ahead of it.
+    pub async fn begin_attempt_for(
+        &self,
+        fence: &Fence,
+        settled: &[(BatchMember, MemberOutcome)],
+        token: &str,
+        lease: Option<Duration>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let extend: Option<i64> = lease.map(|l| ms(now) + l.as_millis() as i64);
         let ok = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let n = sqlx::query(
                 "UPDATE batches SET attempts = attempts + 1, tries = tries + 1,
                         uncertain = CASE WHEN attempts > 0 AND last_code IS NULL THEN 1 ELSE uncertain END,
-                        last_code = NULL, updated_at = $4
-                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'",
+                        last_code = NULL, updated_at = $4,
+                        lease_expires_at = COALESCE($5, lease_expires_at)
+                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'
+                   AND lease_expires_at > $4
+                   AND NOT EXISTS (SELECT 1 FROM settings WHERE key = 'paused' AND value = 'true')",
             )
             .bind(fence.batch_id)
             .bind(&fence.owner)
             .bind(fence.claims)
             .bind(ms(now))
+            .bind(extend)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -1153,9 +1174,9 @@ impl Store {
                 "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > next_attempt_at
                                  THEN lease_expires_at ELSE next_attempt_at END)
                  FROM batches WHERE state = 'open'
-                   AND ($1 = '' OR EXISTS (SELECT 1 FROM releases m
+                   AND ($1 = '' OR NOT EXISTS (SELECT 1 FROM releases m
                         WHERE m.batch_id = batches.id AND m.state = 'in_flight'
-                          AND m.id IN (SELECT release_id FROM scope_members WHERE scope = $1)))",
+                          AND m.id NOT IN (SELECT release_id FROM scope_members WHERE scope = $1)))",
             )
             .bind(scope)
             .fetch_one(p)

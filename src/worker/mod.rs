@@ -33,8 +33,12 @@ pub mod decide;
 use decide::{against_policy, decide, gate_stop, give_up};
 pub use decide::{Gate, Live, Rules, Stop, Transition};
 
+/// The last check before a DeleteInstances goes out, run once the call limits let it through:
+/// true when it may be sent (the lease holds, releases are not paused, the window is open); it
+/// counts the attempt in the same write.
+type Admit = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, bool> + Send>;
+
 /// One ECS call a worker makes, signed as the batch's account.
-#[derive(Debug)]
 enum Call {
     /// The re-check: DescribeInstances of a batch's instances.
     Describe {
@@ -45,6 +49,7 @@ enum Call {
     Delete {
         account: String,
         req: DeleteRequest,
+        admit: Admit,
     },
 }
 
@@ -52,6 +57,8 @@ enum Call {
 enum Answer {
     Instances(Vec<Instance>),
     Deleted(crate::ecs::DeleteAnswer),
+    /// The last check refused the call: nothing was sent.
+    NotAdmitted,
 }
 
 type CallFuture = futures::future::BoxFuture<'static, Result<Answer, BoxError>>;
@@ -84,12 +91,23 @@ fn call_service(accounts: Accounts, per_second: u32, in_flight: usize) -> CallSe
                             .map(Answer::Instances)
                             .map_err(BoxError::from)
                     }
-                    Call::Delete { account, req } => accounts
-                        .client(&account)
-                        .delete_instances(&req)
-                        .await
-                        .map(Answer::Deleted)
-                        .map_err(BoxError::from),
+                    // Checked here, after the limits' wait, so that a pause made while the
+                    // call waited for its turn still holds.
+                    Call::Delete {
+                        account,
+                        req,
+                        admit,
+                    } => {
+                        if !admit().await {
+                            return Ok(Answer::NotAdmitted);
+                        }
+                        accounts
+                            .client(&account)
+                            .delete_instances(&req)
+                            .await
+                            .map(Answer::Deleted)
+                            .map_err(BoxError::from)
+                    }
                 }
             }
         });
@@ -565,7 +583,7 @@ impl Workers {
             .await?
         {
             Answer::Instances(v) => Ok(v),
-            Answer::Deleted(_) => Err(mismatched("DescribeInstances")),
+            Answer::Deleted(_) | Answer::NotAdmitted => Err(mismatched("DescribeInstances")),
         }
     }
 
@@ -719,7 +737,7 @@ impl Workers {
                 );
                 Ok(Self::fenced(ok, BatchResult::Reformed))
             }
-            Transition::Send { settle, send } => self.send(b, settle, send, now).await,
+            Transition::Send { settle, send } => self.send(b, settle, send).await,
         }
     }
 
@@ -729,16 +747,8 @@ impl Workers {
         b: &ClaimedBatch,
         settle: Vec<(BatchMember, MemberOutcome)>,
         live: Vec<BatchMember>,
-        now: DateTime<Utc>,
     ) -> Result<BatchResult, WorkerError> {
         let fence = b.fence.clone();
-        if !self
-            .store
-            .begin_attempt(&fence, &settle, &b.client_token, now)
-            .await?
-        {
-            return Ok(BatchResult::LeaseLost);
-        }
         let req = DeleteRequest {
             region: b.region.clone(),
             instance_ids: live.iter().map(|m| m.instance_id.clone()).collect(),
@@ -747,8 +757,50 @@ impl Workers {
             dry_run: false,
             client_token: b.client_token.clone(),
         };
-        let result = self.call_with_lease(&b.account, &fence, &req).await;
+        let admit: Admit = {
+            let store = self.store.clone();
+            let fence = fence.clone();
+            let token = b.client_token.clone();
+            let lease = self.cfg.lease;
+            let clock = self.clock.clone();
+            let window = self.window.clone();
+            Box::new(move || {
+                Box::pin(async move {
+                    let now = clock.now();
+                    if window.as_ref().is_some_and(|w| !w.is_open(now)) {
+                        return false;
+                    }
+                    match store
+                        .begin_attempt_for(&fence, &settle, &token, Some(lease), now)
+                        .await
+                    {
+                        Ok(ok) => ok,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot record the attempt; not sending");
+                            false
+                        }
+                    }
+                })
+            })
+        };
+        let result = self.call_with_lease(&b.account, &fence, &req, admit).await;
         let now = self.clock.now();
+        let result = match result {
+            Ok(Some(a)) => Ok(a),
+            Ok(None) => {
+                // Refused at the last check: the lease was lost, or a pause or the window
+                // closed while the call waited. Nothing was sent; give the batch back as it is.
+                let ok = self.store.postpone(&fence, now, now).await?;
+                let paused = self.switches().await?;
+                return Ok(
+                    match gate_stop(&self.gate(paused.as_ref()), now).filter(|_| ok) {
+                        Some((why, _)) => BatchResult::Stopped(why),
+                        None => BatchResult::LeaseLost,
+                    },
+                );
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok(answer) => {
                 let done: Vec<_> = live
@@ -833,7 +885,8 @@ impl Workers {
         account: &str,
         fence: &crate::store::Fence,
         req: &DeleteRequest,
-    ) -> Result<crate::ecs::DeleteAnswer, EcsError> {
+        admit: Admit,
+    ) -> Result<Option<crate::ecs::DeleteAnswer>, EcsError> {
         let renew = {
             let store = self.store.clone();
             let fence = fence.clone();
@@ -856,11 +909,13 @@ impl Workers {
             .call(Call::Delete {
                 account: account.to_string(),
                 req: req.clone(),
+                admit,
             })
             .await;
         renew.abort();
         match r? {
-            Answer::Deleted(a) => Ok(a),
+            Answer::Deleted(a) => Ok(Some(a)),
+            Answer::NotAdmitted => Ok(None),
             Answer::Instances(_) => Err(mismatched("DeleteInstances")),
         }
     }
@@ -986,6 +1041,32 @@ impl Workers {
                 settled.push((m.clone(), failed(e, Some(self.cfg.quarantine))));
             }
         }
+        // Still listed after our call was answered NotFound: the halves go on under new tokens,
+        // and a lone one fails (quarantined), so ECS listing an instance it calls unknown cannot
+        // keep us calling.
+        let regroup_groups: Vec<Vec<ReleaseId>> = match regroup.len() {
+            0 => vec![],
+            1 => {
+                if let Some(m) = live.iter().find(|m| m.release_id == regroup[0]) {
+                    settled.push((
+                        m.clone(),
+                        MemberOutcome::Failed {
+                            code: e.code().to_string(),
+                            message: "ECS answered NotFound for this instance but still lists it"
+                                .into(),
+                            request_id: e.request_id().map(str::to_string),
+                            quarantine: Some(self.cfg.quarantine),
+                        },
+                    ));
+                }
+                vec![]
+            }
+            n => {
+                let (a, c) = regroup.split_at(n / 2);
+                vec![a.to_vec(), c.to_vec()]
+            }
+        };
+        let regroup: Vec<ReleaseId> = regroup_groups.concat();
         let any_failed = settled
             .iter()
             .any(|(_, o)| matches!(o, MemberOutcome::Failed { .. }));
@@ -996,11 +1077,7 @@ impl Workers {
         } else {
             BatchState::Done
         };
-        let groups: Vec<Vec<ReleaseId>> = if regroup.is_empty() {
-            vec![]
-        } else {
-            vec![regroup]
-        };
+        let groups = regroup_groups;
         let ok = self
             .store
             .finish_batch(&b.fence, state, Some(e.code()), &settled, &groups, now)
