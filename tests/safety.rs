@@ -964,3 +964,62 @@ async fn a_scoped_apply_does_not_wait_on_a_batch_outside_its_scope() {
         "a batch outside the scope was sent"
     );
 }
+
+/// In `run` (no scope), an account ECS refused as a whole is left alone for a while instead of
+/// being sent one refused call after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_leaves_a_refused_account_alone_for_a_while() {
+    use ecs_janitor::app::App;
+    use ecs_janitor::policy::{self, ProtectionConfig};
+    use ecs_janitor::worker::{BatchResult, WorkerConfig};
+    let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
+    for _ in 0..5 {
+        h.sim.script(ScriptStep {
+            action: "DeleteInstances".into(),
+            answer: Scripted::Error {
+                status: 403,
+                code: "Forbidden.RAM".into(),
+            },
+            instance_id: None,
+        });
+    }
+    let db = common::sqlite().await;
+    let app = App::new(
+        db.store.clone(),
+        common::client(&h),
+        policy::load_str("p.yaml", CI).unwrap().policies,
+        ProtectionConfig::default(),
+        WorkerConfig {
+            backoff: ecs_janitor::backoff::Backoff::new(Duration::ZERO, Duration::from_secs(300)),
+            ..WorkerConfig::default()
+        },
+        std::sync::Arc::new(ecs_janitor::clock::SystemClock),
+        false,
+    );
+    let policies = app.workers.policies.read().unwrap().clone();
+    let now = chrono::Utc::now();
+    app.reconciler
+        .pass(&policies, now, None, now)
+        .await
+        .unwrap();
+    let first = app.workers.process_next().await.unwrap();
+    assert!(
+        matches!(first, Some(BatchResult::RetryScheduled { .. })),
+        "{first:?}"
+    );
+    // The batch is due again at once (no backoff floor here), but its account is left alone.
+    assert!(db
+        .store
+        .next_due(chrono::Utc::now(), None)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(app.workers.process_next().await.unwrap(), None);
+    let deletes = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.action == "DeleteInstances")
+        .count();
+    assert_eq!(deletes, 1);
+}

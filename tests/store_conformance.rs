@@ -865,3 +865,33 @@ conformance!(
             .unwrap());
     }
 );
+
+conformance!(
+    claims_skip_accounts_refused_as_a_whole,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let mut a = rel("i-1", "r1", false);
+        a.account = "a_b".into();
+        let mut b = rel("i-2", "r1", false);
+        b.account = "axb".into();
+        s.enqueue(&[a, b], t0()).await.unwrap();
+        // `_` is not a wildcard here: skipping axb leaves a_b claimable, and the other way round.
+        let got = s
+            .claim_skipping("w", t0(), LEASE, 100, None, &["axb".into()])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.account, "a_b");
+        assert!(s
+            .claim_skipping("w", t0(), LEASE, 100, None, &["axb".into()])
+            .await
+            .unwrap()
+            .is_none());
+        let got = s
+            .claim_skipping("w", t0(), LEASE, 100, None, &["a_b".into()])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.account, "axb");
+    }
+);

@@ -816,6 +816,29 @@ impl Store {
         max_batch: usize,
         scope: Option<&str>,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
+        self.claim_skipping(owner, now, lease, max_batch, scope, &[])
+            .await
+    }
+
+    /// [`Store::claim`], leaving alone the batches and releases of `skip_accounts` (accounts
+    /// ECS refused as a whole a moment ago).
+    pub async fn claim_skipping(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        max_batch: usize,
+        scope: Option<&str>,
+        skip_accounts: &[String],
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
+        // `|a|b|`: account names are letters, digits, dashes and underscores (`_` is escaped in
+        // the LIKE pattern), so one bind carries the list on both databases.
+        let skip = if skip_accounts.is_empty() {
+            String::new()
+        } else {
+            format!("|{}|", skip_accounts.join("|"))
+        };
+        let skip_filter = " AND ($3 = '' OR $3 NOT LIKE ('%|' || REPLACE(account, '_', '\\_') || '|%') ESCAPE '\\')";
         let lock = if self.is_postgres() {
             " FOR UPDATE SKIP LOCKED"
         } else {
@@ -833,12 +856,13 @@ impl Store {
             let mut tx = p.begin().await?;
             let existing: Option<BatchId> = sqlx::query_scalar(&format!(
                 "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
-                   AND (lease_expires_at IS NULL OR lease_expires_at <= $1){}
+                   AND (lease_expires_at IS NULL OR lease_expires_at <= $1){}{skip_filter}
                  ORDER BY next_attempt_at, id LIMIT 1{lock}",
                 batch_scope.replace("$9", "$2")
             ))
             .bind(ms(now))
             .bind(scope)
+            .bind(&skip)
             .fetch_optional(&mut *tx)
             .await?;
             let batch_id = match existing {
@@ -848,12 +872,13 @@ impl Store {
                     // in id order (the partial indexes of migration 0003), never sort them all.
                     let head: Option<(String, String, i64, i64)> = sqlx::query_as(&format!(
                         "SELECT account, region, force, terminate_subscription FROM releases
-                         WHERE state = 'pending' AND +not_before <= $1{}
+                         WHERE state = 'pending' AND +not_before <= $1{}{skip_filter}
                          ORDER BY id LIMIT 1{lock}",
                         release_scope.replace("$9", "$2")
                     ))
                     .bind(ms(now))
                     .bind(scope)
+                    .bind(&skip)
                     .fetch_optional(&mut *tx)
                     .await?;
                     match head {

@@ -253,6 +253,10 @@ pub struct AccountStop {
     pub account: String,
     pub code: String,
     pub message: String,
+    /// Until when this worker pool leaves the account's batches alone (a refusal is usually
+    /// fixed by an operator: the daemon tries again after this).
+    #[serde(skip)]
+    pub until: DateTime<Utc>,
 }
 
 impl AccountStop {
@@ -363,23 +367,29 @@ impl Workers {
     /// Stops `b`'s account for the rest of this run (an account-wide refusal): in a scoped
     /// run its releases leave the scope, and the run reports the account once.
     async fn stop_account(&self, b: &ClaimedBatch, e: &EcsError) -> Result<(), WorkerError> {
+        let until = crate::backoff::add_capped(self.clock.now(), self.cfg.backoff.cap);
         let first = {
             let mut stopped = self
                 .stopped_accounts
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if stopped.iter().any(|s| s.account == b.account) {
-                false
-            } else {
-                stopped.push(AccountStop {
-                    account: b.account.clone(),
-                    code: e.code().to_string(),
-                    message: match e {
-                        EcsError::Api { message, .. } => message.clone(),
-                        other => other.to_string(),
-                    },
-                });
-                true
+            match stopped.iter_mut().find(|s| s.account == b.account) {
+                Some(s) => {
+                    s.until = until;
+                    false
+                }
+                None => {
+                    stopped.push(AccountStop {
+                        account: b.account.clone(),
+                        code: e.code().to_string(),
+                        message: match e {
+                            EcsError::Api { message, .. } => message.clone(),
+                            other => other.to_string(),
+                        },
+                        until,
+                    });
+                    true
+                }
             }
         };
         if let Some(scope) = &self.scope {
@@ -478,6 +488,9 @@ impl Workers {
                     match self.store.next_due(now, self.scope.as_deref()).await {
                         Ok(None) if until == Until::Idle => return Ok(()),
                         Ok(None) => idle_cap,
+                        // Due, yet nothing could be claimed (another worker took it, or its
+                        // account is left alone for now): do not spin.
+                        Ok(Some(at)) if at <= now => idle_cap,
                         Ok(Some(at)) => (at - now)
                             .to_std()
                             .unwrap_or_default()
@@ -548,14 +561,25 @@ impl Workers {
     /// Claims and carries out one batch; `None` when nothing is due.
     pub async fn process_next(&self) -> Result<Option<BatchResult>, WorkerError> {
         let now = self.clock.now();
+        // Accounts ECS just refused as a whole are left alone for a while (in `run`; `apply`
+        // also takes them out of its scope).
+        let skip: Vec<String> = self
+            .stopped_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|s| s.until > now)
+            .map(|s| s.account.clone())
+            .collect();
         let Some(batch) = self
             .store
-            .claim(
+            .claim_skipping(
                 &self.cfg.owner,
                 now,
                 self.cfg.lease,
                 self.cfg.max_batch,
                 self.scope.as_deref(),
+                &skip,
             )
             .await?
         else {
