@@ -87,7 +87,9 @@ impl Inventory {
 }
 
 /// The filter all `policies` of one region share: a field is set only when every policy sets
-/// it to the same value.
+/// it to the same value. Tags are never filtered on the server: ECS returns at most 1,000
+/// instances to a tag-filtered DescribeInstances, whatever the paging (../shared/ecs-api.md 2.1),
+/// so a tag filter could hide instances from the plan; tags are matched in the plan instead.
 pub fn shared_filter<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> DescribeFilter {
     let mut out: Option<DescribeFilter> = None;
     for p in policies {
@@ -95,7 +97,7 @@ pub fn shared_filter<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Desc
         let mine = DescribeFilter {
             status: f.status,
             charge_type: f.charge_type,
-            tags: f.tags.clone(),
+            tags: Vec::new(),
             instance_ids: None,
         };
         out = Some(match out {

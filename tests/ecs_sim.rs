@@ -1010,3 +1010,26 @@ async fn describe_applies_ecs_limits_max_results_tags_regions_and_dry_run() {
     .await;
     assert_eq!(v["Code"], "InvalidRegionId.NotFound", "{v}");
 }
+
+#[tokio::test]
+async fn tag_filtered_listings_stop_at_a_thousand_instances() {
+    let fleet = tagged_fleet(1005);
+    let h = start(fleet, Faults::default()).await;
+    let c = client(&h);
+    let tagged = c
+        .describe_instances(
+            REGION,
+            &DescribeFilter {
+                tags: vec![("k".into(), "v".into())],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(tagged.len(), 1000);
+    let all = c
+        .describe_instances(REGION, &DescribeFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1005);
+}

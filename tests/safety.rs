@@ -1023,3 +1023,21 @@ async fn the_daemon_leaves_a_refused_account_alone_for_a_while() {
         .count();
     assert_eq!(deletes, 1);
 }
+
+/// ECS lists at most 1,000 instances for a tag-filtered DescribeInstances (the simulator models
+/// it): the inventory filters tags itself, so a policy selecting 1,200 tagged instances sees and
+/// releases every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_selector_over_a_thousand_instances_misses_none() {
+    let many = format!("{CI}limits:\n  max_releases_per_run: 5000\n");
+    let e = env(1200, 0, &[&many]).await;
+    let a = e
+        .run(&["apply", "--calls-per-second", "1000", "--concurrency", "4"])
+        .await;
+    assert_eq!(a.code, 0, "{}", a.all());
+    assert_eq!(
+        e.released().len(),
+        1200,
+        "instances hidden by the 1,000 cap"
+    );
+}

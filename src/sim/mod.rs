@@ -716,9 +716,9 @@ fn tag_filters(map: &HashMap<&str, &str>) -> Result<Vec<(String, Option<String>)
 
 /// The most `Tag.N` filters DescribeInstances takes.
 pub const MAX_TAG_FILTERS: usize = 20;
-// Not modelled: the documented "tag filtering returns at most 1,000 resources" (ecs-api.md 2.1).
-// ecs-janitor lists with tag filters, so modelling it would make the simulator hide instances
-// beyond the 1000th from it, as ECS would; that needs the inventory to cope first.
+/// The most instances a DescribeInstances filtered by tags returns, over all its pages (beyond
+/// that ECS points to ListTagResources).
+pub const MAX_TAG_FILTERED: usize = 1000;
 
 fn describe(
     st: &mut SimState,
@@ -830,6 +830,17 @@ fn describe(
         }
         None => fleet,
     };
+    // With tag filters, nothing past the MAX_TAG_FILTERED-th match is listed.
+    let cap: Option<String> = if tags.is_empty() {
+        None
+    } else {
+        fleet
+            .values()
+            .filter(|i| matches(i))
+            .nth(MAX_TAG_FILTERED - 1)
+            .map(|i| i.instance_id.clone())
+    };
+    let within = |i: &&Instance| cap.as_ref().is_none_or(|c| i.instance_id <= *c);
     let body = if token_mode {
         let after = match map.get("NextToken").filter(|t| !t.is_empty()) {
             None => None,
@@ -851,7 +862,7 @@ fn describe(
         };
         let mut page: Vec<&Instance> = Vec::with_capacity(size);
         let mut more = false;
-        for i in iter.filter(|i| matches(i)) {
+        for i in iter.filter(|i| matches(i)).take_while(within) {
             if page.len() == size {
                 more = true;
                 break;
@@ -882,7 +893,11 @@ fn describe(
                 )
             })?,
         };
-        let all: Vec<&Instance> = fleet.values().filter(|i| matches(i)).collect();
+        let all: Vec<&Instance> = fleet
+            .values()
+            .filter(|i| matches(i))
+            .take_while(within)
+            .collect();
         let page: Vec<_> = all
             .iter()
             .skip((number - 1).saturating_mul(size))
