@@ -233,7 +233,7 @@ pub struct WorkerArgs {
     /// Batches in flight at once.
     #[arg(long, env = "JANITOR_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
-    /// Calls per batch before its members are re-checked and failed.
+    /// Tries per batch (calls, and re-checks that failed) before its members fail.
     #[arg(long, env = "JANITOR_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
     /// Ceiling of the first retry delay, in milliseconds (doubles each retry; full jitter).

@@ -76,19 +76,25 @@ async fn env(n: usize, others: usize, policies: &[&str]) -> Env {
 
 impl Env {
     /// Runs the binary to its end (bounded) off the async runtime, so the in-process simulator
-    /// keeps answering.
+    /// keeps answering. Operator actions are recorded as alice.
     async fn run(&self, args: &[&str]) -> Out {
-        let mut c = Command::new(BIN);
-        c.args(args)
+        let child = self.spawn(args);
+        let what = args.join(" ");
+        tokio::task::spawn_blocking(move || wait_bounded(child, &what))
+            .await
+            .unwrap()
+    }
+
+    /// Starts the binary without waiting for it (for tests that signal it or pull ECS away).
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(BIN)
+            .args(args)
             .envs(common::janitor_env(&self.h, self.dir.path(), &self.url))
             .env("JANITOR_OPERATOR", "alice")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = c.spawn().unwrap();
-        let what = args.join(" ");
-        tokio::task::spawn_blocking(move || wait_bounded(child, &what))
-            .await
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap()
     }
 
@@ -630,19 +636,13 @@ async fn sigterm_interrupts_a_backoff_wait() {
         actions: vec!["DeleteInstances".into()],
         ..Faults::default()
     });
-    let mut c = Command::new(BIN);
-    c.args([
+    let child = e.spawn(&[
         "apply",
         "--backoff-base-ms",
         "60000",
         "--backoff-cap-ms",
         "120000",
-    ])
-    .envs(common::janitor_env(&e.h, e.dir.path(), &e.url))
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let child = c.spawn().unwrap();
+    ]);
     let h = e.h.sim.clone();
     common::wait_for("the first, throttled call", Duration::from_secs(30), || {
         let n = h
@@ -685,8 +685,7 @@ async fn apply_ends_when_ecs_goes_away_mid_run() {
         latency: Duration::from_millis(200),
         ..Faults::default()
     });
-    let mut c = Command::new(BIN);
-    c.args([
+    let child = e.spawn(&[
         "apply",
         "--max-attempts",
         "3",
@@ -694,12 +693,7 @@ async fn apply_ends_when_ecs_goes_away_mid_run() {
         "4",
         "--concurrency",
         "1",
-    ])
-    .envs(common::janitor_env(&e.h, e.dir.path(), &e.url))
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let child = c.spawn().unwrap();
+    ]);
     let sim = e.h.sim.clone();
     common::wait_for("the first release", Duration::from_secs(30), || {
         let n = sim.releases().len();

@@ -176,15 +176,7 @@ pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
         }
         out.push('\n');
     }
-    let s = plan.summary();
-    let _ = writeln!(
-        out,
-        "{}",
-        p.bold(&format!(
-            "Plan: {} to release, {} skipped, {} policies refused.",
-            s.to_release, s.skipped, s.policies_refused
-        ))
-    );
+    totals(plan, &p, &mut out);
     out
 }
 
@@ -256,6 +248,19 @@ pub fn render_json(plan: &Plan) -> Value {
     })
 }
 
+/// The last line of every text plan: `Plan: N to release, M skipped, K policies refused.`
+fn totals(plan: &Plan, p: &Paint, out: &mut String) {
+    let s = plan.summary();
+    let _ = writeln!(
+        out,
+        "{}",
+        p.bold(&format!(
+            "Plan: {} to release, {} skipped, {} policies refused.",
+            s.to_release, s.skipped, s.policies_refused
+        ))
+    );
+}
+
 /// `plan --summary`: per policy, what it releases, what waits, and its skips counted by reason.
 fn render_summary(plan: &Plan, p: &Paint) -> String {
     let now = plan.generated_at;
@@ -282,14 +287,6 @@ fn render_summary(plan: &Plan, p: &Paint) -> String {
         }
         let _ = writeln!(out, "{line}");
     }
-    let s = plan.summary();
-    let _ = writeln!(
-        out,
-        "{}",
-        p.bold(&format!(
-            "Plan: {} to release, {} skipped, {} policies refused.",
-            s.to_release, s.skipped, s.policies_refused
-        ))
-    );
+    totals(plan, p, &mut out);
     out
 }

@@ -147,9 +147,6 @@ fn ecs_error(e: BoxError, action: &'static str) -> EcsError {
     }
 }
 
-/// The setting that pauses every replica's releases when `true`.
-pub const PAUSED: &str = "paused";
-
 /// How workers behave.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
