@@ -172,6 +172,33 @@ fn wait_bounded(mut child: std::process::Child, what: &str) -> Out {
     }
 }
 
+/// The pipeline in-process over a two-instance CI fleet, with one reconcile pass done: for the
+/// tests that step a worker by hand.
+async fn in_process(
+    cfg: ecs_janitor::worker::WorkerConfig,
+) -> (SimHandle, common::TestDb, ecs_janitor::app::App) {
+    let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
+    let db = common::sqlite().await;
+    let app = ecs_janitor::app::App::new(
+        db.store.clone(),
+        common::client(&h),
+        ecs_janitor::policy::load_str("p.yaml", CI)
+            .unwrap()
+            .policies,
+        ecs_janitor::policy::ProtectionConfig::default(),
+        cfg,
+        std::sync::Arc::new(ecs_janitor::clock::SystemClock),
+        false,
+    );
+    let policies = app.workers.policies.read().unwrap().clone();
+    let now = chrono::Utc::now();
+    app.reconciler
+        .pass(&policies, now, None, now)
+        .await
+        .unwrap();
+    (h, db, app)
+}
+
 fn ids(rows: &[ReleaseRow], state: ReleaseState) -> Vec<String> {
     let mut v: Vec<String> = rows
         .iter()
@@ -401,37 +428,20 @@ async fn a_released_instance_still_listed_is_neither_sent_nor_queued_again() {
 /// protected: the retry re-checks and sends nothing for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recheck_runs_before_every_retry() {
-    use ecs_janitor::app::App;
-    use ecs_janitor::policy::{self, ProtectionConfig};
     use ecs_janitor::worker::{BatchResult, WorkerConfig};
-    let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
-    let db = common::sqlite().await;
-    let app = App::new(
-        db.store.clone(),
-        common::client(&h),
-        policy::load_str("p.yaml", CI).unwrap().policies,
-        ProtectionConfig::default(),
-        WorkerConfig {
-            backoff: ecs_janitor::backoff::Backoff::new(
-                Duration::from_millis(1),
-                Duration::from_millis(2),
-            ),
-            ..WorkerConfig::default()
-        },
-        std::sync::Arc::new(ecs_janitor::clock::SystemClock),
-        false,
-    );
+    let (h, db, app) = in_process(WorkerConfig {
+        backoff: ecs_janitor::backoff::Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(2),
+        ),
+        ..WorkerConfig::default()
+    })
+    .await;
     h.sim.script(ScriptStep {
         action: "DeleteInstances".into(),
         answer: Scripted::Html503,
         instance_id: None,
     });
-    let policies = app.workers.policies.read().unwrap().clone();
-    let now = chrono::Utc::now();
-    app.reconciler
-        .pass(&policies, now, None, now)
-        .await
-        .unwrap();
     let first = app.workers.process_next().await.unwrap();
     assert!(
         matches!(first, Some(BatchResult::RetryScheduled { .. })),
@@ -876,29 +886,12 @@ async fn plan_groups_skips_by_reason_and_summarises() {
 /// holds: the last check runs once the limit lets the call through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_during_the_rate_limit_wait_holds() {
-    use ecs_janitor::app::App;
-    use ecs_janitor::policy::{self, ProtectionConfig};
     use ecs_janitor::worker::WorkerConfig;
-    let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
-    let db = common::sqlite().await;
-    let app = App::new(
-        db.store.clone(),
-        common::client(&h),
-        policy::load_str("p.yaml", CI).unwrap().policies,
-        ProtectionConfig::default(),
-        WorkerConfig {
-            calls_per_second: 1,
-            ..WorkerConfig::default()
-        },
-        std::sync::Arc::new(ecs_janitor::clock::SystemClock),
-        false,
-    );
-    let policies = app.workers.policies.read().unwrap().clone();
-    let now = chrono::Utc::now();
-    app.reconciler
-        .pass(&policies, now, None, now)
-        .await
-        .unwrap();
+    let (h, db, app) = in_process(WorkerConfig {
+        calls_per_second: 1,
+        ..WorkerConfig::default()
+    })
+    .await;
     let w = app.workers.clone();
     let step = tokio::spawn(async move { w.process_next().await });
     // The re-check has gone out; the DeleteInstances now waits about a second for its turn.
@@ -963,10 +956,12 @@ async fn a_scoped_apply_does_not_wait_on_a_batch_outside_its_scope() {
 /// being sent one refused call after another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_leaves_a_refused_account_alone_for_a_while() {
-    use ecs_janitor::app::App;
-    use ecs_janitor::policy::{self, ProtectionConfig};
     use ecs_janitor::worker::{BatchResult, WorkerConfig};
-    let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
+    let (h, db, app) = in_process(WorkerConfig {
+        backoff: ecs_janitor::backoff::Backoff::new(Duration::ZERO, Duration::from_secs(300)),
+        ..WorkerConfig::default()
+    })
+    .await;
     for _ in 0..5 {
         h.sim.script(ScriptStep {
             action: "DeleteInstances".into(),
@@ -977,25 +972,6 @@ async fn the_daemon_leaves_a_refused_account_alone_for_a_while() {
             instance_id: None,
         });
     }
-    let db = common::sqlite().await;
-    let app = App::new(
-        db.store.clone(),
-        common::client(&h),
-        policy::load_str("p.yaml", CI).unwrap().policies,
-        ProtectionConfig::default(),
-        WorkerConfig {
-            backoff: ecs_janitor::backoff::Backoff::new(Duration::ZERO, Duration::from_secs(300)),
-            ..WorkerConfig::default()
-        },
-        std::sync::Arc::new(ecs_janitor::clock::SystemClock),
-        false,
-    );
-    let policies = app.workers.policies.read().unwrap().clone();
-    let now = chrono::Utc::now();
-    app.reconciler
-        .pass(&policies, now, None, now)
-        .await
-        .unwrap();
     let first = app.workers.process_next().await.unwrap();
     assert!(
         matches!(first, Some(BatchResult::RetryScheduled { .. })),
