@@ -10,14 +10,15 @@
 //! `cargo bench --bench drain` measures (`-- sqlite 4` narrows it to one store and one worker
 //! count); under `cargo test` it runs a small smoke pass.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ecs_janitor::backoff::Backoff;
 use ecs_janitor::clock::SystemClock;
+use ecs_janitor::context::{Context, Extras};
 use ecs_janitor::ecs::{Accounts, Instance};
-use ecs_janitor::policy::{self, ProtectionConfig};
+use ecs_janitor::policy;
 use ecs_janitor::sim::SimHandle;
 use ecs_janitor::store::{NewRelease, Store};
 use ecs_janitor::worker::{WorkerConfig, Workers};
@@ -100,18 +101,21 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
     let policies = policy::load_str("bench.yaml", POLICY)
         .expect("policy")
         .policies;
-    let workers = Workers::new(
+    let (ctx, _reload) = Context::new(
         store.clone(),
         Accounts::single(client(&h)),
-        Arc::new(RwLock::new(policies)),
-        ProtectionConfig::default(),
+        policies,
+        Arc::new(SystemClock),
+        Extras::default(),
+    );
+    let workers = Workers::new(
+        ctx,
         WorkerConfig {
             concurrency,
             calls_per_second: 1_000_000,
             backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(500)),
             ..WorkerConfig::default()
         },
-        Arc::new(SystemClock),
     );
     reset_peak();
     let resident_before = mib("VmRSS:");

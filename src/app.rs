@@ -1,22 +1,17 @@
-//! The jobs the commands run, built from the stages: `apply` (one reconcile pass, then work the
-//! queue until nothing is due) and `demo` (the whole job against the built-in simulator).
+//! `apply` as a job: one reconcile pass (or exactly a reviewed plan), then the queue worked
+//! until nothing is due, through the same worker loop as `run`, and the report of what it did.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{OffsetClock, SharedClock};
-use crate::ecs::client::{ClientConfig, EcsClient};
-use crate::ecs::credentials::{Credentials, StaticProvider};
-use crate::plan::{self, Plan, SavedPlan};
-use crate::policy::{Policy, ProtectionConfig};
+use crate::context::{Context, PolicyReload};
+use crate::plan::SavedPlan;
+use crate::policy::Policy;
 use crate::reconcile::{PassResult, ReconcileError, Reconciler};
-use crate::sim::{self, SimConfig, Simulator};
-use crate::store::{PauseInfo, ReleaseFilter, ReleaseRow, ReleaseState, Store, StoreError};
+use crate::store::{PauseInfo, ReleaseFilter, ReleaseRow, ReleaseState, StoreError};
 use crate::worker::{Stop, WorkerConfig, WorkerError, Workers};
 
 /// Why a job stopped.
@@ -32,85 +27,41 @@ pub enum AppError {
     Other(String),
 }
 
-/// The assembled pipeline.
+/// The assembled pipeline: a reconciler and workers over one shared [`Context`].
 #[derive(Clone)]
 pub struct App {
-    pub store: Store,
-    pub client: EcsClient,
+    pub ctx: Context,
     pub reconciler: Reconciler,
     pub workers: Workers,
-    pub clock: SharedClock,
+    reload: Arc<PolicyReload>,
 }
 
 impl App {
-    pub fn new(
-        store: Store,
-        client: EcsClient,
-        policies: Vec<Policy>,
-        protection: ProtectionConfig,
-        worker_cfg: WorkerConfig,
-        clock: SharedClock,
-        dry_run: bool,
-    ) -> App {
-        let accounts = crate::ecs::Accounts::single(client.clone());
+    /// The pipeline over `ctx`; `reload` is the writer of its policy set. With `dry_run`, every
+    /// policy is treated as `dry_run: true` and workers send DryRun calls only.
+    pub fn new(ctx: Context, reload: PolicyReload, worker_cfg: WorkerConfig, dry_run: bool) -> App {
         let reconciler = Reconciler {
-            store: store.clone(),
-            accounts: accounts.clone(),
-            protection: protection.clone(),
+            ctx: ctx.clone(),
             owner: worker_cfg.owner.clone(),
             force_dry_run: dry_run,
-            notifier: None,
         };
-        let workers = Workers::new(
-            store.clone(),
-            accounts,
-            Arc::new(RwLock::new(policies)),
-            protection,
-            worker_cfg,
-            clock.clone(),
-        );
+        let workers = Workers::new(ctx.clone(), worker_cfg);
         App {
-            store,
-            client,
+            ctx,
             reconciler,
             workers,
-            clock,
+            reload: Arc::new(reload),
         }
     }
 
-    /// Signs each policy's calls as its account (`account:`), with clients from `accounts`.
-    pub fn with_accounts(mut self, accounts: crate::ecs::Accounts) -> App {
-        self.reconciler.accounts = accounts.clone();
-        self.workers = self.workers.with_accounts(accounts);
-        self
+    /// Replaces the running policy set (the daemon's reload).
+    pub fn set_policies(&self, policies: Vec<Policy>) {
+        self.reload.replace(policies);
     }
 
-    /// Sends notifications through `n` (scheduled and refused from passes, released and failed
-    /// from workers).
-    pub fn with_notifier(mut self, n: crate::notify::Notifier) -> App {
-        self.reconciler.notifier = Some(n.clone());
-        self.workers.notifier = Some(n);
-        self
-    }
-
-    /// Carries out releases only inside `w`; plans and scheduling go on outside it.
-    pub fn with_window(mut self, w: Option<crate::window::OperatingWindow>) -> App {
-        self.workers.window = w;
-        self
-    }
-
-    /// Uses `metrics` (shared with the admin server and the ECS client's observer).
-    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> App {
-        self.workers.metrics = metrics;
-        self
-    }
-
-    fn policies(&self) -> Vec<Policy> {
-        self.workers
-            .policies
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The policies now loaded.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.ctx.policies.current().to_vec()
     }
 
     /// One reconcile pass of every loaded policy (or exactly a saved plan), then the queue is
@@ -124,7 +75,7 @@ impl App {
         opts: &ApplyOptions,
         cancel: CancellationToken,
     ) -> Result<ApplyReport, AppError> {
-        let started = self.clock.now();
+        let started = self.ctx.clock.now();
         let policies = self.policies();
         if let Some(s) = saved {
             self.check_saved(s, &policies, opts.max_plan_age, started)
@@ -155,18 +106,20 @@ impl App {
                     .collect()
             });
             let narrowed = (opts.narrowed || saved.is_some()).then_some(names.as_slice());
-            self.store
+            self.ctx
+                .store
                 .create_scope(&id, narrowed, pairs.as_deref())
                 .await?;
             workers.scope = Some(id.clone());
             let worked = workers.drain(cancel.clone()).await;
-            self.store.drop_scope(&id).await?;
+            self.ctx.store.drop_scope(&id).await?;
             let worked = worked?;
             stopped = worked.stopped;
             accounts_stopped = worked.accounts_stopped;
         }
         // Read from the database only what this apply touched: history only grows.
         let mut touched: Vec<ReleaseRow> = self
+            .ctx
             .store
             .list_releases(&ReleaseFilter {
                 touched_since: Some(started),
@@ -189,8 +142,8 @@ impl App {
                         .is_none_or(|p| p.contains(&(r.instance_id.as_str(), r.policy.as_str())))
             });
         }
-        let now = self.clock.now();
-        let window_note = match (&stopped, &self.workers.window) {
+        let now = self.ctx.clock.now();
+        let window_note = match (&stopped, &self.ctx.window) {
             (Some(Stop::WindowClosed { .. }), Some(w)) | (None, Some(w)) if !w.is_open(now) => {
                 Some(match w.next_open(now) {
                     Some(at) => format!(
@@ -230,17 +183,17 @@ impl App {
         let age = now - saved.created_at;
         if age > max_age {
             return Err(AppError::Other(format!(
-                "the plan was made at {} ({} ago), older than --max-plan-age {}: the fleet may have                  changed since it was reviewed; make and review a new plan with `plan --out`",
+                "the plan was made at {} ({} ago), older than --max-plan-age {}: the fleet may have changed since it was reviewed; make and review a new plan with `plan --out`",
                 saved.created_at.format("%Y-%m-%d %H:%M UTC"),
                 human(age.num_seconds()),
                 human(max_age.num_seconds())
             )));
         }
         if let Some(id) = &saved.database_id {
-            let ours = self.store.database_id().await?;
+            let ours = self.ctx.store.database_id().await?;
             if *id != ours {
                 return Err(AppError::Other(format!(
-                    "the plan was made against another database (id {id}; this one is {ours}):                      apply it with the --database it was planned with, or make a new plan here"
+                    "the plan was made against another database (id {id}; this one is {ours}): apply it with the --database it was planned with, or make a new plan here"
                 )));
             }
         }
@@ -255,7 +208,7 @@ impl App {
         missing.dedup();
         if !missing.is_empty() {
             return Err(AppError::Other(format!(
-                "the plan names {} not loaded here: {}; load the policies it was made with (or                  drop --policy), or make a new plan",
+                "the plan names {} not loaded here: {}; load the policies it was made with (or drop --policy), or make a new plan",
                 if missing.len() == 1 {
                     "a policy"
                 } else {
@@ -477,120 +430,4 @@ fn human(secs: i64) -> String {
     } else {
         format!("{}m", s / 60)
     }
-}
-
-/// The example policies, built in so the demo needs no files.
-pub const DEMO_POLICIES: [(&str, &str); 2] = [
-    (
-        "policies/release-expired-subscriptions.yaml",
-        include_str!("../policies/release-expired-subscriptions.yaml"),
-    ),
-    (
-        "policies/release-stopped-payg-tagged.yaml",
-        include_str!("../policies/release-stopped-payg-tagged.yaml"),
-    ),
-];
-
-/// Options of the demo.
-#[derive(Debug, Clone)]
-pub struct DemoOptions {
-    pub instances: usize,
-    pub seed: u64,
-    /// Where the SQLite file goes; a temporary directory when `None`.
-    pub dir: Option<PathBuf>,
-    pub color: bool,
-}
-
-/// The main job on embedded defaults: the simulator in-process with a seeded fleet, SQLite in a
-/// temporary directory, the example policies. Day 0: a pass records which instances are stopped
-/// and starts the grace periods. Then the clock jumps a day ahead, and day 1's plan is applied.
-/// Returns the text to print and the number of instances released.
-pub async fn demo(opts: DemoOptions, out: &mut dyn FnMut(&str)) -> Result<usize, AppError> {
-    let clock = OffsetClock::new();
-    let shared: SharedClock = Arc::new(clock.clone());
-    let fleet = sim::fleet::generate(opts.instances, opts.seed, shared.now());
-    let sim_cfg = SimConfig {
-        clock: shared.clone(),
-        seed: opts.seed,
-        ..SimConfig::default()
-    };
-    let handle = Simulator::new(sim_cfg, fleet)
-        .serve(([127, 0, 0, 1], 0).into())
-        .await
-        .map_err(|e| AppError::Other(format!("cannot start the simulator: {e}")))?;
-    let tmp;
-    let dir = match &opts.dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir()
-                .map_err(|e| AppError::Other(format!("cannot make a temporary directory: {e}")))?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let db = dir.join("janitor.db");
-    let url = format!("sqlite://{}", db.display());
-    out(&format!(
-        "ecs-janitor demo: simulator with {} instances at {}, queue in {}\n",
-        opts.instances,
-        handle.endpoint(),
-        db.display()
-    ));
-    let store = Store::connect(&url).await?;
-    let client = EcsClient::with_clock(
-        ClientConfig {
-            endpoint: Some(handle.endpoint()),
-            ..ClientConfig::default()
-        },
-        Arc::new(StaticProvider(Credentials::new(
-            sim::DEFAULT_ACCESS_KEY_ID,
-            sim::DEFAULT_ACCESS_KEY_SECRET,
-        ))),
-        shared.clone(),
-    )
-    .map_err(|e| AppError::Other(format!("cannot build the HTTP client: {e}")))?;
-    let inputs = DEMO_POLICIES
-        .iter()
-        .map(|(p, t)| (PathBuf::from(p), t.as_bytes().to_vec()))
-        .collect();
-    let policies = crate::policy::load_bytes(inputs)
-        .map_err(|d| AppError::Other(format!("the built-in policies do not load:\n{d}")))?
-        .policies;
-    let worker_cfg = WorkerConfig {
-        backoff: crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
-        calls_per_second: 50,
-        ..WorkerConfig::default()
-    };
-    let app = App::new(
-        store,
-        client,
-        policies.clone(),
-        ProtectionConfig::default(),
-        worker_cfg,
-        shared.clone(),
-        false,
-    );
-    out("\n== Day 0: first look. Stopped instances are noted; grace periods start.\n\n");
-    let first = app
-        .apply(None, &ApplyOptions::default(), CancellationToken::new())
-        .await?;
-    out(&plan::render_text(&first.pass.plan, opts.color));
-    out("\n");
-    clock.advance(chrono::Duration::hours(25));
-    out("\n== Day 1 (the clock jumps 25 hours): the plan, then apply.\n\n");
-    let plan: Plan = app.reconciler.plan_only(&policies, shared.now()).await?;
-    out(&plan::render_text(&plan, opts.color));
-    let report = app
-        .apply(None, &ApplyOptions::default(), CancellationToken::new())
-        .await?;
-    out("\n");
-    out(&report.render(shared.now()));
-    let released = report.in_state(ReleaseState::Succeeded).count();
-    let sim_released = handle.sim.releases().len();
-    if sim_released != released {
-        return Err(AppError::Other(format!(
-            "the simulator released {sim_released} instances but the queue recorded {released}"
-        )));
-    }
-    handle.shutdown().await;
-    Ok(released)
 }

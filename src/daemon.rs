@@ -51,7 +51,7 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
     let loaded = crate::policy::load_dir(dir)
         .map_err(|d| d.to_string())
         .and_then(|set| {
-            app.workers
+            app.ctx
                 .accounts
                 .check(&set.policies)
                 .map(|()| set)
@@ -60,13 +60,10 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
     match loaded {
         Ok(set) => {
             let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
-            app.workers
+            app.ctx
                 .metrics
-                .policies_loaded(&set.policies, app.clock.now());
-            *app.workers
-                .policies
-                .write()
-                .unwrap_or_else(|e| e.into_inner()) = set.policies;
+                .policies_loaded(&set.policies, app.ctx.clock.now());
+            app.set_policies(set.policies);
             health.policies_loaded.store(true, Ordering::SeqCst);
             *health
                 .last_load_error
@@ -76,8 +73,8 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
             true
         }
         Err(d) => {
-            app.workers.metrics.policy_load_failed();
-            if let Some(n) = &app.workers.notifier {
+            app.ctx.metrics.policy_load_failed();
+            if let Some(n) = &app.ctx.notifier {
                 n.send_batch(vec![crate::notify::Notification::PolicyLoadFailed {
                     problems: d.clone(),
                 }]);
@@ -96,9 +93,9 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
 /// port in use fails fast.
 pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), AppError> {
     let health = Arc::new(Health::default());
-    app.workers
+    app.ctx
         .metrics
-        .observe(app.workers.window.clone(), app.workers.notifier.clone());
+        .observe(app.ctx.window.clone(), app.ctx.notifier.clone());
     if cfg.admin_token.is_none() && !cfg.listen.ip().is_loopback() {
         tracing::warn!(listen = %cfg.listen, "the admin server listens beyond this machine without JANITOR_ADMIN_TOKEN: its pages and metrics are readable by anyone who reaches it (mutating endpoints stay disabled)");
     }
@@ -111,11 +108,8 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     tracing::info!(%admin_addr, "admin server listening");
     let server = {
         let router = server::router(server::AdminContext {
-            store: app.store.clone(),
+            ctx: app.ctx.clone(),
             health: health.clone(),
-            policies: app.workers.policies.clone(),
-            metrics: app.workers.metrics.clone(),
-            clock: app.clock.clone(),
             admin_token: cfg.admin_token.clone(),
         });
         let stop = shutdown.clone();
@@ -173,7 +167,7 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
         tracing::warn!("calls still in flight after the grace period; their leases will expire and another run resumes them");
     }
     let _ = server.await;
-    if let Some(n) = &app.workers.notifier {
+    if let Some(n) = &app.ctx.notifier {
         n.flush(Duration::from_secs(5)).await;
     }
     Ok(())
@@ -186,13 +180,8 @@ async fn scheduler(
     changed: Arc<tokio::sync::Notify>,
 ) {
     loop {
-        let policies: Vec<Policy> = app
-            .workers
-            .policies
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let now = app.clock.now();
+        let policies: Vec<Policy> = app.policies();
+        let now = app.ctx.clock.now();
         let Some((at, names)) = schedule::next_group(&policies, now) else {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -210,7 +199,7 @@ async fn scheduler(
             .filter(|p| names.contains(&p.name))
             .collect();
         let span = tracing::info_span!("tick", at = %at, policies = ?names);
-        let pass = app.reconciler.pass(&due, at, None, app.clock.now());
+        let pass = app.reconciler.pass(&due, at, None, app.ctx.clock.now());
         match tracing::Instrument::instrument(pass, span).await {
             Ok(r) => {
                 for run in r.runs {

@@ -1,9 +1,10 @@
-//! The `ecs-janitor` binary: parse the command line, set up logging, run, map errors to exit codes.
+//! The `ecs-janitor` binary: parse the command line and resolve the settings, set up logging,
+//! run, map errors to exit codes.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use ecs_janitor::cli::{self, Cli, LogFormat};
+use ecs_janitor::cli::{self, Command, Refusal};
+use ecs_janitor::settings::LogFormat;
 
 /// Colour codes only for a person at a terminal: never in a file, a pipe or a journal, and
 /// never when `NO_COLOR` is set (https://no-color.org).
@@ -12,9 +13,10 @@ fn log_colours() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("JANITOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+fn init_logging(format: LogFormat, filter: Option<&str>, default_level: &str) {
+    let filter = filter
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(log_colours())
@@ -26,48 +28,35 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 fn main() -> ExitCode {
-    // The configuration file feeds the environment before the command line is parsed, so a
-    // flag beats the environment, which beats the file, which beats the default.
     let args: Vec<String> = std::env::args().collect();
-    // `config check` reports every problem itself, so it carries on past them.
-    let checking = args.windows(2).any(|w| w[0] == "config" && w[1] == "check");
-    let file = match ecs_janitor::config::locate(&args) {
-        None => None,
-        Some(path) => {
-            let (mut file, problems) = ecs_janitor::config::ConfigFile::load_all(&path);
-            if !problems.is_empty() && !checking {
-                for p in &problems {
-                    eprintln!("error: {p}");
-                }
-                eprintln!(
-                    "{} in the configuration file; nothing was run.",
-                    ecs_janitor::policy::count(problems.len(), "problem")
-                );
-                return ExitCode::from(64);
+    let env = |var: &str| std::env::var(var).ok();
+    let inv = match cli::parse(&args, &env) {
+        Ok(inv) => inv,
+        Err(Refusal::Usage(e)) => e.exit(),
+        Err(Refusal::Config { problems, in_file }) => {
+            for p in &problems {
+                eprintln!("error: {p}");
             }
-            file.export();
-            Some(file)
+            let n = ecs_janitor::policy::count(problems.len(), "problem");
+            if in_file {
+                eprintln!("{n} in the configuration file; nothing was run.");
+            } else {
+                eprintln!("{n} in the settings; nothing was run.");
+            }
+            return ExitCode::from(64);
         }
-    };
-    ecs_janitor::config::set_current(file);
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
-        Err(e) => match cli::explain_parse_error(&e, &args) {
-            // A bad value from the environment or the file is a configuration problem.
-            Some(msg) => {
-                eprintln!("error: {msg}");
-                return ExitCode::from(64);
-            }
-            None => e.exit(),
-        },
     };
     // One-shot commands print their own report (JANITOR_LOG=info shows their work too); the
     // daemon and the simulator log theirs.
     let quiet = matches!(
-        cli.command,
-        cli::Command::Demo(_) | cli::Command::Validate(_) | cli::Command::Schema
+        inv.cli.command,
+        Command::Demo(_) | Command::Validate(_) | Command::Schema
     );
-    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
+    init_logging(
+        inv.settings.log_format,
+        inv.settings.log.as_deref(),
+        if quiet { "warn" } else { "info" },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(cli::run(inv)) {
         Ok(code) => code,
         Err(e) => {
             // Each cause once: many messages already name their source.

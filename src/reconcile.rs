@@ -7,11 +7,11 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use crate::ecs::client::DeleteRequest;
-use crate::ecs::{account_of, Accounts, ErrorClass};
+use crate::ecs::{account_of, ErrorClass};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
-use crate::policy::{Policy, ProtectionConfig};
-use crate::store::{NewEvent, NewRelease, ReleaseState, Store, StoreError};
+use crate::policy::Policy;
+use crate::store::{NewEvent, NewRelease, ReleaseState, StoreError};
 
 /// Why a pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -25,16 +25,12 @@ pub enum ReconcileError {
 /// What a pass needs.
 #[derive(Clone, Debug)]
 pub struct Reconciler {
-    pub store: Store,
-    /// ECS clients by account.
-    pub accounts: Accounts,
-    pub protection: ProtectionConfig,
+    /// The store, the ECS clients, the protections and the notifier.
+    pub ctx: crate::context::Context,
     /// Who runs the pass (a replica id), recorded with each run.
     pub owner: String,
     /// Treat every policy as `dry_run: true`.
     pub force_dry_run: bool,
-    /// Where "releases scheduled" and "policy refused" notifications go.
-    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// What one policy's run did.
@@ -96,6 +92,7 @@ impl Reconciler {
         let mut runs = Vec::new();
         for p in policies {
             if self
+                .ctx
                 .store
                 .begin_run(&p.name, scheduled_for, &self.owner, now)
                 .await?
@@ -127,6 +124,7 @@ impl Reconciler {
             Err(e) => {
                 for p in &mine {
                     let _ = self
+                        .ctx
                         .store
                         .finish_run(&p.name, scheduled_for, "error", 0, 0, 0, 0, now)
                         .await;
@@ -159,6 +157,7 @@ impl Reconciler {
         // is fetched still counts as queued, so its instance (listed, but gone by now) is not
         // queued a second time.
         let queued = self
+            .ctx
             .store
             .active_releases()
             .await?
@@ -173,14 +172,15 @@ impl Reconciler {
                 )
             })
             .collect();
-        let inv = inventory::fetch(&self.accounts, policies)
+        let inv = inventory::fetch(&self.ctx.accounts, policies)
             .await
             .map_err(ReconcileError::Inventory)?;
         for ((account, region), instances) in inv.regions().filter(|_| record) {
             let seen = inventory::Seen::of(&inv.filter_of(account, region), instances);
-            self.store.observe(account, region, &seen, now).await?;
+            self.ctx.store.observe(account, region, &seen, now).await?;
         }
         let holds = self
+            .ctx
             .store
             .holds(now)
             .await?
@@ -188,11 +188,12 @@ impl Reconciler {
             .map(|h| ((h.instance_id.clone(), h.policy.clone()), h.describe()))
             .collect();
         let ctx = EvalContext {
-            observations: self.store.observations().await?,
+            observations: self.ctx.store.observations().await?,
             queued,
-            protection: self.protection.clone(),
+            protection: self.ctx.protection.clone(),
             holds,
             released: self
+                .ctx
                 .store
                 .released_since(now - chrono::Duration::days(1))
                 .await?,
@@ -218,7 +219,7 @@ impl Reconciler {
         }
         let (inv, ctx) = self.observe(policies, now, true).await?;
         let plan = evaluate(policies, &inv, &ctx, now);
-        let active = self.store.active_releases().await?;
+        let active = self.ctx.store.active_releases().await?;
         // Of the queued instances, those the inventory listed (for cancellation reasons); then
         // the inventory, the largest thing a pass holds, is let go before queueing.
         let listed: HashSet<String> = {
@@ -262,7 +263,8 @@ impl Reconciler {
                     count: r.count,
                     limit: r.limit,
                 });
-                self.store
+                self.ctx
+                    .store
                     .record_event(
                         NewEvent {
                             kind: "refused",
@@ -303,7 +305,7 @@ impl Reconciler {
                             reasons: r.reasons.join("; "),
                         })
                         .collect();
-                    let created = self.store.enqueue(&new, now).await?;
+                    let created = self.ctx.store.enqueue(&new, now).await?;
                     run.enqueued = created.len();
                     // Grace starts for what was queued to wait: say which and when they go.
                     let created: HashSet<&str> = created.iter().map(|(_, i)| i.as_str()).collect();
@@ -352,7 +354,7 @@ impl Reconciler {
                             (r.id, why)
                         })
                         .collect();
-                    run.cancelled = self.store.cancel_pending(&cancels, now).await?;
+                    run.cancelled = self.ctx.store.cancel_pending(&cancels, now).await?;
                 }
             }
             let outcome = if run.refused.is_some() {
@@ -362,7 +364,8 @@ impl Reconciler {
             } else {
                 "ok"
             };
-            self.store
+            self.ctx
+                .store
                 .finish_run(
                     &run.policy,
                     scheduled_for,
@@ -376,7 +379,7 @@ impl Reconciler {
                 .await?;
             runs.push(run);
         }
-        if let (Some(n), false) = (&self.notifier, notes.is_empty()) {
+        if let (Some(n), false) = (&self.ctx.notifier, notes.is_empty()) {
             n.send_batch(notes);
         }
         Ok((plan, runs))
@@ -412,7 +415,7 @@ impl Reconciler {
                     dry_run: true,
                     client_token: token.clone(),
                 };
-                let client = self.accounts.client(account);
+                let client = self.ctx.accounts.client(account);
                 let (kind, code, request_id) = match client.delete_instances(&req).await {
                     Err(e) if e.class() == ErrorClass::DryRunPassed => {
                         run.would_release += chunk.len();
@@ -446,7 +449,8 @@ impl Reconciler {
                             code.clone()
                         },
                     });
-                    self.store
+                    self.ctx
+                        .store
                         .record_event(
                             NewEvent {
                                 kind,

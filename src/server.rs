@@ -4,7 +4,7 @@
 //! with the token from `JANITOR_ADMIN_TOKEN`; with no token configured they answer 403.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -16,11 +16,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::clock::SharedClock;
 use crate::ecs::sign::signatures_equal;
-use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::store::{ReleaseFilter, ReleaseRow, Store, StoreError};
+use crate::store::{ReleaseFilter, ReleaseRow, StoreError};
 
 /// What readiness depends on, shared with the daemon.
 #[derive(Debug, Default)]
@@ -34,11 +32,9 @@ pub struct Health {
 /// Everything the admin server reads.
 #[derive(Clone)]
 pub struct AdminContext {
-    pub store: Store,
+    /// The store, the policies, the metrics and the clock the daemon runs with.
+    pub ctx: crate::context::Context,
     pub health: Arc<Health>,
-    pub policies: Arc<RwLock<Vec<Policy>>>,
-    pub metrics: Metrics,
-    pub clock: SharedClock,
     /// `JANITOR_ADMIN_TOKEN`; `None` disables the mutating endpoints.
     pub admin_token: Option<crate::ecs::Secret>,
 }
@@ -145,7 +141,7 @@ fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 async fn readyz(State(s): State<AdminContext>) -> impl IntoResponse {
-    let db = match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
+    let db = match tokio::time::timeout(Duration::from_secs(2), s.ctx.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         // The driver's own words, without the store's "database error:" prefix.
         Ok(Err(crate::store::StoreError::Db(e))) => Err(format!("database: {e}")),
@@ -188,7 +184,7 @@ async fn readyz(State(s): State<AdminContext>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<AdminContext>) -> Response {
-    match s.metrics.render(&s.store, s.clock.now()).await {
+    match s.ctx.metrics.render(&s.ctx.store, s.ctx.clock.now()).await {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -218,6 +214,7 @@ async fn list_releases(
             .map_err(|e| ApiError::bad_request(format!("state: {e}")))?;
     }
     let rows = s
+        .ctx
         .store
         .list_releases(&ReleaseFilter {
             state,
@@ -230,13 +227,13 @@ async fn list_releases(
 }
 
 fn loaded(s: &AdminContext) -> Vec<Policy> {
-    s.policies.read().unwrap_or_else(|e| e.into_inner()).clone()
+    s.ctx.policies.current().to_vec()
 }
 
 async fn list_policies(State(s): State<AdminContext>) -> Result<Json<serde_json::Value>, ApiError> {
-    let now = s.clock.now();
-    let snap = s.store.metrics_snapshot(now).await?;
-    let runs = s.store.runs(1000).await?;
+    let now = s.ctx.clock.now();
+    let snap = s.ctx.store.metrics_snapshot(now).await?;
+    let runs = s.ctx.store.runs(1000).await?;
     let out: Vec<serde_json::Value> = loaded(&s)
         .iter()
         .map(|p| {
@@ -279,8 +276,11 @@ async fn retry_release(
 ) -> Result<Json<ReleaseRow>, ApiError> {
     authorize(&s, &headers)?;
     let id = release_id(&raw)?;
-    s.store.retry_release(id, &op.by(), s.clock.now()).await?;
-    Ok(Json(s.store.release(id).await?))
+    s.ctx
+        .store
+        .retry_release(id, &op.by(), s.ctx.clock.now())
+        .await?;
+    Ok(Json(s.ctx.store.release(id).await?))
 }
 
 async fn cancel_release(
@@ -291,7 +291,7 @@ async fn cancel_release(
 ) -> Result<Json<ReleaseRow>, ApiError> {
     authorize(&s, &headers)?;
     let id = release_id(&raw)?;
-    let now = s.clock.now();
+    let now = s.ctx.clock.now();
     let until = op
         .hold_secs
         .filter(|n| *n > 0)
@@ -300,10 +300,11 @@ async fn cancel_release(
         .reason
         .clone()
         .unwrap_or_else(|| "no reason given".into());
-    s.store
+    s.ctx
+        .store
         .cancel_release(id, &op.by(), &reason, until, now)
         .await?;
-    Ok(Json(s.store.release(id).await?))
+    Ok(Json(s.ctx.store.release(id).await?))
 }
 
 /// Who and why, from the query string of a mutating call (`?by=alice&reason=...`).
@@ -331,7 +332,10 @@ async fn pause(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
     let reason = op.reason.clone().unwrap_or_default();
-    s.store.pause(&op.by(), &reason, s.clock.now()).await?;
+    s.ctx
+        .store
+        .pause(&op.by(), &reason, s.ctx.clock.now())
+        .await?;
     tracing::warn!(by = %op.by(), reason = %reason, "releases paused through the admin API");
     pause_state(State(s)).await
 }
@@ -342,13 +346,13 @@ async fn resume(
     Query(op): Query<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
-    s.store.resume(&op.by(), s.clock.now()).await?;
+    s.ctx.store.resume(&op.by(), s.ctx.clock.now()).await?;
     tracing::warn!(by = %op.by(), "releases resumed through the admin API");
     pause_state(State(s)).await
 }
 
 async fn pause_state(State(s): State<AdminContext>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(match s.store.pause_state().await? {
+    Ok(Json(match s.ctx.store.pause_state().await? {
         Some(p) => json!({ "paused": true, "by": p.by, "reason": p.reason, "at": p.at }),
         None => json!({ "paused": false }),
     }))
@@ -388,10 +392,11 @@ color:#0f5a2a}.muted{color:#66707a}.fail{color:#8a1111}";
 
 /// The status page: server-rendered HTML, no scripts, readable on a phone.
 async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiError> {
-    let now = s.clock.now();
-    let snap = s.store.metrics_snapshot(now).await?;
-    let runs = s.store.runs(1000).await?;
+    let now = s.ctx.clock.now();
+    let snap = s.ctx.store.metrics_snapshot(now).await?;
+    let runs = s.ctx.store.runs(1000).await?;
     let waiting = s
+        .ctx
         .store
         .list_releases(&ReleaseFilter {
             state: Some("pending".into()),
@@ -401,6 +406,7 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
         })
         .await?;
     let recent = s
+        .ctx
         .store
         .list_releases(&ReleaseFilter {
             state: Some("succeeded".into()),
@@ -410,6 +416,7 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
         })
         .await?;
     let failed = s
+        .ctx
         .store
         .list_releases(&ReleaseFilter {
             state: Some("failed".into()),
@@ -424,7 +431,7 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
     h.push_str("<meta http-equiv=\"refresh\" content=\"30\"><title>ecs-janitor</title><style>");
     h.push_str(STYLE);
     h.push_str("</style></head><body><h1>ecs-janitor</h1>");
-    if let Some(p) = s.store.pause_state().await? {
+    if let Some(p) = s.ctx.store.pause_state().await? {
         h.push_str(&format!(
             "<div class=\"banner paused\" id=\"paused\">Paused: releases are stopped on every replica and command ({}). Plans go on. <code>ecs-janitor resume</code> or POST /api/v1/resume to resume.</div>",
             esc(&p.describe())

@@ -16,7 +16,7 @@ use ecs_janitor::backoff::Backoff;
 use ecs_janitor::clock::OffsetClock;
 use ecs_janitor::ecs::credentials::{SharedProvider, StaticProvider};
 use ecs_janitor::ecs::{Accounts, ChargeType, Credentials, Instance, InstanceStatus};
-use ecs_janitor::policy::{self, Policy, ProtectionConfig};
+use ecs_janitor::policy::{self, Policy};
 use ecs_janitor::sim::{self, fleet, Faults, SimAccount, SimConfig, SimHandle, Simulator};
 use ecs_janitor::store::ReleaseFilter;
 use ecs_janitor::worker::WorkerConfig;
@@ -145,12 +145,9 @@ fn accounts(h: &SimHandle) -> Accounts {
 }
 
 fn app(h: &SimHandle, db: &common::TestDb, ps: Vec<Policy>, clock: OffsetClock) -> App {
-    App::new(
-        db.store.clone(),
-        common::client(h),
-        ps,
-        ProtectionConfig::default(),
-        WorkerConfig {
+    common::Pipeline {
+        accounts: accounts(h),
+        cfg: WorkerConfig {
             backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(100)),
             max_attempts: 40,
             calls_per_second: 1000,
@@ -158,10 +155,10 @@ fn app(h: &SimHandle, db: &common::TestDb, ps: Vec<Policy>, clock: OffsetClock) 
             max_batch: 7,
             ..WorkerConfig::default()
         },
-        Arc::new(clock),
-        false,
-    )
-    .with_accounts(accounts(h))
+        clock: Arc::new(clock),
+        ..common::Pipeline::new(&db.store, common::client(h), ps)
+    }
+    .build()
 }
 
 async fn releases_each_account_with_its_own_key(db: common::TestDb) {
@@ -262,8 +259,7 @@ release:
         "prod's instances wait out the grace"
     );
     // During the grace period the policy is pointed at another account.
-    *app.workers.policies.write().unwrap() =
-        policies(&yaml.replace("account: prod", "account: staging"));
+    app.set_policies(policies(&yaml.replace("account: prod", "account: staging")));
     clock.advance(chrono::Duration::minutes(61));
     app.workers.drain(CancellationToken::new()).await.unwrap();
     assert!(h.sim.releases().is_empty(), "nothing released");

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use ecs_janitor::app::App;
 use ecs_janitor::backoff::Backoff;
-use ecs_janitor::clock::SystemClock;
+use ecs_janitor::context::Extras;
 use ecs_janitor::ecs::Secret;
 use ecs_janitor::metrics::Metrics;
-use ecs_janitor::policy::{self, ProtectionConfig};
+use ecs_janitor::policy::{self};
 use ecs_janitor::server::{self, AdminContext, Health};
 use ecs_janitor::sim::{Faults, SimHandle};
 use ecs_janitor::worker::WorkerConfig;
@@ -62,31 +62,27 @@ async fn admin(token: Option<&str>) -> Admin {
     let metrics = Metrics::new();
     let client = common::client(&h).with_observer(metrics.call_observer());
     let policies = policy::load_str("p.yaml", POLICIES).unwrap().policies;
-    let app = App::new(
-        db.store.clone(),
-        client,
-        policies,
-        ProtectionConfig::default(),
-        WorkerConfig {
+    let app = common::Pipeline {
+        cfg: WorkerConfig {
             backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(50)),
             calls_per_second: 1000,
             ..WorkerConfig::default()
         },
-        Arc::new(SystemClock),
-        false,
-    )
-    .with_metrics(metrics.clone());
+        extras: Extras {
+            metrics: metrics.clone(),
+            ..Extras::default()
+        },
+        ..common::Pipeline::new(&db.store, client, policies)
+    }
+    .build();
     app.apply(None, &Default::default(), CancellationToken::new())
         .await
         .unwrap();
     let health = Arc::new(Health::default());
     health.policies_loaded.store(true, Ordering::SeqCst);
     let router = server::router(AdminContext {
-        store: db.store.clone(),
+        ctx: app.ctx.clone(),
         health: health.clone(),
-        policies: app.workers.policies.clone(),
-        metrics,
-        clock: Arc::new(SystemClock),
         admin_token: token.map(Secret::new),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -218,6 +214,7 @@ async fn pause_stops_releases_until_resume() {
     // with no grace left), but a paused worker claims nothing.
     let rows = a
         .app
+        .ctx
         .store
         .list_releases(&Default::default())
         .await
@@ -225,12 +222,14 @@ async fn pause_stops_releases_until_resume() {
     let now = chrono::Utc::now();
     for r in rows.iter().filter(|r| r.state == "pending") {
         a.app
+            .ctx
             .store
             .cancel_release(r.id, "test", "test", Some(now), now)
             .await
             .unwrap();
     }
     a.app
+        .ctx
         .store
         .enqueue(
             &[ecs_janitor::store::NewRelease {

@@ -13,9 +13,10 @@ use chrono::Utc;
 use ecs_janitor::app::App;
 use ecs_janitor::backoff::Backoff;
 use ecs_janitor::clock::{OffsetClock, SharedClock, SystemClock};
+use ecs_janitor::context::Extras;
 use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
 use ecs_janitor::plan::SavedPlan;
-use ecs_janitor::policy::{self, Policy, ProtectionConfig};
+use ecs_janitor::policy::{self, Policy};
 use ecs_janitor::sim::{fleet, Faults, SimHandle};
 use ecs_janitor::store::ReleaseFilter;
 use ecs_janitor::worker::WorkerConfig;
@@ -77,15 +78,12 @@ fn fast_workers() -> WorkerConfig {
 }
 
 async fn app_for(h: &SimHandle, db: &common::TestDb, ps: Vec<Policy>, clock: SharedClock) -> App {
-    App::new(
-        db.store.clone(),
-        common::client(h),
-        ps,
-        ProtectionConfig::default(),
-        fast_workers(),
+    common::Pipeline {
+        cfg: fast_workers(),
         clock,
-        false,
-    )
+        ..common::Pipeline::new(&db.store, common::client(h), ps)
+    }
+    .build()
 }
 
 fn released(h: &SimHandle) -> BTreeSet<String> {
@@ -165,18 +163,14 @@ async fn apply_under_faults_releases_the_same_set_once_with_stable_tokens() {
         };
         let h = common::start_sim(fleet, faults, seed).await;
         // Small batches: many calls, so every kind of fault occurs.
-        let app = App::new(
-            db.store.clone(),
-            common::client(&h),
-            policies(CI_POLICY),
-            ProtectionConfig::default(),
-            WorkerConfig {
+        let app = common::Pipeline {
+            cfg: WorkerConfig {
                 max_batch: 2,
                 ..fast_workers()
             },
-            Arc::new(SystemClock),
-            false,
-        );
+            ..common::Pipeline::new(&db.store, common::client(&h), policies(CI_POLICY))
+        }
+        .build();
         let report = app
             .apply(None, &Default::default(), CancellationToken::new())
             .await
@@ -314,15 +308,12 @@ async fn a_dry_run_sends_dry_run_calls_and_releases_nothing() {
     let want = expected_ci(&fleet);
     let h = common::start_sim(fleet, Faults::default(), 5).await;
     let db = common::sqlite().await;
-    let app = App::new(
-        db.store.clone(),
-        common::client(&h),
-        policies(CI_POLICY),
-        ProtectionConfig::default(),
-        fast_workers(),
-        Arc::new(SystemClock),
-        true,
-    );
+    let app = common::Pipeline {
+        cfg: fast_workers(),
+        dry_run: true,
+        ..common::Pipeline::new(&db.store, common::client(&h), policies(CI_POLICY))
+    }
+    .build();
     let report = app
         .apply(None, &Default::default(), CancellationToken::new())
         .await
@@ -389,7 +380,7 @@ async fn switching_a_policy_to_dry_run_cancels_what_it_queued() {
         .unwrap();
     assert_eq!(first.in_state("pending").count(), 3);
     // The owner flips the policy to dry_run during the grace period.
-    *app.workers.policies.write().unwrap() = policies(&format!("{yaml}dry_run: true\n"));
+    app.set_policies(policies(&format!("{yaml}dry_run: true\n")));
     clock.advance(chrono::Duration::minutes(61));
     let second = app
         .apply(None, &Default::default(), CancellationToken::new())
@@ -471,9 +462,15 @@ limits:
         },
     )
     .unwrap();
-    let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock))
-        .await
-        .with_notifier(n.clone());
+    let app = common::Pipeline {
+        cfg: fast_workers(),
+        extras: Extras {
+            notifier: Some(n.clone()),
+            ..Extras::default()
+        },
+        ..common::Pipeline::new(&db.store, common::client(&h), policies(yaml))
+    }
+    .build();
     app.apply(None, &Default::default(), CancellationToken::new())
         .await
         .unwrap();
@@ -510,9 +507,18 @@ async fn outside_the_operating_window_nothing_is_released_and_apply_says_when() 
     let closed: ecs_janitor::window::OperatingWindow =
         serde_json::from_value(serde_json::json!({"start": start, "end": end, "timezone": "UTC"}))
             .unwrap();
-    let app = app_for(&h, &db, policies(yaml), Arc::new(SystemClock))
-        .await
-        .with_window(Some(closed));
+    let with_window = |w| {
+        common::Pipeline {
+            cfg: fast_workers(),
+            extras: Extras {
+                window: Some(w),
+                ..Extras::default()
+            },
+            ..common::Pipeline::new(&db.store, common::client(&h), policies(yaml))
+        }
+        .build()
+    };
+    let app = with_window(closed);
     let report = app
         .apply(None, &Default::default(), CancellationToken::new())
         .await
@@ -537,7 +543,7 @@ async fn outside_the_operating_window_nothing_is_released_and_apply_says_when() 
         serde_json::json!({"start": open_start, "end": open_end, "timezone": "UTC"}),
     )
     .unwrap();
-    let app = app.with_window(Some(open));
+    let app = with_window(open);
     app.workers.drain(CancellationToken::new()).await.unwrap();
     assert_eq!(h.sim.releases().len(), 3);
 }

@@ -8,9 +8,9 @@
 
 use std::collections::BTreeSet;
 
-use clap::{CommandFactory, Parser};
-use ecs_janitor::cli::{Cli, Command};
+use ecs_janitor::cli::{self, Command};
 use ecs_janitor::metrics::Metrics;
+use ecs_janitor::settings::SPECS;
 use serde_json::Value;
 
 fn root(file: &str) -> String {
@@ -22,31 +22,24 @@ fn yaml(file: &str) -> Value {
     serde_saphyr::from_str(&root(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
-/// Every environment variable the binary reads: clap's `env` names of every subcommand, plus
-/// the credential and logging variables read directly.
+/// Every environment variable the binary reads: each setting's, `JANITOR_CONFIG`, plus the
+/// credential variables the lookup chain reads.
 fn known_env() -> BTreeSet<String> {
-    fn walk(cmd: &clap::Command, out: &mut BTreeSet<String>) {
-        for a in cmd.get_arguments() {
-            if let Some(e) = a.get_env() {
-                out.insert(e.to_string_lossy().to_string());
-            }
-        }
-        for s in cmd.get_subcommands() {
-            walk(s, out);
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(&Cli::command(), &mut out);
+    let mut out: BTreeSet<String> = SPECS.iter().map(|s| s.env.to_string()).collect();
     for direct in [
+        "JANITOR_CONFIG",
         "ALIBABA_CLOUD_ACCESS_KEY_ID",
         "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
         "ALIBABA_CLOUD_SECURITY_TOKEN",
-        "JANITOR_ADMIN_TOKEN",
-        "JANITOR_LOG",
     ] {
         out.insert(direct.to_string());
     }
     out
+}
+
+/// `argv` parsed as the binary parses it, with no environment and no configuration file.
+fn parse(argv: &[String]) -> cli::Invocation {
+    cli::parse(argv, &|_| None).unwrap_or_else(|e| panic!("{argv:?}: {e:?}"))
 }
 
 #[test]
@@ -64,11 +57,12 @@ fn docker_compose_runs_what_the_binary_accepts() {
             .iter()
             .map(|v| v.as_str().unwrap().to_string()),
     );
-    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-    let Command::Run(run) = cli.command else {
-        panic!("the service runs the daemon: {argv:?}")
-    };
-    assert_eq!(run.listen.port(), 9187);
+    let inv = parse(&argv);
+    assert!(
+        matches!(inv.cli.command, Command::Run),
+        "the service runs the daemon: {argv:?}"
+    );
+    assert_eq!(inv.settings.listen.port(), 9187);
 
     // Only variables the binary reads.
     let known = known_env();
@@ -144,8 +138,8 @@ fn the_image_runs_the_binary_as_a_non_root_user() {
     );
     assert!(d.contains("ENTRYPOINT [\"/usr/local/bin/ecs-janitor\"]"));
     assert!(d.contains("CMD [\"run\"]"));
-    let cli = Cli::try_parse_from(["ecs-janitor", "run"]).unwrap();
-    assert!(matches!(cli.command, Command::Run(_)));
+    let inv = parse(&["ecs-janitor".to_string(), "run".to_string()]);
+    assert!(matches!(inv.cli.command, Command::Run));
 }
 
 /// The names of the series an expression reads: identifiers that are not functions (followed by

@@ -764,12 +764,8 @@ proptest! {
             )
             .unwrap()
             .policies;
-            let app = ecs_janitor::app::App::new(
-                db.store.clone(),
-                common::client(&h),
-                policy.clone(),
-                ProtectionConfig::default(),
-                ecs_janitor::worker::WorkerConfig {
+            let app = common::Pipeline {
+                cfg: ecs_janitor::worker::WorkerConfig {
                     backoff: ecs_janitor::backoff::Backoff::new(
                         std::time::Duration::ZERO,
                         std::time::Duration::ZERO,
@@ -778,9 +774,9 @@ proptest! {
                     max_batch: 3,
                     ..Default::default()
                 },
-                std::sync::Arc::new(ecs_janitor::clock::SystemClock),
-                false,
-            );
+                ..common::Pipeline::new(&db.store, common::client(&h), policy.clone())
+            }
+            .build();
             let store = &db.store;
             let mut paused = false;
             let mut protected: HashSet<String> = HashSet::new();

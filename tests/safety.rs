@@ -179,18 +179,15 @@ async fn in_process(
 ) -> (SimHandle, common::TestDb, ecs_janitor::app::App) {
     let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
     let db = common::sqlite().await;
-    let app = ecs_janitor::app::App::new(
-        db.store.clone(),
-        common::client(&h),
-        ecs_janitor::policy::load_str("p.yaml", CI)
-            .unwrap()
-            .policies,
-        ecs_janitor::policy::ProtectionConfig::default(),
+    let policies = ecs_janitor::policy::load_str("p.yaml", CI)
+        .unwrap()
+        .policies;
+    let app = common::Pipeline {
         cfg,
-        std::sync::Arc::new(ecs_janitor::clock::SystemClock),
-        false,
-    );
-    let policies = app.workers.policies.read().unwrap().clone();
+        ..common::Pipeline::new(&db.store, common::client(&h), policies)
+    }
+    .build();
+    let policies = app.policies();
     let now = chrono::Utc::now();
     app.reconciler
         .pass(&policies, now, None, now)

@@ -10,7 +10,7 @@
 //! quarantined. Every try counts, so a batch ends after `max_attempts`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,12 +19,12 @@ use rand::SeedableRng;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::clock::SharedClock;
+use crate::context::Context;
 use crate::ecs::client::{DeleteRequest, DescribeFilter};
 use crate::ecs::{Accounts, EcsError, ErrorClass, Instance};
-use crate::policy::{Policy, ProtectionConfig};
+use crate::policy::Policy;
 use crate::store::{
-    BatchMember, BatchState, ClaimedBatch, MemberOutcome, PauseInfo, ReleaseId, Store, StoreError,
+    BatchMember, BatchState, ClaimedBatch, MemberOutcome, PauseInfo, ReleaseId, StoreError,
 };
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
@@ -273,17 +273,10 @@ impl AccountStop {
 /// A worker pool's shared parts. Cheap to clone.
 #[derive(Clone)]
 pub struct Workers {
-    pub store: Store,
-    /// ECS clients by account.
-    pub accounts: Accounts,
-    pub policies: Arc<RwLock<Vec<Policy>>>,
-    pub protection: ProtectionConfig,
+    /// The store, the ECS clients, the policies, the clock, the metrics, the window, the
+    /// notifier and the protections.
+    pub ctx: Context,
     pub cfg: WorkerConfig,
-    pub clock: SharedClock,
-    pub metrics: crate::metrics::Metrics,
-    /// Releases execute only while this is open (always, when `None`).
-    pub window: Option<crate::window::OperatingWindow>,
-    pub notifier: Option<crate::notify::Notifier>,
     /// Nothing is sent without DryRun (`apply --dry-run`).
     pub dry_run: bool,
     /// Only this run's releases are claimed (see [`Store::create_scope`]).
@@ -297,42 +290,17 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn new(
-        store: Store,
-        accounts: Accounts,
-        policies: Arc<RwLock<Vec<Policy>>>,
-        protection: ProtectionConfig,
-        cfg: WorkerConfig,
-        clock: SharedClock,
-    ) -> Self {
+    pub fn new(ctx: Context, cfg: WorkerConfig) -> Self {
         Workers {
-            calls: call_service(accounts.clone(), cfg.calls_per_second, cfg.concurrency),
-            metrics: crate::metrics::Metrics::new(),
-            window: None,
-            notifier: None,
+            calls: call_service(ctx.accounts.clone(), cfg.calls_per_second, cfg.concurrency),
             dry_run: false,
             scope: None,
             stopped_accounts: Arc::default(),
             cancel: CancellationToken::new(),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
-            store,
-            accounts,
-            policies,
-            protection,
+            ctx,
             cfg,
-            clock,
         }
-    }
-
-    /// Signs each batch's calls as its account, with clients from `accounts`.
-    pub fn with_accounts(mut self, accounts: Accounts) -> Self {
-        self.calls = call_service(
-            accounts.clone(),
-            self.cfg.calls_per_second,
-            self.cfg.concurrency,
-        );
-        self.accounts = accounts;
-        self
     }
 
     /// Makes one call through the rate and concurrency limits.
@@ -364,7 +332,7 @@ impl Workers {
     /// Stops `b`'s account for the rest of this run (an account-wide refusal): in a scoped
     /// run its releases leave the scope, and the run reports the account once.
     async fn stop_account(&self, b: &ClaimedBatch, e: &EcsError) -> Result<(), WorkerError> {
-        let until = crate::backoff::add_capped(self.clock.now(), self.cfg.backoff.cap);
+        let until = crate::backoff::add_capped(self.ctx.clock.now(), self.cfg.backoff.cap);
         let first = {
             let mut stopped = self
                 .stopped_accounts
@@ -390,7 +358,7 @@ impl Workers {
             }
         };
         if let Some(scope) = &self.scope {
-            self.store.shrink_scope(scope, &b.account).await?;
+            self.ctx.store.shrink_scope(scope, &b.account).await?;
         }
         if first {
             tracing::error!(account = %b.account, code = e.code(), "ECS refused the account as a whole; its work stops for this run");
@@ -481,8 +449,8 @@ impl Workers {
                 }
                 Ok(Some(_)) => Duration::ZERO,
                 Ok(None) => {
-                    let now = self.clock.now();
-                    match self.store.next_due(now, self.scope.as_deref()).await {
+                    let now = self.ctx.clock.now();
+                    match self.ctx.store.next_due(now, self.scope.as_deref()).await {
                         Ok(None) if until == Until::Idle => return Ok(()),
                         Ok(None) => idle_cap,
                         // Due, yet nothing could be claimed (another worker took it, or its
@@ -533,13 +501,13 @@ impl Workers {
 
     /// The switches as they are right now, read from the database (the pause) and the clock.
     async fn switches(&self) -> Result<Option<PauseInfo>, WorkerError> {
-        Ok(self.store.pause_state().await?)
+        Ok(self.ctx.store.pause_state().await?)
     }
 
     fn gate<'a>(&'a self, paused: Option<&'a PauseInfo>) -> Gate<'a> {
         Gate {
             paused,
-            window: self.window.as_ref(),
+            window: self.ctx.window.as_ref(),
             dry_run: self.dry_run,
             max_tries: i64::from(self.cfg.max_attempts.max(1)),
         }
@@ -549,7 +517,7 @@ impl Workers {
     async fn step_inner(&self) -> Result<Option<BatchResult>, WorkerError> {
         // Before claiming, so that a paused or closed queue is left exactly as it is.
         let paused = self.switches().await?;
-        if let Some((why, _)) = gate_stop(&self.gate(paused.as_ref()), self.clock.now()) {
+        if let Some((why, _)) = gate_stop(&self.gate(paused.as_ref()), self.ctx.clock.now()) {
             return Ok(Some(BatchResult::Stopped(why)));
         }
         self.process_next().await
@@ -557,7 +525,7 @@ impl Workers {
 
     /// Claims and carries out one batch; `None` when nothing is due.
     pub async fn process_next(&self) -> Result<Option<BatchResult>, WorkerError> {
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         // Accounts ECS just refused as a whole are left alone for a while (in `run`; `apply`
         // also takes them out of its scope).
         let skip: Vec<String> = self
@@ -569,6 +537,7 @@ impl Workers {
             .map(|s| s.account.clone())
             .collect();
         let Some(batch) = self
+            .ctx
             .store
             .claim_skipping(
                 &self.cfg.owner,
@@ -608,11 +577,8 @@ impl Workers {
         }
     }
 
-    fn policies_now(&self) -> Vec<Policy> {
-        self.policies
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn policies_now(&self) -> std::sync::Arc<Vec<Policy>> {
+        self.ctx.policies.current()
     }
 
     /// The members DescribeInstances lists now, by instance id.
@@ -643,15 +609,27 @@ impl Workers {
         let fence = b.fence.clone();
         if b.members.is_empty() {
             let ok = self
+                .ctx
                 .store
-                .finish_batch(&fence, BatchState::Done, None, &[], &[], self.clock.now())
+                .finish_batch(
+                    &fence,
+                    BatchState::Done,
+                    None,
+                    &[],
+                    &[],
+                    self.ctx.clock.now(),
+                )
                 .await?;
             return Ok(Self::fenced(ok, BatchResult::Settled));
         }
         // The re-check, before every call: live state, then the one decision.
         let paused = self.switches().await?;
-        if let Some((why, at)) = gate_stop(&self.gate(paused.as_ref()), self.clock.now()) {
-            let ok = self.store.postpone(&fence, at, self.clock.now()).await?;
+        if let Some((why, at)) = gate_stop(&self.gate(paused.as_ref()), self.ctx.clock.now()) {
+            let ok = self
+                .ctx
+                .store
+                .postpone(&fence, at, self.ctx.clock.now())
+                .await?;
             return Ok(Self::fenced(ok, BatchResult::Stopped(why)));
         }
         // Out of tries ends the batch before another re-check: a re-check that keeps failing
@@ -659,15 +637,15 @@ impl Workers {
         let gate = self.gate(paused.as_ref());
         if b.tries >= gate.max_tries {
             return self
-                .apply_transition(&b, give_up(&b), self.clock.now())
+                .apply_transition(&b, give_up(&b), self.ctx.clock.now())
                 .await;
         }
         let found = match self.listed(&b, &b.members).await {
             Ok(v) => v,
             Err(_) if self.cancel.is_cancelled() => {
                 // Stopping: give the batch back as it was, without counting a try.
-                let now = self.clock.now();
-                let ok = self.store.postpone(&fence, now, now).await?;
+                let now = self.ctx.clock.now();
+                let ok = self.ctx.store.postpone(&fence, now, now).await?;
                 return Ok(Self::fenced(ok, BatchResult::LeaseLost));
             }
             Err(e) if e.account_wide() => {
@@ -678,12 +656,12 @@ impl Workers {
             Err(e) => return self.retry(&b, &e, true).await,
         };
         let ids = instance_ids(&b.members);
-        let observations = self.store.observations_of(&ids).await?;
-        let released = self.store.released_among(&ids).await?;
+        let observations = self.ctx.store.observations_of(&ids).await?;
+        let released = self.ctx.store.released_among(&ids).await?;
         // The pause is read again: the re-check may have taken a while.
         let paused = self.switches().await?;
         let policies = self.policies_now();
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         let t = decide(
             &b,
             &Live {
@@ -693,7 +671,7 @@ impl Workers {
             },
             &Rules {
                 policies: &policies,
-                protection: &self.protection,
+                protection: &self.ctx.protection,
             },
             &self.gate(paused.as_ref()),
             now,
@@ -712,7 +690,7 @@ impl Workers {
         let fence = b.fence.clone();
         match t {
             Transition::Wait { until, why } => {
-                let ok = self.store.postpone(&fence, until, now).await?;
+                let ok = self.ctx.store.postpone(&fence, until, now).await?;
                 Ok(Self::fenced(ok, BatchResult::Stopped(why)))
             }
             Transition::GiveUp { settle } => {
@@ -724,6 +702,7 @@ impl Workers {
                     })
                     .unwrap_or_default();
                 let ok = self
+                    .ctx
                     .store
                     .finish_batch(&fence, BatchState::Failed, Some(&code), &settle, &[], now)
                     .await?;
@@ -735,6 +714,7 @@ impl Workers {
             }
             Transition::Done { settle } => {
                 let ok = self
+                    .ctx
                     .store
                     .finish_batch(&fence, BatchState::Done, None, &settle, &[], now)
                     .await?;
@@ -742,6 +722,7 @@ impl Workers {
             }
             Transition::Reform { settle, keep } => {
                 let ok = self
+                    .ctx
                     .store
                     .finish_batch(
                         &fence,
@@ -779,12 +760,12 @@ impl Workers {
             client_token: b.client_token.clone(),
         };
         let admit: Admit = {
-            let store = self.store.clone();
+            let store = self.ctx.store.clone();
             let fence = fence.clone();
             let token = b.client_token.clone();
             let lease = self.cfg.lease;
-            let clock = self.clock.clone();
-            let window = self.window.clone();
+            let clock = self.ctx.clock.clone();
+            let window = self.ctx.window.clone();
             Box::new(move || {
                 Box::pin(async move {
                     let now = clock.now();
@@ -805,13 +786,13 @@ impl Workers {
             })
         };
         let result = self.call_with_lease(&b.account, &fence, &req, admit).await;
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         let result = match result {
             Ok(Some(a)) => Ok(a),
             Ok(None) => {
                 // Refused at the last check: the lease was lost, or a pause or the window
                 // closed while the call waited. Nothing was sent; give the batch back as it is.
-                let ok = self.store.postpone(&fence, now, now).await?;
+                let ok = self.ctx.store.postpone(&fence, now, now).await?;
                 let paused = self.switches().await?;
                 return Ok(
                     match gate_stop(&self.gate(paused.as_ref()), now).filter(|_| ok) {
@@ -838,6 +819,7 @@ impl Workers {
                     })
                     .collect();
                 let ok = self
+                    .ctx
                     .store
                     .finish_batch(&fence, BatchState::Done, None, &done, &[], now)
                     .await?;
@@ -871,6 +853,7 @@ impl Workers {
                         let ids: Vec<ReleaseId> = live.iter().map(|m| m.release_id).collect();
                         let (a, c) = ids.split_at(ids.len() / 2);
                         let ok = self
+                            .ctx
                             .store
                             .finish_batch(
                                 &fence,
@@ -909,10 +892,10 @@ impl Workers {
         admit: Admit,
     ) -> Result<Option<crate::ecs::DeleteAnswer>, EcsError> {
         let renew = {
-            let store = self.store.clone();
+            let store = self.ctx.store.clone();
             let fence = fence.clone();
             let lease = self.cfg.lease;
-            let clock = self.clock.clone();
+            let clock = self.ctx.clock.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(lease / 3);
                 tick.tick().await;
@@ -954,10 +937,11 @@ impl Workers {
             let retries = u32::try_from(b.tries.max(0)).unwrap_or(u32::MAX);
             self.cfg.backoff.delay(retries, e.retry_after(), &mut *rng)
         };
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         let at = crate::backoff::add_capped(now, delay);
         let uncertain = !recheck_failed && decide::outcome_unknown(e.code());
         let ok = self
+            .ctx
             .store
             .retry_later_as(
                 &b.fence,
@@ -970,7 +954,7 @@ impl Workers {
             )
             .await?;
         if ok {
-            self.metrics.retry_scheduled();
+            self.ctx.metrics.retry_scheduled();
         }
         tracing::warn!(
             batch = %b.fence.batch_id,
@@ -1005,8 +989,8 @@ impl Workers {
             // Cannot tell what happened: keep the batch and its token, try again later.
             Err(de) => return self.retry(b, &de, true).await,
         };
-        let now = self.clock.now();
-        let observations = self.store.observations_of(&instance_ids(live)).await?;
+        let now = self.ctx.clock.now();
+        let observations = self.ctx.store.observations_of(&instance_ids(live)).await?;
         let policies = self.policies_now();
         let no_released = HashMap::new();
         let view = Live {
@@ -1016,7 +1000,7 @@ impl Workers {
         };
         let rules = Rules {
             policies: &policies,
-            protection: &self.protection,
+            protection: &self.ctx.protection,
         };
         let mut settled = Vec::new();
         let mut regroup = Vec::new();
@@ -1100,6 +1084,7 @@ impl Workers {
         };
         let groups = regroup_groups;
         let ok = self
+            .ctx
             .store
             .finish_batch(&b.fence, state, Some(e.code()), &settled, &groups, now)
             .await?;
@@ -1131,7 +1116,7 @@ impl Workers {
     /// policy, sent in the background.
     fn notify(&self, region: &str, settled: &[(BatchMember, MemberOutcome)], now: DateTime<Utc>) {
         use crate::notify::{FailedRelease, InstanceRef, Notification, ReleasedInstance};
-        let Some(n) = &self.notifier else { return };
+        let Some(n) = &self.ctx.notifier else { return };
         let mut released: std::collections::BTreeMap<&str, Vec<ReleasedInstance>> =
             Default::default();
         let mut failed: std::collections::BTreeMap<&str, Vec<FailedRelease>> = Default::default();

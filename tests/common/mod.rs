@@ -243,3 +243,44 @@ pub fn refuse_every_call_naming(h: &SimHandle, id: &str, times: usize) {
         });
     }
 }
+
+/// The pipeline (reconciler and workers over one context) as a test builds it: a store, a
+/// client for the simulator, the policies; every other part at its default unless set.
+pub struct Pipeline {
+    pub store: Store,
+    pub accounts: ecs_janitor::ecs::Accounts,
+    pub policies: Vec<ecs_janitor::policy::Policy>,
+    pub cfg: ecs_janitor::worker::WorkerConfig,
+    pub clock: ecs_janitor::clock::SharedClock,
+    pub dry_run: bool,
+    pub extras: ecs_janitor::context::Extras,
+}
+
+impl Pipeline {
+    pub fn new(
+        store: &Store,
+        client: EcsClient,
+        policies: Vec<ecs_janitor::policy::Policy>,
+    ) -> Pipeline {
+        Pipeline {
+            store: store.clone(),
+            accounts: ecs_janitor::ecs::Accounts::single(client),
+            policies,
+            cfg: ecs_janitor::worker::WorkerConfig::default(),
+            clock: Arc::new(ecs_janitor::clock::SystemClock),
+            dry_run: false,
+            extras: Default::default(),
+        }
+    }
+
+    pub fn build(self) -> ecs_janitor::app::App {
+        let (ctx, reload) = ecs_janitor::context::Context::new(
+            self.store,
+            self.accounts,
+            self.policies,
+            self.clock,
+            self.extras,
+        );
+        ecs_janitor::app::App::new(ctx, reload, self.cfg, self.dry_run)
+    }
+}

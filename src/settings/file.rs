@@ -1,43 +1,14 @@
-//! The configuration file (`janitor.yaml`, `--config` / `JANITOR_CONFIG`): everything flags and
-//! environment variables set, in one reviewed file. Precedence is flag > environment > file >
-//! default: before the command line is parsed, each setting the file gives is exported as its
-//! environment variable unless that variable is already set, so clap's own flag-then-env lookup
-//! does the rest. Settings with structure (webhooks, the operating window) are kept as parsed.
+//! The configuration file (`janitor.yaml`, `--config` / `JANITOR_CONFIG`): every setting flags and
+//! environment variables give, in one reviewed file, read and checked at its lines. Which value
+//! wins is decided in [`super::Settings`]; this module only reads the file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::spec::SPECS;
 use crate::policy::node::{Node, Pos, Value};
-
-/// The settings the file may hold, by their key and environment variable.
-pub const SCALARS: &[(&str, &str)] = &[
-    ("policies", "JANITOR_POLICIES"),
-    ("database", "JANITOR_DATABASE_URL"),
-    ("listen", "JANITOR_LISTEN"),
-    ("log_format", "JANITOR_LOG_FORMAT"),
-    ("log", "JANITOR_LOG"),
-    ("replica_id", "JANITOR_REPLICA_ID"),
-    ("protect_tag_key", "JANITOR_PROTECT_TAG"),
-    ("shutdown_grace_secs", "JANITOR_SHUTDOWN_GRACE_SECS"),
-    ("reload_ms", "JANITOR_RELOAD_MS"),
-    ("admin_token", "JANITOR_ADMIN_TOKEN"),
-    ("ecs.endpoint", "JANITOR_ECS_ENDPOINT"),
-    ("ecs.connect_timeout", "JANITOR_ECS_CONNECT_TIMEOUT"),
-    ("ecs.call_timeout", "JANITOR_ECS_TIMEOUT"),
-    ("ecs.signature", "JANITOR_SIGNATURE"),
-    ("workers.calls_per_second", "JANITOR_CALLS_PER_SECOND"),
-    ("workers.concurrency", "JANITOR_CONCURRENCY"),
-    ("workers.max_attempts", "JANITOR_MAX_ATTEMPTS"),
-    ("workers.backoff_base_ms", "JANITOR_BACKOFF_BASE_MS"),
-    ("workers.backoff_cap_ms", "JANITOR_BACKOFF_CAP_MS"),
-    ("workers.lease_secs", "JANITOR_LEASE_SECS"),
-    ("workers.quarantine", "JANITOR_QUARANTINE"),
-];
-
-/// Keys whose values are secrets: never printed.
-pub const SECRET_KEYS: &[&str] = &["admin_token"];
 
 /// Why the configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +36,6 @@ pub struct ConfigFile {
     pub path: PathBuf,
     /// Scalar settings by dotted key (`workers.concurrency`), as text.
     pub values: BTreeMap<String, String>,
-    /// Which environment variables were set from the file (for `config check`).
-    pub exported: BTreeSet<String>,
     /// Structured settings, kept for the parts that read them.
     pub webhooks: Option<serde_json::Value>,
     pub window: Option<serde_json::Value>,
@@ -236,12 +205,12 @@ impl ConfigFile {
             }
         }
         for (k, key, value) in scalars {
-            if !SCALARS.iter().any(|(known, _)| *known == k) {
+            if !SPECS.iter().any(|spec| spec.key == k) {
                 let message = match k.split_once('.') {
                     Some((section, _)) => {
-                        let valid: Vec<&str> = SCALARS
+                        let valid: Vec<&str> = SPECS
                             .iter()
-                            .filter_map(|(key, _)| key.strip_prefix(&format!("{section}.")))
+                            .filter_map(|spec| spec.key.strip_prefix(&format!("{section}.")))
                             .collect();
                         format!(
                             "unknown key `{k}`; valid keys under `{section}`: {}",
@@ -257,7 +226,7 @@ impl ConfigFile {
                 continue;
             }
             let Some(text) = scalar_text(&value.value) else {
-                let found = if SECRET_KEYS.contains(&k.as_str()) {
+                let found = if super::spec::spec(&k).is_some_and(|spec| spec.secret) {
                     // Never the value: a secret written as a list is still a secret.
                     kind_only(&value.value).to_string()
                 } else {
@@ -280,11 +249,6 @@ impl ConfigFile {
             Some((line, col)) => format!("{}:{line}:{col}", self.path.display()),
             None => self.path.display().to_string(),
         }
-    }
-
-    /// The setting (dotted key) that feeds the environment variable `var`.
-    pub fn key_of(var: &str) -> Option<&'static str> {
-        SCALARS.iter().find(|(_, v)| *v == var).map(|(k, _)| *k)
     }
 
     fn invalid(&self, key: &str, message: String) -> ConfigError {
@@ -358,57 +322,22 @@ impl ConfigFile {
                 .map_err(|e| self.invalid("window", format!("`window`: {e} (e.g. {{days: mon-fri, start: \"22:00\", end: \"06:00\", timezone: \"+08:00\"}})")))
         }
     }
-
-    /// Exports each setting as its environment variable unless the variable is already set,
-    /// so a flag, then the environment, then the file, then the default wins. Call before
-    /// parsing the command line and before any thread starts.
-    pub fn export(&mut self) {
-        for (key, var) in SCALARS {
-            if let Some(v) = self.values.get(*key) {
-                if std::env::var_os(var).is_none() {
-                    std::env::set_var(var, v);
-                    self.exported.insert(var.to_string());
-                }
-            }
-        }
-    }
-}
-
-static CURRENT: std::sync::OnceLock<Option<ConfigFile>> = std::sync::OnceLock::new();
-
-/// Records the file the process started with (once, in `main`).
-pub fn set_current(c: Option<ConfigFile>) {
-    let _ = CURRENT.set(c);
-}
-
-/// The configuration file the process started with, if any.
-pub fn current() -> Option<ConfigFile> {
-    CURRENT.get().cloned().flatten()
 }
 
 fn top_level_keys() -> Vec<&'static str> {
-    let mut keys: BTreeSet<&str> = SCALARS
+    let mut keys: BTreeSet<&str> = SPECS
         .iter()
-        .map(|(k, _)| k.split('.').next().unwrap_or(k))
+        .map(|spec| spec.key.split('.').next().unwrap_or(spec.key))
         .collect();
     keys.extend(["webhooks", "window", "accounts"]);
     keys.into_iter().collect()
 }
 
-/// Finds the configuration file named by `--config FILE` / `--config=FILE` in `args`, or by
-/// `JANITOR_CONFIG`; `janitor.yaml` in the working directory is used when it exists.
-pub fn locate(args: &[String]) -> Option<PathBuf> {
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--config" {
-            return it.next().map(PathBuf::from);
-        }
-        if let Some(v) = a.strip_prefix("--config=") {
-            return Some(PathBuf::from(v));
-        }
-    }
-    if let Some(v) = std::env::var_os("JANITOR_CONFIG").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(v));
+/// The configuration file: the one `--config` or `JANITOR_CONFIG` names, else `janitor.yaml`
+/// in the working directory when it exists.
+pub fn locate(named: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = named.filter(|p| !p.as_os_str().is_empty()) {
+        return Some(p.to_path_buf());
     }
     let default = PathBuf::from("janitor.yaml");
     default.exists().then_some(default)
@@ -476,30 +405,6 @@ mod tests {
     }
 
     #[test]
-    fn every_scalar_names_a_variable_the_binary_reads() {
-        use clap::CommandFactory;
-        fn walk(cmd: &clap::Command, out: &mut BTreeSet<String>) {
-            for a in cmd.get_arguments() {
-                if let Some(e) = a.get_env() {
-                    out.insert(e.to_string_lossy().to_string());
-                }
-            }
-            for s in cmd.get_subcommands() {
-                walk(s, out);
-            }
-        }
-        let mut known = BTreeSet::new();
-        walk(&crate::cli::Cli::command(), &mut known);
-        known.extend(["JANITOR_ADMIN_TOKEN".to_string(), "JANITOR_LOG".to_string()]);
-        for (key, var) in SCALARS {
-            assert!(
-                known.contains(*var),
-                "{key} → {var} is not read by the binary"
-            );
-        }
-    }
-
-    #[test]
     fn the_documented_example_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/janitor.example.yaml");
         let c = ConfigFile::load(&path).unwrap();
@@ -507,19 +412,5 @@ mod tests {
         assert_eq!(c.webhooks().unwrap().len(), 3);
         assert!(c.window().unwrap().is_some());
         assert_eq!(c.accounts().unwrap()["prod"], "janitor-prod");
-    }
-
-    #[test]
-    fn locate_prefers_the_flag() {
-        let args: Vec<String> = ["x", "run", "--config", "a.yaml"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(locate(&args), Some(PathBuf::from("a.yaml")));
-        let args: Vec<String> = ["x", "--config=b.yaml"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(locate(&args), Some(PathBuf::from("b.yaml")));
     }
 }

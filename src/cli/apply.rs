@@ -1,0 +1,157 @@
+//! `apply`: one reconcile pass (after a `yes` on a terminal), then the queue worked until
+//! nothing is due; the report, and Terraform-style exit codes.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::args::ApplyArgs;
+use crate::app::App;
+use crate::clock::{SharedClock, SystemClock};
+use crate::context::Context;
+use crate::plan::SavedPlan;
+use crate::settings::Settings;
+use crate::store::Store;
+
+pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result<ExitCode> {
+    let policies = super::plan::load_policies(&settings.policies, &args.only)?;
+    let mut saved = match &args.plan {
+        Some(p) => Some(SavedPlan::load(p)?),
+        None => None,
+    };
+    let ask = saved.is_none()
+        && !args.auto_approve
+        && !args.dry_run
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let (ctx, reload) =
+        Context::from_settings(&settings, policies, clock, Default::default()).await?;
+    let app = App::new(ctx, reload, settings.workers.clone(), args.dry_run);
+    if ask {
+        match approve(&app).await? {
+            Approval::Yes(reviewed) => saved = Some(reviewed),
+            Approval::Nothing => return Ok(ExitCode::SUCCESS),
+            Approval::No => return Ok(ExitCode::FAILURE),
+        }
+    }
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let limit = args.timeout.to_std().unwrap_or_default();
+    tokio::spawn(async move {
+        tokio::time::sleep(limit).await;
+        eprintln!(
+            "--timeout {} reached: no new batches are claimed; calls in flight finish.",
+            crate::policy::Duration::from_secs(limit.as_secs())
+        );
+        c.cancel();
+    });
+    crate::signals::cancel_on_signal(
+        cancel.clone(),
+        "Stopping: no new batches are claimed; calls in flight finish. Run apply again to resume.",
+        "second signal: exiting now; apply again resumes the stored batches with their tokens",
+    );
+    let progress = (!args.json && std::io::stderr().is_terminal())
+        .then(|| spawn_progress(app.ctx.store.clone()));
+    let opts = crate::app::ApplyOptions {
+        narrowed: !args.only.is_empty(),
+        max_plan_age: args.max_plan_age,
+    };
+    let report = app.apply(saved.as_ref(), &opts, cancel).await;
+    if let Some((bar, task)) = progress {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    // Let notifications about this run go out before the process ends.
+    if let Some(n) = &app.ctx.notifier {
+        n.flush(Duration::from_secs(15)).await;
+    }
+    if args.json {
+        let v = serde_json::json!({
+            "runs": report.pass.runs,
+            "releases": report.releases,
+            "not_carried": report.pass.not_carried,
+            "paused": report.paused,
+            "dry_run": report.dry_run,
+            "accounts_stopped": report.accounts_stopped,
+            "interrupted": report.interrupted,
+        });
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        out!("{}", report.render(chrono::Utc::now()));
+    }
+    Ok(ExitCode::from(if args.detailed_exitcode {
+        report.detailed_exit_code()
+    } else {
+        report.exit_code()
+    }))
+}
+
+enum Approval {
+    /// The plan shown, to act on exactly (as `apply --plan` would).
+    Yes(SavedPlan),
+    No,
+    /// Nothing to release, so nothing was asked.
+    Nothing,
+}
+
+/// Shows the plan and asks for `yes`.
+async fn approve(app: &App) -> anyhow::Result<Approval> {
+    let plan = app
+        .reconciler
+        .plan_only(&app.policies(), chrono::Utc::now())
+        .await?;
+    out!("{}", crate::plan::render_text(&plan, true));
+    let mut reviewed = SavedPlan::from_plan(&plan);
+    if reviewed.releases.is_empty() {
+        outln!("Nothing to release.");
+        return Ok(Approval::Nothing);
+    }
+    reviewed.database_id = Some(app.ctx.store.database_id().await?);
+    let n = reviewed.releases.len();
+    outln!(
+        "\nRelease the {n} {} above? This destroys their data for good. Only `yes` is accepted.",
+        if n == 1 { "instance" } else { "instances" }
+    );
+    out!("  Enter a value: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        outln!("Apply cancelled; nothing was released.");
+        return Ok(Approval::No);
+    }
+    Ok(Approval::Yes(reviewed))
+}
+
+/// A progress bar on the terminal while `apply` works the queue: releases settled since it
+/// started, out of those settled plus those still queued.
+fn spawn_progress(store: Store) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} settled {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        let settled = |c: &crate::store::StateCounts| c.succeeded + c.failed + c.cancelled;
+        let Ok(start) = store.counts().await else {
+            return;
+        };
+        loop {
+            if let Ok(c) = store.counts().await {
+                let done = (settled(&c) - settled(&start)).max(0) as u64;
+                b.set_length(done + (c.pending + c.in_flight) as u64);
+                b.set_position(done);
+                b.set_message(format!("({} in flight, {} queued)", c.in_flight, c.pending));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (bar, task)
+}

@@ -1,0 +1,144 @@
+//! `config check`, and the checks `run` makes before it starts: every setting with its value and
+//! source (secrets redacted), then every problem `run` would refuse to start on.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::redact;
+use crate::settings::{Settings, Source};
+use crate::store::Store;
+
+/// Whether each account the file maps has a usable profile.
+fn account_problems(settings: &Settings) -> Vec<String> {
+    let place = settings.accounts_place.clone().unwrap_or_default();
+    settings
+        .accounts
+        .iter()
+        .filter_map(|(account, profile)| {
+            crate::ecs::accounts::profile_credentials(profile)
+                .err()
+                .map(|e| format!("{place}: account {account}: profile {profile} is unusable: {e}"))
+        })
+        .collect()
+}
+
+/// Everything `run` checks before it starts, each problem once with where it comes from: the
+/// policies, the ECS client and the accounts, and the database.
+pub(super) async fn preflight(settings: &Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    let policies = match crate::policy::load_dir(&settings.policies) {
+        Ok(set) => set.policies,
+        Err(diags) => {
+            problems.extend(diags.iter().map(|d| d.to_string()));
+            Vec::new()
+        }
+    };
+    match crate::context::ecs_client(&settings.ecs) {
+        Ok(client) => {
+            if let Err(e) = crate::context::accounts(settings, client, &policies) {
+                problems.push(format!("accounts: {e:#}"));
+            }
+        }
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    problems.extend(account_problems(settings));
+    let url = &settings.database;
+    let db_source = settings.source("database");
+    match tokio::time::timeout(Duration::from_secs(15), Store::connect(url)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => problems.push(format!(
+            "{db_source}: cannot use the database {}: {e:#}",
+            crate::store::redact_url(url)
+        )),
+        Err(_) => problems.push(format!(
+            "{db_source}: the database {} did not answer within 15 s",
+            crate::store::redact_url(url)
+        )),
+    }
+    problems.iter().map(|p| redact(p, settings)).collect()
+}
+
+/// The source column: where a value came from, in a word.
+fn source_word(s: &Source) -> String {
+    match s {
+        Source::Flag(_) => "flag".into(),
+        Source::Env(var) => format!("environment ({var})"),
+        Source::File { .. } => "file".into(),
+        Source::Default => "default".into(),
+        Source::Unset => "unset".into(),
+    }
+}
+
+/// Prints the settings `run` would use and every problem it would refuse to start on (`found`
+/// holds those of the file and the values). Exit 1 on any problem.
+pub(super) async fn config_check(
+    settings: &Settings,
+    found: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut problems = found;
+    match &settings.file {
+        Some(f) => outln!("configuration file: {}", f.display()),
+        None => outln!("configuration file: none (--config, JANITOR_CONFIG or ./janitor.yaml)"),
+    }
+    outln!("{:<32} {:<48} SOURCE", "SETTING", "VALUE");
+    for r in &settings.resolved {
+        let name = match r.spec.flag {
+            Some(f) => format!("--{f}"),
+            None => r.spec.env.to_string(),
+        };
+        let shown = match (&r.raw, r.spec.secret) {
+            (None, true) => "not set".to_string(),
+            (Some(_), true) => "<redacted>".to_string(),
+            (None, false) => "-".to_string(),
+            (Some(v), false) => redact(&crate::store::redact_url(v), settings),
+        };
+        outln!("{:<32} {:<48} {}", name, shown, source_word(&r.source));
+    }
+    for (var, secret) in [
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", false),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", true),
+        ("ALIBABA_CLOUD_SECURITY_TOKEN", true),
+    ] {
+        let v = std::env::var(var).ok().filter(|v| !v.is_empty());
+        let (shown, source) = match (&v, secret) {
+            (None, _) => ("not set".to_string(), ""),
+            (Some(_), true) => ("<redacted>".to_string(), "environment"),
+            (Some(v), false) => (v.clone(), "environment"),
+        };
+        outln!("{:<32} {:<48} {}", var, shown, source);
+    }
+    // Accounts the file maps, and whether each one's profile can sign (no secret is shown).
+    for (account, profile) in &settings.accounts {
+        let status = match crate::ecs::accounts::profile_credentials(profile) {
+            Ok((source, _)) => source,
+            Err(e) => redact(&format!("UNUSABLE: {e}"), settings),
+        };
+        outln!(
+            "{:<32} {:<48} {}",
+            format!("account {account}"),
+            format!("profile {profile}"),
+            status
+        );
+    }
+    // What `run` itself checks, once every value is good; otherwise what does not depend on them.
+    if problems.is_empty() {
+        problems.extend(preflight(settings).await);
+    } else {
+        problems.extend(account_problems(settings));
+    }
+    problems.dedup();
+    if problems.is_empty() {
+        outln!("No problems: `run` would start with these settings.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!();
+    outln!("{}:", crate::policy::count(problems.len(), "problem"));
+    for p in &problems {
+        outln!("{p}");
+    }
+    eprintln!(
+        "{} found; `run` would refuse to start.",
+        crate::policy::count(problems.len(), "problem")
+    );
+    Ok(ExitCode::from(1))
+}

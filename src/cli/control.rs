@@ -1,0 +1,143 @@
+//! The operator's commands on the queue and its audit log: `queue list|show|retry|cancel`,
+//! `pause`, `resume` and `history`. Each records who acted.
+
+use std::process::ExitCode;
+
+use super::args::{HistoryArgs, PauseArgs, QueueCommand};
+use super::operator;
+use crate::settings::Settings;
+use crate::store::{ReleaseFilter, Store};
+
+pub(super) async fn pause(args: &PauseArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&settings.database).await?;
+    store
+        .pause(&operator(), &args.reason, chrono::Utc::now())
+        .await?;
+    outln!("Releases are paused on every replica and command. `ecs-janitor resume` lifts it.");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn resume(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&settings.database).await?;
+    store.resume(&operator(), chrono::Utc::now()).await?;
+    outln!("Releases are resumed.");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let now = chrono::Utc::now();
+    if let QueueCommand::List { state: Some(s), .. } = &cmd {
+        s.parse::<crate::store::ReleaseState>()
+            .map_err(|e| anyhow::anyhow!("--state: {e}"))?;
+    }
+    let store = Store::connect(&settings.database).await?;
+    match cmd {
+        QueueCommand::List {
+            state,
+            policy,
+            json,
+        } => {
+            if let (Some(p), false) = (store.pause_state().await?, json) {
+                outln!(
+                    "Releases are {}; nothing is sent until `ecs-janitor resume`.",
+                    p.describe()
+                );
+            }
+            let rows = store
+                .list_releases(&ReleaseFilter {
+                    state,
+                    policy,
+                    limit: None,
+                    ..ReleaseFilter::default()
+                })
+                .await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            outln!(
+                "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} LAST",
+                "ID",
+                "INSTANCE",
+                "REGION",
+                "STATE",
+                "TRY",
+                "POLICY"
+            );
+            for r in rows {
+                outln!(
+                    "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {}",
+                    r.id,
+                    r.instance_id,
+                    r.region,
+                    r.state,
+                    r.attempts,
+                    r.policy,
+                    r.last_code.or(r.last_error).unwrap_or_default()
+                );
+            }
+        }
+        QueueCommand::Show { id } => {
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&store.release(id).await?)?
+            );
+        }
+        QueueCommand::Retry { id } => {
+            store.retry_release(id, &operator(), now).await?;
+            outln!("Release {id} is pending again; the next apply or the daemon sends it.");
+        }
+        QueueCommand::Cancel {
+            id,
+            reason,
+            hold_for,
+        } => {
+            let until = hold_for.map(|d| now + d);
+            store
+                .cancel_release(id, &operator(), &reason, until, now)
+                .await?;
+            match until {
+                Some(t) => outln!(
+                    "Release {id} is cancelled; its instance is held out of the policy until {}.",
+                    t.format("%Y-%m-%d %H:%M UTC")
+                ),
+                None => outln!(
+                    "Release {id} is cancelled; its instance is held out of the policy until `queue retry {id}`."
+                ),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&settings.database).await?;
+    let events = store
+        .events_where(&crate::store::EventFilter {
+            policy: args.policy.clone(),
+            instance_id: args.instance.clone(),
+            kind: args.kind.clone(),
+            since: args.since,
+            limit: Some(args.limit),
+        })
+        .await?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in events {
+        outln!(
+            "{} {:<16} {:<24} {:<28} {:<28} {} {}",
+            e.at.format("%Y-%m-%dT%H:%M:%SZ"),
+            e.kind,
+            e.instance_id.unwrap_or_default(),
+            e.policy.unwrap_or_default(),
+            e.code.unwrap_or_default(),
+            e.request_id
+                .map(|r| format!("RequestId {r}"))
+                .unwrap_or_default(),
+            e.detail
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
