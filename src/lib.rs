@@ -28,5 +28,6 @@ pub mod settings;
 pub mod signals;
 pub mod sim;
 pub mod store;
+pub mod timefmt;
 pub mod window;
 pub mod worker;

@@ -89,6 +89,9 @@ pub struct Metrics {
     window_open: Gauge,
     webhook_deliveries: Family<OutcomeLabels, Counter>,
     process: Arc<RwLock<Process>>,
+    /// The policies this process runs, once it has loaded them: only their
+    /// `policy_last_success_timestamp_seconds` is exported, so a deleted policy's series goes.
+    loaded: Arc<RwLock<Option<std::collections::HashSet<String>>>>,
     /// Serialises the catch-up of the webhook counters from the notifier's totals.
     webhook_sync: Arc<Mutex<()>>,
 }
@@ -150,7 +153,7 @@ impl Metrics {
         let last_success = Family::<PolicyLabels, Gauge>::default();
         r.gauge(
             "policy_last_success_timestamp_seconds",
-            "Scheduled time of each policy's last tick reconciled without error (Unix seconds)",
+            "Scheduled time of each loaded policy's last tick reconciled without error (Unix seconds)",
             last_success.clone(),
         );
         let paused = Gauge::default();
@@ -206,6 +209,7 @@ impl Metrics {
             window_open,
             webhook_deliveries,
             process: Arc::default(),
+            loaded: Arc::default(),
             webhook_sync: Arc::default(),
         }
     }
@@ -218,6 +222,8 @@ impl Metrics {
     /// The policy set now running: replaces the `policy_interval_seconds` series, so a policy
     /// deleted from the folder has none.
     pub fn policies_loaded(&self, policies: &[Policy], now: DateTime<Utc>) {
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) =
+            Some(policies.iter().map(|p| p.name.clone()).collect());
         self.policy_interval.clear();
         for p in policies {
             if let Some(gap) = longest_gap(&p.schedule, now) {
@@ -272,7 +278,13 @@ impl Metrics {
         self.queue_depth.set(snap.queue_depth);
         self.oldest_due_age.set(snap.oldest_due_age_seconds);
         self.last_success.clear();
-        for (policy, at) in &snap.last_success {
+        let loaded = self
+            .loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let running = |p: &String| loaded.as_ref().is_none_or(|l| l.contains(p));
+        for (policy, at) in snap.last_success.iter().filter(|(p, _)| running(p)) {
             self.last_success
                 .get_or_create(&PolicyLabels {
                     policy: policy.clone(),

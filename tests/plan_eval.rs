@@ -138,7 +138,7 @@ fn json_document_shape_is_stable() {
     );
     let v = plan::render_json(&plan);
     assert_eq!(v["version"], 1);
-    assert_eq!(v["generated_at"], "2025-06-01T12:00:00Z");
+    assert_eq!(v["generated_at"], "2025-06-01T12:00:00.000Z");
     let pol = &v["policies"][1];
     assert_eq!(pol["name"], "release-stopped-payg-tagged");
     assert_eq!(pol["dry_run"], false);

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::{fmt_time, Plan, SkipReason};
+use super::{Plan, SkipReason};
 
 /// The `version` field of [`render_json`]'s document. Bump it on any incompatible change.
 pub const JSON_FORMAT_VERSION: u32 = 1;
@@ -184,13 +184,13 @@ fn skip_json(reason: &SkipReason) -> Value {
     let mut v = json!({ "code": reason.code() });
     match reason {
         SkipReason::Protected { tag } => v["tag"] = json!(tag),
-        SkipReason::GracePending { until } => v["until"] = json!(fmt_time(*until)),
+        SkipReason::GracePending { until } => v["until"] = json!(crate::timefmt::text(*until)),
         SkipReason::StoppedSinceUnknown { first_seen } => {
-            v["first_seen_stopped"] = json!(first_seen.map(fmt_time))
+            v["first_seen_stopped"] = json!(first_seen.map(crate::timefmt::text))
         }
         SkipReason::AlsoMatchedBy { policy } => v["policy"] = json!(policy),
         SkipReason::RequiresForce { status } => v["status"] = json!(status.as_str()),
-        SkipReason::Released { at } => v["released_at"] = json!(fmt_time(*at)),
+        SkipReason::Released { at } => v["released_at"] = json!(crate::timefmt::text(*at)),
         _ => {}
     }
     v
@@ -219,7 +219,7 @@ pub fn render_json(plan: &Plan) -> Value {
                     "instance_name": r.instance_name,
                     "force": r.force,
                     "terminate_subscription": r.terminate_subscription,
-                    "not_before": fmt_time(r.not_before),
+                    "not_before": crate::timefmt::text(r.not_before),
                     "pending": r.is_pending(now),
                     "reasons": r.reasons,
                     "also_matched_by": r.also_matched_by,
@@ -237,7 +237,7 @@ pub fn render_json(plan: &Plan) -> Value {
         .collect();
     json!({
         "version": JSON_FORMAT_VERSION,
-        "generated_at": fmt_time(now),
+        "generated_at": crate::timefmt::text(now),
         "policies": policies,
         "summary": {
             "to_release": s.to_release,

@@ -14,6 +14,7 @@ use super::Plan;
 pub struct SavedPlan {
     /// Always [`SavedPlan::VERSION`] for files this build writes.
     pub version: u32,
+    #[serde(with = "crate::timefmt")]
     pub created_at: DateTime<Utc>,
     /// The database the plan was made against (its queue and observations); `apply --plan`
     /// refuses a plan from another one.
@@ -32,6 +33,7 @@ pub struct SavedRelease {
     pub force: bool,
     pub terminate_subscription: bool,
     /// The earliest release time the plan showed (grace), so apply can respect it.
+    #[serde(with = "crate::timefmt")]
     pub not_before: DateTime<Utc>,
 }
 
