@@ -5,16 +5,13 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::clock::SharedClock;
-use crate::ecs::client::{ClientConfig, EcsClient};
 use crate::ecs::Accounts;
 use crate::metrics::Metrics;
-use crate::notify::{Notifier, NotifierOptions};
+use crate::notify::Notifier;
 use crate::policy::{Policy, ProtectionConfig};
-use crate::settings::{EcsSettings, Settings};
 use crate::store::Store;
 use crate::window::OperatingWindow;
 
@@ -107,63 +104,4 @@ impl Context {
         };
         (ctx, reload)
     }
-
-    /// The context a command runs with, from its settings: the database connected, the ECS
-    /// clients of every account `policies` name (each checked), the notifier started when
-    /// webhooks are configured, calls counted in `metrics`.
-    pub async fn from_settings(
-        settings: &Settings,
-        policies: Vec<Policy>,
-        clock: SharedClock,
-        metrics: Metrics,
-    ) -> anyhow::Result<(Context, PolicyReload)> {
-        let store = Store::connect(&settings.database).await?;
-        let client = ecs_client(&settings.ecs)?.with_observer(metrics.call_observer());
-        let accounts = accounts(settings, client, &policies)?;
-        let notifier = if settings.webhooks.is_empty() {
-            None
-        } else {
-            Some(Notifier::start(
-                settings.webhooks.clone(),
-                NotifierOptions::default(),
-            )?)
-        };
-        let extras = Extras {
-            metrics,
-            notifier,
-            window: settings.window.clone(),
-            protection: settings.protection.clone(),
-        };
-        Ok(Context::new(store, accounts, policies, clock, extras))
-    }
-}
-
-/// The default ECS client of these settings, with credentials looked up in the order of
-/// Alibaba's SDKs (see `--profile`).
-pub fn ecs_client(s: &EcsSettings) -> anyhow::Result<EcsClient> {
-    let creds = crate::ecs::credentials::default_chain(crate::ecs::credentials::ChainOptions {
-        profile: s.profile.clone(),
-        ..Default::default()
-    });
-    let cfg = ClientConfig {
-        endpoint: s.endpoint.clone(),
-        connect_timeout: s.connect_timeout,
-        timeout: s.call_timeout,
-        signature: s.signature,
-        ..ClientConfig::default()
-    };
-    EcsClient::new(cfg, creds).context("cannot build the HTTP client")
-}
-
-/// Clients by account for `policies`: `default` for policies without `account:`, and for each
-/// named account the profile it maps to (`accounts:` in janitor.yaml, else the profile of the
-/// same name). Fails, naming the policy, when a named account's profile cannot be used.
-pub fn accounts(
-    settings: &Settings,
-    default: EcsClient,
-    policies: &[Policy],
-) -> anyhow::Result<Accounts> {
-    let accounts = Accounts::from_profiles(default, settings.accounts.clone());
-    accounts.check(policies)?;
-    Ok(accounts)
 }

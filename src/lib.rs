@@ -9,6 +9,7 @@
 //! the benchmarks.
 
 pub mod app;
+pub mod assemble;
 pub mod backoff;
 pub mod cli;
 pub mod clock;

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use super::args::ApplyArgs;
 use crate::app::App;
 use crate::clock::{SharedClock, SystemClock};
-use crate::context::Context;
 use crate::plan::SavedPlan;
 use crate::settings::Settings;
 use crate::store::Store;
@@ -29,7 +28,7 @@ pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result
         && std::io::stdout().is_terminal();
     let clock: SharedClock = Arc::new(SystemClock);
     let (ctx, reload) =
-        Context::from_settings(&settings, policies, clock, Default::default()).await?;
+        crate::assemble::context(&settings, policies, clock, Default::default()).await?;
     let app = App::new(ctx, reload, settings.workers.clone(), args.dry_run);
     if ask {
         match approve(&app).await? {

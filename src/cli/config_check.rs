@@ -33,9 +33,9 @@ pub(super) async fn preflight(settings: &Settings) -> Vec<String> {
             Vec::new()
         }
     };
-    match crate::context::ecs_client(&settings.ecs) {
+    match crate::assemble::ecs_client(&settings.ecs) {
         Ok(client) => {
-            if let Err(e) = crate::context::accounts(settings, client, &policies) {
+            if let Err(e) = crate::assemble::accounts(settings, client, &policies) {
                 problems.push(format!("accounts: {e:#}"));
             }
         }

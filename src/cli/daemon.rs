@@ -7,7 +7,6 @@ use std::sync::Arc;
 use super::config_check::preflight;
 use crate::app::App;
 use crate::clock::{SharedClock, SystemClock};
-use crate::context::Context;
 use crate::settings::Settings;
 
 pub(super) async fn run_daemon(settings: Settings) -> anyhow::Result<ExitCode> {
@@ -23,7 +22,7 @@ pub(super) async fn run_daemon(settings: Settings) -> anyhow::Result<ExitCode> {
     let policies = super::plan::load_policies(&settings.policies, &[])?;
     let clock: SharedClock = Arc::new(SystemClock);
     let metrics = crate::metrics::Metrics::new();
-    let (ctx, reload) = Context::from_settings(&settings, policies, clock, metrics).await?;
+    let (ctx, reload) = crate::assemble::context(&settings, policies, clock, metrics).await?;
     // A daemon only reads until work arrives: prove now that the database takes writes (not a
     // read-only file or replica), rather than at the first release.
     ctx.store

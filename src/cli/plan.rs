@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use super::args::PlanArgs;
 use crate::clock::{SharedClock, SystemClock};
-use crate::context::Context;
 use crate::plan::SavedPlan;
 use crate::policy::Policy;
 use crate::reconcile::Reconciler;
@@ -16,7 +15,7 @@ pub(super) async fn plan(args: PlanArgs, settings: Settings) -> anyhow::Result<E
     let policies = load_policies(&settings.policies, &args.only)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let (ctx, _reload) =
-        Context::from_settings(&settings, policies.clone(), clock, Default::default()).await?;
+        crate::assemble::context(&settings, policies.clone(), clock, Default::default()).await?;
     let rec = Reconciler {
         ctx,
         owner: "plan".into(),

@@ -1,0 +1,74 @@
+//! Builds what a command runs with from its settings: the database connected, the ECS clients
+//! of every account the policies name (each checked), the notifier started when webhooks are
+//! configured, all gathered into a [`Context`].
+
+use anyhow::Context as _;
+
+use crate::clock::SharedClock;
+use crate::context::{Context, Extras, PolicyReload};
+use crate::ecs::client::{ClientConfig, EcsClient};
+use crate::ecs::Accounts;
+use crate::metrics::Metrics;
+use crate::notify::{Notifier, NotifierOptions};
+use crate::policy::Policy;
+use crate::settings::{EcsSettings, Settings};
+use crate::store::Store;
+
+/// The context a command runs with, from its settings: the database connected, the ECS
+/// clients of every account `policies` name (each checked), the notifier started when
+/// webhooks are configured, calls counted in `metrics`.
+pub async fn context(
+    settings: &Settings,
+    policies: Vec<Policy>,
+    clock: SharedClock,
+    metrics: Metrics,
+) -> anyhow::Result<(Context, PolicyReload)> {
+    let store = Store::connect(&settings.database).await?;
+    let client = ecs_client(&settings.ecs)?.with_observer(metrics.call_observer());
+    let accounts = accounts(settings, client, &policies)?;
+    let notifier = if settings.webhooks.is_empty() {
+        None
+    } else {
+        Some(Notifier::start(
+            settings.webhooks.clone(),
+            NotifierOptions::default(),
+        )?)
+    };
+    let extras = Extras {
+        metrics,
+        notifier,
+        window: settings.window.clone(),
+        protection: settings.protection.clone(),
+    };
+    Ok(Context::new(store, accounts, policies, clock, extras))
+}
+
+/// The default ECS client of these settings, with credentials looked up in the order of
+/// Alibaba's SDKs (see `--profile`).
+pub fn ecs_client(s: &EcsSettings) -> anyhow::Result<EcsClient> {
+    let creds = crate::ecs::credentials::default_chain(crate::ecs::credentials::ChainOptions {
+        profile: s.profile.clone(),
+        ..Default::default()
+    });
+    let cfg = ClientConfig {
+        endpoint: s.endpoint.clone(),
+        connect_timeout: s.connect_timeout,
+        timeout: s.call_timeout,
+        signature: s.signature,
+        ..ClientConfig::default()
+    };
+    EcsClient::new(cfg, creds).context("cannot build the HTTP client")
+}
+
+/// Clients by account for `policies`: `default` for policies without `account:`, and for each
+/// named account the profile it maps to (`accounts:` in janitor.yaml, else the profile of the
+/// same name). Fails, naming the policy, when a named account's profile cannot be used.
+pub fn accounts(
+    settings: &Settings,
+    default: EcsClient,
+    policies: &[Policy],
+) -> anyhow::Result<Accounts> {
+    let accounts = Accounts::from_profiles(default, settings.accounts.clone());
+    accounts.check(policies)?;
+    Ok(accounts)
+}
