@@ -18,7 +18,6 @@ use ecs_janitor::backoff::Backoff;
 use ecs_janitor::clock::SystemClock;
 use ecs_janitor::context::{Context, Extras};
 use ecs_janitor::ecs::{Accounts, Instance};
-use ecs_janitor::policy;
 use ecs_janitor::sim::SimHandle;
 use ecs_janitor::store::{NewRelease, Store};
 use ecs_janitor::worker::{WorkerConfig, Workers};
@@ -37,9 +36,8 @@ fn mib(field: &str) -> f64 {
     status_mib(None, field)
 }
 
-#[path = "support/plan_case.rs"]
-#[allow(dead_code)]
-mod plan_case;
+#[path = "../tests/common/fixtures.rs"]
+mod fixtures;
 
 const REGIONS: [&str; 4] = ["cn-hangzhou", "cn-shanghai", "cn-beijing", "ap-southeast-1"];
 
@@ -50,13 +48,7 @@ const POLICY: &str = "name: bench\nschedule: \"0 0 * * * *\"\n\
 
 /// `n` stopped pay-as-you-go instances tagged `bench=release`, over four regions.
 fn bench_fleet(n: usize) -> Vec<Instance> {
-    (0..n)
-        .map(|i| {
-            let mut inst = plan_case::instance(&format!("i-{i:07}"), REGIONS[i % 4]);
-            inst.tags.insert("bench".into(), "release".into());
-            inst
-        })
-        .collect()
+    fixtures::stopped_fleet(n, &REGIONS, "bench", "release")
 }
 
 /// The simulator's own time for the drain: the minimal calls, `concurrency` at a time.
@@ -98,9 +90,7 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
     let t = Instant::now();
     store.enqueue(&releases, Utc::now()).await.expect("enqueue");
     let enqueue_secs = t.elapsed().as_secs_f64();
-    let policies = policy::load_str("bench.yaml", POLICY)
-        .expect("policy")
-        .policies;
+    let policies = fixtures::policies(POLICY);
     let (ctx, _reload) = Context::new(
         store.clone(),
         Accounts::single(client(&h)),

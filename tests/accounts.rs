@@ -50,9 +50,7 @@ limits:
   max_releases_per_run: 10000
 "#;
 
-fn policies(yaml: &str) -> Vec<Policy> {
-    policy::load_str("accounts.yaml", yaml).unwrap().policies
-}
+use common::policies;
 
 /// A simulator with a second account, `prod`, owning every third instance.
 async fn two_account_sim(

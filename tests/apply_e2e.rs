@@ -16,23 +16,13 @@ use ecs_janitor::clock::{OffsetClock, SharedClock, SystemClock};
 use ecs_janitor::context::Extras;
 use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
 use ecs_janitor::plan::SavedPlan;
-use ecs_janitor::policy::{self, Policy};
+use ecs_janitor::policy::Policy;
 use ecs_janitor::sim::{fleet, Faults, SimHandle};
 use ecs_janitor::store::ReleaseFilter;
 use ecs_janitor::worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
-const CI_POLICY: &str = r#"
-name: ci-stopped
-schedule: "0 */15 * * * *"
-regions: [cn-hangzhou]
-select:
-  charge_type: PostPaid
-  status: Stopped
-  tags: {purpose: ci}
-limits:
-  max_releases_per_run: 1000
-"#;
+use common::{policies, CI_STOPPED as CI_POLICY};
 
 /// Stopped CI runners, released after an hour of grace.
 const GRACE_POLICY: &str = r#"
@@ -45,10 +35,6 @@ select:
 release:
   grace: 1h
 "#;
-
-fn policies(yaml: &str) -> Vec<Policy> {
-    policy::load_str("test.yaml", yaml).unwrap().policies
-}
 
 /// The instances CI_POLICY must release, computed from the fleet without the planner.
 fn expected_ci(fleet: &[Instance]) -> BTreeSet<String> {

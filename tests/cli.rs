@@ -12,17 +12,7 @@ use ecs_janitor::sim::{self, fleet, Faults, SimHandle};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ecs-janitor");
 
-const POLICY: &str = r#"
-name: ci-stopped
-schedule: "0 */15 * * * *"
-regions: [cn-hangzhou]
-select:
-  charge_type: PostPaid
-  status: Stopped
-  tags: {purpose: ci}
-limits:
-  max_releases_per_run: 1000
-"#;
+use common::CI_STOPPED as POLICY;
 
 /// Runs the binary off the async runtime, so the in-process simulator keeps serving.
 async fn run(h: Option<&SimHandle>, dir: &Path, args: &[&str]) -> Output {

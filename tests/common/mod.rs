@@ -2,9 +2,10 @@
 //! the in-process simulator and a client for it.
 #![allow(dead_code)]
 
+pub mod fixtures;
+
 use std::sync::Arc;
 
-use chrono::Utc;
 use ecs_janitor::ecs::client::{ClientConfig, EcsClient};
 use ecs_janitor::ecs::credentials::{Credentials, StaticProvider};
 use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
@@ -93,23 +94,7 @@ pub async fn postgres() -> Option<TestDb> {
 }
 
 pub fn inst(id: &str, region: &str, status: InstanceStatus, charge: ChargeType) -> Instance {
-    Instance {
-        instance_id: id.into(),
-        instance_name: format!("name-{id}"),
-        region_id: region.into(),
-        zone_id: format!("{region}-h"),
-        status,
-        charge_type: charge,
-        instance_type: "ecs.g6.large".into(),
-        creation_time: Some(Utc::now() - chrono::Duration::days(30)),
-        expired_time: Some(sim::fleet::payg_expiry()),
-        auto_release_time: None,
-        deletion_protection: false,
-        lock_reasons: vec![],
-        tags: ecs_janitor::ecs::Tags::new(),
-        resource_group_id: "rg-1".into(),
-        stopped_mode: "KeepCharging".into(),
-    }
+    fixtures::instance(id, region, status, charge)
 }
 
 pub async fn start_sim(fleet: Vec<Instance>, faults: Faults, seed: u64) -> SimHandle {
@@ -183,21 +168,8 @@ pub fn assert_tokens_consistent(h: &SimHandle) {
     assert_eq!(once.len(), recs.len(), "an instance was released twice");
 }
 
-/// `n` stopped pay-as-you-go instances `i-0`.. in cn-hangzhou tagged `purpose=ci`.
-pub fn ci_fleet(n: usize) -> Vec<Instance> {
-    (0..n)
-        .map(|k| {
-            let mut i = inst(
-                &format!("i-{k}"),
-                "cn-hangzhou",
-                InstanceStatus::Stopped,
-                ChargeType::PostPaid,
-            );
-            i.tags.insert("purpose".into(), "ci".into());
-            i
-        })
-        .collect()
-}
+#[allow(unused_imports)]
+pub use fixtures::{ci_fleet, policies, CI_STOPPED};
 
 /// The environment of an `ecs-janitor` child run against the simulator `h` and the database
 /// `db_url`, with the policies in `dir/policies`, short backoffs and leases, and warnings only.
