@@ -10,7 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::TestDb;
 use ecs_janitor::store::{
-    BatchMember, BatchState, MemberOutcome, NewRelease, ReleaseFilter, ReleaseId, Store, StoreError,
+    BatchMember, BatchState, MemberOutcome, NewRelease, ReleaseFilter, ReleaseId, RunEnd,
+    RunStatus, Store, StoreError,
 };
 
 /// What an unfiltered listing shows: `ids` Stopped, nothing else listed.
@@ -253,9 +254,20 @@ conformance!(each_policy_tick_runs_once, |db: TestDb| async move {
     assert!(s.begin_run("p", t0(), "a", t0()).await.unwrap());
     assert!(!s.begin_run("p", t0(), "b", t0()).await.unwrap());
     assert!(s.begin_run("q", t0(), "b", t0()).await.unwrap());
-    s.finish_run("p", t0(), "ok", 3, 2, 1, 0, t0())
-        .await
-        .unwrap();
+    s.finish_run(
+        &RunEnd {
+            policy: "p",
+            scheduled_for: t0(),
+            outcome: RunStatus::Ok,
+            planned: 3,
+            enqueued: 2,
+            cancelled: 1,
+            refused: 0,
+        },
+        t0(),
+    )
+    .await
+    .unwrap();
     let runs = s.runs(10).await.unwrap();
     let p = runs.iter().find(|r| r.policy == "p").unwrap();
     assert_eq!(
