@@ -87,6 +87,9 @@ impl Settled {
     }
 }
 
+/// What a settled release's row gets: its state, last code, last error and RequestId.
+type SettledColumns = (ReleaseState, Option<String>, Option<String>, Option<String>);
+
 /// Makes `ids` the in-flight members of batch `batch`, inside `tx`.
 pub(super) async fn assign(
     tx: &mut Tx,
@@ -106,10 +109,10 @@ pub(super) async fn assign(
 /// The account, region and flags every member of a batch shares.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub(super) struct BatchKind {
-    pub account: String,
-    pub region: String,
-    pub force: i64,
-    pub terminate_subscription: i64,
+    pub(super) account: String,
+    pub(super) region: String,
+    pub(super) force: i64,
+    pub(super) terminate_subscription: i64,
 }
 
 /// Creates an open batch of `kind` with its token and makes `ids` its members, inside `tx`: the
@@ -187,10 +190,7 @@ pub(super) async fn settle(
 ) -> Result<(), StoreError> {
     let mut events = Vec::with_capacity(settled.len());
     // Members that end the same way are updated together: usually the whole batch at once.
-    let mut groups: BTreeMap<
-        (ReleaseState, Option<String>, Option<String>, Option<String>),
-        Vec<ReleaseId>,
-    > = BTreeMap::new();
+    let mut groups: BTreeMap<SettledColumns, Vec<ReleaseId>> = BTreeMap::new();
     for (m, outcome) in settled {
         if let MemberOutcome::Failed {
             code,

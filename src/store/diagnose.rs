@@ -258,11 +258,19 @@ mod tests {
             SqliteDiagnosis::find(&e).map(|d| d.problem),
             Some(SqliteProblem::Locked)
         );
-        let any = anyhow::Error::new(e).context("while applying");
+        // As the app's and worker's errors wrap it: transparently, so that the wrapper's
+        // source is the store error's source, the diagnosis.
+        #[derive(Debug, thiserror::Error)]
+        enum Wrapper {
+            #[error(transparent)]
+            Store(#[from] StoreError),
+        }
+        let any = anyhow::Error::new(Wrapper::from(e)).context("while applying");
         assert_eq!(
             SqliteDiagnosis::find(&*any).map(|d| d.problem),
             Some(SqliteProblem::Locked)
         );
+        assert!(any.chain().any(|c| c.is::<SqliteDiagnosis>()));
         assert!(
             SqliteDiagnosis::find(&StoreError::NoSuchRelease(super::super::ReleaseId(1))).is_none()
         );

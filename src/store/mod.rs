@@ -40,8 +40,8 @@ pub use batches::MemberOutcome;
 pub use diagnose::{SqliteDiagnosis, SqliteProblem};
 pub use queue::NewRelease;
 pub use rows::{
-    BatchId, BatchMember, BatchState, ClaimedBatch, EventRow, Fence, ReleaseId, ReleaseRow,
-    ReleaseState, RunRow, RunStatus,
+    BatchId, BatchMember, BatchState, ClaimedBatch, EventId, EventRow, Fence, ReleaseId,
+    ReleaseRow, ReleaseState, RunRow, RunStatus,
 };
 pub use runs::RunEnd;
 pub use safety::{HoldKind, HoldRow};

@@ -54,6 +54,10 @@ id_type!(
     /// A batch's id.
     BatchId
 );
+id_type!(
+    /// An audit-log entry's id: entries are numbered in the order they were written.
+    EventId
+);
 
 /// Proof that a worker holds a batch's lease: completion is refused without the current one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -439,7 +443,7 @@ where
 /// An audit-log entry as stored (times in milliseconds).
 #[derive(Debug, Clone, FromRow)]
 struct RawEvent {
-    id: i64,
+    id: EventId,
     at: i64,
     kind: String,
     release_id: Option<ReleaseId>,
@@ -455,7 +459,7 @@ struct RawEvent {
 /// One audit log entry, as `history --json` shows it (times in RFC 3339, UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRow {
-    pub id: i64,
+    pub id: EventId,
     pub at: DateTime<Utc>,
     pub kind: String,
     pub release_id: Option<ReleaseId>,
