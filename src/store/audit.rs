@@ -1,5 +1,7 @@
-//! The audit log: appending events (inside the write they record, or on their own) and reading
-//! them back, newest first, for `history` and the API.
+//! The audit log: appending events and reading them back.
+//!
+//! Events are appended inside the write they record (or on their own), and read back newest
+//! first, for `history` and the API.
 
 use chrono::{DateTime, Utc};
 

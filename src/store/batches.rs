@@ -1,6 +1,8 @@
-//! Batches, one DeleteInstances call each: forming them with their ClientToken, leasing them to
-//! a worker, counting attempts, settling members, retrying, postponing and re-forming them.
-//! Every write after the claim is fenced by the lease ([`Fence`]).
+//! Batches, one DeleteInstances call each: their tokens, leases, attempts, settling, re-forming.
+//!
+//! A batch is formed with its ClientToken, leased to a worker, counts its attempts, settles its
+//! members, is retried, postponed or re-formed into new batches. Every write after the claim is
+//! fenced by the lease ([`Fence`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,10 +1,11 @@
-//! The one place that knows there are two databases: it opens and migrates a SQLite or
-//! PostgreSQL pool and runs the store's SQL, written once with `$N` placeholders, on either.
+//! The one place that knows there are two databases: opening them and running SQL on either.
 //!
-//! Every stored value is an integer or a text (times are milliseconds, flags 0/1), so a query
-//! is its text plus a list of [`Value`]s ([`Sql`]); [`Pool`] and [`Tx`] bind those to whichever
-//! driver they hold and decode rows that both drivers can decode ([`FromEither`]). Errors leave
-//! here as [`StoreError`]s, SQLite's explained by [`super::diagnose`].
+//! It opens and migrates a SQLite or PostgreSQL pool and runs the store's SQL, written once with
+//! `$N` placeholders. Every stored value is an integer or a text (times are milliseconds, flags
+//! 0/1), so a query is its text plus a list of [`Value`]s ([`Sql`]); [`Pool`] and [`Tx`] bind
+//! those to whichever driver they hold and decode rows that both drivers can decode
+//! ([`FromEither`]). Errors leave here as [`StoreError`]s, SQLite's explained by
+//! [`super::diagnose`].
 
 use std::str::FromStr;
 use std::sync::Arc;

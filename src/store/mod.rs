@@ -1,5 +1,4 @@
-//! The durable release queue's front door: [`Store`], opening and migrating its database, and
-//! the errors every store call can return.
+//! The durable release queue's front door: `Store`, opening and migrating it, and its errors.
 //!
 //! The queue keeps releases, batches with their ClientTokens, policy runs, observations, the
 //! audit log and settings, in SQLite (one process) or PostgreSQL (replicas). One implementation

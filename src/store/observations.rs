@@ -1,5 +1,7 @@
-//! Observations: when each instance was first seen Stopped, kept from one listing to the next
-//! and cleared when a listing shows the stop ended, so `stopped_for` counts one unbroken stop.
+//! Observations: when each instance was first seen Stopped.
+//!
+//! The first sighting is kept from one listing to the next and cleared when a listing shows the
+//! stop ended, so `stopped_for` counts one unbroken stop.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

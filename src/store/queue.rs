@@ -1,5 +1,6 @@
-//! The release queue itself: queueing releases, claiming due work as leased batches, telling
-//! when work is next due, and cancelling or retrying releases (the reconciler's and operators').
+//! The release queue: enqueueing, claiming due work as leased batches, cancelling and retrying.
+//!
+//! Also when work is next due. Cancels and retries are the reconciler's and operators'.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::audit::{insert_event, insert_events};
 use super::batches::{self, BatchKind};
-use super::db::Sql;
+use super::db::{Sql, Tx};
 use super::{
     from_ms, ms, new_client_token, safety, BatchId, ClaimedBatch, NewEvent, ReleaseId,
     ReleaseState, Store, StoreError,
@@ -29,6 +30,124 @@ pub struct NewRelease {
     pub terminate_subscription: bool,
     pub not_before: DateTime<Utc>,
     pub reasons: String,
+}
+
+/// What a claim may take: work due at `now`, in `scope` (`""`: the whole queue), not of the
+/// accounts in `skip`.
+struct Due<'a> {
+    now: DateTime<Utc>,
+    scope: &'a str,
+    /// `|a|b|`, or `""` to skip none.
+    skip: String,
+    /// What a claim's reads append to lock the rows they return.
+    lock: &'static str,
+}
+
+/// Leaves out the accounts of `$3` (see [`Due::skip_list`]).
+const SKIP_FILTER: &str =
+    " AND ($3 = '' OR $3 NOT LIKE ('%|' || REPLACE(account, '_', '\\_') || '|%') ESCAPE '\\')";
+
+/// Only batches all of whose in-flight members are in the scope `$9` (`''`: the whole queue).
+const BATCH_SCOPE: &str = " AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM releases m
+         WHERE m.batch_id = batches.id AND m.state = 'in_flight'
+           AND m.id NOT IN (SELECT release_id FROM scope_members WHERE scope = $9)))";
+
+/// Only releases in the scope `$9` (`''`: the whole queue).
+const RELEASE_SCOPE: &str =
+    " AND ($9 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $9))";
+
+impl Due<'_> {
+    /// `|a|b|`: account names are letters, digits, dashes and underscores (`_` is escaped in
+    /// the LIKE pattern), so one bind carries the list on both databases.
+    fn skip_list(accounts: &[String]) -> String {
+        if accounts.is_empty() {
+            String::new()
+        } else {
+            format!("|{}|", accounts.join("|"))
+        }
+    }
+
+    /// A stored batch whose retry is due or whose lease expired, oldest first. The scope is
+    /// always bound, so each query has one shape.
+    async fn stored_batch(&self, tx: &mut Tx) -> Result<Option<BatchId>, StoreError> {
+        let (lock, scope) = (self.lock, BATCH_SCOPE.replace("$9", "$2"));
+        let id: Option<(BatchId,)> = tx
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
+                       AND (lease_expires_at IS NULL OR lease_expires_at <= $1){scope}{SKIP_FILTER}
+                     ORDER BY next_attempt_at, id LIMIT 1{lock}"
+                ))
+                .bind(ms(self.now))
+                .bind(self.scope)
+                .bind(&self.skip),
+            )
+            .await?;
+        Ok(id.map(|(id,)| id))
+    }
+
+    /// A new batch of up to `max` due releases: the oldest due release, and those of its
+    /// account, region and flags after it. Its token and membership are written here, before
+    /// any call.
+    async fn new_batch(&self, tx: &mut Tx, max: usize) -> Result<Option<BatchId>, StoreError> {
+        let lock = self.lock;
+        // `+not_before`: filter on the due time, but walk the pending releases in id order (the
+        // partial indexes of migration 0003), never sort them all.
+        let scope = RELEASE_SCOPE.replace("$9", "$2");
+        let head: Option<BatchKind> = tx
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT account, region, force, terminate_subscription FROM releases
+                     WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}
+                     ORDER BY id LIMIT 1{lock}"
+                ))
+                .bind(ms(self.now))
+                .bind(self.scope)
+                .bind(&self.skip),
+            )
+            .await?;
+        let Some(kind) = head else {
+            return Ok(None);
+        };
+        let scope = RELEASE_SCOPE.replace("$9", "$7");
+        let ids: Vec<(ReleaseId,)> = tx
+            .fetch_all(
+                Sql::new(format!(
+                    "SELECT id FROM releases
+                     WHERE state = 'pending' AND +not_before <= $1 AND region = $2
+                       AND force = $3 AND terminate_subscription = $4
+                       AND account = $6{scope}
+                     ORDER BY id LIMIT $5{lock}"
+                ))
+                .bind(ms(self.now))
+                .bind(&kind.region)
+                .bind(kind.force)
+                .bind(kind.terminate_subscription)
+                .bind(max as i64)
+                .bind(&kind.account)
+                .bind(self.scope),
+            )
+            .await?;
+        let ids: Vec<ReleaseId> = ids.into_iter().map(|(id,)| id).collect();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let token = new_client_token();
+        let id = batches::new_batch(tx, &kind, &token, &ids, self.now).await?;
+        insert_event(
+            tx,
+            NewEvent {
+                kind: "batched",
+                batch_id: Some(id),
+                client_token: Some(token),
+                detail: format!("{} releases in {}", ids.len(), kind.region),
+                ..NewEvent::default()
+            },
+            self.now,
+        )
+        .await?;
+        Ok(Some(id))
+    }
 }
 
 impl Store {
@@ -167,106 +286,23 @@ impl Store {
         scope: Option<&str>,
         skip_accounts: &[String],
     ) -> Result<Option<ClaimedBatch>, StoreError> {
-        // `|a|b|`: account names are letters, digits, dashes and underscores (`_` is escaped in
-        // the LIKE pattern), so one bind carries the list on both databases.
-        let skip = if skip_accounts.is_empty() {
-            String::new()
-        } else {
-            format!("|{}|", skip_accounts.join("|"))
+        let due = Due {
+            now,
+            scope: scope.unwrap_or_default(),
+            skip: Due::skip_list(skip_accounts),
+            lock: if self.is_postgres() {
+                " FOR UPDATE SKIP LOCKED"
+            } else {
+                ""
+            },
         };
-        let skip_filter = " AND ($3 = '' OR $3 NOT LIKE ('%|' || REPLACE(account, '_', '\\_') || '|%') ESCAPE '\\')";
-        let lock = if self.is_postgres() {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        // `$9` is the scope (`''`: the whole queue), always bound so each query has one shape.
-        let batch_scope = " AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM releases m
-                 WHERE m.batch_id = batches.id AND m.state = 'in_flight'
-                   AND m.id NOT IN (SELECT release_id FROM scope_members WHERE scope = $9)))";
-        let release_scope =
-            " AND ($9 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $9))";
-        let scope = scope.unwrap_or_default();
         let until = ms(now) + lease.as_millis() as i64;
         let mut tx = self.pool.begin().await?;
-        let existing: Option<(BatchId,)> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
-                       AND (lease_expires_at IS NULL OR lease_expires_at <= $1){}{skip_filter}
-                     ORDER BY next_attempt_at, id LIMIT 1{lock}",
-                    batch_scope.replace("$9", "$2")
-                ))
-                .bind(ms(now))
-                .bind(scope)
-                .bind(&skip),
-            )
-            .await?;
-        let batch_id = match existing {
-            Some((id,)) => Some(id),
-            None => {
-                // `+not_before`: filter on the due time, but walk the pending releases
-                // in id order (the partial indexes of migration 0003), never sort them all.
-                let head: Option<BatchKind> = tx
-                    .fetch_optional(
-                        Sql::new(format!(
-                            "SELECT account, region, force, terminate_subscription FROM releases
-                             WHERE state = 'pending' AND +not_before <= $1{}{skip_filter}
-                             ORDER BY id LIMIT 1{lock}",
-                            release_scope.replace("$9", "$2")
-                        ))
-                        .bind(ms(now))
-                        .bind(scope)
-                        .bind(&skip),
-                    )
-                    .await?;
-                match head {
-                    None => None,
-                    Some(kind) => {
-                        let ids: Vec<(ReleaseId,)> = tx
-                            .fetch_all(
-                                Sql::new(format!(
-                                    "SELECT id FROM releases
-                                     WHERE state = 'pending' AND +not_before <= $1 AND region = $2
-                                       AND force = $3 AND terminate_subscription = $4
-                                       AND account = $6{}
-                                     ORDER BY id LIMIT $5{lock}",
-                                    release_scope.replace("$9", "$7")
-                                ))
-                                .bind(ms(now))
-                                .bind(&kind.region)
-                                .bind(kind.force)
-                                .bind(kind.terminate_subscription)
-                                .bind(max_batch as i64)
-                                .bind(&kind.account)
-                                .bind(scope),
-                            )
-                            .await?;
-                        let ids: Vec<ReleaseId> = ids.into_iter().map(|(id,)| id).collect();
-                        if ids.is_empty() {
-                            None
-                        } else {
-                            let token = new_client_token();
-                            let id = batches::new_batch(&mut tx, &kind, &token, &ids, now).await?;
-                            insert_event(
-                                &mut tx,
-                                NewEvent {
-                                    kind: "batched",
-                                    batch_id: Some(id),
-                                    client_token: Some(token),
-                                    detail: format!("{} releases in {}", ids.len(), kind.region),
-                                    ..NewEvent::default()
-                                },
-                                now,
-                            )
-                            .await?;
-                            Some(id)
-                        }
-                    }
-                }
-            }
+        let batch = match due.stored_batch(&mut tx).await? {
+            Some(id) => Some(id),
+            None => due.new_batch(&mut tx, max_batch).await?,
         };
-        let claimed = match batch_id {
+        let claimed = match batch {
             None => None,
             Some(id) => Some(batches::lease(&mut tx, id, owner, until, now).await?),
         };

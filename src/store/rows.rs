@@ -1,5 +1,6 @@
-//! The typed values the store returns: rows, states and ids. Times are decoded from stored
-//! milliseconds, states from their stored names, flags from 0/1.
+//! The typed values the store returns: rows, states and ids.
+//!
+//! Times are decoded from stored milliseconds, states from their stored names, flags from 0/1.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -1,5 +1,6 @@
-//! Policy runs: each (policy, tick) is taken by one replica, which closes it with its outcome
-//! and counts; the API and the dashboard read them back.
+//! Policy runs: one replica takes each (policy, tick) and closes it with its outcome.
+//!
+//! The run's counts are kept with it; the API and the dashboard read them back.
 
 use chrono::{DateTime, Utc};
 

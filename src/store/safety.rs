@@ -1,6 +1,8 @@
-//! What keeps an instance from being queued or released: operators' holds and quarantines after
-//! a permanent refusal, a run's scope, and the releases already done (no instance is released
-//! twice).
+//! What keeps an instance from being queued or released: holds, quarantines, scopes, releases.
+//!
+//! Operators' holds and quarantines after a permanent refusal keep an instance out of enqueue; a
+//! run's scope limits what it claims; and the releases already done mean no instance is released
+//! twice.
 
 use std::collections::HashMap;
 

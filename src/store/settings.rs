@@ -1,6 +1,7 @@
-//! Settings the store keeps for every replica and command: the pause (kill switch) with who
-//! paused and why, this database's identity, and plain keyed values. The pause's keys are
-//! spelled here only; other modules ask [`paused_sql`] or [`Store::pause_state`].
+//! Settings shared by every replica and command: the pause, the database's id, keyed values.
+//!
+//! The pause (kill switch) is kept with who paused and why. Its keys are spelled here only;
+//! other modules ask [`paused_sql`] or [`Store::pause_state`].
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -1,5 +1,7 @@
-//! What operators, planners and the metrics endpoint read of the queue: release listings, one
-//! release, the active releases, counts by state and the metrics snapshot. Nothing here writes.
+//! What operators, planners and metrics read of the queue: listings, counts, the snapshot.
+//!
+//! Release listings, one release, the active releases, counts by state and the metrics snapshot.
+//! Nothing here writes.
 
 use chrono::{DateTime, Utc};
 
