@@ -271,7 +271,7 @@ impl Metrics {
             self.releases
                 .get_or_create(&ReleaseLabels {
                     policy: policy.clone(),
-                    state: state.clone(),
+                    state: state.to_string(),
                 })
                 .set(*n);
         }

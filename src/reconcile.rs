@@ -11,7 +11,7 @@ use crate::ecs::{account_of, ErrorClass};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
 use crate::policy::Policy;
-use crate::store::{NewEvent, NewRelease, ReleaseState, StoreError};
+use crate::store::{NewEvent, NewRelease, ReleaseState, RunEnd, RunStatus, StoreError};
 
 /// Why a pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +126,7 @@ impl Reconciler {
                     let _ = self
                         .ctx
                         .store
-                        .finish_run(&p.name, scheduled_for, "error", 0, 0, 0, 0, now)
+                        .finish_run(&RunEnd::error(&p.name, scheduled_for), now)
                         .await;
                 }
                 Err(e)
@@ -358,22 +358,24 @@ impl Reconciler {
                 }
             }
             let outcome = if run.refused.is_some() {
-                "refused"
+                RunStatus::Refused
             } else if dry_run {
-                "dry_run"
+                RunStatus::DryRun
             } else {
-                "ok"
+                RunStatus::Ok
             };
             self.ctx
                 .store
                 .finish_run(
-                    &run.policy,
-                    scheduled_for,
-                    outcome,
-                    run.planned as i64,
-                    run.enqueued as i64,
-                    run.cancelled as i64,
-                    i64::from(run.refused.is_some()),
+                    &RunEnd {
+                        policy: &run.policy,
+                        scheduled_for,
+                        outcome,
+                        planned: run.planned as i64,
+                        enqueued: run.enqueued as i64,
+                        cancelled: run.cancelled as i64,
+                        refused: i64::from(run.refused.is_some()),
+                    },
                     now,
                 )
                 .await?;

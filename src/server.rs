@@ -242,7 +242,7 @@ async fn list_policies(State(s): State<AdminContext>) -> Result<Json<serde_json:
                 .by_policy_state
                 .iter()
                 .filter(|(pol, _, _)| pol == &p.name)
-                .map(|(_, st, n)| (st.clone(), json!(n)))
+                .map(|(_, st, n)| (st.to_string(), json!(n)))
                 .collect();
             json!({
                 "name": p.name,
@@ -253,7 +253,7 @@ async fn list_policies(State(s): State<AdminContext>) -> Result<Json<serde_json:
                 "dry_run": p.dry_run,
                 "next_run": crate::schedule::next_after(p, now),
                 "last_run": last.map(|r| json!({
-                    "scheduled_for": crate::store::from_ms(r.scheduled_for),
+                    "scheduled_for": r.scheduled_for,
                     "outcome": r.outcome,
                     "owner": r.owner,
                     "planned": r.planned,
@@ -457,8 +457,8 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
             .map(|r| {
                 format!(
                     "{} {} ({} planned, {} queued, {} cancelled)",
-                    crate::store::from_ms(r.scheduled_for).format("%Y-%m-%d %H:%M:%S"),
-                    esc(r.outcome.as_deref().unwrap_or("running")),
+                    r.scheduled_for.format("%Y-%m-%d %H:%M:%S"),
+                    esc(r.outcome.map_or("running", |o| o.as_str())),
                     r.planned,
                     r.enqueued,
                     r.cancelled

@@ -1135,8 +1135,8 @@ async fn the_daemon_survives_a_postgres_outage_and_finishes_the_work() {
         Duration::from_secs(30),
         || async move {
             store.runs(10).await.unwrap().iter().any(|r| {
-                r.scheduled_for > restored_at.timestamp_millis()
-                    && r.outcome.as_deref() == Some("ok")
+                r.scheduled_for.timestamp_millis() > restored_at.timestamp_millis()
+                    && r.outcome.map(|o| o.as_str()) == Some("ok")
             })
         },
     )

@@ -10,7 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::TestDb;
 use ecs_janitor::store::{
-    BatchMember, BatchState, MemberOutcome, NewRelease, ReleaseFilter, ReleaseId, Store, StoreError,
+    BatchMember, BatchState, MemberOutcome, NewRelease, ReleaseFilter, ReleaseId, RunEnd,
+    RunStatus, Store, StoreError,
 };
 
 /// What an unfiltered listing shows: `ids` Stopped, nothing else listed.
@@ -253,9 +254,20 @@ conformance!(each_policy_tick_runs_once, |db: TestDb| async move {
     assert!(s.begin_run("p", t0(), "a", t0()).await.unwrap());
     assert!(!s.begin_run("p", t0(), "b", t0()).await.unwrap());
     assert!(s.begin_run("q", t0(), "b", t0()).await.unwrap());
-    s.finish_run("p", t0(), "ok", 3, 2, 1, 0, t0())
-        .await
-        .unwrap();
+    s.finish_run(
+        &RunEnd {
+            policy: "p",
+            scheduled_for: t0(),
+            outcome: RunStatus::Ok,
+            planned: 3,
+            enqueued: 2,
+            cancelled: 1,
+            refused: 0,
+        },
+        t0(),
+    )
+    .await
+    .unwrap();
     let runs = s.runs(10).await.unwrap();
     let p = runs.iter().find(|r| r.policy == "p").unwrap();
     assert_eq!(
@@ -895,3 +907,94 @@ conformance!(
         assert_eq!(got.account, "axb");
     }
 );
+
+conformance!(
+    a_success_records_no_last_error_and_keeps_its_words_in_the_log,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.enqueue(&[rel("i-1", "r1", false), rel("i-2", "r1", false)], t0())
+            .await
+            .unwrap();
+        // A first call fails and is retried: the error is each release's last error meanwhile.
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, t0())
+            .await
+            .unwrap());
+        let later = t0() + chrono::Duration::seconds(5);
+        assert!(s
+            .retry_later(&b.fence, "InternalError", "boom", later, false, t0())
+            .await
+            .unwrap());
+        assert!(s
+            .list_releases(&ReleaseFilter::default())
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.last_error.as_deref() == Some("boom")));
+        // The retry releases them.
+        let b = s
+            .claim("w", later, LEASE, 100, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, later)
+            .await
+            .unwrap());
+        let done: Vec<_> = b.members.iter().map(|m| (m.clone(), ok())).collect();
+        assert!(s
+            .finish_batch(&b.fence, BatchState::Done, None, &done, &[], later)
+            .await
+            .unwrap());
+        let rows = s.list_releases(&ReleaseFilter::default()).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            assert_eq!(r.state, "succeeded");
+            assert_eq!(r.last_error, None, "a success is not an error: {r:?}");
+            assert_eq!(r.request_id.as_deref(), Some("RID"));
+            // As `queue list --json`, `queue show` and the API show it.
+            let shown = serde_json::to_value(s.release(r.id).await.unwrap()).unwrap();
+            assert!(shown["last_error"].is_null(), "{shown}");
+        }
+        // The words of the success stay in the audit log.
+        let succeeded: Vec<_> = s
+            .events(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "succeeded")
+            .collect();
+        assert_eq!(succeeded.len(), 2);
+        assert!(succeeded.iter().all(|e| e.detail == "released"));
+    }
+);
+
+/// A SQLite file opened read-only by its URL is a typed store error that names the file, the
+/// problem and the remedy, whether opening or the first write finds it.
+#[tokio::test]
+async fn a_read_only_sqlite_url_is_diagnosed_with_the_file_and_the_remedy() {
+    use ecs_janitor::store::SqliteProblem;
+    let db = common::sqlite().await;
+    let file = db.url.strip_prefix("sqlite://").unwrap().to_string();
+    let e = match Store::connect(&format!("{}?mode=ro", db.url)).await {
+        Err(e) => e,
+        Ok(ro) => ro.set_setting("probe", "x").await.unwrap_err(),
+    };
+    let d = e
+        .sqlite_diagnosis()
+        .unwrap_or_else(|| panic!("not diagnosed: {e:?}"));
+    assert_eq!(d.problem, SqliteProblem::OpenedReadOnly);
+    assert_eq!(d.file, file);
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&file) && msg.contains("remove mode=ro"),
+        "{msg}"
+    );
+    assert!(
+        ecs_janitor::store::SqliteDiagnosis::find(&e).is_some(),
+        "found from the error itself"
+    );
+    // The writable store is untouched and goes on.
+    db.store.set_setting("probe", "y").await.unwrap();
+}

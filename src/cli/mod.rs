@@ -127,15 +127,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
 
 /// Runs the parsed command.
 pub async fn run(inv: Invocation) -> anyhow::Result<ExitCode> {
-    let url = inv
-        .cli
-        .command
-        .groups()
-        .contains(&Group::Database)
-        .then(|| inv.settings.database.clone());
-    run_command(inv)
-        .await
-        .map_err(|e| explain_database_error(url.as_deref(), e))
+    run_command(inv).await.map_err(explain_database_error)
 }
 
 async fn run_command(inv: Invocation) -> anyhow::Result<ExitCode> {
@@ -176,55 +168,12 @@ async fn run_command(inv: Invocation) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// SQLite's words for a file that is locked or read-only ("database is locked", "attempt to
-/// write a readonly database") name neither the file nor a remedy: say both. Other errors pass
-/// through unchanged.
-fn explain_database_error(url: Option<&str>, e: anyhow::Error) -> anyhow::Error {
-    let Some(url) = url.filter(|u| u.starts_with("sqlite:")) else {
-        return e;
-    };
-    let found = e
-        .chain()
-        .find_map(|c| match c.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::Database(d)) => Some((
-                // The primary result code: extended codes keep it in the low byte.
-                d.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff,
-                d.message().to_string(),
-            )),
-            _ => None,
-        });
-    let Some((code, said)) = found else {
-        return e;
-    };
-    let opts = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url);
-    let file = opts
-        .as_ref()
-        .map(|o| o.get_filename().display().to_string())
-        .unwrap_or_else(|_| url.to_string());
-    let opened_read_only =
-        url::Url::parse(url).is_ok_and(|u| u.query_pairs().any(|(k, v)| k == "mode" && v == "ro"));
-    const SQLITE_BUSY: i32 = 5;
-    const SQLITE_LOCKED: i32 = 6;
-    const SQLITE_READONLY: i32 = 8;
-    match code {
-        SQLITE_BUSY | SQLITE_LOCKED => anyhow::anyhow!(
-            "the SQLite database {file} is locked: another connection holds its write lock and \
-             kept it for as long as this command waited (SQLite: {said}). Usually that is another \
-             ecs-janitor (apply or run) using the same file, or a tool with a transaction open on \
-             it: let it finish or stop it, then run this again; nothing stored was lost. Replicas \
-             that run at the same time need PostgreSQL."
-        ),
-        SQLITE_READONLY if opened_read_only => anyhow::anyhow!(
-            "the SQLite database {file} is opened read-only by the database URL (mode=ro) \
-             (SQLite: {said}): remove mode=ro to make it writable; nothing stored was lost."
-        ),
-        SQLITE_READONLY => anyhow::anyhow!(
-            "the SQLite database {file} is read-only for this process (SQLite: {said}). Make it \
-             writable: check the owner and permissions of the file and its directory, its \
-             immutable attribute (lsattr; chattr -i), and whether it is on a read-only mount; or \
-             point --database (JANITOR_DATABASE_URL) at a writable file. Nothing stored was lost."
-        ),
-        _ => e,
+/// A locked or read-only SQLite file, said with its file and the remedy (the store's
+/// diagnosis); other errors pass through unchanged.
+fn explain_database_error(e: anyhow::Error) -> anyhow::Error {
+    match crate::store::SqliteDiagnosis::find(&*e) {
+        Some(d) => anyhow::anyhow!("{d}"),
+        None => e,
     }
 }
 

@@ -1,10 +1,12 @@
-//! Rows as the store returns them. Times are decoded from stored milliseconds.
+//! The typed values the store returns: rows, states and ids.
+//!
+//! Times are decoded from stored milliseconds, states from their stored names, flags from 0/1.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
-use super::{from_ms, Fence};
+use super::from_ms;
 
 /// Defines an id newtype: stored and serialised as its number, printed as it.
 macro_rules! id_type {
@@ -53,6 +55,18 @@ id_type!(
     /// A batch's id.
     BatchId
 );
+id_type!(
+    /// An audit-log entry's id: entries are numbered in the order they were written.
+    EventId
+);
+
+/// Proof that a worker holds a batch's lease: completion is refused without the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub batch_id: BatchId,
+    pub owner: String,
+    pub claims: i64,
+}
 
 /// How a batch ended (`Open` while it may still be sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -319,25 +333,118 @@ pub struct ClaimedBatch {
     pub members: Vec<BatchMember>,
 }
 
-/// One policy run.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+/// How a policy run ended. Stored as its [`RunStatus::as_str`] name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Reconciled: releases queued and cancelled as planned.
+    Ok,
+    /// Reconciled as a dry run: nothing queued.
+    DryRun,
+    /// ECS refused the account's listing or calls as a whole.
+    Refused,
+    /// The pass failed before it finished.
+    Error,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 4] = [
+        RunStatus::Ok,
+        RunStatus::DryRun,
+        RunStatus::Refused,
+        RunStatus::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::DryRun => "dry_run",
+            RunStatus::Refused => "refused",
+            RunStatus::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a run outcome"))
+    }
+}
+
+/// A policy run as stored (times in milliseconds).
+#[derive(Debug, Clone, FromRow)]
+struct RawRun {
+    policy: String,
+    scheduled_for: i64,
+    owner: String,
+    started_at: i64,
+    finished_at: Option<i64>,
+    outcome: Option<String>,
+    planned: i64,
+    enqueued: i64,
+    cancelled: i64,
+    refused: i64,
+}
+
+/// One policy run: one policy's reconcile of one tick, by one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunRow {
     pub policy: String,
-    pub scheduled_for: i64,
+    /// The tick.
+    pub scheduled_for: DateTime<Utc>,
+    /// The replica that took it.
     pub owner: String,
-    pub started_at: i64,
-    pub finished_at: Option<i64>,
-    pub outcome: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// `None` while it runs (or when its replica died).
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `None` while it runs (or when its replica died).
+    pub outcome: Option<RunStatus>,
     pub planned: i64,
     pub enqueued: i64,
     pub cancelled: i64,
+    /// 1 when ECS refused the account as a whole, else 0.
     pub refused: i64,
+}
+
+impl<'r, R: sqlx::Row> FromRow<'r, R> for RunRow
+where
+    RawRun: FromRow<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let r = RawRun::from_row(row)?;
+        Ok(RunRow {
+            policy: r.policy,
+            scheduled_for: from_ms(r.scheduled_for),
+            owner: r.owner,
+            started_at: from_ms(r.started_at),
+            finished_at: r.finished_at.map(from_ms),
+            outcome: r
+                .outcome
+                .map(|o| o.parse())
+                .transpose()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            planned: r.planned,
+            enqueued: r.enqueued,
+            cancelled: r.cancelled,
+            refused: r.refused,
+        })
+    }
 }
 
 /// An audit-log entry as stored (times in milliseconds).
 #[derive(Debug, Clone, FromRow)]
 struct RawEvent {
-    id: i64,
+    id: EventId,
     at: i64,
     kind: String,
     release_id: Option<ReleaseId>,
@@ -353,7 +460,7 @@ struct RawEvent {
 /// One audit log entry, as `history --json` shows it (times in RFC 3339, UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRow {
-    pub id: i64,
+    pub id: EventId,
     pub at: DateTime<Utc>,
     pub kind: String,
     pub release_id: Option<ReleaseId>,

@@ -1,0 +1,117 @@
+//! The audit log: appending events and reading them back.
+//!
+//! Events are appended inside the write they record (or on their own), and read back newest
+//! first, for `history` and the API.
+
+use chrono::{DateTime, Utc};
+
+use super::db::{Sql, Tx};
+use super::{ms, BatchId, EventRow, ReleaseId, Store, StoreError};
+
+/// An event to append to the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub release_id: Option<ReleaseId>,
+    pub batch_id: Option<BatchId>,
+    pub policy: Option<String>,
+    pub instance_id: Option<String>,
+    pub code: Option<String>,
+    pub request_id: Option<String>,
+    pub client_token: Option<String>,
+    pub detail: String,
+}
+
+/// Filters of [`Store::events_where`].
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub policy: Option<String>,
+    pub instance_id: Option<String>,
+    pub kind: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+}
+
+/// Appends `events`, all at `now`, inside `tx`: the log and the change it records are
+/// committed together.
+pub(super) async fn insert_events(
+    tx: &mut Tx,
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for chunk in events.chunks(400) {
+        let mut q = Sql::new(
+            "INSERT INTO events (at, kind, release_id, batch_id, policy, instance_id, code,
+             request_id, client_token, detail) ",
+        );
+        q.push_values(chunk, |e| {
+            [
+                ms(now).into(),
+                e.kind.into(),
+                e.release_id.into(),
+                e.batch_id.into(),
+                e.policy.as_deref().into(),
+                e.instance_id.as_deref().into(),
+                e.code.as_deref().into(),
+                e.request_id.as_deref().into(),
+                e.client_token.as_deref().into(),
+                e.detail.as_str().into(),
+            ]
+        });
+        tx.execute(q).await?;
+    }
+    Ok(())
+}
+
+/// Appends one event inside `tx`.
+pub(super) async fn insert_event(
+    tx: &mut Tx,
+    event: NewEvent,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    insert_events(tx, &[event], now).await
+}
+
+impl Store {
+    /// Appends to the audit log.
+    pub async fn record_event(&self, e: NewEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_event(&mut tx, e, now).await?;
+        tx.commit().await
+    }
+
+    /// The audit log, newest first (at most `limit`).
+    pub async fn events(&self, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        self.events_where(&EventFilter {
+            limit: Some(limit),
+            ..EventFilter::default()
+        })
+        .await
+    }
+
+    /// The audit log, newest first, narrowed by `f`.
+    pub async fn events_where(&self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+        let mut q = Sql::new(
+            "SELECT id, at, kind, release_id, batch_id, policy, instance_id, code, request_id,
+                    client_token, detail
+             FROM events WHERE 1 = 1",
+        );
+        if let Some(v) = &f.policy {
+            q.push(" AND policy = ").push_bind(v);
+        }
+        if let Some(v) = &f.instance_id {
+            q.push(" AND instance_id = ").push_bind(v);
+        }
+        if let Some(v) = &f.kind {
+            q.push(" AND kind = ").push_bind(v);
+        }
+        if let Some(t) = f.since {
+            q.push(" AND at >= ").push_bind(ms(t));
+        }
+        q.push(" ORDER BY id DESC");
+        if let Some(l) = f.limit {
+            q.push(" LIMIT ").push_bind(l);
+        }
+        self.pool.fetch_all(q).await
+    }
+}

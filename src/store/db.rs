@@ -1,0 +1,488 @@
+//! The one place that knows there are two databases: opening them and running SQL on either.
+//!
+//! It opens and migrates a SQLite or PostgreSQL pool and runs the store's SQL, written once with
+//! `$N` placeholders. Every stored value is an integer or a text (times are milliseconds, flags
+//! 0/1), so a query is its text plus a list of [`Value`]s ([`Sql`]); [`Pool`] and [`Tx`] bind
+//! those to whichever driver they hold and decode rows that both drivers can decode
+//! ([`FromEither`]). Errors leave here as [`StoreError`]s, SQLite's explained by
+//! [`super::diagnose`].
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::encode::Encode;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Arguments, Database, FromRow, PgPool, Postgres, Sqlite, SqlitePool, Transaction, Type};
+
+use super::diagnose::SqliteFile;
+use super::{BatchId, ReleaseId, StoreError};
+
+/// A value bound to a placeholder: every stored value is an integer or a text, or NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Value {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Value {
+        Value::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Value {
+    fn from(v: Option<i64>) -> Value {
+        Value::Int(v)
+    }
+}
+
+/// Flags are stored as 0 or 1.
+impl From<bool> for Value {
+    fn from(v: bool) -> Value {
+        Value::Int(Some(i64::from(v)))
+    }
+}
+
+impl From<ReleaseId> for Value {
+    fn from(v: ReleaseId) -> Value {
+        Value::Int(Some(v.0))
+    }
+}
+
+impl From<Option<ReleaseId>> for Value {
+    fn from(v: Option<ReleaseId>) -> Value {
+        Value::Int(v.map(|v| v.0))
+    }
+}
+
+impl From<BatchId> for Value {
+    fn from(v: BatchId) -> Value {
+        Value::Int(Some(v.0))
+    }
+}
+
+impl From<Option<BatchId>> for Value {
+    fn from(v: Option<BatchId>) -> Value {
+        Value::Int(v.map(|v| v.0))
+    }
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::Text(Some(v.to_string()))
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Text(Some(v))
+    }
+}
+
+impl From<&String> for Value {
+    fn from(v: &String) -> Value {
+        Value::Text(Some(v.clone()))
+    }
+}
+
+impl From<Option<&str>> for Value {
+    fn from(v: Option<&str>) -> Value {
+        Value::Text(v.map(str::to_string))
+    }
+}
+
+impl From<Option<String>> for Value {
+    fn from(v: Option<String>) -> Value {
+        Value::Text(v)
+    }
+}
+
+/// SQL text with `$N` placeholders and the values bound to them, in order: `$1` is the first.
+///
+/// [`Sql::bind`] binds the next placeholder already written in the text; [`Sql::push_bind`]
+/// writes the next placeholder and binds it. Both number from the values bound so far, so a
+/// query may start with a text of its own `$1`..`$k` and grow with pushed ones after them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Sql {
+    text: String,
+    args: Vec<Value>,
+}
+
+impl Sql {
+    pub(super) fn new(text: impl Into<String>) -> Sql {
+        Sql {
+            text: text.into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Binds the next placeholder of the text.
+    pub(super) fn bind(mut self, v: impl Into<Value>) -> Sql {
+        self.args.push(v.into());
+        self
+    }
+
+    /// Appends SQL text.
+    pub(super) fn push(&mut self, text: &str) -> &mut Sql {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends a placeholder bound to `v`.
+    pub(super) fn push_bind(&mut self, v: impl Into<Value>) -> &mut Sql {
+        self.args.push(v.into());
+        self.text.push('$');
+        self.text.push_str(&self.args.len().to_string());
+        self
+    }
+
+    /// Appends `(v1, v2, ...)`, each bound: the list of an `IN`.
+    pub(super) fn push_list<V: Into<Value>>(
+        &mut self,
+        vs: impl IntoIterator<Item = V>,
+    ) -> &mut Sql {
+        self.push("(");
+        for (i, v) in vs.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.push_bind(v);
+        }
+        self.push(")")
+    }
+
+    /// Appends `VALUES (..), (..)`: one row of bound values per item.
+    pub(super) fn push_values<T, const N: usize>(
+        &mut self,
+        items: &[T],
+        row: impl Fn(&T) -> [Value; N],
+    ) -> &mut Sql {
+        self.push("VALUES ");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.push_list(row(item));
+        }
+        self
+    }
+
+    /// The values in the form `DB`'s driver binds.
+    fn arguments<'q, DB: Database>(&'q self) -> Result<DB::Arguments<'q>, sqlx::Error>
+    where
+        Option<i64>: Encode<'q, DB> + Type<DB>,
+        Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    {
+        let mut args = DB::Arguments::<'q>::default();
+        for v in &self.args {
+            match v {
+                Value::Int(i) => args.add(*i),
+                Value::Text(s) => args.add(s.as_deref()),
+            }
+            .map_err(sqlx::Error::Encode)?;
+        }
+        Ok(args)
+    }
+
+    #[cfg(test)]
+    pub(super) fn text(&self) -> &str {
+        &self.text
+    }
+
+    #[cfg(test)]
+    pub(super) fn values(&self) -> &[Value] {
+        &self.args
+    }
+}
+
+/// A row both drivers decode: a row type of [`super::rows`], or a tuple of integers and texts.
+pub(super) trait FromEither:
+    for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{
+}
+
+impl<T> FromEither for T where
+    T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{
+}
+
+/// A connection pool to one of the two databases.
+#[derive(Clone)]
+pub(super) enum Pool {
+    Sqlite(SqlitePool, Arc<SqliteFile>),
+    Postgres(PgPool),
+}
+
+/// A transaction on one of the two databases. Dropped without [`Tx::commit`], it rolls back.
+pub(super) enum Tx {
+    Sqlite(Transaction<'static, Sqlite>, Arc<SqliteFile>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// Turns a driver error into a store error, explaining SQLite's when it can.
+fn sqlite_err(file: &SqliteFile) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    move |e| file.diagnose(e)
+}
+
+impl Pool {
+    /// Opens a pool for `url` (`sqlite:` or `postgres:`/`postgresql:`), creating a SQLite file
+    /// if needed. `shown` is the URL as errors show it (without its password).
+    pub(super) async fn open(url: &str, shown: &str) -> Result<Pool, StoreError> {
+        let connect_err = |source| StoreError::Connect {
+            url: shown.to_string(),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(connect_err)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            let file = Arc::new(SqliteFile::new(url, opts.get_filename()));
+            // One connection: SQLite has one writer anyway, and this keeps claims serial.
+            let p = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await
+                .map_err(|e| file.diagnose_or(e, connect_err))?;
+            Ok(Pool::Sqlite(p, file))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url).map_err(connect_err)?;
+            let p = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?;
+            Ok(Pool::Postgres(p))
+        } else {
+            Err(StoreError::Url {
+                url: shown.to_string(),
+            })
+        }
+    }
+
+    /// Applies this database's migrations. `shown` is the URL as errors show it.
+    pub(super) async fn migrate(&self, shown: &str) -> Result<(), StoreError> {
+        let migrator = match self {
+            Pool::Sqlite(..) => sqlx::migrate!("./migrations/sqlite"),
+            Pool::Postgres(_) => sqlx::migrate!("./migrations/postgres"),
+        };
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or_default();
+        let result = match self {
+            Pool::Sqlite(p, file) => migrator.run(p).await.map_err(|e| file.explain_migration(e)),
+            Pool::Postgres(p) => migrator.run(p).await.map_err(Err),
+        };
+        result.map_err(|e| match e {
+            Ok(explained) => explained,
+            Err(sqlx::migrate::MigrateError::VersionMissing(found)) => StoreError::TooNew {
+                url: shown.to_string(),
+                found,
+                known,
+            },
+            Err(source) => StoreError::Migrate {
+                url: shown.to_string(),
+                source,
+            },
+        })
+    }
+
+    /// True on PostgreSQL, whose claims lock the rows they read (`FOR UPDATE SKIP LOCKED`).
+    pub(super) fn is_postgres(&self) -> bool {
+        matches!(self, Pool::Postgres(_))
+    }
+
+    pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p, file) => {
+                Tx::Sqlite(p.begin().await.map_err(sqlite_err(file))?, file.clone())
+            }
+            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Runs a statement; returns how many rows it changed.
+    pub(super) async fn execute(&self, q: Sql) -> Result<u64, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p, file) => sqlx::query_with(&q.text, q.arguments::<Sqlite>()?)
+                .execute(p)
+                .await
+                .map_err(sqlite_err(file))?
+                .rows_affected(),
+            Pool::Postgres(p) => sqlx::query_with(&q.text, q.arguments::<Postgres>()?)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    pub(super) async fn fetch_all<O: FromEither>(&self, q: Sql) -> Result<Vec<O>, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                .fetch_all(p)
+                .await
+                .map_err(sqlite_err(file))?,
+            Pool::Postgres(p) => {
+                sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
+                    .fetch_all(p)
+                    .await?
+            }
+        })
+    }
+
+    pub(super) async fn fetch_optional<O: FromEither>(
+        &self,
+        q: Sql,
+    ) -> Result<Option<O>, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                .fetch_optional(p)
+                .await
+                .map_err(sqlite_err(file))?,
+            Pool::Postgres(p) => {
+                sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
+                    .fetch_optional(p)
+                    .await?
+            }
+        })
+    }
+
+    pub(super) async fn fetch_one<O: FromEither>(&self, q: Sql) -> Result<O, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                .fetch_one(p)
+                .await
+                .map_err(sqlite_err(file))?,
+            Pool::Postgres(p) => {
+                sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
+                    .fetch_one(p)
+                    .await?
+            }
+        })
+    }
+}
+
+impl Tx {
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(t, file) => t.commit().await.map_err(sqlite_err(&file)),
+            Tx::Postgres(t) => Ok(t.commit().await?),
+        }
+    }
+
+    pub(super) async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(t, file) => t.rollback().await.map_err(sqlite_err(&file)),
+            Tx::Postgres(t) => Ok(t.rollback().await?),
+        }
+    }
+
+    /// Runs a statement; returns how many rows it changed.
+    pub(super) async fn execute(&mut self, q: Sql) -> Result<u64, StoreError> {
+        Ok(match self {
+            Tx::Sqlite(t, file) => sqlx::query_with(&q.text, q.arguments::<Sqlite>()?)
+                .execute(&mut **t)
+                .await
+                .map_err(sqlite_err(file))?
+                .rows_affected(),
+            Tx::Postgres(t) => sqlx::query_with(&q.text, q.arguments::<Postgres>()?)
+                .execute(&mut **t)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    pub(super) async fn fetch_all<O: FromEither>(&mut self, q: Sql) -> Result<Vec<O>, StoreError> {
+        Ok(match self {
+            Tx::Sqlite(t, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                .fetch_all(&mut **t)
+                .await
+                .map_err(sqlite_err(file))?,
+            Tx::Postgres(t) => {
+                sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
+                    .fetch_all(&mut **t)
+                    .await?
+            }
+        })
+    }
+
+    pub(super) async fn fetch_optional<O: FromEither>(
+        &mut self,
+        q: Sql,
+    ) -> Result<Option<O>, StoreError> {
+        Ok(match self {
+            Tx::Sqlite(t, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                .fetch_optional(&mut **t)
+                .await
+                .map_err(sqlite_err(file))?,
+            Tx::Postgres(t) => {
+                sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
+                    .fetch_optional(&mut **t)
+                    .await?
+            }
+        })
+    }
+
+    pub(super) async fn fetch_one<O: FromEither>(&mut self, q: Sql) -> Result<O, StoreError> {
+        Ok(match self {
+            Tx::Sqlite(t, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                .fetch_one(&mut **t)
+                .await
+                .map_err(sqlite_err(file))?,
+            Tx::Postgres(t) => {
+                sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
+                    .fetch_one(&mut **t)
+                    .await?
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushed_placeholders_number_on_from_the_bound_ones() {
+        let mut q = Sql::new("UPDATE t SET a = $1 WHERE b = $2")
+            .bind(7)
+            .bind("x");
+        q.push(" AND id IN ")
+            .push_list([ReleaseId(1), ReleaseId(2)]);
+        assert_eq!(
+            q.text(),
+            "UPDATE t SET a = $1 WHERE b = $2 AND id IN ($3, $4)"
+        );
+        assert_eq!(
+            q.values(),
+            [
+                Value::Int(Some(7)),
+                Value::Text(Some("x".into())),
+                Value::Int(Some(1)),
+                Value::Int(Some(2))
+            ]
+        );
+    }
+
+    #[test]
+    fn values_rows_are_bound_in_order() {
+        let mut q = Sql::new("INSERT INTO t (a, b) ");
+        q.push_values(&[(1i64, "p"), (2, "q")], |(n, s)| {
+            [(*n).into(), (*s).into()]
+        });
+        assert_eq!(q.text(), "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)");
+        assert_eq!(q.values().len(), 4);
+        assert_eq!(q.values()[3], Value::Text(Some("q".into())));
+    }
+
+    #[test]
+    fn nulls_keep_their_type() {
+        assert_eq!(Value::from(None::<i64>), Value::Int(None));
+        assert_eq!(Value::from(None::<&str>), Value::Text(None));
+        assert_eq!(Value::from(None::<BatchId>), Value::Int(None));
+        assert_eq!(Value::from(true), Value::Int(Some(1)));
+    }
+}

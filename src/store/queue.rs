@@ -1,0 +1,474 @@
+//! The release queue: enqueueing, claiming due work as leased batches, cancelling and retrying.
+//!
+//! Also when work is next due. Cancels and retries are the reconciler's and operators'.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::audit::{insert_event, insert_events};
+use super::batches::{self, BatchKind};
+use super::db::{Sql, Tx};
+use super::{
+    from_ms, ms, new_client_token, safety, BatchId, ClaimedBatch, NewEvent, ReleaseId,
+    ReleaseState, Store, StoreError,
+};
+
+/// The states of an active release, as SQL.
+pub(super) const ACTIVE: &str = "('pending', 'in_flight')";
+
+/// A release the reconciler wants queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRelease {
+    pub instance_id: String,
+    pub instance_name: String,
+    /// The account it belongs to (`""`: the default account).
+    pub account: String,
+    pub region: String,
+    pub policy: String,
+    pub force: bool,
+    pub terminate_subscription: bool,
+    pub not_before: DateTime<Utc>,
+    pub reasons: String,
+}
+
+/// What a claim may take: work due at `now`, in `scope` (`""`: the whole queue), not of the
+/// accounts in `skip`.
+struct Due<'a> {
+    now: DateTime<Utc>,
+    scope: &'a str,
+    /// `|a|b|`, or `""` to skip none.
+    skip: String,
+    /// What a claim's reads append to lock the rows they return.
+    lock: &'static str,
+}
+
+/// Leaves out the accounts of `$3` (see [`Due::skip_list`]).
+const SKIP_FILTER: &str =
+    " AND ($3 = '' OR $3 NOT LIKE ('%|' || REPLACE(account, '_', '\\_') || '|%') ESCAPE '\\')";
+
+/// Only batches all of whose in-flight members are in the scope `$9` (`''`: the whole queue).
+const BATCH_SCOPE: &str = " AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM releases m
+         WHERE m.batch_id = batches.id AND m.state = 'in_flight'
+           AND m.id NOT IN (SELECT release_id FROM scope_members WHERE scope = $9)))";
+
+/// Only releases in the scope `$9` (`''`: the whole queue).
+const RELEASE_SCOPE: &str =
+    " AND ($9 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $9))";
+
+impl Due<'_> {
+    /// `|a|b|`: account names are letters, digits, dashes and underscores (`_` is escaped in
+    /// the LIKE pattern), so one bind carries the list on both databases.
+    fn skip_list(accounts: &[String]) -> String {
+        if accounts.is_empty() {
+            String::new()
+        } else {
+            format!("|{}|", accounts.join("|"))
+        }
+    }
+
+    /// A stored batch whose retry is due or whose lease expired, oldest first. The scope is
+    /// always bound, so each query has one shape.
+    async fn stored_batch(&self, tx: &mut Tx) -> Result<Option<BatchId>, StoreError> {
+        let (lock, scope) = (self.lock, BATCH_SCOPE.replace("$9", "$2"));
+        let id: Option<(BatchId,)> = tx
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
+                       AND (lease_expires_at IS NULL OR lease_expires_at <= $1){scope}{SKIP_FILTER}
+                     ORDER BY next_attempt_at, id LIMIT 1{lock}"
+                ))
+                .bind(ms(self.now))
+                .bind(self.scope)
+                .bind(&self.skip),
+            )
+            .await?;
+        Ok(id.map(|(id,)| id))
+    }
+
+    /// A new batch of up to `max` due releases: the oldest due release, and those of its
+    /// account, region and flags after it. Its token and membership are written here, before
+    /// any call.
+    async fn new_batch(&self, tx: &mut Tx, max: usize) -> Result<Option<BatchId>, StoreError> {
+        let lock = self.lock;
+        // `+not_before`: filter on the due time, but walk the pending releases in id order (the
+        // partial indexes of migration 0003), never sort them all.
+        let scope = RELEASE_SCOPE.replace("$9", "$2");
+        let head: Option<BatchKind> = tx
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT account, region, force, terminate_subscription FROM releases
+                     WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}
+                     ORDER BY id LIMIT 1{lock}"
+                ))
+                .bind(ms(self.now))
+                .bind(self.scope)
+                .bind(&self.skip),
+            )
+            .await?;
+        let Some(kind) = head else {
+            return Ok(None);
+        };
+        let scope = RELEASE_SCOPE.replace("$9", "$7");
+        let ids: Vec<(ReleaseId,)> = tx
+            .fetch_all(
+                Sql::new(format!(
+                    "SELECT id FROM releases
+                     WHERE state = 'pending' AND +not_before <= $1 AND region = $2
+                       AND force = $3 AND terminate_subscription = $4
+                       AND account = $6{scope}
+                     ORDER BY id LIMIT $5{lock}"
+                ))
+                .bind(ms(self.now))
+                .bind(&kind.region)
+                .bind(kind.force)
+                .bind(kind.terminate_subscription)
+                .bind(max as i64)
+                .bind(&kind.account)
+                .bind(self.scope),
+            )
+            .await?;
+        let ids: Vec<ReleaseId> = ids.into_iter().map(|(id,)| id).collect();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let token = new_client_token();
+        let id = batches::new_batch(tx, &kind, &token, &ids, self.now).await?;
+        insert_event(
+            tx,
+            NewEvent {
+                kind: "batched",
+                batch_id: Some(id),
+                client_token: Some(token),
+                detail: format!("{} releases in {}", ids.len(), kind.region),
+                ..NewEvent::default()
+            },
+            self.now,
+        )
+        .await?;
+        Ok(Some(id))
+    }
+}
+
+impl Store {
+    /// Queues releases. An instance that already has an active release is left alone (the
+    /// partial unique index decides), and so is one already released: ECS never reuses an
+    /// instance id, so a pass that listed the instance before another replica released it must
+    /// not queue it again. Returns the ids of the releases created.
+    pub async fn enqueue(
+        &self,
+        releases: &[NewRelease],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(ReleaseId, String)>, StoreError> {
+        let mut created = Vec::new();
+        let mut tx = self.pool.begin().await?;
+        for chunk in releases.chunks(400) {
+            // One statement decides and inserts: the "already released" and "held" checks
+            // cannot be separated from the insert by another replica's commit in between.
+            let mut q = Sql::new(
+                "INSERT INTO releases (instance_id, instance_name, region, policy, force,
+                 terminate_subscription, state, not_before, reasons, created_at, updated_at,
+                 account)
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6,
+                        'pending', v.column7, v.column8, v.column9, v.column9, v.column10
+                 FROM (",
+            );
+            q.push_values(chunk, |r| {
+                [
+                    r.instance_id.as_str().into(),
+                    r.instance_name.as_str().into(),
+                    r.region.as_str().into(),
+                    r.policy.as_str().into(),
+                    r.force.into(),
+                    r.terminate_subscription.into(),
+                    ms(r.not_before).into(),
+                    r.reasons.as_str().into(),
+                    ms(now).into(),
+                    r.account.as_str().into(),
+                ]
+            });
+            q.push(
+                ") AS v WHERE NOT EXISTS (SELECT 1 FROM releases d
+                      WHERE d.instance_id = v.column1 AND d.state = 'succeeded')
+                 AND NOT EXISTS (SELECT 1 FROM holds h
+                      WHERE h.instance_id = v.column1 AND h.policy = v.column4
+                        AND (h.until IS NULL OR h.until > ",
+            );
+            q.push_bind(ms(now));
+            q.push(&format!(
+                "))
+                 ON CONFLICT (instance_id) WHERE state IN {ACTIVE} DO NOTHING
+                 RETURNING id, instance_id, policy"
+            ));
+            let rows: Vec<(ReleaseId, String, String)> = tx.fetch_all(q).await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for (id, instance, policy) in rows {
+                events.push(NewEvent {
+                    kind: "enqueued",
+                    release_id: Some(id),
+                    policy: Some(policy),
+                    instance_id: Some(instance.clone()),
+                    ..NewEvent::default()
+                });
+                created.push((id, instance));
+            }
+            insert_events(&mut tx, &events, now).await?;
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Cancels pending releases that no batch holds yet, each with its reason. Returns how many
+    /// were cancelled (a release already batched is left to the worker's re-check).
+    pub async fn cancel_pending(
+        &self,
+        cancels: &[(ReleaseId, String)],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let mut tx = self.pool.begin().await?;
+        for (id, reason) in cancels {
+            let row: Option<(String, String)> = tx
+                .fetch_optional(
+                    Sql::new(
+                        "UPDATE releases SET state = 'cancelled', last_message = $2, updated_at = $3
+                         WHERE id = $1 AND state = 'pending' AND batch_id IS NULL
+                         RETURNING policy, instance_id",
+                    )
+                    .bind(*id)
+                    .bind(reason)
+                    .bind(ms(now)),
+                )
+                .await?;
+            if let Some((policy, instance_id)) = row {
+                n += 1;
+                let ev = NewEvent {
+                    kind: "cancelled",
+                    release_id: Some(*id),
+                    policy: Some(policy),
+                    instance_id: Some(instance_id),
+                    detail: reason.clone(),
+                    ..NewEvent::default()
+                };
+                insert_event(&mut tx, ev, now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Claims the next due batch under a lease: first a stored batch whose retry is due or whose
+    /// lease expired (with its token and members unchanged), else a new batch of up to
+    /// `max_batch` due releases of one account, one region and one set of flags, whose token and membership
+    /// are written in the same transaction, before any call. With `scope`, only that run's
+    /// releases are claimed (see [`Store::create_scope`]), and only batches all of whose members
+    /// are in it.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        max_batch: usize,
+        scope: Option<&str>,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
+        self.claim_skipping(owner, now, lease, max_batch, scope, &[])
+            .await
+    }
+
+    /// [`Store::claim`], leaving alone the batches and releases of `skip_accounts` (accounts
+    /// ECS refused as a whole a moment ago).
+    pub async fn claim_skipping(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        max_batch: usize,
+        scope: Option<&str>,
+        skip_accounts: &[String],
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
+        let due = Due {
+            now,
+            scope: scope.unwrap_or_default(),
+            skip: Due::skip_list(skip_accounts),
+            lock: if self.is_postgres() {
+                " FOR UPDATE SKIP LOCKED"
+            } else {
+                ""
+            },
+        };
+        let until = ms(now) + lease.as_millis() as i64;
+        let mut tx = self.pool.begin().await?;
+        let batch = match due.stored_batch(&mut tx).await? {
+            Some(id) => Some(id),
+            None => due.new_batch(&mut tx, max_batch).await?,
+        };
+        let claimed = match batch {
+            None => None,
+            Some(id) => Some(batches::lease(&mut tx, id, owner, until, now).await?),
+        };
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// When the queue next has work for a worker without new releases being queued: now if
+    /// something is due, the earliest retry or lease expiry otherwise, `None` when idle.
+    /// With `scope`, only that run's releases count.
+    pub async fn next_due(
+        &self,
+        now: DateTime<Utc>,
+        scope: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let scope = scope.unwrap_or_default();
+        let (pending,): (Option<i64>,) = self
+            .pool
+            .fetch_one(
+                Sql::new(
+                    "SELECT MIN(not_before) FROM releases WHERE state = 'pending' AND not_before <= $1
+                       AND ($2 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $2))",
+                )
+                .bind(ms(now))
+                .bind(scope),
+            )
+            .await?;
+        let (batches,): (Option<i64>,) = self
+            .pool
+            .fetch_one(
+                Sql::new(
+                    "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > next_attempt_at
+                                     THEN lease_expires_at ELSE next_attempt_at END)
+                     FROM batches WHERE state = 'open'
+                       AND ($1 = '' OR NOT EXISTS (SELECT 1 FROM releases m
+                            WHERE m.batch_id = batches.id AND m.state = 'in_flight'
+                              AND m.id NOT IN (SELECT release_id FROM scope_members WHERE scope = $1)))",
+                )
+                .bind(scope),
+            )
+            .await?;
+        Ok(match (pending, batches) {
+            (Some(_), _) => Some(now),
+            (None, Some(b)) => Some(from_ms(b).max(now)),
+            (None, None) => None,
+        })
+    }
+
+    /// Puts a failed, cancelled or vanished release back in the queue, and lifts the hold or
+    /// quarantine that kept its instance out of its policy. What was left of its grace period
+    /// stays: it is due at its old `not_before`, or now if that has passed.
+    pub async fn retry_release(
+        &self,
+        id: ReleaseId,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let r = self.release(id).await?;
+        if !matches!(
+            r.state,
+            ReleaseState::Failed | ReleaseState::Cancelled | ReleaseState::Vanished
+        ) {
+            return Err(StoreError::WrongState {
+                id,
+                state: r.state,
+                what: "only failed, cancelled or vanished releases can be retried",
+            });
+        }
+        let retried = async {
+            let mut tx = self.pool.begin().await?;
+            tx.execute(
+                Sql::new(
+                    "UPDATE releases SET state = 'pending', batch_id = NULL, attempts = 0,
+                            not_before = CASE WHEN not_before > $2 THEN not_before ELSE $2 END,
+                            updated_at = $2
+                     WHERE id = $1 AND state IN ('failed', 'cancelled', 'vanished')",
+                )
+                .bind(id)
+                .bind(ms(now)),
+            )
+            .await?;
+            tx.execute(
+                Sql::new("DELETE FROM holds WHERE instance_id = $1 AND policy = $2")
+                    .bind(&r.instance_id)
+                    .bind(&r.policy),
+            )
+            .await?;
+            insert_event(
+                &mut tx,
+                NewEvent {
+                    kind: "retried",
+                    release_id: Some(id),
+                    policy: Some(r.policy.clone()),
+                    instance_id: Some(r.instance_id.clone()),
+                    detail: format!("by {by}"),
+                    ..NewEvent::default()
+                },
+                now,
+            )
+            .await?;
+            tx.commit().await
+        };
+        match retried.await {
+            Err(StoreError::Db(sqlx::Error::Database(d))) if d.is_unique_violation() => {
+                Err(StoreError::WrongState {
+                    id,
+                    state: r.state,
+                    what: "its instance already has an active release",
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// An operator's cancel: cancels a pending release that no batch holds yet, and holds its
+    /// instance out of its policy's enqueue until `queue retry`, or until `until`. `by` and
+    /// `reason` are recorded with the hold and in the audit log.
+    pub async fn cancel_release(
+        &self,
+        id: ReleaseId,
+        by: &str,
+        reason: &str,
+        until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let r = self.release(id).await?;
+        let why = format!("cancelled by {by}: {reason}");
+        let mut tx = self.pool.begin().await?;
+        let n = tx
+            .execute(
+                Sql::new(
+                    "UPDATE releases SET state = 'cancelled', last_message = $2, updated_at = $3
+                     WHERE id = $1 AND state = 'pending' AND batch_id IS NULL",
+                )
+                .bind(id)
+                .bind(&why)
+                .bind(ms(now)),
+            )
+            .await?;
+        if n == 1 {
+            safety::hold(&mut tx, &r.instance_id, &r.policy, until, by, reason, now).await?;
+            insert_event(
+                &mut tx,
+                NewEvent {
+                    kind: "cancelled",
+                    release_id: Some(id),
+                    policy: Some(r.policy.clone()),
+                    instance_id: Some(r.instance_id.clone()),
+                    detail: match until {
+                        Some(t) => format!("{why}; held until {}", t.to_rfc3339()),
+                        None => format!("{why}; held until `queue retry`"),
+                    },
+                    ..NewEvent::default()
+                },
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if n == 0 {
+            return Err(StoreError::WrongState {
+                id,
+                state: r.state,
+                what: "only pending releases not yet in a batch can be cancelled",
+            });
+        }
+        Ok(())
+    }
+}

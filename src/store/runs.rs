@@ -1,0 +1,101 @@
+//! Policy runs: one replica takes each (policy, tick) and closes it with its outcome.
+//!
+//! The run's counts are kept with it; the API and the dashboard read them back.
+
+use chrono::{DateTime, Utc};
+
+use super::db::Sql;
+use super::{ms, RunRow, RunStatus, Store, StoreError};
+
+/// How one policy run ended, for [`Store::finish_run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunEnd<'a> {
+    pub policy: &'a str,
+    /// The tick, as [`Store::begin_run`] was given it.
+    pub scheduled_for: DateTime<Utc>,
+    pub outcome: RunStatus,
+    pub planned: i64,
+    pub enqueued: i64,
+    pub cancelled: i64,
+    /// 1 when ECS refused the account as a whole, else 0.
+    pub refused: i64,
+}
+
+impl<'a> RunEnd<'a> {
+    /// A run whose pass failed: nothing counted.
+    pub fn error(policy: &'a str, scheduled_for: DateTime<Utc>) -> RunEnd<'a> {
+        RunEnd {
+            policy,
+            scheduled_for,
+            outcome: RunStatus::Error,
+            planned: 0,
+            enqueued: 0,
+            cancelled: 0,
+            refused: 0,
+        }
+    }
+}
+
+impl Store {
+    /// Records that `policy`'s tick `scheduled_for` is being reconciled by `owner`. False when
+    /// some replica already took it: each tick is reconciled once.
+    pub async fn begin_run(
+        &self,
+        policy: &str,
+        scheduled_for: DateTime<Utc>,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .pool
+            .execute(
+                Sql::new(
+                    "INSERT INTO policy_runs (policy, scheduled_for, owner, started_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (policy, scheduled_for) DO NOTHING",
+                )
+                .bind(policy)
+                .bind(ms(scheduled_for))
+                .bind(owner)
+                .bind(ms(now)),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Closes a run with its outcome and counts.
+    pub async fn finish_run(&self, end: &RunEnd<'_>, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.pool
+            .execute(
+                Sql::new(
+                    "UPDATE policy_runs SET finished_at = $3, outcome = $4, planned = $5,
+                            enqueued = $6, cancelled = $7, refused = $8
+                     WHERE policy = $1 AND scheduled_for = $2",
+                )
+                .bind(end.policy)
+                .bind(ms(end.scheduled_for))
+                .bind(ms(now))
+                .bind(end.outcome.as_str())
+                .bind(end.planned)
+                .bind(end.enqueued)
+                .bind(end.cancelled)
+                .bind(end.refused),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every run, newest first (at most `limit`).
+    pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+        self.pool
+            .fetch_all(
+                Sql::new(
+                    "SELECT policy, scheduled_for, owner, started_at, finished_at, outcome, planned,
+                            enqueued, cancelled, refused
+                     FROM policy_runs ORDER BY scheduled_for DESC, policy LIMIT $1",
+                )
+                .bind(limit),
+            )
+            .await
+    }
+}

@@ -1,0 +1,170 @@
+//! Settings shared by every replica and command: the pause, the database's id, keyed values.
+//!
+//! The pause (kill switch) is kept with who paused and why. Its keys are spelled here only;
+//! other modules ask [`paused_sql`] or [`Store::pause_state`].
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::db::{Pool, Sql};
+use super::{NewEvent, Store, StoreError};
+
+/// The settings keys of the pause. `paused` is [`TRUE`] or `false`.
+const PAUSED: &str = "paused";
+const PAUSED_BY: &str = "paused_by";
+const PAUSED_REASON: &str = "paused_reason";
+const PAUSED_AT: &str = "paused_at";
+const TRUE: &str = "true";
+const DATABASE_ID: &str = "database_id";
+
+/// Who paused releases, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PauseInfo {
+    pub by: String,
+    pub reason: String,
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl PauseInfo {
+    /// One line for people: "paused by alice at 2026-12-01 10:00 UTC: migration".
+    pub fn describe(&self) -> String {
+        let at = self
+            .at
+            .map(|t| format!(" at {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+            .unwrap_or_default();
+        let why = if self.reason.is_empty() {
+            "no reason given".to_string()
+        } else {
+            self.reason.clone()
+        };
+        format!("paused by {}{at}: {why}", self.by)
+    }
+}
+
+/// Appends to `q` a condition that holds while releases are paused, for a write that must be
+/// refused in the same statement that would make it (see [`Store::begin_attempt_for`]).
+pub(super) fn paused_sql(q: &mut Sql) -> &mut Sql {
+    q.push("EXISTS (SELECT 1 FROM settings WHERE key = ")
+        .push_bind(PAUSED)
+        .push(" AND value = ")
+        .push_bind(TRUE)
+        .push(")")
+}
+
+/// Whether releases are paused, in one read.
+pub(super) async fn is_paused(pool: &Pool) -> Result<bool, StoreError> {
+    let v: Option<(String,)> = pool
+        .fetch_optional(Sql::new("SELECT value FROM settings WHERE key = $1").bind(PAUSED))
+        .await?;
+    Ok(v.is_some_and(|(v,)| v == TRUE))
+}
+
+impl Store {
+    /// Reads a setting.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let v: Option<(String,)> = self
+            .pool
+            .fetch_optional(Sql::new("SELECT value FROM settings WHERE key = $1").bind(key))
+            .await?;
+        Ok(v.map(|(v,)| v))
+    }
+
+    /// Writes a setting.
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.pool
+            .execute(
+                Sql::new(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key)
+                .bind(value),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Pauses releases on every replica and command; recorded in the audit log with who and why.
+    pub async fn pause(
+        &self,
+        by: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        for (k, v) in [
+            (PAUSED_BY, by.to_string()),
+            (PAUSED_REASON, reason.to_string()),
+            (PAUSED_AT, now.to_rfc3339()),
+            (PAUSED, TRUE.to_string()),
+        ] {
+            self.set_setting(k, &v).await?;
+        }
+        self.record_event(
+            NewEvent {
+                kind: "paused",
+                detail: format!("by {by}: {reason}"),
+                ..NewEvent::default()
+            },
+            now,
+        )
+        .await
+    }
+
+    /// Lifts the pause; recorded in the audit log with who.
+    pub async fn resume(&self, by: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.set_setting(PAUSED, "false").await?;
+        self.record_event(
+            NewEvent {
+                kind: "resumed",
+                detail: format!("by {by}"),
+                ..NewEvent::default()
+            },
+            now,
+        )
+        .await
+    }
+
+    /// `Some` while releases are paused. One query: workers read this before every call.
+    pub async fn pause_state(&self) -> Result<Option<PauseInfo>, StoreError> {
+        let rows: Vec<(String, String)> = self
+            .pool
+            .fetch_all(
+                Sql::new("SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4)")
+                    .bind(PAUSED)
+                    .bind(PAUSED_BY)
+                    .bind(PAUSED_REASON)
+                    .bind(PAUSED_AT),
+            )
+            .await?;
+        let get = |k: &str| {
+            rows.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        if get(PAUSED).as_deref() != Some(TRUE) {
+            return Ok(None);
+        }
+        Ok(Some(PauseInfo {
+            by: get(PAUSED_BY).unwrap_or_else(|| "an unknown operator".into()),
+            reason: get(PAUSED_REASON).unwrap_or_default(),
+            at: get(PAUSED_AT)
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+        }))
+    }
+
+    /// This database's identity, made on first use: a saved plan records it, so that a plan
+    /// made against one database is not applied to another.
+    pub async fn database_id(&self) -> Result<String, StoreError> {
+        self.pool
+            .execute(
+                Sql::new(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(DATABASE_ID)
+                .bind(super::new_client_token()),
+            )
+            .await?;
+        Ok(self.setting(DATABASE_ID).await?.unwrap_or_default())
+    }
+}

@@ -1,0 +1,170 @@
+//! What operators, planners and metrics read of the queue: listings, counts, the snapshot.
+//!
+//! Release listings, one release, the active releases, counts by state and the metrics snapshot.
+//! Nothing here writes.
+
+use chrono::{DateTime, Utc};
+
+use super::db::Sql;
+use super::queue::ACTIVE;
+use super::rows::RELEASE_SELECT;
+use super::{
+    from_ms, ms, settings, ReleaseId, ReleaseRow, ReleaseState, RunStatus, Store, StoreError,
+};
+
+/// Counts of releases by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateCounts {
+    pub pending: i64,
+    pub in_flight: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub vanished: i64,
+}
+
+/// What the metrics endpoint reads from the store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// (policy, state, count)
+    pub by_policy_state: Vec<(String, ReleaseState, i64)>,
+    pub queue_depth: i64,
+    pub oldest_due_age_seconds: f64,
+    /// (policy, scheduled time of its last successful tick)
+    pub last_success: Vec<(String, DateTime<Utc>)>,
+    pub paused: bool,
+}
+
+/// Filters of [`Store::list_releases`].
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseFilter {
+    /// A [`ReleaseState`] name (`failed`); parse it first to tell a typo from an empty list.
+    pub state: Option<String>,
+    pub policy: Option<String>,
+    pub limit: Option<i64>,
+    /// Only releases changed at or after this time, and those still pending (what one `apply`
+    /// touched or left waiting), rather than the whole history.
+    pub touched_since: Option<DateTime<Utc>>,
+}
+
+/// A stored state name as its [`ReleaseState`]: the CHECK constraint allows no other.
+fn state(s: &str) -> Result<ReleaseState, StoreError> {
+    s.parse()
+        .map_err(|e: String| StoreError::Db(sqlx::Error::Decode(e.into())))
+}
+
+impl Store {
+    /// Releases, newest first, with their batch's ClientToken.
+    pub async fn list_releases(&self, f: &ReleaseFilter) -> Result<Vec<ReleaseRow>, StoreError> {
+        let mut q = Sql::new(RELEASE_SELECT);
+        q.push(" WHERE 1 = 1");
+        if let Some(s) = &f.state {
+            q.push(" AND r.state = ").push_bind(s);
+        }
+        if let Some(pol) = &f.policy {
+            q.push(" AND r.policy = ").push_bind(pol);
+        }
+        if let Some(t) = f.touched_since {
+            q.push(" AND (r.updated_at >= ").push_bind(ms(t));
+            q.push(" OR r.state = 'pending')");
+        }
+        q.push(" ORDER BY r.id DESC");
+        if let Some(l) = f.limit {
+            q.push(" LIMIT ").push_bind(l);
+        }
+        self.pool.fetch_all(q).await
+    }
+
+    /// One release.
+    pub async fn release(&self, id: ReleaseId) -> Result<ReleaseRow, StoreError> {
+        let mut q = Sql::new(RELEASE_SELECT);
+        q.push(" WHERE r.id = ").push_bind(id);
+        let row: Option<ReleaseRow> = self.pool.fetch_optional(q).await?;
+        row.ok_or(StoreError::NoSuchRelease(id))
+    }
+
+    /// Pending and in-flight releases, newest first.
+    pub async fn active_releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
+        // Filtered in the database: every pass reads this, and history only grows.
+        self.pool
+            .fetch_all(Sql::new(format!(
+                "{RELEASE_SELECT} WHERE r.state IN {ACTIVE} ORDER BY r.id DESC"
+            )))
+            .await
+    }
+
+    /// Releases by state.
+    pub async fn counts(&self) -> Result<StateCounts, StoreError> {
+        let rows: Vec<(String, i64)> = self
+            .pool
+            .fetch_all(Sql::new(
+                "SELECT state, COUNT(*) FROM releases GROUP BY state",
+            ))
+            .await?;
+        let mut c = StateCounts::default();
+        for (s, n) in rows {
+            let count = match state(&s)? {
+                ReleaseState::Pending => &mut c.pending,
+                ReleaseState::InFlight => &mut c.in_flight,
+                ReleaseState::Succeeded => &mut c.succeeded,
+                ReleaseState::Failed => &mut c.failed,
+                ReleaseState::Cancelled => &mut c.cancelled,
+                ReleaseState::Vanished => &mut c.vanished,
+            };
+            *count = n;
+        }
+        Ok(c)
+    }
+
+    /// The numbers the metrics endpoint reports, read in one go.
+    pub async fn metrics_snapshot(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<MetricsSnapshot, StoreError> {
+        let rows: Vec<(String, String, i64)> = self
+            .pool
+            .fetch_all(Sql::new(
+                "SELECT policy, state, COUNT(*) FROM releases GROUP BY policy, state
+                 ORDER BY policy, state",
+            ))
+            .await?;
+        let by_policy_state = rows
+            .into_iter()
+            .map(|(p, s, n)| Ok((p, state(&s)?, n)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let (oldest,): (Option<i64>,) = self
+            .pool
+            .fetch_one(
+                Sql::new(
+                    "SELECT MIN(not_before) FROM releases WHERE state = 'pending' AND not_before <= $1",
+                )
+                .bind(ms(now)),
+            )
+            .await?;
+        let last: Vec<(String, i64)> = self
+            .pool
+            .fetch_all(
+                Sql::new(
+                    "SELECT policy, MAX(scheduled_for) FROM policy_runs WHERE outcome IN ($1, $2)
+                     GROUP BY policy ORDER BY policy",
+                )
+                .bind(RunStatus::Ok.as_str())
+                .bind(RunStatus::DryRun.as_str()),
+            )
+            .await?;
+        let paused = settings::is_paused(&self.pool).await?;
+        Ok(MetricsSnapshot {
+            queue_depth: by_policy_state
+                .iter()
+                .filter(|(_, s, _)| s.is_active())
+                .map(|(_, _, n)| n)
+                .sum(),
+            by_policy_state,
+            oldest_due_age_seconds: oldest
+                .map(|t| ((ms(now) - t).max(0) as f64) / 1000.0)
+                .unwrap_or(0.0),
+            last_success: last.into_iter().map(|(p, t)| (p, from_ms(t))).collect(),
+            paused,
+        })
+    }
+}
