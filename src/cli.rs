@@ -462,7 +462,7 @@ impl EcsArgs {
             None => Default::default(),
         };
         let accounts = crate::ecs::Accounts::from_profiles(default, map);
-        accounts.check(policies)?;
+        accounts.check(crate::policy::account_uses(policies))?;
         Ok(accounts)
     }
 

@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use crate::ecs::client::DeleteRequest;
-use crate::ecs::{account_of, Accounts, ErrorClass};
+use crate::ecs::{Accounts, ErrorClass};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
-use crate::policy::{Policy, ProtectionConfig};
+use crate::policy::{account_of, Policy, ProtectionConfig};
 use crate::store::{NewEvent, NewRelease, ReleaseState, Store, StoreError};
 
 /// Why a pass stopped.
