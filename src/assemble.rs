@@ -69,6 +69,6 @@ pub fn accounts(
     policies: &[Policy],
 ) -> anyhow::Result<Accounts> {
     let accounts = Accounts::from_profiles(default, settings.accounts.clone());
-    accounts.check(policies)?;
+    accounts.check(crate::policy::account_uses(policies))?;
     Ok(accounts)
 }

@@ -53,7 +53,7 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
         .and_then(|set| {
             app.ctx
                 .accounts
-                .check(&set.policies)
+                .check(crate::policy::account_uses(&set.policies))
                 .map(|()| set)
                 .map_err(|e| e.to_string())
         });

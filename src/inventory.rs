@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use crate::ecs::client::DescribeFilter;
-use crate::ecs::{account_of, Accounts, EcsError, Instance};
-use crate::policy::Policy;
+use crate::ecs::{Accounts, EcsError, Instance};
+use crate::policy::{account_of, Policy};
 
 /// Instances by (account, region); `""` is the default account. One vector holds them all,
 /// each (account, region) a contiguous run of it, so the planner reads them without a copy.

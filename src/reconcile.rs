@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use crate::ecs::client::DeleteRequest;
-use crate::ecs::{account_of, ErrorClass};
+use crate::ecs::ErrorClass;
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
-use crate::policy::Policy;
+use crate::policy::{account_of, Policy};
 use crate::store::{NewEvent, NewRelease, ReleaseState, RunEnd, RunStatus, StoreError};
 
 /// Why a pass stopped.

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -13,7 +14,6 @@ use super::client::EcsClient;
 use super::credentials::{
     ChainOptions, ChainProvider, Credentials, CredentialsError, CredentialsProvider, SharedProvider,
 };
-use crate::policy::Policy;
 
 /// The default account: the credentials chain as configured (`--profile`, the environment, ...).
 pub const DEFAULT_ACCOUNT: &str = "";
@@ -36,6 +36,19 @@ pub struct AccountError {
     pub account: String,
     pub profile: String,
     pub reason: String,
+}
+
+/// A policy that names an account, as [`Accounts::check`] needs it: plain data, so that this
+/// layer knows accounts, not policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountUse<'a> {
+    /// The policy's name.
+    pub policy: &'a str,
+    /// Where the policy was written: its file and the line its document starts on.
+    pub file: &'a Path,
+    pub line: usize,
+    /// The account it names.
+    pub account: &'a str,
 }
 
 /// ECS clients by account; cheap to clone, clones share the clients built so far.
@@ -150,20 +163,21 @@ impl Accounts {
 
     /// Checks that every account the policies name has usable credentials (reads profile files;
     /// no network), naming the first policy of each account that does not.
-    pub fn check(&self, policies: &[Policy]) -> Result<(), Box<AccountError>> {
+    pub fn check<'a>(
+        &self,
+        uses: impl IntoIterator<Item = AccountUse<'a>>,
+    ) -> Result<(), Box<AccountError>> {
         let mut seen = BTreeSet::new();
-        for p in policies {
-            let Some(account) = p.account.as_deref() else {
-                continue;
-            };
+        for u in uses {
+            let account = u.account;
             if !seen.insert(account) {
                 continue;
             }
             if let Err(reason) = self.provider(account) {
                 return Err(Box::new(AccountError {
-                    policy: p.name.clone(),
-                    file: p.source.file.display().to_string(),
-                    line: p.source.line,
+                    policy: u.policy.to_string(),
+                    file: u.file.display().to_string(),
+                    line: u.line,
                     account: account.to_string(),
                     profile: self.profile_of(account).to_string(),
                     reason,
@@ -183,9 +197,4 @@ pub fn profile_credentials(profile: &str) -> Result<(String, SharedProvider), St
     });
     let source = chain.source().map_err(|e| e.to_string())?.to_string();
     Ok((source, Arc::new(chain)))
-}
-
-/// The account a policy acts on, as stored with its releases (`""` for the default).
-pub fn account_of(p: &Policy) -> &str {
-    p.account.as_deref().unwrap_or(DEFAULT_ACCOUNT)
 }

@@ -10,7 +10,7 @@ pub mod profile;
 pub mod sign;
 pub mod types;
 
-pub use accounts::{account_of, AccountError, Accounts, DEFAULT_ACCOUNT};
+pub use accounts::{AccountError, AccountUse, Accounts, DEFAULT_ACCOUNT};
 pub use client::{
     ClientConfig, DeleteAnswer, DeleteRequest, DescribeFilter, DescribePage, EcsClient,
     SignatureVersion,

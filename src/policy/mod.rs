@@ -27,7 +27,7 @@ pub use walk::{policy_files, PolicyFiles};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::ecs::{ChargeType, InstanceStatus};
+use crate::ecs::{AccountUse, ChargeType, InstanceStatus, DEFAULT_ACCOUNT};
 
 /// Policy files larger than this are refused before parsing: a policy is a few dozen lines.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
@@ -79,6 +79,23 @@ pub struct Policy {
     pub limits: Limits,
     pub dry_run: bool,
     pub source: SourceRef,
+}
+
+/// The account a policy acts on, as stored with its releases (`""` for the default).
+pub fn account_of(p: &Policy) -> &str {
+    p.account.as_deref().unwrap_or(DEFAULT_ACCOUNT)
+}
+
+/// Each policy that names an account, as [`crate::ecs::Accounts::check`] takes it.
+pub fn account_uses(policies: &[Policy]) -> impl Iterator<Item = AccountUse<'_>> {
+    policies.iter().filter_map(|p| {
+        Some(AccountUse {
+            policy: &p.name,
+            file: &p.source.file,
+            line: p.source.line,
+            account: p.account.as_deref()?,
+        })
+    })
 }
 
 /// The `release:` block: how DeleteInstances is called, and the extra safety gates.

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::ecs::{account_of, Instance};
+use crate::ecs::Instance;
 use crate::plan::{self, EvalContext};
-use crate::policy::{Policy, ProtectionConfig};
+use crate::policy::{account_of, Policy, ProtectionConfig};
 use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, PauseInfo, ReleaseId};
 use crate::window::OperatingWindow;
 

@@ -1,0 +1,361 @@
+//! The message a webhook receives for a batch: generic JSON with the events, DingTalk markdown
+//! or Slack mrkdwn, with long instance lists and diagnostics cut.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use super::{InstanceRef, Notification, WebhookFormat};
+
+/// The longest `problems` text a message carries; the rest is cut with a pointer to `validate`.
+const MAX_PROBLEMS_CHARS: usize = 3000;
+
+/// The message body a webhook of `format` receives for `batch`, listing at most `max_instances`
+/// instances per event.
+pub fn render(format: WebhookFormat, batch: &[Notification], max_instances: usize) -> Value {
+    let title = title(batch);
+    match format {
+        WebhookFormat::Generic => json!({
+            "source": "ecs-janitor",
+            "title": title,
+            "text": text(Flavor::Plain, &title, batch, max_instances),
+            "events": batch.iter().map(|n| event_json(n, max_instances)).collect::<Vec<_>>(),
+        }),
+        WebhookFormat::DingTalk => json!({
+            "msgtype": "markdown",
+            "markdown": {
+                "title": title,
+                "text": text(Flavor::DingTalk, &title, batch, max_instances),
+            },
+        }),
+        WebhookFormat::Slack => json!({
+            "text": text(Flavor::Slack, &title, batch, max_instances),
+        }),
+    }
+}
+
+/// `ecs-janitor: stale-dev: 3 scheduled, 1 failed`.
+fn title(batch: &[Notification]) -> String {
+    let mut policies: Vec<&str> = Vec::new();
+    for p in batch.iter().filter_map(Notification::policy) {
+        if !policies.contains(&p) {
+            policies.push(p);
+        }
+    }
+    let (mut scheduled, mut released, mut failed) = (0, 0, 0);
+    let (mut refused, mut load_failed) = (false, false);
+    for n in batch {
+        match n {
+            Notification::Scheduled { releases, .. } => scheduled += releases.len(),
+            Notification::Released { releases, .. } => released += releases.len(),
+            Notification::Failed { releases, .. } => failed += releases.len(),
+            Notification::Refused { .. } => refused = true,
+            Notification::PolicyLoadFailed { .. } => load_failed = true,
+        }
+    }
+    let mut parts = Vec::new();
+    if scheduled > 0 {
+        parts.push(format!("{scheduled} scheduled"));
+    }
+    if released > 0 {
+        parts.push(format!("{released} released"));
+    }
+    if failed > 0 {
+        parts.push(format!("{failed} failed"));
+    }
+    if refused {
+        parts.push("refused".to_string());
+    }
+    if load_failed {
+        parts.push("policy files failed to load".to_string());
+    }
+    if parts.is_empty() {
+        parts.push("nothing to report".to_string());
+    }
+    if policies.is_empty() {
+        format!("ecs-janitor: {}", parts.join(", "))
+    } else {
+        format!("ecs-janitor: {}: {}", policies.join(", "), parts.join(", "))
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn human_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn instance_json(i: &InstanceRef) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("instance_id".into(), json!(i.instance_id));
+    m.insert("instance_name".into(), json!(i.instance_name));
+    m.insert("region".into(), json!(i.region));
+    m
+}
+
+/// `{count, instances: [first max], omitted}` for an event's list.
+fn capped_list<T>(
+    items: &[T],
+    max: usize,
+    item: impl Fn(&T) -> serde_json::Map<String, Value>,
+) -> (usize, Vec<Value>, usize) {
+    let shown: Vec<Value> = items
+        .iter()
+        .take(max)
+        .map(|x| Value::Object(item(x)))
+        .collect();
+    (items.len(), shown, items.len().saturating_sub(max))
+}
+
+fn event_json(n: &Notification, max: usize) -> Value {
+    match n {
+        Notification::Scheduled {
+            policy,
+            releases,
+            at,
+        } => {
+            let (count, instances, omitted) = capped_list(releases, max, instance_json);
+            json!({"kind": "scheduled", "policy": policy, "at": rfc3339(*at), "count": count,
+                   "instances": instances, "omitted": omitted})
+        }
+        Notification::Released { policy, releases } => {
+            let (count, instances, omitted) = capped_list(releases, max, |r| {
+                let mut m = instance_json(&r.instance);
+                m.insert("request_id".into(), json!(r.request_id));
+                m.insert("at".into(), json!(rfc3339(r.at)));
+                m
+            });
+            json!({"kind": "released", "policy": policy, "count": count,
+                   "instances": instances, "omitted": omitted})
+        }
+        Notification::Failed { policy, releases } => {
+            let (count, instances, omitted) = capped_list(releases, max, |r| {
+                let mut m = instance_json(&r.instance);
+                m.insert("code".into(), json!(r.code));
+                m.insert("message".into(), json!(r.message));
+                m.insert("request_id".into(), json!(r.request_id));
+                m.insert("at".into(), json!(rfc3339(r.at)));
+                m
+            });
+            json!({"kind": "failed", "policy": policy, "count": count,
+                   "instances": instances, "omitted": omitted})
+        }
+        Notification::Refused {
+            policy,
+            count,
+            limit,
+        } => json!({"kind": "refused", "policy": policy, "count": count, "limit": limit}),
+        Notification::PolicyLoadFailed { problems } => {
+            json!({"kind": "policy_load_failed", "problems": cap_problems(problems)})
+        }
+    }
+}
+
+fn cap_problems(problems: &str) -> String {
+    let problems = problems.trim_end();
+    if problems.chars().count() <= MAX_PROBLEMS_CHARS {
+        return problems.to_string();
+    }
+    let mut s: String = problems.chars().take(MAX_PROBLEMS_CHARS).collect();
+    s.push_str("\n… (cut; run `ecs-janitor validate` for the full list)");
+    s
+}
+
+/// The markup a human-readable body is written in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Plain,
+    DingTalk,
+    Slack,
+}
+
+impl Flavor {
+    fn heading(self, s: &str) -> String {
+        match self {
+            Flavor::Plain => s.to_string(),
+            Flavor::DingTalk => format!("### {s}"),
+            Flavor::Slack => format!("*{}*", self.escape(s)),
+        }
+    }
+
+    fn bold(self, s: &str) -> String {
+        match self {
+            Flavor::Plain => s.to_string(),
+            Flavor::DingTalk => format!("**{s}**"),
+            Flavor::Slack => format!("*{}*", self.escape(s)),
+        }
+    }
+
+    fn code(self, s: &str) -> String {
+        match self {
+            Flavor::Plain => s.to_string(),
+            Flavor::DingTalk | Flavor::Slack => format!("`{}`", self.escape(s)),
+        }
+    }
+
+    /// Slack reads `&`, `<` and `>` as markup; the other flavours take text as it is.
+    fn escape(self, s: &str) -> String {
+        match self {
+            Flavor::Slack => s
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;"),
+            Flavor::Plain | Flavor::DingTalk => s.to_string(),
+        }
+    }
+
+    fn bullet(self) -> &'static str {
+        match self {
+            Flavor::Slack => "• ",
+            Flavor::Plain | Flavor::DingTalk => "- ",
+        }
+    }
+
+    /// A block of diagnostics, kept as written.
+    fn preformatted(self, s: &str) -> String {
+        match self {
+            Flavor::Plain => s.to_string(),
+            Flavor::Slack => format!("```\n{}\n```", self.escape(s)),
+            // DingTalk's markdown has no code blocks; a quote keeps the lines apart.
+            Flavor::DingTalk => s
+                .lines()
+                .map(|l| format!("> {l}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The human-readable body: a heading, then one paragraph per event.
+fn text(flavor: Flavor, title: &str, batch: &[Notification], max: usize) -> String {
+    let mut paragraphs = vec![flavor.heading(title)];
+    for n in batch {
+        paragraphs.push(event_text(flavor, n, max));
+    }
+    paragraphs.join("\n\n")
+}
+
+fn instance_words(flavor: Flavor, i: &InstanceRef) -> String {
+    let id = flavor.escape(&i.instance_id);
+    let region = flavor.escape(&i.region);
+    if i.instance_name.is_empty() {
+        format!("{id} in {region}")
+    } else {
+        format!("{id} ({}) in {region}", flavor.escape(&i.instance_name))
+    }
+}
+
+fn list<T>(flavor: Flavor, items: &[T], max: usize, line: impl Fn(&T) -> String) -> String {
+    let mut lines: Vec<String> = items
+        .iter()
+        .take(max)
+        .map(|x| format!("{}{}", flavor.bullet(), line(x)))
+        .collect();
+    if items.len() > max {
+        lines.push(format!("{}and {} more", flavor.bullet(), items.len() - max));
+    }
+    lines.join("\n")
+}
+
+fn event_text(flavor: Flavor, n: &Notification, max: usize) -> String {
+    match n {
+        Notification::Scheduled {
+            policy,
+            releases,
+            at,
+        } => format!(
+            "{}: {} will be released at {} (grace period started)\n\n{}",
+            flavor.bold(policy),
+            plural(releases.len(), "instance", "instances"),
+            human_time(*at),
+            list(flavor, releases, max, |i| instance_words(flavor, i)),
+        ),
+        Notification::Released { policy, releases } => format!(
+            "{}: {} released\n\n{}",
+            flavor.bold(policy),
+            plural(releases.len(), "instance", "instances"),
+            list(flavor, releases, max, |r| {
+                let mut s = format!(
+                    "{} at {}",
+                    instance_words(flavor, &r.instance),
+                    human_time(r.at)
+                );
+                if let Some(id) = &r.request_id {
+                    s.push_str(&format!(", RequestId {}", flavor.escape(id)));
+                }
+                s
+            }),
+        ),
+        Notification::Failed { policy, releases } => format!(
+            "{}: {} failed\n\n{}",
+            flavor.bold(policy),
+            plural(releases.len(), "release", "releases"),
+            list(flavor, releases, max, |r| {
+                let mut s = format!(
+                    "{} at {}: {} {}",
+                    instance_words(flavor, &r.instance),
+                    human_time(r.at),
+                    flavor.code(&r.code),
+                    flavor.escape(&r.message)
+                );
+                if let Some(id) = &r.request_id {
+                    s.push_str(&format!(" (RequestId {})", flavor.escape(id)));
+                }
+                s
+            }),
+        ),
+        Notification::Refused {
+            policy,
+            count,
+            limit,
+        } => format!(
+            "{}: refused, {} would exceed limits.max_releases_per_run {limit}; nothing was \
+             released. Raise the limit if this is intended, or narrow the policy.",
+            flavor.bold(policy),
+            plural(*count, "release", "releases"),
+        ),
+        Notification::PolicyLoadFailed { problems } => format!(
+            "{}\n\n{}",
+            flavor.bold("Policy files failed to load:"),
+            flavor.preformatted(&cap_problems(problems)),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_problems_are_cut() {
+        let p = "e\n".repeat(MAX_PROBLEMS_CHARS);
+        let s = cap_problems(&p);
+        assert!(s.ends_with("run `ecs-janitor validate` for the full list)"));
+        assert!(s.chars().count() < MAX_PROBLEMS_CHARS + 80);
+    }
+
+    #[test]
+    fn slack_escapes_markup_in_names() {
+        let batch = vec![Notification::Scheduled {
+            policy: "p<&>".into(),
+            releases: vec![InstanceRef {
+                instance_id: "i-1".into(),
+                instance_name: "<!channel>".into(),
+                region: "cn-hangzhou".into(),
+            }],
+            at: DateTime::from_timestamp(0, 0).unwrap(),
+        }];
+        let v = render(WebhookFormat::Slack, &batch, 50);
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            !text.contains("<!channel>") && text.contains("&lt;!channel&gt;"),
+            "{text}"
+        );
+        assert!(text.contains("*p&lt;&amp;&gt;*"), "{text}");
+    }
+}
