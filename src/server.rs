@@ -251,9 +251,9 @@ async fn list_policies(State(s): State<AdminContext>) -> Result<Json<serde_json:
                 "account": p.account,
                 "regions": p.regions,
                 "dry_run": p.dry_run,
-                "next_run": crate::schedule::next_after(p, now),
+                "next_run": crate::schedule::next_after(p, now).map(crate::timefmt::text),
                 "last_run": last.map(|r| json!({
-                    "scheduled_for": r.scheduled_for,
+                    "scheduled_for": crate::timefmt::text(r.scheduled_for),
                     "outcome": r.outcome,
                     "owner": r.owner,
                     "planned": r.planned,
@@ -353,7 +353,9 @@ async fn resume(
 
 async fn pause_state(State(s): State<AdminContext>) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(match s.ctx.store.pause_state().await? {
-        Some(p) => json!({ "paused": true, "by": p.by, "reason": p.reason, "at": p.at }),
+        Some(p) => {
+            json!({ "paused": true, "by": p.by, "reason": p.reason, "at": p.at.map(crate::timefmt::text) })
+        }
         None => json!({ "paused": false }),
     }))
 }

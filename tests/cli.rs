@@ -43,6 +43,42 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
+/// Every time in `v` (a key ending in `at`, or named `until`, `not_before`, `next_run`,
+/// `scheduled_for`) is RFC 3339 in UTC to the millisecond, the one JSON time format.
+fn assert_one_time_format(v: &serde_json::Value, what: &str) {
+    fn is_time_key(k: &str) -> bool {
+        k == "at"
+            || k.ends_with("_at")
+            || ["until", "not_before", "next_run", "scheduled_for"].contains(&k)
+    }
+    fn walk(v: &serde_json::Value, what: &str, seen: &mut usize) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    if is_time_key(k) && !x.is_null() {
+                        let t = x.as_str().unwrap_or_else(|| panic!("{what}: {k} = {x}"));
+                        let ok = t.len() == 24
+                            && t.ends_with('Z')
+                            && t.as_bytes()[19] == b'.'
+                            && chrono::DateTime::parse_from_rfc3339(t).is_ok();
+                        assert!(
+                            ok,
+                            "{what}: {k} = {t} is not RFC 3339 UTC to the millisecond"
+                        );
+                        *seen += 1;
+                    }
+                    walk(x, what, seen);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, what, seen)),
+            _ => {}
+        }
+    }
+    let mut seen = 0;
+    walk(v, what, &mut seen);
+    assert!(seen > 0, "{what} has times: {v}");
+}
+
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
@@ -119,6 +155,7 @@ async fn plan_then_apply_the_saved_plan_then_inspect_the_queue_and_history() {
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_one_time_format(&doc, "plan --json");
     let planned: BTreeSet<String> = doc["policies"][0]["releases"]
         .as_array()
         .unwrap()
@@ -132,6 +169,7 @@ async fn plan_then_apply_the_saved_plan_then_inspect_the_queue_and_history() {
     let mut saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("plan.json")).unwrap())
             .unwrap();
+    assert_one_time_format(&saved, "plan --out");
     saved["releases"].as_array_mut().unwrap().truncate(2);
     let reviewed: BTreeSet<String> = saved["releases"]
         .as_array()
@@ -157,6 +195,7 @@ async fn plan_then_apply_the_saved_plan_then_inspect_the_queue_and_history() {
 
     let out = run(None, dir.path(), &["queue", "list", "--json"]).await;
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_one_time_format(&rows, "queue list --json");
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2);
     for r in rows {
@@ -178,6 +217,7 @@ async fn plan_then_apply_the_saved_plan_then_inspect_the_queue_and_history() {
     }
     let out = run(None, dir.path(), &["history", "--json"]).await;
     let events: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_one_time_format(&events, "history --json");
     let kinds: BTreeSet<&str> = events
         .as_array()
         .unwrap()
@@ -187,6 +227,10 @@ async fn plan_then_apply_the_saved_plan_then_inspect_the_queue_and_history() {
     for k in ["enqueued", "batched", "call_sent", "succeeded"] {
         assert!(kinds.contains(k), "{k} in {kinds:?}");
     }
+    let out = run(Some(&h), dir.path(), &["apply", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_one_time_format(&report, "apply --json");
     let id = rows[0]["id"].as_i64().unwrap().to_string();
     let out = run(None, dir.path(), &["queue", "retry", &id]).await;
     assert_eq!(out.status.code(), Some(1));

@@ -195,7 +195,7 @@ fn cases() -> Vec<(Notification, Value, Value, Value)> {
                 "title": "ecs-janitor: stale-dev: 2 scheduled",
                 "text": "ecs-janitor: stale-dev: 2 scheduled\n\nstale-dev: 2 instances will be released at 2024-05-07 02:00:00 UTC (grace period started)\n\n- i-bp1aaaa (web-1) in cn-hangzhou\n- i-bp1bbbb in cn-shanghai",
                 "events": [{
-                    "kind": "scheduled", "policy": "stale-dev", "at": "2024-05-07T02:00:00Z",
+                    "kind": "scheduled", "policy": "stale-dev", "at": "2024-05-07T02:00:00.000Z",
                     "count": 2, "omitted": 0,
                     "instances": [
                         {"instance_id": "i-bp1aaaa", "instance_name": "web-1", "region": "cn-hangzhou"},
@@ -224,9 +224,9 @@ fn cases() -> Vec<(Notification, Value, Value, Value)> {
                     "kind": "released", "policy": "stale-dev", "count": 2, "omitted": 0,
                     "instances": [
                         {"instance_id": "i-bp1aaaa", "instance_name": "web-1", "region": "cn-hangzhou",
-                         "request_id": "RID-1", "at": "2024-05-07T02:00:05Z"},
+                         "request_id": "RID-1", "at": "2024-05-07T02:00:05.000Z"},
                         {"instance_id": "i-bp1bbbb", "instance_name": "", "region": "cn-shanghai",
-                         "request_id": null, "at": "2024-05-07T02:00:06Z"},
+                         "request_id": null, "at": "2024-05-07T02:00:06.000Z"},
                     ],
                 }],
             }),
@@ -253,7 +253,7 @@ fn cases() -> Vec<(Notification, Value, Value, Value)> {
                         {"instance_id": "i-bp1aaaa", "instance_name": "web-1", "region": "cn-hangzhou",
                          "code": "IncorrectInstanceStatus",
                          "message": "The current status of the resource does not support this operation.",
-                         "request_id": "RID-2", "at": "2024-05-07T02:00:07Z"},
+                         "request_id": "RID-2", "at": "2024-05-07T02:00:07.000Z"},
                     ],
                 }],
             }),

@@ -1,7 +1,7 @@
 //! The message a webhook receives for a batch: generic JSON with the events, DingTalk markdown
 //! or Slack mrkdwn, with long instance lists and diagnostics cut.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::{InstanceRef, Notification, WebhookFormat};
@@ -79,7 +79,7 @@ fn title(batch: &[Notification]) -> String {
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+    crate::timefmt::text(t)
 }
 
 fn human_time(t: DateTime<Utc>) -> String {

@@ -217,6 +217,7 @@ pub struct ReleaseRow {
     pub force: bool,
     pub terminate_subscription: bool,
     pub state: ReleaseState,
+    #[serde(with = "crate::timefmt")]
     pub not_before: DateTime<Utc>,
     pub batch_id: Option<BatchId>,
     pub attempts: i64,
@@ -227,7 +228,9 @@ pub struct ReleaseRow {
     pub request_id: Option<String>,
     /// Why the policy selected it.
     pub reasons: String,
+    #[serde(with = "crate::timefmt")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "crate::timefmt")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -401,11 +404,14 @@ struct RawRun {
 pub struct RunRow {
     pub policy: String,
     /// The tick.
+    #[serde(with = "crate::timefmt")]
     pub scheduled_for: DateTime<Utc>,
     /// The replica that took it.
     pub owner: String,
+    #[serde(with = "crate::timefmt")]
     pub started_at: DateTime<Utc>,
     /// `None` while it runs (or when its replica died).
+    #[serde(with = "crate::timefmt::option")]
     pub finished_at: Option<DateTime<Utc>>,
     /// `None` while it runs (or when its replica died).
     pub outcome: Option<RunStatus>,
@@ -461,6 +467,7 @@ struct RawEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRow {
     pub id: EventId,
+    #[serde(with = "crate::timefmt")]
     pub at: DateTime<Utc>,
     pub kind: String,
     pub release_id: Option<ReleaseId>,

@@ -29,11 +29,13 @@ pub struct HoldRow {
     pub policy: String,
     pub kind: HoldKind,
     /// `None`: until `queue retry`.
+    #[serde(with = "crate::timefmt::option")]
     pub until: Option<DateTime<Utc>>,
     pub by: String,
     pub reason: String,
     /// How many quarantines in a row (1 for a hold).
     pub repeats: i64,
+    #[serde(with = "crate::timefmt")]
     pub created_at: DateTime<Utc>,
 }
 

@@ -22,6 +22,7 @@ const DATABASE_ID: &str = "database_id";
 pub struct PauseInfo {
     pub by: String,
     pub reason: String,
+    #[serde(with = "crate::timefmt::option")]
     pub at: Option<DateTime<Utc>>,
 }
 
