@@ -46,7 +46,7 @@ pub async fn context(
 /// The default ECS client of these settings, with credentials looked up in the order of
 /// Alibaba's SDKs (see `--profile`).
 pub fn ecs_client(s: &EcsSettings) -> anyhow::Result<EcsClient> {
-    let creds = crate::ecs::credentials::default_chain(crate::ecs::credentials::ChainOptions {
+    let creds = crate::ecs::chain::default_chain(crate::ecs::chain::ChainOptions {
         profile: s.profile.clone(),
         ..Default::default()
     });

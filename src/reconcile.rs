@@ -176,7 +176,7 @@ impl Reconciler {
             .await
             .map_err(ReconcileError::Inventory)?;
         for ((account, region), instances) in inv.regions().filter(|_| record) {
-            let seen = inventory::Seen::of(&inv.filter_of(account, region), instances);
+            let seen = crate::store::Seen::of(&inv.filter_of(account, region), instances);
             self.ctx.store.observe(account, region, &seen, now).await?;
         }
         let holds = self

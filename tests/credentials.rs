@@ -9,11 +9,9 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use ecs_janitor::clock::{ManualClock, SharedClock, SystemClock};
+use ecs_janitor::ecs::chain::{default_chain, ChainOptions, ChainProvider, EnvLookup};
 use ecs_janitor::ecs::client::{ClientConfig, DescribeFilter, EcsClient};
-use ecs_janitor::ecs::credentials::{
-    default_chain, ChainOptions, ChainProvider, Credentials, CredentialsProvider, EnvLookup,
-    SharedProvider,
-};
+use ecs_janitor::ecs::credentials::{Credentials, CredentialsProvider, SharedProvider};
 use ecs_janitor::ecs::imds::{ImdsError, ImdsProvider, TOKEN_HEADER, TOKEN_TTL_HEADER};
 use ecs_janitor::ecs::profile::{ProfileError, ProfileFile, ProfileSource};
 use ecs_janitor::sim::imds::{MetadataService, TokenMode, DEFAULT_ROLE};

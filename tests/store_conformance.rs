@@ -15,8 +15,8 @@ use ecs_janitor::store::{
 };
 
 /// What an unfiltered listing shows: `ids` Stopped, nothing else listed.
-fn listed_stopped(ids: &[String]) -> ecs_janitor::inventory::Seen {
-    ecs_janitor::inventory::Seen {
+fn listed_stopped(ids: &[String]) -> ecs_janitor::store::Seen {
+    ecs_janitor::store::Seen {
         stopped: ids.to_vec(),
         sees_stopped: true,
         ..Default::default()

@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
+use super::chain::{ChainOptions, ChainProvider};
 use super::client::EcsClient;
-use super::credentials::{
-    ChainOptions, ChainProvider, Credentials, CredentialsError, CredentialsProvider, SharedProvider,
-};
+use super::credentials::{Credentials, CredentialsError, CredentialsProvider, SharedProvider};
 
 /// The default account: the credentials chain as configured (`--profile`, the environment, ...).
 pub const DEFAULT_ACCOUNT: &str = "";

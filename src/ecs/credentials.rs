@@ -1,11 +1,7 @@
 //! Credentials for signing: an AccessKey pair (with an STS token) behind a small provider trait,
 //! so that other sources (the aliyun CLI profile, the ECS RAM role) can be added without touching
 //! the client. Secrets are wrapped in [`Secret`], whose `Debug` and `Display` never show the
-//! value. The default lookup chain over those sources is [`chain`], re-exported here.
-
-mod chain;
-
-pub use chain::{default_chain, ChainOptions, ChainProvider, EnvLookup};
+//! value. The default lookup chain over those sources is [`super::chain`].
 
 use std::fmt;
 use std::sync::Arc;

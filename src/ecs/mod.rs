@@ -2,11 +2,13 @@
 //! ecs-janitor uses (`DescribeInstances`, `DeleteInstances`), error classification and credentials.
 
 pub mod accounts;
+pub mod chain;
 pub mod client;
 pub mod credentials;
 pub mod error;
 pub mod imds;
 pub mod profile;
+pub mod regions;
 pub mod sign;
 pub mod types;
 

@@ -205,6 +205,13 @@ pub fn parse(name: &str, text: &[u8]) -> Result<Vec<Instance>, FleetError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_default_fleet_lives_in_known_regions() {
+        for r in REGIONS {
+            assert!(crate::ecs::regions::is_known_region(r), "{r}");
+        }
+    }
+
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
             .unwrap()

@@ -41,7 +41,7 @@ pub(super) fn require_region<'a>(
     // holds none); any other is unknown, as it is to ECS.
     match st.fleet.get_key_value(region) {
         Some((k, v)) => Ok((k.as_str(), Some(v))),
-        None if crate::policy::is_known_region(region) => Ok(("", None)),
+        None if crate::ecs::regions::is_known_region(region) => Ok(("", None)),
         None => Err(api_err(
             404,
             "InvalidRegionId.NotFound",

@@ -37,6 +37,7 @@ use chrono::{DateTime, TimeZone, Utc};
 pub use audit::{EventFilter, NewEvent};
 pub use batches::MemberOutcome;
 pub use diagnose::{SqliteDiagnosis, SqliteProblem};
+pub use observations::Seen;
 pub use queue::NewRelease;
 pub use rows::{
     BatchId, BatchMember, BatchState, ClaimedBatch, EventId, EventRow, Fence, ReleaseId,

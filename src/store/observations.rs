@@ -5,6 +5,49 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use crate::ecs::client::DescribeFilter;
+use crate::ecs::{Instance, InstanceStatus};
+
+/// What one listing shows of the Stopped instances of its (account, region): which it listed
+/// Stopped, which it listed in another state, and which it could have listed at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub stopped: Vec<String>,
+    pub not_stopped: Vec<String>,
+    /// The listing's constraints besides status, one a string (`charge_type=PostPaid`,
+    /// `tag:purpose=ci`), sorted: an instance not listed is known not to be Stopped only if it
+    /// met all of them.
+    pub constraints: Vec<String>,
+    /// False when the listing filtered on a status other than Stopped: it could not have
+    /// listed a Stopped instance, so an unlisted one says nothing.
+    pub sees_stopped: bool,
+}
+
+impl Seen {
+    /// What `filter`'s listing `instances` shows.
+    pub fn of(filter: &DescribeFilter, instances: &[Instance]) -> Seen {
+        let (stopped, not_stopped): (Vec<&Instance>, Vec<&Instance>) = instances
+            .iter()
+            .partition(|i| i.status == InstanceStatus::Stopped);
+        let mut constraints: Vec<String> = filter
+            .tags
+            .iter()
+            .map(|(k, v)| format!("tag:{k}={v}"))
+            .collect();
+        if let Some(c) = filter.charge_type {
+            constraints.push(format!("charge_type={}", c.as_str()));
+        }
+        constraints.sort();
+        constraints.dedup();
+        Seen {
+            stopped: stopped.iter().map(|i| i.instance_id.clone()).collect(),
+            not_stopped: not_stopped.iter().map(|i| i.instance_id.clone()).collect(),
+            constraints,
+            sees_stopped: filter.status.is_none_or(|s| s == InstanceStatus::Stopped),
+        }
+    }
+}
+
 use chrono::{DateTime, Utc};
 
 use super::db::Sql;
@@ -21,7 +64,7 @@ impl Store {
         &self,
         account: &str,
         region: &str,
-        seen: &crate::inventory::Seen,
+        seen: &Seen,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let known: Vec<(String, String)> = self

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::{
+use super::credentials::{
     Credentials, CredentialsError, CredentialsProvider, EnvProvider, SharedProvider, StaticProvider,
 };
 use crate::ecs::imds::{ImdsProvider, DEFAULT_IMDS_URL};
