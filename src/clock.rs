@@ -49,6 +49,32 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock that follows tokio's clock from `base`: under a test's paused tokio time it moves
+/// exactly as far as tokio's timers do, so a loop that sleeps until a time it reads from the
+/// clock can be run through hours in an instant.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    base: DateTime<Utc>,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `base` now.
+    pub fn starting_at(base: DateTime<Utc>) -> Self {
+        TokioClock {
+            base,
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = Duration::from_std(self.start.elapsed()).unwrap_or_default();
+        self.base + elapsed
+    }
+}
+
 /// A shared, dynamically chosen clock.
 pub type SharedClock = Arc<dyn Clock>;
 

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppError};
@@ -179,9 +180,52 @@ async fn scheduler(
     wake: Arc<tokio::sync::Notify>,
     changed: Arc<tokio::sync::Notify>,
 ) {
+    let current = || app.policies();
+    let tick = |at: DateTime<Utc>, due: Vec<Policy>| {
+        let app = app.clone();
+        let wake = wake.clone();
+        async move {
+            let names: Vec<&str> = due.iter().map(|p| p.name.as_str()).collect();
+            let span = tracing::info_span!("tick", at = %at, policies = ?names);
+            let pass = app.reconciler.pass(&due, at, None, app.ctx.clock.now());
+            match tracing::Instrument::instrument(pass, span).await {
+                Ok(r) => {
+                    for run in r.runs {
+                        if !run.ran {
+                            tracing::debug!(policy = %run.policy, "tick already reconciled by another replica");
+                        } else if let Some(why) = run.refused {
+                            tracing::warn!(policy = %run.policy, "{why}");
+                        } else {
+                            tracing::info!(policy = %run.policy, planned = run.planned, enqueued = run.enqueued, cancelled = run.cancelled, "reconciled");
+                        }
+                    }
+                    wake.notify_waiters();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reconcile failed; the next tick tries again")
+                }
+            }
+        }
+    };
+    tick_loop(current, app.ctx.clock.clone(), stop, changed, tick).await;
+}
+
+/// Calls `tick(at, due)` at each scheduled time of the policies `current` returns, with the
+/// policies due then, one tick after the other, until `stop`. A notification on `changed` (a
+/// reload) recomputes the next tick from the new set.
+async fn tick_loop<F, Fut>(
+    current: impl Fn() -> Vec<Policy>,
+    clock: crate::clock::SharedClock,
+    stop: CancellationToken,
+    changed: Arc<tokio::sync::Notify>,
+    mut tick: F,
+) where
+    F: FnMut(DateTime<Utc>, Vec<Policy>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
-        let policies: Vec<Policy> = app.policies();
-        let now = app.ctx.clock.now();
+        let policies = current();
+        let now = clock.now();
         let Some((at, names)) = schedule::next_group(&policies, now) else {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -198,22 +242,77 @@ async fn scheduler(
             .into_iter()
             .filter(|p| names.contains(&p.name))
             .collect();
-        let span = tracing::info_span!("tick", at = %at, policies = ?names);
-        let pass = app.reconciler.pass(&due, at, None, app.ctx.clock.now());
-        match tracing::Instrument::instrument(pass, span).await {
-            Ok(r) => {
-                for run in r.runs {
-                    if !run.ran {
-                        tracing::debug!(policy = %run.policy, "tick already reconciled by another replica");
-                    } else if let Some(why) = run.refused {
-                        tracing::warn!(policy = %run.policy, "{why}");
-                    } else {
-                        tracing::info!(policy = %run.policy, planned = run.planned, enqueued = run.enqueued, cancelled = run.cancelled, "reconciled");
-                    }
-                }
-                wake.notify_waiters();
-            }
-            Err(e) => tracing::error!(error = %e, "reconcile failed; the next tick tries again"),
-        }
+        tick(at, due).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::clock::TokioClock;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// An hour of the scheduler in paused tokio time: every tick at its cron time, policies
+    /// due together in one tick, and a reload taking effect at once.
+    #[tokio::test(start_paused = true)]
+    async fn ticks_come_at_their_cron_times_and_follow_a_reload() {
+        let set = crate::policy::load_str(
+            "p.yaml",
+            "name: five\nschedule: \"0 */5 * * * *\"\nregions: [cn-hangzhou]\nselect: {status: Stopped}\n---\n\
+             name: hourly\nschedule: \"0 0 * * * *\"\nregions: [cn-hangzhou]\nselect: {status: Stopped}\n",
+        )
+        .unwrap()
+        .policies;
+        let policies = Arc::new(Mutex::new(set.clone()));
+        let seen: Arc<Mutex<Vec<(DateTime<Utc>, Vec<String>)>>> = Arc::default();
+        let clock: crate::clock::SharedClock =
+            Arc::new(TokioClock::starting_at(at("2026-12-01T10:02:30Z")));
+        let stop = CancellationToken::new();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let task = {
+            let (policies, seen, clock, stop, changed) = (
+                policies.clone(),
+                seen.clone(),
+                clock.clone(),
+                stop.clone(),
+                changed.clone(),
+            );
+            tokio::spawn(async move {
+                let current = move || policies.lock().unwrap().clone();
+                let tick = move |at: DateTime<Utc>, due: Vec<Policy>| {
+                    seen.lock()
+                        .unwrap()
+                        .push((at, due.into_iter().map(|p| p.name).collect()));
+                    async {}
+                };
+                tick_loop(current, clock, stop, changed, tick).await
+            })
+        };
+        // Half an hour: the five-minute policy ticks six times (10:05 .. 10:30).
+        tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+        let ticks: Vec<_> = seen.lock().unwrap().clone();
+        let want: Vec<_> = (1..=6)
+            .map(|k| {
+                let t = at("2026-12-01T10:00:00Z") + chrono::Duration::minutes(5 * k);
+                (t, vec!["five".to_string()])
+            })
+            .collect();
+        assert_eq!(ticks, want);
+        // The five-minute policy is deleted: from now on only the hourly one ticks, at 11:00.
+        *policies.lock().unwrap() = set.into_iter().filter(|p| p.name == "hourly").collect();
+        changed.notify_one();
+        tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+        stop.cancel();
+        task.await.unwrap();
+        let ticks: Vec<_> = seen.lock().unwrap()[6..].to_vec();
+        assert_eq!(
+            ticks,
+            vec![(at("2026-12-01T11:00:00Z"), vec!["hourly".to_string()])]
+        );
     }
 }
