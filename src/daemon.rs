@@ -269,7 +269,8 @@ mod tests {
         .unwrap()
         .policies;
         let policies = Arc::new(Mutex::new(set.clone()));
-        let seen: Arc<Mutex<Vec<(DateTime<Utc>, Vec<String>)>>> = Arc::default();
+        type Ticks = Vec<(DateTime<Utc>, Vec<String>)>;
+        let seen: Arc<Mutex<Ticks>> = Arc::default();
         let clock: crate::clock::SharedClock =
             Arc::new(TokioClock::starting_at(at("2026-12-01T10:02:30Z")));
         let stop = CancellationToken::new();
