@@ -448,6 +448,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_names_every_setting() {
+        let example = include_str!("../../docs/janitor.example.yaml");
+        for spec in SPECS {
+            let leaf = spec.key.rsplit('.').next().unwrap_or(spec.key);
+            assert!(
+                example.contains(&format!("{leaf}:")),
+                "docs/janitor.example.yaml does not show `{}`",
+                spec.key
+            );
+        }
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug() {
         let (s, _) = resolve(&[], &[("JANITOR_ADMIN_TOKEN", "hunter2-token")], "");
         let shown = format!("{s:?}");
