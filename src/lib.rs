@@ -19,6 +19,7 @@ pub mod demo;
 pub mod ecs;
 pub mod inventory;
 pub mod metrics;
+pub mod money;
 pub mod notify;
 pub mod plan;
 pub mod policy;
