@@ -23,6 +23,7 @@ pub mod money;
 pub mod notify;
 pub mod plan;
 pub mod policy;
+pub mod pricing;
 pub mod reconcile;
 pub mod schedule;
 pub mod server;

@@ -142,7 +142,16 @@ impl Reconciler {
         now: DateTime<Utc>,
     ) -> Result<Plan, ReconcileError> {
         let (inv, ctx) = self.observe(policies, now, false).await?;
-        Ok(evaluate(policies, &inv, &ctx, now))
+        let mut plan = evaluate(policies, &inv, &ctx, now);
+        self.price(&mut plan, &inv).await;
+        Ok(plan)
+    }
+
+    /// Prices the plan's releases (never fails: an unknown price shows as unknown).
+    pub async fn price(&self, plan: &mut Plan, inv: &Inventory) -> crate::pricing::PricingReport {
+        let sizes: HashMap<(String, String), usize> =
+            inv.regions().map(|(k, v)| (k.clone(), v.len())).collect();
+        crate::pricing::price_plan(plan, &self.ctx.accounts, &sizes, &self.ctx.prices).await
     }
 
     /// Fetches the inventory and builds the evaluation context; with `record`, first notes
@@ -218,7 +227,8 @@ impl Reconciler {
             ));
         }
         let (inv, ctx) = self.observe(policies, now, true).await?;
-        let plan = evaluate(policies, &inv, &ctx, now);
+        let mut plan = evaluate(policies, &inv, &ctx, now);
+        self.price(&mut plan, &inv).await;
         let active = self.ctx.store.active_releases().await?;
         // Of the queued instances, those the inventory listed (for cancellation reasons); then
         // the inventory, the largest thing a pass holds, is let go before queueing.

@@ -1,0 +1,630 @@
+//! Prices a plan: each planned release's disks (`DescribeDisks`) and what releasing it saves per
+//! month, from the user's price file when it has the figure, else from ECS's list prices
+//! (`DescribePrice`, `DescribeRenewalPrice`).
+//!
+//! Every lookup is made at most once per plan: one DescribePrice per (account, region, instance
+//! type) and per (account, region, disk category, size), one DescribeRenewalPrice per subscription
+//! configuration (account, region, instance type and its prepaid disks: the renewal list price of
+//! one instance stands for every instance of the same configuration). Disks are read per instance
+//! when a region has few releases and by listing the region when that costs fewer calls. Calls go
+//! through the ECS client (signed, retried, classified), one at a time, paced at
+//! `pricing.calls_per_second`. A lookup that fails makes the figures that need it unknown; it never
+//! stops the plan, and never blocks a release.
+//!
+//! The pure part (what a release saves, given disks and prices) is [`crate::plan::savings`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ecs::client::PriceRequest;
+use crate::ecs::{Accounts, ChargeType, Disk, EcsError};
+use crate::money::{self, Money};
+use crate::plan::savings::{estimate, Priced, Source};
+use crate::plan::{Plan, PriceBook, Saving};
+use crate::policy::node::{Node, Value};
+
+/// How a plan is priced.
+#[derive(Debug, Clone, Default)]
+pub struct PriceConfig {
+    /// The user's prices, which win over ECS's.
+    pub file: Option<Arc<PriceFile>>,
+    /// Price and disk calls per second (0: unpaced).
+    pub calls_per_second: u32,
+    /// Do not price at all (tests of other things, and `plan --no-prices`).
+    pub disabled: bool,
+}
+
+/// The user's prices (`prices.yaml`), per region: a month of each instance type, a GiB-month of
+/// each disk category, and optionally a month of renewal of each instance type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PriceFile {
+    pub path: PathBuf,
+    pub currency: String,
+    /// region → its prices.
+    pub regions: BTreeMap<String, RegionPrices>,
+}
+
+/// One region's prices in a price file, in minor units of the file's currency.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionPrices {
+    pub instance_types: BTreeMap<String, i64>,
+    /// Per GiB-month, in hundredths of a minor unit (so ¥0.35 per GiB is 3500).
+    pub disks_per_gb: BTreeMap<String, i64>,
+    pub renewal: BTreeMap<String, i64>,
+}
+
+/// Why a price file cannot be used: each problem at its `file:line:col`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct PriceFileError {
+    pub problems: Vec<String>,
+}
+
+const REGION_KEYS: [&str; 3] = ["instance_types", "disks_per_gb", "renewal"];
+
+impl PriceFile {
+    /// Reads and checks a price file.
+    pub fn load(path: &Path) -> Result<PriceFile, PriceFileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PriceFileError {
+            problems: vec![format!(
+                "{}: cannot read the price file: {e}",
+                path.display()
+            )],
+        })?;
+        PriceFile::parse(path, &text)
+    }
+
+    /// Parses the text of a price file; `path` names it in problems.
+    pub fn parse(path: &Path, text: &str) -> Result<PriceFile, PriceFileError> {
+        let name = path.display().to_string();
+        let root: Node = serde_saphyr::from_str(text).map_err(|e| PriceFileError {
+            problems: vec![format!("{name}: not YAML: {e}")],
+        })?;
+        let mut problems = Vec::new();
+        let at = |n: &Node| format!("{name}:{}:{}", n.pos.line, n.pos.col);
+        let mut out = PriceFile {
+            path: path.to_path_buf(),
+            ..PriceFile::default()
+        };
+        let Value::Map(top) = &root.value else {
+            return Err(PriceFileError {
+                problems: vec![format!(
+                    "{}: a price file is a mapping with `currency` and `regions`, not {}",
+                    at(&root),
+                    root.value.kind()
+                )],
+            });
+        };
+        for (k, v) in top {
+            match (&k.value, &v.value) {
+                (Value::Str(key), Value::Str(c)) if key == "currency" => {
+                    if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
+                        out.currency = c.clone();
+                    } else {
+                        problems.push(format!(
+                            "{}: currency {c:?} is not an ISO 4217 code such as CNY or USD",
+                            at(v)
+                        ));
+                    }
+                }
+                (Value::Str(key), Value::Map(regions)) if key == "regions" => {
+                    for (rk, rv) in regions {
+                        let region = match &rk.value {
+                            Value::Str(r) if crate::ecs::client::valid_region(r) => r.clone(),
+                            other => {
+                                problems.push(format!(
+                                    "{}: {} is not a region id such as cn-hangzhou",
+                                    at(rk),
+                                    other.kind()
+                                ));
+                                continue;
+                            }
+                        };
+                        let prices = region_prices(&name, rv, &mut problems);
+                        out.regions.insert(region, prices);
+                    }
+                }
+                (Value::Str(key), _) if key == "currency" || key == "regions" => {
+                    problems.push(format!(
+                        "{}: `{key}` must be {}, not {}",
+                        at(v),
+                        if key == "currency" {
+                            "a currency code"
+                        } else {
+                            "a mapping of region ids"
+                        },
+                        v.value.kind()
+                    ));
+                }
+                (other, _) => problems.push(format!(
+                    "{}: unknown key {}; a price file has `currency` and `regions`",
+                    at(k),
+                    other.kind()
+                )),
+            }
+        }
+        if out.currency.is_empty() && problems.is_empty() {
+            problems.push(format!(
+                "{name}: `currency` is missing (the currency of every price, e.g. CNY)"
+            ));
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(PriceFileError { problems })
+        }
+    }
+
+    fn region(&self, region: &str) -> Option<&RegionPrices> {
+        self.regions.get(region)
+    }
+
+    /// A month of `instance_type` in `region`, when the file gives it.
+    pub fn instance(&self, region: &str, instance_type: &str) -> Option<Money> {
+        let v = *self.region(region)?.instance_types.get(instance_type)?;
+        Some(Money::new(v, self.currency.clone()))
+    }
+
+    /// A month of a disk, when the file prices its category in `region`.
+    pub fn disk(&self, region: &str, category: &str, size_gb: u32) -> Option<Money> {
+        let per_gb = *self.region(region)?.disks_per_gb.get(category)?;
+        let v = (per_gb * i64::from(size_gb) + 50) / 100;
+        Some(Money::new(v, self.currency.clone()))
+    }
+
+    /// A month of renewal of `instance_type`, when the file gives it.
+    pub fn renewal(&self, region: &str, instance_type: &str) -> Option<Money> {
+        let v = *self.region(region)?.renewal.get(instance_type)?;
+        Some(Money::new(v, self.currency.clone()))
+    }
+}
+
+fn region_prices(name: &str, node: &Node, problems: &mut Vec<String>) -> RegionPrices {
+    let at = |n: &Node| format!("{name}:{}:{}", n.pos.line, n.pos.col);
+    let mut out = RegionPrices::default();
+    let Value::Map(entries) = &node.value else {
+        problems.push(format!(
+            "{}: a region's prices are a mapping ({}), not {}",
+            at(node),
+            REGION_KEYS.join(", "),
+            node.value.kind()
+        ));
+        return out;
+    };
+    for (k, v) in entries {
+        let key = match &k.value {
+            Value::Str(s) if REGION_KEYS.contains(&s.as_str()) => s.as_str(),
+            other => {
+                problems.push(format!(
+                    "{}: unknown key {}; a region has {}",
+                    at(k),
+                    other.kind(),
+                    REGION_KEYS.join(", ")
+                ));
+                continue;
+            }
+        };
+        let Value::Map(items) = &v.value else {
+            problems.push(format!(
+                "{}: `{key}` is a mapping of names to amounts, not {}",
+                at(v),
+                v.value.kind()
+            ));
+            continue;
+        };
+        for (ik, iv) in items {
+            let Value::Str(item) = &ik.value else {
+                problems.push(format!("{}: {} is not a name", at(ik), ik.value.kind()));
+                continue;
+            };
+            if key == "instance_types" || key == "renewal" {
+                if !item.starts_with("ecs.") {
+                    problems.push(format!(
+                        "{}: {item:?} is not an instance type such as ecs.g6.large",
+                        at(ik)
+                    ));
+                    continue;
+                }
+            }
+            // Per-GiB disk prices keep two more decimals than a currency has.
+            let places = if key == "disks_per_gb" { 4 } else { 2 };
+            match amount(&iv.value, places) {
+                Ok(a) => {
+                    let map = match key {
+                        "instance_types" => &mut out.instance_types,
+                        "disks_per_gb" => &mut out.disks_per_gb,
+                        _ => &mut out.renewal,
+                    };
+                    map.insert(item.clone(), a);
+                }
+                Err(why) => problems.push(format!("{}: {item}: {why}", at(iv))),
+            }
+        }
+    }
+    out
+}
+
+/// An amount of at most `places` decimals, in units of 10^-places, exactly: numbers are read
+/// from their text, never summed as floats.
+fn amount(v: &Value, places: u32) -> Result<i64, String> {
+    let text = match v {
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => format!("{f}"),
+        Value::Str(s) => s.clone(),
+        other => return Err(format!("expected an amount, found {}", other.kind())),
+    };
+    let t = text.trim();
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || (!frac.is_empty() && !digits(frac)) || frac.len() > places as usize {
+        return Err(format!(
+            "{t:?} is not an amount of at most {places} decimals, such as 12.5"
+        ));
+    }
+    let scale = 10_i64.pow(places);
+    let w: i64 = whole.parse().map_err(|_| format!("{t:?} is too large"))?;
+    let f: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<width$}", width = places as usize)
+            .parse()
+            .map_err(|_| format!("{t:?} is not an amount"))?
+    };
+    w.checked_mul(scale)
+        .and_then(|x| x.checked_add(f))
+        .ok_or_else(|| format!("{t:?} is too large"))
+}
+
+/// How many calls pricing made, by action (the benchmark and tests count them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PricingReport {
+    pub describe_price: usize,
+    pub describe_renewal_price: usize,
+    /// DescribeDisks pages (one per instance read alone, one per page of a region's listing).
+    pub describe_disks: usize,
+    /// Lookups that failed, in words (each made a figure unknown).
+    pub failures: Vec<String>,
+}
+
+impl PricingReport {
+    pub fn calls(&self) -> usize {
+        self.describe_price + self.describe_renewal_price + self.describe_disks
+    }
+}
+
+/// One call at a time, at most `per_second`.
+struct Pacer {
+    every: Option<Duration>,
+    next: Option<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(per_second: u32) -> Pacer {
+        Pacer {
+            every: (per_second > 0).then(|| Duration::from_secs(1) / per_second),
+            next: None,
+        }
+    }
+
+    async fn wait(&mut self) {
+        let Some(every) = self.every else { return };
+        if let Some(at) = self.next {
+            tokio::time::sleep_until(at).await;
+        }
+        self.next = Some(tokio::time::Instant::now() + every);
+    }
+}
+
+/// A failed lookup in words: the error names the action, its code, message and RequestId.
+fn why(e: &EcsError) -> String {
+    e.to_string()
+}
+
+/// A subscription's configuration: its renewal list price stands for every instance of it.
+type RenewalKey = (String, String, Vec<(String, u32)>);
+
+/// Prices every planned release of `plan` in place (`PlannedRelease::saving`). `region_sizes`
+/// holds how many instances each (account, region) listed, to choose how to read disks.
+pub async fn price_plan(
+    plan: &mut Plan,
+    accounts: &Accounts,
+    region_sizes: &HashMap<(String, String), usize>,
+    cfg: &PriceConfig,
+) -> PricingReport {
+    let mut report = PricingReport::default();
+    if cfg.disabled {
+        return report;
+    }
+    let mut pacer = Pacer::new(cfg.calls_per_second);
+    // (account, region) → the ids of its releases.
+    let mut by_region: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for pp in &plan.policies {
+        let account = pp.account.clone().unwrap_or_default();
+        for r in &pp.releases {
+            by_region
+                .entry((account.clone(), r.region.clone()))
+                .or_default()
+                .push(r.instance_id.clone());
+        }
+    }
+    // Disks, per instance id.
+    let mut disks: HashMap<String, Result<Vec<Disk>, String>> = HashMap::new();
+    for ((account, region), ids) in &by_region {
+        let client = accounts.client(account);
+        let listed = region_sizes
+            .get(&(account.clone(), region.clone()))
+            .copied()
+            .unwrap_or(ids.len());
+        // Listing the region costs about two disks per instance, 100 a page.
+        let listing_pages = (listed * 2).div_ceil(crate::ecs::client::MAX_PAGE).max(1);
+        if ids.len() <= listing_pages {
+            for id in ids {
+                pacer.wait().await;
+                report.describe_disks += 1;
+                let got = client
+                    .describe_disks(region, Some(id))
+                    .await
+                    .map_err(|e| why(&e));
+                if let Err(w) = &got {
+                    report.failures.push(format!("{id}: {w}"));
+                }
+                disks.insert(id.clone(), got);
+            }
+        } else {
+            // One paged listing; its page count is what the client sent.
+            let before = std::time::Instant::now();
+            let got = client.describe_disks(region, None).await;
+            report.describe_disks += match &got {
+                Ok(d) => d.len().div_ceil(crate::ecs::client::MAX_PAGE).max(1),
+                Err(_) => 1,
+            };
+            tracing::debug!(region, elapsed = ?before.elapsed(), "disks listed");
+            match got {
+                Ok(all) => {
+                    let mut of: HashMap<String, Vec<Disk>> = HashMap::new();
+                    for d in all {
+                        if !d.instance_id.is_empty() {
+                            of.entry(d.instance_id.clone()).or_default().push(d);
+                        }
+                    }
+                    for id in ids {
+                        disks.insert(id.clone(), Ok(of.remove(id).unwrap_or_default()));
+                    }
+                }
+                Err(e) => {
+                    let w = why(&e);
+                    report.failures.push(format!("{region}: {w}"));
+                    for id in ids {
+                        disks.insert(id.clone(), Err(w.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    // What each account's releases need priced.
+    let mut books: HashMap<String, PriceBook> = HashMap::new();
+    let mut renewal_of: HashMap<String, RenewalKey> = HashMap::new();
+    let mut renewal_first: BTreeMap<(String, RenewalKey), String> = BTreeMap::new();
+    let mut needs_instance: BTreeMap<(String, String, String), ()> = BTreeMap::new();
+    let mut needs_disk: BTreeMap<(String, String, String, u32), ()> = BTreeMap::new();
+    for pp in &plan.policies {
+        let account = pp.account.clone().unwrap_or_default();
+        for r in &pp.releases {
+            let b = r.billing();
+            if b.compute_billed() {
+                needs_instance.insert(
+                    (account.clone(), r.region.clone(), r.instance_type.clone()),
+                    (),
+                );
+            }
+            let Some(Ok(ds)) = disks.get(&r.instance_id) else {
+                continue;
+            };
+            for d in ds {
+                let released = b.releases(d);
+                if !released || d.charge_type == ChargeType::PostPaid {
+                    needs_disk.insert(
+                        (
+                            account.clone(),
+                            r.region.clone(),
+                            d.category.clone(),
+                            d.size_gb,
+                        ),
+                        (),
+                    );
+                }
+            }
+            if r.charge_type == ChargeType::PrePaid {
+                let mut cfg_disks: Vec<(String, u32)> = ds
+                    .iter()
+                    .filter(|d| d.charge_type == ChargeType::PrePaid)
+                    .map(|d| (d.category.clone(), d.size_gb))
+                    .collect();
+                cfg_disks.sort();
+                let key = (r.region.clone(), r.instance_type.clone(), cfg_disks);
+                renewal_first
+                    .entry((account.clone(), key.clone()))
+                    .or_insert_with(|| r.instance_id.clone());
+                renewal_of.insert(r.instance_id.clone(), key);
+            }
+        }
+    }
+    let file = cfg.file.as_deref();
+    for (account, region, ty) in needs_instance.into_keys() {
+        let priced: Priced = match file.and_then(|f| f.instance(&region, &ty)) {
+            Some(m) => Ok((m, Source::PriceFile)),
+            None => {
+                pacer.wait().await;
+                report.describe_price += 1;
+                let q = accounts
+                    .client(&account)
+                    .describe_price(
+                        &region,
+                        &PriceRequest::Instance {
+                            instance_type: ty.clone(),
+                        },
+                    )
+                    .await;
+                match q {
+                    Ok(q) => match q.detail("instanceType") {
+                        Some(h) => Ok((
+                            Money::new(money::monthly_from_hourly(h), q.currency),
+                            Source::DescribePrice,
+                        )),
+                        None => Err("DescribePrice answered no instanceType price".to_string()),
+                    },
+                    Err(e) => Err(why(&e)),
+                }
+            }
+        };
+        if let Err(w) = &priced {
+            report.failures.push(format!("{region} {ty}: {w}"));
+        }
+        books
+            .entry(account)
+            .or_default()
+            .instance
+            .insert((region, ty), priced);
+    }
+    for (account, region, category, size) in needs_disk.into_keys() {
+        let priced: Priced = match file.and_then(|f| f.disk(&region, &category, size)) {
+            Some(m) => Ok((m, Source::PriceFile)),
+            None => {
+                pacer.wait().await;
+                report.describe_price += 1;
+                let q = accounts
+                    .client(&account)
+                    .describe_price(
+                        &region,
+                        &PriceRequest::Disk {
+                            category: category.clone(),
+                            size_gb: size,
+                        },
+                    )
+                    .await;
+                match q {
+                    Ok(q) => Ok((
+                        Money::new(money::monthly_from_hourly(q.original_micros), q.currency),
+                        Source::DescribePrice,
+                    )),
+                    Err(e) => Err(why(&e)),
+                }
+            }
+        };
+        if let Err(w) = &priced {
+            report
+                .failures
+                .push(format!("{region} {category} {size} GiB: {w}"));
+        }
+        books
+            .entry(account)
+            .or_default()
+            .disk
+            .insert((region, category, size), priced);
+    }
+    let mut renewal_prices: HashMap<(String, RenewalKey), Priced> = HashMap::new();
+    for ((account, key), first) in renewal_first {
+        let (region, ty, _) = &key;
+        let priced: Priced = match file.and_then(|f| f.renewal(region, ty)) {
+            Some(m) => Ok((m, Source::PriceFile)),
+            None => {
+                pacer.wait().await;
+                report.describe_renewal_price += 1;
+                match accounts
+                    .client(&account)
+                    .describe_renewal_price(region, &first)
+                    .await
+                {
+                    Ok(q) => Ok((
+                        Money::new(money::minor_from_micros(q.original_micros), q.currency),
+                        Source::DescribeRenewalPrice,
+                    )),
+                    Err(e) => Err(why(&e)),
+                }
+            }
+        };
+        if let Err(w) = &priced {
+            report.failures.push(format!("{first}: {w}"));
+        }
+        renewal_prices.insert((account, key), priced);
+    }
+
+    for pp in &mut plan.policies {
+        let account = pp.account.clone().unwrap_or_default();
+        let book = books.entry(account.clone()).or_default();
+        for r in &mut pp.releases {
+            if let Some(key) = renewal_of.get(&r.instance_id) {
+                if let Some(p) = renewal_prices.get(&(account.clone(), key.clone())) {
+                    book.renewal.insert(r.instance_id.clone(), p.clone());
+                }
+            }
+            let b = r.billing();
+            let saving = match disks.get(&r.instance_id) {
+                Some(Ok(ds)) => estimate(&b, ds, book),
+                Some(Err(w)) => Saving::unknown(b.basis(), format!("its disks: {w}")),
+                None => Saving::unknown(b.basis(), "its disks were not read".into()),
+            };
+            r.saving = Some(saving);
+        }
+    }
+    if !report.failures.is_empty() {
+        tracing::warn!(
+            failures = report.failures.len(),
+            first = %report.failures[0],
+            "some prices are unknown; their savings show as unknown"
+        );
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PriceFile, PriceFileError> {
+        PriceFile::parse(Path::new("prices.yaml"), text)
+    }
+
+    #[test]
+    fn a_price_file_reads_exactly() {
+        let f = parse(
+            "currency: CNY\nregions:\n  cn-hangzhou:\n    instance_types:\n      ecs.g6.large: 300.4\n    disks_per_gb:\n      cloud_essd: 0.8125\n    renewal:\n      ecs.g6.large: '200'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.instance("cn-hangzhou", "ecs.g6.large"),
+            Some(Money::new(30_040, "CNY"))
+        );
+        // 0.8125 × 40 GiB = 32.50.
+        assert_eq!(
+            f.disk("cn-hangzhou", "cloud_essd", 40),
+            Some(Money::new(3_250, "CNY"))
+        );
+        assert_eq!(
+            f.renewal("cn-hangzhou", "ecs.g6.large"),
+            Some(Money::new(20_000, "CNY"))
+        );
+        assert_eq!(f.instance("cn-beijing", "ecs.g6.large"), None);
+    }
+
+    #[test]
+    fn a_bad_price_file_names_every_problem_at_its_line() {
+        let e = parse(
+            "currency: yuan\nregions:\n  cn-hangzhou:\n    instance_typs:\n      ecs.g6.large: 1\n    disks_per_gb:\n      cloud_essd: cheap\n  Bad_Region: {}\nextra: 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "prices.yaml:1:11: currency \"yuan\"",
+            "prices.yaml:4:5: unknown key the string \"instance_typs\"",
+            "prices.yaml:7:19: cloud_essd: \"cheap\" is not an amount",
+            "prices.yaml:8:3:",
+            "prices.yaml:9:1: unknown key",
+        ] {
+            assert!(e.contains(want), "{want:?} in:\n{e}");
+        }
+    }
+}
