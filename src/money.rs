@@ -157,6 +157,15 @@ pub fn parse_decimal(s: &str) -> Result<i64, String> {
     Ok(if neg { -v } else { v })
 }
 
+/// `1 disk stays` or `3 disks stay`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 fn decimal(minor: i64) -> String {
     let sign = if minor < 0 { "-" } else { "" };
     let a = minor.unsigned_abs();

@@ -451,9 +451,11 @@ fn totals(plan: &Plan, p: &Paint, out: &mut String) {
             ));
         }
         if sv.staying_disks > 0 {
+            let n = sv.staying_disks;
             also.push(format!(
-                "{} disks stay and keep billing ≈ {}/month",
-                sv.staying_disks,
+                "{} and keep{} billing ≈ {}/month",
+                crate::money::plural(n, "disk stays", "disks stay"),
+                if n == 1 { "s" } else { "" },
                 sv.staying.display_whole(&c)
             ));
         }

@@ -11,6 +11,8 @@ pub enum Group {
     Ecs,
     /// Protections (the protect tag).
     Safety,
+    /// How plans are priced (the price file, the pace of price calls).
+    Pricing,
     /// How releases are carried out.
     Workers,
     /// Only `run`.
@@ -234,7 +236,7 @@ pub const SPECS: &[Spec] = &[
         help: "A price file (prices.yaml: per region, a month of each instance type and a GiB-month \
                of each disk category) for negotiated prices or accounts that may not call \
                DescribePrice. Its prices win over ECS's list prices; `validate` checks it.",
-        group: Group::Ecs,
+        group: Group::Pricing,
         secret: false,
         check: not_empty,
     },
@@ -246,7 +248,7 @@ pub const SPECS: &[Spec] = &[
         default: Some("20"),
         help: "DescribePrice, DescribeRenewalPrice and DescribeDisks calls per second while pricing a plan \
                (0: unpaced).",
-        group: Group::Ecs,
+        group: Group::Pricing,
         secret: false,
         check: check_uint,
     },
