@@ -363,3 +363,49 @@ async fn the_text_and_json_carry_the_figures() {
         "unknown is null, never 0"
     );
 }
+
+#[tokio::test]
+async fn apply_keeps_the_figure_each_release_went_with_and_sums_it() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let ps = common::policies(POLICY);
+    let mut p = common::Pipeline::new(&db.store, common::client(&h), ps);
+    p.cfg.calls_per_second = 1000;
+    let app = p.build();
+    let report = app
+        .apply(
+            None,
+            &Default::default(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.sim.releases().len(), 6);
+    let rows = db.store.list_releases(&Default::default()).await.unwrap();
+    let saving = |id: &str| {
+        rows.iter()
+            .find(|r| r.instance_id == id)
+            .and_then(|r| r.saving.clone())
+            .unwrap()
+    };
+    assert_eq!(saving("i-running").monthly, cny(39_040));
+    assert_eq!(saving("i-odd").monthly, None, "unknown stays unknown");
+    assert_eq!(saving("i-sub").basis, "renewal_avoided");
+    assert_eq!(saving("i-sub").renewal_avoided, cny(50_280));
+    let text = report.render(Utc::now());
+    assert!(text.contains("; saves ≈ ¥390.40/month"), "{text}");
+    assert!(
+        text.contains("Released 6 instances, ≈ ¥1,411/month saved at list prices (1 unknown)."),
+        "{text}"
+    );
+    // The disks set to outlive their instance are still there, pay-as-you-go; the
+    // security-locked instance's went with it.
+    let left: Vec<String> = h.sim.disks().into_iter().map(|d| d.disk_id).collect();
+    assert_eq!(left.len(), 5, "{left:?}");
+    assert!(!left.iter().any(|d| d.contains("locked")), "{left:?}");
+    let sum = db.store.savings_summary(Utc::now()).await.unwrap();
+    assert_eq!(
+        sum.since_start.iter().collect::<Vec<_>>(),
+        vec![ecs_janitor::money::Money::new(141_122, "CNY")]
+    );
+}
