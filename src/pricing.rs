@@ -3,9 +3,11 @@
 //! (`DescribePrice`, `DescribeRenewalPrice`).
 //!
 //! Every lookup is made at most once per plan: one DescribePrice per (account, region, instance
-//! type) and per (account, region, disk category, size), one DescribeRenewalPrice per subscription
-//! configuration (account, region, instance type and its prepaid disks: the renewal list price of
-//! one instance stands for every instance of the same configuration). Disks are read per instance
+//! type) and per (account, region, disk category, size), one DescribeRenewalPrice per (account,
+//! region, instance type) of the subscriptions planned: the instance type's line of one
+//! subscription's renewal answer stands for every subscription of that type, and its prepaid disks
+//! are added at their monthly list price (DescribePrice), so the renewal lookups do not grow with
+//! the variety of disk sets. Disks are read per instance
 //! when a region has few releases and by listing the region when that costs fewer calls. Calls go
 //! through the ECS client (signed, retried, classified), one at a time, paced at
 //! `pricing.calls_per_second`. A lookup that fails makes the figures that need it unknown; it never
@@ -322,9 +324,6 @@ fn why(e: &EcsError) -> String {
     e.to_string()
 }
 
-/// A subscription's configuration: its renewal list price stands for every instance of it.
-type RenewalKey = (String, String, Vec<(String, u32)>);
-
 /// Prices every planned release of `plan` in place (`PlannedRelease::saving`). `region_sizes`
 /// holds how many instances each (account, region) listed, to choose how to read disks.
 pub async fn price_plan(
@@ -357,8 +356,10 @@ pub async fn price_plan(
             .get(&(account.clone(), region.clone()))
             .copied()
             .unwrap_or(ids.len());
-        // Listing the region costs about two disks per instance, 100 a page.
-        let listing_pages = (listed * 2).div_ceil(crate::ecs::client::MAX_PAGE).max(1);
+        // Listing the region costs about two disks per instance, 500 a page.
+        let listing_pages = (listed * 2)
+            .div_ceil(crate::ecs::client::MAX_DISK_PAGE)
+            .max(1);
         if ids.len() <= listing_pages {
             for id in ids {
                 pacer.wait().await;
@@ -377,7 +378,7 @@ pub async fn price_plan(
             let before = std::time::Instant::now();
             let got = client.describe_disks(region, None).await;
             report.describe_disks += match &got {
-                Ok(d) => d.len().div_ceil(crate::ecs::client::MAX_PAGE).max(1),
+                Ok(d) => d.len().div_ceil(crate::ecs::client::MAX_DISK_PAGE).max(1),
                 Err(_) => 1,
             };
             tracing::debug!(region, elapsed = ?before.elapsed(), "disks listed");
@@ -406,8 +407,8 @@ pub async fn price_plan(
 
     // What each account's releases need priced.
     let mut books: HashMap<String, PriceBook> = HashMap::new();
-    let mut renewal_of: HashMap<String, RenewalKey> = HashMap::new();
-    let mut renewal_first: BTreeMap<(String, RenewalKey), String> = BTreeMap::new();
+    // (account, region, instance type) → the subscription whose renewal price stands for it.
+    let mut renewal_first: BTreeMap<(String, String, String), String> = BTreeMap::new();
     let mut needs_instance: BTreeMap<(String, String, String), ()> = BTreeMap::new();
     let mut needs_disk: BTreeMap<(String, String, String, u32), ()> = BTreeMap::new();
     for pp in &plan.policies {
@@ -424,8 +425,13 @@ pub async fn price_plan(
                 continue;
             };
             for d in ds {
+                // Every disk that stays, every pay-as-you-go one, and a subscription's prepaid
+                // ones (renewed with it) are priced.
                 let released = b.releases(d);
-                if !released || d.charge_type == ChargeType::PostPaid {
+                if !released
+                    || d.charge_type == ChargeType::PostPaid
+                    || r.charge_type == ChargeType::PrePaid
+                {
                     needs_disk.insert(
                         (
                             account.clone(),
@@ -438,17 +444,9 @@ pub async fn price_plan(
                 }
             }
             if r.charge_type == ChargeType::PrePaid {
-                let mut cfg_disks: Vec<(String, u32)> = ds
-                    .iter()
-                    .filter(|d| d.charge_type == ChargeType::PrePaid)
-                    .map(|d| (d.category.clone(), d.size_gb))
-                    .collect();
-                cfg_disks.sort();
-                let key = (r.region.clone(), r.instance_type.clone(), cfg_disks);
                 renewal_first
-                    .entry((account.clone(), key.clone()))
+                    .entry((account.clone(), r.region.clone(), r.instance_type.clone()))
                     .or_insert_with(|| r.instance_id.clone());
-                renewal_of.insert(r.instance_id.clone(), key);
             }
         }
     }
@@ -525,23 +523,24 @@ pub async fn price_plan(
             .disk
             .insert((region, category, size), priced);
     }
-    let mut renewal_prices: HashMap<(String, RenewalKey), Priced> = HashMap::new();
-    for ((account, key), first) in renewal_first {
-        let (region, ty, _) = &key;
-        let priced: Priced = match file.and_then(|f| f.renewal(region, ty)) {
+    for ((account, region, ty), first) in renewal_first {
+        let priced: Priced = match file.and_then(|f| f.renewal(&region, &ty)) {
             Some(m) => Ok((m, Source::PriceFile)),
             None => {
                 pacer.wait().await;
                 report.describe_renewal_price += 1;
                 match accounts
                     .client(&account)
-                    .describe_renewal_price(region, &first)
+                    .describe_renewal_price(&region, &first)
                     .await
                 {
-                    Ok(q) => Ok((
-                        Money::new(money::minor_from_micros(q.original_micros), q.currency),
-                        Source::DescribeRenewalPrice,
-                    )),
+                    Ok(q) => match q.detail("instanceType") {
+                        Some(v) => Ok((
+                            Money::new(money::minor_from_micros(v), q.currency),
+                            Source::DescribeRenewalPrice,
+                        )),
+                        None => Err("DescribeRenewalPrice answered no instanceType price".into()),
+                    },
                     Err(e) => Err(why(&e)),
                 }
             }
@@ -549,18 +548,17 @@ pub async fn price_plan(
         if let Err(w) = &priced {
             report.failures.push(format!("{first}: {w}"));
         }
-        renewal_prices.insert((account, key), priced);
+        books
+            .entry(account)
+            .or_default()
+            .renewal
+            .insert((region, ty), priced);
     }
 
     for pp in &mut plan.policies {
         let account = pp.account.clone().unwrap_or_default();
         let book = books.entry(account.clone()).or_default();
         for r in &mut pp.releases {
-            if let Some(key) = renewal_of.get(&r.instance_id) {
-                if let Some(p) = renewal_prices.get(&(account.clone(), key.clone())) {
-                    book.renewal.insert(r.instance_id.clone(), p.clone());
-                }
-            }
             let b = r.billing();
             let saving = match disks.get(&r.instance_id) {
                 Some(Ok(ds)) => estimate(&b, ds, book),

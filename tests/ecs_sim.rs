@@ -1050,7 +1050,7 @@ fn disks_for(i: &Instance, data: &[(&str, u32, bool)]) -> Vec<Disk> {
 
 #[tokio::test]
 async fn describe_disks_pages_by_region_and_filters_by_instance() {
-    let fleet: Vec<Instance> = (0..60)
+    let fleet: Vec<Instance> = (0..300)
         .map(|n| {
             inst(
                 &format!("i-{n:03}"),
@@ -1068,14 +1068,14 @@ async fn describe_disks_pages_by_region_and_filters_by_instance() {
     }
     let c = client_for(&h, sim::DEFAULT_ACCESS_KEY_SECRET);
     let all = c.describe_disks(REGION, None).await.unwrap();
-    assert_eq!(all.len(), 120, "two disks each, all pages");
+    assert_eq!(all.len(), 600, "two disks each, all pages");
     let pages = h
         .sim
         .calls()
         .iter()
         .filter(|c| c.action == "DescribeDisks")
         .count();
-    assert_eq!(pages, 2, "120 disks at 100 a page");
+    assert_eq!(pages, 2, "600 disks at 500 a page");
     let mine = c.describe_disks(REGION, Some("i-007")).await.unwrap();
     assert_eq!(mine.len(), 2);
     assert!(mine.iter().all(|d| d.instance_id == "i-007"));

@@ -155,9 +155,10 @@ async fn every_basis_is_priced_honestly() {
     let s = saving_of(&plan, "i-sub");
     assert_eq!(s.basis, Basis::RenewalAvoided);
     assert_eq!(s.monthly, cny(0), "a subscription accrues no run-rate");
-    // A month of renewal: 0.75 × 730 h × ¥0.48, and both prepaid disks (¥40 + ¥200), the one
-    // that outlives the instance included; after the release that disk bills pay-as-you-go.
-    assert_eq!(s.renewal_avoided, cny(26_280 + 4_000 + 20_000));
+    // A month of renewal: 0.75 × 730 h × ¥0.48 (DescribeRenewalPrice's instanceType line), and
+    // both prepaid disks at their monthly list price (¥40.00 + ¥200.02), the one that outlives
+    // the instance included; after the release that disk bills pay-as-you-go.
+    assert_eq!(s.renewal_avoided, cny(26_280 + 4_000 + 20_002));
     assert_eq!(
         s.staying_monthly,
         cny(20_002),
@@ -298,7 +299,7 @@ async fn the_text_and_json_carry_the_figures() {
         "ecs.g6.large, Stopped (StopCharging), PostPaid, 30d old",
         "saves ≈ ¥390.40/month (compute + disks; list price from describe_price)",
         "saves ≈ ¥40.00/month (disks only: stopped in StopCharging mode;",
-        "renewal avoided ≈ ¥502.80/month",
+        "renewal avoided ≈ ¥502.82/month",
         "! 1 disk stays and keeps billing ≈ ¥200.02/month (DeleteWithInstance=false)",
         "subtotal: 6 to release, ≈ ¥1,411/month saved (1 unknown)",
     ] {
@@ -391,7 +392,7 @@ async fn apply_keeps_the_figure_each_release_went_with_and_sums_it() {
     assert_eq!(saving("i-running").monthly, cny(39_040));
     assert_eq!(saving("i-odd").monthly, None, "unknown stays unknown");
     assert_eq!(saving("i-sub").basis, "renewal_avoided");
-    assert_eq!(saving("i-sub").renewal_avoided, cny(50_280));
+    assert_eq!(saving("i-sub").renewal_avoided, cny(50_282));
     let text = report.render(Utc::now());
     assert!(text.contains("; saves ≈ ¥390.40/month"), "{text}");
     assert!(

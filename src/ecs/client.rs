@@ -29,6 +29,9 @@ use crate::clock::{SharedClock, SystemClock};
 pub const API_VERSION: &str = "2014-05-26";
 /// The largest page and the largest id list ECS accepts.
 pub const MAX_PAGE: usize = 100;
+/// The largest page of DescribeDisks: `MaxResults` 10 to 500 (ECS-V2
+/// `describe_disks_request_model.go`: "Valid values: 10 to 500").
+pub const MAX_DISK_PAGE: usize = 500;
 
 /// Which request signature the client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -560,7 +563,7 @@ impl EcsClient {
     }
 
     /// The disks of `region` (all of them, or those attached to `instance_id`), paging with
-    /// NextToken/MaxResults=100 until the returned NextToken is empty.
+    /// NextToken/MaxResults=500 until the returned NextToken is empty.
     pub async fn describe_disks(
         &self,
         region: &str,
@@ -571,7 +574,7 @@ impl EcsClient {
         let mut token: Option<String> = None;
         loop {
             let mut params: Vec<(String, String)> =
-                vec![("MaxResults".into(), MAX_PAGE.to_string())];
+                vec![("MaxResults".into(), MAX_DISK_PAGE.to_string())];
             if let Some(id) = instance_id {
                 params.push(("InstanceId".into(), id.to_string()));
             }

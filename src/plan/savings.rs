@@ -79,8 +79,9 @@ pub struct PriceBook {
     pub instance: HashMap<(String, String), Priced>,
     /// (region, category, GiB) → a month of the disk, pay-as-you-go.
     pub disk: HashMap<(String, String, u32), Priced>,
-    /// Instance id → a month of renewal of the subscription.
-    pub renewal: HashMap<String, Priced>,
+    /// (region, instance type) → a month of renewal of the instance type (a subscription's
+    /// prepaid disks are added at their monthly list price).
+    pub renewal: HashMap<(String, String), Priced>,
 }
 
 /// One resource of an estimate.
@@ -257,22 +258,7 @@ pub fn estimate(b: &Billing<'_>, disks: &[Disk], book: &PriceBook) -> Saving {
         }
     }
     let renewal_avoided = match basis {
-        Basis::RenewalAvoided => match book.renewal.get(b.instance_id) {
-            Some(Ok((m, s))) => {
-                lines.push(Line {
-                    resource: "renewal",
-                    id: b.instance_id.to_string(),
-                    detail: "one month".into(),
-                    released: true,
-                    counted: false,
-                    monthly: Some(m.clone()),
-                    source: Some(*s),
-                    unknown: None,
-                });
-                Some(m.clone())
-            }
-            _ => None,
-        },
+        Basis::RenewalAvoided => renewal(b, disks, book, &mut lines),
         _ => None,
     };
     Saving {
@@ -292,6 +278,52 @@ pub fn estimate(b: &Billing<'_>, disks: &[Disk], book: &PriceBook) -> Saving {
         lines,
         unknown,
     }
+}
+
+/// A month of renewal of the subscription `b`: its instance type's renewal price, plus each of
+/// its prepaid disks at its monthly list price (every one of them is renewed with it, those
+/// set to outlive it included). `None` when any part is unknown.
+fn renewal(
+    b: &Billing<'_>,
+    disks: &[Disk],
+    book: &PriceBook,
+    lines: &mut Vec<Line>,
+) -> Option<Money> {
+    let key = (b.region.to_string(), b.instance_type.to_string());
+    let (m, source) = book.renewal.get(&key)?.as_ref().ok()?;
+    let mut total = m.clone();
+    lines.push(Line {
+        resource: "renewal",
+        id: b.instance_id.to_string(),
+        detail: format!("{}: one month", b.instance_type),
+        released: true,
+        counted: false,
+        monthly: Some(m.clone()),
+        source: Some(*source),
+        unknown: None,
+    });
+    for d in disks
+        .iter()
+        .filter(|d| d.charge_type == ChargeType::PrePaid)
+    {
+        let key = (b.region.to_string(), d.category.clone(), d.size_gb);
+        let (dm, ds) = book.disk.get(&key)?.as_ref().ok()?;
+        if dm.currency != total.currency {
+            return None;
+        }
+        total.minor += dm.minor;
+        lines.push(Line {
+            resource: "renewal",
+            id: d.disk_id.clone(),
+            detail: format!("{} {} GiB: one month", d.category, d.size_gb),
+            released: true,
+            counted: false,
+            monthly: Some(dm.clone()),
+            source: Some(*ds),
+            unknown: None,
+        });
+    }
+    Some(total)
 }
 
 /// The single currency sum of `t` (0 in the lines' currency when empty); `None` when an
@@ -343,8 +375,8 @@ mod tests {
         b.disk
             .insert((REGION.into(), "cloud_essd".into(), 200), cny(20_002));
         b.renewal.insert(
-            "i-1".into(),
-            Ok((Money::new(30_280, "CNY"), Source::DescribeRenewalPrice)),
+            (REGION.into(), "ecs.g6.large".into()),
+            Ok((Money::new(26_280, "CNY"), Source::DescribeRenewalPrice)),
         );
         b
     }
@@ -417,7 +449,11 @@ mod tests {
         );
         assert_eq!(s.basis, Basis::RenewalAvoided);
         assert_eq!(s.monthly, Some(Money::new(0, "CNY")));
-        assert_eq!(s.renewal_avoided, Some(Money::new(30_280, "CNY")));
+        // The type's month, and both prepaid disks (the one that will stay included).
+        assert_eq!(
+            s.renewal_avoided,
+            Some(Money::new(26_280 + 4_000 + 20_002, "CNY"))
+        );
         // The kept prepaid disk becomes pay-as-you-go: it stays and bills.
         assert_eq!(s.staying_monthly, Some(Money::new(20_002, "CNY")));
     }

@@ -162,8 +162,8 @@ impl DiskStore {
 }
 
 /// Answers one DescribeDisks call by `account`: the `InstanceId` and `DiskIds` filters, and
-/// NextToken/MaxResults paging (MaxResults brought into 10..100, as DescribeInstances does: the
-/// simulator does not model a larger page).
+/// NextToken/MaxResults paging, MaxResults brought into 10..500 with 10 when absent, as ECS
+/// documents (ECS-V2 `describe_disks_request_model.go`).
 pub(super) fn describe_disks(
     st: &SimState,
     account: &str,
@@ -181,7 +181,7 @@ pub(super) fn describe_disks(
                     "The specified parameter \"MaxResults\" is not a number.",
                 )
             })?
-            .clamp(10, 100),
+            .clamp(10, 500),
     };
     let ids: Option<Vec<String>> = match map.get("DiskIds") {
         None => None,
