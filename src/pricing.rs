@@ -324,6 +324,73 @@ fn why(e: &EcsError) -> String {
     e.to_string()
 }
 
+/// The disks of `ids` in `region` (of `listed` instances): read one instance at a time when that
+/// costs fewer calls than listing the region (about two disks per instance, 500 a page), else
+/// the region's listing, page by page. Returns each instance's disks (or why they are unknown),
+/// the calls made and the failures in words.
+async fn region_disks(
+    client: crate::ecs::EcsClient,
+    region: &str,
+    ids: &[String],
+    listed: usize,
+    pacer: &tokio::sync::Mutex<Pacer>,
+) -> (Vec<(String, Result<Vec<Disk>, String>)>, usize, Vec<String>) {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut failures = Vec::new();
+    let mut calls = 0;
+    let listing_pages = (listed * 2)
+        .div_ceil(crate::ecs::client::MAX_DISK_PAGE)
+        .max(1);
+    if ids.len() <= listing_pages {
+        for id in ids {
+            pacer.lock().await.wait().await;
+            calls += 1;
+            let got = client
+                .describe_disks(region, Some(id))
+                .await
+                .map_err(|e| why(&e));
+            if let Err(w) = &got {
+                failures.push(format!("{id}: {w}"));
+            }
+            out.push((id.clone(), got));
+        }
+        return (out, calls, failures);
+    }
+    let mut of: HashMap<String, Vec<Disk>> = HashMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        pacer.lock().await.wait().await;
+        calls += 1;
+        match client
+            .describe_disks_page(region, None, token.as_deref())
+            .await
+        {
+            Ok((page, next)) => {
+                for d in page.into_iter().filter(|d| !d.instance_id.is_empty()) {
+                    of.entry(d.instance_id.clone()).or_default().push(d);
+                }
+                match next {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
+            }
+            Err(e) => {
+                let w = why(&e);
+                failures.push(format!("{region}: {w}"));
+                for id in ids {
+                    out.push((id.clone(), Err(w.clone())));
+                }
+                return (out, calls, failures);
+            }
+        }
+    }
+    for id in ids {
+        let mine = of.remove(id).unwrap_or_default();
+        out.push((id.clone(), Ok(mine)));
+    }
+    (out, calls, failures)
+}
+
 /// Prices every planned release of `plan` in place (`PlannedRelease::saving`). `region_sizes`
 /// holds how many instances each (account, region) listed, to choose how to read disks.
 pub async fn price_plan(
@@ -336,7 +403,7 @@ pub async fn price_plan(
     if cfg.disabled {
         return report;
     }
-    let mut pacer = Pacer::new(cfg.calls_per_second);
+    let pacer = Pacer::new(cfg.calls_per_second);
     // (account, region) → the ids of its releases.
     let mut by_region: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for pp in &plan.policies {
@@ -348,62 +415,22 @@ pub async fn price_plan(
                 .push(r.instance_id.clone());
         }
     }
-    // Disks, per instance id.
-    let mut disks: HashMap<String, Result<Vec<Disk>, String>> = HashMap::new();
-    for ((account, region), ids) in &by_region {
-        let client = accounts.client(account);
+    // Disks, per instance id: every (account, region) at once, the calls paced together.
+    let shared = tokio::sync::Mutex::new(pacer);
+    let reads = by_region.iter().map(|((account, region), ids)| {
         let listed = region_sizes
             .get(&(account.clone(), region.clone()))
             .copied()
             .unwrap_or(ids.len());
-        // Listing the region costs about two disks per instance, 500 a page.
-        let listing_pages = (listed * 2)
-            .div_ceil(crate::ecs::client::MAX_DISK_PAGE)
-            .max(1);
-        if ids.len() <= listing_pages {
-            for id in ids {
-                pacer.wait().await;
-                report.describe_disks += 1;
-                let got = client
-                    .describe_disks(region, Some(id))
-                    .await
-                    .map_err(|e| why(&e));
-                if let Err(w) = &got {
-                    report.failures.push(format!("{id}: {w}"));
-                }
-                disks.insert(id.clone(), got);
-            }
-        } else {
-            // One paged listing; its page count is what the client sent.
-            let before = std::time::Instant::now();
-            let got = client.describe_disks(region, None).await;
-            report.describe_disks += match &got {
-                Ok(d) => d.len().div_ceil(crate::ecs::client::MAX_DISK_PAGE).max(1),
-                Err(_) => 1,
-            };
-            tracing::debug!(region, elapsed = ?before.elapsed(), "disks listed");
-            match got {
-                Ok(all) => {
-                    let mut of: HashMap<String, Vec<Disk>> = HashMap::new();
-                    for d in all {
-                        if !d.instance_id.is_empty() {
-                            of.entry(d.instance_id.clone()).or_default().push(d);
-                        }
-                    }
-                    for id in ids {
-                        disks.insert(id.clone(), Ok(of.remove(id).unwrap_or_default()));
-                    }
-                }
-                Err(e) => {
-                    let w = why(&e);
-                    report.failures.push(format!("{region}: {w}"));
-                    for id in ids {
-                        disks.insert(id.clone(), Err(w.clone()));
-                    }
-                }
-            }
-        }
+        region_disks(accounts.client(account), region, ids, listed, &shared)
+    });
+    let mut disks: HashMap<String, Result<Vec<Disk>, String>> = HashMap::new();
+    for (got, calls, failures) in futures::future::join_all(reads).await {
+        report.describe_disks += calls;
+        report.failures.extend(failures);
+        disks.extend(got);
     }
+    let mut pacer = shared.into_inner();
 
     // What each account's releases need priced.
     let mut books: HashMap<String, PriceBook> = HashMap::new();
@@ -581,6 +608,23 @@ pub async fn price_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn price_calls_are_paced() {
+        let mut p = Pacer::new(10);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            p.wait().await;
+        }
+        // The first goes at once, each next 100 ms after the one before.
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        let mut unpaced = Pacer::new(0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            unpaced.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
 
     fn parse(text: &str) -> Result<PriceFile, PriceFileError> {
         PriceFile::parse(Path::new("prices.yaml"), text)

@@ -569,35 +569,11 @@ impl EcsClient {
         region: &str,
         instance_id: Option<&str>,
     ) -> Result<Vec<Disk>, EcsError> {
-        const ACTION: &str = "DescribeDisks";
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut params: Vec<(String, String)> =
-                vec![("MaxResults".into(), MAX_DISK_PAGE.to_string())];
-            if let Some(id) = instance_id {
-                params.push(("InstanceId".into(), id.to_string()));
-            }
-            if let Some(t) = &token {
-                params.push(("NextToken".into(), t.clone()));
-            }
             let (disks, next) = self
-                .read(ACTION, region, &params, |status, body| {
-                    let b: DisksBody = decode(ACTION, status, body)?;
-                    let disks = b
-                        .disks
-                        .disk
-                        .into_iter()
-                        .map(WireDisk::into_disk)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| EcsError::Decode {
-                            action: ACTION,
-                            status,
-                            request_id: b.request_id.clone(),
-                            detail: e.to_string(),
-                        })?;
-                    Ok((disks, b.next_token.filter(|t| !t.is_empty())))
-                })
+                .describe_disks_page(region, instance_id, token.as_deref())
                 .await?;
             out.extend(disks);
             match next {
@@ -606,6 +582,42 @@ impl EcsClient {
             }
         }
         Ok(out)
+    }
+
+    /// One page of DescribeDisks (at most 500 disks) and the next page's token, retried on
+    /// retryable errors.
+    pub async fn describe_disks_page(
+        &self,
+        region: &str,
+        instance_id: Option<&str>,
+        next_token: Option<&str>,
+    ) -> Result<(Vec<Disk>, Option<String>), EcsError> {
+        const ACTION: &str = "DescribeDisks";
+        let mut params: Vec<(String, String)> =
+            vec![("MaxResults".into(), MAX_DISK_PAGE.to_string())];
+        if let Some(id) = instance_id {
+            params.push(("InstanceId".into(), id.to_string()));
+        }
+        if let Some(t) = next_token {
+            params.push(("NextToken".into(), t.to_string()));
+        }
+        self.read(ACTION, region, &params, |status, body| {
+            let b: DisksBody = decode(ACTION, status, body)?;
+            let disks = b
+                .disks
+                .disk
+                .into_iter()
+                .map(WireDisk::into_disk)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| EcsError::Decode {
+                    action: ACTION,
+                    status,
+                    request_id: b.request_id.clone(),
+                    detail: e.to_string(),
+                })?;
+            Ok((disks, b.next_token.filter(|t| !t.is_empty())))
+        })
+        .await
     }
 
     /// The pay-as-you-go list price of one configuration (`DescribePrice`, price unit an hour).
