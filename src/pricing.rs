@@ -435,18 +435,15 @@ pub async fn price_plan(
     // What each account's releases need priced.
     let mut books: HashMap<String, PriceBook> = HashMap::new();
     // (account, region, instance type) → the subscription whose renewal price stands for it.
-    let mut renewal_first: BTreeMap<(String, String, String), String> = BTreeMap::new();
-    let mut needs_instance: BTreeMap<(String, String, String), ()> = BTreeMap::new();
-    let mut needs_disk: BTreeMap<(String, String, String, u32), ()> = BTreeMap::new();
+    let mut renewal_first: BTreeMap<(&str, &str, &str), &str> = BTreeMap::new();
+    let mut needs_instance: std::collections::BTreeSet<(&str, &str, &str)> = Default::default();
+    let mut needs_disk: std::collections::BTreeSet<(&str, &str, &str, u32)> = Default::default();
     for pp in &plan.policies {
-        let account = pp.account.clone().unwrap_or_default();
+        let account = pp.account.as_deref().unwrap_or_default();
         for r in &pp.releases {
             let b = r.billing();
             if b.compute_billed() {
-                needs_instance.insert(
-                    (account.clone(), r.region.clone(), r.instance_type.clone()),
-                    (),
-                );
+                needs_instance.insert((account, &r.region, &r.instance_type));
             }
             let Some(Ok(ds)) = disks.get(&r.instance_id) else {
                 continue;
@@ -459,26 +456,18 @@ pub async fn price_plan(
                     || d.charge_type == ChargeType::PostPaid
                     || r.charge_type == ChargeType::PrePaid
                 {
-                    needs_disk.insert(
-                        (
-                            account.clone(),
-                            r.region.clone(),
-                            d.category.clone(),
-                            d.size_gb,
-                        ),
-                        (),
-                    );
+                    needs_disk.insert((account, &r.region, &d.category, d.size_gb));
                 }
             }
             if r.charge_type == ChargeType::PrePaid {
                 renewal_first
-                    .entry((account.clone(), r.region.clone(), r.instance_type.clone()))
-                    .or_insert_with(|| r.instance_id.clone());
+                    .entry((account, &r.region, &r.instance_type))
+                    .or_insert(&r.instance_id);
             }
         }
     }
     let file = cfg.file.as_deref();
-    for (account, region, ty) in needs_instance.into_keys() {
+    for (account, region, ty) in needs_instance {
         let priced: Priced = match file.and_then(|f| f.instance(&region, &ty)) {
             Some(m) => Ok((m, Source::PriceFile)),
             None => {
@@ -489,7 +478,7 @@ pub async fn price_plan(
                     .describe_price(
                         &region,
                         &PriceRequest::Instance {
-                            instance_type: ty.clone(),
+                            instance_type: ty.to_string(),
                         },
                     )
                     .await;
@@ -509,12 +498,11 @@ pub async fn price_plan(
             report.failures.push(format!("{region} {ty}: {w}"));
         }
         books
-            .entry(account)
+            .entry(account.to_string())
             .or_default()
-            .instance
-            .insert((region, ty), priced);
+            .set_instance(&region, &ty, priced);
     }
-    for (account, region, category, size) in needs_disk.into_keys() {
+    for (account, region, category, size) in needs_disk {
         let priced: Priced = match file.and_then(|f| f.disk(&region, &category, size)) {
             Some(m) => Ok((m, Source::PriceFile)),
             None => {
@@ -525,7 +513,7 @@ pub async fn price_plan(
                     .describe_price(
                         &region,
                         &PriceRequest::Disk {
-                            category: category.clone(),
+                            category: category.to_string(),
                             size_gb: size,
                         },
                     )
@@ -545,10 +533,9 @@ pub async fn price_plan(
                 .push(format!("{region} {category} {size} GiB: {w}"));
         }
         books
-            .entry(account)
+            .entry(account.to_string())
             .or_default()
-            .disk
-            .insert((region, category, size), priced);
+            .set_disk(&region, &category, size, priced);
     }
     for ((account, region, ty), first) in renewal_first {
         let priced: Priced = match file.and_then(|f| f.renewal(&region, &ty)) {
@@ -576,10 +563,9 @@ pub async fn price_plan(
             report.failures.push(format!("{first}: {w}"));
         }
         books
-            .entry(account)
+            .entry(account.to_string())
             .or_default()
-            .renewal
-            .insert((region, ty), priced);
+            .set_renewal(&region, &ty, priced);
     }
 
     for pp in &mut plan.policies {

@@ -72,16 +72,54 @@ impl Source {
 /// A monthly price, where it came from, or why there is none.
 pub type Priced = Result<(Money, Source), String>;
 
-/// The prices an estimate may use, each looked up once per configuration.
+/// The prices an estimate may use, each looked up once per configuration. Kept by region, so a
+/// lookup borrows its key (an estimate runs for every release of a plan).
 #[derive(Debug, Clone, Default)]
 pub struct PriceBook {
-    /// (region, instance type) → a month of the type, pay-as-you-go.
-    pub instance: HashMap<(String, String), Priced>,
-    /// (region, category, GiB) → a month of the disk, pay-as-you-go.
-    pub disk: HashMap<(String, String, u32), Priced>,
-    /// (region, instance type) → a month of renewal of the instance type (a subscription's
-    /// prepaid disks are added at their monthly list price).
-    pub renewal: HashMap<(String, String), Priced>,
+    /// region → instance type → a month of the type, pay-as-you-go.
+    instance: HashMap<String, HashMap<String, Priced>>,
+    /// region → disk category → GiB → a month of the disk, pay-as-you-go.
+    disk: HashMap<String, HashMap<String, HashMap<u32, Priced>>>,
+    /// region → instance type → a month of renewal of the type (a subscription's prepaid disks
+    /// are added at their monthly list price).
+    renewal: HashMap<String, HashMap<String, Priced>>,
+}
+
+impl PriceBook {
+    pub fn set_instance(&mut self, region: &str, instance_type: &str, p: Priced) {
+        self.instance
+            .entry(region.to_string())
+            .or_default()
+            .insert(instance_type.to_string(), p);
+    }
+
+    pub fn set_disk(&mut self, region: &str, category: &str, size_gb: u32, p: Priced) {
+        self.disk
+            .entry(region.to_string())
+            .or_default()
+            .entry(category.to_string())
+            .or_default()
+            .insert(size_gb, p);
+    }
+
+    pub fn set_renewal(&mut self, region: &str, instance_type: &str, p: Priced) {
+        self.renewal
+            .entry(region.to_string())
+            .or_default()
+            .insert(instance_type.to_string(), p);
+    }
+
+    pub fn instance(&self, region: &str, instance_type: &str) -> Option<&Priced> {
+        self.instance.get(region)?.get(instance_type)
+    }
+
+    pub fn disk(&self, region: &str, category: &str, size_gb: u32) -> Option<&Priced> {
+        self.disk.get(region)?.get(category)?.get(&size_gb)
+    }
+
+    pub fn renewal(&self, region: &str, instance_type: &str) -> Option<&Priced> {
+        self.renewal.get(region)?.get(instance_type)
+    }
 }
 
 /// One resource of an estimate.
@@ -204,14 +242,13 @@ pub fn estimate(b: &Billing<'_>, disks: &[Disk], book: &PriceBook) -> Saving {
         }
     };
     if b.compute_billed() {
-        let key = (b.region.to_string(), b.instance_type.to_string());
         lines.push(line(
             "instance_type",
             b.instance_type.to_string(),
             b.instance_type.to_string(),
             true,
             true,
-            book.instance.get(&key),
+            book.instance(b.region, b.instance_type),
         ));
     }
     for d in disks {
@@ -222,7 +259,6 @@ pub fn estimate(b: &Billing<'_>, disks: &[Disk], book: &PriceBook) -> Saving {
         if released && !counted {
             continue;
         }
-        let key = (b.region.to_string(), d.category.clone(), d.size_gb);
         let resource = match d.kind {
             crate::ecs::DiskKind::System => "system_disk",
             crate::ecs::DiskKind::Data => "data_disk",
@@ -233,7 +269,7 @@ pub fn estimate(b: &Billing<'_>, disks: &[Disk], book: &PriceBook) -> Saving {
             format!("{} {} GiB", d.category, d.size_gb),
             released,
             counted,
-            book.disk.get(&key),
+            book.disk(b.region, &d.category, d.size_gb),
         ));
     }
     let mut unknown = Vec::new();
@@ -289,8 +325,7 @@ fn renewal(
     book: &PriceBook,
     lines: &mut Vec<Line>,
 ) -> Option<Money> {
-    let key = (b.region.to_string(), b.instance_type.to_string());
-    let (m, source) = book.renewal.get(&key)?.as_ref().ok()?;
+    let (m, source) = book.renewal(b.region, b.instance_type)?.as_ref().ok()?;
     let mut total = m.clone();
     lines.push(Line {
         resource: "renewal",
@@ -306,8 +341,7 @@ fn renewal(
         .iter()
         .filter(|d| d.charge_type == ChargeType::PrePaid)
     {
-        let key = (b.region.to_string(), d.category.clone(), d.size_gb);
-        let (dm, ds) = book.disk.get(&key)?.as_ref().ok()?;
+        let (dm, ds) = book.disk(b.region, &d.category, d.size_gb)?.as_ref().ok()?;
         if dm.currency != total.currency {
             return None;
         }
@@ -368,14 +402,12 @@ mod tests {
     fn book() -> PriceBook {
         let mut b = PriceBook::default();
         let cny = |minor| Ok((Money::new(minor, "CNY"), Source::DescribePrice));
-        b.instance
-            .insert((REGION.into(), "ecs.g6.large".into()), cny(35_040));
-        b.disk
-            .insert((REGION.into(), "cloud_essd".into(), 40), cny(4_000));
-        b.disk
-            .insert((REGION.into(), "cloud_essd".into(), 200), cny(20_002));
-        b.renewal.insert(
-            (REGION.into(), "ecs.g6.large".into()),
+        b.set_instance(REGION, "ecs.g6.large", cny(35_040));
+        b.set_disk(REGION, "cloud_essd", 40, cny(4_000));
+        b.set_disk(REGION, "cloud_essd", 200, cny(20_002));
+        b.set_renewal(
+            REGION,
+            "ecs.g6.large",
             Ok((Money::new(26_280, "CNY"), Source::DescribeRenewalPrice)),
         );
         b
@@ -477,8 +509,9 @@ mod tests {
         let mut b = billing(InstanceStatus::Running, "", ChargeType::PostPaid);
         b.instance_type = "ecs.nonesuch";
         let mut book = book();
-        book.instance.insert(
-            (REGION.into(), "ecs.nonesuch".into()),
+        book.set_instance(
+            REGION,
+            "ecs.nonesuch",
             Err("DescribePrice refused: InvalidInstanceType.ValueNotSupported".into()),
         );
         let s = estimate(&b, &disks(ChargeType::PostPaid), &book);
