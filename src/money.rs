@@ -109,7 +109,7 @@ impl Totals {
 /// A price ECS answered (a JSON number) in millionths of the unit. Prices have at most four
 /// decimals; the float is only the carrier of the answer, rounded once here.
 pub fn micros_of(price: f64) -> Option<i64> {
-    if !price.is_finite() || price < 0.0 || price > 1e12 {
+    if !price.is_finite() || !(0.0..=1e12).contains(&price) {
         return None;
     }
     Some((price * 1_000_000.0).round() as i64)

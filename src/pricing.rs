@@ -221,14 +221,12 @@ fn region_prices(name: &str, node: &Node, problems: &mut Vec<String>) -> RegionP
                 problems.push(format!("{}: {} is not a name", at(ik), ik.value.kind()));
                 continue;
             };
-            if key == "instance_types" || key == "renewal" {
-                if !item.starts_with("ecs.") {
-                    problems.push(format!(
-                        "{}: {item:?} is not an instance type such as ecs.g6.large",
-                        at(ik)
-                    ));
-                    continue;
-                }
+            if (key == "instance_types" || key == "renewal") && !item.starts_with("ecs.") {
+                problems.push(format!(
+                    "{}: {item:?} is not an instance type such as ecs.g6.large",
+                    at(ik)
+                ));
+                continue;
             }
             // Per-GiB disk prices keep two more decimals than a currency has.
             let places = if key == "disks_per_gb" { 4 } else { 2 };
@@ -468,15 +466,15 @@ pub async fn price_plan(
     }
     let file = cfg.file.as_deref();
     for (account, region, ty) in needs_instance {
-        let priced: Priced = match file.and_then(|f| f.instance(&region, &ty)) {
+        let priced: Priced = match file.and_then(|f| f.instance(region, ty)) {
             Some(m) => Ok((m, Source::PriceFile)),
             None => {
                 pacer.wait().await;
                 report.describe_price += 1;
                 let q = accounts
-                    .client(&account)
+                    .client(account)
                     .describe_price(
-                        &region,
+                        region,
                         &PriceRequest::Instance {
                             instance_type: ty.to_string(),
                         },
@@ -500,18 +498,18 @@ pub async fn price_plan(
         books
             .entry(account.to_string())
             .or_default()
-            .set_instance(&region, &ty, priced);
+            .set_instance(region, ty, priced);
     }
     for (account, region, category, size) in needs_disk {
-        let priced: Priced = match file.and_then(|f| f.disk(&region, &category, size)) {
+        let priced: Priced = match file.and_then(|f| f.disk(region, category, size)) {
             Some(m) => Ok((m, Source::PriceFile)),
             None => {
                 pacer.wait().await;
                 report.describe_price += 1;
                 let q = accounts
-                    .client(&account)
+                    .client(account)
                     .describe_price(
-                        &region,
+                        region,
                         &PriceRequest::Disk {
                             category: category.to_string(),
                             size_gb: size,
@@ -535,17 +533,17 @@ pub async fn price_plan(
         books
             .entry(account.to_string())
             .or_default()
-            .set_disk(&region, &category, size, priced);
+            .set_disk(region, category, size, priced);
     }
     for ((account, region, ty), first) in renewal_first {
-        let priced: Priced = match file.and_then(|f| f.renewal(&region, &ty)) {
+        let priced: Priced = match file.and_then(|f| f.renewal(region, ty)) {
             Some(m) => Ok((m, Source::PriceFile)),
             None => {
                 pacer.wait().await;
                 report.describe_renewal_price += 1;
                 match accounts
-                    .client(&account)
-                    .describe_renewal_price(&region, &first)
+                    .client(account)
+                    .describe_renewal_price(region, first)
                     .await
                 {
                     Ok(q) => match q.detail("instanceType") {
@@ -565,7 +563,7 @@ pub async fn price_plan(
         books
             .entry(account.to_string())
             .or_default()
-            .set_renewal(&region, &ty, priced);
+            .set_renewal(region, ty, priced);
     }
 
     for pp in &mut plan.policies {
