@@ -34,7 +34,7 @@ pub struct PriceConfig {
     pub file: Option<Arc<PriceFile>>,
     /// Price and disk calls per second (0: unpaced).
     pub calls_per_second: u32,
-    /// Do not price at all (tests of other things, and `plan --no-prices`).
+    /// Do not price at all (no command sets it yet; for callers that want a bare plan).
     pub disabled: bool,
 }
 
