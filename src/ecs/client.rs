@@ -17,6 +17,7 @@ use url::Url;
 
 use super::credentials::SharedProvider;
 use super::error::{parse_time_left, EcsError, ErrorClass, InvalidRequest, TransportKind};
+use super::pace::{PaceConfig, Pacer};
 use super::sign;
 use super::types::{ChargeType, Instance, InstanceStatus, WireInstance};
 use crate::backoff::Backoff;
@@ -84,6 +85,8 @@ pub struct ClientConfig {
     pub seed: u64,
     /// The request signature to send.
     pub signature: SignatureVersion,
+    /// How calls are paced per (region, API); each account's client has its own pacer.
+    pub pace: PaceConfig,
 }
 
 impl Default for ClientConfig {
@@ -97,6 +100,7 @@ impl Default for ClientConfig {
             read_deadline: Duration::from_secs(60),
             seed: 0x6563_735f_6a61_6e69,
             signature: SignatureVersion::V1,
+            pace: PaceConfig::default(),
         }
     }
 }
@@ -158,6 +162,7 @@ pub struct EcsClient {
     clock: SharedClock,
     rng: Arc<Mutex<StdRng>>,
     observer: Option<CallObserver>,
+    pacer: Pacer,
 }
 
 impl std::fmt::Debug for EcsClient {
@@ -293,6 +298,7 @@ impl EcsClient {
         let rng = StdRng::seed_from_u64(cfg.seed);
         Ok(EcsClient {
             http,
+            pacer: Pacer::new(cfg.pace.clone()),
             cfg: Arc::new(cfg),
             creds,
             clock,
@@ -312,8 +318,15 @@ impl EcsClient {
     pub fn with_credentials(&self, creds: SharedProvider) -> EcsClient {
         EcsClient {
             creds,
+            // ECS throttles each account on its own.
+            pacer: Pacer::new(self.cfg.pace.clone()),
             ..self.clone()
         }
+    }
+
+    /// This client's pacer (one per account).
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -468,6 +481,25 @@ impl EcsClient {
 
     /// Sends one `DeleteInstances`, once. The caller retries, reusing the same ClientToken.
     pub async fn delete_instances(&self, req: &DeleteRequest) -> Result<DeleteAnswer, EcsError> {
+        let answer = self.delete_instances_after(req, || async { true }).await?;
+        // Admitted unconditionally, so an answer is always there.
+        answer.ok_or(EcsError::Invalid {
+            action: "DeleteInstances",
+            reason: InvalidRequest::InstanceCount(0),
+        })
+    }
+
+    /// `DeleteInstances`, sent only if `admit` (run once the pacer gives the call its turn, so
+    /// a last check made then holds) answers true; `None` when it did not.
+    pub async fn delete_instances_after<F, Fut>(
+        &self,
+        req: &DeleteRequest,
+        admit: F,
+    ) -> Result<Option<DeleteAnswer>, EcsError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         const ACTION: &str = "DeleteInstances";
         let invalid = |reason| EcsError::Invalid {
             action: ACTION,
@@ -493,16 +525,20 @@ impl EcsClient {
             params.push(("DryRun".into(), "true".into()));
         }
         params.push(("ClientToken".into(), req.client_token.clone()));
-        let (status, body) = self.call(ACTION, &req.region, &params, 1).await?;
+        self.pacer.wait(&req.region, ACTION).await;
+        if !admit().await {
+            return Ok(None);
+        }
+        let (status, body) = self.send(ACTION, &req.region, &params, 1).await?;
         let b: ErrorBody = serde_json::from_slice(&body).map_err(|e| EcsError::Decode {
             action: ACTION,
             status,
             request_id: String::new(),
             detail: e.to_string(),
         })?;
-        Ok(DeleteAnswer {
+        Ok(Some(DeleteAnswer {
             request_id: b.request_id,
-        })
+        }))
     }
 
     /// Sends any action once, unchecked and unretried, and returns the answer's JSON. For tools
@@ -522,8 +558,21 @@ impl EcsClient {
         })
     }
 
-    /// Signs and sends one attempt. Returns the status and body of a 2xx answer.
+    /// Waits for the call's turn under the pacer, then signs and sends one attempt. Returns the
+    /// status and body of a 2xx answer.
     async fn call(
+        &self,
+        action: &'static str,
+        region: &str,
+        api_params: &[(String, String)],
+        attempt: u32,
+    ) -> Result<(u16, bytes::Bytes), EcsError> {
+        self.pacer.wait(region, action).await;
+        self.send(action, region, api_params, attempt).await
+    }
+
+    /// Signs and sends one attempt, already paced, and tells the pacer how ECS answered.
+    async fn send(
         &self,
         action: &'static str,
         region: &str,
@@ -560,6 +609,14 @@ impl EcsClient {
                 }
                 tracing::debug!(parent: &span, error = %e, "failed");
             }
+        }
+        match &result {
+            Err(e) if e.is_throttling() => {
+                self.pacer
+                    .throttled(region, action, e.retry_after(), self.clock.now())
+            }
+            Err(_) => {}
+            Ok(_) => self.pacer.succeeded(region, action),
         }
         if let Some(obs) = &self.observer {
             let code = match &result {
