@@ -121,7 +121,18 @@ pub struct DescribeFilter {
 pub struct DescribePage {
     pub instances: Vec<Instance>,
     pub next_token: Option<String>,
+    /// How many instances the listing has in all (with `PageNumber` paging).
+    pub total_count: Option<usize>,
     pub request_id: String,
+}
+
+/// How a `DescribeInstances` page is asked for.
+#[derive(Debug, Clone, Copy)]
+enum Paging<'a> {
+    /// `NextToken`/`MaxResults`: in order, one page after the other.
+    Token(Option<&'a str>),
+    /// `PageNumber`/`PageSize`: any page, with the `TotalCount`, so pages can be fetched at once.
+    Number(usize),
 }
 
 /// One `DeleteInstances` call.
@@ -181,6 +192,9 @@ struct DescribeBody {
     request_id: String,
     #[serde(default)]
     next_token: Option<String>,
+    /// A number or a string (the CLI accepts both); meaningful with PageNumber paging only.
+    #[serde(default)]
+    total_count: Option<serde_json::Value>,
     #[serde(default)]
     instances: InstancesBody,
 }
@@ -374,6 +388,47 @@ impl EcsClient {
         Ok(out)
     }
 
+    /// Every instance `filter` selects in `region`, with up to `in_flight` pages fetched at
+    /// once: a first `PageNumber` page gives the `TotalCount`, then the other pages are asked for
+    /// together. When the answer has no `TotalCount` (or ids are listed), pages are fetched in
+    /// `NextToken` order instead. An instance two pages both show (the fleet moved between
+    /// them) is kept once.
+    pub async fn describe_instances_concurrently(
+        &self,
+        region: &str,
+        filter: &DescribeFilter,
+        in_flight: usize,
+    ) -> Result<Vec<Instance>, EcsError> {
+        use futures::{StreamExt, TryStreamExt};
+        if filter.instance_ids.is_some() || in_flight <= 1 {
+            return self.describe_instances(region, filter).await;
+        }
+        let first = self
+            .describe_page_with(region, filter, Paging::Number(1))
+            .await?;
+        let Some(total) = first.total_count else {
+            return self.describe_instances(region, filter).await;
+        };
+        let pages = total.div_ceil(MAX_PAGE).max(1);
+        let rest: Vec<DescribePage> = futures::stream::iter(2..=pages)
+            .map(|n| self.describe_page_with(region, filter, Paging::Number(n)))
+            .buffered(in_flight)
+            .try_collect()
+            .await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(total);
+        for i in first
+            .instances
+            .into_iter()
+            .chain(rest.into_iter().flat_map(|p| p.instances))
+        {
+            if seen.insert(i.instance_id.clone()) {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
     /// One page of `DescribeInstances` (at most 100 instances), retried on retryable errors.
     pub async fn describe_page(
         &self,
@@ -381,15 +436,34 @@ impl EcsClient {
         filter: &DescribeFilter,
         next_token: Option<&str>,
     ) -> Result<DescribePage, EcsError> {
+        self.describe_page_with(region, filter, Paging::Token(next_token))
+            .await
+    }
+
+    async fn describe_page_with(
+        &self,
+        region: &str,
+        filter: &DescribeFilter,
+        paging: Paging<'_>,
+    ) -> Result<DescribePage, EcsError> {
         const ACTION: &str = "DescribeInstances";
         let invalid = |reason| EcsError::Invalid {
             action: ACTION,
             reason,
         };
-        let mut params: Vec<(String, String)> = vec![("MaxResults".into(), MAX_PAGE.to_string())];
-        if let Some(t) = next_token {
-            params.push(("NextToken".into(), t.to_string()));
-        }
+        let mut params: Vec<(String, String)> = match paging {
+            Paging::Token(next_token) => {
+                let mut p = vec![("MaxResults".into(), MAX_PAGE.to_string())];
+                if let Some(t) = next_token {
+                    p.push(("NextToken".into(), t.to_string()));
+                }
+                p
+            }
+            Paging::Number(n) => vec![
+                ("PageNumber".into(), n.to_string()),
+                ("PageSize".into(), MAX_PAGE.to_string()),
+            ],
+        };
         if let Some(s) = filter.status {
             params.push(("Status".into(), s.as_str().into()));
         }
@@ -472,9 +546,15 @@ impl EcsClient {
                 request_id: request_id.clone(),
                 detail: e.to_string(),
             })?;
+        let total_count = b.total_count.and_then(|v| match v {
+            serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
         Ok(DescribePage {
             instances,
             next_token: b.next_token.filter(|t| !t.is_empty()),
+            total_count,
             request_id,
         })
     }

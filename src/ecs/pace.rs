@@ -1,9 +1,9 @@
 //! Pacing of one account's calls, per (region, API): ECS throttles each account per region and
 //! per API, per minute ("if a call is throttled in minute T it can be called again in minute
 //! T+1"; the thresholds are per API in Quota Center, ../shared/ecs-api.md 4). Each key has its
-//! own bucket: it starts at a generous rate, halves on a throttling answer and holds every call
-//! of the key until the time ECS said (`TimeLeft`) or, without one, the end of the minute, then
-//! grows back slowly with each success. An optional ceiling caps every key (`--calls-per-second`).
+//! own bucket: it starts at a generous rate, halves on a throttling answer (once per burst of
+//! them) and holds every call of the key until the time ECS said (`TimeLeft`) or, without one,
+//! the end of the minute, then grows back by a tenth with each success. An optional ceiling caps every key (`--calls-per-second`).
 //! Waits use tokio time, so they can be tested in paused time.
 
 use std::collections::HashMap;
@@ -22,8 +22,12 @@ pub struct PaceConfig {
     pub ceiling: Option<f64>,
     /// The lowest rate a key is halved to.
     pub floor_per_second: f64,
-    /// Added to a key's rate after each success (additive increase; halving is the decrease).
+    /// A key's rate is multiplied by this after each success, up to the start (or the ceiling).
     pub growth_per_success: f64,
+    /// Throttles closer together than this halve a key's rate once: one decrease per burst.
+    pub decrease_spacing: Duration,
+    /// The longest a throttle holds a key, whatever ECS said.
+    pub max_hold: Duration,
 }
 
 impl Default for PaceConfig {
@@ -32,7 +36,9 @@ impl Default for PaceConfig {
             start_per_second: 50.0,
             ceiling: None,
             floor_per_second: 0.5,
-            growth_per_success: 0.5,
+            growth_per_success: 1.1,
+            decrease_spacing: Duration::from_secs(1),
+            max_hold: Duration::from_secs(60),
         }
     }
 }
@@ -51,6 +57,8 @@ struct Bucket {
     /// The earliest moment the next call of this key may start.
     next: Instant,
     throttled: u64,
+    /// When the rate was last halved.
+    decreased: Option<Instant>,
 }
 
 /// The pacer of one account's client; clones share it.
@@ -86,6 +94,7 @@ impl Pacer {
                     rate: self.cfg.top(),
                     next: now,
                     throttled: 0,
+                    decreased: None,
                 });
             let at = b.next.max(now);
             b.next = at + Duration::from_secs_f64(1.0 / b.rate);
@@ -98,7 +107,7 @@ impl Pacer {
     pub fn succeeded(&self, region: &str, action: &'static str) {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = keys.get_mut(&(region.to_string(), action)) {
-            b.rate = (b.rate + self.cfg.growth_per_success).min(self.cfg.top());
+            b.rate = (b.rate * self.cfg.growth_per_success).min(self.cfg.top());
         }
     }
 
@@ -112,7 +121,9 @@ impl Pacer {
         time_left: Option<Duration>,
         now: DateTime<Utc>,
     ) {
-        let wait = time_left.unwrap_or_else(|| until_next_minute(now));
+        let wait = time_left
+            .unwrap_or_else(|| until_next_minute(now))
+            .min(self.cfg.max_hold);
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let cfg = &self.cfg;
         let b = keys
@@ -121,8 +132,15 @@ impl Pacer {
                 rate: cfg.top(),
                 next: Instant::now(),
                 throttled: 0,
+                decreased: None,
             });
-        b.rate = (b.rate / 2.0).max(cfg.floor_per_second.min(cfg.top()));
+        let now_t = Instant::now();
+        if b.decreased
+            .is_none_or(|at| now_t.duration_since(at) >= cfg.decrease_spacing)
+        {
+            b.rate = (b.rate / 2.0).max(cfg.floor_per_second.min(cfg.top()));
+            b.decreased = Some(now_t);
+        }
         b.throttled += 1;
         b.next = b.next.max(Instant::now() + wait);
     }
@@ -182,6 +200,17 @@ mod tests {
         });
         p.wait("cn-hangzhou", "DescribeInstances").await;
         let now = t("2026-12-01T10:00:20Z");
+        p.throttled(
+            "cn-hangzhou",
+            "DescribeInstances",
+            Some(Duration::from_millis(2000)),
+            now,
+        );
+        assert_eq!(
+            p.state("cn-hangzhou", "DescribeInstances").unwrap().rate,
+            4.0
+        );
+        // A second throttle of the same burst holds the key but does not halve it again.
         p.throttled(
             "cn-hangzhou",
             "DescribeInstances",
