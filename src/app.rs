@@ -257,6 +257,20 @@ pub struct ApplyReport {
     pub interrupted: bool,
 }
 
+/// The monthly savings of `rows` per currency, and how many had an unknown one.
+fn sum_savings<'a>(rows: impl Iterator<Item = &'a ReleaseRow>) -> (crate::money::Totals, usize) {
+    let mut t = crate::money::Totals::new();
+    let mut unknown = 0;
+    for r in rows {
+        match r.saving.as_ref().map(|s| &s.monthly) {
+            Some(Some(m)) => t.add(m),
+            Some(None) => unknown += 1,
+            None => {}
+        }
+    }
+    (t, unknown)
+}
+
 /// `apply`'s exit status when releases are paused.
 pub const EXIT_PAUSED: u8 = 3;
 
@@ -346,9 +360,16 @@ impl ApplyReport {
                     ReleaseState::Pending => "due; not sent".to_string(),
                     ReleaseState::InFlight => format!("attempts {}", r.attempts),
                 };
+                let saves = match &r.saving {
+                    Some(s) => match &s.monthly {
+                        Some(m) => format!("; saves ≈ {}/month", m.display()),
+                        None => "; saving unknown".to_string(),
+                    },
+                    None => String::new(),
+                };
                 out.push_str(&format!(
-                    "  {:<24} {:<16} {:<32} {}\n",
-                    r.instance_id, r.region, r.policy, detail
+                    "  {:<24} {:<16} {:<32} {detail}{saves}\n",
+                    r.instance_id, r.region, r.policy
                 ));
             }
         }
@@ -408,8 +429,33 @@ impl ApplyReport {
             out.push('\n');
         }
         let n = self.in_state(ReleaseState::Succeeded).count();
+        let (saved, unknown) = sum_savings(self.in_state(ReleaseState::Succeeded));
+        let (waiting, _) = sum_savings(self.in_state(ReleaseState::Pending));
+        let priced = self.releases.iter().any(|r| r.saving.is_some());
+        let saved_words = match (priced, saved.is_empty(), unknown) {
+            (false, ..) => String::new(),
+            (true, true, 0) if n == 0 => String::new(),
+            (true, true, u) if u > 0 => ", saving unknown".to_string(),
+            (true, _, u) => format!(
+                ", ≈ {}/month saved at list prices{}",
+                saved.display_whole("CNY"),
+                if u > 0 {
+                    format!(" ({u} unknown)")
+                } else {
+                    String::new()
+                }
+            ),
+        };
+        let waiting_words = if priced && !waiting.is_empty() {
+            format!(
+                " (≈ {}/month more once released)",
+                waiting.display_whole("CNY")
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "{} failed, {} cancelled, {} vanished, {} waiting.\nReleased {} {}.\n",
+            "{} failed, {} cancelled, {} vanished, {} waiting{waiting_words}.\nReleased {} {}{saved_words}.\n",
             self.in_state(ReleaseState::Failed).count(),
             self.in_state(ReleaseState::Cancelled).count(),
             self.in_state(ReleaseState::Vanished).count(),

@@ -14,6 +14,22 @@ use crate::policy::Policy;
 use crate::settings::{EcsSettings, Settings};
 use crate::store::Store;
 
+/// How plans are priced: the price file read and checked, when one is set.
+pub fn prices(ecs: &EcsSettings) -> anyhow::Result<crate::pricing::PriceConfig> {
+    let file = match &ecs.prices_file {
+        None => None,
+        Some(p) => Some(std::sync::Arc::new(
+            crate::pricing::PriceFile::load(p)
+                .map_err(|e| anyhow::anyhow!("the price file has problems:\n{e}"))?,
+        )),
+    };
+    Ok(crate::pricing::PriceConfig {
+        file,
+        calls_per_second: ecs.price_calls_per_second,
+        disabled: false,
+    })
+}
+
 /// The context a command runs with, from its settings: the database connected, the ECS
 /// clients of every account `policies` name (each checked), the notifier started when
 /// webhooks are configured, calls counted in `metrics`.
@@ -34,11 +50,13 @@ pub async fn context(
             NotifierOptions::default(),
         )?)
     };
+    let prices = prices(&settings.ecs)?;
     let extras = Extras {
         metrics,
         notifier,
         window: settings.window.clone(),
         protection: settings.protection.clone(),
+        prices,
     };
     Ok(Context::new(store, accounts, policies, clock, extras))
 }

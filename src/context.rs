@@ -1,6 +1,6 @@
 //! The long-lived parts every job shares, built once: the store, the ECS clients by account, the
 //! policy set (behind a watch channel, so a reload reaches every reader), the clock, the metrics,
-//! the notifier, the operating window and the protections. The reconciler, the workers and the
+//! the notifier, the operating window, the protections and how plans are priced. The reconciler, the workers and the
 //! admin server each take a [`Context`]; nothing is patched into them afterwards.
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use crate::ecs::Accounts;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policy::{Policy, ProtectionConfig};
+use crate::pricing::PriceConfig;
 use crate::store::Store;
 use crate::window::OperatingWindow;
 
@@ -57,6 +58,8 @@ pub struct Context {
     /// Releases execute only inside this window (always, when `None`).
     pub window: Option<OperatingWindow>,
     pub protection: ProtectionConfig,
+    /// How plans are priced (the price file, the pace of price calls).
+    pub prices: PriceConfig,
 }
 
 impl std::fmt::Debug for Context {
@@ -80,6 +83,7 @@ pub struct Extras {
     pub notifier: Option<Notifier>,
     pub window: Option<OperatingWindow>,
     pub protection: ProtectionConfig,
+    pub prices: PriceConfig,
 }
 
 impl Context {
@@ -101,6 +105,7 @@ impl Context {
             notifier: extras.notifier,
             window: extras.window,
             protection: extras.protection,
+            prices: extras.prices,
         };
         (ctx, reload)
     }

@@ -40,6 +40,12 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SavingLabels {
+    policy: String,
+    currency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -88,6 +94,9 @@ pub struct Metrics {
     policy_interval: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
     window_open: Gauge,
     webhook_deliveries: Family<OutcomeLabels, Counter>,
+    /// Monthly run-rate released (list prices, currency units), caught up from the store.
+    savings_released: Family<SavingLabels, Counter<f64, AtomicU64>>,
+    savings_pending: Family<SavingLabels, Gauge<f64, AtomicU64>>,
     process: Arc<RwLock<Process>>,
     /// The policies this process runs, once it has loaded them: only their
     /// `policy_last_success_timestamp_seconds` is exported, so a deleted policy's series goes.
@@ -186,6 +195,18 @@ impl Metrics {
             "Notification batches per webhook by outcome (delivered, gave_up after a permanent error or the last attempt, dropped with a full queue)",
             webhook_deliveries.clone(),
         );
+        let savings_released = Family::<SavingLabels, Counter<f64, AtomicU64>>::default();
+        r.counter(
+            "released_monthly_savings",
+            "Monthly run-rate released by policy and currency (list prices for 730 hours, in currency units): what the releases done save each month",
+            savings_released.clone(),
+        );
+        let savings_pending = Family::<SavingLabels, Gauge<f64, AtomicU64>>::default();
+        r.gauge(
+            "pending_monthly_savings",
+            "Monthly run-rate of releases queued and not yet done (waiting out their grace, due or in flight), by policy and currency",
+            savings_pending.clone(),
+        );
         for outcome in ["delivered", "gave_up", "dropped"] {
             let _ = webhook_deliveries.get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
@@ -208,6 +229,8 @@ impl Metrics {
             policy_interval,
             window_open,
             webhook_deliveries,
+            savings_released,
+            savings_pending,
             process: Arc::default(),
             loaded: Arc::default(),
             webhook_sync: Arc::default(),
@@ -300,6 +323,24 @@ impl Metrics {
                     .set(at.timestamp());
             }
         }
+        self.savings_pending.clear();
+        for p in store.savings_by_policy().await? {
+            let labels = SavingLabels {
+                policy: p.policy,
+                currency: p.currency,
+            };
+            let released = self.savings_released.get_or_create(&labels);
+            let total = p.released_minor as f64 / 100.0;
+            let behind = total - released.get();
+            if behind > 0.0 {
+                released.inc_by(behind);
+            }
+            if p.pending_minor > 0 {
+                self.savings_pending
+                    .get_or_create(&labels)
+                    .set(p.pending_minor as f64 / 100.0);
+            }
+        }
         self.render_process(now);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -385,6 +426,8 @@ mod tests {
             "janitor_paused_since_timestamp_seconds",
             "janitor_release_window_open",
             "janitor_webhook_deliveries_total",
+            "janitor_released_monthly_savings_total",
+            "janitor_pending_monthly_savings",
         ] {
             assert!(names.contains(&n.to_string()), "{n} in {names:?}");
         }
@@ -410,6 +453,12 @@ mod tests {
         let _ = m
             .policy_interval
             .get_or_create(&PolicyLabels { policy: "p".into() });
+        let saving = SavingLabels {
+            policy: "p".into(),
+            currency: "CNY".into(),
+        };
+        m.savings_released.get_or_create(&saving).inc_by(390.4);
+        m.savings_pending.get_or_create(&saving).set(40.0);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
         let written: Vec<&str> = out

@@ -142,7 +142,16 @@ impl Reconciler {
         now: DateTime<Utc>,
     ) -> Result<Plan, ReconcileError> {
         let (inv, ctx) = self.observe(policies, now, false).await?;
-        Ok(evaluate(policies, &inv, &ctx, now))
+        let mut plan = evaluate(policies, &inv, &ctx, now);
+        self.price(&mut plan, &inv).await;
+        Ok(plan)
+    }
+
+    /// Prices the plan's releases (never fails: an unknown price shows as unknown).
+    pub async fn price(&self, plan: &mut Plan, inv: &Inventory) -> crate::pricing::PricingReport {
+        let sizes: HashMap<(String, String), usize> =
+            inv.regions().map(|(k, v)| (k.clone(), v.len())).collect();
+        crate::pricing::price_plan(plan, &self.ctx.accounts, &sizes, &self.ctx.prices).await
     }
 
     /// Fetches the inventory and builds the evaluation context; with `record`, first notes
@@ -221,7 +230,8 @@ impl Reconciler {
             ));
         }
         let (inv, ctx) = self.observe(policies, now, true).await?;
-        let plan = evaluate(policies, &inv, &ctx, now);
+        let mut plan = evaluate(policies, &inv, &ctx, now);
+        self.price(&mut plan, &inv).await;
         let active = self.ctx.store.active_releases().await?;
         // Of the queued instances, those the inventory listed (for cancellation reasons); then
         // the inventory, the largest thing a pass holds, is let go before queueing.
@@ -310,6 +320,21 @@ impl Reconciler {
                         .collect();
                     let created = self.ctx.store.enqueue(&new, now).await?;
                     run.enqueued = created.len();
+                    // Each release keeps the figure it was planned with.
+                    let savings: HashMap<&str, &plan::Saving> = wanted
+                        .iter()
+                        .filter_map(|r| r.saving.as_ref().map(|s| (r.instance_id.as_str(), s)))
+                        .collect();
+                    let stored: Vec<(crate::store::ReleaseId, crate::store::ReleaseSaving)> =
+                        created
+                            .iter()
+                            .filter_map(|(id, inst)| {
+                                savings.get(inst.as_str()).map(|s| (*id, stored_saving(s)))
+                            })
+                            .collect();
+                    if !stored.is_empty() {
+                        self.ctx.store.record_savings(&stored).await?;
+                    }
                     // Grace starts for what was queued to wait: say which and when they go.
                     let created: HashSet<&str> = created.iter().map(|(_, i)| i.as_str()).collect();
                     let waiting: Vec<&NewRelease> = new
@@ -317,7 +342,27 @@ impl Reconciler {
                         .filter(|r| created.contains(r.instance_id.as_str()) && r.not_before > now)
                         .collect();
                     if let Some(at) = waiting.iter().map(|r| r.not_before).min() {
+                        let priced: Vec<&&plan::Saving> = waiting
+                            .iter()
+                            .filter_map(|r| savings.get(r.instance_id.as_str()))
+                            .collect();
+                        let saving = (!priced.is_empty()).then(|| {
+                            let mut monthly = crate::money::Totals::new();
+                            let mut unknown = 0;
+                            for s in &priced {
+                                match &s.monthly {
+                                    Some(m) => monthly.add(m),
+                                    None => unknown += 1,
+                                }
+                            }
+                            crate::notify::ScheduledSaving {
+                                monthly,
+                                unknown,
+                                within: at - now,
+                            }
+                        });
                         notes.push(crate::notify::Notification::Scheduled {
+                            saving,
                             policy: pp.policy.clone(),
                             releases: waiting
                                 .iter()
@@ -507,6 +552,15 @@ fn evaluate(policies: &[Policy], inv: &Inventory, ctx: &EvalContext, now: DateTi
     out.policies
         .sort_by_key(|pp| order.get(pp.policy.as_str()).copied().unwrap_or(usize::MAX));
     out
+}
+
+/// What the store keeps of a release's saving.
+fn stored_saving(s: &plan::Saving) -> crate::store::ReleaseSaving {
+    crate::store::ReleaseSaving {
+        basis: s.basis.code().to_string(),
+        monthly: s.monthly.clone(),
+        renewal_avoided: s.renewal_avoided.clone(),
+    }
 }
 
 /// The releases of `saved` that the fresh `plan` no longer makes, each with why: protected

@@ -390,7 +390,146 @@ font-size:.9rem}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px sol
 vertical-align:top}th{background:#eef1f4}.scroll{overflow-x:auto}code{font-size:.85em;\
 word-break:break-all}.banner{padding:.6rem .8rem;border-radius:.3rem;margin-bottom:1rem;\
 font-weight:600}.paused{background:#ffe3e3;color:#8a1111}.running{background:#e3f6e8;\
-color:#0f5a2a}.muted{color:#66707a}.fail{color:#8a1111}";
+color:#0f5a2a}.muted{color:#66707a}.fail{color:#8a1111}figure{margin:0 0 1rem}\
+#savings td{white-space:nowrap}";
+
+/// `≈ ¥390.40/month`, `unknown`, or `-` for a release queued unpriced.
+fn saves(r: &crate::store::ReleaseRow) -> String {
+    match &r.saving {
+        None => "-".into(),
+        Some(s) => match (&s.monthly, &s.renewal_avoided) {
+            (Some(m), Some(renew)) if m.minor == 0 => {
+                format!("renewal ≈ {} avoided", renew.display())
+            }
+            (Some(m), _) => format!("≈ {}/month", m.display()),
+            (None, _) => "unknown".into(),
+        },
+    }
+}
+
+/// Days the chart covers.
+const CHART_DAYS: i64 = 30;
+
+/// The savings summary and the chart of the last 30 days.
+async fn savings_section(
+    h: &mut String,
+    store: &crate::store::Store,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ApiError> {
+    let sum = store.savings_summary(now).await?;
+    let days = store.savings_by_day(now, CHART_DAYS).await?;
+    let currency = [&sum.since_start, &sum.upcoming]
+        .iter()
+        .find_map(|t| t.iter().next().map(|m| m.currency))
+        .unwrap_or_else(|| "CNY".to_string());
+    h.push_str("<h2>Savings</h2><table id=\"savings\">");
+    for (label, id, t) in [
+        ("Saved this month (UTC)", "saved-month", &sum.this_month),
+        ("Saved since the start", "saved-total", &sum.since_start),
+        (
+            "Upcoming (queued, waiting out their grace or due)",
+            "saved-upcoming",
+            &sum.upcoming,
+        ),
+    ] {
+        h.push_str(&format!(
+            "<tr><th>{label}</th><td id=\"{id}\">≈ {}/month</td></tr>",
+            esc(&t.display_whole(&currency))
+        ));
+    }
+    h.push_str("</table>");
+    let mut note = "Monthly run-rate released: list prices for 730 hours, before discounts, as each release was priced when queued.".to_string();
+    if sum.released_unknown > 0 {
+        note.push_str(&format!(
+            " {} released with an unknown price are not counted.",
+            sum.released_unknown
+        ));
+    }
+    h.push_str(&format!("<p class=\"muted\">{}</p>", esc(&note)));
+    h.push_str(&savings_chart(&days, &currency));
+    Ok(())
+}
+
+/// An SVG (no script) of releases and savings per day: two bar rows over the same days, each bar
+/// with a `<title>` naming its day and figures. Savings are drawn in `currency` only.
+fn savings_chart(days: &[crate::store::DaySavings], currency: &str) -> String {
+    const W: f64 = 600.0;
+    const ROW: f64 = 80.0;
+    const TOP: f64 = 26.0;
+    const GAP: f64 = 48.0;
+    let n = days.len().max(1) as f64;
+    let slot = W / n;
+    let minor = |d: &crate::store::DaySavings| {
+        d.saved
+            .iter()
+            .find(|m| m.currency == currency)
+            .map_or(0, |m| m.minor)
+    };
+    let max_n = days.iter().map(|d| d.releases).max().unwrap_or(0).max(1) as f64;
+    let max_s = days.iter().map(minor).max().unwrap_or(0).max(1) as f64;
+    let day_text = |d: i64| {
+        chrono::DateTime::from_timestamp(d * 86_400, 0)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
+    };
+    let money = |v: i64| crate::money::Money::new(v, currency).display_whole();
+    let height = TOP + ROW + GAP + ROW + 26.0;
+    let mut svg = format!(
+        "<figure><svg id=\"savings-chart\" role=\"img\" viewBox=\"0 0 {W} {height}\" width=\"100%\" \
+         xmlns=\"http://www.w3.org/2000/svg\" font-family=\"sans-serif\" font-size=\"18\">\
+         <title>Releases and monthly savings per day, last {} days</title>",
+        days.len()
+    );
+    svg.push_str(&format!(
+        "<text x=\"0\" y=\"18\">Releases per day (max {})</text>",
+        max_n as i64
+    ));
+    svg.push_str(&format!(
+        "<text x=\"0\" y=\"{}\">Saved per day, {}/month (max {})</text>",
+        TOP + ROW + GAP - 8.0,
+        esc(currency),
+        esc(&money(max_s as i64))
+    ));
+    for (i, d) in days.iter().enumerate() {
+        let x = i as f64 * slot + 1.0;
+        let w = (slot - 2.0).max(1.0);
+        let label = format!(
+            "{}: {} released, ≈ {}/month",
+            day_text(d.day),
+            d.releases,
+            d.saved.display_whole(currency)
+        );
+        let hn = d.releases as f64 / max_n * ROW;
+        svg.push_str(&format!(
+            "<rect class=\"releases\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{hn:.1}\" fill=\"#4a78b5\"><title>{}</title></rect>",
+            TOP + ROW - hn,
+            esc(&label)
+        ));
+        let hs = minor(d) as f64 / max_s * ROW;
+        let base = TOP + ROW + GAP + ROW;
+        svg.push_str(&format!(
+            "<rect class=\"saved\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{hs:.1}\" fill=\"#2f8f4e\"><title>{}</title></rect>",
+            base - hs,
+            esc(&label)
+        ));
+    }
+    for y in [TOP + ROW, TOP + ROW + GAP + ROW] {
+        svg.push_str(&format!(
+            "<line x1=\"0\" y1=\"{y}\" x2=\"{W}\" y2=\"{y}\" stroke=\"#999\"/>"
+        ));
+    }
+    if let (Some(first), Some(last)) = (days.first(), days.last()) {
+        svg.push_str(&format!(
+            "<text x=\"0\" y=\"{}\">{}</text><text x=\"{W}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            height - 4.0,
+            day_text(first.day),
+            height - 4.0,
+            day_text(last.day)
+        ));
+    }
+    svg.push_str("</svg><figcaption class=\"muted\">Releases done and the monthly run-rate they saved, per day (UTC).</figcaption></figure>");
+    svg
+}
 
 /// The status page: server-rendered HTML, no scripts, readable on a phone.
 async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiError> {
@@ -448,6 +587,8 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
         now.format("%Y-%m-%d %H:%M:%S")
     ));
 
+    savings_section(&mut h, &s.ctx.store, now).await?;
+
     h.push_str("<h2>Policies</h2><div class=\"scroll\"><table id=\"policies\"><tr><th>Policy</th><th>Schedule (UTC)</th><th>Next run</th><th>Last run</th></tr>");
     for p in loaded(&s) {
         let next = crate::schedule::next_after(&p, now)
@@ -490,14 +631,15 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
     if waiting.is_empty() {
         h.push_str("<p class=\"muted\" id=\"waiting\">None.</p>");
     } else {
-        h.push_str("<div class=\"scroll\"><table id=\"waiting\"><tr><th>Instance</th><th>Region</th><th>Policy</th><th>Released</th></tr>");
+        h.push_str("<div class=\"scroll\"><table id=\"waiting\"><tr><th>Instance</th><th>Region</th><th>Policy</th><th>Saves</th><th>Released</th></tr>");
         for r in &waiting {
             h.push_str(&format!(
-                "<tr><td><code>{}</code> {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><code>{}</code> {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&r.instance_id),
                 esc(&r.instance_name),
                 esc(&r.region),
                 esc(&r.policy),
+                esc(&saves(r)),
                 if r.not_before > now {
                     esc(&ago(now, r.not_before)).into_owned()
                 } else {
@@ -531,13 +673,14 @@ async fn status_page(State(s): State<AdminContext>) -> Result<Html<String>, ApiE
     if recent.is_empty() {
         h.push_str("<p class=\"muted\" id=\"released\">None yet.</p>");
     } else {
-        h.push_str("<div class=\"scroll\"><table id=\"released\"><tr><th>Instance</th><th>Policy</th><th>RequestId</th><th>When</th></tr>");
+        h.push_str("<div class=\"scroll\"><table id=\"released\"><tr><th>Instance</th><th>Policy</th><th>Saves</th><th>RequestId</th><th>When</th></tr>");
         for r in &recent {
             h.push_str(&format!(
-                "<tr><td><code>{}</code> {}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                "<tr><td><code>{}</code> {}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
                 esc(&r.instance_id),
                 esc(&r.instance_name),
                 esc(&r.policy),
+                esc(&saves(r)),
                 esc(r.request_id.as_deref().unwrap_or("-")),
                 esc(&ago(now, r.updated_at)),
             ));

@@ -148,6 +148,26 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(m.contains(line), "{line} in\n{m}");
     }
+    // The savings series carry what the store holds, per policy and currency.
+    let by_policy = a.app.ctx.store.savings_by_policy().await.unwrap();
+    let now_p = by_policy.iter().find(|p| p.policy == "ci-now").unwrap();
+    let later = by_policy.iter().find(|p| p.policy == "ci-later").unwrap();
+    assert!(
+        now_p.released_minor > 0 && later.pending_minor > 0,
+        "{by_policy:?}"
+    );
+    for line in [
+        format!(
+            "janitor_released_monthly_savings_total{{policy=\"ci-now\",currency=\"CNY\"}} {}",
+            now_p.released_minor as f64 / 100.0
+        ),
+        format!(
+            "janitor_pending_monthly_savings{{policy=\"ci-later\",currency=\"CNY\"}} {}",
+            later.pending_minor as f64 / 100.0
+        ),
+    ] {
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,6 +305,32 @@ async fn the_status_page_shows_policies_waiting_releases_and_failures_in_chromiu
         assert!(html.contains(want), "{want} in the page");
     }
     assert!(!html.contains("<script"), "no JavaScript");
+    // Savings: the figures the store holds, and the chart of 30 days drawn on the server.
+    let sum = a
+        .app
+        .ctx
+        .store
+        .savings_summary(chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        !sum.since_start.is_empty() && !sum.upcoming.is_empty(),
+        "{sum:?}"
+    );
+    for (id, t) in [
+        ("saved-month", &sum.this_month),
+        ("saved-total", &sum.since_start),
+        ("saved-upcoming", &sum.upcoming),
+    ] {
+        let want = format!("id=\"{id}\">≈ {}/month", t.display_whole("CNY"));
+        assert!(html.contains(&want), "{want} in the page");
+    }
+    assert_eq!(html.matches("<rect class=\"releases\"").count(), 30);
+    assert_eq!(html.matches("<rect class=\"saved\"").count(), 30);
+    assert!(
+        html.contains(": 3 released, ≈ ¥"),
+        "today's bar names its figures"
+    );
     let rid = a.h.sim.releases()[0].request_id.clone();
     assert!(html.contains(&rid), "RequestIds of recent releases");
 
@@ -331,6 +377,10 @@ async fn the_status_page_shows_policies_waiting_releases_and_failures_in_chromiu
     assert!(
         dom.contains("ci-later") && dom.contains("InstanceLockedForSecurity"),
         "{dom}"
+    );
+    assert!(
+        dom.contains("<svg id=\"savings-chart\"") && dom.contains("Saved since the start"),
+        "the chart renders in the browser: {dom}"
     );
     // A phone-sized window.
     let out = run(vec![

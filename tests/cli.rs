@@ -408,3 +408,65 @@ async fn a_cli_profile_signs_when_named_with_profile() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_the_price_file_and_plan_prices_from_it() {
+    let dir = setup();
+    let bad = dir.path().join("bad-prices.yaml");
+    std::fs::write(
+        &bad,
+        "currency: CNY\nregions:\n  cn-hangzhou:\n    instance_types:\n      g6.large: 10\n",
+    )
+    .unwrap();
+    let out = run(
+        None,
+        dir.path(),
+        &["validate", "--prices", bad.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad-prices.yaml:5:7: \"g6.large\" is not an instance type"),
+        "{err}"
+    );
+
+    let good = dir.path().join("prices.yaml");
+    std::fs::write(
+        &good,
+        "currency: CNY\nregions:\n  cn-hangzhou:\n    instance_types:\n      ecs.g6.large: 100\n    disks_per_gb:\n      cloud_essd: 0.5\n      cloud_efficiency: 0.25\n",
+    )
+    .unwrap();
+    let out = run(
+        None,
+        dir.path(),
+        &["validate", "--prices", good.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("prices in CNY for 1 region, no problems."));
+
+    let h = common::start_sim(common::ci_fleet(3), Faults::default(), 4).await;
+    let out = run(
+        Some(&h),
+        dir.path(),
+        &["plan", "--json", "--prices", good.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let releases = v["policies"][0]["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 3);
+    for r in releases {
+        assert_eq!(
+            r["saving"]["sources"],
+            serde_json::json!(["price_file"]),
+            "{r}"
+        );
+    }
+    let calls = h.sim.calls();
+    assert!(
+        !calls.iter().any(|c| c.action == "DescribePrice"),
+        "the file priced everything: {calls:?}"
+    );
+}

@@ -1033,3 +1033,167 @@ async fn tag_filtered_listings_stop_at_a_thousand_instances() {
         .unwrap();
     assert_eq!(all.len(), 1005);
 }
+
+// ---- Savings: DescribeDisks, DescribePrice, DescribeRenewalPrice ----
+
+use ecs_janitor::ecs::client::PriceRequest;
+use ecs_janitor::ecs::types::{Disk, DiskKind};
+use ecs_janitor::sim::disks::disk_of;
+
+fn disks_for(i: &Instance, data: &[(&str, u32, bool)]) -> Vec<Disk> {
+    let mut out = vec![disk_of(i, 0, DiskKind::System, "cloud_essd", 40, true)];
+    for (n, (cat, size, dwi)) in data.iter().enumerate() {
+        out.push(disk_of(i, n + 1, DiskKind::Data, cat, *size, *dwi));
+    }
+    out
+}
+
+#[tokio::test]
+async fn describe_disks_pages_by_region_and_filters_by_instance() {
+    let fleet: Vec<Instance> = (0..300)
+        .map(|n| {
+            inst(
+                &format!("i-{n:03}"),
+                InstanceStatus::Stopped,
+                ChargeType::PostPaid,
+            )
+        })
+        .collect();
+    let h = start(fleet.clone(), Faults::default()).await;
+    for i in &fleet {
+        h.sim.set_disks(
+            &i.instance_id,
+            disks_for(i, &[("cloud_efficiency", 100, false)]),
+        );
+    }
+    let c = client_for(&h, sim::DEFAULT_ACCESS_KEY_SECRET);
+    let all = c.describe_disks(REGION, None).await.unwrap();
+    assert_eq!(all.len(), 600, "two disks each, all pages");
+    let pages = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.action == "DescribeDisks")
+        .count();
+    assert_eq!(pages, 2, "600 disks at 500 a page");
+    let mine = c.describe_disks(REGION, Some("i-007")).await.unwrap();
+    assert_eq!(mine.len(), 2);
+    assert!(mine.iter().all(|d| d.instance_id == "i-007"));
+    let data = mine.iter().find(|d| d.kind == DiskKind::Data).unwrap();
+    assert_eq!(
+        (
+            data.category.as_str(),
+            data.size_gb,
+            data.delete_with_instance
+        ),
+        ("cloud_efficiency", 100, false)
+    );
+    assert_eq!(data.charge_type, ChargeType::PostPaid);
+}
+
+#[tokio::test]
+async fn a_release_takes_its_disks_except_those_set_to_outlive_it() {
+    let a = inst("i-plain", InstanceStatus::Stopped, ChargeType::PostPaid);
+    let mut b = inst("i-locked", InstanceStatus::Stopped, ChargeType::PostPaid);
+    b.lock_reasons = vec!["security".into()];
+    let h = start(vec![a.clone(), b.clone()], Faults::default()).await;
+    h.sim
+        .set_disks("i-plain", disks_for(&a, &[("cloud_essd", 200, false)]));
+    h.sim
+        .set_disks("i-locked", disks_for(&b, &[("cloud_essd", 200, false)]));
+    let c = client_for(&h, sim::DEFAULT_ACCESS_KEY_SECRET);
+    c.delete_instances(&DeleteRequest {
+        region: REGION.into(),
+        instance_ids: vec!["i-plain".into(), "i-locked".into()],
+        force: false,
+        terminate_subscription: false,
+        dry_run: false,
+        client_token: "disk-token-1".into(),
+    })
+    .await
+    .unwrap();
+    let left = c.describe_disks(REGION, None).await.unwrap();
+    // Only i-plain's kept data disk is left: detached, pay-as-you-go, Available.
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].disk_id, "d-plain-1");
+    assert!(left[0].instance_id.is_empty());
+    assert_eq!(left[0].status, "Available");
+    let rel = h.sim.releases();
+    let kept: Vec<(String, usize)> = rel
+        .iter()
+        .map(|r| (r.instance_id.clone(), r.disks_kept))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![("i-plain".to_string(), 1), ("i-locked".to_string(), 0)]
+    );
+}
+
+#[tokio::test]
+async fn describe_price_answers_the_documented_table() {
+    let h = start(vec![], Faults::default()).await;
+    let c = client_for(&h, sim::DEFAULT_ACCESS_KEY_SECRET);
+    let q = c
+        .describe_price(
+            REGION,
+            &PriceRequest::Instance {
+                instance_type: "ecs.g6.large".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.currency, "CNY");
+    assert_eq!(q.detail("instanceType"), Some(480_000), "¥0.48 an hour");
+    assert!(q.detail("systemDisk").is_some());
+    let d = c
+        .describe_price(
+            REGION,
+            &PriceRequest::Disk {
+                category: "cloud_essd".into(),
+                size_gb: 40,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        d.detail("dataDisk"),
+        Some(54_800),
+        "¥40 a month is ¥0.0548 an hour"
+    );
+    let e = c
+        .describe_price(
+            REGION,
+            &PriceRequest::Instance {
+                instance_type: "ecs.nonesuch".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "InvalidInstanceType.ValueNotSupported");
+    assert_eq!(e.class(), ErrorClass::Permanent, "{e}");
+}
+
+#[tokio::test]
+async fn describe_renewal_price_prices_a_month_of_a_subscription() {
+    let mut sub = inst("i-sub", InstanceStatus::Stopped, ChargeType::PrePaid);
+    sub.expired_time = Some(Utc::now() - chrono::Duration::days(3));
+    let payg = inst("i-payg", InstanceStatus::Stopped, ChargeType::PostPaid);
+    let h = start(vec![sub.clone(), payg], Faults::default()).await;
+    h.sim.set_disks("i-sub", disks_for(&sub, &[]));
+    let c = client_for(&h, sim::DEFAULT_ACCESS_KEY_SECRET);
+    let q = c.describe_renewal_price(REGION, "i-sub").await.unwrap();
+    // 0.75 × 730 h × ¥0.48 = ¥262.80, plus the 40 GiB ESSD system disk at ¥40.
+    assert_eq!(q.detail("instanceType"), Some(262_800_000));
+    assert_eq!(q.detail("systemDisk"), Some(40_000_000));
+    assert_eq!(q.original_micros, 302_800_000);
+    let e = c
+        .describe_renewal_price(REGION, "i-payg")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "InvalidInstanceChargeType.ValueNotSupported");
+    let e = c
+        .describe_renewal_price(REGION, "i-gone")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "InvalidInstanceId.NotFound");
+}

@@ -152,6 +152,7 @@ fn cases() -> Vec<(Notification, Value, Value, Value)> {
         policy: "stale-dev".into(),
         releases: vec![web1(), unnamed()],
         at: t("2024-05-07T02:00:00Z"),
+        saving: None,
     };
     let released = Notification::Released {
         policy: "stale-dev".into(),
@@ -378,6 +379,7 @@ async fn a_batch_is_one_message_and_long_lists_are_capped() {
             policy: "stale-dev".into(),
             releases: many(120),
             at,
+            saving: None,
         },
         Notification::Released {
             policy: "stale-dev".into(),

@@ -1,7 +1,8 @@
 //! Alibaba's own Python SDKs against the simulator on 127.0.0.1: `alibabacloud-ecs20140526`
 //! (today's SDK, signature V3) and `aliyun-python-sdk-ecs` (the older one, signature V1), each
 //! through paging with NextToken, tag and status filters, DryRun, DeleteInstances with a
-//! ClientToken and its replay, and a wrong secret refused.
+//! ClientToken and its replay, a wrong secret refused, and the answers savings read
+//! (DescribePrice, DescribeRenewalPrice, DescribeDisks).
 //!
 //! Skipped, with a note, where `python3` or the packages are missing; `.ci/run` installs them.
 
@@ -63,7 +64,14 @@ fn fleet() -> Vec<Instance> {
         ChargeType::PostPaid,
     );
     web.tags.insert("purpose".into(), "web".into());
-    out.extend([running, web]);
+    // A subscription, for DescribeRenewalPrice.
+    let sub = common::inst(
+        "i-sub-expired",
+        REGION,
+        InstanceStatus::Stopped,
+        ChargeType::PrePaid,
+    );
+    out.extend([running, web, sub]);
     out
 }
 
@@ -78,6 +86,8 @@ async fn drive(h: &SimHandle, kind: &str, delete_id: &str, token: &str) -> serde
         sim::DEFAULT_ACCESS_KEY_SECRET,
         delete_id,
         token,
+        "i-sub-expired",
+        "i-web-stopped",
     ]
     .map(str::to_string);
     let out = tokio::task::spawn_blocking(move || {
@@ -133,6 +143,26 @@ async fn scenario(kind: &str, module: &str, package: &str, signature: &str) {
         "SignatureDoesNotMatch"
     };
     assert_eq!(v["wrong_secret"], wrong_secret, "{v}");
+    // What savings read: a price with its breakdown, a renewal price, an instance's disks.
+    assert_eq!(v["price"]["currency"], "CNY", "{v}");
+    assert_eq!(v["price"]["details"]["instanceType"], 0.48, "{v}");
+    assert!(v["price"]["details"]["systemDisk"].is_number(), "{v}");
+    assert_eq!(v["renewal"]["currency"], "CNY", "{v}");
+    assert!(v["renewal"]["original"].as_f64().unwrap() > 0.0, "{v}");
+    let want: Vec<serde_json::Value> = h
+        .sim
+        .disks()
+        .iter()
+        .filter(|d| d.instance_id == "i-web-stopped")
+        .map(|d| {
+            serde_json::json!({
+                "id": d.disk_id, "type": d.kind.as_str(), "category": d.category,
+                "size": d.size_gb, "delete_with_instance": d.delete_with_instance,
+            })
+        })
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(v["disks"], serde_json::Value::Array(want), "{v}");
     let releases = h.sim.releases();
     assert_eq!(releases.len(), 1, "{releases:?}");
     assert_eq!(releases[0].instance_id, "i-ci-007");

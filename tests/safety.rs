@@ -877,14 +877,16 @@ async fn plan_groups_skips_by_reason_and_summarises() {
     assert!(
         summary
             .stdout
-            .contains("ci: 2 to release; skipped: 8 protected"),
+            .contains("ci: 2 to release, ≈ ¥881/month saved; skipped: 8 protected"),
         "{}",
         summary.stdout
     );
     let hidden = e.run(&["plan", "--hide-skips"]).await;
     assert!(!hidden.stdout.contains("skipped:"), "{}", hidden.stdout);
     assert!(
-        hidden.stdout.contains("Plan: 2 to release, 8 skipped"),
+        hidden
+            .stdout
+            .contains("Plan: 2 to release, ≈ ¥881/month saved, 8 skipped"),
         "{}",
         hidden.stdout
     );

@@ -998,3 +998,123 @@ async fn a_read_only_sqlite_url_is_diagnosed_with_the_file_and_the_remedy() {
     // The writable store is untouched and goes on.
     db.store.set_setting("probe", "y").await.unwrap();
 }
+
+/// Claims and completes every due release of `s` at `at`.
+async fn release_all(s: &Store, at: DateTime<Utc>) {
+    while let Some(b) = s.claim("w", at, LEASE, 100, None).await.unwrap() {
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, at)
+            .await
+            .unwrap());
+        let done: Vec<_> = b.members.iter().map(|m| (m.clone(), ok())).collect();
+        assert!(s
+            .finish_batch(&b.fence, BatchState::Done, None, &done, &[], at)
+            .await
+            .unwrap());
+    }
+}
+
+conformance!(
+    each_release_keeps_its_saving_and_the_sums_are_exact,
+    |db: TestDb| async move {
+        use ecs_janitor::money::Money;
+        use ecs_janitor::store::ReleaseSaving;
+        let s = &db.store;
+        let saving = |minor: Option<i64>, currency: &str| ReleaseSaving {
+            basis: "compute_and_disks".into(),
+            monthly: minor.map(|m| Money::new(m, currency)),
+            renewal_avoided: None,
+        };
+        // Yesterday: two releases in CNY (one of unknown price); today one in CNY, one in USD.
+        let yesterday = t0() - chrono::Duration::days(1);
+        let due_yesterday = |id: &str| {
+            let mut r = rel(id, "r1", false);
+            r.not_before = yesterday;
+            r
+        };
+        let a = s
+            .enqueue(&[due_yesterday("i-a"), due_yesterday("i-b")], yesterday)
+            .await
+            .unwrap();
+        s.record_savings(&[
+            (a[0].0, saving(Some(39_040), "CNY")),
+            (a[1].0, saving(None, "CNY")),
+        ])
+        .await
+        .unwrap();
+        release_all(s, yesterday).await;
+        let b = s
+            .enqueue(&[rel("i-c", "r1", false), rel("i-d", "r2", false)], t0())
+            .await
+            .unwrap();
+        s.record_savings(&[
+            (b[0].0, saving(Some(10), "CNY")),
+            (b[1].0, saving(Some(4_000), "USD")),
+        ])
+        .await
+        .unwrap();
+        release_all(s, t0()).await;
+        // Still waiting out its grace: upcoming, not saved.
+        let mut later = rel("i-e", "r1", false);
+        later.not_before = t0() + chrono::Duration::days(1);
+        let c = s.enqueue(&[later], t0()).await.unwrap();
+        s.record_savings(&[(c[0].0, saving(Some(35_040), "CNY"))])
+            .await
+            .unwrap();
+        release_all(s, t0()).await;
+
+        let sum = s.savings_summary(t0()).await.unwrap();
+        let all = |t: &ecs_janitor::money::Totals| t.iter().collect::<Vec<Money>>();
+        assert_eq!(
+            all(&sum.since_start),
+            vec![Money::new(39_050, "CNY"), Money::new(4_000, "USD")]
+        );
+        // t0 is 2026-11-26: yesterday is in the same month.
+        assert_eq!(all(&sum.this_month), all(&sum.since_start));
+        assert_eq!(all(&sum.upcoming), vec![Money::new(35_040, "CNY")]);
+        assert_eq!(sum.released_unknown, 1);
+
+        let days = s.savings_by_day(t0(), 30).await.unwrap();
+        assert_eq!(days.len(), 30);
+        let last = &days[29];
+        let before = &days[28];
+        assert_eq!(
+            (before.releases, all(&before.saved)),
+            (2, vec![Money::new(39_040, "CNY")])
+        );
+        assert_eq!(
+            (last.releases, all(&last.saved)),
+            (2, vec![Money::new(10, "CNY"), Money::new(4_000, "USD")])
+        );
+        assert!(days[..28].iter().all(|d| d.releases == 0));
+
+        let by_policy = s.savings_by_policy().await.unwrap();
+        let cny = by_policy.iter().find(|p| p.currency == "CNY").unwrap();
+        assert_eq!((cny.released_minor, cny.pending_minor), (39_050, 35_040));
+
+        // The queue's listing shows the figure each release was queued with.
+        let rows = s.list_releases(&ReleaseFilter::default()).await.unwrap();
+        let a_row = rows.iter().find(|r| r.instance_id == "i-a").unwrap();
+        assert_eq!(
+            a_row.saving.as_ref().and_then(|s| s.monthly.clone()),
+            Some(Money::new(39_040, "CNY"))
+        );
+        let json = serde_json::to_value(a_row).unwrap();
+        assert_eq!(
+            json["saving"],
+            serde_json::json!({"basis": "compute_and_disks",
+                "monthly": {"amount": "390.40", "currency": "CNY"}, "renewal_avoided": null})
+        );
+        let b_row = rows.iter().find(|r| r.instance_id == "i-b").unwrap();
+        assert_eq!(
+            b_row.saving.as_ref().map(|s| s.monthly.is_none()),
+            Some(true)
+        );
+        let unpriced = s.enqueue(&[rel("i-f", "r1", false)], t0()).await.unwrap();
+        let row = s.release(unpriced[0].0).await.unwrap();
+        assert!(
+            row.saving.is_none(),
+            "a release queued unpriced has no figure"
+        );
+    }
+);

@@ -55,10 +55,16 @@ pub enum Command {
 
 /// The settings each subcommand reads (by its path), so it gets their flags and nothing else.
 pub const COMMAND_GROUPS: &[(&[&str], &[Group])] = &[
-    (&["validate"], &[Group::Policies]),
+    (&["validate"], &[Group::Policies, Group::Pricing]),
     (
         &["plan"],
-        &[Group::Policies, Group::Database, Group::Ecs, Group::Safety],
+        &[
+            Group::Policies,
+            Group::Database,
+            Group::Ecs,
+            Group::Safety,
+            Group::Pricing,
+        ],
     ),
     (
         &["apply"],
@@ -68,6 +74,7 @@ pub const COMMAND_GROUPS: &[(&[&str], &[Group])] = &[
             Group::Ecs,
             Group::Safety,
             Group::Workers,
+            Group::Pricing,
         ],
     ),
     (&["run"], RUN_GROUPS),
@@ -89,6 +96,7 @@ pub const RUN_GROUPS: &[Group] = &[
     Group::Safety,
     Group::Workers,
     Group::Daemon,
+    Group::Pricing,
 ];
 
 #[derive(Debug, Subcommand)]

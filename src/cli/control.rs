@@ -56,23 +56,33 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
                 return Ok(ExitCode::SUCCESS);
             }
             outln!(
-                "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} LAST",
+                "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<16} LAST",
                 "ID",
                 "INSTANCE",
                 "REGION",
                 "STATE",
                 "TRY",
-                "POLICY"
+                "POLICY",
+                "SAVES/MONTH"
             );
             for r in rows {
+                // The figure it was queued with (list price), kept as it was then.
+                let saves = match &r.saving {
+                    None => "-".to_string(),
+                    Some(s) => s
+                        .monthly
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_string(), |m| m.display()),
+                };
                 outln!(
-                    "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {}",
+                    "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<16} {}",
                     r.id,
                     r.instance_id,
                     r.region,
                     r.state,
                     r.attempts,
                     r.policy,
+                    saves,
                     r.last_code.or(r.last_error).unwrap_or_default()
                 );
             }

@@ -7,6 +7,26 @@ use crate::policy::report::{self, Findings, Format};
 use crate::settings::Settings;
 
 pub(super) fn validate(args: &ValidateArgs, settings: &Settings) -> ExitCode {
+    // The price file, when one is set, is checked first: a bad one fails validation.
+    if let Some(path) = &settings.ecs.prices_file {
+        match crate::pricing::PriceFile::load(path) {
+            Ok(f) if args.format == Format::Text => outln!(
+                "{}: prices in {} for {}, no problems.",
+                path.display(),
+                f.currency,
+                crate::policy::count(f.regions.len(), "region")
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!(
+                    "{} found in the price file.",
+                    crate::policy::count(e.problems.len(), "problem")
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
     let (paths, what) = if args.files.is_empty() {
         let dir = &settings.policies;
         (vec![dir.clone()], dir.display().to_string())

@@ -19,7 +19,10 @@ use super::credentials::SharedProvider;
 use super::error::{parse_time_left, EcsError, ErrorClass, InvalidRequest, TransportKind};
 use super::pace::{PaceConfig, Pacer};
 use super::sign;
-use super::types::{ChargeType, Instance, InstanceStatus, WireInstance};
+use super::types::{
+    ChargeType, Disk, Instance, InstanceStatus, PriceDetail, PriceQuote, WireDisk, WireInstance,
+    WirePrice,
+};
 use crate::backoff::Backoff;
 use crate::clock::{SharedClock, SystemClock};
 
@@ -27,6 +30,9 @@ use crate::clock::{SharedClock, SystemClock};
 pub const API_VERSION: &str = "2014-05-26";
 /// The largest page and the largest id list ECS accepts.
 pub const MAX_PAGE: usize = 100;
+/// The largest page of DescribeDisks: `MaxResults` 10 to 500 (ECS-V2
+/// `describe_disks_request_model.go`: "Valid values: 10 to 500").
+pub const MAX_DISK_PAGE: usize = 500;
 
 /// Which request signature the client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -204,6 +210,97 @@ struct DescribeBody {
 struct InstancesBody {
     #[serde(default)]
     instance: Vec<WireInstance>,
+}
+
+/// What one `DescribePrice` prices.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PriceRequest {
+    /// `ResourceType=instance`: the instance type's own price is the `instanceType` line of the
+    /// breakdown.
+    Instance { instance_type: String },
+    /// `ResourceType=disk` (pay-as-you-go only): one disk of a category and size.
+    Disk { category: String, size_gb: u32 },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct DisksBody {
+    request_id: String,
+    next_token: Option<String>,
+    disks: DiskList,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct DiskList {
+    disk: Vec<WireDisk>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct PriceBody {
+    request_id: String,
+    price_info: PriceInfoBody,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct PriceInfoBody {
+    price: Option<WirePrice>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    action: &'static str,
+    status: u16,
+    body: &[u8],
+) -> Result<T, EcsError> {
+    serde_json::from_slice(body).map_err(|e| EcsError::Decode {
+        action,
+        status,
+        request_id: String::new(),
+        detail: e.to_string(),
+    })
+}
+
+/// Reads `PriceInfo.Price` into millionths; an answer without a currency or with a price that is
+/// not a finite, non-negative number is a decode error.
+fn quote(action: &'static str, status: u16, body: &[u8]) -> Result<PriceQuote, EcsError> {
+    let b: PriceBody = decode(action, status, body)?;
+    let bad = |detail: String| EcsError::Decode {
+        action,
+        status,
+        request_id: b.request_id.clone(),
+        detail,
+    };
+    let p = b
+        .price_info
+        .price
+        .clone()
+        .ok_or_else(|| bad("no PriceInfo.Price in the answer".into()))?;
+    if p.currency.is_empty() {
+        return Err(bad("PriceInfo.Price.Currency is empty".into()));
+    }
+    let original_micros = crate::money::micros_of(p.original_price)
+        .ok_or_else(|| bad(format!("OriginalPrice {} is not a price", p.original_price)))?;
+    let mut details = Vec::new();
+    for d in p.detail_infos.detail_info {
+        let micros = crate::money::micros_of(d.original_price).ok_or_else(|| {
+            bad(format!(
+                "OriginalPrice {} of {} is not a price",
+                d.original_price, d.resource
+            ))
+        })?;
+        details.push(PriceDetail {
+            resource: d.resource,
+            original_micros: micros,
+        });
+    }
+    Ok(PriceQuote {
+        currency: p.currency,
+        original_micros,
+        details,
+        request_id: b.request_id.clone(),
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -487,20 +584,40 @@ impl EcsClient {
             params.push(("InstanceIds".into(), json));
         }
 
+        self.read(
+            ACTION,
+            region,
+            &params,
+            |status, body| match serde_json::from_slice::<DescribeBody>(body) {
+                Ok(b) => Self::page_from(b, status),
+                Err(e) => Err(EcsError::Decode {
+                    action: ACTION,
+                    status,
+                    request_id: String::new(),
+                    detail: e.to_string(),
+                }),
+            },
+        )
+        .await
+    }
+
+    /// Sends a read (an action without side effects) and parses its answer with `parse`, retried
+    /// on retryable errors within the read's attempts and deadline, with the seeded backoff.
+    async fn read<T>(
+        &self,
+        action: &'static str,
+        region: &str,
+        params: &[(String, String)],
+        parse: impl Fn(u16, &[u8]) -> Result<T, EcsError>,
+    ) -> Result<T, EcsError> {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.call(ACTION, region, &params, attempt).await;
-            let err = match result {
-                Ok((status, body)) => match serde_json::from_slice::<DescribeBody>(&body) {
-                    Ok(b) => return Self::page_from(b, status),
-                    Err(e) => EcsError::Decode {
-                        action: ACTION,
-                        status,
-                        request_id: String::new(),
-                        detail: e.to_string(),
-                    },
+            let err = match self.call(action, region, params, attempt).await {
+                Ok((status, body)) => match parse(status, &body) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
                 },
                 Err(e) => e,
             };
@@ -521,7 +638,7 @@ impl EcsClient {
             }
             .min(self.cfg.read_deadline.saturating_sub(elapsed));
             tracing::debug!(
-                action = ACTION,
+                action,
                 region,
                 attempt,
                 code = err.code(),
@@ -530,6 +647,107 @@ impl EcsClient {
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The disks of `region` (all of them, or those attached to `instance_id`), paging with
+    /// NextToken/MaxResults=500 until the returned NextToken is empty.
+    pub async fn describe_disks(
+        &self,
+        region: &str,
+        instance_id: Option<&str>,
+    ) -> Result<Vec<Disk>, EcsError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (disks, next) = self
+                .describe_disks_page(region, instance_id, token.as_deref())
+                .await?;
+            out.extend(disks);
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of DescribeDisks (at most 500 disks) and the next page's token, retried on
+    /// retryable errors.
+    pub async fn describe_disks_page(
+        &self,
+        region: &str,
+        instance_id: Option<&str>,
+        next_token: Option<&str>,
+    ) -> Result<(Vec<Disk>, Option<String>), EcsError> {
+        const ACTION: &str = "DescribeDisks";
+        let mut params: Vec<(String, String)> =
+            vec![("MaxResults".into(), MAX_DISK_PAGE.to_string())];
+        if let Some(id) = instance_id {
+            params.push(("InstanceId".into(), id.to_string()));
+        }
+        if let Some(t) = next_token {
+            params.push(("NextToken".into(), t.to_string()));
+        }
+        self.read(ACTION, region, &params, |status, body| {
+            let b: DisksBody = decode(ACTION, status, body)?;
+            let disks = b
+                .disks
+                .disk
+                .into_iter()
+                .map(WireDisk::into_disk)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| EcsError::Decode {
+                    action: ACTION,
+                    status,
+                    request_id: b.request_id.clone(),
+                    detail: e.to_string(),
+                })?;
+            Ok((disks, b.next_token.filter(|t| !t.is_empty())))
+        })
+        .await
+    }
+
+    /// The pay-as-you-go list price of one configuration (`DescribePrice`, price unit an hour).
+    pub async fn describe_price(
+        &self,
+        region: &str,
+        req: &PriceRequest,
+    ) -> Result<PriceQuote, EcsError> {
+        const ACTION: &str = "DescribePrice";
+        let mut params: Vec<(String, String)> = vec![("PriceUnit".into(), "Hour".into())];
+        match req {
+            PriceRequest::Instance { instance_type } => {
+                params.push(("ResourceType".into(), "instance".into()));
+                params.push(("InstanceType".into(), instance_type.clone()));
+            }
+            PriceRequest::Disk { category, size_gb } => {
+                params.push(("ResourceType".into(), "disk".into()));
+                params.push(("DataDisk.1.Category".into(), category.clone()));
+                params.push(("DataDisk.1.Size".into(), size_gb.to_string()));
+            }
+        }
+        self.read(ACTION, region, &params, |status, body| {
+            quote(ACTION, status, body)
+        })
+        .await
+    }
+
+    /// What renewing the subscription `instance_id` for one month would cost at list price
+    /// (`DescribeRenewalPrice` with only its required parameters: one month).
+    pub async fn describe_renewal_price(
+        &self,
+        region: &str,
+        instance_id: &str,
+    ) -> Result<PriceQuote, EcsError> {
+        const ACTION: &str = "DescribeRenewalPrice";
+        let params: Vec<(String, String)> = vec![
+            ("ResourceId".into(), instance_id.to_string()),
+            ("ResourceType".into(), "instance".into()),
+        ];
+        self.read(ACTION, region, &params, |status, body| {
+            quote(ACTION, status, body)
+        })
+        .await
     }
 
     fn page_from(b: DescribeBody, status: u16) -> Result<DescribePage, EcsError> {

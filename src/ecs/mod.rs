@@ -1,5 +1,6 @@
 //! The signed ECS OpenAPI client (RPC style, version 2014-05-26): signing, the two actions
-//! ecs-janitor uses (`DescribeInstances`, `DeleteInstances`), error classification and credentials.
+//! ecs-janitor uses (`DescribeInstances`, `DeleteInstances`; for savings `DescribeDisks`,
+//! `DescribePrice`, `DescribeRenewalPrice`), error classification and credentials.
 
 pub mod accounts;
 pub mod chain;
@@ -16,8 +17,8 @@ pub mod types;
 pub use accounts::{AccountError, AccountUse, Accounts, DEFAULT_ACCOUNT};
 pub use client::{
     ClientConfig, DeleteAnswer, DeleteRequest, DescribeFilter, DescribePage, EcsClient,
-    SignatureVersion,
+    PriceRequest, SignatureVersion,
 };
 pub use credentials::{Credentials, CredentialsProvider, EnvProvider, Secret, StaticProvider};
 pub use error::{classify_code, is_account_wide, EcsError, ErrorClass};
-pub use types::{ChargeType, Instance, InstanceStatus, Tags};
+pub use types::{ChargeType, Disk, DiskKind, Instance, InstanceStatus, PriceQuote, Tags};

@@ -377,6 +377,172 @@ impl WireInstance {
     }
 }
 
+/// Whether a disk is an instance's system disk or one of its data disks (`Type` of
+/// `DescribeDisks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DiskKind {
+    System,
+    Data,
+}
+
+impl DiskKind {
+    /// ECS's spelling: `system` or `data`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskKind::System => "system",
+            DiskKind::Data => "data",
+        }
+    }
+}
+
+/// One block storage disk, normalised from `DescribeDisks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    pub disk_id: String,
+    /// The instance it is attached to; empty when it is not attached.
+    pub instance_id: String,
+    pub region_id: String,
+    pub zone_id: String,
+    /// `cloud`, `cloud_efficiency`, `cloud_ssd`, `cloud_essd`, `cloud_auto`, ...
+    pub category: String,
+    /// GiB.
+    pub size_gb: u32,
+    pub kind: DiskKind,
+    /// Released with its instance (`true`), or kept as a pay-as-you-go disk (`false`).
+    pub delete_with_instance: bool,
+    /// `PrePaid` or `PostPaid`.
+    pub charge_type: ChargeType,
+    /// `In_use`, `Available`, ...
+    pub status: String,
+}
+
+impl Disk {
+    /// The wire (`DescribeDisks` JSON) form of this disk.
+    pub fn to_wire(&self) -> WireDisk {
+        WireDisk {
+            disk_id: self.disk_id.clone(),
+            instance_id: self.instance_id.clone(),
+            region_id: self.region_id.clone(),
+            zone_id: self.zone_id.clone(),
+            category: self.category.clone(),
+            size: self.size_gb,
+            r#type: self.kind.as_str().to_string(),
+            delete_with_instance: self.delete_with_instance,
+            disk_charge_type: self.charge_type.as_str().to_string(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+/// A disk exactly as `DescribeDisks` serialises it. Unknown fields are ignored when reading.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WireDisk {
+    pub disk_id: String,
+    pub instance_id: String,
+    pub region_id: String,
+    pub zone_id: String,
+    pub category: String,
+    pub size: u32,
+    pub r#type: String,
+    pub delete_with_instance: bool,
+    pub disk_charge_type: String,
+    pub status: String,
+}
+
+impl WireDisk {
+    /// Normalises the wire form; a disk with an unknown `Type` or `DiskChargeType` is an error
+    /// naming it.
+    pub fn into_disk(self) -> Result<Disk, WireError> {
+        let err = |field: &'static str, value: &str, expected: &'static str| WireError {
+            instance_id: format!("{} (disk {})", self.instance_id, self.disk_id),
+            field,
+            value: value.to_string(),
+            expected,
+        };
+        let kind = match self.r#type.as_str() {
+            "system" => DiskKind::System,
+            "data" => DiskKind::Data,
+            other => return Err(err("Type", other, "system or data")),
+        };
+        let charge_type = ChargeType::parse(&self.disk_charge_type).ok_or_else(|| {
+            err(
+                "DiskChargeType",
+                &self.disk_charge_type,
+                "PrePaid or PostPaid",
+            )
+        })?;
+        Ok(Disk {
+            disk_id: self.disk_id,
+            instance_id: self.instance_id,
+            region_id: self.region_id,
+            zone_id: self.zone_id,
+            category: self.category,
+            size_gb: self.size,
+            kind,
+            delete_with_instance: self.delete_with_instance,
+            charge_type,
+            status: self.status,
+        })
+    }
+}
+
+/// One line of a price's breakdown (`DetailInfos.DetailInfo[]`): `instanceType`, `systemDisk`,
+/// `dataDisk`, `bandwidth`, `image`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceDetail {
+    pub resource: String,
+    /// The list price (`OriginalPrice`), in millionths of the currency's unit, per price unit.
+    pub original_micros: i64,
+}
+
+/// A price answer (`PriceInfo.Price` of `DescribePrice` or `DescribeRenewalPrice`): list prices
+/// only; discounts are not ecs-janitor's to count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceQuote {
+    pub currency: String,
+    /// `OriginalPrice`, in millionths of the unit, per price unit (an hour, or a month).
+    pub original_micros: i64,
+    pub details: Vec<PriceDetail>,
+    pub request_id: String,
+}
+
+impl PriceQuote {
+    /// The list price of one resource of the breakdown.
+    pub fn detail(&self, resource: &str) -> Option<i64> {
+        self.details
+            .iter()
+            .find(|d| d.resource == resource)
+            .map(|d| d.original_micros)
+    }
+}
+
+/// `PriceInfo.Price` exactly as ECS serialises it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WirePrice {
+    pub currency: String,
+    pub original_price: f64,
+    pub discount_price: f64,
+    pub trade_price: f64,
+    pub detail_infos: WireDetailInfos,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WireDetailInfos {
+    pub detail_info: Vec<WireDetailInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WireDetailInfo {
+    pub resource: String,
+    pub original_price: f64,
+    pub discount_price: f64,
+    pub trade_price: f64,
+}
+
 /// Parses an ECS time: `yyyy-MM-ddTHH:mmZ` (what the API really returns) or `yyyy-MM-ddTHH:mm:ssZ`
 /// (what its documentation says).
 pub fn parse_ecs_time(s: &str) -> Option<DateTime<Utc>> {

@@ -62,6 +62,15 @@ pub struct ReleasedInstance {
     pub at: DateTime<Utc>,
 }
 
+/// What scheduled releases will save per month (list prices), and how long until they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledSaving {
+    pub monthly: crate::money::Totals,
+    /// Releases whose saving is unknown (not in `monthly`).
+    pub unknown: usize,
+    pub within: chrono::Duration,
+}
+
 /// A release that failed for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRelease {
@@ -82,6 +91,8 @@ pub enum Notification {
         policy: String,
         releases: Vec<InstanceRef>,
         at: DateTime<Utc>,
+        /// What releasing them will save, and in how long (`None` when the plan was not priced).
+        saving: Option<ScheduledSaving>,
     },
     /// Releases that completed.
     Released {

@@ -114,10 +114,22 @@ fn event_json(n: &Notification, max: usize) -> Value {
             policy,
             releases,
             at,
+            saving,
         } => {
             let (count, instances, omitted) = capped_list(releases, max, instance_json);
-            json!({"kind": "scheduled", "policy": policy, "at": rfc3339(*at), "count": count,
-                   "instances": instances, "omitted": omitted})
+            let saves = saving.as_ref().map(|s| {
+                json!({
+                    "monthly": s.monthly.iter().map(|m| json!({"amount": m.decimal(), "currency": m.currency})).collect::<Vec<_>>(),
+                    "unknown": s.unknown,
+                    "list_price": true,
+                })
+            });
+            let mut v = json!({"kind": "scheduled", "policy": policy, "at": rfc3339(*at),
+                   "count": count, "instances": instances, "omitted": omitted});
+            if let Some(saves) = saves {
+                v["saves"] = saves;
+            }
+            v
         }
         Notification::Released { policy, releases } => {
             let (count, instances, omitted) = capped_list(releases, max, |r| {
@@ -262,17 +274,42 @@ fn list<T>(flavor: Flavor, items: &[T], max: usize, line: impl Fn(&T) -> String)
     lines.join("\n")
 }
 
+/// `; releasing in 24h saves ≈ ¥1,200/month`.
+fn saving_words(s: &super::ScheduledSaving) -> String {
+    let hours = s.within.num_hours().max(0);
+    let within = if hours >= 48 && hours % 24 == 0 {
+        format!("{}d", hours / 24)
+    } else if hours >= 1 {
+        format!("{hours}h")
+    } else {
+        format!("{}m", s.within.num_minutes().max(0))
+    };
+    let amount = if s.monthly.is_empty() {
+        "an unknown amount".to_string()
+    } else {
+        format!("≈ {}/month", s.monthly.display_whole("CNY"))
+    };
+    let unknown = if s.unknown > 0 && !s.monthly.is_empty() {
+        format!(" ({} unknown)", s.unknown)
+    } else {
+        String::new()
+    };
+    format!("; releasing in {within} saves {amount}{unknown}")
+}
+
 fn event_text(flavor: Flavor, n: &Notification, max: usize) -> String {
     match n {
         Notification::Scheduled {
             policy,
             releases,
             at,
+            saving,
         } => format!(
-            "{}: {} will be released at {} (grace period started)\n\n{}",
+            "{}: {} will be released at {} (grace period started){}\n\n{}",
             flavor.bold(policy),
             plural(releases.len(), "instance", "instances"),
             human_time(*at),
+            saving.as_ref().map(saving_words).unwrap_or_default(),
             list(flavor, releases, max, |i| instance_words(flavor, i)),
         ),
         Notification::Released { policy, releases } => format!(
@@ -332,6 +369,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_grace_notice_says_what_releasing_saves() {
+        let mut monthly = crate::money::Totals::new();
+        monthly.add(&crate::money::Money::new(1_230_040, "CNY"));
+        let n = Notification::Scheduled {
+            policy: "stale-dev".into(),
+            releases: vec![super::super::InstanceRef {
+                instance_id: "i-1".into(),
+                instance_name: String::new(),
+                region: "cn-hangzhou".into(),
+            }],
+            at: chrono::DateTime::parse_from_rfc3339("2024-05-07T02:00:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+            saving: Some(super::super::ScheduledSaving {
+                monthly,
+                unknown: 1,
+                within: chrono::Duration::hours(24),
+            }),
+        };
+        let v = render(WebhookFormat::Generic, std::slice::from_ref(&n), 10);
+        let text = v.to_string();
+        assert!(
+            text.contains("releasing in 24h saves ≈ ¥12,300/month (1 unknown)"),
+            "{text}"
+        );
+        assert_eq!(
+            v["events"][0]["saves"]["monthly"],
+            json!([{"amount": "12300.40", "currency": "CNY"}]),
+            "{v}"
+        );
+    }
+
+    #[test]
     fn long_problems_are_cut() {
         let p = "e\n".repeat(MAX_PROBLEMS_CHARS);
         let s = cap_problems(&p);
@@ -342,6 +412,7 @@ mod tests {
     #[test]
     fn slack_escapes_markup_in_names() {
         let batch = vec![Notification::Scheduled {
+            saving: None,
             policy: "p<&>".into(),
             releases: vec![InstanceRef {
                 instance_id: "i-1".into(),

@@ -22,9 +22,11 @@
 
 mod render;
 mod saved;
+pub mod savings;
 
 pub use render::{render_json, render_text, render_text_with, TextOptions, JSON_FORMAT_VERSION};
 pub use saved::{SavedPlan, SavedPlanError, SavedRelease};
+pub use savings::{Basis, Billing, PriceBook, Saving, Source};
 
 use std::collections::HashMap;
 
@@ -94,6 +96,15 @@ pub struct PlannedRelease {
     /// It holds a `security` lock (the policy allows those): ECS releases every one of its
     /// disks with it, whatever their `DeleteWithInstance`.
     pub security_locked: bool,
+    pub instance_type: String,
+    pub status: InstanceStatus,
+    /// `KeepCharging`, `StopCharging` or `Not-applicable`, as DescribeInstances says.
+    pub stopped_mode: String,
+    pub charge_type: ChargeType,
+    pub created_at: Option<DateTime<Utc>>,
+    /// What releasing it saves per month; `None` until the plan is priced
+    /// (`pricing::price_plan`), which evaluation does not do.
+    pub saving: Option<Saving>,
 }
 
 /// The plan's warning for a security-locked release.
@@ -112,6 +123,64 @@ impl PlannedRelease {
     /// True when the release waits for its grace period to end.
     pub fn is_pending(&self, now: DateTime<Utc>) -> bool {
         self.not_before > now
+    }
+
+    /// What pricing needs to know about how it is billed.
+    pub fn billing(&self) -> Billing<'_> {
+        Billing {
+            instance_id: &self.instance_id,
+            region: &self.region,
+            instance_type: &self.instance_type,
+            status: self.status,
+            stopped_mode: &self.stopped_mode,
+            charge_type: self.charge_type,
+            security_locked: self.security_locked,
+        }
+    }
+}
+
+/// Savings summed over releases, each currency apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavingsTotals {
+    /// Whether any release was priced (an unpriced plan shows no figures at all).
+    pub priced: bool,
+    /// The run-rate saved per month by releases due now.
+    pub due: crate::money::Totals,
+    /// The run-rate of releases waiting out their grace.
+    pub pending: crate::money::Totals,
+    /// A month of renewal avoided (subscriptions), not in `due` or `pending`.
+    pub renewal_avoided: crate::money::Totals,
+    /// What disks that stay after their instance keep costing per month.
+    pub staying: crate::money::Totals,
+    pub staying_disks: usize,
+    /// Releases whose saving is unknown (not counted above).
+    pub unknown: usize,
+}
+
+impl SavingsTotals {
+    /// Sums `releases`, due or pending at `now`.
+    pub fn of<'a>(
+        releases: impl IntoIterator<Item = &'a PlannedRelease>,
+        now: DateTime<Utc>,
+    ) -> SavingsTotals {
+        let mut t = SavingsTotals::default();
+        for r in releases {
+            let Some(s) = &r.saving else { continue };
+            t.priced = true;
+            match &s.monthly {
+                Some(m) if r.is_pending(now) => t.pending.add(m),
+                Some(m) => t.due.add(m),
+                None => t.unknown += 1,
+            }
+            if let Some(m) = &s.renewal_avoided {
+                t.renewal_avoided.add(m);
+            }
+            if let Some(m) = &s.staying_monthly {
+                t.staying.add(m);
+            }
+            t.staying_disks += s.staying_disks;
+        }
+        t
     }
 }
 
@@ -232,6 +301,11 @@ impl Plan {
     /// Every planned release across policies (each instance at most once).
     pub fn releases(&self) -> impl Iterator<Item = &PlannedRelease> {
         self.policies.iter().flat_map(|p| p.releases.iter())
+    }
+
+    /// The savings of every planned release.
+    pub fn savings(&self) -> SavingsTotals {
+        SavingsTotals::of(self.releases(), self.generated_at)
     }
 }
 
@@ -384,6 +458,12 @@ pub fn evaluate(
                         reasons: reasons(&policy.select, inst, ctx),
                         also_matched_by: Vec::new(),
                         security_locked: inst.security_locked(),
+                        instance_type: inst.instance_type.clone(),
+                        status: inst.status,
+                        stopped_mode: inst.stopped_mode.clone(),
+                        charge_type: inst.charge_type,
+                        created_at: inst.creation_time,
+                        saving: None,
                     },
                 ));
             }

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::{Plan, SkipReason};
+use super::{Plan, PlannedRelease, SavingsTotals, SkipReason};
+use crate::money::{Money, Totals};
 
 /// The `version` field of [`render_json`]'s document. Bump it on any incompatible change.
 pub const JSON_FORMAT_VERSION: u32 = 1;
@@ -127,6 +128,13 @@ pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
                     p.dim(&format!("with {}", flags.join(", ")))
                 );
             }
+            let _ = writeln!(out, "      {}", p.dim(&facts_line(r, now)));
+            if let Some(line) = saving_line(r) {
+                let _ = writeln!(out, "      {line}");
+            }
+            if let Some(line) = staying_line(r) {
+                let _ = writeln!(out, "      {}", p.yellow(&format!("! {line}")));
+            }
             let _ = writeln!(out, "      because {}", r.reasons.join("; "));
             for w in r.warnings() {
                 let _ = writeln!(out, "      {}", p.red(&format!("! {w}")));
@@ -170,6 +178,18 @@ pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
                     ))
                 );
             }
+        }
+        let sub = SavingsTotals::of(&pp.releases, now);
+        if sub.priced {
+            let due = pp.releases.iter().filter(|r| !r.is_pending(now)).count();
+            let _ = writeln!(
+                out,
+                "  {}",
+                p.bold(&format!(
+                    "subtotal: {due} to release, {}",
+                    saved_words(&sub.due, sub.unknown, &sub)
+                ))
+            );
         }
         if pp.releases.is_empty() && pp.skips.is_empty() && pp.refused.is_none() {
             let _ = writeln!(out, "  {}", p.dim("no matching instances"));
@@ -225,7 +245,14 @@ pub fn render_json(plan: &Plan) -> Value {
                     "also_matched_by": r.also_matched_by,
                     "security_locked": r.security_locked,
                     "warnings": r.warnings(),
+                    "instance_type": r.instance_type,
+                    "status": r.status.as_str(),
+                    "stopped_mode": r.stopped_mode,
+                    "charge_type": r.charge_type.as_str(),
+                    "created_at": r.created_at.map(crate::timefmt::text),
+                    "saving": r.saving.as_ref().map(saving_json),
                 })).collect::<Vec<_>>(),
+                "savings": totals_json(&SavingsTotals::of(&pp.releases, now)),
                 "skips": pp.skips.iter().map(|k| json!({
                     "instance_id": k.instance_id,
                     "region": k.region,
@@ -244,18 +271,205 @@ pub fn render_json(plan: &Plan) -> Value {
             "pending": s.pending,
             "skipped": s.skipped,
             "policies_refused": s.policies_refused,
+            "savings": totals_json(&plan.savings()),
         },
     })
 }
 
-/// The last line of every text plan: `Plan: N to release, M skipped, K policies refused.`
+/// `{"amount": "350.40", "currency": "CNY"}`: the amount a decimal string, never a float.
+pub fn money_json(m: &Money) -> Value {
+    json!({ "amount": m.decimal(), "currency": m.currency })
+}
+
+fn totals_list(t: &Totals) -> Value {
+    Value::Array(t.iter().map(|m| money_json(&m)).collect())
+}
+
+/// Sums per currency: list prices for a month of 730 hours.
+fn totals_json(t: &SavingsTotals) -> Value {
+    json!({
+        "priced": t.priced,
+        "monthly_due": totals_list(&t.due),
+        "monthly_pending": totals_list(&t.pending),
+        "renewal_avoided": totals_list(&t.renewal_avoided),
+        "staying_monthly": totals_list(&t.staying),
+        "staying_disks": t.staying_disks,
+        "unknown": t.unknown,
+    })
+}
+
+fn saving_json(s: &super::Saving) -> Value {
+    json!({
+        "basis": s.basis.code(),
+        "monthly": s.monthly.as_ref().map(money_json),
+        "renewal_avoided": s.renewal_avoided.as_ref().map(money_json),
+        "staying": {
+            "disks": s.staying_disks,
+            "monthly": s.staying_monthly.as_ref().map(money_json),
+        },
+        "sources": s.sources().iter().map(|x| x.code()).collect::<Vec<_>>(),
+        "unknown": s.unknown,
+        "list_price": true,
+        "hours_per_month": crate::money::HOURS_PER_MONTH,
+        "resources": s.lines.iter().map(|l| json!({
+            "resource": l.resource,
+            "id": l.id,
+            "detail": l.detail,
+            "released": l.released,
+            "counted": l.counted,
+            "monthly": l.monthly.as_ref().map(money_json),
+            "source": l.source.map(|x| x.code()),
+            "unknown": l.unknown,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `ecs.g6.large, Stopped (KeepCharging), PostPaid, 30d old`.
+fn facts_line(r: &PlannedRelease, now: chrono::DateTime<chrono::Utc>) -> String {
+    let status = if r.status == crate::ecs::InstanceStatus::Stopped
+        && !r.stopped_mode.is_empty()
+        && r.stopped_mode != "Not-applicable"
+    {
+        format!("{} ({})", r.status, r.stopped_mode)
+    } else {
+        r.status.to_string()
+    };
+    let age = match r.created_at {
+        Some(t) => {
+            let d = now - t;
+            if d.num_days() >= 1 {
+                format!("{}d old", d.num_days())
+            } else {
+                format!("{}h old", d.num_hours().max(0))
+            }
+        }
+        None => "age unknown".to_string(),
+    };
+    let ty = if r.instance_type.is_empty() {
+        "type unknown"
+    } else {
+        &r.instance_type
+    };
+    format!("{ty}, {status}, {}, {age}", r.charge_type)
+}
+
+/// `saves ≈ ¥390.40/month (compute + disks; list price, describe_price)`, or why unknown.
+fn saving_line(r: &PlannedRelease) -> Option<String> {
+    let s = r.saving.as_ref()?;
+    let sources = s
+        .sources()
+        .iter()
+        .map(|x| x.code())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut line = match &s.monthly {
+        Some(m) => format!(
+            "saves ≈ {}/month ({}; list price from {sources})",
+            m.display(),
+            s.basis.words()
+        ),
+        None => format!(
+            "saves: unknown ({}; {})",
+            s.basis.words(),
+            s.unknown.join("; ")
+        ),
+    };
+    if let Some(m) = &s.renewal_avoided {
+        line.push_str(&format!("; renewal avoided ≈ {}/month", m.display()));
+    } else if s.basis == super::Basis::RenewalAvoided {
+        line.push_str("; renewal avoided: unknown");
+    }
+    Some(line)
+}
+
+/// `2 disks stay and keep billing ≈ ¥200.02/month (DeleteWithInstance=false)`.
+fn staying_line(r: &PlannedRelease) -> Option<String> {
+    let s = r.saving.as_ref()?;
+    if s.staying_disks == 0 {
+        return None;
+    }
+    let n = s.staying_disks;
+    let disks = if n == 1 {
+        "disk stays and keeps"
+    } else {
+        "disks stay and keep"
+    };
+    let cost = match &s.staying_monthly {
+        Some(m) => format!("≈ {}/month", m.display()),
+        None => "an unknown amount".to_string(),
+    };
+    Some(format!(
+        "{n} {disks} billing {cost} (DeleteWithInstance=false)"
+    ))
+}
+
+/// The first currency any figure of `t` is in (for a sum that is empty).
+fn currency_of(t: &SavingsTotals) -> String {
+    [&t.due, &t.pending, &t.renewal_avoided, &t.staying]
+        .iter()
+        .find_map(|x| x.iter().next().map(|m| m.currency))
+        .unwrap_or_else(|| "CNY".to_string())
+}
+
+/// `≈ ¥12,300/month saved`, `≈ ¥12,300/month saved (2 unknown)`, or `savings unknown`.
+fn saved_words(due: &Totals, unknown: usize, all: &SavingsTotals) -> String {
+    if due.is_empty() && unknown > 0 {
+        return format!("saving unknown ({unknown} unpriced)");
+    }
+    let mut w = format!("≈ {}/month saved", due.display_whole(&currency_of(all)));
+    if unknown > 0 {
+        w.push_str(&format!(" ({unknown} unknown)"));
+    }
+    w
+}
+
+/// The last line of every text plan: `Plan: N to release, ≈ ¥X/month saved, M skipped, K
+/// policies refused.` (without the saving when the plan was not priced), after a line of what
+/// else the figures hold when there is any.
 fn totals(plan: &Plan, p: &Paint, out: &mut String) {
     let s = plan.summary();
+    let sv = plan.savings();
+    let saved = if sv.priced {
+        format!("{}, ", saved_words(&sv.due, sv.unknown, &sv))
+    } else {
+        String::new()
+    };
+    if sv.priced {
+        let c = currency_of(&sv);
+        let mut also = Vec::new();
+        if !sv.pending.is_empty() {
+            also.push(format!(
+                "≈ {}/month more when the {} releases waiting out their grace go",
+                sv.pending.display_whole(&c),
+                s.pending
+            ));
+        }
+        if !sv.renewal_avoided.is_empty() {
+            also.push(format!(
+                "≈ {} of subscription renewal avoided (one month, not in the total)",
+                sv.renewal_avoided.display_whole(&c)
+            ));
+        }
+        if sv.staying_disks > 0 {
+            let n = sv.staying_disks;
+            also.push(format!(
+                "{} and keep{} billing ≈ {}/month",
+                crate::money::plural(n, "disk stays", "disks stay"),
+                if n == 1 { "s" } else { "" },
+                sv.staying.display_whole(&c)
+            ));
+        }
+        let mut line = "List prices for a month of 730 hours, before discounts".to_string();
+        if !also.is_empty() {
+            line.push_str(&format!("; {}", also.join("; ")));
+        }
+        let _ = writeln!(out, "{}", p.dim(&format!("{line}.")));
+    }
     let _ = writeln!(
         out,
         "{}",
         p.bold(&format!(
-            "Plan: {} to release, {} skipped, {} policies refused.",
+            "Plan: {} to release, {saved}{} skipped, {} policies refused.",
             s.to_release, s.skipped, s.policies_refused
         ))
     );
@@ -273,8 +487,18 @@ fn render_summary(plan: &Plan, p: &Paint) -> String {
             .map(|(code, g)| format!("{} {}", g.len(), reason_words(code)))
             .collect();
         let mut line = format!("{}: {due} to release", p.bold(&pp.policy));
+        let sub = SavingsTotals::of(&pp.releases, now);
+        if sub.priced {
+            line.push_str(&format!(", {}", saved_words(&sub.due, sub.unknown, &sub)));
+        }
         if waiting > 0 {
             line.push_str(&format!(", {waiting} waiting out their grace"));
+            if !sub.pending.is_empty() {
+                line.push_str(&format!(
+                    " (≈ {}/month)",
+                    sub.pending.display_whole(&currency_of(&sub))
+                ));
+            }
         }
         if !skips.is_empty() {
             line.push_str(&format!("; skipped: {}", skips.join(", ")));

@@ -47,7 +47,7 @@ pub struct ConfigFile {
 /// The structured top-level keys, kept whole.
 const STRUCTURED: &[&str] = &["webhooks", "window", "accounts"];
 /// The top-level keys that hold a mapping of scalar settings.
-const SECTIONS: &[&str] = &["ecs", "workers"];
+const SECTIONS: &[&str] = &["ecs", "workers", "pricing"];
 
 fn scalar_text(v: &Value) -> Option<String> {
     match v {

@@ -11,6 +11,8 @@ pub enum Group {
     Ecs,
     /// Protections (the protect tag).
     Safety,
+    /// How plans are priced (the price file, the pace of price calls).
+    Pricing,
     /// How releases are carried out.
     Workers,
     /// Only `run`.
@@ -224,6 +226,31 @@ pub const SPECS: &[Spec] = &[
         group: Group::Ecs,
         secret: false,
         check: not_empty,
+    },
+    Spec {
+        key: "pricing.file",
+        env: "JANITOR_PRICES",
+        flag: Some("prices"),
+        value_name: "FILE",
+        default: None,
+        help: "A price file (prices.yaml: per region, a month of each instance type and a GiB-month \
+               of each disk category) for negotiated prices or accounts that may not call \
+               DescribePrice. Its prices win over ECS's list prices; `validate` checks it.",
+        group: Group::Pricing,
+        secret: false,
+        check: not_empty,
+    },
+    Spec {
+        key: "pricing.calls_per_second",
+        env: "JANITOR_PRICE_CALLS_PER_SECOND",
+        flag: Some("price-calls-per-second"),
+        value_name: "N",
+        default: Some("20"),
+        help: "DescribePrice, DescribeRenewalPrice and DescribeDisks calls per second while pricing a plan \
+               (0: unpaced).",
+        group: Group::Pricing,
+        secret: false,
+        check: check_uint,
     },
     Spec {
         key: "protect_tag_key",

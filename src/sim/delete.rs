@@ -252,8 +252,14 @@ fn carry_out(
         }
     }
     for id in &ids {
+        // Disks go with the instance unless set to outlive it; a security-locked instance's
+        // all go (DeleteInstance's documentation, see `super::disks`).
+        let disks_kept = st
+            .disks
+            .release_with(id, &region, locked.contains(id), account);
         st.releases.push(ReleaseRecord {
             all_disks_released: locked.contains(id),
+            disks_kept,
             account: account.to_string(),
             instance_id: id.clone(),
             region: region.clone(),

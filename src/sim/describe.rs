@@ -351,11 +351,11 @@ fn numbered_page(
 }
 
 /// NextToken is the hex of the last id served: opaque to clients, stable across releases.
-fn encode_token(id: &str) -> String {
+pub(super) fn encode_token(id: &str) -> String {
     id.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_token(t: &str) -> Option<String> {
+pub(super) fn decode_token(t: &str) -> Option<String> {
     if t.len() % 2 != 0 || t.len() > 256 {
         return None;
     }

@@ -11,7 +11,9 @@ use serde_json::json;
 
 use super::delete::delete;
 use super::describe::describe;
+use super::disks::describe_disks;
 use super::params::instance_id_params;
+use super::price::{describe_price, describe_renewal_price};
 use super::{api_err, auth, ApiError, CallLogEntry, Scripted, SimConfig, SimState, Simulator};
 
 /// What a handled action produced.
@@ -294,6 +296,12 @@ fn act(call: &Call<'_>, cfg: &SimConfig, st: &mut SimState) -> Result<Outcome, A
             "The input parameter \"Action\" that is mandatory for processing this request is not supplied.",
         )),
         "DescribeInstances" => describe(st, call.account, &call.map).map(Outcome::Ok),
+        "DescribeDisks" => describe_disks(st, call.account, &call.map).map(Outcome::Ok),
+        "DescribePrice" => describe_price(st, &cfg.price_currency, &call.map).map(Outcome::Ok),
+        "DescribeRenewalPrice" => {
+            describe_renewal_price(st, call.account, &cfg.price_currency, &call.map)
+                .map(Outcome::Ok)
+        }
         "DeleteInstances" => {
             let drop = st.rng.gen_bool(cfg.faults.drop_after_commit_rate.clamp(0.0, 1.0));
             call.delete(st, cfg.release_delay).map(|v| {

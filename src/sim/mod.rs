@@ -11,16 +11,20 @@
 //! The simulator's model lives here: its configuration, its state and the [`Simulator`] API that
 //! tests, the demo and the benchmarks drive. A request goes [`http`] (the axum server) →
 //! [`dispatch`] (authentication by [`auth`], faults, scripted answers, the call log) → one action
-//! ([`describe`], [`delete`]), with the parameters both actions read in [`params`].
+//! ([`describe`], [`delete`], [`disks`] for DescribeDisks, [`price`] for DescribePrice and
+//! DescribeRenewalPrice), with the parameters the actions share in [`params`]. Every instance has
+//! disks ([`disks`]: given, or drawn from its id), released with it as ECS releases them.
 
 mod auth;
 mod delete;
 mod describe;
+pub mod disks;
 mod dispatch;
 pub mod fleet;
 mod http;
 pub mod imds;
 mod params;
+pub mod price;
 
 pub use describe::{MAX_TAG_FILTERED, MAX_TAG_FILTERS};
 pub use http::{respond, SimHandle};
@@ -36,7 +40,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::ecs::types::Instance;
+use crate::ecs::types::{Disk, Instance};
 
 /// The AccessKey pair the simulator accepts unless told otherwise.
 pub const DEFAULT_ACCESS_KEY_ID: &str = "sim-access-key-id";
@@ -86,6 +90,9 @@ pub struct SimConfig {
     pub quotas: BTreeMap<String, u64>,
     /// The quota's window: ECS's is the wall-clock minute; tests shorten it to run quickly.
     pub quota_window: Duration,
+    /// The currency DescribePrice and DescribeRenewalPrice answer in: `CNY` (the China site) or
+    /// `USD` (the international site), per ../shared/ecs-more.md 1.2.
+    pub price_currency: String,
 }
 
 /// A further account of the simulator and the key that signs as it.
@@ -158,6 +165,7 @@ impl Default for SimConfig {
             release_delay: Duration::from_secs(3),
             quotas: BTreeMap::new(),
             quota_window: Duration::from_secs(60),
+            price_currency: "CNY".to_string(),
         }
     }
 }
@@ -174,8 +182,9 @@ pub struct ReleaseRecord {
     pub terminate_subscription: bool,
     /// Every disk of the instance was released with it, whatever its `DeleteWithInstance`: so
     /// for a security-locked instance. Otherwise each disk followed its own `DeleteWithInstance`.
-    /// (The simulator models no disks beyond this.)
     pub all_disks_released: bool,
+    /// How many of its disks outlived it (`DeleteWithInstance=false`), now pay-as-you-go.
+    pub disks_kept: usize,
     pub request_id: String,
     pub at: DateTime<Utc>,
 }
@@ -224,6 +233,8 @@ struct SimState {
     script: Vec<ScriptStep>,
     /// Calls counted against a quota: (account, region, action) → (minute, calls in it).
     quota_used: HashMap<(String, String, String), (i64, u64)>,
+    /// Every instance's disks, and the disks that outlived their instance.
+    disks: disks::DiskStore,
 }
 
 /// The simulator's shared state and rules; cheap to clone.
@@ -288,7 +299,9 @@ pub struct ScriptStep {
 impl Simulator {
     pub fn new(cfg: SimConfig, fleet: Vec<Instance>) -> Self {
         let mut by_region: HashMap<String, BTreeMap<String, Instance>> = HashMap::new();
+        let mut disk_store = disks::DiskStore::default();
         for inst in fleet {
+            disk_store.set(&inst.instance_id, disks::default_disks(&inst));
             by_region
                 .entry(inst.region_id.clone())
                 .or_default()
@@ -309,6 +322,7 @@ impl Simulator {
                 releasing: HashMap::new(),
                 script: Vec::new(),
                 quota_used: HashMap::new(),
+                disks: disk_store,
             })),
         }
     }
@@ -335,9 +349,12 @@ impl Simulator {
             .insert(action.to_string(), per_minute);
     }
 
-    /// Adds or replaces an instance.
+    /// Adds or replaces an instance; a new instance gets its default disks.
     pub fn upsert(&self, inst: Instance) {
         let mut st = self.state();
+        if !st.disks.has(&inst.instance_id) {
+            st.disks.set(&inst.instance_id, disks::default_disks(&inst));
+        }
         for r in st.fleet.values_mut() {
             r.remove(&inst.instance_id);
         }
@@ -404,6 +421,16 @@ impl Simulator {
         self.modify(instance_id, |i| {
             i.tags.insert(key.to_string(), value.to_string());
         })
+    }
+
+    /// Gives an instance exactly these disks (in place of its default ones).
+    pub fn set_disks(&self, instance_id: &str, disks: Vec<Disk>) {
+        self.state().disks.set(instance_id, disks);
+    }
+
+    /// Every disk, attached or outliving its instance, by region then id.
+    pub fn disks(&self) -> Vec<Disk> {
+        self.state().disks.all()
     }
 
     /// Every effective release so far, in order.

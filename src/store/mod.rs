@@ -29,6 +29,7 @@ mod queue;
 mod rows;
 mod runs;
 mod safety;
+mod savings;
 mod settings;
 mod views;
 
@@ -41,10 +42,11 @@ pub use observations::Seen;
 pub use queue::NewRelease;
 pub use rows::{
     BatchId, BatchMember, BatchState, ClaimedBatch, EventId, EventRow, Fence, ReleaseId,
-    ReleaseRow, ReleaseState, RunRow, RunStatus,
+    ReleaseRow, ReleaseSaving, ReleaseState, RunRow, RunStatus,
 };
 pub use runs::RunEnd;
 pub use safety::{HoldKind, HoldRow};
+pub use savings::{DaySavings, PolicySavings, SavingsSummary};
 pub use settings::PauseInfo;
 pub use views::{MetricsSnapshot, ReleaseFilter, StateCounts};
 

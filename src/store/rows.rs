@@ -177,7 +177,8 @@ pub(super) const RELEASE_SELECT: &str =
     "SELECT r.id, r.instance_id, r.instance_name, r.region, r.policy, r.force,
             r.terminate_subscription, r.state, r.not_before, r.batch_id, r.attempts, r.last_code,
             r.last_message, r.request_id, r.reasons, r.created_at, r.updated_at,
-            b.client_token, r.account
+            b.client_token, r.account, r.saving_basis, r.saving_minor, r.saving_currency,
+            r.renewal_minor
      FROM releases r LEFT JOIN batches b ON b.id = r.batch_id";
 
 #[derive(Debug, Clone, FromRow)]
@@ -201,6 +202,10 @@ struct RawRelease {
     updated_at: i64,
     client_token: Option<String>,
     account: String,
+    saving_basis: Option<String>,
+    saving_minor: Option<i64>,
+    saving_currency: Option<String>,
+    renewal_minor: Option<i64>,
 }
 
 /// One release, as `queue list --json` shows it.
@@ -232,6 +237,36 @@ pub struct ReleaseRow {
     pub created_at: DateTime<Utc>,
     #[serde(with = "crate::timefmt")]
     pub updated_at: DateTime<Utc>,
+    /// What it saves per month, as planned when it was queued (`None`: not priced).
+    pub saving: Option<ReleaseSaving>,
+}
+
+/// The monthly saving a release was queued with, kept so reports stay true after prices change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseSaving {
+    /// `compute_and_disks`, `disks_only` or `renewal_avoided`.
+    pub basis: String,
+    /// The run-rate saved; `None` when its price was unknown.
+    pub monthly: Option<crate::money::Money>,
+    /// A subscription's month of renewal avoided.
+    pub renewal_avoided: Option<crate::money::Money>,
+}
+
+impl Serialize for ReleaseSaving {
+    /// `{"basis", "monthly": {"amount": "390.40", "currency": "CNY"} | null, "renewal_avoided"}`:
+    /// amounts as decimal strings, as the plan's JSON carries them.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let m = |m: &Option<crate::money::Money>| {
+            m.as_ref()
+                .map(|m| serde_json::json!({"amount": m.decimal(), "currency": m.currency}))
+        };
+        let mut st = s.serialize_struct("ReleaseSaving", 3)?;
+        st.serialize_field("basis", &self.basis)?;
+        st.serialize_field("monthly", &m(&self.monthly))?;
+        st.serialize_field("renewal_avoided", &m(&self.renewal_avoided))?;
+        st.end()
+    }
 }
 
 impl<'r, R: sqlx::Row> FromRow<'r, R> for ReleaseRow
@@ -263,6 +298,18 @@ where
             reasons: r.reasons,
             created_at: from_ms(r.created_at),
             updated_at: from_ms(r.updated_at),
+            saving: r.saving_basis.map(|basis| {
+                let currency = r.saving_currency.unwrap_or_default();
+                ReleaseSaving {
+                    basis,
+                    monthly: r
+                        .saving_minor
+                        .map(|v| crate::money::Money::new(v, currency.clone())),
+                    renewal_avoided: r
+                        .renewal_minor
+                        .map(|v| crate::money::Money::new(v, currency.clone())),
+                }
+            }),
         })
     }
 }

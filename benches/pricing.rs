@@ -1,0 +1,106 @@
+//! Pricing a plan of a 100,000-instance simulated fleet against the cost of listing it: the ECS
+//! calls pricing makes (DescribeDisks pages, one DescribePrice per configuration, one
+//! DescribeRenewalPrice per subscription configuration) beside the DescribeInstances pages of the
+//! listing, and the wall time of each, unpaced, against the in-process simulator.
+//!
+//! The policy selects every instance it may release (any status, subscriptions too), so nearly
+//! the whole fleet is planned and priced: the worst case for pricing.
+//!
+//! `cargo bench --bench pricing` measures; under `cargo test` it runs a small smoke pass.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ecs_janitor::ecs::Accounts;
+use ecs_janitor::plan::{self, EvalContext};
+use ecs_janitor::pricing::{self, PriceConfig};
+use ecs_janitor::sim::fleet;
+
+#[path = "support/harness.rs"]
+mod harness;
+
+const POLICY: &str = r#"
+name: sweep
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]
+select:
+  created_before: 1h
+release:
+  force: true
+  terminate_subscription: true
+  allow_security_locked: true
+limits:
+  max_releases_per_run: 1000000
+"#;
+
+fn count(h: &ecs_janitor::sim::SimHandle, action: &str) -> usize {
+    h.sim.calls().iter().filter(|c| c.action == action).count()
+}
+
+async fn run(instances: usize, measuring: bool) {
+    let now = chrono::Utc::now();
+    let h = harness::start_sim(fleet::generate(instances, 7, now), Duration::ZERO).await;
+    let accounts = Accounts::single(harness::sim_client(&h));
+    let policies = ecs_janitor::policy::load_str("bench.yaml", POLICY)
+        .expect("the policy loads")
+        .policies;
+
+    let t = Instant::now();
+    let inv = ecs_janitor::inventory::fetch(&accounts, &policies)
+        .await
+        .expect("listing");
+    let listing_s = t.elapsed().as_secs_f64();
+    let listing_calls = count(&h, "DescribeInstances");
+
+    let mut plan = plan::evaluate(&policies, inv.all(), &EvalContext::default(), now);
+    let planned = plan.releases().count();
+    let sizes: HashMap<(String, String), usize> =
+        inv.regions().map(|(k, v)| (k.clone(), v.len())).collect();
+    let t = Instant::now();
+    let report = pricing::price_plan(&mut plan, &accounts, &sizes, &PriceConfig::default()).await;
+    let pricing_s = t.elapsed().as_secs_f64();
+    let (disks, prices, renewals) = (
+        count(&h, "DescribeDisks"),
+        count(&h, "DescribePrice"),
+        count(&h, "DescribeRenewalPrice"),
+    );
+    let pricing_calls = disks + prices + renewals;
+    assert_eq!(
+        report.calls(),
+        pricing_calls,
+        "the report counts what was sent"
+    );
+    let s = plan.savings();
+    let priced = plan
+        .releases()
+        .filter(|r| r.saving.as_ref().is_some_and(|s| s.monthly.is_some()))
+        .count();
+    println!(
+        "pricing: {instances} instances, {planned} planned; listing {listing_calls} DescribeInstances pages in {listing_s:.2} s; \
+         pricing {pricing_calls} calls ({disks} DescribeDisks, {prices} DescribePrice, {renewals} DescribeRenewalPrice) in {pricing_s:.2} s; \
+         calls {:.2}× and time {:.2}× the listing's; {priced} priced, {} unknown; ≈ {}/month",
+        pricing_calls as f64 / listing_calls as f64,
+        pricing_s / listing_s,
+        s.unknown,
+        s.due.display_whole("CNY"),
+    );
+    // At full size the listing's pages dominate; a small smoke fleet is all fixed costs (one
+    // price per configuration), so only the full run holds pricing to the listing's calls.
+    if measuring {
+        assert!(
+            pricing_calls <= listing_calls,
+            "pricing costs no more calls than the listing"
+        );
+    }
+}
+
+fn main() {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let instances = if measuring { 100_000 } else { 2_000 };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(instances, measuring));
+}

@@ -1,0 +1,310 @@
+//! The simulator's disks: each instance's system disk and data disks (category, size,
+//! `DeleteWithInstance`, billing), `DescribeDisks` as ECS answers it, and what a release does to
+//! them.
+//!
+//! ECS documents (DeleteInstance, https://help.aliyun.com/en/ecs/developer-reference/api-ecs-2014-05-26-deleteinstance):
+//! a disk with `DeleteWithInstance=false` is converted to a pay-as-you-go disk and kept; every
+//! other disk is released with its instance; a security-locked instance's disks are all released,
+//! whatever `DeleteWithInstance` says. When that happens relative to the instance leaving
+//! DescribeInstances is not documented: the simulator does it when the release is accepted.
+//!
+//! An instance given no disks gets a default set drawn from its id (so the same fleet always has
+//! the same disks): a 40 GiB `cloud_essd` system disk, released with it, and zero to two data
+//! disks of 20, 100, 200 or 500 GiB, `cloud_essd` or `cloud_efficiency`, about one in five kept
+//! after release. Disks are billed as their instance is.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::json;
+
+use super::describe::{decode_token, encode_token};
+use super::params::require_region;
+use super::{api_err, ApiError, SimState};
+use crate::ecs::types::{ChargeType, Disk, DiskKind, Instance};
+
+/// FNV-1a: a hash that is the same on every build, for disks drawn from an instance's id.
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A disk of `inst`, attached to it and billed as it is.
+pub fn disk_of(
+    inst: &Instance,
+    n: usize,
+    kind: DiskKind,
+    category: &str,
+    size_gb: u32,
+    delete_with_instance: bool,
+) -> Disk {
+    let tail = inst.instance_id.trim_start_matches("i-");
+    Disk {
+        disk_id: format!("d-{tail}-{n}"),
+        instance_id: inst.instance_id.clone(),
+        region_id: inst.region_id.clone(),
+        zone_id: inst.zone_id.clone(),
+        category: category.to_string(),
+        size_gb,
+        kind,
+        delete_with_instance,
+        charge_type: inst.charge_type,
+        status: "In_use".to_string(),
+    }
+}
+
+/// The default disks of an instance, drawn from its id (see the module's note).
+pub fn default_disks(inst: &Instance) -> Vec<Disk> {
+    let h = fnv(&inst.instance_id);
+    let mut out = vec![disk_of(inst, 0, DiskKind::System, "cloud_essd", 40, true)];
+    let data = (h % 3) as usize;
+    for n in 1..=data {
+        let bits = h >> (8 * n);
+        let size = [20, 100, 200, 500][(bits % 4) as usize];
+        let category = ["cloud_essd", "cloud_efficiency"][((bits >> 2) % 2) as usize];
+        let keep = (bits >> 3) % 5 == 0;
+        out.push(disk_of(inst, n, DiskKind::Data, category, size, !keep));
+    }
+    out
+}
+
+/// The disks the simulator holds: region → disk id → disk, and instance id → its disks' ids.
+#[derive(Debug, Default)]
+pub(super) struct DiskStore {
+    by_region: HashMap<String, BTreeMap<String, Disk>>,
+    of_instance: HashMap<String, Vec<String>>,
+    /// Disk id → the account of the instance it outlived.
+    detached_owner: HashMap<String, String>,
+}
+
+impl DiskStore {
+    /// Replaces the disks of `instance_id` with `disks`.
+    pub(super) fn set(&mut self, instance_id: &str, disks: Vec<Disk>) {
+        self.remove_of(instance_id);
+        let ids: Vec<String> = disks.iter().map(|d| d.disk_id.clone()).collect();
+        for d in disks {
+            self.by_region
+                .entry(d.region_id.clone())
+                .or_default()
+                .insert(d.disk_id.clone(), d);
+        }
+        self.of_instance.insert(instance_id.to_string(), ids);
+    }
+
+    fn remove_of(&mut self, instance_id: &str) {
+        for id in self.of_instance.remove(instance_id).unwrap_or_default() {
+            for r in self.by_region.values_mut() {
+                r.remove(&id);
+            }
+        }
+    }
+
+    /// Whether `instance_id` has disks recorded.
+    pub(super) fn has(&self, instance_id: &str) -> bool {
+        self.of_instance.contains_key(instance_id)
+    }
+
+    /// The disks of `instance_id`.
+    pub(super) fn of(&self, instance_id: &str, region: &str) -> Vec<&Disk> {
+        let Some(r) = self.by_region.get(region) else {
+            return Vec::new();
+        };
+        self.of_instance
+            .get(instance_id)
+            .map(|ids| ids.iter().filter_map(|id| r.get(id)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every disk, by region then id.
+    pub(super) fn all(&self) -> Vec<Disk> {
+        let mut regions: Vec<&String> = self.by_region.keys().collect();
+        regions.sort();
+        regions
+            .into_iter()
+            .flat_map(|r| self.by_region[r].values().cloned())
+            .collect()
+    }
+
+    /// What releasing `instance_id` does to its disks: each with `DeleteWithInstance` (or every
+    /// one, when `all` — a security-locked instance) is released; the others are detached and
+    /// become pay-as-you-go (`Available`). Returns how many were kept.
+    pub(super) fn release_with(
+        &mut self,
+        instance_id: &str,
+        region: &str,
+        all: bool,
+        account: &str,
+    ) -> usize {
+        let ids = self.of_instance.remove(instance_id).unwrap_or_default();
+        let Some(r) = self.by_region.get_mut(region) else {
+            return 0;
+        };
+        let mut kept = 0;
+        for id in ids {
+            let keep = r.get(&id).is_some_and(|d| !d.delete_with_instance) && !all;
+            if keep {
+                if let Some(d) = r.get_mut(&id) {
+                    d.instance_id.clear();
+                    d.status = "Available".to_string();
+                    d.charge_type = ChargeType::PostPaid;
+                }
+                self.detached_owner.insert(id.clone(), account.to_string());
+                kept += 1;
+            } else {
+                r.remove(&id);
+            }
+        }
+        kept
+    }
+}
+
+/// Answers one DescribeDisks call by `account`: the `InstanceId` and `DiskIds` filters, and
+/// NextToken/MaxResults paging, MaxResults brought into 10..500 with 10 when absent, as ECS
+/// documents (ECS-V2 `describe_disks_request_model.go`).
+pub(super) fn describe_disks(
+    st: &SimState,
+    account: &str,
+    map: &HashMap<&str, &str>,
+) -> Result<serde_json::Value, ApiError> {
+    let (region, _) = require_region(st, map)?;
+    let size = match map.get("MaxResults") {
+        None => 10,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| {
+                api_err(
+                    400,
+                    "InvalidParameter",
+                    "The specified parameter \"MaxResults\" is not a number.",
+                )
+            })?
+            .clamp(10, 500),
+    };
+    let ids: Option<Vec<String>> = match map.get("DiskIds") {
+        None => None,
+        Some(raw) => Some(serde_json::from_str(raw).map_err(|_| {
+            api_err(
+                400,
+                "InvalidDiskIds.Malformed",
+                "The specified parameter \"DiskIds\" is not a JSON array.",
+            )
+        })?),
+    };
+    let instance = map.get("InstanceId").copied().filter(|s| !s.is_empty());
+    let after = map
+        .get("NextToken")
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            decode_token(t).ok_or_else(|| {
+                api_err(
+                    400,
+                    "InvalidParameter",
+                    "The specified parameter \"NextToken\" is not valid.",
+                )
+            })
+        })
+        .transpose()?;
+    let empty = BTreeMap::new();
+    let fleet = st.disks.by_region.get(region).unwrap_or(&empty);
+    let visible = |d: &&Disk| {
+        // A detached disk stays its instance's owner's.
+        let owned = if d.instance_id.is_empty() {
+            st.disks
+                .detached_owner
+                .get(&d.disk_id)
+                .map_or("", String::as_str)
+                == account
+        } else {
+            st.owns(account, &d.instance_id)
+        };
+        owned
+            && instance.is_none_or(|i| d.instance_id == i)
+            && ids.as_ref().is_none_or(|ids| ids.contains(&d.disk_id))
+    };
+    let range = match &after {
+        Some(a) => fleet.range::<String, _>((
+            std::ops::Bound::Excluded(a.clone()),
+            std::ops::Bound::Unbounded,
+        )),
+        None => fleet.range::<String, _>(..),
+    };
+    let mut page: Vec<&Disk> = Vec::with_capacity(size);
+    let mut more = false;
+    for (_, d) in range {
+        if !visible(&d) {
+            continue;
+        }
+        if page.len() == size {
+            more = true;
+            break;
+        }
+        page.push(d);
+    }
+    let next = match (more, page.last()) {
+        (true, Some(d)) => encode_token(&d.disk_id),
+        _ => String::new(),
+    };
+    let disks: Vec<_> = page.iter().map(|d| d.to_wire()).collect();
+    Ok(json!({
+        "TotalCount": disks.len(),
+        "NextToken": next,
+        "MaxResults": size,
+        "Disks": {"Disk": disks},
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecs::types::InstanceStatus;
+
+    fn inst(id: &str) -> Instance {
+        let now = chrono::Utc::now();
+        let mut i = crate::sim::fleet::generate(1, 1, now).remove(0);
+        i.instance_id = id.to_string();
+        i.status = InstanceStatus::Stopped;
+        i
+    }
+
+    #[test]
+    fn default_disks_are_drawn_from_the_id_and_vary() {
+        let a = default_disks(&inst("i-a"));
+        assert_eq!(a, default_disks(&inst("i-a")));
+        assert_eq!(a[0].kind, DiskKind::System);
+        let many: Vec<Vec<Disk>> = (0..200)
+            .map(|n| default_disks(&inst(&format!("i-{n}"))))
+            .collect();
+        assert!(many.iter().any(|d| d.len() == 1));
+        assert!(many.iter().any(|d| d.len() == 3));
+        assert!(many.iter().flatten().any(|d| !d.delete_with_instance));
+        assert!(many
+            .iter()
+            .flatten()
+            .any(|d| d.category == "cloud_efficiency"));
+    }
+
+    #[test]
+    fn a_release_keeps_only_disks_set_to_outlive_it_unless_all_go() {
+        let i = inst("i-x");
+        let disks = vec![
+            disk_of(&i, 0, DiskKind::System, "cloud_essd", 40, true),
+            disk_of(&i, 1, DiskKind::Data, "cloud_essd", 100, false),
+        ];
+        let mut s = DiskStore::default();
+        s.set("i-x", disks.clone());
+        assert_eq!(s.release_with("i-x", &i.region_id, false, ""), 1);
+        let left = s.all();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].status, "Available");
+        assert_eq!(left[0].charge_type, ChargeType::PostPaid);
+        assert!(left[0].instance_id.is_empty());
+
+        let mut s = DiskStore::default();
+        s.set("i-x", disks);
+        assert_eq!(s.release_with("i-x", &i.region_id, true, ""), 0);
+        assert!(s.all().is_empty());
+    }
+}

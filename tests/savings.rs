@@ -1,0 +1,411 @@
+//! What each release saves, priced against the simulator's price table: every basis (running,
+//! stopped KeepCharging, stopped StopCharging, an expired subscription), disks that outlive
+//! their instance, a security-locked instance's disks, unknown prices (never 0, never blocking),
+//! the price file winning, one price call per configuration, and the plan's text and JSON.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use ecs_janitor::ecs::types::{ChargeType, Disk, DiskKind, Instance, InstanceStatus};
+use ecs_janitor::plan::Plan;
+use ecs_janitor::pricing::{PriceConfig, PriceFile};
+use ecs_janitor::sim::disks::disk_of;
+use ecs_janitor::sim::{Faults, SimHandle};
+
+const REGION: &str = "cn-hangzhou";
+
+const POLICY: &str = r#"
+name: sweep
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: sweep}
+release:
+  force: true
+  terminate_subscription: true
+  allow_security_locked: true
+limits:
+  max_releases_per_run: 1000
+"#;
+
+fn tagged(id: &str, status: InstanceStatus, charge: ChargeType, mode: &str) -> Instance {
+    let mut i = common::inst(id, REGION, status, charge);
+    i.tags.insert("purpose".into(), "sweep".into());
+    i.stopped_mode = mode.into();
+    if charge == ChargeType::PrePaid {
+        i.expired_time = Some(Utc::now() - chrono::Duration::days(5));
+    }
+    i
+}
+
+/// A 40 GiB ESSD system disk (¥40.00 a month) and a 200 GiB ESSD data disk (¥200.02 a month at
+/// ¥0.2740 an hour) that stays unless `data_goes`.
+fn disks(i: &Instance, data_goes: bool) -> Vec<Disk> {
+    vec![
+        disk_of(i, 0, DiskKind::System, "cloud_essd", 40, true),
+        disk_of(i, 1, DiskKind::Data, "cloud_essd", 200, data_goes),
+    ]
+}
+
+fn fleet() -> Vec<Instance> {
+    let mut locked = tagged(
+        "i-locked",
+        InstanceStatus::Stopped,
+        ChargeType::PostPaid,
+        "KeepCharging",
+    );
+    locked.lock_reasons = vec!["security".into()];
+    let mut odd = tagged(
+        "i-odd",
+        InstanceStatus::Running,
+        ChargeType::PostPaid,
+        "Not-applicable",
+    );
+    odd.instance_type = "ecs.nonesuch.large".into();
+    vec![
+        tagged(
+            "i-running",
+            InstanceStatus::Running,
+            ChargeType::PostPaid,
+            "Not-applicable",
+        ),
+        tagged(
+            "i-keep",
+            InstanceStatus::Stopped,
+            ChargeType::PostPaid,
+            "KeepCharging",
+        ),
+        tagged(
+            "i-stopcharging",
+            InstanceStatus::Stopped,
+            ChargeType::PostPaid,
+            "StopCharging",
+        ),
+        tagged(
+            "i-sub",
+            InstanceStatus::Stopped,
+            ChargeType::PrePaid,
+            "Not-applicable",
+        ),
+        locked,
+        odd,
+    ]
+}
+
+async fn sim_with_disks() -> SimHandle {
+    let h = common::start_sim(fleet(), Faults::default(), 3).await;
+    for i in fleet() {
+        h.sim.set_disks(&i.instance_id, disks(&i, false));
+    }
+    h
+}
+
+async fn plan_with(h: &SimHandle, prices: PriceConfig) -> Plan {
+    let db = common::sqlite().await;
+    let ps = common::policies(POLICY);
+    let mut p = common::Pipeline::new(&db.store, common::client(h), ps.clone());
+    p.extras.prices = prices;
+    let app = p.build();
+    app.reconciler.plan_only(&ps, Utc::now()).await.unwrap()
+}
+
+fn saving_of<'a>(plan: &'a Plan, id: &str) -> &'a ecs_janitor::plan::Saving {
+    plan.releases()
+        .find(|r| r.instance_id == id)
+        .unwrap_or_else(|| panic!("{id} is planned"))
+        .saving
+        .as_ref()
+        .unwrap_or_else(|| panic!("{id} is priced"))
+}
+
+fn cny(minor: i64) -> Option<ecs_janitor::money::Money> {
+    Some(ecs_janitor::money::Money::new(minor, "CNY"))
+}
+
+// g6.large: ¥0.48 an hour, ¥350.40 a month. System disk ¥0.0548 an hour, ¥40.00 a month.
+// The 200 GiB data disk ¥0.2740 an hour, ¥200.02 a month.
+
+#[tokio::test]
+async fn every_basis_is_priced_honestly() {
+    let h = sim_with_disks().await;
+    let plan = plan_with(&h, PriceConfig::default()).await;
+    use ecs_janitor::plan::Basis;
+
+    for id in ["i-running", "i-keep"] {
+        let s = saving_of(&plan, id);
+        assert_eq!(s.basis, Basis::ComputeAndDisks, "{id}");
+        assert_eq!(
+            s.monthly,
+            cny(35_040 + 4_000),
+            "{id}: compute + the system disk"
+        );
+        assert_eq!(s.staying_disks, 1, "{id}: the data disk outlives it");
+        assert_eq!(s.staying_monthly, cny(20_002), "{id}");
+    }
+    let s = saving_of(&plan, "i-stopcharging");
+    assert_eq!(s.basis, Basis::DisksOnly);
+    assert_eq!(
+        s.monthly,
+        cny(4_000),
+        "a StopCharging instance saves only its disks"
+    );
+
+    let s = saving_of(&plan, "i-sub");
+    assert_eq!(s.basis, Basis::RenewalAvoided);
+    assert_eq!(s.monthly, cny(0), "a subscription accrues no run-rate");
+    // A month of renewal: 0.75 × 730 h × ¥0.48 (DescribeRenewalPrice's instanceType line), and
+    // both prepaid disks at their monthly list price (¥40.00 + ¥200.02), the one that outlives
+    // the instance included; after the release that disk bills pay-as-you-go.
+    assert_eq!(s.renewal_avoided, cny(26_280 + 4_000 + 20_002));
+    assert_eq!(
+        s.staying_monthly,
+        cny(20_002),
+        "the kept disk becomes pay-as-you-go"
+    );
+
+    let s = saving_of(&plan, "i-locked");
+    assert_eq!(
+        s.monthly,
+        cny(35_040 + 4_000 + 20_002),
+        "every disk goes with it"
+    );
+    assert_eq!(s.staying_disks, 0);
+
+    // The unknown type: unknown, never 0; and it is still planned.
+    let s = saving_of(&plan, "i-odd");
+    assert_eq!(s.monthly, None);
+    assert!(
+        s.unknown
+            .iter()
+            .any(|u| u.contains("InvalidInstanceType.ValueNotSupported")),
+        "{:?}",
+        s.unknown
+    );
+
+    let t = plan.savings();
+    assert_eq!(t.unknown, 1);
+    let due: Vec<_> = t.due.iter().collect();
+    let expected = 2 * (35_040 + 4_000) + 4_000 + (35_040 + 4_000 + 20_002);
+    assert_eq!(due, vec![ecs_janitor::money::Money::new(expected, "CNY")]);
+}
+
+#[tokio::test]
+async fn each_configuration_is_priced_once() {
+    // Twenty identical running instances and one of another type.
+    let mut f: Vec<Instance> = (0..20)
+        .map(|n| {
+            tagged(
+                &format!("i-{n:02}"),
+                InstanceStatus::Running,
+                ChargeType::PostPaid,
+                "",
+            )
+        })
+        .collect();
+    let mut other = tagged("i-c7", InstanceStatus::Running, ChargeType::PostPaid, "");
+    other.instance_type = "ecs.c7.large".into();
+    f.push(other);
+    let h = common::start_sim(f.clone(), Faults::default(), 3).await;
+    for i in &f {
+        h.sim.set_disks(&i.instance_id, disks(i, true));
+    }
+    let plan = plan_with(&h, PriceConfig::default()).await;
+    assert_eq!(plan.releases().count(), 21);
+    let calls = h.sim.calls();
+    let prices = calls.iter().filter(|c| c.action == "DescribePrice").count();
+    // Two instance types and two disk configurations (40 GiB and 200 GiB ESSD).
+    assert_eq!(prices, 4, "one DescribePrice per configuration");
+    let disks = calls.iter().filter(|c| c.action == "DescribeDisks").count();
+    assert_eq!(disks, 1, "21 releases in a 21-instance region: one listing");
+    assert!(plan
+        .releases()
+        .all(|r| r.saving.as_ref().unwrap().monthly.is_some()));
+}
+
+#[tokio::test]
+async fn the_price_file_wins_and_says_so() {
+    let h = sim_with_disks().await;
+    let file = PriceFile::parse(
+        std::path::Path::new("prices.yaml"),
+        "currency: CNY\nregions:\n  cn-hangzhou:\n    instance_types:\n      ecs.g6.large: 100\n      ecs.nonesuch.large: 50\n    disks_per_gb:\n      cloud_essd: 0.5\n",
+    )
+    .unwrap();
+    let plan = plan_with(
+        &h,
+        PriceConfig {
+            file: Some(Arc::new(file)),
+            ..PriceConfig::default()
+        },
+    )
+    .await;
+    let s = saving_of(&plan, "i-running");
+    // ¥100 + 40 GiB × ¥0.50.
+    assert_eq!(s.monthly, cny(10_000 + 2_000));
+    assert_eq!(s.sources(), vec![ecs_janitor::plan::Source::PriceFile]);
+    // The type ECS does not sell is priced from the file.
+    assert_eq!(saving_of(&plan, "i-odd").monthly, cny(5_000 + 2_000));
+    // Only the renewal (which the file does not give) was asked of ECS.
+    let asked: Vec<String> = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.action.contains("Price"))
+        .map(|c| c.action.clone())
+        .collect();
+    assert_eq!(asked, vec!["DescribeRenewalPrice"]);
+}
+
+#[tokio::test]
+async fn a_refused_price_call_leaves_figures_unknown_and_the_plan_whole() {
+    let h = sim_with_disks().await;
+    // An account that may not call DescribePrice.
+    for _ in 0..10 {
+        h.sim.script(ecs_janitor::sim::ScriptStep {
+            action: "DescribePrice".into(),
+            answer: ecs_janitor::sim::Scripted::Error {
+                status: 403,
+                code: "Forbidden.RAM".into(),
+            },
+            instance_id: None,
+        });
+    }
+    let plan = plan_with(&h, PriceConfig::default()).await;
+    assert_eq!(
+        plan.releases().count(),
+        6,
+        "pricing never removes a release"
+    );
+    let s = saving_of(&plan, "i-running");
+    assert_eq!(s.monthly, None);
+    assert!(
+        s.unknown.iter().any(|u| u.contains("Forbidden.RAM")),
+        "{:?}",
+        s.unknown
+    );
+    let text = ecs_janitor::plan::render_text(&plan, false);
+    assert!(text.contains("saves: unknown"), "{text}");
+    assert!(!text.contains("saves ≈ ¥0.00/month (compute"), "{text}");
+}
+
+#[tokio::test]
+async fn the_text_and_json_carry_the_figures() {
+    let h = sim_with_disks().await;
+    let plan = plan_with(&h, PriceConfig::default()).await;
+    let text = ecs_janitor::plan::render_text(&plan, false);
+    for want in [
+        "ecs.g6.large, Running, PostPaid, 30d old",
+        "ecs.g6.large, Stopped (StopCharging), PostPaid, 30d old",
+        "saves ≈ ¥390.40/month (compute + disks; list price from describe_price)",
+        "saves ≈ ¥40.00/month (disks only: stopped in StopCharging mode;",
+        "renewal avoided ≈ ¥502.82/month",
+        "! 1 disk stays and keeps billing ≈ ¥200.02/month (DeleteWithInstance=false)",
+        "subtotal: 6 to release, ≈ ¥1,411/month saved (1 unknown)",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    let last = text.lines().last().unwrap();
+    assert_eq!(
+        last,
+        "Plan: 6 to release, ≈ ¥1,411/month saved (1 unknown), 0 skipped, 0 policies refused."
+    );
+    let summary = ecs_janitor::plan::render_text_with(
+        &plan,
+        &ecs_janitor::plan::TextOptions {
+            summary: true,
+            ..Default::default()
+        },
+    );
+    assert!(
+        summary.starts_with("sweep: 6 to release, ≈ ¥1,411/month saved (1 unknown)"),
+        "{summary}"
+    );
+
+    let json = ecs_janitor::plan::render_json(&plan);
+    let r = json["policies"][0]["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["instance_id"] == "i-running")
+        .unwrap();
+    assert_eq!(r["instance_type"], "ecs.g6.large");
+    assert_eq!(r["status"], "Running");
+    assert_eq!(r["charge_type"], "PostPaid");
+    let s = &r["saving"];
+    assert_eq!(s["basis"], "compute_and_disks");
+    assert_eq!(
+        s["monthly"],
+        serde_json::json!({"amount": "390.40", "currency": "CNY"})
+    );
+    assert_eq!(s["sources"], serde_json::json!(["describe_price"]));
+    assert_eq!(s["staying"]["disks"], 1);
+    assert_eq!(s["staying"]["monthly"]["amount"], "200.02");
+    assert_eq!(s["hours_per_month"], 730);
+    let lines = s["resources"].as_array().unwrap();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["resource"], "instance_type");
+    assert_eq!(lines[0]["monthly"]["amount"], "350.40");
+    assert_eq!(lines[2]["released"], false);
+    let total = &json["summary"]["savings"];
+    assert_eq!(
+        total["monthly_due"],
+        serde_json::json!([{"amount": "1411.22", "currency": "CNY"}])
+    );
+    assert_eq!(total["unknown"], 1);
+    let odd = json["policies"][0]["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["instance_id"] == "i-odd")
+        .unwrap();
+    assert!(
+        odd["saving"]["monthly"].is_null(),
+        "unknown is null, never 0"
+    );
+}
+
+#[tokio::test]
+async fn apply_keeps_the_figure_each_release_went_with_and_sums_it() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let ps = common::policies(POLICY);
+    let p = common::Pipeline::new(&db.store, common::client(&h), ps);
+    let app = p.build();
+    let report = app
+        .apply(
+            None,
+            &Default::default(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.sim.releases().len(), 6);
+    let rows = db.store.list_releases(&Default::default()).await.unwrap();
+    let saving = |id: &str| {
+        rows.iter()
+            .find(|r| r.instance_id == id)
+            .and_then(|r| r.saving.clone())
+            .unwrap()
+    };
+    assert_eq!(saving("i-running").monthly, cny(39_040));
+    assert_eq!(saving("i-odd").monthly, None, "unknown stays unknown");
+    assert_eq!(saving("i-sub").basis, "renewal_avoided");
+    assert_eq!(saving("i-sub").renewal_avoided, cny(50_282));
+    let text = report.render(Utc::now());
+    assert!(text.contains("; saves ≈ ¥390.40/month"), "{text}");
+    assert!(
+        text.contains("Released 6 instances, ≈ ¥1,411/month saved at list prices (1 unknown)."),
+        "{text}"
+    );
+    // The disks set to outlive their instance are still there, pay-as-you-go; the
+    // security-locked instance's went with it.
+    let left: Vec<String> = h.sim.disks().into_iter().map(|d| d.disk_id).collect();
+    assert_eq!(left.len(), 5, "{left:?}");
+    assert!(!left.iter().any(|d| d.contains("locked")), "{left:?}");
+    let sum = db.store.savings_summary(Utc::now()).await.unwrap();
+    assert_eq!(
+        sum.since_start.iter().collect::<Vec<_>>(),
+        vec![ecs_janitor::money::Money::new(141_122, "CNY")]
+    );
+}
