@@ -102,7 +102,6 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
         ctx,
         WorkerConfig {
             concurrency,
-            calls_per_second: 1_000_000,
             backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(500)),
             ..WorkerConfig::default()
         },

@@ -73,6 +73,10 @@ pub fn ecs_client(s: &EcsSettings) -> anyhow::Result<EcsClient> {
         connect_timeout: s.connect_timeout,
         timeout: s.call_timeout,
         signature: s.signature,
+        pace: crate::ecs::pace::PaceConfig {
+            ceiling: s.calls_per_second.map(f64::from),
+            ..Default::default()
+        },
         ..ClientConfig::default()
     };
     EcsClient::new(cfg, creds).context("cannot build the HTTP client")

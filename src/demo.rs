@@ -95,7 +95,6 @@ pub async fn demo(opts: DemoOptions, out: &mut dyn FnMut(&str)) -> Result<usize,
         .policies;
     let worker_cfg = WorkerConfig {
         backoff: crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
-        calls_per_second: 50,
         ..WorkerConfig::default()
     };
     let accounts = crate::ecs::Accounts::single(client);

@@ -1,12 +1,16 @@
-//! One pass's view of the fleet: each (account, region)'s instances, fetched once with
-//! DescribeInstances signed as that account, narrowed by the server-side filters that every policy
-//! of the account and region shares (so a filter never hides an instance some policy could
-//! select).
+//! One pass's view of the fleet: each (account, region)'s instances, listed with DescribeInstances
+//! signed as that account. The listing plan asks ECS, per (account, region), one query per
+//! distinct server-side filter of its policies (status, charge type, tags, instance ids), so a
+//! region is listed whole only when some policy could select anything in it. Listings run
+//! concurrently, and so do the pages of each; the results are deduplicated, and each query is
+//! kept with what it listed, for the observations of `stopped_for`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+
+use futures::StreamExt;
 
 use crate::ecs::client::DescribeFilter;
-use crate::ecs::{Accounts, EcsError, Instance};
+use crate::ecs::{Accounts, EcsError, Instance, InstanceStatus};
 use crate::policy::{account_of, Policy};
 
 /// Instances by (account, region); `""` is the default account. One vector holds them all,
@@ -15,8 +19,17 @@ use crate::policy::{account_of, Policy};
 pub struct Inventory {
     instances: Vec<Instance>,
     runs: BTreeMap<(String, String), std::ops::Range<usize>>,
-    /// The server-side filter each (account, region) was listed with.
-    filters: BTreeMap<(String, String), DescribeFilter>,
+    /// Every query made, with what it listed.
+    listings: Vec<Listing>,
+}
+
+/// One DescribeInstances query of a pass and what it listed: the instances' ids and states.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub account: String,
+    pub region: String,
+    pub filter: DescribeFilter,
+    pub listed: Vec<(String, InstanceStatus)>,
 }
 
 /// Why an (account, region) could not be listed.
@@ -69,12 +82,9 @@ impl Inventory {
             .map(|(k, r)| (k, &self.instances[r.clone()]))
     }
 
-    /// The filter an (account, region) was listed with (none: unfiltered).
-    pub fn filter_of(&self, account: &str, region: &str) -> DescribeFilter {
-        self.filters
-            .get(&(account.to_string(), region.to_string()))
-            .cloned()
-            .unwrap_or_default()
+    /// Every query the pass made, with what each listed.
+    pub fn listings(&self) -> &[Listing] {
+        &self.listings
     }
 
     pub fn len(&self) -> usize {
@@ -117,7 +127,79 @@ pub fn shared_filter<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Desc
     out.unwrap_or_default()
 }
 
-/// Fetches every (account, region) any of `policies` names, once each.
+/// At most this many distinct queries per (account, region); past it, one shared query.
+const MAX_QUERIES: usize = 8;
+/// Listings (queries) in flight at once, over all accounts and regions.
+const LISTINGS_IN_FLIGHT: usize = 8;
+/// Pages of one listing in flight at once.
+const PAGES_IN_FLIGHT: usize = 4;
+/// ECS lists at most this many instances for a tag-filtered query (../shared/ecs-api.md 2.1).
+pub const TAG_FILTER_CAP: usize = 1000;
+
+/// The queries that list what `policies` (of one account and region) can select: one per
+/// distinct server-side filter, or a single shared one when some policy filters nothing (it
+/// needs the whole region anyway) or there are more than [`MAX_QUERIES`] of them.
+pub fn listing_plan(policies: &[&Policy]) -> Vec<DescribeFilter> {
+    let mut out: Vec<DescribeFilter> = Vec::new();
+    for p in policies {
+        let f = p.select.server_filters();
+        let q = DescribeFilter {
+            status: f.status,
+            charge_type: f.charge_type,
+            tags: if f.tags.len() <= 20 {
+                f.tags
+            } else {
+                Vec::new()
+            },
+            instance_ids: (!f.instance_ids.is_empty()).then_some(f.instance_ids),
+        };
+        if q == DescribeFilter::default() {
+            return vec![DescribeFilter::default()];
+        }
+        if !out.contains(&q) {
+            out.push(q);
+        }
+    }
+    if out.len() > MAX_QUERIES {
+        return vec![shared_filter(policies.iter().copied())];
+    }
+    out
+}
+
+/// Lists one query: with tags, a listing ECS may have cut at [`TAG_FILTER_CAP`] is listed again
+/// without them (the plan matches tags itself).
+async fn list(
+    accounts: &Accounts,
+    account: &str,
+    region: &str,
+    filter: DescribeFilter,
+) -> Result<(DescribeFilter, Vec<Instance>), InventoryError> {
+    let err = |source| InventoryError {
+        account: account.to_string(),
+        region: region.to_string(),
+        source,
+    };
+    let client = accounts.client(account);
+    let listed = client
+        .describe_instances_concurrently(region, &filter, PAGES_IN_FLIGHT)
+        .await
+        .map_err(err)?;
+    if filter.tags.is_empty() || listed.len() < TAG_FILTER_CAP {
+        return Ok((filter, listed));
+    }
+    let wider = DescribeFilter {
+        tags: Vec::new(),
+        ..filter
+    };
+    let listed = client
+        .describe_instances_concurrently(region, &wider, PAGES_IN_FLIGHT)
+        .await
+        .map_err(err)?;
+    Ok((wider, listed))
+}
+
+/// Lists every (account, region) any of `policies` names, by its listing plan, with up to
+/// [`LISTINGS_IN_FLIGHT`] queries at once.
 pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory, InventoryError> {
     let mut regions: BTreeMap<(&str, &str), Vec<&Policy>> = BTreeMap::new();
     for p in policies {
@@ -128,34 +210,58 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
                 .push(p);
         }
     }
+    let jobs: Vec<(String, String, DescribeFilter)> = regions
+        .iter()
+        .flat_map(|((account, region), ps)| {
+            listing_plan(ps)
+                .into_iter()
+                .map(move |f| (account.to_string(), region.to_string(), f))
+        })
+        .collect();
+    type Listed = (String, String, DescribeFilter, Vec<Instance>);
+    let results: Vec<Result<Listed, InventoryError>> = futures::stream::iter(jobs)
+        .map(|(account, region, f)| {
+            let accounts = accounts.clone();
+            async move {
+                list(&accounts, &account, &region, f)
+                    .await
+                    .map(|(f, listed)| (account, region, f, listed))
+            }
+        })
+        .buffered(LISTINGS_IN_FLIGHT)
+        .collect()
+        .await;
     let mut inv = Inventory::default();
-    for ((account, region), ps) in regions {
-        let filter = shared_filter(ps);
-        let listed = accounts
-            .client(account)
-            .describe_instances(region, &filter)
-            .await
-            .map_err(|source| InventoryError {
-                account: account.to_string(),
-                region: region.to_string(),
-                source,
-            })?;
-        let instances = listed;
-        tracing::debug!(
+    let mut current: Option<(String, String)> = None;
+    let mut ids: HashSet<String> = HashSet::new();
+    for r in results {
+        let (account, region, filter, listed) = r?;
+        let key = (account.clone(), region.clone());
+        if current.as_ref() != Some(&key) {
+            ids.clear();
+            current = Some(key.clone());
+            let at = inv.instances.len();
+            inv.runs.insert(key.clone(), at..at);
+        }
+        tracing::debug!(account, region, count = listed.len(), ?filter, "listed");
+        inv.listings.push(Listing {
             account,
             region,
-            count = instances.len(),
-            ?filter,
-            "inventory fetched"
-        );
-        let start = inv.instances.len();
-        inv.instances.extend(instances);
-        inv.runs.insert(
-            (account.to_string(), region.to_string()),
-            start..inv.instances.len(),
-        );
-        inv.filters
-            .insert((account.to_string(), region.to_string()), filter);
+            filter,
+            listed: listed
+                .iter()
+                .map(|i| (i.instance_id.clone(), i.status))
+                .collect(),
+        });
+        for i in listed {
+            if ids.insert(i.instance_id.clone()) {
+                inv.instances.push(i);
+            }
+        }
+        let end = inv.instances.len();
+        if let Some(run) = inv.runs.get_mut(&key) {
+            run.end = end;
+        }
     }
     Ok(inv)
 }

@@ -184,9 +184,12 @@ impl Reconciler {
         let inv = inventory::fetch(&self.ctx.accounts, policies)
             .await
             .map_err(ReconcileError::Inventory)?;
-        for ((account, region), instances) in inv.regions().filter(|_| record) {
-            let seen = crate::store::Seen::of(&inv.filter_of(account, region), instances);
-            self.ctx.store.observe(account, region, &seen, now).await?;
+        for l in inv.listings().iter().filter(|_| record) {
+            let seen = crate::store::Seen::of(&l.filter, &l.listed);
+            self.ctx
+                .store
+                .observe(&l.account, &l.region, &seen, now)
+                .await?;
         }
         let holds = self
             .ctx

@@ -148,7 +148,6 @@ fn app(h: &SimHandle, db: &common::TestDb, ps: Vec<Policy>, clock: OffsetClock) 
         cfg: WorkerConfig {
             backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(100)),
             max_attempts: 40,
-            calls_per_second: 1000,
             lease: Duration::from_secs(10),
             max_batch: 7,
             ..WorkerConfig::default()

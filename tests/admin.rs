@@ -65,7 +65,6 @@ async fn admin(token: Option<&str>) -> Admin {
     let app = common::Pipeline {
         cfg: WorkerConfig {
             backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(50)),
-            calls_per_second: 1000,
             ..WorkerConfig::default()
         },
         extras: Extras {

@@ -57,7 +57,6 @@ fn fast_workers() -> WorkerConfig {
     WorkerConfig {
         backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(100)),
         max_attempts: 30,
-        calls_per_second: 1000,
         lease: Duration::from_secs(10),
         ..WorkerConfig::default()
     }

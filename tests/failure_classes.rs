@@ -71,6 +71,11 @@ fn client(endpoint: url::Url) -> EcsClient {
         timeout: Duration::from_secs(5),
         read_attempts: ATTEMPTS,
         read_backoff: Backoff::new(Duration::from_millis(1), CAP),
+        // A throttle holds the key no longer than a backoff's cap either.
+        pace: ecs_janitor::ecs::pace::PaceConfig {
+            max_hold: CAP,
+            ..Default::default()
+        },
         ..ClientConfig::default()
     };
     let creds = Credentials::new(sim::DEFAULT_ACCESS_KEY_ID, sim::DEFAULT_ACCESS_KEY_SECRET);

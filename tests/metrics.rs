@@ -63,7 +63,6 @@ async fn each_series_is_moved_by_what_it_describes() {
     let app = common::Pipeline {
         cfg: WorkerConfig {
             backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(20)),
-            calls_per_second: 1000,
             ..WorkerConfig::default()
         },
         clock: Arc::new(clock.clone()),

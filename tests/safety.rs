@@ -177,14 +177,32 @@ fn wait_bounded(mut child: std::process::Child, what: &str) -> Out {
 async fn in_process(
     cfg: ecs_janitor::worker::WorkerConfig,
 ) -> (SimHandle, common::TestDb, ecs_janitor::app::App) {
+    in_process_paced(cfg, None).await
+}
+
+/// The same, with every call of the client capped at `ceiling` per second and API.
+async fn in_process_paced(
+    cfg: ecs_janitor::worker::WorkerConfig,
+    ceiling: Option<f64>,
+) -> (SimHandle, common::TestDb, ecs_janitor::app::App) {
     let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
     let db = common::sqlite().await;
     let policies = ecs_janitor::policy::load_str("p.yaml", CI)
         .unwrap()
         .policies;
+    let client = match ceiling {
+        None => common::client(&h),
+        Some(c) => common::client_paced(
+            &h,
+            ecs_janitor::ecs::pace::PaceConfig {
+                ceiling: Some(c),
+                ..Default::default()
+            },
+        ),
+    };
     let app = common::Pipeline {
         cfg,
-        ..common::Pipeline::new(&db.store, common::client(&h), policies)
+        ..common::Pipeline::new(&db.store, client, policies)
     }
     .build();
     let policies = app.policies();
@@ -881,19 +899,22 @@ async fn plan_groups_skips_by_reason_and_summarises() {
     );
 }
 
-/// A pause made while a DeleteInstances waits for its turn under the call-rate limit still
-/// holds: the last check runs once the limit lets the call through.
+/// A pause made while a DeleteInstances waits for its turn under the pacing still holds: the
+/// last check runs once the pacer lets the call through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_during_the_rate_limit_wait_holds() {
     use ecs_janitor::worker::WorkerConfig;
-    let (h, db, app) = in_process(WorkerConfig {
-        calls_per_second: 1,
-        ..WorkerConfig::default()
-    })
-    .await;
+    let (h, db, app) = in_process_paced(WorkerConfig::default(), Some(1.0)).await;
+    // ECS has just throttled a DeleteInstances of this region for three seconds.
+    app.ctx.accounts.client("").pacer().throttled(
+        "cn-hangzhou",
+        "DeleteInstances",
+        Some(Duration::from_secs(3)),
+        chrono::Utc::now(),
+    );
     let w = app.workers.clone();
     let step = tokio::spawn(async move { w.process_next().await });
-    // The re-check has gone out; the DeleteInstances now waits about a second for its turn.
+    // The re-check has gone out; the DeleteInstances now waits for the throttle to end.
     let sim = h.sim.clone();
     common::wait_for("the re-check", Duration::from_secs(10), || {
         let n = sim

@@ -370,8 +370,7 @@ async fn apply_keeps_the_figure_each_release_went_with_and_sums_it() {
     let h = sim_with_disks().await;
     let db = common::sqlite().await;
     let ps = common::policies(POLICY);
-    let mut p = common::Pipeline::new(&db.store, common::client(&h), ps);
-    p.cfg.calls_per_second = 1000;
+    let p = common::Pipeline::new(&db.store, common::client(&h), ps);
     let app = p.build();
     let report = app
         .apply(

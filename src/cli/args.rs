@@ -282,6 +282,22 @@ pub struct SimulateArgs {
     /// releases asynchronously).
     #[arg(long, default_value_t = 3000)]
     pub release_delay_ms: u64,
+    /// A quota: at most N calls of API per minute for each account and region, as ECS
+    /// enforces (`DeleteInstances=60/min`); the rest of the minute answers Throttling.User.
+    /// Repeatable.
+    #[arg(long = "quota", value_name = "API=N/min", value_parser = quota)]
+    pub quotas: Vec<(String, u64)>,
+}
+
+fn quota(s: &str) -> Result<(String, u64), String> {
+    let bad = || format!("{s:?}: give API=N/min, e.g. DeleteInstances=60/min");
+    let (api, n) = s.split_once('=').ok_or_else(bad)?;
+    let n = n.strip_suffix("/min").ok_or_else(bad)?;
+    let n: u64 = n.trim().parse().map_err(|_| bad())?;
+    if api.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok((api.trim().to_string(), n))
 }
 
 fn rate(s: &str) -> Result<f64, String> {

@@ -26,6 +26,7 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         },
         seed: args.seed,
         release_delay: Duration::from_millis(args.release_delay_ms),
+        quotas: args.quotas.iter().cloned().collect(),
         ..SimConfig::default()
     };
     let handle = Simulator::new(cfg, fleet)

@@ -17,6 +17,7 @@ use url::Url;
 
 use super::credentials::SharedProvider;
 use super::error::{parse_time_left, EcsError, ErrorClass, InvalidRequest, TransportKind};
+use super::pace::{PaceConfig, Pacer};
 use super::sign;
 use super::types::{
     ChargeType, Disk, Instance, InstanceStatus, PriceDetail, PriceQuote, WireDisk, WireInstance,
@@ -90,6 +91,8 @@ pub struct ClientConfig {
     pub seed: u64,
     /// The request signature to send.
     pub signature: SignatureVersion,
+    /// How calls are paced per (region, API); each account's client has its own pacer.
+    pub pace: PaceConfig,
 }
 
 impl Default for ClientConfig {
@@ -103,6 +106,7 @@ impl Default for ClientConfig {
             read_deadline: Duration::from_secs(60),
             seed: 0x6563_735f_6a61_6e69,
             signature: SignatureVersion::V1,
+            pace: PaceConfig::default(),
         }
     }
 }
@@ -123,7 +127,18 @@ pub struct DescribeFilter {
 pub struct DescribePage {
     pub instances: Vec<Instance>,
     pub next_token: Option<String>,
+    /// How many instances the listing has in all (with `PageNumber` paging).
+    pub total_count: Option<usize>,
     pub request_id: String,
+}
+
+/// How a `DescribeInstances` page is asked for.
+#[derive(Debug, Clone, Copy)]
+enum Paging<'a> {
+    /// `NextToken`/`MaxResults`: in order, one page after the other.
+    Token(Option<&'a str>),
+    /// `PageNumber`/`PageSize`: any page, with the `TotalCount`, so pages can be fetched at once.
+    Number(usize),
 }
 
 /// One `DeleteInstances` call.
@@ -164,6 +179,7 @@ pub struct EcsClient {
     clock: SharedClock,
     rng: Arc<Mutex<StdRng>>,
     observer: Option<CallObserver>,
+    pacer: Pacer,
 }
 
 impl std::fmt::Debug for EcsClient {
@@ -182,6 +198,9 @@ struct DescribeBody {
     request_id: String,
     #[serde(default)]
     next_token: Option<String>,
+    /// A number or a string (the CLI accepts both); meaningful with PageNumber paging only.
+    #[serde(default)]
+    total_count: Option<serde_json::Value>,
     #[serde(default)]
     instances: InstancesBody,
 }
@@ -390,6 +409,7 @@ impl EcsClient {
         let rng = StdRng::seed_from_u64(cfg.seed);
         Ok(EcsClient {
             http,
+            pacer: Pacer::new(cfg.pace.clone()),
             cfg: Arc::new(cfg),
             creds,
             clock,
@@ -409,8 +429,15 @@ impl EcsClient {
     pub fn with_credentials(&self, creds: SharedProvider) -> EcsClient {
         EcsClient {
             creds,
+            // ECS throttles each account on its own.
+            pacer: Pacer::new(self.cfg.pace.clone()),
             ..self.clone()
         }
+    }
+
+    /// This client's pacer (one per account).
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -458,6 +485,47 @@ impl EcsClient {
         Ok(out)
     }
 
+    /// Every instance `filter` selects in `region`, with up to `in_flight` pages fetched at
+    /// once: a first `PageNumber` page gives the `TotalCount`, then the other pages are asked for
+    /// together. When the answer has no `TotalCount` (or ids are listed), pages are fetched in
+    /// `NextToken` order instead. An instance two pages both show (the fleet moved between
+    /// them) is kept once.
+    pub async fn describe_instances_concurrently(
+        &self,
+        region: &str,
+        filter: &DescribeFilter,
+        in_flight: usize,
+    ) -> Result<Vec<Instance>, EcsError> {
+        use futures::{StreamExt, TryStreamExt};
+        if filter.instance_ids.is_some() || in_flight <= 1 {
+            return self.describe_instances(region, filter).await;
+        }
+        let first = self
+            .describe_page_with(region, filter, Paging::Number(1))
+            .await?;
+        let Some(total) = first.total_count else {
+            return self.describe_instances(region, filter).await;
+        };
+        let pages = total.div_ceil(MAX_PAGE).max(1);
+        let rest: Vec<DescribePage> = futures::stream::iter(2..=pages)
+            .map(|n| self.describe_page_with(region, filter, Paging::Number(n)))
+            .buffered(in_flight)
+            .try_collect()
+            .await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(total);
+        for i in first
+            .instances
+            .into_iter()
+            .chain(rest.into_iter().flat_map(|p| p.instances))
+        {
+            if seen.insert(i.instance_id.clone()) {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
     /// One page of `DescribeInstances` (at most 100 instances), retried on retryable errors.
     pub async fn describe_page(
         &self,
@@ -465,15 +533,34 @@ impl EcsClient {
         filter: &DescribeFilter,
         next_token: Option<&str>,
     ) -> Result<DescribePage, EcsError> {
+        self.describe_page_with(region, filter, Paging::Token(next_token))
+            .await
+    }
+
+    async fn describe_page_with(
+        &self,
+        region: &str,
+        filter: &DescribeFilter,
+        paging: Paging<'_>,
+    ) -> Result<DescribePage, EcsError> {
         const ACTION: &str = "DescribeInstances";
         let invalid = |reason| EcsError::Invalid {
             action: ACTION,
             reason,
         };
-        let mut params: Vec<(String, String)> = vec![("MaxResults".into(), MAX_PAGE.to_string())];
-        if let Some(t) = next_token {
-            params.push(("NextToken".into(), t.to_string()));
-        }
+        let mut params: Vec<(String, String)> = match paging {
+            Paging::Token(next_token) => {
+                let mut p = vec![("MaxResults".into(), MAX_PAGE.to_string())];
+                if let Some(t) = next_token {
+                    p.push(("NextToken".into(), t.to_string()));
+                }
+                p
+            }
+            Paging::Number(n) => vec![
+                ("PageNumber".into(), n.to_string()),
+                ("PageSize".into(), MAX_PAGE.to_string()),
+            ],
+        };
         if let Some(s) = filter.status {
             params.push(("Status".into(), s.as_str().into()));
         }
@@ -677,15 +764,40 @@ impl EcsClient {
                 request_id: request_id.clone(),
                 detail: e.to_string(),
             })?;
+        let total_count = b.total_count.and_then(|v| match v {
+            serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
         Ok(DescribePage {
             instances,
             next_token: b.next_token.filter(|t| !t.is_empty()),
+            total_count,
             request_id,
         })
     }
 
     /// Sends one `DeleteInstances`, once. The caller retries, reusing the same ClientToken.
     pub async fn delete_instances(&self, req: &DeleteRequest) -> Result<DeleteAnswer, EcsError> {
+        let answer = self.delete_instances_after(req, || async { true }).await?;
+        // Admitted unconditionally, so an answer is always there.
+        answer.ok_or(EcsError::Invalid {
+            action: "DeleteInstances",
+            reason: InvalidRequest::InstanceCount(0),
+        })
+    }
+
+    /// `DeleteInstances`, sent only if `admit` (run once the pacer gives the call its turn, so
+    /// a last check made then holds) answers true; `None` when it did not.
+    pub async fn delete_instances_after<F, Fut>(
+        &self,
+        req: &DeleteRequest,
+        admit: F,
+    ) -> Result<Option<DeleteAnswer>, EcsError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         const ACTION: &str = "DeleteInstances";
         let invalid = |reason| EcsError::Invalid {
             action: ACTION,
@@ -711,16 +823,20 @@ impl EcsClient {
             params.push(("DryRun".into(), "true".into()));
         }
         params.push(("ClientToken".into(), req.client_token.clone()));
-        let (status, body) = self.call(ACTION, &req.region, &params, 1).await?;
+        self.pacer.wait(&req.region, ACTION).await;
+        if !admit().await {
+            return Ok(None);
+        }
+        let (status, body) = self.send(ACTION, &req.region, &params, 1).await?;
         let b: ErrorBody = serde_json::from_slice(&body).map_err(|e| EcsError::Decode {
             action: ACTION,
             status,
             request_id: String::new(),
             detail: e.to_string(),
         })?;
-        Ok(DeleteAnswer {
+        Ok(Some(DeleteAnswer {
             request_id: b.request_id,
-        })
+        }))
     }
 
     /// Sends any action once, unchecked and unretried, and returns the answer's JSON. For tools
@@ -740,8 +856,21 @@ impl EcsClient {
         })
     }
 
-    /// Signs and sends one attempt. Returns the status and body of a 2xx answer.
+    /// Waits for the call's turn under the pacer, then signs and sends one attempt. Returns the
+    /// status and body of a 2xx answer.
     async fn call(
+        &self,
+        action: &'static str,
+        region: &str,
+        api_params: &[(String, String)],
+        attempt: u32,
+    ) -> Result<(u16, bytes::Bytes), EcsError> {
+        self.pacer.wait(region, action).await;
+        self.send(action, region, api_params, attempt).await
+    }
+
+    /// Signs and sends one attempt, already paced, and tells the pacer how ECS answered.
+    async fn send(
         &self,
         action: &'static str,
         region: &str,
@@ -778,6 +907,14 @@ impl EcsClient {
                 }
                 tracing::debug!(parent: &span, error = %e, "failed");
             }
+        }
+        match &result {
+            Err(e) if e.is_throttling() => {
+                self.pacer
+                    .throttled(region, action, e.retry_after(), self.clock.now())
+            }
+            Err(_) => {}
+            Ok(_) => self.pacer.succeeded(region, action),
         }
         if let Some(obs) = &self.observer {
             let code = match &result {

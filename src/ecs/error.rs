@@ -231,6 +231,13 @@ impl EcsError {
         }
     }
 
+    /// ECS (or a gateway in front of it) refused the call for its rate: `Throttling`,
+    /// `Throttling.User`, `Throttling.Api`, `Rejected.Throttling`, or HTTP 429.
+    pub fn is_throttling(&self) -> bool {
+        let code = self.code();
+        code.contains("Throttling") || code == "Janitor.Http429"
+    }
+
     /// A minimum wait ECS asked for (throttling `TimeLeft`).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod credentials;
 pub mod error;
 pub mod imds;
+pub mod pace;
 pub mod profile;
 pub mod regions;
 pub mod sign;

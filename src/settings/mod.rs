@@ -94,6 +94,8 @@ pub struct EcsSettings {
     pub call_timeout: Duration,
     pub signature: SignatureVersion,
     pub profile: Option<String>,
+    /// `--calls-per-second`: a ceiling for each (account, region, API), if set.
+    pub calls_per_second: Option<u32>,
     /// `pricing.file`: the user's price file, when given.
     pub prices_file: Option<PathBuf>,
     /// `pricing.calls_per_second` (0: unpaced).
@@ -172,9 +174,6 @@ impl Settings {
         let replica_id = r.text("replica_id");
         let workers = WorkerConfig {
             owner: replica_id.unwrap_or(d.owner.clone()),
-            calls_per_second: calls_per_second.map_or(d.calls_per_second, |v| {
-                u32::try_from(v.max(1)).unwrap_or(u32::MAX)
-            }),
             concurrency: concurrency.map_or(d.concurrency, |v| v.max(1) as usize),
             max_attempts: max_attempts.map_or(d.max_attempts, |v| {
                 u32::try_from(v.max(1)).unwrap_or(u32::MAX)
@@ -232,6 +231,8 @@ impl Settings {
                 call_timeout: call_timeout.unwrap_or(Duration::from_secs(30)),
                 signature: signature.unwrap_or_default(),
                 profile,
+                calls_per_second: calls_per_second
+                    .map(|v| u32::try_from(v.max(1)).unwrap_or(u32::MAX)),
                 prices_file,
                 price_calls_per_second,
             },
@@ -420,7 +421,7 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(s.workers.concurrency, 2);
         assert_eq!(s.source("workers.concurrency"), Source::Flag("concurrency"));
-        assert_eq!(s.workers.calls_per_second, 7);
+        assert_eq!(s.ecs.calls_per_second, Some(7));
         assert_eq!(
             s.source("workers.calls_per_second"),
             Source::Env("JANITOR_CALLS_PER_SECOND")

@@ -268,9 +268,11 @@ pub const SPECS: &[Spec] = &[
         env: "JANITOR_CALLS_PER_SECOND",
         flag: Some("calls-per-second"),
         value_name: "N",
-        default: Some("10"),
-        help: "DeleteInstances and re-check calls per second, all workers together.",
-        group: Group::Workers,
+        default: None,
+        help: "A ceiling of calls per second for each (account, region, API). Without it each \
+               starts at 50 per second, halves when ECS throttles, waits out what ECS said, and \
+               grows back.",
+        group: Group::Ecs,
         secret: false,
         check: check_u32,
     },

@@ -101,14 +101,23 @@ impl Simulator {
             now,
         };
         let mut retry_after = None;
-        let result = if let Some(answer) = scripted {
-            answer_scripted(&call, &cfg, &mut st, answer)
-        } else if let Some((e, wait)) = injected_fault(&cfg, &mut st, &action) {
-            retry_after = wait;
-            Err(e)
-        } else {
-            act(&call, &cfg, &mut st)
-        };
+        let region = log.region.clone();
+        let result =
+            if let Some((e, wait)) = over_quota(&cfg, &mut st, &account, &region, &action, now) {
+                retry_after = Some(wait);
+                Err(e)
+            } else if let Some(answer) = scripted {
+                if matches!(&answer, Scripted::Error { code, .. } if code.contains("Throttling")) {
+                    // A scripted throttle advertises the same wait as an injected one.
+                    retry_after = Some(cfg.throttle_time_left);
+                }
+                answer_scripted(&call, &cfg, &mut st, answer)
+            } else if let Some((e, wait)) = injected_fault(&cfg, &mut st, &action) {
+                retry_after = wait;
+                Err(e)
+            } else {
+                act(&call, &cfg, &mut st)
+            };
         log.outcome = match &result {
             Ok(Outcome::Ok(_)) => "OK".into(),
             Ok(Outcome::Dropped) => "Dropped".into(),
@@ -118,6 +127,43 @@ impl Simulator {
         st.calls.push(log);
         (result, request_id, retry_after)
     }
+}
+
+/// A call past its quota: ECS counts calls per account, region and API in each wall-clock
+/// minute (the simulator's `quota_window`), and refuses the rest of the minute with `Throttling.User` ("Request was denied due
+/// to user flow control.", ../shared/ecs-api.md 3.2) and `x-ratelimit-user-api` naming the
+/// time left. The quota values themselves are per API in Quota Center and not documented; the
+/// simulator takes them from `--quota API=N/min`. A refused call is not counted.
+fn over_quota(
+    cfg: &SimConfig,
+    st: &mut SimState,
+    account: &str,
+    region: &str,
+    action: &str,
+    now: DateTime<Utc>,
+) -> Option<(ApiError, Duration)> {
+    let limit = *cfg.quotas.get(action)?;
+    let window = (cfg.quota_window.as_millis() as i64).max(1);
+    let minute = now.timestamp_millis().div_euclid(window);
+    let key = (account.to_string(), region.to_string(), action.to_string());
+    let used = st.quota_used.entry(key).or_insert((minute, 0));
+    if used.0 != minute {
+        *used = (minute, 0);
+    }
+    if used.1 < limit {
+        used.1 += 1;
+        return None;
+    }
+    let into = now.timestamp_millis().rem_euclid(window);
+    let left = Duration::from_millis((window - into) as u64);
+    Some((
+        api_err(
+            400,
+            "Throttling.User",
+            "Request was denied due to user flow control.",
+        ),
+        left,
+    ))
 }
 
 /// The call's entry in the call log, its outcome still blank.

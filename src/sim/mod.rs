@@ -85,6 +85,11 @@ pub struct SimConfig {
     /// shortly after. How long that takes, and what DescribeInstances shows meanwhile, is not
     /// documented; the simulator keeps the instance listed as it was.
     pub release_delay: Duration,
+    /// Calls per wall-clock minute each (account, region) may make of an API, by action; calls
+    /// beyond it are refused with `Throttling.User` until the minute ends. No quota: unlimited.
+    pub quotas: BTreeMap<String, u64>,
+    /// The quota's window: ECS's is the wall-clock minute; tests shorten it to run quickly.
+    pub quota_window: Duration,
     /// The currency DescribePrice and DescribeRenewalPrice answer in: `CNY` (the China site) or
     /// `USD` (the international site), per ../shared/ecs-more.md 1.2.
     pub price_currency: String,
@@ -158,6 +163,8 @@ impl Default for SimConfig {
             accounts: Vec::new(),
             sts_keys: Vec::new(),
             release_delay: Duration::from_secs(3),
+            quotas: BTreeMap::new(),
+            quota_window: Duration::from_secs(60),
             price_currency: "CNY".to_string(),
         }
     }
@@ -224,6 +231,8 @@ struct SimState {
     releasing: HashMap<String, DateTime<Utc>>,
     /// Scripted answers, each used once by the first call it matches.
     script: Vec<ScriptStep>,
+    /// Calls counted against a quota: (account, region, action) → (minute, calls in it).
+    quota_used: HashMap<(String, String, String), (i64, u64)>,
     /// Every instance's disks, and the disks that outlived their instance.
     disks: disks::DiskStore,
 }
@@ -312,6 +321,7 @@ impl Simulator {
                 request_seq: 0,
                 releasing: HashMap::new(),
                 script: Vec::new(),
+                quota_used: HashMap::new(),
                 disks: disk_store,
             })),
         }
@@ -328,6 +338,15 @@ impl Simulator {
     /// Replaces the fault settings (tests turn faults on and off between phases).
     pub fn set_faults(&self, faults: Faults) {
         self.cfg.lock().unwrap_or_else(|e| e.into_inner()).faults = faults;
+    }
+
+    /// Limits each (account, region) to `per_minute` calls of `action` per wall-clock minute.
+    pub fn set_quota(&self, action: &str, per_minute: u64) {
+        self.cfg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .quotas
+            .insert(action.to_string(), per_minute);
     }
 
     /// Adds or replaces an instance; a new instance gets its default disks.

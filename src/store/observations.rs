@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::ecs::client::DescribeFilter;
-use crate::ecs::{Instance, InstanceStatus};
+use crate::ecs::InstanceStatus;
 
 /// What one listing shows of the Stopped instances of its (account, region): which it listed
 /// Stopped, which it listed in another state, and which it could have listed at all.
@@ -24,11 +24,11 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// What `filter`'s listing `instances` shows.
-    pub fn of(filter: &DescribeFilter, instances: &[Instance]) -> Seen {
-        let (stopped, not_stopped): (Vec<&Instance>, Vec<&Instance>) = instances
+    /// What `filter`'s listing shows, from what it listed (each instance's id and state).
+    pub fn of(filter: &DescribeFilter, listed: &[(String, InstanceStatus)]) -> Seen {
+        let (stopped, not_stopped): (Vec<&(String, InstanceStatus)>, Vec<_>) = listed
             .iter()
-            .partition(|i| i.status == InstanceStatus::Stopped);
+            .partition(|(_, s)| *s == InstanceStatus::Stopped);
         let mut constraints: Vec<String> = filter
             .tags
             .iter()
@@ -37,11 +37,19 @@ impl Seen {
         if let Some(c) = filter.charge_type {
             constraints.push(format!("charge_type={}", c.as_str()));
         }
+        if let Some(ids) = &filter.instance_ids {
+            // Only the instances named can be listed: one constraint names the set.
+            let mut sorted: Vec<&String> = ids.iter().collect();
+            sorted.sort();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&sorted, &mut h);
+            constraints.push(format!("ids:{:016x}", std::hash::Hasher::finish(&h)));
+        }
         constraints.sort();
         constraints.dedup();
         Seen {
-            stopped: stopped.iter().map(|i| i.instance_id.clone()).collect(),
-            not_stopped: not_stopped.iter().map(|i| i.instance_id.clone()).collect(),
+            stopped: stopped.iter().map(|(i, _)| i.clone()).collect(),
+            not_stopped: not_stopped.iter().map(|(i, _)| i.clone()).collect(),
             constraints,
             sees_stopped: filter.status.is_none_or(|s| s == InstanceStatus::Stopped),
         }

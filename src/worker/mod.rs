@@ -67,10 +67,9 @@ type CallFuture = futures::future::BoxFuture<'static, Result<Answer, BoxError>>;
 /// flight, as tower layers, shared by every worker (and every account) through a buffer.
 type CallService = tower::buffer::Buffer<Call, CallFuture>;
 
-fn call_service(accounts: Accounts, per_second: u32, in_flight: usize) -> CallService {
+fn call_service(accounts: Accounts, in_flight: usize) -> CallService {
     let inner = ServiceBuilder::new()
         .concurrency_limit(in_flight.max(1))
-        .rate_limit(u64::from(per_second.max(1)), Duration::from_secs(1))
         .service_fn(move |call: Call| {
             let accounts = accounts.clone();
             async move {
@@ -91,23 +90,18 @@ fn call_service(accounts: Accounts, per_second: u32, in_flight: usize) -> CallSe
                             .map(Answer::Instances)
                             .map_err(BoxError::from)
                     }
-                    // Checked here, after the limits' wait, so that a pause made while the
-                    // call waited for its turn still holds.
+                    // The last check runs after the concurrency limit and the client's pacing
+                    // have given the call its turn, so a pause made while it waited still holds.
                     Call::Delete {
                         account,
                         req,
                         admit,
-                    } => {
-                        if !admit().await {
-                            return Ok(Answer::NotAdmitted);
-                        }
-                        accounts
-                            .client(&account)
-                            .delete_instances(&req)
-                            .await
-                            .map(Answer::Deleted)
-                            .map_err(BoxError::from)
-                    }
+                    } => accounts
+                        .client(&account)
+                        .delete_instances_after(&req, admit)
+                        .await
+                        .map(|a| a.map_or(Answer::NotAdmitted, Answer::Deleted))
+                        .map_err(BoxError::from),
                 }
             }
         });
@@ -157,8 +151,6 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub max_batch: usize,
-    /// DeleteInstances and re-check calls per second, all workers together.
-    pub calls_per_second: u32,
     /// Batches in flight at once.
     pub concurrency: usize,
     pub seed: u64,
@@ -175,7 +167,6 @@ impl Default for WorkerConfig {
             max_attempts: 8,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             max_batch: crate::ecs::client::MAX_PAGE,
-            calls_per_second: 10,
             concurrency: 4,
             seed: 0x006a_616e_6974_6f72,
             quarantine: chrono::Duration::hours(24),
@@ -292,7 +283,7 @@ pub struct Workers {
 impl Workers {
     pub fn new(ctx: Context, cfg: WorkerConfig) -> Self {
         Workers {
-            calls: call_service(ctx.accounts.clone(), cfg.calls_per_second, cfg.concurrency),
+            calls: call_service(ctx.accounts.clone(), cfg.concurrency),
             dry_run: false,
             scope: None,
             stopped_accounts: Arc::default(),

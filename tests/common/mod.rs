@@ -109,8 +109,22 @@ pub async fn start_sim(fleet: Vec<Instance>, faults: Faults, seed: u64) -> SimHa
         .unwrap()
 }
 
+/// A client for the simulator with short read retries, paced generously (1,000 calls per second
+/// per region and API) so tests are not slowed by it.
 pub fn client(h: &SimHandle) -> EcsClient {
+    client_paced(
+        h,
+        ecs_janitor::ecs::pace::PaceConfig {
+            start_per_second: 1000.0,
+            ..Default::default()
+        },
+    )
+}
+
+/// A client for the simulator paced by `pace`.
+pub fn client_paced(h: &SimHandle, pace: ecs_janitor::ecs::pace::PaceConfig) -> EcsClient {
     let cfg = ClientConfig {
+        pace,
         endpoint: Some(h.endpoint()),
         read_backoff: ecs_janitor::backoff::Backoff::new(
             std::time::Duration::from_millis(1),

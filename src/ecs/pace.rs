@@ -1,0 +1,270 @@
+//! Pacing of one account's calls, per (region, API): ECS throttles each account per region and
+//! per API, per minute ("if a call is throttled in minute T it can be called again in minute
+//! T+1"; the thresholds are per API in Quota Center, ../shared/ecs-api.md 4). Each key has its
+//! own bucket: it starts at a generous rate, halves on a throttling answer (once per burst of
+//! them) and holds every call of the key until the time ECS said (`TimeLeft`) or, without one,
+//! the end of the minute, then grows back by a tenth with each success. An optional ceiling caps every key (`--calls-per-second`).
+//! Waits use tokio time, so they can be tested in paused time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Timelike, Utc};
+use tokio::time::Instant;
+
+/// How calls are paced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaceConfig {
+    /// Calls per second a key starts at, and grows back to.
+    pub start_per_second: f64,
+    /// Calls per second no key exceeds (`--calls-per-second`), if any.
+    pub ceiling: Option<f64>,
+    /// The lowest rate a key is halved to.
+    pub floor_per_second: f64,
+    /// A key's rate is multiplied by this after each success, up to the start (or the ceiling).
+    pub growth_per_success: f64,
+    /// Throttles closer together than this halve a key's rate once: one decrease per burst.
+    pub decrease_spacing: Duration,
+    /// The longest a throttle holds a key, whatever ECS said.
+    pub max_hold: Duration,
+}
+
+impl Default for PaceConfig {
+    fn default() -> Self {
+        PaceConfig {
+            start_per_second: 50.0,
+            ceiling: None,
+            floor_per_second: 0.5,
+            growth_per_success: 1.1,
+            decrease_spacing: Duration::from_secs(1),
+            max_hold: Duration::from_secs(60),
+        }
+    }
+}
+
+impl PaceConfig {
+    fn top(&self) -> f64 {
+        self.ceiling
+            .map_or(self.start_per_second, |c| c.min(self.start_per_second))
+            .max(f64::MIN_POSITIVE)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    rate: f64,
+    /// The earliest moment the next call of this key may start.
+    next: Instant,
+    throttled: u64,
+    /// When the rate was last halved.
+    decreased: Option<Instant>,
+}
+
+/// The pacer of one account's client; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Pacer {
+    cfg: Arc<PaceConfig>,
+    keys: Arc<Mutex<HashMap<(String, &'static str), Bucket>>>,
+}
+
+/// What a key's bucket holds now (for tests and logs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyState {
+    pub rate: f64,
+    pub throttled: u64,
+}
+
+impl Pacer {
+    pub fn new(cfg: PaceConfig) -> Pacer {
+        Pacer {
+            cfg: Arc::new(cfg),
+            keys: Arc::default(),
+        }
+    }
+
+    /// Waits for the turn of a call of `action` in `region`, and takes it.
+    pub async fn wait(&self, region: &str, action: &'static str) {
+        let at = {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let b = keys
+                .entry((region.to_string(), action))
+                .or_insert_with(|| Bucket {
+                    rate: self.cfg.top(),
+                    next: now,
+                    throttled: 0,
+                    decreased: None,
+                });
+            let at = b.next.max(now);
+            b.next = at + Duration::from_secs_f64(1.0 / b.rate);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// A call of the key succeeded: its rate grows back a little.
+    pub fn succeeded(&self, region: &str, action: &'static str) {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = keys.get_mut(&(region.to_string(), action)) {
+            b.rate = (b.rate * self.cfg.growth_per_success).min(self.cfg.top());
+        }
+    }
+
+    /// ECS throttled a call of the key at wall-clock time `now`: its rate halves, and no call
+    /// of the key starts before `time_left` has passed or, when ECS gave none, before the next
+    /// minute begins.
+    pub fn throttled(
+        &self,
+        region: &str,
+        action: &'static str,
+        time_left: Option<Duration>,
+        now: DateTime<Utc>,
+    ) {
+        let wait = time_left
+            .unwrap_or_else(|| until_next_minute(now))
+            .min(self.cfg.max_hold);
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let cfg = &self.cfg;
+        let b = keys
+            .entry((region.to_string(), action))
+            .or_insert_with(|| Bucket {
+                rate: cfg.top(),
+                next: Instant::now(),
+                throttled: 0,
+                decreased: None,
+            });
+        let now_t = Instant::now();
+        if b.decreased
+            .is_none_or(|at| now_t.duration_since(at) >= cfg.decrease_spacing)
+        {
+            b.rate = (b.rate / 2.0).max(cfg.floor_per_second.min(cfg.top()));
+            b.decreased = Some(now_t);
+        }
+        b.throttled += 1;
+        b.next = b.next.max(Instant::now() + wait);
+    }
+
+    /// The state of a key, if it has been used.
+    pub fn state(&self, region: &str, action: &'static str) -> Option<KeyState> {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.get(&(region.to_string(), action)).map(|b| KeyState {
+            rate: b.rate,
+            throttled: b.throttled,
+        })
+    }
+}
+
+/// From `now` to the start of the next wall-clock minute.
+pub fn until_next_minute(now: DateTime<Utc>) -> Duration {
+    let into = Duration::from_secs(u64::from(now.second()))
+        + Duration::from_nanos(u64::from(now.nanosecond().min(999_999_999)));
+    Duration::from_secs(60).saturating_sub(into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_of_one_key_are_spaced_and_other_keys_do_not_wait() {
+        let p = Pacer::new(PaceConfig {
+            start_per_second: 10.0,
+            ..PaceConfig::default()
+        });
+        let start = Instant::now();
+        for _ in 0..11 {
+            p.wait("cn-hangzhou", "DeleteInstances").await;
+        }
+        // Eleven calls at ten per second: the last one starts a second after the first.
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        let other = Instant::now();
+        p.wait("cn-shanghai", "DeleteInstances").await;
+        p.wait("cn-hangzhou", "DescribeInstances").await;
+        assert_eq!(
+            other.elapsed(),
+            Duration::ZERO,
+            "another region or API has its own bucket"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_halves_the_rate_and_holds_the_key_for_what_ecs_said() {
+        let p = Pacer::new(PaceConfig {
+            start_per_second: 8.0,
+            ..PaceConfig::default()
+        });
+        p.wait("cn-hangzhou", "DescribeInstances").await;
+        let now = t("2026-12-01T10:00:20Z");
+        p.throttled(
+            "cn-hangzhou",
+            "DescribeInstances",
+            Some(Duration::from_millis(2000)),
+            now,
+        );
+        assert_eq!(
+            p.state("cn-hangzhou", "DescribeInstances").unwrap().rate,
+            4.0
+        );
+        // A second throttle of the same burst holds the key but does not halve it again.
+        p.throttled(
+            "cn-hangzhou",
+            "DescribeInstances",
+            Some(Duration::from_millis(2000)),
+            now,
+        );
+        assert_eq!(
+            p.state("cn-hangzhou", "DescribeInstances").unwrap().rate,
+            4.0
+        );
+        let start = Instant::now();
+        p.wait("cn-hangzhou", "DescribeInstances").await;
+        assert_eq!(start.elapsed(), Duration::from_millis(2000), "TimeLeft");
+        // Without a TimeLeft, the key waits for the next minute (40 s from 10:00:20).
+        p.throttled("cn-hangzhou", "DescribeInstances", None, now);
+        let start = Instant::now();
+        p.wait("cn-hangzhou", "DescribeInstances").await;
+        assert_eq!(start.elapsed(), Duration::from_secs(40));
+        assert_eq!(
+            p.state("cn-hangzhou", "DescribeInstances").unwrap().rate,
+            2.0
+        );
+        // Successes grow it back, never past the start.
+        for _ in 0..100 {
+            p.succeeded("cn-hangzhou", "DescribeInstances");
+        }
+        assert_eq!(
+            p.state("cn-hangzhou", "DescribeInstances").unwrap().rate,
+            8.0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ceiling_caps_every_key() {
+        let p = Pacer::new(PaceConfig {
+            ceiling: Some(2.0),
+            ..PaceConfig::default()
+        });
+        let start = Instant::now();
+        for _ in 0..5 {
+            p.wait("cn-hangzhou", "DeleteInstances").await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_next_minute_starts_at_second_zero() {
+        assert_eq!(
+            until_next_minute(t("2026-12-01T10:00:59.500Z")),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            until_next_minute(t("2026-12-01T10:00:00Z")),
+            Duration::from_secs(60)
+        );
+    }
+}

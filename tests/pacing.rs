@@ -1,0 +1,98 @@
+//! Pacing against ECS's quotas: the simulator refuses calls past a quota per (account, region,
+//! API) in each window with `Throttling.User` and the time left, as ECS does per minute; `apply`
+//! slows each key down to what the quota allows, so every release happens with only a couple of
+//! throttled answers per key and window.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ecs_janitor::backoff::Backoff;
+use ecs_janitor::sim::{Faults, SimConfig, Simulator};
+use ecs_janitor::worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_under_a_tight_quota_releases_everything_with_few_throttles() {
+    let fleet =
+        common::fixtures::stopped_fleet(1200, &["cn-hangzhou", "cn-shanghai"], "purpose", "ci");
+    let window = Duration::from_millis(500);
+    let cfg = SimConfig {
+        faults: Faults::default(),
+        seed: 5,
+        release_delay: Duration::ZERO,
+        quotas: BTreeMap::from([
+            ("DeleteInstances".to_string(), 3),
+            ("DescribeInstances".to_string(), 5),
+        ]),
+        quota_window: window,
+        ..SimConfig::default()
+    };
+    let h = Simulator::new(cfg, fleet)
+        .serve(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let db = common::sqlite().await;
+    let policy = "name: ci\nschedule: \"0 0 * * * *\"\nregions: [cn-hangzhou, cn-shanghai]\n\
+                  select:\n  tags: {purpose: ci}\n  status: Stopped\n\
+                  limits:\n  max_releases_per_run: 10000\n";
+    // The client's pace at its default: 50 calls per second per key, far above the quota.
+    let client = common::client_paced(&h, Default::default());
+    let app = common::Pipeline {
+        cfg: WorkerConfig {
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(200)),
+            ..WorkerConfig::default()
+        },
+        ..common::Pipeline::new(&db.store, client, common::policies(policy))
+    }
+    .build();
+    let report = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        report
+            .in_state(ecs_janitor::store::ReleaseState::Succeeded)
+            .count(),
+        1200,
+        "{}",
+        report.render(chrono::Utc::now())
+    );
+    assert_eq!(h.sim.releases().len(), 1200);
+    // Throttled answers per (region, API, window): the calls are logged in order, and a
+    // throttle holds its key until the window ends, so each window sees at most a couple.
+    let calls = h.sim.calls();
+    let throttled: Vec<_> = calls
+        .iter()
+        .filter(|c| c.outcome == "Throttling.User")
+        .collect();
+    assert!(
+        !throttled.is_empty(),
+        "the quota was reached: the test means something"
+    );
+    let per_key_windows = {
+        let mut m: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for c in &throttled {
+            *m.entry((c.region.clone(), c.action.clone())).or_default() += 1;
+        }
+        m
+    };
+    let ok_calls = calls.iter().filter(|c| c.outcome == "OK").count();
+    eprintln!("throttled answers by key: {per_key_windows:?}; {ok_calls} calls answered OK");
+    // At most two throttles for each window a key was busy in: the busy windows of a key are at
+    // least its calls over its quota.
+    for ((region, action), n) in &per_key_windows {
+        let quota = if action == "DeleteInstances" { 3 } else { 5 };
+        let busy = calls
+            .iter()
+            .filter(|c| &c.region == region && &c.action == action && c.outcome == "OK")
+            .count()
+            .div_ceil(quota);
+        assert!(
+            *n <= 2 * busy,
+            "{region} {action}: {n} throttled answers over {busy} windows ({ok_calls} calls OK)"
+        );
+    }
+    h.shutdown().await;
+}
