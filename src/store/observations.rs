@@ -38,12 +38,14 @@ impl Seen {
             constraints.push(format!("charge_type={}", c.as_str()));
         }
         if let Some(ids) = &filter.instance_ids {
-            // Only the instances named can be listed: one constraint names the set.
-            let mut sorted: Vec<&String> = ids.iter().collect();
-            sorted.sort();
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            std::hash::Hash::hash(&sorted, &mut h);
-            constraints.push(format!("ids:{:016x}", std::hash::Hasher::finish(&h)));
+            // Only the instances named can be listed: one constraint names the set. It is
+            // stored, so its digest must not change between builds (SHA-256, not the std hasher).
+            use sha2::Digest;
+            let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
+            sorted.sort_unstable();
+            let digest = sha2::Sha256::digest(sorted.join("\n").as_bytes());
+            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            constraints.push(format!("ids:{hex}"));
         }
         constraints.sort();
         constraints.dedup();
