@@ -1,0 +1,240 @@
+//! The JSON API and the probes: readiness, metrics, releases, policies, retry, cancel, pause and
+//! resume. Every failure answers [`ApiError`]'s JSON shape.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{authorize, release_id, AdminContext, ApiError};
+use crate::policy::Policy;
+use crate::store::{ReleaseFilter, ReleaseRow};
+
+pub(super) async fn readyz(State(s): State<AdminContext>) -> impl IntoResponse {
+    let db = match tokio::time::timeout(Duration::from_secs(2), s.ctx.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        // The driver's own words, without the store's "database error:" prefix.
+        Ok(Err(crate::store::StoreError::Db(e))) => Err(format!("database: {e}")),
+        Ok(Err(e)) => Err(format!("database: {e}")),
+        Err(_) => Err("database: no answer within 2 s".to_string()),
+    };
+    let loaded = s.health.policies_loaded.load(Ordering::SeqCst);
+    let load_error = s
+        .health
+        .last_load_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut reasons = Vec::new();
+    if let Err(e) = &db {
+        reasons.push(e.clone());
+    }
+    if !loaded {
+        reasons.push(format!(
+            "policies: not loaded{}",
+            load_error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "ready": reasons.is_empty(),
+            "reasons": reasons,
+            "last_policy_load_error": load_error,
+        })),
+    )
+}
+
+pub(super) async fn metrics(State(s): State<AdminContext>) -> Response {
+    match s.ctx.metrics.render(&s.ctx.store, s.ctx.clock.now()).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ReleaseQuery {
+    state: Option<String>,
+    policy: Option<String>,
+    limit: Option<i64>,
+}
+
+pub(super) async fn list_releases(
+    State(s): State<AdminContext>,
+    Query(q): Query<ReleaseQuery>,
+) -> Result<Json<Vec<ReleaseRow>>, ApiError> {
+    let state = q.state.filter(|v| !v.is_empty());
+    if let Some(st) = &state {
+        st.parse::<crate::store::ReleaseState>()
+            .map_err(|e| ApiError::bad_request(format!("state: {e}")))?;
+    }
+    let rows = s
+        .ctx
+        .store
+        .list_releases(&ReleaseFilter {
+            state,
+            policy: q.policy.filter(|v| !v.is_empty()),
+            limit: Some(q.limit.unwrap_or(500).clamp(1, 10_000)),
+            ..ReleaseFilter::default()
+        })
+        .await?;
+    Ok(Json(rows))
+}
+
+pub(super) fn loaded(s: &AdminContext) -> Vec<Policy> {
+    s.ctx.policies.current().to_vec()
+}
+
+pub(super) async fn list_policies(
+    State(s): State<AdminContext>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = s.ctx.clock.now();
+    let snap = s.ctx.store.metrics_snapshot(now).await?;
+    let runs = s.ctx.store.runs(1000).await?;
+    let out: Vec<serde_json::Value> = loaded(&s)
+        .iter()
+        .map(|p| {
+            let last = runs.iter().find(|r| r.policy == p.name);
+            let counts: serde_json::Map<String, serde_json::Value> = snap
+                .by_policy_state
+                .iter()
+                .filter(|(pol, _, _)| pol == &p.name)
+                .map(|(_, st, n)| (st.to_string(), json!(n)))
+                .collect();
+            json!({
+                "name": p.name,
+                "description": p.description,
+                "schedule": p.schedule_text,
+                "account": p.account,
+                "regions": p.regions,
+                "dry_run": p.dry_run,
+                "next_run": crate::schedule::next_after(p, now).map(crate::timefmt::text),
+                "last_run": last.map(|r| json!({
+                    "scheduled_for": crate::timefmt::text(r.scheduled_for),
+                    "outcome": r.outcome,
+                    "owner": r.owner,
+                    "planned": r.planned,
+                    "enqueued": r.enqueued,
+                    "cancelled": r.cancelled,
+                    "refused": r.refused != 0,
+                })),
+                "releases": counts,
+            })
+        })
+        .collect();
+    Ok(Json(json!(out)))
+}
+
+pub(super) async fn retry_release(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    Query(op): Query<Operator>,
+) -> Result<Json<ReleaseRow>, ApiError> {
+    authorize(&s, &headers)?;
+    let id = release_id(&raw)?;
+    s.ctx
+        .store
+        .retry_release(id, &op.by(), s.ctx.clock.now())
+        .await?;
+    Ok(Json(s.ctx.store.release(id).await?))
+}
+
+pub(super) async fn cancel_release(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    Query(op): Query<Operator>,
+) -> Result<Json<ReleaseRow>, ApiError> {
+    authorize(&s, &headers)?;
+    let id = release_id(&raw)?;
+    let now = s.ctx.clock.now();
+    let until = op
+        .hold_secs
+        .filter(|n| *n > 0)
+        .map(|n| now + chrono::Duration::seconds(n.min(10 * 365 * 86_400)));
+    let reason = op
+        .reason
+        .clone()
+        .unwrap_or_else(|| "no reason given".into());
+    s.ctx
+        .store
+        .cancel_release(id, &op.by(), &reason, until, now)
+        .await?;
+    Ok(Json(s.ctx.store.release(id).await?))
+}
+
+/// Who and why, from the query string of a mutating call (`?by=alice&reason=...`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct Operator {
+    by: Option<String>,
+    reason: Option<String>,
+    /// `queue cancel`'s hold: seconds, e.g. 86400 for a day.
+    hold_secs: Option<i64>,
+}
+
+impl Operator {
+    fn by(&self) -> String {
+        match self.by.as_deref().filter(|b| !b.trim().is_empty()) {
+            Some(b) => format!("{} (admin API)", b.trim()),
+            None => "the admin API".to_string(),
+        }
+    }
+}
+
+pub(super) async fn pause(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+    Query(op): Query<Operator>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    let reason = op.reason.clone().unwrap_or_default();
+    s.ctx
+        .store
+        .pause(&op.by(), &reason, s.ctx.clock.now())
+        .await?;
+    tracing::warn!(by = %op.by(), reason = %reason, "releases paused through the admin API");
+    pause_state(State(s)).await
+}
+
+pub(super) async fn resume(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+    Query(op): Query<Operator>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    s.ctx.store.resume(&op.by(), s.ctx.clock.now()).await?;
+    tracing::warn!(by = %op.by(), "releases resumed through the admin API");
+    pause_state(State(s)).await
+}
+
+pub(super) async fn pause_state(
+    State(s): State<AdminContext>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(match s.ctx.store.pause_state().await? {
+        Some(p) => {
+            json!({ "paused": true, "by": p.by, "reason": p.reason, "at": p.at.map(crate::timefmt::text) })
+        }
+        None => json!({ "paused": false }),
+    }))
+}

@@ -1,0 +1,142 @@
+//! The admin HTTP server of `run`: liveness (`/healthz`), readiness (`/readyz`), Prometheus
+//! metrics (`/metrics`), a JSON API (releases, policies, retry, cancel, pause, resume) and a
+//! server-rendered status page at `/`. Mutating endpoints need `Authorization: Bearer <token>`
+//! with the token from `JANITOR_ADMIN_TOKEN`; with no token configured they answer 403.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::ecs::sign::signatures_equal;
+use crate::store::StoreError;
+
+mod api;
+mod page;
+
+use api::*;
+use page::status_page;
+
+/// What readiness depends on, shared with the daemon.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// A policy set has been loaded (and is running).
+    pub policies_loaded: AtomicBool,
+    /// The last policy load problem, if the last attempt failed.
+    pub last_load_error: Mutex<Option<String>>,
+}
+
+/// Everything the admin server reads.
+#[derive(Clone)]
+pub struct AdminContext {
+    /// The store, the policies, the metrics and the clock the daemon runs with.
+    pub ctx: crate::context::Context,
+    pub health: Arc<Health>,
+    /// `JANITOR_ADMIN_TOKEN`; `None` disables the mutating endpoints.
+    pub admin_token: Option<crate::ecs::Secret>,
+}
+
+/// The admin routes.
+pub fn router(ctx: AdminContext) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/releases", get(list_releases))
+        .route("/api/v1/policies", get(list_policies))
+        .route("/api/v1/releases/{id}/retry", post(retry_release))
+        .route("/api/v1/releases/{id}/cancel", post(cancel_release))
+        .route("/api/v1/pause", post(pause).get(pause_state))
+        .route("/api/v1/resume", post(resume))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such route: see the README's Operations section for the admin API".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method (mutations are POST)".into(),
+            )
+        })
+        .with_state(ctx)
+}
+
+/// An API error: a status and a JSON body `{"error": {"code": ..., "message": ...}}`, the same
+/// shape for every route and failure.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    /// A stable machine code for the status.
+    fn code(&self) -> &'static str {
+        match self.0 {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code(), "message": self.1 } });
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::NoSuchRelease(_) => StatusCode::NOT_FOUND,
+            StoreError::WrongState { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// A release id from the path, or a 400 that says what an id looks like.
+fn release_id(raw: &str) -> Result<crate::store::ReleaseId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{raw:?} is not a release id: use the number `queue list` or GET /api/v1/releases shows"
+        ))
+    })
+}
+
+fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(want) = &ctx.admin_token else {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "mutating endpoints are disabled: set JANITOR_ADMIN_TOKEN to enable them".into(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if given.is_empty() || !signatures_equal(given, want.expose()) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <JANITOR_ADMIN_TOKEN>".into(),
+        ));
+    }
+    Ok(())
+}
