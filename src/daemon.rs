@@ -29,8 +29,8 @@ pub struct DaemonConfig {
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     pub listen: SocketAddr,
-    /// `JANITOR_ADMIN_TOKEN`: enables the mutating admin endpoints.
-    pub admin_token: Option<crate::ecs::Secret>,
+    /// The admin tokens: any enables the mutating admin endpoints.
+    pub admin_tokens: crate::server::AdminTokens,
 }
 
 /// A fingerprint of every policy file's name and content, to notice changes. The folder is
@@ -97,7 +97,7 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     app.ctx
         .metrics
         .observe(app.ctx.window.clone(), app.ctx.notifier.clone());
-    if cfg.admin_token.is_none() && !cfg.listen.ip().is_loopback() {
+    if cfg.admin_tokens.is_empty() && !cfg.listen.ip().is_loopback() {
         tracing::warn!(listen = %cfg.listen, "the admin server listens beyond this machine without JANITOR_ADMIN_TOKEN: its pages and metrics are readable by anyone who reaches it (mutating endpoints stay disabled)");
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -111,7 +111,7 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
         let router = server::router(server::AdminContext {
             ctx: app.ctx.clone(),
             health: health.clone(),
-            admin_token: cfg.admin_token.clone(),
+            admin_tokens: cfg.admin_tokens.clone(),
         });
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -52,6 +52,11 @@ struct Admin {
 /// A store with history (releases, a failure, releases waiting out their grace) and the admin
 /// server over it on 127.0.0.1.
 async fn admin(token: Option<&str>) -> Admin {
+    admin_with(server::AdminTokens::new(token.map(Secret::new), Vec::new())).await
+}
+
+/// [`admin`] with these tokens.
+async fn admin_with(tokens: server::AdminTokens) -> Admin {
     let mut fleet = common::ci_fleet(6);
     fleet[2].lock_reasons = vec!["security".into()];
     let h = common::start_sim(fleet, Faults::default(), 11).await;
@@ -82,7 +87,7 @@ async fn admin(token: Option<&str>) -> Admin {
     let router = server::router(AdminContext {
         ctx: app.ctx.clone(),
         health: health.clone(),
-        admin_token: token.map(Secret::new),
+        admin_tokens: tokens,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -100,6 +105,23 @@ async fn admin(token: Option<&str>) -> Admin {
         h,
         _db: db,
         _stop: stop,
+    }
+}
+
+impl Admin {
+    /// The id of the fixture's one failed release.
+    async fn failed_release(&self) -> ecs_janitor::store::ReleaseId {
+        let failed = self
+            .app
+            .ctx
+            .store
+            .list_releases(&ecs_janitor::store::ReleaseFilter {
+                state: Some("failed".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        failed[0].id
     }
 }
 
@@ -222,6 +244,73 @@ async fn the_api_lists_and_its_mutations_need_the_token() {
         .as_str()
         .unwrap()
         .contains("JANITOR_ADMIN_TOKEN"));
+}
+
+/// Every operator action through the API is recorded under the name of the token it came with
+/// (which the caller cannot choose), with the `?by=` and the reason it gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_actions_are_recorded_with_the_token_name_and_the_reason() {
+    let named = server::tokens::parse("deploy-bot=bot-token-0123456789abcdef").unwrap();
+    let a = admin_with(server::AdminTokens::new(
+        Some(Secret::new("the-admin-token-0123")),
+        named,
+    ))
+    .await;
+    let bot = Some("bot-token-0123456789abcdef");
+    let (status, _) = post(
+        &format!("{}/api/v1/pause?by=alice&reason=change%20freeze", a.base),
+        bot,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, state) = post(
+        &format!("{}/api/v1/resume?reason=freeze%20over", a.base),
+        Some("the-admin-token-0123"),
+    )
+    .await;
+    assert_eq!((status, state["paused"].as_bool()), (200, Some(false)));
+    let id = a.failed_release().await;
+    let (status, _) = post(
+        &format!("{}/api/v1/releases/{id}/retry?reason=lock%20lifted", a.base),
+        bot,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post(
+        &format!(
+            "{}/api/v1/releases/{id}/cancel?by=bob&reason=owner%20asked",
+            a.base
+        ),
+        bot,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let events = a.app.ctx.store.events(100).await.unwrap();
+    let detail = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e.kind == kind)
+            .map(|e| e.detail.clone())
+            .unwrap_or_else(|| panic!("no {kind} event in {events:#?}"))
+    };
+    assert_eq!(
+        detail("paused"),
+        "by alice via token deploy-bot (admin API): change freeze"
+    );
+    assert_eq!(detail("resumed"), "by token admin (admin API): freeze over");
+    assert_eq!(
+        detail("retried"),
+        "by token deploy-bot (admin API): lock lifted"
+    );
+    assert!(
+        detail("cancelled")
+            .starts_with("cancelled by bob via token deploy-bot (admin API): owner asked"),
+        "{}",
+        detail("cancelled")
+    );
+    // The tokens themselves are nowhere in the log.
+    assert!(!format!("{events:?}").contains("0123456789abcdef"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,4 +534,204 @@ async fn the_api_answers_bad_input_with_json_errors() {
     assert_eq!(r.status(), 405);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+/// One call checked against the OpenAPI document: its status must be documented for the
+/// operation, its content type must be the documented one, and a JSON body must match the
+/// documented schema (formats such as `date-time` included).
+async fn call_documented(
+    doc: &serde_json::Value,
+    method: &str,
+    template: &str,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().request(method.parse().unwrap(), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = r.text().await.unwrap();
+    let op = &doc["paths"][template][method.to_lowercase()];
+    assert!(op.is_object(), "{method} {template} is not in the document");
+    let documented = &op["responses"][status.to_string()];
+    assert!(
+        documented.is_object(),
+        "{method} {url} answered {status}, which the document does not list: {text}"
+    );
+    let (want_type, media) = documented["content"]
+        .as_object()
+        .and_then(|c| c.iter().next())
+        .unwrap_or_else(|| panic!("{method} {template} {status} has no content"));
+    assert!(
+        ctype.starts_with(want_type.as_str()),
+        "{method} {url}: content type {ctype:?}, documented {want_type}"
+    );
+    if want_type != "application/json" {
+        return (status, serde_json::Value::String(text));
+    }
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let schema = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [media["schema"]],
+    });
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{method} {template} {status}: bad schema: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {url} {status}: the body does not match the document: {errors:#?}\n{body:#}"
+    );
+    (status, body)
+}
+
+/// The OpenAPI document served at /api/v1/openapi.json describes the routes the server really
+/// has: the same paths, every method it takes (any other answers 405), and for each operation
+/// called here, its status codes, content types and body schemas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_real_routes() {
+    let token = "tok-0123456789abcdef";
+    let a = admin(Some(token)).await;
+    let (status, served) = get(&format!("{}/api/v1/openapi.json", a.base)).await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::from_str::<serde_json::Value>(server::OPENAPI).unwrap()
+    );
+    assert_eq!(doc["openapi"], "3.1.0");
+
+    let mut documented: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut real = server::route_paths();
+    documented.sort_unstable();
+    real.sort_unstable();
+    assert_eq!(documented, real, "documented paths against the router's");
+
+    // Every path answers exactly its documented methods; the others get a JSON 405.
+    let failed_id = a.failed_release().await;
+    let concrete = |template: &str| template.replace("{id}", &failed_id.to_string());
+    for template in &real {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            let op = &doc["paths"][template][method.to_lowercase()];
+            let r = reqwest::Client::new()
+                .request(
+                    method.parse().unwrap(),
+                    format!("{}{}", a.base, concrete(template)),
+                )
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            if op.is_object() {
+                assert_ne!(
+                    status, 405,
+                    "{method} {template} is documented but not routed"
+                );
+            } else {
+                assert_eq!(
+                    status, 405,
+                    "{method} {template} is routed but not documented"
+                );
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "method_not_allowed");
+            }
+        }
+    }
+    // The status enum is the store's.
+    let states: Vec<&str> = doc["components"]["schemas"]["ReleaseState"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let ours: Vec<&str> = ecs_janitor::store::ReleaseState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(states, ours);
+
+    // Each operation, with its answers checked against the document.
+    let b = &a.base;
+    let t = Some(token);
+    for (template, want) in [
+        ("/", 200),
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/api/v1/openapi.json", 200),
+        ("/api/v1/releases", 200),
+        ("/api/v1/policies", 200),
+        ("/api/v1/pause", 200),
+    ] {
+        let (status, _) =
+            call_documented(&doc, "GET", template, &format!("{b}{template}"), None).await;
+        assert_eq!(status, want, "GET {template}");
+    }
+    let rel = "/api/v1/releases";
+    let (_, rows) = call_documented(
+        &doc,
+        "GET",
+        rel,
+        &format!("{b}{rel}?state=succeeded&limit=2"),
+        None,
+    )
+    .await;
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    let (status, _) =
+        call_documented(&doc, "GET", rel, &format!("{b}{rel}?state=bogus"), None).await;
+    assert_eq!(status, 400);
+
+    let pause = "/api/v1/pause";
+    let (status, _) = call_documented(&doc, "POST", pause, &format!("{b}{pause}"), None).await;
+    assert_eq!(status, 401);
+    let (_, state) = call_documented(
+        &doc,
+        "POST",
+        pause,
+        &format!("{b}{pause}?by=carol&reason=audit"),
+        t,
+    )
+    .await;
+    assert_eq!(state["paused"], true);
+    let (_, state) = call_documented(&doc, "GET", pause, &format!("{b}{pause}"), None).await;
+    assert_eq!(state["reason"], "audit");
+    let resume = "/api/v1/resume";
+    let (_, state) = call_documented(&doc, "POST", resume, &format!("{b}{resume}"), t).await;
+    assert_eq!(state["paused"], false);
+
+    let retry = "/api/v1/releases/{id}/retry";
+    let cancel = "/api/v1/releases/{id}/cancel";
+    for (template, id, want) in [
+        (retry, failed_id.to_string(), 200),
+        (retry, failed_id.to_string(), 409),
+        (retry, "i-abc".to_string(), 400),
+        (retry, "99999".to_string(), 404),
+        (cancel, failed_id.to_string(), 200),
+        (cancel, failed_id.to_string(), 409),
+    ] {
+        let url = format!("{b}{}", template.replace("{id}", &id));
+        let (status, body) = call_documented(&doc, "POST", template, &url, t).await;
+        assert_eq!(status, want, "POST {url}: {body}");
+    }
+    let b2 = admin(None).await;
+    let (status, _) =
+        call_documented(&doc, "POST", resume, &format!("{}{resume}", b2.base), t).await;
+    assert_eq!(status, 403);
 }

@@ -787,7 +787,7 @@ proptest! {
                         paused = true;
                     }
                     Event::Resume => {
-                        store.resume("prop", Utc::now()).await.unwrap();
+                        store.resume("prop", "", Utc::now()).await.unwrap();
                         paused = false;
                     }
                     Event::Protect(k) => {

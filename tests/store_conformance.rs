@@ -397,7 +397,9 @@ conformance!(
         assert_eq!(failed[0].last_code.as_deref(), Some("ChargeTypeViolation"));
         assert_eq!(failed[0].request_id.as_deref(), Some("R2"));
         // An operator retries the failed one; it is pending and due again.
-        s.retry_release(failed[0].id, "test", t0()).await.unwrap();
+        s.retry_release(failed[0].id, "test", "", t0())
+            .await
+            .unwrap();
         assert_eq!(state_of(s, "i-2").await, ["pending"]);
         // Succeeded releases cannot be retried; in-flight ones cannot be cancelled.
         let done = s
@@ -408,7 +410,7 @@ conformance!(
             .await
             .unwrap();
         assert!(matches!(
-            s.retry_release(done[0].id, "test", t0()).await,
+            s.retry_release(done[0].id, "test", "", t0()).await,
             Err(StoreError::WrongState { .. })
         ));
         let b2 = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
@@ -418,7 +420,7 @@ conformance!(
             Err(StoreError::WrongState { .. })
         ));
         assert!(matches!(
-            s.retry_release(ReleaseId(9999), "test", t0()).await,
+            s.retry_release(ReleaseId(9999), "test", "", t0()).await,
             Err(StoreError::NoSuchRelease(ReleaseId(9999)))
         ));
         // The audit log tells the story.
@@ -713,7 +715,7 @@ conformance!(
         let holds = s.holds(t0()).await.unwrap();
         assert_eq!(holds.len(), 1);
         assert!(holds[0].describe().contains("held by alice"));
-        s.retry_release(a[0].0, "alice", t0()).await.unwrap();
+        s.retry_release(a[0].0, "alice", "", t0()).await.unwrap();
         assert!(
             s.holds(t0()).await.unwrap().is_empty(),
             "retry lifts the hold"
@@ -838,7 +840,7 @@ conformance!(
         s.pause("alice", "freeze", t0()).await.unwrap();
         let p = s.pause_state().await.unwrap().unwrap();
         assert_eq!((p.by.as_str(), p.reason.as_str()), ("alice", "freeze"));
-        s.resume("bob", t0()).await.unwrap();
+        s.resume("bob", "", t0()).await.unwrap();
         assert!(s.pause_state().await.unwrap().is_none());
         let id = s.database_id().await.unwrap();
         assert!(!id.is_empty());
@@ -870,7 +872,7 @@ conformance!(
                 .unwrap(),
             "a call while paused"
         );
-        s.resume("alice", t0()).await.unwrap();
+        s.resume("alice", "", t0()).await.unwrap();
         assert!(s
             .begin_attempt_for(&b.fence, &[], &b.client_token, Some(LEASE), t0())
             .await

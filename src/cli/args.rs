@@ -43,7 +43,11 @@ pub enum Command {
     /// The kill switch: stop every DeleteInstances, on every replica and command, until resumed.
     Pause(PauseArgs),
     /// Lift the pause.
-    Resume,
+    Resume {
+        /// Why, recorded in the audit log (`history --kind resumed`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// The audit log: who released what, when, under which policy and RequestId.
     History(HistoryArgs),
     /// Run the ECS simulator: a stateful fake ECS endpoint for trying, testing and benchmarking.
@@ -192,7 +196,12 @@ pub enum QueueCommand {
     Show { id: crate::store::ReleaseId },
     /// Put a failed, cancelled or vanished release back in the queue, lifting its hold or
     /// quarantine; what was left of its grace period stays.
-    Retry { id: crate::store::ReleaseId },
+    Retry {
+        id: crate::store::ReleaseId,
+        /// Why, recorded in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Cancel a pending release, and hold its instance out of the policy until `queue retry`
     /// (or for `--for DURATION`).
     Cancel {
@@ -325,7 +334,7 @@ impl Command {
             Command::Run => "run",
             Command::Queue(_) => "queue",
             Command::Pause(_) => "pause",
-            Command::Resume => "resume",
+            Command::Resume { .. } => "resume",
             Command::History(_) => "history",
             Command::Simulate(_) => "simulate",
             Command::Config(_) => "config",

@@ -17,9 +17,11 @@ pub(super) async fn pause(args: &PauseArgs, settings: &Settings) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn resume(settings: &Settings) -> anyhow::Result<ExitCode> {
+pub(super) async fn resume(reason: Option<&str>, settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&settings.database).await?;
-    store.resume(&operator(), chrono::Utc::now()).await?;
+    store
+        .resume(&operator(), reason.unwrap_or_default(), chrono::Utc::now())
+        .await?;
     outln!("Releases are resumed.");
     Ok(ExitCode::SUCCESS)
 }
@@ -93,8 +95,10 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
                 serde_json::to_string_pretty(&store.release(id).await?)?
             );
         }
-        QueueCommand::Retry { id } => {
-            store.retry_release(id, &operator(), now).await?;
+        QueueCommand::Retry { id, reason } => {
+            store
+                .retry_release(id, &operator(), reason.as_deref().unwrap_or_default(), now)
+                .await?;
             outln!("Release {id} is pending again; the next apply or the daemon sends it.");
         }
         QueueCommand::Cancel {

@@ -40,7 +40,7 @@ pub(super) async fn run_daemon(settings: Settings) -> anyhow::Result<ExitCode> {
         reload_every: settings.reload_every,
         shutdown_grace: settings.shutdown_grace,
         listen: settings.listen,
-        admin_token: settings.admin_token.clone(),
+        admin_tokens: settings.admin_tokens.clone(),
     };
     crate::daemon::run(app, cfg, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{authorize, release_id, AdminContext, ApiError};
+use super::{authorize, release_id, AdminContext, ApiError, Caller};
 use crate::policy::Policy;
 use crate::store::{ReleaseFilter, ReleaseRow};
 
@@ -151,11 +151,11 @@ pub(super) async fn retry_release(
     Path(raw): Path<String>,
     Query(op): Query<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
-    authorize(&s, &headers)?;
+    let caller = authorize(&s, &headers)?;
     let id = release_id(&raw)?;
     s.ctx
         .store
-        .retry_release(id, &op.by(), s.ctx.clock.now())
+        .retry_release(id, &op.by(&caller), op.reason(), s.ctx.clock.now())
         .await?;
     Ok(Json(s.ctx.store.release(id).await?))
 }
@@ -166,7 +166,7 @@ pub(super) async fn cancel_release(
     Path(raw): Path<String>,
     Query(op): Query<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
-    authorize(&s, &headers)?;
+    let caller = authorize(&s, &headers)?;
     let id = release_id(&raw)?;
     let now = s.ctx.clock.now();
     let until = op
@@ -179,7 +179,7 @@ pub(super) async fn cancel_release(
         .unwrap_or_else(|| "no reason given".into());
     s.ctx
         .store
-        .cancel_release(id, &op.by(), &reason, until, now)
+        .cancel_release(id, &op.by(&caller), &reason, until, now)
         .await?;
     Ok(Json(s.ctx.store.release(id).await?))
 }
@@ -194,11 +194,18 @@ pub(super) struct Operator {
 }
 
 impl Operator {
-    fn by(&self) -> String {
-        match self.by.as_deref().filter(|b| !b.trim().is_empty()) {
-            Some(b) => format!("{} (admin API)", b.trim()),
-            None => "the admin API".to_string(),
+    /// Who the audit log records: the token's name, which the caller cannot choose, and the
+    /// `?by=` the caller gave, e.g. `alice via token deploy-bot (admin API)`.
+    fn by(&self, caller: &Caller) -> String {
+        match self.by.as_deref().map(str::trim).filter(|b| !b.is_empty()) {
+            Some(b) => format!("{b} via token {} (admin API)", caller.0),
+            None => format!("token {} (admin API)", caller.0),
         }
+    }
+
+    /// The `?reason=` given, or `""`.
+    fn reason(&self) -> &str {
+        self.reason.as_deref().unwrap_or_default()
     }
 }
 
@@ -207,13 +214,13 @@ pub(super) async fn pause(
     headers: HeaderMap,
     Query(op): Query<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&s, &headers)?;
+    let caller = authorize(&s, &headers)?;
     let reason = op.reason.clone().unwrap_or_default();
     s.ctx
         .store
-        .pause(&op.by(), &reason, s.ctx.clock.now())
+        .pause(&op.by(&caller), &reason, s.ctx.clock.now())
         .await?;
-    tracing::warn!(by = %op.by(), reason = %reason, "releases paused through the admin API");
+    tracing::warn!(by = %op.by(&caller), reason = %reason, "releases paused through the admin API");
     pause_state(State(s)).await
 }
 
@@ -222,9 +229,12 @@ pub(super) async fn resume(
     headers: HeaderMap,
     Query(op): Query<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&s, &headers)?;
-    s.ctx.store.resume(&op.by(), s.ctx.clock.now()).await?;
-    tracing::warn!(by = %op.by(), "releases resumed through the admin API");
+    let caller = authorize(&s, &headers)?;
+    s.ctx
+        .store
+        .resume(&op.by(&caller), op.reason(), s.ctx.clock.now())
+        .await?;
+    tracing::warn!(by = %op.by(&caller), "releases resumed through the admin API");
     pause_state(State(s)).await
 }
 

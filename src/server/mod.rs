@@ -8,15 +8,17 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::ecs::sign::signatures_equal;
 use crate::store::StoreError;
 
 mod api;
 mod page;
+pub mod tokens;
+
+pub use tokens::AdminTokens;
 
 use api::*;
 use page::status_page;
@@ -36,23 +38,44 @@ pub struct AdminContext {
     /// The store, the policies, the metrics and the clock the daemon runs with.
     pub ctx: crate::context::Context,
     pub health: Arc<Health>,
-    /// `JANITOR_ADMIN_TOKEN`; `None` disables the mutating endpoints.
-    pub admin_token: Option<crate::ecs::Secret>,
+    /// The tokens of the mutating endpoints; none disables them.
+    pub admin_tokens: AdminTokens,
+}
+
+/// The OpenAPI 3.1 description of [`routes`], served at `/api/v1/openapi.json`; a test checks
+/// it against the routes themselves (every path, every method, the bodies' schemas).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route: its path and what it answers, by method.
+fn routes() -> Vec<(&'static str, MethodRouter<AdminContext>)> {
+    vec![
+        ("/", get(status_page)),
+        ("/healthz", get(|| async { "ok\n" })),
+        ("/readyz", get(readyz)),
+        ("/metrics", get(metrics)),
+        (
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        ),
+        ("/api/v1/releases", get(list_releases)),
+        ("/api/v1/policies", get(list_policies)),
+        ("/api/v1/releases/{id}/retry", post(retry_release)),
+        ("/api/v1/releases/{id}/cancel", post(cancel_release)),
+        ("/api/v1/pause", post(pause).get(pause_state)),
+        ("/api/v1/resume", post(resume)),
+    ]
+}
+
+/// The path of every route the admin server answers, as [`OPENAPI`] writes them.
+pub fn route_paths() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
 }
 
 /// The admin routes.
 pub fn router(ctx: AdminContext) -> Router {
-    Router::new()
-        .route("/", get(status_page))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/releases", get(list_releases))
-        .route("/api/v1/policies", get(list_policies))
-        .route("/api/v1/releases/{id}/retry", post(retry_release))
-        .route("/api/v1/releases/{id}/cancel", post(cancel_release))
-        .route("/api/v1/pause", post(pause).get(pause_state))
-        .route("/api/v1/resume", post(resume))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, method)| r.route(path, method))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -120,23 +143,28 @@ fn release_id(raw: &str) -> Result<crate::store::ReleaseId, ApiError> {
     })
 }
 
-fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(want) = &ctx.admin_token else {
+/// The name of the token a mutating call came with: who the audit log records.
+struct Caller(String);
+
+fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    if ctx.admin_tokens.is_empty() {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
-            "mutating endpoints are disabled: set JANITOR_ADMIN_TOKEN to enable them".into(),
+            "mutating endpoints are disabled: set JANITOR_ADMIN_TOKEN (or JANITOR_ADMIN_TOKENS) to enable them"
+                .into(),
         ));
-    };
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if given.is_empty() || !signatures_equal(given, want.expose()) {
-        return Err(ApiError(
+    match ctx.admin_tokens.name_of(given) {
+        Some(name) => Ok(Caller(name.to_string())),
+        None => Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "send Authorization: Bearer <JANITOR_ADMIN_TOKEN>".into(),
-        ));
+            "send Authorization: Bearer <token>, a token of JANITOR_ADMIN_TOKEN or JANITOR_ADMIN_TOKENS"
+                .into(),
+        )),
     }
-    Ok(())
 }

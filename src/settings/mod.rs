@@ -116,7 +116,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
     pub reload_every: Duration,
-    pub admin_token: Option<Secret>,
+    /// `admin_token` (named `admin`) and `admin_tokens`.
+    pub admin_tokens: crate::server::AdminTokens,
     /// Account name → aliyun CLI profile (`accounts:` in the file).
     pub accounts: BTreeMap<String, String>,
     /// Where the file sets `accounts:` (`FILE:LINE:COL`), for messages about an account.
@@ -195,7 +196,11 @@ impl Settings {
             Duration::from_secs(r.parse("shutdown_grace_secs", spec::uint).unwrap_or(30));
         let reload_every =
             Duration::from_millis(r.parse("reload_ms", spec::uint).unwrap_or(2000).max(100));
-        let admin_token = r.text("admin_token").map(Secret::new);
+        let admin_tokens = crate::server::AdminTokens::new(
+            r.text("admin_token").map(Secret::new),
+            r.parse("admin_tokens", crate::server::tokens::parse)
+                .unwrap_or_default(),
+        );
 
         // The structured settings live only in the file.
         let file = inputs.file;
@@ -241,7 +246,7 @@ impl Settings {
             listen,
             shutdown_grace,
             reload_every,
-            admin_token,
+            admin_tokens,
             accounts,
             accounts_place: file.map(|f| f.place("accounts")),
             window,

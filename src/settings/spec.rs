@@ -82,6 +82,10 @@ fn not_empty(s: &str) -> Result<(), String> {
     }
 }
 
+fn check_admin_tokens(s: &str) -> Result<(), String> {
+    crate::server::tokens::parse(s).map(drop)
+}
+
 fn check_uint(s: &str) -> Result<(), String> {
     uint(s).map(drop)
 }
@@ -398,6 +402,18 @@ pub const SPECS: &[Spec] = &[
         group: Group::Daemon,
         secret: true,
         check: not_empty,
+    },
+    Spec {
+        key: "admin_tokens",
+        env: "JANITOR_ADMIN_TOKENS",
+        flag: None,
+        value_name: "NAME=TOKEN,...",
+        default: None,
+        help: "More admin tokens, each with a name the audit log records for what its caller \
+               does: `deploy-bot=<token>,alice=<token>` (tokens of 16 characters or more).",
+        group: Group::Daemon,
+        secret: true,
+        check: check_admin_tokens,
     },
 ];
 

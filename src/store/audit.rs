@@ -115,3 +115,11 @@ impl Store {
         self.pool.fetch_all(q).await
     }
 }
+
+/// An operator action's detail: `by alice@host (cli)`, with `: reason` when one was given.
+pub(super) fn who_and_why(by: &str, reason: &str) -> String {
+    match reason.trim() {
+        "" => format!("by {by}"),
+        why => format!("by {by}: {why}"),
+    }
+}

@@ -358,6 +358,7 @@ impl Store {
         &self,
         id: ReleaseId,
         by: &str,
+        reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let r = self.release(id).await?;
@@ -397,7 +398,7 @@ impl Store {
                     release_id: Some(id),
                     policy: Some(r.policy.clone()),
                     instance_id: Some(r.instance_id.clone()),
-                    detail: format!("by {by}"),
+                    detail: super::audit::who_and_why(by, reason),
                     ..NewEvent::default()
                 },
                 now,

@@ -103,7 +103,7 @@ impl Store {
         self.record_event(
             NewEvent {
                 kind: "paused",
-                detail: format!("by {by}: {reason}"),
+                detail: super::audit::who_and_why(by, reason),
                 ..NewEvent::default()
             },
             now,
@@ -111,13 +111,18 @@ impl Store {
         .await
     }
 
-    /// Lifts the pause; recorded in the audit log with who.
-    pub async fn resume(&self, by: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    /// Lifts the pause; recorded in the audit log with who and why (`reason` may be empty).
+    pub async fn resume(
+        &self,
+        by: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.set_setting(PAUSED, "false").await?;
         self.record_event(
             NewEvent {
                 kind: "resumed",
-                detail: format!("by {by}"),
+                detail: super::audit::who_and_why(by, reason),
                 ..NewEvent::default()
             },
             now,
