@@ -521,7 +521,10 @@ proptest! {
     ) {
         let mut inventory = Vec::new();
         let mut ctx = EvalContext {
-            protection: ProtectionConfig { protect_tag_key: key.to_string() },
+            protection: ProtectionConfig {
+                protect_tag_key: key.to_string(),
+                ..ProtectionConfig::default()
+            },
             ..EvalContext::default()
         };
         for (n, (mut inst, seen, queued)) in fleet.into_iter().enumerate() {

@@ -156,6 +156,7 @@ fn custom_protect_tag_key() {
     let ctx = EvalContext {
         protection: ProtectionConfig {
             protect_tag_key: "keep-me".into(),
+            ..ProtectionConfig::default()
         },
         ..Default::default()
     };

@@ -258,17 +258,68 @@ pub struct ServerFilters {
 pub struct ProtectionConfig {
     /// An instance with this tag set to `true` is never released.
     pub protect_tag_key: String,
+    /// The prefix of the tags ecs-janitor reads (exemptions) and writes (marks).
+    pub tag_prefix: String,
+    /// How far ahead an exemption may reach.
+    pub max_exemption_days: u32,
 }
 
 impl ProtectionConfig {
     /// The tag value that protects: `true` (exactly, as ECS stores tag values as text).
     pub const PROTECT_VALUE: &'static str = "true";
+
+    /// `janitor:exempt-until`: an owner's exemption, a date (`2027-01-31`, through that day,
+    /// UTC) or an RFC 3339 instant.
+    pub fn exempt_until_key(&self) -> String {
+        format!("{}exempt-until", self.tag_prefix)
+    }
+
+    /// `janitor:exempt-reason`: why, shown in plans beside the exemption.
+    pub fn exempt_reason_key(&self) -> String {
+        format!("{}exempt-reason", self.tag_prefix)
+    }
+
+    /// `janitor:release-after`: the mark of a queued release, when it is due (RFC 3339 UTC).
+    pub fn release_after_key(&self) -> String {
+        format!("{}release-after", self.tag_prefix)
+    }
+
+    /// `janitor:policy`: the mark of a queued release, the policy that queued it.
+    pub fn policy_key(&self) -> String {
+        format!("{}policy", self.tag_prefix)
+    }
+
+    /// The longest exemption allowed.
+    pub fn max_exemption(&self) -> chrono::Duration {
+        chrono::Duration::days(i64::from(self.max_exemption_days))
+    }
+
+    /// Whether ECS would take keys with this prefix (1–128 characters, not starting with
+    /// `acs:` or `aliyun`, no `http://`/`https://`), with room for the longest suffix.
+    pub fn check_prefix(prefix: &str) -> Result<(), String> {
+        let lower = prefix.to_ascii_lowercase();
+        if prefix.trim().is_empty() {
+            return Err("give a prefix, e.g. `janitor:`".into());
+        }
+        if lower.starts_with("acs:") || lower.starts_with("aliyun") {
+            return Err("ECS reserves tag keys starting with `acs:` or `aliyun`".into());
+        }
+        if lower.contains("http://") || lower.contains("https://") {
+            return Err("ECS refuses tag keys containing `http://` or `https://`".into());
+        }
+        if prefix.chars().count() + "exempt-reason".len() > 128 {
+            return Err("too long: a tag key is at most 128 characters".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for ProtectionConfig {
     fn default() -> Self {
         ProtectionConfig {
             protect_tag_key: "janitor:protect".to_string(),
+            tag_prefix: "janitor:".to_string(),
+            max_exemption_days: 90,
         }
     }
 }

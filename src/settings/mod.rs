@@ -160,6 +160,11 @@ impl Settings {
             .parse("pricing.calls_per_second", spec::uint)
             .map_or(20, |v| u32::try_from(v).unwrap_or(u32::MAX));
         let protect_tag_key = r.text("protect_tag_key").unwrap_or_default();
+        let tag_prefix = r.text("tag_prefix").unwrap_or_default();
+        let max_exemption_days = r
+            .parse("exemption_max_days", spec::uint)
+            .map(|d| u32::try_from(d).unwrap_or(u32::MAX))
+            .unwrap_or(90);
         let d = WorkerConfig::default();
         let calls_per_second = r.parse("workers.calls_per_second", spec::uint);
         let concurrency = r.parse("workers.concurrency", spec::uint);
@@ -241,7 +246,11 @@ impl Settings {
                 prices_file,
                 price_calls_per_second,
             },
-            protection: ProtectionConfig { protect_tag_key },
+            protection: ProtectionConfig {
+                protect_tag_key,
+                tag_prefix,
+                max_exemption_days,
+            },
             workers,
             listen,
             shutdown_grace,

@@ -82,6 +82,18 @@ fn not_empty(s: &str) -> Result<(), String> {
     }
 }
 
+/// A tag key prefix ECS accepts, leaving room for the longest suffix (`exempt-reason`).
+fn check_tag_prefix(s: &str) -> Result<(), String> {
+    crate::policy::ProtectionConfig::check_prefix(s)
+}
+
+fn check_positive(s: &str) -> Result<(), String> {
+    match uint(s)? {
+        0 => Err("give at least 1".into()),
+        _ => Ok(()),
+    }
+}
+
 fn check_admin_tokens(s: &str) -> Result<(), String> {
     crate::server::tokens::parse(s).map(drop)
 }
@@ -266,6 +278,31 @@ pub const SPECS: &[Spec] = &[
         group: Group::Safety,
         secret: false,
         check: not_empty,
+    },
+    Spec {
+        key: "tag_prefix",
+        env: "JANITOR_TAG_PREFIX",
+        flag: Some("tag-prefix"),
+        value_name: "PREFIX",
+        default: Some("janitor:"),
+        help: "The prefix of the tags ecs-janitor reads and writes: PREFIXexempt-until and \
+               PREFIXexempt-reason (an owner's exemption), PREFIXrelease-after and PREFIXpolicy \
+               (the mark of a queued release).",
+        group: Group::Safety,
+        secret: false,
+        check: check_tag_prefix,
+    },
+    Spec {
+        key: "exemption_max_days",
+        env: "JANITOR_EXEMPTION_MAX_DAYS",
+        flag: Some("exemption-max-days"),
+        value_name: "DAYS",
+        default: Some("90"),
+        help: "How far ahead an exemption may reach, by tag or by `exempt`; a tag beyond it \
+               protects the instance but is reported as invalid, so \"forever\" is a decision.",
+        group: Group::Safety,
+        secret: false,
+        check: check_positive,
     },
     Spec {
         key: "workers.calls_per_second",
