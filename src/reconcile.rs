@@ -209,6 +209,7 @@ impl Reconciler {
                 .store
                 .released_since(now - chrono::Duration::days(1))
                 .await?,
+            exemptions: self.ctx.store.exemption_map(now).await?,
         };
         Ok((inv, ctx))
     }
@@ -237,6 +238,12 @@ impl Reconciler {
         // the inventory, the largest thing a pass holds, is let go before queueing.
         let listed: HashSet<String> = {
             let all: HashSet<&str> = inv.all().iter().map(|i| i.instance_id.as_str()).collect();
+            // What tag exemptions kept out, for the status page (the tags stay the truth).
+            let seen = crate::store::SeenExemption::of_plan(&plan, now);
+            self.ctx
+                .store
+                .record_seen_exemptions(&seen, |id| all.contains(id))
+                .await?;
             active
                 .iter()
                 .filter(|r| all.contains(r.instance_id.as_str()))

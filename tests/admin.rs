@@ -730,6 +730,45 @@ async fn the_openapi_document_matches_the_real_routes() {
         let (status, body) = call_documented(&doc, "POST", template, &url, t).await;
         assert_eq!(status, want, "POST {url}: {body}");
     }
+
+    // Exemptions: made, listed, shown on the page, removed; bad input is a documented 400.
+    let ex = "/api/v1/exemptions/{instance}";
+    let until = (chrono::Utc::now() + chrono::Duration::days(7)).format("%Y-%m-%d");
+    let far = (chrono::Utc::now() + chrono::Duration::days(400)).format("%Y-%m-%d");
+    for (url, want) in [
+        (
+            format!("{b}/api/v1/exemptions/i-5?until={until}&reason=legal%20hold&by=dave"),
+            200,
+        ),
+        (
+            format!("{b}/api/v1/exemptions/i-5?until={far}&reason=forever"),
+            400,
+        ),
+        (format!("{b}/api/v1/exemptions/i-5?until={until}"), 400),
+        (
+            format!("{b}/api/v1/exemptions/web-1?until={until}&reason=x"),
+            400,
+        ),
+    ] {
+        let (status, body) = call_documented(&doc, "POST", ex, &url, t).await;
+        assert_eq!(status, want, "POST {url}: {body}");
+    }
+    let list = "/api/v1/exemptions";
+    let (_, rows) = call_documented(&doc, "GET", list, &format!("{b}{list}"), None).await;
+    assert_eq!(rows[0]["instance_id"], "i-5");
+    assert_eq!(rows[0]["by"], "dave via token admin (admin API)");
+    let (_, page) = get(&format!("{b}/")).await;
+    assert!(
+        page.contains("<h2>Exemptions</h2>") && page.contains("legal hold"),
+        "{page}"
+    );
+    let rm = "/api/v1/exemptions/{instance}/remove";
+    for (id, want) in [("i-5", 200), ("i-5", 404)] {
+        let url = format!("{b}/api/v1/exemptions/{id}/remove?reason=lifted");
+        let (status, body) = call_documented(&doc, "POST", rm, &url, t).await;
+        assert_eq!(status, want, "POST {url}: {body}");
+    }
+
     let b2 = admin(None).await;
     let (status, _) =
         call_documented(&doc, "POST", resume, &format!("{}{resume}", b2.base), t).await;

@@ -1031,3 +1031,187 @@ async fn a_tag_selector_over_a_thousand_instances_misses_none() {
         "instances hidden by the 1,000 cap"
     );
 }
+
+/// A date `days` from today (UTC), as an owner would write it in a tag.
+fn day(days: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(days))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// Exemptions (issue 15): an owner's tag and an operator's `exempt` keep instances out of every
+/// pass until they end; a malformed or too distant tag protects and the plan says why; an ended
+/// one does not protect; `--list`, `--remove`, the limit and the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exemptions_by_tag_and_by_command_keep_instances_out_until_they_end() {
+    let e = env(6, 0, &[CI]).await;
+    e.h.sim.tag("i-1", "janitor:exempt-until", &day(10));
+    e.h.sim
+        .tag("i-1", "janitor:exempt-reason", "quarterly demo");
+    e.h.sim.tag("i-2", "janitor:exempt-until", "after the demo");
+    e.h.sim.tag("i-3", "janitor:exempt-until", &day(-2));
+    e.h.sim.tag("i-5", "janitor:exempt-until", &day(400));
+
+    // The limit holds for the command too, and a reason is required.
+    let far = e
+        .run(&["exempt", "i-4", "--until", &day(120), "--reason", "x"])
+        .await;
+    assert_eq!(far.code, 1, "{}", far.all());
+    assert!(
+        far.stderr.contains("more than 90 days ahead"),
+        "{}",
+        far.all()
+    );
+    let past = e
+        .run(&["exempt", "i-4", "--until", &day(-1), "--reason", "x"])
+        .await;
+    assert!(past.stderr.contains("has passed"), "{}", past.all());
+    let no_reason = e.run(&["exempt", "i-4", "--until", &day(5)]).await;
+    assert_eq!(no_reason.code, 2, "a usage error: {}", no_reason.all());
+    let ok = e
+        .run(&[
+            "exempt",
+            "i-4",
+            "--until",
+            &day(5),
+            "--reason",
+            "legal hold",
+        ])
+        .await;
+    assert_eq!(ok.code, 0, "{}", ok.all());
+    let list = e.run(&["exempt", "--list"]).await;
+    assert!(
+        list.stdout.contains("i-4")
+            && list.stdout.contains("by alice@")
+            && list.stdout.contains("legal hold"),
+        "{}",
+        list.stdout
+    );
+
+    let p = e.run(&["plan"]).await;
+    let line = |id: &str| {
+        p.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {id} ")))
+            .unwrap_or_else(|| panic!("{id} not in the plan:\n{}", p.stdout))
+            .to_string()
+    };
+    assert!(
+        line("i-1").contains("exempt until")
+            && line("i-1").contains("by tag janitor:exempt-until: quarterly demo"),
+        "{}",
+        p.stdout
+    );
+    assert!(
+        line("i-2").contains(
+            "protected: its exemption tag janitor:exempt-until=\"after the demo\" is unreadable"
+        ),
+        "{}",
+        p.stdout
+    );
+    assert!(
+        line("i-4").contains("by alice@") && line("i-4").contains("legal hold"),
+        "{}",
+        p.stdout
+    );
+    assert!(
+        line("i-5").contains("more than 90 days ahead"),
+        "{}",
+        p.stdout
+    );
+    let json = e.run(&["plan", "--json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let skips = doc["policies"][0]["skips"].as_array().unwrap();
+    let code = |id: &str| {
+        skips
+            .iter()
+            .find(|s| s["instance_id"] == id)
+            .map(|s| s["reason"]["code"].as_str().unwrap().to_string())
+    };
+    assert_eq!(code("i-1").as_deref(), Some("exempt"));
+    assert_eq!(code("i-2").as_deref(), Some("exemption_invalid"));
+    assert_eq!(code("i-4").as_deref(), Some("exempt"));
+    assert_eq!(code("i-3"), None, "an ended exemption does not protect");
+
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 0, "{}", a.all());
+    assert_eq!(e.released(), vec!["i-0", "i-3"]);
+
+    // Removing the operator's exemption makes i-4 eligible again; both are in the audit log.
+    let r = e
+        .run(&["exempt", "i-4", "--remove", "--reason", "hold lifted"])
+        .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(e.run(&["apply"]).await.code, 0);
+    assert_eq!(e.released(), vec!["i-0", "i-3", "i-4"]);
+    let h = e.run(&["history", "--instance", "i-4"]).await;
+    assert!(
+        h.stdout.contains("exempted") && h.stdout.contains("legal hold"),
+        "{}",
+        h.stdout
+    );
+    assert!(
+        h.stdout.contains("exemption_removed") && h.stdout.contains("hold lifted"),
+        "{}",
+        h.stdout
+    );
+}
+
+/// An exemption written while a release waits out its grace cancels it at once (the command) or
+/// at the re-check before the call (the tag): never released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exemption_after_queueing_stops_the_release() {
+    let graced = CI.replace(
+        "  status: Stopped\n",
+        "  status: Stopped\nrelease:\n  grace: 2h\n",
+    );
+    let e = env(2, 0, &[&graced]).await;
+    assert_eq!(e.run(&["apply"]).await.code, 0);
+    let rows = e.rows().await;
+    assert_eq!(rows.len(), 2);
+    let x = e
+        .run(&[
+            "exempt",
+            "i-0",
+            "--until",
+            &day(3),
+            "--reason",
+            "owner asked",
+        ])
+        .await;
+    assert_eq!(x.code, 0, "{}", x.all());
+    assert!(
+        x.stdout.contains("Cancelled its pending release"),
+        "{}",
+        x.stdout
+    );
+    let id0 = rows.iter().find(|r| r.instance_id == "i-0").unwrap().id;
+    let store = e.store().await;
+    assert_eq!(
+        store.release(id0).await.unwrap().state,
+        ReleaseState::Cancelled
+    );
+    let h = e
+        .run(&["history", "--instance", "i-0", "--kind", "cancelled"])
+        .await;
+    assert!(
+        h.stdout.contains("by alice@") && h.stdout.contains("owner asked"),
+        "{}",
+        h.stdout
+    );
+    // The owner of i-1 tags it while it waits: the next pass cancels it as no longer eligible.
+    e.h.sim.tag("i-1", "janitor:exempt-until", &day(1));
+    assert_eq!(e.run(&["apply"]).await.code, 0);
+    let id1 = rows.iter().find(|r| r.instance_id == "i-1").unwrap().id;
+    assert_eq!(
+        store.release(id1).await.unwrap().state,
+        ReleaseState::Cancelled
+    );
+    let p = e.run(&["plan"]).await;
+    assert!(
+        p.stdout.contains("by tag janitor:exempt-until"),
+        "{}",
+        p.stdout
+    );
+    assert!(e.real_deletes().is_empty(), "{:?}", e.real_deletes());
+}

@@ -1120,3 +1120,112 @@ conformance!(
         );
     }
 );
+
+conformance!(
+    exemptions_are_kept_replaced_listed_and_removed_with_who_and_why,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.enqueue(&[rel("i-1", "r1", false), rel("i-2", "r1", false)], t0())
+            .await
+            .unwrap();
+        let until = t0() + chrono::Duration::days(3);
+        let done = s
+            .exempt("i-1", until, "alice", "legal hold", t0())
+            .await
+            .unwrap();
+        assert!(!done.replaced);
+        assert_eq!(done.cancelled.len(), 1, "its pending release is cancelled");
+        assert_eq!(state_of(s, "i-1").await, vec!["cancelled"]);
+        assert_eq!(
+            state_of(s, "i-2").await,
+            vec!["pending"],
+            "others untouched"
+        );
+        let later = until + chrono::Duration::days(1);
+        let again = s
+            .exempt("i-1", later, "bob", "extended", t0())
+            .await
+            .unwrap();
+        assert!(again.replaced);
+        assert!(again.cancelled.is_empty());
+        let rows = s.exemptions(t0()).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].until, rows[0].by.as_str(), rows[0].reason.as_str()),
+            (later, "bob", "extended")
+        );
+        let map = s.exemption_map(t0()).await.unwrap();
+        assert_eq!(map["i-1"].reason, "extended");
+        assert!(s.exemptions(later).await.unwrap().is_empty(), "ended");
+        assert!(s
+            .remove_exemption("i-1", "carol", "done", t0())
+            .await
+            .unwrap());
+        assert!(!s
+            .remove_exemption("i-1", "carol", "done", t0())
+            .await
+            .unwrap());
+        assert!(s.exemptions(t0()).await.unwrap().is_empty());
+        let kinds: Vec<(String, String)> = s
+            .events(50)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.instance_id.as_deref() == Some("i-1"))
+            .map(|e| (e.kind, e.detail))
+            .collect();
+        assert!(
+            kinds
+                .iter()
+                .any(|(k, d)| k == "exempted" && d.contains("by alice: legal hold")),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds
+                .iter()
+                .any(|(k, d)| k == "exemption_removed" && d == "by carol: done"),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds
+                .iter()
+                .any(|(k, d)| k == "cancelled" && d.contains("legal hold")),
+            "{kinds:?}"
+        );
+    }
+);
+
+conformance!(
+    seen_tag_exemptions_are_replaced_by_each_pass_that_lists_the_instance,
+    |db: TestDb| async move {
+        use ecs_janitor::store::SeenExemption;
+        let s = &db.store;
+        let seen = |id: &str, problem: Option<&str>| SeenExemption {
+            instance_id: id.into(),
+            region: "r1".into(),
+            policy: "p".into(),
+            value: "soon".into(),
+            until: problem.is_none().then(|| t0() + chrono::Duration::days(2)),
+            reason: String::new(),
+            problem: problem.map(str::to_string),
+            seen_at: t0(),
+        };
+        s.record_seen_exemptions(
+            &[seen("i-1", None), seen("i-2", Some("unreadable"))],
+            |_| true,
+        )
+        .await
+        .unwrap();
+        let rows = s.seen_exemptions().await.unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.instance_id.as_str()).collect();
+        assert_eq!(ids, vec!["i-2", "i-1"], "invalid first");
+        // A pass that listed i-1 (no longer exempt) but not i-2 forgets only i-1.
+        s.record_seen_exemptions(&[], |id| id == "i-1")
+            .await
+            .unwrap();
+        let rows = s.seen_exemptions().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].instance_id, "i-2");
+        assert_eq!(rows[0].until, None);
+    }
+);

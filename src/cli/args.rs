@@ -48,6 +48,9 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Keep an instance out of every policy until a date, recorded with who and why (for
+    /// instances nobody can tag; owners can tag `janitor:exempt-until=YYYY-MM-DD` instead).
+    Exempt(ExemptArgs),
     /// The audit log: who released what, when, under which policy and RequestId.
     History(HistoryArgs),
     /// Run the ECS simulator: a stateful fake ECS endpoint for trying, testing and benchmarking.
@@ -90,6 +93,7 @@ pub const COMMAND_GROUPS: &[(&[&str], &[Group])] = &[
     (&["pause"], &[Group::Database]),
     (&["resume"], &[Group::Database]),
     (&["history"], &[Group::Database]),
+    (&["exempt"], &[Group::Database, Group::Safety]),
 ];
 
 /// What `run` reads: everything (and so what `config check` shows).
@@ -216,6 +220,29 @@ pub enum QueueCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct ExemptArgs {
+    /// The instance (`i-...`).
+    #[arg(required_unless_present = "list")]
+    pub instance: Option<String>,
+    /// Until when: a date (`2027-01-31`, through that day, UTC) or an RFC 3339 time; at most
+    /// `exemption_max_days` ahead.
+    #[arg(long, required_unless_present_any = ["list", "remove"])]
+    pub until: Option<String>,
+    /// Why, recorded in the audit log and shown in plans.
+    #[arg(long, required_unless_present = "list")]
+    pub reason: Option<String>,
+    /// End the instance's exemption now instead.
+    #[arg(long, conflicts_with_all = ["until", "list"])]
+    pub remove: bool,
+    /// List the exemptions in force.
+    #[arg(long, conflicts_with_all = ["instance", "until", "reason"])]
+    pub list: bool,
+    /// With `--list`: JSON, times in RFC 3339.
+    #[arg(long, requires = "list")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct PauseArgs {
     /// Why, recorded in the audit log and shown by `apply`, `queue list` and the status page.
     #[arg(long, default_value = "")]
@@ -336,6 +363,7 @@ impl Command {
             Command::Pause(_) => "pause",
             Command::Resume { .. } => "resume",
             Command::History(_) => "history",
+            Command::Exempt(_) => "exempt",
             Command::Simulate(_) => "simulate",
             Command::Config(_) => "config",
         };

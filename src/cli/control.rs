@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::args::{HistoryArgs, PauseArgs, QueueCommand};
+use super::args::{ExemptArgs, HistoryArgs, PauseArgs, QueueCommand};
 use super::operator;
 use crate::settings::Settings;
 use crate::store::{ReleaseFilter, Store};
@@ -14,6 +14,77 @@ pub(super) async fn pause(args: &PauseArgs, settings: &Settings) -> anyhow::Resu
         .pause(&operator(), &args.reason, chrono::Utc::now())
         .await?;
     outln!("Releases are paused on every replica and command. `ecs-janitor resume` lifts it.");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn exempt(args: &ExemptArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&settings.database).await?;
+    let now = chrono::Utc::now();
+    if args.list {
+        let rows = store.exemptions(now).await?;
+        if args.json {
+            for r in &rows {
+                outln!("{}", serde_json::to_string(r)?);
+            }
+        } else if rows.is_empty() {
+            outln!(
+                "No exemptions in force. (Tag exemptions, `janitor:exempt-until`, show in plans.)"
+            );
+        } else {
+            for r in &rows {
+                outln!(
+                    "{}  until {}  by {}: {}",
+                    r.instance_id,
+                    r.until.format("%Y-%m-%d %H:%M UTC"),
+                    r.by,
+                    r.reason
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let instance = args.instance.as_deref().unwrap_or_default().trim();
+    if !instance.starts_with("i-") || instance.contains(char::is_whitespace) {
+        anyhow::bail!(
+            "{instance:?} is not an instance id: give one as DescribeInstances shows it (`i-...`)"
+        );
+    }
+    let reason = args.reason.as_deref().unwrap_or_default().trim();
+    if reason.is_empty() {
+        anyhow::bail!("give --reason: it is recorded with the exemption and shown in plans");
+    }
+    if args.remove {
+        if !store
+            .remove_exemption(instance, &operator(), reason, now)
+            .await?
+        {
+            anyhow::bail!(
+                "{instance} has no exemption in the database (`exempt --list` shows them); a tag exemption ends when its tag is removed"
+            );
+        }
+        outln!("{instance} is no longer exempt; the next pass may select it again.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = args.until.as_deref().unwrap_or_default();
+    let until =
+        crate::plan::exempt::parse_until(text).map_err(|e| anyhow::anyhow!("--until: {e}"))?;
+    crate::plan::exempt::check_new(until, now, settings.protection.max_exemption())
+        .map_err(|e| anyhow::anyhow!("--until: {e}"))?;
+    let done = store
+        .exempt(instance, until, &operator(), reason, now)
+        .await?;
+    outln!(
+        "{instance} is exempt from every policy until {}{}.",
+        until.format("%Y-%m-%d %H:%M UTC"),
+        if done.replaced {
+            " (replacing its earlier exemption)"
+        } else {
+            ""
+        }
+    );
+    for id in &done.cancelled {
+        outln!("Cancelled its pending release {id}.");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -162,6 +162,7 @@ async fn run_command(inv: Invocation) -> anyhow::Result<ExitCode> {
         Command::Queue(cmd) => control::queue(cmd, &s).await,
         Command::History(args) => control::history(args, &s).await,
         Command::Pause(args) => control::pause(&args, &s).await,
+        Command::Exempt(args) => control::exempt(&args, &s).await,
         Command::Resume { reason } => control::resume(reason.as_deref(), &s).await,
         Command::Simulate(args) => simulate::simulate(args).await,
         Command::Config(ConfigCommand::Check) => config_check::config_check(&s, problems).await,

@@ -20,6 +20,7 @@
 //!    also reported as a "grace pending" skip: it stays planned (so the queue keeps it) but is
 //!    not released in this run.
 
+pub mod exempt;
 mod render;
 mod saved;
 pub mod savings;
@@ -53,6 +54,8 @@ pub struct EvalContext {
     pub holds: HashMap<(String, String), String>,
     /// Instance id → when ecs-janitor released it: ECS may list it for a while afterwards.
     pub released: HashMap<String, DateTime<Utc>>,
+    /// Instance id → an operator's exemption (`ecs-janitor exempt`), active or not.
+    pub exemptions: HashMap<String, exempt::Exemption>,
     pub protection: ProtectionConfig,
 }
 
@@ -231,6 +234,18 @@ pub enum SkipReason {
     Released {
         at: DateTime<Utc>,
     },
+    /// Exempt until `until`, by its tag or an operator.
+    Exempt {
+        until: DateTime<Utc>,
+        by: exempt::ExemptBy,
+        reason: String,
+    },
+    /// Its exemption tag is unreadable or reaches beyond the limit: protected until fixed.
+    ExemptionInvalid {
+        tag: String,
+        value: String,
+        problem: String,
+    },
 }
 
 impl SkipReason {
@@ -248,6 +263,8 @@ impl SkipReason {
             SkipReason::RequiresTerminateSubscription => "requires_terminate_subscription",
             SkipReason::Held => "held",
             SkipReason::Released { .. } => "released",
+            SkipReason::Exempt { .. } => "exempt",
+            SkipReason::ExemptionInvalid { .. } => "exemption_invalid",
         }
     }
 }
@@ -385,7 +402,7 @@ pub fn evaluate(
                 if earlier.is_none() {
                     claimed[ii] = Some((pi, None));
                 }
-                if let Some((reason, detail)) = protection(policy, inst, &ctx.protection) {
+                if let Some((reason, detail)) = protection(policy, inst, ctx, now) {
                     plan.skips.push(skip(reason, detail));
                     continue;
                 }
@@ -516,11 +533,15 @@ pub(crate) fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// What keeps `inst` out of `policy` whatever the policy says: the protect tag, deletion
+/// protection, a security lock, an exemption.
 fn protection(
     policy: &Policy,
     inst: &Instance,
-    protection: &ProtectionConfig,
+    ctx: &EvalContext,
+    now: DateTime<Utc>,
 ) -> Option<(SkipReason, String)> {
+    let protection = &ctx.protection;
     if inst
         .tags
         .get(&protection.protect_tag_key)
@@ -543,7 +564,7 @@ fn protection(
             "security lock: releasing it would also release disks set to outlive it; set release.allow_security_locked to allow".into(),
         ));
     }
-    None
+    exempt::exemption(inst, ctx, now)
 }
 
 /// Whether `inst` meets the policy's conditions. No allocation: this runs for every instance

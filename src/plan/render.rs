@@ -211,6 +211,23 @@ fn skip_json(reason: &SkipReason) -> Value {
         SkipReason::AlsoMatchedBy { policy } => v["policy"] = json!(policy),
         SkipReason::RequiresForce { status } => v["status"] = json!(status.as_str()),
         SkipReason::Released { at } => v["released_at"] = json!(crate::timefmt::text(*at)),
+        SkipReason::Exempt { until, by, reason } => {
+            v["until"] = json!(crate::timefmt::text(*until));
+            v["reason"] = json!(reason);
+            match by {
+                super::exempt::ExemptBy::Tag { key } => v["tag"] = json!(key),
+                super::exempt::ExemptBy::Operator { by } => v["by"] = json!(by),
+            }
+        }
+        SkipReason::ExemptionInvalid {
+            tag,
+            value,
+            problem,
+        } => {
+            v["tag"] = json!(tag);
+            v["value"] = json!(value);
+            v["problem"] = json!(problem);
+        }
         _ => {}
     }
     v

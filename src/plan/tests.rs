@@ -18,7 +18,7 @@ fn policies(yaml: &str) -> Vec<Policy> {
     }
 }
 
-fn inst(id: &str) -> Instance {
+pub(super) fn inst(id: &str) -> Instance {
     Instance {
         instance_id: id.into(),
         instance_name: format!("ci-{id}"),

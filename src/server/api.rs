@@ -248,3 +248,94 @@ pub(super) async fn pause_state(
         None => json!({ "paused": false }),
     }))
 }
+
+pub(super) async fn list_exemptions(
+    State(s): State<AdminContext>,
+) -> Result<Json<Vec<crate::store::ExemptionRow>>, ApiError> {
+    Ok(Json(s.ctx.store.exemptions(s.ctx.clock.now()).await?))
+}
+
+/// `?until=2027-01-31&reason=...&by=...`: the exemption's end, why and who.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct ExemptQuery {
+    until: Option<String>,
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+/// An instance id from the path, or a 400 that says what one looks like.
+fn instance_id(raw: &str) -> Result<&str, ApiError> {
+    if raw.starts_with("i-") && !raw.contains(char::is_whitespace) {
+        Ok(raw)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{raw:?} is not an instance id: give one as DescribeInstances shows it (`i-...`)"
+        )))
+    }
+}
+
+/// The reason a mutation must give, or a 400.
+fn required_reason(op: &Operator) -> Result<&str, ApiError> {
+    match op.reason().trim() {
+        "" => Err(ApiError::bad_request(
+            "give ?reason=: it is recorded with the exemption and shown in plans",
+        )),
+        r => Ok(r),
+    }
+}
+
+pub(super) async fn exempt(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    Query(q): Query<ExemptQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authorize(&s, &headers)?;
+    let instance = instance_id(&raw)?;
+    let op = Operator {
+        by: q.by,
+        reason: q.reason,
+        hold_secs: None,
+    };
+    let reason = required_reason(&op)?;
+    let now = s.ctx.clock.now();
+    let until = crate::plan::exempt::parse_until(q.until.as_deref().unwrap_or_default())
+        .and_then(|t| {
+            crate::plan::exempt::check_new(t, now, s.ctx.protection.max_exemption()).map(|()| t)
+        })
+        .map_err(|e| ApiError::bad_request(format!("until: {e}")))?;
+    let done = s
+        .ctx
+        .store
+        .exempt(instance, until, &op.by(&caller), reason, now)
+        .await?;
+    Ok(Json(json!({
+        "instance_id": instance,
+        "until": crate::timefmt::text(until),
+        "replaced": done.replaced,
+        "cancelled_releases": done.cancelled,
+    })))
+}
+
+pub(super) async fn remove_exemption(
+    State(s): State<AdminContext>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    Query(op): Query<Operator>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authorize(&s, &headers)?;
+    let instance = instance_id(&raw)?;
+    let reason = required_reason(&op)?;
+    let removed = s
+        .ctx
+        .store
+        .remove_exemption(instance, &op.by(&caller), reason, s.ctx.clock.now())
+        .await?;
+    if !removed {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{instance} has no exemption in the database"),
+        ));
+    }
+    Ok(Json(json!({ "instance_id": instance, "removed": true })))
+}

@@ -63,6 +63,12 @@ fn routes() -> Vec<(&'static str, MethodRouter<AdminContext>)> {
         ("/api/v1/releases/{id}/cancel", post(cancel_release)),
         ("/api/v1/pause", post(pause).get(pause_state)),
         ("/api/v1/resume", post(resume)),
+        ("/api/v1/exemptions", get(list_exemptions)),
+        ("/api/v1/exemptions/{instance}", post(exempt)),
+        (
+            "/api/v1/exemptions/{instance}/remove",
+            post(remove_exemption),
+        ),
     ]
 }
 

@@ -299,6 +299,8 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
         h.push_str("</table></div>");
     }
 
+    exemptions_section(&mut h, &s.ctx.store, now).await?;
+
     h.push_str("<h2>Recent failures</h2>");
     if failed.is_empty() {
         h.push_str("<p class=\"muted\" id=\"failures\">None.</p>");
@@ -338,4 +340,60 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
     }
     h.push_str("</body></html>");
     Ok(Html(h))
+}
+
+/// Exemptions in force: operators' (from the database) and owners' tags (as the last pass that
+/// listed each instance saw them), invalid tags first: they protect until someone fixes them.
+async fn exemptions_section(
+    h: &mut String,
+    store: &crate::store::Store,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let ops = store.exemptions(now).await?;
+    let tags: Vec<_> = store
+        .seen_exemptions()
+        .await?
+        .into_iter()
+        .filter(|e| e.until.is_none_or(|t| t > now))
+        .collect();
+    h.push_str("<h2>Exemptions</h2>");
+    if ops.is_empty() && tags.is_empty() {
+        h.push_str("<p class=\"muted\" id=\"exemptions\">None.</p>");
+        return Ok(());
+    }
+    h.push_str("<div class=\"scroll\"><table id=\"exemptions\"><tr><th>Instance</th><th>Until</th><th>By</th><th>Why</th></tr>");
+    for e in &tags {
+        let (until, class) = match (&e.problem, e.until) {
+            (Some(p), _) => (
+                format!("invalid tag {:?}: {p}; protected until fixed", e.value),
+                " class=\"fail\"",
+            ),
+            (None, Some(t)) => (
+                format!("{} ({})", t.format("%Y-%m-%d %H:%M UTC"), ago(now, t)),
+                "",
+            ),
+            (None, None) => (String::new(), ""),
+        };
+        h.push_str(&format!(
+            "<tr><td><code>{}</code> {}</td><td{class}>{}</td><td>tag (seen {} by policy {})</td><td>{}</td></tr>",
+            esc(&e.instance_id),
+            esc(&e.region),
+            esc(&until),
+            esc(&ago(now, e.seen_at)),
+            esc(&e.policy),
+            esc(&e.reason),
+        ));
+    }
+    for e in &ops {
+        h.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{} ({})</td><td>{}</td><td>{}</td></tr>",
+            esc(&e.instance_id),
+            e.until.format("%Y-%m-%d %H:%M UTC"),
+            esc(&ago(now, e.until)),
+            esc(&e.by),
+            esc(&e.reason),
+        ));
+    }
+    h.push_str("</table></div>");
+    Ok(())
 }

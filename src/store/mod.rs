@@ -24,6 +24,7 @@ mod audit;
 mod batches;
 mod db;
 mod diagnose;
+mod exemptions;
 mod observations;
 mod queue;
 mod rows;
@@ -38,6 +39,7 @@ use chrono::{DateTime, TimeZone, Utc};
 pub use audit::{EventFilter, NewEvent};
 pub use batches::MemberOutcome;
 pub use diagnose::{SqliteDiagnosis, SqliteProblem};
+pub use exemptions::{Exempted, ExemptionRow, SeenExemption};
 pub use observations::Seen;
 pub use queue::NewRelease;
 pub use rows::{

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use crate::ecs::Instance;
+use crate::plan::exempt::Exemption;
 use crate::plan::{self, EvalContext};
 use crate::policy::{account_of, Policy, ProtectionConfig};
 use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, PauseInfo, ReleaseId};
@@ -41,6 +42,8 @@ pub struct Live<'a> {
     pub observations: &'a HashMap<String, DateTime<Utc>>,
     /// Members some release already released (instance id → that release's id).
     pub released: &'a HashMap<String, ReleaseId>,
+    /// Operators' exemptions in force (instance id → exemption), read right before the decision.
+    pub exemptions: &'a HashMap<String, Exemption>,
 }
 
 /// The loaded policies and protections the members are checked against.
@@ -277,6 +280,12 @@ pub fn against_policy(
             .into_iter()
             .collect(),
         queued: HashMap::new(),
+        exemptions: live
+            .exemptions
+            .get(&inst.instance_id)
+            .map(|e| (inst.instance_id.clone(), e.clone()))
+            .into_iter()
+            .collect(),
         protection: rules.protection.clone(),
         ..EvalContext::default()
     };

@@ -649,8 +649,9 @@ impl Workers {
         let ids = instance_ids(&b.members);
         let observations = self.ctx.store.observations_of(&ids).await?;
         let released = self.ctx.store.released_among(&ids).await?;
-        // The pause is read again: the re-check may have taken a while.
+        // The pause and the exemptions are read again: the re-check may have taken a while.
         let paused = self.switches().await?;
+        let exemptions = self.ctx.store.exemption_map(self.ctx.clock.now()).await?;
         let policies = self.policies_now();
         let now = self.ctx.clock.now();
         let t = decide(
@@ -659,6 +660,7 @@ impl Workers {
                 found: &found,
                 observations: &observations,
                 released: &released,
+                exemptions: &exemptions,
             },
             &Rules {
                 policies: &policies,
@@ -984,10 +986,12 @@ impl Workers {
         let observations = self.ctx.store.observations_of(&instance_ids(live)).await?;
         let policies = self.policies_now();
         let no_released = HashMap::new();
+        let exemptions = self.ctx.store.exemption_map(now).await?;
         let view = Live {
             found: &found,
             observations: &observations,
             released: &no_released,
+            exemptions: &exemptions,
         };
         let rules = Rules {
             policies: &policies,

@@ -68,6 +68,7 @@ struct World {
     found: HashMap<String, Instance>,
     obs: HashMap<String, DateTime<Utc>>,
     released: HashMap<String, ReleaseId>,
+    exemptions: HashMap<String, crate::plan::exempt::Exemption>,
     policies: Vec<Policy>,
     protection: ProtectionConfig,
     paused: Option<PauseInfo>,
@@ -83,6 +84,7 @@ impl World {
                 .collect(),
             obs: HashMap::new(),
             released: HashMap::new(),
+            exemptions: HashMap::new(),
             policies: vec![policy("")],
             protection: ProtectionConfig::default(),
             paused: None,
@@ -97,6 +99,7 @@ impl World {
                 found: &self.found,
                 observations: &self.obs,
                 released: &self.released,
+                exemptions: &self.exemptions,
             },
             &Rules {
                 policies: &self.policies,
@@ -348,4 +351,54 @@ fn a_lost_answer_stays_uncertain_after_a_later_refusal() {
     let mut b = batch(&[1, 2], 2, Some("Throttling"));
     b.uncertain = true;
     assert_eq!(sent(&w.decide(&b)), vec![1, 2]);
+}
+
+#[test]
+fn an_exemption_tag_set_after_queueing_stops_the_call() {
+    let mut w = World::new(&[1, 2, 3]);
+    let tags = &mut w.found.get_mut("i-2").unwrap().tags;
+    tags.insert("janitor:exempt-until".into(), "2026-12-20".into());
+    // A malformed value protects too (fail safe).
+    let tags = &mut w.found.get_mut("i-3").unwrap().tags;
+    tags.insert("janitor:exempt-until".into(), "next week".into());
+    let t = w.decide(&batch(&[1, 2, 3], 0, None));
+    assert_eq!(sent(&t), vec![1]);
+    assert_eq!(settled(&t), vec![(2, "cancelled"), (3, "cancelled")]);
+    let Transition::Send { settle, .. } = &t else {
+        unreachable!()
+    };
+    let MemberOutcome::Cancelled { reason } = &settle[0].1 else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason,
+        "re-check before release: exempt until 2026-12-21T00:00:00Z by tag janitor:exempt-until"
+    );
+}
+
+#[test]
+fn an_operators_exemption_recorded_after_queueing_stops_the_call_and_an_ended_one_does_not() {
+    let mut w = World::new(&[1, 2]);
+    w.exemptions.insert(
+        "i-1".into(),
+        crate::plan::exempt::Exemption {
+            until: now() + chrono::Duration::hours(1),
+            by: "alice@ops (cli)".into(),
+            reason: "keep for the audit".into(),
+        },
+    );
+    w.exemptions.insert(
+        "i-2".into(),
+        crate::plan::exempt::Exemption {
+            until: now(),
+            by: "bob@ops (cli)".into(),
+            reason: "ended".into(),
+        },
+    );
+    let t = w.decide(&batch(&[1, 2], 1, Some("Janitor.Http503")));
+    match &t {
+        Transition::Reform { keep, .. } => assert_eq!(keep, &vec![ReleaseId(2)]),
+        other => panic!("expected a re-form without i-1, got {other:?}"),
+    }
+    assert_eq!(settled(&t), vec![(1, "cancelled")]);
 }
