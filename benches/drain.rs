@@ -85,6 +85,7 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
             terminate_subscription: false,
             not_before: Utc::now(),
             reasons: "stopped, tagged bench=release".into(),
+            snapshot: None,
         })
         .collect();
     let t = Instant::now();

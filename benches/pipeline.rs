@@ -78,6 +78,7 @@ fn releases(n: usize) -> Vec<NewRelease> {
             terminate_subscription: false,
             not_before: Utc::now(),
             reasons: "stopped PostPaid tagged purpose=ci".into(),
+            snapshot: None,
         })
         .collect()
 }

@@ -332,6 +332,10 @@ impl ApplyReport {
                 "Vanished (not listed before our call; not released by ecs-janitor)",
             ),
             (ReleaseState::InFlight, "Still in flight (retrying)"),
+            (
+                ReleaseState::Snapshotting,
+                "Snapshotting (released once every snapshot is accomplished)",
+            ),
             (ReleaseState::Pending, "Waiting"),
         ] {
             let rows: Vec<&ReleaseRow> = self.in_state(state).collect();
@@ -359,6 +363,10 @@ impl ApplyReport {
                     ),
                     ReleaseState::Pending => "due; not sent".to_string(),
                     ReleaseState::InFlight => format!("attempts {}", r.attempts),
+                    ReleaseState::Snapshotting => r
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "snapshots progressing".into()),
                 };
                 let saves = match &r.saving {
                     Some(s) => match &s.monthly {
@@ -416,6 +424,7 @@ impl ApplyReport {
         }
         if self.interrupted {
             let left = self.in_state(ReleaseState::InFlight).count()
+                + self.in_state(ReleaseState::Snapshotting).count()
                 + self
                     .in_state(ReleaseState::Pending)
                     .filter(|r| r.not_before <= now)

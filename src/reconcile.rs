@@ -323,6 +323,7 @@ impl Reconciler {
                             terminate_subscription: r.terminate_subscription,
                             not_before: r.not_before,
                             reasons: r.reasons.join("; "),
+                            snapshot: policy.release.snapshot,
                         })
                         .collect();
                     let created = self.ctx.store.enqueue(&new, now).await?;

@@ -350,6 +350,7 @@ async fn pause_stops_releases_until_resume() {
                 terminate_subscription: false,
                 not_before: chrono::Utc::now() - chrono::Duration::seconds(1),
                 reasons: "test".into(),
+                snapshot: None,
             }],
             chrono::Utc::now(),
         )

@@ -656,6 +656,7 @@ proptest! {
                     terminate_subscription: terminate,
                     not_before: if due { now() } else { later },
                     reasons: String::new(),
+                    snapshot: None,
                 })
                 .collect();
             let k = split.index(releases.len() + 1);

@@ -1215,3 +1215,165 @@ async fn an_exemption_after_queueing_stops_the_release() {
     );
     assert!(e.real_deletes().is_empty(), "{:?}", e.real_deletes());
 }
+
+/// `ci` with `release.snapshot` of every disk, kept 7 days.
+fn snapshotting() -> String {
+    CI.replace(
+        "  status: Stopped\n",
+        "  status: Stopped\nrelease:\n  snapshot: {retention_days: 7, disks: all}\n",
+    )
+}
+
+impl Env {
+    /// The ids of the disks of `instance` (before any release).
+    fn disks_of(&self, instance: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .h
+            .sim
+            .disks()
+            .into_iter()
+            .filter(|d| d.instance_id == instance)
+            .map(|d| d.disk_id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every snapshot's source disk, sorted.
+    fn snapshotted_disks(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .h
+            .sim
+            .snapshots()
+            .into_iter()
+            .map(|s| s.source_disk_id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Each released instance was released only after every snapshot of its disks was
+    /// accomplished (a progressing one would have gone with its disk).
+    fn assert_released_after_snapshots(&self, disks: &[(String, Vec<String>)]) {
+        let snaps = self.h.sim.snapshots();
+        for r in self.h.sim.releases() {
+            let (_, want) = disks.iter().find(|(i, _)| *i == r.instance_id).unwrap();
+            for d in want {
+                let s = snaps
+                    .iter()
+                    .find(|s| &s.source_disk_id == d)
+                    .unwrap_or_else(|| {
+                        panic!("{} released without a snapshot of {d}", r.instance_id)
+                    });
+                assert!(
+                    s.done_at <= r.at,
+                    "{} released while {d}'s snapshot progressed",
+                    r.instance_id
+                );
+                assert!(!s.fails);
+                assert_eq!(s.retention_days, Some(7));
+                assert_eq!(s.tags.get("janitor:source-instance"), Some(&r.instance_id));
+                assert_eq!(s.tags.get("janitor:policy").map(String::as_str), Some("ci"));
+            }
+        }
+    }
+}
+
+/// Snapshot before release (issue 15): every disk is snapshotted, with RetentionDays and the
+/// source tags, and DeleteInstances waits until each snapshot is accomplished; the stage shows
+/// in the queue and the audit log; a dry run takes no snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_accomplished_before_the_release_and_outlive_it() {
+    let e = env(2, 0, &[&snapshotting()]).await;
+    let disks: Vec<(String, Vec<String>)> = ["i-0", "i-1"]
+        .iter()
+        .map(|i| (i.to_string(), e.disks_of(i)))
+        .collect();
+    let dry = e.run(&["apply", "--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert!(e.h.sim.snapshots().is_empty(), "a dry run took a snapshot");
+    assert!(!e.h.sim.calls().iter().any(|c| c.action == "CreateSnapshot"));
+
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 0, "{}", a.all());
+    assert_eq!(e.released(), vec!["i-0", "i-1"]);
+    let mut all: Vec<String> = disks.iter().flat_map(|(_, d)| d.clone()).collect();
+    all.sort();
+    assert_eq!(e.snapshotted_disks(), all, "one snapshot per disk, no more");
+    e.assert_released_after_snapshots(&disks);
+    let h = e.run(&["history", "--kind", "snapshotted"]).await;
+    assert_eq!(
+        h.stdout.matches("every snapshot accomplished").count(),
+        2,
+        "{}",
+        h.stdout
+    );
+}
+
+/// A snapshot that fails fails its release, with the code: never released without it; the
+/// other instance goes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_fails_the_release_and_keeps_the_instance() {
+    let e = env(2, 0, &[&snapshotting()]).await;
+    let d0 = e.disks_of("i-0");
+    e.h.sim.fail_snapshots_of(&d0[0]);
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 2, "{}", a.all());
+    assert!(a.stdout.contains("Janitor.SnapshotFailed"), "{}", a.stdout);
+    assert_eq!(e.released(), vec!["i-1"]);
+    let rows = e.rows().await;
+    let r0 = rows.iter().find(|r| r.instance_id == "i-0").unwrap();
+    assert_eq!(r0.state, ReleaseState::Failed);
+    assert_eq!(r0.last_code.as_deref(), Some("Janitor.SnapshotFailed"));
+}
+
+/// Killed (SIGKILL) after CreateSnapshot and before DeleteInstances: the next apply resumes the
+/// stage with the stored tokens, so no disk gets a second snapshot, and releases only once every
+/// snapshot is accomplished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_create_snapshot_and_delete_instances_resumes_with_the_same_tokens() {
+    let e = env(2, 0, &[&snapshotting()]).await;
+    let disks: Vec<(String, Vec<String>)> = ["i-0", "i-1"]
+        .iter()
+        .map(|i| (i.to_string(), e.disks_of(i)))
+        .collect();
+    let mut child = e.spawn(&["apply"]);
+    let h = e.h.sim.clone();
+    common::wait_for("a first snapshot", Duration::from_secs(30), || {
+        let n = h.snapshots().len();
+        async move { n > 0 }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        e.real_deletes().is_empty(),
+        "released before its snapshots were accomplished"
+    );
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 0, "{}", a.all());
+    assert_eq!(e.released(), vec!["i-0", "i-1"]);
+    let mut all: Vec<String> = disks.iter().flat_map(|(_, d)| d.clone()).collect();
+    all.sort();
+    assert_eq!(
+        e.snapshotted_disks(),
+        all,
+        "a disk was snapshotted twice after the crash"
+    );
+    e.assert_released_after_snapshots(&disks);
+    // Every CreateSnapshot token named one disk: a resend after the crash reused it.
+    let mut by_token: std::collections::HashMap<String, usize> = Default::default();
+    for c in
+        e.h.sim
+            .calls()
+            .iter()
+            .filter(|c| c.action == "CreateSnapshot")
+    {
+        *by_token.entry(c.client_token.clone().unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        by_token.len(),
+        all.len(),
+        "one token per disk: {by_token:?}"
+    );
+}

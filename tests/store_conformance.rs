@@ -40,6 +40,7 @@ fn rel(id: &str, region: &str, force: bool) -> NewRelease {
         terminate_subscription: false,
         not_before: t0(),
         reasons: "because".into(),
+        snapshot: None,
     }
 }
 

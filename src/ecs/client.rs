@@ -212,6 +212,19 @@ struct InstancesBody {
     instance: Vec<WireInstance>,
 }
 
+/// One `CreateSnapshot`: the disk, the token stored before the first attempt, how long ECS keeps
+/// the snapshot, and its name, description and tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    pub disk_id: String,
+    pub client_token: String,
+    pub retention_days: u32,
+    /// 2–128 characters, starting with a letter, not `auto`.
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<(String, String)>,
+}
+
 /// What one `DescribePrice` prices.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PriceRequest {
@@ -703,6 +716,82 @@ impl EcsClient {
                     detail: e.to_string(),
                 })?;
             Ok((disks, b.next_token.filter(|t| !t.is_empty())))
+        })
+        .await
+    }
+
+    /// `CreateSnapshot` of one disk with `ClientToken` `token` (stored by the caller before the
+    /// first attempt: the same token answers the same SnapshotId), kept `retention_days` and
+    /// tagged with `tags`. Retried on retryable errors, which the token makes safe.
+    pub async fn create_snapshot(
+        &self,
+        region: &str,
+        req: &SnapshotRequest,
+    ) -> Result<String, EcsError> {
+        const ACTION: &str = "CreateSnapshot";
+        let mut params: Vec<(String, String)> = vec![
+            ("DiskId".into(), req.disk_id.clone()),
+            ("ClientToken".into(), req.client_token.clone()),
+            ("RetentionDays".into(), req.retention_days.to_string()),
+            ("SnapshotName".into(), req.name.clone()),
+            ("Description".into(), req.description.clone()),
+        ];
+        for (n, (k, v)) in req.tags.iter().enumerate() {
+            params.push((format!("Tag.{}.Key", n + 1), k.clone()));
+            params.push((format!("Tag.{}.Value", n + 1), v.clone()));
+        }
+        self.read(ACTION, region, &params, |status, body| {
+            #[derive(serde::Deserialize)]
+            #[serde(rename_all = "PascalCase")]
+            struct Body {
+                snapshot_id: String,
+            }
+            let b: Body = decode(ACTION, status, body)?;
+            Ok(b.snapshot_id)
+        })
+        .await
+    }
+
+    /// The status of up to 100 snapshots (`DescribeSnapshots` by `SnapshotIds`): id →
+    /// `progressing`, `accomplished` or `failed`. A snapshot that does not exist is absent.
+    pub async fn describe_snapshots(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, String)>, EcsError> {
+        const ACTION: &str = "DescribeSnapshots";
+        let params: Vec<(String, String)> = vec![
+            (
+                "SnapshotIds".into(),
+                serde_json::to_string(&ids[..ids.len().min(100)]).unwrap_or_default(),
+            ),
+            ("PageSize".into(), "100".into()),
+        ];
+        self.read(ACTION, region, &params, |status, body| {
+            #[derive(serde::Deserialize)]
+            #[serde(rename_all = "PascalCase")]
+            struct Snap {
+                snapshot_id: String,
+                status: String,
+            }
+            #[derive(serde::Deserialize, Default)]
+            #[serde(rename_all = "PascalCase")]
+            struct List {
+                #[serde(default)]
+                snapshot: Vec<Snap>,
+            }
+            #[derive(serde::Deserialize)]
+            #[serde(rename_all = "PascalCase")]
+            struct Body {
+                #[serde(default)]
+                snapshots: List,
+            }
+            let b: Body = decode(ACTION, status, body)?;
+            Ok(b.snapshots
+                .snapshot
+                .into_iter()
+                .map(|s| (s.snapshot_id, s.status))
+                .collect())
         })
         .await
     }

@@ -52,7 +52,12 @@ pub fn classify_code(code: &str) -> ErrorClass {
         | "Rejected.Throttling"
         // 429 Too Many Requests and 408 Request Timeout from a gateway, without an ECS body.
         | "Janitor.Http429"
-        | "Janitor.Http408" => ErrorClass::Retryable,
+        | "Janitor.Http408"
+        // CreateSnapshot's "not now": another snapshot of the disk, a token still being
+        // processed, a disk in transfer (ecs-more.md 2.1).
+        | "IncorrectDiskStatus.CreatingSnapshot"
+        | "IdempotentProcessing"
+        | "IncorrectDiskStatus.Transferring" => ErrorClass::Retryable,
         // `Janitor.Http5xx`: a 5xx answer without an ECS error document (a proxy or gateway).
         c if c.starts_with("ServiceUnavailable")
             || c.starts_with("Throttling.")

@@ -109,6 +109,8 @@ pub struct ReleaseOptions {
     pub grace: chrono::Duration,
     /// Release instances holding a `security` operation lock (their disks go with them).
     pub allow_security_locked: bool,
+    /// Snapshot the instance's disks before releasing it (`release.snapshot`).
+    pub snapshot: Option<SnapshotOptions>,
 }
 
 impl Default for ReleaseOptions {
@@ -118,6 +120,42 @@ impl Default for ReleaseOptions {
             terminate_subscription: false,
             grace: chrono::Duration::zero(),
             allow_security_locked: false,
+            snapshot: None,
+        }
+    }
+}
+
+/// `release.snapshot`: which disks to snapshot before DeleteInstances, and for how long ECS
+/// keeps the snapshots (`RetentionDays`, after which ECS releases them itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// 1–65536.
+    pub retention_days: u32,
+    pub disks: SnapshotDisks,
+}
+
+/// Which of an instance's disks are snapshotted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotDisks {
+    /// Its data disks only.
+    Data,
+    /// Its system disk and its data disks.
+    All,
+}
+
+impl SnapshotDisks {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotDisks::Data => "data",
+            SnapshotDisks::All => "all",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SnapshotDisks> {
+        match s {
+            "data" => Some(SnapshotDisks::Data),
+            "all" => Some(SnapshotDisks::All),
+            _ => None,
         }
     }
 }
@@ -479,5 +517,7 @@ pub(crate) const RELEASE_KEYS: &[&str] = &[
     "terminate_subscription",
     "grace",
     "allow_security_locked",
+    "snapshot",
 ];
+pub(crate) const SNAPSHOT_KEYS: &[&str] = &["retention_days", "disks"];
 pub(crate) const LIMITS_KEYS: &[&str] = &["max_releases_per_run"];

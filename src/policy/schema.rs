@@ -83,7 +83,17 @@ pub fn json_schema() -> Value {
                     "force": {"type": "boolean", "default": false, "description": "DeleteInstances Force: release instances that are not Stopped."},
                     "terminate_subscription": {"type": "boolean", "default": false, "description": "DeleteInstances TerminateSubscription: release subscription instances."},
                     "grace": duration("Wait this long after the first match before releasing."),
-                    "allow_security_locked": {"type": "boolean", "default": false, "description": "Release instances with a security lock (their disks are released too)."}
+                    "allow_security_locked": {"type": "boolean", "default": false, "description": "Release instances with a security lock (their disks are released too)."},
+                    "snapshot": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["retention_days"],
+                        "description": "Snapshot the instance's disks before releasing it; the release waits until every snapshot is accomplished, and fails if one fails.",
+                        "properties": {
+                            "retention_days": {"type": "integer", "minimum": 1, "maximum": 65536, "description": "ECS releases the snapshots after this many days."},
+                            "disks": {"type": "string", "enum": ["data", "all"], "default": "data", "description": "data: the data disks; all: the system disk too."}
+                        }
+                    }
                 }
             },
             "limits": {

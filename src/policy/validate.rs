@@ -729,7 +729,62 @@ impl Validator<'_> {
                 .boolean(v, "release.allow_security_locked")
                 .unwrap_or(false);
         }
+        if let Some(v) = f.get("snapshot") {
+            r.snapshot = self.snapshot(v);
+        }
         (self.diags.len() == before).then_some(r)
+    }
+
+    /// `release.snapshot: {retention_days: N, disks: data|all}`.
+    fn snapshot(&mut self, n: &Node) -> Option<super::SnapshotOptions> {
+        if !matches!(n.value, Value::Map(_)) {
+            self.type_err(
+                n,
+                "release.snapshot",
+                "a mapping: {retention_days: 7, disks: data}",
+            );
+            return None;
+        }
+        let f = self.fields(n, super::SNAPSHOT_KEYS, "release.snapshot", &[]);
+        let Some(days) = f.get("retention_days") else {
+            self.err(
+                n.pos,
+                "`release.snapshot` needs `retention_days`".to_string(),
+                Some("snapshots are kept this many days (1 to 65536), then ECS releases them; without it they would bill forever".into()),
+            );
+            return None;
+        };
+        let retention_days = match &days.value {
+            Value::Int(i) if (1..=65_536).contains(i) => u32::try_from(*i).ok()?,
+            Value::Int(i) => {
+                self.err(
+                    days.pos,
+                    format!("`release.snapshot.retention_days` must be 1 to 65536, found {i}"),
+                    None,
+                );
+                return None;
+            }
+            _ => {
+                self.type_err(
+                    days,
+                    "release.snapshot.retention_days",
+                    "a whole number of days",
+                );
+                return None;
+            }
+        };
+        let disks = match f.get("disks") {
+            None => super::SnapshotDisks::Data,
+            Some(v) => super::SnapshotDisks::parse(&self.enum_value(
+                v,
+                "release.snapshot.disks",
+                &["data", "all"],
+            )?)?,
+        };
+        Some(super::SnapshotOptions {
+            retention_days,
+            disks,
+        })
     }
 
     fn limits(&mut self, n: &Node) -> Option<Limits> {

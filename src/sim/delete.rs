@@ -252,6 +252,15 @@ fn carry_out(
         }
     }
     for id in &ids {
+        // A snapshot still progressing is deleted with its disk (CreateSnapshot's description).
+        let going: Vec<String> = st
+            .disks
+            .of(id, &region)
+            .into_iter()
+            .filter(|d| d.delete_with_instance || locked.contains(id))
+            .map(|d| d.disk_id.clone())
+            .collect();
+        st.snapshots.disks_released(&going, now);
         // Disks go with the instance unless set to outlive it; a security-locked instance's
         // all go (DeleteInstance's documentation, see `super::disks`).
         let disks_kept = st

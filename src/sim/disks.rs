@@ -102,6 +102,15 @@ impl DiskStore {
         }
     }
 
+    /// The instance disk `disk_id` of `region` is attached to, if it is attached.
+    pub(super) fn owner_of(&self, disk_id: &str, region: &str) -> Option<String> {
+        self.by_region
+            .get(region)?
+            .get(disk_id)
+            .map(|d| d.instance_id.clone())
+            .filter(|i| !i.is_empty())
+    }
+
     /// Whether `instance_id` has disks recorded.
     pub(super) fn has(&self, instance_id: &str) -> bool {
         self.of_instance.contains_key(instance_id)

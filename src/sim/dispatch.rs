@@ -302,6 +302,17 @@ fn act(call: &Call<'_>, cfg: &SimConfig, st: &mut SimState) -> Result<Outcome, A
             describe_renewal_price(st, call.account, &cfg.price_currency, &call.map)
                 .map(Outcome::Ok)
         }
+        "CreateSnapshot" => super::snapshots::create_snapshot(
+            st,
+            call.account,
+            &call.map,
+            call.now,
+            cfg.snapshot_time,
+        )
+        .map(Outcome::Ok),
+        "DescribeSnapshots" => {
+            super::snapshots::describe_snapshots(st, &call.map, call.now).map(Outcome::Ok)
+        }
         "DeleteInstances" => {
             let drop = st.rng.gen_bool(cfg.faults.drop_after_commit_rate.clamp(0.0, 1.0));
             call.delete(st, cfg.release_delay).map(|v| {

@@ -25,6 +25,7 @@ mod http;
 pub mod imds;
 mod params;
 pub mod price;
+pub mod snapshots;
 
 pub use describe::{MAX_TAG_FILTERED, MAX_TAG_FILTERS};
 pub use http::{respond, SimHandle};
@@ -85,6 +86,8 @@ pub struct SimConfig {
     /// shortly after. How long that takes, and what DescribeInstances shows meanwhile, is not
     /// documented; the simulator keeps the instance listed as it was.
     pub release_delay: Duration,
+    /// How long a snapshot takes from CreateSnapshot to `accomplished` (not bounded by ECS).
+    pub snapshot_time: Duration,
     /// Calls per wall-clock minute each (account, region) may make of an API, by action; calls
     /// beyond it are refused with `Throttling.User` until the minute ends. No quota: unlimited.
     pub quotas: BTreeMap<String, u64>,
@@ -163,6 +166,7 @@ impl Default for SimConfig {
             accounts: Vec::new(),
             sts_keys: Vec::new(),
             release_delay: Duration::from_secs(3),
+            snapshot_time: Duration::from_secs(2),
             quotas: BTreeMap::new(),
             quota_window: Duration::from_secs(60),
             price_currency: "CNY".to_string(),
@@ -235,6 +239,7 @@ struct SimState {
     quota_used: HashMap<(String, String, String), (i64, u64)>,
     /// Every instance's disks, and the disks that outlived their instance.
     disks: disks::DiskStore,
+    snapshots: snapshots::SnapshotStore,
 }
 
 /// The simulator's shared state and rules; cheap to clone.
@@ -323,6 +328,7 @@ impl Simulator {
                 script: Vec::new(),
                 quota_used: HashMap::new(),
                 disks: disk_store,
+                snapshots: snapshots::SnapshotStore::default(),
             })),
         }
     }
@@ -431,6 +437,19 @@ impl Simulator {
     /// Every disk, attached or outliving its instance, by region then id.
     pub fn disks(&self) -> Vec<Disk> {
         self.state().disks.all()
+    }
+
+    /// Every snapshot that exists, in id order.
+    pub fn snapshots(&self) -> Vec<snapshots::Snapshot> {
+        self.state().snapshots.all()
+    }
+
+    /// The next snapshots of `disk_id` end `failed` instead of `accomplished`.
+    pub fn fail_snapshots_of(&self, disk_id: &str) {
+        self.state()
+            .snapshots
+            .failing_disks
+            .insert(disk_id.to_string());
     }
 
     /// Every effective release so far, in order.

@@ -32,6 +32,7 @@ mod runs;
 mod safety;
 mod savings;
 mod settings;
+mod snapshots;
 mod views;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -50,6 +51,7 @@ pub use runs::RunEnd;
 pub use safety::{HoldKind, HoldRow};
 pub use savings::{DaySavings, PolicySavings, SavingsSummary};
 pub use settings::PauseInfo;
+pub use snapshots::{SnapshotRow, StagedRelease};
 pub use views::{MetricsSnapshot, ReleaseFilter, StateCounts};
 
 /// Why the store failed.

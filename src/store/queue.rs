@@ -30,6 +30,8 @@ pub struct NewRelease {
     pub terminate_subscription: bool,
     pub not_before: DateTime<Utc>,
     pub reasons: String,
+    /// Snapshots to take before DeleteInstances (`release.snapshot`).
+    pub snapshot: Option<crate::policy::SnapshotOptions>,
 }
 
 /// What a claim may take: work due at `now`, in `scope` (`""`: the whole queue), not of the
@@ -53,6 +55,10 @@ const BATCH_SCOPE: &str = " AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM releases m
            AND m.id NOT IN (SELECT release_id FROM scope_members WHERE scope = $9)))";
 
 /// Only releases in the scope `$9` (`''`: the whole queue).
+/// A release that must be snapshotted first is batched only once every snapshot is
+/// accomplished: the gate between CreateSnapshot and DeleteInstances.
+pub(super) const SNAPSHOTS_READY: &str = " AND (snapshot_days IS NULL OR snapshot_stage = 'ready')";
+
 const RELEASE_SCOPE: &str =
     " AND ($9 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $9))";
 
@@ -98,7 +104,7 @@ impl Due<'_> {
             .fetch_optional(
                 Sql::new(format!(
                     "SELECT account, region, force, terminate_subscription FROM releases
-                     WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}
+                     WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}{SNAPSHOTS_READY}
                      ORDER BY id LIMIT 1{lock}"
                 ))
                 .bind(ms(self.now))
@@ -116,7 +122,7 @@ impl Due<'_> {
                     "SELECT id FROM releases
                      WHERE state = 'pending' AND +not_before <= $1 AND region = $2
                        AND force = $3 AND terminate_subscription = $4
-                       AND account = $6{scope}
+                       AND account = $6{scope}{SNAPSHOTS_READY}
                      ORDER BY id LIMIT $5{lock}"
                 ))
                 .bind(ms(self.now))
@@ -168,9 +174,10 @@ impl Store {
             let mut q = Sql::new(
                 "INSERT INTO releases (instance_id, instance_name, region, policy, force,
                  terminate_subscription, state, not_before, reasons, created_at, updated_at,
-                 account)
+                 account, snapshot_days, snapshot_disks)
                  SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6,
-                        'pending', v.column7, v.column8, v.column9, v.column9, v.column10
+                        'pending', v.column7, v.column8, v.column9, v.column9, v.column10,
+                        v.column11, v.column12
                  FROM (",
             );
             q.push_values(chunk, |r| {
@@ -185,6 +192,8 @@ impl Store {
                     r.reasons.as_str().into(),
                     ms(now).into(),
                     r.account.as_str().into(),
+                    r.snapshot.map(|s| i64::from(s.retention_days)).into(),
+                    r.snapshot.map(|s| s.disks.as_str()).into(),
                 ]
             });
             q.push(

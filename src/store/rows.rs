@@ -98,6 +98,10 @@ impl BatchState {
 pub enum ReleaseState {
     /// Queued; due at `not_before`.
     Pending,
+    /// Due, and its snapshots are being taken (`release.snapshot`): not batched for
+    /// DeleteInstances until every one is accomplished. Stored as `pending` with
+    /// `snapshot_stage = 'snapshotting'`.
+    Snapshotting,
     /// A member of an open batch.
     InFlight,
     /// Released by an answer to ecs-janitor's own call.
@@ -112,8 +116,9 @@ pub enum ReleaseState {
 }
 
 impl ReleaseState {
-    pub const ALL: [ReleaseState; 6] = [
+    pub const ALL: [ReleaseState; 7] = [
         ReleaseState::Pending,
+        ReleaseState::Snapshotting,
         ReleaseState::InFlight,
         ReleaseState::Succeeded,
         ReleaseState::Failed,
@@ -124,6 +129,7 @@ impl ReleaseState {
     pub fn as_str(self) -> &'static str {
         match self {
             ReleaseState::Pending => "pending",
+            ReleaseState::Snapshotting => "snapshotting",
             ReleaseState::InFlight => "in_flight",
             ReleaseState::Succeeded => "succeeded",
             ReleaseState::Failed => "failed",
@@ -132,9 +138,12 @@ impl ReleaseState {
         }
     }
 
-    /// Pending or in flight: holds the instance's one active release.
+    /// Pending, snapshotting or in flight: holds the instance's one active release.
     pub fn is_active(self) -> bool {
-        matches!(self, ReleaseState::Pending | ReleaseState::InFlight)
+        matches!(
+            self,
+            ReleaseState::Pending | ReleaseState::Snapshotting | ReleaseState::InFlight
+        )
     }
 }
 
@@ -175,7 +184,9 @@ impl std::str::FromStr for ReleaseState {
 /// The columns of a release, with its batch's ClientToken.
 pub(super) const RELEASE_SELECT: &str =
     "SELECT r.id, r.instance_id, r.instance_name, r.region, r.policy, r.force,
-            r.terminate_subscription, r.state, r.not_before, r.batch_id, r.attempts, r.last_code,
+            r.terminate_subscription,
+            CASE WHEN r.state = 'pending' AND r.snapshot_stage = 'snapshotting'
+                 THEN 'snapshotting' ELSE r.state END AS state, r.not_before, r.batch_id, r.attempts, r.last_code,
             r.last_message, r.request_id, r.reasons, r.created_at, r.updated_at,
             b.client_token, r.account, r.saving_basis, r.saving_minor, r.saving_currency,
             r.renewal_minor

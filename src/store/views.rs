@@ -16,6 +16,7 @@ use super::{
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StateCounts {
     pub pending: i64,
+    pub snapshotting: i64,
     pub in_flight: i64,
     pub succeeded: i64,
     pub failed: i64,
@@ -59,7 +60,7 @@ impl Store {
         let mut q = Sql::new(RELEASE_SELECT);
         q.push(" WHERE 1 = 1");
         if let Some(s) = &f.state {
-            q.push(" AND r.state = ").push_bind(s);
+            q.push(" AND (CASE WHEN r.state = 'pending' AND r.snapshot_stage = 'snapshotting' THEN 'snapshotting' ELSE r.state END) = ").push_bind(s);
         }
         if let Some(pol) = &f.policy {
             q.push(" AND r.policy = ").push_bind(pol);
@@ -98,13 +99,16 @@ impl Store {
         let rows: Vec<(String, i64)> = self
             .pool
             .fetch_all(Sql::new(
-                "SELECT state, COUNT(*) FROM releases GROUP BY state",
+                "SELECT CASE WHEN state = 'pending' AND snapshot_stage = 'snapshotting'
+                        THEN 'snapshotting' ELSE state END AS shown, COUNT(*)
+                 FROM releases GROUP BY shown",
             ))
             .await?;
         let mut c = StateCounts::default();
         for (s, n) in rows {
             let count = match state(&s)? {
                 ReleaseState::Pending => &mut c.pending,
+                ReleaseState::Snapshotting => &mut c.snapshotting,
                 ReleaseState::InFlight => &mut c.in_flight,
                 ReleaseState::Succeeded => &mut c.succeeded,
                 ReleaseState::Failed => &mut c.failed,
@@ -124,8 +128,9 @@ impl Store {
         let rows: Vec<(String, String, i64)> = self
             .pool
             .fetch_all(Sql::new(
-                "SELECT policy, state, COUNT(*) FROM releases GROUP BY policy, state
-                 ORDER BY policy, state",
+                "SELECT policy, CASE WHEN state = 'pending' AND snapshot_stage = 'snapshotting'
+                                     THEN 'snapshotting' ELSE state END AS shown, COUNT(*)
+                 FROM releases GROUP BY policy, shown ORDER BY policy, shown",
             ))
             .await?;
         let by_policy_state = rows

@@ -29,6 +29,7 @@ use crate::store::{
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 pub mod decide;
+mod snapshot;
 
 use decide::{against_policy, decide, gate_stop, give_up};
 pub use decide::{Gate, Live, Rules, Stop, Transition};
@@ -213,6 +214,8 @@ pub enum BatchResult {
     Stopped(Stop),
     /// The lease was lost to another worker; its result stands.
     LeaseLost,
+    /// No batch: releases' snapshot stage was advanced (snapshots made or looked at).
+    SnapshotStage,
 }
 
 /// When a worker loop ends.
@@ -510,6 +513,9 @@ impl Workers {
         let paused = self.switches().await?;
         if let Some((why, _)) = gate_stop(&self.gate(paused.as_ref()), self.ctx.clock.now()) {
             return Ok(Some(BatchResult::Stopped(why)));
+        }
+        if self.snapshot_step().await? {
+            return Ok(Some(BatchResult::SnapshotStage));
         }
         self.process_next().await
     }

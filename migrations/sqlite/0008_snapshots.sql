@@ -1,0 +1,27 @@
+-- Snapshot before release (issue 15): a release whose policy sets `release.snapshot` carries its
+-- retention and disk choice (`snapshot_days`, `snapshot_disks`: 'data' or 'all'), and may not be
+-- batched for DeleteInstances until `snapshot_stage` is 'ready': every snapshot accomplished.
+-- While its snapshots are made it is `pending` with `snapshot_stage` 'snapshotting' (shown as the
+-- state `snapshotting`), leased to one worker at a time (`stage_owner`, `stage_until`).
+ALTER TABLE releases ADD COLUMN snapshot_days INTEGER;
+ALTER TABLE releases ADD COLUMN snapshot_disks TEXT;
+ALTER TABLE releases ADD COLUMN snapshot_stage TEXT;
+ALTER TABLE releases ADD COLUMN stage_owner TEXT;
+ALTER TABLE releases ADD COLUMN stage_until INTEGER;
+
+-- One snapshot per (release, disk), with the ClientToken written before the first
+-- CreateSnapshot, so a crash never makes a second snapshot: the same token answers the same
+-- SnapshotId.
+CREATE TABLE snapshots (
+    release_id   INTEGER NOT NULL,
+    disk_id      TEXT    NOT NULL,
+    client_token TEXT    NOT NULL UNIQUE,
+    snapshot_id  TEXT,
+    state        TEXT    NOT NULL CHECK (state IN ('creating', 'progressing', 'accomplished', 'failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    code         TEXT,
+    message      TEXT,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (release_id, disk_id)
+);

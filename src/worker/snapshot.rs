@@ -1,0 +1,253 @@
+//! The snapshot stage a worker runs before a release can be batched (`release.snapshot`):
+//! choose the disks (DescribeDisks by instance), record one ClientToken per disk, then
+//! CreateSnapshot each (the same token after a crash answers the same SnapshotId, so nothing is
+//! taken twice), then poll DescribeSnapshots until every one is `accomplished`. Only then is the
+//! release `ready` for a DeleteInstances batch: a snapshot still progressing is deleted with its
+//! disk (../shared/ecs-more.md 2.3). A snapshot that fails, or cannot be made after the batch's
+//! attempts, fails the release; one progressing longer than [`SNAPSHOT_TIMEOUT`] too.
+//!
+//! The switches hold here as well: the worker loop runs this only when not paused, inside the
+//! window and not in a dry run, so a dry run takes no snapshot.
+
+use std::time::Duration;
+
+use super::{WorkerError, Workers};
+use crate::ecs::client::SnapshotRequest;
+use crate::ecs::{DiskKind, ErrorClass};
+use crate::policy::SnapshotDisks;
+use crate::store::{SnapshotRow, StagedRelease};
+
+/// How long a snapshot may progress before its release fails (ECS bounds it nowhere).
+pub const SNAPSHOT_TIMEOUT: chrono::Duration = chrono::Duration::hours(24);
+
+/// Releases one worker takes into the stage at a time.
+const STAGE_CLAIM: usize = 20;
+
+/// What one look at a staged release ended with.
+enum Stage {
+    Ready,
+    Wait(String),
+    Failed { code: String, message: String },
+}
+
+impl Workers {
+    /// Advances the snapshot stage of the due releases that need one; `true` when it claimed
+    /// any.
+    pub(super) async fn snapshot_step(&self) -> Result<bool, WorkerError> {
+        let now = self.ctx.clock.now();
+        let staged = self
+            .ctx
+            .store
+            .claim_snapshot_stage(
+                &self.cfg.owner,
+                now,
+                self.cfg.lease,
+                STAGE_CLAIM,
+                self.scope.as_deref(),
+            )
+            .await?;
+        if staged.is_empty() {
+            return Ok(false);
+        }
+        for r in staged {
+            let outcome = self.advance(&r).await?;
+            let now = self.ctx.clock.now();
+            let owner = &self.cfg.owner;
+            match outcome {
+                Stage::Ready => {
+                    self.ctx.store.snapshots_ready(r.id, owner, now).await?;
+                }
+                Stage::Wait(why) => {
+                    let until = now + chrono::Duration::from_std(self.poll()).unwrap_or_default();
+                    self.ctx
+                        .store
+                        .snapshot_wait(r.id, owner, until, &why, now)
+                        .await?;
+                }
+                Stage::Failed { code, message } => {
+                    tracing::warn!(release = %r.id, instance = %r.instance_id, %code, %message, "snapshot stage failed; the instance is not released");
+                    self.ctx
+                        .store
+                        .snapshot_failed(r.id, owner, &code, &message, now)
+                        .await?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// How long to wait between looks at progressing snapshots.
+    fn poll(&self) -> Duration {
+        (self.cfg.backoff.base * 2).clamp(Duration::from_millis(200), Duration::from_secs(30))
+    }
+
+    async fn advance(&self, r: &StagedRelease) -> Result<Stage, WorkerError> {
+        let client = self.ctx.accounts.client(&r.account);
+        let mut rows = r.snapshots.clone();
+        if rows.is_empty() {
+            let disks = match client.describe_disks(&r.region, Some(&r.instance_id)).await {
+                Ok(d) => d,
+                Err(e) => return Ok(Stage::Wait(format!("cannot list its disks yet: {e}"))),
+            };
+            let chosen: Vec<String> = disks
+                .into_iter()
+                .filter(|d| r.disks == SnapshotDisks::All || d.kind == DiskKind::Data)
+                .map(|d| d.disk_id)
+                .collect();
+            let now = self.ctx.clock.now();
+            if !self
+                .ctx
+                .store
+                .plan_snapshots(r.id, &self.cfg.owner, &chosen, now)
+                .await?
+            {
+                return Ok(Stage::Wait("the stage's lease was lost".into()));
+            }
+            rows = self.ctx.store.snapshots_of(r.id).await?;
+        }
+        // Create what has no id yet (the stored token makes a resend safe).
+        for s in rows.iter_mut().filter(|s| s.state == "creating") {
+            if let Some(failed) = self.create(&client, r, s).await? {
+                return Ok(failed);
+            }
+        }
+        // Look at what is progressing.
+        let progressing: Vec<String> = rows
+            .iter()
+            .filter(|s| s.state == "progressing")
+            .filter_map(|s| s.snapshot_id.clone())
+            .collect();
+        if !progressing.is_empty() {
+            let listed = match client.describe_snapshots(&r.region, &progressing).await {
+                Ok(v) => v,
+                Err(e) => return Ok(Stage::Wait(format!("cannot read its snapshots yet: {e}"))),
+            };
+            let now = self.ctx.clock.now();
+            for s in rows.iter_mut().filter(|s| s.state == "progressing") {
+                let id = s.snapshot_id.clone().unwrap_or_default();
+                let status = listed
+                    .iter()
+                    .find(|(sid, _)| *sid == id)
+                    .map(|(_, st)| st.as_str());
+                match status {
+                    Some("accomplished") => {
+                        self.ctx
+                            .store
+                            .record_snapshot(r.id, &s.disk_id, None, "accomplished", None, now)
+                            .await?;
+                        s.state = "accomplished".into();
+                    }
+                    Some("failed") => {
+                        self.ctx
+                            .store
+                            .record_snapshot(r.id, &s.disk_id, None, "failed", None, now)
+                            .await?;
+                        return Ok(Stage::Failed {
+                            code: "Janitor.SnapshotFailed".into(),
+                            message: format!(
+                                "snapshot {id} of disk {} failed; the instance is not released without it (`queue retry` takes a new one)",
+                                s.disk_id
+                            ),
+                        });
+                    }
+                    Some(_) if now - s.created_at > SNAPSHOT_TIMEOUT => {
+                        return Ok(Stage::Failed {
+                            code: "Janitor.SnapshotTimeout".into(),
+                            message: format!(
+                                "snapshot {id} of disk {} was still progressing after {}h; the instance is not released",
+                                s.disk_id,
+                                SNAPSHOT_TIMEOUT.num_hours()
+                            ),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Ok(Stage::Failed {
+                            code: "Janitor.SnapshotMissing".into(),
+                            message: format!(
+                                "snapshot {id} of disk {} is no longer listed by DescribeSnapshots (deleted?); the instance is not released",
+                                s.disk_id
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let left: Vec<&SnapshotRow> = rows.iter().filter(|s| s.state != "accomplished").collect();
+        if left.is_empty() {
+            return Ok(Stage::Ready);
+        }
+        Ok(Stage::Wait(format!(
+            "waiting for {} of {} snapshots: {}",
+            left.len(),
+            rows.len(),
+            left.iter()
+                .map(|s| format!(
+                    "{} {}",
+                    s.disk_id,
+                    s.snapshot_id.as_deref().unwrap_or("(being created)")
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
+    /// One CreateSnapshot for `s` with its stored token: `Some(failed)` when the release must
+    /// fail, `None` otherwise (created, or to be tried again).
+    async fn create(
+        &self,
+        client: &crate::ecs::EcsClient,
+        r: &StagedRelease,
+        s: &mut SnapshotRow,
+    ) -> Result<Option<Stage>, WorkerError> {
+        let prefix = &self.ctx.protection.tag_prefix;
+        let req = SnapshotRequest {
+            disk_id: s.disk_id.clone(),
+            client_token: s.client_token.clone(),
+            retention_days: r.retention_days,
+            name: format!("janitor-{}-{}", r.instance_id, s.disk_id),
+            description: format!(
+                "Taken by ecs-janitor before releasing {} (policy {}).",
+                r.instance_id, r.policy
+            ),
+            tags: vec![
+                (format!("{prefix}source-instance"), r.instance_id.clone()),
+                (format!("{prefix}policy"), r.policy.clone()),
+            ],
+        };
+        let answer = client.create_snapshot(&r.region, &req).await;
+        let now = self.ctx.clock.now();
+        match answer {
+            Ok(id) => {
+                self.ctx
+                    .store
+                    .record_snapshot(r.id, &s.disk_id, Some(&id), "progressing", None, now)
+                    .await?;
+                s.snapshot_id = Some(id);
+                s.state = "progressing".into();
+                Ok(None)
+            }
+            Err(e) => {
+                let code = e.code().to_string();
+                let message = format!("CreateSnapshot of disk {}: {e}", s.disk_id);
+                let permanent = e.class() != ErrorClass::Retryable;
+                let out_of_tries = s.attempts + 1 >= i64::from(self.cfg.max_attempts.max(1));
+                let state = if permanent { "failed" } else { "creating" };
+                self.ctx
+                    .store
+                    .record_snapshot(r.id, &s.disk_id, None, state, Some((&code, &message)), now)
+                    .await?;
+                s.attempts += 1;
+                if permanent || out_of_tries {
+                    return Ok(Some(Stage::Failed {
+                        code,
+                        message: format!(
+                            "{message}; the instance is not released without its snapshot"
+                        ),
+                    }));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
