@@ -1230,3 +1230,93 @@ conformance!(
         assert_eq!(rows[0].until, None);
     }
 );
+
+conformance!(
+    the_snapshot_stage_is_leased_fenced_and_gates_the_batch,
+    |db: TestDb| async move {
+        use ecs_janitor::policy::{SnapshotDisks, SnapshotOptions};
+        let s = &db.store;
+        let snap = Some(SnapshotOptions {
+            retention_days: 7,
+            disks: SnapshotDisks::All,
+        });
+        s.enqueue(
+            &[
+                NewRelease {
+                    snapshot: snap,
+                    ..rel("i-1", "r1", false)
+                },
+                NewRelease {
+                    snapshot: snap,
+                    ..rel("i-2", "r1", false)
+                },
+            ],
+            t0(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            s.claim("w", t0(), LEASE, 100, None)
+                .await
+                .unwrap()
+                .is_none(),
+            "batched before its snapshots"
+        );
+        let staged = s
+            .claim_snapshot_stage("w1", t0(), LEASE, 10, None)
+            .await
+            .unwrap();
+        assert_eq!(staged.len(), 2);
+        assert_eq!(staged[0].retention_days, 7);
+        assert_eq!(staged[0].disks, SnapshotDisks::All);
+        assert!(
+            s.claim_snapshot_stage("w2", t0(), LEASE, 10, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "leased"
+        );
+        assert_eq!(state_of(s, "i-1").await, vec!["snapshotting"]);
+        let (a, b) = (staged[0].id, staged[1].id);
+        let disks = vec!["d-1".to_string(), "d-2".to_string()];
+        assert!(s.plan_snapshots(a, "w1", &disks, t0()).await.unwrap());
+        assert!(
+            !s.plan_snapshots(a, "w2", &disks, t0()).await.unwrap(),
+            "not w2's lease"
+        );
+        let rows = s.snapshots_of(a).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_ne!(rows[0].client_token, rows[1].client_token);
+        // Planning again keeps the stored tokens.
+        assert!(s.plan_snapshots(a, "w1", &disks, t0()).await.unwrap());
+        assert_eq!(s.snapshots_of(a).await.unwrap(), rows);
+        s.record_snapshot(a, "d-1", Some("s-1"), "progressing", None, t0())
+            .await
+            .unwrap();
+        s.record_snapshot(a, "d-2", Some("s-2"), "accomplished", None, t0())
+            .await
+            .unwrap();
+        assert!(
+            !s.snapshots_ready(a, "w1", t0()).await.unwrap(),
+            "s-1 still progressing"
+        );
+        s.record_snapshot(a, "d-1", None, "accomplished", None, t0())
+            .await
+            .unwrap();
+        assert!(!s.snapshots_ready(a, "w2", t0()).await.unwrap(), "fenced");
+        assert!(s.snapshots_ready(a, "w1", t0()).await.unwrap());
+        assert_eq!(state_of(s, "i-1").await, vec!["pending"]);
+        assert_eq!(
+            s.snapshots_of(a).await.unwrap()[0].snapshot_id.as_deref(),
+            Some("s-1")
+        );
+        assert!(s
+            .snapshot_failed(b, "w1", "Janitor.SnapshotFailed", "it failed", t0())
+            .await
+            .unwrap());
+        assert_eq!(state_of(s, "i-2").await, vec!["failed"]);
+        let batch = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        assert_eq!(batch.members.len(), 1);
+        assert_eq!(batch.members[0].instance_id, "i-1");
+    }
+);

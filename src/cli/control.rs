@@ -161,10 +161,12 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
             }
         }
         QueueCommand::Show { id } => {
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&store.release(id).await?)?
-            );
+            let mut shown = serde_json::to_value(store.release(id).await?)?;
+            let snapshots = store.snapshots_of(id).await?;
+            if !snapshots.is_empty() {
+                shown["snapshots"] = serde_json::to_value(snapshots)?;
+            }
+            outln!("{}", serde_json::to_string_pretty(&shown)?);
         }
         QueueCommand::Retry { id, reason } => {
             store

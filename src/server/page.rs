@@ -185,16 +185,27 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
     let now = s.ctx.clock.now();
     let snap = s.ctx.store.metrics_snapshot(now).await?;
     let runs = s.ctx.store.runs(1000).await?;
-    let waiting = s
+    let mut waiting = s
         .ctx
         .store
         .list_releases(&ReleaseFilter {
-            state: Some("pending".into()),
+            state: Some("snapshotting".into()),
             policy: None,
             limit: Some(200),
             ..ReleaseFilter::default()
         })
         .await?;
+    waiting.extend(
+        s.ctx
+            .store
+            .list_releases(&ReleaseFilter {
+                state: Some("pending".into()),
+                policy: None,
+                limit: Some(200),
+                ..ReleaseFilter::default()
+            })
+            .await?,
+    );
     let recent = s
         .ctx
         .store
@@ -289,7 +300,12 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
                 esc(&r.region),
                 esc(&r.policy),
                 esc(&saves(r)),
-                if r.not_before > now {
+                if r.state == crate::store::ReleaseState::Snapshotting {
+                    format!(
+                        "snapshotting: {}",
+                        esc(r.last_error.as_deref().unwrap_or("snapshots progressing"))
+                    )
+                } else if r.not_before > now {
                     esc(&ago(now, r.not_before)).into_owned()
                 } else {
                     "due now".to_string()

@@ -314,3 +314,165 @@ pub(super) fn describe_snapshots(
         "Snapshots": { "Snapshot": items },
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecs::types::InstanceStatus;
+    use crate::sim::{SimConfig, Simulator};
+    use std::time::Duration;
+
+    fn sim() -> (Simulator, String, DateTime<Utc>) {
+        let now = Utc::now();
+        let mut i = crate::sim::fleet::generate(1, 1, now).remove(0);
+        i.instance_id = "i-a".into();
+        i.status = InstanceStatus::Stopped;
+        let region = i.region_id.clone();
+        let sim = Simulator::new(SimConfig::default(), vec![i]);
+        (sim, region, now)
+    }
+
+    fn params<'a>(region: &'a str, pairs: &[(&'a str, &'a str)]) -> HashMap<&'a str, &'a str> {
+        let mut m: HashMap<&str, &str> = pairs.iter().copied().collect();
+        m.insert("RegionId", region);
+        m
+    }
+
+    fn code(r: Result<serde_json::Value, ApiError>) -> String {
+        r.map(|_| "OK".to_string()).unwrap_or_else(|e| e.code)
+    }
+
+    #[test]
+    fn a_token_answers_the_same_snapshot_and_other_parameters_are_refused() {
+        let (sim, region, now) = sim();
+        let disk = sim.disks()[0].disk_id.clone();
+        let mut st = sim.state();
+        let t = Duration::from_secs(2);
+        let p = params(
+            &region,
+            &[
+                ("DiskId", &disk),
+                ("ClientToken", "tok-1"),
+                ("RetentionDays", "7"),
+            ],
+        );
+        let a = create_snapshot(&mut st, "", &p, now, t).unwrap();
+        let b = create_snapshot(&mut st, "", &p, now, t).unwrap();
+        assert_eq!(a["SnapshotId"], b["SnapshotId"]);
+        assert_eq!(st.snapshots.all().len(), 1);
+        let other = params(
+            &region,
+            &[
+                ("DiskId", &disk),
+                ("ClientToken", "tok-1"),
+                ("RetentionDays", "8"),
+            ],
+        );
+        assert_eq!(
+            code(create_snapshot(&mut st, "", &other, now, t)),
+            "IdempotentParameterMismatch"
+        );
+        // Another token while the first progresses: the disk is busy.
+        let busy = params(&region, &[("DiskId", &disk), ("ClientToken", "tok-2")]);
+        assert_eq!(
+            code(create_snapshot(&mut st, "", &busy, now, t)),
+            "IncorrectDiskStatus.CreatingSnapshot"
+        );
+        let later = now + chrono::Duration::seconds(3);
+        assert_eq!(code(create_snapshot(&mut st, "", &busy, later, t)), "OK");
+    }
+
+    #[test]
+    fn bad_parameters_get_the_documented_errors() {
+        let (sim, region, now) = sim();
+        let disk = sim.disks()[0].disk_id.clone();
+        let mut st = sim.state();
+        let t = Duration::from_secs(2);
+        for (pairs, want) in [
+            (vec![("DiskId", "d-nope")], "InvalidDiskId.NotFound"),
+            (
+                vec![("DiskId", disk.as_str()), ("RetentionDays", "0")],
+                "InvalidRetentionDays.Malformed",
+            ),
+            (
+                vec![("DiskId", disk.as_str()), ("RetentionDays", "65537")],
+                "InvalidRetentionDays.Malformed",
+            ),
+            (
+                vec![("DiskId", disk.as_str()), ("SnapshotName", "auto-1")],
+                "InvalidSnapshotName.Malformed",
+            ),
+            (
+                vec![("DiskId", disk.as_str()), ("SnapshotName", "1abc")],
+                "InvalidSnapshotName.Malformed",
+            ),
+            (vec![], "MissingParameter"),
+        ] {
+            let p = params(&region, &pairs);
+            assert_eq!(
+                code(create_snapshot(&mut st, "", &p, now, t)),
+                want,
+                "{pairs:?}"
+            );
+        }
+        assert_eq!(
+            code(create_snapshot(
+                &mut st,
+                "someone-else",
+                &params(&region, &[("DiskId", &disk)]),
+                now,
+                t
+            )),
+            "InvalidDiskId.NotFound",
+            "another account's disk"
+        );
+    }
+
+    #[test]
+    fn snapshots_progress_to_accomplished_or_fail_and_a_release_deletes_progressing_ones() {
+        let (sim, region, now) = sim();
+        let disks: Vec<String> = sim.disks().into_iter().map(|d| d.disk_id).collect();
+        sim.fail_snapshots_of(&disks[0]);
+        let mut st = sim.state();
+        let t = Duration::from_secs(2);
+        let id = create_snapshot(
+            &mut st,
+            "",
+            &params(&region, &[("DiskId", &disks[0])]),
+            now,
+            t,
+        )
+        .unwrap()["SnapshotId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ids = format!("[\"{id}\"]");
+        let look = |st: &mut SimState, at| {
+            describe_snapshots(st, &params(&region, &[("SnapshotIds", &ids)]), at).unwrap()
+                ["Snapshots"]["Snapshot"][0]["Status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(look(&mut st, now), "progressing");
+        assert_eq!(look(&mut st, now + chrono::Duration::seconds(2)), "failed");
+        // A progressing snapshot goes with its disk; an accomplished one stays.
+        st.snapshots.failing_disks.clear();
+        let later = now + chrono::Duration::seconds(10);
+        create_snapshot(
+            &mut st,
+            "",
+            &params(&region, &[("DiskId", &disks[0])]),
+            later,
+            t,
+        )
+        .unwrap();
+        st.snapshots
+            .disks_released(&disks[..1], later + chrono::Duration::seconds(1));
+        assert_eq!(
+            st.snapshots.all().len(),
+            1,
+            "only the finished (failed) one is left"
+        );
+    }
+}
