@@ -12,8 +12,9 @@ use serde_json::json;
 use super::delete::delete;
 use super::describe::describe;
 use super::disks::describe_disks;
-use super::params::instance_id_params;
+use super::params::{indexed_params, instance_id_params};
 use super::price::{describe_price, describe_renewal_price};
+use super::tags::{tag_resources, untag_resources};
 use super::{api_err, auth, ApiError, CallLogEntry, Scripted, SimConfig, SimState, Simulator};
 
 /// What a handled action produced.
@@ -181,6 +182,9 @@ fn call_log(
         client_token: map.get("ClientToken").map(|s| s.to_string()),
         instance_ids: match map.get("InstanceIds") {
             Some(raw) => serde_json::from_str(raw).unwrap_or_default(),
+            None if action.ends_with("TagResources") => indexed_params(params, "ResourceId.")
+                .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
+                .unwrap_or_default(),
             None => instance_id_params(params)
                 .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
                 .unwrap_or_default(),
@@ -300,6 +304,14 @@ fn act(call: &Call<'_>, cfg: &SimConfig, st: &mut SimState) -> Result<Outcome, A
         "DescribePrice" => describe_price(st, &cfg.price_currency, &call.map).map(Outcome::Ok),
         "DescribeRenewalPrice" => {
             describe_renewal_price(st, call.account, &cfg.price_currency, &call.map)
+                .map(Outcome::Ok)
+        }
+        "TagResources" => {
+            tag_resources(st, call.account, &call.map, call.params, call.request_id)
+                .map(Outcome::Ok)
+        }
+        "UntagResources" => {
+            untag_resources(st, call.account, &call.map, call.params, call.request_id)
                 .map(Outcome::Ok)
         }
         "DeleteInstances" => {
