@@ -109,6 +109,9 @@ pub struct ReleaseOptions {
     pub grace: chrono::Duration,
     /// Release instances holding a `security` operation lock (their disks go with them).
     pub allow_security_locked: bool,
+    /// Tag each instance queued to wait out `grace` with when it goes and which policy queued
+    /// it (`release.mark`; on by default when a grace is set).
+    pub mark: bool,
 }
 
 impl Default for ReleaseOptions {
@@ -118,6 +121,7 @@ impl Default for ReleaseOptions {
             terminate_subscription: false,
             grace: chrono::Duration::zero(),
             allow_security_locked: false,
+            mark: false,
         }
     }
 }
@@ -479,5 +483,6 @@ pub(crate) const RELEASE_KEYS: &[&str] = &[
     "terminate_subscription",
     "grace",
     "allow_security_locked",
+    "mark",
 ];
 pub(crate) const LIMITS_KEYS: &[&str] = &["max_releases_per_run"];

@@ -83,7 +83,8 @@ pub fn json_schema() -> Value {
                     "force": {"type": "boolean", "default": false, "description": "DeleteInstances Force: release instances that are not Stopped."},
                     "terminate_subscription": {"type": "boolean", "default": false, "description": "DeleteInstances TerminateSubscription: release subscription instances."},
                     "grace": duration("Wait this long after the first match before releasing."),
-                    "allow_security_locked": {"type": "boolean", "default": false, "description": "Release instances with a security lock (their disks are released too)."}
+                    "allow_security_locked": {"type": "boolean", "default": false, "description": "Release instances with a security lock (their disks are released too)."},
+                    "mark": {"type": "boolean", "description": "Tag each instance waiting out its grace with <prefix>release-after and <prefix>policy (TagResources). Default: true when grace is set; true needs grace."}
                 }
             },
             "limits": {

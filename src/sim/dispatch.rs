@@ -182,9 +182,11 @@ fn call_log(
         client_token: map.get("ClientToken").map(|s| s.to_string()),
         instance_ids: match map.get("InstanceIds") {
             Some(raw) => serde_json::from_str(raw).unwrap_or_default(),
-            None if action.ends_with("TagResources") => indexed_params(params, "ResourceId.")
-                .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
-                .unwrap_or_default(),
+            None if matches!(action, "TagResources" | "UntagResources") => {
+                indexed_params(params, "ResourceId.")
+                    .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
+                    .unwrap_or_default()
+            }
             None => instance_id_params(params)
                 .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
                 .unwrap_or_default(),

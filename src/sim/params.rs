@@ -1,7 +1,7 @@
 //! The request parameters the actions read the same way: `RegionId`, booleans such as `DryRun`,
 //! and numbered lists (`InstanceId.N`, `ResourceId.N`, `TagKey.N`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{api_err, ApiError, SimState};
 use crate::ecs::types::Instance;
@@ -78,4 +78,26 @@ pub(super) fn indexed_params(
     }
     out.sort();
     Ok(out)
+}
+
+/// The ids of the `PREFIX` + N parameters (`InstanceId.`, `ResourceId.`), in N order, an id named
+/// twice (under one index or two) once; `MissingParameter` when there is none.
+pub(super) fn unique_ids(
+    params: &[(String, String)],
+    prefix: &str,
+) -> Result<Vec<String>, ApiError> {
+    let mut seen = HashSet::new();
+    let ids: Vec<String> = indexed_params(params, prefix)?
+        .into_iter()
+        .map(|(_, id)| id)
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
+    if ids.is_empty() {
+        return Err(api_err(
+            400,
+            "MissingParameter",
+            format!("The input parameter \"{prefix}N\" that is mandatory for processing this request is not supplied."),
+        ));
+    }
+    Ok(ids)
 }

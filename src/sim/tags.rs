@@ -24,11 +24,11 @@
 //!   `All=true` with `TagKey.N` is `InvalidParameter`; `All=true` leaves system `acs:` tags, which
 //!   a user cannot remove; removing a key the instance does not hold is no error.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::json;
 
-use super::params::{indexed_params, parse_bool, require_region};
+use super::params::{indexed_params, parse_bool, require_region, unique_ids};
 use super::{api_err, ApiError, SimState};
 
 /// The most resources one call names.
@@ -53,43 +53,27 @@ fn malformed(code: &str, what: &str, text: &str, why: &str) -> ApiError {
     )
 }
 
-/// Why ECS refuses `key` as a tag key, if it does.
-fn check_key(key: &str) -> Result<(), ApiError> {
-    let lower = key.to_ascii_lowercase();
-    let bad = |why: &str| Err(malformed("InvalidTagKey.Malformed", "Tag.N.Key", key, why));
-    if key.is_empty() || key.chars().count() > MAX_LEN {
-        return bad("a tag key has 1 to 128 characters");
-    }
-    if lower.starts_with("acs:") || lower.starts_with("aliyun") {
-        return bad("a tag key cannot start with acs: or aliyun");
-    }
-    if lower.contains("http://") || lower.contains("https://") {
-        return bad("a tag key cannot contain http:// or https://");
-    }
-    Ok(())
-}
-
-/// Why ECS refuses `value` as a tag value, if it does.
-fn check_value(value: &str) -> Result<(), ApiError> {
-    let lower = value.to_ascii_lowercase();
-    let bad = |why: &str| {
-        Err(malformed(
-            "InvalidTagValue.Malformed",
-            "Tag.N.Value",
-            value,
-            why,
-        ))
+/// Why ECS refuses `text` as a tag key (`key`: 1 to 128 characters) or value (at most 128):
+/// neither may start with `acs:` or `aliyun` or contain `http://` or `https://`.
+fn check_tag_text(text: &str, key: bool) -> Result<(), ApiError> {
+    let (code, what, min) = if key {
+        ("InvalidTagKey.Malformed", "Tag.N.Key", 1)
+    } else {
+        ("InvalidTagValue.Malformed", "Tag.N.Value", 0)
     };
-    if value.chars().count() > MAX_LEN {
-        return bad("a tag value has at most 128 characters");
-    }
-    if lower.starts_with("acs:") || lower.starts_with("aliyun") {
-        return bad("a tag value cannot start with acs: or aliyun");
-    }
-    if lower.contains("http://") || lower.contains("https://") {
-        return bad("a tag value cannot contain http:// or https://");
-    }
-    Ok(())
+    let noun = if key { "a tag key" } else { "a tag value" };
+    let lower = text.to_ascii_lowercase();
+    let len = text.chars().count();
+    let why = if len < min || len > MAX_LEN {
+        format!("{noun} has {min} to {MAX_LEN} characters")
+    } else if lower.starts_with("acs:") || lower.starts_with("aliyun") {
+        format!("{noun} cannot start with acs: or aliyun")
+    } else if lower.contains("http://") || lower.contains("https://") {
+        format!("{noun} cannot contain http:// or https://")
+    } else {
+        return Ok(());
+    };
+    Err(malformed(code, what, text, &why))
 }
 
 /// The instances a call names: its region, each listed id once, every one of them the caller's.
@@ -122,19 +106,7 @@ fn target(
             ))
         }
     }
-    let mut seen = HashSet::new();
-    let ids: Vec<String> = indexed_params(params, "ResourceId.")?
-        .into_iter()
-        .map(|(_, id)| id)
-        .filter(|id| seen.insert(id.clone()))
-        .collect();
-    if ids.is_empty() {
-        return Err(api_err(
-            400,
-            "MissingParameter",
-            "The input parameter \"ResourceId.N\" that is mandatory for processing this request is not supplied.",
-        ));
-    }
+    let ids = unique_ids(params, "ResourceId.")?;
     if ids.len() > MAX_RESOURCES {
         return Err(api_err(
             400,
@@ -221,8 +193,8 @@ fn tags_of(
             .get(format!("Tag.{n}.Value").as_str())
             .copied()
             .unwrap_or_default();
-        check_key(key)?;
-        check_value(value)?;
+        check_tag_text(key, true)?;
+        check_tag_text(value, false)?;
         if out.iter().any(|(k, _)| k == key) {
             return Err(api_err(
                 400,

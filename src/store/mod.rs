@@ -16,7 +16,8 @@
 //! The store's jobs, one module each: `queue` (enqueue, claim, cancel and retry releases),
 //! `batches` (leases, attempts, settling and re-forming batches), `runs` (policy runs), `audit`
 //! (the audit log), `settings` (the pause and the database's identity), `observations` (when
-//! instances were first seen Stopped), `safety` (holds, quarantines, scopes, what was already
+//! instances were first seen Stopped), `marks` (the tags written on instances waiting out their
+//! grace), `safety` (holds, quarantines, scopes, what was already
 //! released), `views` (what operators and metrics read), `rows` (the typed rows, states and
 //! ids they return), `diagnose` (SQLite's errors explained) and `db` (the two databases).
 
@@ -24,6 +25,7 @@ mod audit;
 mod batches;
 mod db;
 mod diagnose;
+mod marks;
 mod observations;
 mod queue;
 mod rows;
@@ -38,6 +40,7 @@ use chrono::{DateTime, TimeZone, Utc};
 pub use audit::{EventFilter, NewEvent};
 pub use batches::MemberOutcome;
 pub use diagnose::{SqliteDiagnosis, SqliteProblem};
+pub use marks::{MarkRow, MarkState};
 pub use observations::Seen;
 pub use queue::NewRelease;
 pub use rows::{
