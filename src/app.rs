@@ -114,6 +114,17 @@ impl App {
             let worked = workers.drain(cancel.clone()).await;
             self.ctx.store.drop_scope(&id).await?;
             let worked = worked?;
+            // What the workers settled (released, or cancelled at the re-check) needs its mark
+            // no longer.
+            if let Err(e) = crate::marks::reconcile(
+                &self.ctx,
+                self.ctx.clock.now(),
+                crate::marks::Scope::Removals,
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "marks were not reconciled; the next pass tries again");
+            }
             stopped = worked.stopped;
             accounts_stopped = worked.accounts_stopped;
         }

@@ -4,7 +4,8 @@
 //! The modules follow the data flow:
 //! `policy` (YAML → validated policies) → `schedule` (cron ticks) → `inventory` (DescribeInstances)
 //! → `plan` (pure decisions with reasons) → `store` (the durable release queue) → `worker`
-//! (re-verify, DeleteInstances, record) → `server` (health, metrics, API, status page).
+//! (re-verify, DeleteInstances, record) → `marks` (tags announcing releases in their grace) →
+//! `server` (health, metrics, API, status page).
 //! `ecs` is the signed OpenAPI client and `sim` a faithful ECS simulator used by tests, the demo and
 //! the benchmarks.
 
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod demo;
 pub mod ecs;
 pub mod inventory;
+pub mod marks;
 pub mod metrics;
 pub mod money;
 pub mod notify;

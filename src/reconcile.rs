@@ -111,7 +111,8 @@ impl Reconciler {
             tracing::Instrument::instrument(self.reconcile(&mine, scheduled_for, saved, now), span)
                 .await;
         match result {
-            Ok((plan, mut done)) => {
+            Ok((mut plan, mut done)) => {
+                self.mark(&mut plan, now).await;
                 runs.append(&mut done);
                 runs.sort_by(|a, b| a.policy.cmp(&b.policy));
                 let not_carried = saved.map(|s| not_carried(s, &plan)).unwrap_or_default();
@@ -144,7 +145,40 @@ impl Reconciler {
         let (inv, ctx) = self.observe(policies, now, false).await?;
         let mut plan = evaluate(policies, &inv, &ctx, now);
         self.price(&mut plan, &inv).await;
+        let recorded = self.ctx.store.marks().await?;
+        crate::marks::annotate(
+            &mut plan,
+            &recorded,
+            &self.ctx.policies.current(),
+            &self.ctx.protection,
+            self.force_dry_run,
+        );
         Ok(plan)
+    }
+
+    /// Brings the marks on instances to what the queue now wants (never in a forced dry run),
+    /// then notes each pending release's mark in `plan`. A failure is logged, never returned:
+    /// marks never hold a release back.
+    async fn mark(&self, plan: &mut Plan, now: DateTime<Utc>) {
+        if self.force_dry_run {
+            return;
+        }
+        let done = async {
+            crate::marks::reconcile(&self.ctx, now, crate::marks::Scope::All).await?;
+            self.ctx.store.marks().await
+        };
+        match done.await {
+            Ok(recorded) => crate::marks::annotate(
+                plan,
+                &recorded,
+                &self.ctx.policies.current(),
+                &self.ctx.protection,
+                false,
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "marks were not reconciled; the next pass tries again")
+            }
+        }
     }
 
     /// Prices the plan's releases (never fails: an unknown price shows as unknown).

@@ -34,6 +34,12 @@ pub const MAX_PAGE: usize = 100;
 /// `describe_disks_request_model.go`: "Valid values: 10 to 500").
 pub const MAX_DISK_PAGE: usize = 500;
 
+/// The most resources one TagResources or UntagResources names (`ResourceId.N`, N ≤ 50;
+/// ecs-more.md 3.1).
+pub const MAX_TAG_RESOURCES: usize = 50;
+/// The most tags one TagResources writes (`Tag.N`) or UntagResources removes (`TagKey.N`).
+pub const MAX_TAGS_PER_CALL: usize = 20;
+
 /// Which request signature the client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SignatureVersion {
@@ -614,7 +620,8 @@ impl EcsClient {
         .await
     }
 
-    /// Sends a read (an action without side effects) and parses its answer with `parse`, retried
+    /// Sends a read (an action without side effects, or a write whose repetition has no further
+    /// effect, as tagging) and parses its answer with `parse`, retried
     /// on retryable errors within the read's attempts and deadline, with the seeded backoff.
     async fn read<T>(
         &self,
@@ -837,6 +844,101 @@ impl EcsClient {
             quote(ACTION, status, body)
         })
         .await
+    }
+
+    /// Tags the instances `ids` of `region` with `tags` (TagResources, `ResourceType=instance`),
+    /// overwriting keys they already hold: one call per 50 ids and 20 tags. Setting a tag twice
+    /// has the effect of setting it once, so each call is retried as reads are. Returns each
+    /// call's RequestId; stops at the first call refused (the calls before it took effect).
+    pub async fn tag_resources(
+        &self,
+        region: &str,
+        ids: &[String],
+        tags: &[(String, String)],
+    ) -> Result<Vec<String>, EcsError> {
+        let items: Vec<Vec<(String, String)>> = tags
+            .chunks(MAX_TAGS_PER_CALL)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, (k, v))| {
+                        [
+                            (format!("Tag.{}.Key", i + 1), k.clone()),
+                            (format!("Tag.{}.Value", i + 1), v.clone()),
+                        ]
+                    })
+                    .collect()
+            })
+            .collect();
+        self.tag_calls("TagResources", "tag", region, ids, items)
+            .await
+    }
+
+    /// Removes the tags `keys` from the instances `ids` of `region` (UntagResources,
+    /// `ResourceType=instance`): one call per 50 ids and 20 keys, retried as reads are (removing
+    /// a tag twice removes it once). Keys an instance does not hold are no error.
+    pub async fn untag_resources(
+        &self,
+        region: &str,
+        ids: &[String],
+        keys: &[String],
+    ) -> Result<Vec<String>, EcsError> {
+        let items: Vec<Vec<(String, String)>> = keys
+            .chunks(MAX_TAGS_PER_CALL)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (format!("TagKey.{}", i + 1), k.clone()))
+                    .collect()
+            })
+            .collect();
+        self.tag_calls("UntagResources", "tag key", region, ids, items)
+            .await
+    }
+
+    /// One call of `action` per 50 of `ids` and per item list (its own `Tag.N`/`TagKey.N`).
+    async fn tag_calls(
+        &self,
+        action: &'static str,
+        what: &'static str,
+        region: &str,
+        ids: &[String],
+        items: Vec<Vec<(String, String)>>,
+    ) -> Result<Vec<String>, EcsError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        if items.is_empty() {
+            // UntagResources without TagKey.N removes nothing, or with All=true everything: never
+            // sent by mistake.
+            return Err(EcsError::Invalid {
+                action,
+                reason: InvalidRequest::NothingToTag { action, what },
+            });
+        }
+        let mut request_ids = Vec::new();
+        for chunk in ids.chunks(MAX_TAG_RESOURCES) {
+            for item in &items {
+                let mut params: Vec<(String, String)> =
+                    vec![("ResourceType".into(), "instance".into())];
+                params.extend(
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| (format!("ResourceId.{}", i + 1), id.clone())),
+                );
+                params.extend(item.iter().cloned());
+                let rid = self
+                    .read(action, region, &params, |status, body| {
+                        decode::<ErrorBody>(action, status, body).map(|b| b.request_id)
+                    })
+                    .await?;
+                request_ids.push(rid);
+            }
+        }
+        Ok(request_ids)
     }
 
     fn page_from(b: DescribeBody, status: u16) -> Result<DescribePage, EcsError> {

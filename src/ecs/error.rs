@@ -65,7 +65,11 @@ pub fn classify_code(code: &str) -> ErrorClass {
         {
             ErrorClass::Retryable
         }
-        "InvalidInstanceId.NotFound" | "InvalidInstanceIds.NotFound" => ErrorClass::Gone,
+        // TagResources and UntagResources name a resource that does not exist (ecs-more.md 3.1):
+        // for a mark, the instance is gone and its mark with it.
+        "InvalidInstanceId.NotFound" | "InvalidInstanceIds.NotFound" | "InvalidResourceId.NotFound" => {
+            ErrorClass::Gone
+        }
         "DryRunOperation" | "DRYRUN.SUCCESS" => ErrorClass::DryRunPassed,
         _ => ErrorClass::Permanent,
     }
@@ -171,6 +175,11 @@ pub enum InvalidRequest {
     Region(String),
     #[error("at most 20 tag filters, got {0}")]
     TooManyTags(usize),
+    #[error("{action} needs at least one {what}")]
+    NothingToTag {
+        action: &'static str,
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for TransportKind {
@@ -373,6 +382,16 @@ mod tests {
         ("OperationDenied.SystemInstanceNotSupport", P, false),
         ("InvalidInstanceIds.NotFound", G, false),
         ("InvalidInstanceId.NotFound", G, false),
+        // TagResources and UntagResources (ecs-more.md 3.1).
+        ("NumberExceed.ResourceIds", P, false),
+        ("NumberExceed.Tags", P, false),
+        ("OperationDenied.QuotaExceed", P, false),
+        ("QuotaExceed.Tags", P, false),
+        ("InvalidTagKey.Malformed", P, false),
+        ("InvalidTagValue.Malformed", P, false),
+        ("Duplicate.TagKey", P, false),
+        ("InvalidResourceId.NotFound", G, false),
+        ("InvalidResourceType.NotFound", P, false),
         // Answers without an ECS error document (a proxy or gateway), by HTTP status.
         ("Janitor.Http429", R, false),
         ("Janitor.Http408", R, false),

@@ -1,6 +1,7 @@
 //! The signed ECS OpenAPI client (RPC style, version 2014-05-26): signing, the two actions
 //! ecs-janitor uses (`DescribeInstances`, `DeleteInstances`; for savings `DescribeDisks`,
-//! `DescribePrice`, `DescribeRenewalPrice`), error classification and credentials.
+//! `DescribePrice`, `DescribeRenewalPrice`; for marks `TagResources`, `UntagResources`), error
+//! classification and credentials.
 
 pub mod accounts;
 pub mod chain;

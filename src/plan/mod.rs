@@ -21,10 +21,12 @@
 //!    not released in this run.
 
 pub mod exempt;
+mod mark;
 mod render;
 mod saved;
 pub mod savings;
 
+pub use mark::MarkNote;
 pub use render::{render_json, render_text, render_text_with, TextOptions, JSON_FORMAT_VERSION};
 pub use saved::{SavedPlan, SavedPlanError, SavedRelease};
 pub use savings::{Basis, Billing, PriceBook, Saving, Source};
@@ -108,6 +110,9 @@ pub struct PlannedRelease {
     /// What releasing it saves per month; `None` until the plan is priced
     /// (`pricing::price_plan`), which evaluation does not do.
     pub saving: Option<Saving>,
+    /// Its mark on the instance, for a release waiting out its grace under a policy that marks;
+    /// `None` until `marks::annotate`, which evaluation does not do.
+    pub mark: Option<MarkNote>,
 }
 
 /// The plan's warning for a security-locked release.
@@ -481,6 +486,7 @@ pub fn evaluate(
                         charge_type: inst.charge_type,
                         created_at: inst.creation_time,
                         saving: None,
+                        mark: None,
                     },
                 ));
             }

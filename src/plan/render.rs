@@ -179,6 +179,18 @@ pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
                 );
             }
         }
+        // Every missing mark, never cut short: the release goes ahead, its owners are not told.
+        for r in &pp.releases {
+            if let Some(line) = r.mark.as_ref().and_then(super::MarkNote::missing_line) {
+                let _ = writeln!(
+                    out,
+                    "  {} {} in {}: {line}",
+                    p.yellow("!"),
+                    r.instance_id,
+                    r.region
+                );
+            }
+        }
         let sub = SavingsTotals::of(&pp.releases, now);
         if sub.priced {
             let due = pp.releases.iter().filter(|r| !r.is_pending(now)).count();
@@ -268,6 +280,7 @@ pub fn render_json(plan: &Plan) -> Value {
                     "charge_type": r.charge_type.as_str(),
                     "created_at": r.created_at.map(crate::timefmt::text),
                     "saving": r.saving.as_ref().map(saving_json),
+                    "mark": r.mark.as_ref().map(super::MarkNote::json),
                 })).collect::<Vec<_>>(),
                 "savings": totals_json(&SavingsTotals::of(&pp.releases, now)),
                 "skips": pp.skips.iter().map(|k| json!({
@@ -516,6 +529,16 @@ fn render_summary(plan: &Plan, p: &Paint) -> String {
                     sub.pending.display_whole(&currency_of(&sub))
                 ));
             }
+        }
+        let unmarked = pp
+            .releases
+            .iter()
+            .filter(|r| matches!(r.mark, Some(super::MarkNote::Missing { .. })))
+            .count();
+        if unmarked > 0 {
+            line.push_str(&format!(
+                ", {unmarked} without their mark (see the full plan)"
+            ));
         }
         if !skips.is_empty() {
             line.push_str(&format!("; skipped: {}", skips.join(", ")));

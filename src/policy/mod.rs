@@ -111,6 +111,9 @@ pub struct ReleaseOptions {
     pub allow_security_locked: bool,
     /// Snapshot the instance's disks before releasing it (`release.snapshot`).
     pub snapshot: Option<SnapshotOptions>,
+    /// Tag each instance queued to wait out `grace` with when it goes and which policy queued
+    /// it (`release.mark`; on by default when a grace is set).
+    pub mark: bool,
 }
 
 impl Default for ReleaseOptions {
@@ -120,6 +123,7 @@ impl Default for ReleaseOptions {
             terminate_subscription: false,
             grace: chrono::Duration::zero(),
             allow_security_locked: false,
+            mark: false,
             snapshot: None,
         }
     }
@@ -518,6 +522,7 @@ pub(crate) const RELEASE_KEYS: &[&str] = &[
     "grace",
     "allow_security_locked",
     "snapshot",
+    "mark",
 ];
 pub(crate) const SNAPSHOT_KEYS: &[&str] = &["retention_days", "disks"];
 pub(crate) const LIMITS_KEYS: &[&str] = &["max_releases_per_run"];

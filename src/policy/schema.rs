@@ -93,7 +93,8 @@ pub fn json_schema() -> Value {
                             "retention_days": {"type": "integer", "minimum": 1, "maximum": 65536, "description": "ECS releases the snapshots after this many days."},
                             "disks": {"type": "string", "enum": ["data", "all"], "default": "data", "description": "data: the data disks; all: the system disk too."}
                         }
-                    }
+                    },
+                    "mark": {"type": "boolean", "description": "Tag each instance waiting out its grace with <prefix>release-after and <prefix>policy (TagResources). Default: true when grace is set; true needs grace."}
                 }
             },
             "limits": {

@@ -732,6 +732,19 @@ impl Validator<'_> {
         if let Some(v) = f.get("snapshot") {
             r.snapshot = self.snapshot(v);
         }
+        // Marks are on by default when a grace is set: there is then something to announce.
+        r.mark = r.grace > chrono::Duration::zero();
+        if let Some(v) = f.get("mark") {
+            let mark = self.boolean(v, "release.mark").unwrap_or(false);
+            if mark && r.grace <= chrono::Duration::zero() {
+                self.err(
+                    v.pos,
+                    "`release.mark: true` needs `release.grace`: only a release queued to wait out a grace period is marked".into(),
+                    Some("set `release.grace` (e.g. `grace: 24h`), or remove `mark`".into()),
+                );
+            }
+            r.mark = mark;
+        }
         (self.diags.len() == before).then_some(r)
     }
 

@@ -1,5 +1,6 @@
 //! The status page at `/`: server-rendered HTML (no script), refreshed every 30 s, with the pause
-//! state, the policies, the savings and their chart, releases waiting, done and failed.
+//! state, the policies, the savings and their chart, releases waiting (with their marks), done and
+//! failed.
 
 use axum::extract::State;
 use axum::response::Html;
@@ -53,6 +54,31 @@ fn saves(r: &crate::store::ReleaseRow) -> String {
             (Some(m), _) => format!("≈ {}/month", m.display()),
             (None, _) => "unknown".into(),
         },
+    }
+}
+
+/// A waiting release's mark on its instance: written, missing and why, or `-` (none wanted:
+/// no grace, `release.mark: false`, a dry run; or not yet written).
+fn mark_cell(
+    r: &crate::store::ReleaseRow,
+    marks: &std::collections::HashMap<&str, &crate::store::MarkRow>,
+) -> String {
+    use crate::store::MarkState;
+    match marks.get(r.instance_id.as_str()) {
+        Some(m) if m.release_id == r.id && m.state == MarkState::Written => format!(
+            "<code>{}release-after={}</code>",
+            esc(&m.prefix),
+            esc(&m.release_after)
+        ),
+        Some(m) if m.release_id == r.id && m.state == MarkState::Failed => {
+            let code = m.code.as_deref().unwrap_or("");
+            format!(
+                "<span class=\"fail\">missing</span> <code>{}</code><br><span class=\"muted\">{}</span>",
+                esc(code),
+                esc(&crate::marks::advice(code))
+            )
+        }
+        _ => "-".into(),
     }
 }
 
@@ -226,6 +252,9 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
             ..ReleaseFilter::default()
         })
         .await?;
+    let marks = s.ctx.store.marks().await?;
+    let marks: std::collections::HashMap<&str, &crate::store::MarkRow> =
+        marks.iter().map(|m| (m.instance_id.as_str(), m)).collect();
     let mut h = String::with_capacity(16 * 1024);
     h.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">");
     h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
@@ -291,10 +320,10 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
     if waiting.is_empty() {
         h.push_str("<p class=\"muted\" id=\"waiting\">None.</p>");
     } else {
-        h.push_str("<div class=\"scroll\"><table id=\"waiting\"><tr><th>Instance</th><th>Region</th><th>Policy</th><th>Saves</th><th>Released</th></tr>");
+        h.push_str("<div class=\"scroll\"><table id=\"waiting\"><tr><th>Instance</th><th>Region</th><th>Policy</th><th>Saves</th><th>Released</th><th>Mark</th></tr>");
         for r in &waiting {
             h.push_str(&format!(
-                "<tr><td><code>{}</code> {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><code>{}</code> {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&r.instance_id),
                 esc(&r.instance_name),
                 esc(&r.region),
@@ -309,7 +338,8 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
                     esc(&ago(now, r.not_before)).into_owned()
                 } else {
                     "due now".to_string()
-                }
+                },
+                mark_cell(r, &marks)
             ));
         }
         h.push_str("</table></div>");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::params::{instance_id_params, parse_bool, require_region};
+use super::params::{parse_bool, require_region, unique_ids};
 use super::{api_err, ApiError, ReleaseRecord, SimState, TokenEntry};
 use crate::ecs::types::{ChargeType, Instance, InstanceStatus};
 
@@ -75,19 +75,7 @@ impl Request {
         let region = region.to_string();
         let region_param = map.get("RegionId").copied().unwrap_or_default().to_string();
         // An id named twice (under one index or two) is one instance, released once.
-        let mut seen = HashSet::new();
-        let ids: Vec<String> = instance_id_params(params)?
-            .into_iter()
-            .map(|(_, id)| id)
-            .filter(|id| seen.insert(id.clone()))
-            .collect();
-        if ids.is_empty() {
-            return Err(api_err(
-                400,
-                "MissingParameter",
-                "The input parameter \"InstanceId.N\" that is mandatory for processing this request is not supplied.",
-            ));
-        }
+        let ids = unique_ids(params, "InstanceId.")?;
         if ids.len() > 100 {
             return Err(api_err(
                 403,

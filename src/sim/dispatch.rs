@@ -12,8 +12,9 @@ use serde_json::json;
 use super::delete::delete;
 use super::describe::describe;
 use super::disks::describe_disks;
-use super::params::instance_id_params;
+use super::params::{indexed_params, instance_id_params};
 use super::price::{describe_price, describe_renewal_price};
+use super::tags::{tag_resources, untag_resources};
 use super::{api_err, auth, ApiError, CallLogEntry, Scripted, SimConfig, SimState, Simulator};
 
 /// What a handled action produced.
@@ -181,6 +182,11 @@ fn call_log(
         client_token: map.get("ClientToken").map(|s| s.to_string()),
         instance_ids: match map.get("InstanceIds") {
             Some(raw) => serde_json::from_str(raw).unwrap_or_default(),
+            None if matches!(action, "TagResources" | "UntagResources") => {
+                indexed_params(params, "ResourceId.")
+                    .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
+                    .unwrap_or_default()
+            }
             None => instance_id_params(params)
                 .map(|ids| ids.into_iter().map(|(_, id)| id).collect())
                 .unwrap_or_default(),
@@ -312,6 +318,14 @@ fn act(call: &Call<'_>, cfg: &SimConfig, st: &mut SimState) -> Result<Outcome, A
         .map(Outcome::Ok),
         "DescribeSnapshots" => {
             super::snapshots::describe_snapshots(st, &call.map, call.now).map(Outcome::Ok)
+        }
+        "TagResources" => {
+            tag_resources(st, call.account, &call.map, call.params, call.request_id)
+                .map(Outcome::Ok)
+        }
+        "UntagResources" => {
+            untag_resources(st, call.account, &call.map, call.params, call.request_id)
+                .map(Outcome::Ok)
         }
         "DeleteInstances" => {
             let drop = st.rng.gen_bool(cfg.faults.drop_after_commit_rate.clamp(0.0, 1.0));

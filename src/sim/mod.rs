@@ -12,7 +12,8 @@
 //! tests, the demo and the benchmarks drive. A request goes [`http`] (the axum server) →
 //! [`dispatch`] (authentication by [`auth`], faults, scripted answers, the call log) → one action
 //! ([`describe`], [`delete`], [`disks`] for DescribeDisks, [`price`] for DescribePrice and
-//! DescribeRenewalPrice), with the parameters the actions share in [`params`]. Every instance has
+//! DescribeRenewalPrice, [`tags`] for TagResources and UntagResources), with the parameters the
+//! actions share in [`params`]. Every instance has
 //! disks ([`disks`]: given, or drawn from its id), released with it as ECS releases them.
 
 mod auth;
@@ -26,9 +27,11 @@ pub mod imds;
 mod params;
 pub mod price;
 pub mod snapshots;
+mod tags;
 
 pub use describe::{MAX_TAG_FILTERED, MAX_TAG_FILTERS};
 pub use http::{respond, SimHandle};
+pub use tags::{is_system_tag, MAX_CUSTOM_TAGS, MAX_RESOURCES as MAX_TAG_RESOURCES};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -201,7 +204,8 @@ pub struct CallLogEntry {
     pub action: String,
     pub region: String,
     pub client_token: Option<String>,
-    /// `InstanceId.N` of a DeleteInstances, or the `InstanceIds` filter of a DescribeInstances.
+    /// `InstanceId.N` of a DeleteInstances, `ResourceId.N` of a TagResources or UntagResources,
+    /// or the `InstanceIds` filter of a DescribeInstances.
     pub instance_ids: Vec<String>,
     /// The `NextToken` or `PageNumber` a DescribeInstances asked for (`None` for a first page).
     pub page: Option<String>,

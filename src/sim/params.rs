@@ -1,7 +1,7 @@
-//! The request parameters both ECS actions read the same way: `RegionId`, booleans such as
-//! `DryRun`, and `InstanceId.N`.
+//! The request parameters the actions read the same way: `RegionId`, booleans such as `DryRun`,
+//! and numbered lists (`InstanceId.N`, `ResourceId.N`, `TagKey.N`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{api_err, ApiError, SimState};
 use crate::ecs::types::Instance;
@@ -54,9 +54,18 @@ pub(super) fn require_region<'a>(
 pub(super) fn instance_id_params(
     params: &[(String, String)],
 ) -> Result<Vec<(usize, String)>, ApiError> {
-    let mut ids = Vec::new();
+    indexed_params(params, "InstanceId.")
+}
+
+/// The parameters `PREFIX` + N (`ResourceId.`, `TagKey.`), ordered by N; an error when N is not
+/// a positive number.
+pub(super) fn indexed_params(
+    params: &[(String, String)],
+    prefix: &str,
+) -> Result<Vec<(usize, String)>, ApiError> {
+    let mut out = Vec::new();
     for (k, v) in params {
-        if let Some(n) = k.strip_prefix("InstanceId.") {
+        if let Some(n) = k.strip_prefix(prefix) {
             let n: usize = n.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
                 api_err(
                     400,
@@ -64,9 +73,31 @@ pub(super) fn instance_id_params(
                     format!("The parameter name \"{k}\" is not valid: N counts from 1."),
                 )
             })?;
-            ids.push((n, v.clone()));
+            out.push((n, v.clone()));
         }
     }
-    ids.sort();
+    out.sort();
+    Ok(out)
+}
+
+/// The ids of the `PREFIX` + N parameters (`InstanceId.`, `ResourceId.`), in N order, an id named
+/// twice (under one index or two) once; `MissingParameter` when there is none.
+pub(super) fn unique_ids(
+    params: &[(String, String)],
+    prefix: &str,
+) -> Result<Vec<String>, ApiError> {
+    let mut seen = HashSet::new();
+    let ids: Vec<String> = indexed_params(params, prefix)?
+        .into_iter()
+        .map(|(_, id)| id)
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
+    if ids.is_empty() {
+        return Err(api_err(
+            400,
+            "MissingParameter",
+            format!("The input parameter \"{prefix}N\" that is mandatory for processing this request is not supplied."),
+        ));
+    }
     Ok(ids)
 }

@@ -16,7 +16,8 @@
 //! The store's jobs, one module each: `queue` (enqueue, claim, cancel and retry releases),
 //! `batches` (leases, attempts, settling and re-forming batches), `runs` (policy runs), `audit`
 //! (the audit log), `settings` (the pause and the database's identity), `observations` (when
-//! instances were first seen Stopped), `safety` (holds, quarantines, scopes, what was already
+//! instances were first seen Stopped), `marks` (the tags written on instances waiting out their
+//! grace), `safety` (holds, quarantines, scopes, what was already
 //! released), `views` (what operators and metrics read), `rows` (the typed rows, states and
 //! ids they return), `diagnose` (SQLite's errors explained) and `db` (the two databases).
 
@@ -25,6 +26,7 @@ mod batches;
 mod db;
 mod diagnose;
 mod exemptions;
+mod marks;
 mod observations;
 mod queue;
 mod rows;
@@ -41,6 +43,7 @@ pub use audit::{EventFilter, NewEvent};
 pub use batches::MemberOutcome;
 pub use diagnose::{SqliteDiagnosis, SqliteProblem};
 pub use exemptions::{Exempted, ExemptionRow, SeenExemption};
+pub use marks::{MarkRow, MarkState};
 pub use observations::Seen;
 pub use queue::NewRelease;
 pub use rows::{
