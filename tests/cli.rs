@@ -262,7 +262,8 @@ async fn user_errors_say_what_and_how_to_fix_it() {
 
     let out = run(None, dir.path(), &["queue", "list", "--state", "done"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("pending, snapshotting, in_flight, succeeded, failed, cancelled"));
+    assert!(text(&out.stderr)
+        .contains("pending, snapshotting, in_flight, succeeded, failed, cancelled"));
 
     std::fs::write(
         dir.path().join("policies/bad.yaml"),

@@ -145,9 +145,16 @@ fn spawn_progress(store: Store) -> (indicatif::ProgressBar, tokio::task::JoinHan
         loop {
             if let Ok(c) = store.counts().await {
                 let done = (settled(&c) - settled(&start)).max(0) as u64;
-                b.set_length(done + (c.pending + c.in_flight) as u64);
+                b.set_length(done + (c.pending + c.snapshotting + c.in_flight) as u64);
                 b.set_position(done);
-                b.set_message(format!("({} in flight, {} queued)", c.in_flight, c.pending));
+                b.set_message(if c.snapshotting > 0 {
+                    format!(
+                        "({} in flight, {} snapshotting, {} queued)",
+                        c.in_flight, c.snapshotting, c.pending
+                    )
+                } else {
+                    format!("({} in flight, {} queued)", c.in_flight, c.pending)
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
