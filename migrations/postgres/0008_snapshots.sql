@@ -25,3 +25,7 @@ CREATE TABLE snapshots (
     updated_at   BIGINT  NOT NULL,
     PRIMARY KEY (release_id, disk_id)
 );
+
+-- Workers look for releases to snapshot on every step: only among those that need it.
+CREATE INDEX releases_to_snapshot ON releases (id)
+    WHERE state = 'pending' AND snapshot_days IS NOT NULL;

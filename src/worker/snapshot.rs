@@ -111,25 +111,23 @@ impl Workers {
                 return Ok(failed);
             }
         }
-        // Look at what is progressing.
-        let progressing: Vec<String> = rows
-            .iter()
-            .filter(|s| s.state == "progressing")
-            .filter_map(|s| s.snapshot_id.clone())
-            .collect();
-        if !progressing.is_empty() {
-            let listed = match client.describe_snapshots(&r.region, &progressing).await {
+        // Look at every snapshot made: those progressing, and those accomplished, which must
+        // still exist (a retry long after may find them expired by their RetentionDays).
+        let made: Vec<String> = rows.iter().filter_map(|s| s.snapshot_id.clone()).collect();
+        if !made.is_empty() {
+            let listed = match client.describe_snapshots(&r.region, &made).await {
                 Ok(v) => v,
                 Err(e) => return Ok(Stage::Wait(format!("cannot read its snapshots yet: {e}"))),
             };
             let now = self.ctx.clock.now();
-            for s in rows.iter_mut().filter(|s| s.state == "progressing") {
+            for s in rows.iter_mut().filter(|s| s.snapshot_id.is_some()) {
                 let id = s.snapshot_id.clone().unwrap_or_default();
                 let status = listed
                     .iter()
                     .find(|(sid, _)| *sid == id)
                     .map(|(_, st)| st.as_str());
                 match status {
+                    Some("accomplished") if s.state == "accomplished" => {}
                     Some("accomplished") => {
                         self.ctx
                             .store
