@@ -57,7 +57,12 @@ async fn run(instances: usize, measuring: bool) {
     let sizes: HashMap<(String, String), usize> =
         inv.regions().map(|(k, v)| (k.clone(), v.len())).collect();
     let t = Instant::now();
-    let report = pricing::price_plan(&mut plan, &accounts, &sizes, &PriceConfig::default()).await;
+    let pricer = pricing::Pricer {
+        accounts: &accounts,
+        config: &PriceConfig::default(),
+        cache: &pricing::PriceCache::default(),
+    };
+    let report = pricer.price_plan(&mut plan, &sizes, |_| true, now).await;
     let pricing_s = t.elapsed().as_secs_f64();
     let (disks, prices, renewals) = (
         count(&h, "DescribeDisks"),

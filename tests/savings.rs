@@ -409,3 +409,155 @@ async fn apply_keeps_the_figure_each_release_went_with_and_sums_it() {
         vec![ecs_janitor::money::Money::new(141_122, "CNY")]
     );
 }
+
+/// Eight running instances of eight types in one region, each with a system disk and a data
+/// disk that go with it.
+fn eight_types() -> Vec<Instance> {
+    [
+        "ecs.g6.large",
+        "ecs.g6.xlarge",
+        "ecs.g6.2xlarge",
+        "ecs.c7.large",
+        "ecs.c7.xlarge",
+        "ecs.r7.large",
+        "ecs.r7.xlarge",
+        "ecs.r7.2xlarge",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(n, ty)| {
+        let mut i = tagged(
+            &format!("i-t{n}"),
+            InstanceStatus::Running,
+            ChargeType::PostPaid,
+            "",
+        );
+        i.instance_type = ty.to_string();
+        i
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn price_calls_go_several_at_once_through_the_clients_own_pacing() {
+    let f = eight_types();
+    let faults = Faults {
+        latency: std::time::Duration::from_millis(50),
+        ..Faults::default()
+    };
+    let h = common::start_sim(f.clone(), faults, 3).await;
+    for i in &f {
+        h.sim.set_disks(&i.instance_id, disks(i, true));
+    }
+    let db = common::sqlite().await;
+    let ps = common::policies(POLICY);
+    let client = common::client(&h);
+    let app = common::Pipeline::new(&db.store, client.clone(), ps.clone()).build();
+    // The listing is one page: the peak counted from here on is pricing's.
+    let plan = app.reconciler.plan_only(&ps, Utc::now()).await.unwrap();
+    assert!(plan
+        .releases()
+        .all(|r| r.saving.as_ref().unwrap().monthly.is_some()));
+    let peak = h.sim.take_peak_in_flight();
+    // Eight instance types and two disk sizes: ten DescribePrice calls, not one at a time, and
+    // never more than pricing's bound per region.
+    assert!(
+        peak > 2,
+        "pricing's calls overlap (peak {peak} in flight at once)"
+    );
+    assert!(
+        peak <= ecs_janitor::pricing::IN_FLIGHT_PER_REGION,
+        "pricing keeps a few calls in flight per region, not all of them (peak {peak})"
+    );
+    // Every call went through the account's client and its pacing per (region, API).
+    for action in ["DescribePrice", "DescribeDisks"] {
+        assert!(
+            client.pacer().state(REGION, action).is_some(),
+            "{action} is paced by the client"
+        );
+    }
+}
+
+fn count(h: &SimHandle, action: &str) -> usize {
+    h.sim.calls().iter().filter(|c| c.action == action).count()
+}
+
+#[tokio::test]
+async fn a_second_pass_asks_no_price_already_known() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let ps = common::policies(POLICY);
+    let app = common::Pipeline::new(&db.store, common::client(&h), ps.clone()).build();
+    let first = app.reconciler.plan_only(&ps, Utc::now()).await.unwrap();
+    let (prices, renewals) = (
+        count(&h, "DescribePrice"),
+        count(&h, "DescribeRenewalPrice"),
+    );
+    // g6.large, the type ECS does not sell, and two disk sizes; one renewal.
+    assert_eq!((prices, renewals), (4, 1));
+    let second = app.reconciler.plan_only(&ps, Utc::now()).await.unwrap();
+    assert_eq!(
+        count(&h, "DescribePrice"),
+        prices + 1,
+        "only the lookup that failed (the type ECS does not sell) is asked again"
+    );
+    assert_eq!(count(&h, "DescribeRenewalPrice"), renewals);
+    let figures = |p: &Plan| -> Vec<_> {
+        p.releases()
+            .map(|r| r.saving.clone().unwrap().monthly)
+            .collect()
+    };
+    assert_eq!(
+        figures(&first),
+        figures(&second),
+        "the same figures, cached"
+    );
+}
+
+const GRACE_POLICY: &str = r#"
+name: sweep
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: sweep}
+release:
+  force: true
+  terminate_subscription: true
+  allow_security_locked: true
+  grace: 24h
+limits:
+  max_releases_per_run: 1000
+"#;
+
+#[tokio::test]
+async fn a_pass_prices_only_the_releases_it_queues() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let ps = common::policies(GRACE_POLICY);
+    let app = common::Pipeline::new(&db.store, common::client(&h), ps.clone()).build();
+    let t0 = Utc::now();
+    let first = app.reconciler.pass(&ps, t0, None, t0).await.unwrap();
+    assert_eq!(first.runs[0].enqueued, 6);
+    let before = h.sim.calls().len();
+    let rows = db.store.list_releases(&Default::default()).await.unwrap();
+    assert!(rows.iter().all(|r| r.saving.is_some()), "{rows:?}");
+    // The next tick: every release is already queued with its figure, waiting out its grace.
+    let t1 = t0 + chrono::Duration::hours(1);
+    let second = app.reconciler.pass(&ps, t1, None, t1).await.unwrap();
+    assert_eq!(second.runs[0].enqueued, 0);
+    let asked: Vec<String> = h.sim.calls()[before..]
+        .iter()
+        .map(|c| c.action.clone())
+        .filter(|a| a != "DescribeInstances")
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "nothing needed a figure, so nothing was priced: {asked:?}"
+    );
+    let after = db.store.list_releases(&Default::default()).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| &r.saving).collect::<Vec<_>>(),
+        after.iter().map(|r| &r.saving).collect::<Vec<_>>(),
+        "each keeps the figure it was queued with"
+    );
+}
