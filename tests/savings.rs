@@ -561,3 +561,73 @@ async fn a_pass_prices_only_the_releases_it_queues() {
         "each keeps the figure it was queued with"
     );
 }
+
+#[tokio::test]
+async fn the_released_notification_carries_each_figure_it_was_queued_with() {
+    use ecs_janitor::notify::{Notifier, NotifierOptions, WebhookConfig, WebhookFormat};
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let (url, got) = common::receiver().await;
+    let n = Notifier::start(
+        vec![WebhookConfig::new(url, WebhookFormat::Generic, Some("test".into())).unwrap()],
+        NotifierOptions {
+            seed: 1,
+            ..NotifierOptions::default()
+        },
+    )
+    .unwrap();
+    let mut p = common::Pipeline::new(&db.store, common::client(&h), common::policies(POLICY));
+    p.extras.notifier = Some(n.clone());
+    p.build()
+        .apply(
+            None,
+            &Default::default(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        n.flush(std::time::Duration::from_secs(10)).await,
+        "delivered"
+    );
+    let bodies = got.lock().unwrap().clone();
+    let released: Vec<&serde_json::Value> = bodies
+        .iter()
+        .flat_map(|b| b["events"].as_array().unwrap())
+        .filter(|e| e["kind"] == "released")
+        .collect();
+    assert_eq!(released.len(), 1, "one batch of six: {bodies:?}");
+    let text = bodies
+        .iter()
+        .map(|b| b["text"].as_str().unwrap())
+        .collect::<String>();
+    for want in [
+        "sweep: 6 instances released, saving ≈ ¥1,411/month at list prices (1 unknown); renewal avoided ≈ ¥503/month",
+        "- i-running (name-i-running) in cn-hangzhou at ",
+        "- i-stopcharging (name-i-stopcharging) in cn-hangzhou at ",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("- {id} ")))
+            .unwrap_or_else(|| panic!("{id} in:\n{text}"))
+            .to_string()
+    };
+    for (id, want) in [
+        ("i-running", "; saves ≈ ¥390.40/month"),
+        ("i-stopcharging", "; saves ≈ ¥40.00/month"),
+        ("i-locked", "; saves ≈ ¥590.42/month"),
+        (
+            "i-sub",
+            "; saves ≈ ¥0.00/month, renewal avoided ≈ ¥502.82/month",
+        ),
+        ("i-odd", "; saving unknown"),
+    ] {
+        assert!(line(id).ends_with(want), "{want:?} in {}", line(id));
+    }
+    assert_eq!(
+        released[0]["saves"]["monthly"],
+        serde_json::json!([{"amount": "1411.22", "currency": "CNY"}])
+    );
+}
