@@ -631,3 +631,64 @@ async fn the_released_notification_carries_each_figure_it_was_queued_with() {
         serde_json::json!([{"amount": "1411.22", "currency": "CNY"}])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_shows_each_release_with_the_saving_it_was_released_with() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let p = common::Pipeline::new(&db.store, common::client(&h), common::policies(POLICY));
+    p.build()
+        .apply(
+            None,
+            &Default::default(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let history = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-janitor"))
+            .arg("history")
+            .args(args)
+            .env("JANITOR_DATABASE_URL", &db.url)
+            .env("JANITOR_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = history(&["--kind", "succeeded"]);
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!(" {id} ")))
+            .unwrap_or_else(|| panic!("{id} in:\n{text}"))
+            .to_string()
+    };
+    for (id, want) in [
+        ("i-running", "saves ≈ ¥390.40/month"),
+        ("i-stopcharging", "saves ≈ ¥40.00/month"),
+        (
+            "i-sub",
+            "saves ≈ ¥0.00/month, renewal avoided ≈ ¥502.82/month",
+        ),
+        ("i-odd", "saving unknown"),
+    ] {
+        assert!(line(id).ends_with(want), "{want:?} in {}", line(id));
+    }
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&history(&["--json", "--instance", "i-running"])).unwrap();
+    let succeeded = json.iter().find(|e| e["kind"] == "succeeded").unwrap();
+    assert_eq!(
+        succeeded["saving"],
+        serde_json::json!({"basis": "compute_and_disks",
+            "monthly": {"amount": "390.40", "currency": "CNY"}, "renewal_avoided": null})
+    );
+    let enqueued = json.iter().find(|e| e["kind"] == "enqueued").unwrap();
+    assert!(
+        enqueued.get("saving").is_none(),
+        "only the success carries it: {enqueued}"
+    );
+}

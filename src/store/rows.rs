@@ -533,6 +533,11 @@ struct RawEvent {
     request_id: Option<String>,
     client_token: Option<String>,
     detail: String,
+    /// The release's saving columns, joined on a success (NULL otherwise).
+    saving_basis: Option<String>,
+    saving_minor: Option<i64>,
+    saving_currency: Option<String>,
+    renewal_minor: Option<i64>,
 }
 
 /// One audit log entry, as `history --json` shows it (times in RFC 3339, UTC).
@@ -550,6 +555,10 @@ pub struct EventRow {
     pub request_id: Option<String>,
     pub client_token: Option<String>,
     pub detail: String,
+    /// On a release's success: the saving it was released with (the figure it was queued
+    /// with; absent when it was not priced, and on every other event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saving: Option<ReleaseSaving>,
 }
 
 impl<'r, R: sqlx::Row> FromRow<'r, R> for EventRow
@@ -570,6 +579,12 @@ where
             request_id: e.request_id,
             client_token: e.client_token,
             detail: e.detail,
+            saving: ReleaseSaving::from_columns(
+                e.saving_basis,
+                e.saving_minor,
+                e.saving_currency,
+                e.renewal_minor,
+            ),
         })
     }
 }
