@@ -201,6 +201,10 @@ pub struct CallLogEntry {
     pub instance_ids: Vec<String>,
     /// The `NextToken` or `PageNumber` a DescribeInstances asked for (`None` for a first page).
     pub page: Option<String>,
+    /// Paged by cursor (`NextToken`/`MaxResults`) rather than by number (`PageNumber`): a
+    /// listing by number starts with one first page; one by cursor may follow it when the
+    /// fleet moved while it was listed.
+    pub by_cursor: bool,
     /// `OK` or the error code answered; `Dropped` when the answer was cut off.
     pub outcome: String,
     /// The signature the call was verified with: `v1` or `v3`.
