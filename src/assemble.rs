@@ -25,7 +25,6 @@ pub fn prices(ecs: &EcsSettings) -> anyhow::Result<crate::pricing::PriceConfig> 
     };
     Ok(crate::pricing::PriceConfig {
         file,
-        calls_per_second: ecs.price_calls_per_second,
         disabled: false,
     })
 }

@@ -1,7 +1,8 @@
 //! The long-lived parts every job shares, built once: the store, the ECS clients by account, the
 //! policy set (behind a watch channel, so a reload reaches every reader), the clock, the metrics,
-//! the notifier, the operating window, the protections and how plans are priced. The reconciler, the workers and the
-//! admin server each take a [`Context`]; nothing is patched into them afterwards.
+//! the notifier, the operating window, the protections, how plans are priced and the prices
+//! already answered. The reconciler, the workers and the admin server each take a [`Context`];
+//! nothing is patched into them afterwards.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use crate::ecs::Accounts;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policy::{Policy, ProtectionConfig};
-use crate::pricing::PriceConfig;
+use crate::pricing::{PriceCache, PriceConfig};
 use crate::store::Store;
 use crate::window::OperatingWindow;
 
@@ -58,8 +59,11 @@ pub struct Context {
     /// Releases execute only inside this window (always, when `None`).
     pub window: Option<OperatingWindow>,
     pub protection: ProtectionConfig,
-    /// How plans are priced (the price file, the pace of price calls).
+    /// How plans are priced (the price file).
     pub prices: PriceConfig,
+    /// The list prices ECS answered this process, kept between passes for six hours
+    /// ([`crate::pricing::cache`]); clones share it.
+    pub price_cache: PriceCache,
 }
 
 impl std::fmt::Debug for Context {
@@ -106,6 +110,7 @@ impl Context {
             window: extras.window,
             protection: extras.protection,
             prices: extras.prices,
+            price_cache: PriceCache::default(),
         };
         (ctx, reload)
     }

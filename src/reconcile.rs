@@ -144,7 +144,7 @@ impl Reconciler {
     ) -> Result<Plan, ReconcileError> {
         let (inv, ctx) = self.observe(policies, now, false).await?;
         let mut plan = evaluate(policies, &inv, &ctx, now);
-        self.price(&mut plan, &inv).await;
+        self.price(&mut plan, &inv, |_| true, now).await;
         let recorded = self.ctx.store.marks().await?;
         crate::marks::annotate(
             &mut plan,
@@ -181,11 +181,23 @@ impl Reconciler {
         }
     }
 
-    /// Prices the plan's releases (never fails: an unknown price shows as unknown).
-    pub async fn price(&self, plan: &mut Plan, inv: &Inventory) -> crate::pricing::PricingReport {
+    /// Prices the plan's releases that `wanted` picks (never fails: an unknown price shows as
+    /// unknown), with the prices this process already has.
+    pub async fn price(
+        &self,
+        plan: &mut Plan,
+        inv: &Inventory,
+        wanted: impl Fn(&plan::PlannedRelease) -> bool,
+        now: DateTime<Utc>,
+    ) -> crate::pricing::PricingReport {
         let sizes: HashMap<(String, String), usize> =
             inv.regions().map(|(k, v)| (k.clone(), v.len())).collect();
-        crate::pricing::price_plan(plan, &self.ctx.accounts, &sizes, &self.ctx.prices).await
+        let pricer = crate::pricing::Pricer {
+            accounts: &self.ctx.accounts,
+            config: &self.ctx.prices,
+            cache: &self.ctx.price_cache,
+        };
+        pricer.price_plan(plan, &sizes, wanted, now).await
     }
 
     /// Fetches the inventory and builds the evaluation context; with `record`, first notes
@@ -266,7 +278,27 @@ impl Reconciler {
         }
         let (inv, ctx) = self.observe(policies, now, true).await?;
         let mut plan = evaluate(policies, &inv, &ctx, now);
-        self.price(&mut plan, &inv).await;
+        // Only what this pass queues needs a figure: a release already queued keeps the one it
+        // was queued with, and a dry run or a release outside a saved plan is not queued.
+        let queues: HashSet<&str> = policies
+            .iter()
+            .filter(|p| !p.dry_run && !self.force_dry_run)
+            .map(|p| p.name.as_str())
+            .collect();
+        let scope: Option<HashSet<(&str, &str)>> = saved.map(|s| {
+            s.releases
+                .iter()
+                .map(|r| (r.instance_id.as_str(), r.policy.as_str()))
+                .collect()
+        });
+        let needs_figure = |r: &plan::PlannedRelease| {
+            queues.contains(r.policy.as_str())
+                && !ctx.queued.contains_key(&r.instance_id)
+                && scope
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&(r.instance_id.as_str(), r.policy.as_str())))
+        };
+        self.price(&mut plan, &inv, needs_figure, now).await;
         let active = self.ctx.store.active_releases().await?;
         // Of the queued instances, those the inventory listed (for cancellation reasons); then
         // the inventory, the largest thing a pass holds, is let go before queueing.

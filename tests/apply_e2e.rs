@@ -381,28 +381,6 @@ async fn switching_a_policy_to_dry_run_cancels_what_it_queued() {
     }
 }
 
-/// A webhook receiver on 127.0.0.1 that keeps every body it is sent.
-async fn receiver() -> (url::Url, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
-    let got: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
-    let g = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
-            let g = g.clone();
-            async move {
-                g.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = url::Url::parse(&format!("http://{}/hook", l.local_addr().unwrap())).unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
-    (url, got)
-}
-
 #[tokio::test]
 async fn notifications_tell_of_scheduled_released_failed_and_refused() {
     use ecs_janitor::notify::{Notifier, NotifierOptions, WebhookConfig, WebhookFormat};
@@ -438,7 +416,7 @@ limits:
     let h = common::start_sim(fleet, Faults::default(), 12).await;
     common::refuse_every_call_naming(&h, "i-1", 3);
     let db = common::sqlite().await;
-    let (url, got) = receiver().await;
+    let (url, got) = common::receiver().await;
     let n = Notifier::start(
         vec![WebhookConfig::new(url, WebhookFormat::Generic, Some("test".into())).unwrap()],
         NotifierOptions {

@@ -1197,3 +1197,74 @@ async fn describe_renewal_price_prices_a_month_of_a_subscription() {
         .unwrap_err();
     assert_eq!(e.code(), "InvalidInstanceId.NotFound");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_number_listing_that_sees_the_fleet_move_lists_again_by_cursor() {
+    // 350 stopped instances, the first 50 being released: ECS lists them for a while, then
+    // not, and they stop being listed between the listing's first page and the others.
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let fleet: Vec<Instance> = (0..350)
+        .map(|n| {
+            inst(
+                &format!("i-{n:04}"),
+                InstanceStatus::Stopped,
+                ChargeType::PostPaid,
+            )
+        })
+        .collect();
+    let cfg = SimConfig {
+        faults: Faults {
+            latency: Duration::from_millis(300),
+            ..Faults::default()
+        },
+        clock: clock.clone(),
+        release_delay: Duration::from_secs(10),
+        ..SimConfig::default()
+    };
+    let h = Simulator::new(cfg, fleet)
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let c = client(&h);
+    let gone: Vec<String> = (0..50).map(|n| format!("i-{n:04}")).collect();
+    let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
+    c.delete_instances(&del(&refs, "moving-fleet-1"))
+        .await
+        .unwrap();
+    let before = h.sim.calls().len();
+    let listing = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.describe_instances_concurrently(REGION, &DescribeFilter::default(), 4)
+                .await
+        }
+    });
+    // The first page is answered (its answer is still on its way: 300 ms), then the released
+    // ones stop being listed, before the other pages are asked for.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h.sim.calls()[before..]
+        .iter()
+        .any(|c| c.action == "DescribeInstances")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first page was asked for"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    clock.advance(chrono::Duration::seconds(11));
+    let listed: HashSet<String> = listing
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect();
+    let remaining: HashSet<String> = (50..350).map(|n| format!("i-{n:04}")).collect();
+    assert_eq!(
+        listed.len(),
+        remaining.len(),
+        "every instance listed once, none skipped by the pages' shift"
+    );
+    assert_eq!(listed, remaining);
+}

@@ -15,10 +15,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use ecs_janitor::backoff::Backoff;
+use ecs_janitor::money::Money;
 use ecs_janitor::notify::{
     FailedRelease, InstanceRef, Notification, Notifier, NotifierOptions, ReleasedInstance,
     WebhookConfig, WebhookFormat,
 };
+use ecs_janitor::store::ReleaseSaving;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -161,11 +163,13 @@ fn cases() -> Vec<(Notification, Value, Value, Value)> {
                 instance: web1(),
                 request_id: Some("RID-1".into()),
                 at: t("2024-05-07T02:00:05Z"),
+                saving: None,
             },
             ReleasedInstance {
                 instance: unnamed(),
                 request_id: None,
                 at: t("2024-05-07T02:00:06Z"),
+                saving: None,
             },
         ],
     };
@@ -389,6 +393,7 @@ async fn a_batch_is_one_message_and_long_lists_are_capped() {
                     instance,
                     request_id: Some("RID".into()),
                     at,
+                    saving: None,
                 })
                 .collect(),
         },
@@ -828,4 +833,84 @@ async fn a_dingtalk_robot_with_a_secret_gets_signed_messages() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("secret"), "{e}");
+}
+
+fn saving(basis: &str, monthly: Option<i64>, renewal: Option<i64>) -> Option<ReleaseSaving> {
+    Some(ReleaseSaving {
+        basis: basis.into(),
+        monthly: monthly.map(|v| Money::new(v, "CNY")),
+        renewal_avoided: renewal.map(|v| Money::new(v, "CNY")),
+    })
+}
+
+#[tokio::test]
+async fn a_completed_release_says_what_it_saves_and_the_batch_its_total() {
+    let rx = Receiver::start(Mode::Script(&[])).await;
+    let notifier = Notifier::start(
+        vec![
+            rx.hook("/generic", WebhookFormat::Generic, "g"),
+            rx.hook("/slack", WebhookFormat::Slack, "s"),
+        ],
+        fast(),
+    )
+    .unwrap();
+    let at = t("2024-05-07T02:00:05Z");
+    let released = |instance: InstanceRef, saving| ReleasedInstance {
+        instance,
+        request_id: Some("RID-1".into()),
+        at,
+        saving,
+    };
+    let mut sub = unnamed();
+    sub.instance_id = "i-bp1sub".into();
+    let mut odd = unnamed();
+    odd.instance_id = "i-bp1odd".into();
+    notifier.send_batch(vec![Notification::Released {
+        policy: "stale-dev".into(),
+        releases: vec![
+            released(web1(), saving("compute_and_disks", Some(39_040), None)),
+            released(unnamed(), saving("disks_only", Some(4_000), None)),
+            released(sub, saving("renewal_avoided", Some(0), Some(50_282))),
+            released(odd, saving("compute_and_disks", None, None)),
+        ],
+    }]);
+    assert!(notifier.flush(DEADLINE).await);
+
+    let g = &rx.bodies("/generic")[0];
+    let text = g["text"].as_str().unwrap();
+    for want in [
+        "stale-dev: 4 instances released, saving ≈ ¥430/month at list prices (1 unknown); renewal avoided ≈ ¥503/month",
+        "- i-bp1aaaa (web-1) in cn-hangzhou at 2024-05-07 02:00:05 UTC, RequestId RID-1; saves ≈ ¥390.40/month",
+        "- i-bp1bbbb in cn-shanghai at 2024-05-07 02:00:05 UTC, RequestId RID-1; saves ≈ ¥40.00/month",
+        "- i-bp1sub in cn-shanghai at 2024-05-07 02:00:05 UTC, RequestId RID-1; saves ≈ ¥0.00/month, renewal avoided ≈ ¥502.82/month",
+        "- i-bp1odd in cn-shanghai at 2024-05-07 02:00:05 UTC, RequestId RID-1; saving unknown",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    let event = &g["events"][0];
+    assert_eq!(
+        event["saves"],
+        json!({
+            "monthly": [{"amount": "430.40", "currency": "CNY"}],
+            "renewal_avoided": [{"amount": "502.82", "currency": "CNY"}],
+            "unknown": 1,
+            "list_price": true,
+        })
+    );
+    assert_eq!(
+        event["instances"][0]["saving"],
+        json!({"basis": "compute_and_disks", "monthly": {"amount": "390.40", "currency": "CNY"}, "renewal_avoided": null})
+    );
+    assert!(
+        event["instances"][3]["saving"]["monthly"].is_null(),
+        "unknown is null, never 0"
+    );
+
+    let slack = rx.bodies("/slack")[0]["text"].as_str().unwrap().to_string();
+    assert!(
+        slack.contains(
+            "*stale-dev*: 4 instances released, saving ≈ ¥430/month at list prices (1 unknown)"
+        ),
+        "{slack}"
+    );
 }

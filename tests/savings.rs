@@ -409,3 +409,286 @@ async fn apply_keeps_the_figure_each_release_went_with_and_sums_it() {
         vec![ecs_janitor::money::Money::new(141_122, "CNY")]
     );
 }
+
+/// Eight running instances of eight types in one region, each with a system disk and a data
+/// disk that go with it.
+fn eight_types() -> Vec<Instance> {
+    [
+        "ecs.g6.large",
+        "ecs.g6.xlarge",
+        "ecs.g6.2xlarge",
+        "ecs.c7.large",
+        "ecs.c7.xlarge",
+        "ecs.r7.large",
+        "ecs.r7.xlarge",
+        "ecs.r7.2xlarge",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(n, ty)| {
+        let mut i = tagged(
+            &format!("i-t{n}"),
+            InstanceStatus::Running,
+            ChargeType::PostPaid,
+            "",
+        );
+        i.instance_type = ty.to_string();
+        i
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn price_calls_go_several_at_once_through_the_clients_own_pacing() {
+    let f = eight_types();
+    let faults = Faults {
+        latency: std::time::Duration::from_millis(50),
+        ..Faults::default()
+    };
+    let h = common::start_sim(f.clone(), faults, 3).await;
+    for i in &f {
+        h.sim.set_disks(&i.instance_id, disks(i, true));
+    }
+    let db = common::sqlite().await;
+    let ps = common::policies(POLICY);
+    let client = common::client(&h);
+    let app = common::Pipeline::new(&db.store, client.clone(), ps.clone()).build();
+    // The listing is one page: the peak counted from here on is pricing's.
+    let plan = app.reconciler.plan_only(&ps, Utc::now()).await.unwrap();
+    assert!(plan
+        .releases()
+        .all(|r| r.saving.as_ref().unwrap().monthly.is_some()));
+    let peak = h.sim.take_peak_in_flight();
+    // Eight instance types and two disk sizes: ten DescribePrice calls, not one at a time, and
+    // never more than pricing's bound per region.
+    assert!(
+        peak > 2,
+        "pricing's calls overlap (peak {peak} in flight at once)"
+    );
+    assert!(
+        peak <= ecs_janitor::pricing::IN_FLIGHT_PER_REGION,
+        "pricing keeps a few calls in flight per region, not all of them (peak {peak})"
+    );
+    // Every call went through the account's client and its pacing per (region, API).
+    for action in ["DescribePrice", "DescribeDisks"] {
+        assert!(
+            client.pacer().state(REGION, action).is_some(),
+            "{action} is paced by the client"
+        );
+    }
+}
+
+fn count(h: &SimHandle, action: &str) -> usize {
+    h.sim.calls().iter().filter(|c| c.action == action).count()
+}
+
+#[tokio::test]
+async fn a_second_pass_asks_no_price_already_known() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let ps = common::policies(POLICY);
+    let app = common::Pipeline::new(&db.store, common::client(&h), ps.clone()).build();
+    let first = app.reconciler.plan_only(&ps, Utc::now()).await.unwrap();
+    let (prices, renewals) = (
+        count(&h, "DescribePrice"),
+        count(&h, "DescribeRenewalPrice"),
+    );
+    // g6.large, the type ECS does not sell, and two disk sizes; one renewal.
+    assert_eq!((prices, renewals), (4, 1));
+    let second = app.reconciler.plan_only(&ps, Utc::now()).await.unwrap();
+    assert_eq!(
+        count(&h, "DescribePrice"),
+        prices + 1,
+        "only the lookup that failed (the type ECS does not sell) is asked again"
+    );
+    assert_eq!(count(&h, "DescribeRenewalPrice"), renewals);
+    let figures = |p: &Plan| -> Vec<_> {
+        p.releases()
+            .map(|r| r.saving.clone().unwrap().monthly)
+            .collect()
+    };
+    assert_eq!(
+        figures(&first),
+        figures(&second),
+        "the same figures, cached"
+    );
+}
+
+const GRACE_POLICY: &str = r#"
+name: sweep
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  tags: {purpose: sweep}
+release:
+  force: true
+  terminate_subscription: true
+  allow_security_locked: true
+  grace: 24h
+limits:
+  max_releases_per_run: 1000
+"#;
+
+#[tokio::test]
+async fn a_pass_prices_only_the_releases_it_queues() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let ps = common::policies(GRACE_POLICY);
+    let app = common::Pipeline::new(&db.store, common::client(&h), ps.clone()).build();
+    let t0 = Utc::now();
+    let first = app.reconciler.pass(&ps, t0, None, t0).await.unwrap();
+    assert_eq!(first.runs[0].enqueued, 6);
+    let before = h.sim.calls().len();
+    let rows = db.store.list_releases(&Default::default()).await.unwrap();
+    assert!(rows.iter().all(|r| r.saving.is_some()), "{rows:?}");
+    // The next tick: every release is already queued with its figure, waiting out its grace.
+    let t1 = t0 + chrono::Duration::hours(1);
+    let second = app.reconciler.pass(&ps, t1, None, t1).await.unwrap();
+    assert_eq!(second.runs[0].enqueued, 0);
+    let asked: Vec<String> = h.sim.calls()[before..]
+        .iter()
+        .map(|c| c.action.clone())
+        .filter(|a| a != "DescribeInstances")
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "nothing needed a figure, so nothing was priced: {asked:?}"
+    );
+    let after = db.store.list_releases(&Default::default()).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| &r.saving).collect::<Vec<_>>(),
+        after.iter().map(|r| &r.saving).collect::<Vec<_>>(),
+        "each keeps the figure it was queued with"
+    );
+}
+
+#[tokio::test]
+async fn the_released_notification_carries_each_figure_it_was_queued_with() {
+    use ecs_janitor::notify::{Notifier, NotifierOptions, WebhookConfig, WebhookFormat};
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let (url, got) = common::receiver().await;
+    let n = Notifier::start(
+        vec![WebhookConfig::new(url, WebhookFormat::Generic, Some("test".into())).unwrap()],
+        NotifierOptions {
+            seed: 1,
+            ..NotifierOptions::default()
+        },
+    )
+    .unwrap();
+    let mut p = common::Pipeline::new(&db.store, common::client(&h), common::policies(POLICY));
+    p.extras.notifier = Some(n.clone());
+    p.build()
+        .apply(
+            None,
+            &Default::default(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        n.flush(std::time::Duration::from_secs(10)).await,
+        "delivered"
+    );
+    let bodies = got.lock().unwrap().clone();
+    let released: Vec<&serde_json::Value> = bodies
+        .iter()
+        .flat_map(|b| b["events"].as_array().unwrap())
+        .filter(|e| e["kind"] == "released")
+        .collect();
+    assert_eq!(released.len(), 1, "one batch of six: {bodies:?}");
+    let text = bodies
+        .iter()
+        .map(|b| b["text"].as_str().unwrap())
+        .collect::<String>();
+    for want in [
+        "sweep: 6 instances released, saving ≈ ¥1,411/month at list prices (1 unknown); renewal avoided ≈ ¥503/month",
+        "- i-running (name-i-running) in cn-hangzhou at ",
+        "- i-stopcharging (name-i-stopcharging) in cn-hangzhou at ",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("- {id} ")))
+            .unwrap_or_else(|| panic!("{id} in:\n{text}"))
+            .to_string()
+    };
+    for (id, want) in [
+        ("i-running", "; saves ≈ ¥390.40/month"),
+        ("i-stopcharging", "; saves ≈ ¥40.00/month"),
+        ("i-locked", "; saves ≈ ¥590.42/month"),
+        (
+            "i-sub",
+            "; saves ≈ ¥0.00/month, renewal avoided ≈ ¥502.82/month",
+        ),
+        ("i-odd", "; saving unknown"),
+    ] {
+        assert!(line(id).ends_with(want), "{want:?} in {}", line(id));
+    }
+    assert_eq!(
+        released[0]["saves"]["monthly"],
+        serde_json::json!([{"amount": "1411.22", "currency": "CNY"}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_shows_each_release_with_the_saving_it_was_released_with() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let p = common::Pipeline::new(&db.store, common::client(&h), common::policies(POLICY));
+    p.build()
+        .apply(
+            None,
+            &Default::default(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let history = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-janitor"))
+            .arg("history")
+            .args(args)
+            .env("JANITOR_DATABASE_URL", &db.url)
+            .env("JANITOR_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = history(&["--kind", "succeeded"]);
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!(" {id} ")))
+            .unwrap_or_else(|| panic!("{id} in:\n{text}"))
+            .to_string()
+    };
+    for (id, want) in [
+        ("i-running", "saves ≈ ¥390.40/month"),
+        ("i-stopcharging", "saves ≈ ¥40.00/month"),
+        (
+            "i-sub",
+            "saves ≈ ¥0.00/month, renewal avoided ≈ ¥502.82/month",
+        ),
+        ("i-odd", "saving unknown"),
+    ] {
+        assert!(line(id).ends_with(want), "{want:?} in {}", line(id));
+    }
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&history(&["--json", "--instance", "i-running"])).unwrap();
+    let succeeded = json.iter().find(|e| e["kind"] == "succeeded").unwrap();
+    assert_eq!(
+        succeeded["saving"],
+        serde_json::json!({"basis": "compute_and_disks",
+            "monthly": {"amount": "390.40", "currency": "CNY"}, "renewal_avoided": null})
+    );
+    let enqueued = json.iter().find(|e| e["kind"] == "enqueued").unwrap();
+    assert!(
+        enqueued.get("saving").is_none(),
+        "only the success carries it: {enqueued}"
+    );
+}

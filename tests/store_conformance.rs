@@ -1320,3 +1320,73 @@ conformance!(
         assert_eq!(batch.members[0].instance_id, "i-1");
     }
 );
+
+conformance!(
+    the_audit_log_shows_each_release_with_the_saving_it_was_released_with,
+    |db: TestDb| async move {
+        use ecs_janitor::money::Money;
+        use ecs_janitor::store::{EventFilter, ReleaseSaving};
+        let s = &db.store;
+        let a = s
+            .enqueue(
+                &[
+                    rel("i-a", "r1", false),
+                    rel("i-b", "r1", false),
+                    rel("i-c", "r1", false),
+                ],
+                t0(),
+            )
+            .await
+            .unwrap();
+        let priced = ReleaseSaving {
+            basis: "renewal_avoided".into(),
+            monthly: Some(Money::new(0, "CNY")),
+            renewal_avoided: Some(Money::new(50_282, "CNY")),
+        };
+        let unknown = ReleaseSaving {
+            basis: "compute_and_disks".into(),
+            monthly: None,
+            renewal_avoided: None,
+        };
+        // i-c was not priced.
+        s.record_savings(&[(a[0].0, priced.clone()), (a[1].0, unknown.clone())])
+            .await
+            .unwrap();
+        let kept = s.savings_of(&[a[0].0, a[1].0, a[2].0]).await.unwrap();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[&a[0].0], priced);
+        release_all(s, t0()).await;
+        let events = s.events_where(&EventFilter::default()).await.unwrap();
+        let succeeded = |id: &str| {
+            events
+                .iter()
+                .find(|e| e.kind == "succeeded" && e.instance_id.as_deref() == Some(id))
+                .unwrap_or_else(|| panic!("{id} succeeded in {events:?}"))
+        };
+        assert_eq!(succeeded("i-a").saving, Some(priced));
+        assert_eq!(succeeded("i-b").saving, Some(unknown));
+        assert_eq!(succeeded("i-c").saving, None, "not priced");
+        assert!(
+            events
+                .iter()
+                .filter(|e| e.kind != "succeeded")
+                .all(|e| e.saving.is_none()),
+            "only a release's success carries its figure"
+        );
+        let json = serde_json::to_value(succeeded("i-a")).unwrap();
+        assert_eq!(json["saving"]["renewal_avoided"]["amount"], "502.82");
+        // The filters still narrow it (their columns are the events', not the releases').
+        let only = s
+            .events_where(&EventFilter {
+                instance_id: Some("i-a".into()),
+                kind: Some("succeeded".into()),
+                policy: Some("p".into()),
+                since: Some(t0()),
+                limit: Some(5),
+            })
+            .await
+            .unwrap();
+        assert_eq!(only.len(), 1);
+        assert!(only[0].saving.is_some());
+    }
+);

@@ -213,8 +213,13 @@ pub(super) async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::R
         return Ok(ExitCode::SUCCESS);
     }
     for e in events {
+        // A release's success: what it saves per month, as it was queued (list prices).
+        let saves = e
+            .saving
+            .map(|s| format!("; {}", s.words()))
+            .unwrap_or_default();
         outln!(
-            "{} {:<16} {:<24} {:<28} {:<28} {} {}",
+            "{} {:<16} {:<24} {:<28} {:<28} {} {}{saves}",
             e.at.format("%Y-%m-%dT%H:%M:%SZ"),
             e.kind,
             e.instance_id.unwrap_or_default(),

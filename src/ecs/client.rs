@@ -507,8 +507,9 @@ impl EcsClient {
     /// Every instance `filter` selects in `region`, with up to `in_flight` pages fetched at
     /// once: a first `PageNumber` page gives the `TotalCount`, then the other pages are asked for
     /// together. When the answer has no `TotalCount` (or ids are listed), pages are fetched in
-    /// `NextToken` order instead. An instance two pages both show (the fleet moved between
-    /// them) is kept once.
+    /// `NextToken` order instead. An instance two pages both show is kept once; when a later
+    /// page's `TotalCount` shows the fleet moved between pages (so offsets shifted and a page
+    /// may have skipped instances), the region is listed again in `NextToken` order.
     pub async fn describe_instances_concurrently(
         &self,
         region: &str,
@@ -531,6 +532,23 @@ impl EcsClient {
             .buffered(in_flight)
             .try_collect()
             .await?;
+        // Pages by number are offsets: when the fleet moved between them (an instance ECS was
+        // releasing stopped being listed), later pages shifted and may have skipped instances.
+        // A page whose TotalCount differs shows it; the cursor (NextToken) is not shifted by
+        // instances leaving, so the region is listed again that way.
+        if let Some(moved) = rest
+            .iter()
+            .filter_map(|p| p.total_count)
+            .find(|t| *t != total)
+        {
+            tracing::debug!(
+                region,
+                first = total,
+                later = moved,
+                "the fleet moved while it was listed by page number; listing again by NextToken"
+            );
+            return self.describe_instances(region, filter).await;
+        }
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(total);
         for i in first

@@ -60,6 +60,8 @@ pub struct ReleasedInstance {
     /// (for example the instance was already gone).
     pub request_id: Option<String>,
     pub at: DateTime<Utc>,
+    /// What it saves per month, the figure it was queued with (`None`: it was not priced).
+    pub saving: Option<crate::store::ReleaseSaving>,
 }
 
 /// What scheduled releases will save per month (list prices), and how long until they go.

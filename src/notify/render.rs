@@ -136,10 +136,27 @@ fn event_json(n: &Notification, max: usize) -> Value {
                 let mut m = instance_json(&r.instance);
                 m.insert("request_id".into(), json!(r.request_id));
                 m.insert("at".into(), json!(rfc3339(r.at)));
+                if let Some(s) = &r.saving {
+                    m.insert("saving".into(), json!(s));
+                }
                 m
             });
-            json!({"kind": "released", "policy": policy, "count": count,
-                   "instances": instances, "omitted": omitted})
+            let mut v = json!({"kind": "released", "policy": policy, "count": count,
+                   "instances": instances, "omitted": omitted});
+            if let Some(t) = ReleasedTotals::of(releases) {
+                let list = |t: &crate::money::Totals| {
+                    t.iter()
+                        .map(|m| json!({"amount": m.decimal(), "currency": m.currency}))
+                        .collect::<Vec<_>>()
+                };
+                v["saves"] = json!({
+                    "monthly": list(&t.monthly),
+                    "renewal_avoided": list(&t.renewal),
+                    "unknown": t.unknown,
+                    "list_price": true,
+                });
+            }
+            v
         }
         Notification::Failed { policy, releases } => {
             let (count, instances, omitted) = capped_list(releases, max, |r| {
@@ -297,6 +314,60 @@ fn saving_words(s: &super::ScheduledSaving) -> String {
     format!("; releasing in {within} saves {amount}{unknown}")
 }
 
+/// What a batch of completed releases saves per month, summed per currency (list prices, the
+/// figures they were queued with).
+struct ReleasedTotals {
+    monthly: crate::money::Totals,
+    renewal: crate::money::Totals,
+    /// Priced releases whose run-rate saving was unknown.
+    unknown: usize,
+}
+
+impl ReleasedTotals {
+    /// `None` when none of `releases` was priced.
+    fn of(releases: &[super::ReleasedInstance]) -> Option<ReleasedTotals> {
+        let mut t = ReleasedTotals {
+            monthly: crate::money::Totals::new(),
+            renewal: crate::money::Totals::new(),
+            unknown: 0,
+        };
+        let mut priced = false;
+        for s in releases.iter().filter_map(|r| r.saving.as_ref()) {
+            priced = true;
+            match &s.monthly {
+                Some(m) => t.monthly.add(m),
+                None => t.unknown += 1,
+            }
+            if let Some(r) = &s.renewal_avoided {
+                t.renewal.add(r);
+            }
+        }
+        priced.then_some(t)
+    }
+
+    /// `, saving ≈ ¥1,411/month at list prices (1 unknown); renewal avoided ≈ ¥503/month`.
+    fn words(&self) -> String {
+        let mut w = if self.monthly.is_empty() {
+            ", saving unknown".to_string()
+        } else {
+            format!(
+                ", saving ≈ {}/month at list prices",
+                self.monthly.display_whole("CNY")
+            )
+        };
+        if self.unknown > 0 && !self.monthly.is_empty() {
+            w.push_str(&format!(" ({} unknown)", self.unknown));
+        }
+        if !self.renewal.is_empty() {
+            w.push_str(&format!(
+                "; renewal avoided ≈ {}/month",
+                self.renewal.display_whole("CNY")
+            ));
+        }
+        w
+    }
+}
+
 fn event_text(flavor: Flavor, n: &Notification, max: usize) -> String {
     match n {
         Notification::Scheduled {
@@ -313,9 +384,12 @@ fn event_text(flavor: Flavor, n: &Notification, max: usize) -> String {
             list(flavor, releases, max, |i| instance_words(flavor, i)),
         ),
         Notification::Released { policy, releases } => format!(
-            "{}: {} released\n\n{}",
+            "{}: {} released{}\n\n{}",
             flavor.bold(policy),
             plural(releases.len(), "instance", "instances"),
+            ReleasedTotals::of(releases)
+                .map(|t| t.words())
+                .unwrap_or_default(),
             list(flavor, releases, max, |r| {
                 let mut s = format!(
                     "{} at {}",
@@ -324,6 +398,9 @@ fn event_text(flavor: Flavor, n: &Notification, max: usize) -> String {
                 );
                 if let Some(id) = &r.request_id {
                     s.push_str(&format!(", RequestId {}", flavor.escape(id)));
+                }
+                if let Some(saving) = &r.saving {
+                    s.push_str(&format!("; {}", saving.words()));
                 }
                 s
             }),

@@ -49,6 +49,13 @@ const STRUCTURED: &[&str] = &["webhooks", "window", "accounts"];
 /// The top-level keys that hold a mapping of scalar settings.
 const SECTIONS: &[&str] = &["ecs", "workers", "pricing"];
 
+/// Keys that no longer exist, and what took their place.
+const RETIRED: &[(&str, &str)] = &[(
+    "pricing.calls_per_second",
+    "price and disk calls are paced per (account, region, API) like every other call; \
+     `workers.calls_per_second` caps them. Delete the key",
+)];
+
 fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::Str(s) => Some(s.clone()),
@@ -206,21 +213,26 @@ impl ConfigFile {
         }
         for (k, key, value) in scalars {
             if !SPECS.iter().any(|spec| spec.key == k) {
-                let message = match k.split_once('.') {
-                    Some((section, _)) => {
-                        let valid: Vec<&str> = SPECS
-                            .iter()
-                            .filter_map(|spec| spec.key.strip_prefix(&format!("{section}.")))
-                            .collect();
-                        format!(
-                            "unknown key `{k}`; valid keys under `{section}`: {}",
-                            valid.join(", ")
-                        )
+                let retired = RETIRED.iter().find(|(key, _)| *key == k);
+                let message = if let Some((_, instead)) = retired {
+                    format!("`{k}` was removed: {instead}")
+                } else {
+                    match k.split_once('.') {
+                        Some((section, _)) => {
+                            let valid: Vec<&str> = SPECS
+                                .iter()
+                                .filter_map(|spec| spec.key.strip_prefix(&format!("{section}.")))
+                                .collect();
+                            format!(
+                                "unknown key `{k}`; valid keys under `{section}`: {}",
+                                valid.join(", ")
+                            )
+                        }
+                        None => format!(
+                            "unknown key `{k}`; valid top-level keys: {}",
+                            top_level_keys().join(", ")
+                        ),
                     }
-                    None => format!(
-                        "unknown key `{k}`; valid top-level keys: {}",
-                        top_level_keys().join(", ")
-                    ),
                 };
                 problems.push(at(key.pos, message));
                 continue;
@@ -402,6 +414,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`listen` must be a single value"), "{e}");
+    }
+
+    #[test]
+    fn a_retired_key_says_what_replaced_it() {
+        let e = ConfigFile::parse(Path::new("j.yaml"), "pricing:\n  calls_per_second: 20\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("j.yaml:2:3")
+                && e.contains("`pricing.calls_per_second` was removed")
+                && e.contains("workers.calls_per_second"),
+            "{e}"
+        );
     }
 
     #[test]

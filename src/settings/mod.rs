@@ -98,8 +98,6 @@ pub struct EcsSettings {
     pub calls_per_second: Option<u32>,
     /// `pricing.file`: the user's price file, when given.
     pub prices_file: Option<PathBuf>,
-    /// `pricing.calls_per_second` (0: unpaced).
-    pub price_calls_per_second: u32,
 }
 
 /// Every setting a command uses, typed.
@@ -156,9 +154,6 @@ impl Settings {
         let signature = r.parse("ecs.signature", |s| s.parse::<SignatureVersion>());
         let profile = r.text("ecs.profile");
         let prices_file = r.text("pricing.file").map(PathBuf::from);
-        let price_calls_per_second = r
-            .parse("pricing.calls_per_second", spec::uint)
-            .map_or(20, |v| u32::try_from(v).unwrap_or(u32::MAX));
         let protect_tag_key = r.text("protect_tag_key").unwrap_or_default();
         let tag_prefix = r.text("tag_prefix").unwrap_or_default();
         let max_exemption_days = r
@@ -244,7 +239,6 @@ impl Settings {
                 calls_per_second: calls_per_second
                     .map(|v| u32::try_from(v.max(1)).unwrap_or(u32::MAX)),
                 prices_file,
-                price_calls_per_second,
             },
             protection: ProtectionConfig {
                 protect_tag_key,

@@ -257,18 +257,6 @@ pub const SPECS: &[Spec] = &[
         check: not_empty,
     },
     Spec {
-        key: "pricing.calls_per_second",
-        env: "JANITOR_PRICE_CALLS_PER_SECOND",
-        flag: Some("price-calls-per-second"),
-        value_name: "N",
-        default: Some("20"),
-        help: "DescribePrice, DescribeRenewalPrice and DescribeDisks calls per second while pricing a plan \
-               (0: unpaced).",
-        group: Group::Pricing,
-        secret: false,
-        check: check_uint,
-    },
-    Spec {
         key: "protect_tag_key",
         env: "JANITOR_PROTECT_TAG",
         flag: Some("protect-tag-key"),

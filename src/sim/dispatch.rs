@@ -196,6 +196,7 @@ fn call_log(
             .filter(|t| !t.is_empty())
             .or_else(|| map.get("PageNumber").filter(|n| **n != "1"))
             .map(|s| s.to_string()),
+        by_cursor: map.contains_key("NextToken") || map.contains_key("MaxResults"),
         outcome: String::new(),
         signature: signature.to_string(),
     }

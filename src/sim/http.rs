@@ -131,6 +131,7 @@ pub async fn respond(
     let (result, request_id, retry_after) = sim.process(&req);
     let latency = sim.config().faults.latency;
     if !latency.is_zero() {
+        let _answering = sim.answering();
         tokio::time::sleep(latency).await;
     }
     match result {

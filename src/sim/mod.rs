@@ -209,6 +209,10 @@ pub struct CallLogEntry {
     pub instance_ids: Vec<String>,
     /// The `NextToken` or `PageNumber` a DescribeInstances asked for (`None` for a first page).
     pub page: Option<String>,
+    /// Paged by cursor (`NextToken`/`MaxResults`) rather than by number (`PageNumber`): a
+    /// listing by number starts with one first page; one by cursor may follow it when the
+    /// fleet moved while it was listed.
+    pub by_cursor: bool,
     /// `OK` or the error code answered; `Dropped` when the answer was cut off.
     pub outcome: String,
     /// The signature the call was verified with: `v1` or `v3`.
@@ -244,6 +248,9 @@ struct SimState {
     /// Every instance's disks, and the disks that outlived their instance.
     disks: disks::DiskStore,
     snapshots: snapshots::SnapshotStore,
+    /// Answers being sent now (waiting out the latency), and the most at once so far.
+    in_flight: usize,
+    peak_in_flight: usize,
 }
 
 /// The simulator's shared state and rules; cheap to clone.
@@ -331,6 +338,8 @@ impl Simulator {
                 releasing: HashMap::new(),
                 script: Vec::new(),
                 quota_used: HashMap::new(),
+                in_flight: 0,
+                peak_in_flight: 0,
                 disks: disk_store,
                 snapshots: snapshots::SnapshotStore::default(),
             })),
@@ -464,5 +473,32 @@ impl Simulator {
     /// Every request answered so far (after authentication), in order.
     pub fn calls(&self) -> Vec<CallLogEntry> {
         self.state().calls.clone()
+    }
+
+    /// The most answers that waited out the latency at the same time since the last call of
+    /// this method (how many requests a client had in flight at once); starts counting again.
+    pub fn take_peak_in_flight(&self) -> usize {
+        let mut st = self.state();
+        let peak = st.peak_in_flight;
+        st.peak_in_flight = st.in_flight;
+        peak
+    }
+
+    /// An answer starts waiting out the latency; it is counted in flight until the guard drops.
+    fn answering(&self) -> InFlight {
+        let mut st = self.state();
+        st.in_flight += 1;
+        st.peak_in_flight = st.peak_in_flight.max(st.in_flight);
+        InFlight(self.clone())
+    }
+}
+
+/// An answer in flight (see [`Simulator::take_peak_in_flight`]); dropping it ends it.
+struct InFlight(Simulator);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.in_flight = st.in_flight.saturating_sub(1);
     }
 }

@@ -1,7 +1,8 @@
 //! The audit log: appending events and reading them back.
 //!
 //! Events are appended inside the write they record (or on their own), and read back newest
-//! first, for `history` and the API.
+//! first, for `history` and the API; a release's success is read with the saving it was
+//! released with (its release row keeps it, migration 0005).
 
 use chrono::{DateTime, Utc};
 
@@ -89,26 +90,30 @@ impl Store {
         .await
     }
 
-    /// The audit log, newest first, narrowed by `f`.
+    /// The audit log, newest first, narrowed by `f`. A release's success carries the saving
+    /// it was released with.
     pub async fn events_where(&self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
         let mut q = Sql::new(
-            "SELECT id, at, kind, release_id, batch_id, policy, instance_id, code, request_id,
-                    client_token, detail
-             FROM events WHERE 1 = 1",
+            "SELECT e.id, e.at, e.kind, e.release_id, e.batch_id, e.policy, e.instance_id, e.code,
+                    e.request_id, e.client_token, e.detail, r.saving_basis, r.saving_minor,
+                    r.saving_currency, r.renewal_minor
+             FROM events e
+             LEFT JOIN releases r ON r.id = e.release_id AND e.kind = 'succeeded'
+             WHERE 1 = 1",
         );
         if let Some(v) = &f.policy {
-            q.push(" AND policy = ").push_bind(v);
+            q.push(" AND e.policy = ").push_bind(v);
         }
         if let Some(v) = &f.instance_id {
-            q.push(" AND instance_id = ").push_bind(v);
+            q.push(" AND e.instance_id = ").push_bind(v);
         }
         if let Some(v) = &f.kind {
-            q.push(" AND kind = ").push_bind(v);
+            q.push(" AND e.kind = ").push_bind(v);
         }
         if let Some(t) = f.since {
-            q.push(" AND at >= ").push_bind(ms(t));
+            q.push(" AND e.at >= ").push_bind(ms(t));
         }
-        q.push(" ORDER BY id DESC");
+        q.push(" ORDER BY e.id DESC");
         if let Some(l) = f.limit {
             q.push(" LIMIT ").push_bind(l);
         }

@@ -263,6 +263,37 @@ pub struct ReleaseSaving {
     pub renewal_avoided: Option<crate::money::Money>,
 }
 
+impl ReleaseSaving {
+    /// The saving kept in a release's columns: `None` when it was not priced (no basis).
+    pub(super) fn from_columns(
+        basis: Option<String>,
+        minor: Option<i64>,
+        currency: Option<String>,
+        renewal_minor: Option<i64>,
+    ) -> Option<ReleaseSaving> {
+        let basis = basis?;
+        let currency = currency.unwrap_or_default();
+        Some(ReleaseSaving {
+            basis,
+            monthly: minor.map(|v| crate::money::Money::new(v, currency.clone())),
+            renewal_avoided: renewal_minor.map(|v| crate::money::Money::new(v, currency)),
+        })
+    }
+
+    /// `saves ≈ ¥390.40/month`, `saves ≈ ¥0.00/month, renewal avoided ≈ ¥502.82/month`, or
+    /// `saving unknown`: list prices, as queued.
+    pub fn words(&self) -> String {
+        let mut w = match &self.monthly {
+            Some(m) => format!("saves ≈ {}/month", m.display()),
+            None => "saving unknown".to_string(),
+        };
+        if let Some(r) = &self.renewal_avoided {
+            w.push_str(&format!(", renewal avoided ≈ {}/month", r.display()));
+        }
+        w
+    }
+}
+
 impl Serialize for ReleaseSaving {
     /// `{"basis", "monthly": {"amount": "390.40", "currency": "CNY"} | null, "renewal_avoided"}`:
     /// amounts as decimal strings, as the plan's JSON carries them.
@@ -309,18 +340,12 @@ where
             reasons: r.reasons,
             created_at: from_ms(r.created_at),
             updated_at: from_ms(r.updated_at),
-            saving: r.saving_basis.map(|basis| {
-                let currency = r.saving_currency.unwrap_or_default();
-                ReleaseSaving {
-                    basis,
-                    monthly: r
-                        .saving_minor
-                        .map(|v| crate::money::Money::new(v, currency.clone())),
-                    renewal_avoided: r
-                        .renewal_minor
-                        .map(|v| crate::money::Money::new(v, currency.clone())),
-                }
-            }),
+            saving: ReleaseSaving::from_columns(
+                r.saving_basis,
+                r.saving_minor,
+                r.saving_currency,
+                r.renewal_minor,
+            ),
         })
     }
 }
@@ -519,6 +544,11 @@ struct RawEvent {
     request_id: Option<String>,
     client_token: Option<String>,
     detail: String,
+    /// The release's saving columns, joined on a success (NULL otherwise).
+    saving_basis: Option<String>,
+    saving_minor: Option<i64>,
+    saving_currency: Option<String>,
+    renewal_minor: Option<i64>,
 }
 
 /// One audit log entry, as `history --json` shows it (times in RFC 3339, UTC).
@@ -536,6 +566,10 @@ pub struct EventRow {
     pub request_id: Option<String>,
     pub client_token: Option<String>,
     pub detail: String,
+    /// On a release's success: the saving it was released with (the figure it was queued
+    /// with; absent when it was not priced, and on every other event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saving: Option<ReleaseSaving>,
 }
 
 impl<'r, R: sqlx::Row> FromRow<'r, R> for EventRow
@@ -556,6 +590,12 @@ where
             request_id: e.request_id,
             client_token: e.client_token,
             detail: e.detail,
+            saving: ReleaseSaving::from_columns(
+                e.saving_basis,
+                e.saving_minor,
+                e.saving_currency,
+                e.renewal_minor,
+            ),
         })
     }
 }

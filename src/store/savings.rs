@@ -1,8 +1,11 @@
-//! The monthly figure each release was queued with: recording it, and summing it for the status
-//! page and the metrics (saved this month, since the start, waiting out grace, per day).
+//! The monthly figure each release was queued with: recording it, reading it back (for the
+//! notification of a completed release), and summing it for the status page and the metrics
+//! (saved this month, since the start, waiting out grace, per day).
 //!
 //! Amounts are integers in minor units of their currency, summed per currency in SQL (never as
 //! floats); a release whose price was unknown keeps its basis and no amount, and is counted apart.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
@@ -70,6 +73,35 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The figure each of `ids` was queued with, for those that were priced.
+    pub async fn savings_of(
+        &self,
+        ids: &[ReleaseId],
+    ) -> Result<HashMap<ReleaseId, ReleaseSaving>, StoreError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(400) {
+            let mut q = Sql::new(
+                "SELECT id, saving_basis, saving_minor, saving_currency, renewal_minor
+                 FROM releases WHERE saving_basis IS NOT NULL AND id IN ",
+            );
+            q.push_list(chunk.iter().copied());
+            type Columns = (
+                ReleaseId,
+                Option<String>,
+                Option<i64>,
+                Option<String>,
+                Option<i64>,
+            );
+            let rows: Vec<Columns> = self.pool.fetch_all(q).await?;
+            for (id, basis, minor, currency, renewal) in rows {
+                if let Some(s) = ReleaseSaving::from_columns(basis, minor, currency, renewal) {
+                    out.insert(id, s);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn sum_by_currency(

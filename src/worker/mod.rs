@@ -707,7 +707,7 @@ impl Workers {
                     .await?;
                 tracing::error!(batch = %fence.batch_id, code = %code, tries = b.tries, "out of attempts");
                 if ok {
-                    self.notify(&b.region, &settle, now);
+                    self.notify(&b.region, &settle, now).await;
                 }
                 Ok(Self::fenced(ok, BatchResult::Failed { code }))
             }
@@ -823,7 +823,7 @@ impl Workers {
                     .finish_batch(&fence, BatchState::Done, None, &done, &[], now)
                     .await?;
                 if ok {
-                    self.notify(&b.region, &done, now);
+                    self.notify(&b.region, &done, now).await;
                 }
                 tracing::info!(batch = %fence.batch_id, count = live.len(), request_id = %answer.request_id, "released");
                 Ok(Self::fenced(
@@ -1093,7 +1093,7 @@ impl Workers {
             tracing::error!(batch = %b.fence.batch_id, code = e.code(), "release failed");
         }
         if ok {
-            self.notify(&b.region, &settled, now);
+            self.notify(&b.region, &settled, now).await;
         }
         Ok(Self::fenced(
             ok,
@@ -1113,11 +1113,29 @@ impl Workers {
 }
 
 impl Workers {
-    /// Tells people what a finished batch did: one Released and one Failed notification per
-    /// policy, sent in the background.
-    fn notify(&self, region: &str, settled: &[(BatchMember, MemberOutcome)], now: DateTime<Utc>) {
+    /// Tells people what a finished batch did: one Released notification per policy, each
+    /// release with the saving it was queued with, and one Failed, sent in the background.
+    async fn notify(
+        &self,
+        region: &str,
+        settled: &[(BatchMember, MemberOutcome)],
+        now: DateTime<Utc>,
+    ) {
         use crate::notify::{FailedRelease, InstanceRef, Notification, ReleasedInstance};
         let Some(n) = &self.ctx.notifier else { return };
+        let done: Vec<crate::store::ReleaseId> = settled
+            .iter()
+            .filter(|(_, o)| matches!(o, MemberOutcome::Succeeded { .. }))
+            .map(|(m, _)| m.release_id)
+            .collect();
+        // The figures are news, not the record: a failed read sends the notice without them.
+        let mut savings = match self.ctx.store.savings_of(&done).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the releases' savings for the notification; sending it without them");
+                Default::default()
+            }
+        };
         let mut released: std::collections::BTreeMap<&str, Vec<ReleasedInstance>> =
             Default::default();
         let mut failed: std::collections::BTreeMap<&str, Vec<FailedRelease>> = Default::default();
@@ -1135,6 +1153,7 @@ impl Workers {
                         instance,
                         request_id: request_id.clone(),
                         at: now,
+                        saving: savings.remove(&m.release_id),
                     }),
                 MemberOutcome::Failed {
                     code,

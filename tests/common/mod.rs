@@ -270,3 +270,25 @@ impl Pipeline {
         ecs_janitor::app::App::new(ctx, reload, self.cfg, self.dry_run)
     }
 }
+
+/// A webhook receiver on 127.0.0.1 that keeps every body it is sent.
+pub async fn receiver() -> (url::Url, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    let got: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let g = g.clone();
+            async move {
+                g.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = url::Url::parse(&format!("http://{}/hook", l.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (url, got)
+}
