@@ -1377,3 +1377,58 @@ async fn a_crash_between_create_snapshot_and_delete_instances_resumes_with_the_s
         "one token per disk: {by_token:?}"
     );
 }
+
+/// A release queued under a snapshotting policy that is then unloaded (or made dry_run) is
+/// cancelled before any snapshot is taken, as the re-check before DeleteInstances would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_snapshot_is_taken_for_a_policy_no_longer_loaded() {
+    use ecs_janitor::backoff::Backoff;
+    use ecs_janitor::worker::WorkerConfig;
+    let h = common::start_sim(common::ci_fleet(2), Faults::default(), 3).await;
+    let db = common::sqlite().await;
+    let policies = common::policies(&snapshotting());
+    let app = common::Pipeline {
+        cfg: WorkerConfig {
+            backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(50)),
+            ..WorkerConfig::default()
+        },
+        ..common::Pipeline::new(&db.store, common::client(&h), policies.clone())
+    }
+    .build();
+    let now = chrono::Utc::now();
+    app.reconciler
+        .pass(&policies, now, None, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store.counts().await.unwrap().pending,
+        2,
+        "queued, not yet snapshotted"
+    );
+    let mut dry = policies.clone();
+    dry[0].dry_run = true;
+    app.set_policies(dry);
+    app.workers
+        .drain(tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let rows = db
+        .store
+        .list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap();
+    assert!(
+        rows.iter().all(|r| r.state == ReleaseState::Cancelled),
+        "{rows:?}"
+    );
+    assert!(
+        rows[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("now dry_run"),
+        "{rows:?}"
+    );
+    assert!(h.sim.snapshots().is_empty());
+    assert!(h.sim.releases().is_empty());
+}

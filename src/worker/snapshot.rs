@@ -49,7 +49,26 @@ impl Workers {
         if staged.is_empty() {
             return Ok(false);
         }
+        let policies = self.policies_now();
         for r in staged {
+            // No snapshot for a release its policy no longer makes: cancelled, as the re-check
+            // before DeleteInstances would cancel it.
+            let why = match policies.iter().find(|p| p.name == r.policy) {
+                None => Some(format!("policy {} is no longer loaded", r.policy)),
+                Some(p) if p.dry_run => Some(format!(
+                    "policy {} is now dry_run: it releases nothing",
+                    r.policy
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                let now = self.ctx.clock.now();
+                self.ctx
+                    .store
+                    .cancel_pending(&[(r.id, format!("before its snapshots: {why}"))], now)
+                    .await?;
+                continue;
+            }
             let outcome = self.advance(&r).await?;
             let now = self.ctx.clock.now();
             let owner = &self.cfg.owner;
