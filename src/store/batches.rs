@@ -172,7 +172,8 @@ pub(super) async fn lease(
     let members: Vec<BatchMember> = tx
         .fetch_all(
             Sql::new(
-                "SELECT id AS release_id, instance_id, instance_name, policy FROM releases
+                "SELECT id AS release_id, instance_id, instance_name, policy, snapshot_days
+                 FROM releases
                  WHERE batch_id = $1 AND state = 'in_flight' ORDER BY id",
             )
             .bind(id),

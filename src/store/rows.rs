@@ -357,6 +357,8 @@ pub struct BatchMember {
     pub instance_id: String,
     pub instance_name: String,
     pub policy: String,
+    /// The snapshots' retention it was queued with (`release.snapshot`), if any.
+    pub snapshot_days: Option<i64>,
 }
 
 #[derive(Debug, Clone, FromRow)]

@@ -233,6 +233,12 @@ fn judge(
             detail: "not listed by DescribeInstances before our call: released by someone else, or invisible to these credentials".into(),
         });
     };
+    if policy.release.snapshot.is_some() && m.snapshot_days.is_none() {
+        return cancel(format!(
+            "policy {} now snapshots before releasing, and this release was queued without; the next pass queues it again with its snapshots",
+            policy.name
+        ));
+    }
     if let Some(why) = against_policy(b, policy, inst, live, rules, now) {
         return cancel(why);
     }

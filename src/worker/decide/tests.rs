@@ -41,6 +41,7 @@ fn member(n: i64) -> BatchMember {
         instance_id: format!("i-{n}"),
         instance_name: String::new(),
         policy: "ci".into(),
+        snapshot_days: None,
     }
 }
 
@@ -401,4 +402,17 @@ fn an_operators_exemption_recorded_after_queueing_stops_the_call_and_an_ended_on
         other => panic!("expected a re-form without i-1, got {other:?}"),
     }
     assert_eq!(settled(&t), vec![(1, "cancelled")]);
+}
+
+#[test]
+fn a_policy_that_now_snapshots_cancels_a_release_queued_without() {
+    let mut w = World::new(&[1]);
+    w.policies = vec![policy("release:\n  snapshot: {retention_days: 7}\n")];
+    let t = w.decide(&batch(&[1], 0, None));
+    assert_eq!(settled(&t), vec![(1, "cancelled")]);
+    assert!(sent(&t).is_empty());
+    // Queued with its snapshots (the claim only takes it once they are accomplished): sent.
+    let mut b = batch(&[1], 0, None);
+    b.members[0].snapshot_days = Some(7);
+    assert_eq!(sent(&w.decide(&b)), vec![1]);
 }
