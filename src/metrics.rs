@@ -82,6 +82,8 @@ pub struct Metrics {
     /// The name of every series, as exported.
     series: Arc<Vec<String>>,
     calls: Family<CallLabels, Counter>,
+    /// DescribeInstances pages answered, for `apply`'s progress bar.
+    pages: Arc<std::sync::atomic::AtomicU64>,
     retries: Counter,
     load_errors: Counter,
     releases: Family<ReleaseLabels, Gauge>,
@@ -218,6 +220,7 @@ impl Metrics {
             registry: Arc::new(r.registry),
             series: Arc::new(series),
             calls,
+            pages: Arc::default(),
             retries,
             load_errors,
             releases,
@@ -268,7 +271,11 @@ impl Metrics {
     /// An observer for the ECS client that counts every attempt.
     pub fn call_observer(&self) -> CallObserver {
         let calls = self.calls.clone();
+        let pages = self.pages.clone();
         Arc::new(move |r: &CallRecord| {
+            if r.action == "DescribeInstances" && r.code == "OK" {
+                pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             calls
                 .get_or_create(&CallLabels {
                     action: r.action.to_string(),
@@ -276,6 +283,11 @@ impl Metrics {
                 })
                 .inc();
         })
+    }
+
+    /// DescribeInstances pages answered so far by this process.
+    pub fn listing_pages(&self) -> u64 {
+        self.pages.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn retry_scheduled(&self) {
@@ -432,6 +444,25 @@ mod tests {
             assert!(names.contains(&n.to_string()), "{n} in {names:?}");
         }
         assert!(!names.contains(&"janitor_ecs_calls".to_string()));
+    }
+
+    #[test]
+    fn listing_pages_count_answered_describe_instances_only() {
+        let m = Metrics::new();
+        let observe = m.call_observer();
+        for (action, code) in [
+            ("DescribeInstances", "OK"),
+            ("DescribeInstances", "Throttling"),
+            ("DeleteInstances", "OK"),
+            ("DescribeInstances", "OK"),
+        ] {
+            observe(&CallRecord {
+                action,
+                code: code.into(),
+                attempt: 1,
+            });
+        }
+        assert_eq!(m.listing_pages(), 2);
     }
 
     #[test]

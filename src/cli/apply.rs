@@ -54,7 +54,7 @@ pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result
         "second signal: exiting now; apply again resumes the stored batches with their tokens",
     );
     let progress = (!args.json && std::io::stderr().is_terminal())
-        .then(|| spawn_progress(app.ctx.store.clone()));
+        .then(|| spawn_progress(app.ctx.store.clone(), app.ctx.metrics.clone()));
     let opts = crate::app::ApplyOptions {
         narrowed: !args.only.is_empty(),
         max_plan_age: args.max_plan_age,
@@ -126,9 +126,12 @@ async fn approve(app: &App) -> anyhow::Result<Approval> {
     Ok(Approval::Yes(reviewed))
 }
 
-/// A progress bar on the terminal while `apply` works the queue: releases settled since it
-/// started, out of those settled plus those still queued.
-fn spawn_progress(store: Store) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+/// A progress bar on the terminal while `apply` lists and works the queue: inventory pages
+/// listed, then releases settled since it started, out of those settled plus those queued.
+fn spawn_progress(
+    store: Store,
+    metrics: crate::metrics::Metrics,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -147,14 +150,17 @@ fn spawn_progress(store: Store) -> (indicatif::ProgressBar, tokio::task::JoinHan
                 let done = (settled(&c) - settled(&start)).max(0) as u64;
                 b.set_length(done + (c.pending + c.snapshotting + c.in_flight) as u64);
                 b.set_position(done);
-                b.set_message(if c.snapshotting > 0 {
-                    format!(
-                        "({} in flight, {} snapshotting, {} queued)",
-                        c.in_flight, c.snapshotting, c.pending
-                    )
+                let snapshotting = if c.snapshotting > 0 {
+                    format!(", {} snapshotting", c.snapshotting)
                 } else {
-                    format!("({} in flight, {} queued)", c.in_flight, c.pending)
-                });
+                    String::new()
+                };
+                b.set_message(format!(
+                    "({} inventory pages listed; {} in flight{snapshotting}, {} queued)",
+                    metrics.listing_pages(),
+                    c.in_flight,
+                    c.pending
+                ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
