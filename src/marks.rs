@@ -43,7 +43,7 @@ pub fn desired(
     let by_name: HashMap<&str, &Policy> = policies.iter().map(|p| (p.name.as_str(), p)).collect();
     active
         .iter()
-        .filter(|r| matches!(r.state, ReleaseState::Pending | ReleaseState::InFlight))
+        .filter(|r| r.state.is_active())
         .filter(|r| r.not_before > r.created_at)
         .filter(|r| marks(by_name.get(r.policy.as_str()).copied(), false))
         .map(|r| MarkRow {

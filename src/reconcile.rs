@@ -460,7 +460,13 @@ impl Reconciler {
                     };
                     let cancels: Vec<(crate::store::ReleaseId, String)> = active
                         .iter()
-                        .filter(|r| r.policy == pp.policy && r.state == ReleaseState::Pending)
+                        .filter(|r| {
+                            r.policy == pp.policy
+                                && matches!(
+                                    r.state,
+                                    ReleaseState::Pending | ReleaseState::Snapshotting
+                                )
+                        })
                         .filter(|r| !planned.contains(r.instance_id.as_str()))
                         .map(|r| {
                             let why = match pp.skips.iter().find(|s| s.instance_id == r.instance_id) {

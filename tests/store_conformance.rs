@@ -1390,3 +1390,65 @@ conformance!(
         assert!(only[0].saving.is_some());
     }
 );
+
+conformance!(
+    a_retry_after_a_failed_snapshot_makes_it_again_and_forgets_no_disk,
+    |db: TestDb| async move {
+        use ecs_janitor::policy::{SnapshotDisks, SnapshotOptions};
+        let s = &db.store;
+        let snap = Some(SnapshotOptions {
+            retention_days: 7,
+            disks: SnapshotDisks::All,
+        });
+        s.enqueue(
+            &[NewRelease {
+                snapshot: snap,
+                ..rel("i-1", "r1", false)
+            }],
+            t0(),
+        )
+        .await
+        .unwrap();
+        let id = s
+            .claim_snapshot_stage("w", t0(), LEASE, 10, None)
+            .await
+            .unwrap()[0]
+            .id;
+        let disks = vec!["d-1".to_string(), "d-2".to_string()];
+        assert!(s.plan_snapshots(id, "w", &disks, t0()).await.unwrap());
+        let before = s.snapshots_of(id).await.unwrap();
+        s.record_snapshot(id, "d-1", Some("s-1"), "accomplished", None, t0())
+            .await
+            .unwrap();
+        s.record_snapshot(id, "d-2", Some("s-2"), "failed", None, t0())
+            .await
+            .unwrap();
+        assert!(s
+            .snapshot_failed(id, "w", "Janitor.SnapshotFailed", "s-2 failed", t0())
+            .await
+            .unwrap());
+        s.retry_release(id, "alice", "quota raised", t0())
+            .await
+            .unwrap();
+        let staged = s
+            .claim_snapshot_stage("w", t0(), LEASE, 10, None)
+            .await
+            .unwrap();
+        assert_eq!(staged.len(), 1, "the stage starts again");
+        let rows = &staged[0].snapshots;
+        assert_eq!(
+            rows.len(),
+            2,
+            "both disks are still to be snapshotted: {rows:?}"
+        );
+        assert_eq!(rows[0].state, "accomplished");
+        assert_eq!(rows[0].snapshot_id.as_deref(), Some("s-1"));
+        assert_eq!(rows[1].state, "creating");
+        assert_eq!(rows[1].snapshot_id, None);
+        assert_ne!(rows[1].client_token, before[1].client_token, "a new token");
+        assert!(
+            !s.snapshots_ready(id, "w", t0()).await.unwrap(),
+            "d-2 has no snapshot yet"
+        );
+    }
+);

@@ -395,6 +395,7 @@ impl Store {
                 .bind(ms(now)),
             )
             .await?;
+            super::snapshots::reset_failed(&mut tx, id).await?;
             tx.execute(
                 Sql::new("DELETE FROM holds WHERE instance_id = $1 AND policy = $2")
                     .bind(&r.instance_id)

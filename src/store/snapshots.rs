@@ -83,6 +83,41 @@ fn snapshot_row(r: RawSnapshot) -> SnapshotRow {
 const FENCE: &str = "id = $1 AND stage_owner = $2 AND state = 'pending'
                      AND snapshot_stage = 'snapshotting'";
 
+/// Inside a retry's `tx`: every failed snapshot of release `id` is made again with a new token,
+/// and every one still being created gets its attempts back (keeping its token: a lost answer
+/// may have made it). The rows stay, so the disks chosen the first time are all snapshotted:
+/// none is forgotten because it failed.
+pub(super) async fn reset_failed(tx: &mut super::db::Tx, id: ReleaseId) -> Result<(), StoreError> {
+    tx.execute(
+        Sql::new(
+            "UPDATE snapshots SET attempts = 0, code = NULL, message = NULL
+             WHERE release_id = $1 AND state = 'creating'",
+        )
+        .bind(id),
+    )
+    .await?;
+    let left: Vec<(String,)> = tx
+        .fetch_all(
+            Sql::new("SELECT disk_id FROM snapshots WHERE release_id = $1 AND state = 'failed'")
+                .bind(id),
+        )
+        .await?;
+    for (disk,) in left {
+        tx.execute(
+            Sql::new(
+                "UPDATE snapshots SET state = 'creating', client_token = $3, snapshot_id = NULL,
+                        attempts = 0, code = NULL, message = NULL
+                 WHERE release_id = $1 AND disk_id = $2",
+            )
+            .bind(id)
+            .bind(&disk)
+            .bind(new_client_token()),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Claims up to `max` due releases whose snapshots are not all accomplished yet (nobody
     /// holds them, or their holder's lease ran out), for `lease`. With `scope`, only that
@@ -321,8 +356,8 @@ impl Store {
     }
 
     /// A snapshot failed or could not be made: the release fails with `code` and is never
-    /// released without its snapshots (`queue retry` starts the stage again with new tokens for
-    /// the failed ones).
+    /// released without its snapshots (`queue retry` starts the stage again: [`reset_failed`]
+    /// gives each failed disk a new token, and keeps the disks chosen).
     pub async fn snapshot_failed(
         &self,
         id: ReleaseId,
@@ -350,10 +385,6 @@ impl Store {
         let Some((policy, instance_id)) = row else {
             return Ok(false);
         };
-        tx.execute(
-            Sql::new("DELETE FROM snapshots WHERE release_id = $1 AND state = 'failed'").bind(id),
-        )
-        .await?;
         insert_event(
             &mut tx,
             NewEvent {
