@@ -1452,3 +1452,42 @@ conformance!(
         );
     }
 );
+
+conformance!(
+    an_exemption_written_after_the_recheck_stops_the_call,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.enqueue(&[rel("i-1", "r1", false), rel("i-2", "r1", false)], t0())
+            .await
+            .unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        let done = s
+            .exempt(
+                "i-2",
+                t0() + chrono::Duration::days(1),
+                "alice",
+                "hold",
+                t0(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            done.cancelled.is_empty(),
+            "in a batch: left to the call's last check"
+        );
+        assert!(
+            !s.begin_attempt(&b.fence, &[], &b.client_token, t0())
+                .await
+                .unwrap(),
+            "a call with an exempt member"
+        );
+        assert!(s
+            .remove_exemption("i-2", "alice", "done", t0())
+            .await
+            .unwrap());
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, t0())
+            .await
+            .unwrap());
+    }
+);

@@ -8,6 +8,8 @@ ALTER TABLE releases ADD COLUMN snapshot_disks TEXT;
 ALTER TABLE releases ADD COLUMN snapshot_stage TEXT;
 ALTER TABLE releases ADD COLUMN stage_owner TEXT;
 ALTER TABLE releases ADD COLUMN stage_until INTEGER;
+-- When the stage began (its first claim): the stage ends failed after 24 h.
+ALTER TABLE releases ADD COLUMN stage_started INTEGER;
 
 -- One snapshot per (release, disk), with the ClientToken written before the first
 -- CreateSnapshot, so a crash never makes a second snapshot: the same token answers the same

@@ -288,8 +288,9 @@ impl Store {
     }
 
     /// [`Store::begin_attempt`], the last word before a call is sent: refused (false) when the
-    /// lease was lost or has expired, or when releases are paused, all in the same write that
-    /// counts the attempt. With `lease`, the lease is extended from `now`, so the call starts
+    /// lease was lost or has expired, when releases are paused, or when a member has become
+    /// exempt (`ecs-janitor exempt`) since the re-check, all in the same write that counts the
+    /// attempt. With `lease`, the lease is extended from `now`, so the call starts
     /// with a whole lease ahead of it.
     pub async fn begin_attempt_for(
         &self,
@@ -318,6 +319,24 @@ impl Store {
             return Ok(false);
         }
         settle(&mut tx, fence.batch_id, settled, now).await?;
+        // An operator's exemption written since the re-check stops the call too: the batch is
+        // given back, and the next re-check drops the exempt member.
+        let exempt: Option<(String,)> = tx
+            .fetch_optional(
+                Sql::new(
+                    "SELECT r.instance_id FROM releases r
+                     JOIN exemptions e ON e.instance_id = r.instance_id
+                     WHERE r.batch_id = $1 AND r.state = 'in_flight' AND e.until > $2
+                     LIMIT 1",
+                )
+                .bind(fence.batch_id)
+                .bind(ms(now)),
+            )
+            .await?;
+        if exempt.is_some() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         tx.execute(
             Sql::new(
                 "UPDATE releases SET attempts = attempts + 1, updated_at = $2

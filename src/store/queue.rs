@@ -387,6 +387,7 @@ impl Store {
                 Sql::new(
                     "UPDATE releases SET state = 'pending', batch_id = NULL, attempts = 0,
                             stage_owner = NULL, stage_until = NULL, snapshot_stage = NULL,
+                            stage_started = NULL,
                             not_before = CASE WHEN not_before > $2 THEN not_before ELSE $2 END,
                             updated_at = $2
                      WHERE id = $1 AND state IN ('failed', 'cancelled', 'vanished')",

@@ -26,6 +26,8 @@ pub struct StagedRelease {
     pub policy: String,
     pub retention_days: u32,
     pub disks: SnapshotDisks,
+    /// When its stage began (the first claim).
+    pub stage_started: DateTime<Utc>,
     /// The snapshots recorded so far (none before the disks were chosen).
     pub snapshots: Vec<SnapshotRow>,
 }
@@ -155,21 +157,22 @@ impl Store {
         let mut out = Vec::with_capacity(ids.len());
         for (id,) in ids {
             #[allow(clippy::type_complexity)]
-            let row: Option<(String, String, String, String, i64, String)> = tx
+            let row: Option<(String, String, String, String, i64, String, i64)> = tx
                 .fetch_optional(
                     Sql::new(
                         "UPDATE releases SET snapshot_stage = 'snapshotting', stage_owner = $2,
-                                stage_until = $3
+                                stage_until = $3, stage_started = COALESCE(stage_started, $4)
                          WHERE id = $1 AND state = 'pending'
                          RETURNING instance_id, account, region, policy, snapshot_days,
-                                   snapshot_disks",
+                                   snapshot_disks, stage_started",
                     )
                     .bind(id)
                     .bind(owner)
-                    .bind(until),
+                    .bind(until)
+                    .bind(ms(now)),
                 )
                 .await?;
-            let Some((instance_id, account, region, policy, days, disks)) = row else {
+            let Some((instance_id, account, region, policy, days, disks, started)) = row else {
                 continue;
             };
             let snaps: Vec<RawSnapshot> = tx
@@ -188,6 +191,7 @@ impl Store {
                 policy,
                 retention_days: u32::try_from(days).unwrap_or(1),
                 disks: SnapshotDisks::parse(&disks).unwrap_or(SnapshotDisks::Data),
+                stage_started: super::from_ms(started),
                 snapshots: snaps.into_iter().map(snapshot_row).collect(),
             });
         }

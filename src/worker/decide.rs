@@ -44,6 +44,8 @@ pub struct Live<'a> {
     pub released: &'a HashMap<String, ReleaseId>,
     /// Operators' exemptions in force (instance id → exemption), read right before the decision.
     pub exemptions: &'a HashMap<String, Exemption>,
+    /// Members whose snapshots (`release.snapshot`) no longer all exist, with why.
+    pub snapshots_gone: &'a HashMap<String, String>,
 }
 
 /// The loaded policies and protections the members are checked against.
@@ -233,6 +235,11 @@ fn judge(
             detail: "not listed by DescribeInstances before our call: released by someone else, or invisible to these credentials".into(),
         });
     };
+    if let Some(why) = live.snapshots_gone.get(&m.instance_id) {
+        return cancel(format!(
+            "{why}; the next pass queues it again, with new snapshots"
+        ));
+    }
     if policy.release.snapshot.is_some() && m.snapshot_days.is_none() {
         return cancel(format!(
             "policy {} now snapshots before releasing, and this release was queued without; the next pass queues it again with its snapshots",

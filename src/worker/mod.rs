@@ -514,10 +514,12 @@ impl Workers {
         if let Some((why, _)) = gate_stop(&self.gate(paused.as_ref()), self.ctx.clock.now()) {
             return Ok(Some(BatchResult::Stopped(why)));
         }
-        if self.snapshot_step().await? {
-            return Ok(Some(BatchResult::SnapshotStage));
+        // The snapshot stage never holds the batches back: both run on every step.
+        let staged = self.snapshot_step().await?;
+        match self.process_next().await? {
+            None if staged => Ok(Some(BatchResult::SnapshotStage)),
+            other => Ok(other),
         }
-        self.process_next().await
     }
 
     /// Claims and carries out one batch; `None` when nothing is due.
@@ -652,6 +654,12 @@ impl Workers {
             }
             Err(e) => return self.retry(&b, &e, true).await,
         };
+        // Snapshots accomplished at the stage must still exist now (RetentionDays, or someone
+        // deleting one, may have ended them while the batch waited).
+        let snapshots_gone = match self.snapshots_gone(&b).await? {
+            Ok(v) => v,
+            Err(e) => return self.retry(&b, &e, true).await,
+        };
         let ids = instance_ids(&b.members);
         let observations = self.ctx.store.observations_of(&ids).await?;
         let released = self.ctx.store.released_among(&ids).await?;
@@ -667,6 +675,7 @@ impl Workers {
                 observations: &observations,
                 released: &released,
                 exemptions: &exemptions,
+                snapshots_gone: &snapshots_gone,
             },
             &Rules {
                 policies: &policies,
@@ -993,11 +1002,13 @@ impl Workers {
         let policies = self.policies_now();
         let no_released = HashMap::new();
         let exemptions = self.ctx.store.exemption_map(now).await?;
+        let no_gone = HashMap::new();
         let view = Live {
             found: &found,
             observations: &observations,
             released: &no_released,
             exemptions: &exemptions,
+            snapshots_gone: &no_gone,
         };
         let rules = Rules {
             policies: &policies,

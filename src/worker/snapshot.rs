@@ -69,7 +69,17 @@ impl Workers {
                     .await?;
                 continue;
             }
-            let outcome = self.advance(&r).await?;
+            let outcome = if self.ctx.clock.now() - r.stage_started > SNAPSHOT_TIMEOUT {
+                Stage::Failed {
+                    code: "Janitor.SnapshotTimeout".into(),
+                    message: format!(
+                        "its snapshots were not all accomplished {}h after the stage began; the instance is not released (`queue retry` tries again)",
+                        SNAPSHOT_TIMEOUT.num_hours()
+                    ),
+                }
+            } else {
+                self.advance(&r).await?
+            };
             let now = self.ctx.clock.now();
             let owner = &self.cfg.owner;
             match outcome {
@@ -77,7 +87,9 @@ impl Workers {
                     self.ctx.store.snapshots_ready(r.id, owner, now).await?;
                 }
                 Stage::Wait(why) => {
-                    let until = now + chrono::Duration::from_std(self.poll()).unwrap_or_default();
+                    let age = (now - r.stage_started).to_std().unwrap_or_default();
+                    let until =
+                        now + chrono::Duration::from_std(self.poll(age)).unwrap_or_default();
                     self.ctx
                         .store
                         .snapshot_wait(r.id, owner, until, &why, now)
@@ -95,9 +107,65 @@ impl Workers {
         Ok(true)
     }
 
-    /// How long to wait between looks at progressing snapshots.
-    fn poll(&self) -> Duration {
-        (self.cfg.backoff.base * 2).clamp(Duration::from_millis(200), Duration::from_secs(30))
+    /// Before a batch's call: for each member queued with snapshots, whether every one of them
+    /// still exists, accomplished (by DescribeSnapshots); instance id → why not. The outer error
+    /// is the store's, the inner ECS's (the batch is then retried).
+    pub(super) async fn snapshots_gone(
+        &self,
+        b: &crate::store::ClaimedBatch,
+    ) -> Result<Result<std::collections::HashMap<String, String>, crate::ecs::EcsError>, WorkerError>
+    {
+        let mut gone = std::collections::HashMap::new();
+        let mut wanted: Vec<(String, SnapshotRow)> = Vec::new();
+        for m in b.members.iter().filter(|m| m.snapshot_days.is_some()) {
+            let rows = self.ctx.store.snapshots_of(m.release_id).await?;
+            for r in rows {
+                match &r.snapshot_id {
+                    Some(_) if r.state == "accomplished" => wanted.push((m.instance_id.clone(), r)),
+                    _ => {
+                        gone.insert(
+                            m.instance_id.clone(),
+                            format!("the snapshot of disk {} is not accomplished", r.disk_id),
+                        );
+                    }
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(Ok(gone));
+        }
+        let client = self.ctx.accounts.client(&b.account);
+        for chunk in wanted.chunks(100) {
+            let ids: Vec<String> = chunk
+                .iter()
+                .filter_map(|(_, r)| r.snapshot_id.clone())
+                .collect();
+            let listed = match client.describe_snapshots(&b.region, &ids).await {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            for (instance, r) in chunk {
+                let id = r.snapshot_id.clone().unwrap_or_default();
+                let ok = listed
+                    .iter()
+                    .any(|(sid, st)| *sid == id && st == "accomplished");
+                if !ok {
+                    gone.entry(instance.clone()).or_insert_with(|| {
+                        format!("its snapshot {id} of disk {} no longer exists", r.disk_id)
+                    });
+                }
+            }
+        }
+        Ok(Ok(gone))
+    }
+
+    /// How long to wait between looks at a stage `age` old: twice the backoff's base at first,
+    /// then a tenth of its age (a snapshot that takes an hour is looked at every few minutes),
+    /// at most a minute.
+    fn poll(&self, age: Duration) -> Duration {
+        (self.cfg.backoff.base * 2)
+            .max(age / 10)
+            .clamp(Duration::from_millis(200), Duration::from_secs(60))
     }
 
     async fn advance(&self, r: &StagedRelease) -> Result<Stage, WorkerError> {
@@ -106,7 +174,10 @@ impl Workers {
         if rows.is_empty() {
             let disks = match client.describe_disks(&r.region, Some(&r.instance_id)).await {
                 Ok(d) => d,
-                Err(e) => return Ok(Stage::Wait(format!("cannot list its disks yet: {e}"))),
+                Err(e) if e.class() == ErrorClass::Retryable => {
+                    return Ok(Stage::Wait(format!("cannot list its disks yet: {e}")))
+                }
+                Err(e) => return Ok(refused("DescribeDisks", &e)),
             };
             let chosen: Vec<String> = disks
                 .into_iter()
@@ -136,7 +207,10 @@ impl Workers {
         if !made.is_empty() {
             let listed = match client.describe_snapshots(&r.region, &made).await {
                 Ok(v) => v,
-                Err(e) => return Ok(Stage::Wait(format!("cannot read its snapshots yet: {e}"))),
+                Err(e) if e.class() == ErrorClass::Retryable => {
+                    return Ok(Stage::Wait(format!("cannot read its snapshots yet: {e}")))
+                }
+                Err(e) => return Ok(refused("DescribeSnapshots", &e)),
             };
             let now = self.ctx.clock.now();
             for s in rows.iter_mut().filter(|s| s.snapshot_id.is_some()) {
@@ -266,5 +340,16 @@ impl Workers {
                 Ok(None)
             }
         }
+    }
+}
+
+/// A refusal that waiting does not cure (permissions, a bad request): the release fails with
+/// ECS's code, so the stage never waits on it forever.
+fn refused(action: &str, e: &crate::ecs::EcsError) -> Stage {
+    Stage::Failed {
+        code: e.code().to_string(),
+        message: format!(
+            "{action} was refused: {e}; the instance is not released without its snapshots"
+        ),
     }
 }

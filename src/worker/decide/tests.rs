@@ -70,6 +70,7 @@ struct World {
     obs: HashMap<String, DateTime<Utc>>,
     released: HashMap<String, ReleaseId>,
     exemptions: HashMap<String, crate::plan::exempt::Exemption>,
+    snapshots_gone: HashMap<String, String>,
     policies: Vec<Policy>,
     protection: ProtectionConfig,
     paused: Option<PauseInfo>,
@@ -86,6 +87,7 @@ impl World {
             obs: HashMap::new(),
             released: HashMap::new(),
             exemptions: HashMap::new(),
+            snapshots_gone: HashMap::new(),
             policies: vec![policy("")],
             protection: ProtectionConfig::default(),
             paused: None,
@@ -101,6 +103,7 @@ impl World {
                 observations: &self.obs,
                 released: &self.released,
                 exemptions: &self.exemptions,
+                snapshots_gone: &self.snapshots_gone,
             },
             &Rules {
                 policies: &self.policies,
@@ -415,4 +418,21 @@ fn a_policy_that_now_snapshots_cancels_a_release_queued_without() {
     let mut b = batch(&[1], 0, None);
     b.members[0].snapshot_days = Some(7);
     assert_eq!(sent(&w.decide(&b)), vec![1]);
+}
+
+#[test]
+fn a_snapshot_gone_since_the_stage_cancels_its_member_before_the_call() {
+    let mut w = World::new(&[1, 2]);
+    w.policies = vec![policy("release:\n  snapshot: {retention_days: 1}\n")];
+    w.snapshots_gone.insert(
+        "i-1".into(),
+        "snapshot s-1 of disk d-1 no longer exists".into(),
+    );
+    let mut b = batch(&[1, 2], 0, None);
+    for m in &mut b.members {
+        m.snapshot_days = Some(1);
+    }
+    let t = w.decide(&b);
+    assert_eq!(sent(&t), vec![2]);
+    assert_eq!(settled(&t), vec![(1, "cancelled")]);
 }
