@@ -224,7 +224,8 @@ pub struct ExemptArgs {
     /// The instance (`i-...`).
     #[arg(required_unless_present = "list")]
     pub instance: Option<String>,
-    /// Until when: a date (`2027-01-31`, through that day, UTC) or an RFC 3339 time; at most
+    /// Until when: a date (`2027-01-31`: through that day in every time zone, until 12:00 UTC
+    /// the next day) or an RFC 3339 time; at most
     /// `exemption_max_days` ahead.
     #[arg(long, required_unless_present_any = ["list", "remove"])]
     pub until: Option<String>,

@@ -32,14 +32,15 @@ pub enum ExemptBy {
     Operator { by: String },
 }
 
-/// The end of an exemption written as `value`: a date means through that day (UTC), so
-/// `2027-01-31` ends at `2027-02-01T00:00:00Z`; an RFC 3339 instant ends then.
+/// The end of an exemption written as `value`: a date means through that day wherever its
+/// owner is, so `2027-01-31` ends when that day has ended in every time zone (UTC-12), at
+/// `2027-02-01T12:00:00Z`; an RFC 3339 instant ends then. Erring late is the safe side.
 pub fn parse_until(value: &str) -> Result<DateTime<Utc>, String> {
     let v = value.trim();
     if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
         return d
             .succ_opt()
-            .and_then(|next| next.and_hms_opt(0, 0, 0))
+            .and_then(|next| next.and_hms_opt(12, 0, 0))
             .map(|t| t.and_utc())
             .ok_or_else(|| format!("{v:?} is past the last date there is"));
     }
@@ -104,7 +105,9 @@ pub fn exemption(
         ));
     }
     let key = ctx.protection.exempt_until_key();
-    let value = inst.tags.get(&key)?;
+    let Some(value) = inst.tags.get(&key) else {
+        return near_miss(inst, &key);
+    };
     let reason = inst
         .tags
         .get(&ctx.protection.exempt_reason_key())
@@ -153,6 +156,26 @@ pub fn exemption(
     ))
 }
 
+/// A tag that looks like an exemption but is not spelled as `key` (`Janitor:Exempt_Until`, or
+/// the default prefix after `tag_prefix` changed) protects the instance, as a malformed value
+/// does: its owner meant to exempt it.
+fn near_miss(inst: &Instance, key: &str) -> Option<(SkipReason, String)> {
+    let normal = |k: &str| k.to_ascii_lowercase().replace(['_', ' '], "-");
+    let (k, v) = inst
+        .tags
+        .iter()
+        .find(|(k, _)| normal(k).ends_with("exempt-until"))?;
+    let problem = format!("is not spelled as the exemption tag `{key}`");
+    Some((
+        SkipReason::ExemptionInvalid {
+            tag: k.clone(),
+            value: v.clone(),
+            problem: problem.clone(),
+        },
+        format!("protected: the tag {k}={v:?} {problem}; rename it to `{key}` or remove it"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,7 +198,8 @@ mod tests {
     fn a_date_means_through_that_day_and_an_instant_means_then() {
         assert_eq!(
             parse_until("2027-01-31").unwrap(),
-            Utc.with_ymd_and_hms(2027, 2, 1, 0, 0, 0).unwrap()
+            Utc.with_ymd_and_hms(2027, 2, 1, 12, 0, 0).unwrap(),
+            "through the 31st in every time zone"
         );
         assert_eq!(
             parse_until(" 2027-01-31T18:00:00+08:00 ").unwrap(),
@@ -203,7 +227,7 @@ mod tests {
         assert_eq!(
             reason,
             SkipReason::Exempt {
-                until: Utc.with_ymd_and_hms(2026, 12, 25, 0, 0, 0).unwrap(),
+                until: Utc.with_ymd_and_hms(2026, 12, 25, 12, 0, 0).unwrap(),
                 by: ExemptBy::Tag {
                     key: "janitor:exempt-until".into()
                 },
@@ -212,9 +236,9 @@ mod tests {
         );
         assert_eq!(
             detail,
-            "exempt until 2026-12-25T00:00:00Z by tag janitor:exempt-until: holiday demo"
+            "exempt until 2026-12-25T12:00:00Z by tag janitor:exempt-until: holiday demo"
         );
-        let after = Utc.with_ymd_and_hms(2026, 12, 25, 0, 0, 0).unwrap();
+        let after = Utc.with_ymd_and_hms(2026, 12, 25, 12, 0, 0).unwrap();
         assert_eq!(exemption(&i, &ctx, after), None, "ended: eligible again");
         assert_eq!(exemption(&tagged(&[]), &ctx, now()), None);
     }
@@ -252,8 +276,32 @@ mod tests {
         ctx.protection.max_exemption_days = 400;
         let i = tagged(&[("acme/exempt-until", "2027-06-30")]);
         assert_eq!(exemption(&i, &ctx, now()).unwrap().0.code(), "exempt");
+        // The old prefix's tag still protects: its owner meant it, and the plan says to rename it.
         let default_key = tagged(&[("janitor:exempt-until", "2027-06-30")]);
-        assert_eq!(exemption(&default_key, &ctx, now()), None);
+        let (reason, detail) = exemption(&default_key, &ctx, now()).unwrap();
+        assert_eq!(reason.code(), "exemption_invalid");
+        assert!(
+            detail.contains("rename it to `acme/exempt-until`"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_exemption_tag_protects_and_says_how_to_spell_it() {
+        let ctx = EvalContext::default();
+        for k in [
+            "Janitor:Exempt-Until",
+            "janitor:exempt_until",
+            "JANITOR:EXEMPT UNTIL",
+        ] {
+            let (reason, detail) = exemption(&tagged(&[(k, "2026-12-24")]), &ctx, now()).unwrap();
+            assert_eq!(reason.code(), "exemption_invalid", "{k}");
+            assert!(
+                detail.contains("rename it to `janitor:exempt-until`"),
+                "{detail}"
+            );
+        }
+        assert_eq!(exemption(&tagged(&[("exempt", "yes")]), &ctx, now()), None);
     }
 
     #[test]

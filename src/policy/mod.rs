@@ -310,8 +310,8 @@ impl ProtectionConfig {
     /// The tag value that protects: `true` (exactly, as ECS stores tag values as text).
     pub const PROTECT_VALUE: &'static str = "true";
 
-    /// `janitor:exempt-until`: an owner's exemption, a date (`2027-01-31`, through that day,
-    /// UTC) or an RFC 3339 instant.
+    /// `janitor:exempt-until`: an owner's exemption, a date (`2027-01-31`, through that day in
+    /// every time zone) or an RFC 3339 instant.
     pub fn exempt_until_key(&self) -> String {
         format!("{}exempt-until", self.tag_prefix)
     }

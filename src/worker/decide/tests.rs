@@ -376,7 +376,7 @@ fn an_exemption_tag_set_after_queueing_stops_the_call() {
     };
     assert_eq!(
         reason,
-        "re-check before release: exempt until 2026-12-21T00:00:00Z by tag janitor:exempt-until"
+        "re-check before release: exempt until 2026-12-21T12:00:00Z by tag janitor:exempt-until"
     );
 }
 
