@@ -77,17 +77,17 @@ pub fn parse(text: &str) -> Result<Vec<NamedToken>, String> {
                 .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
         {
             return Err(format!(
-                "entry {n}: the name {name:?} must be letters, digits, `.`, `_`, `-` or `@`"
+                "entry {n}: its name (before `=`) must be letters, digits, `.`, `_`, `-` or `@`"
             ));
         }
         if token.chars().count() < 16 {
             return Err(format!(
-                "entry {n} ({name}): the token is shorter than 16 characters; use e.g. `openssl rand -hex 32`"
+                "entry {n}: the token (after `=`) is shorter than 16 characters; use e.g. `openssl rand -hex 32` (are name and token the wrong way round?)"
             ));
         }
         if name == DEFAULT_NAME || out.iter().any(|t| t.name == name) {
             return Err(format!(
-                "entry {n}: the name {name:?} is taken (`{DEFAULT_NAME}` is JANITOR_ADMIN_TOKEN's)"
+                "entry {n}: its name is taken by an earlier entry, or is `{DEFAULT_NAME}` (JANITOR_ADMIN_TOKEN's)"
             ));
         }
         out.push(NamedToken {
@@ -120,18 +120,23 @@ mod tests {
         for (text, want) in [
             ("bot", "entry 1 has no `=`"),
             ("a=0123456789abcdef,", "entry 2 is empty"),
-            ("a b=0123456789abcdef", "the name \"a b\""),
-            ("bot=short-secret", "entry 1 (bot): the token is shorter"),
+            ("a b=0123456789abcdef", "entry 1: its name (before `=`)"),
+            (
+                "bot=short-secret",
+                "entry 1: the token (after `=`) is shorter",
+            ),
             ("admin=0123456789abcdef", "is taken"),
             (
                 "x=0123456789abcdef,x=0123456789abcdeg",
-                "entry 2: the name \"x\" is taken",
+                "entry 2: its name is taken",
             ),
+            // Written the wrong way round: neither part is echoed.
+            ("0123456789abcdef0123=carol", "the wrong way round"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
             assert!(
-                !e.contains("0123456789") && !e.contains("short-secret"),
+                !e.contains("0123456789") && !e.contains("short-secret") && !e.contains("carol"),
                 "{e}"
             );
         }

@@ -282,11 +282,25 @@ impl Settings {
 
     /// Every secret this process was given through its settings, to blank out of messages.
     pub fn secrets(&self) -> Vec<String> {
-        self.resolved
+        let mut out: Vec<String> = self
+            .resolved
             .iter()
             .filter(|r| r.spec.secret)
             .filter_map(|r| r.raw.clone())
-            .collect()
+            .collect();
+        // Each named admin token on its own too, and each part of its entry (a name and a token
+        // written the wrong way round must not show either).
+        let parts: Vec<String> = self
+            .resolved
+            .iter()
+            .filter(|r| r.spec.key == "admin_tokens")
+            .filter_map(|r| r.raw.as_deref())
+            .flat_map(|raw| raw.split([',', '=']))
+            .map(|p| p.trim().to_string())
+            .filter(|p| p.len() >= 4)
+            .collect();
+        out.extend(parts);
+        out
     }
 }
 
@@ -485,6 +499,19 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert_eq!(s.secrets(), vec!["hunter2-token".to_string()]);
+        let (s, _) = resolve(
+            &[],
+            &[(
+                "JANITOR_ADMIN_TOKENS",
+                "bot=0123456789abcdef0123,alice=fedcba9876543210fedc",
+            )],
+            "",
+        );
+        let secrets = s.secrets();
+        for t in ["0123456789abcdef0123", "fedcba9876543210fedc", "alice"] {
+            assert!(secrets.contains(&t.to_string()), "{t} in {secrets:?}");
+        }
+        assert!(!format!("{s:?}").contains("0123456789abcdef"));
     }
 
     #[test]

@@ -87,9 +87,11 @@ fn check_tag_prefix(s: &str) -> Result<(), String> {
     crate::policy::ProtectionConfig::check_prefix(s)
 }
 
+/// Days from 1 to 36,500 (a hundred years; more only overflows dates).
 fn check_positive(s: &str) -> Result<(), String> {
     match uint(s)? {
         0 => Err("give at least 1".into()),
+        d if d > 36_500 => Err("give at most 36500 (a hundred years)".into()),
         _ => Ok(()),
     }
 }
