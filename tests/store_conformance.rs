@@ -1290,19 +1290,49 @@ conformance!(
         // Planning again keeps the stored tokens.
         assert!(s.plan_snapshots(a, "w1", &disks, t0()).await.unwrap());
         assert_eq!(s.snapshots_of(a).await.unwrap(), rows);
-        s.record_snapshot(a, "d-1", Some("s-1"), "progressing", None, t0())
-            .await
-            .unwrap();
-        s.record_snapshot(a, "d-2", Some("s-2"), "accomplished", None, t0())
-            .await
-            .unwrap();
+        s.record_snapshot(
+            a,
+            "w1",
+            "d-1",
+            ecs_janitor::store::SnapshotUpdate {
+                snapshot_id: Some("s-1"),
+                state: "progressing",
+                failure: None,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+        s.record_snapshot(
+            a,
+            "w1",
+            "d-2",
+            ecs_janitor::store::SnapshotUpdate {
+                snapshot_id: Some("s-2"),
+                state: "accomplished",
+                failure: None,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
         assert!(
             !s.snapshots_ready(a, "w1", t0()).await.unwrap(),
             "s-1 still progressing"
         );
-        s.record_snapshot(a, "d-1", None, "accomplished", None, t0())
-            .await
-            .unwrap();
+        s.record_snapshot(
+            a,
+            "w1",
+            "d-1",
+            ecs_janitor::store::SnapshotUpdate {
+                snapshot_id: None,
+                state: "accomplished",
+                failure: None,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
         assert!(!s.snapshots_ready(a, "w2", t0()).await.unwrap(), "fenced");
         assert!(s.snapshots_ready(a, "w1", t0()).await.unwrap());
         assert_eq!(state_of(s, "i-1").await, vec!["pending"]);
@@ -1417,12 +1447,32 @@ conformance!(
         let disks = vec!["d-1".to_string(), "d-2".to_string()];
         assert!(s.plan_snapshots(id, "w", &disks, t0()).await.unwrap());
         let before = s.snapshots_of(id).await.unwrap();
-        s.record_snapshot(id, "d-1", Some("s-1"), "accomplished", None, t0())
-            .await
-            .unwrap();
-        s.record_snapshot(id, "d-2", Some("s-2"), "failed", None, t0())
-            .await
-            .unwrap();
+        s.record_snapshot(
+            id,
+            "w",
+            "d-1",
+            ecs_janitor::store::SnapshotUpdate {
+                snapshot_id: Some("s-1"),
+                state: "accomplished",
+                failure: None,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+        s.record_snapshot(
+            id,
+            "w",
+            "d-2",
+            ecs_janitor::store::SnapshotUpdate {
+                snapshot_id: Some("s-2"),
+                state: "failed",
+                failure: None,
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
         assert!(s
             .snapshot_failed(id, "w", "Janitor.SnapshotFailed", "s-2 failed", t0())
             .await

@@ -54,7 +54,7 @@ pub use runs::RunEnd;
 pub use safety::{HoldKind, HoldRow};
 pub use savings::{DaySavings, PolicySavings, SavingsSummary};
 pub use settings::PauseInfo;
-pub use snapshots::{SnapshotRow, StagedRelease};
+pub use snapshots::{SnapshotRow, SnapshotUpdate, StagedRelease};
 pub use views::{MetricsSnapshot, ReleaseFilter, StateCounts};
 
 /// Why the store failed.

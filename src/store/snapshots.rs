@@ -81,6 +81,17 @@ fn snapshot_row(r: RawSnapshot) -> SnapshotRow {
     }
 }
 
+/// What a call said of one disk's snapshot, for [`Store::record_snapshot`].
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotUpdate<'a> {
+    /// ECS's id, once CreateSnapshot answered with it.
+    pub snapshot_id: Option<&'a str>,
+    /// `creating`, `progressing`, `accomplished` or `failed`.
+    pub state: &'a str,
+    /// A call that failed: its code and message (counted as an attempt).
+    pub failure: Option<(&'a str, &'a str)>,
+}
+
 /// The lease condition every stage write carries: still ours, still waiting for snapshots.
 const FENCE: &str = "id = $1 AND stage_owner = $2 AND state = 'pending'
                      AND snapshot_stage = 'snapshotting'";
@@ -240,14 +251,13 @@ impl Store {
 
     /// What one CreateSnapshot or DescribeSnapshots said of a disk's snapshot: its id (once
     /// known), its state, and for a call that failed, the code and message (counted as an
-    /// attempt).
+    /// attempt). Fenced: written only while `owner` holds the release's stage.
     pub async fn record_snapshot(
         &self,
         id: ReleaseId,
+        owner: &str,
         disk_id: &str,
-        snapshot_id: Option<&str>,
-        state: &str,
-        failure: Option<(&str, &str)>,
+        update: SnapshotUpdate<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.pool
@@ -255,16 +265,19 @@ impl Store {
                 Sql::new(
                     "UPDATE snapshots SET snapshot_id = COALESCE($3, snapshot_id), state = $4,
                             attempts = attempts + $5, code = $6, message = $7, updated_at = $8
-                     WHERE release_id = $1 AND disk_id = $2",
+                     WHERE release_id = $1 AND disk_id = $2
+                       AND EXISTS (SELECT 1 FROM releases WHERE id = $1 AND stage_owner = $9
+                                   AND state = 'pending' AND snapshot_stage = 'snapshotting')",
                 )
                 .bind(id)
                 .bind(disk_id)
-                .bind(snapshot_id)
-                .bind(state)
-                .bind(i64::from(failure.is_some()))
-                .bind(failure.map(|f| f.0))
-                .bind(failure.map(|f| f.1))
-                .bind(ms(now)),
+                .bind(update.snapshot_id)
+                .bind(update.state)
+                .bind(i64::from(update.failure.is_some()))
+                .bind(update.failure.map(|f| f.0))
+                .bind(update.failure.map(|f| f.1))
+                .bind(ms(now))
+                .bind(owner),
             )
             .await?;
         Ok(())

@@ -15,13 +15,13 @@ use super::{WorkerError, Workers};
 use crate::ecs::client::SnapshotRequest;
 use crate::ecs::{DiskKind, ErrorClass};
 use crate::policy::SnapshotDisks;
-use crate::store::{SnapshotRow, StagedRelease};
+use crate::store::{SnapshotRow, SnapshotUpdate, StagedRelease};
 
 /// How long a snapshot may progress before its release fails (ECS bounds it nowhere).
 pub const SNAPSHOT_TIMEOUT: chrono::Duration = chrono::Duration::hours(24);
 
 /// Releases one worker takes into the stage at a time.
-const STAGE_CLAIM: usize = 20;
+const STAGE_CLAIM: usize = 4;
 
 /// What one look at a staged release ended with.
 enum Stage {
@@ -224,14 +224,34 @@ impl Workers {
                     Some("accomplished") => {
                         self.ctx
                             .store
-                            .record_snapshot(r.id, &s.disk_id, None, "accomplished", None, now)
+                            .record_snapshot(
+                                r.id,
+                                &self.cfg.owner,
+                                &s.disk_id,
+                                SnapshotUpdate {
+                                    snapshot_id: None,
+                                    state: "accomplished",
+                                    failure: None,
+                                },
+                                now,
+                            )
                             .await?;
                         s.state = "accomplished".into();
                     }
                     Some("failed") => {
                         self.ctx
                             .store
-                            .record_snapshot(r.id, &s.disk_id, None, "failed", None, now)
+                            .record_snapshot(
+                                r.id,
+                                &self.cfg.owner,
+                                &s.disk_id,
+                                SnapshotUpdate {
+                                    snapshot_id: None,
+                                    state: "failed",
+                                    failure: None,
+                                },
+                                now,
+                            )
                             .await?;
                         return Ok(Stage::Failed {
                             code: "Janitor.SnapshotFailed".into(),
@@ -312,7 +332,17 @@ impl Workers {
             Ok(id) => {
                 self.ctx
                     .store
-                    .record_snapshot(r.id, &s.disk_id, Some(&id), "progressing", None, now)
+                    .record_snapshot(
+                        r.id,
+                        &self.cfg.owner,
+                        &s.disk_id,
+                        SnapshotUpdate {
+                            snapshot_id: Some(&id),
+                            state: "progressing",
+                            failure: None,
+                        },
+                        now,
+                    )
                     .await?;
                 s.snapshot_id = Some(id);
                 s.state = "progressing".into();
@@ -326,7 +356,17 @@ impl Workers {
                 let state = if permanent { "failed" } else { "creating" };
                 self.ctx
                     .store
-                    .record_snapshot(r.id, &s.disk_id, None, state, Some((&code, &message)), now)
+                    .record_snapshot(
+                        r.id,
+                        &self.cfg.owner,
+                        &s.disk_id,
+                        SnapshotUpdate {
+                            snapshot_id: None,
+                            state,
+                            failure: Some((&code, &message)),
+                        },
+                        now,
+                    )
                     .await?;
                 s.attempts += 1;
                 if permanent || out_of_tries {
