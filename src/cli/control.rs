@@ -43,12 +43,8 @@ pub(super) async fn exempt(args: &ExemptArgs, settings: &Settings) -> anyhow::Re
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let instance = args.instance.as_deref().unwrap_or_default().trim();
-    if !instance.starts_with("i-") || instance.contains(char::is_whitespace) {
-        anyhow::bail!(
-            "{instance:?} is not an instance id: give one as DescribeInstances shows it (`i-...`)"
-        );
-    }
+    let instance = crate::plan::exempt::instance_id(args.instance.as_deref().unwrap_or_default())
+        .map_err(anyhow::Error::msg)?;
     let reason = args.reason.as_deref().unwrap_or_default().trim();
     if reason.is_empty() {
         anyhow::bail!("give --reason: it is recorded with the exemption and shown in plans");
@@ -66,9 +62,7 @@ pub(super) async fn exempt(args: &ExemptArgs, settings: &Settings) -> anyhow::Re
         return Ok(ExitCode::SUCCESS);
     }
     let text = args.until.as_deref().unwrap_or_default();
-    let until =
-        crate::plan::exempt::parse_until(text).map_err(|e| anyhow::anyhow!("--until: {e}"))?;
-    crate::plan::exempt::check_new(until, now, settings.protection.max_exemption())
+    let until = crate::plan::exempt::new_until(text, now, settings.protection.max_exemption())
         .map_err(|e| anyhow::anyhow!("--until: {e}"))?;
     let done = store
         .exempt(instance, until, &operator(), reason, now)

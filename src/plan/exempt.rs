@@ -53,6 +53,31 @@ pub fn parse_until(value: &str) -> Result<DateTime<Utc>, String> {
         })
 }
 
+/// An operator's new exemption's end, written as `text` (see [`parse_until`]), checked by
+/// [`check_new`]: what `ecs-janitor exempt --until` and the API both read.
+pub fn new_until(
+    text: &str,
+    now: DateTime<Utc>,
+    max: chrono::Duration,
+) -> Result<DateTime<Utc>, String> {
+    let until = parse_until(text)?;
+    check_new(until, now, max)?;
+    Ok(until)
+}
+
+/// `raw` when it is an instance id as DescribeInstances shows them (`i-...`), else what one
+/// looks like.
+pub fn instance_id(raw: &str) -> Result<&str, String> {
+    let raw = raw.trim();
+    if raw.starts_with("i-") && !raw.contains(char::is_whitespace) {
+        Ok(raw)
+    } else {
+        Err(format!(
+            "{raw:?} is not an instance id: give one as DescribeInstances shows it (`i-...`)"
+        ))
+    }
+}
+
 /// Why an operator may not exempt until `until`, or `None`: it must end in the future and within
 /// the limit.
 pub fn check_new(

@@ -191,6 +191,8 @@ pub(super) struct Operator {
     reason: Option<String>,
     /// `queue cancel`'s hold: seconds, e.g. 86400 for a day.
     hold_secs: Option<i64>,
+    /// An exemption's end: `2027-01-31` or an RFC 3339 time.
+    until: Option<String>,
 }
 
 impl Operator {
@@ -255,23 +257,9 @@ pub(super) async fn list_exemptions(
     Ok(Json(s.ctx.store.exemptions(s.ctx.clock.now()).await?))
 }
 
-/// `?until=2027-01-31&reason=...&by=...`: the exemption's end, why and who.
-#[derive(Debug, Default, serde::Deserialize)]
-pub(super) struct ExemptQuery {
-    until: Option<String>,
-    by: Option<String>,
-    reason: Option<String>,
-}
-
 /// An instance id from the path, or a 400 that says what one looks like.
 fn instance_id(raw: &str) -> Result<&str, ApiError> {
-    if raw.starts_with("i-") && !raw.contains(char::is_whitespace) {
-        Ok(raw)
-    } else {
-        Err(ApiError::bad_request(format!(
-            "{raw:?} is not an instance id: give one as DescribeInstances shows it (`i-...`)"
-        )))
-    }
+    crate::plan::exempt::instance_id(raw).map_err(ApiError::bad_request)
 }
 
 /// The reason a mutation must give, or a 400.
@@ -288,21 +276,14 @@ pub(super) async fn exempt(
     State(s): State<AdminContext>,
     headers: HeaderMap,
     Path(raw): Path<String>,
-    Query(q): Query<ExemptQuery>,
+    Query(op): Query<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = authorize(&s, &headers)?;
     let instance = instance_id(&raw)?;
-    let op = Operator {
-        by: q.by,
-        reason: q.reason,
-        hold_secs: None,
-    };
     let reason = required_reason(&op)?;
     let now = s.ctx.clock.now();
-    let until = crate::plan::exempt::parse_until(q.until.as_deref().unwrap_or_default())
-        .and_then(|t| {
-            crate::plan::exempt::check_new(t, now, s.ctx.protection.max_exemption()).map(|()| t)
-        })
+    let text = op.until.as_deref().unwrap_or_default();
+    let until = crate::plan::exempt::new_until(text, now, s.ctx.protection.max_exemption())
         .map_err(|e| ApiError::bad_request(format!("until: {e}")))?;
     let done = s
         .ctx

@@ -74,27 +74,17 @@ impl SnapshotStore {
     }
 }
 
-/// `Tag.N.Key` / `Tag.N.Value`.
+/// `Tag.N.Key` / `Tag.N.Value`, optional here, checked as TagResources checks them.
 fn tags_of(map: &HashMap<&str, &str>) -> Result<BTreeMap<String, String>, ApiError> {
-    let mut tags = BTreeMap::new();
-    for n in 1.. {
-        let Some(k) = map.get(format!("Tag.{n}.Key").as_str()) else {
-            break;
-        };
-        let v = map
-            .get(format!("Tag.{n}.Value").as_str())
-            .copied()
-            .unwrap_or_default();
-        tags.insert((*k).to_string(), v.to_string());
+    let given: Vec<(String, String)> = map
+        .iter()
+        .filter(|(k, _)| k.starts_with("Tag."))
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    if given.is_empty() {
+        return Ok(BTreeMap::new());
     }
-    if tags.len() > 20 {
-        return Err(api_err(
-            400,
-            "NumberExceed.Tags",
-            "The maximum number of tags is exceeded: at most 20.",
-        ));
-    }
-    Ok(tags)
+    Ok(super::tags::tags_of(map, &given)?.into_iter().collect())
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {

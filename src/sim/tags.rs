@@ -142,8 +142,8 @@ fn too_many_tags(n: usize) -> ApiError {
     )
 }
 
-/// `Tag.N.Key` / `Tag.N.Value`, in N order, checked.
-fn tags_of(
+/// `Tag.N.Key` / `Tag.N.Value`, in N order, checked (CreateSnapshot's tags too).
+pub(super) fn tags_of(
     map: &HashMap<&str, &str>,
     params: &[(String, String)],
 ) -> Result<Vec<(String, String)>, ApiError> {

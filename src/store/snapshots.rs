@@ -420,7 +420,23 @@ impl Store {
         Ok(true)
     }
 
-    /// The snapshots of releases, newest release first (for `queue show`, the page and tests).
+    /// The snapshots of the releases `ids`, in one query (the check before a batch's call).
+    pub async fn snapshots_of_releases(
+        &self,
+        ids: &[ReleaseId],
+    ) -> Result<Vec<SnapshotRow>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(400) {
+            let mut q = Sql::new(format!("{SNAPSHOT_SELECT} WHERE release_id IN "));
+            q.push_list(chunk.iter().copied());
+            q.push(" ORDER BY release_id, disk_id");
+            let rows: Vec<RawSnapshot> = self.pool.fetch_all(q).await?;
+            out.extend(rows.into_iter().map(snapshot_row));
+        }
+        Ok(out)
+    }
+
+    /// The snapshots of one release (for `queue show`, the stage and tests).
     pub async fn snapshots_of(&self, id: ReleaseId) -> Result<Vec<SnapshotRow>, StoreError> {
         let rows: Vec<RawSnapshot> = self
             .pool

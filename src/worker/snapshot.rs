@@ -4,7 +4,7 @@
 //! taken twice), then poll DescribeSnapshots until every one is `accomplished`. Only then is the
 //! release `ready` for a DeleteInstances batch: a snapshot still progressing is deleted with its
 //! disk (../shared/ecs-more.md 2.3). A snapshot that fails, or cannot be made after the batch's
-//! attempts, fails the release; one progressing longer than [`SNAPSHOT_TIMEOUT`] too.
+//! attempts, fails the release; so does a stage not done [`SNAPSHOT_TIMEOUT`] after it began.
 //!
 //! The switches hold here as well: the worker loop runs this only when not paused, inside the
 //! window and not in a dry run, so a dry run takes no snapshot.
@@ -17,7 +17,8 @@ use crate::ecs::{DiskKind, ErrorClass};
 use crate::policy::SnapshotDisks;
 use crate::store::{SnapshotRow, SnapshotUpdate, StagedRelease};
 
-/// How long a snapshot may progress before its release fails (ECS bounds it nowhere).
+/// How long a release's snapshot stage may last before the release fails (ECS bounds a
+/// snapshot's time nowhere).
 pub const SNAPSHOT_TIMEOUT: chrono::Duration = chrono::Duration::hours(24);
 
 /// Releases one worker takes into the stage at a time.
@@ -116,18 +117,26 @@ impl Workers {
     ) -> Result<Result<std::collections::HashMap<String, String>, crate::ecs::EcsError>, WorkerError>
     {
         let mut gone = std::collections::HashMap::new();
+        let members: std::collections::HashMap<_, _> = b
+            .members
+            .iter()
+            .filter(|m| m.snapshot_days.is_some())
+            .map(|m| (m.release_id, m.instance_id.clone()))
+            .collect();
+        if members.is_empty() {
+            return Ok(Ok(gone));
+        }
+        let ids: Vec<_> = members.keys().copied().collect();
         let mut wanted: Vec<(String, SnapshotRow)> = Vec::new();
-        for m in b.members.iter().filter(|m| m.snapshot_days.is_some()) {
-            let rows = self.ctx.store.snapshots_of(m.release_id).await?;
-            for r in rows {
-                match &r.snapshot_id {
-                    Some(_) if r.state == "accomplished" => wanted.push((m.instance_id.clone(), r)),
-                    _ => {
-                        gone.insert(
-                            m.instance_id.clone(),
-                            format!("the snapshot of disk {} is not accomplished", r.disk_id),
-                        );
-                    }
+        for r in self.ctx.store.snapshots_of_releases(&ids).await? {
+            let instance = members[&r.release_id].clone();
+            match &r.snapshot_id {
+                Some(_) if r.state == "accomplished" => wanted.push((instance, r)),
+                _ => {
+                    gone.insert(
+                        instance,
+                        format!("the snapshot of disk {} is not accomplished", r.disk_id),
+                    );
                 }
             }
         }
@@ -157,6 +166,27 @@ impl Workers {
             }
         }
         Ok(Ok(gone))
+    }
+
+    /// Records what DescribeSnapshots said of `s` (fenced by the stage's lease), in `s` too.
+    async fn record(
+        &self,
+        r: &StagedRelease,
+        s: &mut SnapshotRow,
+        state: &str,
+    ) -> Result<(), WorkerError> {
+        let update = SnapshotUpdate {
+            snapshot_id: None,
+            state,
+            failure: None,
+        };
+        let now = self.ctx.clock.now();
+        self.ctx
+            .store
+            .record_snapshot(r.id, &self.cfg.owner, &s.disk_id, update, now)
+            .await?;
+        s.state = state.to_string();
+        Ok(())
     }
 
     /// How long to wait between looks at a stage `age` old: twice the backoff's base at first,
@@ -212,7 +242,6 @@ impl Workers {
                 }
                 Err(e) => return Ok(refused("DescribeSnapshots", &e)),
             };
-            let now = self.ctx.clock.now();
             for s in rows.iter_mut().filter(|s| s.snapshot_id.is_some()) {
                 let id = s.snapshot_id.clone().unwrap_or_default();
                 let status = listed
@@ -222,52 +251,15 @@ impl Workers {
                 match status {
                     Some("accomplished") if s.state == "accomplished" => {}
                     Some("accomplished") => {
-                        self.ctx
-                            .store
-                            .record_snapshot(
-                                r.id,
-                                &self.cfg.owner,
-                                &s.disk_id,
-                                SnapshotUpdate {
-                                    snapshot_id: None,
-                                    state: "accomplished",
-                                    failure: None,
-                                },
-                                now,
-                            )
-                            .await?;
-                        s.state = "accomplished".into();
+                        self.record(r, s, "accomplished").await?;
                     }
                     Some("failed") => {
-                        self.ctx
-                            .store
-                            .record_snapshot(
-                                r.id,
-                                &self.cfg.owner,
-                                &s.disk_id,
-                                SnapshotUpdate {
-                                    snapshot_id: None,
-                                    state: "failed",
-                                    failure: None,
-                                },
-                                now,
-                            )
-                            .await?;
+                        self.record(r, s, "failed").await?;
                         return Ok(Stage::Failed {
                             code: "Janitor.SnapshotFailed".into(),
                             message: format!(
                                 "snapshot {id} of disk {} failed; the instance is not released without it (`queue retry` takes a new one)",
                                 s.disk_id
-                            ),
-                        });
-                    }
-                    Some(_) if now - s.created_at > SNAPSHOT_TIMEOUT => {
-                        return Ok(Stage::Failed {
-                            code: "Janitor.SnapshotTimeout".into(),
-                            message: format!(
-                                "snapshot {id} of disk {} was still progressing after {}h; the instance is not released",
-                                s.disk_id,
-                                SNAPSHOT_TIMEOUT.num_hours()
                             ),
                         });
                     }
