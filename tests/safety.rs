@@ -1432,3 +1432,74 @@ async fn no_snapshot_is_taken_for_a_policy_no_longer_loaded() {
     assert!(h.sim.snapshots().is_empty());
     assert!(h.sim.releases().is_empty());
 }
+
+/// A snapshot deleted after the stage found it accomplished (its RetentionDays ended while the
+/// batch waited, or someone deleted it) stops the release right before DeleteInstances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_gone_before_the_call_cancels_the_release() {
+    use ecs_janitor::backoff::Backoff;
+    use ecs_janitor::sim::{ScriptStep, Scripted};
+    use ecs_janitor::worker::WorkerConfig;
+    let h = common::start_sim(common::ci_fleet(1), Faults::default(), 5).await;
+    let db = common::sqlite().await;
+    let policies = common::policies(&snapshotting());
+    let app = common::Pipeline {
+        cfg: WorkerConfig {
+            backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(20)),
+            ..WorkerConfig::default()
+        },
+        ..common::Pipeline::new(&db.store, common::client(&h), policies.clone())
+    }
+    .build();
+    let now = chrono::Utc::now();
+    app.reconciler
+        .pass(&policies, now, None, now)
+        .await
+        .unwrap();
+    // The stage takes the snapshots; wait until the simulator has accomplished them.
+    app.workers.step().await.unwrap();
+    assert!(!h.sim.snapshots().is_empty());
+    let sim = h.sim.clone();
+    common::wait_for(
+        "the snapshots accomplished",
+        Duration::from_secs(20),
+        || {
+            let done = sim
+                .snapshots()
+                .iter()
+                .all(|s| s.done_at <= chrono::Utc::now());
+            async move { done }
+        },
+    )
+    .await;
+    // The stage finds them accomplished and a batch takes the release; its re-check is refused
+    // once, so the batch waits, and meanwhile one snapshot is deleted.
+    h.sim.script(ScriptStep {
+        action: "DescribeInstances".into(),
+        answer: Scripted::Error {
+            status: 400,
+            code: "InvalidParameter".into(),
+        },
+        instance_id: None,
+    });
+    app.workers.step().await.unwrap();
+    assert!(h.sim.releases().is_empty());
+    let first = h.sim.snapshots()[0].snapshot_id.clone();
+    assert!(h.sim.delete_snapshot(&first));
+    app.workers
+        .drain(tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(h.sim.releases().is_empty(), "released without its snapshot");
+    let rows = db
+        .store
+        .list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(rows[0].state, ReleaseState::Cancelled, "{rows:?}");
+    let why = rows[0].last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains(&format!("its snapshot {first}")) && why.contains("no longer exists"),
+        "{why}"
+    );
+}

@@ -457,6 +457,12 @@ impl Simulator {
         self.state().snapshots.all()
     }
 
+    /// Deletes a snapshot, as its RetentionDays ending or someone in the console would; false
+    /// when there is no such snapshot.
+    pub fn delete_snapshot(&self, snapshot_id: &str) -> bool {
+        self.state().snapshots.delete(snapshot_id)
+    }
+
     /// The next snapshots of `disk_id` end `failed` instead of `accomplished`.
     pub fn fail_snapshots_of(&self, disk_id: &str) {
         self.state()

@@ -66,6 +66,10 @@ impl SnapshotStore {
         self.by_id.values().cloned().collect()
     }
 
+    pub(super) fn delete(&mut self, snapshot_id: &str) -> bool {
+        self.by_id.remove(snapshot_id).is_some()
+    }
+
     /// A release took `disk_ids` with it: their snapshots still progressing at `now` go too.
     pub(super) fn disks_released(&mut self, disk_ids: &[String], now: DateTime<Utc>) {
         self.by_id.retain(|_, s| {
