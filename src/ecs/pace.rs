@@ -1,9 +1,11 @@
 //! Pacing of one account's calls, per (region, API): ECS throttles each account per region and
 //! per API, per minute ("if a call is throttled in minute T it can be called again in minute
 //! T+1"; the thresholds are per API in Quota Center, ../shared/ecs-api.md 4). Each key has its
-//! own bucket: it starts at a generous rate, halves on a throttling answer (once per burst of
-//! them) and holds every call of the key until the time ECS said (`TimeLeft`) or, without one,
-//! the end of the minute, then grows back by a tenth with each success. An optional ceiling caps every key (`--calls-per-second`).
+//! own bucket: it starts at a generous rate with a second's worth of burst (a token bucket: ECS
+//! counts per minute, so a short pass need not be spread out), halves on a throttling answer
+//! (once per burst of them) and holds every call of the key until the time ECS said
+//! (`TimeLeft`) or, without one, the end of the minute, then grows back by a tenth with each
+//! success. An optional ceiling caps every key (`--calls-per-second`), spacing every call.
 //! Waits use tokio time, so they can be tested in paused time.
 
 use std::collections::HashMap;
@@ -28,6 +30,11 @@ pub struct PaceConfig {
     pub decrease_spacing: Duration,
     /// The longest a throttle holds a key, whatever ECS said.
     pub max_hold: Duration,
+    /// How many seconds' worth of calls a key that has been idle may send at once (a token
+    /// bucket's depth: at 50 calls per second, a burst of 50). ECS counts calls per minute, so
+    /// a short pass need not be spread out; a throttle halves the rate, and so the burst. Not
+    /// with a ceiling, which spaces every call.
+    pub burst_seconds: f64,
 }
 
 impl Default for PaceConfig {
@@ -39,6 +46,7 @@ impl Default for PaceConfig {
             growth_per_success: 1.1,
             decrease_spacing: Duration::from_secs(1),
             max_hold: Duration::from_secs(60),
+            burst_seconds: 1.0,
         }
     }
 }
@@ -49,13 +57,26 @@ impl PaceConfig {
             .map_or(self.start_per_second, |c| c.min(self.start_per_second))
             .max(f64::MIN_POSITIVE)
     }
+
+    /// How far ahead of now a key's schedule may run before a call waits: the burst, less the
+    /// one call it always allows.
+    fn tolerance(&self, rate: f64) -> Duration {
+        if self.ceiling.is_some() {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((self.burst_seconds - 1.0 / rate).max(0.0))
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Bucket {
     rate: f64,
-    /// The earliest moment the next call of this key may start.
+    /// When the next call would start if the key's calls were evenly spaced at `rate` (the
+    /// theoretical arrival time of the generic cell rate algorithm): a call starts once this is
+    /// within the burst's tolerance of now.
     next: Instant,
+    /// No call of the key starts before this (a throttle's hold).
+    held: Instant,
     throttled: u64,
     /// When the rate was last halved.
     decreased: Option<Instant>,
@@ -93,11 +114,17 @@ impl Pacer {
                 .or_insert_with(|| Bucket {
                     rate: self.cfg.top(),
                     next: now,
+                    held: now,
                     throttled: 0,
                     decreased: None,
                 });
-            let at = b.next.max(now);
-            b.next = at + Duration::from_secs_f64(1.0 / b.rate);
+            let due = b.next.max(now);
+            let at = due
+                .checked_sub(self.cfg.tolerance(b.rate))
+                .unwrap_or(now)
+                .max(now)
+                .max(b.held);
+            b.next = due.max(at) + Duration::from_secs_f64(1.0 / b.rate);
             at
         };
         tokio::time::sleep_until(at).await;
@@ -131,6 +158,7 @@ impl Pacer {
             .or_insert_with(|| Bucket {
                 rate: cfg.top(),
                 next: Instant::now(),
+                held: Instant::now(),
                 throttled: 0,
                 decreased: None,
             });
@@ -142,7 +170,9 @@ impl Pacer {
             b.decreased = Some(now_t);
         }
         b.throttled += 1;
-        b.next = b.next.max(Instant::now() + wait);
+        let until = Instant::now() + wait;
+        b.held = b.held.max(until);
+        b.next = b.next.max(until);
     }
 
     /// The state of a key, if it has been used.
@@ -171,9 +201,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_idle_key_sends_a_seconds_worth_at_once_then_keeps_to_its_rate() {
+        let p = Pacer::new(PaceConfig {
+            start_per_second: 10.0,
+            ..PaceConfig::default()
+        });
+        let start = Instant::now();
+        for _ in 0..10 {
+            p.wait("cn-hangzhou", "DescribeInstances").await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "a burst of ten");
+        for _ in 0..20 {
+            p.wait("cn-hangzhou", "DescribeInstances").await;
+        }
+        // Thirty calls at ten per second with a burst of ten: the last starts at 2 s, so no
+        // second holds more than twenty and no minute more than its 600 and the burst.
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        // Idle again, the burst is back.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let again = Instant::now();
+        for _ in 0..10 {
+            p.wait("cn-hangzhou", "DescribeInstances").await;
+        }
+        assert_eq!(again.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn calls_of_one_key_are_spaced_and_other_keys_do_not_wait() {
         let p = Pacer::new(PaceConfig {
             start_per_second: 10.0,
+            burst_seconds: 0.0,
             ..PaceConfig::default()
         });
         let start = Instant::now();
@@ -196,6 +253,7 @@ mod tests {
     async fn a_throttle_halves_the_rate_and_holds_the_key_for_what_ecs_said() {
         let p = Pacer::new(PaceConfig {
             start_per_second: 8.0,
+            burst_seconds: 0.0,
             ..PaceConfig::default()
         });
         p.wait("cn-hangzhou", "DescribeInstances").await;

@@ -204,14 +204,7 @@ fn call_log(
 
 /// Released instances stop being listed once their delay is over.
 fn expire_releases(st: &mut SimState, now: DateTime<Utc>) {
-    let over: Vec<String> = st
-        .releasing
-        .iter()
-        .filter(|(_, until)| **until <= now)
-        .map(|(id, _)| id.clone())
-        .collect();
-    for id in over {
-        st.releasing.remove(&id);
+    for id in st.releasing.expire(now) {
         for f in st.fleet.values_mut() {
             f.remove(&id);
         }

@@ -240,7 +240,7 @@ struct SimState {
     rng: StdRng,
     request_seq: u64,
     /// Released instances ECS still lists, until when (asynchronous release).
-    releasing: HashMap<String, DateTime<Utc>>,
+    releasing: Releasing,
     /// Scripted answers, each used once by the first call it matches.
     script: Vec<ScriptStep>,
     /// Calls counted against a quota: (account, region, action) → (minute, calls in it).
@@ -335,7 +335,7 @@ impl Simulator {
                 nonces: HashMap::new(),
                 rng,
                 request_seq: 0,
-                releasing: HashMap::new(),
+                releasing: Releasing::default(),
                 script: Vec::new(),
                 quota_used: HashMap::new(),
                 in_flight: 0,
@@ -506,5 +506,41 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut st = self.0.state();
         st.in_flight = st.in_flight.saturating_sub(1);
+    }
+}
+
+/// Released instances ECS still lists, each until when: looked up by id, and expired in order
+/// of time, so a call costs what expires, not a walk over everything released so far.
+#[derive(Debug, Default)]
+pub(crate) struct Releasing {
+    until: HashMap<String, DateTime<Utc>>,
+    order: std::collections::BTreeSet<(DateTime<Utc>, String)>,
+}
+
+impl Releasing {
+    pub(crate) fn contains_key(&self, id: &str) -> bool {
+        self.until.contains_key(id)
+    }
+
+    pub(crate) fn insert(&mut self, id: String, until: DateTime<Utc>) {
+        if let Some(old) = self.until.insert(id.clone(), until) {
+            self.order.remove(&(old, id.clone()));
+        }
+        self.order.insert((until, id));
+    }
+
+    /// Takes out and returns the instances whose release is over at `now`.
+    pub(crate) fn expire(&mut self, now: DateTime<Utc>) -> Vec<String> {
+        let mut over = Vec::new();
+        while let Some((t, _)) = self.order.first() {
+            if *t > now {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_first() {
+                self.until.remove(&id);
+                over.push(id);
+            }
+        }
+        over
     }
 }

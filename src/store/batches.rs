@@ -145,6 +145,49 @@ pub(super) async fn new_batch(
     Ok(id)
 }
 
+/// Creates a batch of `kind` with its token, already leased to `owner` until `until` (its first
+/// claim), makes `ids` its members and returns it with them, inside `tx`: the token, the
+/// membership and the lease are stored together, before any call, in three statements.
+pub(super) async fn new_leased_batch(
+    tx: &mut Tx,
+    kind: &BatchKind,
+    token: &str,
+    ids: &[ReleaseId],
+    owner: &str,
+    until: i64,
+    now: DateTime<Utc>,
+) -> Result<ClaimedBatch, StoreError> {
+    let b: BatchRow = tx
+        .fetch_one(
+            Sql::new(
+                "INSERT INTO batches (region, force, terminate_subscription,
+                   client_token, state, next_attempt_at, created_at, updated_at, account,
+                   lease_owner, lease_expires_at, claims)
+                 VALUES ($1, $2, $3, $4, 'open', $5, $5, $5, $6, $7, $8, 1)
+                 RETURNING id, account, region, force, terminate_subscription, client_token,
+                           attempts, tries, claims, last_code, uncertain",
+            )
+            .bind(&kind.region)
+            .bind(kind.force)
+            .bind(kind.terminate_subscription)
+            .bind(token)
+            .bind(ms(now))
+            .bind(&kind.account)
+            .bind(owner)
+            .bind(until),
+        )
+        .await?;
+    let mut q = Sql::new("UPDATE releases SET state = 'in_flight', batch_id = ");
+    q.push_bind(b.id());
+    q.push(", updated_at = ").push_bind(ms(now));
+    q.push(" WHERE state IN ('pending', 'in_flight') AND id IN ");
+    q.push_list(ids.iter().copied());
+    q.push(" RETURNING id AS release_id, instance_id, instance_name, policy, snapshot_days");
+    let mut members: Vec<BatchMember> = tx.fetch_all(q).await?;
+    members.sort_by_key(|m| m.release_id);
+    Ok(b.into_claimed(owner, members))
+}
+
 /// Leases batch `id` to `owner` until `until` (stored milliseconds), counting the claim, and
 /// reads it back with its in-flight members, inside `tx`.
 pub(super) async fn lease(

@@ -169,6 +169,49 @@ impl Sql {
         self
     }
 
+    /// The same statement with anonymous `?` placeholders, its values bound in the order the
+    /// placeholders appear (a value used twice is bound twice), for SQLite. SQLite's driver
+    /// looks each numbered placeholder up by name, a scan of all of them, so a statement with
+    /// thousands (a multi-row insert) cost time quadratic in its size; anonymous ones cost
+    /// nothing to look up. Quoted text and identifiers are left as they are.
+    fn anonymous(&self) -> Sql {
+        let mut text = String::with_capacity(self.text.len());
+        let mut args = Vec::with_capacity(self.args.len());
+        let mut quote: Option<char> = None;
+        let mut chars = self.text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '$') if chars.peek().is_some_and(|(_, d)| d.is_ascii_digit()) => {
+                    let start = i + 1;
+                    let mut end = start;
+                    while let Some((j, d)) = chars.peek().copied() {
+                        if !d.is_ascii_digit() {
+                            break;
+                        }
+                        end = j + 1;
+                        chars.next();
+                    }
+                    let n: usize = self.text[start..end].parse().unwrap_or(0);
+                    match n.checked_sub(1).and_then(|k| self.args.get(k)) {
+                        Some(v) => {
+                            text.push('?');
+                            args.push(v.clone());
+                        }
+                        // Unbound: left for the driver to refuse, as before.
+                        None => text.push_str(&self.text[i..end]),
+                    }
+                    continue;
+                }
+                (None, _) => {}
+            }
+            text.push(c);
+        }
+        Sql { text, args }
+    }
+
     /// The values in the form `DB`'s driver binds.
     fn arguments<'q, DB: Database>(&'q self) -> Result<DB::Arguments<'q>, sqlx::Error>
     where
@@ -307,11 +350,14 @@ impl Pool {
     /// Runs a statement; returns how many rows it changed.
     pub(super) async fn execute(&self, q: Sql) -> Result<u64, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p, file) => sqlx::query_with(&q.text, q.arguments::<Sqlite>()?)
-                .execute(p)
-                .await
-                .map_err(sqlite_err(file))?
-                .rows_affected(),
+            Pool::Sqlite(p, file) => {
+                let q = q.anonymous();
+                sqlx::query_with(&q.text, q.arguments::<Sqlite>()?)
+                    .execute(p)
+                    .await
+                    .map_err(sqlite_err(file))?
+                    .rows_affected()
+            }
             Pool::Postgres(p) => sqlx::query_with(&q.text, q.arguments::<Postgres>()?)
                 .execute(p)
                 .await?
@@ -321,10 +367,13 @@ impl Pool {
 
     pub(super) async fn fetch_all<O: FromEither>(&self, q: Sql) -> Result<Vec<O>, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
-                .fetch_all(p)
-                .await
-                .map_err(sqlite_err(file))?,
+            Pool::Sqlite(p, file) => {
+                let q = q.anonymous();
+                sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                    .fetch_all(p)
+                    .await
+                    .map_err(sqlite_err(file))?
+            }
             Pool::Postgres(p) => {
                 sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
                     .fetch_all(p)
@@ -338,10 +387,13 @@ impl Pool {
         q: Sql,
     ) -> Result<Option<O>, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
-                .fetch_optional(p)
-                .await
-                .map_err(sqlite_err(file))?,
+            Pool::Sqlite(p, file) => {
+                let q = q.anonymous();
+                sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                    .fetch_optional(p)
+                    .await
+                    .map_err(sqlite_err(file))?
+            }
             Pool::Postgres(p) => {
                 sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
                     .fetch_optional(p)
@@ -352,10 +404,13 @@ impl Pool {
 
     pub(super) async fn fetch_one<O: FromEither>(&self, q: Sql) -> Result<O, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
-                .fetch_one(p)
-                .await
-                .map_err(sqlite_err(file))?,
+            Pool::Sqlite(p, file) => {
+                let q = q.anonymous();
+                sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                    .fetch_one(p)
+                    .await
+                    .map_err(sqlite_err(file))?
+            }
             Pool::Postgres(p) => {
                 sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
                     .fetch_one(p)
@@ -383,11 +438,14 @@ impl Tx {
     /// Runs a statement; returns how many rows it changed.
     pub(super) async fn execute(&mut self, q: Sql) -> Result<u64, StoreError> {
         Ok(match self {
-            Tx::Sqlite(t, file) => sqlx::query_with(&q.text, q.arguments::<Sqlite>()?)
-                .execute(&mut **t)
-                .await
-                .map_err(sqlite_err(file))?
-                .rows_affected(),
+            Tx::Sqlite(t, file) => {
+                let q = q.anonymous();
+                sqlx::query_with(&q.text, q.arguments::<Sqlite>()?)
+                    .execute(&mut **t)
+                    .await
+                    .map_err(sqlite_err(file))?
+                    .rows_affected()
+            }
             Tx::Postgres(t) => sqlx::query_with(&q.text, q.arguments::<Postgres>()?)
                 .execute(&mut **t)
                 .await?
@@ -397,10 +455,13 @@ impl Tx {
 
     pub(super) async fn fetch_all<O: FromEither>(&mut self, q: Sql) -> Result<Vec<O>, StoreError> {
         Ok(match self {
-            Tx::Sqlite(t, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
-                .fetch_all(&mut **t)
-                .await
-                .map_err(sqlite_err(file))?,
+            Tx::Sqlite(t, file) => {
+                let q = q.anonymous();
+                sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                    .fetch_all(&mut **t)
+                    .await
+                    .map_err(sqlite_err(file))?
+            }
             Tx::Postgres(t) => {
                 sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
                     .fetch_all(&mut **t)
@@ -414,10 +475,13 @@ impl Tx {
         q: Sql,
     ) -> Result<Option<O>, StoreError> {
         Ok(match self {
-            Tx::Sqlite(t, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
-                .fetch_optional(&mut **t)
-                .await
-                .map_err(sqlite_err(file))?,
+            Tx::Sqlite(t, file) => {
+                let q = q.anonymous();
+                sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                    .fetch_optional(&mut **t)
+                    .await
+                    .map_err(sqlite_err(file))?
+            }
             Tx::Postgres(t) => {
                 sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
                     .fetch_optional(&mut **t)
@@ -428,10 +492,13 @@ impl Tx {
 
     pub(super) async fn fetch_one<O: FromEither>(&mut self, q: Sql) -> Result<O, StoreError> {
         Ok(match self {
-            Tx::Sqlite(t, file) => sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
-                .fetch_one(&mut **t)
-                .await
-                .map_err(sqlite_err(file))?,
+            Tx::Sqlite(t, file) => {
+                let q = q.anonymous();
+                sqlx::query_as_with(&q.text, q.arguments::<Sqlite>()?)
+                    .fetch_one(&mut **t)
+                    .await
+                    .map_err(sqlite_err(file))?
+            }
             Tx::Postgres(t) => {
                 sqlx::query_as_with(&q.text, q.arguments::<Postgres>()?)
                     .fetch_one(&mut **t)
@@ -484,5 +551,52 @@ mod tests {
         assert_eq!(Value::from(None::<&str>), Value::Text(None));
         assert_eq!(Value::from(None::<BatchId>), Value::Int(None));
         assert_eq!(Value::from(true), Value::Int(Some(1)));
+    }
+
+    #[test]
+    fn sqlite_gets_anonymous_placeholders_in_the_order_they_appear() {
+        let mut q = Sql::new("SELECT $2 || '$1' || \"$3\" WHERE a = $1 OR b = $2")
+            .bind(7)
+            .bind("x");
+        q.push(" AND c IN ").push_list([ReleaseId(5)]);
+        let a = q.anonymous();
+        assert_eq!(
+            a.text(),
+            "SELECT ? || '$1' || \"$3\" WHERE a = ? OR b = ? AND c IN (?)"
+        );
+        assert_eq!(
+            a.values(),
+            [
+                Value::Text(Some("x".into())),
+                Value::Int(Some(7)),
+                Value::Text(Some("x".into())),
+                Value::Int(Some(5)),
+            ]
+        );
+        // A placeholder with no value stays as written, for the driver to refuse.
+        assert_eq!(Sql::new("SELECT $1").anonymous().text(), "SELECT $1");
+    }
+
+    #[tokio::test]
+    async fn sqlite_runs_a_statement_of_thousands_of_values_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let pool = Pool::open(&url, &url).await.unwrap();
+        pool.execute(Sql::new("CREATE TABLE t (a INTEGER, b TEXT)"))
+            .await
+            .unwrap();
+        let rows: Vec<(i64, String)> = (0..3000).map(|k| (k, format!("v{k}"))).collect();
+        let mut q = Sql::new("INSERT INTO t (a, b) ");
+        q.push_values(&rows, |(a, b)| [(*a).into(), b.as_str().into()]);
+        assert_eq!(pool.execute(q).await.unwrap(), 3000);
+        let back: Vec<(i64, String)> = pool
+            .fetch_all(
+                Sql::new("SELECT a, b FROM t WHERE a >= $2 AND b <> $1 ORDER BY a LIMIT 2")
+                    .bind("v2998")
+                    .bind(2998),
+            )
+            .await
+            .unwrap();
+        assert_eq!(back, vec![(2999, "v2999".to_string())]);
     }
 }

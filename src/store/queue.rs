@@ -17,6 +17,9 @@ use super::{
 /// The states of an active release, as SQL.
 pub(super) const ACTIVE: &str = "('pending', 'in_flight')";
 
+/// How many releases one enqueue must add before PostgreSQL's statistics are refreshed.
+const ANALYZE_AFTER: usize = 1_000;
+
 /// A release the reconciler wants queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRelease {
@@ -92,10 +95,16 @@ impl Due<'_> {
         Ok(id.map(|(id,)| id))
     }
 
-    /// A new batch of up to `max` due releases: the oldest due release, and those of its
-    /// account, region and flags after it. Its token and membership are written here, before
-    /// any call.
-    async fn new_batch(&self, tx: &mut Tx, max: usize) -> Result<Option<BatchId>, StoreError> {
+    /// A new batch of up to `max` due releases, leased to `owner` until `until`: the oldest due
+    /// release, and those of its account, region and flags after it. Its token, membership and
+    /// lease are written here, before any call.
+    async fn new_batch(
+        &self,
+        tx: &mut Tx,
+        max: usize,
+        owner: &str,
+        until: i64,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
         let lock = self.lock;
         // `+not_before`: filter on the due time, but walk the pending releases in id order (the
         // partial indexes of migration 0003), never sort them all.
@@ -139,12 +148,13 @@ impl Due<'_> {
             return Ok(None);
         }
         let token = new_client_token();
-        let id = batches::new_batch(tx, &kind, &token, &ids, self.now).await?;
+        let batch =
+            batches::new_leased_batch(tx, &kind, &token, &ids, owner, until, self.now).await?;
         insert_event(
             tx,
             NewEvent {
                 kind: "batched",
-                batch_id: Some(id),
+                batch_id: Some(batch.fence.batch_id),
                 client_token: Some(token),
                 detail: format!("{} releases in {}", ids.len(), kind.region),
                 ..NewEvent::default()
@@ -152,7 +162,7 @@ impl Due<'_> {
             self.now,
         )
         .await?;
-        Ok(Some(id))
+        Ok(Some(batch))
     }
 }
 
@@ -224,7 +234,22 @@ impl Store {
             insert_events(&mut tx, &events, now).await?;
         }
         tx.commit().await?;
+        self.refresh_statistics(created.len()).await;
         Ok(created)
+    }
+
+    /// After a large enqueue, brings PostgreSQL's statistics of the releases up to date: its
+    /// planner picks the claim's index walks from them, and with the counts of before the
+    /// enqueue (a few pending releases) it sorts every pending release on each claim and scans
+    /// the whole table for each re-check instead (tens of milliseconds a batch). Autovacuum
+    /// would get there, a minute or more later. SQLite plans without statistics.
+    async fn refresh_statistics(&self, inserted: usize) {
+        if !self.is_postgres() || inserted < ANALYZE_AFTER {
+            return;
+        }
+        if let Err(e) = self.pool.execute(Sql::new("ANALYZE releases")).await {
+            tracing::warn!(error = %e, "ANALYZE releases failed; claims may be slower until autovacuum runs");
+        }
     }
 
     /// Cancels pending releases that no batch holds yet, each with its reason. Returns how many
@@ -307,13 +332,9 @@ impl Store {
         };
         let until = ms(now) + lease.as_millis() as i64;
         let mut tx = self.pool.begin().await?;
-        let batch = match due.stored_batch(&mut tx).await? {
-            Some(id) => Some(id),
-            None => due.new_batch(&mut tx, max_batch).await?,
-        };
-        let claimed = match batch {
-            None => None,
+        let claimed = match due.stored_batch(&mut tx).await? {
             Some(id) => Some(batches::lease(&mut tx, id, owner, until, now).await?),
+            None => due.new_batch(&mut tx, max_batch, owner, until).await?,
         };
         tx.commit().await?;
         Ok(claimed)

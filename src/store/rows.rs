@@ -377,6 +377,10 @@ pub(super) struct BatchRow {
 }
 
 impl BatchRow {
+    pub(super) fn id(&self) -> BatchId {
+        self.id
+    }
+
     pub(super) fn into_claimed(self, owner: &str, members: Vec<BatchMember>) -> ClaimedBatch {
         ClaimedBatch {
             fence: Fence {

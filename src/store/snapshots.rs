@@ -143,6 +143,17 @@ impl Store {
         max: usize,
         scope: Option<&str>,
     ) -> Result<Vec<StagedRelease>, StoreError> {
+        // Most queues have nothing to snapshot: one indexed look, outside a transaction, spares
+        // every worker step a transaction of its own.
+        let any: Option<(ReleaseId,)> = self
+            .pool
+            .fetch_optional(Sql::new(
+                "SELECT id FROM releases WHERE state = 'pending' AND snapshot_days IS NOT NULL LIMIT 1",
+            ))
+            .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let until = ms(now) + lease.as_millis() as i64;
         let lock = if self.is_postgres() {
             " FOR UPDATE SKIP LOCKED"

@@ -516,7 +516,7 @@ impl Workers {
         }
         // The snapshot stage never holds the batches back: both run on every step.
         let staged = self.snapshot_step().await?;
-        match self.process_next().await? {
+        match self.claim_and_process(paused).await? {
             None if staged => Ok(Some(BatchResult::SnapshotStage)),
             other => Ok(other),
         }
@@ -524,6 +524,16 @@ impl Workers {
 
     /// Claims and carries out one batch; `None` when nothing is due.
     pub async fn process_next(&self) -> Result<Option<BatchResult>, WorkerError> {
+        let paused = self.switches().await?;
+        self.claim_and_process(paused).await
+    }
+
+    /// Claims and carries out one batch, with the pause as it was read just before the claim;
+    /// `None` when nothing is due.
+    async fn claim_and_process(
+        &self,
+        paused: Option<PauseInfo>,
+    ) -> Result<Option<BatchResult>, WorkerError> {
         let now = self.ctx.clock.now();
         // Accounts ECS just refused as a whole are left alone for a while (in `run`; `apply`
         // also takes them out of its scope).
@@ -552,7 +562,7 @@ impl Workers {
         };
         let span = tracing::info_span!("batch", id = %batch.fence.batch_id, region = %batch.region,
             token = %batch.client_token, members = batch.members.len(), attempts = batch.attempts);
-        tracing::Instrument::instrument(self.process(batch), span)
+        tracing::Instrument::instrument(self.process(batch, paused), span)
             .await
             .map(Some)
     }
@@ -604,7 +614,13 @@ impl Workers {
         }
     }
 
-    async fn process(&self, b: ClaimedBatch) -> Result<BatchResult, WorkerError> {
+    /// Carries out a claimed batch; `paused` is the pause as read just before the claim (read
+    /// again after the re-check, and held by the write that counts the attempt).
+    async fn process(
+        &self,
+        b: ClaimedBatch,
+        paused: Option<PauseInfo>,
+    ) -> Result<BatchResult, WorkerError> {
         let fence = b.fence.clone();
         if b.members.is_empty() {
             let ok = self
@@ -622,7 +638,6 @@ impl Workers {
             return Ok(Self::fenced(ok, BatchResult::Settled));
         }
         // The re-check, before every call: live state, then the one decision.
-        let paused = self.switches().await?;
         if let Some((why, at)) = gate_stop(&self.gate(paused.as_ref()), self.ctx.clock.now()) {
             let ok = self
                 .ctx
