@@ -912,6 +912,40 @@ conformance!(
 );
 
 conformance!(
+    a_claim_prefers_a_region_this_process_is_not_busy_in,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let busy = |r: &str| vec![(String::new(), r.to_string())];
+        // r1's releases are the oldest, two batches' worth; r2 has one due too.
+        let mut all: Vec<NewRelease> = (0..150)
+            .map(|k| rel(&format!("i-a{k}"), "r1", false))
+            .collect();
+        all.push(rel("i-b0", "r2", false));
+        s.enqueue(&all, t0()).await.unwrap();
+        let first = s
+            .claim_spread("w", t0(), LEASE, 100, None, &[], &[])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.region, "r1", "the oldest due release leads");
+        // Busy in r1: the next batch comes from r2, though r1's are older.
+        let second = s
+            .claim_spread("w", t0(), LEASE, 100, None, &[], &busy("r1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((second.region.as_str(), second.members.len()), ("r2", 1));
+        // Nothing due elsewhere: busy or not, r1's rest is claimed.
+        let third = s
+            .claim_spread("w", t0(), LEASE, 100, None, &[], &busy("r1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((third.region.as_str(), third.members.len()), ("r1", 50));
+    }
+);
+
+conformance!(
     a_success_records_no_last_error_and_keeps_its_words_in_the_log,
     |db: TestDb| async move {
         let s = &db.store;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 pub struct PaceConfig {
     /// Calls per second a key starts at, and grows back to.
     pub start_per_second: f64,
-    /// Calls per second no key exceeds (`--calls-per-second`), if any.
+    /// Calls per second no key exceeds (`--calls-per-second`), if any; keys start at it.
     pub ceiling: Option<f64>,
     /// The lowest rate a key is halved to.
     pub floor_per_second: f64,
@@ -52,9 +52,11 @@ impl Default for PaceConfig {
 }
 
 impl PaceConfig {
+    /// The rate a key starts at and grows back to: the ceiling when one is set (an operator who
+    /// knows the account's quota sets it, above the default start or below it), else the start.
     fn top(&self) -> f64 {
         self.ceiling
-            .map_or(self.start_per_second, |c| c.min(self.start_per_second))
+            .unwrap_or(self.start_per_second)
             .max(f64::MIN_POSITIVE)
     }
 
@@ -312,6 +314,25 @@ mod tests {
             p.wait("cn-hangzhou", "DeleteInstances").await;
         }
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ceiling_above_the_start_is_the_rate_keys_run_at() {
+        let p = Pacer::new(PaceConfig {
+            ceiling: Some(200.0),
+            ..PaceConfig::default()
+        });
+        let start = Instant::now();
+        for _ in 0..201 {
+            p.wait("cn-hangzhou", "DeleteInstances").await;
+        }
+        // 200 a second, evenly spaced: the 201st call starts a second after the first, where
+        // the default start of 50 a second would have taken four.
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(
+            p.state("cn-hangzhou", "DeleteInstances").unwrap().rate,
+            200.0
+        );
     }
 
     #[test]

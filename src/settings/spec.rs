@@ -300,8 +300,9 @@ pub const SPECS: &[Spec] = &[
         flag: Some("calls-per-second"),
         value_name: "N",
         default: None,
-        help: "A ceiling of calls per second for each (account, region, API). Without it each \
-               starts at 50 per second, halves when ECS throttles, waits out what ECS said, and \
+        help: "Calls per second for each (account, region, API): keys start at N, never \
+               exceed it and space their calls evenly. Without it each starts at 50 per second \
+               with a second's burst, halves when ECS throttles, waits out what ECS said, and \
                grows back.",
         group: Group::Ecs,
         secret: false,

@@ -44,6 +44,10 @@ struct Due<'a> {
     scope: &'a str,
     /// `|a|b|`, or `""` to skip none.
     skip: String,
+    /// `|account:region|...`: where this process already has batches in flight, so a new
+    /// batch is taken elsewhere when one is due there (each region and API is paced on its
+    /// own, so spread claims keep every key busy); `""` for none.
+    busy: String,
     /// What a claim's reads append to lock the rows they return.
     lock: &'static str,
 }
@@ -51,6 +55,9 @@ struct Due<'a> {
 /// Leaves out the accounts of `$3` (see [`Due::skip_list`]).
 const SKIP_FILTER: &str =
     " AND ($3 = '' OR $3 NOT LIKE ('%|' || REPLACE(account, '_', '\\_') || '|%') ESCAPE '\\')";
+
+/// Leaves out the (account, region) pairs of `$4` (see [`Due::busy`]).
+const BUSY_FILTER: &str = " AND $4 NOT LIKE ('%|' || REPLACE(account, '_', '\\_') || ':' || REPLACE(region, '_', '\\_') || '|%') ESCAPE '\\'";
 
 /// Only batches all of whose in-flight members are in the scope `$9` (`''`: the whole queue).
 const BATCH_SCOPE: &str = " AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM releases m
@@ -74,6 +81,15 @@ impl Due<'_> {
         } else {
             format!("|{}|", accounts.join("|"))
         }
+    }
+
+    /// `|account:region|...` for [`Due::busy`].
+    fn busy_list(pairs: &[(String, String)]) -> String {
+        if pairs.is_empty() {
+            return String::new();
+        }
+        let joined: Vec<String> = pairs.iter().map(|(a, r)| format!("{a}:{r}")).collect();
+        format!("|{}|", joined.join("|"))
     }
 
     /// A stored batch whose retry is due or whose lease expired, oldest first. The scope is
@@ -109,19 +125,27 @@ impl Due<'_> {
         // `+not_before`: filter on the due time, but walk the pending releases in id order (the
         // partial indexes of migration 0003), never sort them all.
         let scope = RELEASE_SCOPE.replace("$9", "$2");
-        let head: Option<BatchKind> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT account, region, force, terminate_subscription FROM releases
-                     WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}{SNAPSHOTS_READY}
-                     ORDER BY id LIMIT 1{lock}"
-                ))
-                .bind(ms(self.now))
-                .bind(self.scope)
-                .bind(&self.skip),
-            )
-            .await?;
-        let Some(kind) = head else {
+        let head = |busy: &'static str| {
+            Sql::new(format!(
+                "SELECT account, region, force, terminate_subscription FROM releases
+                 WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}{busy}{SNAPSHOTS_READY}
+                 ORDER BY id LIMIT 1{lock}"
+            ))
+            .bind(ms(self.now))
+            .bind(self.scope)
+            .bind(&self.skip)
+        };
+        // Elsewhere than where this process is busy, if anything is due there; else anywhere.
+        let mut kind: Option<BatchKind> = None;
+        if !self.busy.is_empty() {
+            kind = tx
+                .fetch_optional(head(BUSY_FILTER).bind(&self.busy))
+                .await?;
+        }
+        if kind.is_none() {
+            kind = tx.fetch_optional(head("")).await?;
+        }
+        let Some(kind) = kind else {
             return Ok(None);
         };
         let scope = RELEASE_SCOPE.replace("$9", "$7");
@@ -320,10 +344,28 @@ impl Store {
         scope: Option<&str>,
         skip_accounts: &[String],
     ) -> Result<Option<ClaimedBatch>, StoreError> {
+        self.claim_spread(owner, now, lease, max_batch, scope, skip_accounts, &[])
+            .await
+    }
+
+    /// [`Store::claim_skipping`], taking a new batch from another (account, region) than those
+    /// of `busy` when one is due there.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_spread(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        max_batch: usize,
+        scope: Option<&str>,
+        skip_accounts: &[String],
+        busy: &[(String, String)],
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
         let due = Due {
             now,
             scope: scope.unwrap_or_default(),
             skip: Due::skip_list(skip_accounts),
+            busy: Due::busy_list(busy),
             lock: if self.is_postgres() {
                 " FOR UPDATE SKIP LOCKED"
             } else {

@@ -277,10 +277,42 @@ pub struct Workers {
     pub scope: Option<String>,
     /// Accounts whose work this run stopped after an account-wide refusal, with the error.
     stopped_accounts: Arc<Mutex<Vec<AccountStop>>>,
+    /// The (account, region) pairs of the batches this process is working, with how many:
+    /// claims prefer others, so every region's pace is used.
+    busy: Arc<Mutex<HashMap<(String, String), usize>>>,
     /// Ends waits (throttling, the call limits, a re-check's retries) at once.
     cancel: CancellationToken,
     calls: CallService,
     rng: Arc<Mutex<StdRng>>,
+}
+
+/// A batch being worked in an (account, region), counted in [`Workers::busy`] until dropped.
+struct Busy<'a> {
+    map: &'a Mutex<HashMap<(String, String), usize>>,
+    key: (String, String),
+}
+
+impl<'a> Busy<'a> {
+    fn hold(map: &'a Mutex<HashMap<(String, String), usize>>, account: &str, region: &str) -> Self {
+        let key = (account.to_string(), region.to_string());
+        *map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default() += 1;
+        Busy { map, key }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Workers {
@@ -290,6 +322,7 @@ impl Workers {
             dry_run: false,
             scope: None,
             stopped_accounts: Arc::default(),
+            busy: Arc::default(),
             cancel: CancellationToken::new(),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             ctx,
@@ -545,21 +578,30 @@ impl Workers {
             .filter(|s| s.until > now)
             .map(|s| s.account.clone())
             .collect();
+        let busy: Vec<(String, String)> = self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let Some(batch) = self
             .ctx
             .store
-            .claim_skipping(
+            .claim_spread(
                 &self.cfg.owner,
                 now,
                 self.cfg.lease,
                 self.cfg.max_batch,
                 self.scope.as_deref(),
                 &skip,
+                &busy,
             )
             .await?
         else {
             return Ok(None);
         };
+        let _busy = Busy::hold(&self.busy, &batch.account, &batch.region);
         let span = tracing::info_span!("batch", id = %batch.fence.batch_id, region = %batch.region,
             token = %batch.client_token, members = batch.members.len(), attempts = batch.attempts);
         tracing::Instrument::instrument(self.process(batch, paused), span)
