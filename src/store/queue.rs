@@ -62,7 +62,7 @@ const BUSY_FILTER: &str = " AND $4 NOT LIKE ('%|' || REPLACE(account, '_', '\\_'
 /// Only batches all of whose in-flight members are in the scope `$9` (`''`: the whole queue).
 const BATCH_SCOPE: &str = " AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM releases m
          WHERE m.batch_id = batches.id AND m.state = 'in_flight'
-           AND m.id NOT IN (SELECT release_id FROM scope_members WHERE scope = $9)))";
+           AND NOT EXISTS (SELECT 1 FROM scope_members s WHERE s.scope = $9 AND s.release_id = m.id)))";
 
 /// Only releases in the scope `$9` (`''`: the whole queue).
 /// A release that must be snapshotted first is batched only once every snapshot is
@@ -70,7 +70,7 @@ const BATCH_SCOPE: &str = " AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM releases m
 pub(super) const SNAPSHOTS_READY: &str = " AND (snapshot_days IS NULL OR snapshot_stage = 'ready')";
 
 const RELEASE_SCOPE: &str =
-    " AND ($9 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $9))";
+    " AND ($9 = '' OR EXISTS (SELECT 1 FROM scope_members s WHERE s.scope = $9 AND s.release_id = releases.id))";
 
 impl Due<'_> {
     /// `|a|b|`: account names are letters, digits, dashes and underscores (`_` is escaped in
@@ -396,7 +396,7 @@ impl Store {
             .fetch_one(
                 Sql::new(
                     "SELECT MIN(not_before) FROM releases WHERE state = 'pending' AND not_before <= $1
-                       AND ($2 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $2))",
+                       AND ($2 = '' OR EXISTS (SELECT 1 FROM scope_members s WHERE s.scope = $2 AND s.release_id = releases.id))",
                 )
                 .bind(ms(now))
                 .bind(scope),
@@ -411,7 +411,7 @@ impl Store {
                      FROM batches WHERE state = 'open'
                        AND ($1 = '' OR NOT EXISTS (SELECT 1 FROM releases m
                             WHERE m.batch_id = batches.id AND m.state = 'in_flight'
-                              AND m.id NOT IN (SELECT release_id FROM scope_members WHERE scope = $1)))",
+                              AND NOT EXISTS (SELECT 1 FROM scope_members s WHERE s.scope = $1 AND s.release_id = m.id)))",
                 )
                 .bind(scope),
             )

@@ -168,7 +168,7 @@ impl Store {
                      WHERE state = 'pending' AND snapshot_days IS NOT NULL
                        AND (snapshot_stage IS NULL OR snapshot_stage = 'snapshotting')
                        AND not_before <= $1 AND (stage_until IS NULL OR stage_until <= $1)
-                       AND ($2 = '' OR id IN (SELECT release_id FROM scope_members WHERE scope = $2))
+                       AND ($2 = '' OR EXISTS (SELECT 1 FROM scope_members s WHERE s.scope = $2 AND s.release_id = releases.id))
                      ORDER BY id LIMIT $3{lock}"
                 ))
                 .bind(ms(now))

@@ -280,6 +280,7 @@ pub struct Workers {
     /// The (account, region) pairs of the batches this process is working, with how many:
     /// claims prefer others, so every region's pace is used.
     busy: Arc<Mutex<HashMap<(String, String), usize>>>,
+    claiming: Arc<tokio::sync::Mutex<()>>,
     /// Ends waits (throttling, the call limits, a re-check's retries) at once.
     cancel: CancellationToken,
     calls: CallService,
@@ -323,6 +324,7 @@ impl Workers {
             scope: None,
             stopped_accounts: Arc::default(),
             busy: Arc::default(),
+            claiming: Arc::default(),
             cancel: CancellationToken::new(),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             ctx,
@@ -578,6 +580,8 @@ impl Workers {
             .filter(|s| s.until > now)
             .map(|s| s.account.clone())
             .collect();
+        // One claim at a time in this process, so each sees where the others went.
+        let claiming = self.claiming.lock().await;
         let busy: Vec<(String, String)> = self
             .busy
             .lock()
@@ -602,6 +606,7 @@ impl Workers {
             return Ok(None);
         };
         let _busy = Busy::hold(&self.busy, &batch.account, &batch.region);
+        drop(claiming);
         let span = tracing::info_span!("batch", id = %batch.fence.batch_id, region = %batch.region,
             token = %batch.client_token, members = batch.members.len(), attempts = batch.attempts);
         tracing::Instrument::instrument(self.process(batch, paused), span)
