@@ -197,7 +197,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // `cargo bench --bench apply_fleet -- all` runs only the all-matching job.
+    let only_all = std::env::args().any(|a| a == "all");
     rt.block_on(async move {
+        if only_all {
+            return every_instance_job(instances).await;
+        }
         let f = bench_fleet(instances, matching);
         let base = baseline(f.clone()).await;
         let dir = tempfile::tempdir().expect("dir");
@@ -227,21 +232,7 @@ fn main() {
                 println!("apply_fleet [postgres]: skipped (JANITOR_TEST_POSTGRES_URL is not set)")
             }
         }
-        // The largest job: every instance of the fleet matches, so apply lists, plans, queues
-        // and releases all of them (peak memory at full scale).
-        let all = every_instance_matches(instances);
-        let base = baseline(all.clone()).await;
-        let dir = tempfile::tempdir().expect("dir");
-        let sqlite = format!("sqlite://{}", dir.path().join("all.db").display());
-        run(
-            "sqlite, every instance matches",
-            &sqlite,
-            all,
-            instances,
-            base.0,
-            Duration::ZERO,
-        )
-        .await;
+        every_instance_job(instances).await;
         // The same comparison with a round trip like a real API's on every call, on a fleet a
         // tenth the size (the script would otherwise take minutes).
         let latency = Duration::from_millis(20);
@@ -268,6 +259,24 @@ fn main() {
 }
 
 /// `n` stopped pay-as-you-go instances, all tagged `bench=release`.
+/// The largest job: every instance of the fleet matches, so apply lists, plans, queues and
+/// releases all of them (peak memory at full scale).
+async fn every_instance_job(instances: usize) {
+    let all = every_instance_matches(instances);
+    let base = baseline(all.clone()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sqlite = format!("sqlite://{}", dir.path().join("all.db").display());
+    run(
+        "sqlite, every instance matches",
+        &sqlite,
+        all,
+        instances,
+        base.0,
+        Duration::ZERO,
+    )
+    .await;
+}
+
 fn every_instance_matches(n: usize) -> Vec<Instance> {
     let mut f = fleet::generate(n, 8, chrono::Utc::now());
     for i in f.iter_mut() {

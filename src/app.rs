@@ -83,7 +83,7 @@ impl App {
         }
         // A signal or the run's deadline interrupts the pass too (its listing's retries and
         // throttling waits); nothing has been queued by then that a later run would not redo.
-        let pass = tokio::select! {
+        let mut pass = tokio::select! {
             r = self.reconciler.pass(&policies, started, saved, started) => r?,
             _ = cancel.cancelled() => {
                 return Err(AppError::Other(
@@ -91,6 +91,12 @@ impl App {
                 ))
             }
         };
+        if !opts.keep_plan {
+            for p in &mut pass.plan.policies {
+                p.releases = Vec::new();
+                p.skips = Vec::new();
+            }
+        }
         let mut stopped = None;
         let mut accounts_stopped = Vec::new();
         if !self.reconciler.force_dry_run {
@@ -239,6 +245,10 @@ pub struct ApplyOptions {
     pub narrowed: bool,
     /// A saved plan older than this is refused.
     pub max_plan_age: chrono::Duration,
+    /// Keep the pass's plan in the report (the demo shows it). `apply` does not: the plan of a
+    /// large pass (every release with its reasons and priced lines) would otherwise be held
+    /// while the queue is worked, when the report needs only the runs.
+    pub keep_plan: bool,
 }
 
 impl Default for ApplyOptions {
@@ -246,6 +256,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             narrowed: false,
             max_plan_age: chrono::Duration::hours(24),
+            keep_plan: true,
         }
     }
 }

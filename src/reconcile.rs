@@ -190,14 +190,25 @@ impl Reconciler {
         wanted: impl Fn(&plan::PlannedRelease) -> bool,
         now: DateTime<Utc>,
     ) -> crate::pricing::PricingReport {
-        let sizes: HashMap<(String, String), usize> =
-            inv.regions().map(|(k, v)| (k.clone(), v.len())).collect();
+        self.price_sized(plan, &region_sizes(inv), wanted, now)
+            .await
+    }
+
+    /// [`Reconciler::price`] with how many instances each (account, region) listed, so the
+    /// inventory itself need not be kept while pricing.
+    async fn price_sized(
+        &self,
+        plan: &mut Plan,
+        sizes: &HashMap<(String, String), usize>,
+        wanted: impl Fn(&plan::PlannedRelease) -> bool,
+        now: DateTime<Utc>,
+    ) -> crate::pricing::PricingReport {
         let pricer = crate::pricing::Pricer {
             accounts: &self.ctx.accounts,
             config: &self.ctx.prices,
             cache: &self.ctx.price_cache,
         };
-        pricer.price_plan(plan, &sizes, wanted, now).await
+        pricer.price_plan(plan, sizes, wanted, now).await
     }
 
     /// Fetches the inventory and builds the evaluation context; with `record`, first notes
@@ -298,10 +309,11 @@ impl Reconciler {
                     .as_ref()
                     .is_none_or(|s| s.contains(&(r.instance_id.as_str(), r.policy.as_str())))
         };
-        self.price(&mut plan, &inv, needs_figure, now).await;
         let active = self.ctx.store.active_releases().await?;
         // Of the queued instances, those the inventory listed (for cancellation reasons); then
-        // the inventory, the largest thing a pass holds, is let go before queueing.
+        // the inventory, the largest thing a pass holds, is let go before pricing reads the
+        // disks, so the two are never held at once.
+        let sizes = region_sizes(&inv);
         let listed: HashSet<String> = {
             let all: HashSet<&str> = inv.all().iter().map(|i| i.instance_id.as_str()).collect();
             // What tag exemptions kept out, for the status page (the tags stay the truth).
@@ -317,6 +329,7 @@ impl Reconciler {
                 .collect()
         };
         drop(inv);
+        self.price_sized(&mut plan, &sizes, needs_figure, now).await;
         let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
             s.releases
                 .iter()
@@ -604,6 +617,11 @@ impl Reconciler {
 
 /// Plans each account's policies against that account's instances only (instance ids are unique
 /// across accounts, but a policy must never select another account's machine), in policy order.
+/// How many instances each (account, region) listed.
+fn region_sizes(inv: &Inventory) -> HashMap<(String, String), usize> {
+    inv.regions().map(|(k, v)| (k.clone(), v.len())).collect()
+}
+
 fn evaluate(policies: &[Policy], inv: &Inventory, ctx: &EvalContext, now: DateTime<Utc>) -> Plan {
     let mut by_account: Vec<&str> = policies.iter().map(account_of).collect();
     by_account.sort_unstable();

@@ -58,6 +58,7 @@ pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result
     let opts = crate::app::ApplyOptions {
         narrowed: !args.only.is_empty(),
         max_plan_age: args.max_plan_age,
+        keep_plan: false,
     };
     let report = app.apply(saved.as_ref(), &opts, cancel).await;
     if let Some((bar, task)) = progress {

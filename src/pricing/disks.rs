@@ -31,6 +31,7 @@ pub async fn region_disks(
             .collect();
         return (reads, ids.len(), failures);
     }
+    let wanted: std::collections::HashSet<&str> = ids.iter().copied().collect();
     let mut of: HashMap<String, Vec<Disk>> = HashMap::new();
     let mut token: Option<String> = None;
     let mut calls = 0;
@@ -44,8 +45,18 @@ pub async fn region_disks(
         };
         match page {
             Ok((page, next)) => {
-                for d in page.into_iter().filter(|d| !d.instance_id.is_empty()) {
-                    of.entry(d.instance_id.clone()).or_default().push(d);
+                // Only the disks of the releases, with only what pricing reads: a region's
+                // listing holds every disk of the region, and an all-matching pass prices
+                // hundreds of thousands.
+                for mut d in page
+                    .into_iter()
+                    .filter(|d| wanted.contains(d.instance_id.as_str()))
+                {
+                    let instance = std::mem::take(&mut d.instance_id);
+                    d.region_id = String::new();
+                    d.zone_id = String::new();
+                    d.status = String::new();
+                    of.entry(instance).or_default().push(d);
                 }
                 match next {
                     Some(t) => token = Some(t),
