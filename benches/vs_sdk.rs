@@ -114,6 +114,8 @@ struct Minimum {
     batches: usize,
     /// Batches when each policy's releases go on their own.
     batches_by_policy: usize,
+    /// Releases by region.
+    releases_in: std::collections::BTreeMap<&'static str, usize>,
 }
 
 fn minimum(f: &[Instance]) -> Minimum {
@@ -122,6 +124,7 @@ fn minimum(f: &[Instance]) -> Minimum {
     let mut releases = 0;
     let mut batches_by_policy = 0;
     let mut by_flags: std::collections::BTreeMap<(&str, bool), usize> = Default::default();
+    let mut releases_in: std::collections::BTreeMap<&'static str, usize> = Default::default();
     type Select = fn(&Instance, chrono::DateTime<Utc>) -> (bool, bool);
     // (selection, TerminateSubscription)
     let policies: [(Select, bool); 3] = [
@@ -163,6 +166,7 @@ fn minimum(f: &[Instance]) -> Minimum {
             pages += listed.div_ceil(100).max(1);
             batches_by_policy += released.div_ceil(100);
             *by_flags.entry((region, terminate)).or_default() += released;
+            *releases_in.entry(region).or_default() += released;
             releases += released;
         }
     }
@@ -171,6 +175,7 @@ fn minimum(f: &[Instance]) -> Minimum {
         pages,
         batches: by_flags.values().map(|n| n.div_ceil(100)).sum(),
         batches_by_policy,
+        releases_in,
     }
 }
 
@@ -253,7 +258,28 @@ async fn compare(n: usize, latency: Duration) {
     std::fs::create_dir(dir.path().join("policies")).expect("mkdir");
     std::fs::write(dir.path().join("policies/job.yaml"), POLICIES).expect("policies");
     let h = harness::start_sim(f.clone(), latency).await;
+    // Pricing reads the releases' disks: per region, the fewer of one DescribeDisks per release
+    // and the region's disks listed 500 a page.
+    let disk_pages_min: usize = {
+        let mut disks: std::collections::BTreeMap<String, usize> = Default::default();
+        for d in h.sim.disks() {
+            *disks.entry(d.region_id).or_default() += 1;
+        }
+        REGIONS
+            .iter()
+            .map(|r| {
+                let pages = disks.get(*r).copied().unwrap_or(0).div_ceil(500).max(1);
+                pages.min(min.releases_in.get(*r).copied().unwrap_or(0))
+            })
+            .sum()
+    };
     let (apply_secs, apply_calls) = apply(&h, dir.path()).await;
+    let count = |action: &str| h.sim.calls().iter().filter(|c| c.action == action).count();
+    let (listing_release, disk_pages, price_calls) = (
+        count("DescribeInstances") + count("DeleteInstances"),
+        count("DescribeDisks"),
+        count("DescribePrice") + count("DescribeRenewalPrice"),
+    );
     // apply's calls by action: the listing and the releases, and pricing's (issue 14).
     let by_action = {
         let mut m: std::collections::BTreeMap<String, usize> = Default::default();
@@ -278,11 +304,12 @@ async fn compare(n: usize, latency: Duration) {
         Some((script_secs, script_calls, released)) => {
             assert_eq!(released, min.releases, "the script released the job");
             println!(
-                "vs_sdk [{n} instances, {ms} ms per call]: {} releases; apply {apply_secs:.2} s, {apply_calls} ECS calls ({by_action}; minimum without pricing {apply_min}: {} listing pages + 2 x {} batches, {:.3}x); official-SDK script {script_secs:.2} s, {script_calls} calls (minimum {}); apply/script time ratio {:.2}",
+                "vs_sdk [{n} instances, {ms} ms per call]: {} releases; apply {apply_secs:.2} s, {apply_calls} ECS calls ({by_action}); listing and releasing {listing_release} calls against a minimum of {apply_min} ({} listing pages + 2 x {} batches, {:.3}x); pricing {disk_pages} DescribeDisks pages against a minimum of {disk_pages_min} ({:.3}x) and {price_calls} price lookups, one per configuration; official-SDK script {script_secs:.2} s, {script_calls} calls (minimum {}); apply/script time ratio {:.2}",
                 min.releases,
                 min.pages,
                 min.batches,
-                apply_calls as f64 / apply_min as f64,
+                listing_release as f64 / apply_min as f64,
+                disk_pages as f64 / disk_pages_min.max(1) as f64,
                 min.pages + min.batches_by_policy,
                 apply_secs / script_secs,
             );
