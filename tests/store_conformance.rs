@@ -892,18 +892,18 @@ conformance!(
         s.enqueue(&[a, b], t0()).await.unwrap();
         // `_` is not a wildcard here: skipping axb leaves a_b claimable, and the other way round.
         let got = s
-            .claim_skipping("w", t0(), LEASE, 100, None, &["axb".into()])
+            .claim_spread("w", t0(), LEASE, 100, None, &["axb".into()], &[])
             .await
             .unwrap()
             .unwrap();
         assert_eq!(got.account, "a_b");
         assert!(s
-            .claim_skipping("w", t0(), LEASE, 100, None, &["axb".into()])
+            .claim_spread("w", t0(), LEASE, 100, None, &["axb".into()], &[])
             .await
             .unwrap()
             .is_none());
         let got = s
-            .claim_skipping("w", t0(), LEASE, 100, None, &["a_b".into()])
+            .claim_spread("w", t0(), LEASE, 100, None, &["a_b".into()], &[])
             .await
             .unwrap()
             .unwrap();

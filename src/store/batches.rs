@@ -92,20 +92,22 @@ impl Settled {
 /// What a settled release's row gets: its state, last code, last error and RequestId.
 type SettledColumns = (ReleaseState, Option<String>, Option<String>, Option<String>);
 
-/// Makes `ids` the in-flight members of batch `batch`, inside `tx`.
+/// Makes `ids` the in-flight members of batch `batch`, inside `tx`, and returns them in id order.
 pub(super) async fn assign(
     tx: &mut Tx,
     batch: BatchId,
     ids: &[ReleaseId],
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<BatchMember>, StoreError> {
     let mut q = Sql::new("UPDATE releases SET state = 'in_flight', batch_id = ");
     q.push_bind(batch);
     q.push(", updated_at = ").push_bind(ms(now));
     q.push(" WHERE state IN ('pending', 'in_flight') AND id IN ");
     q.push_list(ids.iter().copied());
-    tx.execute(q).await?;
-    Ok(())
+    q.push(" RETURNING id AS release_id, instance_id, instance_name, policy, snapshot_days");
+    let mut members: Vec<BatchMember> = tx.fetch_all(q).await?;
+    members.sort_by_key(|m| m.release_id);
+    Ok(members)
 }
 
 /// The account, region and flags every member of a batch shares.
@@ -117,6 +119,40 @@ pub(super) struct BatchKind {
     pub(super) terminate_subscription: i64,
 }
 
+/// What a batch row reads back as.
+const BATCH_ROW: &str = "id, account, region, force, terminate_subscription, client_token,
+                         attempts, tries, claims, last_code, uncertain";
+
+/// Inserts an open batch of `kind` with its token, leased to `(owner, until)` (its first claim)
+/// when given, inside `tx`.
+async fn insert_batch(
+    tx: &mut Tx,
+    kind: &BatchKind,
+    token: &str,
+    lease: Option<(&str, i64)>,
+    now: DateTime<Utc>,
+) -> Result<BatchRow, StoreError> {
+    tx.fetch_one(
+        Sql::new(format!(
+            "INSERT INTO batches (region, force, terminate_subscription,
+               client_token, state, next_attempt_at, created_at, updated_at, account,
+               lease_owner, lease_expires_at, claims)
+             VALUES ($1, $2, $3, $4, 'open', $5, $5, $5, $6, $7, $8, $9)
+             RETURNING {BATCH_ROW}"
+        ))
+        .bind(&kind.region)
+        .bind(kind.force)
+        .bind(kind.terminate_subscription)
+        .bind(token)
+        .bind(ms(now))
+        .bind(&kind.account)
+        .bind(lease.map(|(owner, _)| owner))
+        .bind(lease.map(|(_, until)| until))
+        .bind(i64::from(lease.is_some())),
+    )
+    .await
+}
+
 /// Creates an open batch of `kind` with its token and makes `ids` its members, inside `tx`: the
 /// token and the membership are stored together, before any call. Returns the batch's id.
 pub(super) async fn new_batch(
@@ -126,28 +162,14 @@ pub(super) async fn new_batch(
     ids: &[ReleaseId],
     now: DateTime<Utc>,
 ) -> Result<BatchId, StoreError> {
-    let (id,): (BatchId,) = tx
-        .fetch_one(
-            Sql::new(
-                "INSERT INTO batches (region, force, terminate_subscription,
-                   client_token, state, next_attempt_at, created_at, updated_at, account)
-                 VALUES ($1, $2, $3, $4, 'open', $5, $5, $5, $6) RETURNING id",
-            )
-            .bind(&kind.region)
-            .bind(kind.force)
-            .bind(kind.terminate_subscription)
-            .bind(token)
-            .bind(ms(now))
-            .bind(&kind.account),
-        )
-        .await?;
-    assign(tx, id, ids, now).await?;
-    Ok(id)
+    let b = insert_batch(tx, kind, token, None, now).await?;
+    assign(tx, b.id(), ids, now).await?;
+    Ok(b.id())
 }
 
 /// Creates a batch of `kind` with its token, already leased to `owner` until `until` (its first
 /// claim), makes `ids` its members and returns it with them, inside `tx`: the token, the
-/// membership and the lease are stored together, before any call, in three statements.
+/// membership and the lease are stored together, before any call, in two statements.
 pub(super) async fn new_leased_batch(
     tx: &mut Tx,
     kind: &BatchKind,
@@ -157,34 +179,8 @@ pub(super) async fn new_leased_batch(
     until: i64,
     now: DateTime<Utc>,
 ) -> Result<ClaimedBatch, StoreError> {
-    let b: BatchRow = tx
-        .fetch_one(
-            Sql::new(
-                "INSERT INTO batches (region, force, terminate_subscription,
-                   client_token, state, next_attempt_at, created_at, updated_at, account,
-                   lease_owner, lease_expires_at, claims)
-                 VALUES ($1, $2, $3, $4, 'open', $5, $5, $5, $6, $7, $8, 1)
-                 RETURNING id, account, region, force, terminate_subscription, client_token,
-                           attempts, tries, claims, last_code, uncertain",
-            )
-            .bind(&kind.region)
-            .bind(kind.force)
-            .bind(kind.terminate_subscription)
-            .bind(token)
-            .bind(ms(now))
-            .bind(&kind.account)
-            .bind(owner)
-            .bind(until),
-        )
-        .await?;
-    let mut q = Sql::new("UPDATE releases SET state = 'in_flight', batch_id = ");
-    q.push_bind(b.id());
-    q.push(", updated_at = ").push_bind(ms(now));
-    q.push(" WHERE state IN ('pending', 'in_flight') AND id IN ");
-    q.push_list(ids.iter().copied());
-    q.push(" RETURNING id AS release_id, instance_id, instance_name, policy, snapshot_days");
-    let mut members: Vec<BatchMember> = tx.fetch_all(q).await?;
-    members.sort_by_key(|m| m.release_id);
+    let b = insert_batch(tx, kind, token, Some((owner, until)), now).await?;
+    let members = assign(tx, b.id(), ids, now).await?;
     Ok(b.into_claimed(owner, members))
 }
 
@@ -199,13 +195,12 @@ pub(super) async fn lease(
 ) -> Result<ClaimedBatch, StoreError> {
     let b: BatchRow = tx
         .fetch_one(
-            Sql::new(
+            Sql::new(format!(
                 "UPDATE batches SET lease_owner = $2, lease_expires_at = $3,
                         claims = claims + 1, updated_at = $4
                  WHERE id = $1
-                 RETURNING id, account, region, force, terminate_subscription, client_token,
-                           attempts, tries, claims, last_code, uncertain",
-            )
+                 RETURNING {BATCH_ROW}"
+            ))
             .bind(id)
             .bind(owner)
             .bind(until)

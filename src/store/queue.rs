@@ -329,27 +329,13 @@ impl Store {
         max_batch: usize,
         scope: Option<&str>,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
-        self.claim_skipping(owner, now, lease, max_batch, scope, &[])
+        self.claim_spread(owner, now, lease, max_batch, scope, &[], &[])
             .await
     }
 
     /// [`Store::claim`], leaving alone the batches and releases of `skip_accounts` (accounts
-    /// ECS refused as a whole a moment ago).
-    pub async fn claim_skipping(
-        &self,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease: Duration,
-        max_batch: usize,
-        scope: Option<&str>,
-        skip_accounts: &[String],
-    ) -> Result<Option<ClaimedBatch>, StoreError> {
-        self.claim_spread(owner, now, lease, max_batch, scope, skip_accounts, &[])
-            .await
-    }
-
-    /// [`Store::claim_skipping`], taking a new batch from another (account, region) than those
-    /// of `busy` when one is due there.
+    /// ECS refused as a whole a moment ago), and taking a new batch from another (account,
+    /// region) than those of `busy` when one is due there.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_spread(
         &self,
