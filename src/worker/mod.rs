@@ -419,6 +419,9 @@ impl Workers {
         wake: Option<Arc<tokio::sync::Notify>>,
     ) -> Result<WorkReport, WorkerError> {
         let stopped: Arc<Mutex<Option<Stop>>> = Arc::default();
+        // A worker that settles a batch wakes the others that wait: the queue may have changed
+        // (the last batch done, so `apply` can end at once; or its members' instances free).
+        let peers: Arc<tokio::sync::Notify> = Arc::default();
         let mut tasks = Vec::new();
         let mut this = self.clone();
         this.cancel = cancel.clone();
@@ -427,8 +430,9 @@ impl Workers {
             let cancel = cancel.clone();
             let wake = wake.clone();
             let stopped = stopped.clone();
+            let peers = peers.clone();
             tasks.push(tokio::spawn(async move {
-                w.work_one(cancel, until, wake, stopped).await
+                w.work_one(cancel, until, wake, peers, stopped).await
             }));
         }
         let mut first_err = None;
@@ -461,6 +465,7 @@ impl Workers {
         cancel: CancellationToken,
         until: Until,
         wake: Option<Arc<tokio::sync::Notify>>,
+        peers: Arc<tokio::sync::Notify>,
         stopped: Arc<Mutex<Option<Stop>>>,
     ) -> Result<(), WorkerError> {
         let idle_cap = match until {
@@ -468,6 +473,10 @@ impl Workers {
             Until::Shutdown => Duration::from_secs(1),
         };
         while !cancel.is_cancelled() {
+            // Listening before the step: a peer that settles a batch meanwhile still wakes us.
+            let peer_done = peers.notified();
+            tokio::pin!(peer_done);
+            peer_done.as_mut().enable();
             let idle = match self.step_inner().await {
                 Ok(Some(BatchResult::Stopped(why))) => {
                     if until == Until::Idle {
@@ -476,7 +485,10 @@ impl Workers {
                     }
                     idle_cap
                 }
-                Ok(Some(_)) => Duration::ZERO,
+                Ok(Some(_)) => {
+                    peers.notify_waiters();
+                    Duration::ZERO
+                }
                 Ok(None) => {
                     let now = self.ctx.clock.now();
                     match self.ctx.store.next_due(now, self.scope.as_deref()).await {
@@ -514,6 +526,7 @@ impl Workers {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = notified => {}
+                _ = &mut peer_done => {}
                 _ = tokio::time::sleep(idle) => {}
             }
         }
