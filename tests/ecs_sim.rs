@@ -1076,6 +1076,24 @@ async fn describe_disks_pages_by_region_and_filters_by_instance() {
         .filter(|c| c.action == "DescribeDisks")
         .count();
     assert_eq!(pages, 2, "600 disks at 500 a page");
+    // DiskType splits the region's disks in two: the system disks and the data disks.
+    for (kind, want) in [(DiskKind::System, 300), (DiskKind::Data, 300)] {
+        let mut got = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (page, next) = c
+                .describe_disks_page(REGION, None, Some(kind), token.as_deref())
+                .await
+                .unwrap();
+            got.extend(page);
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(got.len(), want, "{kind:?} disks");
+        assert!(got.iter().all(|d| d.kind == kind));
+    }
     let mine = c.describe_disks(REGION, Some("i-007")).await.unwrap();
     assert_eq!(mine.len(), 2);
     assert!(mine.iter().all(|d| d.instance_id == "i-007"));

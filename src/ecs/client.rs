@@ -698,7 +698,7 @@ impl EcsClient {
         let mut token: Option<String> = None;
         loop {
             let (disks, next) = self
-                .describe_disks_page(region, instance_id, token.as_deref())
+                .describe_disks_page(region, instance_id, None, token.as_deref())
                 .await?;
             out.extend(disks);
             match next {
@@ -709,12 +709,13 @@ impl EcsClient {
         Ok(out)
     }
 
-    /// One page of DescribeDisks (at most 500 disks) and the next page's token, retried on
-    /// retryable errors.
+    /// One page of DescribeDisks (at most 500 disks), of one instance and of one kind (system
+    /// or data disks) when given, and the next page's token, retried on retryable errors.
     pub async fn describe_disks_page(
         &self,
         region: &str,
         instance_id: Option<&str>,
+        kind: Option<crate::ecs::types::DiskKind>,
         next_token: Option<&str>,
     ) -> Result<(Vec<Disk>, Option<String>), EcsError> {
         const ACTION: &str = "DescribeDisks";
@@ -722,6 +723,9 @@ impl EcsClient {
             vec![("MaxResults".into(), MAX_DISK_PAGE.to_string())];
         if let Some(id) = instance_id {
             params.push(("InstanceId".into(), id.to_string()));
+        }
+        if let Some(k) = kind {
+            params.push(("DiskType".into(), k.as_str().to_string()));
         }
         if let Some(t) = next_token {
             params.push(("NextToken".into(), t.to_string()));

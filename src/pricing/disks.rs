@@ -1,12 +1,14 @@
 //! The disks of a region's planned releases (`DescribeDisks`): read one instance at a time when
 //! that costs fewer calls than listing the region (about two disks per instance, 500 a page),
-//! else the region's listing, page by page (each page needs the token of the one before).
+//! else the region's listing: its system disks and its data disks side by side, each page by
+//! page (each page needs the token of the one before).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio::sync::Semaphore;
 
 use crate::ecs::client::MAX_DISK_PAGE;
+use crate::ecs::types::DiskKind;
 use crate::ecs::{Disk, EcsClient};
 
 /// Each instance's disks (or why they are unknown), the calls made, the failures in words.
@@ -21,7 +23,11 @@ pub async fn region_disks(
     listed: usize,
     slots: &Semaphore,
 ) -> RegionDisks {
-    let listing_pages = (listed * 2).div_ceil(MAX_DISK_PAGE).max(1);
+    // About two disks per instance. A region of more than a page is listed in two kinds side
+    // by side (each may end on a partial page: one page more at most).
+    let pages = (listed * 2).div_ceil(MAX_DISK_PAGE).max(1);
+    let split = pages > 1;
+    let listing_pages = pages + usize::from(split);
     if ids.len() <= listing_pages {
         let reads = ids.iter().map(|id| read_one(client, region, id, slots));
         let reads = futures::future::join_all(reads).await;
@@ -31,7 +37,50 @@ pub async fn region_disks(
             .collect();
         return (reads, ids.len(), failures);
     }
-    let wanted: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    // The region's system disks and its data disks, two listings side by side: each page
+    // needs the token of the one before, so one listing of the region is as slow as its
+    // pages in a row. The two together cost at most one page more than one listing.
+    // (DescribeDisks' `DiskType` is `all`, `system` or `data`: every disk is one of the two.)
+    let wanted: HashSet<&str> = ids.iter().copied().collect();
+    let (system, data) = if split {
+        futures::join!(
+            list_kind(client, region, Some(DiskKind::System), &wanted, slots),
+            list_kind(client, region, Some(DiskKind::Data), &wanted, slots),
+        )
+    } else {
+        let all = list_kind(client, region, None, &wanted, slots).await;
+        (all, (Ok(HashMap::new()), 0))
+    };
+    let calls = system.1 + data.1;
+    let mut of = match (system.0, data.0) {
+        (Ok(mut of), Ok(more)) => {
+            for (id, ds) in more {
+                of.entry(id).or_default().extend(ds);
+            }
+            of
+        }
+        (Err(w), _) | (_, Err(w)) => {
+            let out = ids.iter().map(|id| (id.to_string(), Err(w.clone())));
+            return (out.collect(), calls, vec![format!("{region}: {w}")]);
+        }
+    };
+    let out = ids
+        .iter()
+        .map(|id| (id.to_string(), Ok(of.remove(*id).unwrap_or_default())))
+        .collect();
+    (out, calls, Vec::new())
+}
+
+/// The disks of one kind (or of both) of `region`'s `wanted` instances, page after page, each page holding a
+/// slot of the region; with the calls made. Keeps only what pricing reads: a region's listing
+/// holds every disk of the region, and an all-matching pass prices hundreds of thousands.
+async fn list_kind(
+    client: &EcsClient,
+    region: &str,
+    kind: Option<DiskKind>,
+    wanted: &HashSet<&str>,
+    slots: &Semaphore,
+) -> (Result<HashMap<String, Vec<Disk>>, String>, usize) {
     let mut of: HashMap<String, Vec<Disk>> = HashMap::new();
     let mut token: Option<String> = None;
     let mut calls = 0;
@@ -40,41 +89,28 @@ pub async fn region_disks(
         let page = {
             let _slot = slots.acquire().await;
             client
-                .describe_disks_page(region, None, token.as_deref())
+                .describe_disks_page(region, None, kind, token.as_deref())
                 .await
         };
-        match page {
-            Ok((page, next)) => {
-                // Only the disks of the releases, with only what pricing reads: a region's
-                // listing holds every disk of the region, and an all-matching pass prices
-                // hundreds of thousands.
-                for mut d in page
-                    .into_iter()
-                    .filter(|d| wanted.contains(d.instance_id.as_str()))
-                {
-                    let instance = std::mem::take(&mut d.instance_id);
-                    d.region_id = String::new();
-                    d.zone_id = String::new();
-                    d.status = String::new();
-                    of.entry(instance).or_default().push(d);
-                }
-                match next {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
-            Err(e) => {
-                let w = e.to_string();
-                let out = ids.iter().map(|id| (id.to_string(), Err(w.clone())));
-                return (out.collect(), calls, vec![format!("{region}: {w}")]);
-            }
+        let (page, next) = match page {
+            Ok(p) => p,
+            Err(e) => return (Err(e.to_string()), calls),
+        };
+        for mut d in page
+            .into_iter()
+            .filter(|d| wanted.contains(d.instance_id.as_str()))
+        {
+            let instance = std::mem::take(&mut d.instance_id);
+            d.region_id = String::new();
+            d.zone_id = String::new();
+            d.status = String::new();
+            of.entry(instance).or_default().push(d);
+        }
+        match next {
+            Some(t) => token = Some(t),
+            None => return (Ok(of), calls),
         }
     }
-    let out = ids
-        .iter()
-        .map(|id| (id.to_string(), Ok(of.remove(*id).unwrap_or_default())))
-        .collect();
-    (out, calls, Vec::new())
 }
 
 /// One instance's disks, holding a slot of its region for the call.

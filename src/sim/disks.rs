@@ -170,7 +170,8 @@ impl DiskStore {
     }
 }
 
-/// Answers one DescribeDisks call by `account`: the `InstanceId` and `DiskIds` filters, and
+/// Answers one DescribeDisks call by `account`: the `InstanceId`, `DiskIds` and `DiskType`
+/// (`all`, `system` or `data`, default `all`: DescribeDisks' API reference) filters, and
 /// NextToken/MaxResults paging, MaxResults brought into 10..500 with 10 when absent, as ECS
 /// documents (ECS-V2 `describe_disks_request_model.go`).
 pub(super) fn describe_disks(
@@ -203,6 +204,19 @@ pub(super) fn describe_disks(
         })?),
     };
     let instance = map.get("InstanceId").copied().filter(|s| !s.is_empty());
+    let kind = match map.get("DiskType").copied().unwrap_or("all") {
+        "all" | "" => None,
+        "system" => Some(DiskKind::System),
+        "data" => Some(DiskKind::Data),
+        // Undocumented: the code ECS answers an unknown DiskType; the generic one is used.
+        other => {
+            return Err(api_err(
+                400,
+                "InvalidParameter",
+                format!("The specified parameter \"DiskType\" ({other}) is not valid."),
+            ))
+        }
+    };
     let after = map
         .get("NextToken")
         .filter(|t| !t.is_empty())
@@ -231,6 +245,7 @@ pub(super) fn describe_disks(
         };
         owned
             && instance.is_none_or(|i| d.instance_id == i)
+            && kind.is_none_or(|k| d.kind == k)
             && ids.as_ref().is_none_or(|ids| ids.contains(&d.disk_id))
     };
     let range = match &after {
