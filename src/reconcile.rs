@@ -615,13 +615,13 @@ impl Reconciler {
     }
 }
 
-/// Plans each account's policies against that account's instances only (instance ids are unique
-/// across accounts, but a policy must never select another account's machine), in policy order.
 /// How many instances each (account, region) listed.
 fn region_sizes(inv: &Inventory) -> HashMap<(String, String), usize> {
     inv.regions().map(|(k, v)| (k.clone(), v.len())).collect()
 }
 
+/// Plans each account's policies against that account's instances only (instance ids are unique
+/// across accounts, but a policy must never select another account's machine), in policy order.
 fn evaluate(policies: &[Policy], inv: &Inventory, ctx: &EvalContext, now: DateTime<Utc>) -> Plan {
     let mut by_account: Vec<&str> = policies.iter().map(account_of).collect();
     by_account.sort_unstable();

@@ -192,6 +192,53 @@ async fn every_basis_is_priced_honestly() {
 }
 
 #[tokio::test]
+async fn a_region_of_several_pages_of_disks_is_listed_as_system_and_data_disks_side_by_side() {
+    // 600 running instances with two disks each: 1,200 disks, three pages of 500 in one
+    // listing. Listed as 600 system and 600 data disks, two pages each: one call more than the
+    // single listing, and the two listings no longer wait for each other's pages.
+    let f: Vec<Instance> = (0..600)
+        .map(|n| {
+            tagged(
+                &format!("i-{n:03}"),
+                InstanceStatus::Running,
+                ChargeType::PostPaid,
+                "",
+            )
+        })
+        .collect();
+    let h = common::start_sim(f.clone(), Faults::default(), 3).await;
+    for i in &f {
+        h.sim.set_disks(&i.instance_id, disks(i, true));
+    }
+    let plan = plan_with(&h, PriceConfig::default()).await;
+    assert_eq!(plan.releases().count(), 600);
+    let disk_calls = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.action == "DescribeDisks")
+        .count();
+    assert_eq!(
+        disk_calls, 4,
+        "two pages of system disks, two of data disks"
+    );
+    // Every release was priced from both of its disks.
+    for r in plan.releases() {
+        let s = r.saving.as_ref().expect("priced");
+        assert!(s.monthly.is_some(), "{}: {:?}", r.instance_id, s.unknown);
+        assert_eq!(
+            s.lines
+                .iter()
+                .filter(|l| l.resource.ends_with("_disk"))
+                .count(),
+            2,
+            "{}",
+            r.instance_id
+        );
+    }
+}
+
+#[tokio::test]
 async fn each_configuration_is_priced_once() {
     // Twenty identical running instances and one of another type.
     let mut f: Vec<Instance> = (0..20)

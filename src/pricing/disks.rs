@@ -71,9 +71,10 @@ pub async fn region_disks(
     (out, calls, Vec::new())
 }
 
-/// The disks of one kind (or of both) of `region`'s `wanted` instances, page after page, each page holding a
-/// slot of the region; with the calls made. Keeps only what pricing reads: a region's listing
-/// holds every disk of the region, and an all-matching pass prices hundreds of thousands.
+/// The disks of one kind (or of both) of `region`'s `wanted` instances, page after page, each
+/// page holding a slot of the region; with the calls made. Keeps only what pricing reads: a
+/// region's listing holds every disk of the region, and an all-matching pass prices hundreds of
+/// thousands.
 async fn list_kind(
     client: &EcsClient,
     region: &str,

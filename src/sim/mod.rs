@@ -544,3 +544,27 @@ impl Releasing {
         over
     }
 }
+
+#[cfg(test)]
+mod releasing_tests {
+    use super::*;
+
+    fn at(s: u32) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + i64::from(s), 0).unwrap()
+    }
+
+    #[test]
+    fn releases_expire_in_time_order_and_a_new_time_replaces_the_old() {
+        let mut r = Releasing::default();
+        r.insert("i-b".into(), at(20));
+        r.insert("i-a".into(), at(10));
+        r.insert("i-c".into(), at(30));
+        // Released again: only the later time counts.
+        r.insert("i-a".into(), at(25));
+        assert!(r.expire(at(9)).is_empty());
+        assert_eq!(r.expire(at(20)), vec!["i-b".to_string()]);
+        assert!(r.contains_key("i-a") && !r.contains_key("i-b"));
+        assert_eq!(r.expire(at(40)), vec!["i-a".to_string(), "i-c".to_string()]);
+        assert!(!r.contains_key("i-a") && !r.contains_key("i-c"));
+    }
+}

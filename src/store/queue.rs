@@ -57,7 +57,8 @@ const SKIP_FILTER: &str =
     " AND ($3 = '' OR $3 NOT LIKE ('%|' || REPLACE(account, '_', '\\_') || '|%') ESCAPE '\\')";
 
 /// Leaves out the (account, region) pairs of `$4` (see [`Due::busy`]).
-const BUSY_FILTER: &str = " AND $4 NOT LIKE ('%|' || REPLACE(account, '_', '\\_') || ':' || REPLACE(region, '_', '\\_') || '|%') ESCAPE '\\'";
+const BUSY_FILTER: &str = " AND $4 NOT LIKE ('%|' || REPLACE(account, '_', '\\_') || ':'
+    || REPLACE(region, '_', '\\_') || '|%') ESCAPE '\\'";
 
 /// Only batches all of whose in-flight members are in the scope `$9` (`''`: the whole queue).
 const BATCH_SCOPE: &str = " AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM releases m

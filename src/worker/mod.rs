@@ -280,6 +280,7 @@ pub struct Workers {
     /// The (account, region) pairs of the batches this process is working, with how many:
     /// claims prefer others, so every region's pace is used.
     busy: Arc<Mutex<HashMap<(String, String), usize>>>,
+    /// Held across a claim and its entry in `busy`, so each claim sees where the others went.
     claiming: Arc<tokio::sync::Mutex<()>>,
     /// Ends waits (throttling, the call limits, a re-check's retries) at once.
     cancel: CancellationToken,
