@@ -149,15 +149,39 @@ async fn run(
         )
         .env("JANITOR_POLICIES", dir.path().join("policies"))
         .env("JANITOR_DATABASE_URL", db_url)
-        .env("JANITOR_LOG", "error")
+        // APPLY_FLEET_LOG=info keeps apply's log in the temp folder, beside a trace of its
+        // resident memory, to see which phase holds what.
+        .env(
+            "JANITOR_LOG",
+            std::env::var("APPLY_FLEET_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(match std::env::var_os("APPLY_FLEET_LOG") {
+            Some(_) => std::fs::File::create(std::env::temp_dir().join("apply_fleet.log"))
+                .expect("log file")
+                .into(),
+            None => std::process::Stdio::inherit(),
+        })
         .spawn()
         .expect("spawn apply");
     let pid = child.id();
     let mut peak: f64 = 0.0;
     let status = loop {
         peak = f64::max(peak, harness::status_mib(Some(pid), "VmHWM:"));
+        if std::env::var_os("APPLY_FLEET_LOG").is_some() {
+            use std::io::Write;
+            let mut trace = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(std::env::temp_dir().join("apply_fleet.rss"))
+                .expect("trace file");
+            let _ = writeln!(
+                trace,
+                "{} {:.0}",
+                chrono::Utc::now().format("%H:%M:%S%.3f"),
+                harness::status_mib(Some(pid), "VmRSS:")
+            );
+        }
         if let Some(st) = child.try_wait().expect("wait") {
             break st;
         }

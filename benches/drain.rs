@@ -86,6 +86,7 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
             not_before: Utc::now(),
             reasons: "stopped, tagged bench=release".into(),
             snapshot: None,
+            saving: None,
         })
         .collect();
     let t = Instant::now();
@@ -136,6 +137,13 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
 }
 
 fn main() {
+    // DRAIN_LOG=sqlx=debug (an EnvFilter) logs to stderr, for where a batch's time goes.
+    if let Ok(filter) = std::env::var("DRAIN_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let measuring = std::env::args().any(|a| a == "--bench");
     let n = if measuring { 100_000 } else { 1_000 };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -79,6 +79,7 @@ fn releases(n: usize) -> Vec<NewRelease> {
             not_before: Utc::now(),
             reasons: "stopped PostPaid tagged purpose=ci".into(),
             snapshot: None,
+            saving: None,
         })
         .collect()
 }

@@ -197,7 +197,11 @@ async fn apply(h: &SimHandle, dir: &Path) -> (f64, usize) {
                 )
                 .env("JANITOR_POLICIES", policies)
                 .env("JANITOR_DATABASE_URL", db)
-                .env("JANITOR_LOG", "error")
+                // VS_SDK_LOG=debug keeps apply's log, for a breakdown of where its time goes.
+                .env(
+                    "JANITOR_LOG",
+                    std::env::var("VS_SDK_LOG").unwrap_or_else(|_| "error".into()),
+                )
                 .output()
                 .expect("run apply")
         }
@@ -205,6 +209,11 @@ async fn apply(h: &SimHandle, dir: &Path) -> (f64, usize) {
     .await
     .expect("join");
     let secs = started.elapsed().as_secs_f64();
+    if std::env::var_os("VS_SDK_LOG").is_some() {
+        let path = std::env::temp_dir().join(format!("vs_sdk-apply-{}.log", h.sim.calls().len()));
+        std::fs::write(&path, &out.stderr).expect("write the log");
+        eprintln!("apply's log: {}", path.display());
+    }
     assert!(
         out.status.success(),
         "apply failed: {}",

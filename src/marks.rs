@@ -343,7 +343,9 @@ pub async fn reconcile(
     now: DateTime<Utc>,
     scope: Scope,
 ) -> Result<MarkReport, StoreError> {
-    let active = ctx.store.active_releases().await?;
+    // Only a release queued with a grace is marked (`desired`): reading those alone keeps a
+    // pass that queued a whole fleet at once from reading it all back.
+    let active = ctx.store.waiting_releases().await?;
     let recorded = ctx.store.marks().await?;
     let policies = ctx.policies.current();
     let want = desired(&active, &policies, &ctx.protection.tag_prefix, now);

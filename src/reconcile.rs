@@ -389,50 +389,41 @@ impl Reconciler {
                     self.dry_run(account_of(policy), &wanted, &mut run, now)
                         .await?;
                 } else {
-                    let new: Vec<NewRelease> = wanted
-                        .iter()
-                        .filter(|r| !ctx.queued.contains_key(&r.instance_id))
-                        .map(|r| NewRelease {
-                            instance_id: r.instance_id.clone(),
-                            instance_name: r.instance_name.clone(),
-                            account: account_of(policy).to_string(),
-                            region: r.region.clone(),
-                            policy: r.policy.clone(),
-                            force: r.force,
-                            terminate_subscription: r.terminate_subscription,
-                            not_before: r.not_before,
-                            reasons: r.reasons.join("; "),
-                            snapshot: policy.release.snapshot,
-                        })
-                        .collect();
-                    let created = self.ctx.store.enqueue(&new, now).await?;
+                    // Each release is made as it is inserted, with the figure it was planned
+                    // with: a pass that queues a whole fleet holds no second copy of its plan.
+                    let created = self
+                        .ctx
+                        .store
+                        .enqueue_from(
+                            &wanted,
+                            |r| {
+                                (!ctx.queued.contains_key(&r.instance_id)).then(|| NewRelease {
+                                    instance_id: r.instance_id.clone(),
+                                    instance_name: r.instance_name.clone(),
+                                    account: account_of(policy).to_string(),
+                                    region: r.region.clone(),
+                                    policy: r.policy.clone(),
+                                    force: r.force,
+                                    terminate_subscription: r.terminate_subscription,
+                                    not_before: r.not_before,
+                                    reasons: r.reasons.join("; "),
+                                    snapshot: policy.release.snapshot,
+                                    saving: r.saving.as_ref().map(stored_saving),
+                                })
+                            },
+                            now,
+                        )
+                        .await?;
                     run.enqueued = created.len();
-                    // Each release keeps the figure it was planned with.
-                    let savings: HashMap<&str, &plan::Saving> = wanted
-                        .iter()
-                        .filter_map(|r| r.saving.as_ref().map(|s| (r.instance_id.as_str(), s)))
-                        .collect();
-                    let stored: Vec<(crate::store::ReleaseId, crate::store::ReleaseSaving)> =
-                        created
-                            .iter()
-                            .filter_map(|(id, inst)| {
-                                savings.get(inst.as_str()).map(|s| (*id, stored_saving(s)))
-                            })
-                            .collect();
-                    if !stored.is_empty() {
-                        self.ctx.store.record_savings(&stored).await?;
-                    }
                     // Grace starts for what was queued to wait: say which and when they go.
                     let created: HashSet<&str> = created.iter().map(|(_, i)| i.as_str()).collect();
-                    let waiting: Vec<&NewRelease> = new
+                    let waiting: Vec<&&plan::PlannedRelease> = wanted
                         .iter()
                         .filter(|r| created.contains(r.instance_id.as_str()) && r.not_before > now)
                         .collect();
                     if let Some(at) = waiting.iter().map(|r| r.not_before).min() {
-                        let priced: Vec<&&plan::Saving> = waiting
-                            .iter()
-                            .filter_map(|r| savings.get(r.instance_id.as_str()))
-                            .collect();
+                        let priced: Vec<&plan::Saving> =
+                            waiting.iter().filter_map(|r| r.saving.as_ref()).collect();
                         let saving = (!priced.is_empty()).then(|| {
                             let mut monthly = crate::money::Totals::new();
                             let mut unknown = 0;

@@ -351,6 +351,7 @@ async fn pause_stops_releases_until_resume() {
                 not_before: chrono::Utc::now() - chrono::Duration::seconds(1),
                 reasons: "test".into(),
                 snapshot: None,
+                saving: None,
             }],
             chrono::Utc::now(),
         )

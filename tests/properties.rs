@@ -657,6 +657,7 @@ proptest! {
                     not_before: if due { now() } else { later },
                     reasons: String::new(),
                     snapshot: None,
+                    saving: None,
                 })
                 .collect();
             let k = split.index(releases.len() + 1);

@@ -41,6 +41,7 @@ fn rel(id: &str, region: &str, force: bool) -> NewRelease {
         not_before: t0(),
         reasons: "because".into(),
         snapshot: None,
+        saving: None,
     }
 }
 
@@ -1069,33 +1070,34 @@ conformance!(
             r.not_before = yesterday;
             r
         };
-        let a = s
-            .enqueue(&[due_yesterday("i-a"), due_yesterday("i-b")], yesterday)
-            .await
-            .unwrap();
-        s.record_savings(&[
-            (a[0].0, saving(Some(39_040), "CNY")),
-            (a[1].0, saving(None, "CNY")),
-        ])
+        let priced = |mut r: NewRelease, saving: ReleaseSaving| {
+            r.saving = Some(saving);
+            r
+        };
+        s.enqueue(
+            &[
+                priced(due_yesterday("i-a"), saving(Some(39_040), "CNY")),
+                priced(due_yesterday("i-b"), saving(None, "CNY")),
+            ],
+            yesterday,
+        )
         .await
         .unwrap();
         release_all(s, yesterday).await;
-        let b = s
-            .enqueue(&[rel("i-c", "r1", false), rel("i-d", "r2", false)], t0())
-            .await
-            .unwrap();
-        s.record_savings(&[
-            (b[0].0, saving(Some(10), "CNY")),
-            (b[1].0, saving(Some(4_000), "USD")),
-        ])
+        s.enqueue(
+            &[
+                priced(rel("i-c", "r1", false), saving(Some(10), "CNY")),
+                priced(rel("i-d", "r2", false), saving(Some(4_000), "USD")),
+            ],
+            t0(),
+        )
         .await
         .unwrap();
         release_all(s, t0()).await;
         // Still waiting out its grace: upcoming, not saved.
         let mut later = rel("i-e", "r1", false);
         later.not_before = t0() + chrono::Duration::days(1);
-        let c = s.enqueue(&[later], t0()).await.unwrap();
-        s.record_savings(&[(c[0].0, saving(Some(35_040), "CNY"))])
+        s.enqueue(&[priced(later, saving(Some(35_040), "CNY"))], t0())
             .await
             .unwrap();
         release_all(s, t0()).await;
@@ -1391,17 +1393,6 @@ conformance!(
         use ecs_janitor::money::Money;
         use ecs_janitor::store::{EventFilter, ReleaseSaving};
         let s = &db.store;
-        let a = s
-            .enqueue(
-                &[
-                    rel("i-a", "r1", false),
-                    rel("i-b", "r1", false),
-                    rel("i-c", "r1", false),
-                ],
-                t0(),
-            )
-            .await
-            .unwrap();
         let priced = ReleaseSaving {
             basis: "renewal_avoided".into(),
             monthly: Some(Money::new(0, "CNY")),
@@ -1412,8 +1403,20 @@ conformance!(
             monthly: None,
             renewal_avoided: None,
         };
+        let with = |mut r: NewRelease, saving: &ReleaseSaving| {
+            r.saving = Some(saving.clone());
+            r
+        };
         // i-c was not priced.
-        s.record_savings(&[(a[0].0, priced.clone()), (a[1].0, unknown.clone())])
+        let a = s
+            .enqueue(
+                &[
+                    with(rel("i-a", "r1", false), &priced),
+                    with(rel("i-b", "r1", false), &unknown),
+                    rel("i-c", "r1", false),
+                ],
+                t0(),
+            )
             .await
             .unwrap();
         let kept = s.savings_of(&[a[0].0, a[1].0, a[2].0]).await.unwrap();
@@ -1573,5 +1576,25 @@ conformance!(
             .begin_attempt(&b.fence, &[], &b.client_token, t0())
             .await
             .unwrap());
+    }
+);
+
+conformance!(
+    only_releases_queued_with_a_grace_are_read_for_marks,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let mut waiting = rel("i-wait", "r1", false);
+        waiting.not_before = t0() + chrono::Duration::hours(2);
+        s.enqueue(&[rel("i-now", "r1", false), waiting], t0())
+            .await
+            .unwrap();
+        let ids = |rows: Vec<ecs_janitor::store::ReleaseRow>| {
+            rows.into_iter().map(|r| r.instance_id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(s.waiting_releases().await.unwrap()), vec!["i-wait"]);
+        assert_eq!(s.active_releases().await.unwrap().len(), 2);
+        // Released, it is no longer waiting.
+        release_all(s, t0() + chrono::Duration::hours(3)).await;
+        assert!(s.waiting_releases().await.unwrap().is_empty());
     }
 );

@@ -477,7 +477,7 @@ mod tests {
             "janitor.yaml:3:14 (`admin_token`): invalid value for `admin_token`: give a value"
         );
         // The default stands in for a bad value, so checks can go on.
-        assert_eq!(s.workers.concurrency, 4);
+        assert_eq!(s.workers.concurrency, 8);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub(super) const ACTIVE: &str = "('pending', 'in_flight')";
 
 /// How many releases one enqueue must add before PostgreSQL's statistics are refreshed.
 const ANALYZE_AFTER: usize = 1_000;
+/// Releases per INSERT of an enqueue (16 values each, within every driver's limit on binds).
+const ENQUEUE_CHUNK: usize = 400;
 
 /// A release the reconciler wants queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct NewRelease {
     pub reasons: String,
     /// Snapshots to take before DeleteInstances (`release.snapshot`).
     pub snapshot: Option<crate::policy::SnapshotOptions>,
+    /// The saving it was planned with, kept with it; `None` when it was not priced.
+    pub saving: Option<super::ReleaseSaving>,
 }
 
 /// What a claim may take: work due at `now`, in `scope` (`""`: the whole queue), not of the
@@ -201,21 +205,51 @@ impl Store {
         releases: &[NewRelease],
         now: DateTime<Utc>,
     ) -> Result<Vec<(ReleaseId, String)>, StoreError> {
+        self.enqueue_from(releases, |r| Some(r.clone()), now).await
+    }
+
+    /// [`Store::enqueue`] of what `make` makes of each of `items` (`None`: nothing to queue),
+    /// made as it is inserted, 400 at a time, in one transaction: a pass that queues a whole
+    /// fleet never holds a second copy of its plan.
+    pub async fn enqueue_from<T: Sync>(
+        &self,
+        items: &[T],
+        make: impl Fn(&T) -> Option<NewRelease> + Sync,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(ReleaseId, String)>, StoreError> {
         let mut created = Vec::new();
         let mut tx = self.pool.begin().await?;
-        for chunk in releases.chunks(400) {
+        let mut rest = items;
+        let mut chunk: Vec<NewRelease> = Vec::with_capacity(ENQUEUE_CHUNK);
+        loop {
+            chunk.clear();
+            while chunk.len() < ENQUEUE_CHUNK {
+                let Some((first, more)) = rest.split_first() else {
+                    break;
+                };
+                rest = more;
+                chunk.extend(make(first));
+            }
+            if chunk.is_empty() {
+                break;
+            }
             // One statement decides and inserts: the "already released" and "held" checks
             // cannot be separated from the insert by another replica's commit in between.
             let mut q = Sql::new(
                 "INSERT INTO releases (instance_id, instance_name, region, policy, force,
                  terminate_subscription, state, not_before, reasons, created_at, updated_at,
-                 account, snapshot_days, snapshot_disks)
+                 account, snapshot_days, snapshot_disks, saving_basis, saving_minor,
+                 saving_currency, renewal_minor)
                  SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6,
                         'pending', v.column7, v.column8, v.column9, v.column9, v.column10,
-                        v.column11, v.column12
+                        v.column11, v.column12, v.column13, v.column14, v.column15, v.column16
                  FROM (",
             );
-            q.push_values(chunk, |r| {
+            q.push_values(&chunk, |r| {
+                let saving = r.saving.as_ref();
+                let currency = saving
+                    .and_then(|s| s.monthly.as_ref().or(s.renewal_avoided.as_ref()))
+                    .map(|m| m.currency.as_str());
                 [
                     r.instance_id.as_str().into(),
                     r.instance_name.as_str().into(),
@@ -229,6 +263,16 @@ impl Store {
                     r.account.as_str().into(),
                     r.snapshot.map(|s| i64::from(s.retention_days)).into(),
                     r.snapshot.map(|s| s.disks.as_str()).into(),
+                    saving.map(|s| s.basis.as_str()).into(),
+                    saving
+                        .and_then(|s| s.monthly.as_ref())
+                        .map(|m| m.minor)
+                        .into(),
+                    currency.into(),
+                    saving
+                        .and_then(|s| s.renewal_avoided.as_ref())
+                        .map(|m| m.minor)
+                        .into(),
                 ]
             });
             q.push(

@@ -48,40 +48,6 @@ fn totals(rows: &[(Option<String>, Option<i64>)]) -> Totals {
 }
 
 impl Store {
-    /// Records the figure each release was queued with: a few hundred releases a statement
-    /// (one statement each made recording a 27,000-release pass take over a second).
-    pub async fn record_savings(
-        &self,
-        savings: &[(ReleaseId, ReleaseSaving)],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in savings.chunks(200) {
-            let mut q = Sql::new(
-                "UPDATE releases SET saving_basis = v.column2, saving_minor = v.column3,
-                        saving_currency = v.column4, renewal_minor = v.column5
-                 FROM (",
-            );
-            q.push_values(chunk, |(id, s)| {
-                let currency = s
-                    .monthly
-                    .as_ref()
-                    .or(s.renewal_avoided.as_ref())
-                    .map(|m| m.currency.as_str());
-                [
-                    (*id).into(),
-                    s.basis.as_str().into(),
-                    s.monthly.as_ref().map(|m| m.minor).into(),
-                    currency.into(),
-                    s.renewal_avoided.as_ref().map(|m| m.minor).into(),
-                ]
-            });
-            q.push(") AS v WHERE releases.id = v.column1");
-            tx.execute(q).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// The figure each of `ids` was queued with, for those that were priced.
     pub async fn savings_of(
         &self,

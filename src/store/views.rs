@@ -94,6 +94,18 @@ impl Store {
             .await
     }
 
+    /// Pending and in-flight releases queued with a grace (due later than they were queued),
+    /// newest first: the only ones an instance may carry a mark for. Usually none, where the
+    /// active releases may be a whole fleet's.
+    pub async fn waiting_releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
+        self.pool
+            .fetch_all(Sql::new(format!(
+                "{RELEASE_SELECT} WHERE r.state IN {ACTIVE} AND r.not_before > r.created_at
+                 ORDER BY r.id DESC"
+            )))
+            .await
+    }
+
     /// Releases by state.
     pub async fn counts(&self) -> Result<StateCounts, StoreError> {
         let rows: Vec<(String, i64)> = self

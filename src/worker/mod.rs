@@ -168,7 +168,7 @@ impl Default for WorkerConfig {
             max_attempts: 8,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             max_batch: crate::ecs::client::MAX_PAGE,
-            concurrency: 4,
+            concurrency: 8,
             seed: 0x006a_616e_6974_6f72,
             quarantine: chrono::Duration::hours(24),
         }
