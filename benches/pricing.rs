@@ -69,7 +69,11 @@ async fn run(instances: usize, measuring: bool, pace: (&str, PaceConfig)) {
     let listing_s = t.elapsed().as_secs_f64();
     let listing_calls = count(&h, "DescribeInstances");
 
-    let mut plan = plan::evaluate(&policies, inv.all(), &EvalContext::default(), now);
+    let mut e = plan::Evaluation::new(&policies, now);
+    for (_, instances) in inv.regions() {
+        e.add(instances, &EvalContext::default());
+    }
+    let mut plan = e.finish();
     let planned = plan.releases().count();
     let sizes: HashMap<(String, String), usize> =
         inv.regions().map(|(k, v)| (k.clone(), v.len())).collect();

@@ -13,12 +13,13 @@ use crate::ecs::client::DescribeFilter;
 use crate::ecs::{Accounts, EcsError, Instance, InstanceStatus};
 use crate::policy::{account_of, Policy};
 
-/// Instances by (account, region); `""` is the default account. One vector holds them all,
-/// each (account, region) a contiguous run of it, so the planner reads them without a copy.
+/// Instances by (account, region); `""` is the default account. Each (account, region) has a
+/// vector of its own, so the planner can let each go once it is planned: a pass over a whole
+/// fleet never holds its instances twice.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    instances: Vec<Instance>,
-    runs: BTreeMap<(String, String), std::ops::Range<usize>>,
+    /// In (account, region) order.
+    runs: BTreeMap<(String, String), Vec<Instance>>,
     /// Every query made, with what it listed.
     listings: Vec<Listing>,
 }
@@ -56,30 +57,18 @@ pub fn account_suffix(account: &str) -> String {
 
 impl Inventory {
     /// Every instance, account by account and region by region.
-    pub fn all(&self) -> &[Instance] {
-        &self.instances
+    pub fn all(&self) -> impl Iterator<Item = &Instance> {
+        self.runs.values().flatten()
     }
 
-    /// The instances of `account`, region by region (contiguous: runs are stored in
-    /// (account, region) order).
-    pub fn of_account(&self, account: &str) -> &[Instance] {
-        let mut mine = self
-            .runs
-            .iter()
-            .filter(|((a, _), _)| a == account)
-            .map(|(_, r)| r.clone());
-        let Some(first) = mine.next() else {
-            return &[];
-        };
-        let end = mine.next_back().map_or(first.end, |r| r.end);
-        &self.instances[first.start..end]
-    }
-
-    /// Each (account, region) with its instances.
+    /// The instances of each (account, region), in (account, region) order.
     pub fn regions(&self) -> impl Iterator<Item = (&(String, String), &[Instance])> {
-        self.runs
-            .iter()
-            .map(|(k, r)| (k, &self.instances[r.clone()]))
+        self.runs.iter().map(|(k, v)| (k, v.as_slice()))
+    }
+
+    /// Takes the instances, (account, region) by (account, region), leaving the listings.
+    pub fn take_regions(&mut self) -> BTreeMap<(String, String), Vec<Instance>> {
+        std::mem::take(&mut self.runs)
     }
 
     /// Every query the pass made, with what each listed.
@@ -88,11 +77,11 @@ impl Inventory {
     }
 
     pub fn len(&self) -> usize {
-        self.instances.len()
+        self.runs.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.instances.is_empty()
+        self.runs.values().all(Vec::is_empty)
     }
 }
 
@@ -235,13 +224,11 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
     let mut current: Option<(String, String)> = None;
     let mut ids: HashSet<String> = HashSet::new();
     for r in results {
-        let (account, region, filter, listed) = r?;
+        let (account, region, filter, mut listed) = r?;
         let key = (account.clone(), region.clone());
         if current.as_ref() != Some(&key) {
             ids.clear();
             current = Some(key.clone());
-            let at = inv.instances.len();
-            inv.runs.insert(key.clone(), at..at);
         }
         tracing::debug!(account, region, count = listed.len(), ?filter, "listed");
         inv.listings.push(Listing {
@@ -253,14 +240,14 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
                 .map(|i| (i.instance_id.clone(), i.status))
                 .collect(),
         });
-        for i in listed {
-            if ids.insert(i.instance_id.clone()) {
-                inv.instances.push(i);
-            }
-        }
-        let end = inv.instances.len();
-        if let Some(run) = inv.runs.get_mut(&key) {
-            run.end = end;
+        // A query's instances are moved, not copied; another query's of the same region add
+        // only those not listed yet.
+        listed.retain(|i| ids.insert(i.instance_id.clone()));
+        let run = inv.runs.entry(key).or_default();
+        if run.is_empty() {
+            *run = listed;
+        } else {
+            run.append(&mut listed);
         }
     }
     Ok(inv)

@@ -142,9 +142,11 @@ impl Reconciler {
         policies: &[Policy],
         now: DateTime<Utc>,
     ) -> Result<Plan, ReconcileError> {
-        let (inv, ctx) = self.observe(policies, now, false).await?;
-        let mut plan = evaluate(policies, &inv, &ctx, now);
-        self.price(&mut plan, &inv, |_| true, now).await;
+        let (mut inv, ctx) = self.observe(policies, now, false).await?;
+        let sizes = region_sizes(&inv);
+        let mut plan = evaluate(policies, &mut inv, &ctx, now);
+        drop(inv);
+        self.price(&mut plan, &sizes, |_| true, now).await;
         let recorded = self.ctx.store.marks().await?;
         crate::marks::annotate(
             &mut plan,
@@ -182,21 +184,9 @@ impl Reconciler {
     }
 
     /// Prices the plan's releases that `wanted` picks (never fails: an unknown price shows as
-    /// unknown), with the prices this process already has.
+    /// unknown), with the prices this process already has. `sizes` holds how many instances
+    /// each (account, region) listed, so the inventory itself need not be kept while pricing.
     pub async fn price(
-        &self,
-        plan: &mut Plan,
-        inv: &Inventory,
-        wanted: impl Fn(&plan::PlannedRelease) -> bool,
-        now: DateTime<Utc>,
-    ) -> crate::pricing::PricingReport {
-        self.price_sized(plan, &region_sizes(inv), wanted, now)
-            .await
-    }
-
-    /// [`Reconciler::price`] with how many instances each (account, region) listed, so the
-    /// inventory itself need not be kept while pricing.
-    async fn price_sized(
         &self,
         plan: &mut Plan,
         sizes: &HashMap<(String, String), usize>,
@@ -287,8 +277,11 @@ impl Reconciler {
                 Vec::new(),
             ));
         }
-        let (inv, ctx) = self.observe(policies, now, true).await?;
-        let mut plan = evaluate(policies, &inv, &ctx, now);
+        let (mut inv, ctx) = self.observe(policies, now, true).await?;
+        let sizes = region_sizes(&inv);
+        // The instances are let go region by region as they are planned; what is kept of the
+        // inventory is each query's ids.
+        let mut plan = evaluate(policies, &mut inv, &ctx, now);
         // Only what this pass queues needs a figure: a release already queued keeps the one it
         // was queued with, and a dry run or a release outside a saved plan is not queued.
         let queues: HashSet<&str> = policies
@@ -310,12 +303,13 @@ impl Reconciler {
                     .is_none_or(|s| s.contains(&(r.instance_id.as_str(), r.policy.as_str())))
         };
         let active = self.ctx.store.active_releases().await?;
-        // Of the queued instances, those the inventory listed (for cancellation reasons); then
-        // the inventory, the largest thing a pass holds, is let go before pricing reads the
-        // disks, so the two are never held at once.
-        let sizes = region_sizes(&inv);
+        // Of the queued instances, those the inventory listed (for cancellation reasons).
         let listed: HashSet<String> = {
-            let all: HashSet<&str> = inv.all().iter().map(|i| i.instance_id.as_str()).collect();
+            let all: HashSet<&str> = inv
+                .listings()
+                .iter()
+                .flat_map(|l| l.listed.iter().map(|(id, _)| id.as_str()))
+                .collect();
             // What tag exemptions kept out, for the status page (the tags stay the truth).
             let seen = crate::store::SeenExemption::of_plan(&plan, now);
             self.ctx
@@ -329,7 +323,7 @@ impl Reconciler {
                 .collect()
         };
         drop(inv);
-        self.price_sized(&mut plan, &sizes, needs_figure, now).await;
+        self.price(&mut plan, &sizes, needs_figure, now).await;
         let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
             s.releases
                 .iter()
@@ -613,25 +607,44 @@ fn region_sizes(inv: &Inventory) -> HashMap<(String, String), usize> {
 
 /// Plans each account's policies against that account's instances only (instance ids are unique
 /// across accounts, but a policy must never select another account's machine), in policy order.
-fn evaluate(policies: &[Policy], inv: &Inventory, ctx: &EvalContext, now: DateTime<Utc>) -> Plan {
+/// Takes the instances out of `inv` and lets each (account, region) go once it is planned.
+fn evaluate(
+    policies: &[Policy],
+    inv: &mut Inventory,
+    ctx: &EvalContext,
+    now: DateTime<Utc>,
+) -> Plan {
     let mut by_account: Vec<&str> = policies.iter().map(account_of).collect();
     by_account.sort_unstable();
     by_account.dedup();
-    if by_account.len() <= 1 {
-        return plan::evaluate(policies, inv.all(), ctx, now);
-    }
+    let mut regions = inv.take_regions();
     let mut out = Plan {
         generated_at: now,
         policies: Vec::new(),
     };
+    let several = by_account.len() > 1;
     for account in by_account {
         let mine: Vec<Policy> = policies
             .iter()
             .filter(|p| account_of(p) == account)
             .cloned()
             .collect();
-        let part = plan::evaluate(&mine, inv.of_account(account), ctx, now);
-        out.policies.extend(part.policies);
+        let mut e = plan::Evaluation::new(&mine, now);
+        let keys: Vec<(String, String)> = regions
+            .keys()
+            .filter(|(a, _)| a == account)
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some(instances) = regions.remove(&key) {
+                e.add(&instances, ctx);
+            }
+        }
+        out.policies.extend(e.finish().policies);
+    }
+    if !several {
+        // One account: the policies stay in name order, as the planner gives them.
+        return out;
     }
     let order: HashMap<&str, usize> = policies
         .iter()

@@ -346,191 +346,242 @@ pub fn evaluate(
     ctx: &EvalContext,
     now: DateTime<Utc>,
 ) -> Plan {
-    let mut order: Vec<&Policy> = policies.iter().collect();
-    order.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut e = Evaluation::new(policies, now);
+    e.add(inventory, ctx);
+    e.finish()
+}
 
-    // Index by region once, so each policy only walks its own regions.
-    let mut by_region: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, inst) in inventory.iter().enumerate() {
-        by_region
-            .entry(inst.region_id.as_str())
-            .or_default()
-            .push(i);
+/// An evaluation fed its inventory in parts (an (account, region) at a time, in order), so
+/// that each part can be let go once planned; the plan is the one [`evaluate`] makes of the
+/// parts put end to end, as long as no instance is in two parts. What spans parts, each
+/// policy's `max_releases_per_run` and grace, is decided by [`Evaluation::finish`].
+pub struct Evaluation<'p> {
+    /// The policies in name order (the first to match an instance claims it).
+    order: Vec<&'p Policy>,
+    /// Each policy's plan so far: its skips (its releases come at the end).
+    plans: Vec<PolicyPlan>,
+    /// Each policy's candidates so far, in inventory order.
+    candidates: Vec<Vec<PlannedRelease>>,
+    now: DateTime<Utc>,
+}
+
+impl<'p> Evaluation<'p> {
+    pub fn new(policies: &'p [Policy], now: DateTime<Utc>) -> Self {
+        let mut order: Vec<&Policy> = policies.iter().collect();
+        order.sort_by(|a, b| a.name.cmp(&b.name));
+        let plans = order
+            .iter()
+            .map(|policy| PolicyPlan {
+                policy: policy.name.clone(),
+                account: policy.account.clone(),
+                dry_run: policy.dry_run,
+                releases: Vec::new(),
+                skips: Vec::new(),
+                refused: None,
+            })
+            .collect();
+        let candidates = order.iter().map(|_| Vec::new()).collect();
+        Evaluation {
+            order,
+            plans,
+            candidates,
+            now,
+        }
     }
-    // Which policy (index into `out`) claimed each instance, and its release index if planned.
-    let mut claimed: Vec<Option<(usize, Option<usize>)>> = vec![None; inventory.len()];
-    let mut out: Vec<PolicyPlan> = Vec::with_capacity(order.len());
 
-    for (pi, policy) in order.iter().enumerate() {
-        let mut plan = PolicyPlan {
-            policy: policy.name.clone(),
-            account: policy.account.clone(),
-            dry_run: policy.dry_run,
-            releases: Vec::new(),
-            skips: Vec::new(),
-            refused: None,
-        };
-        let mut candidates: Vec<(usize, PlannedRelease)> = Vec::new();
-        let mut regions: Vec<&str> = policy.regions.iter().map(String::as_str).collect();
-        regions.sort_unstable();
-        regions.dedup();
-        for region in regions {
-            let Some(indices) = by_region.get(region) else {
-                continue;
-            };
-            for &ii in indices {
-                let inst = &inventory[ii];
-                let skip = |reason: SkipReason, detail: String| Skip {
-                    instance_id: inst.instance_id.clone(),
-                    region: inst.region_id.clone(),
-                    policy: policy.name.clone(),
-                    reason,
-                    detail,
+    /// Evaluates every policy against one part of the inventory.
+    pub fn add(&mut self, inventory: &[Instance], ctx: &EvalContext) {
+        let now = self.now;
+        // Index by region once, so each policy only walks its own regions.
+        let mut by_region: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, inst) in inventory.iter().enumerate() {
+            by_region
+                .entry(inst.region_id.as_str())
+                .or_default()
+                .push(i);
+        }
+        // Which policy claimed each instance, and its candidate's index if it has one.
+        let mut claimed: Vec<Option<(usize, Option<usize>)>> = vec![None; inventory.len()];
+        for (pi, policy) in self.order.iter().enumerate() {
+            let mut found: Vec<(usize, PlannedRelease)> = Vec::new();
+            let mut regions: Vec<&str> = policy.regions.iter().map(String::as_str).collect();
+            regions.sort_unstable();
+            regions.dedup();
+            for region in regions {
+                let Some(indices) = by_region.get(region) else {
+                    continue;
                 };
-                match matches(policy, inst, ctx, now) {
-                    Match::No => continue,
-                    Match::StoppedUnknown(first_seen) => {
-                        let detail = match first_seen {
-                            Some(t) => format!(
-                                "stopped since unknown, first seen stopped at {}",
-                                fmt_time(t)
-                            ),
-                            None => "stopped since unknown: not yet seen stopped".to_string(),
-                        };
-                        plan.skips
-                            .push(skip(SkipReason::StoppedSinceUnknown { first_seen }, detail));
-                        continue;
-                    }
-                    Match::Yes => {}
-                }
-                let earlier = claimed[ii];
-                if earlier.is_none() {
-                    claimed[ii] = Some((pi, None));
-                }
-                if let Some((reason, detail)) = protection(policy, inst, ctx, now) {
-                    plan.skips.push(skip(reason, detail));
-                    continue;
-                }
-                if let Some((owner, release)) = earlier {
-                    let owner_name = out[owner].policy.clone();
-                    if let Some(ri) = release {
-                        out[owner].releases[ri]
-                            .also_matched_by
-                            .push(policy.name.clone());
-                    }
-                    let detail = format!("also matched by {owner_name}, which comes first");
-                    plan.skips.push(skip(
-                        SkipReason::AlsoMatchedBy { policy: owner_name },
-                        detail,
-                    ));
-                    continue;
-                }
-                if inst.status != InstanceStatus::Stopped && !policy.release.force {
-                    let detail = format!(
-                        "instance is {}; ECS releases only Stopped instances unless release.force is true",
-                        inst.status
-                    );
-                    plan.skips.push(skip(
-                        SkipReason::RequiresForce {
-                            status: inst.status,
-                        },
-                        detail,
-                    ));
-                    continue;
-                }
-                if inst.charge_type == ChargeType::PrePaid && !policy.release.terminate_subscription
-                {
-                    plan.skips.push(skip(
-                        SkipReason::RequiresTerminateSubscription,
-                        "a subscription instance; ECS releases it only with release.terminate_subscription: true".into(),
-                    ));
-                    continue;
-                }
-                if let Some(at) = ctx.released.get(&inst.instance_id) {
-                    plan.skips.push(skip(
-                        SkipReason::Released { at: *at },
-                        format!(
-                            "released by ecs-janitor at {}; ECS still lists it while the release completes",
-                            fmt_time(*at)
-                        ),
-                    ));
-                    continue;
-                }
-                if let Some(why) = ctx
-                    .holds
-                    .get(&(inst.instance_id.clone(), policy.name.clone()))
-                {
-                    plan.skips.push(skip(SkipReason::Held, why.clone()));
-                    continue;
-                }
-                let not_before = match ctx.queued.get(&inst.instance_id) {
-                    Some(q) => q.not_before,
-                    None => now + policy.release.grace,
-                };
-                candidates.push((
-                    ii,
-                    PlannedRelease {
+                for &ii in indices {
+                    let inst = &inventory[ii];
+                    let skip = |reason: SkipReason, detail: String| Skip {
                         instance_id: inst.instance_id.clone(),
                         region: inst.region_id.clone(),
-                        instance_name: inst.instance_name.clone(),
                         policy: policy.name.clone(),
-                        force: policy.release.force,
-                        terminate_subscription: policy.release.terminate_subscription,
-                        not_before,
-                        reasons: reasons(&policy.select, inst, ctx),
-                        also_matched_by: Vec::new(),
-                        security_locked: inst.security_locked(),
-                        instance_type: inst.instance_type.clone(),
-                        status: inst.status,
-                        stopped_mode: inst.stopped_mode.clone(),
-                        charge_type: inst.charge_type,
-                        created_at: inst.creation_time,
-                        saving: None,
-                        mark: None,
-                    },
-                ));
+                        reason,
+                        detail,
+                    };
+                    let plan = &mut self.plans[pi];
+                    match matches(policy, inst, ctx, now) {
+                        Match::No => continue,
+                        Match::StoppedUnknown(first_seen) => {
+                            let detail = match first_seen {
+                                Some(t) => format!(
+                                    "stopped since unknown, first seen stopped at {}",
+                                    fmt_time(t)
+                                ),
+                                None => "stopped since unknown: not yet seen stopped".to_string(),
+                            };
+                            plan.skips
+                                .push(skip(SkipReason::StoppedSinceUnknown { first_seen }, detail));
+                            continue;
+                        }
+                        Match::Yes => {}
+                    }
+                    let earlier = claimed[ii];
+                    if earlier.is_none() {
+                        claimed[ii] = Some((pi, None));
+                    }
+                    if let Some((reason, detail)) = protection(policy, inst, ctx, now) {
+                        plan.skips.push(skip(reason, detail));
+                        continue;
+                    }
+                    if let Some((owner, candidate)) = earlier {
+                        let owner_name = self.plans[owner].policy.clone();
+                        if let Some(ci) = candidate {
+                            self.candidates[owner][ci]
+                                .also_matched_by
+                                .push(policy.name.clone());
+                        }
+                        let detail = format!("also matched by {owner_name}, which comes first");
+                        self.plans[pi].skips.push(skip(
+                            SkipReason::AlsoMatchedBy { policy: owner_name },
+                            detail,
+                        ));
+                        continue;
+                    }
+                    if inst.status != InstanceStatus::Stopped && !policy.release.force {
+                        let detail = format!(
+                            "instance is {}; ECS releases only Stopped instances unless release.force is true",
+                            inst.status
+                        );
+                        plan.skips.push(skip(
+                            SkipReason::RequiresForce {
+                                status: inst.status,
+                            },
+                            detail,
+                        ));
+                        continue;
+                    }
+                    if inst.charge_type == ChargeType::PrePaid
+                        && !policy.release.terminate_subscription
+                    {
+                        plan.skips.push(skip(
+                            SkipReason::RequiresTerminateSubscription,
+                            "a subscription instance; ECS releases it only with release.terminate_subscription: true".into(),
+                        ));
+                        continue;
+                    }
+                    if let Some(at) = ctx.released.get(&inst.instance_id) {
+                        plan.skips.push(skip(
+                            SkipReason::Released { at: *at },
+                            format!(
+                                "released by ecs-janitor at {}; ECS still lists it while the release completes",
+                                fmt_time(*at)
+                            ),
+                        ));
+                        continue;
+                    }
+                    if let Some(why) = ctx
+                        .holds
+                        .get(&(inst.instance_id.clone(), policy.name.clone()))
+                    {
+                        plan.skips.push(skip(SkipReason::Held, why.clone()));
+                        continue;
+                    }
+                    let not_before = match ctx.queued.get(&inst.instance_id) {
+                        Some(q) => q.not_before,
+                        None => now + policy.release.grace,
+                    };
+                    found.push((
+                        ii,
+                        PlannedRelease {
+                            instance_id: inst.instance_id.clone(),
+                            region: inst.region_id.clone(),
+                            instance_name: inst.instance_name.clone(),
+                            policy: policy.name.clone(),
+                            force: policy.release.force,
+                            terminate_subscription: policy.release.terminate_subscription,
+                            not_before,
+                            reasons: reasons(&policy.select, inst, ctx),
+                            also_matched_by: Vec::new(),
+                            security_locked: inst.security_locked(),
+                            instance_type: inst.instance_type.clone(),
+                            status: inst.status,
+                            stopped_mode: inst.stopped_mode.clone(),
+                            charge_type: inst.charge_type,
+                            created_at: inst.creation_time,
+                            saving: None,
+                            mark: None,
+                        },
+                    ));
+                }
+            }
+            // Walk regions in a stable order but report in inventory order.
+            found.sort_by_key(|(ii, _)| *ii);
+            let candidates = &mut self.candidates[pi];
+            for (ii, r) in found {
+                claimed[ii] = Some((pi, Some(candidates.len())));
+                candidates.push(r);
             }
         }
-        // Walk regions in a stable order but report in inventory order.
-        candidates.sort_by_key(|(ii, _)| *ii);
-        let limit = policy.limits.max_releases_per_run;
-        if candidates.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
-            let refusal = Refusal {
-                count: candidates.len(),
-                limit,
-            };
-            for (_, r) in candidates {
-                plan.skips.push(Skip {
-                    instance_id: r.instance_id,
-                    region: r.region,
-                    policy: r.policy,
-                    reason: SkipReason::OverLimit,
-                    detail: refusal.message(),
-                });
-            }
-            plan.refused = Some(refusal);
-        } else {
-            for (ii, r) in candidates {
-                if r.not_before > now {
+    }
+
+    /// The plan: each policy's candidates are its releases, or, more than its
+    /// `max_releases_per_run`, all refused.
+    pub fn finish(self) -> Plan {
+        let now = self.now;
+        let mut out = Vec::with_capacity(self.plans.len());
+        for ((policy, mut plan), candidates) in
+            self.order.iter().zip(self.plans).zip(self.candidates)
+        {
+            let limit = policy.limits.max_releases_per_run;
+            if candidates.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+                let refusal = Refusal {
+                    count: candidates.len(),
+                    limit,
+                };
+                for r in candidates {
                     plan.skips.push(Skip {
-                        instance_id: r.instance_id.clone(),
-                        region: r.region.clone(),
-                        policy: r.policy.clone(),
-                        reason: SkipReason::GracePending {
-                            until: r.not_before,
-                        },
-                        detail: format!("grace pending until {}", fmt_time(r.not_before)),
+                        instance_id: r.instance_id,
+                        region: r.region,
+                        policy: r.policy,
+                        reason: SkipReason::OverLimit,
+                        detail: refusal.message(),
                     });
                 }
-                claimed[ii] = Some((pi, Some(plan.releases.len())));
-                plan.releases.push(r);
+                plan.refused = Some(refusal);
+            } else {
+                for r in candidates {
+                    if r.not_before > now {
+                        plan.skips.push(Skip {
+                            instance_id: r.instance_id.clone(),
+                            region: r.region.clone(),
+                            policy: r.policy.clone(),
+                            reason: SkipReason::GracePending {
+                                until: r.not_before,
+                            },
+                            detail: format!("grace pending until {}", fmt_time(r.not_before)),
+                        });
+                    }
+                    plan.releases.push(r);
+                }
             }
+            out.push(plan);
         }
-        out.push(plan);
-    }
-    Plan {
-        generated_at: now,
-        policies: out,
+        Plan {
+            generated_at: now,
+            policies: out,
+        }
     }
 }
 

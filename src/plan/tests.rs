@@ -499,6 +499,23 @@ proptest! {
         prop_assert_eq!(names, sorted);
     }
 
+    /// Fed region by region (as a pass lets each region's instances go once planned), the
+    /// evaluation makes the plan it makes of the whole inventory: limits count every region,
+    /// and an instance two policies match is claimed the same way.
+    #[test]
+    fn planning_region_by_region_makes_the_same_plan(ps in arb_policies(), mut inv in proptest::collection::vec(arb_instance(), 0..30)) {
+        for (n, i) in inv.iter_mut().enumerate() {
+            i.instance_id = format!("i-{n}");
+        }
+        inv.sort_by(|a, b| a.region_id.cmp(&b.region_id));
+        let whole = evaluate(&ps, &inv, &EvalContext::default(), now());
+        let mut e = Evaluation::new(&ps, now());
+        for part in inv.chunk_by(|a, b| a.region_id == b.region_id) {
+            e.add(part, &EvalContext::default());
+        }
+        prop_assert_eq!(e.finish(), whole);
+    }
+
     /// Whatever the policy, an instance carrying the protect tag is never planned.
     #[test]
     fn protect_tag_always_wins(ps in arb_policies(), mut inv in proptest::collection::vec(arb_instance(), 1..20)) {
