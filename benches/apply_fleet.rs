@@ -133,7 +133,16 @@ async fn run(
     )
     .expect("policy");
     let start_t = Instant::now();
-    let mut child = std::process::Command::new(BIN)
+    // APPLY_FLEET_HEAPTRACK=FILE runs apply under heaptrack, its record written to FILE.
+    let mut command = match std::env::var("APPLY_FLEET_HEAPTRACK") {
+        Ok(out) => {
+            let mut c = std::process::Command::new("heaptrack");
+            c.args(["-o", out.as_str(), BIN]);
+            c
+        }
+        Err(_) => std::process::Command::new(BIN),
+    };
+    let mut child = command
         .args([
             "apply",
             "--calls-per-second",

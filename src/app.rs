@@ -96,6 +96,7 @@ impl App {
                 p.releases = Vec::new();
                 p.skips = Vec::new();
             }
+            crate::memory::give_back_freed();
         }
         let mut stopped = None;
         let mut accounts_stopped = Vec::new();
@@ -134,6 +135,9 @@ impl App {
             stopped = worked.stopped;
             accounts_stopped = worked.accounts_stopped;
         }
+        // What the drain freed goes back first: the rows below are decoded on the database
+        // driver's thread, whose allocations the freed memory of the others would not serve.
+        crate::memory::give_back_freed();
         // Read from the database only what this apply touched: history only grows.
         let mut touched: Vec<ReleaseRow> = self
             .ctx

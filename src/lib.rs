@@ -20,6 +20,7 @@ pub mod demo;
 pub mod ecs;
 pub mod inventory;
 pub mod marks;
+pub mod memory;
 pub mod metrics;
 pub mod money;
 pub mod notify;

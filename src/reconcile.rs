@@ -323,6 +323,7 @@ impl Reconciler {
                 .collect()
         };
         drop(inv);
+        crate::memory::give_back_freed();
         self.price(&mut plan, &sizes, needs_figure, now).await;
         let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
             s.releases
@@ -402,7 +403,7 @@ impl Reconciler {
                                     not_before: r.not_before,
                                     reasons: r.reasons.join("; "),
                                     snapshot: policy.release.snapshot,
-                                    saving: r.saving.as_ref().map(stored_saving),
+                                    saving: r.saving.as_deref().map(stored_saving),
                                 })
                             },
                             now,
@@ -417,7 +418,7 @@ impl Reconciler {
                         .collect();
                     if let Some(at) = waiting.iter().map(|r| r.not_before).min() {
                         let priced: Vec<&plan::Saving> =
-                            waiting.iter().filter_map(|r| r.saving.as_ref()).collect();
+                            waiting.iter().filter_map(|r| r.saving.as_deref()).collect();
                         let saving = (!priced.is_empty()).then(|| {
                             let mut monthly = crate::money::Totals::new();
                             let mut unknown = 0;
@@ -638,6 +639,8 @@ fn evaluate(
         for key in keys {
             if let Some(instances) = regions.remove(&key) {
                 e.add(&instances, ctx);
+                drop(instances);
+                crate::memory::give_back_freed();
             }
         }
         out.policies.extend(e.finish().policies);

@@ -108,8 +108,9 @@ pub struct PlannedRelease {
     pub charge_type: ChargeType,
     pub created_at: Option<DateTime<Utc>>,
     /// What releasing it saves per month; `None` until the plan is priced
-    /// (`pricing::price_plan`), which evaluation does not do.
-    pub saving: Option<Saving>,
+    /// (`pricing::price_plan`), which evaluation does not do. Boxed: a plan may hold a fleet's
+    /// releases, and most of a release's size would otherwise be this.
+    pub saving: Option<Box<Saving>>,
     /// Its mark on the instance, for a release waiting out its grace under a policy that marks;
     /// `None` until `marks::annotate`, which evaluation does not do.
     pub mark: Option<MarkNote>,
@@ -529,6 +530,8 @@ impl<'p> Evaluation<'p> {
             // Walk regions in a stable order but report in inventory order.
             found.sort_by_key(|(ii, _)| *ii);
             let candidates = &mut self.candidates[pi];
+            // Grown by what each part adds, not doubled: a plan's releases are its bulk.
+            candidates.reserve_exact(found.len());
             for (ii, r) in found {
                 claimed[ii] = Some((pi, Some(candidates.len())));
                 candidates.push(r);
@@ -561,20 +564,20 @@ impl<'p> Evaluation<'p> {
                 }
                 plan.refused = Some(refusal);
             } else {
-                for r in candidates {
-                    if r.not_before > now {
-                        plan.skips.push(Skip {
-                            instance_id: r.instance_id.clone(),
-                            region: r.region.clone(),
-                            policy: r.policy.clone(),
-                            reason: SkipReason::GracePending {
-                                until: r.not_before,
-                            },
-                            detail: format!("grace pending until {}", fmt_time(r.not_before)),
-                        });
-                    }
-                    plan.releases.push(r);
+                for r in candidates.iter().filter(|r| r.not_before > now) {
+                    plan.skips.push(Skip {
+                        instance_id: r.instance_id.clone(),
+                        region: r.region.clone(),
+                        policy: r.policy.clone(),
+                        reason: SkipReason::GracePending {
+                            until: r.not_before,
+                        },
+                        detail: format!("grace pending until {}", fmt_time(r.not_before)),
+                    });
                 }
+                // Moved, and no larger than it needs to be: it is the largest part of a plan.
+                plan.releases = candidates;
+                plan.releases.shrink_to_fit();
             }
             out.push(plan);
         }

@@ -279,7 +279,7 @@ pub fn render_json(plan: &Plan) -> Value {
                     "stopped_mode": r.stopped_mode,
                     "charge_type": r.charge_type.as_str(),
                     "created_at": r.created_at.map(crate::timefmt::text),
-                    "saving": r.saving.as_ref().map(saving_json),
+                    "saving": r.saving.as_deref().map(saving_json),
                     "mark": r.mark.as_ref().map(super::MarkNote::json),
                 })).collect::<Vec<_>>(),
                 "savings": totals_json(&SavingsTotals::of(&pp.releases, now)),
@@ -385,7 +385,7 @@ fn facts_line(r: &PlannedRelease, now: chrono::DateTime<chrono::Utc>) -> String 
 
 /// `saves ≈ ¥390.40/month (compute + disks; list price, describe_price)`, or why unknown.
 fn saving_line(r: &PlannedRelease) -> Option<String> {
-    let s = r.saving.as_ref()?;
+    let s = r.saving.as_deref()?;
     let sources = s
         .sources()
         .iter()
@@ -414,7 +414,7 @@ fn saving_line(r: &PlannedRelease) -> Option<String> {
 
 /// `2 disks stay and keep billing ≈ ¥200.02/month (DeleteWithInstance=false)`.
 fn staying_line(r: &PlannedRelease) -> Option<String> {
-    let s = r.saving.as_ref()?;
+    let s = r.saving.as_deref()?;
     if s.staying_disks == 0 {
         return None;
     }

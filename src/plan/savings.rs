@@ -223,7 +223,8 @@ impl Billing<'_> {
 /// The monthly saving of releasing `b`, with its disks `disks`, priced from `book`.
 pub fn estimate(b: &Billing<'_>, disks: &[Disk], book: &PriceBook) -> Saving {
     let basis = b.basis();
-    let mut lines = Vec::new();
+    // Sized exactly: an all-matching pass keeps 100,000 of these.
+    let mut lines = Vec::with_capacity(usize::from(b.compute_billed()) + disks.len());
     let line = |resource, id: String, detail, released, counted, p: Option<&Priced>| {
         let (monthly, source, unknown) = match p {
             Some(Ok((m, s))) => (Some(m.clone()), Some(*s), None),

@@ -214,18 +214,20 @@ impl Pricer<'_> {
         let looked = self.look_up(then, &slots, now).await;
         self.record(looked, &mut report, &mut books, now);
 
+        // Each instance's disks are let go as its saving is made: a pass over a whole fleet
+        // never holds every disk and every saving at once.
         for pp in &mut plan.policies {
             let book = books
                 .entry(pp.account.clone().unwrap_or_default())
                 .or_default();
             for r in pp.releases.iter_mut().filter(|r| wanted(r)) {
                 let b = r.billing();
-                let saving = match disks.get(&r.instance_id) {
-                    Some(Ok(ds)) => estimate(&b, ds, book),
+                let saving = match disks.remove(&r.instance_id) {
+                    Some(Ok(ds)) => estimate(&b, &ds, book),
                     Some(Err(w)) => Saving::unknown(b.basis(), format!("its disks: {w}")),
                     None => Saving::unknown(b.basis(), "its disks were not read".into()),
                 };
-                r.saving = Some(saving);
+                r.saving = Some(Box::new(saving));
             }
         }
         if !report.failures.is_empty() {
