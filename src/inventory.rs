@@ -119,9 +119,10 @@ pub fn shared_filter<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Desc
 /// At most this many distinct queries per (account, region); past it, one shared query.
 const MAX_QUERIES: usize = 8;
 /// Listings (queries) in flight at once, over all accounts and regions.
-const LISTINGS_IN_FLIGHT: usize = 8;
-/// Pages of one listing in flight at once.
-const PAGES_IN_FLIGHT: usize = 4;
+const LISTINGS_IN_FLIGHT: usize = 16;
+/// Pages of one listing in flight at once (the pacer keeps each region's DescribeInstances
+/// within its quota).
+const PAGES_IN_FLIGHT: usize = 8;
 /// ECS lists at most this many instances for a tag-filtered query (../shared/ecs-api.md 2.1).
 pub const TAG_FILTER_CAP: usize = 1000;
 

@@ -216,7 +216,12 @@ impl Billing<'_> {
 
     /// Whether `d` is released with the instance.
     pub fn releases(&self, d: &Disk) -> bool {
-        d.delete_with_instance || self.security_locked
+        self.releases_disk(d.delete_with_instance)
+    }
+
+    /// Whether a disk set to `delete_with_instance` (or not) is released with the instance.
+    pub fn releases_disk(&self, delete_with_instance: bool) -> bool {
+        delete_with_instance || self.security_locked
     }
 }
 

@@ -4,15 +4,69 @@
 //! page (each page needs the token of the one before).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use crate::ecs::client::MAX_DISK_PAGE;
 use crate::ecs::types::DiskKind;
-use crate::ecs::{Disk, EcsClient};
+use crate::ecs::{ChargeType, Disk, EcsClient};
 
 /// Each instance's disks (or why they are unknown), the calls made, the failures in words.
-pub type RegionDisks = (Vec<(String, Result<Vec<Disk>, String>)>, usize, Vec<String>);
+pub type RegionDisks = (
+    Vec<(String, Result<Vec<KeptDisk>, String>)>,
+    usize,
+    Vec<String>,
+);
+
+/// What pricing keeps of a disk: a third of a [`Disk`]'s size, the category shared by every
+/// disk of it (an all-matching pass keeps hundreds of thousands).
+#[derive(Debug, Clone)]
+pub struct KeptDisk {
+    pub disk_id: Box<str>,
+    pub category: Arc<str>,
+    pub size_gb: u32,
+    pub kind: DiskKind,
+    pub delete_with_instance: bool,
+    pub charge_type: ChargeType,
+}
+
+impl KeptDisk {
+    fn of(d: Disk, categories: &mut HashSet<Arc<str>>) -> KeptDisk {
+        let category = match categories.get(d.category.as_str()) {
+            Some(c) => c.clone(),
+            None => {
+                let c: Arc<str> = d.category.into();
+                categories.insert(c.clone());
+                c
+            }
+        };
+        KeptDisk {
+            disk_id: d.disk_id.into_boxed_str(),
+            category,
+            size_gb: d.size_gb,
+            kind: d.kind,
+            delete_with_instance: d.delete_with_instance,
+            charge_type: d.charge_type,
+        }
+    }
+
+    /// The disk again, for the estimate (`instance_id`, region, zone and status left empty).
+    pub fn to_disk(&self) -> Disk {
+        Disk {
+            disk_id: self.disk_id.to_string(),
+            instance_id: String::new(),
+            region_id: String::new(),
+            zone_id: String::new(),
+            category: self.category.to_string(),
+            size_gb: self.size_gb,
+            kind: self.kind,
+            delete_with_instance: self.delete_with_instance,
+            charge_type: self.charge_type,
+            status: String::new(),
+        }
+    }
+}
 
 /// The disks of `ids` in `region`, of `listed` instances listed there. Each call holds a permit
 /// of `slots`, the region's bound on pricing's calls in flight.
@@ -81,8 +135,9 @@ async fn list_kind(
     kind: Option<DiskKind>,
     wanted: &HashSet<&str>,
     slots: &Semaphore,
-) -> (Result<HashMap<String, Vec<Disk>>, String>, usize) {
-    let mut of: HashMap<String, Vec<Disk>> = HashMap::new();
+) -> (Result<HashMap<String, Vec<KeptDisk>>, String>, usize) {
+    let mut of: HashMap<String, Vec<KeptDisk>> = HashMap::new();
+    let mut categories = HashSet::new();
     let mut token: Option<String> = None;
     let mut calls = 0;
     loop {
@@ -102,9 +157,7 @@ async fn list_kind(
             .filter(|d| wanted.contains(d.instance_id.as_str()))
         {
             let instance = std::mem::take(&mut d.instance_id);
-            d.region_id = String::new();
-            d.zone_id = String::new();
-            d.status = String::new();
+            let d = KeptDisk::of(d, &mut categories);
             // Most instances have a disk or two of a kind, and a vector grows to four at its
             // first push: over a fleet, that alone was 100 MB.
             of.entry(instance)
@@ -126,11 +179,17 @@ async fn read_one(
     region: &str,
     id: &str,
     slots: &Semaphore,
-) -> (String, Result<Vec<Disk>, String>) {
+) -> (String, Result<Vec<KeptDisk>, String>) {
     let _slot = slots.acquire().await;
+    let mut categories = HashSet::new();
     let got = client
         .describe_disks(region, Some(id))
         .await
+        .map(|ds| {
+            ds.into_iter()
+                .map(|d| KeptDisk::of(d, &mut categories))
+                .collect()
+        })
         .map_err(|e| e.to_string());
     (id.to_string(), got)
 }

@@ -41,9 +41,10 @@ use crate::ecs::{Accounts, ChargeType, Disk};
 use crate::plan::savings::{estimate, Priced};
 use crate::plan::{Plan, PlannedRelease, PriceBook, Saving};
 
-/// Pricing's calls in flight at once per (account, region): enough to hide a round trip behind
-/// the others, few enough to leave the region's quotas to the listing and the releases.
-pub const IN_FLIGHT_PER_REGION: usize = 4;
+/// Pricing's calls in flight at once per (account, region): the two disk listings and the
+/// price lookups beside them, a region's lookups in one or two round trips. The pacer keeps
+/// each API of the region within its quota.
+pub const IN_FLIGHT_PER_REGION: usize = 12;
 
 /// How a plan is priced.
 #[derive(Debug, Clone, Default)]
@@ -173,7 +174,7 @@ impl Pricer<'_> {
         let (reads, looked) = futures::join!(reads, self.look_up(first, &slots, now));
         let mut books: HashMap<String, PriceBook> = HashMap::new();
         self.record(looked, &mut report, &mut books, now);
-        let mut disks: HashMap<String, Result<Vec<Disk>, String>> = HashMap::new();
+        let mut disks: HashMap<String, Result<Vec<disks::KeptDisk>, String>> = HashMap::new();
         for (got, calls, failures) in reads {
             report.describe_disks += calls;
             report.failures.extend(failures);
@@ -191,7 +192,7 @@ impl Pricer<'_> {
                 };
                 let b = r.billing();
                 for d in ds.iter().filter(|d| {
-                    !b.releases(d)
+                    !b.releases_disk(d.delete_with_instance)
                         || d.charge_type == ChargeType::PostPaid
                         || r.charge_type == ChargeType::PrePaid
                 }) {
@@ -223,7 +224,10 @@ impl Pricer<'_> {
             for r in pp.releases.iter_mut().filter(|r| wanted(r)) {
                 let b = r.billing();
                 let saving = match disks.remove(&r.instance_id) {
-                    Some(Ok(ds)) => estimate(&b, &ds, book),
+                    Some(Ok(ds)) => {
+                        let ds: Vec<Disk> = ds.iter().map(disks::KeptDisk::to_disk).collect();
+                        estimate(&b, &ds, book)
+                    }
                     Some(Err(w)) => Saving::unknown(b.basis(), format!("its disks: {w}")),
                     None => Saving::unknown(b.basis(), "its disks were not read".into()),
                 };
