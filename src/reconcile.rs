@@ -325,6 +325,8 @@ impl Reconciler {
         drop(inv);
         crate::memory::give_back_freed();
         self.price(&mut plan, &sizes, needs_figure, now).await;
+        // And the disks pricing read, before the queue is written.
+        crate::memory::give_back_freed();
         let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
             s.releases
                 .iter()
