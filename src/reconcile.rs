@@ -63,6 +63,8 @@ pub struct DryRunResult {
 /// A pass's plan and what each policy's run did.
 #[derive(Debug, Clone)]
 pub struct PassResult {
+    /// The pass's plan. Its savings keep their totals, sources and unknowns, not their lines
+    /// per resource (`plan_only` keeps those, for review).
     pub plan: Plan,
     pub runs: Vec<RunOutcome>,
     /// With a saved plan: its releases that this pass did not queue, each with why.
@@ -325,7 +327,14 @@ impl Reconciler {
         drop(inv);
         crate::memory::give_back_freed();
         self.price(&mut plan, &sizes, needs_figure, now).await;
-        // And the disks pricing read, before the queue is written.
+        // A pass queues each saving's totals; its lines (each priced resource) are for
+        // reviewing a plan (`plan_only`), and over a whole fleet they would be the bulk of it.
+        for r in plan.policies.iter_mut().flat_map(|p| p.releases.iter_mut()) {
+            if let Some(s) = r.saving.as_deref_mut() {
+                s.without_lines();
+            }
+        }
+        // They, and the disks pricing read, go back before the queue is written.
         crate::memory::give_back_freed();
         let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
             s.releases

@@ -576,6 +576,42 @@ limits:
   max_releases_per_run: 1000
 "#;
 
+/// A pass queues each saving's totals and lets its lines go (over a whole fleet they were the
+/// bulk of its memory); a plan made for review keeps them, and both say the same.
+#[tokio::test]
+async fn a_pass_keeps_each_savings_totals_and_a_reviewed_plan_its_lines() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let ps = common::policies(GRACE_POLICY);
+    let app = common::Pipeline::new(&db.store, common::client(&h), ps.clone()).build();
+    let t0 = Utc::now();
+    let reviewed = app.reconciler.plan_only(&ps, t0).await.unwrap();
+    let pass = app.reconciler.pass(&ps, t0, None, t0).await.unwrap();
+    assert_eq!(pass.plan.releases().count(), 6);
+    for r in pass.plan.releases() {
+        let s = r.saving.as_ref().expect("priced");
+        let full = saving_of(&reviewed, &r.instance_id);
+        assert!(s.lines.is_empty(), "{s:?}");
+        assert!(!full.lines.is_empty(), "{full:?}");
+        assert_eq!(
+            (
+                &s.monthly,
+                &s.renewal_avoided,
+                &s.staying_monthly,
+                s.staying_disks
+            ),
+            (
+                &full.monthly,
+                &full.renewal_avoided,
+                &full.staying_monthly,
+                full.staying_disks
+            )
+        );
+        assert_eq!(s.sources(), full.sources());
+        assert!(!s.sources().is_empty());
+    }
+}
+
 #[tokio::test]
 async fn a_pass_prices_only_the_releases_it_queues() {
     let h = sim_with_disks().await;

@@ -154,18 +154,24 @@ pub struct Saving {
     pub staying_disks: usize,
     /// What those disks cost per month (`None` when unknown or there are none).
     pub staying_monthly: Option<Money>,
+    /// Each priced resource. A reconcile pass drops them once priced ([`Saving::without_lines`]):
+    /// it queues totals, and a plan of a whole fleet would hold hundreds of thousands.
     pub lines: Vec<Line>,
+    /// Every source a figure came from, once each, in order.
+    pub sources: Vec<Source>,
     /// Why the run-rate saving is unknown, in words.
     pub unknown: Vec<String>,
 }
 
 impl Saving {
-    /// Every source any counted figure came from, once each.
+    /// Every source a figure came from, once each.
     pub fn sources(&self) -> Vec<Source> {
-        let mut s: Vec<Source> = self.lines.iter().filter_map(|l| l.source).collect();
-        s.sort();
-        s.dedup();
-        s
+        self.sources.clone()
+    }
+
+    /// The saving without its per-resource lines: its totals, sources and unknowns stay.
+    pub fn without_lines(&mut self) {
+        self.lines = Vec::new();
     }
 
     /// A saving that cannot be estimated at all (its disks could not be listed).
@@ -177,6 +183,7 @@ impl Saving {
             staying_disks: 0,
             staying_monthly: None,
             lines: Vec::new(),
+            sources: Vec::new(),
             unknown: vec![why],
         }
     }
@@ -316,6 +323,12 @@ pub fn estimate(b: &Billing<'_>, disks: &[Disk], book: &PriceBook) -> Saving {
             one_currency(&staying, &lines)
         } else {
             None
+        },
+        sources: {
+            let mut s: Vec<Source> = lines.iter().filter_map(|l| l.source).collect();
+            s.sort();
+            s.dedup();
+            s
         },
         lines,
         unknown,
