@@ -83,6 +83,7 @@ async fn run(instances: usize, measuring: bool, pace: (&str, PaceConfig)) {
         accounts: &accounts,
         config: &PriceConfig::default(),
         cache: &cache,
+        lines: true,
     };
     let report = pricer.price_plan(&mut plan, &sizes, |_| true, now).await;
     let pricing_s = t.elapsed().as_secs_f64();

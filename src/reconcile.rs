@@ -148,7 +148,7 @@ impl Reconciler {
         let sizes = region_sizes(&inv);
         let mut plan = evaluate(policies, &mut inv, &ctx, now);
         drop(inv);
-        self.price(&mut plan, &sizes, |_| true, now).await;
+        self.price(&mut plan, &sizes, |_| true, true, now).await;
         let recorded = self.ctx.store.marks().await?;
         crate::marks::annotate(
             &mut plan,
@@ -187,18 +187,21 @@ impl Reconciler {
 
     /// Prices the plan's releases that `wanted` picks (never fails: an unknown price shows as
     /// unknown), with the prices this process already has. `sizes` holds how many instances
-    /// each (account, region) listed, so the inventory itself need not be kept while pricing.
+    /// each (account, region) listed, so the inventory itself need not be kept while pricing;
+    /// `lines`: keep each saving's lines (a plan to review), or only its totals (a pass).
     pub async fn price(
         &self,
         plan: &mut Plan,
         sizes: &HashMap<(String, String), usize>,
         wanted: impl Fn(&plan::PlannedRelease) -> bool,
+        lines: bool,
         now: DateTime<Utc>,
     ) -> crate::pricing::PricingReport {
         let pricer = crate::pricing::Pricer {
             accounts: &self.ctx.accounts,
             config: &self.ctx.prices,
             cache: &self.ctx.price_cache,
+            lines,
         };
         pricer.price_plan(plan, sizes, wanted, now).await
     }
@@ -326,15 +329,11 @@ impl Reconciler {
         };
         drop(inv);
         crate::memory::give_back_freed();
-        self.price(&mut plan, &sizes, needs_figure, now).await;
-        // A pass queues each saving's totals; its lines (each priced resource) are for
-        // reviewing a plan (`plan_only`), and over a whole fleet they would be the bulk of it.
-        for r in plan.policies.iter_mut().flat_map(|p| p.releases.iter_mut()) {
-            if let Some(s) = r.saving.as_deref_mut() {
-                s.without_lines();
-            }
-        }
-        // They, and the disks pricing read, go back before the queue is written.
+        // A pass queues each saving's totals: its lines (each priced resource) are for reviewing
+        // a plan (`plan_only`), and over a whole fleet they would be the bulk of it.
+        self.price(&mut plan, &sizes, needs_figure, false, now)
+            .await;
+        // The disks pricing read go back before the queue is written.
         crate::memory::give_back_freed();
         let reviewed: Option<HashMap<&str, (&str, bool, bool)>> = saved.map(|s| {
             s.releases

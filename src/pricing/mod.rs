@@ -62,6 +62,10 @@ pub struct Pricer<'a> {
     pub accounts: &'a Accounts,
     pub config: &'a PriceConfig,
     pub cache: &'a PriceCache,
+    /// Keep each saving's lines (each priced resource), for a plan to review; without them a
+    /// saving keeps its totals, sources and unknowns ([`Saving::without_lines`]), and a pass
+    /// over a whole fleet never holds hundreds of thousands of lines.
+    pub lines: bool,
 }
 
 /// How many calls pricing made, by action (the benchmark and tests count them).
@@ -223,7 +227,7 @@ impl Pricer<'_> {
                 .or_default();
             for r in pp.releases.iter_mut().filter(|r| wanted(r)) {
                 let b = r.billing();
-                let saving = match disks.remove(&r.instance_id) {
+                let mut saving = match disks.remove(&r.instance_id) {
                     Some(Ok(ds)) => {
                         let ds: Vec<Disk> = ds.iter().map(disks::KeptDisk::to_disk).collect();
                         estimate(&b, &ds, book)
@@ -231,6 +235,9 @@ impl Pricer<'_> {
                     Some(Err(w)) => Saving::unknown(b.basis(), format!("its disks: {w}")),
                     None => Saving::unknown(b.basis(), "its disks were not read".into()),
                 };
+                if !self.lines {
+                    saving.without_lines();
+                }
                 r.saving = Some(Box::new(saving));
             }
         }
