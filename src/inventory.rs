@@ -56,11 +56,6 @@ pub fn account_suffix(account: &str) -> String {
 }
 
 impl Inventory {
-    /// Every instance, account by account and region by region.
-    pub fn all(&self) -> impl Iterator<Item = &Instance> {
-        self.runs.values().flatten()
-    }
-
     /// The instances of each (account, region), in (account, region) order.
     pub fn regions(&self) -> impl Iterator<Item = (&(String, String), &[Instance])> {
         self.runs.iter().map(|(k, v)| (k, v.as_slice()))
@@ -74,14 +69,6 @@ impl Inventory {
     /// Every query the pass made, with what each listed.
     pub fn listings(&self) -> &[Listing] {
         &self.listings
-    }
-
-    pub fn len(&self) -> usize {
-        self.runs.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.runs.values().all(Vec::is_empty)
     }
 }
 
