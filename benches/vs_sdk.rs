@@ -179,8 +179,8 @@ fn minimum(f: &[Instance]) -> Minimum {
     }
 }
 
-/// `apply --auto-approve` at its defaults; its wall time and ECS calls.
-async fn apply(h: &SimHandle, dir: &Path) -> (f64, usize) {
+/// `apply --auto-approve` at its defaults; its wall time and ECS calls. With `VS_SDK_LOG` its log is kept as `vs_sdk-apply-{label}.log` in the temp folder.
+async fn apply(h: &SimHandle, dir: &Path, label: &str) -> (f64, usize) {
     let db = format!("sqlite://{}", dir.join("bench.db").display());
     let started = Instant::now();
     let out = tokio::task::spawn_blocking({
@@ -210,7 +210,7 @@ async fn apply(h: &SimHandle, dir: &Path) -> (f64, usize) {
     .expect("join");
     let secs = started.elapsed().as_secs_f64();
     if std::env::var_os("VS_SDK_LOG").is_some() {
-        let path = std::env::temp_dir().join(format!("vs_sdk-apply-{}.log", h.sim.calls().len()));
+        let path = std::env::temp_dir().join(format!("vs_sdk-apply-{label}.log"));
         std::fs::write(&path, &out.stderr).expect("write the log");
         eprintln!("apply's log: {}", path.display());
     }
@@ -282,7 +282,8 @@ async fn compare(n: usize, latency: Duration) {
             })
             .sum()
     };
-    let (apply_secs, apply_calls) = apply(&h, dir.path()).await;
+    let label = format!("{}ms", latency.as_millis());
+    let (apply_secs, apply_calls) = apply(&h, dir.path(), &label).await;
     let count = |action: &str| h.sim.calls().iter().filter(|c| c.action == action).count();
     let (listing_release, disk_pages, price_calls) = (
         count("DescribeInstances") + count("DeleteInstances"),

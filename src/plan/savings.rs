@@ -165,8 +165,8 @@ pub struct Saving {
 
 impl Saving {
     /// Every source a figure came from, once each.
-    pub fn sources(&self) -> Vec<Source> {
-        self.sources.clone()
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
     }
 
     /// The saving without its per-resource lines: its totals, sources and unknowns stay.
