@@ -179,7 +179,8 @@ fn minimum(f: &[Instance]) -> Minimum {
     }
 }
 
-/// `apply --auto-approve` at its defaults; its wall time and ECS calls. With `VS_SDK_LOG` its log is kept as `vs_sdk-apply-{label}.log` in the temp folder.
+/// `apply --auto-approve` at its defaults; its wall time and ECS calls. With `VS_SDK_LOG`, its
+/// log is kept as `vs_sdk-apply-{label}.log` in the temp folder.
 async fn apply(h: &SimHandle, dir: &Path, label: &str) -> (f64, usize) {
     let db = format!("sqlite://{}", dir.join("bench.db").display());
     let started = Instant::now();
