@@ -1037,6 +1037,19 @@ async fn a_read_only_sqlite_url_is_diagnosed_with_the_file_and_the_remedy() {
     db.store.set_setting("probe", "y").await.unwrap();
 }
 
+/// Reads run on connections of their own beside SQLite's writer; a database in memory lives in
+/// one connection, so there the reads must see the writer's own: what was written is read back.
+#[tokio::test]
+async fn a_sqlite_database_in_memory_reads_back_what_it_wrote() {
+    let s = Store::connect("sqlite::memory:").await.unwrap();
+    s.set_setting("probe", "x").await.unwrap();
+    s.enqueue(&[rel("i-mem", "cn-hangzhou", false)], t0())
+        .await
+        .unwrap();
+    assert_eq!(state_of(&s, "i-mem").await, vec!["pending"]);
+    assert_eq!(s.counts().await.unwrap().pending, 1);
+}
+
 /// Claims and completes every due release of `s` at `at`.
 async fn release_all(s: &Store, at: DateTime<Utc>) {
     while let Some(b) = s.claim("w", at, LEASE, 100, None).await.unwrap() {
