@@ -1611,3 +1611,42 @@ conformance!(
         assert!(s.waiting_releases().await.unwrap().is_empty());
     }
 );
+
+conformance!(
+    an_exemption_since_the_recheck_refuses_the_call_unless_its_member_is_settled,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.enqueue(
+            &[
+                rel("i-a", "cn-hangzhou", false),
+                rel("i-b", "cn-hangzhou", false),
+            ],
+            t0(),
+        )
+        .await
+        .unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        assert_eq!(b.members.len(), 2);
+        // Exempted after the claim's re-check: the call for both is refused, nothing written.
+        let until = t0() + chrono::Duration::days(1);
+        s.exempt("i-a", until, "alice", "owner asked", t0())
+            .await
+            .unwrap();
+        assert!(!s
+            .begin_attempt(&b.fence, &[], &b.client_token, t0())
+            .await
+            .unwrap());
+        assert_eq!(state_of(s, "i-a").await, vec!["in_flight"]);
+        // The next decision settles the exempt member: the call for the other one goes ahead.
+        let a = b.members.iter().find(|m| m.instance_id == "i-a").unwrap();
+        let cancelled = MemberOutcome::Cancelled {
+            reason: "exempt".into(),
+        };
+        assert!(s
+            .begin_attempt(&b.fence, &[(a.clone(), cancelled)], &b.client_token, t0())
+            .await
+            .unwrap());
+        assert_eq!(state_of(s, "i-a").await, vec!["cancelled"]);
+        assert_eq!(state_of(s, "i-b").await, vec!["in_flight"]);
+    }
+);

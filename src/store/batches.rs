@@ -340,6 +340,9 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let extend: Option<i64> = lease.map(|l| ms(now) + l.as_millis() as i64);
         let mut tx = self.pool.begin().await?;
+        // The members the decision settled first, so that the gate below weighs only those
+        // the call will name; a refusal rolls them back with the rest.
+        settle(&mut tx, fence.batch_id, settled, now).await?;
         let mut q = fenced(
             "UPDATE batches SET attempts = attempts + 1, tries = tries + 1,
                     uncertain = CASE WHEN attempts > 0 AND last_code IS NULL THEN 1 ELSE uncertain END,
@@ -352,26 +355,14 @@ impl Store {
         .bind(extend);
         q.push(" AND lease_expires_at > $4 AND NOT ");
         settings::paused_sql(&mut q);
-        if tx.execute(q).await? != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        settle(&mut tx, fence.batch_id, settled, now).await?;
         // An operator's exemption written since the re-check stops the call too: the batch is
         // given back, and the next re-check drops the exempt member.
-        let exempt: Option<(String,)> = tx
-            .fetch_optional(
-                Sql::new(
-                    "SELECT r.instance_id FROM releases r
-                     JOIN exemptions e ON e.instance_id = r.instance_id
-                     WHERE r.batch_id = $1 AND r.state = 'in_flight' AND e.until > $2
-                     LIMIT 1",
-                )
-                .bind(fence.batch_id)
-                .bind(ms(now)),
-            )
-            .await?;
-        if exempt.is_some() {
+        q.push(
+            " AND NOT EXISTS (SELECT 1 FROM releases r
+                 JOIN exemptions e ON e.instance_id = r.instance_id
+                 WHERE r.batch_id = $1 AND r.state = 'in_flight' AND e.until > $4)",
+        );
+        if tx.execute(q).await? != 1 {
             tx.rollback().await?;
             return Ok(false);
         }
