@@ -28,6 +28,7 @@ fn init_logging(format: LogFormat, filter: Option<&str>, default_level: &str) {
 }
 
 fn main() -> ExitCode {
+    ecs_janitor::memory::share_pools();
     let args: Vec<String> = std::env::args().collect();
     let env = |var: &str| std::env::var(var).ok();
     let inv = match cli::parse(&args, &env) {

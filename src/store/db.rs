@@ -275,7 +275,7 @@ pub(super) struct SqliteFiles {
 }
 
 /// Connections that only read, per SQLite file.
-const SQLITE_READERS: u32 = 4;
+const SQLITE_READERS: u32 = 2;
 
 impl SqliteFiles {
     /// The pool a statement outside a transaction runs on.
