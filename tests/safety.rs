@@ -1062,8 +1062,9 @@ async fn exemptions_by_tag_and_by_command_keep_instances_out_until_they_end() {
         "{}",
         far.all()
     );
+    // (A date ends at noon UTC the next day: the day before yesterday has always ended.)
     let past = e
-        .run(&["exempt", "i-4", "--until", &day(-1), "--reason", "x"])
+        .run(&["exempt", "i-4", "--until", &day(-2), "--reason", "x"])
         .await;
     assert!(past.stderr.contains("has passed"), "{}", past.all());
     let no_reason = e.run(&["exempt", "i-4", "--until", &day(5)]).await;

@@ -1650,3 +1650,67 @@ conformance!(
         assert_eq!(state_of(s, "i-b").await, vec!["in_flight"]);
     }
 );
+
+conformance!(
+    a_releases_attempts_count_the_calls_that_named_it_across_batches,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let ids = ["i-1", "i-2", "i-3", "i-4"];
+        let rels: Vec<_> = ids.iter().map(|i| rel(i, "cn-hangzhou", false)).collect();
+        s.enqueue(&rels, t0()).await.unwrap();
+        let attempts = |rows: Vec<ecs_janitor::store::ReleaseRow>| {
+            let mut v: Vec<(String, i64)> = rows
+                .into_iter()
+                .map(|r| (r.instance_id, r.attempts))
+                .collect();
+            v.sort();
+            v.into_iter().map(|(_, n)| n).collect::<Vec<_>>()
+        };
+        let filter = ReleaseFilter::default();
+        let all = || s.list_releases(&filter);
+        assert_eq!(attempts(all().await.unwrap()), vec![0, 0, 0, 0]);
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, t0())
+            .await
+            .unwrap());
+        // In flight: the batch's call counts for each member.
+        assert_eq!(attempts(all().await.unwrap()), vec![1, 1, 1, 1]);
+        // Refused and split in two: each half keeps the call it was named in.
+        let ids: Vec<ReleaseId> = b.members.iter().map(|m| m.release_id).collect();
+        let groups = vec![ids[..2].to_vec(), ids[2..].to_vec()];
+        assert!(s
+            .finish_batch(
+                &b.fence,
+                BatchState::Split,
+                Some("InvalidOperation.Refused"),
+                &[],
+                &groups,
+                t0()
+            )
+            .await
+            .unwrap());
+        assert_eq!(attempts(all().await.unwrap()), vec![1, 1, 1, 1]);
+        // One half is sent again and released: two calls named each of its members.
+        let x = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        assert!(s
+            .begin_attempt(&x.fence, &[], &x.client_token, t0())
+            .await
+            .unwrap());
+        let done: Vec<_> = x.members.iter().map(|m| (m.clone(), ok())).collect();
+        assert!(s
+            .finish_batch(&x.fence, BatchState::Done, None, &done, &[], t0())
+            .await
+            .unwrap());
+        let rows = all().await.unwrap();
+        for r in &rows {
+            let sent_again = x.members.iter().any(|m| m.release_id == r.id);
+            assert_eq!(
+                r.attempts,
+                if sent_again { 2 } else { 1 },
+                "{}",
+                r.instance_id
+            );
+        }
+    }
+);

@@ -102,6 +102,12 @@ pub(super) async fn assign(
     let mut q = Sql::new("UPDATE releases SET state = 'in_flight', batch_id = ");
     q.push_bind(batch);
     q.push(", updated_at = ").push_bind(ms(now));
+    // A member moving from another batch keeps the calls that named it there (the SET sees the
+    // row as it was: its old batch).
+    q.push(
+        ", attempts = attempts + CASE WHEN state = 'in_flight' THEN COALESCE(
+             (SELECT b.attempts FROM batches b WHERE b.id = releases.batch_id), 0) ELSE 0 END",
+    );
     q.push(" WHERE state IN ('pending', 'in_flight') AND id IN ");
     q.push_list(ids.iter().copied());
     q.push(" RETURNING id AS release_id, instance_id, instance_name, policy, snapshot_days");
@@ -269,7 +275,12 @@ pub(super) async fn settle(
             q.push(", request_id = COALESCE(")
                 .push_bind(request_id.as_deref());
             q.push(", request_id), updated_at = ").push_bind(ms(now));
-            q.push(" WHERE batch_id = ").push_bind(batch);
+            // The calls that named it in this batch: every attempt since it joined.
+            q.push(
+                ", attempts = attempts + COALESCE((SELECT b.attempts FROM batches b WHERE b.id = ",
+            )
+            .push_bind(batch);
+            q.push("), 0) WHERE batch_id = ").push_bind(batch);
             q.push(" AND state = 'in_flight' AND id IN ");
             q.push_list(chunk.iter().copied());
             tx.execute(q).await?;
@@ -366,15 +377,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        tx.execute(
-            Sql::new(
-                "UPDATE releases SET attempts = attempts + 1, updated_at = $2
-                 WHERE batch_id = $1 AND state = 'in_flight'",
-            )
-            .bind(fence.batch_id)
-            .bind(ms(now)),
-        )
-        .await?;
+        // The members' own count takes the batch's when they leave it (`settle`, `assign`).
         insert_event(
             &mut tx,
             NewEvent {

@@ -186,7 +186,9 @@ pub(super) const RELEASE_SELECT: &str =
     "SELECT r.id, r.instance_id, r.instance_name, r.region, r.policy, r.force,
             r.terminate_subscription,
             CASE WHEN r.state = 'pending' AND r.snapshot_stage = 'snapshotting'
-                 THEN 'snapshotting' ELSE r.state END AS state, r.not_before, r.batch_id, r.attempts, r.last_code,
+                 THEN 'snapshotting' ELSE r.state END AS state, r.not_before, r.batch_id,
+            r.attempts + CASE WHEN r.state = 'in_flight' THEN COALESCE(b.attempts, 0) ELSE 0 END
+                AS attempts, r.last_code,
             r.last_message, r.request_id, r.reasons, r.created_at, r.updated_at,
             b.client_token, r.account, r.saving_basis, r.saving_minor, r.saving_currency,
             r.renewal_minor
