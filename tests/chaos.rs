@@ -569,7 +569,10 @@ async fn apply_under_chaos(db_url: &str, seed: u64) {
     let faults = Faults {
         internal_error_rate: 0.2,
         throttle_rate: 0.1,
-        drop_after_commit_rate: 0.1,
+        // Often enough that some answer is lost even when the kills all land before the first
+        // release and one round does the whole job (about 20 calls: at 0.1, one run in eight
+        // lost none and failed the check below).
+        drop_after_commit_rate: 0.3,
         latency: Duration::from_millis(10),
         // Every action: the inventory and the re-checks meet errors too.
         actions: vec![],

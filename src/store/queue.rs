@@ -41,6 +41,16 @@ pub struct NewRelease {
     pub saving: Option<super::ReleaseSaving>,
 }
 
+/// A due release a claim may take, with its kind.
+#[derive(sqlx::FromRow)]
+struct PickedRelease {
+    id: ReleaseId,
+    account: String,
+    region: String,
+    force: i64,
+    terminate_subscription: i64,
+}
+
 /// What a claim may take: work due at `now`, in `scope` (`""`: the whole queue), not of the
 /// accounts in `skip`.
 struct Due<'a> {
@@ -126,6 +136,16 @@ impl Due<'_> {
         owner: &str,
         until: i64,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
+        // Most claims take the head's kind and its members in one read.
+        if let Some(batch) = self.new_batch_at_once(tx, max, owner, until).await? {
+            return Ok(Some(batch));
+        }
+        if self.lock.is_empty() {
+            // SQLite: nothing else claims inside this transaction; nothing is due.
+            return Ok(None);
+        }
+        // PostgreSQL: the read above may have found the head's group held by another claim;
+        // the reads below skip locked rows.
         let lock = self.lock;
         // `+not_before`: filter on the due time, but walk the pending releases in id order (the
         // partial indexes of migration 0003), never sort them all.
@@ -173,12 +193,86 @@ impl Due<'_> {
             )
             .await?;
         let ids: Vec<ReleaseId> = ids.into_iter().map(|(id,)| id).collect();
+        self.lease_new(tx, &kind, &ids, owner, until).await
+    }
+
+    /// [`Due::new_batch`] in one read: the due releases of the oldest due release's kind
+    /// (outside the busy pairs if any is due there, else anywhere), up to `max`, with their kind.
+    /// `None` when that read finds none: nothing is due, or (PostgreSQL) the head's group is
+    /// held by another claim.
+    async fn new_batch_at_once(
+        &self,
+        tx: &mut Tx,
+        max: usize,
+        owner: &str,
+        until: i64,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
+        let mut rows: Vec<PickedRelease> = Vec::new();
+        if !self.busy.is_empty() {
+            rows = tx.fetch_all(self.pick(true, max)).await?;
+        }
+        if rows.is_empty() {
+            rows = tx.fetch_all(self.pick(false, max)).await?;
+        }
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let kind = BatchKind {
+            account: first.account.clone(),
+            region: first.region.clone(),
+            force: first.force,
+            terminate_subscription: first.terminate_subscription,
+        };
+        let ids: Vec<ReleaseId> = rows.iter().map(|r| r.id).collect();
+        self.lease_new(tx, &kind, &ids, owner, until).await
+    }
+
+    /// The due releases of the kind of the oldest due release (outside the busy pairs when
+    /// `elsewhere`), oldest first, up to `max`, each with its kind. The head is read without a
+    /// lock; the releases returned are locked (PostgreSQL), skipping those another claim holds.
+    fn pick(&self, elsewhere: bool, max: usize) -> Sql {
+        let scope = RELEASE_SCOPE.replace("$9", "$2");
+        let (busy, limit) = if elsewhere {
+            (BUSY_FILTER, "$5")
+        } else {
+            ("", "$4")
+        };
+        let lock = self.lock;
+        let q = Sql::new(format!(
+            "SELECT id, account, region, force, terminate_subscription FROM releases
+             WHERE state = 'pending' AND +not_before <= $1{scope}{SNAPSHOTS_READY}
+               AND (account, region, force, terminate_subscription) = (
+                 SELECT account, region, force, terminate_subscription FROM releases
+                 WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}{busy}{SNAPSHOTS_READY}
+                 ORDER BY id LIMIT 1)
+             ORDER BY id LIMIT {limit}{lock}"
+        ))
+        .bind(ms(self.now))
+        .bind(self.scope)
+        .bind(&self.skip);
+        if elsewhere {
+            q.bind(&self.busy).bind(max as i64)
+        } else {
+            q.bind(max as i64)
+        }
+    }
+
+    /// A new batch of `kind` made of `ids` (none: `None`), leased to `owner` until `until`,
+    /// with its `batched` event.
+    async fn lease_new(
+        &self,
+        tx: &mut Tx,
+        kind: &BatchKind,
+        ids: &[ReleaseId],
+        owner: &str,
+        until: i64,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
         if ids.is_empty() {
             return Ok(None);
         }
         let token = new_client_token();
         let batch =
-            batches::new_leased_batch(tx, &kind, &token, &ids, owner, until, self.now).await?;
+            batches::new_leased_batch(tx, kind, &token, ids, owner, until, self.now).await?;
         insert_event(
             tx,
             NewEvent {
