@@ -1714,3 +1714,67 @@ conformance!(
         }
     }
 );
+
+conformance!(
+    the_rechecks_one_read_says_what_its_four_reads_say,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let ids: Vec<String> = ["i-1", "i-2", "i-3", "i-4"].map(String::from).to_vec();
+        let check = |label: &'static str| {
+            let ids = ids.clone();
+            async move {
+                let at = t0() + chrono::Duration::minutes(5);
+                let one = s.recheck_reads(&ids, at).await.unwrap();
+                assert_eq!(
+                    one.observations,
+                    s.observations_of(&ids).await.unwrap(),
+                    "{label}"
+                );
+                assert_eq!(
+                    one.released,
+                    s.released_among(&ids).await.unwrap(),
+                    "{label}"
+                );
+                assert_eq!(one.paused, s.pause_state().await.unwrap(), "{label}");
+                assert_eq!(
+                    one.exemptions,
+                    s.exemption_map(at).await.unwrap(),
+                    "{label}"
+                );
+                one
+            }
+        };
+        let empty = check("nothing stored").await;
+        assert!(empty.observations.is_empty() && empty.paused.is_none());
+        // Seen stopped, one released, paused, one exempt (and one whose exemption ended).
+        s.observe("", "cn-hangzhou", &listed_stopped(&ids[..3]), t0())
+            .await
+            .unwrap();
+        s.enqueue(&[rel("i-2", "cn-hangzhou", false)], t0())
+            .await
+            .unwrap();
+        release_all(s, t0()).await;
+        s.pause("alice", "incident 42", t0()).await.unwrap();
+        s.exempt("i-3", t0() + chrono::Duration::days(1), "bob", "demo", t0())
+            .await
+            .unwrap();
+        s.exempt(
+            "i-9",
+            t0() + chrono::Duration::minutes(1),
+            "bob",
+            "ended",
+            t0(),
+        )
+        .await
+        .unwrap();
+        let full = check("everything stored").await;
+        assert_eq!(full.observations.len(), 3);
+        assert_eq!(full.released.len(), 1);
+        assert_eq!(full.paused.as_ref().unwrap().reason, "incident 42");
+        assert_eq!(
+            full.exemptions.keys().collect::<Vec<_>>(),
+            vec!["i-3"],
+            "the ended one is not in force"
+        );
+    }
+);

@@ -29,6 +29,7 @@ mod exemptions;
 mod marks;
 mod observations;
 mod queue;
+mod recheck;
 mod rows;
 mod runs;
 mod safety;
@@ -46,6 +47,7 @@ pub use exemptions::{Exempted, ExemptionRow, SeenExemption};
 pub use marks::{MarkRow, MarkState};
 pub use observations::Seen;
 pub use queue::NewRelease;
+pub use recheck::RecheckReads;
 pub use rows::{
     BatchId, BatchMember, BatchState, ClaimedBatch, EventId, EventRow, Fence, ReleaseId,
     ReleaseRow, ReleaseSaving, ReleaseState, RunRow, RunStatus,

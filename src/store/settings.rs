@@ -60,6 +60,28 @@ pub(super) async fn is_paused(pool: &Pool) -> Result<bool, StoreError> {
     Ok(v.is_some_and(|(v,)| v == TRUE))
 }
 
+/// The settings' keys that tell whether releases are paused, by whom, why and since when.
+pub(super) const PAUSE_KEYS: [&str; 4] = [PAUSED, PAUSED_BY, PAUSED_REASON, PAUSED_AT];
+
+/// The pause that `rows` (key, value) of [`PAUSE_KEYS`] describe; `None` when not paused.
+pub(super) fn pause_from(rows: &[(String, String)]) -> Option<PauseInfo> {
+    let get = |k: &str| {
+        rows.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    if get(PAUSED).as_deref() != Some(TRUE) {
+        return None;
+    }
+    Some(PauseInfo {
+        by: get(PAUSED_BY).unwrap_or_else(|| "an unknown operator".into()),
+        reason: get(PAUSED_REASON).unwrap_or_default(),
+        at: get(PAUSED_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc)),
+    })
+}
+
 impl Store {
     /// Reads a setting.
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -142,21 +164,7 @@ impl Store {
                     .bind(PAUSED_AT),
             )
             .await?;
-        let get = |k: &str| {
-            rows.iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-        };
-        if get(PAUSED).as_deref() != Some(TRUE) {
-            return Ok(None);
-        }
-        Ok(Some(PauseInfo {
-            by: get(PAUSED_BY).unwrap_or_else(|| "an unknown operator".into()),
-            reason: get(PAUSED_REASON).unwrap_or_default(),
-            at: get(PAUSED_AT)
-                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                .map(|t| t.with_timezone(&Utc)),
-        }))
+        Ok(pause_from(&rows))
     }
 
     /// This database's identity, made on first use: a saved plan records it, so that a plan

@@ -737,27 +737,29 @@ impl Workers {
             Err(e) => return self.retry(&b, &e, true).await,
         };
         let ids = instance_ids(&b.members);
-        let observations = self.ctx.store.observations_of(&ids).await?;
-        let released = self.ctx.store.released_among(&ids).await?;
         // The pause and the exemptions are read again: the re-check may have taken a while.
-        let paused = self.switches().await?;
-        let exemptions = self.ctx.store.exemption_map(self.ctx.clock.now()).await?;
+        // One statement: observations, releases done, the pause and the exemptions.
+        let read = self
+            .ctx
+            .store
+            .recheck_reads(&ids, self.ctx.clock.now())
+            .await?;
         let policies = self.policies_now();
         let now = self.ctx.clock.now();
         let t = decide(
             &b,
             &Live {
                 found: &found,
-                observations: &observations,
-                released: &released,
-                exemptions: &exemptions,
+                observations: &read.observations,
+                released: &read.released,
+                exemptions: &read.exemptions,
                 snapshots_gone: &snapshots_gone,
             },
             &Rules {
                 policies: &policies,
                 protection: &self.ctx.protection,
             },
-            &self.gate(paused.as_ref()),
+            &self.gate(read.paused.as_ref()),
             now,
         );
         self.apply_transition(&b, t, now).await
