@@ -107,6 +107,20 @@ impl Due<'_> {
         format!("|{}|", joined.join("|"))
     }
 
+    /// The kind of the oldest due release, without a lock: `$1` now, `$2` the scope, `$3` the
+    /// accounts skipped and, when `elsewhere`, `$4` the busy pairs it must be outside.
+    fn head_sql(elsewhere: bool) -> String {
+        // `+not_before`: filter on the due time, but walk the pending releases in id order (the
+        // partial indexes of migration 0003), never sort them all.
+        let scope = RELEASE_SCOPE.replace("$9", "$2");
+        let busy = if elsewhere { BUSY_FILTER } else { "" };
+        format!(
+            "SELECT account, region, force, terminate_subscription FROM releases
+             WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}{busy}{SNAPSHOTS_READY}
+             ORDER BY id LIMIT 1"
+        )
+    }
+
     /// A stored batch whose retry is due or whose lease expired, oldest first. The scope is
     /// always bound, so each query has one shape.
     async fn stored_batch(&self, tx: &mut Tx) -> Result<Option<BatchId>, StoreError> {
@@ -147,28 +161,24 @@ impl Due<'_> {
         // PostgreSQL: the read above may have found the head's group held by another claim;
         // the reads below skip locked rows.
         let lock = self.lock;
-        // `+not_before`: filter on the due time, but walk the pending releases in id order (the
-        // partial indexes of migration 0003), never sort them all.
-        let scope = RELEASE_SCOPE.replace("$9", "$2");
-        let head = |busy: &'static str| {
-            Sql::new(format!(
-                "SELECT account, region, force, terminate_subscription FROM releases
-                 WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}{busy}{SNAPSHOTS_READY}
-                 ORDER BY id LIMIT 1{lock}"
-            ))
-            .bind(ms(self.now))
-            .bind(self.scope)
-            .bind(&self.skip)
+        let head = |elsewhere: bool| {
+            let q = Sql::new(format!("{}{lock}", Self::head_sql(elsewhere)))
+                .bind(ms(self.now))
+                .bind(self.scope)
+                .bind(&self.skip);
+            if elsewhere {
+                q.bind(&self.busy)
+            } else {
+                q
+            }
         };
         // Elsewhere than where this process is busy, if anything is due there; else anywhere.
         let mut kind: Option<BatchKind> = None;
         if !self.busy.is_empty() {
-            kind = tx
-                .fetch_optional(head(BUSY_FILTER).bind(&self.busy))
-                .await?;
+            kind = tx.fetch_optional(head(true)).await?;
         }
         if kind.is_none() {
-            kind = tx.fetch_optional(head("")).await?;
+            kind = tx.fetch_optional(head(false)).await?;
         }
         let Some(kind) = kind else {
             return Ok(None);
@@ -232,19 +242,12 @@ impl Due<'_> {
     /// lock; the releases returned are locked (PostgreSQL), skipping those another claim holds.
     fn pick(&self, elsewhere: bool, max: usize) -> Sql {
         let scope = RELEASE_SCOPE.replace("$9", "$2");
-        let (busy, limit) = if elsewhere {
-            (BUSY_FILTER, "$5")
-        } else {
-            ("", "$4")
-        };
-        let lock = self.lock;
+        let limit = if elsewhere { "$5" } else { "$4" };
+        let (head, lock) = (Self::head_sql(elsewhere), self.lock);
         let q = Sql::new(format!(
             "SELECT id, account, region, force, terminate_subscription FROM releases
              WHERE state = 'pending' AND +not_before <= $1{scope}{SNAPSHOTS_READY}
-               AND (account, region, force, terminate_subscription) = (
-                 SELECT account, region, force, terminate_subscription FROM releases
-                 WHERE state = 'pending' AND +not_before <= $1{scope}{SKIP_FILTER}{busy}{SNAPSHOTS_READY}
-                 ORDER BY id LIMIT 1)
+               AND (account, region, force, terminate_subscription) = ({head})
              ORDER BY id LIMIT {limit}{lock}"
         ))
         .bind(ms(self.now))

@@ -16,7 +16,9 @@ use crate::plan::exempt::Exemption;
 pub struct RecheckReads {
     /// [`Store::observations_of`] of the batch's instances.
     pub observations: HashMap<String, DateTime<Utc>>,
-    /// [`Store::released_among`] of the batch's instances.
+    /// Of the batch's instances, those some release already released, with that release's
+    /// id: ECS may list an instance for a while after a successful DeleteInstances, and no
+    /// second release of it may be sent.
     pub released: HashMap<String, ReleaseId>,
     /// [`Store::pause_state`].
     pub paused: Option<PauseInfo>,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::db::{Sql, Tx};
-use super::{from_ms, ms, BatchMember, ReleaseId, Store, StoreError};
+use super::{from_ms, ms, BatchMember, Store, StoreError};
 
 /// What keeps an instance out of a policy's enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -254,27 +254,6 @@ impl Store {
             .execute(Sql::new("DELETE FROM scope_members WHERE scope = $1").bind(scope))
             .await?;
         Ok(())
-    }
-
-    /// Of `ids`, those some release already released, with that release's id: ECS may list an
-    /// instance for a while after a successful DeleteInstances, and no second release of it may
-    /// be sent.
-    pub async fn released_among(
-        &self,
-        ids: &[String],
-    ) -> Result<HashMap<String, ReleaseId>, StoreError> {
-        let mut out = HashMap::new();
-        for chunk in ids.chunks(400) {
-            let mut q = Sql::new(
-                "SELECT instance_id, MIN(id) FROM releases
-                 WHERE state = 'succeeded' AND instance_id IN ",
-            );
-            q.push_list(chunk);
-            q.push(" GROUP BY instance_id");
-            let rows: Vec<(String, ReleaseId)> = self.pool.fetch_all(q).await?;
-            out.extend(rows);
-        }
-        Ok(out)
     }
 
     /// Instances released since `since`, with when: a plan shows them as released while ECS
