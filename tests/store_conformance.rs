@@ -453,6 +453,17 @@ conformance!(
             .find(|e| e.kind == "call_sent")
             .unwrap();
         assert_eq!(sent.client_token.as_deref(), Some(b.client_token.as_str()));
+        let batched = s
+            .events(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.kind == "batched" && e.batch_id == Some(b.fence.batch_id))
+            .unwrap();
+        assert_eq!(
+            (batched.client_token.as_deref(), batched.detail.as_str()),
+            (Some(b.client_token.as_str()), "3 releases in r1")
+        );
     }
 );
 

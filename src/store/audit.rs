@@ -40,28 +40,40 @@ pub(super) async fn insert_events(
     events: &[NewEvent],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    for chunk in events.chunks(400) {
-        let mut q = Sql::new(
-            "INSERT INTO events (at, kind, release_id, batch_id, policy, instance_id, code,
-             request_id, client_token, detail) ",
-        );
-        q.push_values(chunk, |e| {
-            [
-                ms(now).into(),
-                e.kind.into(),
-                e.release_id.into(),
-                e.batch_id.into(),
-                e.policy.as_deref().into(),
-                e.instance_id.as_deref().into(),
-                e.code.as_deref().into(),
-                e.request_id.as_deref().into(),
-                e.client_token.as_deref().into(),
-                e.detail.as_str().into(),
-            ]
-        });
+    for q in events_insert(events, now) {
         tx.execute(q).await?;
     }
     Ok(())
+}
+
+/// The statements that append `events`, all at `now`, 400 to a statement; each ends with a
+/// `WHERE` clause that a [`super::chain::Chain`] may extend.
+pub(super) fn events_insert(events: &[NewEvent], now: DateTime<Utc>) -> Vec<Sql> {
+    events
+        .chunks(400)
+        .map(|chunk| {
+            let mut q = Sql::new(
+                "INSERT INTO events (at, kind, release_id, batch_id, policy, instance_id, code,
+                 request_id, client_token, detail) SELECT * FROM (",
+            );
+            q.push_values(chunk, |e| {
+                [
+                    ms(now).into(),
+                    e.kind.into(),
+                    e.release_id.into(),
+                    e.batch_id.into(),
+                    e.policy.as_deref().into(),
+                    e.instance_id.as_deref().into(),
+                    e.code.as_deref().into(),
+                    e.request_id.as_deref().into(),
+                    e.client_token.as_deref().into(),
+                    e.detail.as_str().into(),
+                ]
+            });
+            q.push(") AS v WHERE 1 = 1");
+            q
+        })
+        .collect()
 }
 
 /// Appends one event inside `tx`.

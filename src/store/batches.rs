@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::audit::{insert_event, insert_events};
+use super::audit::{events_insert, insert_event};
+use super::chain::Chain;
 use super::db::{Sql, Tx};
 use super::rows::BatchRow;
 use super::{
@@ -126,7 +127,8 @@ pub(super) struct BatchKind {
 }
 
 /// What a batch row reads back as.
-const BATCH_ROW: &str = "id, account, region, force, terminate_subscription, client_token,
+pub(super) const BATCH_ROW: &str =
+    "id, account, region, force, terminate_subscription, client_token,
                          attempts, tries, claims, last_code, uncertain";
 
 /// Inserts an open batch of `kind` with its token, leased to `(owner, until)` (its first claim)
@@ -213,17 +215,18 @@ pub(super) async fn lease(
             .bind(ms(now)),
         )
         .await?;
-    let members: Vec<BatchMember> = tx
-        .fetch_all(
-            Sql::new(
-                "SELECT id AS release_id, instance_id, instance_name, policy, snapshot_days
-                 FROM releases
-                 WHERE batch_id = $1 AND state = 'in_flight' ORDER BY id",
-            )
-            .bind(id),
-        )
-        .await?;
+    let members: Vec<BatchMember> = tx.fetch_all(members_of(id)).await?;
     Ok(b.into_claimed(owner, members))
+}
+
+/// Reads the in-flight members of batch `id`, in id order.
+pub(super) fn members_of(id: BatchId) -> Sql {
+    Sql::new(
+        "SELECT id AS release_id, instance_id, instance_name, policy, snapshot_days
+         FROM releases
+         WHERE batch_id = $1 AND state = 'in_flight' ORDER BY id",
+    )
+    .bind(id)
 }
 
 /// Moves the settled members of batch `batch` to their final state, with an event each, inside
@@ -235,9 +238,19 @@ pub(super) async fn settle(
     settled: &[(BatchMember, MemberOutcome)],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let mut events = Vec::with_capacity(settled.len());
-    // Members that end the same way are updated together: usually the whole batch at once.
-    let mut groups: BTreeMap<SettledColumns, Vec<ReleaseId>> = BTreeMap::new();
+    quarantine_refused(tx, settled, now).await?;
+    for q in settle_writes(batch, settled, now) {
+        tx.execute(q).await?;
+    }
+    Ok(())
+}
+
+/// Quarantines the instances of the members refused for good with a quarantine, inside `tx`.
+async fn quarantine_refused(
+    tx: &mut Tx,
+    settled: &[(BatchMember, MemberOutcome)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     for (m, outcome) in settled {
         if let MemberOutcome::Failed {
             code,
@@ -248,6 +261,34 @@ pub(super) async fn settle(
         {
             safety::quarantine(tx, m, code, message, *base, now).await?;
         }
+    }
+    Ok(())
+}
+
+/// Whether settling `settled` quarantines an instance (more than [`settle_writes`] writes).
+fn quarantines(settled: &[(BatchMember, MemberOutcome)]) -> bool {
+    settled.iter().any(|(_, o)| {
+        matches!(
+            o,
+            MemberOutcome::Failed {
+                quarantine: Some(_),
+                ..
+            }
+        )
+    })
+}
+
+/// The writes that move the settled members of batch `batch` to their final state, with an
+/// event each, quarantines aside; each ends with a `WHERE` clause (see [`Chain::write`]).
+/// Members that end the same way are updated together: usually the whole batch at once.
+fn settle_writes(
+    batch: BatchId,
+    settled: &[(BatchMember, MemberOutcome)],
+    now: DateTime<Utc>,
+) -> Vec<Sql> {
+    let mut events = Vec::with_capacity(settled.len());
+    let mut groups: BTreeMap<SettledColumns, Vec<ReleaseId>> = BTreeMap::new();
+    for (m, outcome) in settled {
         let s = Settled::of(outcome);
         groups
             .entry((s.state, s.code.clone(), s.last_error, s.request_id.clone()))
@@ -265,6 +306,7 @@ pub(super) async fn settle(
             ..NewEvent::default()
         });
     }
+    let mut writes = Vec::new();
     for ((state, code, last_error, request_id), ids) in &groups {
         for chunk in ids.chunks(400) {
             let mut q = Sql::new("UPDATE releases SET state = ");
@@ -283,10 +325,11 @@ pub(super) async fn settle(
             q.push("), 0) WHERE batch_id = ").push_bind(batch);
             q.push(" AND state = 'in_flight' AND id IN ");
             q.push_list(chunk.iter().copied());
-            tx.execute(q).await?;
+            writes.push(q);
         }
     }
-    insert_events(tx, &events, now).await
+    writes.extend(events_insert(&events, now));
+    writes
 }
 
 /// The fence's condition: `$1` the batch, `$2` its lease owner, `$3` its claim number.
@@ -350,11 +393,10 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let extend: Option<i64> = lease.map(|l| ms(now) + l.as_millis() as i64);
-        let mut tx = self.pool.begin().await?;
-        // The members the decision settled first, so that the gate below weighs only those
-        // the call will name; a refusal rolls them back with the rest.
-        settle(&mut tx, fence.batch_id, settled, now).await?;
-        let mut q = fenced(
+        let mut chain = Chain::new();
+        // The members the decision settled first; a refusal leaves them as they were.
+        chain.write_all(settle_writes(fence.batch_id, settled, now));
+        let mut gate = fenced(
             "UPDATE batches SET attempts = attempts + 1, tries = tries + 1,
                     uncertain = CASE WHEN attempts > 0 AND last_code IS NULL THEN 1 ELSE uncertain END,
                     last_code = NULL, updated_at = $4,
@@ -364,31 +406,52 @@ impl Store {
         )
         .bind(ms(now))
         .bind(extend);
-        q.push(" AND lease_expires_at > $4 AND NOT ");
-        settings::paused_sql(&mut q);
+        gate.push(" AND lease_expires_at > $4 AND NOT ");
+        settings::paused_sql(&mut gate);
         // An operator's exemption written since the re-check stops the call too: the batch is
-        // given back, and the next re-check drops the exempt member.
-        q.push(
+        // given back, and the next re-check drops the exempt member. Only the members the call
+        // will name count, not those settled above (see `Chain` on what its parts read).
+        gate.push(
             " AND NOT EXISTS (SELECT 1 FROM releases r
                  JOIN exemptions e ON e.instance_id = r.instance_id
-                 WHERE r.batch_id = $1 AND r.state = 'in_flight' AND e.until > $4)",
+                 WHERE r.batch_id = $1 AND r.state = 'in_flight' AND e.until > $4",
         );
-        if tx.execute(q).await? != 1 {
-            tx.rollback().await?;
-            return Ok(false);
+        if !settled.is_empty() {
+            gate.push(" AND r.id NOT IN ")
+                .push_list(settled.iter().map(|(m, _)| m.release_id));
         }
+        gate.push(")");
+        chain.gate(gate);
         // The members' own count takes the batch's when they leave it (`settle`, `assign`).
-        insert_event(
-            &mut tx,
-            NewEvent {
+        chain.write_all(events_insert(
+            &[NewEvent {
                 kind: "call_sent",
                 batch_id: Some(fence.batch_id),
                 client_token: Some(token.to_string()),
                 ..NewEvent::default()
-            },
+            }],
             now,
-        )
-        .await?;
+        ));
+        self.commit_settling(chain, settled, now).await
+    }
+
+    /// Runs `chain`, after the quarantines of `settled` when it has any: then in a transaction
+    /// on either database (they read before they write). False when its gate changed no row.
+    async fn commit_settling(
+        &self,
+        chain: Chain,
+        settled: &[(BatchMember, MemberOutcome)],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if !quarantines(settled) {
+            return chain.run(&self.pool).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        quarantine_refused(&mut tx, settled, now).await?;
+        if !chain.run_in(&mut tx).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -405,22 +468,32 @@ impl Store {
         regroup: &[Vec<ReleaseId>],
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let end = |returning: &str| {
+            Sql::new(format!(
+                "UPDATE batches SET state = $4, last_code = $5, lease_owner = NULL,
+                        lease_expires_at = NULL, updated_at = $6
+                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'{returning}"
+            ))
+            .bind(fence.batch_id)
+            .bind(&fence.owner)
+            .bind(fence.claims)
+            .bind(state.as_str())
+            .bind(code)
+            .bind(ms(now))
+        };
+        if regroup.iter().all(|g| g.is_empty()) {
+            let mut chain = Chain::new();
+            chain
+                .gate(end(""))
+                .write_all(settle_writes(fence.batch_id, settled, now));
+            return self.commit_settling(chain, settled, now).await;
+        }
+        // Re-forming needs the batch's kind, read as it ends.
         let mut tx = self.pool.begin().await?;
         let kind: Option<BatchKind> = tx
-            .fetch_optional(
-                Sql::new(
-                    "UPDATE batches SET state = $4, last_code = $5, lease_owner = NULL,
-                            lease_expires_at = NULL, updated_at = $6
-                     WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'
-                     RETURNING account, region, force, terminate_subscription",
-                )
-                .bind(fence.batch_id)
-                .bind(&fence.owner)
-                .bind(fence.claims)
-                .bind(state.as_str())
-                .bind(code)
-                .bind(ms(now)),
-            )
+            .fetch_optional(end(
+                " RETURNING account, region, force, terminate_subscription",
+            ))
             .await?;
         let Some(kind) = kind else {
             tx.rollback().await?;

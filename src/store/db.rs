@@ -169,46 +169,38 @@ impl Sql {
         self
     }
 
+    /// Appends `other`, its placeholders renumbered after the values bound so far: two
+    /// statements written with their own `$1`.. become parts of one.
+    pub(super) fn append(&mut self, other: Sql) -> &mut Sql {
+        let offset = self.args.len();
+        let text = rewrite_placeholders(&other.text, |n, out| {
+            out.push('$');
+            out.push_str(&(n + offset).to_string());
+            true
+        });
+        self.text.push_str(&text);
+        self.args.extend(other.args);
+        self
+    }
+
     /// The same statement with anonymous `?` placeholders, its values bound in the order the
     /// placeholders appear (a value used twice is bound twice), for SQLite. SQLite's driver
     /// looks each numbered placeholder up by name, a scan of all of them, so a statement with
     /// thousands (a multi-row insert) cost time quadratic in its size; anonymous ones cost
-    /// nothing to look up. Quoted text and identifiers are left as they are.
+    /// nothing to look up.
     fn anonymous(&self) -> Sql {
-        let mut text = String::with_capacity(self.text.len());
         let mut args = Vec::with_capacity(self.args.len());
-        let mut quote: Option<char> = None;
-        let mut chars = self.text.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
-            match (quote, c) {
-                (Some(q), c) if c == q => quote = None,
-                (Some(_), _) => {}
-                (None, '\'' | '"') => quote = Some(c),
-                (None, '$') if chars.peek().is_some_and(|(_, d)| d.is_ascii_digit()) => {
-                    let start = i + 1;
-                    let mut end = start;
-                    while let Some((j, d)) = chars.peek().copied() {
-                        if !d.is_ascii_digit() {
-                            break;
-                        }
-                        end = j + 1;
-                        chars.next();
-                    }
-                    let n: usize = self.text[start..end].parse().unwrap_or(0);
-                    match n.checked_sub(1).and_then(|k| self.args.get(k)) {
-                        Some(v) => {
-                            text.push('?');
-                            args.push(v.clone());
-                        }
-                        // Unbound: left for the driver to refuse, as before.
-                        None => text.push_str(&self.text[i..end]),
-                    }
-                    continue;
+        let text = rewrite_placeholders(&self.text, |n, out| {
+            match n.checked_sub(1).and_then(|k| self.args.get(k)) {
+                Some(v) => {
+                    out.push('?');
+                    args.push(v.clone());
+                    true
                 }
-                (None, _) => {}
+                // Unbound: left for the driver to refuse, as before.
+                None => false,
             }
-            text.push(c);
-        }
+        });
         Sql { text, args }
     }
 
@@ -238,6 +230,40 @@ impl Sql {
     pub(super) fn values(&self) -> &[Value] {
         &self.args
     }
+}
+
+/// `text` with each `$N` placeholder outside quoted text and identifiers written by `write`
+/// (`false`: left as it was).
+fn rewrite_placeholders(text: &str, mut write: impl FnMut(usize, &mut String) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '$') if chars.peek().is_some_and(|(_, d)| d.is_ascii_digit()) => {
+                let start = i + 1;
+                let mut end = start;
+                while let Some((j, d)) = chars.peek().copied() {
+                    if !d.is_ascii_digit() {
+                        break;
+                    }
+                    end = j + 1;
+                    chars.next();
+                }
+                let n: usize = text[start..end].parse().unwrap_or(0);
+                if !write(n, &mut out) {
+                    out.push_str(&text[i..end]);
+                }
+                continue;
+            }
+            (None, _) => {}
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A row both drivers decode: a row type of [`super::rows`], or a tuple of integers and texts.

@@ -23,6 +23,7 @@
 
 mod audit;
 mod batches;
+mod chain;
 mod db;
 mod diagnose;
 mod exemptions;

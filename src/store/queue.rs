@@ -7,8 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::audit::{insert_event, insert_events};
+use super::batches::BATCH_ROW;
 use super::batches::{self, BatchKind};
-use super::db::{Sql, Tx};
+use super::db::{Pool, Sql, Tx};
+use super::rows::{BatchRow, ClaimRow};
 use super::{
     from_ms, ms, new_client_token, safety, BatchId, ClaimedBatch, NewEvent, ReleaseId,
     ReleaseState, Store, StoreError,
@@ -124,20 +126,93 @@ impl Due<'_> {
     /// A stored batch whose retry is due or whose lease expired, oldest first. The scope is
     /// always bound, so each query has one shape.
     async fn stored_batch(&self, tx: &mut Tx) -> Result<Option<BatchId>, StoreError> {
-        let (lock, scope) = (self.lock, BATCH_SCOPE.replace("$9", "$2"));
-        let id: Option<(BatchId,)> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
-                       AND (lease_expires_at IS NULL OR lease_expires_at <= $1){scope}{SKIP_FILTER}
-                     ORDER BY next_attempt_at, id LIMIT 1{lock}"
-                ))
-                .bind(ms(self.now))
-                .bind(self.scope)
-                .bind(&self.skip),
-            )
-            .await?;
+        let id: Option<(BatchId,)> = tx.fetch_optional(self.stored_sql()).await?;
         Ok(id.map(|(id,)| id))
+    }
+
+    /// The id of [`Due::stored_batch`], locked (PostgreSQL) skipping those another claim holds.
+    fn stored_sql(&self) -> Sql {
+        let (lock, scope) = (self.lock, BATCH_SCOPE.replace("$9", "$2"));
+        Sql::new(format!(
+            "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
+               AND (lease_expires_at IS NULL OR lease_expires_at <= $1){scope}{SKIP_FILTER}
+             ORDER BY next_attempt_at, id LIMIT 1{lock}"
+        ))
+        .bind(ms(self.now))
+        .bind(self.scope)
+        .bind(&self.skip)
+    }
+
+    /// PostgreSQL: a claim in one statement, with no transaction around it: a stored batch due
+    /// again leased (its members read after), else a new batch of the head's kind formed, leased
+    /// and logged. `None` when neither is found: nothing is due, or the head's group is held by
+    /// another claim (see [`Due::new_batch`]).
+    async fn claim_at_once(
+        &self,
+        pool: &Pool,
+        max: usize,
+        owner: &str,
+        until: i64,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
+        let mut lease = Sql::new(
+            "UPDATE batches SET lease_owner = $1, lease_expires_at = $2, claims = claims + 1,
+                    updated_at = $3
+             WHERE id = (",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(ms(self.now));
+        lease.append(self.stored_sql());
+        lease.push(&format!(") RETURNING {BATCH_ROW}"));
+        if let Some(b) = pool.fetch_optional::<BatchRow>(lease).await? {
+            let members = pool.fetch_all(batches::members_of(b.id())).await?;
+            return Ok(Some(b.into_claimed(owner, members)));
+        }
+        let mut rows: Vec<ClaimRow> = Vec::new();
+        if !self.busy.is_empty() {
+            rows = pool.fetch_all(self.form(true, max, owner, until)).await?;
+        }
+        if rows.is_empty() {
+            rows = pool.fetch_all(self.form(false, max, owner, until)).await?;
+        }
+        Ok(ClaimRow::claimed(rows, owner))
+    }
+
+    /// PostgreSQL: [`Due::pick`], and the new batch of what it picked formed, leased to `owner`
+    /// until `until` and logged, in one statement: a row per member, each with the batch.
+    fn form(&self, elsewhere: bool, max: usize, owner: &str, until: i64) -> Sql {
+        let now = ms(self.now);
+        let mut q = Sql::new("WITH picked AS (");
+        q.append(self.pick(elsewhere, max));
+        q.push(
+            "), b AS (INSERT INTO batches (region, force, terminate_subscription, client_token,
+                 state, next_attempt_at, created_at, updated_at, account, lease_owner,
+                 lease_expires_at, claims)
+               SELECT region, force, terminate_subscription, ",
+        );
+        q.push_bind(new_client_token()).push(", 'open', ");
+        q.push_bind(now).push(", ").push_bind(now).push(", ");
+        q.push_bind(now).push(", account, ").push_bind(owner);
+        q.push(", ").push_bind(until);
+        q.push(&format!(
+            ", 1 FROM picked ORDER BY id LIMIT 1 RETURNING {BATCH_ROW}),
+             m AS (UPDATE releases SET state = 'in_flight', batch_id = b.id, updated_at = "
+        ));
+        q.push_bind(now);
+        q.push(
+            " FROM b WHERE releases.state = 'pending' AND releases.id IN (SELECT id FROM picked)
+               RETURNING releases.id AS release_id, releases.instance_id, releases.instance_name,
+                         releases.policy, releases.snapshot_days),
+             e AS (INSERT INTO events (at, kind, batch_id, client_token, detail)
+               SELECT ",
+        );
+        q.push_bind(now);
+        q.push(
+            ", 'batched', b.id, b.client_token,
+                      (SELECT COUNT(*) FROM m) || ' releases in ' || b.region FROM b)
+             SELECT b.*, m.* FROM b, m ORDER BY m.release_id",
+        );
+        q
     }
 
     /// A new batch of up to `max` due releases, leased to `owner` until `until`: the oldest due
@@ -158,6 +233,17 @@ impl Due<'_> {
             // SQLite: nothing else claims inside this transaction; nothing is due.
             return Ok(None);
         }
+        self.new_batch_locked(tx, max, owner, until).await
+    }
+
+    /// PostgreSQL: [`Due::new_batch`] when its one read found nothing, in two locked reads.
+    async fn new_batch_locked(
+        &self,
+        tx: &mut Tx,
+        max: usize,
+        owner: &str,
+        until: i64,
+    ) -> Result<Option<ClaimedBatch>, StoreError> {
         // PostgreSQL: the read above may have found the head's group held by another claim;
         // the reads below skip locked rows.
         let lock = self.lock;
@@ -501,9 +587,24 @@ impl Store {
             },
         };
         let until = ms(now) + lease.as_millis() as i64;
+        let postgres = self.is_postgres();
+        if postgres {
+            // One statement a claim, most of the time: no transaction, no BEGIN, no COMMIT.
+            if let Some(b) = due
+                .claim_at_once(&self.pool, max_batch, owner, until)
+                .await?
+            {
+                return Ok(Some(b));
+            }
+        }
         let mut tx = self.pool.begin().await?;
         let claimed = match due.stored_batch(&mut tx).await? {
             Some(id) => Some(batches::lease(&mut tx, id, owner, until, now).await?),
+            // The head's group may be held by another claim: the locked reads skip it.
+            None if postgres => {
+                due.new_batch_locked(&mut tx, max_batch, owner, until)
+                    .await?
+            }
             None => due.new_batch(&mut tx, max_batch, owner, until).await?,
         };
         tx.commit().await?;

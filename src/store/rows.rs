@@ -404,6 +404,25 @@ impl BatchRow {
     }
 }
 
+/// A claimed batch's row beside one of its members: a claim made in one statement returns a
+/// row per member.
+#[derive(Debug, Clone, FromRow)]
+pub(super) struct ClaimRow {
+    #[sqlx(flatten)]
+    batch: BatchRow,
+    #[sqlx(flatten)]
+    member: BatchMember,
+}
+
+impl ClaimRow {
+    /// The batch `rows` (in member order) describe, leased to `owner`; `None` for no rows.
+    pub(super) fn claimed(rows: Vec<ClaimRow>, owner: &str) -> Option<ClaimedBatch> {
+        let batch = rows.first()?.batch.clone();
+        let members = rows.into_iter().map(|r| r.member).collect();
+        Some(batch.into_claimed(owner, members))
+    }
+}
+
 /// A batch a worker holds under a lease: one DeleteInstances call, its token and its members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedBatch {

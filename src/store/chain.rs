@@ -1,0 +1,142 @@
+//! Writes that commit together, one of them deciding whether any is made.
+//!
+//! A worker's attempt and a batch's outcome are each a fenced update of the batch (the gate:
+//! it changes the batch's row only while the lease holds) and the writes that go with it: the
+//! members settled, the audit log. In a transaction that is a trip to the database for each
+//! write plus BEGIN and COMMIT. On PostgreSQL a [`Chain`] is one statement instead, each write
+//! a part of one `WITH`, committed on its own; on SQLite, whose trips cost less, its writes run
+//! in order in one transaction.
+
+use super::db::{Pool, Sql, Tx};
+use super::StoreError;
+
+/// Writes that commit together when the gate changes exactly one row, and not at all otherwise.
+///
+/// On PostgreSQL every part sees the database as it was before the chain; on SQLite each sees
+/// what the parts before it wrote. So a part must not read what a part before it writes.
+#[derive(Debug, Default)]
+pub(super) struct Chain {
+    gate: Option<Sql>,
+    /// Each ends with a `WHERE` clause that `AND` can extend.
+    parts: Vec<Sql>,
+    /// How many parts run before the gate on SQLite.
+    before_gate: usize,
+}
+
+impl Chain {
+    pub(super) fn new() -> Chain {
+        Chain::default()
+    }
+
+    /// Adds a write: an `UPDATE`, or an `INSERT ... SELECT`, that ends with a `WHERE` clause
+    /// of conditions joined by `AND` (PostgreSQL adds the gate's to it).
+    pub(super) fn write(&mut self, q: Sql) -> &mut Chain {
+        if self.gate.is_none() {
+            self.before_gate += 1;
+        }
+        self.parts.push(q);
+        self
+    }
+
+    /// Adds each of `qs` as a write ([`Chain::write`]).
+    pub(super) fn write_all(&mut self, qs: impl IntoIterator<Item = Sql>) -> &mut Chain {
+        for q in qs {
+            self.write(q);
+        }
+        self
+    }
+
+    /// Sets the gate: an `UPDATE` without `RETURNING`. The chain writes only if it changes
+    /// exactly one row.
+    pub(super) fn gate(&mut self, q: Sql) -> &mut Chain {
+        self.gate = Some(q);
+        self
+    }
+
+    /// The chain as one PostgreSQL statement that returns how many rows the gate changed.
+    fn statement(self) -> Sql {
+        let mut q = Sql::new("WITH gate AS (");
+        if let Some(gate) = self.gate {
+            q.append(gate);
+        }
+        q.push(" RETURNING 1)");
+        for (i, part) in self.parts.into_iter().enumerate() {
+            q.push(&format!(", w{i} AS ("));
+            q.append(part);
+            q.push(" AND EXISTS (SELECT 1 FROM gate))");
+        }
+        q.push(" SELECT COUNT(*) FROM gate");
+        q
+    }
+
+    /// Runs the chain and commits it; false when the gate changed no row (nothing is written).
+    pub(super) async fn run(self, pool: &Pool) -> Result<bool, StoreError> {
+        if pool.is_postgres() {
+            let (n,): (i64,) = pool.fetch_one(self.statement()).await?;
+            return Ok(n == 1);
+        }
+        let mut tx = pool.begin().await?;
+        if !self.run_in(&mut tx).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Runs the chain's writes in order inside `tx`; false when the gate changed no row, and
+    /// the caller must then roll `tx` back.
+    pub(super) async fn run_in(self, tx: &mut Tx) -> Result<bool, StoreError> {
+        let mut parts = self.parts.into_iter();
+        for part in parts.by_ref().take(self.before_gate) {
+            tx.execute(part).await?;
+        }
+        if let Some(gate) = self.gate {
+            if tx.execute(gate).await? != 1 {
+                return Ok(false);
+            }
+        }
+        for part in parts {
+            tx.execute(part).await?;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_is_one_statement_whose_writes_wait_on_the_gate() {
+        let mut c = Chain::new();
+        c.write(
+            Sql::new("UPDATE a SET x = $1 WHERE id = $2")
+                .bind(7)
+                .bind(1),
+        )
+        .gate(
+            Sql::new("UPDATE b SET y = $1 WHERE id = $2")
+                .bind(8)
+                .bind(2),
+        )
+        .write(Sql::new("INSERT INTO c (z) SELECT $1 WHERE 1 = 1").bind(9));
+        let q = c.statement();
+        assert_eq!(
+            q.text(),
+            "WITH gate AS (UPDATE b SET y = $1 WHERE id = $2 RETURNING 1), \
+             w0 AS (UPDATE a SET x = $3 WHERE id = $4 AND EXISTS (SELECT 1 FROM gate)), \
+             w1 AS (INSERT INTO c (z) SELECT $5 WHERE 1 = 1 AND EXISTS (SELECT 1 FROM gate)) \
+             SELECT COUNT(*) FROM gate"
+        );
+        let values: Vec<i64> = q
+            .values()
+            .iter()
+            .map(|v| match v {
+                super::super::db::Value::Int(Some(i)) => *i,
+                other => panic!("unexpected value {other:?}"),
+            })
+            .collect();
+        assert_eq!(values, [8, 2, 7, 1, 9]);
+    }
+}
