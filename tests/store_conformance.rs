@@ -865,6 +865,39 @@ conformance!(
     }
 );
 
+conformance!(
+    the_read_before_a_claim_says_the_pause_and_the_snapshots_waiting,
+    |db: TestDb| async move {
+        use ecs_janitor::policy::{SnapshotDisks, SnapshotOptions};
+        let s = &db.store;
+        let nothing = s.before_claim().await.unwrap();
+        assert_eq!((nothing.paused, nothing.snapshots_waiting), (None, false));
+        // A release without snapshots is no work for the snapshot stage.
+        s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
+        assert!(!s.before_claim().await.unwrap().snapshots_waiting);
+        s.pause("alice", "freeze", t0()).await.unwrap();
+        let paused = s.before_claim().await.unwrap();
+        assert_eq!(paused.paused, s.pause_state().await.unwrap());
+        assert_eq!(paused.paused.map(|p| p.by), Some("alice".to_string()));
+        s.enqueue(
+            &[NewRelease {
+                snapshot: Some(SnapshotOptions {
+                    retention_days: 7,
+                    disks: SnapshotDisks::All,
+                }),
+                ..rel("i-2", "r1", false)
+            }],
+            t0(),
+        )
+        .await
+        .unwrap();
+        assert!(s.before_claim().await.unwrap().snapshots_waiting);
+        s.resume("bob", "", t0()).await.unwrap();
+        let resumed = s.before_claim().await.unwrap();
+        assert_eq!((resumed.paused, resumed.snapshots_waiting), (None, true));
+    }
+);
+
 fn lease_as_chrono() -> chrono::Duration {
     chrono::Duration::from_std(LEASE).unwrap()
 }

@@ -56,7 +56,7 @@ pub use rows::{
 pub use runs::RunEnd;
 pub use safety::{HoldKind, HoldRow};
 pub use savings::{DaySavings, PolicySavings, SavingsSummary};
-pub use settings::PauseInfo;
+pub use settings::{BeforeClaim, PauseInfo};
 pub use snapshots::{SnapshotRow, SnapshotUpdate, StagedRelease};
 pub use views::{MetricsSnapshot, ReleaseFilter, StateCounts};
 

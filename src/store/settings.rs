@@ -52,6 +52,24 @@ pub(super) fn paused_sql(q: &mut Sql) -> &mut Sql {
         .push(")")
 }
 
+/// Reads the settings of [`PAUSE_KEYS`] as (key, value) rows.
+fn pause_sql() -> Sql {
+    Sql::new("SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4)")
+        .bind(PAUSED)
+        .bind(PAUSED_BY)
+        .bind(PAUSED_REASON)
+        .bind(PAUSED_AT)
+}
+
+/// What [`Store::before_claim`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BeforeClaim {
+    /// `Some` while releases are paused.
+    pub paused: Option<PauseInfo>,
+    /// Some pending release waits for its snapshots (see [`Store::claim_snapshot_stage`]).
+    pub snapshots_waiting: bool,
+}
+
 /// Whether releases are paused, in one read.
 pub(super) async fn is_paused(pool: &Pool) -> Result<bool, StoreError> {
     let v: Option<(String,)> = pool
@@ -154,17 +172,23 @@ impl Store {
 
     /// `Some` while releases are paused. One query: workers read this before every call.
     pub async fn pause_state(&self) -> Result<Option<PauseInfo>, StoreError> {
-        let rows: Vec<(String, String)> = self
-            .pool
-            .fetch_all(
-                Sql::new("SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4)")
-                    .bind(PAUSED)
-                    .bind(PAUSED_BY)
-                    .bind(PAUSED_REASON)
-                    .bind(PAUSED_AT),
-            )
-            .await?;
+        let rows: Vec<(String, String)> = self.pool.fetch_all(pause_sql()).await?;
         Ok(pause_from(&rows))
+    }
+
+    /// What a worker reads before each claim, in one read: the pause, and whether any release
+    /// waits for its snapshots (work for the snapshot stage).
+    pub async fn before_claim(&self) -> Result<BeforeClaim, StoreError> {
+        let mut q = pause_sql();
+        q.push(&format!(
+            " UNION ALL SELECT '', '' WHERE EXISTS (SELECT 1 FROM releases WHERE {})",
+            super::snapshots::WAITING
+        ));
+        let rows: Vec<(String, String)> = self.pool.fetch_all(q).await?;
+        Ok(BeforeClaim {
+            paused: pause_from(&rows),
+            snapshots_waiting: rows.iter().any(|(key, _)| key.is_empty()),
+        })
     }
 
     /// This database's identity, made on first use: a saved plan records it, so that a plan

@@ -131,6 +131,9 @@ pub(super) async fn reset_failed(tx: &mut super::db::Tx, id: ReleaseId) -> Resul
     Ok(())
 }
 
+/// A release waiting for its snapshots: pending, with a retention to snapshot with.
+pub(super) const WAITING: &str = "state = 'pending' AND snapshot_days IS NOT NULL";
+
 impl Store {
     /// Claims up to `max` due releases whose snapshots are not all accomplished yet (nobody
     /// holds them, or their holder's lease ran out), for `lease`. With `scope`, only that
@@ -147,9 +150,9 @@ impl Store {
         // every worker step a transaction of its own.
         let any: Option<(ReleaseId,)> = self
             .pool
-            .fetch_optional(Sql::new(
-                "SELECT id FROM releases WHERE state = 'pending' AND snapshot_days IS NOT NULL LIMIT 1",
-            ))
+            .fetch_optional(Sql::new(format!(
+                "SELECT id FROM releases WHERE {WAITING} LIMIT 1"
+            )))
             .await?;
         if any.is_none() {
             return Ok(Vec::new());

@@ -280,8 +280,6 @@ pub struct Workers {
     /// The (account, region) pairs of the batches this process is working, with how many:
     /// claims prefer others, so every region's pace is used.
     busy: Arc<Mutex<HashMap<(String, String), usize>>>,
-    /// Held across a claim and its entry in `busy`, so each claim sees where the others went.
-    claiming: Arc<tokio::sync::Mutex<()>>,
     /// Ends waits (throttling, the call limits, a re-check's retries) at once.
     cancel: CancellationToken,
     calls: CallService,
@@ -325,7 +323,6 @@ impl Workers {
             scope: None,
             stopped_accounts: Arc::default(),
             busy: Arc::default(),
-            claiming: Arc::default(),
             cancel: CancellationToken::new(),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             ctx,
@@ -559,12 +556,13 @@ impl Workers {
     /// Checks the switches, then claims and carries out one batch; `None` when nothing is due.
     async fn step_inner(&self) -> Result<Option<BatchResult>, WorkerError> {
         // Before claiming, so that a paused or closed queue is left exactly as it is.
-        let paused = self.switches().await?;
+        let before = self.ctx.store.before_claim().await?;
+        let paused = before.paused;
         if let Some((why, _)) = gate_stop(&self.gate(paused.as_ref()), self.ctx.clock.now()) {
             return Ok(Some(BatchResult::Stopped(why)));
         }
         // The snapshot stage never holds the batches back: both run on every step.
-        let staged = self.snapshot_step().await?;
+        let staged = before.snapshots_waiting && self.snapshot_step().await?;
         match self.claim_and_process(paused).await? {
             None if staged => Ok(Some(BatchResult::SnapshotStage)),
             other => Ok(other),
@@ -594,8 +592,10 @@ impl Workers {
             .filter(|s| s.until > now)
             .map(|s| s.account.clone())
             .collect();
-        // One claim at a time in this process, so each sees where the others went.
-        let claiming = self.claiming.lock().await;
+        // Where this process's batches are in flight as the claim starts. Claims run side by
+        // side (on SQLite they queue at its one writer anyway): two at the same moment may take
+        // the same (account, region), which its pacing absorbs; holding each claim until the
+        // one before it had returned cost the drain on PostgreSQL 3-8% (BENCHMARKS.md).
         let busy: Vec<(String, String)> = self
             .busy
             .lock()
@@ -620,7 +620,6 @@ impl Workers {
             return Ok(None);
         };
         let _busy = Busy::hold(&self.busy, &batch.account, &batch.region);
-        drop(claiming);
         let span = tracing::info_span!("batch", id = %batch.fence.batch_id, region = %batch.region,
             token = %batch.client_token, members = batch.members.len(), attempts = batch.attempts);
         tracing::Instrument::instrument(self.process(batch, paused), span)
