@@ -4,8 +4,9 @@
 //! it changes the batch's row only while the lease holds) and the writes that go with it: the
 //! members settled, the audit log. In a transaction that is a trip to the database for each
 //! write plus BEGIN and COMMIT. On PostgreSQL a [`Chain`] is one statement instead, each write
-//! a part of one `WITH`, committed on its own; on SQLite, whose trips cost less, its writes run
-//! in order in one transaction.
+//! a part of one `WITH`, committed on its own. On SQLite it is one script in a transaction: its
+//! writes in order, handed to the driver's thread at once, rolled back when the gate changed
+//! nothing.
 
 use super::db::{Pool, Sql, Tx};
 use super::StoreError;
@@ -87,6 +88,10 @@ impl Chain {
     /// Runs the chain's writes in order inside `tx`; false when the gate changed no row, and
     /// the caller must then roll `tx` back.
     pub(super) async fn run_in(self, tx: &mut Tx) -> Result<bool, StoreError> {
+        if !tx.is_postgres() {
+            let changed: Vec<(i64,)> = tx.fetch_all(self.script()).await?;
+            return Ok(changed == [(1,)]);
+        }
         let mut parts = self.parts.into_iter();
         for part in parts.by_ref().take(self.before_gate) {
             tx.execute(part).await?;
@@ -100,6 +105,25 @@ impl Chain {
             tx.execute(part).await?;
         }
         Ok(true)
+    }
+
+    /// The chain as one SQLite script, its statements in order, that returns how many rows
+    /// the gate changed: handed to SQLite's driver's thread once, not once per write. The writes
+    /// after the gate run whatever it changed, and are rolled back with the rest when it
+    /// changed none.
+    fn script(self) -> Sql {
+        let mut q = Sql::new("");
+        let mut parts = self.parts.into_iter();
+        for part in parts.by_ref().take(self.before_gate) {
+            q.append(part).push(";\n");
+        }
+        if let Some(gate) = self.gate {
+            q.append(gate).push(";\nSELECT changes();\n");
+        }
+        for part in parts {
+            q.append(part).push(";\n");
+        }
+        q
     }
 }
 
@@ -138,5 +162,29 @@ mod tests {
             })
             .collect();
         assert_eq!(values, [8, 2, 7, 1, 9]);
+    }
+
+    #[test]
+    fn on_sqlite_a_chain_is_one_script_that_says_what_the_gate_changed() {
+        let mut c = Chain::new();
+        c.write(
+            Sql::new("UPDATE a SET x = $1 WHERE id = $2")
+                .bind(7)
+                .bind(1),
+        )
+        .gate(
+            Sql::new("UPDATE b SET y = $1 WHERE id = $2")
+                .bind(8)
+                .bind(2),
+        )
+        .write(Sql::new("INSERT INTO c (z) SELECT $1 WHERE 1 = 1").bind(9));
+        let q = c.script();
+        assert_eq!(
+            q.text(),
+            "UPDATE a SET x = $1 WHERE id = $2;\n\
+             UPDATE b SET y = $3 WHERE id = $4;\nSELECT changes();\n\
+             INSERT INTO c (z) SELECT $5 WHERE 1 = 1;\n"
+        );
+        assert_eq!(q.values().len(), 5);
     }
 }

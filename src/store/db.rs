@@ -501,6 +501,11 @@ impl Pool {
 }
 
 impl Tx {
+    /// True on PostgreSQL, which takes one statement at a time.
+    pub(super) fn is_postgres(&self) -> bool {
+        matches!(self, Tx::Postgres(_))
+    }
+
     pub(super) async fn commit(self) -> Result<(), StoreError> {
         match self {
             Tx::Sqlite(t, file) => t.commit().await.map_err(sqlite_err(&file)),

@@ -43,16 +43,6 @@ pub struct NewRelease {
     pub saving: Option<super::ReleaseSaving>,
 }
 
-/// A due release a claim may take, with its kind.
-#[derive(sqlx::FromRow)]
-struct PickedRelease {
-    id: ReleaseId,
-    account: String,
-    region: String,
-    force: i64,
-    terminate_subscription: i64,
-}
-
 /// What a claim may take: work due at `now`, in `scope` (`""`: the whole queue), not of the
 /// accounts in `skip`.
 struct Due<'a> {
@@ -215,9 +205,11 @@ impl Due<'_> {
         q
     }
 
-    /// A new batch of up to `max` due releases, leased to `owner` until `until`: the oldest due
-    /// release, and those of its account, region and flags after it. Its token, membership and
-    /// lease are written here, before any call.
+    /// SQLite: a new batch of up to `max` due releases, leased to `owner` until `until`: the
+    /// oldest due release (outside the busy pairs if any is due there, else anywhere), and those
+    /// of its account, region and flags after it. Its token, membership, lease and `batched`
+    /// event are written in one script, before any call; nothing else writes in between (SQLite
+    /// has one writer).
     async fn new_batch(
         &self,
         tx: &mut Tx,
@@ -225,15 +217,88 @@ impl Due<'_> {
         owner: &str,
         until: i64,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
-        // Most claims take the head's kind and its members in one read.
-        if let Some(batch) = self.new_batch_at_once(tx, max, owner, until).await? {
-            return Ok(Some(batch));
+        let rows: Vec<ClaimRow> = tx.fetch_all(self.form_script(max, owner, until)).await?;
+        Ok(ClaimRow::claimed(rows, owner))
+    }
+
+    /// The script of [`Due::new_batch`]: the batch inserted with the head's kind, the head's
+    /// group's due releases made its members, the event, and the batch read back with them
+    /// (a row per member; none when nothing is due). Each statement finds the batch by its
+    /// token.
+    fn form_script(&self, max: usize, owner: &str, until: i64) -> Sql {
+        let (now, token) = (ms(self.now), new_client_token());
+        let mut q = Sql::new(
+            "INSERT INTO batches (region, force, terminate_subscription, client_token, state,
+               next_attempt_at, created_at, updated_at, account, lease_owner, lease_expires_at,
+               claims)
+             SELECT region, force, terminate_subscription, ",
+        );
+        q.push_bind(&token).push(", 'open', ");
+        q.push_bind(now).push(", ").push_bind(now).push(", ");
+        q.push_bind(now).push(", account, ").push_bind(owner);
+        q.push(", ").push_bind(until).push(", 1 FROM (");
+        if !self.busy.is_empty() {
+            q.push("SELECT 0 AS preference, * FROM (")
+                .append(self.head(true))
+                .push(") UNION ALL ");
         }
-        if self.lock.is_empty() {
-            // SQLite: nothing else claims inside this transaction; nothing is due.
-            return Ok(None);
+        q.push("SELECT 1 AS preference, * FROM (")
+            .append(self.head(false))
+            .push(") ORDER BY preference LIMIT 1);\n");
+        q.push("UPDATE releases SET state = 'in_flight', updated_at = ")
+            .push_bind(now);
+        q.push(", batch_id = (SELECT id FROM batches WHERE client_token = ")
+            .push_bind(&token);
+        q.push(
+            ") WHERE state = 'pending' AND id IN (SELECT id FROM releases
+               WHERE state = 'pending' AND +not_before <= ",
+        )
+        .push_bind(now);
+        q.push(" AND (").push_bind(self.scope);
+        q.push(" = '' OR EXISTS (SELECT 1 FROM scope_members s WHERE s.scope = ")
+            .push_bind(self.scope);
+        q.push(" AND s.release_id = releases.id))");
+        q.push(SNAPSHOTS_READY);
+        q.push(
+            " AND (account, region, force, terminate_subscription) = (SELECT account, region,
+                 force, terminate_subscription FROM batches WHERE client_token = ",
+        )
+        .push_bind(&token);
+        q.push(") ORDER BY id LIMIT ")
+            .push_bind(max as i64)
+            .push(");\n");
+        q.push("INSERT INTO events (at, kind, batch_id, client_token, detail) SELECT ")
+            .push_bind(now);
+        q.push(
+            ", 'batched', b.id, b.client_token,
+                    (SELECT COUNT(*) FROM releases r WHERE r.batch_id = b.id AND r.state = 'in_flight')
+                    || ' releases in ' || b.region
+             FROM batches b WHERE b.client_token = ",
+        )
+        .push_bind(&token);
+        q.push(&format!(
+            ";\nSELECT * FROM (SELECT {BATCH_ROW} FROM batches WHERE client_token = "
+        ))
+        .push_bind(&token);
+        q.push(
+            ") b JOIN (SELECT id AS release_id, instance_id, instance_name, policy, snapshot_days,
+                              batch_id FROM releases WHERE state = 'in_flight') m
+                 ON m.batch_id = b.id ORDER BY m.release_id",
+        );
+        q
+    }
+
+    /// The kind of the oldest due release (see [`Due::head_sql`]), bound.
+    fn head(&self, elsewhere: bool) -> Sql {
+        let q = Sql::new(Self::head_sql(elsewhere))
+            .bind(ms(self.now))
+            .bind(self.scope)
+            .bind(&self.skip);
+        if elsewhere {
+            q.bind(&self.busy)
+        } else {
+            q
         }
-        self.new_batch_locked(tx, max, owner, until).await
     }
 
     /// PostgreSQL: [`Due::new_batch`] when its one read found nothing, in two locked reads.
@@ -248,15 +313,9 @@ impl Due<'_> {
         // the reads below skip locked rows.
         let lock = self.lock;
         let head = |elsewhere: bool| {
-            let q = Sql::new(format!("{}{lock}", Self::head_sql(elsewhere)))
-                .bind(ms(self.now))
-                .bind(self.scope)
-                .bind(&self.skip);
-            if elsewhere {
-                q.bind(&self.busy)
-            } else {
-                q
-            }
+            let mut q = self.head(elsewhere);
+            q.push(lock);
+            q
         };
         // Elsewhere than where this process is busy, if anything is due there; else anywhere.
         let mut kind: Option<BatchKind> = None;
@@ -289,37 +348,6 @@ impl Due<'_> {
             )
             .await?;
         let ids: Vec<ReleaseId> = ids.into_iter().map(|(id,)| id).collect();
-        self.lease_new(tx, &kind, &ids, owner, until).await
-    }
-
-    /// [`Due::new_batch`] in one read: the due releases of the oldest due release's kind
-    /// (outside the busy pairs if any is due there, else anywhere), up to `max`, with their kind.
-    /// `None` when that read finds none: nothing is due, or (PostgreSQL) the head's group is
-    /// held by another claim.
-    async fn new_batch_at_once(
-        &self,
-        tx: &mut Tx,
-        max: usize,
-        owner: &str,
-        until: i64,
-    ) -> Result<Option<ClaimedBatch>, StoreError> {
-        let mut rows: Vec<PickedRelease> = Vec::new();
-        if !self.busy.is_empty() {
-            rows = tx.fetch_all(self.pick(true, max)).await?;
-        }
-        if rows.is_empty() {
-            rows = tx.fetch_all(self.pick(false, max)).await?;
-        }
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let kind = BatchKind {
-            account: first.account.clone(),
-            region: first.region.clone(),
-            force: first.force,
-            terminate_subscription: first.terminate_subscription,
-        };
-        let ids: Vec<ReleaseId> = rows.iter().map(|r| r.id).collect();
         self.lease_new(tx, &kind, &ids, owner, until).await
     }
 
