@@ -129,10 +129,11 @@ impl Chain {
 
 #[cfg(test)]
 mod tests {
+    use super::super::db::Value;
     use super::*;
 
-    #[test]
-    fn a_chain_is_one_statement_whose_writes_wait_on_the_gate() {
+    /// A write, the gate, a write: binds 7, 1 | 8, 2 | 9.
+    fn sample() -> Chain {
         let mut c = Chain::new();
         c.write(
             Sql::new("UPDATE a SET x = $1 WHERE id = $2")
@@ -145,7 +146,22 @@ mod tests {
                 .bind(2),
         )
         .write(Sql::new("INSERT INTO c (z) SELECT $1 WHERE 1 = 1").bind(9));
-        let q = c.statement();
+        c
+    }
+
+    fn ints(q: &Sql) -> Vec<i64> {
+        q.values()
+            .iter()
+            .map(|v| match v {
+                Value::Int(Some(i)) => *i,
+                other => panic!("unexpected value {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_is_one_statement_whose_writes_wait_on_the_gate() {
+        let q = sample().statement();
         assert_eq!(
             q.text(),
             "WITH gate AS (UPDATE b SET y = $1 WHERE id = $2 RETURNING 1), \
@@ -153,38 +169,18 @@ mod tests {
              w1 AS (INSERT INTO c (z) SELECT $5 WHERE 1 = 1 AND EXISTS (SELECT 1 FROM gate)) \
              SELECT COUNT(*) FROM gate"
         );
-        let values: Vec<i64> = q
-            .values()
-            .iter()
-            .map(|v| match v {
-                super::super::db::Value::Int(Some(i)) => *i,
-                other => panic!("unexpected value {other:?}"),
-            })
-            .collect();
-        assert_eq!(values, [8, 2, 7, 1, 9]);
+        assert_eq!(ints(&q), [8, 2, 7, 1, 9]);
     }
 
     #[test]
     fn on_sqlite_a_chain_is_one_script_that_says_what_the_gate_changed() {
-        let mut c = Chain::new();
-        c.write(
-            Sql::new("UPDATE a SET x = $1 WHERE id = $2")
-                .bind(7)
-                .bind(1),
-        )
-        .gate(
-            Sql::new("UPDATE b SET y = $1 WHERE id = $2")
-                .bind(8)
-                .bind(2),
-        )
-        .write(Sql::new("INSERT INTO c (z) SELECT $1 WHERE 1 = 1").bind(9));
-        let q = c.script();
+        let q = sample().script();
         assert_eq!(
             q.text(),
             "UPDATE a SET x = $1 WHERE id = $2;\n\
              UPDATE b SET y = $3 WHERE id = $4;\nSELECT changes();\n\
              INSERT INTO c (z) SELECT $5 WHERE 1 = 1;\n"
         );
-        assert_eq!(q.values().len(), 5);
+        assert_eq!(ints(&q), [7, 1, 8, 2, 9]);
     }
 }
