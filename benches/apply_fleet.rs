@@ -205,10 +205,18 @@ async fn run(
         .filter(|c| c.action == "DescribeInstances" && c.instance_ids.is_empty())
         .count();
     let minimum = inventory + 2 * batches;
+    // The bare client is not measured for every row (NaN): the row says so instead of NaN.
+    let beside = if base_secs.is_nan() {
+        String::from("bare client not measured for this row")
+    } else {
+        format!(
+            "bare client (the simulator's own time) {base_secs:.2} s, so {:.2} s beyond it ({:.2}x)",
+            secs - base_secs,
+            secs / base_secs
+        )
+    };
     println!(
-        "apply_fleet [{store}]: {instances} instances, {matching} released in {secs:.2} s; bare client (the simulator's own time) {base_secs:.2} s, so {:.2} s beyond it ({:.2}x); ECS calls {} vs minimum {minimum} ({inventory} inventory pages + 2 x {batches}); peak memory of apply {:.0} MiB",
-        secs - base_secs,
-        secs / base_secs,
+        "apply_fleet [{store}]: {instances} instances, {matching} released in {secs:.2} s; {beside}; ECS calls {} vs minimum {minimum} ({inventory} inventory pages + 2 x {batches}); peak memory of apply {:.0} MiB",
         calls.len(),
         peak,
     );
