@@ -1700,6 +1700,85 @@ conformance!(
 );
 
 conformance!(
+    a_refused_attempt_writes_nothing_of_what_it_settled_or_quarantined,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let rs: Vec<_> = ["i-a", "i-b", "i-c"]
+            .iter()
+            .map(|i| rel(i, "cn-hangzhou", false))
+            .collect();
+        s.enqueue(&rs, t0()).await.unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        let member = |id: &str| {
+            b.members
+                .iter()
+                .find(|m| m.instance_id == id)
+                .unwrap()
+                .clone()
+        };
+        let settled = vec![
+            (
+                member("i-a"),
+                MemberOutcome::Cancelled {
+                    reason: "now protected".into(),
+                },
+            ),
+            (
+                member("i-b"),
+                MemberOutcome::Failed {
+                    code: "InvalidInstance.NotPostPaid".into(),
+                    message: "refused for good".into(),
+                    request_id: None,
+                    quarantine: Some(chrono::Duration::hours(1)),
+                },
+            ),
+        ];
+        let kinds = || async {
+            let mut k: Vec<String> = s
+                .events(100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            k.sort();
+            k
+        };
+        let before = kinds().await;
+        // Paused since the re-check: the gate refuses, and the decision's settles and its
+        // quarantine are not written either.
+        s.pause("alice", "freeze", t0()).await.unwrap();
+        let paused_kinds = kinds().await;
+        assert!(!s
+            .begin_attempt(&b.fence, &settled, &b.client_token, t0())
+            .await
+            .unwrap());
+        for i in ["i-a", "i-b", "i-c"] {
+            assert_eq!(state_of(s, i).await, ["in_flight"], "{i}");
+        }
+        assert!(s.holds(t0()).await.unwrap().is_empty(), "no quarantine");
+        assert_eq!(kinds().await, paused_kinds, "no event");
+        assert!(before.len() < paused_kinds.len());
+        // Resumed: the same attempt goes ahead with all of it.
+        s.resume("bob", "", t0()).await.unwrap();
+        assert!(s
+            .begin_attempt(&b.fence, &settled, &b.client_token, t0())
+            .await
+            .unwrap());
+        assert_eq!(state_of(s, "i-a").await, ["cancelled"]);
+        assert_eq!(state_of(s, "i-b").await, ["failed"]);
+        assert_eq!(state_of(s, "i-c").await, ["in_flight"]);
+        let holds = s.holds(t0()).await.unwrap();
+        assert_eq!(holds.len(), 1);
+        assert_eq!(holds[0].instance_id, "i-b");
+        let after = kinds().await;
+        for k in ["call_sent", "cancelled", "failed"] {
+            assert!(after.iter().any(|x| x == k), "{k} in {after:?}");
+        }
+    }
+);
+
+conformance!(
     a_releases_attempts_count_the_calls_that_named_it_across_batches,
     |db: TestDb| async move {
         let s = &db.store;

@@ -393,9 +393,6 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let extend: Option<i64> = lease.map(|l| ms(now) + l.as_millis() as i64);
-        let mut chain = Chain::new();
-        // The members the decision settled first; a refusal leaves them as they were.
-        chain.write_all(settle_writes(fence.batch_id, settled, now));
         let mut gate = fenced(
             "UPDATE batches SET attempts = attempts + 1, tries = tries + 1,
                     uncertain = CASE WHEN attempts > 0 AND last_code IS NULL THEN 1 ELSE uncertain END,
@@ -421,9 +418,11 @@ impl Store {
                 .push_list(settled.iter().map(|(m, _)| m.release_id));
         }
         gate.push(")");
-        chain.gate(gate);
+        let mut chain = Chain::new(gate);
+        // The members the decision settled first; a refusal leaves them as they were.
+        chain.first(settle_writes(fence.batch_id, settled, now));
         // The members' own count takes the batch's when they leave it (`settle`, `assign`).
-        chain.write_all(events_insert(
+        chain.then(events_insert(
             &[NewEvent {
                 kind: "call_sent",
                 batch_id: Some(fence.batch_id),
@@ -435,8 +434,9 @@ impl Store {
         self.commit_settling(chain, settled, now).await
     }
 
-    /// Runs `chain`, after the quarantines of `settled` when it has any: then in a transaction
-    /// on either database (they read before they write). False when its gate changed no row.
+    /// Runs `chain`, and the quarantines of `settled` when it has any: then in a transaction on
+    /// either database (a quarantine reads before it writes), after the chain's writes, so that
+    /// the transaction writes before it reads. False when its gate changed no row.
     async fn commit_settling(
         &self,
         chain: Chain,
@@ -447,11 +447,11 @@ impl Store {
             return chain.run(&self.pool).await;
         }
         let mut tx = self.pool.begin().await?;
-        quarantine_refused(&mut tx, settled, now).await?;
         if !chain.run_in(&mut tx).await? {
             tx.rollback().await?;
             return Ok(false);
         }
+        quarantine_refused(&mut tx, settled, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -482,10 +482,8 @@ impl Store {
             .bind(ms(now))
         };
         if regroup.iter().all(|g| g.is_empty()) {
-            let mut chain = Chain::new();
-            chain
-                .gate(end(""))
-                .write_all(settle_writes(fence.batch_id, settled, now));
+            let mut chain = Chain::new(end(""));
+            chain.then(settle_writes(fence.batch_id, settled, now));
             return self.commit_settling(chain, settled, now).await;
         }
         // Re-forming needs the batch's kind, read as it ends.

@@ -14,52 +14,51 @@ use super::StoreError;
 /// Writes that commit together when the gate changes exactly one row, and not at all otherwise.
 ///
 /// On PostgreSQL every part sees the database as it was before the chain; on SQLite each sees
-/// what the parts before it wrote. So a part must not read what a part before it writes.
-#[derive(Debug, Default)]
+/// what the parts before it wrote. So a part must not depend on what another writes, and one
+/// that reads rows another part writes must leave those rows out itself (the attempt's
+/// exemption check leaves out the members its own settle moves).
+#[derive(Debug)]
 pub(super) struct Chain {
-    gate: Option<Sql>,
+    gate: Sql,
     /// Each ends with a `WHERE` clause that `AND` can extend.
     parts: Vec<Sql>,
-    /// How many parts run before the gate on SQLite.
+    /// How many of `parts` run before the gate where the writes run in order (SQLite, and a
+    /// chain run inside a transaction).
     before_gate: usize,
 }
 
 impl Chain {
-    pub(super) fn new() -> Chain {
-        Chain::default()
+    /// A chain gated by `gate`: an `UPDATE` without `RETURNING`. The chain writes only if it
+    /// changes exactly one row.
+    pub(super) fn new(gate: Sql) -> Chain {
+        Chain {
+            gate,
+            parts: Vec::new(),
+            before_gate: 0,
+        }
     }
 
-    /// Adds a write: an `UPDATE`, or an `INSERT ... SELECT`, that ends with a `WHERE` clause
-    /// of conditions joined by `AND` (PostgreSQL adds the gate's to it).
-    pub(super) fn write(&mut self, q: Sql) -> &mut Chain {
-        if self.gate.is_none() {
+    /// Adds writes to run before the gate, where the writes run in order: each an `UPDATE`,
+    /// or an `INSERT ... SELECT`, that ends with a `WHERE` clause of conditions joined by `AND`
+    /// (PostgreSQL adds the gate's to it).
+    pub(super) fn first(&mut self, qs: impl IntoIterator<Item = Sql>) -> &mut Chain {
+        for q in qs {
+            self.parts.insert(self.before_gate, q);
             self.before_gate += 1;
         }
-        self.parts.push(q);
         self
     }
 
-    /// Adds each of `qs` as a write ([`Chain::write`]).
-    pub(super) fn write_all(&mut self, qs: impl IntoIterator<Item = Sql>) -> &mut Chain {
-        for q in qs {
-            self.write(q);
-        }
-        self
-    }
-
-    /// Sets the gate: an `UPDATE` without `RETURNING`. The chain writes only if it changes
-    /// exactly one row.
-    pub(super) fn gate(&mut self, q: Sql) -> &mut Chain {
-        self.gate = Some(q);
+    /// Adds writes to run after the gate, of the same form as [`Chain::first`]'s.
+    pub(super) fn then(&mut self, qs: impl IntoIterator<Item = Sql>) -> &mut Chain {
+        self.parts.extend(qs);
         self
     }
 
     /// The chain as one PostgreSQL statement that returns how many rows the gate changed.
     fn statement(self) -> Sql {
         let mut q = Sql::new("WITH gate AS (");
-        if let Some(gate) = self.gate {
-            q.append(gate);
-        }
+        q.append(self.gate);
         q.push(" RETURNING 1)");
         for (i, part) in self.parts.into_iter().enumerate() {
             q.push(&format!(", w{i} AS ("));
@@ -96,10 +95,8 @@ impl Chain {
         for part in parts.by_ref().take(self.before_gate) {
             tx.execute(part).await?;
         }
-        if let Some(gate) = self.gate {
-            if tx.execute(gate).await? != 1 {
-                return Ok(false);
-            }
+        if tx.execute(self.gate).await? != 1 {
+            return Ok(false);
         }
         for part in parts {
             tx.execute(part).await?;
@@ -117,9 +114,7 @@ impl Chain {
         for part in parts.by_ref().take(self.before_gate) {
             q.append(part).push(";\n");
         }
-        if let Some(gate) = self.gate {
-            q.append(gate).push(";\nSELECT changes();\n");
-        }
+        q.append(self.gate).push(";\nSELECT changes();\n");
         for part in parts {
             q.append(part).push(";\n");
         }
@@ -134,18 +129,15 @@ mod tests {
 
     /// A write, the gate, a write: binds 7, 1 | 8, 2 | 9.
     fn sample() -> Chain {
-        let mut c = Chain::new();
-        c.write(
-            Sql::new("UPDATE a SET x = $1 WHERE id = $2")
-                .bind(7)
-                .bind(1),
-        )
-        .gate(
+        let mut c = Chain::new(
             Sql::new("UPDATE b SET y = $1 WHERE id = $2")
                 .bind(8)
                 .bind(2),
-        )
-        .write(Sql::new("INSERT INTO c (z) SELECT $1 WHERE 1 = 1").bind(9));
+        );
+        c.then([Sql::new("INSERT INTO c (z) SELECT $1 WHERE 1 = 1").bind(9)])
+            .first([Sql::new("UPDATE a SET x = $1 WHERE id = $2")
+                .bind(7)
+                .bind(1)]);
         c
     }
 

@@ -136,7 +136,7 @@ impl Due<'_> {
     /// PostgreSQL: a claim in one statement, with no transaction around it: a stored batch due
     /// again leased (its members read after), else a new batch of the head's kind formed, leased
     /// and logged. `None` when neither is found: nothing is due, or the head's group is held by
-    /// another claim (see [`Due::new_batch`]).
+    /// another claim (then [`Due::new_batch_locked`] skips it).
     async fn claim_at_once(
         &self,
         pool: &Pool,
@@ -301,7 +301,8 @@ impl Due<'_> {
         }
     }
 
-    /// PostgreSQL: [`Due::new_batch`] when its one read found nothing, in two locked reads.
+    /// PostgreSQL: a new batch when [`Due::claim_at_once`] found none, in two locked reads, in
+    /// the claim's transaction.
     async fn new_batch_locked(
         &self,
         tx: &mut Tx,
@@ -309,8 +310,8 @@ impl Due<'_> {
         owner: &str,
         until: i64,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
-        // PostgreSQL: the read above may have found the head's group held by another claim;
-        // the reads below skip locked rows.
+        // The one-statement claim may have found the head's group held by another claim; the
+        // reads below skip locked rows and take the next group.
         let lock = self.lock;
         let head = |elsewhere: bool| {
             let mut q = self.head(elsewhere);
@@ -573,8 +574,9 @@ impl Store {
 
     /// Claims the next due batch under a lease: first a stored batch whose retry is due or whose
     /// lease expired (with its token and members unchanged), else a new batch of up to
-    /// `max_batch` due releases of one account, one region and one set of flags, whose token and membership
-    /// are written in the same transaction, before any call. With `scope`, only that run's
+    /// `max_batch` due releases of one account, one region and one set of flags, whose token and
+    /// membership are written together (one statement on PostgreSQL, one transaction on
+    /// SQLite), before any call. With `scope`, only that run's
     /// releases are claimed (see [`Store::create_scope`]), and only batches all of whose members
     /// are in it.
     pub async fn claim(

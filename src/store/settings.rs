@@ -170,7 +170,8 @@ impl Store {
         .await
     }
 
-    /// `Some` while releases are paused. One query: workers read this before every call.
+    /// `Some` while releases are paused, in one read (workers read it with more before each
+    /// claim: [`Store::before_claim`]).
     pub async fn pause_state(&self) -> Result<Option<PauseInfo>, StoreError> {
         let rows: Vec<(String, String)> = self.pool.fetch_all(pause_sql()).await?;
         Ok(pause_from(&rows))

@@ -280,6 +280,9 @@ pub struct Workers {
     /// The (account, region) pairs of the batches this process is working, with how many:
     /// claims prefer others, so every region's pace is used.
     busy: Arc<Mutex<HashMap<(String, String), usize>>>,
+    /// On SQLite, held across a claim and its entry in `busy`, so each claim sees where the
+    /// others went (see [`Workers::claim_and_process`]).
+    claiming: Arc<tokio::sync::Mutex<()>>,
     /// Ends waits (throttling, the call limits, a re-check's retries) at once.
     cancel: CancellationToken,
     calls: CallService,
@@ -323,6 +326,7 @@ impl Workers {
             scope: None,
             stopped_accounts: Arc::default(),
             busy: Arc::default(),
+            claiming: Arc::default(),
             cancel: CancellationToken::new(),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
             ctx,
@@ -561,7 +565,8 @@ impl Workers {
         if let Some((why, _)) = gate_stop(&self.gate(paused.as_ref()), self.ctx.clock.now()) {
             return Ok(Some(BatchResult::Stopped(why)));
         }
-        // The snapshot stage never holds the batches back: both run on every step.
+        // The snapshot stage never holds the batches back: it runs on every step where a
+        // release waits for its snapshots, and the claim on every step.
         let staged = before.snapshots_waiting && self.snapshot_step().await?;
         match self.claim_and_process(paused).await? {
             None if staged => Ok(Some(BatchResult::SnapshotStage)),
@@ -592,10 +597,16 @@ impl Workers {
             .filter(|s| s.until > now)
             .map(|s| s.account.clone())
             .collect();
-        // Where this process's batches are in flight as the claim starts. Claims run side by
-        // side (on SQLite they queue at its one writer anyway): two at the same moment may take
-        // the same (account, region), which its pacing absorbs; holding each claim until the
-        // one before it had returned cost the drain on PostgreSQL 3-8% (BENCHMARKS.md).
+        // Each claim prefers an (account, region) where none of this process's batches is. On
+        // SQLite claims queue at its one writer anyway, so they go one at a time, each seeing
+        // where the others went. On PostgreSQL they run side by side (one at a time cost its
+        // drain 3-8%, BENCHMARKS.md): two at the same moment may take the same (account,
+        // region), which its pacing absorbs.
+        let claiming = if self.ctx.store.is_postgres() {
+            None
+        } else {
+            Some(self.claiming.lock().await)
+        };
         let busy: Vec<(String, String)> = self
             .busy
             .lock()
@@ -620,6 +631,7 @@ impl Workers {
             return Ok(None);
         };
         let _busy = Busy::hold(&self.busy, &batch.account, &batch.region);
+        drop(claiming);
         let span = tracing::info_span!("batch", id = %batch.fence.batch_id, region = %batch.region,
             token = %batch.client_token, members = batch.members.len(), attempts = batch.attempts);
         tracing::Instrument::instrument(self.process(batch, paused), span)
