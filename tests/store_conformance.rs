@@ -548,6 +548,56 @@ conformance!(
     }
 );
 
+conformance!(
+    an_expired_lease_is_taken_over_by_one_claim_only,
+    |db: TestDb| async move {
+        let s = db.store.clone();
+        let rs: Vec<_> = (0..40)
+            .map(|n| rel(&format!("i-{n}"), "r1", false))
+            .collect();
+        s.enqueue(&rs, t0()).await.unwrap();
+        let mut first = std::collections::BTreeMap::new();
+        while let Some(b) = s.claim("w0", t0(), LEASE, 10, None).await.unwrap() {
+            let ids: Vec<String> = b.members.iter().map(|m| m.instance_id.clone()).collect();
+            first.insert(b.fence.batch_id, ids);
+        }
+        assert_eq!(first.len(), 4);
+        // Every lease has expired: eight claimers race for the four stored batches.
+        let later = t0() + lease_as_chrono() * 2;
+        let mut tasks = Vec::new();
+        for w in 1..=8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(b) = s
+                    .claim(&format!("w{w}"), later, LEASE, 10, None)
+                    .await
+                    .unwrap()
+                {
+                    let ids: Vec<String> =
+                        b.members.iter().map(|m| m.instance_id.clone()).collect();
+                    mine.push((b.fence.batch_id, b.fence.claims, ids));
+                }
+                mine
+            }));
+        }
+        let mut taken = Vec::new();
+        for t in tasks {
+            taken.extend(t.await.unwrap());
+        }
+        taken.sort();
+        assert_eq!(
+            taken.len(),
+            4,
+            "each stored batch taken once, no new one: {taken:?}"
+        );
+        for (id, claims, ids) in taken {
+            assert_eq!(claims, 2, "batch {id} claimed a second time");
+            assert_eq!(Some(&ids), first.get(&id), "batch {id} keeps its members");
+        }
+    }
+);
+
 #[tokio::test]
 async fn a_database_newer_than_the_binary_is_refused_clearly() {
     let db = common::sqlite().await;
