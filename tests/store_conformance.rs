@@ -549,6 +549,44 @@ conformance!(
 );
 
 conformance!(
+    a_stored_batch_due_again_is_claimed_before_new_releases,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let rs: Vec<_> = ["r1", "r1", "r2", "r2"]
+            .iter()
+            .enumerate()
+            .map(|(n, r)| rel(&format!("i-{n}"), r, false))
+            .collect();
+        s.enqueue(&rs, t0()).await.unwrap();
+        let a = s
+            .claim("w1", t0(), LEASE, 100, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.members.len(), 2);
+        // Its lease expired with the other group's releases still due: the batch comes first.
+        let later = t0() + lease_as_chrono() * 2;
+        let again = s
+            .claim("w2", later, LEASE, 100, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (again.fence.batch_id, again.client_token.as_str()),
+            (a.fence.batch_id, a.client_token.as_str())
+        );
+        assert_eq!(again.members, a.members);
+        let next = s
+            .claim("w2", later, LEASE, 100, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(next.region, a.region);
+        assert_eq!(next.members.len(), 2);
+    }
+);
+
+conformance!(
     an_expired_lease_is_taken_over_by_one_claim_only,
     |db: TestDb| async move {
         let s = db.store.clone();

@@ -122,7 +122,12 @@ impl Due<'_> {
 
     /// The id of [`Due::stored_batch`], locked (PostgreSQL) skipping those another claim holds.
     fn stored_sql(&self) -> Sql {
-        let (lock, scope) = (self.lock, BATCH_SCOPE.replace("$9", "$2"));
+        self.stored_sql_with(self.lock)
+    }
+
+    /// The id of [`Due::stored_batch`], with `lock` appended.
+    fn stored_sql_with(&self, lock: &str) -> Sql {
+        let scope = BATCH_SCOPE.replace("$9", "$2");
         Sql::new(format!(
             "SELECT id FROM batches WHERE state = 'open' AND next_attempt_at <= $1
                AND (lease_expires_at IS NULL OR lease_expires_at <= $1){scope}{SKIP_FILTER}
@@ -133,10 +138,11 @@ impl Due<'_> {
         .bind(&self.skip)
     }
 
-    /// PostgreSQL: a claim in one statement, with no transaction around it: a stored batch due
-    /// again leased (its members read after), else a new batch of the head's kind formed, leased
-    /// and logged. `None` when neither is found: nothing is due, or the head's group is held by
-    /// another claim (then [`Due::new_batch_locked`] skips it).
+    /// PostgreSQL: a claim in one statement, with no transaction around it, most of the time: a
+    /// new batch of the head's kind formed, leased and logged, unless a stored batch is due
+    /// again; then that batch leased (its members read after), since retries come first.
+    /// `None` when neither is found: nothing is due, or the head's group is held by another
+    /// claim (then [`Due::new_batch_locked`] skips it).
     async fn claim_at_once(
         &self,
         pool: &Pool,
@@ -144,6 +150,16 @@ impl Due<'_> {
         owner: &str,
         until: i64,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
+        let mut rows: Vec<ClaimRow> = Vec::new();
+        if !self.busy.is_empty() {
+            rows = pool.fetch_all(self.form(true, max, owner, until)).await?;
+        }
+        if rows.is_empty() {
+            rows = pool.fetch_all(self.form(false, max, owner, until)).await?;
+        }
+        if let Some(b) = ClaimRow::claimed(rows, owner) {
+            return Ok(Some(b));
+        }
         let mut lease = Sql::new(
             "UPDATE batches SET lease_owner = $1, lease_expires_at = $2, claims = claims + 1,
                     updated_at = $3
@@ -158,24 +174,21 @@ impl Due<'_> {
             let members = pool.fetch_all(batches::members_of(b.id())).await?;
             return Ok(Some(b.into_claimed(owner, members)));
         }
-        let mut rows: Vec<ClaimRow> = Vec::new();
-        if !self.busy.is_empty() {
-            rows = pool.fetch_all(self.form(true, max, owner, until)).await?;
-        }
-        if rows.is_empty() {
-            rows = pool.fetch_all(self.form(false, max, owner, until)).await?;
-        }
-        Ok(ClaimRow::claimed(rows, owner))
+        Ok(None)
     }
 
     /// PostgreSQL: [`Due::pick`], and the new batch of what it picked formed, leased to `owner`
-    /// until `until` and logged, in one statement: a row per member, each with the batch.
+    /// until `until` and logged, in one statement: a row per member, each with the batch. It
+    /// picks nothing while a stored batch is due again (a check made once, before the pick
+    /// locks any row).
     fn form(&self, elsewhere: bool, max: usize, owner: &str, until: i64) -> Sql {
         let now = ms(self.now);
-        let mut q = Sql::new("WITH picked AS (");
+        let mut q = Sql::new("WITH picked AS (SELECT * FROM (");
         q.append(self.pick(elsewhere, max));
+        q.push(") p WHERE NOT EXISTS (");
+        q.append(self.stored_sql_with(""));
         q.push(
-            "), b AS (INSERT INTO batches (region, force, terminate_subscription, client_token,
+            ")), b AS (INSERT INTO batches (region, force, terminate_subscription, client_token,
                  state, next_attempt_at, created_at, updated_at, account, lease_owner,
                  lease_expires_at, claims)
                SELECT region, force, terminate_subscription, ",
