@@ -137,7 +137,8 @@ pub(super) const WAITING: &str = "state = 'pending' AND snapshot_days IS NOT NUL
 impl Store {
     /// Claims up to `max` due releases whose snapshots are not all accomplished yet (nobody
     /// holds them, or their holder's lease ran out), for `lease`. With `scope`, only that
-    /// run's releases.
+    /// run's releases. Workers call it only when [`Store::before_claim`] has seen a release
+    /// waiting for its snapshots: that read spares the steps of most queues this transaction.
     pub async fn claim_snapshot_stage(
         &self,
         owner: &str,
@@ -146,17 +147,6 @@ impl Store {
         max: usize,
         scope: Option<&str>,
     ) -> Result<Vec<StagedRelease>, StoreError> {
-        // Most queues have nothing to snapshot: one indexed look, outside a transaction, spares
-        // every worker step a transaction of its own.
-        let any: Option<(ReleaseId,)> = self
-            .pool
-            .fetch_optional(Sql::new(format!(
-                "SELECT id FROM releases WHERE {WAITING} LIMIT 1"
-            )))
-            .await?;
-        if any.is_none() {
-            return Ok(Vec::new());
-        }
         let until = ms(now) + lease.as_millis() as i64;
         let lock = if self.is_postgres() {
             " FOR UPDATE SKIP LOCKED"
@@ -168,7 +158,7 @@ impl Store {
             .fetch_all(
                 Sql::new(format!(
                     "SELECT id FROM releases
-                     WHERE state = 'pending' AND snapshot_days IS NOT NULL
+                     WHERE {WAITING}
                        AND (snapshot_stage IS NULL OR snapshot_stage = 'snapshotting')
                        AND not_before <= $1 AND (stage_until IS NULL OR stage_until <= $1)
                        AND ($2 = '' OR EXISTS (SELECT 1 FROM scope_members s WHERE s.scope = $2 AND s.release_id = releases.id))
