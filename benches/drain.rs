@@ -52,14 +52,16 @@ fn bench_fleet(n: usize) -> Vec<Instance> {
 }
 
 /// The simulator's own time for the drain: the minimal calls, `concurrency` at a time.
-async fn baseline(f: &[Instance], concurrency: usize) -> f64 {
+/// Also returns the CPU seconds the process used meanwhile (the simulator's and the client's).
+async fn baseline(f: &[Instance], concurrency: usize) -> (f64, f64) {
     let h = start(f.to_vec()).await;
     let c = client(&h);
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), harness::cpu_secs());
     harness::release_minimally(&c, harness::minimal_batches(f), concurrency).await;
     let secs = t.elapsed().as_secs_f64();
+    let cpu = harness::cpu_secs() - cpu;
     h.shutdown().await;
-    secs
+    (secs, cpu)
 }
 
 /// Resets the process's peak resident size to its current one (Linux `clear_refs` 5), so the
@@ -110,12 +112,13 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
     );
     reset_peak();
     let resident_before = mib("VmRSS:");
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), harness::cpu_secs());
     workers
         .drain(CancellationToken::new())
         .await
         .expect("drain");
     let secs = t.elapsed().as_secs_f64();
+    let cpu = harness::cpu_secs() - cpu;
     let drain_growth = mib("VmHWM:") - resident_before;
     let counts = store.counts().await.expect("counts");
     assert_eq!(counts.succeeded as usize, n, "every release succeeded");
@@ -123,9 +126,9 @@ async fn drain(kind: &str, f: &[Instance], concurrency: usize) {
     let calls = h.sim.calls().len();
     let minimum = 2 * harness::minimal_batches(f).len();
     h.shutdown().await;
-    let base = baseline(f, concurrency).await;
+    let (base, base_cpu) = baseline(f, concurrency).await;
     println!(
-        "drain [{kind}, {concurrency} workers]: {n} releases in {secs:.2} s ({:.0}/s); simulator's own time {base:.2} s, ratio {:.2}x; enqueue {enqueue_secs:.2} s; ECS calls {calls} (minimum {minimum}), {:.2} per 100 releases; peak memory added by the drain {drain_growth:.0} MiB (the process, simulator and fleet included, {resident_before:.0} MiB before it)",
+        "drain [{kind}, {concurrency} workers]: {n} releases in {secs:.2} s ({:.0}/s); simulator's own time {base:.2} s, ratio {:.2}x; CPU {cpu:.2} s against the simulator's own {base_cpu:.2} s; enqueue {enqueue_secs:.2} s; ECS calls {calls} (minimum {minimum}), {:.2} per 100 releases; peak memory added by the drain {drain_growth:.0} MiB (the process, simulator and fleet included, {resident_before:.0} MiB before it)",
         n as f64 / secs,
         secs / base,
         calls as f64 * 100.0 / n as f64,

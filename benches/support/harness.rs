@@ -118,6 +118,23 @@ pub fn status_mib(pid: Option<u32>, field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds this process has used so far, user and system (`/proc/self/stat`, in the
+/// kernel's clock ticks of 1/100 s): set beside a phase's wall time, it says how much of the
+/// machine's two cores the phase kept busy.
+#[allow(dead_code)]
+pub fn cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i)?.parse::<f64>().ok();
+            Some((ticks(11)? + ticks(12)?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// The fewest DeleteInstances batches for `instances`: up to 100 of one region each, as
 /// (region, ids).
 pub fn minimal_batches(instances: &[Instance]) -> Vec<(String, Vec<String>)> {
