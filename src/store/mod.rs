@@ -163,8 +163,14 @@ impl Store {
     }
 
     /// True for PostgreSQL.
-    pub fn is_postgres(&self) -> bool {
+    fn is_postgres(&self) -> bool {
         self.pool.is_postgres()
+    }
+
+    /// True when the database takes one write at a time (SQLite's one writer): claims made side
+    /// by side would only queue at it, so a process may as well make them one at a time.
+    pub fn writes_one_at_a_time(&self) -> bool {
+        !self.is_postgres()
     }
 
     /// Answers when the database does.

@@ -79,6 +79,17 @@ pub(super) const SNAPSHOTS_READY: &str = " AND (snapshot_days IS NULL OR snapsho
 const RELEASE_SCOPE: &str =
     " AND ($9 = '' OR EXISTS (SELECT 1 FROM scope_members s WHERE s.scope = $9 AND s.release_id = releases.id))";
 
+/// The detail of a `batched` event: "N releases in REGION".
+fn batched_detail(members: usize, region: &str) -> String {
+    format!("{members} releases in {region}")
+}
+
+/// [`batched_detail`] in SQL, for a claim that writes its event in the statement that forms the
+/// batch: `count` is the members' count, and the batch is `b`.
+fn batched_detail_sql(count: &str) -> String {
+    format!("{count} || ' releases in ' || b.region")
+}
+
 impl Due<'_> {
     /// `|a|b|`: account names are letters, digits, dashes and underscores (`_` is escaped in
     /// the LIKE pattern), so one bind carries the list on both databases.
@@ -210,9 +221,10 @@ impl Due<'_> {
                SELECT ",
         );
         q.push_bind(now);
+        q.push(", 'batched', b.id, b.client_token, ");
+        q.push(&batched_detail_sql("(SELECT COUNT(*) FROM m)"));
         q.push(
-            ", 'batched', b.id, b.client_token,
-                      (SELECT COUNT(*) FROM m) || ' releases in ' || b.region FROM b)
+            " FROM b)
              SELECT b.*, m.* FROM b, m ORDER BY m.release_id",
         );
         q
@@ -282,13 +294,12 @@ impl Due<'_> {
             .push(");\n");
         q.push("INSERT INTO events (at, kind, batch_id, client_token, detail) SELECT ")
             .push_bind(now);
-        q.push(
-            ", 'batched', b.id, b.client_token,
-                    (SELECT COUNT(*) FROM releases r WHERE r.batch_id = b.id AND r.state = 'in_flight')
-                    || ' releases in ' || b.region
-             FROM batches b WHERE b.client_token = ",
-        )
-        .push_bind(&token);
+        q.push(", 'batched', b.id, b.client_token, ");
+        q.push(&batched_detail_sql(
+            "(SELECT COUNT(*) FROM releases r WHERE r.batch_id = b.id AND r.state = 'in_flight')",
+        ));
+        q.push(" FROM batches b WHERE b.client_token = ")
+            .push_bind(&token);
         q.push(&format!(
             ";\nSELECT * FROM (SELECT {BATCH_ROW} FROM batches WHERE client_token = "
         ))
@@ -410,7 +421,7 @@ impl Due<'_> {
                 kind: "batched",
                 batch_id: Some(batch.fence.batch_id),
                 client_token: Some(token),
-                detail: format!("{} releases in {}", ids.len(), kind.region),
+                detail: batched_detail(ids.len(), &kind.region),
                 ..NewEvent::default()
             },
             self.now,

@@ -602,10 +602,10 @@ impl Workers {
         // where the others went. On PostgreSQL they run side by side (one at a time cost its
         // drain 3-8%, BENCHMARKS.md): two at the same moment may take the same (account,
         // region), which its pacing absorbs.
-        let claiming = if self.ctx.store.is_postgres() {
-            None
-        } else {
+        let claiming = if self.ctx.store.writes_one_at_a_time() {
             Some(self.claiming.lock().await)
+        } else {
+            None
         };
         let busy: Vec<(String, String)> = self
             .busy
