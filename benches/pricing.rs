@@ -9,7 +9,6 @@
 //!
 //! `cargo bench --bench pricing` measures; under `cargo test` it runs a small smoke pass.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,8 +74,7 @@ async fn run(instances: usize, measuring: bool, pace: (&str, PaceConfig)) {
     }
     let mut plan = e.finish();
     let planned = plan.releases().count();
-    let sizes: HashMap<(String, String), usize> =
-        inv.regions().map(|(k, v)| (k.clone(), v.len())).collect();
+    let sizes = inv.listed_by_zone();
     let t = Instant::now();
     let cache = pricing::PriceCache::default();
     let pricer = pricing::Pricer {

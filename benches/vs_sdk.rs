@@ -114,8 +114,8 @@ struct Minimum {
     batches: usize,
     /// Batches when each policy's releases go on their own.
     batches_by_policy: usize,
-    /// Releases by region.
-    releases_in: std::collections::BTreeMap<&'static str, usize>,
+    /// Releases by zone.
+    releases_in: std::collections::BTreeMap<String, usize>,
 }
 
 fn minimum(f: &[Instance]) -> Minimum {
@@ -124,7 +124,7 @@ fn minimum(f: &[Instance]) -> Minimum {
     let mut releases = 0;
     let mut batches_by_policy = 0;
     let mut by_flags: std::collections::BTreeMap<(&str, bool), usize> = Default::default();
-    let mut releases_in: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    let mut releases_in: std::collections::BTreeMap<String, usize> = Default::default();
     type Select = fn(&Instance, chrono::DateTime<Utc>) -> (bool, bool);
     // (selection, TerminateSubscription)
     let policies: [(Select, bool); 3] = [
@@ -166,7 +166,12 @@ fn minimum(f: &[Instance]) -> Minimum {
             pages += listed.div_ceil(100).max(1);
             batches_by_policy += released.div_ceil(100);
             *by_flags.entry((region, terminate)).or_default() += released;
-            *releases_in.entry(region).or_default() += released;
+            for i in f
+                .iter()
+                .filter(|i| i.region_id == region && select(i, now).1)
+            {
+                *releases_in.entry(i.zone_id.clone()).or_default() += 1;
+            }
             releases += released;
         }
     }
@@ -268,18 +273,18 @@ async fn compare(n: usize, latency: Duration) {
     std::fs::create_dir(dir.path().join("policies")).expect("mkdir");
     std::fs::write(dir.path().join("policies/job.yaml"), POLICIES).expect("policies");
     let h = harness::start_sim(f.clone(), latency).await;
-    // Pricing reads the releases' disks: per region, the fewer of one DescribeDisks per release
-    // and the region's disks listed 500 a page.
+    // Pricing reads the releases' disks: per zone with releases, the fewer of one DescribeDisks
+    // per release and the zone's disks listed 500 a page (a disk is in its instance's zone).
     let disk_pages_min: usize = {
         let mut disks: std::collections::BTreeMap<String, usize> = Default::default();
         for d in h.sim.disks() {
-            *disks.entry(d.region_id).or_default() += 1;
+            *disks.entry(d.zone_id).or_default() += 1;
         }
-        REGIONS
+        min.releases_in
             .iter()
-            .map(|r| {
-                let pages = disks.get(*r).copied().unwrap_or(0).div_ceil(500).max(1);
-                pages.min(min.releases_in.get(*r).copied().unwrap_or(0))
+            .map(|(zone, released)| {
+                let pages = disks.get(zone).copied().unwrap_or(0).div_ceil(500).max(1);
+                pages.min(*released)
             })
             .sum()
     };

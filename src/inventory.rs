@@ -5,7 +5,7 @@
 //! concurrently, and so do the pages of each; the results are deduplicated, and each query is
 //! kept with what it listed, for the observations of `stopped_for`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
 
@@ -55,7 +55,29 @@ pub fn account_suffix(account: &str) -> String {
     }
 }
 
+/// How many instances a pass listed in each zone of each (account, region): how pricing chooses
+/// to read the disks of a zone's releases, once the instances themselves are let go.
+pub type ListedByZone = HashMap<(String, String), HashMap<String, usize>>;
+
 impl Inventory {
+    /// How many instances each zone of each (account, region) listed.
+    pub fn listed_by_zone(&self) -> ListedByZone {
+        self.regions()
+            .map(|(k, instances)| {
+                let mut zones: HashMap<String, usize> = HashMap::new();
+                for i in instances {
+                    match zones.get_mut(i.zone_id.as_str()) {
+                        Some(n) => *n += 1,
+                        None => {
+                            zones.insert(i.zone_id.clone(), 1);
+                        }
+                    }
+                }
+                (k.clone(), zones)
+            })
+            .collect()
+    }
+
     /// The instances of each (account, region), in (account, region) order.
     pub fn regions(&self) -> impl Iterator<Item = (&(String, String), &[Instance])> {
         self.runs.iter().map(|(k, v)| (k, v.as_slice()))

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::ecs::client::DeleteRequest;
 use crate::ecs::ErrorClass;
+use crate::inventory::ListedByZone;
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
 use crate::policy::{account_of, Policy};
@@ -145,7 +146,7 @@ impl Reconciler {
         now: DateTime<Utc>,
     ) -> Result<Plan, ReconcileError> {
         let (mut inv, ctx) = self.observe(policies, now, false).await?;
-        let sizes = region_sizes(&inv);
+        let sizes = inv.listed_by_zone();
         let mut plan = evaluate(policies, &mut inv, &ctx, now);
         drop(inv);
         self.price(&mut plan, &sizes, |_| true, true, now).await;
@@ -187,12 +188,12 @@ impl Reconciler {
 
     /// Prices the plan's releases that `wanted` picks (never fails: an unknown price shows as
     /// unknown), with the prices this process already has. `sizes` holds how many instances
-    /// each (account, region) listed, so the inventory itself need not be kept while pricing;
+    /// each zone of each (account, region) listed, so the inventory itself need not be kept while pricing;
     /// `lines`: keep each saving's lines (a plan to review), or only its totals (a pass).
     pub async fn price(
         &self,
         plan: &mut Plan,
-        sizes: &HashMap<(String, String), usize>,
+        sizes: &ListedByZone,
         wanted: impl Fn(&plan::PlannedRelease) -> bool,
         lines: bool,
         now: DateTime<Utc>,
@@ -283,7 +284,7 @@ impl Reconciler {
             ));
         }
         let (mut inv, ctx) = self.observe(policies, now, true).await?;
-        let sizes = region_sizes(&inv);
+        let sizes = inv.listed_by_zone();
         // The instances are let go region by region as they are planned; what is kept of the
         // inventory is each query's ids.
         let mut plan = evaluate(policies, &mut inv, &ctx, now);
@@ -609,11 +610,6 @@ impl Reconciler {
         }
         Ok(())
     }
-}
-
-/// How many instances each (account, region) listed.
-fn region_sizes(inv: &Inventory) -> HashMap<(String, String), usize> {
-    inv.regions().map(|(k, v)| (k.clone(), v.len())).collect()
 }
 
 /// Plans each account's policies against that account's instances only (instance ids are unique

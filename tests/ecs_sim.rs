@@ -1036,6 +1036,7 @@ async fn tag_filtered_listings_stop_at_a_thousand_instances() {
 
 // ---- Savings: DescribeDisks, DescribePrice, DescribeRenewalPrice ----
 
+use ecs_janitor::ecs::client::DiskQuery;
 use ecs_janitor::ecs::client::PriceRequest;
 use ecs_janitor::ecs::types::{Disk, DiskKind};
 use ecs_janitor::sim::disks::disk_of;
@@ -1049,14 +1050,19 @@ fn disks_for(i: &Instance, data: &[(&str, u32, bool)]) -> Vec<Disk> {
 }
 
 #[tokio::test]
-async fn describe_disks_pages_by_region_and_filters_by_instance() {
+async fn describe_disks_pages_by_region_and_filters_by_instance_kind_and_zone() {
+    // A third of the fleet in zone -g, the rest in -h.
     let fleet: Vec<Instance> = (0..300)
         .map(|n| {
-            inst(
+            let mut i = inst(
                 &format!("i-{n:03}"),
                 InstanceStatus::Stopped,
                 ChargeType::PostPaid,
-            )
+            );
+            if n % 3 == 0 {
+                i.zone_id = "cn-hangzhou-g".into();
+            }
+            i
         })
         .collect();
     let h = start(fleet.clone(), Faults::default()).await;
@@ -1081,8 +1087,12 @@ async fn describe_disks_pages_by_region_and_filters_by_instance() {
         let mut got = Vec::new();
         let mut token: Option<String> = None;
         loop {
+            let query = DiskQuery {
+                kind: Some(kind),
+                ..DiskQuery::default()
+            };
             let (page, next) = c
-                .describe_disks_page(REGION, None, Some(kind), token.as_deref())
+                .describe_disks_page(REGION, &query, token.as_deref())
                 .await
                 .unwrap();
             got.extend(page);
@@ -1094,6 +1104,27 @@ async fn describe_disks_pages_by_region_and_filters_by_instance() {
         assert_eq!(got.len(), want, "{kind:?} disks");
         assert!(got.iter().all(|d| d.kind == kind));
     }
+    // ZoneId keeps the disks of one zone, ANDed with the other filters.
+    let in_g = DiskQuery {
+        zone: Some("cn-hangzhou-g"),
+        ..DiskQuery::default()
+    };
+    let (page, next) = c.describe_disks_page(REGION, &in_g, None).await.unwrap();
+    assert_eq!((page.len(), next), (200, None), "100 instances' two disks");
+    assert!(page.iter().all(|d| d.zone_id == "cn-hangzhou-g"));
+    let data_in_h = DiskQuery {
+        zone: Some("cn-hangzhou-h"),
+        kind: Some(DiskKind::Data),
+        ..DiskQuery::default()
+    };
+    let (page, _) = c
+        .describe_disks_page(REGION, &data_in_h, None)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 200);
+    assert!(page
+        .iter()
+        .all(|d| d.zone_id == "cn-hangzhou-h" && d.kind == DiskKind::Data));
     let mine = c.describe_disks(REGION, Some("i-007")).await.unwrap();
     assert_eq!(mine.len(), 2);
     assert!(mine.iter().all(|d| d.instance_id == "i-007"));

@@ -239,6 +239,51 @@ async fn a_region_of_several_pages_of_disks_is_listed_as_system_and_data_disks_s
 }
 
 #[tokio::test]
+async fn only_the_zones_with_releases_have_their_disks_read() {
+    // 1,200 instances in three zones of the region. Zone -h's 400 are all released, zone -g
+    // has two releases among its 400, zone -i none. Listing the region would take six pages
+    // (1,200 system disks and 1,200 data disks, 500 a page); reading zone -h's disks takes two
+    // (its 400 system and 400 data disks), zone -g's two instances one call each, and zone -i
+    // is not read at all.
+    let f: Vec<Instance> = (0..1200)
+        .map(|n| {
+            let mut i = tagged(
+                &format!("i-{n:04}"),
+                InstanceStatus::Running,
+                ChargeType::PostPaid,
+                "",
+            );
+            i.zone_id = ["cn-hangzhou-g", "cn-hangzhou-h", "cn-hangzhou-i"][n % 3].into();
+            if i.zone_id != "cn-hangzhou-h" && !(n == 0 || n == 3) {
+                i.tags.clear();
+            }
+            i
+        })
+        .collect();
+    let h = common::start_sim(f.clone(), Faults::default(), 3).await;
+    for i in &f {
+        h.sim.set_disks(&i.instance_id, disks(i, true));
+    }
+    let plan = plan_with(&h, PriceConfig::default()).await;
+    assert_eq!(plan.releases().count(), 402);
+    assert_eq!(
+        count(&h, "DescribeDisks"),
+        4,
+        "zone -h's system and data disks, one page each, and zone -g's two instances"
+    );
+    for r in plan.releases() {
+        let s = r.saving.as_ref().expect("priced");
+        assert!(s.monthly.is_some(), "{}: {:?}", r.instance_id, s.unknown);
+        let disk_lines = s
+            .lines
+            .iter()
+            .filter(|l| l.resource.ends_with("_disk"))
+            .count();
+        assert_eq!(disk_lines, 2, "{} ({})", r.instance_id, r.zone);
+    }
+}
+
+#[tokio::test]
 async fn each_configuration_is_priced_once() {
     // Twenty identical running instances and one of another type.
     let mut f: Vec<Instance> = (0..20)

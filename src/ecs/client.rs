@@ -34,6 +34,18 @@ pub const MAX_PAGE: usize = 100;
 /// `describe_disks_request_model.go`: "Valid values: 10 to 500").
 pub const MAX_DISK_PAGE: usize = 500;
 
+/// Which disks a DescribeDisks call asks for: the filters left `None` are not sent. ECS ANDs
+/// those sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskQuery<'a> {
+    /// The disks attached to this instance.
+    pub instance_id: Option<&'a str>,
+    /// The system disks or the data disks (`DiskType`).
+    pub kind: Option<crate::ecs::types::DiskKind>,
+    /// The disks of this zone (`ZoneId`): every disk is in one zone, its instance's.
+    pub zone: Option<&'a str>,
+}
+
 /// The most resources one TagResources or UntagResources names (`ResourceId.N`, N ≤ 50;
 /// ecs-more.md 3.1).
 pub const MAX_TAG_RESOURCES: usize = 50;
@@ -696,9 +708,13 @@ impl EcsClient {
     ) -> Result<Vec<Disk>, EcsError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        let query = DiskQuery {
+            instance_id,
+            ..DiskQuery::default()
+        };
         loop {
             let (disks, next) = self
-                .describe_disks_page(region, instance_id, None, token.as_deref())
+                .describe_disks_page(region, &query, token.as_deref())
                 .await?;
             out.extend(disks);
             match next {
@@ -709,22 +725,24 @@ impl EcsClient {
         Ok(out)
     }
 
-    /// One page of DescribeDisks (at most 500 disks), of one instance and of one kind (system
-    /// or data disks) when given, and the next page's token, retried on retryable errors.
+    /// One page of DescribeDisks (at most 500 disks) of the disks `query` asks for, and the
+    /// next page's token, retried on retryable errors.
     pub async fn describe_disks_page(
         &self,
         region: &str,
-        instance_id: Option<&str>,
-        kind: Option<crate::ecs::types::DiskKind>,
+        query: &DiskQuery<'_>,
         next_token: Option<&str>,
     ) -> Result<(Vec<Disk>, Option<String>), EcsError> {
         const ACTION: &str = "DescribeDisks";
         let mut params: Vec<(String, String)> =
             vec![("MaxResults".into(), MAX_DISK_PAGE.to_string())];
-        if let Some(id) = instance_id {
+        if let Some(id) = query.instance_id {
             params.push(("InstanceId".into(), id.to_string()));
         }
-        if let Some(k) = kind {
+        if let Some(z) = query.zone {
+            params.push(("ZoneId".into(), z.to_string()));
+        }
+        if let Some(k) = query.kind {
             params.push(("DiskType".into(), k.as_str().to_string()));
         }
         if let Some(t) = next_token {

@@ -1,14 +1,15 @@
-//! The disks of a region's planned releases (`DescribeDisks`): read one instance at a time when
-//! that costs fewer calls than listing the region (about two disks per instance, 500 a page),
-//! else the region's listing: its system disks and its data disks side by side, each page by
-//! page (each page needs the token of the one before).
+//! The disks of a region's planned releases (`DescribeDisks`), zone by zone: only the zones that
+//! have releases are read. In each, one instance at a time when that costs fewer calls than
+//! listing the zone (about two disks per instance, 500 a page), else the zone's listing
+//! (`ZoneId`): its system disks and its data disks side by side, each page by page (each page
+//! needs the token of the one before).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::ecs::client::MAX_DISK_PAGE;
+use crate::ecs::client::{DiskQuery, MAX_DISK_PAGE};
 use crate::ecs::types::DiskKind;
 use crate::ecs::{ChargeType, Disk, EcsClient};
 
@@ -68,18 +69,50 @@ impl KeptDisk {
     }
 }
 
-/// The disks of `ids` in `region`, of `listed` instances listed there. Each call holds a permit
-/// of `slots`, the region's bound on pricing's calls in flight.
+/// The releases of one zone of an (account, region), for reading their disks.
+#[derive(Debug, Clone)]
+pub struct ZoneReleases<'a> {
+    /// The zone; `None` for the whole region (a release whose zone is unknown).
+    pub zone: Option<&'a str>,
+    /// How many instances the pass listed in it.
+    pub listed: usize,
+    /// Its releases' instances.
+    pub ids: Vec<&'a str>,
+}
+
+/// The disks of `zones`' releases in `region`, zone by zone side by side. A disk is in the zone
+/// of the instance it is attached to (ECS attaches a disk only to an instance of its zone), so
+/// a zone without releases is never read. Each call holds a permit of `slots`, the region's
+/// bound on pricing's calls in flight.
 pub async fn region_disks(
     client: &EcsClient,
     region: &str,
-    ids: &[&str],
-    listed: usize,
+    zones: &[ZoneReleases<'_>],
     slots: &Semaphore,
 ) -> RegionDisks {
-    // About two disks per instance. A region of more than a page is listed in two kinds side
+    let parts = zones.iter().map(|z| zone_disks(client, region, z, slots));
+    let mut out = Vec::new();
+    let (mut calls, mut failures) = (0, Vec::new());
+    for (got, n, failed) in futures::future::join_all(parts).await {
+        out.extend(got);
+        calls += n;
+        failures.extend(failed);
+    }
+    (out, calls, failures)
+}
+
+/// The disks of one zone's releases: read one instance at a time when that costs fewer calls
+/// than listing the zone (about two disks per instance, 500 a page), else the zone's listing.
+async fn zone_disks(
+    client: &EcsClient,
+    region: &str,
+    z: &ZoneReleases<'_>,
+    slots: &Semaphore,
+) -> RegionDisks {
+    let ids = &z.ids;
+    // About two disks per instance. A zone of more than a page is listed in two kinds side
     // by side (each may end on a partial page: one page more at most).
-    let pages = (listed * 2).div_ceil(MAX_DISK_PAGE).max(1);
+    let pages = (z.listed * 2).div_ceil(MAX_DISK_PAGE).max(1);
     let split = pages > 1;
     let listing_pages = pages + usize::from(split);
     if ids.len() <= listing_pages {
@@ -91,19 +124,16 @@ pub async fn region_disks(
             .collect();
         return (reads, ids.len(), failures);
     }
-    // The region's system disks and its data disks, two listings side by side: each page
-    // needs the token of the one before, so one listing of the region is as slow as its
-    // pages in a row. The two together cost at most one page more than one listing.
+    // The zone's system disks and its data disks, two listings side by side: each page needs
+    // the token of the one before, so one listing is as slow as its pages in a row. The two
+    // together cost at most one page more than one listing.
     // (DescribeDisks' `DiskType` is `all`, `system` or `data`: every disk is one of the two.)
     let wanted: HashSet<&str> = ids.iter().copied().collect();
+    let list = |kind| list_kind(client, region, z.zone, kind, &wanted, slots);
     let (system, data) = if split {
-        futures::join!(
-            list_kind(client, region, Some(DiskKind::System), &wanted, slots),
-            list_kind(client, region, Some(DiskKind::Data), &wanted, slots),
-        )
+        futures::join!(list(Some(DiskKind::System)), list(Some(DiskKind::Data)))
     } else {
-        let all = list_kind(client, region, None, &wanted, slots).await;
-        (all, (Ok(HashMap::new()), 0))
+        (list(None).await, (Ok(HashMap::new()), 0))
     };
     let calls = system.1 + data.1;
     let mut of = match (system.0, data.0) {
@@ -115,7 +145,8 @@ pub async fn region_disks(
         }
         (Err(w), _) | (_, Err(w)) => {
             let out = ids.iter().map(|id| (id.to_string(), Err(w.clone())));
-            return (out.collect(), calls, vec![format!("{region}: {w}")]);
+            let place = z.zone.unwrap_or(region);
+            return (out.collect(), calls, vec![format!("{place}: {w}")]);
         }
     };
     let out = ids
@@ -125,13 +156,14 @@ pub async fn region_disks(
     (out, calls, Vec::new())
 }
 
-/// The disks of one kind (or of both) of `region`'s `wanted` instances, page after page, each
-/// page holding a slot of the region; with the calls made. Keeps only what pricing reads: a
-/// region's listing holds every disk of the region, and an all-matching pass prices hundreds of
-/// thousands.
+/// The disks of one kind (or of both) of `region`'s `wanted` instances in `zone` (or in the
+/// whole region), page after page, each page holding a slot of the region; with the calls made.
+/// Keeps only what pricing reads: a listing holds every disk of the zone, and an all-matching
+/// pass prices hundreds of thousands.
 async fn list_kind(
     client: &EcsClient,
     region: &str,
+    zone: Option<&str>,
     kind: Option<DiskKind>,
     wanted: &HashSet<&str>,
     slots: &Semaphore,
@@ -140,12 +172,17 @@ async fn list_kind(
     let mut categories = HashSet::new();
     let mut token: Option<String> = None;
     let mut calls = 0;
+    let query = DiskQuery {
+        zone,
+        kind,
+        ..DiskQuery::default()
+    };
     loop {
         calls += 1;
         let page = {
             let _slot = slots.acquire().await;
             client
-                .describe_disks_page(region, None, kind, token.as_deref())
+                .describe_disks_page(region, &query, token.as_deref())
                 .await
         };
         let (page, next) = match page {

@@ -38,6 +38,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 
 use crate::ecs::{Accounts, ChargeType, Disk};
+use crate::inventory::ListedByZone;
 use crate::plan::savings::{estimate, Priced};
 use crate::plan::{Plan, PlannedRelease, PriceBook, Saving};
 
@@ -103,12 +104,12 @@ type Looked<'p> = (Need<'p>, Priced, bool);
 
 impl Pricer<'_> {
     /// Prices, in place (`PlannedRelease::saving`), the releases of `plan` that `wanted` picks;
-    /// the others stay unpriced (`None`). `region_sizes` holds how many instances each
+    /// the others stay unpriced (`None`). `listed` holds how many instances each zone of each
     /// (account, region) listed, to choose how to read disks; `now` dates what the cache keeps.
     pub async fn price_plan(
         &self,
         plan: &mut Plan,
-        region_sizes: &HashMap<(String, String), usize>,
+        listed: &ListedByZone,
         wanted: impl Fn(&PlannedRelease) -> bool,
         now: DateTime<Utc>,
     ) -> PricingReport {
@@ -116,8 +117,8 @@ impl Pricer<'_> {
         if self.config.disabled {
             return report;
         }
-        // (account, region) → the ids of its releases; what needs no disks to be known.
-        let mut by_region: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        // (account, region) → zone → the ids of its releases; what needs no disks to be known.
+        let mut by_region: BTreeMap<(&str, &str), BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
         let mut instance_types: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
         // (account, region, instance type) → the subscription whose renewal price stands for it.
         let mut renewals: BTreeMap<(&str, &str, &str), &str> = BTreeMap::new();
@@ -126,6 +127,8 @@ impl Pricer<'_> {
             for r in pp.releases.iter().filter(|r| wanted(r)) {
                 by_region
                     .entry((account, &r.region))
+                    .or_default()
+                    .entry(&r.zone)
                     .or_default()
                     .push(&r.instance_id);
                 if r.billing().compute_billed() {
@@ -166,15 +169,14 @@ impl Pricer<'_> {
             )
             .collect();
         // The disks of every (account, region), beside the lookups that do not need them.
-        let reads = futures::future::join_all(by_region.iter().map(|((account, region), ids)| {
-            let listed = region_sizes
-                .get(&(account.to_string(), region.to_string()))
-                .copied()
-                .unwrap_or(ids.len());
-            let client = self.accounts.client(account);
-            let slots = &slots[&(*account, *region)];
-            async move { disks::region_disks(&client, region, ids, listed, slots).await }
-        }));
+        let reads =
+            futures::future::join_all(by_region.iter().map(|((account, region), zones)| {
+                let listed = listed.get(&(account.to_string(), region.to_string()));
+                let zones = zone_releases(zones, listed);
+                let client = self.accounts.client(account);
+                let slots = &slots[&(*account, *region)];
+                async move { disks::region_disks(&client, region, &zones, slots).await }
+            }));
         let (reads, looked) = futures::join!(reads, self.look_up(first, &slots, now));
         let mut books: HashMap<String, PriceBook> = HashMap::new();
         self.record(looked, &mut report, &mut books, now);
@@ -312,5 +314,71 @@ impl Pricer<'_> {
             let book = books.entry(n.account.to_string()).or_default();
             n.what.record(book, n.region, p);
         }
+    }
+}
+
+/// The zones of an (account, region)'s releases, each with how many instances the pass listed
+/// there (`listed`; the zone's releases when unknown). A release whose zone is unknown makes
+/// the whole region one part, read without a zone.
+fn zone_releases<'a>(
+    zones: &BTreeMap<&'a str, Vec<&'a str>>,
+    listed: Option<&HashMap<String, usize>>,
+) -> Vec<disks::ZoneReleases<'a>> {
+    if zones.contains_key("") {
+        let ids: Vec<&str> = zones.values().flatten().copied().collect();
+        let listed = listed.map_or(ids.len(), |l| l.values().sum::<usize>().max(ids.len()));
+        return vec![disks::ZoneReleases {
+            zone: None,
+            listed,
+            ids,
+        }];
+    }
+    zones
+        .iter()
+        .map(|(zone, ids)| disks::ZoneReleases {
+            zone: Some(zone),
+            listed: listed
+                .and_then(|l| l.get(*zone))
+                .copied()
+                .unwrap_or(ids.len())
+                .max(ids.len()),
+            ids: ids.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_zone_with_releases_is_one_part_with_its_own_listed_count() {
+        let zones = BTreeMap::from([("z-a", vec!["i-1", "i-2"]), ("z-b", vec!["i-3"])]);
+        let listed = HashMap::from([
+            ("z-a".to_string(), 700),
+            ("z-b".to_string(), 5),
+            ("z-c".to_string(), 900),
+        ]);
+        let parts = zone_releases(&zones, Some(&listed));
+        let got: Vec<_> = parts
+            .iter()
+            .map(|p| (p.zone, p.listed, p.ids.len()))
+            .collect();
+        assert_eq!(got, [(Some("z-a"), 700, 2), (Some("z-b"), 5, 1)]);
+        // Without the pass's counts, a zone counts its releases.
+        let parts = zone_releases(&zones, None);
+        assert_eq!(parts[0].listed, 2);
+    }
+
+    #[test]
+    fn a_release_of_unknown_zone_makes_the_region_one_part_read_without_a_zone() {
+        let zones = BTreeMap::from([("", vec!["i-1"]), ("z-a", vec!["i-2", "i-3"])]);
+        let listed = HashMap::from([("".to_string(), 10), ("z-a".to_string(), 600)]);
+        let parts = zone_releases(&zones, Some(&listed));
+        assert_eq!(parts.len(), 1);
+        assert_eq!((parts[0].zone, parts[0].listed), (None, 610));
+        let mut ids = parts[0].ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, ["i-1", "i-2", "i-3"]);
     }
 }

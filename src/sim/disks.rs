@@ -170,8 +170,9 @@ impl DiskStore {
     }
 }
 
-/// Answers one DescribeDisks call by `account`: the `InstanceId`, `DiskIds` and `DiskType`
-/// (`all`, `system` or `data`, default `all`: DescribeDisks' API reference) filters, and
+/// Answers one DescribeDisks call by `account`: the `InstanceId`, `ZoneId`, `DiskIds` and
+/// `DiskType` (`all`, `system` or `data`, default `all`) filters, ANDed (DescribeDisks' API
+/// reference: "RegionId, ZoneId, DiskIds and InstanceId act as filters ... a logical AND"), and
 /// NextToken/MaxResults paging, MaxResults brought into 10..500 with 10 when absent, as ECS
 /// documents (ECS-V2 `describe_disks_request_model.go`).
 pub(super) fn describe_disks(
@@ -204,6 +205,9 @@ pub(super) fn describe_disks(
         })?),
     };
     let instance = map.get("InstanceId").copied().filter(|s| !s.is_empty());
+    // Undocumented: what ECS answers for a zone that is not one of the region's; the sim
+    // answers no disks, as for any filter nothing matches.
+    let zone = map.get("ZoneId").copied().filter(|s| !s.is_empty());
     let kind = match map.get("DiskType").copied().unwrap_or("all") {
         "all" | "" => None,
         "system" => Some(DiskKind::System),
@@ -245,6 +249,7 @@ pub(super) fn describe_disks(
         };
         owned
             && instance.is_none_or(|i| d.instance_id == i)
+            && zone.is_none_or(|z| d.zone_id == z)
             && kind.is_none_or(|k| d.kind == k)
             && ids.as_ref().is_none_or(|ids| ids.contains(&d.disk_id))
     };
