@@ -55,9 +55,18 @@ pub fn account_suffix(account: &str) -> String {
     }
 }
 
-/// How many instances a pass listed in each zone of each (account, region): how pricing chooses
-/// to read the disks of a zone's releases, once the instances themselves are let go.
-pub type ListedByZone = HashMap<(String, String), HashMap<String, usize>>;
+/// What a pass listed in one (account, region), kept for pricing once the instances themselves
+/// are let go: how many instances in each zone, and whether that is every instance there.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listed {
+    pub zones: HashMap<String, usize>,
+    /// The region was listed without a server-side filter: `zones` counts all its instances,
+    /// not only those the policies' filters let through.
+    pub complete: bool,
+}
+
+/// [`Listed`] for each (account, region) of a pass.
+pub type ListedByZone = HashMap<(String, String), Listed>;
 
 impl Inventory {
     /// How many instances each zone of each (account, region) listed.
@@ -73,7 +82,10 @@ impl Inventory {
                         }
                     }
                 }
-                (k.clone(), zones)
+                let complete = self.listings.iter().any(|l| {
+                    (&l.account, &l.region) == (&k.0, &k.1) && l.filter == DescribeFilter::default()
+                });
+                (k.clone(), Listed { zones, complete })
             })
             .collect()
     }

@@ -1125,6 +1125,12 @@ async fn describe_disks_pages_by_region_and_filters_by_instance_kind_and_zone() 
     assert!(page
         .iter()
         .all(|d| d.zone_id == "cn-hangzhou-h" && d.kind == DiskKind::Data));
+    // Paged by number, an answer counts every match (TotalCount); pages hold at most 100.
+    let (page, total) = c.count_disks(REGION, &DiskQuery::default()).await.unwrap();
+    assert_eq!((page.len(), total), (100, 600));
+    let (page, total) = c.count_disks(REGION, &in_g).await.unwrap();
+    assert_eq!((page.len(), total), (100, 200));
+    assert!(page.iter().all(|d| d.zone_id == "cn-hangzhou-g"));
     let mine = c.describe_disks(REGION, Some("i-007")).await.unwrap();
     assert_eq!(mine.len(), 2);
     assert!(mine.iter().all(|d| d.instance_id == "i-007"));

@@ -103,8 +103,12 @@ async fn sim_with_disks() -> SimHandle {
 }
 
 async fn plan_with(h: &SimHandle, prices: PriceConfig) -> Plan {
+    plan_of(h, prices, POLICY).await
+}
+
+async fn plan_of(h: &SimHandle, prices: PriceConfig, policy: &str) -> Plan {
     let db = common::sqlite().await;
-    let ps = common::policies(POLICY);
+    let ps = common::policies(policy);
     let mut p = common::Pipeline::new(&db.store, common::client(h), ps.clone());
     p.extras.prices = prices;
     let app = p.build();
@@ -219,8 +223,9 @@ async fn a_region_of_several_pages_of_disks_is_listed_as_system_and_data_disks_s
         .filter(|c| c.action == "DescribeDisks")
         .count();
     assert_eq!(
-        disk_calls, 4,
-        "two pages of system disks, two of data disks"
+        disk_calls, 5,
+        "the region's disks counted (the pass listed through a tag filter, so it may have seen \
+         only some of the region), then two pages of system disks and two of data disks"
     );
     // Every release was priced from both of its disks.
     for r in plan.releases() {
@@ -238,25 +243,35 @@ async fn a_region_of_several_pages_of_disks_is_listed_as_system_and_data_disks_s
     }
 }
 
+/// Selects by name only: no server-side filter, so the pass lists every instance of the region.
+const BY_NAME: &str = r#"
+name: sweep
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  name: "sweep-*"
+limits:
+  max_releases_per_run: 1000
+"#;
+
 #[tokio::test]
 async fn only_the_zones_with_releases_have_their_disks_read() {
-    // 1,200 instances in three zones of the region. Zone -h's 400 are all released, zone -g
-    // has two releases among its 400, zone -i none. Listing the region would take six pages
-    // (1,200 system disks and 1,200 data disks, 500 a page); reading zone -h's disks takes two
-    // (its 400 system and 400 data disks), zone -g's two instances one call each, and zone -i
-    // is not read at all.
+    // 1,200 instances in three zones of the region, every one listed. Zone -h's 400 are all
+    // released, zone -g has two releases among its 400, zone -i none. Listing the region would
+    // take six pages (1,200 system disks and 1,200 data disks, 500 a page); reading zone -h's
+    // disks takes two (its 400 system and 400 data disks), zone -g's two instances one call
+    // each, and zone -i is not read at all.
     let f: Vec<Instance> = (0..1200)
         .map(|n| {
-            let mut i = tagged(
+            let mut i = common::inst(
                 &format!("i-{n:04}"),
-                InstanceStatus::Running,
+                REGION,
+                InstanceStatus::Stopped,
                 ChargeType::PostPaid,
-                "",
             );
             i.zone_id = ["cn-hangzhou-g", "cn-hangzhou-h", "cn-hangzhou-i"][n % 3].into();
-            if i.zone_id != "cn-hangzhou-h" && !(n == 0 || n == 3) {
-                i.tags.clear();
-            }
+            let released = i.zone_id == "cn-hangzhou-h" || n == 0 || n == 3;
+            i.instance_name = format!("{}-{n}", if released { "sweep" } else { "keep" });
             i
         })
         .collect();
@@ -264,7 +279,7 @@ async fn only_the_zones_with_releases_have_their_disks_read() {
     for i in &f {
         h.sim.set_disks(&i.instance_id, disks(i, true));
     }
-    let plan = plan_with(&h, PriceConfig::default()).await;
+    let plan = plan_of(&h, PriceConfig::default(), BY_NAME).await;
     assert_eq!(plan.releases().count(), 402);
     assert_eq!(
         count(&h, "DescribeDisks"),
@@ -280,6 +295,38 @@ async fn only_the_zones_with_releases_have_their_disks_read() {
             .filter(|l| l.resource.ends_with("_disk"))
             .count();
         assert_eq!(disk_lines, 2, "{} ({})", r.instance_id, r.zone);
+    }
+}
+
+#[tokio::test]
+async fn a_few_releases_in_a_large_region_listed_through_a_filter_are_read_one_at_a_time() {
+    // 5,000 instances, ten of them tagged for the sweep: the pass lists the ten (a tag filter),
+    // but the region holds 10,000 disks, twenty pages. Counted first (one call), the ten are
+    // read one at a time: 11 calls instead of the region's 20 pages.
+    let f: Vec<Instance> = (0..5000)
+        .map(|n| {
+            let mut i = tagged(
+                &format!("i-{n:04}"),
+                InstanceStatus::Running,
+                ChargeType::PostPaid,
+                "",
+            );
+            if n % 500 != 0 {
+                i.tags.clear();
+            }
+            i
+        })
+        .collect();
+    let h = common::start_sim(f.clone(), Faults::default(), 3).await;
+    for i in &f {
+        h.sim.set_disks(&i.instance_id, disks(i, true));
+    }
+    let plan = plan_with(&h, PriceConfig::default()).await;
+    assert_eq!(plan.releases().count(), 10);
+    assert_eq!(count(&h, "DescribeDisks"), 11, "one count, ten reads");
+    for r in plan.releases() {
+        let s = r.saving.as_ref().expect("priced");
+        assert!(s.monthly.is_some(), "{}: {:?}", r.instance_id, s.unknown);
     }
 }
 

@@ -33,6 +33,8 @@ pub const MAX_PAGE: usize = 100;
 /// The largest page of DescribeDisks: `MaxResults` 10 to 500 (ECS-V2
 /// `describe_disks_request_model.go`: "Valid values: 10 to 500").
 pub const MAX_DISK_PAGE: usize = 500;
+/// The largest page of DescribeDisks paged by number: `PageSize` at most 100.
+pub const MAX_NUMBERED_DISK_PAGE: usize = 100;
 
 /// Which disks a DescribeDisks call asks for: the filters left `None` are not sent. ECS ANDs
 /// those sent.
@@ -44,6 +46,21 @@ pub struct DiskQuery<'a> {
     pub kind: Option<crate::ecs::types::DiskKind>,
     /// The disks of this zone (`ZoneId`): every disk is in one zone, its instance's.
     pub zone: Option<&'a str>,
+}
+
+impl DiskQuery<'_> {
+    /// Adds the filters set to a call's parameters.
+    fn push_params(&self, params: &mut Vec<(String, String)>) {
+        if let Some(id) = self.instance_id {
+            params.push(("InstanceId".into(), id.to_string()));
+        }
+        if let Some(z) = self.zone {
+            params.push(("ZoneId".into(), z.to_string()));
+        }
+        if let Some(k) = self.kind {
+            params.push(("DiskType".into(), k.as_str().to_string()));
+        }
+    }
 }
 
 /// The most resources one TagResources or UntagResources names (`ResourceId.N`, N ≤ 50;
@@ -258,6 +275,7 @@ pub enum PriceRequest {
 struct DisksBody {
     request_id: String,
     next_token: Option<String>,
+    total_count: Option<usize>,
     disks: DiskList,
 }
 
@@ -736,15 +754,7 @@ impl EcsClient {
         const ACTION: &str = "DescribeDisks";
         let mut params: Vec<(String, String)> =
             vec![("MaxResults".into(), MAX_DISK_PAGE.to_string())];
-        if let Some(id) = query.instance_id {
-            params.push(("InstanceId".into(), id.to_string()));
-        }
-        if let Some(z) = query.zone {
-            params.push(("ZoneId".into(), z.to_string()));
-        }
-        if let Some(k) = query.kind {
-            params.push(("DiskType".into(), k.as_str().to_string()));
-        }
+        query.push_params(&mut params);
         if let Some(t) = next_token {
             params.push(("NextToken".into(), t.to_string()));
         }
@@ -763,6 +773,44 @@ impl EcsClient {
                     detail: e.to_string(),
                 })?;
             Ok((disks, b.next_token.filter(|t| !t.is_empty())))
+        })
+        .await
+    }
+
+    /// The first page (of [`MAX_NUMBERED_DISK_PAGE`]) of the disks `query` matches in
+    /// `region`, and how many it matches in all: DescribeDisks paged by number, the paging whose
+    /// `TotalCount` is valid (DescribeDisks' API reference). Retried on retryable errors.
+    pub async fn count_disks(
+        &self,
+        region: &str,
+        query: &DiskQuery<'_>,
+    ) -> Result<(Vec<Disk>, usize), EcsError> {
+        const ACTION: &str = "DescribeDisks";
+        let mut params: Vec<(String, String)> = vec![
+            ("PageNumber".into(), "1".into()),
+            ("PageSize".into(), MAX_NUMBERED_DISK_PAGE.to_string()),
+        ];
+        query.push_params(&mut params);
+        self.read(ACTION, region, &params, |status, body| {
+            let b: DisksBody = decode(ACTION, status, body)?;
+            let request_id = b.request_id;
+            let bad = |detail: String| EcsError::Decode {
+                action: ACTION,
+                status,
+                request_id: request_id.clone(),
+                detail,
+            };
+            let total = b
+                .total_count
+                .ok_or_else(|| bad("the answer has no TotalCount".into()))?;
+            let disks = b
+                .disks
+                .disk
+                .into_iter()
+                .map(WireDisk::into_disk)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            Ok((disks, total))
         })
         .await
     }

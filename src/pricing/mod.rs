@@ -172,10 +172,9 @@ impl Pricer<'_> {
         let reads =
             futures::future::join_all(by_region.iter().map(|((account, region), zones)| {
                 let listed = listed.get(&(account.to_string(), region.to_string()));
-                let zones = zone_releases(zones, listed);
                 let client = self.accounts.client(account);
                 let slots = &slots[&(*account, *region)];
-                async move { disks::region_disks(&client, region, &zones, slots).await }
+                async move { disks::region_disks(&client, region, zones, listed, slots).await }
             }));
         let (reads, looked) = futures::join!(reads, self.look_up(first, &slots, now));
         let mut books: HashMap<String, PriceBook> = HashMap::new();
@@ -314,71 +313,5 @@ impl Pricer<'_> {
             let book = books.entry(n.account.to_string()).or_default();
             n.what.record(book, n.region, p);
         }
-    }
-}
-
-/// The zones of an (account, region)'s releases, each with how many instances the pass listed
-/// there (`listed`; the zone's releases when unknown). A release whose zone is unknown makes
-/// the whole region one part, read without a zone.
-fn zone_releases<'a>(
-    zones: &BTreeMap<&'a str, Vec<&'a str>>,
-    listed: Option<&HashMap<String, usize>>,
-) -> Vec<disks::ZoneReleases<'a>> {
-    if zones.contains_key("") {
-        let ids: Vec<&str> = zones.values().flatten().copied().collect();
-        let listed = listed.map_or(ids.len(), |l| l.values().sum::<usize>().max(ids.len()));
-        return vec![disks::ZoneReleases {
-            zone: None,
-            listed,
-            ids,
-        }];
-    }
-    zones
-        .iter()
-        .map(|(zone, ids)| disks::ZoneReleases {
-            zone: Some(zone),
-            listed: listed
-                .and_then(|l| l.get(*zone))
-                .copied()
-                .unwrap_or(ids.len())
-                .max(ids.len()),
-            ids: ids.clone(),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_zone_with_releases_is_one_part_with_its_own_listed_count() {
-        let zones = BTreeMap::from([("z-a", vec!["i-1", "i-2"]), ("z-b", vec!["i-3"])]);
-        let listed = HashMap::from([
-            ("z-a".to_string(), 700),
-            ("z-b".to_string(), 5),
-            ("z-c".to_string(), 900),
-        ]);
-        let parts = zone_releases(&zones, Some(&listed));
-        let got: Vec<_> = parts
-            .iter()
-            .map(|p| (p.zone, p.listed, p.ids.len()))
-            .collect();
-        assert_eq!(got, [(Some("z-a"), 700, 2), (Some("z-b"), 5, 1)]);
-        // Without the pass's counts, a zone counts its releases.
-        let parts = zone_releases(&zones, None);
-        assert_eq!(parts[0].listed, 2);
-    }
-
-    #[test]
-    fn a_release_of_unknown_zone_makes_the_region_one_part_read_without_a_zone() {
-        let zones = BTreeMap::from([("", vec!["i-1"]), ("z-a", vec!["i-2", "i-3"])]);
-        let listed = HashMap::from([("".to_string(), 10), ("z-a".to_string(), 600)]);
-        let parts = zone_releases(&zones, Some(&listed));
-        assert_eq!(parts.len(), 1);
-        assert_eq!((parts[0].zone, parts[0].listed), (None, 610));
-        let mut ids = parts[0].ids.clone();
-        ids.sort_unstable();
-        assert_eq!(ids, ["i-1", "i-2", "i-3"]);
     }
 }

@@ -172,8 +172,8 @@ impl DiskStore {
 
 /// Answers one DescribeDisks call by `account`: the `InstanceId`, `ZoneId`, `DiskIds` and
 /// `DiskType` (`all`, `system` or `data`, default `all`) filters, ANDed (DescribeDisks' API
-/// reference: "RegionId, ZoneId, DiskIds and InstanceId act as filters ... a logical AND"), and
-/// NextToken/MaxResults paging, MaxResults brought into 10..500 with 10 when absent, as ECS
+/// reference: "RegionId, ZoneId, DiskIds and InstanceId act as filters ... a logical AND"),
+/// PageNumber/PageSize paging with a TotalCount, and NextToken/MaxResults paging, MaxResults brought into 10..500 with 10 when absent, as ECS
 /// documents (ECS-V2 `describe_disks_request_model.go`).
 pub(super) fn describe_disks(
     st: &SimState,
@@ -234,6 +234,29 @@ pub(super) fn describe_disks(
             })
         })
         .transpose()?;
+    // The two ways of paging (DescribeDisks' API reference): NextToken and MaxResults, or
+    // PageNumber and PageSize (at most 100, 10 when absent) with a valid TotalCount. With a
+    // NextToken, PageNumber and PageSize are ignored.
+    let by_page = if !map.contains_key("NextToken")
+        && !map.contains_key("MaxResults")
+        && (map.contains_key("PageNumber") || map.contains_key("PageSize"))
+    {
+        let number = |key: &str, default: usize| -> Result<usize, ApiError> {
+            map.get(key).map_or(Ok(default), |v| {
+                v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    api_err(
+                        400,
+                        "InvalidParameter",
+                        format!("The specified parameter \"{key}\" is not valid."),
+                    )
+                })
+            })
+        };
+        // Undocumented: how ECS answers a PageSize above 100; the sim serves 100.
+        Some((number("PageNumber", 1)?, number("PageSize", 10)?.min(100)))
+    } else {
+        None
+    };
     let empty = BTreeMap::new();
     let fleet = st.disks.by_region.get(region).unwrap_or(&empty);
     let visible = |d: &&Disk| {
@@ -260,6 +283,23 @@ pub(super) fn describe_disks(
         )),
         None => fleet.range::<String, _>(..),
     };
+    if let Some((number, page_size)) = by_page {
+        // PageNumber/PageSize: any page of the matching disks, with their TotalCount.
+        let matching: Vec<&Disk> = fleet.values().filter(|d| visible(d)).collect();
+        let disks: Vec<_> = matching
+            .iter()
+            .skip((number - 1).saturating_mul(page_size))
+            .take(page_size)
+            .map(|d| d.to_wire())
+            .collect();
+        return Ok(json!({
+            "TotalCount": matching.len(),
+            "PageNumber": number,
+            "PageSize": page_size,
+            "NextToken": "",
+            "Disks": {"Disk": disks},
+        }));
+    }
     let mut page: Vec<&Disk> = Vec::with_capacity(size);
     let mut more = false;
     for (_, d) in range {
