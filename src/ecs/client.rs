@@ -298,6 +298,23 @@ struct PriceInfoBody {
     price: Option<WirePrice>,
 }
 
+/// A DescribeDisks answer's disks, and the rest of it (its paging), the disks taken out.
+fn disks_answer(status: u16, body: &[u8]) -> Result<(Vec<Disk>, DisksBody), EcsError> {
+    const ACTION: &str = "DescribeDisks";
+    let mut b: DisksBody = decode(ACTION, status, body)?;
+    let disks = std::mem::take(&mut b.disks.disk)
+        .into_iter()
+        .map(WireDisk::into_disk)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| EcsError::Decode {
+            action: ACTION,
+            status,
+            request_id: b.request_id.clone(),
+            detail: e.to_string(),
+        })?;
+    Ok((disks, b))
+}
+
 fn decode<T: serde::de::DeserializeOwned>(
     action: &'static str,
     status: u16,
@@ -759,19 +776,7 @@ impl EcsClient {
             params.push(("NextToken".into(), t.to_string()));
         }
         self.read(ACTION, region, &params, |status, body| {
-            let b: DisksBody = decode(ACTION, status, body)?;
-            let disks = b
-                .disks
-                .disk
-                .into_iter()
-                .map(WireDisk::into_disk)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| EcsError::Decode {
-                    action: ACTION,
-                    status,
-                    request_id: b.request_id.clone(),
-                    detail: e.to_string(),
-                })?;
+            let (disks, b) = disks_answer(status, body)?;
             Ok((disks, b.next_token.filter(|t| !t.is_empty())))
         })
         .await
@@ -792,24 +797,13 @@ impl EcsClient {
         ];
         query.push_params(&mut params);
         self.read(ACTION, region, &params, |status, body| {
-            let b: DisksBody = decode(ACTION, status, body)?;
-            let request_id = b.request_id;
-            let bad = |detail: String| EcsError::Decode {
+            let (disks, b) = disks_answer(status, body)?;
+            let total = b.total_count.ok_or_else(|| EcsError::Decode {
                 action: ACTION,
                 status,
-                request_id: request_id.clone(),
-                detail,
-            };
-            let total = b
-                .total_count
-                .ok_or_else(|| bad("the answer has no TotalCount".into()))?;
-            let disks = b
-                .disks
-                .disk
-                .into_iter()
-                .map(WireDisk::into_disk)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(e.to_string()))?;
+                request_id: b.request_id,
+                detail: "the answer has no TotalCount".into(),
+            })?;
             Ok((disks, total))
         })
         .await
