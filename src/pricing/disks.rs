@@ -150,8 +150,8 @@ fn of_page(page: Vec<Disk>, ids: &[&str]) -> Vec<(String, Result<Vec<KeptDisk>, 
 }
 
 /// The parts to read an (account, region)'s releases by: each zone that has releases, or the
-/// whole region at once when that costs fewer calls by more than a twentieth (many small zones
-/// each end on a partial page) or a release's zone is unknown. `total`: the region's disks, when
+/// whole region at once when that costs fewer calls by more than a twentieth, the count
+/// included (many small zones each end on a partial page), or a release's zone is unknown. `total`: the region's disks, when
 /// counted; a zone is then taken to hold its share of them by what the pass listed there.
 /// Without it, two disks an instance listed.
 pub fn plan_parts<'a>(
@@ -190,9 +190,11 @@ pub fn plan_parts<'a>(
             ids: ids.clone(),
         })
         .collect();
+    // The count, when made, is spent either way, but it too counts against the twentieth.
+    let counted = usize::from(total.is_some());
     let by_zone: usize = parts.iter().map(|p| read_calls(p.ids.len(), p.disks)).sum();
     let at_once = read_calls(whole.ids.len(), whole.disks);
-    if by_zone * 20 > at_once * 21 {
+    if (by_zone + counted) * 20 > at_once * 21 {
         vec![whole]
     } else {
         parts
@@ -402,6 +404,11 @@ mod tests {
         ]);
         let l = listed(&[("z-a", 3334), ("z-b", 3334), ("z-c", 3334)], true);
         assert_eq!(plan_parts(&zones, Some(&l), None).len(), 3);
+        // Counted (a filtered pass listed 3,333 in each; the region holds 20,000 disks), the
+        // count call tips it: 14 pages a zone and the count, 43 calls, against 40 at once.
+        let l = listed(&[("z-a", 3333), ("z-b", 3333), ("z-c", 3333)], false);
+        let parts = plan_parts(&zones, Some(&l), Some(20_000));
+        assert_eq!(shape(&parts), [(None, 20_000, 2700)]);
     }
 
     #[test]
