@@ -74,7 +74,7 @@ async fn run(instances: usize, measuring: bool, pace: (&str, PaceConfig)) {
     }
     let mut plan = e.finish();
     let planned = plan.releases().count();
-    let sizes = inv.listed_by_zone();
+    let sizes = inv.listed();
     let t = Instant::now();
     let cache = pricing::PriceCache::default();
     let pricer = pricing::Pricer {

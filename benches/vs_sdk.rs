@@ -2,14 +2,12 @@
 //! (benches/sdk_cleanup.py, on Alibaba's official Python SDK aliyun-python-sdk-ecs: server-side
 //! filters, batches of 100, one call at a time), on the same fleet in the same run: 30,000
 //! instances over three regions, three policies, about 3,200 releases, with the simulator
-//! answering at once and after 30 ms (a real API's round trip); then, after 30 ms, the same fleet
-//! spread over three zones a region. Reports wall times as ratios, and the ECS calls of each
-//! against the minimum the server-side filters allow.
+//! answering at once and after 30 ms (a real API's round trip). Reports wall times as ratios, and
+//! the ECS calls of each against the minimum the server-side filters allow.
 //!
 //! `cargo bench --bench vs_sdk` measures; under `cargo test` it runs a small smoke pass. The
 //! script needs `pip install aliyun-python-sdk-ecs`; without it the comparison is skipped.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -68,10 +66,10 @@ fn script_job() -> String {
     .to_string()
 }
 
-/// `n` instances over the three regions, spread evenly over `zones` zones in each: mostly
-/// running or stopped machines no policy selects, and one in 28 of each kind the policies
-/// release (stopped CI runners, subscriptions expired ten days ago, stopped sandboxes).
-fn fleet(n: usize, zones: usize) -> Vec<Instance> {
+/// `n` instances over the three regions: mostly running or stopped machines no policy selects,
+/// and one in 28 of each kind the policies release (stopped CI runners, subscriptions expired
+/// ten days ago, stopped sandboxes).
+fn fleet(n: usize) -> Vec<Instance> {
     let now = Utc::now();
     (0..n)
         .map(|k| {
@@ -84,9 +82,6 @@ fn fleet(n: usize, zones: usize) -> Vec<Instance> {
                 _ => (InstanceStatus::Running, ChargeType::PostPaid),
             };
             let mut i = fixtures::instance(&format!("i-{k:07}"), region, status, charge);
-            if zones > 1 {
-                i.zone_id = format!("{region}-{}", ["h", "i", "j", "k"][(k / 3) % zones.min(4)]);
-            }
             match k % 28 {
                 0 => {
                     i.tags.insert("purpose".into(), "ci".into());
@@ -119,8 +114,8 @@ struct Minimum {
     batches: usize,
     /// Batches when each policy's releases go on their own.
     batches_by_policy: usize,
-    /// Releases by zone.
-    releases_in: std::collections::BTreeMap<String, usize>,
+    /// Releases by region.
+    releases_in: std::collections::BTreeMap<&'static str, usize>,
 }
 
 fn minimum(f: &[Instance]) -> Minimum {
@@ -129,7 +124,7 @@ fn minimum(f: &[Instance]) -> Minimum {
     let mut releases = 0;
     let mut batches_by_policy = 0;
     let mut by_flags: std::collections::BTreeMap<(&str, bool), usize> = Default::default();
-    let mut releases_in: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut releases_in: std::collections::BTreeMap<&'static str, usize> = Default::default();
     type Select = fn(&Instance, chrono::DateTime<Utc>) -> (bool, bool);
     // (selection, TerminateSubscription)
     let policies: [(Select, bool); 3] = [
@@ -171,12 +166,7 @@ fn minimum(f: &[Instance]) -> Minimum {
             pages += listed.div_ceil(100).max(1);
             batches_by_policy += released.div_ceil(100);
             *by_flags.entry((region, terminate)).or_default() += released;
-            for i in f
-                .iter()
-                .filter(|i| i.region_id == region && select(i, now).1)
-            {
-                *releases_in.entry(i.zone_id.clone()).or_default() += 1;
-            }
+            *releases_in.entry(region).or_default() += released;
             releases += released;
         }
     }
@@ -271,46 +261,29 @@ async fn script(h: &SimHandle) -> Option<(f64, usize, usize)> {
     ))
 }
 
-/// One run of both on `n` instances in `zones` zones a region, the simulator answering after
-/// `latency`.
-async fn compare(n: usize, latency: Duration, zones: usize) {
-    let f = fleet(n, zones);
+async fn compare(n: usize, latency: Duration) {
+    let f = fleet(n);
     let min = minimum(&f);
     let dir = tempfile::tempdir().expect("dir");
     std::fs::create_dir(dir.path().join("policies")).expect("mkdir");
     std::fs::write(dir.path().join("policies/job.yaml"), POLICIES).expect("policies");
     let h = harness::start_sim(f.clone(), latency).await;
     // Pricing reads the releases' disks: per region, the fewer of one DescribeDisks per release
-    // and the region's disks listed 500 a page, or the same zone by zone over the zones with
-    // releases (a disk is in its instance's zone), whichever is fewer.
+    // and the region's disks listed 500 a page.
     let disk_pages_min: usize = {
-        let (mut in_region, mut in_zone) = (BTreeMap::new(), BTreeMap::new());
+        let mut disks: std::collections::BTreeMap<String, usize> = Default::default();
         for d in h.sim.disks() {
-            *in_region.entry(d.region_id).or_insert(0usize) += 1;
-            *in_zone.entry(d.zone_id).or_insert(0usize) += 1;
+            *disks.entry(d.region_id).or_default() += 1;
         }
-        let fewest = |disks: Option<&usize>, releases: usize| {
-            disks
-                .copied()
-                .unwrap_or(0)
-                .div_ceil(500)
-                .max(1)
-                .min(releases)
-        };
         REGIONS
             .iter()
             .map(|r| {
-                let zones = min.releases_in.iter().filter(|(z, _)| z.starts_with(r));
-                let released: usize = zones.clone().map(|(_, n)| n).sum();
-                let by_zone: usize = zones.map(|(z, n)| fewest(in_zone.get(z), *n)).sum();
-                fewest(in_region.get(*r), released).min(by_zone)
+                let pages = disks.get(*r).copied().unwrap_or(0).div_ceil(500).max(1);
+                pages.min(min.releases_in.get(*r).copied().unwrap_or(0))
             })
             .sum()
     };
-    let label = match zones {
-        1 => format!("{}ms", latency.as_millis()),
-        z => format!("{}ms-{z}zones", latency.as_millis()),
-    };
+    let label = format!("{}ms", latency.as_millis());
     let (apply_secs, apply_calls) = apply(&h, dir.path(), &label).await;
     let count = |action: &str| h.sim.calls().iter().filter(|c| c.action == action).count();
     let (listing_release, disk_pages, price_calls) = (
@@ -337,17 +310,12 @@ async fn compare(n: usize, latency: Duration, zones: usize) {
     h.shutdown().await;
     let apply_min = min.pages + 2 * min.batches;
     let ms = latency.as_millis();
-    let n = if zones > 1 {
-        format!("{n} instances in {zones} zones a region")
-    } else {
-        format!("{n} instances")
-    };
     let h = harness::start_sim(f, latency).await;
     match script(&h).await {
         Some((script_secs, script_calls, released)) => {
             assert_eq!(released, min.releases, "the script released the job");
             println!(
-                "vs_sdk [{n}, {ms} ms per call]: {} releases; apply {apply_secs:.2} s, {apply_calls} ECS calls ({by_action}); listing and releasing {listing_release} calls against a minimum of {apply_min} ({} listing pages + 2 x {} batches, {:.3}x); pricing {disk_pages} DescribeDisks pages against a minimum of {disk_pages_min} ({:.3}x) and {price_calls} price lookups, one per configuration; official-SDK script {script_secs:.2} s, {script_calls} calls (minimum {}); apply/script time ratio {:.2}",
+                "vs_sdk [{n} instances, {ms} ms per call]: {} releases; apply {apply_secs:.2} s, {apply_calls} ECS calls ({by_action}); listing and releasing {listing_release} calls against a minimum of {apply_min} ({} listing pages + 2 x {} batches, {:.3}x); pricing {disk_pages} DescribeDisks pages against a minimum of {disk_pages_min} ({:.3}x) and {price_calls} price lookups, one per configuration; official-SDK script {script_secs:.2} s, {script_calls} calls (minimum {}); apply/script time ratio {:.2}",
                 min.releases,
                 min.pages,
                 min.batches,
@@ -358,7 +326,7 @@ async fn compare(n: usize, latency: Duration, zones: usize) {
             );
         }
         None => println!(
-            "vs_sdk [{n}, {ms} ms per call]: apply {apply_secs:.2} s, {apply_calls} ECS calls ({by_action}; minimum without pricing {apply_min}); the script was skipped: pip install aliyun-python-sdk-ecs"
+            "vs_sdk [{n} instances, {ms} ms per call]: apply {apply_secs:.2} s, {apply_calls} ECS calls ({by_action}; minimum without pricing {apply_min}); the script was skipped: pip install aliyun-python-sdk-ecs"
         ),
     }
     h.shutdown().await;
@@ -372,10 +340,7 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        compare(n, Duration::ZERO, 1).await;
-        compare(n, Duration::from_millis(30), 1).await;
-        // The same job on a fleet spread over three zones a region, as fleets built for
-        // availability are: pricing reads each zone's disks side by side.
-        compare(n, Duration::from_millis(30), 3).await;
+        compare(n, Duration::ZERO).await;
+        compare(n, Duration::from_millis(30)).await;
     });
 }

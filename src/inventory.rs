@@ -56,36 +56,31 @@ pub fn account_suffix(account: &str) -> String {
 }
 
 /// What a pass listed in one (account, region), kept for pricing once the instances themselves
-/// are let go: how many instances in each zone, and whether that is every instance there.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// are let go: how many instances, and whether that is every instance there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Listed {
-    pub zones: HashMap<String, usize>,
-    /// The region was listed without a server-side filter: `zones` counts all its instances,
-    /// not only those the policies' filters let through.
+    pub instances: usize,
+    /// The region was listed without a server-side filter: `instances` counts all of its
+    /// instances, not only those the policies' filters let through.
     pub complete: bool,
 }
 
 /// [`Listed`] for each (account, region) of a pass.
-pub type ListedByZone = HashMap<(String, String), Listed>;
+pub type ListedByRegion = HashMap<(String, String), Listed>;
 
 impl Inventory {
-    /// How many instances each zone of each (account, region) listed.
-    pub fn listed_by_zone(&self) -> ListedByZone {
+    /// What each (account, region) listed.
+    pub fn listed(&self) -> ListedByRegion {
         self.regions()
             .map(|(k, instances)| {
-                let mut zones: HashMap<String, usize> = HashMap::new();
-                for i in instances {
-                    match zones.get_mut(i.zone_id.as_str()) {
-                        Some(n) => *n += 1,
-                        None => {
-                            zones.insert(i.zone_id.clone(), 1);
-                        }
-                    }
-                }
                 let complete = self.listings.iter().any(|l| {
                     (&l.account, &l.region) == (&k.0, &k.1) && l.filter == DescribeFilter::default()
                 });
-                (k.clone(), Listed { zones, complete })
+                let listed = Listed {
+                    instances: instances.len(),
+                    complete,
+                };
+                (k.clone(), listed)
             })
             .collect()
     }

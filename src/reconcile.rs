@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::ecs::client::DeleteRequest;
 use crate::ecs::ErrorClass;
-use crate::inventory::ListedByZone;
+use crate::inventory::ListedByRegion;
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::plan::{self, EvalContext, Plan, QueuedInfo, SavedPlan};
 use crate::policy::{account_of, Policy};
@@ -146,7 +146,7 @@ impl Reconciler {
         now: DateTime<Utc>,
     ) -> Result<Plan, ReconcileError> {
         let (mut inv, ctx) = self.observe(policies, now, false).await?;
-        let sizes = inv.listed_by_zone();
+        let sizes = inv.listed();
         let mut plan = evaluate(policies, &mut inv, &ctx, now);
         drop(inv);
         self.price(&mut plan, &sizes, |_| true, true, now).await;
@@ -187,13 +187,13 @@ impl Reconciler {
     }
 
     /// Prices the plan's releases that `wanted` picks (never fails: an unknown price shows as
-    /// unknown), with the prices this process already has. `sizes` holds how many instances
-    /// each zone of each (account, region) listed, so the inventory itself need not be kept while pricing;
+    /// unknown), with the prices this process already has. `sizes` holds what each
+    /// (account, region) listed, so the inventory itself need not be kept while pricing;
     /// `lines`: keep each saving's lines (a plan to review), or only its totals (a pass).
     pub async fn price(
         &self,
         plan: &mut Plan,
-        sizes: &ListedByZone,
+        sizes: &ListedByRegion,
         wanted: impl Fn(&plan::PlannedRelease) -> bool,
         lines: bool,
         now: DateTime<Utc>,
@@ -284,7 +284,7 @@ impl Reconciler {
             ));
         }
         let (mut inv, ctx) = self.observe(policies, now, true).await?;
-        let sizes = inv.listed_by_zone();
+        let sizes = inv.listed();
         // The instances are let go region by region as they are planned; what is kept of the
         // inventory is each query's ids.
         let mut plan = evaluate(policies, &mut inv, &ctx, now);

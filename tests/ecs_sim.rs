@@ -1131,6 +1131,40 @@ async fn describe_disks_pages_by_region_and_filters_by_instance_kind_and_zone() 
     let (page, total) = c.count_disks(REGION, &in_g).await.unwrap();
     assert_eq!((page.len(), total), (100, 200));
     assert!(page.iter().all(|d| d.zone_id == "cn-hangzhou-g"));
+    // By number: the default page of 10, a later page, a PageSize past 100 refused, and a
+    // NextToken winning over PageNumber (the token's paging, TotalCount of its page only).
+    let by_number = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        let mut p = vec![("Action", "DescribeDisks"), ("RegionId", REGION)];
+        p.extend_from_slice(extra);
+        p
+    };
+    let (s, body) = raw(&h, &by_number(&[("PageNumber", "1")]), None).await;
+    assert_eq!((s, body["TotalCount"].as_u64()), (200, Some(600)));
+    assert_eq!(body["Disks"]["Disk"].as_array().map(Vec::len), Some(10));
+    let (_, body) = raw(
+        &h,
+        &by_number(&[("PageNumber", "6"), ("PageSize", "100")]),
+        None,
+    )
+    .await;
+    assert_eq!(body["Disks"]["Disk"].as_array().map(Vec::len), Some(100));
+    let (_, body) = raw(
+        &h,
+        &by_number(&[("PageNumber", "7"), ("PageSize", "100")]),
+        None,
+    )
+    .await;
+    assert_eq!(body["Disks"]["Disk"].as_array().map(Vec::len), Some(0));
+    let (s, body) = raw(&h, &by_number(&[("PageSize", "101")]), None).await;
+    assert_eq!((s, body["Code"].as_str()), (400, Some("InvalidParameter")));
+    let (_, first) = raw(&h, &by_number(&[("MaxResults", "50")]), None).await;
+    let token = first["NextToken"].as_str().unwrap();
+    let mut next = by_number(&[("MaxResults", "500"), ("PageNumber", "1")]);
+    next.push(("NextToken", token));
+    let (_, body) = raw(&h, &next, None).await;
+    let page = body["Disks"]["Disk"].as_array().unwrap();
+    assert_eq!(page.len(), 500, "the 500 after the token's first 50");
+    assert_ne!(page[0]["DiskId"], first["Disks"]["Disk"][0]["DiskId"]);
     let mine = c.describe_disks(REGION, Some("i-007")).await.unwrap();
     assert_eq!(mine.len(), 2);
     assert!(mine.iter().all(|d| d.instance_id == "i-007"));

@@ -275,7 +275,9 @@ pub enum PriceRequest {
 struct DisksBody {
     request_id: String,
     next_token: Option<String>,
-    total_count: Option<usize>,
+    /// A number or a string, and meaningful only when paged by number: read by
+    /// [`count_of`] when wanted, never checked otherwise.
+    total_count: Option<serde_json::Value>,
     disks: DiskList,
 }
 
@@ -296,6 +298,15 @@ struct PriceBody {
 #[serde(rename_all = "PascalCase", default)]
 struct PriceInfoBody {
     price: Option<WirePrice>,
+}
+
+/// A `TotalCount`, which ECS answers as a number or as a string.
+fn count_of(v: serde_json::Value) -> Option<usize> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 /// A DescribeDisks answer's disks, and the rest of it (its paging), the disks taken out.
@@ -798,12 +809,15 @@ impl EcsClient {
         query.push_params(&mut params);
         self.read(ACTION, region, &params, |status, body| {
             let (disks, b) = disks_answer(status, body)?;
-            let total = b.total_count.ok_or_else(|| EcsError::Decode {
-                action: ACTION,
-                status,
-                request_id: b.request_id,
-                detail: "the answer has no TotalCount".into(),
-            })?;
+            let total = b
+                .total_count
+                .and_then(count_of)
+                .ok_or_else(|| EcsError::Decode {
+                    action: ACTION,
+                    status,
+                    request_id: b.request_id,
+                    detail: "the answer has no TotalCount, or not a count".into(),
+                })?;
             Ok((disks, total))
         })
         .await
@@ -1037,11 +1051,7 @@ impl EcsClient {
                 request_id: request_id.clone(),
                 detail: e.to_string(),
             })?;
-        let total_count = b.total_count.and_then(|v| match v {
-            serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
-            serde_json::Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        });
+        let total_count = b.total_count.and_then(count_of);
         Ok(DescribePage {
             instances,
             next_token: b.next_token.filter(|t| !t.is_empty()),
@@ -1385,5 +1395,32 @@ impl EcsClient {
             request_id: err.request_id,
             retry_after,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DISK: &str = r#"{"DiskId":"d-1","InstanceId":"i-1","RegionId":"cn-hangzhou",
+        "ZoneId":"cn-hangzhou-h","Category":"cloud_essd","Size":40,"Type":"system",
+        "DeleteWithInstance":true,"DiskChargeType":"PostPaid","Status":"In_use"}"#;
+
+    fn answer(total: &str) -> Vec<u8> {
+        format!(r#"{{"RequestId":"r-1","TotalCount":{total},"Disks":{{"Disk":[{DISK}]}}}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_disks_answer_reads_its_count_as_a_number_or_a_string_and_its_disks_whatever_it() {
+        for (total, count) in [("7", Some(7)), ("\"7\"", Some(7)), ("\"n/a\"", None)] {
+            let (disks, rest) = disks_answer(200, &answer(total)).expect(total);
+            assert_eq!(
+                disks.len(),
+                1,
+                "{total}: the disks, whatever the count says"
+            );
+            assert_eq!(rest.total_count.and_then(count_of), count, "{total}");
+        }
     }
 }

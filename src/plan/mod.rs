@@ -88,9 +88,6 @@ pub struct PolicyPlan {
 pub struct PlannedRelease {
     pub instance_id: String,
     pub region: String,
-    /// Its zone, shared by the releases of the zone: pricing reads the disks of the zones
-    /// that have releases only.
-    pub zone: std::sync::Arc<str>,
     pub instance_name: String,
     pub policy: String,
     pub force: bool,
@@ -406,8 +403,6 @@ impl<'p> Evaluation<'p> {
         }
         // Which policy claimed each instance, and its candidate's index if it has one.
         let mut claimed: Vec<Option<(usize, Option<usize>)>> = vec![None; inventory.len()];
-        // One copy of each zone's name for all its releases.
-        let mut zones: HashMap<&str, std::sync::Arc<str>> = HashMap::new();
         for (pi, policy) in self.order.iter().enumerate() {
             let mut found: Vec<(usize, PlannedRelease)> = Vec::new();
             let mut regions: Vec<&str> = policy.regions.iter().map(String::as_str).collect();
@@ -513,10 +508,6 @@ impl<'p> Evaluation<'p> {
                         PlannedRelease {
                             instance_id: inst.instance_id.clone(),
                             region: inst.region_id.clone(),
-                            zone: zones
-                                .entry(inst.zone_id.as_str())
-                                .or_insert_with(|| inst.zone_id.as_str().into())
-                                .clone(),
                             instance_name: inst.instance_name.clone(),
                             policy: policy.name.clone(),
                             force: policy.release.force,

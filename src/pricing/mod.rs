@@ -38,7 +38,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 
 use crate::ecs::{Accounts, ChargeType, Disk};
-use crate::inventory::ListedByZone;
+use crate::inventory::ListedByRegion;
 use crate::plan::savings::{estimate, Priced};
 use crate::plan::{Plan, PlannedRelease, PriceBook, Saving};
 
@@ -104,12 +104,12 @@ type Looked<'p> = (Need<'p>, Priced, bool);
 
 impl Pricer<'_> {
     /// Prices, in place (`PlannedRelease::saving`), the releases of `plan` that `wanted` picks;
-    /// the others stay unpriced (`None`). `listed` holds how many instances each zone of each
-    /// (account, region) listed, to choose how to read disks; `now` dates what the cache keeps.
+    /// the others stay unpriced (`None`). `listed` holds what each (account, region) listed, to
+    /// choose how to read disks; `now` dates what the cache keeps.
     pub async fn price_plan(
         &self,
         plan: &mut Plan,
-        listed: &ListedByZone,
+        listed: &ListedByRegion,
         wanted: impl Fn(&PlannedRelease) -> bool,
         now: DateTime<Utc>,
     ) -> PricingReport {
@@ -117,8 +117,8 @@ impl Pricer<'_> {
         if self.config.disabled {
             return report;
         }
-        // (account, region) → zone → the ids of its releases; what needs no disks to be known.
-        let mut by_region: BTreeMap<(&str, &str), BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+        // (account, region) → the ids of its releases; what needs no disks to be known.
+        let mut by_region: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
         let mut instance_types: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
         // (account, region, instance type) → the subscription whose renewal price stands for it.
         let mut renewals: BTreeMap<(&str, &str, &str), &str> = BTreeMap::new();
@@ -127,8 +127,6 @@ impl Pricer<'_> {
             for r in pp.releases.iter().filter(|r| wanted(r)) {
                 by_region
                     .entry((account, &r.region))
-                    .or_default()
-                    .entry(&r.zone)
                     .or_default()
                     .push(&r.instance_id);
                 if r.billing().compute_billed() {
@@ -169,13 +167,12 @@ impl Pricer<'_> {
             )
             .collect();
         // The disks of every (account, region), beside the lookups that do not need them.
-        let reads =
-            futures::future::join_all(by_region.iter().map(|((account, region), zones)| {
-                let listed = listed.get(&(account.to_string(), region.to_string()));
-                let client = self.accounts.client(account);
-                let slots = &slots[&(*account, *region)];
-                async move { disks::region_disks(&client, region, zones, listed, slots).await }
-            }));
+        let reads = futures::future::join_all(by_region.iter().map(|((account, region), ids)| {
+            let listed = listed.get(&(account.to_string(), region.to_string()));
+            let client = self.accounts.client(account);
+            let slots = &slots[&(*account, *region)];
+            async move { disks::region_disks(&client, region, ids, listed, slots).await }
+        }));
         let (reads, looked) = futures::join!(reads, self.look_up(first, &slots, now));
         let mut books: HashMap<String, PriceBook> = HashMap::new();
         self.record(looked, &mut report, &mut books, now);

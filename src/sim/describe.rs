@@ -203,7 +203,7 @@ impl Paging {
     }
 }
 
-fn page_size_out_of_range(size_param: &str) -> ApiError {
+pub(super) fn page_size_out_of_range(size_param: &str) -> ApiError {
     api_err(
         400,
         "InvalidParameter",

@@ -235,25 +235,31 @@ pub(super) fn describe_disks(
         })
         .transpose()?;
     // The two ways of paging (DescribeDisks' API reference): NextToken and MaxResults, or
-    // PageNumber and PageSize (at most 100, 10 when absent) with a valid TotalCount. With a
-    // NextToken, PageNumber and PageSize are ignored.
+    // PageNumber (from 1, 1 when absent) and PageSize (at most 100, 10 when absent; ECS-V2
+    // `DescribeDisksRequest`) with a valid TotalCount. With a NextToken, PageNumber and
+    // PageSize are ignored. Undocumented, and modelled as the sim's DescribeInstances does: a
+    // MaxResults alone also selects token paging, and a PageNumber or PageSize that is not in
+    // range is refused with InvalidParameter.
     let by_page = if !map.contains_key("NextToken")
         && !map.contains_key("MaxResults")
         && (map.contains_key("PageNumber") || map.contains_key("PageSize"))
     {
-        let number = |key: &str, default: usize| -> Result<usize, ApiError> {
-            map.get(key).map_or(Ok(default), |v| {
-                v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                    api_err(
-                        400,
-                        "InvalidParameter",
-                        format!("The specified parameter \"{key}\" is not valid."),
-                    )
-                })
+        let number = map.get("PageNumber").map_or(Ok(1), |v| {
+            v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                api_err(
+                    400,
+                    "InvalidParameter",
+                    "The specified parameter \"PageNumber\" is not valid.",
+                )
             })
-        };
-        // Undocumented: how ECS answers a PageSize above 100; the sim serves 100.
-        Some((number("PageNumber", 1)?, number("PageSize", 10)?.min(100)))
+        })?;
+        let size = map.get("PageSize").map_or(Ok(10), |v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| super::describe::page_size_out_of_range("PageSize"))
+        })?;
+        Some((number, size))
     } else {
         None
     };
