@@ -1104,40 +1104,41 @@ async fn describe_disks_pages_by_region_and_filters_by_instance_kind_and_zone() 
         assert_eq!(got.len(), want, "{kind:?} disks");
         assert!(got.iter().all(|d| d.kind == kind));
     }
-    // ZoneId keeps the disks of one zone, ANDed with the other filters.
-    let in_g = DiskQuery {
-        zone: Some("cn-hangzhou-g"),
-        ..DiskQuery::default()
-    };
-    let (page, next) = c.describe_disks_page(REGION, &in_g, None).await.unwrap();
-    assert_eq!((page.len(), next), (200, None), "100 instances' two disks");
-    assert!(page.iter().all(|d| d.zone_id == "cn-hangzhou-g"));
-    let data_in_h = DiskQuery {
-        zone: Some("cn-hangzhou-h"),
-        kind: Some(DiskKind::Data),
-        ..DiskQuery::default()
-    };
-    let (page, _) = c
-        .describe_disks_page(REGION, &data_in_h, None)
-        .await
-        .unwrap();
-    assert_eq!(page.len(), 200);
-    assert!(page
-        .iter()
-        .all(|d| d.zone_id == "cn-hangzhou-h" && d.kind == DiskKind::Data));
-    // Paged by number, an answer counts every match (TotalCount); pages hold at most 100.
-    let (page, total) = c.count_disks(REGION, &DiskQuery::default()).await.unwrap();
-    assert_eq!((page.len(), total), (100, 600));
-    let (page, total) = c.count_disks(REGION, &in_g).await.unwrap();
-    assert_eq!((page.len(), total), (100, 200));
-    assert!(page.iter().all(|d| d.zone_id == "cn-hangzhou-g"));
-    // By number: the default page of 10, a later page, a PageSize past 100 refused, and a
-    // NextToken winning over PageNumber (the token's paging, TotalCount of its page only).
     let by_number = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
         let mut p = vec![("Action", "DescribeDisks"), ("RegionId", REGION)];
         p.extend_from_slice(extra);
         p
     };
+    let disks_of = |body: &serde_json::Value| body["Disks"]["Disk"].as_array().unwrap().clone();
+    // ZoneId keeps the disks of one zone, ANDed with the other filters.
+    let in_g = [("ZoneId", "cn-hangzhou-g"), ("MaxResults", "500")];
+    let (_, body) = raw(&h, &by_number(&in_g), None).await;
+    let page = disks_of(&body);
+    assert_eq!(page.len(), 200, "100 instances' two disks");
+    assert!(page.iter().all(|d| d["ZoneId"] == "cn-hangzhou-g"));
+    let data_in_h = [
+        ("ZoneId", "cn-hangzhou-h"),
+        ("DiskType", "data"),
+        ("MaxResults", "500"),
+    ];
+    let (_, body) = raw(&h, &by_number(&data_in_h), None).await;
+    let page = disks_of(&body);
+    assert_eq!(page.len(), 200);
+    assert!(page
+        .iter()
+        .all(|d| d["ZoneId"] == "cn-hangzhou-h" && d["Type"] == "data"));
+    // Paged by number, an answer counts every match (TotalCount); pages hold at most 100.
+    let (page, total) = c.count_disks(REGION, &DiskQuery::default()).await.unwrap();
+    assert_eq!((page.len(), total), (100, 600));
+    let data = DiskQuery {
+        kind: Some(DiskKind::Data),
+        ..DiskQuery::default()
+    };
+    let (page, total) = c.count_disks(REGION, &data).await.unwrap();
+    assert_eq!((page.len(), total), (100, 300));
+    assert!(page.iter().all(|d| d.kind == DiskKind::Data));
+    // By number: the default page of 10, a later page, a PageSize past 100 refused, and a
+    // NextToken winning over PageNumber (the token's paging, TotalCount of its page only).
     let (s, body) = raw(&h, &by_number(&[("PageNumber", "1")]), None).await;
     assert_eq!((s, body["TotalCount"].as_u64()), (200, Some(600)));
     assert_eq!(body["Disks"]["Disk"].as_array().map(Vec::len), Some(10));

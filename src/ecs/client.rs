@@ -44,8 +44,6 @@ pub struct DiskQuery<'a> {
     pub instance_id: Option<&'a str>,
     /// The system disks or the data disks (`DiskType`).
     pub kind: Option<crate::ecs::types::DiskKind>,
-    /// The disks of this zone (`ZoneId`): every disk is in one zone, its instance's.
-    pub zone: Option<&'a str>,
 }
 
 impl DiskQuery<'_> {
@@ -53,9 +51,6 @@ impl DiskQuery<'_> {
     fn push_params(&self, params: &mut Vec<(String, String)>) {
         if let Some(id) = self.instance_id {
             params.push(("InstanceId".into(), id.to_string()));
-        }
-        if let Some(z) = self.zone {
-            params.push(("ZoneId".into(), z.to_string()));
         }
         if let Some(k) = self.kind {
             params.push(("DiskType".into(), k.as_str().to_string()));

@@ -319,22 +319,27 @@ fn token_page(
     }))
 }
 
-/// A `PageNumber`/`PageSize` page, with the total count of listed instances.
-fn numbered_page(
-    listing: &Listing<'_>,
-    map: &HashMap<&str, &str>,
-    size: usize,
-) -> Result<serde_json::Value, ApiError> {
-    let number = match map.get("PageNumber") {
-        None => 1,
+/// `PageNumber`: 1 when absent, refused unless a number from 1.
+pub(super) fn page_number(map: &HashMap<&str, &str>) -> Result<usize, ApiError> {
+    match map.get("PageNumber") {
+        None => Ok(1),
         Some(s) => s.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
             api_err(
                 400,
                 "InvalidParameter",
                 "The specified parameter \"PageNumber\" must be a number from 1.",
             )
-        })?,
-    };
+        }),
+    }
+}
+
+/// A `PageNumber`/`PageSize` page, with the total count of listed instances.
+fn numbered_page(
+    listing: &Listing<'_>,
+    map: &HashMap<&str, &str>,
+    size: usize,
+) -> Result<serde_json::Value, ApiError> {
+    let number = page_number(map)?;
     let all: Vec<&Instance> = listing.after(None).collect();
     let page: Vec<_> = all
         .iter()

@@ -244,15 +244,7 @@ pub(super) fn describe_disks(
         && !map.contains_key("MaxResults")
         && (map.contains_key("PageNumber") || map.contains_key("PageSize"))
     {
-        let number = map.get("PageNumber").map_or(Ok(1), |v| {
-            v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                api_err(
-                    400,
-                    "InvalidParameter",
-                    "The specified parameter \"PageNumber\" is not valid.",
-                )
-            })
-        })?;
+        let number = super::describe::page_number(map)?;
         let size = map.get("PageSize").map_or(Ok(10), |v| {
             v.parse::<usize>()
                 .ok()

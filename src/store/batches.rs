@@ -202,21 +202,26 @@ pub(super) async fn lease(
     now: DateTime<Utc>,
 ) -> Result<ClaimedBatch, StoreError> {
     let b: BatchRow = tx
-        .fetch_one(
-            Sql::new(format!(
-                "UPDATE batches SET lease_owner = $2, lease_expires_at = $3,
-                        claims = claims + 1, updated_at = $4
-                 WHERE id = $1
-                 RETURNING {BATCH_ROW}"
-            ))
-            .bind(id)
-            .bind(owner)
-            .bind(until)
-            .bind(ms(now)),
-        )
+        .fetch_one(lease_sql(Sql::new("$1").bind(id), owner, until, now))
         .await?;
     let members: Vec<BatchMember> = tx.fetch_all(members_of(id)).await?;
     Ok(b.into_claimed(owner, members))
+}
+
+/// Leases the batch whose id `which` gives (a bound id, or a query of one) to `owner` until
+/// `until`, as a new claim of it, returning its row.
+pub(super) fn lease_sql(which: Sql, owner: &str, until: i64, now: DateTime<Utc>) -> Sql {
+    let mut q = Sql::new(
+        "UPDATE batches SET lease_owner = $1, lease_expires_at = $2, claims = claims + 1,
+                updated_at = $3
+         WHERE id = (",
+    )
+    .bind(owner)
+    .bind(until)
+    .bind(ms(now));
+    q.append(which);
+    q.push(&format!(") RETURNING {BATCH_ROW}"));
+    q
 }
 
 /// Reads the in-flight members of batch `id`, in id order.
@@ -469,17 +474,16 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let end = |returning: &str| {
-            Sql::new(format!(
+            let mut q = fenced(
                 "UPDATE batches SET state = $4, last_code = $5, lease_owner = NULL,
-                        lease_expires_at = NULL, updated_at = $6
-                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND state = 'open'{returning}"
-            ))
-            .bind(fence.batch_id)
-            .bind(&fence.owner)
-            .bind(fence.claims)
+                        lease_expires_at = NULL, updated_at = $6 WHERE",
+                fence,
+            )
             .bind(state.as_str())
             .bind(code)
-            .bind(ms(now))
+            .bind(ms(now));
+            q.push(returning);
+            q
         };
         if regroup.iter().all(|g| g.is_empty()) {
             let mut chain = Chain::new(end(""));

@@ -171,16 +171,7 @@ impl Due<'_> {
         if let Some(b) = ClaimRow::claimed(rows, owner) {
             return Ok(Some(b));
         }
-        let mut lease = Sql::new(
-            "UPDATE batches SET lease_owner = $1, lease_expires_at = $2, claims = claims + 1,
-                    updated_at = $3
-             WHERE id = (",
-        )
-        .bind(owner)
-        .bind(until)
-        .bind(ms(self.now));
-        lease.append(self.stored_sql());
-        lease.push(&format!(") RETURNING {BATCH_ROW}"));
+        let lease = batches::lease_sql(self.stored_sql(), owner, until, self.now);
         if let Some(b) = pool.fetch_optional::<BatchRow>(lease).await? {
             let members = pool.fetch_all(batches::members_of(b.id())).await?;
             return Ok(Some(b.into_claimed(owner, members)));
