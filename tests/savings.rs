@@ -271,6 +271,159 @@ async fn a_few_releases_in_a_large_region_listed_through_a_filter_are_read_one_a
     }
 }
 
+/// `n` stopped pay-as-you-go instances that stop charging when stopped (their saving is their
+/// disks alone: no instance-type lookup), with a 40 GiB system disk and a 200 GiB data disk.
+fn disks_only(n: usize) -> Vec<Instance> {
+    (0..n)
+        .map(|k| {
+            tagged(
+                &format!("i-{k:05}"),
+                InstanceStatus::Stopped,
+                ChargeType::PostPaid,
+                "StopCharging",
+            )
+        })
+        .collect()
+}
+
+/// A simulator of `f` answering every call after `ms` milliseconds.
+async fn slow_sim(f: &[Instance], ms: u64) -> SimHandle {
+    let faults = Faults {
+        latency: std::time::Duration::from_millis(ms),
+        ..Faults::default()
+    };
+    common::start_sim(f.to_vec(), faults, 3).await
+}
+
+#[tokio::test]
+async fn a_disk_configuration_is_priced_while_later_pages_of_disks_are_still_listed() {
+    // 700 releases with a system disk and two data disks each: two pages of system disks and
+    // three of data disks, each page waiting for the one before. Their two disk configurations
+    // are asked for as soon as the first pages show them, not after the last page.
+    let f = disks_only(700);
+    let h = slow_sim(&f, 20).await;
+    for i in &f {
+        let mut ds = disks(i, true);
+        ds.push(disk_of(i, 2, DiskKind::Data, "cloud_essd", 200, true));
+        h.sim.set_disks(&i.instance_id, ds);
+    }
+    let plan = plan_with(&h, PriceConfig::default()).await;
+    assert_eq!(plan.releases().count(), 700);
+    assert!(plan
+        .releases()
+        .all(|r| r.saving.as_ref().unwrap().monthly.is_some()));
+    let calls = h.sim.calls();
+    let at = |action: &str| {
+        calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.action == action)
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>()
+    };
+    let (prices, pages) = (at("DescribePrice"), at("DescribeDisks"));
+    assert_eq!(prices.len(), 2, "one lookup per disk configuration");
+    assert_eq!(
+        pages.len(),
+        6,
+        "the count, two pages of system disks, three of data disks"
+    );
+    assert!(
+        prices[0] < pages[pages.len() - 1],
+        "a disk price was asked before the last page of disks (calls in order: {:?})",
+        calls.iter().map(|c| c.action.as_str()).collect::<Vec<_>>()
+    );
+}
+
+/// The disks of `ids`, read as pricing reads a region the pass listed through a filter that
+/// let only them through; with the calls made.
+async fn read_filtered_region(
+    h: &SimHandle,
+    ids: &[&str],
+) -> (ecs_janitor::pricing::disks::InstanceDisks, usize) {
+    let listed = ecs_janitor::inventory::Listed {
+        instances: ids.len(),
+        complete: false,
+    };
+    let slots = tokio::sync::Semaphore::new(ecs_janitor::pricing::IN_FLIGHT_PER_REGION);
+    let (got, calls, failures) = ecs_janitor::pricing::disks::region_disks(
+        &common::client(h),
+        REGION,
+        ids,
+        Some(&listed),
+        &slots,
+        &|_, _| {},
+    )
+    .await;
+    assert!(failures.is_empty(), "{failures:?}");
+    (got, calls)
+}
+
+#[tokio::test]
+async fn a_region_with_many_releases_is_counted_while_its_listing_starts() {
+    // 600 releases in a region the pass listed through a filter: enough that the count could
+    // hardly change the choice, so the two listings do not wait for its answer.
+    let f = disks_only(600);
+    let h = slow_sim(&f, 50).await;
+    for i in &f {
+        h.sim.set_disks(&i.instance_id, disks(i, true));
+    }
+    let ids: Vec<&str> = f.iter().map(|i| i.instance_id.as_str()).collect();
+    let (got, calls) = read_filtered_region(&h, &ids).await;
+    assert_eq!(calls, 5, "the count, then two pages of each kind");
+    assert_eq!(count(&h, "DescribeDisks"), 5);
+    assert!(got
+        .iter()
+        .all(|(_, d)| d.as_ref().is_ok_and(|d| d.len() == 2)));
+    let peak = h.sim.take_peak_in_flight();
+    assert!(
+        peak >= 3,
+        "the count and the first page of each listing were in flight together (peak {peak})"
+    );
+}
+
+#[tokio::test]
+async fn a_count_that_shows_one_call_a_release_is_fewer_stops_the_listing_begun_beside_it() {
+    // 64,000 instances in the region, 251 of them released: the listing starts beside the
+    // count, but the region's disks take more pages than there are releases, so the count
+    // stops it and each release's disks are read alone.
+    let f: Vec<Instance> = (0..64_000)
+        .map(|k| {
+            common::inst(
+                &format!("i-{k:05}"),
+                REGION,
+                InstanceStatus::Running,
+                ChargeType::PostPaid,
+            )
+        })
+        .collect();
+    let h = common::start_sim(f.clone(), Faults::default(), 3).await;
+    let total = h.sim.disks().len();
+    let ids: Vec<&str> = f.iter().take(251).map(|i| i.instance_id.as_str()).collect();
+    assert!(
+        ecs_janitor::pricing::disks::listing_pages(total) >= ids.len(),
+        "the region's {total} disks take more pages than there are releases"
+    );
+    let (got, calls) = read_filtered_region(&h, &ids).await;
+    // Paged by cursor: the listing's pages and the reads one instance at a time.
+    let listing_pages = h.sim.calls().iter().filter(|c| c.by_cursor).count() - 251;
+    assert!(
+        (1..=4).contains(&listing_pages),
+        "the listing stopped after the pages already asked for ({listing_pages})"
+    );
+    assert_eq!(
+        calls,
+        1 + listing_pages + 251,
+        "the count, those pages, one read a release"
+    );
+    assert_eq!(count(&h, "DescribeDisks"), calls);
+    let sim_disks = h.sim.disks();
+    for (id, d) in &got {
+        let want = sim_disks.iter().filter(|s| &s.instance_id == id).count();
+        assert_eq!(d.as_ref().map(Vec::len), Ok(want), "{id}");
+    }
+}
+
 #[tokio::test]
 async fn each_configuration_is_priced_once() {
     // Twenty identical running instances and one of another type.

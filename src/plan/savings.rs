@@ -230,6 +230,31 @@ impl Billing<'_> {
     pub fn releases_disk(&self, delete_with_instance: bool) -> bool {
         delete_with_instance || self.security_locked
     }
+
+    /// Which of this instance's disks its saving needs a price for.
+    pub fn disk_pricing(&self) -> DiskPricing {
+        DiskPricing {
+            security_locked: self.security_locked,
+            subscription: self.charge_type == ChargeType::PrePaid,
+        }
+    }
+}
+
+/// What telling which of an instance's disks need a price takes from its billing (two flags:
+/// pricing keeps one per release while it reads disks).
+#[derive(Debug, Clone, Copy)]
+pub struct DiskPricing {
+    security_locked: bool,
+    subscription: bool,
+}
+
+impl DiskPricing {
+    /// Whether the saving needs the price of a disk: every disk that stays (and bills on),
+    /// every pay-as-you-go one, and a subscription's prepaid ones (renewed with it).
+    pub fn needs(&self, delete_with_instance: bool, disk_charge: ChargeType) -> bool {
+        let released = delete_with_instance || self.security_locked;
+        !released || disk_charge == ChargeType::PostPaid || self.subscription
+    }
 }
 
 /// The monthly saving of releasing `b`, with its disks `disks`, priced from `book`.

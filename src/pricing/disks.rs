@@ -1,24 +1,37 @@
 //! The disks of a region's planned releases (`DescribeDisks`): read one instance at a time when
 //! that costs fewer calls than listing the region (500 disks a page), else the region's listing:
 //! its system disks and its data disks side by side, each page by page (each page needs the
-//! token of the one before). A region listed through server-side filters is counted first.
+//! token of the one before). A region listed through server-side filters is counted first, or,
+//! when it has enough releases that the count could hardly change the choice, counted while
+//! its listing starts. Each disk read is shown to the caller as it comes (`on_disk`), so the
+//! prices it calls for can be asked while later pages are still on their way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::ecs::client::{DiskQuery, MAX_DISK_PAGE};
 use crate::ecs::types::DiskKind;
 use crate::ecs::{ChargeType, Disk, EcsClient};
 use crate::inventory::Listed;
 
+/// Each instance's disks, or why they are unknown.
+pub type InstanceDisks = Vec<(String, Result<Vec<KeptDisk>, String>)>;
+
 /// Each instance's disks (or why they are unknown), the calls made, the failures in words.
-pub type RegionDisks = (
-    Vec<(String, Result<Vec<KeptDisk>, String>)>,
-    usize,
-    Vec<String>,
-);
+pub type RegionDisks = (InstanceDisks, usize, Vec<String>);
+
+/// Called with each disk of a wanted instance as it is read (the instance's id, the disk).
+pub type OnDisk<'a> = &'a (dyn Fn(&str, &KeptDisk) + Sync);
+
+/// From how many releases a region that must be counted is listed while its count is on its
+/// way: two disks each (a system disk and a data disk, as the estimate assumes) take more than
+/// a page, so the listing is split in kinds whatever the count says, and reading one instance
+/// at a time would be fewer calls only in a region of more than 500 disks a release (125,500).
+/// Then the count seldom changes the choice, and waiting for it would cost a round trip.
+pub const LIST_WHILE_COUNTING: usize = MAX_DISK_PAGE / 2 + 1;
 
 /// What pricing keeps of a disk: a third of a [`Disk`]'s size, the category shared by every
 /// disk of it (an all-matching pass keeps hundreds of thousands).
@@ -70,12 +83,15 @@ impl KeptDisk {
 }
 
 /// The disks of `ids`, the releases of an (account, region), with what the pass listed there.
-/// Each call holds a permit of `slots`, the region's bound on pricing's calls in flight.
+/// Each call holds a permit of `slots`, the region's bound on pricing's calls in flight;
+/// `on_disk` sees each disk of `ids` as it is read.
 ///
 /// When the pass listed the region through server-side filters, it saw only the instances they
 /// let through, and the region may hold many more disks: unless one call a release is the
 /// fewest calls even then, one DescribeDisks call counts them first (paged by number, the
-/// paging that counts; its page of 100 is all the reading a small region needs).
+/// paging that counts; its page of 100 is all the reading a small region needs). From
+/// [`LIST_WHILE_COUNTING`] releases the listing starts beside the count, and stops if the count
+/// says fewer calls would do (at most the pages already asked for are lost).
 ///
 /// The region is read whole, never zone by zone (`ZoneId`): which zone DescribeDisks gives a
 /// regional (zone-redundant) disk is not documented, and a zone's listing might leave one out.
@@ -85,20 +101,27 @@ pub async fn region_disks(
     ids: &[&str],
     listed: Option<&Listed>,
     slots: &Semaphore,
+    on_disk: OnDisk<'_>,
 ) -> RegionDisks {
     let mut calls = 0;
     let mut disks = 2 * listed.map_or(0, |l| l.instances).max(ids.len());
     let complete = listed.is_some_and(|l| l.complete);
+    let read = Reader {
+        client,
+        region,
+        ids,
+        slots,
+        on_disk,
+    };
     if !complete && ids.len() > listing_pages(disks) {
+        if ids.len() >= LIST_WHILE_COUNTING {
+            return read.counting_while_listing().await;
+        }
         calls += 1;
-        let counted = {
-            let _slot = slots.acquire().await;
-            client.count_disks(region, &DiskQuery::default()).await
-        };
-        match counted {
+        match read.count().await {
             // The count's page held every disk of the region: nothing more to read.
             Ok((page, total)) if page.len() >= total => {
-                return (of_page(page, ids), calls, Vec::new());
+                return (read.of_page(page), calls, Vec::new());
             }
             Ok((_, total)) => disks = disks.max(total),
             // Without the count the estimate stands, and the most that is lost is calls.
@@ -107,27 +130,62 @@ pub async fn region_disks(
             }
         }
     }
-    let (got, n, failures) = read_disks(client, region, ids, disks, slots).await;
+    let (got, n, failures) = read.disks(disks).await;
     (got, calls + n, failures)
 }
 
-/// Each of `ids`' disks among `page`.
-fn of_page(page: Vec<Disk>, ids: &[&str]) -> Vec<(String, Result<Vec<KeptDisk>, String>)> {
-    let wanted: HashSet<&str> = ids.iter().copied().collect();
-    let mut categories = HashSet::new();
-    let mut of: HashMap<String, Vec<KeptDisk>> = HashMap::new();
-    for mut d in page
-        .into_iter()
-        .filter(|d| wanted.contains(d.instance_id.as_str()))
-    {
-        let instance = std::mem::take(&mut d.instance_id);
-        of.entry(instance)
-            .or_default()
-            .push(KeptDisk::of(d, &mut categories));
+/// What reading one region's disks works with.
+struct Reader<'a> {
+    client: &'a EcsClient,
+    region: &'a str,
+    ids: &'a [&'a str],
+    slots: &'a Semaphore,
+    on_disk: OnDisk<'a>,
+}
+
+impl Reader<'_> {
+    /// The region's disks counted: the first page of 100 and the total.
+    async fn count(&self) -> Result<(Vec<Disk>, usize), crate::ecs::EcsError> {
+        let _slot = self.slots.acquire().await;
+        self.client
+            .count_disks(self.region, &DiskQuery::default())
+            .await
     }
-    ids.iter()
-        .map(|id| (id.to_string(), Ok(of.remove(*id).unwrap_or_default())))
-        .collect()
+
+    /// The region counted and listed side by side: the listing stops when the count shows that
+    /// its page holds every disk or that one call a release is fewer calls, and is read on
+    /// otherwise (also when the count fails: the estimate chose the listing).
+    async fn counting_while_listing(&self) -> RegionDisks {
+        let stop = CancellationToken::new();
+        let count = async {
+            let counted = self.count().await;
+            if let Ok((page, total)) = &counted {
+                if page.len() >= *total || self.ids.len() <= listing_pages(*total) {
+                    stop.cancel();
+                }
+            }
+            counted
+        };
+        let (counted, (listing, pages)) = futures::join!(count, self.listing(true, &stop));
+        let calls = 1 + pages;
+        if let Some((got, failures)) = listing {
+            // Read to its end (the count's answer came too late to stop it, or said go on).
+            return (got, calls, failures);
+        }
+        match counted {
+            Ok((page, total)) if page.len() >= total => (self.of_page(page), calls, Vec::new()),
+            Ok((_, total)) => {
+                let (got, n, failures) = self.disks(total).await;
+                (got, calls + n, failures)
+            }
+            // Only the count's answer stops the listing.
+            Err(e) => {
+                let w = e.to_string();
+                let out = self.ids.iter().map(|id| (id.to_string(), Err(w.clone())));
+                (out.collect(), calls, vec![format!("{}: {w}", self.region)])
+            }
+        }
+    }
 }
 
 /// Whether `disks` are listed as system disks and data disks side by side: when they take
@@ -146,127 +204,167 @@ pub fn listing_pages(disks: usize) -> usize {
     }
 }
 
-/// The disks of `ids` among a region's `disks`: read one instance at a time when that costs
-/// fewer calls than listing the region (500 disks a page), else the region's listing.
-async fn read_disks(
-    client: &EcsClient,
-    region: &str,
-    ids: &[&str],
-    disks: usize,
-    slots: &Semaphore,
-) -> RegionDisks {
-    let split = listed_in_kinds(disks);
-    if ids.len() <= listing_pages(disks) {
-        let reads = ids.iter().map(|id| read_one(client, region, id, slots));
-        let reads = futures::future::join_all(reads).await;
-        let failures = reads
-            .iter()
-            .filter_map(|(id, got)| got.as_ref().err().map(|w| format!("{id}: {w}")))
-            .collect();
-        return (reads, ids.len(), failures);
-    }
-    // The region's system disks and its data disks, two listings side by side: each page needs
-    // the token of the one before, so one listing is as slow as its pages in a row. The two
-    // together cost at most one page more than one listing.
-    // (DescribeDisks' `DiskType` is `all`, `system` or `data`: every disk is one of the two.)
-    let wanted: HashSet<&str> = ids.iter().copied().collect();
-    let list = |kind| list_kind(client, region, kind, &wanted, slots);
-    let (system, data) = if split {
-        futures::join!(list(Some(DiskKind::System)), list(Some(DiskKind::Data)))
-    } else {
-        (list(None).await, (Ok(HashMap::new()), 0))
-    };
-    let calls = system.1 + data.1;
-    let mut of = match (system.0, data.0) {
-        (Ok(mut of), Ok(more)) => {
-            for (id, ds) in more {
-                of.entry(id).or_default().extend(ds);
-            }
-            of
-        }
-        (Err(w), _) | (_, Err(w)) => {
-            let out = ids.iter().map(|id| (id.to_string(), Err(w.clone())));
-            return (out.collect(), calls, vec![format!("{region}: {w}")]);
-        }
-    };
-    let out = ids
-        .iter()
-        .map(|id| (id.to_string(), Ok(of.remove(*id).unwrap_or_default())))
-        .collect();
-    (out, calls, Vec::new())
-}
+/// What a listing keeps: each wanted instance's disks.
+type Kept = HashMap<String, Vec<KeptDisk>>;
 
-/// The disks of one kind (or of both) of `region`'s `wanted` instances, page after page, each
-/// page holding a slot of the region; with the calls made. Keeps only what pricing reads: a
-/// region's listing holds every disk of the region, and an all-matching pass prices hundreds of
-/// thousands.
-async fn list_kind(
-    client: &EcsClient,
-    region: &str,
-    kind: Option<DiskKind>,
-    wanted: &HashSet<&str>,
-    slots: &Semaphore,
-) -> (Result<HashMap<String, Vec<KeptDisk>>, String>, usize) {
-    let mut of: HashMap<String, Vec<KeptDisk>> = HashMap::new();
-    let mut categories = HashSet::new();
-    let mut token: Option<String> = None;
-    let mut calls = 0;
-    let query = DiskQuery {
-        kind,
-        ..DiskQuery::default()
-    };
-    loop {
-        calls += 1;
-        let page = {
-            let _slot = slots.acquire().await;
-            client
-                .describe_disks_page(region, &query, token.as_deref())
-                .await
-        };
-        let (page, next) = match page {
-            Ok(p) => p,
-            Err(e) => return (Err(e.to_string()), calls),
-        };
+impl Reader<'_> {
+    /// Each of `ids`' disks among `page`.
+    fn of_page(&self, page: Vec<Disk>) -> InstanceDisks {
+        let wanted: HashSet<&str> = self.ids.iter().copied().collect();
+        let mut of = Kept::new();
+        self.keep(page, &wanted, &mut of, &mut HashSet::new());
+        self.ids
+            .iter()
+            .map(|id| (id.to_string(), Ok(of.remove(*id).unwrap_or_default())))
+            .collect()
+    }
+
+    /// Keeps the disks of `wanted` instances among `page` in `of`, each shown to `on_disk`.
+    fn keep(
+        &self,
+        page: Vec<Disk>,
+        wanted: &HashSet<&str>,
+        of: &mut Kept,
+        categories: &mut HashSet<Arc<str>>,
+    ) {
         for mut d in page
             .into_iter()
             .filter(|d| wanted.contains(d.instance_id.as_str()))
         {
             let instance = std::mem::take(&mut d.instance_id);
-            let d = KeptDisk::of(d, &mut categories);
+            let d = KeptDisk::of(d, categories);
+            (self.on_disk)(&instance, &d);
             // Most instances have a disk or two of a kind, and a vector grows to four at its
             // first push: over a fleet, that alone was 100 MB.
             of.entry(instance)
                 .or_insert_with(|| Vec::with_capacity(1))
                 .push(d);
         }
-        match next {
-            Some(t) => token = Some(t),
-            None => {
-                return (Ok(of), calls);
+    }
+
+    /// The disks of `ids` among the region's `disks`: read one instance at a time when that
+    /// costs fewer calls than listing the region (500 disks a page), else the region's listing.
+    async fn disks(&self, disks: usize) -> RegionDisks {
+        if self.ids.len() <= listing_pages(disks) {
+            let reads = self.ids.iter().map(|id| self.one(id));
+            let reads = futures::future::join_all(reads).await;
+            let failures = reads
+                .iter()
+                .filter_map(|(id, got)| got.as_ref().err().map(|w| format!("{id}: {w}")))
+                .collect();
+            return (reads, self.ids.len(), failures);
+        }
+        let (listing, calls) = self
+            .listing(listed_in_kinds(disks), &CancellationToken::new())
+            .await;
+        let (got, failures) = listing.unwrap_or_default();
+        (got, calls, failures)
+    }
+
+    /// The region's listing: its system disks and its data disks side by side when `split`,
+    /// else all at once; with the pages asked for. `None` when `stop` ended it early.
+    async fn listing(
+        &self,
+        split: bool,
+        stop: &CancellationToken,
+    ) -> (Option<(InstanceDisks, Vec<String>)>, usize) {
+        // Two listings side by side: each page needs the token of the one before, so one
+        // listing is as slow as its pages in a row. The two together cost at most one page
+        // more than one listing.
+        // (DescribeDisks' `DiskType` is `all`, `system` or `data`: every disk is one of the two.)
+        let wanted: HashSet<&str> = self.ids.iter().copied().collect();
+        let list = |kind| self.kind(kind, &wanted, stop);
+        let (system, data) = if split {
+            futures::join!(list(Some(DiskKind::System)), list(Some(DiskKind::Data)))
+        } else {
+            (list(None).await, (Ok(Some(Kept::new())), 0))
+        };
+        let calls = system.1 + data.1;
+        let mut of = match (system.0, data.0) {
+            (Ok(Some(mut of)), Ok(Some(more))) => {
+                for (id, ds) in more {
+                    of.entry(id).or_default().extend(ds);
+                }
+                of
+            }
+            (Ok(None), _) | (_, Ok(None)) => return (None, calls),
+            (Err(w), _) | (_, Err(w)) => {
+                let out = self.ids.iter().map(|id| (id.to_string(), Err(w.clone())));
+                return (
+                    Some((out.collect(), vec![format!("{}: {w}", self.region)])),
+                    calls,
+                );
+            }
+        };
+        let out = self
+            .ids
+            .iter()
+            .map(|id| (id.to_string(), Ok(of.remove(*id).unwrap_or_default())))
+            .collect();
+        (Some((out, Vec::new())), calls)
+    }
+
+    /// The disks of one kind (or of both) of the `wanted` instances, page after page, each
+    /// page holding a slot of the region; with the calls made. `Ok(None)` when `stop` ended it
+    /// before its last page. Keeps only what pricing reads: a region's listing holds every disk
+    /// of the region, and an all-matching pass prices hundreds of thousands.
+    async fn kind(
+        &self,
+        kind: Option<DiskKind>,
+        wanted: &HashSet<&str>,
+        stop: &CancellationToken,
+    ) -> (Result<Option<Kept>, String>, usize) {
+        let mut of = Kept::new();
+        let mut categories = HashSet::new();
+        let mut token: Option<String> = None;
+        let mut calls = 0;
+        let query = DiskQuery {
+            kind,
+            ..DiskQuery::default()
+        };
+        loop {
+            if stop.is_cancelled() {
+                return (Ok(None), calls);
+            }
+            calls += 1;
+            let page = {
+                let _slot = self.slots.acquire().await;
+                self.client
+                    .describe_disks_page(self.region, &query, token.as_deref())
+                    .await
+            };
+            let (page, next) = match page {
+                Ok(p) => p,
+                Err(e) => return (Err(e.to_string()), calls),
+            };
+            self.keep(page, wanted, &mut of, &mut categories);
+            match next {
+                Some(t) => token = Some(t),
+                None => return (Ok(Some(of)), calls),
             }
         }
     }
-}
 
-/// One instance's disks, holding a slot of its region for the call.
-async fn read_one(
-    client: &EcsClient,
-    region: &str,
-    id: &str,
-    slots: &Semaphore,
-) -> (String, Result<Vec<KeptDisk>, String>) {
-    let _slot = slots.acquire().await;
-    let mut categories = HashSet::new();
-    let got = client
-        .describe_disks(region, Some(id))
-        .await
-        .map(|ds| {
-            ds.into_iter()
-                .map(|d| KeptDisk::of(d, &mut categories))
-                .collect()
-        })
-        .map_err(|e| e.to_string());
-    (id.to_string(), got)
+    /// One instance's disks, holding a slot of its region for the call.
+    async fn one(&self, id: &str) -> (String, Result<Vec<KeptDisk>, String>) {
+        let _slot = self.slots.acquire().await;
+        let mut categories = HashSet::new();
+        let got = self
+            .client
+            .describe_disks(self.region, Some(id))
+            .await
+            .map(|ds| {
+                ds.into_iter()
+                    .map(|d| {
+                        let d = KeptDisk::of(d, &mut categories);
+                        (self.on_disk)(id, &d);
+                        d
+                    })
+                    .collect()
+            })
+            .map_err(|e| e.to_string());
+        (id.to_string(), got)
+    }
 }
 
 #[cfg(test)]

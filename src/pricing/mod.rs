@@ -14,9 +14,10 @@
 //! Calls go through the account's ECS client, which signs, retries and classifies them and paces
 //! each (region, API) like every other call ([`crate::ecs::pace`]); pricing has no pace of its
 //! own. They run concurrently, at most [`IN_FLIGHT_PER_REGION`] at once per (account, region):
-//! the instance-type and renewal lookups beside the disk reads, then the disk lookups the disks
-//! call for. A lookup that fails makes the figures that need it unknown; it never stops the plan,
-//! and never blocks a release.
+//! the instance-type and renewal lookups beside the disk reads, and each disk configuration's
+//! lookup as soon as a disk of it is read, while a region's later pages are still listed. A
+//! lookup that fails makes the figures that need it unknown; it never stops the plan, and never
+//! blocks a release.
 //!
 //! The pure part (what a release saves, given disks and prices) is [`crate::plan::savings`]; the
 //! price file is [`file`], the cache [`cache`], one lookup of any kind [`lookup`], the disk reads
@@ -31,15 +32,16 @@ pub use cache::PriceCache;
 pub use file::{PriceFile, PriceFileError, RegionPrices};
 pub use lookup::Lookup;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::ecs::{Accounts, ChargeType, Disk};
 use crate::inventory::ListedByRegion;
-use crate::plan::savings::{estimate, Priced};
+use crate::plan::savings::{estimate, DiskPricing, Priced};
 use crate::plan::{Plan, PlannedRelease, PriceBook, Saving};
 
 /// Pricing's calls in flight at once per (account, region): the two disk listings and the
@@ -98,6 +100,9 @@ struct Need<'p> {
 
 /// Per (account, region), the permits bounding pricing's calls in flight there.
 type Slots<'p> = HashMap<(&'p str, &'p str), Semaphore>;
+
+/// The disk configurations asked for as disks were read: (account, region, category, size).
+type Asked<'p> = HashSet<(&'p str, &'p str, String, u32)>;
 
 /// A lookup's figure (or why there is none), and whether ECS was asked for it.
 type Looked<'p> = (Need<'p>, Priced, bool);
@@ -166,16 +171,25 @@ impl Pricer<'_> {
                     }),
             )
             .collect();
+        // Per (account, region), which disks of each release need a price.
+        let mut pricing: HashMap<(&str, &str), HashMap<&str, DiskPricing>> = HashMap::new();
+        for pp in &plan.policies {
+            let account = pp.account.as_deref().unwrap_or_default();
+            for r in pp.releases.iter().filter(|r| wanted(r)) {
+                pricing
+                    .entry((account, &r.region))
+                    .or_default()
+                    .insert(&r.instance_id, r.billing().disk_pricing());
+            }
+        }
         // The disks of every (account, region), beside the lookups that do not need them.
-        let reads = futures::future::join_all(by_region.iter().map(|((account, region), ids)| {
-            let listed = listed.get(&(account.to_string(), region.to_string()));
-            let client = self.accounts.client(account);
-            let slots = &slots[&(*account, *region)];
-            async move { disks::region_disks(&client, region, ids, listed, slots).await }
-        }));
-        let (reads, looked) = futures::join!(reads, self.look_up(first, &slots, now));
+        let ((reads, asked, looked_as_found), looked) = futures::join!(
+            self.read_disks(&by_region, listed, &pricing, &slots, now),
+            self.look_up(first, &slots, now),
+        );
         let mut books: HashMap<String, PriceBook> = HashMap::new();
         self.record(looked, &mut report, &mut books, now);
+        self.record(looked_as_found, &mut report, &mut books, now);
         let mut disks: HashMap<String, Result<Vec<disks::KeptDisk>, String>> = HashMap::new();
         for (got, calls, failures) in reads {
             report.describe_disks += calls;
@@ -183,8 +197,9 @@ impl Pricer<'_> {
             disks.extend(got);
         }
 
-        // The disks to price: every disk that stays, every pay-as-you-go one, and a
-        // subscription's prepaid ones (renewed with it).
+        // The disk configurations to price, less those asked for as their disks were read (each
+        // read shows its disks, so normally all of them: this keeps every figure whole whatever
+        // way its disks were read).
         let mut sizes: BTreeSet<(&str, &str, &str, u32)> = BTreeSet::new();
         for pp in &plan.policies {
             let account = pp.account.as_deref().unwrap_or_default();
@@ -192,18 +207,20 @@ impl Pricer<'_> {
                 let Some(Ok(ds)) = disks.get(&r.instance_id) else {
                     continue;
                 };
-                let b = r.billing();
-                for d in ds.iter().filter(|d| {
-                    !b.releases_disk(d.delete_with_instance)
-                        || d.charge_type == ChargeType::PostPaid
-                        || r.charge_type == ChargeType::PrePaid
-                }) {
+                let rule = r.billing().disk_pricing();
+                for d in ds
+                    .iter()
+                    .filter(|d| rule.needs(d.delete_with_instance, d.charge_type))
+                {
                     sizes.insert((account, &r.region, &d.category, d.size_gb));
                 }
             }
         }
         let then: Vec<Need> = sizes
             .into_iter()
+            .filter(|(account, region, category, size_gb)| {
+                !asked.contains(&(*account, *region, category.to_string(), *size_gb))
+            })
             .map(|(account, region, category, size_gb)| Need {
                 account,
                 region,
@@ -247,6 +264,85 @@ impl Pricer<'_> {
             );
         }
         report
+    }
+
+    /// The disks of each (account, region) of `by_region` (its releases' ids), and the lookup
+    /// of each disk configuration `pricing` says needs a price, asked as soon as a disk of it
+    /// is read, while the region's later pages are still on their way. Returns each region's
+    /// reads, the configurations asked, and their figures.
+    async fn read_disks<'p>(
+        &self,
+        by_region: &BTreeMap<(&'p str, &'p str), Vec<&'p str>>,
+        listed: &ListedByRegion,
+        pricing: &HashMap<(&'p str, &'p str), HashMap<&'p str, DiskPricing>>,
+        slots: &Slots<'p>,
+        now: DateTime<Utc>,
+    ) -> (Vec<disks::RegionDisks>, Asked<'p>, Vec<Looked<'p>>) {
+        let (found, configs) = tokio::sync::mpsc::unbounded_channel::<Need>();
+        let reads = async {
+            let found = found;
+            let reads = by_region.iter().map(|((account, region), ids)| {
+                let listed = listed.get(&(account.to_string(), region.to_string()));
+                let client = self.accounts.client(account);
+                let slots = &slots[&(*account, *region)];
+                let rules = &pricing[&(*account, *region)];
+                let found = &found;
+                async move {
+                    // The region's configurations already sent for.
+                    let sent: std::sync::Mutex<HashSet<(Arc<str>, u32)>> = Default::default();
+                    let on_disk = |id: &str, d: &disks::KeptDisk| {
+                        let needed = rules
+                            .get(id)
+                            .is_some_and(|p| p.needs(d.delete_with_instance, d.charge_type));
+                        let new = needed
+                            && sent
+                                .lock()
+                                .map(|mut s| s.insert((d.category.clone(), d.size_gb)))
+                                .unwrap_or(true);
+                        if new {
+                            let _ = found.send(Need {
+                                account,
+                                region,
+                                what: Lookup::Disk {
+                                    category: d.category.to_string(),
+                                    size_gb: d.size_gb,
+                                },
+                                subscription: None,
+                            });
+                        }
+                    };
+                    disks::region_disks(&client, region, ids, listed, slots, &on_disk).await
+                }
+            });
+            futures::future::join_all(reads).await
+        };
+        let as_found = async {
+            let mut configs = configs;
+            let mut asking = futures::stream::FuturesUnordered::new();
+            let mut asked = Asked::new();
+            let mut looked = Vec::new();
+            loop {
+                tokio::select! {
+                    need = configs.recv() => match need {
+                        Some(n) => {
+                            if let Lookup::Disk { category, size_gb } = &n.what {
+                                asked.insert((n.account, n.region, category.clone(), *size_gb));
+                            }
+                            asking.push(self.look_up(vec![n], slots, now));
+                        }
+                        // Every region is read.
+                        None => break,
+                    },
+                    Some(l) = asking.next(), if !asking.is_empty() => looked.extend(l),
+                }
+            }
+            while let Some(l) = asking.next().await {
+                looked.extend(l);
+            }
+            (asked, looked)
+        };
+        let (reads, (asked, looked)) = futures::join!(reads, as_found);
+        (reads, asked, looked)
     }
 
     /// The figure of each of `needs`: from the price file when it has it, else from the cache,
