@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 
 use crate::ecs::client::DescribeFilter;
 use crate::ecs::{Accounts, EcsError, Instance, InstanceStatus};
@@ -136,9 +137,10 @@ pub fn shared_filter<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Desc
 const MAX_QUERIES: usize = 8;
 /// Listings (queries) in flight at once, over all accounts and regions.
 const LISTINGS_IN_FLIGHT: usize = 16;
-/// Pages of one listing in flight at once (the pacer keeps each region's DescribeInstances
-/// within its quota).
-const PAGES_IN_FLIGHT: usize = 8;
+/// DescribeInstances pages in flight at once per (account, region), shared by the region's
+/// listings, so one long listing may use what the region's short ones leave (the pacer keeps
+/// each region's DescribeInstances within its quota, and starts with a burst of 50).
+const PAGES_IN_FLIGHT: usize = 24;
 /// ECS lists at most this many instances for a tag-filtered query (../shared/ecs-api.md 2.1).
 pub const TAG_FILTER_CAP: usize = 1000;
 
@@ -179,6 +181,7 @@ async fn list(
     account: &str,
     region: &str,
     filter: DescribeFilter,
+    slots: &Semaphore,
 ) -> Result<(DescribeFilter, Vec<Instance>), InventoryError> {
     let err = |source| InventoryError {
         account: account.to_string(),
@@ -187,7 +190,7 @@ async fn list(
     };
     let client = accounts.client(account);
     let listed = client
-        .describe_instances_concurrently(region, &filter, PAGES_IN_FLIGHT)
+        .describe_instances_concurrently(region, &filter, slots)
         .await
         .map_err(err)?;
     if filter.tags.is_empty() || listed.len() < TAG_FILTER_CAP {
@@ -198,7 +201,7 @@ async fn list(
         ..filter
     };
     let listed = client
-        .describe_instances_concurrently(region, &wider, PAGES_IN_FLIGHT)
+        .describe_instances_concurrently(region, &wider, slots)
         .await
         .map_err(err)?;
     Ok((wider, listed))
@@ -224,12 +227,18 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
                 .map(move |f| (account.to_string(), region.to_string(), f))
         })
         .collect();
+    let slots: HashMap<(&str, &str), Semaphore> = regions
+        .keys()
+        .map(|k| (*k, Semaphore::new(PAGES_IN_FLIGHT)))
+        .collect();
     type Listed = (String, String, DescribeFilter, Vec<Instance>);
     let results: Vec<Result<Listed, InventoryError>> = futures::stream::iter(jobs)
         .map(|(account, region, f)| {
             let accounts = accounts.clone();
+            let slots = &slots;
             async move {
-                list(&accounts, &account, &region, f)
+                let slots = &slots[&(account.as_str(), region.as_str())];
+                list(&accounts, &account, &region, f, slots)
                     .await
                     .map(|(f, listed)| (account, region, f, listed))
             }

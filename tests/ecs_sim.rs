@@ -1325,7 +1325,8 @@ async fn a_page_number_listing_that_sees_the_fleet_move_lists_again_by_cursor() 
     let listing = tokio::spawn({
         let c = c.clone();
         async move {
-            c.describe_instances_concurrently(REGION, &DescribeFilter::default(), 4)
+            let slots = tokio::sync::Semaphore::new(4);
+            c.describe_instances_concurrently(REGION, &DescribeFilter::default(), &slots)
                 .await
         }
     });

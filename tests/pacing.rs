@@ -1,7 +1,8 @@
 //! Pacing against ECS's quotas: the simulator refuses calls past a quota per (account, region,
 //! API) in each window with `Throttling.User` and the time left, as ECS does per minute; `apply`
 //! slows each key down to what the quota allows, so every release happens with only a couple of
-//! throttled answers per key and window.
+//! throttled answers per key and window. A region's listings share its bound on pages in
+//! flight, so a long one is not held back while the short ones are done.
 
 mod common;
 
@@ -95,4 +96,65 @@ async fn apply_under_a_tight_quota_releases_everything_with_few_throttles() {
         );
     }
     h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_long_listing_uses_the_pages_in_flight_its_regions_short_listings_leave() {
+    // Three policies of one region, three queries: two of one page each, one of twenty pages.
+    // The pages in flight are the region's, shared: after its first page, the long listing
+    // asks for its other nineteen together instead of a few at a time.
+    let mut f: Vec<ecs_janitor::ecs::Instance> = (0..2000)
+        .map(|k| {
+            common::inst(
+                &format!("i-{k:05}"),
+                "cn-hangzhou",
+                ecs_janitor::ecs::InstanceStatus::Stopped,
+                ecs_janitor::ecs::ChargeType::PostPaid,
+            )
+        })
+        .collect();
+    for (k, i) in f.iter_mut().enumerate().take(100) {
+        i.tags
+            .insert(if k % 2 == 0 { "a" } else { "b" }.into(), "x".into());
+    }
+    let faults = Faults {
+        latency: Duration::from_millis(50),
+        ..Faults::default()
+    };
+    let h = common::start_sim(f, faults, 3).await;
+    let policies = common::policies(
+        r#"
+name: stopped
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select: {status: Stopped}
+---
+name: tagged-a
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select: {tags: {a: x}}
+---
+name: tagged-b
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select: {tags: {b: x}}
+"#,
+    );
+    let accounts = ecs_janitor::ecs::Accounts::single(common::client(&h));
+    let inv = ecs_janitor::inventory::fetch(&accounts, &policies)
+        .await
+        .unwrap();
+    assert_eq!(inv.listings().len(), 3, "one query per policy");
+    let pages = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.action == "DescribeInstances")
+        .count();
+    assert_eq!(pages, 22, "twenty pages and one of each tag");
+    let peak = h.sim.take_peak_in_flight();
+    assert!(
+        peak >= 19,
+        "the long listing's other nineteen pages were in flight together (peak {peak})"
+    );
 }

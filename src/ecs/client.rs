@@ -557,9 +557,9 @@ impl EcsClient {
         Ok(out)
     }
 
-    /// Every instance `filter` selects in `region`, with up to `in_flight` pages fetched at
-    /// once: a first `PageNumber` page gives the `TotalCount`, then the other pages are asked for
-    /// together. When the answer has no `TotalCount` (or ids are listed), pages are fetched in
+    /// Every instance `filter` selects in `region`, each page fetched holding a permit of
+    /// `slots` (which other listings of the region may share): a first `PageNumber` page gives
+    /// the `TotalCount`, then the other pages are asked for together, as permits allow. When the answer has no `TotalCount` (or ids are listed), pages are fetched in
     /// `NextToken` order instead. An instance two pages both show is kept once; when a later
     /// page's `TotalCount` shows the fleet moved between pages (so offsets shifted and a page
     /// may have skipped instances), the region is listed again in `NextToken` order.
@@ -567,22 +567,28 @@ impl EcsClient {
         &self,
         region: &str,
         filter: &DescribeFilter,
-        in_flight: usize,
+        slots: &tokio::sync::Semaphore,
     ) -> Result<Vec<Instance>, EcsError> {
         use futures::{StreamExt, TryStreamExt};
-        if filter.instance_ids.is_some() || in_flight <= 1 {
+        if filter.instance_ids.is_some() {
             return self.describe_instances(region, filter).await;
         }
-        let first = self
-            .describe_page_with(region, filter, Paging::Number(1))
-            .await?;
+        let page = |n| async move {
+            let _slot = slots.acquire().await;
+            self.describe_page_with(region, filter, Paging::Number(n))
+                .await
+        };
+        let first = page(1).await?;
         let Some(total) = first.total_count else {
             return self.describe_instances(region, filter).await;
         };
         let pages = total.div_ceil(MAX_PAGE).max(1);
+        // The permits bound the calls; this bounds the pages answered ahead of one still on
+        // its way, kept to be put in order.
+        const AHEAD: usize = 64;
         let rest: Vec<DescribePage> = futures::stream::iter(2..=pages)
-            .map(|n| self.describe_page_with(region, filter, Paging::Number(n)))
-            .buffered(in_flight)
+            .map(page)
+            .buffered(AHEAD)
             .try_collect()
             .await?;
         // Pages by number are offsets: when the fleet moved between them (an instance ECS was
