@@ -137,10 +137,12 @@ pub fn shared_filter<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Desc
 const MAX_QUERIES: usize = 8;
 /// Listings (queries) in flight at once, over all accounts and regions.
 const LISTINGS_IN_FLIGHT: usize = 16;
-/// DescribeInstances pages in flight at once per (account, region), shared by the region's
-/// listings, so one long listing may use what the region's short ones leave (the pacer keeps
-/// each region's DescribeInstances within its quota, and starts with a burst of 50).
-const PAGES_IN_FLIGHT: usize = 24;
+/// DescribeInstances calls in flight at once per (account, region), shared by the region's
+/// listings, so one long listing may use what the region's short ones leave. (A region of
+/// several long listings has 24 in all, where each listing had 8: the pacer, which keeps each
+/// region's DescribeInstances within its quota from a burst of 50 at 50 a second, bounds a
+/// long pass well before that.)
+pub const PAGES_IN_FLIGHT: usize = 24;
 /// ECS lists at most this many instances for a tag-filtered query (../shared/ecs-api.md 2.1).
 pub const TAG_FILTER_CAP: usize = 1000;
 

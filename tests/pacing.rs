@@ -1,7 +1,7 @@
 //! Pacing against ECS's quotas: the simulator refuses calls past a quota per (account, region,
 //! API) in each window with `Throttling.User` and the time left, as ECS does per minute; `apply`
 //! slows each key down to what the quota allows, so every release happens with only a couple of
-//! throttled answers per key and window. A region's listings share its bound on pages in
+//! throttled answers per key and window. A region's listings share one bound on pages in
 //! flight, so a long one is not held back while the short ones are done.
 
 mod common;
@@ -99,23 +99,30 @@ async fn apply_under_a_tight_quota_releases_everything_with_few_throttles() {
 }
 
 #[tokio::test]
-async fn a_long_listing_uses_the_pages_in_flight_its_regions_short_listings_leave() {
-    // Three policies of one region, three queries: two of one page each, one of twenty pages.
-    // The pages in flight are the region's, shared: after its first page, the long listing
-    // asks for its other nineteen together instead of a few at a time.
-    let mut f: Vec<ecs_janitor::ecs::Instance> = (0..2000)
+async fn a_regions_listings_share_one_bound_on_pages_in_flight() {
+    // Three policies of one region, three queries: two of twenty pages, one of a single page.
+    // After their first pages, the two long listings ask for their other 38 pages together, as
+    // many at once as the region's bound allows: more than either would alone, never more
+    // than the bound.
+    let status = |k: usize| {
+        if k % 2 == 0 {
+            ecs_janitor::ecs::InstanceStatus::Stopped
+        } else {
+            ecs_janitor::ecs::InstanceStatus::Running
+        }
+    };
+    let mut f: Vec<ecs_janitor::ecs::Instance> = (0..4000)
         .map(|k| {
             common::inst(
                 &format!("i-{k:05}"),
                 "cn-hangzhou",
-                ecs_janitor::ecs::InstanceStatus::Stopped,
+                status(k),
                 ecs_janitor::ecs::ChargeType::PostPaid,
             )
         })
         .collect();
-    for (k, i) in f.iter_mut().enumerate().take(100) {
-        i.tags
-            .insert(if k % 2 == 0 { "a" } else { "b" }.into(), "x".into());
+    for i in f.iter_mut().take(50) {
+        i.tags.insert("a".into(), "x".into());
     }
     let faults = Faults {
         latency: Duration::from_millis(50),
@@ -129,15 +136,16 @@ schedule: "0 0 * * * *"
 regions: [cn-hangzhou]
 select: {status: Stopped}
 ---
-name: tagged-a
+name: running
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select: {status: Running}
+release: {force: true}
+---
+name: tagged
 schedule: "0 0 * * * *"
 regions: [cn-hangzhou]
 select: {tags: {a: x}}
----
-name: tagged-b
-schedule: "0 0 * * * *"
-regions: [cn-hangzhou]
-select: {tags: {b: x}}
 "#,
     );
     let accounts = ecs_janitor::ecs::Accounts::single(common::client(&h));
@@ -151,10 +159,11 @@ select: {tags: {b: x}}
         .iter()
         .filter(|c| c.action == "DescribeInstances")
         .count();
-    assert_eq!(pages, 22, "twenty pages and one of each tag");
+    assert_eq!(pages, 41, "twenty pages twice and one of the tag");
     let peak = h.sim.take_peak_in_flight();
-    assert!(
-        peak >= 19,
-        "the long listing's other nineteen pages were in flight together (peak {peak})"
+    assert_eq!(
+        peak,
+        ecs_janitor::inventory::PAGES_IN_FLIGHT,
+        "the long listings' pages filled the region's bound, and no more"
     );
 }

@@ -397,7 +397,9 @@ async fn a_count_that_shows_one_call_a_release_is_fewer_stops_the_listing_begun_
             )
         })
         .collect();
-    let h = common::start_sim(f.clone(), Faults::default(), 3).await;
+    // Answers after a round trip: the count's answer, not how fast each is computed, decides
+    // how many pages the listing asks for before it stops.
+    let h = slow_sim(&f, 20).await;
     let total = h.sim.disks().len();
     let ids: Vec<&str> = f.iter().take(251).map(|i| i.instance_id.as_str()).collect();
     assert!(
@@ -408,8 +410,9 @@ async fn a_count_that_shows_one_call_a_release_is_fewer_stops_the_listing_begun_
     // Paged by cursor: the listing's pages and the reads one instance at a time.
     let listing_pages = h.sim.calls().iter().filter(|c| c.by_cursor).count() - 251;
     assert!(
-        (1..=4).contains(&listing_pages),
-        "the listing stopped after the pages already asked for ({listing_pages})"
+        (1..20).contains(&listing_pages),
+        "the listing stopped after a few of its {} pages ({listing_pages})",
+        ecs_janitor::pricing::disks::listing_pages(total)
     );
     assert_eq!(
         calls,

@@ -557,12 +557,13 @@ impl EcsClient {
         Ok(out)
     }
 
-    /// Every instance `filter` selects in `region`, each page fetched holding a permit of
-    /// `slots` (which other listings of the region may share): a first `PageNumber` page gives
-    /// the `TotalCount`, then the other pages are asked for together, as permits allow. When the answer has no `TotalCount` (or ids are listed), pages are fetched in
-    /// `NextToken` order instead. An instance two pages both show is kept once; when a later
-    /// page's `TotalCount` shows the fleet moved between pages (so offsets shifted and a page
-    /// may have skipped instances), the region is listed again in `NextToken` order.
+    /// Every instance `filter` selects in `region`, each call holding a permit of `slots`
+    /// (which other listings of the region may share): a first `PageNumber` page gives the
+    /// `TotalCount`, then the other pages are asked for together, as permits allow. When the
+    /// answer has no `TotalCount` (or ids are listed), pages are fetched in `NextToken` order
+    /// instead, one at a time under one permit. An instance two pages both show is kept once;
+    /// when a later page's `TotalCount` shows the fleet moved between pages (so offsets shifted
+    /// and a page may have skipped instances), the region is listed again in `NextToken` order.
     pub async fn describe_instances_concurrently(
         &self,
         region: &str,
@@ -570,8 +571,12 @@ impl EcsClient {
         slots: &tokio::sync::Semaphore,
     ) -> Result<Vec<Instance>, EcsError> {
         use futures::{StreamExt, TryStreamExt};
+        let by_cursor = || async {
+            let _slot = slots.acquire().await;
+            self.describe_instances(region, filter).await
+        };
         if filter.instance_ids.is_some() {
-            return self.describe_instances(region, filter).await;
+            return by_cursor().await;
         }
         let page = |n| async move {
             let _slot = slots.acquire().await;
@@ -580,12 +585,13 @@ impl EcsClient {
         };
         let first = page(1).await?;
         let Some(total) = first.total_count else {
-            return self.describe_instances(region, filter).await;
+            return by_cursor().await;
         };
         let pages = total.div_ceil(MAX_PAGE).max(1);
-        // The permits bound the calls; this bounds the pages answered ahead of one still on
-        // its way, kept to be put in order.
-        const AHEAD: usize = 64;
+        // The permits bound the calls; this bounds the pages waiting for one (the semaphore
+        // serves waiters in order, so a region's later listing waits behind these few) or
+        // answered ahead of one still on its way, kept to be put in order.
+        const AHEAD: usize = 24;
         let rest: Vec<DescribePage> = futures::stream::iter(2..=pages)
             .map(page)
             .buffered(AHEAD)
@@ -606,7 +612,7 @@ impl EcsClient {
                 later = moved,
                 "the fleet moved while it was listed by page number; listing again by NextToken"
             );
-            return self.describe_instances(region, filter).await;
+            return by_cursor().await;
         }
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(total);

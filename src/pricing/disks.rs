@@ -7,10 +7,10 @@
 //! prices it calls for can be asked while later pages are still on their way.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use crate::ecs::client::{DiskQuery, MAX_DISK_PAGE};
 use crate::ecs::types::DiskKind;
@@ -27,10 +27,12 @@ pub type RegionDisks = (InstanceDisks, usize, Vec<String>);
 pub type OnDisk<'a> = &'a (dyn Fn(&str, &KeptDisk) + Sync);
 
 /// From how many releases a region that must be counted is listed while its count is on its
-/// way: two disks each (a system disk and a data disk, as the estimate assumes) take more than
-/// a page, so the listing is split in kinds whatever the count says, and reading one instance
-/// at a time would be fewer calls only in a region of more than 500 disks a release (125,500).
-/// Then the count seldom changes the choice, and waiting for it would cost a round trip.
+/// way. With two disks each (a system disk and a data disk, as the estimate assumes) they take
+/// more than a page, so the listing starts split in kinds; the count's answer then stops it
+/// only when reading one instance at a time is fewer calls than the pages still to come (a
+/// region of more than 500 disks a release, 125,500 here) or its own page holds every disk.
+/// A region that turns out to hold at most 500 disks costs a page more than counting first
+/// (its system and data disks on two pages instead of one); any other, a round trip less.
 pub const LIST_WHILE_COUNTING: usize = MAX_DISK_PAGE / 2 + 1;
 
 /// What pricing keeps of a disk: a third of a [`Disk`]'s size, the category shared by every
@@ -134,6 +136,13 @@ pub async fn region_disks(
     (got, calls + n, failures)
 }
 
+/// Lets a listing be stopped between its pages, and counts the pages it asked for.
+#[derive(Debug, Default)]
+struct Halt {
+    stopped: AtomicBool,
+    started: AtomicUsize,
+}
+
 /// What reading one region's disks works with.
 struct Reader<'a> {
     client: &'a EcsClient,
@@ -153,23 +162,29 @@ impl Reader<'_> {
     }
 
     /// The region counted and listed side by side: the listing stops when the count shows that
-    /// its page holds every disk or that one call a release is fewer calls, and is read on
-    /// otherwise (also when the count fails: the estimate chose the listing).
+    /// its page holds every disk or that one call a release is fewer calls than the listing's
+    /// pages still to come, and is read on otherwise (also when the count fails: the estimate
+    /// chose the listing).
     async fn counting_while_listing(&self) -> RegionDisks {
-        let stop = CancellationToken::new();
+        let halt = Halt::default();
         let count = async {
             let counted = self.count().await;
             if let Ok((page, total)) = &counted {
-                if page.len() >= *total || self.ids.len() <= listing_pages(*total) {
-                    stop.cancel();
+                let left =
+                    listing_pages(*total).saturating_sub(halt.started.load(Ordering::SeqCst));
+                if page.len() >= *total || self.ids.len() < left {
+                    halt.stopped.store(true, Ordering::SeqCst);
                 }
             }
             counted
         };
-        let (counted, (listing, pages)) = futures::join!(count, self.listing(true, &stop));
+        let (counted, (listing, pages)) = futures::join!(count, self.listing(true, &halt));
         let calls = 1 + pages;
         if let Some((got, failures)) = listing {
             // Read to its end (the count's answer came too late to stop it, or said go on).
+            if let Err(e) = &counted {
+                tracing::warn!(region = self.region, error = %e, "cannot count the region's disks; read them as listed");
+            }
             return (got, calls, failures);
         }
         match counted {
@@ -254,26 +269,24 @@ impl Reader<'_> {
                 .collect();
             return (reads, self.ids.len(), failures);
         }
-        let (listing, calls) = self
-            .listing(listed_in_kinds(disks), &CancellationToken::new())
-            .await;
+        let (listing, calls) = self.listing(listed_in_kinds(disks), &Halt::default()).await;
         let (got, failures) = listing.unwrap_or_default();
         (got, calls, failures)
     }
 
     /// The region's listing: its system disks and its data disks side by side when `split`,
-    /// else all at once; with the pages asked for. `None` when `stop` ended it early.
+    /// else all at once; with the pages asked for. `None` when `halt` stopped it early.
     async fn listing(
         &self,
         split: bool,
-        stop: &CancellationToken,
+        halt: &Halt,
     ) -> (Option<(InstanceDisks, Vec<String>)>, usize) {
         // Two listings side by side: each page needs the token of the one before, so one
         // listing is as slow as its pages in a row. The two together cost at most one page
         // more than one listing.
         // (DescribeDisks' `DiskType` is `all`, `system` or `data`: every disk is one of the two.)
         let wanted: HashSet<&str> = self.ids.iter().copied().collect();
-        let list = |kind| self.kind(kind, &wanted, stop);
+        let list = |kind| self.kind(kind, &wanted, halt);
         let (system, data) = if split {
             futures::join!(list(Some(DiskKind::System)), list(Some(DiskKind::Data)))
         } else {
@@ -305,14 +318,14 @@ impl Reader<'_> {
     }
 
     /// The disks of one kind (or of both) of the `wanted` instances, page after page, each
-    /// page holding a slot of the region; with the calls made. `Ok(None)` when `stop` ended it
-    /// before its last page. Keeps only what pricing reads: a region's listing holds every disk
+    /// page holding a slot of the region; with the calls made. `Ok(None)` when `halt` stopped
+    /// it before its last page. Keeps only what pricing reads: a region's listing holds every disk
     /// of the region, and an all-matching pass prices hundreds of thousands.
     async fn kind(
         &self,
         kind: Option<DiskKind>,
         wanted: &HashSet<&str>,
-        stop: &CancellationToken,
+        halt: &Halt,
     ) -> (Result<Option<Kept>, String>, usize) {
         let mut of = Kept::new();
         let mut categories = HashSet::new();
@@ -323,9 +336,10 @@ impl Reader<'_> {
             ..DiskQuery::default()
         };
         loop {
-            if stop.is_cancelled() {
+            if halt.stopped.load(Ordering::SeqCst) {
                 return (Ok(None), calls);
             }
+            halt.started.fetch_add(1, Ordering::SeqCst);
             calls += 1;
             let page = {
                 let _slot = self.slots.acquire().await;

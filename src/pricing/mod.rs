@@ -127,6 +127,8 @@ impl Pricer<'_> {
         let mut instance_types: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
         // (account, region, instance type) → the subscription whose renewal price stands for it.
         let mut renewals: BTreeMap<(&str, &str, &str), &str> = BTreeMap::new();
+        // Per (account, region), which disks of each release need a price.
+        let mut pricing: HashMap<(&str, &str), HashMap<&str, DiskPricing>> = HashMap::new();
         for pp in &plan.policies {
             let account = pp.account.as_deref().unwrap_or_default();
             for r in pp.releases.iter().filter(|r| wanted(r)) {
@@ -134,6 +136,10 @@ impl Pricer<'_> {
                     .entry((account, &r.region))
                     .or_default()
                     .push(&r.instance_id);
+                pricing
+                    .entry((account, &r.region))
+                    .or_default()
+                    .insert(&r.instance_id, r.billing().disk_pricing());
                 if r.billing().compute_billed() {
                     instance_types.insert((account, &r.region, &r.instance_type));
                 }
@@ -171,17 +177,6 @@ impl Pricer<'_> {
                     }),
             )
             .collect();
-        // Per (account, region), which disks of each release need a price.
-        let mut pricing: HashMap<(&str, &str), HashMap<&str, DiskPricing>> = HashMap::new();
-        for pp in &plan.policies {
-            let account = pp.account.as_deref().unwrap_or_default();
-            for r in pp.releases.iter().filter(|r| wanted(r)) {
-                pricing
-                    .entry((account, &r.region))
-                    .or_default()
-                    .insert(&r.instance_id, r.billing().disk_pricing());
-            }
-        }
         // The disks of every (account, region), beside the lookups that do not need them.
         let ((reads, asked, looked_as_found), looked) = futures::join!(
             self.read_disks(&by_region, listed, &pricing, &slots, now),
