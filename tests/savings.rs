@@ -301,7 +301,7 @@ async fn a_disk_configuration_is_priced_while_later_pages_of_disks_are_still_lis
     // three of data disks, each page waiting for the one before. Their two disk configurations
     // are asked for as soon as the first pages show them, not after the last page.
     let f = disks_only(700);
-    let h = slow_sim(&f, 20).await;
+    let h = slow_sim(&f, 50).await;
     for i in &f {
         let mut ds = disks(i, true);
         ds.push(disk_of(i, 2, DiskKind::Data, "cloud_essd", 200, true));
