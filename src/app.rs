@@ -283,18 +283,9 @@ pub struct ApplyReport {
     pub interrupted: bool,
 }
 
-/// The monthly savings of `rows` per currency, and how many had an unknown one.
-fn sum_savings<'a>(rows: impl Iterator<Item = &'a ReleaseRow>) -> (crate::money::Totals, usize) {
-    let mut t = crate::money::Totals::new();
-    let mut unknown = 0;
-    for r in rows {
-        match r.saving.as_ref().map(|s| &s.monthly) {
-            Some(Some(m)) => t.add(m),
-            Some(None) => unknown += 1,
-            None => {}
-        }
-    }
-    (t, unknown)
+/// What `rows` save per month, summed per currency (zero when none was priced).
+fn sum_savings<'a>(rows: impl Iterator<Item = &'a ReleaseRow>) -> crate::store::SavedTotals {
+    crate::store::SavedTotals::of(rows.filter_map(|r| r.saving.as_ref())).unwrap_or_default()
 }
 
 /// `apply`'s exit status when releases are paused.
@@ -394,13 +385,11 @@ impl ApplyReport {
                         .clone()
                         .unwrap_or_else(|| "snapshots progressing".into()),
                 };
-                let saves = match &r.saving {
-                    Some(s) => match &s.monthly {
-                        Some(m) => format!("; saves ≈ {}/month", m.display()),
-                        None => "; saving unknown".to_string(),
-                    },
-                    None => String::new(),
-                };
+                let saves = r
+                    .saving
+                    .as_ref()
+                    .map(|s| format!("; {}", s.words()))
+                    .unwrap_or_default();
                 out.push_str(&format!(
                     "  {:<24} {:<16} {:<32} {detail}{saves}\n",
                     r.instance_id, r.region, r.policy
@@ -464,8 +453,9 @@ impl ApplyReport {
             out.push('\n');
         }
         let n = self.in_state(ReleaseState::Succeeded).count();
-        let (saved, unknown) = sum_savings(self.in_state(ReleaseState::Succeeded));
-        let (waiting, _) = sum_savings(self.in_state(ReleaseState::Pending));
+        let released = sum_savings(self.in_state(ReleaseState::Succeeded));
+        let (saved, unknown) = (&released.monthly, released.unknown);
+        let waiting = sum_savings(self.in_state(ReleaseState::Pending)).monthly;
         let priced = self.releases.iter().any(|r| r.saving.is_some());
         let saved_words = match (priced, saved.is_empty(), unknown) {
             (false, ..) => String::new(),
@@ -481,6 +471,8 @@ impl ApplyReport {
                 }
             ),
         };
+        // A subscription's release saves no run rate; what it spares is its renewal.
+        let saved_words = saved_words + &released.renewal_words();
         let waiting_words = if priced && !waiting.is_empty() {
             format!(
                 " (≈ {}/month more once released)",

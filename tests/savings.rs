@@ -633,8 +633,15 @@ async fn apply_keeps_the_figure_each_release_went_with_and_sums_it() {
     assert_eq!(saving("i-sub").renewal_avoided, cny(50_282));
     let text = report.render(Utc::now());
     assert!(text.contains("; saves ≈ ¥390.40/month"), "{text}");
+    // A subscription's release saves no run rate: what it spares is its renewal, said so.
     assert!(
-        text.contains("Released 6 instances, ≈ ¥1,411/month saved at list prices (1 unknown)."),
+        text.contains("; saves ≈ ¥0.00/month, renewal avoided ≈ ¥502.82/month"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Released 6 instances, ≈ ¥1,411/month saved at list prices (1 unknown); renewal avoided ≈ ¥503/month."
+        ),
         "{text}"
     );
     // The disks set to outlive their instance are still there, pay-as-you-go; the

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::{InstanceRef, Notification, WebhookFormat};
+use crate::store::SavedTotals;
 
 /// The longest `problems` text a message carries; the rest is cut with a pointer to `validate`.
 const MAX_PROBLEMS_CHARS: usize = 3000;
@@ -143,7 +144,7 @@ fn event_json(n: &Notification, max: usize) -> Value {
             });
             let mut v = json!({"kind": "released", "policy": policy, "count": count,
                    "instances": instances, "omitted": omitted});
-            if let Some(t) = ReleasedTotals::of(releases) {
+            if let Some(t) = released_totals(releases) {
                 let list = |t: &crate::money::Totals| {
                     t.iter()
                         .map(|m| json!({"amount": m.decimal(), "currency": m.currency}))
@@ -314,58 +315,27 @@ fn saving_words(s: &super::ScheduledSaving) -> String {
     format!("; releasing in {within} saves {amount}{unknown}")
 }
 
-/// What a batch of completed releases saves per month, summed per currency (list prices, the
-/// figures they were queued with).
-struct ReleasedTotals {
-    monthly: crate::money::Totals,
-    renewal: crate::money::Totals,
-    /// Priced releases whose run-rate saving was unknown.
-    unknown: usize,
+/// What a batch of completed releases saves per month; `None` when none of them was priced.
+fn released_totals(releases: &[super::ReleasedInstance]) -> Option<SavedTotals> {
+    SavedTotals::of(releases.iter().filter_map(|r| r.saving.as_ref()))
 }
 
-impl ReleasedTotals {
-    /// `None` when none of `releases` was priced.
-    fn of(releases: &[super::ReleasedInstance]) -> Option<ReleasedTotals> {
-        let mut t = ReleasedTotals {
-            monthly: crate::money::Totals::new(),
-            renewal: crate::money::Totals::new(),
-            unknown: 0,
-        };
-        let mut priced = false;
-        for s in releases.iter().filter_map(|r| r.saving.as_ref()) {
-            priced = true;
-            match &s.monthly {
-                Some(m) => t.monthly.add(m),
-                None => t.unknown += 1,
-            }
-            if let Some(r) = &s.renewal_avoided {
-                t.renewal.add(r);
-            }
-        }
-        priced.then_some(t)
+/// What released instances save, in words: `, saving ≈ ¥1,411/month at list prices (1
+/// unknown); renewal avoided ≈ ¥503/month`.
+fn released_words(t: &SavedTotals) -> String {
+    let mut w = if t.monthly.is_empty() {
+        ", saving unknown".to_string()
+    } else {
+        format!(
+            ", saving ≈ {}/month at list prices",
+            t.monthly.display_whole("CNY")
+        )
+    };
+    if t.unknown > 0 && !t.monthly.is_empty() {
+        w.push_str(&format!(" ({} unknown)", t.unknown));
     }
-
-    /// `, saving ≈ ¥1,411/month at list prices (1 unknown); renewal avoided ≈ ¥503/month`.
-    fn words(&self) -> String {
-        let mut w = if self.monthly.is_empty() {
-            ", saving unknown".to_string()
-        } else {
-            format!(
-                ", saving ≈ {}/month at list prices",
-                self.monthly.display_whole("CNY")
-            )
-        };
-        if self.unknown > 0 && !self.monthly.is_empty() {
-            w.push_str(&format!(" ({} unknown)", self.unknown));
-        }
-        if !self.renewal.is_empty() {
-            w.push_str(&format!(
-                "; renewal avoided ≈ {}/month",
-                self.renewal.display_whole("CNY")
-            ));
-        }
-        w
-    }
+    w.push_str(&t.renewal_words());
+    w
 }
 
 fn event_text(flavor: Flavor, n: &Notification, max: usize) -> String {
@@ -387,8 +357,8 @@ fn event_text(flavor: Flavor, n: &Notification, max: usize) -> String {
             "{}: {} released{}\n\n{}",
             flavor.bold(policy),
             plural(releases.len(), "instance", "instances"),
-            ReleasedTotals::of(releases)
-                .map(|t| t.words())
+            released_totals(releases)
+                .map(|t| released_words(&t))
                 .unwrap_or_default(),
             list(flavor, releases, max, |r| {
                 let mut s = format!(

@@ -51,7 +51,7 @@ pub use queue::NewRelease;
 pub use recheck::RecheckReads;
 pub use rows::{
     BatchId, BatchMember, BatchState, ClaimedBatch, EventId, EventRow, Fence, ReleaseId,
-    ReleaseRow, ReleaseSaving, ReleaseState, RunRow, RunStatus,
+    ReleaseRow, ReleaseSaving, ReleaseState, RunRow, RunStatus, SavedTotals,
 };
 pub use runs::RunEnd;
 pub use safety::{HoldKind, HoldRow};

@@ -265,6 +265,48 @@ pub struct ReleaseSaving {
     pub renewal_avoided: Option<crate::money::Money>,
 }
 
+/// What some releases save per month, summed per currency (list prices, the figures they were
+/// queued with).
+#[derive(Debug, Clone, Default)]
+pub struct SavedTotals {
+    pub monthly: crate::money::Totals,
+    /// Subscriptions' months of renewal avoided.
+    pub renewal: crate::money::Totals,
+    /// Priced releases whose run-rate saving was unknown.
+    pub unknown: usize,
+}
+
+impl SavedTotals {
+    /// The totals of `savings`; `None` when there are none (nothing was priced).
+    pub fn of<'a>(savings: impl IntoIterator<Item = &'a ReleaseSaving>) -> Option<SavedTotals> {
+        let mut t = SavedTotals::default();
+        let mut priced = false;
+        for s in savings {
+            priced = true;
+            match &s.monthly {
+                Some(m) => t.monthly.add(m),
+                None => t.unknown += 1,
+            }
+            if let Some(r) = &s.renewal_avoided {
+                t.renewal.add(r);
+            }
+        }
+        priced.then_some(t)
+    }
+
+    /// `; renewal avoided ≈ ¥503/month`, or nothing when no subscription was released.
+    pub fn renewal_words(&self) -> String {
+        if self.renewal.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; renewal avoided ≈ {}/month",
+                self.renewal.display_whole("CNY")
+            )
+        }
+    }
+}
+
 impl ReleaseSaving {
     /// The saving kept in a release's columns: `None` when it was not priced (no basis).
     pub(super) fn from_columns(
