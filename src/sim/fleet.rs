@@ -19,10 +19,15 @@ pub fn payg_expiry() -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// How long ECS keeps listing a subscription after it expired unrenewed: it releases the
+/// instance's computing resources 15 days after.
+const EXPIRED_KEPT_DAYS: i64 = 15;
+
 /// Generates `n` instances, the same ones for the same `(n, seed, now)`.
 ///
 /// The mix resembles a real account: CI runners, web servers, sandboxes, batch and database
-/// machines; both charge types; every status; subscriptions expired days ago or still running;
+/// machines; both charge types; every status; subscriptions still paid for, or expired within
+/// the 15 days ECS keeps them (stopped, once their day of expiry is over);
 /// a few with deletion protection, a `janitor:protect=true` tag, or a security lock.
 pub fn generate(n: usize, seed: u64, now: DateTime<Utc>) -> Vec<Instance> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -67,7 +72,7 @@ pub fn generate(n: usize, seed: u64, now: DateTime<Utc>) -> Vec<Instance> {
         } else {
             ChargeType::PostPaid
         };
-        let status = match rng.gen_range(0..100) {
+        let drawn = match rng.gen_range(0..100) {
             0..=49 => InstanceStatus::Running,
             50..=89 => InstanceStatus::Stopped,
             90..=93 => InstanceStatus::Starting,
@@ -77,11 +82,22 @@ pub fn generate(n: usize, seed: u64, now: DateTime<Utc>) -> Vec<Instance> {
         let created = now - Duration::minutes(rng.gen_range(60..60 * 24 * 400));
         let expired_time = match charge_type {
             ChargeType::PostPaid => payg_expiry(),
-            // Half of the subscriptions have expired, from hours to two months ago.
+            // Half of the subscriptions have expired, from half an hour to 15 days ago: ECS
+            // releases an unrenewed subscription's computing resources 15 days after it expired,
+            // so older ones are no longer listed.
             ChargeType::PrePaid if rng.gen_bool(0.5) => {
-                now - Duration::minutes(rng.gen_range(30..60 * 24 * 60))
+                now - Duration::minutes(rng.gen_range(30..60 * 24 * EXPIRED_KEPT_DAYS))
             }
             ChargeType::PrePaid => now + Duration::days(rng.gen_range(1..365)),
+        };
+        // ECS stops an unrenewed subscription between 00:00 on the day it expires and 00:00 the
+        // next day, and lists it Stopped (the console's Expired) from then on; within that day it
+        // may still be in any state.
+        let status = if charge_type == ChargeType::PrePaid && now - expired_time > Duration::days(1)
+        {
+            InstanceStatus::Stopped
+        } else {
+            drawn
         };
         let deletion_protection = charge_type == ChargeType::PostPaid && rng.gen_bool(0.03);
         let mut lock_reasons = Vec::new();
@@ -92,25 +108,33 @@ pub fn generate(n: usize, seed: u64, now: DateTime<Utc>) -> Vec<Instance> {
             lock_reasons.push("financial".to_string());
         }
         let id = instance_id(&mut rng, region);
+        let instance_type = types[rng.gen_range(0..types.len())].to_string();
+        let resource_group_id =
+            format!("rg-{}", ["platform", "data", "tools"][rng.gen_range(0..3)]);
+        // Economical mode (StopCharging) is for pay-as-you-go instances; a subscription shows
+        // Not-applicable, stopped or not. (The mode is drawn where it always was, so the rest of
+        // the fleet stays as it was.)
+        let mode = (drawn == InstanceStatus::Stopped)
+            .then(|| ["KeepCharging", "StopCharging"][rng.gen_range(0..2)]);
+        let stopped_mode = match (status, charge_type, mode) {
+            (InstanceStatus::Stopped, ChargeType::PostPaid, Some(m)) => m.to_string(),
+            _ => "Not-applicable".to_string(),
+        };
         out.push(Instance {
             instance_name: format!("{role}-{}-{i}", tags["owner"]),
             region_id: region.to_string(),
             zone_id: zone,
             status,
             charge_type,
-            instance_type: types[rng.gen_range(0..types.len())].to_string(),
+            instance_type,
             creation_time: Some(created),
             expired_time: Some(expired_time),
             auto_release_time: None,
             deletion_protection,
             lock_reasons,
             tags,
-            resource_group_id: format!("rg-{}", ["platform", "data", "tools"][rng.gen_range(0..3)]),
-            stopped_mode: if status == InstanceStatus::Stopped {
-                ["KeepCharging", "StopCharging"][rng.gen_range(0..2)].to_string()
-            } else {
-                "Not-applicable".to_string()
-            },
+            resource_group_id,
+            stopped_mode,
             instance_id: id,
         });
     }
@@ -242,6 +266,39 @@ mod tests {
         assert!(a
             .iter()
             .any(|i| i.charge_type == ChargeType::PrePaid && i.expired_time.unwrap() > now()));
+    }
+
+    #[test]
+    fn expired_subscriptions_are_stopped_and_gone_after_fifteen_days() {
+        let a = generate(5000, 42, now());
+        let expired: Vec<&Instance> = a
+            .iter()
+            .filter(|i| i.charge_type == ChargeType::PrePaid && i.expired_time.unwrap() < now())
+            .collect();
+        assert!(expired.len() > 100, "{}", expired.len());
+        for i in &expired {
+            let ago = now() - i.expired_time.unwrap();
+            assert!(
+                ago < Duration::days(15),
+                "{}: expired {ago} ago",
+                i.instance_id
+            );
+            if ago > Duration::days(1) {
+                assert_eq!(i.status, InstanceStatus::Stopped, "{}", i.instance_id);
+            }
+        }
+        // Some expired within the day and not stopped yet; some stopped for days.
+        assert!(expired.iter().any(|i| i.status != InstanceStatus::Stopped));
+        assert!(expired
+            .iter()
+            .any(|i| now() - i.expired_time.unwrap() > Duration::days(7)));
+        // Economical mode is pay-as-you-go's alone.
+        for i in a.iter().filter(|i| i.stopped_mode != "Not-applicable") {
+            assert_eq!(i.status, InstanceStatus::Stopped, "{}", i.instance_id);
+            assert_eq!(i.charge_type, ChargeType::PostPaid, "{}", i.instance_id);
+        }
+        assert!(a.iter().any(|i| i.stopped_mode == "StopCharging"));
+        assert!(a.iter().any(|i| i.stopped_mode == "KeepCharging"));
     }
 
     #[test]
