@@ -172,7 +172,21 @@ impl Pacer {
             b.decreased = Some(now_t);
         }
         b.throttled += 1;
-        let until = Instant::now() + wait;
+        let until = now_t + wait;
+        // Said once a hold, not at each throttled answer: a pass that waits out a quota is
+        // not silent, and one that meets many throttles is not flooded.
+        if b.held <= now_t {
+            tracing::info!(
+                region,
+                api = action,
+                wait_secs = wait.as_secs_f64(),
+                rate = b.rate,
+                "ECS throttled {action} in {region} (the account's quota for it): its calls wait \
+                 {:.1} s, then go on at {:.1} a second",
+                wait.as_secs_f64(),
+                b.rate
+            );
+        }
         b.held = b.held.max(until);
         b.next = b.next.max(until);
     }
