@@ -20,7 +20,7 @@ fn init_logging(format: LogFormat, filter: Option<&str>, default_level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(log_colours())
-        .with_writer(std::io::stderr);
+        .with_writer(cli::progress::LogWriter);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),

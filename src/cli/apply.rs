@@ -13,7 +13,6 @@ use crate::app::App;
 use crate::clock::{SharedClock, SystemClock};
 use crate::plan::SavedPlan;
 use crate::settings::Settings;
-use crate::store::Store;
 
 pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     let policies = super::plan::load_policies(&settings.policies, &args.only)?;
@@ -54,16 +53,15 @@ pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result
         "second signal: exiting now; apply again resumes the stored batches with their tokens",
     );
     let progress = (!args.json && std::io::stderr().is_terminal())
-        .then(|| spawn_progress(app.ctx.store.clone(), app.ctx.metrics.clone()));
+        .then(|| super::progress::spawn(app.ctx.store.clone(), app.ctx.metrics.clone()));
     let opts = crate::app::ApplyOptions {
         narrowed: !args.only.is_empty(),
         max_plan_age: args.max_plan_age,
         keep_plan: false,
     };
     let report = app.apply(saved.as_ref(), &opts, cancel).await;
-    if let Some((bar, task)) = progress {
-        task.abort();
-        bar.finish_and_clear();
+    if let Some(p) = progress {
+        p.finish();
     }
     let report = report?;
     // Let notifications about this run go out before the process ends.
@@ -125,46 +123,4 @@ async fn approve(app: &App) -> anyhow::Result<Approval> {
         return Ok(Approval::No);
     }
     Ok(Approval::Yes(reviewed))
-}
-
-/// A progress bar on the terminal while `apply` lists and works the queue: inventory pages
-/// listed, then releases settled since it started, out of those settled plus those queued.
-fn spawn_progress(
-    store: Store,
-    metrics: crate::metrics::Metrics,
-) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} settled {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let b = bar.clone();
-    let task = tokio::spawn(async move {
-        let settled = |c: &crate::store::StateCounts| c.succeeded + c.failed + c.cancelled;
-        let Ok(start) = store.counts().await else {
-            return;
-        };
-        loop {
-            if let Ok(c) = store.counts().await {
-                let done = (settled(&c) - settled(&start)).max(0) as u64;
-                b.set_length(done + (c.pending + c.snapshotting + c.in_flight) as u64);
-                b.set_position(done);
-                let snapshotting = if c.snapshotting > 0 {
-                    format!(", {} snapshotting", c.snapshotting)
-                } else {
-                    String::new()
-                };
-                b.set_message(format!(
-                    "({} inventory pages listed; {} in flight{snapshotting}, {} queued)",
-                    metrics.listing_pages(),
-                    c.in_flight,
-                    c.pending
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    (bar, task)
 }

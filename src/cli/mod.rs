@@ -23,6 +23,7 @@ mod config_check;
 mod control;
 mod daemon;
 mod plan;
+pub mod progress;
 mod simulate;
 mod validate;
 
