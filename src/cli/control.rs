@@ -123,7 +123,7 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
                 return Ok(ExitCode::SUCCESS);
             }
             outln!(
-                "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<16} LAST",
+                "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<18} LAST",
                 "ID",
                 "INSTANCE",
                 "REGION",
@@ -133,16 +133,9 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
                 "SAVES/MONTH"
             );
             for r in rows {
-                // The figure it was queued with (list price), kept as it was then.
-                let saves = match &r.saving {
-                    None => "-".to_string(),
-                    Some(s) => s
-                        .monthly
-                        .as_ref()
-                        .map_or_else(|| "unknown".to_string(), |m| m.display()),
-                };
+                let saves = saves_cell(r.saving.as_ref());
                 outln!(
-                    "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<16} {}",
+                    "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<18} {}",
                     r.id,
                     r.instance_id,
                     r.region,
@@ -226,4 +219,46 @@ pub(super) async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::R
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The queue table's SAVES/MONTH cell: the figure a release was queued with (list price, kept
+/// as it was then), or, for a subscription that bills nothing while it waits, the month of
+/// renewal its release spares.
+fn saves_cell(s: Option<&crate::store::ReleaseSaving>) -> String {
+    let Some(s) = s else {
+        return "-".to_string();
+    };
+    match (&s.monthly, &s.renewal_avoided) {
+        (Some(m), Some(r)) if m.minor == 0 => format!("{} renewal", r.display()),
+        (Some(m), _) => m.display(),
+        (None, _) => "unknown".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Money;
+    use crate::store::ReleaseSaving;
+
+    #[test]
+    fn a_subscription_shows_the_renewal_it_spares() {
+        let saving = |monthly: Option<i64>, renewal: Option<i64>| ReleaseSaving {
+            basis: String::new(),
+            monthly: monthly.map(|m| Money::new(m, "CNY")),
+            renewal_avoided: renewal.map(|r| Money::new(r, "CNY")),
+        };
+        assert_eq!(saves_cell(None), "-");
+        assert_eq!(saves_cell(Some(&saving(Some(39_040), None))), "¥390.40");
+        assert_eq!(
+            saves_cell(Some(&saving(Some(0), Some(165_680)))),
+            "¥1,656.80 renewal"
+        );
+        // Pay-as-you-go disks of a subscription: the run rate comes first.
+        assert_eq!(
+            saves_cell(Some(&saving(Some(4_000), Some(50_282)))),
+            "¥40.00"
+        );
+        assert_eq!(saves_cell(Some(&saving(None, Some(50_282)))), "unknown");
+    }
 }
