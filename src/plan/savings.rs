@@ -228,7 +228,7 @@ impl Billing<'_> {
 
     /// Whether a disk set to `delete_with_instance` (or not) is released with the instance.
     pub fn releases_disk(&self, delete_with_instance: bool) -> bool {
-        delete_with_instance || self.security_locked
+        self.disk_pricing().releases(delete_with_instance)
     }
 
     /// Which of this instance's disks its saving needs a price for.
@@ -249,11 +249,18 @@ pub struct DiskPricing {
 }
 
 impl DiskPricing {
+    /// Whether a disk set to `delete_with_instance` (or not) is released with the instance: a
+    /// security-locked instance's disks all go with it.
+    pub fn releases(&self, delete_with_instance: bool) -> bool {
+        delete_with_instance || self.security_locked
+    }
+
     /// Whether the saving needs the price of a disk: every disk that stays (and bills on),
     /// every pay-as-you-go one, and a subscription's prepaid ones (renewed with it).
     pub fn needs(&self, delete_with_instance: bool, disk_charge: ChargeType) -> bool {
-        let released = delete_with_instance || self.security_locked;
-        !released || disk_charge == ChargeType::PostPaid || self.subscription
+        !self.releases(delete_with_instance)
+            || disk_charge == ChargeType::PostPaid
+            || self.subscription
     }
 }
 

@@ -136,6 +136,25 @@ pub async fn region_disks(
     (got, calls + n, failures)
 }
 
+/// Whether `disks` are listed as system disks and data disks side by side: when they take
+/// more than a page.
+fn listed_in_kinds(disks: usize) -> bool {
+    disks > MAX_DISK_PAGE
+}
+
+/// About how many pages listing `disks` takes: one when they fit in one, else as many of
+/// system disks as of data disks (about one of each an instance).
+pub fn listing_pages(disks: usize) -> usize {
+    if listed_in_kinds(disks) {
+        2 * disks.div_ceil(2).div_ceil(MAX_DISK_PAGE)
+    } else {
+        1
+    }
+}
+
+/// What a listing keeps: each wanted instance's disks.
+type Kept = HashMap<String, Vec<KeptDisk>>;
+
 /// Lets a listing be stopped between its pages, and counts the pages it asked for.
 #[derive(Debug, Default)]
 struct Halt {
@@ -201,28 +220,7 @@ impl Reader<'_> {
             }
         }
     }
-}
 
-/// Whether `disks` are listed as system disks and data disks side by side: when they take
-/// more than a page.
-fn listed_in_kinds(disks: usize) -> bool {
-    disks > MAX_DISK_PAGE
-}
-
-/// About how many pages listing `disks` takes: one when they fit in one, else as many of
-/// system disks as of data disks (about one of each an instance).
-pub fn listing_pages(disks: usize) -> usize {
-    if listed_in_kinds(disks) {
-        2 * disks.div_ceil(2).div_ceil(MAX_DISK_PAGE)
-    } else {
-        1
-    }
-}
-
-/// What a listing keeps: each wanted instance's disks.
-type Kept = HashMap<String, Vec<KeptDisk>>;
-
-impl Reader<'_> {
     /// Each of `ids`' disks among `page`.
     fn of_page(&self, page: Vec<Disk>) -> InstanceDisks {
         let wanted: HashSet<&str> = self.ids.iter().copied().collect();
