@@ -775,6 +775,28 @@ limits:
   max_releases_per_run: 1000
 "#;
 
+/// Releases waiting out their grace are counted apart in the plan's totals, in words that
+/// agree with their number.
+#[tokio::test]
+async fn the_plan_totals_name_what_waits_out_its_grace() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let ps = common::policies(GRACE_POLICY);
+    let app = common::Pipeline::new(&db.store, common::client(&h), ps.clone()).build();
+    let plan = app.reconciler.plan_only(&ps, Utc::now()).await.unwrap();
+    let text = ecs_janitor::plan::render_text(&plan, false);
+    assert!(
+        text.contains(
+            "≈ ¥1,411/month more (1 unknown) from 6 releases still waiting out a grace period;"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("Plan: 0 to release, ≈ ¥0/month saved, 6 skipped, 0 policies refused.\n"),
+        "{text}"
+    );
+}
+
 /// A pass queues each saving's totals and lets its lines go (over a whole fleet they were the
 /// bulk of its memory); a plan made for review keeps them, and both say the same.
 #[tokio::test]

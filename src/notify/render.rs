@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::{InstanceRef, Notification, WebhookFormat};
+use crate::money::plural;
 use crate::store::SavedTotals;
 
 /// The longest `problems` text a message carries; the rest is cut with a pointer to `validate`.
@@ -255,10 +256,6 @@ impl Flavor {
                 .join("\n"),
         }
     }
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The human-readable body: a heading, then one paragraph per event.

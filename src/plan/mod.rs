@@ -162,8 +162,10 @@ pub struct SavingsTotals {
     /// What disks that stay after their instance keep costing per month.
     pub staying: crate::money::Totals,
     pub staying_disks: usize,
-    /// Releases whose saving is unknown (not counted above).
+    /// Releases due now whose saving is unknown (not counted above).
     pub unknown: usize,
+    /// Releases waiting out their grace whose saving is unknown (not counted above).
+    pub pending_unknown: usize,
 }
 
 impl SavingsTotals {
@@ -179,6 +181,7 @@ impl SavingsTotals {
             match &s.monthly {
                 Some(m) if r.is_pending(now) => t.pending.add(m),
                 Some(m) => t.due.add(m),
+                None if r.is_pending(now) => t.pending_unknown += 1,
                 None => t.unknown += 1,
             }
             if let Some(m) = &s.renewal_avoided {

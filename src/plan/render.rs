@@ -325,6 +325,7 @@ fn totals_json(t: &SavingsTotals) -> Value {
         "staying_monthly": totals_list(&t.staying),
         "staying_disks": t.staying_disks,
         "unknown": t.unknown,
+        "pending_unknown": t.pending_unknown,
     })
 }
 
@@ -443,10 +444,15 @@ fn currency_of(t: &SavingsTotals) -> String {
 
 /// `≈ ¥12,300/month saved`, `≈ ¥12,300/month saved (2 unknown)`, or `savings unknown`.
 fn saved_words(due: &Totals, unknown: usize, all: &SavingsTotals) -> String {
-    if due.is_empty() && unknown > 0 {
+    sum_words(due, unknown, all, "saved")
+}
+
+/// `≈ ¥X/month {what} (N unknown)`, or `saving unknown (N unpriced)` when none was priced.
+fn sum_words(sum: &Totals, unknown: usize, all: &SavingsTotals, what: &str) -> String {
+    if sum.is_empty() && unknown > 0 {
         return format!("saving unknown ({unknown} unpriced)");
     }
-    let mut w = format!("≈ {}/month saved", due.display_whole(&currency_of(all)));
+    let mut w = format!("≈ {}/month {what}", sum.display_whole(&currency_of(all)));
     if unknown > 0 {
         w.push_str(&format!(" ({unknown} unknown)"));
     }
@@ -467,11 +473,11 @@ fn totals(plan: &Plan, p: &Paint, out: &mut String) {
     if sv.priced {
         let c = currency_of(&sv);
         let mut also = Vec::new();
-        if !sv.pending.is_empty() {
+        if !sv.pending.is_empty() || sv.pending_unknown > 0 {
+            let more = sum_words(&sv.pending, sv.pending_unknown, &sv, "more");
             also.push(format!(
-                "≈ {}/month more when the {} releases waiting out their grace go",
-                sv.pending.display_whole(&c),
-                s.pending
+                "{more} from {} still waiting out a grace period",
+                crate::money::plural(s.pending, "release", "releases"),
             ));
         }
         if !sv.renewal_avoided.is_empty() {
@@ -499,8 +505,10 @@ fn totals(plan: &Plan, p: &Paint, out: &mut String) {
         out,
         "{}",
         p.bold(&format!(
-            "Plan: {} to release, {saved}{} skipped, {} policies refused.",
-            s.to_release, s.skipped, s.policies_refused
+            "Plan: {} to release, {saved}{} skipped, {} refused.",
+            s.to_release,
+            s.skipped,
+            crate::money::plural(s.policies_refused, "policy", "policies")
         ))
     );
 }

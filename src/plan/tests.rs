@@ -287,7 +287,12 @@ fn refused_policy_plans_nothing_and_keeps_its_claims() {
     assert!(plan.policies[1].releases.is_empty());
     let s = plan.summary();
     assert_eq!((s.to_release, s.skipped, s.policies_refused), (0, 4, 1));
-    assert!(render_text(&plan, false).contains("refused: 2 releases would exceed"));
+    let text = render_text(&plan, false);
+    assert!(text.contains("refused: 2 releases would exceed"));
+    assert!(
+        text.ends_with("Plan: 0 to release, 4 skipped, 1 policy refused.\n"),
+        "{text}"
+    );
 }
 
 #[test]
