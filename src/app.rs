@@ -76,7 +76,12 @@ impl App {
         cancel: CancellationToken,
     ) -> Result<ApplyReport, AppError> {
         let started = self.ctx.clock.now();
-        let policies = self.policies();
+        let narrowed = !opts.only.is_empty();
+        let policies: Vec<Policy> = self
+            .policies()
+            .into_iter()
+            .filter(|p| !narrowed || opts.only.contains(&p.name))
+            .collect();
         if let Some(s) = saved {
             self.check_saved(s, &policies, opts.max_plan_age, started)
                 .await?;
@@ -112,10 +117,10 @@ impl App {
                     .map(|r| (r.instance_id.clone(), r.policy.clone()))
                     .collect()
             });
-            let narrowed = (opts.narrowed || saved.is_some()).then_some(names.as_slice());
+            let scoped = (narrowed || saved.is_some()).then_some(names.as_slice());
             self.ctx
                 .store
-                .create_scope(&id, narrowed, pairs.as_deref())
+                .create_scope(&id, scoped, pairs.as_deref())
                 .await?;
             workers.scope = Some(id.clone());
             let worked = workers.drain(cancel.clone()).await;
@@ -147,7 +152,7 @@ impl App {
                 ..ReleaseFilter::default()
             })
             .await?;
-        if opts.narrowed || saved.is_some() {
+        if narrowed || saved.is_some() {
             // Only what this run could act on: the pass's policies (and the plan's instances).
             let names: HashSet<&str> = policies.iter().map(|p| p.name.as_str()).collect();
             let pairs: Option<HashSet<(&str, &str)>> = saved.map(|s| {
@@ -245,8 +250,9 @@ impl App {
 /// How `apply` runs.
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
-    /// `--policy` narrowed the policies: carry out only their releases.
-    pub narrowed: bool,
+    /// The policies `--policy` names: only they are reconciled and only their releases carried
+    /// out (every loaded policy still owns what it matches first). Empty: all of them.
+    pub only: Vec<String>,
     /// A saved plan older than this is refused.
     pub max_plan_age: chrono::Duration,
     /// Keep the pass's plan in the report (the demo shows it). `apply` does not: the plan of a
@@ -258,7 +264,7 @@ pub struct ApplyOptions {
 impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {
-            narrowed: false,
+            only: Vec::new(),
             max_plan_age: chrono::Duration::hours(24),
             keep_plan: true,
         }

@@ -147,7 +147,8 @@ impl Reconciler {
     ) -> Result<Plan, ReconcileError> {
         let (mut inv, ctx) = self.observe(policies, now, false).await?;
         let sizes = inv.listed();
-        let mut plan = evaluate(policies, &mut inv, &ctx, now);
+        let loaded = self.ctx.policies.current();
+        let mut plan = evaluate(policies, &loaded, &mut inv, &ctx, now);
         drop(inv);
         self.price(&mut plan, &sizes, |_| true, true, now).await;
         let recorded = self.ctx.store.marks().await?;
@@ -287,7 +288,8 @@ impl Reconciler {
         let sizes = inv.listed();
         // The instances are let go region by region as they are planned; what is kept of the
         // inventory is each query's ids.
-        let mut plan = evaluate(policies, &mut inv, &ctx, now);
+        let loaded = self.ctx.policies.current();
+        let mut plan = evaluate(policies, &loaded, &mut inv, &ctx, now);
         // Only what this pass queues needs a figure: a release already queued keeps the one it
         // was queued with, and a dry run or a release outside a saved plan is not queued.
         let queues: HashSet<&str> = policies
@@ -615,8 +617,10 @@ impl Reconciler {
 /// Plans each account's policies against that account's instances only (instance ids are unique
 /// across accounts, but a policy must never select another account's machine), in policy order.
 /// Takes the instances out of `inv` and lets each (account, region) go once it is planned.
+/// `loaded` is every policy loaded: those outside `policies` still own what they match first.
 fn evaluate(
     policies: &[Policy],
+    loaded: &[Policy],
     inv: &mut Inventory,
     ctx: &EvalContext,
     now: DateTime<Utc>,
@@ -636,7 +640,13 @@ fn evaluate(
             .filter(|p| account_of(p) == account)
             .cloned()
             .collect();
-        let mut e = plan::Evaluation::new(&mine, now);
+        // The loaded policies outside this pass still own what they match first.
+        let others: Vec<Policy> = loaded
+            .iter()
+            .filter(|p| account_of(p) == account)
+            .cloned()
+            .collect();
+        let mut e = plan::Evaluation::among(&mine, &others, now);
         let keys: Vec<(String, String)> = regions
             .keys()
             .filter(|(a, _)| a == account)

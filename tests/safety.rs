@@ -1504,3 +1504,58 @@ async fn a_snapshot_gone_before_the_call_cancels_the_release() {
         "{why}"
     );
 }
+
+/// `--policy` leaves the other policies out of the pass, not out of the rules: an instance a
+/// policy earlier in name order matches stays that policy's, even when it is refused (over its
+/// limit) or a dry run, so `apply --policy` of a later one releases none of it, as the full plan
+/// says (found trying `apply --policy` beside a broad policy refused for its blast radius).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_named_alone_releases_nothing_an_earlier_policy_owns() {
+    let broad = r#"
+name: a-broad
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  status: Stopped
+limits: {max_releases_per_run: 2}
+"#;
+    let trial = r#"
+name: a-trial
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+dry_run: true
+select:
+  tags: {purpose: other}
+"#;
+    let e = env(3, 2, &[broad, trial, CI, OTHER]).await;
+    let full = e.run(&["plan"]).await;
+    assert!(
+        full.stdout.contains("Plan: 0 to release"),
+        "{}",
+        full.stdout
+    );
+    for name in ["ci", "other"] {
+        let p = e.run(&["plan", "--policy", name]).await;
+        assert!(
+            p.stdout
+                .contains("also matched by a-broad, which comes first"),
+            "{}",
+            p.stdout
+        );
+        assert!(p.stdout.contains("Plan: 0 to release"), "{}", p.stdout);
+        let a = e.run(&["apply", "--policy", name]).await;
+        assert_eq!(a.code, 0, "{}", a.all());
+    }
+    assert_eq!(
+        e.real_deletes(),
+        Vec::<Vec<String>>::new(),
+        "a policy named alone released what a-broad owns"
+    );
+    // Without a-broad, the dry-run trial owns the `other` instances: `other` still waits.
+    std::fs::remove_file(e.dir.path().join("policies/p0.yaml")).unwrap();
+    let a = e.run(&["apply", "--policy", "other"]).await;
+    assert_eq!(a.code, 0, "{}", a.all());
+    assert_eq!(e.real_deletes(), Vec::<Vec<String>>::new(), "{}", a.all());
+    let a = e.run(&["apply", "--policy", "ci"]).await;
+    assert!(a.stdout.contains("Released 3 instances"), "{}", a.all());
+}

@@ -30,7 +30,7 @@ pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result
         crate::assemble::context(&settings, policies, clock, Default::default()).await?;
     let app = App::new(ctx, reload, settings.workers.clone(), args.dry_run);
     if ask {
-        match approve(&app).await? {
+        match approve(&app, &args.only).await? {
             Approval::Yes(reviewed) => saved = Some(reviewed),
             Approval::Nothing => return Ok(ExitCode::SUCCESS),
             Approval::No => return Ok(ExitCode::FAILURE),
@@ -55,7 +55,7 @@ pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result
     let progress = (!args.json && std::io::stderr().is_terminal())
         .then(|| super::progress::spawn(app.ctx.store.clone(), app.ctx.metrics.clone()));
     let opts = crate::app::ApplyOptions {
-        narrowed: !args.only.is_empty(),
+        only: args.only.clone(),
         max_plan_age: args.max_plan_age,
         keep_plan: false,
     };
@@ -98,10 +98,11 @@ enum Approval {
 }
 
 /// Shows the plan and asks for `yes`.
-async fn approve(app: &App) -> anyhow::Result<Approval> {
+async fn approve(app: &App, only: &[String]) -> anyhow::Result<Approval> {
+    let policies = super::plan::named(&app.policies(), only);
     let plan = app
         .reconciler
-        .plan_only(&app.policies(), chrono::Utc::now())
+        .plan_only(&policies, chrono::Utc::now())
         .await?;
     out!("{}", crate::plan::render_text(&plan, true));
     let mut reviewed = SavedPlan::from_plan(&plan);

@@ -12,10 +12,12 @@ use crate::reconcile::Reconciler;
 use crate::settings::Settings;
 
 pub(super) async fn plan(args: PlanArgs, settings: Settings) -> anyhow::Result<ExitCode> {
-    let policies = load_policies(&settings.policies, &args.only)?;
+    let loaded = load_policies(&settings.policies, &args.only)?;
+    let policies = named(&loaded, &args.only);
     let clock: SharedClock = Arc::new(SystemClock);
+    // Every policy is loaded: those `--policy` leaves out still own what they match first.
     let (ctx, _reload) =
-        crate::assemble::context(&settings, policies.clone(), clock, Default::default()).await?;
+        crate::assemble::context(&settings, loaded, clock, Default::default()).await?;
     let rec = Reconciler {
         ctx,
         owner: "plan".into(),
@@ -55,7 +57,7 @@ pub(super) async fn plan(args: PlanArgs, settings: Settings) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads the policies, keeping only `only` when given; unknown names are an error.
+/// Loads every policy, checking that each name of `only` (`--policy`) is one of them.
 pub(super) fn load_policies(dir: &Path, only: &[String]) -> anyhow::Result<Vec<Policy>> {
     let set = crate::policy::load_dir(dir)
         .map_err(|d| anyhow::anyhow!("the policies in {} have problems:\n{d}", dir.display()))?;
@@ -69,9 +71,14 @@ pub(super) fn load_policies(dir: &Path, only: &[String]) -> anyhow::Result<Vec<P
             );
         }
     }
-    Ok(set
-        .policies
-        .into_iter()
+    Ok(set.policies)
+}
+
+/// The policies of `loaded` that `only` names, or all of them when it names none.
+pub(super) fn named(loaded: &[Policy], only: &[String]) -> Vec<Policy> {
+    loaded
+        .iter()
         .filter(|p| only.is_empty() || only.contains(&p.name))
-        .collect())
+        .cloned()
+        .collect()
 }

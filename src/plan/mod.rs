@@ -336,6 +336,7 @@ impl Plan {
 }
 
 /// How one instance fares against one policy's conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Match {
     No,
     /// Everything holds except `stopped_for`, which cannot be confirmed yet.
@@ -362,6 +363,9 @@ pub fn evaluate(
 pub struct Evaluation<'p> {
     /// The policies in name order (the first to match an instance claims it).
     order: Vec<&'p Policy>,
+    /// Per policy of `order`: whether it only claims what it matches (a loaded policy outside
+    /// this evaluation, see [`Evaluation::among`]): it plans nothing and is not in the plan.
+    claims_only: Vec<bool>,
     /// Each policy's plan so far: its skips (its releases come at the end).
     plans: Vec<PolicyPlan>,
     /// Each policy's candidates so far, in inventory order.
@@ -371,8 +375,27 @@ pub struct Evaluation<'p> {
 
 impl<'p> Evaluation<'p> {
     pub fn new(policies: &'p [Policy], now: DateTime<Utc>) -> Self {
-        let mut order: Vec<&Policy> = policies.iter().collect();
-        order.sort_by(|a, b| a.name.cmp(&b.name));
+        Self::among(policies, &[], now)
+    }
+
+    /// Evaluates `policies` where `others` are loaded too (the rest of the set, when a tick or
+    /// `--policy` takes some): an instance one of them matches first in name order is theirs,
+    /// so `policies` skip it as *also matched by* it, as in a plan of the whole set. Only
+    /// their conditions are read: whether the owner would skip or is refused does not change
+    /// who owns it, and the instances `policies` can release are all in this inventory.
+    pub fn among(policies: &'p [Policy], others: &'p [Policy], now: DateTime<Utc>) -> Self {
+        let mut order: Vec<(&Policy, bool)> = policies
+            .iter()
+            .map(|p| (p, false))
+            .chain(
+                others
+                    .iter()
+                    .filter(|o| !policies.iter().any(|p| p.name == o.name))
+                    .map(|o| (o, true)),
+            )
+            .collect();
+        order.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let (order, claims_only): (Vec<&Policy>, Vec<bool>) = order.into_iter().unzip();
         let plans = order
             .iter()
             .map(|policy| PolicyPlan {
@@ -387,6 +410,7 @@ impl<'p> Evaluation<'p> {
         let candidates = order.iter().map(|_| Vec::new()).collect();
         Evaluation {
             order,
+            claims_only,
             plans,
             candidates,
             now,
@@ -425,7 +449,14 @@ impl<'p> Evaluation<'p> {
                         detail,
                     };
                     let plan = &mut self.plans[pi];
-                    match matches(policy, inst, ctx, now) {
+                    let matched = matches(policy, inst, ctx, now);
+                    if self.claims_only[pi] {
+                        if matched == Match::Yes && claimed[ii].is_none() {
+                            claimed[ii] = Some((pi, None));
+                        }
+                        continue;
+                    }
+                    match matched {
                         Match::No => continue,
                         Match::StoppedUnknown(first_seen) => {
                             let detail = match first_seen {
@@ -547,9 +578,16 @@ impl<'p> Evaluation<'p> {
     pub fn finish(self) -> Plan {
         let now = self.now;
         let mut out = Vec::with_capacity(self.plans.len());
-        for ((policy, mut plan), candidates) in
-            self.order.iter().zip(self.plans).zip(self.candidates)
+        for (((policy, mut plan), candidates), claims_only) in self
+            .order
+            .iter()
+            .zip(self.plans)
+            .zip(self.candidates)
+            .zip(self.claims_only)
         {
+            if claims_only {
+                continue;
+            }
             let limit = policy.limits.max_releases_per_run;
             if candidates.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
                 let refusal = Refusal {

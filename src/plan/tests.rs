@@ -521,6 +521,29 @@ proptest! {
         prop_assert_eq!(e.finish(), whole);
     }
 
+    /// A tick or `--policy` evaluates some of the loaded policies: each plans what it plans
+    /// in a plan of the whole set (the same releases and the same skips), so none releases
+    /// what an earlier policy left out of it owns, refused or not.
+    #[test]
+    fn some_policies_plan_what_they_plan_among_all(ps in arb_policies(), mut inv in proptest::collection::vec(arb_instance(), 0..30), pick in proptest::collection::vec(any::<bool>(), 4)) {
+        for (n, i) in inv.iter_mut().enumerate() {
+            i.instance_id = format!("i-{n}");
+        }
+        let some: Vec<Policy> = ps.iter().zip(pick.iter().cycle()).filter(|(_, k)| **k).map(|(p, _)| p.clone()).collect();
+        let whole = evaluate(&ps, &inv, &EvalContext::default(), now());
+        let mut e = Evaluation::among(&some, &ps, now());
+        e.add(&inv, &EvalContext::default());
+        let part = e.finish();
+        prop_assert_eq!(part.policies.len(), some.len());
+        for pp in &part.policies {
+            let full = whole.policies.iter().find(|w| w.policy == pp.policy).unwrap();
+            let ids = |p: &PolicyPlan| p.releases.iter().map(|r| r.instance_id.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(ids(pp), ids(full));
+            prop_assert_eq!(&pp.skips, &full.skips);
+            prop_assert_eq!(&pp.refused, &full.refused);
+        }
+    }
+
     /// Whatever the policy, an instance carrying the protect tag is never planned.
     #[test]
     fn protect_tag_always_wins(ps in arb_policies(), mut inv in proptest::collection::vec(arb_instance(), 1..20)) {
