@@ -643,15 +643,13 @@ fn protection(
     now: DateTime<Utc>,
 ) -> Option<(SkipReason, String)> {
     let protection = &ctx.protection;
-    if inst
-        .tags
-        .get(&protection.protect_tag_key)
-        .map(String::as_str)
-        == Some(ProtectionConfig::PROTECT_VALUE)
-    {
-        let tag = protection.protect_tag_key.clone();
-        let detail = format!("protected by tag {tag}=true");
-        return Some((SkipReason::Protected { tag }, detail));
+    let key = &protection.protect_tag_key;
+    if inst.tags.get(key).map(String::as_str) == Some(ProtectionConfig::PROTECT_VALUE) {
+        let detail = format!("protected by tag {key}=true");
+        return Some((SkipReason::Protected { tag: key.clone() }, detail));
+    }
+    if let Some(near) = near_protect(inst, key) {
+        return Some(near);
     }
     if inst.deletion_protection {
         return Some((
@@ -666,6 +664,27 @@ fn protection(
         ));
     }
     exempt::exemption(inst, ctx, now)
+}
+
+/// A tag that reads as the protect tag without being spelled as it (`Janitor:Protect`,
+/// `janitor_protect`, ` janitor:protect `, or a value of `True`, `yes`, `1`, ` true`) protects the instance: its
+/// owner meant to keep it, and a release cannot be undone. Only a value that says no
+/// (`false`, `no`, `0`, `off`) leaves it unprotected.
+fn near_protect(inst: &Instance, key: &str) -> Option<(SkipReason, String)> {
+    let normal = |k: &str| k.trim().to_ascii_lowercase().replace([':', '_', ' '], "-");
+    let want = normal(key);
+    let (k, v) = inst.tags.iter().find(|(k, _)| normal(k) == want)?;
+    let says_no = matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "false" | "no" | "0" | "off"
+    );
+    if says_no {
+        return None;
+    }
+    let detail = format!(
+        "protected: the tag {k}={v:?} is not spelled as `{key}=true`; write it so, or remove it"
+    );
+    Some((SkipReason::Protected { tag: k.clone() }, detail))
 }
 
 /// Whether `inst` meets the policy's conditions. No allocation: this runs for every instance

@@ -117,6 +117,46 @@ fn protections_table() {
     }
 }
 
+/// A tag that reads as the protect tag, however it is cased, spaced or valued, protects (found
+/// trying a fleet tagged `janitor:protect=True`, `=yes`, `=1` and `Janitor:Protect=true`: all
+/// six were released); only a value that says no leaves the instance to its policy.
+#[test]
+fn a_misspelt_protect_tag_protects_and_says_how_to_spell_it() {
+    for (k, v) in [
+        ("janitor:protect", "True"),
+        ("janitor:protect", "TRUE"),
+        ("janitor:protect", "yes"),
+        ("janitor:protect", "1"),
+        ("janitor:protect", " true"),
+        ("janitor:protect", ""),
+        ("Janitor:Protect", "true"),
+        ("janitor_protect", "true"),
+        (" janitor:protect ", "true"),
+    ] {
+        let mut i = inst("a");
+        i.tags.insert(k.into(), v.into());
+        let plan = eval(&policies(BASIC), &[i]);
+        assert!(
+            plan.policies[0].releases.is_empty(),
+            "{k}={v:?} was planned"
+        );
+        let skip = &plan.policies[0].skips[0];
+        assert_eq!(skip.reason, SkipReason::Protected { tag: k.into() });
+        assert!(
+            skip.detail
+                .contains("is not spelled as `janitor:protect=true`; write it so, or remove it"),
+            "{}",
+            skip.detail
+        );
+    }
+    for v in ["false", "No", "0", "off"] {
+        let mut i = inst("a");
+        i.tags.insert("Janitor:Protect".into(), v.into());
+        let plan = eval(&policies(BASIC), &[i]);
+        assert_eq!(plan.policies[0].releases.len(), 1, "{v:?} says no");
+    }
+}
+
 #[test]
 fn security_lock_allowed_by_policy() {
     let ps = policies(&format!(
