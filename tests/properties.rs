@@ -488,11 +488,12 @@ fn protected_by(
     policy: &Policy,
     protection: &ProtectionConfig,
 ) -> Option<SkipReason> {
+    // The protect tag with any value but one that says no (the fleet's keys are spelled right).
+    let says_no = |v: &str| ["false", "no", "0", "off"].contains(&v.trim().to_lowercase().as_str());
     if inst
         .tags
         .get(&protection.protect_tag_key)
-        .map(String::as_str)
-        == Some("true")
+        .is_some_and(|v| !says_no(v))
     {
         Some(SkipReason::Protected {
             tag: protection.protect_tag_key.clone(),

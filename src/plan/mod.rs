@@ -237,6 +237,10 @@ pub enum SkipReason {
     },
     /// A subscription, and the policy does not set `release.terminate_subscription`.
     RequiresTerminateSubscription,
+    /// A subscription that has not expired by the time it would be released: ECS would refuse.
+    SubscriptionNotExpired {
+        expires: DateTime<Utc>,
+    },
     /// An operator's hold (a cancel) or a quarantine after a permanent refusal.
     Held,
     /// Already released by ecs-janitor; ECS still lists it while the release completes.
@@ -270,6 +274,7 @@ impl SkipReason {
             SkipReason::AlsoMatchedBy { .. } => "also_matched_by",
             SkipReason::RequiresForce { .. } => "requires_force",
             SkipReason::RequiresTerminateSubscription => "requires_terminate_subscription",
+            SkipReason::SubscriptionNotExpired { .. } => "subscription_not_expired",
             SkipReason::Held => "held",
             SkipReason::Released { .. } => "released",
             SkipReason::Exempt { .. } => "exempt",
@@ -537,6 +542,22 @@ impl<'p> Evaluation<'p> {
                         Some(q) => q.not_before,
                         None => now + policy.release.grace,
                     };
+                    // DeleteInstances releases a subscription only once it has expired
+                    // (ChargeTypeViolation before): one that is still running its term when
+                    // it would be released is not planned.
+                    if let Some(expires) = inst
+                        .expired_time
+                        .filter(|t| inst.charge_type == ChargeType::PrePaid && *t > not_before)
+                    {
+                        plan.skips.push(skip(
+                            SkipReason::SubscriptionNotExpired { expires },
+                            format!(
+                                "a subscription that expires at {}; ECS releases a subscription only once it has expired",
+                                fmt_time(expires)
+                            ),
+                        ));
+                        continue;
+                    }
                     found.push((
                         ii,
                         PlannedRelease {

@@ -223,6 +223,9 @@ fn skip_json(reason: &SkipReason) -> Value {
         SkipReason::AlsoMatchedBy { policy } => v["policy"] = json!(policy),
         SkipReason::RequiresForce { status } => v["status"] = json!(status.as_str()),
         SkipReason::Released { at } => v["released_at"] = json!(crate::timefmt::text(*at)),
+        SkipReason::SubscriptionNotExpired { expires } => {
+            v["expires"] = json!(crate::timefmt::text(*expires))
+        }
         SkipReason::Exempt { until, by, reason } => {
             v["until"] = json!(crate::timefmt::text(*until));
             v["reason"] = json!(reason);

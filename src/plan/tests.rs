@@ -376,6 +376,50 @@ fn ecs_would_refuse_without_flags() {
     assert_eq!(codes, ["requires_force", "requires_terminate_subscription"]);
 }
 
+/// ECS releases a subscription only once it has expired (ChargeTypeViolation before): one that
+/// is still in its term when it would be released is skipped with its expiry, one that has
+/// expired by then is planned (found trying a policy of stopped subscriptions: those expiring in
+/// 2027 were planned, then refused by ECS one split call after another).
+#[test]
+fn a_subscription_in_its_term_is_not_planned() {
+    let ps = policies(
+        "name: p\nschedule: '0 * * * * *'\nregions: [cn-hangzhou]\nselect: {tags: {purpose: ci}}\n\
+         release: {terminate_subscription: true, grace: 2h}\n",
+    );
+    let sub = |id: &str, expires: chrono::Duration| {
+        let mut i = inst(id);
+        i.charge_type = ChargeType::PrePaid;
+        i.expired_time = Some(now() + expires);
+        i
+    };
+    let plan = eval(
+        &ps,
+        &[
+            sub("term", chrono::Duration::days(30)),
+            sub("in-grace", chrono::Duration::hours(1)),
+            sub("expired", -chrono::Duration::days(3)),
+        ],
+    );
+    let pp = &plan.policies[0];
+    let planned: Vec<&str> = pp.releases.iter().map(|r| r.instance_id.as_str()).collect();
+    assert_eq!(planned, ["in-grace", "expired"]);
+    let term = pp.skips.iter().find(|s| s.instance_id == "term").unwrap();
+    assert_eq!(
+        term.reason,
+        SkipReason::SubscriptionNotExpired {
+            expires: now() + chrono::Duration::days(30)
+        }
+    );
+    assert!(term
+        .detail
+        .contains("ECS releases a subscription only once it has expired"));
+    let json = render_json(&plan).to_string();
+    assert!(
+        json.contains(r#""code":"subscription_not_expired","expires":"#),
+        "{json}"
+    );
+}
+
 #[test]
 fn text_and_json_render() {
     let mut protected = inst("p");

@@ -292,7 +292,16 @@ pub fn against_policy(
             .map(|t| (inst.instance_id.clone(), *t))
             .into_iter()
             .collect(),
-        queued: HashMap::new(),
+        // Released now, if at all: a subscription must have expired by now.
+        queued: [(
+            inst.instance_id.clone(),
+            plan::QueuedInfo {
+                policy: name.to_string(),
+                not_before: now,
+            },
+        )]
+        .into_iter()
+        .collect(),
         exemptions: live
             .exemptions
             .get(&inst.instance_id)

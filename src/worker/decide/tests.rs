@@ -264,6 +264,29 @@ fn running_without_force_is_not_sent() {
     assert_eq!(settled(&t), vec![(1, "cancelled")]);
 }
 
+/// A subscription renewed since it was queued is in its term again: ECS would refuse it, and a
+/// grace period in the policy does not stretch "expired" at the call.
+#[test]
+fn a_subscription_renewed_since_it_was_queued_is_not_sent() {
+    let mut w = World::new(&[1, 2]);
+    w.policies = vec![policy(
+        "release:\n  terminate_subscription: true\n  grace: 3d\n",
+    )];
+    for (n, expires) in [
+        (1, chrono::Duration::hours(2)),
+        (2, -chrono::Duration::hours(2)),
+    ] {
+        let i = w.found.get_mut(&format!("i-{n}")).unwrap();
+        i.charge_type = ChargeType::PrePaid;
+        i.expired_time = Some(now() + expires);
+    }
+    let mut b = batch(&[1, 2], 0, None);
+    b.terminate_subscription = true;
+    let t = w.decide(&b);
+    assert_eq!(sent(&t), vec![2]);
+    assert_eq!(settled(&t), vec![(1, "cancelled")]);
+}
+
 #[test]
 fn a_policy_no_longer_loaded_cancels() {
     let mut w = World::new(&[1]);
