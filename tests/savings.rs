@@ -775,6 +775,42 @@ limits:
   max_releases_per_run: 1000
 "#;
 
+/// A dry-run policy's releases are shown with what they would save, apart from the plan's
+/// total and count, which are what will be released (found trying a plan whose dry-run policy
+/// made "Plan: 56 to release, ≈ ¥28,053/month saved" of an apply that released 10).
+#[tokio::test]
+async fn a_dry_run_policys_releases_are_not_in_the_plans_total() {
+    let h = sim_with_disks().await;
+    let db = common::sqlite().await;
+    let ps = common::policies(&POLICY.replace("name: sweep\n", "name: sweep\ndry_run: true\n"));
+    let app = common::Pipeline::new(&db.store, common::client(&h), ps.clone()).build();
+    let plan = app.reconciler.plan_only(&ps, Utc::now()).await.unwrap();
+    let text = ecs_janitor::plan::render_text(&plan, false);
+    for want in [
+        "i-running (name-i-running) in cn-hangzhou would be released (dry run)",
+        "subtotal: 6 in a dry run, ≈ ¥1,411/month if released (1 unknown)",
+        "6 releases in dry runs, not in the total (≈ ¥1,411/month if released (1 unknown))",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    assert!(!text.contains("in cn-hangzhou will be released"), "{text}");
+    assert!(
+        text.ends_with("Plan: 0 to release, 0 skipped, 0 policies refused.\n"),
+        "{text}"
+    );
+    let v = ecs_janitor::plan::render_json(&plan);
+    assert_eq!(v["summary"]["to_release"], 0);
+    assert_eq!(v["summary"]["dry_run"], 6);
+    assert_eq!(
+        v["summary"]["savings"]["monthly_due"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        v["summary"]["dry_run_savings"]["monthly_due"][0]["amount"],
+        "1411.22"
+    );
+}
+
 /// Releases waiting out their grace are counted apart in the plan's totals, in words that
 /// agree with their number.
 #[tokio::test]

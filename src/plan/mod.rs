@@ -310,21 +310,28 @@ pub struct PlanSummary {
     /// Planned releases waiting for grace (also counted in `skipped`).
     pub pending: usize,
     pub policies_refused: usize,
+    /// Releases due now of dry-run policies: never carried out, so not in `to_release` (their
+    /// releases waiting out a grace are in `skipped`, not in `pending`).
+    pub dry_run: usize,
 }
 
 impl Plan {
     pub fn summary(&self) -> PlanSummary {
         let mut s = PlanSummary::default();
         for p in &self.policies {
+            s.skipped += p.skips.len();
+            s.policies_refused += usize::from(p.refused.is_some());
             let pending = p
                 .releases
                 .iter()
                 .filter(|r| r.is_pending(self.generated_at))
                 .count();
+            if p.dry_run {
+                s.dry_run += p.releases.len() - pending;
+                continue;
+            }
             s.pending += pending;
             s.to_release += p.releases.len() - pending;
-            s.skipped += p.skips.len();
-            s.policies_refused += usize::from(p.refused.is_some());
         }
         s
     }
@@ -334,9 +341,23 @@ impl Plan {
         self.policies.iter().flat_map(|p| p.releases.iter())
     }
 
-    /// The savings of every planned release.
+    /// The savings of every release the plan carries out (dry-run policies' are apart).
     pub fn savings(&self) -> SavingsTotals {
-        SavingsTotals::of(self.releases(), self.generated_at)
+        self.savings_where(false)
+    }
+
+    /// What dry-run policies' releases would save, were they carried out.
+    pub fn dry_run_savings(&self) -> SavingsTotals {
+        self.savings_where(true)
+    }
+
+    fn savings_where(&self, dry_run: bool) -> SavingsTotals {
+        let releases = self
+            .policies
+            .iter()
+            .filter(|p| p.dry_run == dry_run)
+            .flat_map(|p| p.releases.iter());
+        SavingsTotals::of(releases, self.generated_at)
     }
 }
 

@@ -109,10 +109,15 @@ pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {} {}{name} in {} will be released",
+                "  {} {}{name} in {} {}",
                 p.red("-"),
                 r.instance_id,
-                r.region
+                r.region,
+                if pp.dry_run {
+                    "would be released (dry run)"
+                } else {
+                    "will be released"
+                }
             );
             let mut flags = Vec::new();
             if r.force {
@@ -198,8 +203,18 @@ pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
                 out,
                 "  {}",
                 p.bold(&format!(
-                    "subtotal: {due} to release, {}",
-                    saved_words(&sub.due, sub.unknown, &sub)
+                    "subtotal: {due} {}, {}",
+                    if pp.dry_run {
+                        "in a dry run"
+                    } else {
+                        "to release"
+                    },
+                    sum_words(
+                        &sub.due,
+                        sub.unknown,
+                        &sub,
+                        if pp.dry_run { "if released" } else { "saved" }
+                    )
                 ))
             );
         }
@@ -304,7 +319,9 @@ pub fn render_json(plan: &Plan) -> Value {
             "pending": s.pending,
             "skipped": s.skipped,
             "policies_refused": s.policies_refused,
+            "dry_run": s.dry_run,
             "savings": totals_json(&plan.savings()),
+            "dry_run_savings": totals_json(&plan.dry_run_savings()),
         },
     })
 }
@@ -473,7 +490,8 @@ fn totals(plan: &Plan, p: &Paint, out: &mut String) {
     } else {
         String::new()
     };
-    if sv.priced {
+    let dry = plan.dry_run_savings();
+    if sv.priced || dry.priced {
         let c = currency_of(&sv);
         let mut also = Vec::new();
         if !sv.pending.is_empty() || sv.pending_unknown > 0 {
@@ -481,6 +499,13 @@ fn totals(plan: &Plan, p: &Paint, out: &mut String) {
             also.push(format!(
                 "{more} from {} still waiting out a grace period",
                 crate::money::plural(s.pending, "release", "releases"),
+            ));
+        }
+        if s.dry_run > 0 && dry.priced {
+            also.push(format!(
+                "{} in dry runs, not in the total ({})",
+                crate::money::plural(s.dry_run, "release", "releases"),
+                sum_words(&dry.due, dry.unknown, &dry, "if released")
             ));
         }
         if !sv.renewal_avoided.is_empty() {
@@ -527,10 +552,18 @@ fn render_summary(plan: &Plan, p: &Paint) -> String {
             .into_iter()
             .map(|(code, g)| format!("{} {}", g.len(), reason_words(code)))
             .collect();
-        let mut line = format!("{}: {due} to release", p.bold(&pp.policy));
+        let (what, saved) = if pp.dry_run {
+            ("in a dry run", "if released")
+        } else {
+            ("to release", "saved")
+        };
+        let mut line = format!("{}: {due} {what}", p.bold(&pp.policy));
         let sub = SavingsTotals::of(&pp.releases, now);
         if sub.priced {
-            line.push_str(&format!(", {}", saved_words(&sub.due, sub.unknown, &sub)));
+            line.push_str(&format!(
+                ", {}",
+                sum_words(&sub.due, sub.unknown, &sub, saved)
+            ));
         }
         if waiting > 0 {
             line.push_str(&format!(", {waiting} waiting out their grace"));
