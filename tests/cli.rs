@@ -245,6 +245,45 @@ async fn plan_then_apply_the_saved_plan_then_inspect_the_queue_and_history() {
 async fn user_errors_say_what_and_how_to_fix_it() {
     let h = common::start_sim(vec![], Faults::default(), 42).await;
     let dir = setup();
+    // An operator's command on a database that is not there: reading the queue says so rather
+    // than showing an empty new one; the pause is made but says where, and that it is new.
+    let db = dir.path().join("j.db");
+    let out = run(None, dir.path(), &["queue", "list"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains(&format!(
+            "there is no database at sqlite://{}",
+            db.display()
+        )) && e.contains("give the same --database (or JANITOR_DATABASE_URL)"),
+        "{e}"
+    );
+    assert!(!db.exists(), "reading the queue made a database");
+    let out = run(None, dir.path(), &["pause", "--reason", "incident 42"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains(&format!("Note: there was no database at {}", db.display())),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains(&format!("using the database sqlite://{}", db.display())),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(None, dir.path(), &["pause", "--reason", "second"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let o = text(&out.stdout);
+    assert!(
+        o.starts_with("Already paused by ") && o.contains(": incident 42"),
+        "{o}"
+    );
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    assert_eq!(
+        run(None, dir.path(), &["resume"]).await.status.code(),
+        Some(0)
+    );
+
     let out = run(Some(&h), dir.path(), &["apply", "--policy", "nope"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(

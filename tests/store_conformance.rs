@@ -942,9 +942,17 @@ conformance!(
         );
         s.drop_scope("run-1").await.unwrap();
         assert!(s.pause_state().await.unwrap().is_none());
-        s.pause("alice", "freeze", t0()).await.unwrap();
+        assert_eq!(s.pause("alice", "freeze", t0()).await.unwrap(), None);
         let p = s.pause_state().await.unwrap().unwrap();
         assert_eq!((p.by.as_str(), p.reason.as_str()), ("alice", "freeze"));
+        // Pausing again keeps the first pause, its since-when too (found trying it: a second
+        // pause put its own who, why and time in place of the first's).
+        let later = t0() + chrono::Duration::hours(1);
+        assert_eq!(
+            s.pause("bob", "second", later).await.unwrap(),
+            Some(p.clone())
+        );
+        assert_eq!(s.pause_state().await.unwrap(), Some(p));
         s.resume("bob", "", t0()).await.unwrap();
         assert!(s.pause_state().await.unwrap().is_none());
         let id = s.database_id().await.unwrap();

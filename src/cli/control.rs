@@ -8,17 +8,42 @@ use super::operator;
 use crate::settings::Settings;
 use crate::store::{ReleaseFilter, Store};
 
-pub(super) async fn pause(args: &PauseArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+/// Opens the database for a command that records something for later (`pause`, `exempt`):
+/// it may come before the first `apply` or `run`, so a SQLite file that is not there is
+/// created, and said so, since a command pointed at the wrong file would otherwise hold nothing.
+async fn open_noting_new(settings: &Settings) -> anyhow::Result<Store> {
+    let missing = Store::missing_file(&settings.database);
     let store = Store::connect(&settings.database).await?;
-    store
+    if let Some(path) = missing {
+        eprintln!(
+            "Note: there was no database at {}; a new one was made there. `apply` and `run` \
+             must use this same database (--database, JANITOR_DATABASE_URL) for this to reach them.",
+            path.display()
+        );
+    }
+    Ok(store)
+}
+
+pub(super) async fn pause(args: &PauseArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = open_noting_new(settings).await?;
+    let db = store.shown_url().to_string();
+    match store
         .pause(&operator(), &args.reason, chrono::Utc::now())
-        .await?;
-    outln!("Releases are paused on every replica and command. `ecs-janitor resume` lifts it.");
+        .await?
+    {
+        Some(already) => outln!(
+            "Already {} (database {db}); the pause is kept as it was. `ecs-janitor resume` lifts it.",
+            already.describe()
+        ),
+        None => outln!(
+            "Releases are paused on every replica and command using the database {db}. `ecs-janitor resume` lifts it."
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn exempt(args: &ExemptArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(&settings.database).await?;
+    let store = open_noting_new(settings).await?;
     let now = chrono::Utc::now();
     if args.list {
         let rows = store.exemptions(now).await?;
@@ -83,7 +108,7 @@ pub(super) async fn exempt(args: &ExemptArgs, settings: &Settings) -> anyhow::Re
 }
 
 pub(super) async fn resume(reason: Option<&str>, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(&settings.database).await?;
+    let store = Store::connect_existing(&settings.database).await?;
     store
         .resume(&operator(), reason.unwrap_or_default(), chrono::Utc::now())
         .await?;
@@ -97,7 +122,7 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
         s.parse::<crate::store::ReleaseState>()
             .map_err(|e| anyhow::anyhow!("--state: {e}"))?;
     }
-    let store = Store::connect(&settings.database).await?;
+    let store = Store::connect_existing(&settings.database).await?;
     match cmd {
         QueueCommand::List {
             state,
@@ -185,7 +210,7 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
 }
 
 pub(super) async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(&settings.database).await?;
+    let store = Store::connect_existing(&settings.database).await?;
     let events = store
         .events_where(&crate::store::EventFilter {
             policy: args.policy.clone(),

@@ -218,12 +218,18 @@ pub(super) async fn pause(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = authorize(&s, &headers)?;
     let reason = op.reason.clone().unwrap_or_default();
-    s.ctx
+    let already = s
+        .ctx
         .store
         .pause(&op.by(&caller), &reason, s.ctx.clock.now())
         .await?;
-    tracing::warn!(by = %op.by(&caller), reason = %reason, "releases paused through the admin API");
-    pause_state(State(s)).await
+    if already.is_none() {
+        tracing::warn!(by = %op.by(&caller), reason = %reason, "releases paused through the admin API");
+    }
+    // The pause in force: this one, or the one before it, kept with its own who and why.
+    let mut state = pause_state(State(s)).await?;
+    state.0["already"] = json!(already.is_some());
+    Ok(state)
 }
 
 pub(super) async fn resume(

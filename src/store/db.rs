@@ -320,6 +320,15 @@ pub(super) enum Tx {
     Postgres(Transaction<'static, Postgres>),
 }
 
+/// The file a `sqlite:` URL names; `None` for another database or an in-memory one.
+pub(super) fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let opts = SqliteConnectOptions::from_str(url).ok()?;
+    Some(opts.get_filename().to_path_buf())
+}
+
 /// Turns a driver error into a store error, explaining SQLite's when it can.
 fn sqlite_err(file: &SqliteFile) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     move |e| file.diagnose(e)

@@ -88,6 +88,11 @@ pub enum StoreError {
     Sqlite(#[source] SqliteDiagnosis),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error(
+        "there is no database at {url} ({path} does not exist): an operator's command acts on the \
+         database `apply` and `run` use; give the same --database (or JANITOR_DATABASE_URL) they do"
+    )]
+    Missing { url: String, path: String },
     #[error("release {0} does not exist")]
     NoSuchRelease(ReleaseId),
     #[error("release {id} is {state}; {what}")]
@@ -160,6 +165,29 @@ impl Store {
             pool,
             url_for_errors: shown,
         })
+    }
+
+    /// Opens a database that must exist already, for an operator's commands that read or steer
+    /// the queue (`queue`, `history`, `resume`): a SQLite file that is not there is an error,
+    /// not a new empty queue that would show nothing (the wrong --database, most likely).
+    pub async fn connect_existing(url: &str) -> Result<Store, StoreError> {
+        if let Some(path) = Self::missing_file(url) {
+            return Err(StoreError::Missing {
+                url: redact_url(url),
+                path: path.display().to_string(),
+            });
+        }
+        Self::connect(url).await
+    }
+
+    /// The SQLite file `url` names when it does not exist yet (connecting would create it).
+    pub fn missing_file(url: &str) -> Option<std::path::PathBuf> {
+        db::sqlite_path(url).filter(|p| !p.exists())
+    }
+
+    /// The database as errors and messages show it (without its password).
+    pub fn shown_url(&self) -> &str {
+        &self.url_for_errors
     }
 
     /// True for PostgreSQL.

@@ -126,12 +126,18 @@ impl Store {
     }
 
     /// Pauses releases on every replica and command; recorded in the audit log with who and why.
+    /// A pause already in force is kept as it is, with its own who, why and since when (so the
+    /// alert on a long pause cannot be put off by pausing again), and returned; `None` when
+    /// this call paused.
     pub async fn pause(
         &self,
         by: &str,
         reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<PauseInfo>, StoreError> {
+        if let Some(already) = self.pause_state().await? {
+            return Ok(Some(already));
+        }
         for (k, v) in [
             (PAUSED_BY, by.to_string()),
             (PAUSED_REASON, reason.to_string()),
@@ -148,7 +154,8 @@ impl Store {
             },
             now,
         )
-        .await
+        .await?;
+        Ok(None)
     }
 
     /// Lifts the pause; recorded in the audit log with who and why (`reason` may be empty).
