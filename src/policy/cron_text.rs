@@ -158,18 +158,20 @@ pub(super) fn parse(text: &str) -> Result<cron::Schedule, CronProblem> {
                 let mut with_seconds = vec!["0"];
                 with_seconds.extend(&fields);
                 let hint = format!(
-                    "it has 5 fields, but {FORM}; for the same times write \"0 {trimmed}\" \
+                    "{FORM}; for the same times write \"0 {trimmed}\" \
                      (day-of-week numbers count from 1 = Sunday here)"
                 );
+                // "It has 5 fields" once: in the message, or in the hint when the message
+                // is about a value.
                 return Err(match check_fields(&with_seconds) {
-                    Err(m) => problem(m, Some(hint)),
+                    Err(m) => problem(m, Some(format!("it has 5 fields, but {hint}"))),
                     Ok(()) => problem("it has 5 fields".into(), Some(hint)),
                 });
             }
             n => return Err(problem(format!("it has {n} fields"), Some(FORM.into()))),
         }
     }
-    text.parse::<cron::Schedule>().map_err(|e| {
+    let schedule = text.parse::<cron::Schedule>().map_err(|e| {
         // Our checks should have caught it; if not, the parser's words, on one line.
         let said = e.to_string();
         let last = said
@@ -179,7 +181,20 @@ pub(super) fn parse(text: &str) -> Result<cron::Schedule, CronProblem> {
             .unwrap_or("not a valid cron")
             .to_string();
         problem(last, Some(FORM.into()))
-    })
+    })?;
+    // A schedule with no time to come would leave its policy silently idle: a day no month
+    // has (31 February), or years all past.
+    if schedule.upcoming(chrono::Utc).next().is_none() {
+        return Err(problem(
+            "it never fires: no time to come matches it".into(),
+            Some(
+                "check the day of the month against the month (February has no 30th or 31st, \
+                 April no 31st) and the year field, which must reach a year to come"
+                    .into(),
+            ),
+        ));
+    }
+    Ok(schedule)
 }
 
 fn shorthand_hint(name: &str, arg: &str) -> String {
@@ -334,11 +349,39 @@ mod tests {
         }
     }
 
+    /// A schedule that never fires would leave its policy idle with nothing to show for it
+    /// (found trying `0 0 3 31 2 *`, 31 February, and a year gone by: both were accepted).
+    #[test]
+    fn a_schedule_that_never_fires_is_refused() {
+        for never in [
+            "0 0 3 31 2 *",
+            "0 0 3 30 FEB *",
+            "0 0 0 31 4 *",
+            "0 0 3 * * * 2020",
+        ] {
+            let p = parse(never).unwrap_err();
+            assert!(
+                p.message
+                    .ends_with("it never fires: no time to come matches it"),
+                "{never}: {p:?}"
+            );
+            assert!(p.hint.unwrap().contains("February has no 30th or 31st"));
+        }
+        assert!(
+            parse("0 0 3 29 2 *").is_ok(),
+            "29 February comes in leap years"
+        );
+    }
+
     #[test]
     fn hints_say_what_to_write() {
         let hint = parse("@every 5m").unwrap_err().hint.unwrap();
         assert!(hint.contains("\"0 */5 * * * *\""), "{hint}");
         let hint = parse("*/15 * * * *").unwrap_err().hint.unwrap();
         assert!(hint.contains("\"0 */15 * * * *\""), "{hint}");
+        assert!(
+            !hint.contains("5 fields"),
+            "said once, in the message: {hint}"
+        );
     }
 }
