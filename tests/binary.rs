@@ -363,8 +363,35 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
         Some(200),
         "still ready on the last good set"
     );
+    // A folder emptied is refused too (a daemon with no policy would stop releasing and show
+    // nothing for it); the last good set keeps running.
+    for f in std::fs::read_dir(dir.path().join("policies")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    common::wait_for(
+        "the emptied folder to be reported",
+        Duration::from_secs(30),
+        || {
+            let u = ready.clone();
+            async move {
+                match reqwest::get(&u).await {
+                    Ok(r) => r
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .contains("holds no policy"),
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        http_status(&ready).await,
+        Some(200),
+        "still ready on the last good set"
+    );
     // A fixed set that covers every region takes effect within seconds.
-    std::fs::remove_file(dir.path().join("policies/broken.yaml")).unwrap();
     write_policy(dir.path(), "p.yaml", STOPPED_PAYG);
     common::wait_for(
         "the reloaded policy's releases",

@@ -123,6 +123,26 @@ async fn validate_reports_every_problem_with_its_place_and_exit_code() {
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("no problems"));
 
+    // An empty folder is a problem, not a set of none (found trying it: "0 policies, no
+    // problems", and `apply` exited 0 having done nothing).
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for cmd in ["validate", "apply"] {
+        let out = run(
+            None,
+            dir.path(),
+            &[cmd, "--policies", empty.to_str().unwrap()],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            all.contains(&format!("{}: holds no policy", empty.display()))
+                && all.contains("ecs-janitor pause"),
+            "{cmd}: {all}"
+        );
+    }
+
     let out = run(None, dir.path(), &["schema"]).await;
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(schema["properties"]["select"].is_object(), "{schema}");

@@ -421,8 +421,28 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
     }
     warnings.sort();
     warnings.dedup();
+    let mut result = load_inputs(inputs, diags);
+    // No policy at all is a mistake (an empty or wrong folder), never a set to run: a daemon
+    // that ran it would release nothing, with nothing to show that it had stopped.
+    if matches!(&result, Ok(set) if set.policies.is_empty()) {
+        result = Err(Diagnostics(
+            paths
+                .iter()
+                .map(|p| Diagnostic {
+                    hint: Some(
+                        "write a policy in a .yaml or .yml file there (docs/policies.md; \
+                         `ecs-janitor schema` for editors), or point --policies (JANITOR_POLICIES) \
+                         at the folder that holds them; to stop releasing for a while, use \
+                         `ecs-janitor pause`"
+                            .into(),
+                    ),
+                    ..file_diag(p, "holds no policy".into())
+                })
+                .collect(),
+        ));
+    }
     Loaded {
-        result: load_inputs(inputs, diags),
+        result,
         warnings: Diagnostics(warnings),
     }
 }
