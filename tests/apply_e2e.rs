@@ -510,3 +510,46 @@ async fn outside_the_operating_window_nothing_is_released_and_apply_says_when() 
     app.workers.drain(CancellationToken::new()).await.unwrap();
     assert_eq!(h.sim.releases().len(), 3);
 }
+
+/// A policy refused for its blast radius makes `apply` exit 2, the others' releases done (found
+/// trying it: plan and apply exited 0 with one line of output, so a cron job never noticed a
+/// policy refused every run).
+#[tokio::test]
+async fn a_policy_refused_for_its_blast_radius_makes_apply_exit_2() {
+    let yaml = r#"
+name: a-fine
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  instance_ids: [i-0]
+---
+name: b-too-many
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  instance_ids: [i-1, i-2]
+limits:
+  max_releases_per_run: 1
+"#;
+    let h = common::start_sim(common::ci_fleet(3), Faults::default(), 14).await;
+    let db = common::sqlite().await;
+    let app = common::Pipeline::new(&db.store, common::client(&h), policies(yaml)).build();
+    let report = app
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    let released: Vec<&str> = report
+        .in_state(ecs_janitor::store::ReleaseState::Succeeded)
+        .map(|r| r.instance_id.as_str())
+        .collect();
+    assert_eq!(released, ["i-0"]);
+    assert_eq!(report.exit_code(), 2);
+    assert_eq!(report.detailed_exit_code(), 4);
+    assert!(
+        report
+            .render(Utc::now())
+            .contains("Policy b-too-many refused"),
+        "{}",
+        report.render(Utc::now())
+    );
+}
