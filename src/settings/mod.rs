@@ -480,6 +480,30 @@ mod tests {
         assert_eq!(s.workers.concurrency, 8);
     }
 
+    /// A zero that would stop all work is refused where it is written (found trying
+    /// `workers.concurrency: 0`, `max_attempts: 0` and `lease_secs: 0`: all accepted).
+    #[test]
+    fn a_zero_that_would_stop_all_work_is_refused() {
+        let (_, problems) = resolve(
+            &[],
+            &[
+                ("JANITOR_CALLS_PER_SECOND", "0"),
+                ("JANITOR_RELOAD_MS", "0"),
+            ],
+            "workers:\n  concurrency: 0\n  max_attempts: 0\n  lease_secs: 0\n",
+        );
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(problems
+            .iter()
+            .all(|p| p.ends_with("0 would stop all work; give 1 or more")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("janitor.yaml:2:16 (`workers.concurrency`)")),
+            "{problems:?}"
+        );
+    }
+
     #[test]
     fn the_example_file_names_every_setting() {
         let example = include_str!("../../docs/janitor.example.yaml");

@@ -111,6 +111,15 @@ fn check_u32(s: &str) -> Result<(), String> {
         .map_err(|_| format!("{v} is too large"))
 }
 
+/// A whole number from 1 (a count or a time that 0 would turn into a run that never moves).
+fn check_positive_u32(s: &str) -> Result<(), String> {
+    check_u32(s)?;
+    if uint(s)? == 0 {
+        return Err("0 would stop all work; give 1 or more".into());
+    }
+    Ok(())
+}
+
 fn check_seconds(s: &str) -> Result<(), String> {
     seconds(s).map(drop)
 }
@@ -306,7 +315,7 @@ pub const SPECS: &[Spec] = &[
                grows back.",
         group: Group::Ecs,
         secret: false,
-        check: check_u32,
+        check: check_positive_u32,
     },
     Spec {
         key: "workers.concurrency",
@@ -318,7 +327,7 @@ pub const SPECS: &[Spec] = &[
                region no batch in flight is in, so each region's pace is used.",
         group: Group::Workers,
         secret: false,
-        check: check_uint,
+        check: check_positive_u32,
     },
     Spec {
         key: "workers.max_attempts",
@@ -329,7 +338,7 @@ pub const SPECS: &[Spec] = &[
         help: "Tries per batch (calls, and re-checks that failed) before its members fail.",
         group: Group::Workers,
         secret: false,
-        check: check_u32,
+        check: check_positive_u32,
     },
     Spec {
         key: "workers.backoff_base_ms",
@@ -362,7 +371,7 @@ pub const SPECS: &[Spec] = &[
         help: "Seconds a claimed batch stays leased without renewal.",
         group: Group::Workers,
         secret: false,
-        check: check_uint,
+        check: check_positive_u32,
     },
     Spec {
         key: "workers.quarantine",
@@ -418,7 +427,7 @@ pub const SPECS: &[Spec] = &[
         help: "Milliseconds between checks of the policy files for changes.",
         group: Group::Daemon,
         secret: false,
-        check: check_uint,
+        check: check_positive_u32,
     },
     Spec {
         key: "admin_token",
