@@ -311,6 +311,18 @@ async fn user_errors_say_what_and_how_to_fix_it() {
             && text(&out.stderr).contains("ci-stopped")
     );
 
+    // config check (and so run) says up front that the policies' default credentials are
+    // missing, rather than `run` starting ready and failing at the first tick.
+    let out = run(None, dir.path(), &["config", "check"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("credentials: policy ci-stopped (")
+            && all.contains("acts with the default credentials, which cannot be used")
+            && all.contains("ALIBABA_CLOUD_ACCESS_KEY_ID"),
+        "{all}"
+    );
+
     let out = run(None, dir.path(), &["plan"]).await;
     assert_eq!(out.status.code(), Some(1));
     let e = text(&out.stderr);
@@ -374,6 +386,8 @@ async fn the_config_file_sits_below_the_environment_and_secrets_stay_hidden() {
     c.args(["config", "check"])
         .current_dir(dir.path())
         .env("JANITOR_CALLS_PER_SECOND", "3")
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-test-key-id")
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "hunter3-ecs-secret")
         .env_remove("JANITOR_ADMIN_TOKEN")
         .env_remove("JANITOR_CONCURRENCY");
     let out = tokio::task::spawn_blocking(move || c.output().unwrap())
@@ -403,6 +417,10 @@ async fn the_config_file_sits_below_the_environment_and_secrets_stay_hidden() {
         "{stdout}"
     );
     assert!(!stdout.contains("hunter2"), "the secret is never printed");
+    assert!(
+        !stdout.contains("hunter3"),
+        "the ECS secret is never printed"
+    );
 
     std::fs::write(
         dir.path().join("janitor.yaml"),

@@ -346,7 +346,7 @@ fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret(
         text(&out.stderr)
     );
 
-    // A clean setup passes, with the database reachable.
+    // A clean setup passes, with the database reachable and credentials for the policies.
     std::fs::remove_file(dir.path().join("janitor.yaml")).unwrap();
     let db = format!("sqlite://{}", dir.path().join("j.db").display());
     let out = janitor(
@@ -355,6 +355,8 @@ fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret(
         &[
             ("HOME", home.as_str()),
             ("JANITOR_DATABASE_URL", db.as_str()),
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-test-key-id"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "test-secret"),
         ],
     );
     assert!(

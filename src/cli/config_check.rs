@@ -22,6 +22,33 @@ fn account_problems(settings: &Settings) -> Vec<String> {
         .collect()
 }
 
+/// Whether the default credentials can be used, when a policy acts on the default account
+/// (one without `account:`): without them such a policy would fail only at its first tick,
+/// perhaps a day after `run` started and reported ready.
+fn default_credentials_problem(
+    settings: &Settings,
+    policies: &[crate::policy::Policy],
+) -> Option<String> {
+    let users: Vec<&crate::policy::Policy> =
+        policies.iter().filter(|p| p.account.is_none()).collect();
+    let first = users.first()?;
+    let chain = crate::ecs::chain::ChainProvider::new(crate::ecs::chain::ChainOptions {
+        profile: settings.ecs.profile.clone(),
+        ..Default::default()
+    });
+    let e = chain.source().err()?;
+    let more = match users.len() - 1 {
+        0 => " acts".to_string(),
+        n => format!(" and {} act", crate::money::plural(n, "other", "others")),
+    };
+    Some(format!(
+        "credentials: policy {} ({}:{}){more} with the default credentials, which cannot be used: {e}",
+        first.name,
+        first.source.file.display(),
+        first.source.line
+    ))
+}
+
 /// Everything `run` checks before it starts, each problem once with where it comes from: the
 /// policies, the ECS client and the accounts, and the database.
 pub(super) async fn preflight(settings: &Settings) -> Vec<String> {
@@ -42,6 +69,7 @@ pub(super) async fn preflight(settings: &Settings) -> Vec<String> {
         Err(e) => problems.push(format!("{e:#}")),
     }
     problems.extend(account_problems(settings));
+    problems.extend(default_credentials_problem(settings, &policies));
     let url = &settings.database;
     let db_source = settings.source("database");
     match tokio::time::timeout(Duration::from_secs(15), Store::connect(url)).await {
