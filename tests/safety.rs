@@ -781,6 +781,24 @@ async fn history_filters_and_speaks_rfc3339() {
     let bad = e.run(&["history", "--since", "yesterday"]).await;
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("RFC 3339"), "{}", bad.stderr);
+    // A filter the log has never recorded is a misspelling until shown otherwise: said, with
+    // what the log holds, not answered with an empty list.
+    let typo = e.run(&["history", "--kind", "succeded"]).await;
+    assert_eq!(typo.code, 1, "{}", typo.all());
+    assert!(
+        typo.stderr
+            .contains("no event with kind \"succeded\" is in the log; did you mean \"succeeded\"?")
+            && typo.stderr.contains("the log holds kinds "),
+        "{}",
+        typo.stderr
+    );
+    let typo = e.run(&["history", "--policy", "nope"]).await;
+    assert_eq!(typo.code, 1, "{}", typo.all());
+    assert!(
+        typo.stderr.contains("the log holds policies ci, other"),
+        "{}",
+        typo.stderr
+    );
     // A success shows no error.
     let q = e.run(&["queue", "list", "--json"]).await;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&q.stdout).unwrap();

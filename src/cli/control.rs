@@ -220,6 +220,11 @@ pub(super) async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::R
             limit: Some(args.limit),
         })
         .await?;
+    if events.is_empty() {
+        if let Some(problem) = unrecorded_filter(&store, &args).await? {
+            anyhow::bail!(problem);
+        }
+    }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(ExitCode::SUCCESS);
@@ -244,6 +249,42 @@ pub(super) async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::R
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When `history` found nothing: a `--kind` or `--policy` the log has never recorded, most
+/// likely misspelt, named with what the log does hold (found trying `--kind succeded`: an
+/// empty answer, as if nothing had happened).
+async fn unrecorded_filter(store: &Store, args: &HistoryArgs) -> anyhow::Result<Option<String>> {
+    let (kinds, policies) = store.event_kinds_and_policies().await?;
+    let problem = |what: &str, whats: &str, given: &str, known: &[String]| {
+        let names: Vec<&str> = known.iter().map(String::as_str).collect();
+        let hint = crate::policy::closest(given, &names)
+            .map(|c| format!("did you mean {c:?}? "))
+            .unwrap_or_default();
+        format!(
+            "no event with {what} {given:?} is in the log; {hint}the log holds {}",
+            if names.is_empty() {
+                "no events yet".to_string()
+            } else {
+                format!("{whats} {}", names.join(", "))
+            }
+        )
+    };
+    if let Some(k) = args
+        .kind
+        .as_deref()
+        .filter(|k| !kinds.iter().any(|x| x == k))
+    {
+        return Ok(Some(problem("kind", "kinds", k, &kinds)));
+    }
+    if let Some(p) = args
+        .policy
+        .as_deref()
+        .filter(|p| !policies.iter().any(|x| x == p))
+    {
+        return Ok(Some(problem("policy", "policies", p, &policies)));
+    }
+    Ok(None)
 }
 
 /// The queue table's SAVES/MONTH cell: the figure a release was queued with (list price, kept

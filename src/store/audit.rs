@@ -131,6 +131,25 @@ impl Store {
         }
         self.pool.fetch_all(q).await
     }
+
+    /// The kinds of event the log holds, and the policies it names, each once and sorted: what
+    /// a `history` filter that matched nothing could have meant.
+    pub async fn event_kinds_and_policies(&self) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let kinds: Vec<(String,)> = self
+            .pool
+            .fetch_all(Sql::new("SELECT DISTINCT kind FROM events ORDER BY kind"))
+            .await?;
+        let policies: Vec<(String,)> = self
+            .pool
+            .fetch_all(Sql::new(
+                "SELECT DISTINCT policy FROM events WHERE policy IS NOT NULL ORDER BY policy",
+            ))
+            .await?;
+        Ok((
+            kinds.into_iter().map(|(k,)| k).collect(),
+            policies.into_iter().map(|(p,)| p).collect(),
+        ))
+    }
 }
 
 /// An operator action's detail: `by alice@host (cli)`, with `: reason` when one was given.
