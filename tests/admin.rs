@@ -518,6 +518,17 @@ async fn the_api_answers_bad_input_with_json_errors() {
             .contains("vanished"),
         "{body}"
     );
+    // A query that does not parse is the same JSON error (it was axum's plain text).
+    let r = reqwest::get(format!("{}/api/v1/releases?limit=abc", a.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
     let r = reqwest::get(format!("{}/api/v1/pause", a.base))
         .await
         .unwrap();

@@ -4,14 +4,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{authorize, release_id, AdminContext, ApiError, Caller};
+use super::{authorize, release_id, AdminContext, ApiError, ApiQuery, Caller};
 use crate::policy::Policy;
 use crate::store::{ReleaseFilter, ReleaseRow};
 
@@ -81,7 +81,7 @@ pub(super) struct ReleaseQuery {
 
 pub(super) async fn list_releases(
     State(s): State<AdminContext>,
-    Query(q): Query<ReleaseQuery>,
+    ApiQuery(q): ApiQuery<ReleaseQuery>,
 ) -> Result<Json<Vec<ReleaseRow>>, ApiError> {
     let state = q.state.filter(|v| !v.is_empty());
     if let Some(st) = &state {
@@ -149,7 +149,7 @@ pub(super) async fn retry_release(
     State(s): State<AdminContext>,
     headers: HeaderMap,
     Path(raw): Path<String>,
-    Query(op): Query<Operator>,
+    ApiQuery(op): ApiQuery<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
     let caller = authorize(&s, &headers)?;
     let id = release_id(&raw)?;
@@ -164,7 +164,7 @@ pub(super) async fn cancel_release(
     State(s): State<AdminContext>,
     headers: HeaderMap,
     Path(raw): Path<String>,
-    Query(op): Query<Operator>,
+    ApiQuery(op): ApiQuery<Operator>,
 ) -> Result<Json<ReleaseRow>, ApiError> {
     let caller = authorize(&s, &headers)?;
     let id = release_id(&raw)?;
@@ -214,7 +214,7 @@ impl Operator {
 pub(super) async fn pause(
     State(s): State<AdminContext>,
     headers: HeaderMap,
-    Query(op): Query<Operator>,
+    ApiQuery(op): ApiQuery<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = authorize(&s, &headers)?;
     let reason = op.reason.clone().unwrap_or_default();
@@ -235,7 +235,7 @@ pub(super) async fn pause(
 pub(super) async fn resume(
     State(s): State<AdminContext>,
     headers: HeaderMap,
-    Query(op): Query<Operator>,
+    ApiQuery(op): ApiQuery<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = authorize(&s, &headers)?;
     s.ctx
@@ -282,7 +282,7 @@ pub(super) async fn exempt(
     State(s): State<AdminContext>,
     headers: HeaderMap,
     Path(raw): Path<String>,
-    Query(op): Query<Operator>,
+    ApiQuery(op): ApiQuery<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = authorize(&s, &headers)?;
     let instance = instance_id(&raw)?;
@@ -308,7 +308,7 @@ pub(super) async fn remove_exemption(
     State(s): State<AdminContext>,
     headers: HeaderMap,
     Path(raw): Path<String>,
-    Query(op): Query<Operator>,
+    ApiQuery(op): ApiQuery<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = authorize(&s, &headers)?;
     let instance = instance_id(&raw)?;

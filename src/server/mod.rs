@@ -140,6 +140,28 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A query string, or the JSON 400 every API error is (axum's own rejection is plain text;
+/// found trying `GET /api/v1/releases?limit=abc`).
+struct ApiQuery<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(t)| ApiQuery(t))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
 /// A release id from the path, or a 400 that says what an id looks like.
 fn release_id(raw: &str) -> Result<crate::store::ReleaseId, ApiError> {
     raw.parse().map_err(|_| {
