@@ -304,6 +304,26 @@ async fn user_errors_say_what_and_how_to_fix_it() {
         Some(0)
     );
 
+    // A PostgreSQL that refuses the connection is said so (it was "pool timed out" after 10 s).
+    let out = run(
+        None,
+        dir.path(),
+        &[
+            "queue",
+            "list",
+            "--database",
+            "postgres://postgres@127.0.0.1:1/x",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("cannot open the database at postgres://postgres@127.0.0.1:1/x")
+            && e.contains("Connection refused"),
+        "{e}"
+    );
+
     let out = run(Some(&h), dir.path(), &["apply", "--policy", "nope"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(

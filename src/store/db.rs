@@ -375,6 +375,19 @@ impl Pool {
             }))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(connect_err)?;
+            // One connection first, for its own error: the pool retries a refused connection
+            // until its timeout and then says only that it timed out.
+            use sqlx::Connection as _;
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                sqlx::PgConnection::connect_with(&opts),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c.close().await.map_err(connect_err)?,
+                Ok(Err(e)) => return Err(connect_err(e)),
+                Err(_) => return Err(connect_err(sqlx::Error::PoolTimedOut)),
+            }
             let p = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(10))
