@@ -329,6 +329,21 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
         http_status(&format!("http://{listen}/healthz")).await,
         Some(200)
     );
+    // A second daemon on the same SQLite file is refused, naming the file (it used to run
+    // beside the first, logging "database is locked" for as long as both ran).
+    let other = format!("127.0.0.1:{}", free_port());
+    let second = janitor(&h, dir.path(), &url, &["run", "--listen", &other])
+        .spawn()
+        .unwrap();
+    let out = finish(dir.path(), second, "a second run");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("another `ecs-janitor run` uses the SQLite database sqlite://")
+            && out.stderr.contains("PostgreSQL"),
+        "{}",
+        out.stderr
+    );
     common::wait_for(
         "the first policy's releases",
         Duration::from_secs(60),

@@ -19,6 +19,9 @@ pub(super) async fn run_daemon(settings: Settings) -> anyhow::Result<ExitCode> {
             problems.join("\n")
         );
     }
+    // Held until the daemon ends (the process's exit lets it go, however it ends).
+    let _lock =
+        crate::store::Store::lock_for_daemon(&settings.database).map_err(anyhow::Error::msg)?;
     let policies = super::plan::load_policies(&settings.policies, &[])?;
     let clock: SharedClock = Arc::new(SystemClock);
     let metrics = crate::metrics::Metrics::new();

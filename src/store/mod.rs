@@ -180,6 +180,40 @@ impl Store {
         Self::connect(url).await
     }
 
+    /// For `run` on SQLite: holds a lock on a file beside the database for as long as the
+    /// daemon runs, or says which file another daemon holds. SQLite takes one writer, so a
+    /// second daemon on the same file would only wait on the first's writes ("database is
+    /// locked") for as long as both ran; several replicas share the work through PostgreSQL.
+    /// `None` for PostgreSQL and in-memory databases.
+    pub fn lock_for_daemon(url: &str) -> Result<Option<std::fs::File>, String> {
+        let Some(db) = db::sqlite_path(url) else {
+            return Ok(None);
+        };
+        let mut name = db.clone().into_os_string();
+        name.push(".run-lock");
+        let path = std::path::PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open the daemon's lock file {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "another `ecs-janitor run` uses the SQLite database {} (it holds {}): SQLite \
+                 takes one daemon; stop the other, or let several share the work through \
+                 PostgreSQL (--database postgres://...)",
+                redact_url(url),
+                path.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!(
+                "cannot lock the daemon's lock file {}: {e}",
+                path.display()
+            )),
+        }
+    }
+
     /// The SQLite file `url` names when it does not exist yet (connecting would create it).
     pub fn missing_file(url: &str) -> Option<std::path::PathBuf> {
         db::sqlite_path(url).filter(|p| !p.exists())
