@@ -105,7 +105,7 @@ async fn a_regions_listings_share_one_bound_on_pages_in_flight() {
     // many at once as the region's bound allows: more than either would alone, never more
     // than the bound.
     let status = |k: usize| {
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             ecs_janitor::ecs::InstanceStatus::Stopped
         } else {
             ecs_janitor::ecs::InstanceStatus::Running

@@ -361,7 +361,7 @@ pub(super) fn encode_token(id: &str) -> String {
 }
 
 pub(super) fn decode_token(t: &str) -> Option<String> {
-    if t.len() % 2 != 0 || t.len() > 256 {
+    if !t.len().is_multiple_of(2) || t.len() > 256 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..t.len())

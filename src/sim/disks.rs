@@ -65,7 +65,7 @@ pub fn default_disks(inst: &Instance) -> Vec<Disk> {
         let bits = h >> (8 * n);
         let size = [20, 100, 200, 500][(bits % 4) as usize];
         let category = ["cloud_essd", "cloud_efficiency"][((bits >> 2) % 2) as usize];
-        let keep = (bits >> 3) % 5 == 0;
+        let keep = (bits >> 3).is_multiple_of(5);
         out.push(disk_of(inst, n, DiskKind::Data, category, size, !keep));
     }
     out
