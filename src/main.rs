@@ -16,7 +16,13 @@ fn log_colours() -> bool {
 fn init_logging(format: LogFormat, filter: Option<&str>, default_level: &str) {
     let filter = filter
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_level));
+        // PostgreSQL's notices (a migration's "relation _sqlx_migrations already exists,
+        // skipping" at every start) are the server's chatter, not the program's.
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "{default_level},sqlx::postgres::notice=warn"
+            ))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(log_colours())

@@ -1106,6 +1106,11 @@ async fn exemptions_by_tag_and_by_command_keep_instances_out_until_they_end() {
         "{}",
         list.stdout
     );
+    // --json is one array, as queue list's and history's are.
+    let list = e.run(&["exempt", "--list", "--json"]).await;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{}", list.stdout);
+    assert_eq!(rows[0]["instance_id"], "i-4");
 
     let p = e.run(&["plan"]).await;
     let line = |id: &str| {

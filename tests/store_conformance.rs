@@ -816,6 +816,28 @@ conformance!(
         let holds = s.holds(t0()).await.unwrap();
         assert_eq!(holds.len(), 1);
         assert!(holds[0].describe().contains("held by alice"));
+        // A hold for a time says until when as every time for people is said.
+        let until = t0() + chrono::Duration::hours(1);
+        s.cancel_release(a[1].0, "alice", "flaky", Some(until), t0())
+            .await
+            .unwrap();
+        let ev = s
+            .events_where(&ecs_janitor::store::EventFilter {
+                instance_id: Some("i-2".into()),
+                kind: Some("cancelled".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            ev[0].detail.ends_with(&format!(
+                "held until {}",
+                until.format("%Y-%m-%d %H:%M UTC")
+            )),
+            "{}",
+            ev[0].detail
+        );
+        s.retry_release(a[1].0, "alice", "", t0()).await.unwrap();
         s.retry_release(a[0].0, "alice", "", t0()).await.unwrap();
         assert!(
             s.holds(t0()).await.unwrap().is_empty(),

@@ -48,9 +48,8 @@ pub(super) async fn exempt(args: &ExemptArgs, settings: &Settings) -> anyhow::Re
     if args.list {
         let rows = store.exemptions(now).await?;
         if args.json {
-            for r in &rows {
-                outln!("{}", serde_json::to_string(r)?);
-            }
+            // One JSON array, as `queue list --json` and `history --json` give.
+            outln!("{}", serde_json::to_string_pretty(&rows)?);
         } else if rows.is_empty() {
             outln!(
                 "No exemptions in force. (Tag exemptions, `janitor:exempt-until`, show in plans.)"
@@ -148,27 +147,31 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
                 return Ok(ExitCode::SUCCESS);
             }
             outln!(
-                "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<18} LAST",
-                "ID",
-                "INSTANCE",
-                "REGION",
-                "STATE",
-                "TRY",
-                "POLICY",
-                "SAVES/MONTH"
+                "{}",
+                queue_line([
+                    "ID",
+                    "INSTANCE",
+                    "REGION",
+                    "STATE",
+                    "TRY",
+                    "POLICY",
+                    "SAVES/MONTH",
+                    "LAST"
+                ])
             );
             for r in rows {
-                let saves = saves_cell(r.saving.as_ref());
                 outln!(
-                    "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<18} {}",
-                    r.id,
-                    r.instance_id,
-                    r.region,
-                    r.state,
-                    r.attempts,
-                    r.policy,
-                    saves,
-                    r.last_code.or(r.last_error).unwrap_or_default()
+                    "{}",
+                    queue_line([
+                        &r.id.to_string(),
+                        &r.instance_id,
+                        &r.region,
+                        r.state.as_str(),
+                        &r.attempts.to_string(),
+                        &r.policy,
+                        &saves_cell(r.saving.as_ref()),
+                        &r.last_code.or(r.last_error).unwrap_or_default(),
+                    ])
                 );
             }
         }
@@ -287,6 +290,15 @@ async fn unrecorded_filter(store: &Store, args: &HistoryArgs) -> anyhow::Result<
     Ok(None)
 }
 
+/// One line of `queue list`'s table, its cells as text so that every width applies (a type's
+/// own Display may ignore a width: the STATE column was ragged).
+fn queue_line(c: [&str; 8]) -> String {
+    format!(
+        "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<18} {}",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+    )
+}
+
 /// The queue table's SAVES/MONTH cell: the figure a release was queued with (list price, kept
 /// as it was then), or, for a subscription that bills nothing while it waits, the month of
 /// renewal its release spares.
@@ -306,6 +318,39 @@ mod tests {
     use super::*;
     use crate::money::Money;
     use crate::store::ReleaseSaving;
+
+    #[test]
+    fn the_queue_table_keeps_its_columns_whatever_the_state() {
+        let line = |state: crate::store::ReleaseState| {
+            queue_line([
+                "7",
+                "i-1",
+                "cn-hangzhou",
+                state.as_str(),
+                "1",
+                "ci",
+                "¥1.00",
+                "",
+            ])
+        };
+        let (a, b) = (
+            line(crate::store::ReleaseState::Succeeded),
+            line(crate::store::ReleaseState::Pending),
+        );
+        let header = queue_line([
+            "ID",
+            "INSTANCE",
+            "REGION",
+            "STATE",
+            "TRY",
+            "POLICY",
+            "SAVES/MONTH",
+            "LAST",
+        ]);
+        let at = |l: &str| l.find("ci").unwrap();
+        assert_eq!(at(&a), at(&b), "{a}\n{b}");
+        assert_eq!(header.find("POLICY").unwrap(), at(&a), "{header}\n{a}");
+    }
 
     #[test]
     fn a_subscription_shows_the_renewal_it_spares() {

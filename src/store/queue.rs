@@ -802,7 +802,7 @@ impl Store {
                     policy: Some(r.policy.clone()),
                     instance_id: Some(r.instance_id.clone()),
                     detail: match until {
-                        Some(t) => format!("{why}; held until {}", t.to_rfc3339()),
+                        Some(t) => format!("{why}; held until {}", t.format("%Y-%m-%d %H:%M UTC")),
                         None => format!("{why}; held until `queue retry`"),
                     },
                     ..NewEvent::default()
