@@ -223,15 +223,21 @@ impl ConfigFile {
                                 .iter()
                                 .filter_map(|spec| spec.key.strip_prefix(&format!("{section}.")))
                                 .collect();
+                            let leaf = &k[section.len() + 1..];
                             format!(
-                                "unknown key `{k}`; valid keys under `{section}`: {}",
+                                "unknown key `{k}`{}; valid keys under `{section}`: {}",
+                                did_you_mean(leaf, &valid, &format!("{section}.")),
                                 valid.join(", ")
                             )
                         }
-                        None => format!(
-                            "unknown key `{k}`; valid top-level keys: {}",
-                            top_level_keys().join(", ")
-                        ),
+                        None => {
+                            let valid = top_level_keys();
+                            format!(
+                                "unknown key `{k}`{}; valid top-level keys: {}",
+                                did_you_mean(&k, &valid, ""),
+                                valid.join(", ")
+                            )
+                        }
                     }
                 };
                 problems.push(at(key.pos, message));
@@ -355,6 +361,13 @@ pub fn locate(named: Option<&Path>) -> Option<PathBuf> {
     default.exists().then_some(default)
 }
 
+/// ` (did you mean `PREFIX.KEY`?)` when one of `valid` is a likely typo of `key`, else nothing.
+fn did_you_mean(key: &str, valid: &[&str], prefix: &str) -> String {
+    crate::policy::closest(key, valid)
+        .map(|c| format!(" (did you mean `{prefix}{c}`?)"))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,13 +416,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("workers.concurency") && e.contains("concurrency"),
+            e.contains("unknown key `workers.concurency` (did you mean `workers.concurrency`?)"),
             "{e}"
         );
         let e = ConfigFile::parse(Path::new("j.yaml"), "databse: x\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("j.yaml") && e.contains("databse"), "{e}");
+        assert!(
+            e.contains("j.yaml") && e.contains("unknown key `databse` (did you mean `database`?)"),
+            "{e}"
+        );
         let e = ConfigFile::parse(Path::new("j.yaml"), "listen: [a, b]\n")
             .unwrap_err()
             .to_string();
