@@ -108,7 +108,7 @@ const FIELDS: [Field; 7] = [
         max: 7,
         names: DAYS,
         any: true,
-        note: " (1 is Sunday, 7 Saturday; or SUN-SAT)",
+        note: " (SUN-SAT)",
     },
     Field {
         name: "year",
@@ -159,7 +159,7 @@ pub(super) fn parse(text: &str) -> Result<cron::Schedule, CronProblem> {
                 with_seconds.extend(&fields);
                 let hint = format!(
                     "{FORM}; for the same times write \"0 {trimmed}\" \
-                     (day-of-week numbers count from 1 = Sunday here)"
+                     (with day names for any day-of-week numbers)"
                 );
                 // "It has 5 fields" once: in the message, or in the hint when the message
                 // is about a value.
@@ -269,6 +269,21 @@ fn check_item(item: &str, f: &Field) -> Result<(), String> {
 /// One value of field `f`, a number in range or a name it accepts.
 fn value(text: &str, f: &Field) -> Result<u32, String> {
     let range = || format!("{}-{}{}", f.min, f.max, f.note);
+    if let (Ok(n), true) = (text.parse::<u64>(), f.names == DAYS) {
+        // Cron dialects number the week differently (the parser's 1 is Sunday, Unix cron's
+        // Monday): "1-5" meant for weekdays would run Sunday to Thursday. Names only.
+        let day = |n: u64| {
+            DAYS.iter()
+                .find(|(name, v)| name.len() == 3 && u64::from(*v) == n)
+                .map(|(name, _)| name.to_ascii_uppercase())
+        };
+        let here = day(n).unwrap_or_else(|| "no day".into());
+        let unix = day(n % 7 + 1).unwrap_or_else(|| "no day".into());
+        return Err(format!(
+            "day-of-week {n} is a number, and crons disagree on which day it is ({here} here, \
+             {unix} in Unix cron); write the day's name, e.g. MON-FRI for weekdays"
+        ));
+    }
     if let Ok(n) = text.parse::<u64>() {
         return match u32::try_from(n) {
             Ok(n) if (f.min..=f.max).contains(&n) => Ok(n),
@@ -279,7 +294,11 @@ fn value(text: &str, f: &Field) -> Result<u32, String> {
     if let Some((_, v)) = f.names.iter().find(|(name, _)| *name == lower) {
         return Ok(*v);
     }
-    if f.names.is_empty() {
+    if f.names == DAYS {
+        Err(format!(
+            "day-of-week {text:?} is not a day's name; use SUN-SAT (or the full names)"
+        ))
+    } else if f.names.is_empty() {
         Err(format!(
             "{} {text:?} is not a number in range {}",
             f.name,
@@ -311,11 +330,13 @@ mod tests {
             ("0 0 0 32 * *", "day-of-month 32 is out of range 1-31"),
             ("0 0 0 0 * *", "day-of-month 0 is out of range 1-31"),
             ("0 0 0 * 13 *", "month 13 is out of range 1-12"),
-            ("0 0 0 * * 8", "day-of-week 8 is out of range 1-7"),
+            ("0 0 0 * * 8", "day-of-week 8 is a number"),
+            ("0 0 3 * * 1-5", "day-of-week 1 is a number, and crons disagree on which day it is (SUN here, MON in Unix cron); write the day's name, e.g. MON-FRI"),
+            ("0 0 3 * * 0", "(no day here, SUN in Unix cron)"),
             ("0 0 0 * * * 2200", "year 2200 is out of range 1970-2100"),
             ("0 5-2 * * * *", "minute range 5-2 goes backwards"),
             ("0 */0 * * * *", "minute step /0 never advances"),
-            ("0 0 0 * * Funday", "day-of-week \"Funday\" is neither"),
+            ("0 0 0 * * Funday", "day-of-week \"Funday\" is not a day's name; use SUN-SAT"),
             ("0 0 0 * JANUAR *", "month \"JANUAR\" is neither"),
             ("0 1,,2 * * * *", "minute has an empty list item"),
             ("? * * * * *", "second does not take ?"),
@@ -343,7 +364,8 @@ mod tests {
             "*/10 * * * * *",
             "@daily",
             "@hourly",
-            "0 0,30 8-18 * * 2-6",
+            "0 0,30 8-18 * * MON-FRI",
+            "0 0 3 * * SAT,SUN",
         ] {
             assert!(parse(ok).is_ok(), "{ok}: {:?}", parse(ok).err());
         }
