@@ -85,6 +85,19 @@ impl PriceFile {
                 (Value::Str(key), Value::Map(regions)) if key == "regions" => {
                     for (rk, rv) in regions {
                         let region = match &rk.value {
+                            // A known region's near miss is a typo whose prices would never
+                            // be used (a region too new to be known is taken as written).
+                            Value::Str(r)
+                                if !crate::policy::is_known_region(r)
+                                    && crate::policy::closest_region(r).is_some() =>
+                            {
+                                problems.push(format!(
+                                    "{}: {r:?} is not an ECS region; did you mean {}?",
+                                    at(rk),
+                                    crate::policy::closest_region(r).unwrap_or_default()
+                                ));
+                                continue;
+                            }
                             Value::Str(r) if crate::ecs::client::valid_region(r) => r.clone(),
                             other => {
                                 problems.push(format!(
@@ -170,10 +183,18 @@ fn region_prices(name: &str, node: &Node, problems: &mut Vec<String>) -> RegionP
         let key = match &k.value {
             Value::Str(s) if REGION_KEYS.contains(&s.as_str()) => s.as_str(),
             other => {
+                let named = match other {
+                    Value::Str(s) => {
+                        let near = crate::policy::closest(s, &REGION_KEYS)
+                            .map(|c| format!(" (did you mean `{c}`?)"))
+                            .unwrap_or_default();
+                        format!("`{s}`{near}")
+                    }
+                    other => other.kind(),
+                };
                 problems.push(format!(
-                    "{}: unknown key {}; a region has {}",
+                    "{}: unknown key {named}; a region has {}",
                     at(k),
-                    other.kind(),
                     REGION_KEYS.join(", ")
                 ));
                 continue;
@@ -227,6 +248,9 @@ fn amount(v: &Value, places: u32) -> Result<i64, String> {
         other => return Err(format!("expected an amount, found {}", other.kind())),
     };
     let t = text.trim();
+    if t.starts_with('-') {
+        return Err(format!("{t:?} is negative; a price is 0 or more"));
+    }
     let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(whole) || (!frac.is_empty() && !digits(frac)) || frac.len() > places as usize {
@@ -279,18 +303,34 @@ mod tests {
     }
 
     #[test]
+    fn a_negative_price_says_so() {
+        let e = parse("currency: CNY\nregions:\n  cn-hangzhou:\n    instance_types:\n      ecs.g6.large: -300\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "prices.yaml:5:21: ecs.g6.large: \"-300\" is negative; a price is 0 or more"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_bad_price_file_names_every_problem_at_its_line() {
         let e = parse(
-            "currency: yuan\nregions:\n  cn-hangzhou:\n    instance_typs:\n      ecs.g6.large: 1\n    disks_per_gb:\n      cloud_essd: cheap\n  Bad_Region: {}\nextra: 1\n",
+            "currency: yuan\nregions:\n  cn-hangzhou:\n    instance_typs:\n      ecs.g6.large: 1\n    disks_per_gb:\n      cloud_essd: cheap\n  Bad_Region: {}\n  cn-hangzou:\n    instance_types:\n      ecs.g6.large: -300\nextra: 1\n",
         )
         .unwrap_err()
         .to_string();
         for want in [
             "prices.yaml:1:11: currency \"yuan\"",
-            "prices.yaml:4:5: unknown key the string \"instance_typs\"",
+            "prices.yaml:4:5: unknown key `instance_typs` (did you mean `instance_types`?)",
             "prices.yaml:7:19: cloud_essd: \"cheap\" is not an amount",
             "prices.yaml:8:3:",
-            "prices.yaml:9:1: unknown key",
+            // Found trying a price file: the region's typo was taken, its prices never used,
+            // and a negative price was "not an amount of at most 2 decimals".
+            "prices.yaml:9:3: \"cn-hangzou\" is not an ECS region; did you mean cn-hangzhou?",
+            "prices.yaml:12:1: unknown key",
         ] {
             assert!(e.contains(want), "{want:?} in:\n{e}");
         }
