@@ -105,6 +105,7 @@ impl App {
         }
         let mut stopped = None;
         let mut accounts_stopped = Vec::new();
+        let mut claimed = None;
         if !self.reconciler.force_dry_run {
             // The run's scope: what this pass may carry out. With --policy or a plan, only
             // their releases; otherwise every release queued when the pass ended.
@@ -139,6 +140,7 @@ impl App {
             }
             stopped = worked.stopped;
             accounts_stopped = worked.accounts_stopped;
+            claimed = Some(worked.claimed);
         }
         // What the drain freed goes back first: the rows below are decoded on the database
         // driver's thread, whose allocations the freed memory of the others would not serve.
@@ -152,6 +154,17 @@ impl App {
                 ..ReleaseFilter::default()
             })
             .await?;
+        if let Some(claimed) = &claimed {
+            // What workers carry out counts for the run whose workers did it: another apply
+            // working the same queue meanwhile reports its own (two side by side each reported
+            // every release of both).
+            touched.retain(|r| {
+                !matches!(
+                    r.state,
+                    ReleaseState::Succeeded | ReleaseState::Failed | ReleaseState::Vanished
+                ) || claimed.contains(&r.id)
+            });
+        }
         if narrowed || saved.is_some() {
             // Only what this run could act on: the pass's policies (and the plan's instances).
             let names: HashSet<&str> = policies.iter().map(|p| p.name.as_str()).collect();

@@ -1582,3 +1582,49 @@ select:
     let a = e.run(&["apply", "--policy", "ci"]).await;
     assert!(a.stdout.contains("Released 3 instances"), "{}", a.all());
 }
+
+/// Two applies on one queue each report what their own workers carried out: together, every
+/// release once (found trying `apply & apply`: each reported all 271 releases and their
+/// savings, twice the truth in all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_applies_side_by_side_each_report_only_their_own_releases() {
+    let many = format!("{CI}limits:\n  max_releases_per_run: 1000\n");
+    let mut e = env(0, 0, &[&many]).await;
+    // A round trip per call, so that the two runs overlap: both plan, both work the queue.
+    let faults = Faults {
+        latency: Duration::from_millis(20),
+        ..Faults::default()
+    };
+    e.h = common::start_sim(common::ci_fleet(150), faults, 7).await;
+    let (a, b) = (e.spawn(&["apply"]), e.spawn(&["apply"]));
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (
+            wait_bounded(a, "first apply"),
+            wait_bounded(b, "second apply"),
+        )
+    })
+    .await
+    .unwrap();
+    let released = |o: &Out| -> usize {
+        o.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("Released "))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        e.real_deletes().concat().len(),
+        150,
+        "{}\n{}",
+        a.all(),
+        b.all()
+    );
+    assert_eq!(
+        released(&a) + released(&b),
+        150,
+        "the two reports:\n{}\n{}",
+        a.all(),
+        b.all()
+    );
+}

@@ -329,6 +329,43 @@ pub(super) fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     Some(opts.get_filename().to_path_buf())
 }
 
+/// Waits (at most 60 s) for an exclusive lock on the file `DB.{suffix}` beside the SQLite file
+/// `db`, held until the returned file is dropped. `None` where the file cannot be made (a
+/// read-only folder: nothing there can be migrated by anyone either).
+pub(super) async fn lock_beside(
+    db: &std::path::Path,
+    suffix: &str,
+    shown: &str,
+) -> Result<Option<std::fs::File>, StoreError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(format!(".{suffix}"));
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+    else {
+        return Ok(None);
+    };
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || file.lock().map(|()| file)),
+    )
+    .await;
+    match waited {
+        Ok(Ok(Ok(file))) => Ok(Some(file)),
+        // The platform cannot lock files there: go on as before locks were taken.
+        Ok(Ok(Err(_))) | Ok(Err(_)) => Ok(None),
+        Err(_) => Err(StoreError::Connect {
+            url: shown.to_string(),
+            source: sqlx::Error::Protocol(format!(
+                "another process held {} for more than 60 s while migrating the database",
+                std::path::Path::new(&name).display()
+            )),
+        }),
+    }
+}
+
 /// Turns a driver error into a store error, explaining SQLite's when it can.
 fn sqlite_err(file: &SqliteFile) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     move |e| file.diagnose(e)
@@ -437,8 +474,15 @@ impl Pool {
 
     pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
+            // IMMEDIATE: the write lock is taken at BEGIN, where SQLite's busy timeout waits
+            // for another process's writer. A deferred transaction that reads and then writes
+            // after another process wrote cannot wait: SQLite fails it at once as "database is
+            // locked" (found running two applies on one file: both ended on that error).
             Pool::Sqlite(f) => Tx::Sqlite(
-                f.writer.begin().await.map_err(sqlite_err(&f.file))?,
+                f.writer
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(sqlite_err(&f.file))?,
                 f.file.clone(),
             ),
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),

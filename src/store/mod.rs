@@ -160,6 +160,12 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let shown = redact_url(url);
         let pool = db::Pool::open(url, &shown).await?;
+        // Processes that open a new SQLite file at once would each find it unmigrated and
+        // collide ("table releases already exists"): one migrates at a time.
+        let _one_at_a_time = match db::sqlite_path(url) {
+            Some(path) => db::lock_beside(&path, "migrate-lock", &shown).await?,
+            None => None,
+        };
         pool.migrate(&shown).await?;
         Ok(Store {
             pool,

@@ -235,6 +235,9 @@ pub struct WorkReport {
     pub stopped: Option<Stop>,
     /// Accounts whose work stopped after an account-wide refusal.
     pub accounts_stopped: Vec<AccountStop>,
+    /// The releases whose batches these workers claimed: what this run carried out, apart
+    /// from what another process's workers did meanwhile.
+    pub claimed: std::collections::HashSet<ReleaseId>,
 }
 
 /// An account whose releases stopped for the run: ECS refused it as a whole.
@@ -277,6 +280,8 @@ pub struct Workers {
     pub scope: Option<String>,
     /// Accounts whose work this run stopped after an account-wide refusal, with the error.
     stopped_accounts: Arc<Mutex<Vec<AccountStop>>>,
+    /// The releases whose batches these workers claimed (see [`WorkReport::claimed`]).
+    claimed: Arc<Mutex<std::collections::HashSet<ReleaseId>>>,
     /// The (account, region) pairs of the batches this process is working, with how many:
     /// claims prefer others, so every region's pace is used.
     busy: Arc<Mutex<HashMap<(String, String), usize>>>,
@@ -325,6 +330,7 @@ impl Workers {
             dry_run: false,
             scope: None,
             stopped_accounts: Arc::default(),
+            claimed: Arc::default(),
             busy: Arc::default(),
             claiming: Arc::default(),
             cancel: CancellationToken::new(),
@@ -456,9 +462,15 @@ impl Workers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let claimed = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Ok(WorkReport {
             stopped,
             accounts_stopped,
+            claimed,
         })
     }
 
@@ -580,6 +592,15 @@ impl Workers {
         self.claim_and_process(paused).await
     }
 
+    /// Notes releases these workers took (a batch's members, or releases of the snapshot
+    /// stage): this run's work, for its report.
+    fn note_claimed(&self, ids: impl IntoIterator<Item = ReleaseId>) {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ids);
+    }
+
     /// Claims and carries out one batch, with the pause as it was read just before the claim;
     /// `None` when nothing is due.
     async fn claim_and_process(
@@ -632,6 +653,7 @@ impl Workers {
         };
         let _busy = Busy::hold(&self.busy, &batch.account, &batch.region);
         drop(claiming);
+        self.note_claimed(batch.members.iter().map(|m| m.release_id));
         let span = tracing::info_span!("batch", id = %batch.fence.batch_id, region = %batch.region,
             token = %batch.client_token, members = batch.members.len(), attempts = batch.attempts);
         tracing::Instrument::instrument(self.process(batch, paused), span)

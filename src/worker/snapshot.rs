@@ -50,6 +50,7 @@ impl Workers {
         if staged.is_empty() {
             return Ok(false);
         }
+        self.note_claimed(staged.iter().map(|r| r.id));
         let policies = self.policies_now();
         for r in staged {
             // No snapshot for a release its policy no longer makes: cancelled, as the re-check
