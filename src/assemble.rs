@@ -30,17 +30,25 @@ pub fn prices(ecs: &EcsSettings) -> anyhow::Result<crate::pricing::PriceConfig> 
 }
 
 /// The context a command runs with, from its settings: the database connected, the ECS
-/// clients of every account `policies` name (each checked), the notifier started when
+/// clients of every account the `acting` policies name (all of `policies` when empty; each checked), the notifier started when
 /// webhooks are configured, calls counted in `metrics`.
 pub async fn context(
     settings: &Settings,
     policies: Vec<Policy>,
+    acting: &[String],
     clock: SharedClock,
     metrics: Metrics,
 ) -> anyhow::Result<(Context, PolicyReload)> {
     let store = Store::connect(&settings.database).await?;
     let client = ecs_client(&settings.ecs)?.with_observer(metrics.call_observer());
-    let accounts = accounts(settings, client, &policies)?;
+    // Only the policies that act need their accounts' credentials: the others (outside
+    // `--policy`) only own what they match, which needs no call.
+    let acts: Vec<Policy> = policies
+        .iter()
+        .filter(|p| acting.is_empty() || acting.contains(&p.name))
+        .cloned()
+        .collect();
+    let accounts = accounts(settings, client, &acts)?;
     let notifier = if settings.webhooks.is_empty() {
         None
     } else {

@@ -27,12 +27,20 @@ pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result
         && std::io::stdout().is_terminal();
     let clock: SharedClock = Arc::new(SystemClock);
     let (ctx, reload) =
-        crate::assemble::context(&settings, policies, clock, Default::default()).await?;
+        crate::assemble::context(&settings, policies, &args.only, clock, Default::default())
+            .await?;
     let app = App::new(ctx, reload, settings.workers.clone(), args.dry_run);
     if ask {
         match approve(&app, &args.only).await? {
             Approval::Yes(reviewed) => saved = Some(reviewed),
-            Approval::Nothing => return Ok(ExitCode::SUCCESS),
+            // A policy refused for its blast radius fails the run, as without the question.
+            Approval::Nothing { refused } => {
+                return Ok(ExitCode::from(match (refused, args.detailed_exitcode) {
+                    (false, _) => 0,
+                    (true, false) => 2,
+                    (true, true) => 4,
+                }))
+            }
             Approval::No => return Ok(ExitCode::FAILURE),
         }
     }
@@ -93,8 +101,10 @@ enum Approval {
     /// The plan shown, to act on exactly (as `apply --plan` would).
     Yes(SavedPlan),
     No,
-    /// Nothing to release, so nothing was asked.
-    Nothing,
+    /// Nothing to release, so nothing was asked; `refused` when a policy was refused.
+    Nothing {
+        refused: bool,
+    },
 }
 
 /// Shows the plan and asks for `yes`.
@@ -108,7 +118,9 @@ async fn approve(app: &App, only: &[String]) -> anyhow::Result<Approval> {
     let mut reviewed = SavedPlan::from_plan(&plan);
     if reviewed.releases.is_empty() {
         outln!("Nothing to release.");
-        return Ok(Approval::Nothing);
+        return Ok(Approval::Nothing {
+            refused: plan.summary().policies_refused > 0,
+        });
     }
     reviewed.database_id = Some(app.ctx.store.database_id().await?);
     let n = reviewed.releases.len();

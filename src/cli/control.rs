@@ -149,25 +149,25 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
             outln!(
                 "{}",
                 queue_line([
-                    "ID",
-                    "INSTANCE",
-                    "REGION",
-                    "STATE",
-                    "TRY",
-                    "POLICY",
-                    "SAVES/MONTH",
-                    "LAST"
+                    &"ID",
+                    &"INSTANCE",
+                    &"REGION",
+                    &"STATE",
+                    &"TRY",
+                    &"POLICY",
+                    &"SAVES/MONTH",
+                    &"LAST"
                 ])
             );
             for r in rows {
                 outln!(
                     "{}",
                     queue_line([
-                        &r.id.to_string(),
+                        &r.id,
                         &r.instance_id,
                         &r.region,
-                        r.state.as_str(),
-                        &r.attempts.to_string(),
+                        &r.state,
+                        &r.attempts,
                         &r.policy,
                         &saves_cell(r.saving.as_ref()),
                         &r.last_code.or(r.last_error).unwrap_or_default(),
@@ -224,9 +224,7 @@ pub(super) async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::R
         })
         .await?;
     if events.is_empty() {
-        if let Some(problem) = unrecorded_filter(&store, &args).await? {
-            anyhow::bail!(problem);
-        }
+        unrecorded_filter(&store, &args).await?;
     }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&events)?);
@@ -254,45 +252,46 @@ pub(super) async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-/// When `history` found nothing: a `--kind` or `--policy` the log has never recorded, most
-/// likely misspelt, named with what the log does hold (found trying `--kind succeded`: an
-/// empty answer, as if nothing had happened).
-async fn unrecorded_filter(store: &Store, args: &HistoryArgs) -> anyhow::Result<Option<String>> {
-    let (kinds, policies) = store.event_kinds_and_policies().await?;
-    let problem = |what: &str, whats: &str, given: &str, known: &[String]| {
-        let names: Vec<&str> = known.iter().map(String::as_str).collect();
-        let hint = crate::policy::closest(given, &names)
+/// When `history` found nothing: a `--kind` that is no kind of event is an error naming the
+/// kinds (found trying `--kind succeded`: an empty answer, as if nothing had happened); a
+/// `--policy` the log has never named gets a note of the policies it does name (a policy may
+/// simply not have acted yet).
+async fn unrecorded_filter(store: &Store, args: &HistoryArgs) -> anyhow::Result<()> {
+    use crate::store::EVENT_KINDS;
+    if let Some(k) = args.kind.as_deref().filter(|k| !EVENT_KINDS.contains(k)) {
+        let hint = crate::policy::closest(k, EVENT_KINDS)
             .map(|c| format!("did you mean {c:?}? "))
             .unwrap_or_default();
-        format!(
-            "no event with {what} {given:?} is in the log; {hint}the log holds {}",
-            if names.is_empty() {
-                "no events yet".to_string()
-            } else {
-                format!("{whats} {}", names.join(", "))
-            }
-        )
+        anyhow::bail!(
+            "no event is of kind {k:?}; {hint}the kinds are {}",
+            EVENT_KINDS.join(", ")
+        );
+    }
+    let Some(p) = args.policy.as_deref() else {
+        return Ok(());
     };
-    if let Some(k) = args
-        .kind
-        .as_deref()
-        .filter(|k| !kinds.iter().any(|x| x == k))
-    {
-        return Ok(Some(problem("kind", "kinds", k, &kinds)));
+    let (_, policies) = store.event_kinds_and_policies().await?;
+    if !policies.iter().any(|x| x == p) {
+        let names: Vec<&str> = policies.iter().map(String::as_str).collect();
+        let hint = crate::policy::closest(p, &names)
+            .map(|c| format!(" (did you mean {c:?}?)"))
+            .unwrap_or_default();
+        eprintln!(
+            "Note: no event names policy {p:?}{hint}; the log names {}.",
+            if names.is_empty() {
+                "no policy yet".to_string()
+            } else {
+                format!("the policies {}", names.join(", "))
+            }
+        );
     }
-    if let Some(p) = args
-        .policy
-        .as_deref()
-        .filter(|p| !policies.iter().any(|x| x == p))
-    {
-        return Ok(Some(problem("policy", "policies", p, &policies)));
-    }
-    Ok(None)
+    Ok(())
 }
 
 /// One line of `queue list`'s table, its cells as text so that every width applies (a type's
 /// own Display may ignore a width: the STATE column was ragged).
-fn queue_line(c: [&str; 8]) -> String {
+fn queue_line(c: [&dyn std::fmt::Display; 8]) -> String {
+    let c = c.map(|x| x.to_string());
     format!(
         "{:>6} {:<24} {:<16} {:<10} {:>3} {:<28} {:<18} {}",
         c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
@@ -322,30 +321,22 @@ mod tests {
     #[test]
     fn the_queue_table_keeps_its_columns_whatever_the_state() {
         let line = |state: crate::store::ReleaseState| {
-            queue_line([
-                "7",
-                "i-1",
-                "cn-hangzhou",
-                state.as_str(),
-                "1",
-                "ci",
-                "¥1.00",
-                "",
-            ])
+            // The state as the table is given it: its own Display, which ignores a width.
+            queue_line([&7, &"i-1", &"cn-hangzhou", &state, &1, &"ci", &"¥1.00", &""])
         };
         let (a, b) = (
             line(crate::store::ReleaseState::Succeeded),
             line(crate::store::ReleaseState::Pending),
         );
         let header = queue_line([
-            "ID",
-            "INSTANCE",
-            "REGION",
-            "STATE",
-            "TRY",
-            "POLICY",
-            "SAVES/MONTH",
-            "LAST",
+            &"ID",
+            &"INSTANCE",
+            &"REGION",
+            &"STATE",
+            &"TRY",
+            &"POLICY",
+            &"SAVES/MONTH",
+            &"LAST",
         ]);
         let at = |l: &str| l.find("ci").unwrap();
         assert_eq!(at(&a), at(&b), "{a}\n{b}");

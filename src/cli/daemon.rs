@@ -10,6 +10,10 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::settings::Settings;
 
 pub(super) async fn run_daemon(settings: Settings) -> anyhow::Result<ExitCode> {
+    // Before anything touches the database (the checks below migrate it), and held until the
+    // daemon ends (the process's exit lets it go, however it ends).
+    let _lock =
+        crate::store::Store::lock_for_daemon(&settings.database).map_err(anyhow::Error::msg)?;
     // Fail before binding anything on any problem `config check` would report, all at once.
     let problems = preflight(&settings).await;
     if !problems.is_empty() {
@@ -19,13 +23,10 @@ pub(super) async fn run_daemon(settings: Settings) -> anyhow::Result<ExitCode> {
             problems.join("\n")
         );
     }
-    // Held until the daemon ends (the process's exit lets it go, however it ends).
-    let _lock =
-        crate::store::Store::lock_for_daemon(&settings.database).map_err(anyhow::Error::msg)?;
     let policies = super::plan::load_policies(&settings.policies, &[])?;
     let clock: SharedClock = Arc::new(SystemClock);
     let metrics = crate::metrics::Metrics::new();
-    let (ctx, reload) = crate::assemble::context(&settings, policies, clock, metrics).await?;
+    let (ctx, reload) = crate::assemble::context(&settings, policies, &[], clock, metrics).await?;
     // A daemon only reads until work arrives: prove now that the database takes writes (not a
     // read-only file or replica), rather than at the first release.
     ctx.store

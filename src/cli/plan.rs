@@ -17,7 +17,7 @@ pub(super) async fn plan(args: PlanArgs, settings: Settings) -> anyhow::Result<E
     let clock: SharedClock = Arc::new(SystemClock);
     // Every policy is loaded: those `--policy` leaves out still own what they match first.
     let (ctx, _reload) =
-        crate::assemble::context(&settings, loaded, clock, Default::default()).await?;
+        crate::assemble::context(&settings, loaded, &args.only, clock, Default::default()).await?;
     let rec = Reconciler {
         ctx,
         owner: "plan".into(),

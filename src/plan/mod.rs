@@ -715,14 +715,17 @@ fn protection(
 fn near_protect(inst: &Instance, key: &str) -> Option<(SkipReason, String)> {
     let normal = |k: &str| k.trim().to_ascii_lowercase().replace([':', '_', ' '], "-");
     let want = normal(key);
-    let (k, v) = inst.tags.iter().find(|(k, _)| normal(k) == want)?;
-    let says_no = matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "false" | "no" | "0" | "off"
-    );
-    if says_no {
-        return None;
-    }
+    let says_no = |v: &str| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "false" | "no" | "0" | "off"
+        )
+    };
+    // Any lookalike that does not say no protects, whatever the others say.
+    let (k, v) = inst
+        .tags
+        .iter()
+        .find(|(k, v)| normal(k) == want && !says_no(v))?;
     let detail = format!(
         "protected: the tag {k}={v:?} is not spelled as `{key}=true`; write it so, or remove it"
     );

@@ -155,6 +155,11 @@ fn a_misspelt_protect_tag_protects_and_says_how_to_spell_it() {
         let plan = eval(&policies(BASIC), &[i]);
         assert_eq!(plan.policies[0].releases.len(), 1, "{v:?} says no");
     }
+    // One lookalike saying no does not outweigh another saying yes, whichever sorts first.
+    let mut i = inst("a");
+    i.tags.insert("Janitor:Protect".into(), "false".into());
+    i.tags.insert("janitor:protect".into(), "yes".into());
+    assert!(eval(&policies(BASIC), &[i]).policies[0].releases.is_empty());
 }
 
 #[test]

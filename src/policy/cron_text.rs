@@ -278,7 +278,11 @@ fn value(text: &str, f: &Field) -> Result<u32, String> {
                 .map(|(name, _)| name.to_ascii_uppercase())
         };
         let here = day(n).unwrap_or_else(|| "no day".into());
-        let unix = day(n % 7 + 1).unwrap_or_else(|| "no day".into());
+        // Unix cron: 0 and 7 are Sunday, 1 Monday, ..., 6 Saturday; 8 and above no day.
+        let unix = (n <= 7)
+            .then(|| day(n % 7 + 1))
+            .flatten()
+            .unwrap_or_else(|| "no day".into());
         return Err(format!(
             "day-of-week {n} is a number, and crons disagree on which day it is ({here} here, \
              {unix} in Unix cron); write the day's name, e.g. MON-FRI for weekdays"
@@ -330,7 +334,7 @@ mod tests {
             ("0 0 0 32 * *", "day-of-month 32 is out of range 1-31"),
             ("0 0 0 0 * *", "day-of-month 0 is out of range 1-31"),
             ("0 0 0 * 13 *", "month 13 is out of range 1-12"),
-            ("0 0 0 * * 8", "day-of-week 8 is a number"),
+            ("0 0 0 * * 8", "day-of-week 8 is a number, and crons disagree on which day it is (no day here, no day in Unix cron)"),
             ("0 0 3 * * 1-5", "day-of-week 1 is a number, and crons disagree on which day it is (SUN here, MON in Unix cron); write the day's name, e.g. MON-FRI"),
             ("0 0 3 * * 0", "(no day here, SUN in Unix cron)"),
             ("0 0 0 * * * 2200", "year 2200 is out of range 1970-2100"),

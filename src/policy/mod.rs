@@ -21,8 +21,8 @@ pub use diag::{count, Diagnostic, Diagnostics};
 pub use duration::Duration;
 pub use regions::{closest_region, is_known_region, ECS_REGIONS};
 pub use schema::json_schema;
-pub(crate) use validate::closest;
 pub use validate::is_valid_account;
+pub(crate) use validate::{closest, edit_distance};
 pub use walk::{policy_files, PolicyFiles};
 
 use std::collections::HashMap;

@@ -95,7 +95,7 @@ fn pos_of_byte(bytes: &[u8], offset: usize) -> Pos {
 }
 
 /// Levenshtein distance, for "did you mean" hints.
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];

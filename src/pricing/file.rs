@@ -87,14 +87,10 @@ impl PriceFile {
                         let region = match &rk.value {
                             // A known region's near miss is a typo whose prices would never
                             // be used (a region too new to be known is taken as written).
-                            Value::Str(r)
-                                if !crate::policy::is_known_region(r)
-                                    && crate::policy::closest_region(r).is_some() =>
-                            {
+                            Value::Str(r) if let Some(meant) = misspelt_region(r) => {
                                 problems.push(format!(
-                                    "{}: {r:?} is not an ECS region; did you mean {}?",
-                                    at(rk),
-                                    crate::policy::closest_region(r).unwrap_or_default()
+                                    "{}: {r:?} is not an ECS region; did you mean {meant}?",
+                                    at(rk)
                                 ));
                                 continue;
                             }
@@ -165,6 +161,23 @@ impl PriceFile {
         let v = *self.region(region)?.renewal.get(instance_type)?;
         Some(Money::new(v, self.currency.clone()))
     }
+}
+
+/// The known region `r` most likely misspells: one or two letters off, and not a region of
+/// the same name with another number (`ap-southeast-8` beside `ap-southeast-1` may be new).
+fn misspelt_region(r: &str) -> Option<&'static str> {
+    if crate::policy::is_known_region(r) {
+        return None;
+    }
+    let stem = |s: &str| s.trim_end_matches(|c: char| c.is_ascii_digit()).to_string();
+    crate::policy::ECS_REGIONS
+        .iter()
+        .copied()
+        .filter(|k| stem(k) != stem(r))
+        .map(|k| (crate::policy::edit_distance(r, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 fn region_prices(name: &str, node: &Node, problems: &mut Vec<String>) -> RegionPrices {
@@ -300,6 +313,15 @@ mod tests {
             Some(Money::new(20_000, "CNY"))
         );
         assert_eq!(f.instance("cn-beijing", "ecs.g6.large"), None);
+    }
+
+    #[test]
+    fn a_region_one_letter_off_is_a_typo_and_a_new_number_is_not() {
+        assert_eq!(misspelt_region("cn-hangzou"), Some("cn-hangzhou"));
+        assert_eq!(misspelt_region("cn-hangzhou"), None);
+        for new in ["ap-southeast-8", "us-west-2", "eu-west-2", "me-central-9"] {
+            assert_eq!(misspelt_region(new), None, "{new}");
+        }
     }
 
     #[test]

@@ -23,6 +23,26 @@ pub struct NewEvent {
     pub detail: String,
 }
 
+/// Every kind of event the log records (`history --kind`).
+pub const EVENT_KINDS: &[&str] = &[
+    "batched",
+    "call_sent",
+    "cancelled",
+    "enqueued",
+    "exempted",
+    "exemption_removed",
+    "failed",
+    "paused",
+    "refused",
+    "resumed",
+    "retried",
+    "retry_scheduled",
+    "snapshotted",
+    "split",
+    "succeeded",
+    "vanished",
+];
+
 /// Filters of [`Store::events_where`].
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {

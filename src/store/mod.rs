@@ -41,7 +41,7 @@ mod views;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-pub use audit::{EventFilter, NewEvent};
+pub use audit::{EventFilter, NewEvent, EVENT_KINDS};
 pub use batches::MemberOutcome;
 pub use diagnose::{SqliteDiagnosis, SqliteProblem};
 pub use exemptions::{Exempted, ExemptionRow, SeenExemption};
@@ -198,12 +198,15 @@ impl Store {
         let mut name = db.clone().into_os_string();
         name.push(".run-lock");
         let path = std::path::PathBuf::from(name);
-        let file = std::fs::OpenOptions::new()
+        // Where no file can be made, neither can the database: the checks that follow say so.
+        let Ok(file) = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| format!("cannot open the daemon's lock file {}: {e}", path.display()))?;
+        else {
+            return Ok(None);
+        };
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(std::fs::TryLockError::WouldBlock) => Err(format!(

@@ -287,6 +287,25 @@ fn a_subscription_renewed_since_it_was_queued_is_not_sent() {
     assert_eq!(settled(&t), vec![(1, "cancelled")]);
 }
 
+/// An instance an earlier policy in name order now matches is that policy's, also at the
+/// call: a dry-run or refused policy added since the release was queued keeps it, as the plan
+/// says (found reviewing the re-check: it weighed the release's own policy alone).
+#[test]
+fn an_instance_an_earlier_policy_now_matches_is_not_sent() {
+    let mut w = World::new(&[1]);
+    let mut keep = policy("dry_run: true\n");
+    keep.name = "a-keep".into();
+    w.policies.push(keep);
+    let t = w.decide(&batch(&[1], 0, None));
+    assert_eq!(sent(&t), Vec::<i64>::new());
+    assert_eq!(settled(&t), vec![(1, "cancelled")]);
+    // A later policy does not take it from its owner.
+    let mut later = policy("dry_run: true\n");
+    later.name = "z-later".into();
+    w.policies = vec![policy(""), later];
+    assert_eq!(sent(&w.decide(&batch(&[1], 0, None))), vec![1]);
+}
+
 #[test]
 fn a_policy_no_longer_loaded_cancels() {
     let mut w = World::new(&[1]);
