@@ -641,12 +641,8 @@ fn evaluate(
             .cloned()
             .collect();
         // The loaded policies outside this pass still own what they match first.
-        let others: Vec<Policy> = loaded
-            .iter()
-            .filter(|p| account_of(p) == account)
-            .cloned()
-            .collect();
-        let mut e = plan::Evaluation::among(&mine, &others, now);
+        let others = loaded.iter().filter(|p| account_of(p) == account);
+        let mut e = plan::Evaluation::among(&mine, others, now);
         let keys: Vec<(String, String)> = regions
             .keys()
             .filter(|(a, _)| a == account)

@@ -401,7 +401,7 @@ pub struct Evaluation<'p> {
 
 impl<'p> Evaluation<'p> {
     pub fn new(policies: &'p [Policy], now: DateTime<Utc>) -> Self {
-        Self::among(policies, &[], now)
+        Self::among(policies, [], now)
     }
 
     /// Evaluates `policies` where `others` are loaded too (the rest of the set, when a tick or
@@ -409,13 +409,17 @@ impl<'p> Evaluation<'p> {
     /// so `policies` skip it as *also matched by* it, as in a plan of the whole set. Only
     /// their conditions are read: whether the owner would skip or is refused does not change
     /// who owns it, and the instances `policies` can release are all in this inventory.
-    pub fn among(policies: &'p [Policy], others: &'p [Policy], now: DateTime<Utc>) -> Self {
+    pub fn among(
+        policies: &'p [Policy],
+        others: impl IntoIterator<Item = &'p Policy>,
+        now: DateTime<Utc>,
+    ) -> Self {
         let mut order: Vec<(&Policy, bool)> = policies
             .iter()
             .map(|p| (p, false))
             .chain(
                 others
-                    .iter()
+                    .into_iter()
                     .filter(|o| !policies.iter().any(|p| p.name == o.name))
                     .map(|o| (o, true)),
             )

@@ -314,13 +314,11 @@ pub fn against_policy(
     // Among every loaded policy of its account, as the plan decides: an instance that an
     // earlier policy now matches is that policy's (added, or made a dry run, since this
     // release was queued), whatever it then does with it.
-    let others: Vec<Policy> = rules
+    let others = rules
         .policies
         .iter()
-        .filter(|p| account_of(p) == account_of(policy))
-        .cloned()
-        .collect();
-    let mut e = plan::Evaluation::among(std::slice::from_ref(policy), &others, now);
+        .filter(|p| account_of(p) == account_of(policy));
+    let mut e = plan::Evaluation::among(std::slice::from_ref(policy), others, now);
     e.add(std::slice::from_ref(inst), &ctx);
     let p = e.finish();
     let pp = p.policies.first()?;
