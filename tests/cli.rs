@@ -123,6 +123,28 @@ async fn validate_reports_every_problem_with_its_place_and_exit_code() {
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("no problems"));
 
+    // A policy whose schedule's years have passed loads, with a warning: refusing it would
+    // stop every policy at the next start.
+    let done = dir.path().join("done");
+    std::fs::create_dir(&done).unwrap();
+    std::fs::write(
+        done.join("old.yaml"),
+        "name: old\nschedule: \"0 0 3 * * * 2020-2021\"\nregions: [cn-hangzhou]\nselect: {status: Stopped}\n",
+    )
+    .unwrap();
+    let out = run(
+        None,
+        dir.path(),
+        &["validate", "--policies", done.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("old.yaml:1:1") && all.contains("policy old: schedule \"0 0 3 * * * 2020-2021\" has no time to come (its years have passed)"),
+        "{all}"
+    );
+
     // An empty folder is a problem, not a set of none (found trying it: "0 policies, no
     // problems", and `apply` exited 0 having done nothing).
     let empty = dir.path().join("empty");

@@ -183,8 +183,10 @@ pub(super) fn parse(text: &str) -> Result<cron::Schedule, CronProblem> {
         problem(last, Some(FORM.into()))
     })?;
     // A schedule with no time to come would leave its policy silently idle: a day no month
-    // has (31 February), or years all past.
-    if schedule.upcoming(chrono::Utc).next().is_none() {
+    // has (31 February) is refused. One whose years have all passed was right when written, and
+    // refusing it would stop every policy at the next start: it loads, with a warning
+    // ([`ran_its_course`]).
+    if schedule.upcoming(chrono::Utc).next().is_none() && !years_passed(trimmed) {
         return Err(problem(
             "it never fires: no time to come matches it".into(),
             Some(
@@ -195,6 +197,25 @@ pub(super) fn parse(text: &str) -> Result<cron::Schedule, CronProblem> {
         ));
     }
     Ok(schedule)
+}
+
+/// Whether `text` is a seven-field cron that would fire but for its year field.
+fn years_passed(text: &str) -> bool {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    fields.len() == 7
+        && format!("{} *", fields[..6].join(" "))
+            .parse::<cron::Schedule>()
+            .is_ok_and(|s| s.upcoming(chrono::Utc).next().is_some())
+}
+
+/// A warning for a policy whose schedule's years have all passed: it will not run again.
+pub(super) fn ran_its_course(schedule: &cron::Schedule, text: &str) -> Option<String> {
+    schedule.upcoming(chrono::Utc).next().is_none().then(|| {
+        format!(
+            "schedule {text:?} has no time to come (its years have passed): the policy will not \
+             run again; remove it or give it years to come"
+        )
+    })
 }
 
 fn shorthand_hint(name: &str, arg: &str) -> String {
@@ -383,7 +404,7 @@ mod tests {
             "0 0 3 31 2 *",
             "0 0 3 30 FEB *",
             "0 0 0 31 4 *",
-            "0 0 3 * * * 2020",
+            "0 0 3 31 2 * 2020-2030",
         ] {
             let p = parse(never).unwrap_err();
             assert!(
@@ -397,6 +418,12 @@ mod tests {
             parse("0 0 3 29 2 *").is_ok(),
             "29 February comes in leap years"
         );
+        // Years all past: it was right when written, and loads with a warning.
+        let done = parse("0 0 3 * * * 2020-2021").unwrap();
+        assert!(ran_its_course(&done, "0 0 3 * * * 2020-2021")
+            .unwrap()
+            .contains("its years have passed"));
+        assert!(ran_its_course(&parse("0 0 3 * * *").unwrap(), "").is_none());
     }
 
     #[test]

@@ -442,6 +442,18 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
                 .collect(),
         ));
     }
+    // A policy whose schedule's years have passed loads, and says so: it will not run again.
+    if let Ok(set) = &result {
+        for p in &set.policies {
+            if let Some(message) = cron_text::ran_its_course(&p.schedule, &p.schedule_text) {
+                warnings.push(Diagnostic {
+                    line: p.source.line,
+                    col: 1,
+                    ..file_diag(&p.source.file, format!("policy {}: {message}", p.name))
+                });
+            }
+        }
+    }
     Loaded {
         result,
         warnings: Diagnostics(warnings),
