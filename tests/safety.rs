@@ -812,6 +812,48 @@ async fn history_filters_and_speaks_rfc3339() {
 
 /// On a terminal, apply shows the plan and releases only after `yes`, exactly what it showed;
 /// `--detailed-exitcode` tells "released something" from "nothing to do".
+/// `apply` started on a terminal (util-linux `script`), `answer` typed at its question.
+fn apply_on_terminal(e: &Env, answer: &str) -> std::process::Child {
+    let mut c = Command::new("script");
+    c.args(["-qec", &format!("{BIN} apply"), "/dev/null"])
+        .envs(common::janitor_env(&e.h, e.dir.path(), &e.url))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    child
+}
+
+/// On a terminal too, a policy refused for its blast radius fails the run: nothing is asked,
+/// and the exit is 2 as without a terminal (it was 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_policy_fails_apply_on_a_terminal_too() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is needed to give apply a terminal");
+        return;
+    }
+    let e = env(
+        3,
+        0,
+        &[&format!("{CI}limits:\n  max_releases_per_run: 1\n")],
+    )
+    .await;
+    let child = apply_on_terminal(&e, "");
+    let out = tokio::task::spawn_blocking(move || wait_bounded(child, "apply on a terminal"))
+        .await
+        .unwrap();
+    assert!(out.stdout.contains("Nothing to release."), "{}", out.stdout);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(e.real_deletes().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_on_a_terminal_asks_first_and_detailed_exit_codes() {
     if Command::new("script").arg("--version").output().is_err() {
@@ -819,23 +861,7 @@ async fn apply_on_a_terminal_asks_first_and_detailed_exit_codes() {
         return;
     }
     let e = env(2, 0, &[CI]).await;
-    let on_terminal = |answer: &'static str| {
-        let mut c = Command::new("script");
-        c.args(["-qec", &format!("{BIN} apply"), "/dev/null"])
-            .envs(common::janitor_env(&e.h, e.dir.path(), &e.url))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(answer.as_bytes())
-            .unwrap();
-        child
-    };
+    let on_terminal = |answer: &'static str| apply_on_terminal(&e, answer);
     let child = on_terminal("no\n");
     let out = tokio::task::spawn_blocking(move || wait_bounded(child, "apply on a terminal"))
         .await
