@@ -289,6 +289,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until the readiness page `ready` reports a refused policy change mentioning `what`,
+/// then checks the daemon is still ready on its last good set.
+async fn refused_and_still_ready(ready: &str, what: &str) {
+    common::wait_for(
+        &format!("the refused change ({what}) to be reported"),
+        Duration::from_secs(30),
+        || async move {
+            match reqwest::get(ready).await {
+                Ok(r) => r.text().await.unwrap_or_default().contains(what),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        http_status(ready).await,
+        Some(200),
+        "still ready on the last good set"
+    );
+}
+
 async fn http_status(url: &str) -> Option<u16> {
     reqwest::get(url).await.ok().map(|r| r.status().as_u16())
 }
@@ -359,53 +380,13 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
         "broken.yaml",
         "name: Broken Name\nschedule: nope\n",
     );
-    common::wait_for(
-        "the refused change to be reported",
-        Duration::from_secs(30),
-        || {
-            let u = ready.clone();
-            async move {
-                match reqwest::get(&u).await {
-                    Ok(r) => r.text().await.unwrap_or_default().contains("broken.yaml"),
-                    Err(_) => false,
-                }
-            }
-        },
-    )
-    .await;
-    assert_eq!(
-        http_status(&ready).await,
-        Some(200),
-        "still ready on the last good set"
-    );
+    refused_and_still_ready(&ready, "broken.yaml").await;
     // A folder emptied is refused too (a daemon with no policy would stop releasing and show
     // nothing for it); the last good set keeps running.
     for f in std::fs::read_dir(dir.path().join("policies")).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
-    common::wait_for(
-        "the emptied folder to be reported",
-        Duration::from_secs(30),
-        || {
-            let u = ready.clone();
-            async move {
-                match reqwest::get(&u).await {
-                    Ok(r) => r
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .contains("holds no policy"),
-                    Err(_) => false,
-                }
-            }
-        },
-    )
-    .await;
-    assert_eq!(
-        http_status(&ready).await,
-        Some(200),
-        "still ready on the last good set"
-    );
+    refused_and_still_ready(&ready, "holds no policy").await;
     // A fixed set that covers every region takes effect within seconds.
     write_policy(dir.path(), "p.yaml", STOPPED_PAYG);
     common::wait_for(

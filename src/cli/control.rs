@@ -146,19 +146,7 @@ pub(super) async fn queue(cmd: QueueCommand, settings: &Settings) -> anyhow::Res
                 outln!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            outln!(
-                "{}",
-                queue_line([
-                    &"ID",
-                    &"INSTANCE",
-                    &"REGION",
-                    &"STATE",
-                    &"TRY",
-                    &"POLICY",
-                    &"SAVES/MONTH",
-                    &"LAST"
-                ])
-            );
+            outln!("{}", queue_header());
             for r in rows {
                 outln!(
                     "{}",
@@ -270,7 +258,7 @@ async fn unrecorded_filter(store: &Store, args: &HistoryArgs) -> anyhow::Result<
     let Some(p) = args.policy.as_deref() else {
         return Ok(());
     };
-    let (_, policies) = store.event_kinds_and_policies().await?;
+    let policies = store.event_policies().await?;
     if !policies.iter().any(|x| x == p) {
         let names: Vec<&str> = policies.iter().map(String::as_str).collect();
         let hint = crate::policy::closest(p, &names)
@@ -286,6 +274,21 @@ async fn unrecorded_filter(store: &Store, args: &HistoryArgs) -> anyhow::Result<
         );
     }
     Ok(())
+}
+
+/// `queue list`'s table heading.
+fn queue_header() -> String {
+    let columns = [
+        "ID",
+        "INSTANCE",
+        "REGION",
+        "STATE",
+        "TRY",
+        "POLICY",
+        "SAVES/MONTH",
+        "LAST",
+    ];
+    queue_line(columns.each_ref().map(|c| c as &dyn std::fmt::Display))
 }
 
 /// One line of `queue list`'s table, its cells as text so that every width applies (a type's
@@ -328,16 +331,7 @@ mod tests {
             line(crate::store::ReleaseState::Succeeded),
             line(crate::store::ReleaseState::Pending),
         );
-        let header = queue_line([
-            &"ID",
-            &"INSTANCE",
-            &"REGION",
-            &"STATE",
-            &"TRY",
-            &"POLICY",
-            &"SAVES/MONTH",
-            &"LAST",
-        ]);
+        let header = queue_header();
         let at = |l: &str| l.find("ci").unwrap();
         assert_eq!(at(&a), at(&b), "{a}\n{b}");
         assert_eq!(header.find("POLICY").unwrap(), at(&a), "{header}\n{a}");

@@ -185,11 +185,10 @@ pub fn exemption(
 /// the default prefix after `tag_prefix` changed) protects the instance, as a malformed value
 /// does: its owner meant to exempt it.
 fn near_miss(inst: &Instance, key: &str) -> Option<(SkipReason, String)> {
-    let normal = |k: &str| k.to_ascii_lowercase().replace(['_', ' '], "-");
     let (k, v) = inst
         .tags
         .iter()
-        .find(|(k, _)| normal(k).ends_with("exempt-until"))?;
+        .find(|(k, _)| super::tag_key_normal(k).ends_with("exempt-until"))?;
     let problem = format!("is not spelled as the exemption tag `{key}`");
     Some((
         SkipReason::ExemptionInvalid {

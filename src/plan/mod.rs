@@ -712,13 +712,18 @@ fn protection(
     exempt::exemption(inst, ctx, now)
 }
 
+/// A tag key as a person may have meant it: case, spaces around it, and `:`, `_` or a space
+/// where `-` is written, all set aside (`Janitor_Protect ` reads as `janitor-protect`).
+pub(crate) fn tag_key_normal(k: &str) -> String {
+    k.trim().to_ascii_lowercase().replace([':', '_', ' '], "-")
+}
+
 /// A tag that reads as the protect tag without being spelled as it (`Janitor:Protect`,
 /// `janitor_protect`, ` janitor:protect `, or a value of `True`, `yes`, `1`, ` true`) protects the instance: its
 /// owner meant to keep it, and a release cannot be undone. Only a value that says no
 /// (`false`, `no`, `0`, `off`) leaves it unprotected.
 fn near_protect(inst: &Instance, key: &str) -> Option<(SkipReason, String)> {
-    let normal = |k: &str| k.trim().to_ascii_lowercase().replace([':', '_', ' '], "-");
-    let want = normal(key);
+    let want = tag_key_normal(key);
     let says_no = |v: &str| {
         matches!(
             v.trim().to_ascii_lowercase().as_str(),
@@ -729,7 +734,7 @@ fn near_protect(inst: &Instance, key: &str) -> Option<(SkipReason, String)> {
     let (k, v) = inst
         .tags
         .iter()
-        .find(|(k, v)| normal(k) == want && !says_no(v))?;
+        .find(|(k, v)| tag_key_normal(k) == want && !says_no(v))?;
     let detail = format!(
         "protected: the tag {k}={v:?} is not spelled as `{key}=true`; write it so, or remove it"
     );

@@ -152,23 +152,16 @@ impl Store {
         self.pool.fetch_all(q).await
     }
 
-    /// The kinds of event the log holds, and the policies it names, each once and sorted: what
-    /// a `history` filter that matched nothing could have meant.
-    pub async fn event_kinds_and_policies(&self) -> Result<(Vec<String>, Vec<String>), StoreError> {
-        let kinds: Vec<(String,)> = self
-            .pool
-            .fetch_all(Sql::new("SELECT DISTINCT kind FROM events ORDER BY kind"))
-            .await?;
+    /// The policies the log names, each once and sorted: what a `history --policy` that
+    /// matched nothing could have meant.
+    pub async fn event_policies(&self) -> Result<Vec<String>, StoreError> {
         let policies: Vec<(String,)> = self
             .pool
             .fetch_all(Sql::new(
                 "SELECT DISTINCT policy FROM events WHERE policy IS NOT NULL ORDER BY policy",
             ))
             .await?;
-        Ok((
-            kinds.into_iter().map(|(k,)| k).collect(),
-            policies.into_iter().map(|(p,)| p).collect(),
-        ))
+        Ok(policies.into_iter().map(|(p,)| p).collect())
     }
 }
 

@@ -329,6 +329,24 @@ pub(super) fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     Some(opts.get_filename().to_path_buf())
 }
 
+/// The file `DB.{suffix}` beside the SQLite file `db`, opened (made if need be) to be locked,
+/// with its path; `None` where it cannot be made (a read-only folder).
+pub(super) fn open_beside(
+    db: &std::path::Path,
+    suffix: &str,
+) -> Option<(std::fs::File, std::path::PathBuf)> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(format!(".{suffix}"));
+    let path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ok()?;
+    Some((file, path))
+}
+
 /// Waits (at most 60 s) for an exclusive lock on the file `DB.{suffix}` beside the SQLite file
 /// `db`, held until the returned file is dropped. `None` where the file cannot be made (a
 /// read-only folder: nothing there can be migrated by anyone either).
@@ -337,14 +355,7 @@ pub(super) async fn lock_beside(
     suffix: &str,
     shown: &str,
 ) -> Result<Option<std::fs::File>, StoreError> {
-    let mut name = db.as_os_str().to_owned();
-    name.push(format!(".{suffix}"));
-    let Ok(file) = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&name)
-    else {
+    let Some((file, name)) = open_beside(db, suffix) else {
         return Ok(None);
     };
     let waited = tokio::time::timeout(
@@ -360,7 +371,7 @@ pub(super) async fn lock_beside(
             url: shown.to_string(),
             source: sqlx::Error::Protocol(format!(
                 "another process held {} for more than 60 s while migrating the database",
-                std::path::Path::new(&name).display()
+                name.display()
             )),
         }),
     }

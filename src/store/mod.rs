@@ -195,16 +195,8 @@ impl Store {
         let Some(db) = db::sqlite_path(url) else {
             return Ok(None);
         };
-        let mut name = db.clone().into_os_string();
-        name.push(".run-lock");
-        let path = std::path::PathBuf::from(name);
         // Where no file can be made, neither can the database: the checks that follow say so.
-        let Ok(file) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-        else {
+        let Some((file, path)) = db::open_beside(&db, "run-lock") else {
             return Ok(None);
         };
         match file.try_lock() {
