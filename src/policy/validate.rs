@@ -324,35 +324,37 @@ impl Validator<'_> {
             .get("dry_run")
             .map_or(Some(false), |n| self.boolean(n, "dry_run"));
 
-        // Cross-key rules: ECS refuses these releases, so refuse the policy up front.
-        if let (Some(select), Some(release), Some(sel_node)) = (&select, &release, f.get("select"))
-        {
-            if select.selects_subscriptions() && !release.terminate_subscription {
-                let at = [("charge_type"), ("expired"), ("expired_for")]
-                    .iter()
-                    .find_map(|k| map_get(sel_node, k).map(|(key, _)| key.pos))
-                    .unwrap_or(sel_node.pos);
-                self.err(
-                    at,
-                    "this selects subscription (PrePaid) instances, which ECS releases only with TerminateSubscription".into(),
-                    Some("add `release: {terminate_subscription: true}`".into()),
-                );
+        // Cross-key rules: ECS refuses these releases, so refuse the policy up front. They read
+        // the written keys, not the typed blocks, so a type error elsewhere in `select` or
+        // `release` does not hide them; a flag that is itself mistyped is not guessed at.
+        if let Some(sel_node) = f.get("select").filter(|n| matches!(n.value, Value::Map(_))) {
+            let release_node = f.get("release").copied();
+            let flag = |key: &str| match release_node.and_then(|r| map_get(r, key)) {
+                None => Some(false),
+                Some((_, v)) => match v.value {
+                    Value::Bool(b) => Some(b),
+                    _ => None,
+                },
+            };
+            if let Some(at) = subscription_key(sel_node) {
+                if flag("terminate_subscription") == Some(false) {
+                    self.err(
+                        at,
+                        "this selects subscription (PrePaid) instances, which ECS releases only with TerminateSubscription".into(),
+                        Some("add `release: {terminate_subscription: true}`".into()),
+                    );
+                }
             }
-            if select.status.contains(&InstanceStatus::Running) && !release.force {
-                // Point at the `Running` item itself when status is a list.
-                let at =
-                    map_get(sel_node, "status").map_or(sel_node.pos, |(_, v)| match &v.value {
-                        Value::Seq(items) => items
-                            .iter()
-                            .find(|i| matches!(&i.value, Value::Str(s) if s == "Running"))
-                            .map_or(v.pos, |i| i.pos),
-                        _ => v.pos,
-                    });
-                self.err(
-                    at,
-                    "`status` includes Running, which ECS releases only with Force".into(),
-                    Some("add `release: {force: true}`, or select Stopped instances only".into()),
-                );
+            if let Some(at) = running_item(sel_node) {
+                if flag("force") == Some(false) {
+                    self.err(
+                        at,
+                        "`status` includes Running, which ECS releases only with Force".into(),
+                        Some(
+                            "add `release: {force: true}`, or select Stopped instances only".into(),
+                        ),
+                    );
+                }
             }
         }
 
@@ -834,6 +836,34 @@ impl Validator<'_> {
 }
 
 /// The key and value of `key` in mapping `node`.
+/// Where `select` asks for subscription (PrePaid) instances: `charge_type: PrePaid`,
+/// `expired: true` or any `expired_for`.
+fn subscription_key(select: &Node) -> Option<Pos> {
+    ["charge_type", "expired", "expired_for"]
+        .iter()
+        .filter_map(|k| map_get(select, k))
+        .find(|(k, v)| match (&k.value, &v.value) {
+            (Value::Str(key), Value::Str(t)) if key == "charge_type" => t == "PrePaid",
+            (Value::Str(key), Value::Bool(b)) if key == "expired" => *b,
+            (Value::Str(key), _) => key == "expired_for",
+            _ => false,
+        })
+        .map(|(k, _)| k.pos)
+}
+
+/// The `Running` item of `select.status` (a single value or a list).
+fn running_item(select: &Node) -> Option<Pos> {
+    let (_, v) = map_get(select, "status")?;
+    let items: Vec<&Node> = match &v.value {
+        Value::Seq(items) => items.iter().collect(),
+        _ => vec![v],
+    };
+    items
+        .into_iter()
+        .find(|i| matches!(&i.value, Value::Str(s) if s == "Running"))
+        .map(|i| i.pos)
+}
+
 fn map_get<'n>(node: &'n Node, key: &str) -> Option<(&'n Node, &'n Node)> {
     let Value::Map(entries) = &node.value else {
         return None;
