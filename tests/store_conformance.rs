@@ -984,6 +984,42 @@ conformance!(
 );
 
 conformance!(
+    pauses_at_the_same_moment_make_one_pause,
+    |db: TestDb| async move {
+        // Eight operators pause at once: one pause is made, the others are told of it, and the
+        // audit log says paused once, by whoever made it (a read-then-write let several
+        // believe they paused, and the last to write stood as the pause's author).
+        let s = &db.store;
+        let calls = (0..8).map(|i| {
+            let who = format!("op{i}");
+            async move { (who.clone(), s.pause(&who, "freeze", t0()).await.unwrap()) }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let made: Vec<&String> = answers
+            .iter()
+            .filter(|(_, a)| a.is_none())
+            .map(|(w, _)| w)
+            .collect();
+        assert_eq!(made.len(), 1, "{answers:?}");
+        let p = s.pause_state().await.unwrap().unwrap();
+        assert_eq!(&p.by, made[0]);
+        for (_, a) in &answers {
+            if let Some(told) = a {
+                assert_eq!(told, &p);
+            }
+        }
+        let paused = s
+            .events_where(&ecs_janitor::store::EventFilter {
+                kind: Some("paused".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(paused.len(), 1, "{paused:?}");
+    }
+);
+
+conformance!(
     the_read_before_a_claim_says_the_pause_and_the_snapshots_waiting,
     |db: TestDb| async move {
         use ecs_janitor::policy::{SnapshotDisks, SnapshotOptions};

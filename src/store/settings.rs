@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::audit::insert_event;
 use super::db::{Pool, Sql};
 use super::{NewEvent, Store, StoreError};
 
@@ -135,18 +136,44 @@ impl Store {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<PauseInfo>, StoreError> {
-        if let Some(already) = self.pause_state().await? {
-            return Ok(Some(already));
+        // One transaction whose first write decides: the flag is set only where it was not
+        // (an upsert's WHERE, re-read under the row's lock), so of pauses made at the same
+        // moment exactly one makes the pause, and the others read it.
+        let mut tx = self.pool.begin().await?;
+        let made: Vec<(String,)> = tx
+            .fetch_all(
+                Sql::new(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value
+                     WHERE settings.value <> excluded.value
+                     RETURNING key",
+                )
+                .bind(PAUSED)
+                .bind(TRUE),
+            )
+            .await?;
+        if made.is_empty() {
+            let rows: Vec<(String, String)> = tx.fetch_all(pause_sql()).await?;
+            tx.rollback().await?;
+            return Ok(pause_from(&rows));
         }
         for (k, v) in [
             (PAUSED_BY, by.to_string()),
             (PAUSED_REASON, reason.to_string()),
             (PAUSED_AT, now.to_rfc3339()),
-            (PAUSED, TRUE.to_string()),
         ] {
-            self.set_setting(k, &v).await?;
+            tx.execute(
+                Sql::new(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(k)
+                .bind(v),
+            )
+            .await?;
         }
-        self.record_event(
+        insert_event(
+            &mut tx,
             NewEvent {
                 kind: "paused",
                 detail: super::audit::who_and_why(by, reason),
@@ -155,6 +182,7 @@ impl Store {
             now,
         )
         .await?;
+        tx.commit().await?;
         Ok(None)
     }
 
