@@ -280,3 +280,78 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
     }
     Ok(inv)
 }
+
+/// Where [`locate`] found an instance.
+#[derive(Debug, Clone)]
+pub enum Located {
+    /// Listed there (in one place, unless the policies' accounts share a fleet).
+    Found(Vec<(String, Instance)>),
+    /// Listed by none of the (account, region) pairs the policies cover, each asked.
+    Nowhere(Vec<(String, String)>),
+    /// Some pair could not be asked (`why`); the others did not list it.
+    Unchecked(String),
+}
+
+/// How long [`locate`] waits for all its answers.
+pub const LOCATE_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Looks `instance_id` up in every (account, region) that `policies` cover, with one
+/// DescribeInstances call each, side by side: so an operator exempting an instance learns which
+/// machine the id names, or that it names none any policy could release (a mistyped id would
+/// otherwise leave the intended machine unprotected). Bounded by [`LOCATE_WITHIN`].
+pub async fn locate(accounts: &Accounts, policies: &[Policy], instance_id: &str) -> Located {
+    let mut pairs: Vec<(String, String)> = policies
+        .iter()
+        .flat_map(|p| {
+            p.regions
+                .iter()
+                .map(|r| (account_of(p).to_string(), r.clone()))
+        })
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    let filter = DescribeFilter {
+        instance_ids: Some(vec![instance_id.to_string()]),
+        ..DescribeFilter::default()
+    };
+    let asks = pairs.iter().map(|(account, region)| {
+        let client = accounts.client(account);
+        let filter = &filter;
+        async move {
+            (
+                account,
+                region,
+                client.describe_instances(region, filter).await,
+            )
+        }
+    });
+    let Ok(answers) = tokio::time::timeout(LOCATE_WITHIN, futures::future::join_all(asks)).await
+    else {
+        return Located::Unchecked(format!(
+            "ECS did not answer within {} s",
+            LOCATE_WITHIN.as_secs()
+        ));
+    };
+    let mut found = Vec::new();
+    let mut failed = None;
+    for (account, region, answer) in answers {
+        match answer {
+            Ok(listed) => found.extend(
+                listed
+                    .into_iter()
+                    .filter(|i| i.instance_id == instance_id)
+                    .map(|i| (account.clone(), i)),
+            ),
+            Err(e) => {
+                failed.get_or_insert_with(|| {
+                    format!("cannot ask {region}{}: {e}", account_suffix(account))
+                });
+            }
+        }
+    }
+    match (found.is_empty(), failed) {
+        (false, _) => Located::Found(found),
+        (true, Some(why)) => Located::Unchecked(why),
+        (true, None) => Located::Nowhere(pairs),
+    }
+}

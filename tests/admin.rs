@@ -762,14 +762,38 @@ async fn the_openapi_document_matches_the_real_routes() {
             format!("{b}/api/v1/exemptions/web-1?until={until}&reason=x"),
             400,
         ),
+        // An id no region of the policies lists is refused, as a likely typo, unless asked.
+        (
+            format!("{b}/api/v1/exemptions/i-55?until={until}&reason=x"),
+            404,
+        ),
+        (
+            format!("{b}/api/v1/exemptions/i-55?until={until}&reason=x&unchecked=true"),
+            200,
+        ),
     ] {
         let (status, body) = call_documented(&doc, "POST", ex, &url, t).await;
         assert_eq!(status, want, "POST {url}: {body}");
+        if url.contains("i-5?") && status == 200 {
+            // It says which machine it exempted.
+            assert_eq!(body["found"][0]["instance_name"], "name-i-5", "{body}");
+            assert_eq!(body["found"][0]["region"], "cn-hangzhou", "{body}");
+            assert_eq!(body["unchecked"], serde_json::Value::Null, "{body}");
+        }
+        if status == 404 {
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not listed in any region the policies cover")),
+                "{body}"
+            );
+        }
     }
     let list = "/api/v1/exemptions";
     let (_, rows) = call_documented(&doc, "GET", list, &format!("{b}{list}"), None).await;
     assert_eq!(rows[0]["instance_id"], "i-5");
     assert_eq!(rows[0]["by"], "dave via token admin (admin API)");
+    assert_eq!(rows[1]["instance_id"], "i-55");
     let (_, page) = get(&format!("{b}/")).await;
     assert!(
         page.contains("<h2>Exemptions</h2>") && page.contains("legal hold"),

@@ -1212,6 +1212,81 @@ async fn exemptions_by_tag_and_by_command_keep_instances_out_until_they_end() {
     );
 }
 
+/// `exempt` looks the id up where the policies look: it names the machine it exempts, refuses
+/// an id no policy's region lists (a typo would leave the intended machine unprotected; found
+/// trying it: `exempt i-44` was recorded without a word while i-4 was released), records it
+/// with `--unchecked`, and records it with a note when it cannot ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exempt_names_the_machine_and_refuses_an_id_no_region_lists() {
+    let e = env(5, 0, &[CI]).await;
+    let typo = e
+        .run(&["exempt", "i-44", "--until", &day(5), "--reason", "hold"])
+        .await;
+    assert_eq!(typo.code, 1, "{}", typo.all());
+    assert!(
+        typo.stderr
+            .contains("i-44 is not listed in any region the policies cover (cn-hangzhou)")
+            && typo.stderr.contains("nothing was exempted")
+            && typo.stderr.contains("--unchecked"),
+        "{}",
+        typo.all()
+    );
+    assert!(e
+        .store()
+        .await
+        .exemptions(chrono::Utc::now())
+        .await
+        .unwrap()
+        .is_empty());
+
+    let ok = e
+        .run(&["exempt", "i-4", "--until", &day(5), "--reason", "hold"])
+        .await;
+    assert_eq!(ok.code, 0, "{}", ok.all());
+    assert!(
+        ok.stdout
+            .contains("i-4 is \"name-i-4\" in cn-hangzhou: Stopped, PostPaid."),
+        "{}",
+        ok.stdout
+    );
+
+    let anyway = e
+        .run(&[
+            "exempt",
+            "i-44",
+            "--until",
+            &day(5),
+            "--reason",
+            "hold",
+            "--unchecked",
+        ])
+        .await;
+    assert_eq!(anyway.code, 0, "{}", anyway.all());
+
+    // Policies that do not load: nothing to look in, so it is recorded, with a note.
+    std::fs::write(e.dir.path().join("policies/broken.yaml"), "name: [").unwrap();
+    let noted = e
+        .run(&["exempt", "i-45", "--until", &day(5), "--reason", "hold"])
+        .await;
+    assert_eq!(noted.code, 0, "{}", noted.all());
+    assert!(
+        noted.stderr.contains("could not check that i-45 exists")
+            && noted.stderr.contains("do not load"),
+        "{}",
+        noted.all()
+    );
+    let ids: Vec<String> = e
+        .store()
+        .await
+        .exemptions(chrono::Utc::now())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.instance_id)
+        .collect();
+    assert_eq!(ids, vec!["i-4", "i-44", "i-45"]);
+}
+
 /// An exemption written while a release waits out its grace cancels it at once (the command) or
 /// at the re-check before the call (the tag): never released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

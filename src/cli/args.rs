@@ -93,7 +93,10 @@ pub const COMMAND_GROUPS: &[(&[&str], &[Group])] = &[
     (&["pause"], &[Group::Database]),
     (&["resume"], &[Group::Database]),
     (&["history"], &[Group::Database]),
-    (&["exempt"], &[Group::Database, Group::Safety]),
+    (
+        &["exempt"],
+        &[Group::Policies, Group::Database, Group::Ecs, Group::Safety],
+    ),
 ];
 
 /// What `run` reads: everything (and so what `config check` shows).
@@ -238,6 +241,10 @@ pub struct ExemptArgs {
     /// List the exemptions in force.
     #[arg(long, conflicts_with_all = ["instance", "until", "reason"])]
     pub list: bool,
+    /// Record the exemption without first looking the instance up in the regions the
+    /// policies cover (by default an id that none of them lists is refused, as a likely typo).
+    #[arg(long, conflicts_with_all = ["list", "remove"])]
+    pub unchecked: bool,
     /// With `--list`: JSON, times in RFC 3339.
     #[arg(long, requires = "list")]
     pub json: bool,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use super::args::{ExemptArgs, HistoryArgs, PauseArgs, QueueCommand};
 use super::operator;
+use crate::inventory::Located;
 use crate::settings::Settings;
 use crate::store::{ReleaseFilter, Store};
 
@@ -22,6 +23,26 @@ async fn open_noting_new(settings: &Settings) -> anyhow::Result<Store> {
         );
     }
     Ok(store)
+}
+
+/// Where the policies' accounts and regions list `instance` (see [`crate::inventory::locate`]);
+/// unchecked when the policies do not load or their credentials cannot be used.
+async fn locate(settings: &Settings, instance: &str) -> Located {
+    let policies = match super::plan::load_policies(&settings.policies, &[]) {
+        Ok(p) => p,
+        Err(_) => {
+            return Located::Unchecked(format!(
+                "the policies in {} do not load; `validate` says why",
+                settings.policies.display()
+            ))
+        }
+    };
+    let accounts = crate::assemble::ecs_client(&settings.ecs)
+        .and_then(|client| crate::assemble::accounts(settings, client, &policies));
+    match accounts {
+        Ok(accounts) => crate::inventory::locate(&accounts, &policies, instance).await,
+        Err(e) => Located::Unchecked(format!("{e:#}")),
+    }
 }
 
 pub(super) async fn pause(args: &PauseArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -88,6 +109,35 @@ pub(super) async fn exempt(args: &ExemptArgs, settings: &Settings) -> anyhow::Re
     let text = args.until.as_deref().unwrap_or_default();
     let until = crate::plan::exempt::new_until(text, now, settings.protection.max_exemption())
         .map_err(|e| anyhow::anyhow!("--until: {e}"))?;
+    if !args.unchecked {
+        match locate(settings, instance).await {
+            Located::Found(places) => {
+                for (account, i) in &places {
+                    outln!(
+                        "{instance} is {:?} in {}{}: {}, {}.",
+                        i.instance_name,
+                        i.region_id,
+                        crate::inventory::account_suffix(account),
+                        i.status.as_str(),
+                        i.charge_type.as_str()
+                    );
+                }
+            }
+            Located::Nowhere(pairs) => {
+                let places: Vec<String> = pairs
+                    .iter()
+                    .map(|(a, r)| format!("{r}{}", crate::inventory::account_suffix(a)))
+                    .collect();
+                anyhow::bail!(
+                    "{instance} is not listed in any region the policies cover ({}), so no policy could release it and nothing was exempted: check the id (the plan shows each instance's). To record it anyway, add --unchecked.",
+                    places.join(", ")
+                );
+            }
+            Located::Unchecked(why) => eprintln!(
+                "Note: could not check that {instance} exists ({why}); the exemption is recorded anyway."
+            ),
+        }
+    }
     let done = store
         .exempt(instance, until, &operator(), reason, now)
         .await?;

@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
+
+use crate::inventory::Located;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -193,6 +195,9 @@ pub(super) struct Operator {
     hold_secs: Option<i64>,
     /// An exemption's end: `2027-01-31` or an RFC 3339 time.
     until: Option<String>,
+    /// An exemption recorded without looking the instance up first.
+    #[serde(default)]
+    unchecked: bool,
 }
 
 impl Operator {
@@ -291,16 +296,53 @@ pub(super) async fn exempt(
     let text = op.until.as_deref().unwrap_or_default();
     let until = crate::plan::exempt::new_until(text, now, s.ctx.protection.max_exemption())
         .map_err(|e| ApiError::bad_request(format!("until: {e}")))?;
+    // Looked up where the policies look first, as `exempt` does: a mistyped id is refused.
+    let (found, unchecked) = if op.unchecked {
+        (Vec::new(), Some("unchecked=true".to_string()))
+    } else {
+        let policies = s.ctx.policies.current();
+        match crate::inventory::locate(&s.ctx.accounts, &policies, instance).await {
+            Located::Found(found) => (found, None),
+            Located::Unchecked(why) => (Vec::new(), Some(why)),
+            Located::Nowhere(pairs) => {
+                let places: Vec<String> = pairs
+                    .iter()
+                    .map(|(a, r)| format!("{r}{}", crate::inventory::account_suffix(a)))
+                    .collect();
+                return Err(ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "{instance} is not listed in any region the policies cover ({}), so no policy could release it and nothing was exempted: check the id, or add unchecked=true to record it anyway",
+                        places.join(", ")
+                    ),
+                ));
+            }
+        }
+    };
     let done = s
         .ctx
         .store
         .exempt(instance, until, &op.by(&caller), reason, now)
         .await?;
+    let found: Vec<serde_json::Value> = found
+        .iter()
+        .map(|(account, i)| {
+            json!({
+                "account": account,
+                "region": i.region_id,
+                "instance_name": i.instance_name,
+                "status": i.status.as_str(),
+                "charge_type": i.charge_type.as_str(),
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "instance_id": instance,
         "until": crate::timefmt::text(until),
         "replaced": done.replaced,
         "cancelled_releases": done.cancelled,
+        "found": found,
+        "unchecked": unchecked,
     })))
 }
 
