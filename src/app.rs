@@ -140,7 +140,10 @@ impl App {
             }
             stopped = worked.stopped;
             accounts_stopped = worked.accounts_stopped;
-            claimed = Some(worked.claimed);
+            // The releases the pass found gone are this run's to report too.
+            let mut mine = worked.claimed;
+            mine.extend(pass.runs.iter().flat_map(|r| r.vanished.iter().copied()));
+            claimed = Some(mine);
         }
         // What the drain freed goes back first: the rows below are decoded on the database
         // driver's thread, whose allocations the freed memory of the others would not serve.
@@ -366,7 +369,7 @@ impl ApplyReport {
             (ReleaseState::Cancelled, "Cancelled"),
             (
                 ReleaseState::Vanished,
-                "Vanished (not listed before our call; not released by ecs-janitor)",
+                "Vanished (gone from ECS before our call)",
             ),
             (ReleaseState::InFlight, "Still in flight (retrying)"),
             (

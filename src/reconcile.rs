@@ -50,6 +50,8 @@ pub struct RunOutcome {
     pub dry_run_refusals: Vec<String>,
     /// Dry run: each instance checked, with what ECS's DryRun answered.
     pub dry_run_results: Vec<DryRunResult>,
+    /// Queued releases this pass found gone from ECS (settled as vanished).
+    pub vanished: Vec<crate::store::ReleaseId>,
 }
 
 /// One instance of a dry run, and what ECS's DryRun check said of it.
@@ -470,7 +472,7 @@ impl Reconciler {
                     } else {
                         pp.releases.iter().map(|r| r.instance_id.as_str()).collect()
                     };
-                    let cancels: Vec<(crate::store::ReleaseId, String)> = active
+                    let ending: Vec<&crate::store::ReleaseRow> = active
                         .iter()
                         .filter(|r| {
                             r.policy == pp.policy
@@ -480,21 +482,49 @@ impl Reconciler {
                                 )
                         })
                         .filter(|r| !planned.contains(r.instance_id.as_str()))
-                        .map(|r| {
-                            let why = match pp.skips.iter().find(|s| s.instance_id == r.instance_id) {
-                                _ if policy.dry_run => {
-                                    "the policy is now dry_run: it releases nothing".to_string()
-                                }
-                                Some(s) => format!("no longer qualifies: {}", s.detail),
-                                None if !listed.contains(&r.instance_id) => {
-                                    "the instance is no longer listed by DescribeInstances (released elsewhere, or no longer matches the policy's filters)".to_string()
-                                }
-                                None => "the instance no longer matches the policy".to_string(),
-                            };
-                            (r.id, why)
-                        })
                         .collect();
+                    // What the pass's filtered listing left out is asked for by id: gone from
+                    // ECS, or there but no longer matching, are different endings.
+                    let unlisted: Vec<&crate::store::ReleaseRow> = ending
+                        .iter()
+                        .copied()
+                        .filter(|r| !listed.contains(&r.instance_id))
+                        .filter(|r| !pp.skips.iter().any(|s| s.instance_id == r.instance_id))
+                        .collect();
+                    let found = if policy.dry_run || unlisted.is_empty() {
+                        HashMap::new()
+                    } else {
+                        self.look_up(&unlisted).await
+                    };
+                    let mut cancels = Vec::new();
+                    let mut gone = Vec::new();
+                    for r in ending {
+                        let why = match pp.skips.iter().find(|s| s.instance_id == r.instance_id) {
+                            _ if policy.dry_run => {
+                                "the policy is now dry_run: it releases nothing".to_string()
+                            }
+                            Some(s) => format!("no longer qualifies: {}", s.detail),
+                            None if !listed.contains(&r.instance_id) => {
+                                match found.get(&r.instance_id) {
+                                    Some(None) => {
+                                        gone.push((r.id, gone_detail(r)));
+                                        continue;
+                                    }
+                                    Some(Some(status)) => format!(
+                                        "the instance no longer matches the policy's filters (it is {status})"
+                                    ),
+                                    None => "the instance is no longer listed by DescribeInstances (released elsewhere, or no longer matches the policy's filters)".to_string(),
+                                }
+                            }
+                            None => "the instance no longer matches the policy".to_string(),
+                        };
+                        cancels.push((r.id, why));
+                    }
                     run.cancelled = self.ctx.store.cancel_pending(&cancels, now).await?;
+                    if !gone.is_empty() {
+                        self.ctx.store.vanish_pending(&gone, now).await?;
+                        run.vanished = gone.iter().map(|(id, _)| *id).collect();
+                    }
                 }
             }
             let outcome = if run.refused.is_some() {
@@ -530,6 +560,47 @@ impl Reconciler {
     /// Sends DeleteInstances with DryRun=true, signed as `account`, for the due releases, in
     /// batches of up to 100 of one region and one set of flags, and records each instance as
     /// "would release".
+    /// Each of `releases` asked for by id, (account, region) by (account, region):
+    /// `Some(status)` when ECS lists it, `None` when it lists nothing for the id. An id whose
+    /// region could not be asked is left out (the caller keeps its vaguer reason).
+    async fn look_up(
+        &self,
+        releases: &[&crate::store::ReleaseRow],
+    ) -> HashMap<String, Option<String>> {
+        let mut by_region: std::collections::BTreeMap<(&str, &str), Vec<String>> =
+            Default::default();
+        for r in releases {
+            by_region
+                .entry((r.account.as_str(), r.region.as_str()))
+                .or_default()
+                .push(r.instance_id.clone());
+        }
+        let mut out = HashMap::new();
+        for ((account, region), ids) in by_region {
+            let client = self.ctx.accounts.client(account);
+            let filter = crate::ecs::client::DescribeFilter {
+                instance_ids: Some(ids.clone()),
+                ..Default::default()
+            };
+            match client.describe_instances(region, &filter).await {
+                Ok(listed) => {
+                    let status: HashMap<&str, &str> = listed
+                        .iter()
+                        .map(|i| (i.instance_id.as_str(), i.status.as_str()))
+                        .collect();
+                    for id in ids {
+                        let s = status.get(id.as_str()).map(|s| s.to_string());
+                        out.insert(id, s);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(region, error = %e, "cannot ask for queued instances the pass no longer lists; they are cancelled with a vaguer reason");
+                }
+            }
+        }
+        out
+    }
+
     async fn dry_run(
         &self,
         account: &str,
@@ -672,6 +743,16 @@ fn evaluate(
 }
 
 /// What the store keeps of a release's saving.
+/// Why a queued release whose instance ECS no longer has is settled as vanished; when an
+/// earlier call of ours for it ended without an answer, that call probably released it.
+fn gone_detail(r: &crate::store::ReleaseRow) -> String {
+    if r.last_code.as_deref() == Some("Janitor.OutcomeUnknown") {
+        "gone from ECS (DescribeInstances lists nothing for its id) after an earlier call of ours whose answer was lost: that call probably released it; not counted as saved".to_string()
+    } else {
+        "gone from ECS (DescribeInstances lists nothing for its id): released by someone else; not released by ecs-janitor".to_string()
+    }
+}
+
 fn stored_saving(s: &plan::Saving) -> crate::store::ReleaseSaving {
     crate::store::ReleaseSaving {
         basis: s.basis.code().to_string(),

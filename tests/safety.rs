@@ -85,17 +85,31 @@ impl Env {
             .unwrap()
     }
 
+    /// [`Env::run`] with more environment variables.
+    async fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        let child = cmd.spawn().unwrap();
+        let what = args.join(" ");
+        tokio::task::spawn_blocking(move || wait_bounded(child, &what))
+            .await
+            .unwrap()
+    }
+
     /// Starts the binary without waiting for it (for tests that signal it or pull ECS away).
     fn spawn(&self, args: &[&str]) -> std::process::Child {
-        Command::new(BIN)
-            .args(args)
+        self.command(args).spawn().unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
             .envs(common::janitor_env(&self.h, self.dir.path(), &self.url))
             .env("JANITOR_OPERATOR", "alice")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            .stderr(Stdio::piped());
+        cmd
     }
 
     async fn store(&self) -> Store {
@@ -1285,6 +1299,137 @@ async fn exempt_names_the_machine_and_refuses_an_id_no_region_lists() {
         .map(|x| x.instance_id)
         .collect();
     assert_eq!(ids, vec!["i-4", "i-44", "i-45"]);
+}
+
+/// A queued release whose instance the pass no longer lists is asked for by id: gone from
+/// ECS it is settled as vanished (released by someone else, or, after a call of ours whose
+/// answer was lost, probably by that call), and there but no longer matching it is cancelled
+/// with its state. Found trying it: a release given up as outcome unknown, retried after its
+/// instance was gone, ended "cancelled: released elsewhere, or no longer matches".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_instance_the_pass_no_longer_lists_is_told_gone_from_no_longer_matching() {
+    let graced = CI.replace(
+        "  status: Stopped\n",
+        "  status: Stopped\nrelease:\n  grace: 2h\n",
+    );
+    let e = env(
+        4,
+        0,
+        &[
+            &graced,
+            CI.replace("name: ci", "name: now")
+                .replace("purpose: ci", "purpose: now")
+                .as_str(),
+        ],
+    )
+    .await;
+    // i-3 goes through a call whose answers are all lost: given up as outcome unknown.
+    e.h.sim.tag("i-3", "purpose", "now");
+    e.h.sim.set_faults(Faults {
+        drop_after_commit_rate: 1.0,
+        actions: vec!["DeleteInstances".into()],
+        ..Faults::default()
+    });
+    let first = e
+        .run_with(&["apply"], &[("JANITOR_MAX_ATTEMPTS", "2")])
+        .await;
+    assert_eq!(e.released(), vec!["i-3"], "{}", first.all());
+    e.h.sim.set_faults(Faults::default());
+    let rows = e.rows().await;
+    let id = |inst: &str| rows.iter().find(|r| r.instance_id == inst).unwrap().id;
+    let unknown = e.store().await.release(id("i-3")).await.unwrap();
+    assert_eq!(
+        (unknown.state, unknown.last_code.as_deref()),
+        (ReleaseState::Failed, Some("Janitor.OutcomeUnknown")),
+        "{}",
+        first.all()
+    );
+    let retry = e
+        .run(&[
+            "queue",
+            "retry",
+            &id("i-3").to_string(),
+            "--reason",
+            "checked",
+        ])
+        .await;
+    assert_eq!(retry.code, 0, "{}", retry.all());
+
+    // i-0 is released by someone else, i-1 started, while they wait out the grace.
+    let client = common::client(&e.h);
+    client
+        .delete_instances(&ecs_janitor::ecs::client::DeleteRequest {
+            region: "cn-hangzhou".into(),
+            instance_ids: vec!["i-0".into()],
+            force: false,
+            terminate_subscription: false,
+            client_token: "someone-else-0001".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    e.h.sim.modify("i-1", |i| {
+        i.status = ecs_janitor::ecs::InstanceStatus::Running;
+    });
+    // ECS lists a released instance for a while (the simulator: 3 s); wait until it does not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let gone = ecs_janitor::ecs::client::DescribeFilter {
+        instance_ids: Some(vec!["i-0".into(), "i-3".into()]),
+        ..Default::default()
+    };
+    while !client
+        .describe_instances("cn-hangzhou", &gone)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "i-0 and i-3 still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 0, "{}", a.all());
+    let store = e.store().await;
+    let r0 = store.release(id("i-0")).await.unwrap();
+    assert_eq!(r0.state, ReleaseState::Vanished, "{r0:?}");
+    assert!(
+        r0.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("released by someone else")),
+        "{r0:?}"
+    );
+    let r1 = store.release(id("i-1")).await.unwrap();
+    assert_eq!(r1.state, ReleaseState::Cancelled, "{r1:?}");
+    assert!(
+        r1.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("(it is Running)")),
+        "{r1:?}"
+    );
+    let r3 = store.release(id("i-3")).await.unwrap();
+    assert_eq!(r3.state, ReleaseState::Vanished, "{r3:?}");
+    assert!(
+        r3.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("probably released it")),
+        "{r3:?}"
+    );
+    assert_eq!(
+        store.release(id("i-2")).await.unwrap().state,
+        ReleaseState::Pending
+    );
+    // The run's report says so.
+    assert!(
+        a.stdout
+            .contains("Vanished (gone from ECS before our call)")
+            && a.stdout.contains("i-0")
+            && a.stdout.contains("i-3"),
+        "{}",
+        a.stdout
+    );
 }
 
 /// An exemption written while a release waits out its grace cancels it at once (the command) or

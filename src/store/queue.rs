@@ -555,25 +555,46 @@ impl Store {
         cancels: &[(ReleaseId, String)],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
+        self.end_pending(cancels, ReleaseState::Cancelled, now)
+            .await
+    }
+
+    /// Settles as vanished pending releases that no batch holds yet, whose instances ECS no
+    /// longer has, each with what was seen. Returns how many.
+    pub async fn vanish_pending(
+        &self,
+        gone: &[(ReleaseId, String)],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        self.end_pending(gone, ReleaseState::Vanished, now).await
+    }
+
+    async fn end_pending(
+        &self,
+        ends: &[(ReleaseId, String)],
+        state: ReleaseState,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         let mut n = 0;
         let mut tx = self.pool.begin().await?;
-        for (id, reason) in cancels {
+        for (id, reason) in ends {
             let row: Option<(String, String)> = tx
                 .fetch_optional(
                     Sql::new(
-                        "UPDATE releases SET state = 'cancelled', last_message = $2, updated_at = $3
+                        "UPDATE releases SET state = $4, last_message = $2, updated_at = $3
                          WHERE id = $1 AND state = 'pending' AND batch_id IS NULL
                          RETURNING policy, instance_id",
                     )
                     .bind(*id)
                     .bind(reason)
-                    .bind(ms(now)),
+                    .bind(ms(now))
+                    .bind(state.as_str()),
                 )
                 .await?;
             if let Some((policy, instance_id)) = row {
                 n += 1;
                 let ev = NewEvent {
-                    kind: "cancelled",
+                    kind: state.as_str(),
                     release_id: Some(*id),
                     policy: Some(policy),
                     instance_id: Some(instance_id),
