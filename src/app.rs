@@ -323,14 +323,18 @@ impl ApplyReport {
     }
 
     /// Exit status: 0 when every due release succeeded; 2 when some failed, a planned release
-    /// was not carried out, a policy was refused for its blast radius, an account was refused
-    /// as a whole, or the run was stopped early; 3 when paused.
+    /// was not carried out, a policy was refused for its blast radius or could not list a
+    /// region, an account was refused as a whole, or the run was stopped early; 3 when paused.
     pub fn exit_code(&self) -> u8 {
         if self.paused.is_some() {
             EXIT_PAUSED
         } else if self.in_state(ReleaseState::Failed).next().is_some()
             || !self.pass.not_carried.is_empty()
-            || self.pass.runs.iter().any(|r| r.refused.is_some())
+            || self
+                .pass
+                .runs
+                .iter()
+                .any(|r| r.refused.is_some() || r.error.is_some())
             || !self.accounts_stopped.is_empty()
             || self.interrupted
         {
@@ -431,6 +435,9 @@ impl ApplyReport {
         for run in &self.pass.runs {
             if let Some(why) = &run.refused {
                 out.push_str(&format!("Policy {} {}\n", run.policy, why));
+            }
+            if let Some(why) = &run.error {
+                out.push_str(&format!("Policy {} did nothing: {}\n", run.policy, why));
             }
             if run.dry_run {
                 if !run.dry_run_results.is_empty() {

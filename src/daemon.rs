@@ -193,6 +193,8 @@ async fn scheduler(
                     for run in r.runs {
                         if !run.ran {
                             tracing::debug!(policy = %run.policy, "tick already reconciled by another replica");
+                        } else if let Some(why) = run.error {
+                            tracing::error!(policy = %run.policy, "{why}");
                         } else if let Some(why) = run.refused {
                             tracing::warn!(policy = %run.policy, "{why}");
                         } else {

@@ -210,8 +210,22 @@ async fn list(
 }
 
 /// Lists every (account, region) any of `policies` names, by its listing plan, with up to
-/// [`LISTINGS_IN_FLIGHT`] queries at once.
+/// [`LISTINGS_IN_FLIGHT`] queries at once. Fails with the first (account, region) that could
+/// not be listed; [`fetch_each`] lists the others anyway.
 pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory, InventoryError> {
+    let (inv, mut failed) = fetch_each(accounts, policies).await;
+    match failed.is_empty() {
+        true => Ok(inv),
+        false => Err(failed.remove(0)),
+    }
+}
+
+/// [`fetch`], but an (account, region) that cannot be listed is left out of the inventory and
+/// returned beside it (one error each), so the policies of the other regions can go on.
+pub async fn fetch_each(
+    accounts: &Accounts,
+    policies: &[Policy],
+) -> (Inventory, Vec<InventoryError>) {
     let mut regions: BTreeMap<(&str, &str), Vec<&Policy>> = BTreeMap::new();
     for p in policies {
         for r in &p.regions {
@@ -249,10 +263,22 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
         .collect()
         .await;
     let mut inv = Inventory::default();
+    let mut failed: Vec<InventoryError> = Vec::new();
     let mut current: Option<(String, String)> = None;
     let mut ids: HashSet<String> = HashSet::new();
     for r in results {
-        let (account, region, filter, mut listed) = r?;
+        let (account, region, filter, mut listed) = match r {
+            Ok(listed) => listed,
+            Err(e) => {
+                if !failed
+                    .iter()
+                    .any(|f| f.account == e.account && f.region == e.region)
+                {
+                    failed.push(e);
+                }
+                continue;
+            }
+        };
         let key = (account.clone(), region.clone());
         if current.as_ref() != Some(&key) {
             ids.clear();
@@ -278,7 +304,13 @@ pub async fn fetch(accounts: &Accounts, policies: &[Policy]) -> Result<Inventory
             run.append(&mut listed);
         }
     }
-    Ok(inv)
+    // What a region's other queries listed is dropped with it: half a region is no view of it.
+    for f in &failed {
+        inv.runs.remove(&(f.account.clone(), f.region.clone()));
+        inv.listings
+            .retain(|l| !(l.account == f.account && l.region == f.region));
+    }
+    (inv, failed)
 }
 
 /// Where [`locate`] found an instance.

@@ -52,6 +52,8 @@ pub struct RunOutcome {
     pub dry_run_results: Vec<DryRunResult>,
     /// Queued releases this pass found gone from ECS (settled as vanished).
     pub vanished: Vec<crate::store::ReleaseId>,
+    /// Why the policy did nothing this tick (a region of it could not be listed).
+    pub error: Option<String>,
 }
 
 /// One instance of a dry run, and what ECS's DryRun check said of it.
@@ -147,7 +149,10 @@ impl Reconciler {
         policies: &[Policy],
         now: DateTime<Utc>,
     ) -> Result<Plan, ReconcileError> {
-        let (mut inv, ctx) = self.observe(policies, now, false).await?;
+        let (mut inv, ctx, mut failed) = self.observe(policies, now, false).await?;
+        if !failed.is_empty() {
+            return Err(ReconcileError::Inventory(failed.remove(0)));
+        }
         let sizes = inv.listed();
         let loaded = self.ctx.policies.current();
         let mut plan = evaluate(policies, &loaded, &mut inv, &ctx, now);
@@ -217,7 +222,7 @@ impl Reconciler {
         policies: &[Policy],
         now: DateTime<Utc>,
         record: bool,
-    ) -> Result<(Inventory, EvalContext), ReconcileError> {
+    ) -> Result<(Inventory, EvalContext, Vec<InventoryError>), ReconcileError> {
         // The queue is read before the inventory: a release that finishes while the inventory
         // is fetched still counts as queued, so its instance (listed, but gone by now) is not
         // queued a second time.
@@ -237,9 +242,7 @@ impl Reconciler {
                 )
             })
             .collect();
-        let inv = inventory::fetch(&self.ctx.accounts, policies)
-            .await
-            .map_err(ReconcileError::Inventory)?;
+        let (inv, failed) = inventory::fetch_each(&self.ctx.accounts, policies).await;
         for l in inv.listings().iter().filter(|_| record) {
             let seen = crate::store::Seen::of(&l.filter, &l.listed);
             self.ctx
@@ -267,7 +270,7 @@ impl Reconciler {
                 .await?,
             exemptions: self.ctx.store.exemption_map(now).await?,
         };
-        Ok((inv, ctx))
+        Ok((inv, ctx, failed))
     }
 
     async fn reconcile(
@@ -286,7 +289,30 @@ impl Reconciler {
                 Vec::new(),
             ));
         }
-        let (mut inv, ctx) = self.observe(policies, now, true).await?;
+        let (mut inv, ctx, failed) = self.observe(policies, now, true).await?;
+        // A policy with a region that could not be listed sits this tick out, said with why;
+        // the others go on (one bad region stopped every policy of the tick). It still owns
+        // what it matches in the listed regions: the evaluation weighs every loaded policy.
+        let unlisted: Vec<(&Policy, &InventoryError)> = policies
+            .iter()
+            .filter_map(|p| {
+                let f = failed
+                    .iter()
+                    .find(|f| f.account == account_of(p) && p.regions.contains(&f.region))?;
+                Some((p, f))
+            })
+            .collect();
+        let acting: Vec<Policy>;
+        let policies = if unlisted.is_empty() {
+            policies
+        } else {
+            acting = policies
+                .iter()
+                .filter(|p| !unlisted.iter().any(|(u, _)| u.name == p.name))
+                .cloned()
+                .collect();
+            &acting[..]
+        };
         let sizes = inv.listed();
         // The instances are let go region by region as they are planned; what is kept of the
         // inventory is each query's ids.
@@ -551,15 +577,37 @@ impl Reconciler {
                 .await?;
             runs.push(run);
         }
+        for (p, why) in unlisted {
+            let error = format!("{why}; the policy did nothing this tick, the next tries again");
+            self.ctx
+                .store
+                .record_event(
+                    NewEvent {
+                        kind: "run_failed",
+                        policy: Some(p.name.clone()),
+                        detail: error.clone(),
+                        ..NewEvent::default()
+                    },
+                    now,
+                )
+                .await?;
+            self.ctx
+                .store
+                .finish_run(&RunEnd::error(&p.name, scheduled_for), now)
+                .await?;
+            runs.push(RunOutcome {
+                policy: p.name.clone(),
+                ran: true,
+                error: Some(error),
+                ..RunOutcome::default()
+            });
+        }
         if let (Some(n), false) = (&self.ctx.notifier, notes.is_empty()) {
             n.send_batch(notes);
         }
         Ok((plan, runs))
     }
 
-    /// Sends DeleteInstances with DryRun=true, signed as `account`, for the due releases, in
-    /// batches of up to 100 of one region and one set of flags, and records each instance as
-    /// "would release".
     /// Each of `releases` asked for by id, (account, region) by (account, region):
     /// `Some(status)` when ECS lists it, `None` when it lists nothing for the id. An id whose
     /// region could not be asked is left out (the caller keeps its vaguer reason).
@@ -601,6 +649,9 @@ impl Reconciler {
         out
     }
 
+    /// Sends DeleteInstances with DryRun=true, signed as `account`, for the due releases, in
+    /// batches of up to 100 of one region and one set of flags, and records each instance as
+    /// "would release".
     async fn dry_run(
         &self,
         account: &str,

@@ -1432,6 +1432,37 @@ async fn a_queued_instance_the_pass_no_longer_lists_is_told_gone_from_no_longer_
     );
 }
 
+/// A region that cannot be listed stops only the policies that cover it, said with the policy
+/// and the region (found trying it: one policy over a new region failed the whole tick, and
+/// every other policy due then released nothing, under a log line that named no policy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_that_cannot_be_listed_stops_only_its_own_policies() {
+    let far = r#"
+name: far
+schedule: "0 0 * * * *"
+regions: [xx-newregion-1]
+regions_unchecked: true
+select:
+  status: Stopped
+"#;
+    let e = env(3, 0, &[CI, far]).await;
+    let a = e.run(&["apply"]).await;
+    assert_eq!(a.code, 2, "{}", a.all());
+    assert_eq!(e.released(), vec!["i-0", "i-1", "i-2"], "{}", a.all());
+    assert!(
+        a.stdout
+            .contains("Policy far did nothing: cannot list the instances of xx-newregion-1"),
+        "{}",
+        a.stdout
+    );
+    let h = e.run(&["history", "--policy", "far"]).await;
+    assert!(
+        h.stdout.contains("run_failed") && h.stdout.contains("xx-newregion-1"),
+        "{}",
+        h.all()
+    );
+}
+
 /// An exemption written while a release waits out its grace cancels it at once (the command) or
 /// at the re-check before the call (the tag): never released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

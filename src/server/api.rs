@@ -113,7 +113,31 @@ pub(super) async fn list_policies(
     let now = s.ctx.clock.now();
     let snap = s.ctx.store.metrics_snapshot(now).await?;
     let runs = s.ctx.store.runs(1000).await?;
-    let out: Vec<serde_json::Value> = loaded(&s)
+    let policies = loaded(&s);
+    // Why each policy whose last run failed failed: its last `run_failed` event.
+    let mut errors: std::collections::HashMap<&str, String> = Default::default();
+    for p in &policies {
+        let failed = runs
+            .iter()
+            .find(|r| r.policy == p.name)
+            .is_some_and(|r| r.outcome == Some(crate::store::RunStatus::Error));
+        if failed {
+            let last = s
+                .ctx
+                .store
+                .events_where(&crate::store::EventFilter {
+                    policy: Some(p.name.clone()),
+                    kind: Some("run_failed".into()),
+                    limit: Some(1),
+                    ..Default::default()
+                })
+                .await?;
+            if let Some(e) = last.into_iter().next() {
+                errors.insert(p.name.as_str(), e.detail);
+            }
+        }
+    }
+    let out: Vec<serde_json::Value> = policies
         .iter()
         .map(|p| {
             let last = runs.iter().find(|r| r.policy == p.name);
@@ -139,6 +163,7 @@ pub(super) async fn list_policies(
                     "enqueued": r.enqueued,
                     "cancelled": r.cancelled,
                     "refused": r.refused != 0,
+                    "error": errors.get(p.name.as_str()),
                 })),
                 "releases": counts,
             })

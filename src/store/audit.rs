@@ -37,6 +37,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "resumed",
     "retried",
     "retry_scheduled",
+    "run_failed",
     "snapshotted",
     "split",
     "succeeded",
