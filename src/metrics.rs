@@ -94,6 +94,9 @@ pub struct Metrics {
     /// No label set while not paused (or paused without a recorded time), one while paused.
     paused_since: Family<Vec<(String, String)>, Gauge>,
     policy_interval: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
+    /// When this process first loaded each policy now loaded, by name (Unix seconds).
+    policy_loaded: Family<PolicyLabels, Gauge>,
+    first_loaded: Arc<Mutex<std::collections::HashMap<String, i64>>>,
     window_open: Gauge,
     webhook_deliveries: Family<OutcomeLabels, Counter>,
     /// Monthly run-rate released (list prices, currency units), caught up from the store.
@@ -185,6 +188,12 @@ impl Metrics {
             "Each loaded policy's longest gap between two ticks of its schedule over a week; only policies this process has loaded",
             policy_interval.clone(),
         );
+        let policy_loaded = Family::<PolicyLabels, Gauge>::default();
+        r.gauge(
+            "policy_loaded_timestamp_seconds",
+            "When this process first loaded each policy now loaded (Unix seconds): the alert on a policy not succeeding counts from it while the policy has no success yet",
+            policy_loaded.clone(),
+        );
         let window_open = Gauge::default();
         r.gauge(
             "release_window_open",
@@ -230,6 +239,8 @@ impl Metrics {
             paused,
             paused_since,
             policy_interval,
+            policy_loaded,
+            first_loaded: Arc::default(),
             window_open,
             webhook_deliveries,
             savings_released,
@@ -251,6 +262,19 @@ impl Metrics {
         *self.loaded.write().unwrap_or_else(|e| e.into_inner()) =
             Some(policies.iter().map(|p| p.name.clone()).collect());
         self.policy_interval.clear();
+        self.policy_loaded.clear();
+        {
+            let mut first = self.first_loaded.lock().unwrap_or_else(|e| e.into_inner());
+            first.retain(|name, _| policies.iter().any(|p| &p.name == name));
+            for p in policies {
+                let at = *first.entry(p.name.clone()).or_insert(now.timestamp());
+                self.policy_loaded
+                    .get_or_create(&PolicyLabels {
+                        policy: p.name.clone(),
+                    })
+                    .set(at);
+            }
+        }
         for p in policies {
             if let Some(gap) = longest_gap(&p.schedule, now) {
                 self.policy_interval
@@ -435,6 +459,7 @@ mod tests {
             "janitor_releases",
             "janitor_policy_last_success_timestamp_seconds",
             "janitor_policy_interval_seconds",
+            "janitor_policy_loaded_timestamp_seconds",
             "janitor_paused_since_timestamp_seconds",
             "janitor_release_window_open",
             "janitor_webhook_deliveries_total",

@@ -141,6 +141,19 @@ async fn each_series_is_moved_by_what_it_describes() {
     metrics.policies_loaded(&kept, Utc::now());
     let m = metrics.render(&db.store, clock.now()).await.unwrap();
     assert!(sample(&m, later).is_none(), "{m}");
+    // When each loaded policy was first loaded, kept across reloads (the alert counts from it
+    // for a policy that never succeeded); a policy no longer loaded has none.
+    let loaded_at = |m: &str, p: &str| {
+        sample(
+            m,
+            &format!(r#"janitor_policy_loaded_timestamp_seconds{{policy="{p}"}}"#),
+        )
+    };
+    let first = loaded_at(&m, "ci-now").expect("ci-now's load time");
+    assert_eq!(loaded_at(&m, "ci-later"), None, "{m}");
+    metrics.policies_loaded(&kept, Utc::now() + chrono::Duration::hours(1));
+    let m = metrics.render(&db.store, clock.now()).await.unwrap();
+    assert_eq!(loaded_at(&m, "ci-now"), Some(first), "a reload keeps it");
     assert!(sample(
         &m,
         r#"janitor_policy_last_success_timestamp_seconds{policy="ci-now"}"#
