@@ -416,12 +416,50 @@ async fn the_demo_runs_the_whole_job_with_nothing_to_configure() {
     );
 }
 
+/// Admin tokens are refused under 16 characters, the one (`JANITOR_ADMIN_TOKEN`) as the named
+/// ones, and the refusal reads whole (found trying it: `x` was accepted, and `bot=than` was told
+/// "the token (after =) is shorter <redacted> 16 characters").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_admin_tokens_are_refused_in_words_that_read_whole() {
+    let dir = setup();
+    for (var, value, says) in [
+        (
+            "JANITOR_ADMIN_TOKEN",
+            "x",
+            "the token is shorter than 16 characters",
+        ),
+        (
+            "JANITOR_ADMIN_TOKENS",
+            "bot=than",
+            "the token (after `=`) is shorter than 16 characters",
+        ),
+    ] {
+        let mut c = Command::new(BIN);
+        c.args(["config", "check"])
+            .current_dir(dir.path())
+            .env_remove("JANITOR_ADMIN_TOKEN")
+            .env_remove("JANITOR_ADMIN_TOKENS")
+            .env(var, value);
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!out.status.success(), "{var}={value}: {all}");
+        assert!(
+            all.contains(says) && all.contains(var),
+            "{var}={value}: {all}"
+        );
+        let problem = all.lines().find(|l| l.contains("shorter")).unwrap();
+        assert!(!problem.contains("<redacted>"), "{var}={value}: {problem}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_file_sits_below_the_environment_and_secrets_stay_hidden() {
     let dir = setup();
     std::fs::write(
         dir.path().join("janitor.yaml"),
-        "admin_token: hunter2-admin\nworkers:\n  concurrency: 8\n  calls_per_second: 5\n",
+        "admin_token: hunter2-admin-token\nworkers:\n  concurrency: 8\n  calls_per_second: 5\n",
     )
     .unwrap();
     let mut c = Command::new(BIN);

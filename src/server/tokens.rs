@@ -54,6 +54,9 @@ impl AdminTokens {
     }
 }
 
+/// The fewest characters an admin token may have.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
 /// Parses `name=token,name=token`: names of letters, digits, `.`, `_`, `-` and `@`, each once,
 /// tokens of at least 16 characters (a guessable token guards nothing). The error names the entry
 /// by position, never its token.
@@ -80,7 +83,7 @@ pub fn parse(text: &str) -> Result<Vec<NamedToken>, String> {
                 "entry {n}: its name (before `=`) must be letters, digits, `.`, `_`, `-` or `@`"
             ));
         }
-        if token.chars().count() < 16 {
+        if token.chars().count() < MIN_TOKEN_CHARS {
             return Err(format!(
                 "entry {n}: the token (after `=`) is shorter than 16 characters; use e.g. `openssl rand -hex 32` (are name and token the wrong way round?)"
             ));

@@ -297,7 +297,10 @@ impl Settings {
             .filter_map(|r| r.raw.as_deref())
             .flat_map(|raw| raw.split([',', '=']))
             .map(|p| p.trim().to_string())
-            .filter(|p| p.len() >= 4)
+            // Only what could be an accepted token: a shorter part (a name, or a token refused
+            // for its length) is no secret, and replacing it garbled the very problem that
+            // refused it (`bot=than`: "shorter <redacted> 16 characters").
+            .filter(|p| p.chars().count() >= crate::server::tokens::MIN_TOKEN_CHARS)
             .collect();
         out.extend(parts);
         out
@@ -519,10 +522,10 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug() {
-        let (s, _) = resolve(&[], &[("JANITOR_ADMIN_TOKEN", "hunter2-token")], "");
+        let (s, _) = resolve(&[], &[("JANITOR_ADMIN_TOKEN", "hunter2-token-0123")], "");
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert_eq!(s.secrets(), vec!["hunter2-token".to_string()]);
+        assert_eq!(s.secrets(), vec!["hunter2-token-0123".to_string()]);
         let (s, _) = resolve(
             &[],
             &[(
@@ -532,9 +535,16 @@ mod tests {
             "",
         );
         let secrets = s.secrets();
-        for t in ["0123456789abcdef0123", "fedcba9876543210fedc", "alice"] {
+        for t in ["0123456789abcdef0123", "fedcba9876543210fedc"] {
             assert!(secrets.contains(&t.to_string()), "{t} in {secrets:?}");
         }
+        // Written the wrong way round, the token (before `=`) is still a secret.
+        let (s, _) = resolve(
+            &[],
+            &[("JANITOR_ADMIN_TOKENS", "0123456789abcdef0123=bot")],
+            "",
+        );
+        assert!(s.secrets().contains(&"0123456789abcdef0123".to_string()));
         assert!(!format!("{s:?}").contains("0123456789abcdef"));
     }
 

@@ -96,6 +96,18 @@ fn check_positive(s: &str) -> Result<(), String> {
     }
 }
 
+/// The one admin token: as long as each named one must be (a guessable token guards nothing).
+fn check_admin_token(s: &str) -> Result<(), String> {
+    not_empty(s)?;
+    if s.trim().chars().count() < crate::server::tokens::MIN_TOKEN_CHARS {
+        return Err(format!(
+            "the token is shorter than {} characters; use e.g. `openssl rand -hex 32`",
+            crate::server::tokens::MIN_TOKEN_CHARS
+        ));
+    }
+    Ok(())
+}
+
 fn check_admin_tokens(s: &str) -> Result<(), String> {
     crate::server::tokens::parse(s).map(drop)
 }
@@ -435,11 +447,11 @@ pub const SPECS: &[Spec] = &[
         flag: None,
         value_name: "TOKEN",
         default: None,
-        help: "Bearer token for the mutating admin endpoints (retry, cancel, pause, resume); \
-               without it they answer 403.",
+        help: "Bearer token for the mutating admin endpoints (retry, cancel, pause, resume), \
+               16 characters or more; without it they answer 403.",
         group: Group::Daemon,
         secret: true,
-        check: not_empty,
+        check: check_admin_token,
     },
     Spec {
         key: "admin_tokens",
