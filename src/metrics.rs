@@ -509,6 +509,9 @@ mod tests {
         let _ = m
             .policy_interval
             .get_or_create(&PolicyLabels { policy: "p".into() });
+        let _ = m
+            .policy_loaded
+            .get_or_create(&PolicyLabels { policy: "p".into() });
         let saving = SavingLabels {
             policy: "p".into(),
             currency: "CNY".into(),

@@ -601,6 +601,36 @@ async fn apply_ends_at_its_timeout_while_ecs_throttles() {
     assert!(e.released().is_empty());
 }
 
+/// Throttling does not use up attempts (ECS did nothing): with two attempts a batch, apply
+/// rides out many throttled answers and releases everything once the quota lets it (found
+/// trying `--quota DeleteInstances=1/min`: batches failed with Throttling.User).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_answers_do_not_use_up_attempts() {
+    let e = env(3, 0, &[CI]).await;
+    e.h.sim.set_faults(Faults {
+        throttle_rate: 1.0,
+        actions: vec!["DeleteInstances".into()],
+        ..Faults::default()
+    });
+    let child = e.spawn(&["apply", "--max-attempts", "2"]);
+    let sim = e.h.sim.clone();
+    common::wait_for("five throttled calls", Duration::from_secs(30), || {
+        let n = sim
+            .calls()
+            .iter()
+            .filter(|c| c.action == "DeleteInstances")
+            .count();
+        async move { n >= 5 }
+    })
+    .await;
+    e.h.sim.set_faults(Faults::default());
+    let out = tokio::task::spawn_blocking(move || wait_bounded(child, "apply under throttling"))
+        .await
+        .unwrap();
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(e.released(), vec!["i-0", "i-1", "i-2"]);
+}
+
 /// One policy's pass does not reset another's `stopped_for` clock: a listing filtered on other
 /// tags could not have returned the other policy's instances, so their observations stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

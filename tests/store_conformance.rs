@@ -158,6 +158,61 @@ fn ok() -> MemberOutcome {
 }
 
 conformance!(
+    a_throttled_answer_gives_its_try_back_in_the_batchs_first_hour,
+    |db: TestDb| async move {
+        // Found trying a tight quota: every throttled answer used up a try, so batches waiting
+        // on the quota failed with Throttling.User, which the README says is only retried.
+        use ecs_janitor::store::{RetryHow, THROTTLED_FREE_FOR};
+        let s = &db.store;
+        s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
+        let mut now = t0();
+        let throttled = RetryHow {
+            throttled: true,
+            ..RetryHow::default()
+        };
+        let mut tries = Vec::new();
+        for how in [throttled, throttled, RetryHow::default(), throttled] {
+            let b = s.claim("w", now, LEASE, 100, None).await.unwrap().unwrap();
+            assert!(s
+                .begin_attempt(&b.fence, &[], &b.client_token, now)
+                .await
+                .unwrap());
+            let code = if how.throttled {
+                "Throttling.User"
+            } else {
+                "InternalError"
+            };
+            now += chrono::Duration::seconds(61);
+            assert!(s
+                .retry_later_as(&b.fence, code, "no", now, how, now)
+                .await
+                .unwrap());
+            tries.push(s.claim("w", now, LEASE, 100, None).await.unwrap().unwrap());
+            let last = tries.last().unwrap();
+            s.retry_later(&last.fence, code, "again", now, false, now)
+                .await
+                .unwrap();
+        }
+        let counts: Vec<(i64, i64)> = tries.iter().map(|b| (b.attempts, b.tries)).collect();
+        // Four calls; only the InternalError one uses up a try.
+        assert_eq!(counts, vec![(1, 0), (2, 0), (3, 1), (4, 1)]);
+        // Past its first hour, throttling counts as any other retry.
+        now = t0() + THROTTLED_FREE_FOR + chrono::Duration::seconds(1);
+        let b = s.claim("w", now, LEASE, 100, None).await.unwrap().unwrap();
+        assert!(s
+            .begin_attempt(&b.fence, &[], &b.client_token, now)
+            .await
+            .unwrap());
+        assert!(s
+            .retry_later_as(&b.fence, "Throttling.User", "no", now, throttled, now)
+            .await
+            .unwrap());
+        let b = s.claim("w", now, LEASE, 100, None).await.unwrap().unwrap();
+        assert_eq!((b.attempts, b.tries), (5, 2));
+    }
+);
+
+conformance!(
     a_retried_batch_keeps_its_token_and_members,
     |db: TestDb| async move {
         let s = &db.store;

@@ -349,6 +349,21 @@ fn fenced(text: &str, fence: &Fence) -> Sql {
         .bind(fence.claims)
 }
 
+/// What a retry follows, for [`Store::retry_later_as`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryHow {
+    /// The re-check failed before any call (it counts as a try).
+    pub recheck_failed: bool,
+    /// The call it follows may have taken effect (sticky for the batch).
+    pub uncertain: bool,
+    /// ECS throttled the call: it gives its try back in the batch's first
+    /// [`THROTTLED_FREE_FOR`].
+    pub throttled: bool,
+}
+
+/// How long after a batch is formed a throttled answer does not use up one of its tries.
+pub const THROTTLED_FREE_FOR: chrono::Duration = chrono::Duration::hours(1);
+
 impl Store {
     /// Extends a lease while a call is in flight. False when the lease was lost.
     pub async fn renew_lease(
@@ -536,30 +551,38 @@ impl Store {
         recheck_failed: bool,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.retry_later_as(fence, code, message, at, recheck_failed, false, now)
+        let how = RetryHow {
+            recheck_failed,
+            ..RetryHow::default()
+        };
+        self.retry_later_as(fence, code, message, at, how, now)
             .await
     }
 
-    /// [`Store::retry_later`], recording whether the call it follows may have taken effect
-    /// (`uncertain`, sticky for the batch).
-    #[allow(clippy::too_many_arguments)]
+    /// [`Store::retry_later`], with what the retry follows ([`RetryHow`]).
     pub async fn retry_later_as(
         &self,
         fence: &Fence,
         code: &str,
         message: &str,
         at: DateTime<Utc>,
-        recheck_failed: bool,
-        uncertain: bool,
+        how: RetryHow,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        // A throttled answer gives its try back while the batch is younger than
+        // THROTTLED_FREE_FOR: ECS did nothing, and a tight quota would otherwise use up the
+        // attempts of every batch waiting on it. Past that, throttling counts, so the loop
+        // stays bounded in time as well as in tries.
+        let free_since = now - THROTTLED_FREE_FOR;
         let mut tx = self.pool.begin().await?;
         let n = tx
             .execute(
                 fenced(
                     "UPDATE batches SET next_attempt_at = $4,
                             last_code = CASE WHEN $7 = 1 AND attempts > 0 THEN last_code ELSE $5 END,
-                            tries = tries + $7, uncertain = CASE WHEN $8 = 1 THEN 1 ELSE uncertain END,
+                            tries = tries + $7
+                                - CASE WHEN $9 = 1 AND created_at > $10 THEN 1 ELSE 0 END,
+                            uncertain = CASE WHEN $8 = 1 THEN 1 ELSE uncertain END,
                             lease_owner = NULL, lease_expires_at = NULL,
                             updated_at = $6
                      WHERE",
@@ -568,8 +591,10 @@ impl Store {
                 .bind(ms(at))
                 .bind(code)
                 .bind(ms(now))
-                .bind(recheck_failed)
-                .bind(uncertain),
+                .bind(how.recheck_failed)
+                .bind(how.uncertain)
+                .bind(how.throttled)
+                .bind(ms(free_since)),
             )
             .await?;
         if n != 1 {

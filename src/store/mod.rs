@@ -42,7 +42,7 @@ mod views;
 use chrono::{DateTime, TimeZone, Utc};
 
 pub use audit::{EventFilter, NewEvent, EVENT_KINDS};
-pub use batches::MemberOutcome;
+pub use batches::{MemberOutcome, RetryHow, THROTTLED_FREE_FOR};
 pub use diagnose::{SqliteDiagnosis, SqliteProblem};
 pub use exemptions::{Exempted, ExemptionRow, SeenExemption};
 pub use marks::{MarkRow, MarkState};

@@ -1058,19 +1058,15 @@ impl Workers {
         };
         let now = self.ctx.clock.now();
         let at = crate::backoff::add_capped(now, delay);
-        let uncertain = !recheck_failed && decide::outcome_unknown(e.code());
+        let how = crate::store::RetryHow {
+            recheck_failed,
+            uncertain: !recheck_failed && decide::outcome_unknown(e.code()),
+            throttled: e.is_throttling(),
+        };
         let ok = self
             .ctx
             .store
-            .retry_later_as(
-                &b.fence,
-                e.code(),
-                &e.to_string(),
-                at,
-                recheck_failed,
-                uncertain,
-                now,
-            )
+            .retry_later_as(&b.fence, e.code(), &e.to_string(), at, how, now)
             .await?;
         if ok {
             self.ctx.metrics.retry_scheduled();
