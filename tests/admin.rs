@@ -811,3 +811,56 @@ async fn the_openapi_document_matches_the_real_routes() {
         call_documented(&doc, "POST", resume, &format!("{}{resume}", b2.base), t).await;
     assert_eq!(status, 403);
 }
+
+/// While the operating window holds releases, the status page says so and until when (found in
+/// a user trial: it said "Running: releases are carried out as scheduled" while four due
+/// releases waited, and only a metric told why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_says_when_the_operating_window_holds_releases() {
+    use chrono::Datelike;
+    use ecs_janitor::window::{parse_days, OperatingWindow, WindowTimeZone};
+    let a = admin(None).await;
+    // Every day but today, 02:00-03:00 UTC: closed now, whatever the hour.
+    let today = chrono::Utc::now().weekday();
+    let days: Vec<&str> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| *k as u32 != today.num_days_from_monday())
+        .map(|(_, d)| d)
+        .collect();
+    let t = |h| chrono::NaiveTime::from_hms_opt(h, 0, 0).unwrap();
+    let mut ctx = a.app.ctx.clone();
+    ctx.window = Some(
+        OperatingWindow::new(
+            parse_days(&days.join(",")).unwrap(),
+            t(2),
+            t(3),
+            WindowTimeZone::Utc,
+        )
+        .unwrap(),
+    );
+    let health = Arc::new(Health::default());
+    health.policies_loaded.store(true, Ordering::SeqCst);
+    let router = server::router(AdminContext {
+        ctx,
+        health,
+        admin_tokens: server::AdminTokens::new(None, Vec::new()),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let (status, page) = get(&format!("{base}/")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("id=\"window\"")
+            && page.contains("Outside the operating window (")
+            && page.contains("02:00-03:00 UTC): due releases wait until it opens at ")
+            && !page.contains("id=\"running\""),
+        "{page}"
+    );
+    // The page without a window still says it runs.
+    let (_, page) = get(&format!("{}/", a.base)).await;
+    assert!(page.contains("id=\"running\""), "{page}");
+}

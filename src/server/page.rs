@@ -40,7 +40,7 @@ font-size:.9rem}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px sol
 vertical-align:top}th{background:#eef1f4}.scroll{overflow-x:auto}code{font-size:.85em;\
 word-break:break-all}.banner{padding:.6rem .8rem;border-radius:.3rem;margin-bottom:1rem;\
 font-weight:600}.paused{background:#ffe3e3;color:#8a1111}.running{background:#e3f6e8;\
-color:#0f5a2a}.muted{color:#66707a}.fail{color:#8a1111}figure{margin:0 0 1rem}\
+color:#0f5a2a}.waiting{background:#fff4d6;color:#6b4a00}.muted{color:#66707a}.fail{color:#8a1111}figure{margin:0 0 1rem}\
 #savings td{white-space:nowrap}";
 
 /// `≈ ¥390.40/month`, `unknown`, or `-` for a release queued unpriced.
@@ -265,6 +265,18 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
         h.push_str(&format!(
             "<div class=\"banner paused\" id=\"paused\">Paused: releases are stopped on every replica and command ({}). Plans go on. <code>ecs-janitor resume</code> or POST /api/v1/resume to resume.</div>",
             esc(&p.describe())
+        ));
+    } else if let Some(w) = s.ctx.window.as_ref().filter(|w| !w.is_open(now)) {
+        // Due releases are held; say why and until when (found in a user trial: the page said
+        // "Running" while the window held four due releases, and nothing else said so).
+        let until = match w.next_open(now) {
+            Some(t) => format!("until it opens at {} UTC", t.format("%Y-%m-%d %H:%M")),
+            None => "for good: it never opens".to_string(),
+        };
+        h.push_str(&format!(
+            "<div class=\"banner waiting\" id=\"window\">Outside the operating window ({}): due releases wait {}. Plans go on.</div>",
+            esc(&w.to_string()),
+            esc(&until)
         ));
     } else {
         h.push_str("<div class=\"banner running\" id=\"running\">Running: releases are carried out as scheduled.</div>");

@@ -285,6 +285,9 @@ pub struct Workers {
     /// The (account, region) pairs of the batches this process is working, with how many:
     /// claims prefer others, so every region's pace is used.
     busy: Arc<Mutex<HashMap<(String, String), usize>>>,
+    /// Why releases wait now (the pause, the operating window), as last logged: a daemon says
+    /// so once each time it changes, not on every step.
+    held: Arc<Mutex<Option<String>>>,
     /// On SQLite, held across a claim and its entry in `busy`, so each claim sees where the
     /// others went (see [`Workers::claim_and_process`]).
     claiming: Arc<tokio::sync::Mutex<()>>,
@@ -332,6 +335,7 @@ impl Workers {
             stopped_accounts: Arc::default(),
             claimed: Arc::default(),
             busy: Arc::default(),
+            held: Arc::default(),
             claiming: Arc::default(),
             cancel: CancellationToken::new(),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(cfg.seed))),
@@ -497,9 +501,11 @@ impl Workers {
                         *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                         return Ok(());
                     }
+                    self.note_held(Some(why.describe()));
                     idle_cap
                 }
                 Ok(Some(_)) => {
+                    self.note_held(None);
                     peers.notify_waiters();
                     Duration::ZERO
                 }
@@ -553,6 +559,19 @@ impl Workers {
             self.step_inner().await?,
             Some(r) if !matches!(r, BatchResult::Stopped(_))
         ))
+    }
+
+    /// Logs why releases wait, once each time it changes (`None`: they go out again).
+    fn note_held(&self, why: Option<String>) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if *held == why {
+            return;
+        }
+        match &why {
+            Some(w) => tracing::info!("releases wait: {w}"),
+            None => tracing::info!("releases go out again"),
+        }
+        *held = why;
     }
 
     /// The switches as they are right now, read from the database (the pause) and the clock.
