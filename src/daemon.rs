@@ -169,7 +169,14 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     }
     let _ = server.await;
     if let Some(n) = &app.ctx.notifier {
-        n.flush(Duration::from_secs(5)).await;
+        if !n.flush(Duration::from_secs(5)).await {
+            // Not stored anywhere else: say so rather than exit in silence.
+            tracing::warn!(
+                undelivered = n.stats().pending,
+                "exiting with notifications not yet delivered (their webhooks did not answer); \
+                 they are lost. `ecs-janitor history` has every release they told of"
+            );
+        }
     }
     Ok(())
 }

@@ -47,7 +47,7 @@ impl Delivery {
     ) {
         while let Some(batch) = rx.recv().await {
             let body = render(self.hook.format, &batch, self.options.max_instances);
-            let counter = if self.deliver(&body).await {
+            let counter = if self.deliver(&body, &super::render::title(&batch)).await {
                 &self.counters.delivered
             } else {
                 &self.counters.gave_up
@@ -57,8 +57,9 @@ impl Delivery {
         }
     }
 
-    /// True when the webhook accepted the message.
-    async fn deliver(&mut self, body: &Value) -> bool {
+    /// True when the webhook accepted the message; `what` names it in the logs (its title), so
+    /// a message given up on says what was lost.
+    async fn deliver(&mut self, body: &Value, what: &str) -> bool {
         let attempts = self.options.max_attempts.max(1);
         for attempt in 1..=attempts {
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
@@ -71,8 +72,8 @@ impl Delivery {
                     tracing::warn!(
                         webhook = %self.hook.label(),
                         attempt,
-                        "dropping a notification: the webhook refused it ({reason}); \
-                         check its URL, token and format"
+                        "giving up on a notification ({what}): the webhook refused it \
+                         ({reason}); check its URL, token and format"
                     );
                     return false;
                 }
@@ -94,8 +95,8 @@ impl Delivery {
                     tracing::warn!(
                         webhook = %self.hook.label(),
                         attempts,
-                        "dropping a notification after {attempts} attempts; the last failed \
-                         with: {reason}"
+                        "giving up on a notification ({what}) after {attempts} attempts; the \
+                         last failed with: {reason}. `ecs-janitor history` keeps what it said"
                     );
                 }
             }

@@ -149,8 +149,11 @@ impl Default for NotifierOptions {
     fn default() -> Self {
         NotifierOptions {
             queue_capacity: 100,
-            max_attempts: 6,
-            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            // About ten minutes of retries in all (waits doubling from 1 s, at most 2 min, with
+            // jitter): a receiver restarting or redeployed meanwhile still gets the message
+            // (with 6 attempts and a 60 s cap, one down for 10 s lost it).
+            max_attempts: 12,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(120)),
             request_timeout: Duration::from_secs(10),
             max_instances: DEFAULT_MAX_INSTANCES,
             seed: rand::random(),
@@ -305,5 +308,21 @@ impl Notifier {
             attempts: c.attempts.load(Ordering::Relaxed),
             pending: *self.shared.pending.borrow(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message is retried for minutes, not seconds, so a receiver that restarts or is
+    /// redeployed meanwhile still gets it (a user trial lost "12 released" to a 10 s outage).
+    #[test]
+    fn the_default_retries_outlast_a_receiver_restart() {
+        let o = NotifierOptions::default();
+        let waits: Duration = (0..o.max_attempts - 1).map(|k| o.backoff.ceiling(k)).sum();
+        // Full jitter waits half the ceilings on average.
+        assert!(waits / 2 >= Duration::from_secs(5 * 60), "{waits:?}");
+        assert!(waits <= Duration::from_secs(15 * 60), "{waits:?}");
     }
 }

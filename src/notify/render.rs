@@ -36,7 +36,7 @@ pub fn render(format: WebhookFormat, batch: &[Notification], max_instances: usiz
 }
 
 /// `ecs-janitor: stale-dev: 3 scheduled, 1 failed`.
-fn title(batch: &[Notification]) -> String {
+pub(super) fn title(batch: &[Notification]) -> String {
     let mut policies: Vec<&str> = Vec::new();
     for p in batch.iter().filter_map(Notification::policy) {
         if !policies.contains(&p) {
