@@ -529,6 +529,21 @@ async fn the_api_answers_bad_input_with_json_errors() {
         body["error"]["message"].as_str().unwrap().contains("limit"),
         "{body}"
     );
+    // Out of the documented 1..=10000 is refused, not clamped (0 and -1 answered one release).
+    for bad in ["0", "-1", "10001"] {
+        let r = reqwest::get(format!("{}/api/v1/releases?limit={bad}", a.base))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "limit={bad}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("between 1 and 10000"),
+            "{body}"
+        );
+    }
     let r = reqwest::get(format!("{}/api/v1/pause", a.base))
         .await
         .unwrap();
@@ -816,7 +831,7 @@ async fn the_openapi_document_matches_the_real_routes() {
 /// a user trial: it said "Running: releases are carried out as scheduled" while four due
 /// releases waited, and only a metric told why).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_page_says_when_the_operating_window_holds_releases() {
+async fn the_status_page_says_when_the_window_holds_releases_and_a_policy_change_was_refused() {
     use chrono::Datelike;
     use ecs_janitor::window::{parse_days, OperatingWindow, WindowTimeZone};
     let a = admin(None).await;
@@ -841,6 +856,9 @@ async fn the_status_page_says_when_the_operating_window_holds_releases() {
     );
     let health = Arc::new(Health::default());
     health.policies_loaded.store(true, Ordering::SeqCst);
+    // A policy change the daemon refused shows too (it showed only in /readyz).
+    *health.last_load_error.lock().unwrap() =
+        Some("policies/ci.yaml:4:9: `select.status`: unknown value \"Stoped\"".into());
     let router = server::router(AdminContext {
         ctx,
         health,
@@ -860,7 +878,17 @@ async fn the_status_page_says_when_the_operating_window_holds_releases() {
             && !page.contains("id=\"running\""),
         "{page}"
     );
-    // The page without a window still says it runs.
+    assert!(
+        page.contains("id=\"load-error\"")
+            && page.contains(
+                "policies&#x2F;ci.yaml:4:9: `select.status`: unknown value &quot;Stoped&quot;"
+            ),
+        "{page}"
+    );
+    // The page without a window or a refused change still says it runs.
     let (_, page) = get(&format!("{}/", a.base)).await;
-    assert!(page.contains("id=\"running\""), "{page}");
+    assert!(
+        page.contains("id=\"running\"") && !page.contains("id=\"load-error\""),
+        "{page}"
+    );
 }

@@ -152,6 +152,10 @@ fn shipped_policies_and_the_every_key_example_validate() {
     );
     assert!(names.contains(&"release-stopped-payg-tagged"), "{names:?}");
 
+    // The price file example the configuration example points at loads.
+    let prices = root.join("docs/prices.example.yaml");
+    ecs_janitor::pricing::PriceFile::load(&prices).unwrap_or_else(|e| panic!("{e}"));
+
     let every = root.join("docs/every-key.yaml");
     let text = std::fs::read_to_string(&every).unwrap();
     let set = policy::load_str(&every, &text).unwrap_or_else(|d| panic!("{d}"));

@@ -691,6 +691,22 @@ conformance!(
     }
 );
 
+/// The readiness probe's ping reads the schema, not just the connection: a database dropped
+/// and made again under a running daemon (no tables) is not ready (found in a user trial:
+/// /readyz said ready while every query failed on "relation releases does not exist").
+#[tokio::test]
+async fn ping_fails_once_the_schema_is_gone() {
+    let db = common::sqlite().await;
+    db.store.ping().await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+    sqlx::query("DROP TABLE settings")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(db.store.ping().await.is_err());
+}
+
 #[tokio::test]
 async fn a_database_newer_than_the_binary_is_refused_clearly() {
     let db = common::sqlite().await;

@@ -86,6 +86,13 @@ pub(super) async fn list_releases(
     ApiQuery(q): ApiQuery<ReleaseQuery>,
 ) -> Result<Json<Vec<ReleaseRow>>, ApiError> {
     let state = q.state.filter(|v| !v.is_empty());
+    // As documented: 1 to 10,000 (a 0 or -1 answered one release, as if asked for it).
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is not between 1 and 10000"
+        )));
+    }
     if let Some(st) = &state {
         st.parse::<crate::store::ReleaseState>()
             .map_err(|e| ApiError::bad_request(format!("state: {e}")))?;
@@ -96,7 +103,7 @@ pub(super) async fn list_releases(
         .list_releases(&ReleaseFilter {
             state,
             policy: q.policy.filter(|v| !v.is_empty()),
-            limit: Some(q.limit.unwrap_or(500).clamp(1, 10_000)),
+            limit: Some(limit),
             ..ReleaseFilter::default()
         })
         .await?;

@@ -281,6 +281,19 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
     } else {
         h.push_str("<div class=\"banner running\" id=\"running\">Running: releases are carried out as scheduled.</div>");
     }
+    let load_error = s
+        .health
+        .last_load_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(e) = load_error {
+        // The folder changed and was refused: what runs is not what is in git.
+        h.push_str(&format!(
+            "<div class=\"banner paused\" id=\"load-error\">The policy files changed and were refused; the policies loaded before keep running. <code>ecs-janitor validate</code> says why:<br><code>{}</code></div>",
+            esc(&e)
+        ));
+    }
     h.push_str(&format!(
         "<p class=\"muted\">{} in the queue; oldest due release waiting {:.0} s. Updated {} UTC.</p>",
         snap.queue_depth,

@@ -236,9 +236,12 @@ impl Store {
         !self.is_postgres()
     }
 
-    /// Answers when the database does.
+    /// Answers when the database does, with its schema: a database made again under a running
+    /// process (no tables) fails here, as every query of the process would.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.execute(db::Sql::new("SELECT 1")).await?;
+        self.pool
+            .execute(db::Sql::new("SELECT 1 FROM settings LIMIT 1"))
+            .await?;
         Ok(())
     }
 }
