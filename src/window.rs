@@ -139,7 +139,7 @@ impl FromStr for WindowTimeZone {
 /// From YAML: `{days: [mon, tue] | "mon-fri", start: "22:00", end: "06:00", timezone: "+08:00"}`;
 /// `days` may be left out for every day, `end: "24:00"` means midnight.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "RawWindow")]
+#[serde(try_from = "serde_json::Value")]
 pub struct OperatingWindow {
     /// The days an interval starts on (a 22:00–06:00 Friday interval ends on Saturday).
     pub days: WeekdaySet,
@@ -423,25 +423,94 @@ impl<'de> Deserialize<'de> for DaysField {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWindow {
-    days: Option<DaysField>,
-    start: String,
-    end: String,
-    timezone: String,
+impl OperatingWindow {
+    /// A window from its configuration (`{days, start, end, timezone}`), every problem at once
+    /// rather than the first: each with the key it is about (`None`: the window as a whole).
+    pub fn from_config(v: &serde_json::Value) -> Result<Self, Vec<(Option<String>, String)>> {
+        const EXAMPLE: &str =
+            "e.g. {days: mon-fri, start: \"22:00\", end: \"06:00\", timezone: \"+08:00\"}";
+        let Some(obj) = v.as_object() else {
+            return Err(vec![(
+                None,
+                format!("`window` must be a mapping ({EXAMPLE})"),
+            )]);
+        };
+        let mut problems: Vec<(Option<String>, String)> = Vec::new();
+        for k in obj.keys() {
+            if !["days", "start", "end", "timezone"].contains(&k.as_str()) {
+                problems.push((
+                    Some(k.clone()),
+                    format!(
+                        "`window`: unknown key `{k}`; the keys are days, start, end and timezone"
+                    ),
+                ));
+            }
+        }
+        let mut text = |field: &'static str| match obj.get(field) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                problems.push((
+                    Some(field.to_string()),
+                    format!("`window.{field}` must be a string, found {other}"),
+                ));
+                None
+            }
+            None => {
+                problems.push((None, format!("`window` needs `{field}` ({EXAMPLE})")));
+                None
+            }
+        };
+        let (start, end, timezone) = (text("start"), text("end"), text("timezone"));
+        let days = match obj.get("days") {
+            None => Some(WeekdaySet::ALL),
+            Some(d) => match serde_json::from_value::<DaysField>(d.clone()) {
+                Ok(d) => Some(d.0),
+                Err(e) => {
+                    problems.push((Some("days".into()), format!("`window`: {e}")));
+                    None
+                }
+            },
+        };
+        let mut part = |field: &'static str, r: Option<Result<_, WindowError>>| match r? {
+            Ok(v) => Some(v),
+            Err(e) => {
+                problems.push((Some(field.to_string()), format!("`window`: {e}")));
+                None
+            }
+        };
+        let start = part("start", start.map(|t| parse_time("start", &t)));
+        let end = part("end", end.map(|t| parse_time("end", &t)));
+        let timezone = timezone.map(|t| t.parse::<WindowTimeZone>());
+        let timezone = match timezone {
+            Some(Err(e)) => {
+                problems.push((Some("timezone".into()), format!("`window`: {e}")));
+                None
+            }
+            Some(Ok(z)) => Some(z),
+            None => None,
+        };
+        match (days, start, end, timezone) {
+            (Some(d), Some(s), Some(e), Some(z)) if problems.is_empty() => {
+                OperatingWindow::new(d, s, e, z)
+                    .map_err(|e| vec![(Some("days".into()), format!("`window`: {e}"))])
+            }
+            _ => Err(problems),
+        }
+    }
 }
 
-impl TryFrom<RawWindow> for OperatingWindow {
-    type Error = WindowError;
+/// Through [`OperatingWindow::from_config`]: every problem, in one message.
+impl TryFrom<serde_json::Value> for OperatingWindow {
+    type Error = String;
 
-    fn try_from(raw: RawWindow) -> Result<Self, WindowError> {
-        OperatingWindow::new(
-            raw.days.map_or(WeekdaySet::ALL, |d| d.0),
-            parse_time("start", &raw.start)?,
-            parse_time("end", &raw.end)?,
-            raw.timezone.parse()?,
-        )
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        OperatingWindow::from_config(&v).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(_, m)| m)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 }
 

@@ -277,8 +277,8 @@ fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret(
     write(
         &dir.path().join("janitor.yaml"),
         "admin_token: [hunter2-secret]\n\
-         window: {days: mon-fry, start: \"22:00\", end: \"06:00\"}\n\
-         webhooks:\n  - url: https://example.invalid/hook\n    format: teams\n\
+         window: {days: mon-fry, start: \"25:00\", end: \"06:00\", timezone: Asia/Shanghia}\n\
+         webhooks:\n  - url: https://example.invalid/hook\n    format: teams\n  - url: ftp://example.invalid/hook\n\
          workers:\n  concurrency: four\n  concurency: 3\n\
          accounts:\n  prod: {profile: no-such-profile}\n",
     );
@@ -294,17 +294,22 @@ fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret(
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     for want in [
         "janitor.yaml:1:14: `admin_token` must be a single value, found a list",
-        "janitor.yaml:2:9: `window`: operating window `days`: \"fry\" is not a day of the week",
-        "janitor.yaml:4:3: `webhooks`: unknown variant `teams`",
-        "janitor.yaml:8:3: unknown key `workers.concurency`",
-        "janitor.yaml:7:16 (`workers.concurrency`): invalid value \"four\" for --concurrency",
+        // Every problem of the window and of each webhook at once (found trying it: one a
+        // section, four rounds of fixes for one file).
+        "janitor.yaml:2:16: `window`: operating window `days`: \"fry\" is not a day of the week",
+        "janitor.yaml:2:32: `window`: operating window `start`: \"25:00\" is not a time of day",
+        "janitor.yaml:2:65: `window`: operating window `timezone`: \"Asia/Shanghia\"",
+        "janitor.yaml:4:5: `webhooks` entry 1: unknown variant `teams`",
+        "janitor.yaml:6:5: `webhooks` entry 2:",
+        "janitor.yaml:9:3: unknown key `workers.concurency`",
+        "janitor.yaml:8:16 (`workers.concurrency`): invalid value \"four\" for --concurrency",
         "environment variable JANITOR_CALLS_PER_SECOND: invalid value \"lots\" for --calls-per-second",
-        "janitor.yaml:10:3: account prod: profile no-such-profile is unusable",
+        "janitor.yaml:11:3: account prod: profile no-such-profile is unusable",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
     }
-    assert!(stdout.contains("\n7 problems:\n"), "{stdout}");
-    assert!(stderr.contains("7 problems found"), "{stderr}");
+    assert!(stdout.contains("\n10 problems:\n"), "{stdout}");
+    assert!(stderr.contains("10 problems found"), "{stderr}");
     assert!(
         !stdout.contains("flag"),
         "no value here came from a flag: {stdout}"

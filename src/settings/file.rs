@@ -184,6 +184,24 @@ impl ConfigFile {
             if STRUCTURED.contains(&k.as_str()) {
                 file.positions
                     .insert(k.clone(), (value.pos.line, value.pos.col));
+                // Where each part is, so a problem in one is said where it is written.
+                match &value.value {
+                    Value::Map(parts) => {
+                        for (pk, pv) in parts {
+                            if let Some(name) = scalar_text(&pk.value) {
+                                file.positions
+                                    .insert(format!("{k}.{name}"), (pv.pos.line, pv.pos.col));
+                            }
+                        }
+                    }
+                    Value::Seq(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            file.positions
+                                .insert(format!("{k}.{i}"), (item.pos.line, item.pos.col));
+                        }
+                    }
+                    _ => {}
+                }
                 let json = Some(to_json(&value));
                 match k.as_str() {
                     "webhooks" => file.webhooks = json,
@@ -285,17 +303,34 @@ impl ConfigFile {
     }
 
     /// The webhooks the file configures (none when it has no `webhooks:`).
-    pub fn webhooks(&self) -> Result<Vec<crate::notify::WebhookConfig>, ConfigError> {
-        match &self.webhooks {
-            None => Ok(Vec::new()),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-                self.invalid(
-                    "webhooks",
-                    format!(
-                        "`webhooks`: {e} (each webhook is {{url: https://..., format: generic|dingtalk|slack, name: optional}})"
-                    ),
-                )
-            }),
+    pub fn webhooks(&self) -> Result<Vec<crate::notify::WebhookConfig>, Vec<ConfigError>> {
+        const SHAPE: &str =
+            "each webhook is {url: https://..., format: generic|dingtalk|slack, name: optional}";
+        let Some(v) = &self.webhooks else {
+            return Ok(Vec::new());
+        };
+        let Some(items) = v.as_array() else {
+            return Err(vec![self.invalid(
+                "webhooks",
+                format!("`webhooks` must be a list ({SHAPE})"),
+            )]);
+        };
+        // Each webhook on its own, so every bad one is reported in one go.
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match serde_json::from_value(item.clone()) {
+                Ok(w) => out.push(w),
+                Err(e) => problems.push(self.invalid(
+                    &format!("webhooks.{i}"),
+                    format!("`webhooks` entry {}: {e} ({SHAPE})", i + 1),
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
         }
     }
 
@@ -332,12 +367,20 @@ impl ConfigFile {
     }
 
     /// The operating window the file configures, if any.
-    pub fn window(&self) -> Result<Option<crate::window::OperatingWindow>, ConfigError> {
+    pub fn window(&self) -> Result<Option<crate::window::OperatingWindow>, Vec<ConfigError>> {
         match &self.window {
             None => Ok(None),
-            Some(v) => serde_json::from_value(v.clone())
+            Some(v) => crate::window::OperatingWindow::from_config(v)
                 .map(Some)
-                .map_err(|e| self.invalid("window", format!("`window`: {e} (e.g. {{days: mon-fri, start: \"22:00\", end: \"06:00\", timezone: \"+08:00\"}})")))
+                .map_err(|problems| {
+                    problems
+                        .into_iter()
+                        .map(|(field, message)| {
+                            let key = field.map_or("window".to_string(), |f| format!("window.{f}"));
+                            self.invalid(&key, message)
+                        })
+                        .collect()
+                }),
         }
     }
 }

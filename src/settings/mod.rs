@@ -217,11 +217,11 @@ impl Settings {
             if groups.contains(&Group::Workers) {
                 match f.window() {
                     Ok(w) => window = w,
-                    Err(e) => r.problems.push(e.to_string()),
+                    Err(es) => r.problems.extend(es.iter().map(|e| e.to_string())),
                 }
                 match f.webhooks() {
                     Ok(w) => webhooks = w,
-                    Err(e) => r.problems.push(e.to_string()),
+                    Err(es) => r.problems.extend(es.iter().map(|e| e.to_string())),
                 }
             }
         }
