@@ -546,10 +546,35 @@ impl Reconciler {
                         };
                         cancels.push((r.id, why));
                     }
-                    run.cancelled = self.ctx.store.cancel_pending(&cancels, now).await?;
+                    let cancelled = self.ctx.store.cancel_pending(&cancels, now).await?;
+                    run.cancelled = cancelled.len();
                     if !gone.is_empty() {
-                        self.ctx.store.vanish_pending(&gone, now).await?;
-                        run.vanished = gone.iter().map(|(id, _)| *id).collect();
+                        run.vanished = self.ctx.store.vanish_pending(&gone, now).await?;
+                    }
+                    // Those announced as scheduled (still waiting out their grace) are told
+                    // off too: owners were told a time, and nothing would say it passed by.
+                    let mut told: Vec<crate::notify::CancelledRelease> = active
+                        .iter()
+                        .filter(|r| r.not_before > now && cancelled.contains(&r.id))
+                        .map(|r| crate::notify::CancelledRelease {
+                            instance: crate::notify::InstanceRef {
+                                instance_id: r.instance_id.clone(),
+                                instance_name: r.instance_name.clone(),
+                                region: r.region.clone(),
+                            },
+                            reason: cancels
+                                .iter()
+                                .find(|(id, _)| *id == r.id)
+                                .map(|(_, why)| why.clone())
+                                .unwrap_or_default(),
+                        })
+                        .collect();
+                    told.sort_by(|a, b| a.instance.instance_id.cmp(&b.instance.instance_id));
+                    if !told.is_empty() {
+                        notes.push(crate::notify::Notification::Cancelled {
+                            policy: pp.policy.clone(),
+                            releases: told,
+                        });
                     }
                 }
             }

@@ -451,6 +451,47 @@ limits:
     }
     // One message per run or per batch, never one per instance.
     assert!(got.lock().unwrap().len() <= 4, "{all}");
+
+    // b-later switched to dry_run before its hour is up: its owners, told a time, are told
+    // the releases are off (found in a user trial: they were cancelled in silence).
+    got.lock().unwrap().clear();
+    let dry = yaml.replace("  grace: 1h\n", "  grace: 1h\ndry_run: true\n");
+    let app = common::Pipeline {
+        cfg: fast_workers(),
+        extras: Extras {
+            notifier: Some(n.clone()),
+            ..Extras::default()
+        },
+        ..common::Pipeline::new(&db.store, common::client(&h), policies(&dry))
+    }
+    .build();
+    app.apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(n.flush(Duration::from_secs(10)).await, "delivered");
+    let events: Vec<serde_json::Value> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["kind"] == "cancelled")
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["policy"], "b-later");
+    let ids: Vec<&str> = events[0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["i-3", "i-4"], "{events:?}");
+    assert!(
+        events[0]["instances"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("dry_run"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]

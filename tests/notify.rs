@@ -19,8 +19,8 @@ use common::capture_logs;
 use ecs_janitor::backoff::Backoff;
 use ecs_janitor::money::Money;
 use ecs_janitor::notify::{
-    FailedRelease, InstanceRef, Notification, Notifier, NotifierOptions, ReleasedInstance,
-    WebhookConfig, WebhookFormat,
+    CancelledRelease, FailedRelease, InstanceRef, Notification, Notifier, NotifierOptions,
+    ReleasedInstance, WebhookConfig, WebhookFormat,
 };
 use ecs_janitor::store::ReleaseSaving;
 use serde_json::{json, Value};
@@ -185,6 +185,13 @@ fn cases() -> Vec<(Notification, Value, Value, Value)> {
             at: t("2024-05-07T02:00:07Z"),
         }],
     };
+    let cancelled = Notification::Cancelled {
+        policy: "stale-dev".into(),
+        releases: vec![CancelledRelease {
+            instance: web1(),
+            reason: "the policy is now dry_run: it releases nothing".into(),
+        }],
+    };
     let refused = Notification::Refused {
         policy: "stale-dev".into(),
         count: 120,
@@ -276,6 +283,31 @@ fn cases() -> Vec<(Notification, Value, Value, Value)> {
             }),
         ),
         (
+            cancelled,
+            json!({
+                "source": "ecs-janitor",
+                "title": "ecs-janitor: stale-dev: 1 no longer scheduled",
+                "text": "ecs-janitor: stale-dev: 1 no longer scheduled\n\nstale-dev: 1 instance no longer to be released (announced before, now cancelled)\n\n- i-bp1aaaa (web-1) in cn-hangzhou: the policy is now dry_run: it releases nothing",
+                "events": [{
+                    "kind": "cancelled", "policy": "stale-dev", "count": 1, "omitted": 0,
+                    "instances": [
+                        {"instance_id": "i-bp1aaaa", "instance_name": "web-1", "region": "cn-hangzhou",
+                         "reason": "the policy is now dry_run: it releases nothing"},
+                    ],
+                }],
+            }),
+            json!({
+                "msgtype": "markdown",
+                "markdown": {
+                    "title": "ecs-janitor: stale-dev: 1 no longer scheduled",
+                    "text": "### ecs-janitor: stale-dev: 1 no longer scheduled\n\n**stale-dev**: 1 instance no longer to be released (announced before, now cancelled)\n\n- i-bp1aaaa (web-1) in cn-hangzhou: the policy is now dry_run: it releases nothing",
+                },
+            }),
+            json!({
+                "text": "*ecs-janitor: stale-dev: 1 no longer scheduled*\n\n*stale-dev*: 1 instance no longer to be released (announced before, now cancelled)\n\n• i-bp1aaaa (web-1) in cn-hangzhou: the policy is now dry_run: it releases nothing",
+            }),
+        ),
+        (
             refused,
             json!({
                 "source": "ecs-janitor",
@@ -352,9 +384,10 @@ async fn each_format_sends_the_exact_message_for_each_event() {
         assert_eq!(slack[i], *s, "Slack body for {event:?}");
     }
     let stats = notifier.stats();
+    let sent = 3 * cases.len() as u64;
     assert_eq!(
         (stats.delivered, stats.gave_up, stats.attempts),
-        (15, 0, 15)
+        (sent, 0, sent)
     );
 }
 

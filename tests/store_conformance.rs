@@ -87,9 +87,12 @@ conformance!(one_active_release_per_instance, |db: TestDb| async move {
     let b = s.enqueue(&[rel("i-1", "r1", true)], t0()).await.unwrap();
     assert!(b.is_empty(), "an active release blocks another");
     // Once it has ended, the instance may be queued again.
-    s.cancel_pending(&[(a[0].0, "test".into())], t0())
-        .await
-        .unwrap();
+    assert_eq!(
+        s.cancel_pending(&[(a[0].0, "test".into())], t0())
+            .await
+            .unwrap(),
+        vec![a[0].0]
+    );
     let c = s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
     assert_eq!(c.len(), 1);
     assert_eq!(state_of(s, "i-1").await, ["pending", "cancelled"]);

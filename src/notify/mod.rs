@@ -85,6 +85,13 @@ pub struct FailedRelease {
     pub at: DateTime<Utc>,
 }
 
+/// A release that was announced and will not happen after all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelledRelease {
+    pub instance: InstanceRef,
+    pub reason: String,
+}
+
 /// Something people should hear about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notification {
@@ -106,6 +113,11 @@ pub enum Notification {
         policy: String,
         releases: Vec<FailedRelease>,
     },
+    /// Releases announced as scheduled, cancelled before their time: each with why.
+    Cancelled {
+        policy: String,
+        releases: Vec<CancelledRelease>,
+    },
     /// A policy run was refused for its blast radius: `count` releases over `limit`.
     Refused {
         policy: String,
@@ -122,6 +134,7 @@ impl Notification {
             Notification::Scheduled { policy, .. }
             | Notification::Released { policy, .. }
             | Notification::Failed { policy, .. }
+            | Notification::Cancelled { policy, .. }
             | Notification::Refused { policy, .. } => Some(policy),
             Notification::PolicyLoadFailed { .. } => None,
         }

@@ -43,13 +43,14 @@ pub(super) fn title(batch: &[Notification]) -> String {
             policies.push(p);
         }
     }
-    let (mut scheduled, mut released, mut failed) = (0, 0, 0);
+    let (mut scheduled, mut released, mut failed, mut cancelled) = (0, 0, 0, 0);
     let (mut refused, mut load_failed) = (false, false);
     for n in batch {
         match n {
             Notification::Scheduled { releases, .. } => scheduled += releases.len(),
             Notification::Released { releases, .. } => released += releases.len(),
             Notification::Failed { releases, .. } => failed += releases.len(),
+            Notification::Cancelled { releases, .. } => cancelled += releases.len(),
             Notification::Refused { .. } => refused = true,
             Notification::PolicyLoadFailed { .. } => load_failed = true,
         }
@@ -63,6 +64,9 @@ pub(super) fn title(batch: &[Notification]) -> String {
     }
     if failed > 0 {
         parts.push(format!("{failed} failed"));
+    }
+    if cancelled > 0 {
+        parts.push(format!("{cancelled} no longer scheduled"));
     }
     if refused {
         parts.push("refused".to_string());
@@ -170,6 +174,15 @@ fn event_json(n: &Notification, max: usize) -> Value {
                 m
             });
             json!({"kind": "failed", "policy": policy, "count": count,
+                   "instances": instances, "omitted": omitted})
+        }
+        Notification::Cancelled { policy, releases } => {
+            let (count, instances, omitted) = capped_list(releases, max, |r| {
+                let mut m = instance_json(&r.instance);
+                m.insert("reason".into(), json!(r.reason));
+                m
+            });
+            json!({"kind": "cancelled", "policy": policy, "count": count,
                    "instances": instances, "omitted": omitted})
         }
         Notification::Refused {
@@ -389,6 +402,16 @@ fn event_text(flavor: Flavor, n: &Notification, max: usize) -> String {
                 }
                 s
             }),
+        ),
+        Notification::Cancelled { policy, releases } => format!(
+            "{}: {} no longer to be released (announced before, now cancelled)\n\n{}",
+            flavor.bold(policy),
+            plural(releases.len(), "instance", "instances"),
+            list(flavor, releases, max, |r| format!(
+                "{}: {}",
+                instance_words(flavor, &r.instance),
+                flavor.escape(&r.reason)
+            )),
         ),
         Notification::Refused {
             policy,

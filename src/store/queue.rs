@@ -548,24 +548,24 @@ impl Store {
         }
     }
 
-    /// Cancels pending releases that no batch holds yet, each with its reason. Returns how many
-    /// were cancelled (a release already batched is left to the worker's re-check).
+    /// Cancels pending releases that no batch holds yet, each with its reason. Returns those it
+    /// cancelled (a release already batched is left to the worker's re-check).
     pub async fn cancel_pending(
         &self,
         cancels: &[(ReleaseId, String)],
         now: DateTime<Utc>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<ReleaseId>, StoreError> {
         self.end_pending(cancels, ReleaseState::Cancelled, now)
             .await
     }
 
     /// Settles as vanished pending releases that no batch holds yet, whose instances ECS no
-    /// longer has, each with what was seen. Returns how many.
+    /// longer has, each with what was seen. Returns those it settled.
     pub async fn vanish_pending(
         &self,
         gone: &[(ReleaseId, String)],
         now: DateTime<Utc>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<ReleaseId>, StoreError> {
         self.end_pending(gone, ReleaseState::Vanished, now).await
     }
 
@@ -574,8 +574,8 @@ impl Store {
         ends: &[(ReleaseId, String)],
         state: ReleaseState,
         now: DateTime<Utc>,
-    ) -> Result<usize, StoreError> {
-        let mut n = 0;
+    ) -> Result<Vec<ReleaseId>, StoreError> {
+        let mut ended = Vec::new();
         let mut tx = self.pool.begin().await?;
         for (id, reason) in ends {
             let row: Option<(String, String)> = tx
@@ -592,7 +592,7 @@ impl Store {
                 )
                 .await?;
             if let Some((policy, instance_id)) = row {
-                n += 1;
+                ended.push(*id);
                 let ev = NewEvent {
                     kind: state.as_str(),
                     release_id: Some(*id),
@@ -605,7 +605,7 @@ impl Store {
             }
         }
         tx.commit().await?;
-        Ok(n)
+        Ok(ended)
     }
 
     /// Claims the next due batch under a lease: first a stored batch whose retry is due or whose
