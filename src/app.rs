@@ -373,7 +373,7 @@ impl ApplyReport {
             (ReleaseState::Cancelled, "Cancelled"),
             (
                 ReleaseState::Vanished,
-                "Vanished (gone from ECS before our call)",
+                "Vanished (no longer listed by ECS; not released by this run)",
             ),
             (ReleaseState::InFlight, "Still in flight (retrying)"),
             (

@@ -122,7 +122,17 @@ impl Reconciler {
                 self.mark(&mut plan, now).await;
                 runs.append(&mut done);
                 runs.sort_by(|a, b| a.policy.cmp(&b.policy));
-                let not_carried = saved.map(|s| not_carried(s, &plan)).unwrap_or_default();
+                let mut not_carried = saved.map(|s| not_carried(s, &plan)).unwrap_or_default();
+                // A policy set aside for a region it could not list is why, not "gone".
+                for nc in &mut not_carried {
+                    if let Some(e) = runs
+                        .iter()
+                        .find(|r| r.policy == nc.policy)
+                        .and_then(|r| r.error.as_ref())
+                    {
+                        nc.why = format!("policy {} did nothing: {e}", nc.policy);
+                    }
+                }
                 Ok(PassResult {
                     plan,
                     runs,
@@ -825,7 +835,7 @@ fn gone_detail(r: &crate::store::ReleaseRow) -> String {
     if r.last_code.as_deref() == Some("Janitor.OutcomeUnknown") {
         "gone from ECS (DescribeInstances lists nothing for its id) after an earlier call of ours whose answer was lost: that call probably released it; not counted as saved".to_string()
     } else {
-        "gone from ECS (DescribeInstances lists nothing for its id): released by someone else; not released by ecs-janitor".to_string()
+        "gone from ECS (DescribeInstances lists nothing for its id): released by someone else, or no longer visible to these credentials; not released by ecs-janitor".to_string()
     }
 }
 

@@ -1454,7 +1454,7 @@ async fn a_queued_instance_the_pass_no_longer_lists_is_told_gone_from_no_longer_
     // The run's report says so.
     assert!(
         a.stdout
-            .contains("Vanished (gone from ECS before our call)")
+            .contains("Vanished (no longer listed by ECS; not released by this run)")
             && a.stdout.contains("i-0")
             && a.stdout.contains("i-3"),
         "{}",
@@ -1479,6 +1479,31 @@ select:
     let a = e.run(&["apply"]).await;
     assert_eq!(a.code, 2, "{}", a.all());
     assert_eq!(e.released(), vec!["i-0", "i-1", "i-2"], "{}", a.all());
+    // A policy set aside still owns what it matches first in the regions that were listed: a
+    // policy before ci (policies take their turns in name order) over cn-hangzhou and the
+    // failing region keeps i-3 from ci.
+    let first = r#"
+name: a-first
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou, xx-newregion-1]
+regions_unchecked: true
+select:
+  instance_ids: [i-3]
+"#;
+    let e2 = env(5, 0, &[first, CI]).await;
+    let a2 = e2.run(&["apply"]).await;
+    assert_eq!(a2.code, 2, "{}", a2.all());
+    assert_eq!(
+        e2.released(),
+        vec!["i-0", "i-1", "i-2", "i-4"],
+        "{}",
+        a2.all()
+    );
+    assert!(
+        a2.stdout.contains("Policy a-first did nothing"),
+        "{}",
+        a2.stdout
+    );
     assert!(
         a.stdout
             .contains("Policy far did nothing: cannot list the instances of xx-newregion-1"),

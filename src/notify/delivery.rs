@@ -96,7 +96,7 @@ impl Delivery {
                         webhook = %self.hook.label(),
                         attempts,
                         "giving up on a notification ({what}) after {attempts} attempts; the \
-                         last failed with: {reason}. `ecs-janitor history` keeps what it said"
+                         last failed with: {reason}. The releases it told of are in `ecs-janitor history`"
                     );
                 }
             }

@@ -845,7 +845,7 @@ fn subscription_key(select: &Node) -> Option<Pos> {
         .find(|(k, v)| match (&k.value, &v.value) {
             (Value::Str(key), Value::Str(t)) if key == "charge_type" => t == "PrePaid",
             (Value::Str(key), Value::Bool(b)) if key == "expired" => *b,
-            (Value::Str(key), _) => key == "expired_for",
+            (Value::Str(key), v) => key == "expired_for" && !matches!(v, Value::Null),
             _ => false,
         })
         .map(|(k, _)| k.pos)

@@ -127,8 +127,8 @@ pub(super) async fn list_policies(
         let failed = runs
             .iter()
             .find(|r| r.policy == p.name)
-            .is_some_and(|r| r.outcome == Some(crate::store::RunStatus::Error));
-        if failed {
+            .filter(|r| r.outcome == Some(crate::store::RunStatus::Error));
+        if let Some(run) = failed {
             let last = s
                 .ctx
                 .store
@@ -139,7 +139,9 @@ pub(super) async fn list_policies(
                     ..Default::default()
                 })
                 .await?;
-            if let Some(e) = last.into_iter().next() {
+            // Only the event of that run: a run that failed otherwise (the database) wrote
+            // none, and an older region failure is not its cause.
+            if let Some(e) = last.into_iter().find(|e| e.at >= run.started_at) {
                 errors.insert(p.name.as_str(), e.detail);
             }
         }

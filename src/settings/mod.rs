@@ -295,7 +295,12 @@ impl Settings {
             .iter()
             .filter(|r| r.spec.key == "admin_tokens")
             .filter_map(|r| r.raw.as_deref())
-            .flat_map(|raw| raw.split([',', '=']))
+            .flat_map(|raw| raw.split(','))
+            // Split at the first `=`, as the parser does: a token may hold `=` itself.
+            .flat_map(|entry| match entry.split_once('=') {
+                Some((name, token)) => vec![name, token],
+                None => vec![entry],
+            })
             .map(|p| p.trim().to_string())
             // Only what could be an accepted token: a shorter part (a name, or a token refused
             // for its length) is no secret, and replacing it garbled the very problem that

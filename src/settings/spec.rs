@@ -347,7 +347,7 @@ pub const SPECS: &[Spec] = &[
         flag: Some("max-attempts"),
         value_name: "N",
         default: Some("8"),
-        help: "Tries per batch (calls, and re-checks that failed) before its members fail.",
+        help: "Tries per batch (calls, and re-checks that failed; a throttled answer does not count during the batch's first hour) before its members fail.",
         group: Group::Workers,
         secret: false,
         check: check_positive_u32,

@@ -1072,7 +1072,9 @@ impl Workers {
     ) -> Result<BatchResult, WorkerError> {
         let delay = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            let retries = u32::try_from(b.tries.max(0)).unwrap_or(u32::MAX);
+            // Calls made, not tries counted: a throttled answer gives its try back, yet the
+            // wait after it must still grow.
+            let retries = u32::try_from(b.tries.max(b.attempts).max(0)).unwrap_or(u32::MAX);
             self.cfg.backoff.delay(retries, e.retry_after(), &mut *rng)
         };
         let now = self.ctx.clock.now();
@@ -1094,7 +1096,8 @@ impl Workers {
             batch = %b.fence.batch_id,
             code = e.code(),
             recheck_failed,
-            tries = b.tries + 1,
+            attempts = b.attempts,
+            throttled = how.throttled,
             ?delay,
             "will retry with the same token"
         );
