@@ -374,6 +374,9 @@ pub async fn locate(accounts: &Accounts, policies: &[Policy], instance_id: &str)
                     .filter(|i| i.instance_id == instance_id)
                     .map(|i| (account.clone(), i)),
             ),
+            // A region ECS says does not exist holds no instance: asked, it lists nothing (and
+            // a policy over a mistyped region must not turn the typo guard off for good).
+            Err(e) if e.code().starts_with("InvalidRegionId") => {}
             Err(e) => {
                 failed.get_or_insert_with(|| {
                     format!("cannot ask {region}{}: {e}", account_suffix(account))

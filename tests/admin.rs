@@ -892,3 +892,68 @@ async fn the_status_page_says_when_the_window_holds_releases_and_a_policy_change
         "{page}"
     );
 }
+
+/// Why a policy's last run failed is on the status page and in /api/v1/policies: its
+/// `run_failed` event, only when it belongs to that run (found trying it: the page said
+/// "error" and nothing else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_and_the_api_say_why_a_policy_run_failed() {
+    use ecs_janitor::store::{NewEvent, RunEnd};
+    let a = admin(None).await;
+    let store = &a.app.ctx.store;
+    let tick = chrono::Utc::now() + chrono::Duration::minutes(1);
+    assert!(store.begin_run("ci-now", tick, "test", tick).await.unwrap());
+    store
+        .record_event(
+            NewEvent {
+                kind: "run_failed",
+                policy: Some("ci-now".into()),
+                detail: "cannot list the instances of xx-newregion-1: no such region".into(),
+                ..NewEvent::default()
+            },
+            tick,
+        )
+        .await
+        .unwrap();
+    store
+        .finish_run(&RunEnd::error("ci-now", tick), tick)
+        .await
+        .unwrap();
+    let (_, page) = get(&format!("{}/", a.base)).await;
+    assert!(
+        page.contains("cannot list the instances of xx-newregion-1: no such region"),
+        "{page}"
+    );
+    let (_, body) = get(&format!("{}/api/v1/policies", a.base)).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ci = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ci-now")
+        .unwrap();
+    assert_eq!(ci["last_run"]["outcome"], "error", "{ci}");
+    assert_eq!(
+        ci["last_run"]["error"],
+        "cannot list the instances of xx-newregion-1: no such region"
+    );
+    // A later run that failed without an event of its own is not given the older cause.
+    let later = tick + chrono::Duration::minutes(1);
+    assert!(store
+        .begin_run("ci-now", later, "test", later)
+        .await
+        .unwrap());
+    store
+        .finish_run(&RunEnd::error("ci-now", later), later)
+        .await
+        .unwrap();
+    let (_, body) = get(&format!("{}/api/v1/policies", a.base)).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ci = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ci-now")
+        .unwrap();
+    assert_eq!(ci["last_run"]["error"], serde_json::Value::Null, "{ci}");
+}

@@ -429,6 +429,11 @@ async fn short_admin_tokens_are_refused_in_words_that_read_whole() {
             "the token is shorter than 16 characters",
         ),
         (
+            "JANITOR_ADMIN_TOKEN",
+            "short",
+            "the token is shorter than 16 characters",
+        ),
+        (
             "JANITOR_ADMIN_TOKENS",
             "bot=than",
             "the token (after `=`) is shorter than 16 characters",

@@ -1307,6 +1307,19 @@ async fn exempt_names_the_machine_and_refuses_an_id_no_region_lists() {
         .await;
     assert_eq!(anyway.code, 0, "{}", anyway.all());
 
+    // A policy over a region ECS says does not exist does not turn the check off: nothing can
+    // be there (found trying it: every exemption was then recorded unchecked).
+    std::fs::write(
+        e.dir.path().join("policies/far.yaml"),
+        "name: far\nschedule: \"0 0 * * * *\"\nregions: [xx-newregion-1]\nregions_unchecked: true\nselect: {status: Stopped}\n",
+    )
+    .unwrap();
+    let typo = e
+        .run(&["exempt", "i-46", "--until", &day(5), "--reason", "hold"])
+        .await;
+    assert_eq!(typo.code, 1, "{}", typo.all());
+    assert!(typo.stderr.contains("i-46 is not listed"), "{}", typo.all());
+
     // Policies that do not load: nothing to look in, so it is recorded, with a note.
     std::fs::write(e.dir.path().join("policies/broken.yaml"), "name: [").unwrap();
     let noted = e

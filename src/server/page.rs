@@ -304,7 +304,9 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
     savings_section(&mut h, &s.ctx.store, now).await?;
 
     h.push_str("<h2>Policies</h2><div class=\"scroll\"><table id=\"policies\"><tr><th>Policy</th><th>Schedule (UTC)</th><th>Next run</th><th>Last run</th></tr>");
-    for p in loaded(&s) {
+    let policies = loaded(&s);
+    let errors = super::api::run_errors(&s.ctx.store, &policies, &runs).await?;
+    for p in policies {
         let next = crate::schedule::next_after(&p, now)
             .map(|t| format!("{} ({})", t.format("%Y-%m-%d %H:%M:%S"), esc(&ago(now, t))))
             .unwrap_or_else(|| "never".into());
@@ -312,8 +314,11 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
             .iter()
             .find(|r| r.policy == p.name)
             .map(|r| {
+                let why = errors.get(&p.name).map_or(String::new(), |e| {
+                    format!("<br><span class=\"fail\">{}</span>", esc(e))
+                });
                 format!(
-                    "{} {} ({} planned, {} queued, {} cancelled)",
+                    "{} {} ({} planned, {} queued, {} cancelled){why}",
                     r.scheduled_for.format("%Y-%m-%d %H:%M:%S"),
                     esc(r.outcome.map_or("running", |o| o.as_str())),
                     r.planned,

@@ -286,6 +286,14 @@ impl Settings {
             .resolved
             .iter()
             .filter(|r| r.spec.secret)
+            // An admin token too short to be accepted guards nothing, and blanking it out of
+            // the very problem that refuses it garbled the words ("is <redacted>er than 16").
+            .filter(|r| {
+                r.spec.key != "admin_token"
+                    || r.raw.as_deref().is_some_and(|t| {
+                        t.trim().chars().count() >= crate::server::tokens::MIN_TOKEN_CHARS
+                    })
+            })
             .filter_map(|r| r.raw.clone())
             .collect();
         // Each named admin token on its own too, and each part of its entry (a name and a token
