@@ -160,13 +160,29 @@ impl Reconciler {
         now: DateTime<Utc>,
     ) -> Result<Plan, ReconcileError> {
         let (mut inv, ctx, mut failed) = self.observe(policies, now, false).await?;
-        if !failed.is_empty() {
+        // As a pass does: a policy with a region that could not be listed is shown with why,
+        // and the others are planned (one bad region failed the whole plan). When no policy
+        // can be planned (the credentials, say), that is the plan's error.
+        if !failed.is_empty() && set_aside(policies, &failed).0.is_empty() {
             return Err(ReconcileError::Inventory(failed.remove(0)));
         }
+        let (acting, unlisted) = set_aside(policies, &failed);
+        let policies = &acting[..];
         let sizes = inv.listed();
         let loaded = self.ctx.policies.current();
         let mut plan = evaluate(policies, &loaded, &mut inv, &ctx, now);
         drop(inv);
+        for (p, why) in unlisted {
+            plan.policies.push(plan::PolicyPlan {
+                policy: p.name.clone(),
+                account: p.account.clone(),
+                dry_run: p.dry_run,
+                releases: Vec::new(),
+                skips: Vec::new(),
+                refused: None,
+                error: Some(why.to_string()),
+            });
+        }
         self.price(&mut plan, &sizes, |_| true, true, now).await;
         let recorded = self.ctx.store.marks().await?;
         crate::marks::annotate(
@@ -303,26 +319,8 @@ impl Reconciler {
         // A policy with a region that could not be listed sits this tick out, said with why;
         // the others go on (one bad region stopped every policy of the tick). It still owns
         // what it matches in the listed regions: the evaluation weighs every loaded policy.
-        let unlisted: Vec<(&Policy, &InventoryError)> = policies
-            .iter()
-            .filter_map(|p| {
-                let f = failed
-                    .iter()
-                    .find(|f| f.account == account_of(p) && p.regions.contains(&f.region))?;
-                Some((p, f))
-            })
-            .collect();
-        let acting: Vec<Policy>;
-        let policies = if unlisted.is_empty() {
-            policies
-        } else {
-            acting = policies
-                .iter()
-                .filter(|p| !unlisted.iter().any(|(u, _)| u.name == p.name))
-                .cloned()
-                .collect();
-            &acting[..]
-        };
+        let (acting, unlisted) = set_aside(policies, &failed);
+        let policies = &acting[..];
         let sizes = inv.listed();
         // The instances are let go region by region as they are planned; what is kept of the
         // inventory is each query's ids.
@@ -829,6 +827,26 @@ fn evaluate(
 }
 
 /// What the store keeps of a release's saving.
+/// `policies` split into those whose every (account, region) was listed and those set aside,
+/// each with the first failure among its regions.
+fn set_aside<'a>(
+    policies: &'a [Policy],
+    failed: &'a [InventoryError],
+) -> (Vec<Policy>, Vec<(&'a Policy, &'a InventoryError)>) {
+    let mut acting = Vec::new();
+    let mut aside = Vec::new();
+    for p in policies {
+        match failed
+            .iter()
+            .find(|f| f.account == account_of(p) && p.regions.contains(&f.region))
+        {
+            Some(f) => aside.push((p, f)),
+            None => acting.push(p.clone()),
+        }
+    }
+    (acting, aside)
+}
+
 /// Why a queued release whose instance ECS no longer has is settled as vanished; when an
 /// earlier call of ours for it ended without an answer, that call probably released it.
 fn gone_detail(r: &crate::store::ReleaseRow) -> String {

@@ -1489,6 +1489,36 @@ select:
   status: Stopped
 "#;
     let e = env(3, 0, &[CI, far]).await;
+    // plan shows the others and says why far is not planned (it failed as a whole).
+    let p = e.run(&["plan"]).await;
+    assert_eq!(p.code, 1, "{}", p.all());
+    assert!(
+        p.stdout.contains("i-0") && p.stdout.contains("will be released"),
+        "{}",
+        p.stdout
+    );
+    assert!(
+        p.stdout
+            .contains("! not planned: cannot list the instances of xx-newregion-1")
+            && p.stdout
+                .contains("1 policy not planned (a region could not be listed)"),
+        "{}",
+        p.stdout
+    );
+    let j = e.run(&["plan", "--json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    let far_plan = doc["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "far")
+        .unwrap();
+    assert!(
+        far_plan["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("xx-newregion-1")),
+        "{far_plan}"
+    );
     let a = e.run(&["apply"]).await;
     assert_eq!(a.code, 2, "{}", a.all());
     assert_eq!(e.released(), vec!["i-0", "i-1", "i-2"], "{}", a.all());

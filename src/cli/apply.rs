@@ -118,8 +118,9 @@ async fn approve(app: &App, only: &[String]) -> anyhow::Result<Approval> {
     let mut reviewed = SavedPlan::from_plan(&plan);
     if reviewed.releases.is_empty() {
         outln!("Nothing to release.");
+        let s = plan.summary();
         return Ok(Approval::Nothing {
-            refused: plan.summary().policies_refused > 0,
+            refused: s.policies_refused + s.policies_failed > 0,
         });
     }
     reviewed.database_id = Some(app.ctx.store.database_id().await?);

@@ -54,6 +54,10 @@ pub(super) async fn plan(args: PlanArgs, settings: Settings) -> anyhow::Result<E
             );
         }
     }
+    if plan.summary().policies_failed > 0 {
+        // Shown above with why; the plan is incomplete, so not a success.
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

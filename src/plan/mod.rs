@@ -81,6 +81,8 @@ pub struct PolicyPlan {
     pub skips: Vec<Skip>,
     /// Set when the policy would exceed its blast-radius limit.
     pub refused: Option<Refusal>,
+    /// Set when the policy could not be planned (a region of it could not be listed): why.
+    pub error: Option<String>,
 }
 
 /// An instance a policy will release.
@@ -310,6 +312,8 @@ pub struct PlanSummary {
     /// Planned releases waiting for grace (also counted in `skipped`).
     pub pending: usize,
     pub policies_refused: usize,
+    /// Policies that could not be planned (a region could not be listed).
+    pub policies_failed: usize,
     /// Releases due now of dry-run policies: never carried out, so not in `to_release` (their
     /// releases waiting out a grace are in `skipped`, not in `pending`).
     pub dry_run: usize,
@@ -321,6 +325,7 @@ impl Plan {
         for p in &self.policies {
             s.skipped += p.skips.len();
             s.policies_refused += usize::from(p.refused.is_some());
+            s.policies_failed += usize::from(p.error.is_some());
             let pending = p
                 .releases
                 .iter()
@@ -435,6 +440,7 @@ impl<'p> Evaluation<'p> {
                 releases: Vec::new(),
                 skips: Vec::new(),
                 refused: None,
+                error: None,
             })
             .collect();
         let candidates = order.iter().map(|_| Vec::new()).collect();

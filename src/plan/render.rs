@@ -101,6 +101,9 @@ pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
         if let Some(r) = &pp.refused {
             let _ = writeln!(out, "  {}", p.red(&format!("! {}", r.message())));
         }
+        if let Some(e) = &pp.error {
+            let _ = writeln!(out, "  {}", p.red(&format!("! not planned: {e}")));
+        }
         for r in pp.releases.iter().filter(|r| !r.is_pending(now)) {
             let name = if r.instance_name.is_empty() {
                 String::new()
@@ -218,7 +221,11 @@ pub fn render_text_with(plan: &Plan, o: &TextOptions) -> String {
                 ))
             );
         }
-        if pp.releases.is_empty() && pp.skips.is_empty() && pp.refused.is_none() {
+        if pp.releases.is_empty()
+            && pp.skips.is_empty()
+            && pp.refused.is_none()
+            && pp.error.is_none()
+        {
             let _ = writeln!(out, "  {}", p.dim("no matching instances"));
         }
         out.push('\n');
@@ -280,6 +287,7 @@ pub fn render_json(plan: &Plan) -> Value {
                     "limit": r.limit,
                     "message": r.message(),
                 })),
+                "error": pp.error,
                 "releases": pp.releases.iter().map(|r| json!({
                     "instance_id": r.instance_id,
                     "region": r.region,
@@ -533,10 +541,18 @@ fn totals(plan: &Plan, p: &Paint, out: &mut String) {
         out,
         "{}",
         p.bold(&format!(
-            "Plan: {} to release, {saved}{} skipped, {} refused.",
+            "Plan: {} to release, {saved}{} skipped, {} refused{}.",
             s.to_release,
             s.skipped,
-            crate::money::plural(s.policies_refused, "policy", "policies")
+            crate::money::plural(s.policies_refused, "policy", "policies"),
+            if s.policies_failed > 0 {
+                format!(
+                    ", {} not planned (a region could not be listed)",
+                    crate::money::plural(s.policies_failed, "policy", "policies")
+                )
+            } else {
+                String::new()
+            }
         ))
     );
 }
