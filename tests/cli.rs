@@ -416,6 +416,40 @@ async fn the_demo_runs_the_whole_job_with_nothing_to_configure() {
     );
 }
 
+/// `config check` makes nothing: a SQLite file that is not there yet is left for `run` to
+/// create (found trying it: the check created it), and a folder that is not there is a problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_does_not_create_the_database() {
+    let dir = setup();
+    let db = dir.path().join("later.db");
+    let check = |url: String| {
+        let mut c = Command::new(BIN);
+        c.args(["config", "check"])
+            .current_dir(dir.path())
+            .env("JANITOR_DATABASE_URL", url)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-test-key-id")
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "test-secret-value");
+        c
+    };
+    let mut c = check(format!("sqlite://{}", db.display()));
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(!db.exists(), "config check created {}", db.display());
+    let mut c = check(format!(
+        "sqlite://{}",
+        dir.path().join("nowhere/j.db").display()
+    ));
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("does not exist"), "{all}");
+}
+
 /// Admin tokens are refused under 16 characters, the one (`JANITOR_ADMIN_TOKEN`) as the named
 /// ones, and the refusal reads whole (found trying it: `x` was accepted, and `bot=than` was told
 /// "the token (after =) is shorter <redacted> 16 characters").

@@ -386,7 +386,7 @@ fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret(
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stdout)
-            .contains("environment variable JANITOR_DATABASE_URL: cannot use the database"),
+            .contains("environment variable JANITOR_DATABASE_URL: the SQLite database /nonexistent/dir/j.db cannot be made: its folder /nonexistent/dir does not exist"),
         "{}",
         text(&out.stdout)
     );

@@ -72,6 +72,21 @@ pub(super) async fn preflight(settings: &Settings) -> Vec<String> {
     problems.extend(default_credentials_problem(settings, &policies));
     let url = &settings.database;
     let db_source = settings.source("database");
+    if let Some(path) = Store::missing_file(url) {
+        // A check makes nothing: `run` creates the file; only its folder must be there.
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            problems.push(format!(
+                "{db_source}: the SQLite database {} cannot be made: its folder {} does not exist",
+                path.display(),
+                dir.display()
+            ));
+        }
+        return problems.iter().map(|p| redact(p, settings)).collect();
+    }
     match tokio::time::timeout(Duration::from_secs(15), Store::connect(url)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => problems.push(format!(
