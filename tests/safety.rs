@@ -1505,6 +1505,13 @@ select:
         "{}",
         p.stdout
     );
+    let sum = e.run(&["plan", "--summary"]).await;
+    assert!(
+        sum.stdout
+            .contains("far: not planned: cannot list the instances of xx-newregion-1"),
+        "{}",
+        sum.stdout
+    );
     let j = e.run(&["plan", "--json"]).await;
     let doc: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
     let far_plan = doc["policies"]
@@ -1558,6 +1565,25 @@ select:
         h.stdout.contains("run_failed") && h.stdout.contains("xx-newregion-1"),
         "{}",
         h.all()
+    );
+}
+
+/// `plan --summary` words a dry-run policy's graced releases as what would happen, not as
+/// releases waiting (found trying it: "38 waiting out their grace" while none was queued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_summary_says_its_releases_would_wait() {
+    let graced = CI.replace(
+        "  status: Stopped\n",
+        "  status: Stopped\nrelease:\n  grace: 2h\ndry_run: true\n",
+    );
+    let e = env(3, 0, &[&graced]).await;
+    let sum = e.run(&["plan", "--summary"]).await;
+    assert_eq!(sum.code, 0, "{}", sum.all());
+    assert!(
+        sum.stdout.contains("3 would wait out their grace")
+            && !sum.stdout.contains("waiting out their grace"),
+        "{}",
+        sum.stdout
     );
 }
 

@@ -562,6 +562,15 @@ fn render_summary(plan: &Plan, p: &Paint) -> String {
     let now = plan.generated_at;
     let mut out = String::new();
     for pp in &plan.policies {
+        if let Some(e) = &pp.error {
+            let _ = writeln!(
+                out,
+                "{}: {}",
+                p.bold(&pp.policy),
+                p.red(&format!("not planned: {e}"))
+            );
+            continue;
+        }
         let due = pp.releases.iter().filter(|r| !r.is_pending(now)).count();
         let waiting = pp.releases.len() - due;
         let skips: Vec<String> = by_reason(&pp.skips)
@@ -582,7 +591,12 @@ fn render_summary(plan: &Plan, p: &Paint) -> String {
             ));
         }
         if waiting > 0 {
-            line.push_str(&format!(", {waiting} waiting out their grace"));
+            // A dry run queues nothing: its releases would wait, none does.
+            line.push_str(&if pp.dry_run {
+                format!(", {waiting} would wait out their grace")
+            } else {
+                format!(", {waiting} waiting out their grace")
+            });
             if !sub.pending.is_empty() {
                 line.push_str(&format!(
                     " (≈ {}/month)",
