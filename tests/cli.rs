@@ -498,7 +498,9 @@ async fn the_config_file_sits_below_the_environment_and_secrets_stay_hidden() {
     let dir = setup();
     std::fs::write(
         dir.path().join("janitor.yaml"),
-        "admin_token: hunter2-admin-token\nworkers:\n  concurrency: 8\n  calls_per_second: 5\n",
+        "admin_token: hunter2-admin-token\nworkers:\n  concurrency: 8\n  calls_per_second: 5\n\
+         window: {days: sat-sun, start: \"10:00\", end: \"17:00\", timezone: Asia/Shanghai}\n\
+         webhooks:\n  - {url: \"https://oapi.dingtalk.com/robot/send?access_token=hunter4-hook\", format: dingtalk, name: ops}\n",
     )
     .unwrap();
     let mut c = Command::new(BIN);
@@ -536,6 +538,20 @@ async fn the_config_file_sits_below_the_environment_and_secrets_stay_hidden() {
         "{stdout}"
     );
     assert!(!stdout.contains("hunter2"), "the secret is never printed");
+    // The window and the webhooks are shown too (a webhook without its URL's token).
+    assert!(
+        line("window").contains("sat-sun 10:00-17:00 Asia/Shanghai")
+            && line("window").ends_with("file"),
+        "{stdout}"
+    );
+    assert!(
+        line("webhook 1").contains("ops (") && line("webhook 1").contains("(dingtalk)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("hunter4"),
+        "the hook's token is never printed"
+    );
     assert!(
         !stdout.contains("hunter3"),
         "the ECS secret is never printed"

@@ -150,6 +150,22 @@ pub(super) async fn config_check(
         };
         outln!("{:<32} {:<48} {}", var, shown, source);
     }
+    // The structured settings, which only the file gives (a webhook by its name and host: its
+    // URL may hold a token).
+    if let Some(w) = &settings.window {
+        outln!("{:<32} {:<48} file", "window", w.to_string());
+    }
+    for (i, hook) in settings.webhooks.iter().enumerate() {
+        outln!(
+            "{:<32} {:<48} file",
+            format!("webhook {}", i + 1),
+            format!(
+                "{} ({})",
+                hook.label(),
+                format!("{:?}", hook.format).to_lowercase()
+            )
+        );
+    }
     // Accounts the file maps, and whether each one's profile can sign (no secret is shown).
     for (account, profile) in &settings.accounts {
         let status = match crate::ecs::accounts::profile_credentials(profile) {
