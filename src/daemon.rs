@@ -201,7 +201,7 @@ async fn scheduler(
                         if !run.ran {
                             tracing::debug!(policy = %run.policy, "tick already reconciled by another replica");
                         } else if let Some(why) = run.error {
-                            tracing::error!(policy = %run.policy, "{why}");
+                            tracing::error!(policy = %run.policy, "{why}; the policy did nothing this tick, the next tries again");
                         } else if let Some(why) = run.refused {
                             tracing::warn!(policy = %run.policy, "{why}");
                         } else {

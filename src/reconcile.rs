@@ -499,91 +499,11 @@ impl Reconciler {
                     }
                 }
                 if saved.is_none() && !self.force_dry_run {
-                    // A policy switched to dry_run releases nothing, including what it queued
-                    // before. A forced dry run (`apply --dry-run`) leaves the queue as it is.
-                    let planned: HashSet<&str> = if policy.dry_run {
-                        HashSet::new()
-                    } else {
-                        pp.releases.iter().map(|r| r.instance_id.as_str()).collect()
-                    };
-                    let ending: Vec<&crate::store::ReleaseRow> = active
-                        .iter()
-                        .filter(|r| {
-                            r.policy == pp.policy
-                                && matches!(
-                                    r.state,
-                                    ReleaseState::Pending | ReleaseState::Snapshotting
-                                )
-                        })
-                        .filter(|r| !planned.contains(r.instance_id.as_str()))
-                        .collect();
-                    // What the pass's filtered listing left out is asked for by id: gone from
-                    // ECS, or there but no longer matching, are different endings.
-                    let unlisted: Vec<&crate::store::ReleaseRow> = ending
-                        .iter()
-                        .copied()
-                        .filter(|r| !listed.contains(&r.instance_id))
-                        .filter(|r| !pp.skips.iter().any(|s| s.instance_id == r.instance_id))
-                        .collect();
-                    let found = if policy.dry_run || unlisted.is_empty() {
-                        HashMap::new()
-                    } else {
-                        self.look_up(&unlisted).await
-                    };
-                    let mut cancels = Vec::new();
-                    let mut gone = Vec::new();
-                    for r in ending {
-                        let why = match pp.skips.iter().find(|s| s.instance_id == r.instance_id) {
-                            _ if policy.dry_run => {
-                                "the policy is now dry_run: it releases nothing".to_string()
-                            }
-                            Some(s) => format!("no longer qualifies: {}", s.detail),
-                            None if !listed.contains(&r.instance_id) => {
-                                match found.get(&r.instance_id) {
-                                    Some(None) => {
-                                        gone.push((r.id, gone_detail(r)));
-                                        continue;
-                                    }
-                                    Some(Some(status)) => format!(
-                                        "the instance no longer matches the policy's filters (it is {status})"
-                                    ),
-                                    None => "the instance is no longer listed by DescribeInstances (released elsewhere, or no longer matches the policy's filters)".to_string(),
-                                }
-                            }
-                            None => "the instance no longer matches the policy".to_string(),
-                        };
-                        cancels.push((r.id, why));
-                    }
-                    let cancelled = self.ctx.store.cancel_pending(&cancels, now).await?;
-                    run.cancelled = cancelled.len();
-                    if !gone.is_empty() {
-                        run.vanished = self.ctx.store.vanish_pending(&gone, now).await?;
-                    }
-                    // Those announced as scheduled (still waiting out their grace) are told
-                    // off too: owners were told a time, and nothing would say it passed by.
-                    let mut told: Vec<crate::notify::CancelledRelease> = active
-                        .iter()
-                        .filter(|r| r.not_before > now && cancelled.contains(&r.id))
-                        .map(|r| crate::notify::CancelledRelease {
-                            instance: crate::notify::InstanceRef {
-                                instance_id: r.instance_id.clone(),
-                                instance_name: r.instance_name.clone(),
-                                region: r.region.clone(),
-                            },
-                            reason: cancels
-                                .iter()
-                                .find(|(id, _)| *id == r.id)
-                                .map(|(_, why)| why.clone())
-                                .unwrap_or_default(),
-                        })
-                        .collect();
-                    told.sort_by(|a, b| a.instance.instance_id.cmp(&b.instance.instance_id));
-                    if !told.is_empty() {
-                        notes.push(crate::notify::Notification::Cancelled {
-                            policy: pp.policy.clone(),
-                            releases: told,
-                        });
-                    }
+                    let (cancelled, vanished) = self
+                        .end_unplanned(pp, policy, &active, &listed, &mut notes, now)
+                        .await?;
+                    run.cancelled = cancelled;
+                    run.vanished = vanished;
                 }
             }
             let outcome = if run.refused.is_some() {
@@ -611,14 +531,15 @@ impl Reconciler {
             runs.push(run);
         }
         for (p, why) in unlisted {
-            let error = format!("{why}; the policy did nothing this tick, the next tries again");
+            // Said after "Policy X did nothing:" (apply) or with policy=X (the daemon's log).
+            let error = why.to_string();
             self.ctx
                 .store
                 .record_event(
                     NewEvent {
                         kind: "run_failed",
                         policy: Some(p.name.clone()),
-                        detail: error.clone(),
+                        detail: format!("{error}; the policy did nothing this tick"),
                         ..NewEvent::default()
                     },
                     now,
@@ -639,6 +560,109 @@ impl Reconciler {
             n.send_batch(notes);
         }
         Ok((plan, runs))
+    }
+
+    /// Ends `policy`'s queued releases that its plan `pp` no longer carries: cancelled, with
+    /// why (a policy switched to dry_run releases nothing, including what it queued before), or
+    /// vanished when ECS no longer has the instance. Those announced as scheduled are told off
+    /// in `notes`. Returns how many were cancelled and which vanished.
+    async fn end_unplanned(
+        &self,
+        pp: &plan::PolicyPlan,
+        policy: &Policy,
+        active: &[crate::store::ReleaseRow],
+        listed: &HashSet<String>,
+        notes: &mut Vec<crate::notify::Notification>,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, Vec<crate::store::ReleaseId>), ReconcileError> {
+        let planned: HashSet<&str> = if policy.dry_run {
+            HashSet::new()
+        } else {
+            pp.releases.iter().map(|r| r.instance_id.as_str()).collect()
+        };
+        let skipped: HashMap<&str, &plan::Skip> = pp
+            .skips
+            .iter()
+            .map(|s| (s.instance_id.as_str(), s))
+            .collect();
+        let ending: Vec<&crate::store::ReleaseRow> = active
+            .iter()
+            .filter(|r| {
+                r.policy == pp.policy
+                    && matches!(r.state, ReleaseState::Pending | ReleaseState::Snapshotting)
+            })
+            .filter(|r| !planned.contains(r.instance_id.as_str()))
+            .collect();
+        // What the pass's filtered listing left out is asked for by id: gone from ECS, or there
+        // but no longer matching, are different endings.
+        let unlisted: Vec<&crate::store::ReleaseRow> = ending
+            .iter()
+            .copied()
+            .filter(|r| !listed.contains(&r.instance_id))
+            .filter(|r| !skipped.contains_key(r.instance_id.as_str()))
+            .collect();
+        let found = if policy.dry_run || unlisted.is_empty() {
+            HashMap::new()
+        } else {
+            self.look_up(&unlisted).await
+        };
+        let mut cancels = Vec::new();
+        let mut gone = Vec::new();
+        for r in &ending {
+            let why = match skipped.get(r.instance_id.as_str()) {
+                _ if policy.dry_run => "the policy is now dry_run: it releases nothing".to_string(),
+                Some(s) => format!("no longer qualifies: {}", s.detail),
+                None if !listed.contains(&r.instance_id) => match found.get(&r.instance_id) {
+                    Some(None) => {
+                        gone.push((r.id, gone_detail(r)));
+                        continue;
+                    }
+                    Some(Some(status)) => format!(
+                        "the instance no longer matches the policy's filters (it is {status})"
+                    ),
+                    None => "the instance is no longer listed by DescribeInstances (released elsewhere, or no longer matches the policy's filters)".to_string(),
+                },
+                None => "the instance no longer matches the policy".to_string(),
+            };
+            cancels.push((r.id, why));
+        }
+        let cancelled: HashSet<crate::store::ReleaseId> = self
+            .ctx
+            .store
+            .cancel_pending(&cancels, now)
+            .await?
+            .into_iter()
+            .collect();
+        let vanished = if gone.is_empty() {
+            Vec::new()
+        } else {
+            self.ctx.store.vanish_pending(&gone, now).await?
+        };
+        // Those announced as scheduled (still waiting out their grace) are told off too:
+        // owners were told a time, and nothing would say it passed by.
+        let why_of: HashMap<crate::store::ReleaseId, &String> =
+            cancels.iter().map(|(id, why)| (*id, why)).collect();
+        let mut told: Vec<crate::notify::CancelledRelease> = ending
+            .iter()
+            .filter(|r| r.not_before > now && cancelled.contains(&r.id))
+            .filter_map(|r| Some((r, *why_of.get(&r.id)?)))
+            .map(|(r, why)| crate::notify::CancelledRelease {
+                instance: crate::notify::InstanceRef {
+                    instance_id: r.instance_id.clone(),
+                    instance_name: r.instance_name.clone(),
+                    region: r.region.clone(),
+                },
+                reason: why.clone(),
+            })
+            .collect();
+        told.sort_by(|a, b| a.instance.instance_id.cmp(&b.instance.instance_id));
+        if !told.is_empty() {
+            notes.push(crate::notify::Notification::Cancelled {
+                policy: pp.policy.clone(),
+                releases: told,
+            });
+        }
+        Ok((cancelled.len(), vanished))
     }
 
     /// Each of `releases` asked for by id, (account, region) by (account, region):

@@ -471,24 +471,27 @@ impl OperatingWindow {
                 }
             },
         };
-        let mut part = |field: &'static str, r: Option<Result<_, WindowError>>| match r? {
-            Ok(v) => Some(v),
-            Err(e) => {
-                problems.push((Some(field.to_string()), format!("`window`: {e}")));
-                None
+        /// The value of a field given as text, or its problem noted.
+        fn part<T>(
+            problems: &mut Vec<(Option<String>, String)>,
+            field: &str,
+            r: Option<Result<T, WindowError>>,
+        ) -> Option<T> {
+            match r? {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    problems.push((Some(field.to_string()), format!("`window`: {e}")));
+                    None
+                }
             }
-        };
-        let start = part("start", start.map(|t| parse_time("start", &t)));
-        let end = part("end", end.map(|t| parse_time("end", &t)));
-        let timezone = timezone.map(|t| t.parse::<WindowTimeZone>());
-        let timezone = match timezone {
-            Some(Err(e)) => {
-                problems.push((Some("timezone".into()), format!("`window`: {e}")));
-                None
-            }
-            Some(Ok(z)) => Some(z),
-            None => None,
-        };
+        }
+        let start = part(
+            &mut problems,
+            "start",
+            start.map(|t| parse_time("start", &t)),
+        );
+        let end = part(&mut problems, "end", end.map(|t| parse_time("end", &t)));
+        let timezone = part(&mut problems, "timezone", timezone.map(|t| t.parse()));
         match (days, start, end, timezone) {
             (Some(d), Some(s), Some(e), Some(z)) if problems.is_empty() => {
                 OperatingWindow::new(d, s, e, z)

@@ -26,12 +26,7 @@ pub(super) async fn readyz(State(s): State<AdminContext>) -> impl IntoResponse {
         Err(_) => Err("database: no answer within 2 s".to_string()),
     };
     let loaded = s.health.policies_loaded.load(Ordering::SeqCst);
-    let load_error = s
-        .health
-        .last_load_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let load_error = s.health.load_error();
     let mut reasons = Vec::new();
     if let Err(e) = &db {
         reasons.push(e.clone());
@@ -114,37 +109,6 @@ pub(super) fn loaded(s: &AdminContext) -> Vec<Policy> {
     s.ctx.policies.current().to_vec()
 }
 
-/// Why each policy whose last run failed failed: the `run_failed` event of that run (a run that
-/// failed otherwise, on the database, wrote none, and an older region failure is not its cause).
-pub(super) async fn run_errors(
-    store: &crate::store::Store,
-    policies: &[Policy],
-    runs: &[crate::store::RunRow],
-) -> Result<std::collections::HashMap<String, String>, crate::store::StoreError> {
-    let mut errors = std::collections::HashMap::new();
-    for p in policies {
-        let Some(run) = runs
-            .iter()
-            .find(|r| r.policy == p.name)
-            .filter(|r| r.outcome == Some(crate::store::RunStatus::Error))
-        else {
-            continue;
-        };
-        let last = store
-            .events_where(&crate::store::EventFilter {
-                policy: Some(p.name.clone()),
-                kind: Some("run_failed".into()),
-                limit: Some(1),
-                ..Default::default()
-            })
-            .await?;
-        if let Some(e) = last.into_iter().find(|e| e.at >= run.started_at) {
-            errors.insert(p.name.clone(), e.detail);
-        }
-    }
-    Ok(errors)
-}
-
 pub(super) async fn list_policies(
     State(s): State<AdminContext>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -152,7 +116,8 @@ pub(super) async fn list_policies(
     let snap = s.ctx.store.metrics_snapshot(now).await?;
     let runs = s.ctx.store.runs(1000).await?;
     let policies = loaded(&s);
-    let errors = run_errors(&s.ctx.store, &policies, &runs).await?;
+    let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+    let errors = s.ctx.store.why_runs_failed(&runs, &names).await?;
     let out: Vec<serde_json::Value> = policies
         .iter()
         .map(|p| {

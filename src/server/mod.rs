@@ -32,6 +32,16 @@ pub struct Health {
     pub last_load_error: Mutex<Option<String>>,
 }
 
+impl Health {
+    /// The last policy load problem, if the last attempt failed.
+    pub fn load_error(&self) -> Option<String> {
+        self.last_load_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// Everything the admin server reads.
 #[derive(Clone)]
 pub struct AdminContext {

@@ -281,12 +281,7 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
     } else {
         h.push_str("<div class=\"banner running\" id=\"running\">Running: releases are carried out as scheduled.</div>");
     }
-    let load_error = s
-        .health
-        .last_load_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let load_error = s.health.load_error();
     if let Some(e) = load_error {
         // The folder changed and was refused: what runs is not what is in git.
         h.push_str(&format!(
@@ -305,7 +300,8 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
 
     h.push_str("<h2>Policies</h2><div class=\"scroll\"><table id=\"policies\"><tr><th>Policy</th><th>Schedule (UTC)</th><th>Next run</th><th>Last run</th></tr>");
     let policies = loaded(&s);
-    let errors = super::api::run_errors(&s.ctx.store, &policies, &runs).await?;
+    let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+    let errors = s.ctx.store.why_runs_failed(&runs, &names).await?;
     for p in policies {
         let next = crate::schedule::next_after(&p, now)
             .map(|t| format!("{} ({})", t.format("%Y-%m-%d %H:%M:%S"), esc(&ago(now, t))))

@@ -98,4 +98,36 @@ impl Store {
             )
             .await
     }
+
+    /// Why each of `policies` whose latest run in `runs` (newest first) ended in error failed:
+    /// the `run_failed` event of that run. A run that failed otherwise (the database) wrote
+    /// none, and an older event is not its cause.
+    pub async fn why_runs_failed(
+        &self,
+        runs: &[RunRow],
+        policies: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let mut errors = std::collections::HashMap::new();
+        for &policy in policies {
+            let Some(run) = runs
+                .iter()
+                .find(|r| r.policy == policy)
+                .filter(|r| r.outcome == Some(RunStatus::Error))
+            else {
+                continue;
+            };
+            let last = self
+                .events_where(&super::EventFilter {
+                    policy: Some(policy.to_string()),
+                    kind: Some("run_failed".into()),
+                    limit: Some(1),
+                    ..Default::default()
+                })
+                .await?;
+            if let Some(e) = last.into_iter().find(|e| e.at >= run.started_at) {
+                errors.insert(policy.to_string(), e.detail);
+            }
+        }
+        Ok(errors)
+    }
 }

@@ -53,6 +53,16 @@ pub(super) fn paused_sql(q: &mut Sql) -> &mut Sql {
         .push(")")
 }
 
+/// Writes `key`'s value, replacing the one before.
+fn upsert(key: &str, value: &str) -> Sql {
+    Sql::new(
+        "INSERT INTO settings (key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+}
+
 /// Reads the settings of [`PAUSE_KEYS`] as (key, value) rows.
 fn pause_sql() -> Sql {
     Sql::new("SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4)")
@@ -113,16 +123,7 @@ impl Store {
 
     /// Writes a setting.
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.pool
-            .execute(
-                Sql::new(
-                    "INSERT INTO settings (key, value) VALUES ($1, $2)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(key)
-                .bind(value),
-            )
-            .await?;
+        self.pool.execute(upsert(key, value)).await?;
         Ok(())
     }
 
@@ -162,15 +163,7 @@ impl Store {
             (PAUSED_REASON, reason.to_string()),
             (PAUSED_AT, now.to_rfc3339()),
         ] {
-            tx.execute(
-                Sql::new(
-                    "INSERT INTO settings (key, value) VALUES ($1, $2)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(k)
-                .bind(v),
-            )
-            .await?;
+            tx.execute(upsert(k, &v)).await?;
         }
         insert_event(
             &mut tx,
