@@ -86,6 +86,11 @@ impl App {
             self.check_saved(s, &policies, opts.max_plan_age, started)
                 .await?;
         }
+        // A whole-queue run works every queued release: those of a policy no longer loaded
+        // (removed or renamed) are called off first, so a renamed policy queues its own.
+        if !narrowed && saved.is_none() && !self.reconciler.force_dry_run {
+            self.reconciler.end_orphans(started).await?;
+        }
         // A signal or the run's deadline interrupts the pass too (its listing's retries and
         // throttling waits); nothing has been queued by then that a later run would not redo.
         let mut pass = tokio::select! {

@@ -90,6 +90,29 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
     }
 }
 
+/// After a set of policies is loaded: the queued releases of those no longer in it are called
+/// off (and their marks taken off the instances). A failure is logged; the re-check before
+/// each call still cancels them at their time.
+async fn end_orphans(app: &App) {
+    if app.reconciler.force_dry_run {
+        return;
+    }
+    let now = app.ctx.clock.now();
+    match app.reconciler.end_orphans(now).await {
+        Ok(ended) if !ended.is_empty() => {
+            if let Err(e) =
+                crate::marks::reconcile(&app.ctx, now, crate::marks::Scope::Removals).await
+            {
+                tracing::warn!(error = %e, "marks were not reconciled; the next pass tries again");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot call off the releases of policies no longer loaded; the re-check cancels each at its time")
+        }
+    }
+}
+
 /// Runs until `shutdown` fires. The admin server is bound before anything else runs, so a
 /// port in use fails fast.
 pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -122,7 +145,9 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     };
 
     let mut last_print = fingerprint(&cfg.policies_dir);
-    reload(&app, &cfg.policies_dir, &health);
+    if reload(&app, &cfg.policies_dir, &health) {
+        end_orphans(&app).await;
+    }
 
     let wake = Arc::new(tokio::sync::Notify::new());
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -154,6 +179,7 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
                     last_print = print;
                     if reload(&app, &cfg.policies_dir, &health) {
                         changed.notify_one();
+                        end_orphans(&app).await;
                     }
                 }
             }

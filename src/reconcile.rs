@@ -86,6 +86,87 @@ pub struct NotCarried {
 }
 
 impl Reconciler {
+    /// Calls off the queued releases of policies no longer loaded (removed, or renamed), each
+    /// with why, and tells the owners of those announced as scheduled. Nothing would release
+    /// them (the re-check at their time cancels them), yet they would sit in the queue and on
+    /// the status page until then, and hold their instances: a renamed policy could not queue
+    /// them under its new name. Run when a policy set is loaded, and by a whole-queue `apply`.
+    /// Releases already batched or taking snapshots are left to the workers' checks.
+    pub async fn end_orphans(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::store::ReleaseId>, ReconcileError> {
+        let loaded: HashSet<String> = self
+            .ctx
+            .policies
+            .current()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        let orphans: Vec<crate::store::ReleaseRow> = self
+            .ctx
+            .store
+            .active_releases()
+            .await?
+            .into_iter()
+            .filter(|r| r.state == ReleaseState::Pending && !loaded.contains(&r.policy))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cancels: Vec<(crate::store::ReleaseId, String)> = orphans
+            .iter()
+            .map(|r| {
+                let why = format!(
+                    "policy {} is no longer loaded (removed, or renamed): nothing releases under its name; a loaded policy that selects the instance queues it anew, with its own grace",
+                    r.policy
+                );
+                (r.id, why)
+            })
+            .collect();
+        let ended = self.ctx.store.cancel_pending(&cancels, now).await?;
+        let cancelled: HashSet<crate::store::ReleaseId> = ended.iter().copied().collect();
+        let mut told: std::collections::BTreeMap<&str, Vec<crate::notify::CancelledRelease>> =
+            Default::default();
+        for (r, (_, why)) in orphans.iter().zip(&cancels) {
+            if r.not_before > now && cancelled.contains(&r.id) {
+                told.entry(&r.policy)
+                    .or_default()
+                    .push(crate::notify::CancelledRelease {
+                        instance: crate::notify::InstanceRef {
+                            instance_id: r.instance_id.clone(),
+                            instance_name: r.instance_name.clone(),
+                            region: r.region.clone(),
+                        },
+                        reason: why.clone(),
+                    });
+            }
+        }
+        let mut by_policy: std::collections::BTreeMap<&str, usize> = Default::default();
+        for r in orphans.iter().filter(|r| cancelled.contains(&r.id)) {
+            *by_policy.entry(&r.policy).or_default() += 1;
+        }
+        if !by_policy.is_empty() {
+            tracing::info!(cancelled = ended.len(), policies = ?by_policy, "called off the queued releases of policies no longer loaded");
+        }
+        if let Some(n) = &self.ctx.notifier {
+            let notes: Vec<crate::notify::Notification> = told
+                .into_iter()
+                .map(|(policy, mut releases)| {
+                    releases.sort_by(|a, b| a.instance.instance_id.cmp(&b.instance.instance_id));
+                    crate::notify::Notification::Cancelled {
+                        policy: policy.to_string(),
+                        releases,
+                    }
+                })
+                .collect();
+            if !notes.is_empty() {
+                n.send_batch(notes);
+            }
+        }
+        Ok(ended)
+    }
+
     /// Reconciles `policies` for the tick `scheduled_for` (for `apply`, the pass's own time).
     /// With `saved`, only releases in that reviewed plan are queued, and nothing is cancelled.
     pub async fn pass(

@@ -383,7 +383,6 @@ async fn switching_a_policy_to_dry_run_cancels_what_it_queued() {
 
 #[tokio::test]
 async fn notifications_tell_of_scheduled_released_failed_and_refused() {
-    use ecs_janitor::notify::{Notifier, NotifierOptions, WebhookConfig, WebhookFormat};
     let yaml = r#"
 name: a-now
 schedule: "0 0 * * * *"
@@ -417,14 +416,7 @@ limits:
     common::refuse_every_call_naming(&h, "i-1", 3);
     let db = common::sqlite().await;
     let (url, got) = common::receiver().await;
-    let n = Notifier::start(
-        vec![WebhookConfig::new(url, WebhookFormat::Generic, Some("test".into())).unwrap()],
-        NotifierOptions {
-            seed: 1,
-            ..NotifierOptions::default()
-        },
-    )
-    .unwrap();
+    let n = common::generic_notifier(url);
     let app = common::Pipeline {
         cfg: fast_workers(),
         extras: Extras {
@@ -492,6 +484,92 @@ limits:
             .contains("dry_run"),
         "{events:?}"
     );
+}
+
+/// A policy renamed (or removed) while its releases wait out their grace: they are called off
+/// at once, their owners told why, and the renamed policy queues them under its own name with
+/// its own grace (found in a user trial: they sat queued under a name nothing loaded, the new
+/// name could not queue them, and at their time the re-check cancelled them in silence).
+#[tokio::test]
+async fn a_renamed_policys_waiting_releases_are_called_off_and_queued_under_the_new_name() {
+    let yaml = r#"
+name: b-later
+schedule: "0 0 * * * *"
+regions: [cn-hangzhou]
+select:
+  instance_ids: [i-3, i-4]
+release:
+  grace: 1h
+"#;
+    let h = common::start_sim(common::ci_fleet(6), Faults::default(), 14).await;
+    let db = common::sqlite().await;
+    let (url, got) = common::receiver().await;
+    let n = common::generic_notifier(url);
+    let build = |yaml: &str| {
+        common::Pipeline {
+            cfg: fast_workers(),
+            extras: Extras {
+                notifier: Some(n.clone()),
+                ..Extras::default()
+            },
+            ..common::Pipeline::new(&db.store, common::client(&h), policies(yaml))
+        }
+        .build()
+    };
+    build(yaml)
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(n.flush(Duration::from_secs(10)).await, "delivered");
+    got.lock().unwrap().clear();
+
+    let renamed = yaml.replace("name: b-later", "name: b-renamed");
+    let report = build(&renamed)
+        .apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(n.flush(Duration::from_secs(10)).await, "delivered");
+    assert!(released(&h).is_empty(), "nothing released before its grace");
+    let all = db
+        .store
+        .list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap();
+    let state_of = |policy: &str, id: &str| {
+        all.iter()
+            .filter(|r| r.policy == policy && r.instance_id == id)
+            .map(|r| r.state.as_str().to_string())
+            .collect::<Vec<_>>()
+    };
+    for id in ["i-3", "i-4"] {
+        assert_eq!(state_of("b-later", id), vec!["cancelled"], "{all:?}");
+        assert_eq!(state_of("b-renamed", id), vec!["pending"], "{all:?}");
+    }
+    let old = all.iter().find(|r| r.policy == "b-later").unwrap();
+    let why = old.last_error.clone().unwrap_or_default();
+    assert!(why.contains("b-later is no longer loaded"), "{why}");
+    // The apply report counts the cancellations.
+    assert_eq!(
+        report.in_state("cancelled").count(),
+        2,
+        "{:?}",
+        report.releases
+    );
+
+    let events: Vec<serde_json::Value> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["events"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let of = |kind: &str, policy: &str| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind && e["policy"] == policy)
+            .count()
+    };
+    assert_eq!(of("cancelled", "b-later"), 1, "{events:?}");
+    assert_eq!(of("scheduled", "b-renamed"), 1, "{events:?}");
 }
 
 #[tokio::test]

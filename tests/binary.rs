@@ -411,6 +411,92 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
     all_succeeded(&url, want_all.len()).await;
 }
 
+/// A policy renamed while its releases wait out their grace: the daemon calls them off as it
+/// loads the new set, and the new name queues them (they sat under the old name until their
+/// time, holding their instances, then were cancelled in silence at the re-check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_calls_off_a_renamed_policys_releases_and_queues_them_under_the_new_name() {
+    let fleet = fleet::generate(300, 35, Utc::now());
+    let want = expected(&fleet, &["cn-hangzhou"]);
+    assert!(!want.is_empty());
+    let h = common::start_sim(fleet, Faults::default(), 35).await;
+    let dir = tempfile::tempdir().unwrap();
+    let graced = STOPPED_PAYG
+        .replace(
+            "[cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]",
+            "[cn-hangzhou]",
+        )
+        .replace("limits:", "release:\n  grace: 6h\nlimits:");
+    write_policy(dir.path(), "p.yaml", &graced);
+    let url = format!("sqlite://{}", dir.path().join("j.db").display());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = janitor(
+        &h,
+        dir.path(),
+        &url,
+        &["run", "--listen", &listen, "--reload-ms", "200"],
+    )
+    .spawn()
+    .unwrap();
+    let store = Store::connect(&url).await.unwrap();
+    let queued_under = |policy: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .list_releases(&ReleaseFilter::default())
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.policy == policy && r.state == "pending")
+                .map(|r| r.instance_id)
+                .collect::<BTreeSet<String>>()
+        }
+    };
+    common::wait_for("releases queued", Duration::from_secs(60), || {
+        let q = queued_under("stopped-payg");
+        let want = want.clone();
+        async move { q.await == want }
+    })
+    .await;
+    write_policy(
+        dir.path(),
+        "p.yaml",
+        &graced.replace("name: stopped-payg", "name: payg-renamed"),
+    );
+    common::wait_for("queued under the new name", Duration::from_secs(60), || {
+        let q = queued_under("payg-renamed");
+        let want = want.clone();
+        async move { q.await == want }
+    })
+    .await;
+    assert!(queued_under("stopped-payg").await.is_empty());
+    let rows = store
+        .list_releases(&ReleaseFilter::default())
+        .await
+        .unwrap();
+    let old: Vec<_> = rows.iter().filter(|r| r.policy == "stopped-payg").collect();
+    assert_eq!(old.len(), want.len());
+    for r in old {
+        assert_eq!(r.state, "cancelled", "{r:?}");
+        assert!(
+            r.last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("stopped-payg is no longer loaded"),
+            "{r:?}"
+        );
+    }
+    assert!(released(&h).is_empty(), "nothing released during the grace");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = finish(dir.path(), child, "run after SIGTERM");
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_share_one_postgres_without_running_a_tick_or_a_batch_twice() {
     let Some(db) = common::postgres().await else {

@@ -904,18 +904,10 @@ async fn a_pass_prices_only_the_releases_it_queues() {
 
 #[tokio::test]
 async fn the_released_notification_carries_each_figure_it_was_queued_with() {
-    use ecs_janitor::notify::{Notifier, NotifierOptions, WebhookConfig, WebhookFormat};
     let h = sim_with_disks().await;
     let db = common::sqlite().await;
     let (url, got) = common::receiver().await;
-    let n = Notifier::start(
-        vec![WebhookConfig::new(url, WebhookFormat::Generic, Some("test".into())).unwrap()],
-        NotifierOptions {
-            seed: 1,
-            ..NotifierOptions::default()
-        },
-    )
-    .unwrap();
+    let n = common::generic_notifier(url);
     let mut p = common::Pipeline::new(&db.store, common::client(&h), common::policies(POLICY));
     p.extras.notifier = Some(n.clone());
     p.build()

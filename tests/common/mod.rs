@@ -293,6 +293,19 @@ pub async fn receiver() -> (url::Url, Arc<std::sync::Mutex<Vec<serde_json::Value
     (url, got)
 }
 
+/// A notifier that sends generic JSON to a [`receiver`], with its random source seeded.
+pub fn generic_notifier(url: url::Url) -> ecs_janitor::notify::Notifier {
+    use ecs_janitor::notify::{Notifier, NotifierOptions, WebhookConfig, WebhookFormat};
+    Notifier::start(
+        vec![WebhookConfig::new(url, WebhookFormat::Generic, Some("test".into())).unwrap()],
+        NotifierOptions {
+            seed: 1,
+            ..NotifierOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 /// Collects everything a log subscriber writes.
 #[derive(Clone, Default)]
 pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
