@@ -191,7 +191,7 @@ impl Metrics {
         let policy_loaded = Family::<PolicyLabels, Gauge>::default();
         r.gauge(
             "policy_loaded_timestamp_seconds",
-            "When this process first loaded each policy now loaded (Unix seconds): the alert on a policy not succeeding counts from it while the policy has no success yet",
+            "When each policy now loaded was first tried (its first tick in the store, by any process) or first loaded by this process, whichever is earlier (Unix seconds): the alert on a policy not succeeding counts from it while the policy has no success yet",
             policy_loaded.clone(),
         );
         let window_open = Gauge::default();
@@ -349,6 +349,24 @@ impl Metrics {
                     policy: policy.clone(),
                 })
                 .set(at.timestamp());
+        }
+        // A policy counts from its first try in the store when that is earlier than this
+        // process's load: a restart does not set the never-succeeded alert's clock back.
+        for (policy, loaded_at) in self
+            .first_loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let at = snap
+                .first_run
+                .get(policy)
+                .map_or(*loaded_at, |t| t.timestamp().min(*loaded_at));
+            self.policy_loaded
+                .get_or_create(&PolicyLabels {
+                    policy: policy.clone(),
+                })
+                .set(at);
         }
         self.paused.set(i64::from(snap.paused));
         self.paused_since.clear();

@@ -160,3 +160,74 @@ async fn each_series_is_moved_by_what_it_describes() {
     )
     .is_some());
 }
+
+/// A policy that has never succeeded counts from its first try in the store, not from when
+/// this process loaded it: a daemon restarted (a deploy, a crash loop) set the alert's clock
+/// back to zero each time, so a policy failing across restarts never fired.
+#[tokio::test]
+async fn a_policy_that_never_succeeded_counts_from_its_first_try_across_restarts() {
+    first_try_counts(common::sqlite().await).await;
+    if let Some(db) = common::postgres().await {
+        first_try_counts(db).await;
+    }
+}
+
+async fn first_try_counts(db: common::TestDb) {
+    let now = Utc::now();
+    let two_days_ago = now - chrono::Duration::days(2);
+    let never = policy::load_str(
+        "p.yaml",
+        "name: never\nschedule: \"0 0 * * * *\"\nregions: [cn-hangzhou]\nselect:\n  status: Stopped\n",
+    )
+    .unwrap()
+    .policies;
+    assert!(db
+        .store
+        .begin_run("never", two_days_ago, "replica-a", two_days_ago)
+        .await
+        .unwrap());
+    db.store
+        .finish_run(
+            &ecs_janitor::store::RunEnd::error("never", two_days_ago),
+            two_days_ago,
+        )
+        .await
+        .unwrap();
+    // A new process loads the policy now.
+    let metrics = Metrics::new();
+    metrics.policies_loaded(&never, now);
+    let m = metrics.render(&db.store, now).await.unwrap();
+    assert_eq!(
+        sample(
+            &m,
+            r#"janitor_policy_loaded_timestamp_seconds{policy="never"}"#
+        ),
+        Some(two_days_ago.timestamp() as f64),
+        "{m}"
+    );
+    // A policy never tried counts from its load.
+    let fresh = policy::load_str(
+        "q.yaml",
+        "name: fresh\nschedule: \"0 0 * * * *\"\nregions: [cn-hangzhou]\nselect:\n  status: Stopped\n",
+    )
+    .unwrap()
+    .policies;
+    metrics.policies_loaded(&fresh, now);
+    let m = metrics.render(&db.store, now).await.unwrap();
+    assert_eq!(
+        sample(
+            &m,
+            r#"janitor_policy_loaded_timestamp_seconds{policy="fresh"}"#
+        ),
+        Some(now.timestamp() as f64),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"janitor_policy_loaded_timestamp_seconds{policy="never"}"#
+        ),
+        None,
+        "no longer loaded: {m}"
+    );
+}

@@ -33,6 +33,9 @@ pub struct MetricsSnapshot {
     pub oldest_due_age_seconds: f64,
     /// (policy, scheduled time of its last successful tick)
     pub last_success: Vec<(String, DateTime<Utc>)>,
+    /// Policy → the scheduled time of its first tick in the store, whatever its outcome: when
+    /// it was first tried, by any process or replica.
+    pub first_run: std::collections::HashMap<String, DateTime<Utc>>,
     pub paused: bool,
 }
 
@@ -158,12 +161,13 @@ impl Store {
                 .bind(ms(now)),
             )
             .await?;
-        let last: Vec<(String, i64)> = self
+        let runs: Vec<(String, i64, Option<i64>)> = self
             .pool
             .fetch_all(
                 Sql::new(
-                    "SELECT policy, MAX(scheduled_for) FROM policy_runs WHERE outcome IN ($1, $2)
-                     GROUP BY policy ORDER BY policy",
+                    "SELECT policy, MIN(scheduled_for),
+                            MAX(CASE WHEN outcome IN ($1, $2) THEN scheduled_for END)
+                     FROM policy_runs GROUP BY policy ORDER BY policy",
                 )
                 .bind(RunStatus::Ok.as_str())
                 .bind(RunStatus::DryRun.as_str()),
@@ -180,7 +184,14 @@ impl Store {
             oldest_due_age_seconds: oldest
                 .map(|t| ((ms(now) - t).max(0) as f64) / 1000.0)
                 .unwrap_or(0.0),
-            last_success: last.into_iter().map(|(p, t)| (p, from_ms(t))).collect(),
+            last_success: runs
+                .iter()
+                .filter_map(|(p, _, t)| Some((p.clone(), from_ms((*t)?))))
+                .collect(),
+            first_run: runs
+                .into_iter()
+                .map(|(p, first, _)| (p, from_ms(first)))
+                .collect(),
             paused,
         })
     }
