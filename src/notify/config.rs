@@ -132,6 +132,61 @@ pub enum WebhookConfigError {
     Secret,
 }
 
+impl WebhookConfigError {
+    /// The webhook key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            WebhookConfigError::Url(_)
+            | WebhookConfigError::Scheme(_)
+            | WebhookConfigError::NoHost => "url",
+            WebhookConfigError::Secret => "secret",
+        }
+    }
+}
+
+/// Where a webhook entry is wrong: one of its keys (an unknown one, or a known one with a bad
+/// value), or the entry as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookFault {
+    Entry,
+    UnknownKey(String),
+    Value(&'static str),
+}
+
+/// Reads one webhook entry (a configuration file's `webhooks:` item), saying which of its keys
+/// is at fault and why. A secret's value never appears in the message.
+pub fn parse_webhook(v: &serde_json::Value) -> Result<WebhookConfig, (WebhookFault, String)> {
+    let raw: RawWebhook =
+        serde_json::from_value(v.clone()).map_err(|e| (fault_of(v), e.to_string()))?;
+    WebhookConfig::try_from(raw).map_err(|e| (WebhookFault::Value(e.key()), e.to_string()))
+}
+
+/// Which key of entry `v` does not read (serde names neither the field of a bad value nor,
+/// with `from_value`, its place): an unknown key first, then each known key on its own.
+fn fault_of(v: &serde_json::Value) -> WebhookFault {
+    const KEYS: [&str; 4] = ["url", "format", "name", "secret"];
+    let Some(entry) = v.as_object() else {
+        return WebhookFault::Entry;
+    };
+    if let Some(k) = entry.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return WebhookFault::UnknownKey(k.clone());
+    }
+    for key in KEYS {
+        let Some(value) = entry.get(key) else {
+            continue;
+        };
+        let reads = match key {
+            "format" => serde_json::from_value::<WebhookFormat>(value.clone()).is_ok(),
+            "url" => value.is_string(),
+            _ => value.is_string() || value.is_null(),
+        };
+        if !reads {
+            return WebhookFault::Value(key);
+        }
+    }
+    WebhookFault::Entry
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWebhook {

@@ -24,7 +24,10 @@ mod config;
 mod delivery;
 mod render;
 
-pub use config::{dingtalk_sign, redacted_url, WebhookConfig, WebhookConfigError, WebhookFormat};
+pub use config::{
+    dingtalk_sign, parse_webhook, redacted_url, WebhookConfig, WebhookConfigError, WebhookFault,
+    WebhookFormat,
+};
 pub use render::render;
 
 use std::fmt;
