@@ -96,21 +96,15 @@ impl Reconciler {
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<crate::store::ReleaseId>, ReconcileError> {
-        let loaded: HashSet<String> = self
+        let loaded: Vec<String> = self
             .ctx
             .policies
             .current()
             .iter()
             .map(|p| p.name.clone())
             .collect();
-        let orphans: Vec<crate::store::ReleaseRow> = self
-            .ctx
-            .store
-            .active_releases()
-            .await?
-            .into_iter()
-            .filter(|r| r.state == ReleaseState::Pending && !loaded.contains(&r.policy))
-            .collect();
+        // Read in the database: the queue may hold a whole fleet, of loaded policies.
+        let orphans = self.ctx.store.pending_outside(&loaded).await?;
         if orphans.is_empty() {
             return Ok(Vec::new());
         }

@@ -2134,3 +2134,27 @@ conformance!(
         );
     }
 );
+
+conformance!(
+    pending_releases_of_policies_not_loaded_are_found,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let mut q = vec![
+            rel("i-1", "r1", false),
+            rel("i-2", "r1", false),
+            rel("i-3", "r1", false),
+        ];
+        q[1].policy = "old".into();
+        q[2].policy = "other".into();
+        s.enqueue(&q, t0()).await.unwrap();
+        let ids = |rows: Vec<ecs_janitor::store::ReleaseRow>| {
+            rows.into_iter().map(|r| r.instance_id).collect::<Vec<_>>()
+        };
+        let loaded = vec!["p".to_string(), "other".to_string()];
+        assert_eq!(ids(s.pending_outside(&loaded).await.unwrap()), ["i-2"]);
+        assert_eq!(
+            ids(s.pending_outside(&[]).await.unwrap()),
+            ["i-1", "i-2", "i-3"]
+        );
+    }
+);

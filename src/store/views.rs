@@ -87,6 +87,19 @@ impl Store {
         row.ok_or(StoreError::NoSuchRelease(id))
     }
 
+    /// Pending releases (not yet batched or snapshotting) of policies other than `loaded`: those
+    /// of a policy no longer loaded, oldest first.
+    pub async fn pending_outside(&self, loaded: &[String]) -> Result<Vec<ReleaseRow>, StoreError> {
+        let mut q = Sql::new(RELEASE_SELECT);
+        q.push(" WHERE r.state = 'pending'");
+        if !loaded.is_empty() {
+            q.push(" AND r.policy NOT IN ")
+                .push_list(loaded.iter().cloned());
+        }
+        q.push(" ORDER BY r.id");
+        self.pool.fetch_all(q).await
+    }
+
     /// Pending and in-flight releases, newest first.
     pub async fn active_releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
         // Filtered in the database: every pass reads this, and history only grows.
