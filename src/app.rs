@@ -44,6 +44,8 @@ impl App {
             ctx: ctx.clone(),
             owner: worker_cfg.owner.clone(),
             force_dry_run: dry_run,
+            run_lease: chrono::Duration::from_std(worker_cfg.lease)
+                .unwrap_or(chrono::Duration::seconds(30)),
         };
         let workers = Workers::new(ctx.clone(), worker_cfg);
         App {

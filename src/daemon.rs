@@ -113,6 +113,74 @@ async fn end_orphans(app: &App) {
     }
 }
 
+/// Reconciles the ticks a stopped replica left unfinished (killed mid-pass: its lease on the
+/// tick ended unrenewed), each here, unless a later tick of the policy has begun since or the
+/// policy is no longer loaded: then the tick is closed as failed, with why. Before, such a tick
+/// stayed "running" and was never reconciled: a daily policy lost its day.
+async fn take_over(app: &App, wake: &tokio::sync::Notify) {
+    let now = app.ctx.clock.now();
+    let abandoned = match app.ctx.store.abandoned_runs(now).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for ticks a stopped replica left unfinished");
+            return;
+        }
+    };
+    let loaded = app.policies();
+    for run in abandoned {
+        let tick = run.scheduled_for;
+        let policy = loaded.iter().find(|p| p.name == run.policy);
+        match policy {
+            Some(p) if !run.superseded => {
+                tracing::warn!(policy = %run.policy, %tick, replica = %run.owner, "replica stopped during this tick's pass (its lease ended); reconciling the tick here");
+                match app
+                    .reconciler
+                    .pass(std::slice::from_ref(p), tick, None, app.ctx.clock.now())
+                    .await
+                {
+                    Ok(r) => {
+                        for run in r.runs.iter().filter(|r| r.ran) {
+                            tracing::info!(policy = %run.policy, %tick, planned = run.planned, enqueued = run.enqueued, cancelled = run.cancelled, error = ?run.error, "reconciled a tick taken over");
+                        }
+                        wake.notify_waiters();
+                    }
+                    Err(e) => {
+                        tracing::error!(policy = %run.policy, error = %e, "the tick taken over failed; it is taken over again once its lease ends")
+                    }
+                }
+            }
+            _ => {
+                let why = format!(
+                    "replica {} stopped during this tick's pass (its lease ended); {}",
+                    run.owner,
+                    if run.superseded {
+                        "a later tick has run since"
+                    } else {
+                        "the policy is no longer loaded"
+                    }
+                );
+                let closed = app
+                    .ctx
+                    .store
+                    .finish_run(&crate::store::RunEnd::error(&run.policy, tick), now)
+                    .await;
+                let event = crate::store::NewEvent {
+                    kind: "run_failed",
+                    policy: Some(run.policy.clone()),
+                    detail: why,
+                    ..Default::default()
+                };
+                if let Err(e) = match closed {
+                    Ok(()) => app.ctx.store.record_event(event, now).await,
+                    Err(e) => Err(e),
+                } {
+                    tracing::warn!(policy = %run.policy, error = %e, "cannot close a tick a stopped replica left unfinished");
+                }
+            }
+        }
+    }
+}
+
 /// Runs until `shutdown` fires. The admin server is bound before anything else runs, so a
 /// port in use fails fast.
 pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -170,9 +238,25 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
 
     let mut ticker = tokio::time::interval(cfg.reload_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Ticks a stopped replica left unfinished are looked for twice a lease.
+    let mut orphaned_ticks = tokio::time::interval(
+        (app.reconciler.run_lease / 2)
+            .to_std()
+            .unwrap_or(Duration::from_secs(15))
+            .max(Duration::from_millis(500)),
+    );
+    orphaned_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut taking_over: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = orphaned_ticks.tick() => {
+                if taking_over.as_ref().is_none_or(|t| t.is_finished()) {
+                    let app = app.clone();
+                    let wake = wake.clone();
+                    taking_over = Some(tokio::spawn(async move { take_over(&app, &wake).await }));
+                }
+            }
             _ = ticker.tick() => {
                 let print = fingerprint(&cfg.policies_dir);
                 if print != last_print {
@@ -187,6 +271,9 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     }
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: no new claims; waiting for calls in flight");
     let _ = scheduler.await;
+    if let Some(t) = taking_over {
+        let _ = t.await;
+    }
     if tokio::time::timeout(cfg.shutdown_grace, workers)
         .await
         .is_err()

@@ -32,6 +32,9 @@ pub struct Reconciler {
     pub owner: String,
     /// Treat every policy as `dry_run: true`.
     pub force_dry_run: bool,
+    /// How long a replica holds a tick without renewing it (the workers' lease): a pass renews
+    /// its runs' leases as it goes, and a tick left by a stopped replica is taken over after.
+    pub run_lease: chrono::Duration,
 }
 
 /// What one policy's run did.
@@ -161,6 +164,34 @@ impl Reconciler {
         Ok(ended)
     }
 
+    /// Renews this replica's lease on the runs of `policies` for the tick `scheduled_for`, a
+    /// third of a lease apart, for as long as it is polled. A failed renewal is logged: if the
+    /// database stays away past the lease, another replica takes the tick over, and a pass run
+    /// twice is safe (every pass recomputes from the current state).
+    async fn hold_runs(
+        &self,
+        policies: &[Policy],
+        scheduled_for: DateTime<Utc>,
+    ) -> std::convert::Infallible {
+        let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+        let every = (self.run_lease / 3)
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(10))
+            .max(std::time::Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.ctx.clock.now();
+            if let Err(e) = self
+                .ctx
+                .store
+                .renew_runs(&names, scheduled_for, &self.owner, now, self.run_lease)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot renew the lease on this tick's runs; another replica may take the tick over");
+            }
+        }
+    }
+
     /// Reconciles `policies` for the tick `scheduled_for` (for `apply`, the pass's own time).
     /// With `saved`, only releases in that reviewed plan are queued, and nothing is cancelled.
     pub async fn pass(
@@ -176,7 +207,7 @@ impl Reconciler {
             if self
                 .ctx
                 .store
-                .begin_run(&p.name, scheduled_for, &self.owner, now)
+                .begin_run(&p.name, scheduled_for, &self.owner, now, self.run_lease)
                 .await?
             {
                 mine.push(p.clone());
@@ -189,9 +220,13 @@ impl Reconciler {
         }
         let span = tracing::info_span!("run", tick = %scheduled_for, owner = %self.owner,
             policies = ?mine.iter().map(|p| p.name.as_str()).collect::<Vec<_>>());
-        let result =
-            tracing::Instrument::instrument(self.reconcile(&mine, scheduled_for, saved, now), span)
-                .await;
+        let reconcile =
+            tracing::Instrument::instrument(self.reconcile(&mine, scheduled_for, saved, now), span);
+        // The runs' leases are renewed while the pass goes on, however long its listing takes.
+        let result = tokio::select! {
+            r = reconcile => r,
+            never = self.hold_runs(&mine, scheduled_for) => match never {},
+        };
         match result {
             Ok((mut plan, mut done)) => {
                 self.mark(&mut plan, now).await;

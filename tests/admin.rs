@@ -902,7 +902,10 @@ async fn the_status_page_and_the_api_say_why_a_policy_run_failed() {
     let a = admin(None).await;
     let store = &a.app.ctx.store;
     let tick = chrono::Utc::now() + chrono::Duration::minutes(1);
-    assert!(store.begin_run("ci-now", tick, "test", tick).await.unwrap());
+    assert!(store
+        .begin_run("ci-now", tick, "test", tick, chrono::Duration::seconds(30))
+        .await
+        .unwrap());
     store
         .record_event(
             NewEvent {
@@ -940,7 +943,13 @@ async fn the_status_page_and_the_api_say_why_a_policy_run_failed() {
     // A later run that failed without an event of its own is not given the older cause.
     let later = tick + chrono::Duration::minutes(1);
     assert!(store
-        .begin_run("ci-now", later, "test", later)
+        .begin_run(
+            "ci-now",
+            later,
+            "test",
+            later,
+            chrono::Duration::seconds(30)
+        )
         .await
         .unwrap());
     store

@@ -497,6 +497,101 @@ async fn the_daemon_calls_off_a_renamed_policys_releases_and_queues_them_under_t
     assert!(out.status.success(), "{}", out.stderr);
 }
 
+/// A replica killed in the middle of a tick's pass: another takes the tick over once the
+/// lease on it ends, and reconciles it (found in a user trial: the tick stayed "running" under
+/// the dead replica's name for good, and a daily policy lost its day).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_left_by_a_killed_replica_is_taken_over_and_reconciled() {
+    let fleet = fleet::generate(200, 36, Utc::now());
+    let faults = Faults {
+        latency: Duration::from_millis(1500),
+        actions: vec!["DescribeInstances".into()],
+        ..Faults::default()
+    };
+    let h = common::start_sim(fleet, faults, 36).await;
+    let dir = tempfile::tempdir().unwrap();
+    // One tick a minute, the first a few seconds from now: no later tick comes to supersede
+    // the one the first replica leaves.
+    let second = (Utc::now() + chrono::Duration::seconds(4))
+        .format("%S")
+        .to_string();
+    let policy = STOPPED_PAYG
+        .replace(
+            "[cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]",
+            "[cn-hangzhou]",
+        )
+        .replace("\"* * * * * *\"", &format!("\"{second} * * * * *\""))
+        .replace("limits:", "release:\n  grace: 6h\nlimits:");
+    write_policy(dir.path(), "p.yaml", &policy);
+    let url = format!("sqlite://{}", dir.path().join("j.db").display());
+    let replica = |name: &str| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        janitor(
+            &h,
+            dir.path(),
+            &url,
+            &[
+                "run",
+                "--listen",
+                &listen,
+                "--lease-secs",
+                "2",
+                "--replica-id",
+                name,
+            ],
+        )
+        .spawn()
+        .unwrap()
+    };
+    let store = Store::connect(&url).await.unwrap();
+    let runs = || {
+        let store = store.clone();
+        async move { store.runs(10).await.unwrap_or_default() }
+    };
+    let mut a = replica("replica-a");
+    common::wait_for("replica-a's pass", Duration::from_secs(90), || {
+        let runs = runs();
+        async move {
+            runs.await
+                .iter()
+                .any(|r| r.owner == "replica-a" && r.finished_at.is_none())
+        }
+    })
+    .await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let left = runs().await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].finished_at.is_none(), "{left:?}");
+    let b = replica("replica-b");
+    common::wait_for("the tick taken over", Duration::from_secs(40), || {
+        let runs = runs();
+        async move {
+            runs.await
+                .iter()
+                .any(|r| r.owner == "replica-b" && r.finished_at.is_some())
+        }
+    })
+    .await;
+    let done = runs().await;
+    assert_eq!(
+        done.len(),
+        1,
+        "the same tick, reconciled once more: {done:?}"
+    );
+    assert_eq!(done[0].scheduled_for, left[0].scheduled_for);
+    assert_eq!(done[0].outcome.map(|o| o.as_str()), Some("ok"), "{done:?}");
+    assert!(done[0].planned > 0, "{done:?}");
+    let pid = b.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = finish(dir.path(), b, "replica-b after SIGTERM");
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_share_one_postgres_without_running_a_tick_or_a_batch_twice() {
     let Some(db) = common::postgres().await else {

@@ -183,7 +183,13 @@ async fn first_try_counts(db: common::TestDb) {
     .policies;
     assert!(db
         .store
-        .begin_run("never", two_days_ago, "replica-a", two_days_ago)
+        .begin_run(
+            "never",
+            two_days_ago,
+            "replica-a",
+            two_days_ago,
+            chrono::Duration::seconds(30)
+        )
         .await
         .unwrap());
     db.store

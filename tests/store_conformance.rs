@@ -311,9 +311,18 @@ conformance!(
 
 conformance!(each_policy_tick_runs_once, |db: TestDb| async move {
     let s = &db.store;
-    assert!(s.begin_run("p", t0(), "a", t0()).await.unwrap());
-    assert!(!s.begin_run("p", t0(), "b", t0()).await.unwrap());
-    assert!(s.begin_run("q", t0(), "b", t0()).await.unwrap());
+    assert!(s
+        .begin_run("p", t0(), "a", t0(), chrono::Duration::seconds(30))
+        .await
+        .unwrap());
+    assert!(!s
+        .begin_run("p", t0(), "b", t0(), chrono::Duration::seconds(30))
+        .await
+        .unwrap());
+    assert!(s
+        .begin_run("q", t0(), "b", t0(), chrono::Duration::seconds(30))
+        .await
+        .unwrap());
     s.finish_run(
         &RunEnd {
             policy: "p",
@@ -2156,5 +2165,48 @@ conformance!(
             ids(s.pending_outside(&[]).await.unwrap()),
             ["i-1", "i-2", "i-3"]
         );
+    }
+);
+
+conformance!(
+    a_tick_whose_replica_stopped_is_taken_over_once_its_lease_ends,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let lease = chrono::Duration::seconds(30);
+        let at = |secs: i64| t0() + chrono::Duration::seconds(secs);
+        assert!(s.begin_run("p", t0(), "a", t0(), lease).await.unwrap());
+        // Within its lease, nobody else takes the tick, and it is not abandoned.
+        assert!(!s.begin_run("p", t0(), "b", at(10), lease).await.unwrap());
+        // Renewed at 25 s, it holds until 55 s.
+        s.renew_runs(&["p".to_string()], t0(), "a", at(25), lease)
+            .await
+            .unwrap();
+        assert!(!s.begin_run("p", t0(), "b", at(40), lease).await.unwrap());
+        assert!(s.abandoned_runs(at(40)).await.unwrap().is_empty());
+        // Its replica stopped renewing: the tick is abandoned, and taken over once.
+        let abandoned = s.abandoned_runs(at(56)).await.unwrap();
+        assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+        assert_eq!(
+            (
+                abandoned[0].policy.as_str(),
+                abandoned[0].scheduled_for,
+                abandoned[0].owner.as_str()
+            ),
+            ("p", t0(), "a")
+        );
+        assert!(s.begin_run("p", t0(), "b", at(56), lease).await.unwrap());
+        assert!(!s.begin_run("p", t0(), "c", at(57), lease).await.unwrap());
+        assert!(s.abandoned_runs(at(57)).await.unwrap().is_empty());
+        // The old owner's renewal no longer holds it.
+        s.renew_runs(&["p".to_string()], t0(), "a", at(80), lease)
+            .await
+            .unwrap();
+        assert_eq!(s.abandoned_runs(at(87)).await.unwrap().len(), 1);
+        // A finished run is never taken over, however old.
+        s.finish_run(&RunEnd::error("p", t0()), at(60))
+            .await
+            .unwrap();
+        assert!(!s.begin_run("p", t0(), "c", at(3600), lease).await.unwrap());
+        assert!(s.abandoned_runs(at(3600)).await.unwrap().is_empty());
     }
 );

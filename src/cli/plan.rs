@@ -22,6 +22,8 @@ pub(super) async fn plan(args: PlanArgs, settings: Settings) -> anyhow::Result<E
         ctx,
         owner: "plan".into(),
         force_dry_run: true,
+        // plan records no run.
+        run_lease: chrono::Duration::zero(),
     };
     let plan = rec.plan_only(&policies, chrono::Utc::now()).await?;
     if let Some(path) = &args.out {

@@ -380,7 +380,7 @@ pub const SPECS: &[Spec] = &[
         flag: Some("lease-secs"),
         value_name: "SECS",
         default: Some("30"),
-        help: "Seconds a claimed batch stays leased without renewal.",
+        help: "Seconds a claimed batch, or a policy tick being reconciled, stays leased without renewal.",
         group: Group::Workers,
         secret: false,
         check: check_positive_u32,

@@ -53,7 +53,7 @@ pub use rows::{
     BatchId, BatchMember, BatchState, ClaimedBatch, EventId, EventRow, Fence, ReleaseId,
     ReleaseRow, ReleaseSaving, ReleaseState, RunRow, RunStatus, SavedTotals,
 };
-pub use runs::RunEnd;
+pub use runs::{AbandonedRun, RunEnd};
 pub use safety::{HoldKind, HoldRow};
 pub use savings::{DaySavings, PolicySavings, SavingsSummary};
 pub use settings::{BeforeClaim, PauseInfo};

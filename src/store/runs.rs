@@ -36,31 +36,107 @@ impl<'a> RunEnd<'a> {
     }
 }
 
+/// A run whose replica stopped mid-pass: its lease ended unrenewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbandonedRun {
+    pub policy: String,
+    pub scheduled_for: DateTime<Utc>,
+    /// The replica that stopped.
+    pub owner: String,
+    /// A later tick of the policy has begun since: this one need not be reconciled again.
+    pub superseded: bool,
+}
+
 impl Store {
-    /// Records that `policy`'s tick `scheduled_for` is being reconciled by `owner`. False when
-    /// some replica already took it: each tick is reconciled once.
+    /// Records that `policy`'s tick `scheduled_for` is being reconciled by `owner`, under a
+    /// lease of `lease` (renewed by [`Store::renew_runs`] while the pass runs). False when some
+    /// replica already took it and either finished it or still holds its lease: each tick is
+    /// reconciled once, and a tick whose replica stopped mid-pass is taken over once its lease
+    /// ends.
     pub async fn begin_run(
         &self,
         policy: &str,
         scheduled_for: DateTime<Utc>,
         owner: &str,
         now: DateTime<Utc>,
+        lease: chrono::Duration,
     ) -> Result<bool, StoreError> {
         let n = self
             .pool
             .execute(
                 Sql::new(
-                    "INSERT INTO policy_runs (policy, scheduled_for, owner, started_at)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (policy, scheduled_for) DO NOTHING",
+                    "INSERT INTO policy_runs (policy, scheduled_for, owner, started_at, lease_expires_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (policy, scheduled_for) DO UPDATE
+                     SET owner = excluded.owner, started_at = excluded.started_at,
+                         lease_expires_at = excluded.lease_expires_at
+                     WHERE policy_runs.finished_at IS NULL
+                       AND COALESCE(policy_runs.lease_expires_at, 0) <= $4",
                 )
                 .bind(policy)
                 .bind(ms(scheduled_for))
                 .bind(owner)
-                .bind(ms(now)),
+                .bind(ms(now))
+                .bind(ms(now + lease)),
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// Extends `owner`'s lease on its unfinished runs of `policies` for the tick
+    /// `scheduled_for` to `now + lease`. A run another replica took over is not extended.
+    pub async fn renew_runs(
+        &self,
+        policies: &[String],
+        scheduled_for: DateTime<Utc>,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<(), StoreError> {
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let mut q = Sql::new("UPDATE policy_runs SET lease_expires_at = ");
+        q.push_bind(ms(now + lease))
+            .push(" WHERE scheduled_for = ")
+            .push_bind(ms(scheduled_for))
+            .push(" AND owner = ")
+            .push_bind(owner)
+            .push(" AND finished_at IS NULL AND policy IN ")
+            .push_list(policies.iter().cloned());
+        self.pool.execute(q).await?;
+        Ok(())
+    }
+
+    /// Runs left unfinished by a replica that stopped renewing their lease, oldest first, each
+    /// with whether a later tick of its policy has begun since.
+    pub async fn abandoned_runs(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AbandonedRun>, StoreError> {
+        let rows: Vec<(String, i64, String, bool)> = self
+            .pool
+            .fetch_all(
+                Sql::new(
+                    "SELECT r.policy, r.scheduled_for, r.owner,
+                            EXISTS (SELECT 1 FROM policy_runs n
+                                    WHERE n.policy = r.policy AND n.scheduled_for > r.scheduled_for)
+                     FROM policy_runs r
+                     WHERE r.finished_at IS NULL AND COALESCE(r.lease_expires_at, 0) <= $1
+                     ORDER BY r.scheduled_for, r.policy",
+                )
+                .bind(ms(now)),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(policy, at, owner, superseded)| AbandonedRun {
+                policy,
+                scheduled_for: super::from_ms(at),
+                owner,
+                superseded,
+            })
+            .collect())
     }
 
     /// Closes a run with its outcome and counts.
