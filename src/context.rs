@@ -19,7 +19,11 @@ use crate::window::OperatingWindow;
 
 /// The policy set now running. Readers see a reload at their next read.
 #[derive(Clone, Debug)]
-pub struct Policies(watch::Receiver<Arc<Vec<Policy>>>);
+pub struct Policies(
+    watch::Receiver<Arc<Vec<Policy>>>,
+    /// Set while the running replicas disagree on the policy set: why releases wait.
+    Arc<std::sync::RwLock<Option<Arc<str>>>>,
+);
 
 /// The one writer of a [`Policies`]: the daemon's reload (and tests).
 #[derive(Debug)]
@@ -29,12 +33,26 @@ impl Policies {
     /// A policy set and its writer.
     pub fn new(policies: Vec<Policy>) -> (Policies, PolicyReload) {
         let (tx, rx) = watch::channel(Arc::new(policies));
-        (Policies(rx), PolicyReload(tx))
+        (Policies(rx, Arc::default()), PolicyReload(tx))
     }
 
     /// The policies now loaded.
     pub fn current(&self) -> Arc<Vec<Policy>> {
         self.0.borrow().clone()
+    }
+
+    /// Why releases wait because the running replicas run different policy sets, if they do.
+    pub fn disagreement(&self) -> Option<Arc<str>> {
+        self.1.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records whether the running replicas disagree (the daemon, from the database); returns
+    /// whether that changed.
+    pub fn set_disagreement(&self, why: Option<String>) -> bool {
+        let mut d = self.1.write().unwrap_or_else(|e| e.into_inner());
+        let changed = d.as_deref() != why.as_deref();
+        *d = why.map(Arc::from);
+        changed
     }
 }
 

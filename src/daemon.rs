@@ -90,6 +90,76 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
     }
 }
 
+/// The policy set this replica runs, as it tells the others.
+#[derive(Debug, Default)]
+struct SetInfo {
+    /// SHA-256 of the set's files: their names relative to the folder, and their contents.
+    digest: String,
+    /// The set's policy names, for people.
+    names: String,
+}
+
+impl SetInfo {
+    /// The set just loaded from `dir`.
+    fn of(app: &App, dir: &Path) -> SetInfo {
+        use sha2::Digest;
+        let mut files = crate::policy::policy_files(dir).files;
+        files.sort();
+        let mut h = sha2::Sha256::new();
+        for f in &files {
+            let name = f
+                .strip_prefix(dir)
+                .unwrap_or(f)
+                .to_string_lossy()
+                .into_owned();
+            let body = std::fs::read(f).unwrap_or_default();
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update((body.len() as u64).to_le_bytes());
+            h.update(&body);
+        }
+        let digest = h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let names: Vec<String> = app.policies().iter().map(|p| p.name.clone()).collect();
+        SetInfo {
+            digest,
+            names: names.join(", "),
+        }
+    }
+}
+
+/// Tells the other replicas which policy set this one runs, and sees which they run: while the
+/// live ones (seen within three leases) disagree, this replica sends no DeleteInstances. A
+/// database that does not answer leaves the last look standing.
+async fn tell_replicas(app: &App, set: &SetInfo) {
+    let now = app.ctx.clock.now();
+    let store = &app.ctx.store;
+    let seen = async {
+        store
+            .replica_seen(&app.reconciler.owner, &set.digest, &set.names, now)
+            .await?;
+        store
+            .live_replicas(now - app.reconciler.run_lease * 3)
+            .await
+    };
+    let live = match seen.await {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot compare this replica's policy set with the others'");
+            return;
+        }
+    };
+    let why = crate::store::disagreement(&live);
+    if app.ctx.policies.set_disagreement(why.clone()) {
+        match why {
+            Some(why) => tracing::warn!("{why}"),
+            None => tracing::info!("the replicas run the same policy set again; releases go on"),
+        }
+    }
+}
+
 /// After a set of policies is loaded: the queued releases of those no longer in it are called
 /// off (and their marks taken off the instances). A failure is logged; the re-check before
 /// each call still cancels them at their time.
@@ -213,9 +283,13 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     };
 
     let mut last_print = fingerprint(&cfg.policies_dir);
+    let mut running_set = SetInfo::default();
     if reload(&app, &cfg.policies_dir, &health) {
+        running_set = SetInfo::of(&app, &cfg.policies_dir);
         end_orphans(&app).await;
     }
+    // Before any worker claims: a replica started on another checkout holds from the start.
+    tell_replicas(&app, &running_set).await;
 
     let wake = Arc::new(tokio::sync::Notify::new());
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -251,6 +325,7 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = orphaned_ticks.tick() => {
+                tell_replicas(&app, &running_set).await;
                 if taking_over.as_ref().is_none_or(|t| t.is_finished()) {
                     let app = app.clone();
                     let wake = wake.clone();
@@ -262,6 +337,8 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
                 if print != last_print {
                     last_print = print;
                     if reload(&app, &cfg.policies_dir, &health) {
+                        running_set = SetInfo::of(&app, &cfg.policies_dir);
+                        tell_replicas(&app, &running_set).await;
                         changed.notify_one();
                         end_orphans(&app).await;
                     }
@@ -281,6 +358,10 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
         tracing::warn!("calls still in flight after the grace period; their leases will expire and another run resumes them");
     }
     let _ = server.await;
+    // Stopped cleanly: the others need not wait for this replica to age out.
+    if let Err(e) = app.ctx.store.replica_gone(&app.reconciler.owner).await {
+        tracing::warn!(error = %e, "cannot tell the other replicas this one stopped; they wait until it ages out");
+    }
     if let Some(n) = &app.ctx.notifier {
         if !n.flush(Duration::from_secs(5)).await {
             // Not stored anywhere else: say so rather than exit in silence.

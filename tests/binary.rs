@@ -222,12 +222,7 @@ async fn sigterm_during_a_drain_leaves_a_consistent_queue() {
         async move { n > 0 }
     })
     .await;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::sigterm(&child);
     let out = finish(dir.path(), child, "apply after SIGTERM");
     // A graceful stop that left work exits 2 and says what is left.
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
@@ -400,12 +395,7 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
     .await;
     wait_recorded(&url, want_all.len()).await;
     common::assert_tokens_consistent(&h);
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::sigterm(&child);
     let out = finish(dir.path(), child, "run after SIGTERM");
     assert!(out.status.success(), "{}", out.stderr);
     all_succeeded(&url, want_all.len()).await;
@@ -487,12 +477,7 @@ async fn the_daemon_calls_off_a_renamed_policys_releases_and_queues_them_under_t
         );
     }
     assert!(released(&h).is_empty(), "nothing released during the grace");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::sigterm(&child);
     let out = finish(dir.path(), child, "run after SIGTERM");
     assert!(out.status.success(), "{}", out.stderr);
 }
@@ -582,14 +567,137 @@ async fn a_tick_left_by_a_killed_replica_is_taken_over_and_reconciled() {
     assert_eq!(done[0].scheduled_for, left[0].scheduled_for);
     assert_eq!(done[0].outcome.map(|o| o.as_str()), Some("ok"), "{done:?}");
     assert!(done[0].planned > 0, "{done:?}");
-    let pid = b.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::sigterm(&b);
     let out = finish(dir.path(), b, "replica-b after SIGTERM");
     assert!(out.status.success(), "{}", out.stderr);
+}
+
+/// Two replicas on one database with different policy sets (one on an old checkout): neither
+/// sends DeleteInstances until they run the same files, and both say why (found in a user
+/// trial: nothing noticed, the stale replica kept queueing what the others cancelled, and it
+/// could release under a policy deleted on purpose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_running_different_policy_sets_release_nothing_until_they_agree() {
+    let Some(db) = common::postgres().await else {
+        return;
+    };
+    let fleet = fleet::generate(300, 37, Utc::now());
+    let want = expected(&fleet, &["cn-hangzhou"]);
+    assert!(!want.is_empty());
+    let h = common::start_sim(fleet, Faults::default(), 37).await;
+    let policy = STOPPED_PAYG.replace(
+        "[cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]",
+        "[cn-hangzhou]",
+    );
+    let extra = "name: extra\nschedule: \"0 0 3 * * *\"\nregions: [cn-hangzhou]\nselect:\n  tags: {purpose: none}\ndry_run: true\n";
+    let store = Store::connect(&db.url).await.unwrap();
+    // Paused while both start, so that neither releases before it has seen the other.
+    store
+        .pause("test", "replicas starting", Utc::now())
+        .await
+        .unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_policy(a_dir.path(), "p.yaml", &policy);
+    write_policy(b_dir.path(), "p.yaml", &policy);
+    write_policy(b_dir.path(), "extra.yaml", extra);
+    let mut pages = Vec::new();
+    let mut children = Vec::new();
+    for (dir, name) in [(a_dir.path(), "replica-a"), (b_dir.path(), "replica-b")] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        pages.push(format!("http://{listen}/"));
+        let mut c = janitor(
+            &h,
+            dir,
+            &db.url,
+            &[
+                "run",
+                "--listen",
+                &listen,
+                "--replica-id",
+                name,
+                "--lease-secs",
+                "2",
+                "--reload-ms",
+                "200",
+            ],
+        );
+        c.env("JANITOR_LOG", "info");
+        children.push((c.spawn().unwrap(), dir));
+    }
+    // Both have seen the other (their pages say so) before the pause is lifted.
+    for page in &pages {
+        common::wait_for(
+            "the replicas' disagreement",
+            Duration::from_secs(60),
+            || {
+                let page = page.clone();
+                async move {
+                    match reqwest::get(&page).await {
+                        Ok(r) => r
+                            .text()
+                            .await
+                            .unwrap_or_default()
+                            .contains("id=\"policy-sets\""),
+                        Err(_) => false,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    store
+        .resume("test", "both started", Utc::now())
+        .await
+        .unwrap();
+    let said = |dir: &Path, what: &'static str| {
+        std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with("err-")
+                && std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .contains(what)
+        })
+    };
+    // Each replica's workers hold, saying why, with due releases in the queue.
+    for dir in [a_dir.path(), b_dir.path()] {
+        common::wait_for("a replica holding", Duration::from_secs(60), || {
+            let held = said(dir, "releases wait: the replicas run different policy sets");
+            async move { held }
+        })
+        .await;
+    }
+    common::wait_for("releases queued", Duration::from_secs(60), || {
+        let store = store.clone();
+        async move { store.counts().await.map(|c| c.pending > 0).unwrap_or(false) }
+    })
+    .await;
+    for page in &pages {
+        let body = reqwest::get(page).await.unwrap().text().await.unwrap();
+        assert!(body.contains("id=\"policy-sets\""), "{body}");
+        assert!(
+            body.contains("replica-b run [extra, stopped-payg]"),
+            "{body}"
+        );
+    }
+    assert!(
+        released(&h).is_empty(),
+        "nothing released while they disagree"
+    );
+    // Once both run the same files, the releases go out.
+    write_policy(a_dir.path(), "extra.yaml", extra);
+    common::wait_for("the releases", Duration::from_secs(60), || {
+        let done = released(&h) == want;
+        async move { done }
+    })
+    .await;
+    for (child, dir) in children {
+        common::sigterm(&child);
+        let out = finish(dir, child, "a replica after SIGTERM");
+        assert!(out.status.success(), "{}", out.stderr);
+    }
+    assert!(said(
+        a_dir.path(),
+        "the replicas run the same policy set again"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -722,12 +722,7 @@ async fn sigterm_interrupts_a_backoff_wait() {
         async move { n > 0 }
     })
     .await;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::sigterm(&child);
     let started = std::time::Instant::now();
     let out = tokio::task::spawn_blocking(move || wait_bounded(child, "apply after SIGTERM"))
         .await

@@ -281,6 +281,14 @@ pub(super) async fn status_page(State(s): State<AdminContext>) -> Result<Html<St
     } else {
         h.push_str("<div class=\"banner running\" id=\"running\">Running: releases are carried out as scheduled.</div>");
     }
+    if let Some(why) = s.ctx.policies.disagreement() {
+        // A replica on another checkout would queue and cancel the others' releases, or release
+        // under a policy deleted on purpose: every replica holds until they agree.
+        h.push_str(&format!(
+            "<div class=\"banner paused\" id=\"policy-sets\">Releases wait: {}.</div>",
+            esc(&why)
+        ));
+    }
     let load_error = s.health.load_error();
     if let Some(e) = load_error {
         // The folder changed and was refused: what runs is not what is in git.

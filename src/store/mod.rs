@@ -31,6 +31,7 @@ mod marks;
 mod observations;
 mod queue;
 mod recheck;
+mod replicas;
 mod rows;
 mod runs;
 mod safety;
@@ -49,6 +50,7 @@ pub use marks::{MarkRow, MarkState};
 pub use observations::Seen;
 pub use queue::NewRelease;
 pub use recheck::RecheckReads;
+pub use replicas::{disagreement, ReplicaRow};
 pub use rows::{
     BatchId, BatchMember, BatchState, ClaimedBatch, EventId, EventRow, Fence, ReleaseId,
     ReleaseRow, ReleaseSaving, ReleaseState, RunRow, RunStatus, SavedTotals,

@@ -22,10 +22,12 @@ use crate::store::{BatchMember, ClaimedBatch, MemberOutcome, PauseInfo, ReleaseI
 use crate::window::OperatingWindow;
 
 /// The switches that hold at every call.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Gate<'a> {
     /// `Some` while releases are paused (read from the database right before the decision).
     pub paused: Option<&'a PauseInfo>,
+    /// `Some` while the running replicas run different policy sets (the daemon's last look).
+    pub policy_sets_differ: Option<std::sync::Arc<str>>,
     pub window: Option<&'a OperatingWindow>,
     /// Nothing may be sent without DryRun.
     pub dry_run: bool,
@@ -85,6 +87,7 @@ pub enum Transition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
     Paused(PauseInfo),
+    PolicySetsDiffer(String),
     WindowClosed { opens: Option<DateTime<Utc>> },
     DryRun,
 }
@@ -93,6 +96,7 @@ impl Stop {
     pub fn describe(&self) -> String {
         match self {
             Stop::Paused(p) => format!("releases are {}", p.describe()),
+            Stop::PolicySetsDiffer(why) => why.clone(),
             Stop::WindowClosed { opens: Some(t) } => format!(
                 "outside the operating window, which opens at {}",
                 t.format("%Y-%m-%d %H:%M UTC")
@@ -112,6 +116,12 @@ pub fn gate_stop(gate: &Gate<'_>, now: DateTime<Utc>) -> Option<(Stop, DateTime<
     }
     if let Some(p) = gate.paused {
         return Some((Stop::Paused(p.clone()), now + chrono::Duration::seconds(1)));
+    }
+    if let Some(why) = gate.policy_sets_differ.as_deref() {
+        return Some((
+            Stop::PolicySetsDiffer(why.to_string()),
+            now + chrono::Duration::seconds(1),
+        ));
     }
     if let Some(w) = gate.window {
         if !w.is_open(now) {

@@ -582,6 +582,7 @@ impl Workers {
     fn gate<'a>(&'a self, paused: Option<&'a PauseInfo>) -> Gate<'a> {
         Gate {
             paused,
+            policy_sets_differ: self.ctx.policies.disagreement(),
             window: self.ctx.window.as_ref(),
             dry_run: self.dry_run,
             max_tries: i64::from(self.cfg.max_attempts.max(1)),

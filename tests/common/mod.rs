@@ -306,6 +306,15 @@ pub fn generic_notifier(url: url::Url) -> ecs_janitor::notify::Notifier {
     .unwrap()
 }
 
+/// Sends SIGTERM to `child`, as an operator or an orchestrator stops it.
+pub fn sigterm(child: &std::process::Child) {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {}", child.id());
+}
+
 /// Collects everything a log subscriber writes.
 #[derive(Clone, Default)]
 pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);

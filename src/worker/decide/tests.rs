@@ -74,6 +74,7 @@ struct World {
     policies: Vec<Policy>,
     protection: ProtectionConfig,
     paused: Option<PauseInfo>,
+    differ: Option<std::sync::Arc<str>>,
     dry_run: bool,
 }
 
@@ -91,6 +92,7 @@ impl World {
             policies: vec![policy("")],
             protection: ProtectionConfig::default(),
             paused: None,
+            differ: None,
             dry_run: false,
         }
     }
@@ -111,6 +113,7 @@ impl World {
             },
             &Gate {
                 paused: self.paused.as_ref(),
+                policy_sets_differ: self.differ.clone(),
                 window: None,
                 dry_run: self.dry_run,
                 max_tries: 4,
@@ -177,6 +180,19 @@ fn paused_sends_nothing_and_says_who() {
             why: Stop::Paused(p),
             ..
         } => assert_eq!(p.by, "alice"),
+        other => panic!("expected a wait, got {other:?}"),
+    }
+}
+
+#[test]
+fn replicas_running_different_policy_sets_send_nothing_and_say_why() {
+    let mut w = World::new(&[1]);
+    w.differ = Some("the replicas run different policy sets (a run [p]; b run [p, q])".into());
+    match w.decide(&batch(&[1], 0, None)) {
+        Transition::Wait {
+            why: Stop::PolicySetsDiffer(why),
+            ..
+        } => assert!(why.contains("b run [p, q]"), "{why}"),
         other => panic!("expected a wait, got {other:?}"),
     }
 }

@@ -1,0 +1,97 @@
+//! Which policy set each running daemon runs: replicas that disagree hold every release.
+
+use chrono::{DateTime, Utc};
+
+use super::db::Sql;
+use super::{from_ms, ms, Store, StoreError};
+
+/// A daemon as it last said: its policy set, by digest and by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRow {
+    pub id: String,
+    /// SHA-256 of the set's files (names relative to the folder, and contents).
+    pub policies_digest: String,
+    /// The set's policy names, comma-separated, for people.
+    pub policies: String,
+    pub seen_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Records that replica `id` runs the policy set `digest` (named `policies`) at `now`.
+    pub async fn replica_seen(
+        &self,
+        id: &str,
+        digest: &str,
+        policies: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.pool
+            .execute(
+                Sql::new(
+                    "INSERT INTO replicas (id, policies_digest, policies, seen_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (id) DO UPDATE SET policies_digest = excluded.policies_digest,
+                         policies = excluded.policies, seen_at = excluded.seen_at",
+                )
+                .bind(id)
+                .bind(digest)
+                .bind(policies)
+                .bind(ms(now)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The replicas seen since `since`, by id.
+    pub async fn live_replicas(&self, since: DateTime<Utc>) -> Result<Vec<ReplicaRow>, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = self
+            .pool
+            .fetch_all(
+                Sql::new(
+                    "SELECT id, policies_digest, policies, seen_at FROM replicas
+                     WHERE seen_at >= $1 ORDER BY id",
+                )
+                .bind(ms(since)),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, policies_digest, policies, seen)| ReplicaRow {
+                id,
+                policies_digest,
+                policies,
+                seen_at: from_ms(seen),
+            })
+            .collect())
+    }
+
+    /// Forgets replica `id` (it stopped cleanly): the others need not wait for it to age out.
+    pub async fn replica_gone(&self, id: &str) -> Result<(), StoreError> {
+        self.pool
+            .execute(Sql::new("DELETE FROM replicas WHERE id = $1").bind(id))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Why releases must wait, when the replicas in `live` run different policy sets: each set
+/// with the replicas that run it. `None` when they agree (or there is one).
+pub fn disagreement(live: &[ReplicaRow]) -> Option<String> {
+    let mut sets: std::collections::BTreeMap<(&str, &str), Vec<&str>> = Default::default();
+    for r in live {
+        sets.entry((r.policies_digest.as_str(), r.policies.as_str()))
+            .or_default()
+            .push(r.id.as_str());
+    }
+    if sets.len() < 2 {
+        return None;
+    }
+    let each: Vec<String> = sets
+        .iter()
+        .map(|((_, names), ids)| format!("{} run [{names}]", ids.join(", ")))
+        .collect();
+    Some(format!(
+        "the replicas run different policy sets ({}); releases wait until every replica runs the same files (update or stop the others)",
+        each.join("; ")
+    ))
+}
