@@ -46,6 +46,7 @@ impl App {
             force_dry_run: dry_run,
             run_lease: chrono::Duration::from_std(worker_cfg.lease)
                 .unwrap_or(chrono::Duration::seconds(30)),
+            running: Default::default(),
         };
         let workers = Workers::new(ctx.clone(), worker_cfg);
         App {
@@ -88,9 +89,18 @@ impl App {
             self.check_saved(s, &policies, opts.max_plan_age, started)
                 .await?;
         }
+        // An apply from a folder other than the running replicas' (an old checkout) releases
+        // nothing while they differ, and calls off nothing of theirs.
+        let agree = match &opts.policies_dir {
+            Some(dir) if !self.reconciler.force_dry_run => {
+                let set = crate::replicas::PolicySet::of(dir, &self.policies());
+                crate::replicas::compare(&self.ctx, &set, started).await?
+            }
+            _ => true,
+        };
         // A whole-queue run works every queued release: those of a policy no longer loaded
         // (removed or renamed) are called off first, so a renamed policy queues its own.
-        if !narrowed && saved.is_none() && !self.reconciler.force_dry_run {
+        if agree && !narrowed && saved.is_none() && !self.reconciler.force_dry_run {
             self.reconciler.end_orphans(started).await?;
         }
         // A signal or the run's deadline interrupts the pass too (its listing's retries and
@@ -98,6 +108,13 @@ impl App {
         let mut pass = tokio::select! {
             r = self.reconciler.pass(&policies, started, saved, started) => r?,
             _ = cancel.cancelled() => {
+                // Its runs are closed, not left for a daemon to take over and finish.
+                let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+                let _ = self
+                    .ctx
+                    .store
+                    .abandon_runs(&names, started, &self.reconciler.owner, "stopped by a signal or its --timeout during the pass", self.ctx.clock.now())
+                    .await;
                 return Err(AppError::Other(
                     "stopped before the reconcile pass finished; nothing was released".into(),
                 ))
@@ -193,6 +210,7 @@ impl App {
         }
         let now = self.ctx.clock.now();
         let window_note = match (&stopped, &self.ctx.window) {
+            (Some(Stop::PolicySetsDiffer(why)), _) => Some(format!("Releases wait: {why}.")),
             (Some(Stop::WindowClosed { .. }), Some(w)) | (None, Some(w)) if !w.is_open(now) => {
                 Some(match w.next_open(now) {
                     Some(at) => format!(
@@ -282,6 +300,9 @@ pub struct ApplyOptions {
     /// large pass (every release with its reasons and priced lines) would otherwise be held
     /// while the queue is worked, when the report needs only the runs.
     pub keep_plan: bool,
+    /// The folder the policies were loaded from: its files are compared with what the running
+    /// replicas run, and releases wait while they differ. `None`: not compared.
+    pub policies_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ApplyOptions {
@@ -290,6 +311,7 @@ impl Default for ApplyOptions {
             only: Vec::new(),
             max_plan_age: chrono::Duration::hours(24),
             keep_plan: true,
+            policies_dir: None,
         }
     }
 }

@@ -90,81 +90,31 @@ fn reload(app: &App, dir: &Path, health: &Health) -> bool {
     }
 }
 
-/// The policy set this replica runs, as it tells the others.
-#[derive(Debug, Default)]
-struct SetInfo {
-    /// SHA-256 of the set's files: their names relative to the folder, and their contents.
-    digest: String,
-    /// The set's policy names, for people.
-    names: String,
-}
-
-impl SetInfo {
-    /// The set just loaded from `dir`.
-    fn of(app: &App, dir: &Path) -> SetInfo {
-        use sha2::Digest;
-        let mut files = crate::policy::policy_files(dir).files;
-        files.sort();
-        let mut h = sha2::Sha256::new();
-        for f in &files {
-            let name = f
-                .strip_prefix(dir)
-                .unwrap_or(f)
-                .to_string_lossy()
-                .into_owned();
-            let body = std::fs::read(f).unwrap_or_default();
-            h.update((name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            h.update((body.len() as u64).to_le_bytes());
-            h.update(&body);
-        }
-        let digest = h.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let names: Vec<String> = app.policies().iter().map(|p| p.name.clone()).collect();
-        SetInfo {
-            digest,
-            names: names.join(", "),
-        }
-    }
-}
-
-/// Tells the other replicas which policy set this one runs, and sees which they run: while the
-/// live ones (seen within three leases) disagree, this replica sends no DeleteInstances. A
-/// database that does not answer leaves the last look standing.
-async fn tell_replicas(app: &App, set: &SetInfo) {
+/// This replica's beat with the set it runs; true when the replicas have just come to agree
+/// (what a disagreement held back may go on).
+async fn beat(app: &App, set: &std::sync::Mutex<crate::replicas::PolicySet>) -> bool {
+    let set = set.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let now = app.ctx.clock.now();
-    let store = &app.ctx.store;
-    let seen = async {
-        store
-            .replica_seen(&app.reconciler.owner, &set.digest, &set.names, now)
-            .await?;
-        store
-            .live_replicas(now - app.reconciler.run_lease * 3)
-            .await
-    };
-    let live = match seen.await {
-        Ok(live) => live,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot compare this replica's policy set with the others'");
-            return;
-        }
-    };
-    let why = crate::store::disagreement(&live);
-    if app.ctx.policies.set_disagreement(why.clone()) {
-        match why {
-            Some(why) => tracing::warn!("{why}"),
-            None => tracing::info!("the replicas run the same policy set again; releases go on"),
-        }
-    }
+    matches!(
+        crate::replicas::beat(
+            &app.ctx,
+            &app.reconciler.owner,
+            &set,
+            app.reconciler.run_lease,
+            now
+        )
+        .await,
+        Some((true, true))
+    )
 }
 
-/// After a set of policies is loaded: the queued releases of those no longer in it are called
-/// off (and their marks taken off the instances). A failure is logged; the re-check before
+/// After a set of policies is loaded, a pass, or the replicas coming to agree: the queued
+/// releases of policies not loaded are called off (and their marks taken off the instances),
+/// unless the replicas run different sets. A failure is logged; the re-check before
 /// each call still cancels them at their time.
 async fn end_orphans(app: &App) {
-    if app.reconciler.force_dry_run {
+    // Replicas that disagree on the set would call off each other's releases.
+    if app.reconciler.force_dry_run || app.ctx.policies.disagreement().is_some() {
         return;
     }
     let now = app.ctx.clock.now();
@@ -187,7 +137,7 @@ async fn end_orphans(app: &App) {
 /// tick ended unrenewed), each here, unless a later tick of the policy has begun since or the
 /// policy is no longer loaded: then the tick is closed as failed, with why. Before, such a tick
 /// stayed "running" and was never reconciled: a daily policy lost its day.
-async fn take_over(app: &App, wake: &tokio::sync::Notify) {
+async fn take_over(app: &App, wake: &tokio::sync::Notify, stop: &CancellationToken) {
     let now = app.ctx.clock.now();
     let abandoned = match app.ctx.store.abandoned_runs(now).await {
         Ok(a) => a,
@@ -199,15 +149,23 @@ async fn take_over(app: &App, wake: &tokio::sync::Notify) {
     let loaded = app.policies();
     for run in abandoned {
         let tick = run.scheduled_for;
+        // This process's own pass, its renewal held up (the SQLite writer busy): not abandoned.
+        if stop.is_cancelled() || app.reconciler.running_here(&run.policy, tick) {
+            continue;
+        }
         let policy = loaded.iter().find(|p| p.name == run.policy);
         match policy {
             Some(p) if !run.superseded => {
                 tracing::warn!(policy = %run.policy, %tick, replica = %run.owner, "replica stopped during this tick's pass (its lease ended); reconciling the tick here");
-                match app
-                    .reconciler
-                    .pass(std::slice::from_ref(p), tick, None, app.ctx.clock.now())
-                    .await
-                {
+                let pass =
+                    app.reconciler
+                        .pass(std::slice::from_ref(p), tick, None, app.ctx.clock.now());
+                let passed = tokio::select! {
+                    r = pass => r,
+                    // Left for the next replica; its lease ends unrenewed.
+                    _ = stop.cancelled() => return,
+                };
+                match passed {
                     Ok(r) => {
                         for run in r.runs.iter().filter(|r| r.ran) {
                             tracing::info!(policy = %run.policy, %tick, planned = run.planned, enqueued = run.enqueued, cancelled = run.cancelled, error = ?run.error, "reconciled a tick taken over");
@@ -229,21 +187,13 @@ async fn take_over(app: &App, wake: &tokio::sync::Notify) {
                         "the policy is no longer loaded"
                     }
                 );
-                let closed = app
+                // Only while still abandoned, and told once, whichever replica closes it.
+                if let Err(e) = app
                     .ctx
                     .store
-                    .finish_run(&crate::store::RunEnd::error(&run.policy, tick), now)
-                    .await;
-                let event = crate::store::NewEvent {
-                    kind: "run_failed",
-                    policy: Some(run.policy.clone()),
-                    detail: why,
-                    ..Default::default()
-                };
-                if let Err(e) = match closed {
-                    Ok(()) => app.ctx.store.record_event(event, now).await,
-                    Err(e) => Err(e),
-                } {
+                    .close_abandoned(&run.policy, tick, &why, now)
+                    .await
+                {
                     tracing::warn!(policy = %run.policy, error = %e, "cannot close a tick a stopped replica left unfinished");
                 }
             }
@@ -283,13 +233,18 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     };
 
     let mut last_print = fingerprint(&cfg.policies_dir);
-    let mut running_set = SetInfo::default();
+    // Nothing is released until this replica has compared its set with the others'.
+    app.ctx
+        .policies
+        .set_disagreement(Some(crate::replicas::NOT_YET_COMPARED.into()));
+    let running_set = Arc::new(std::sync::Mutex::new(crate::replicas::PolicySet::default()));
     if reload(&app, &cfg.policies_dir, &health) {
-        running_set = SetInfo::of(&app, &cfg.policies_dir);
-        end_orphans(&app).await;
+        *running_set.lock().unwrap_or_else(|e| e.into_inner()) =
+            crate::replicas::PolicySet::of(&cfg.policies_dir, &app.policies());
     }
     // Before any worker claims: a replica started on another checkout holds from the start.
-    tell_replicas(&app, &running_set).await;
+    beat(&app, &running_set).await;
+    end_orphans(&app).await;
 
     let wake = Arc::new(tokio::sync::Notify::new());
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -312,35 +267,57 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
 
     let mut ticker = tokio::time::interval(cfg.reload_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Ticks a stopped replica left unfinished are looked for twice a lease.
-    let mut orphaned_ticks = tokio::time::interval(
-        (app.reconciler.run_lease / 2)
-            .to_std()
-            .unwrap_or(Duration::from_secs(15))
-            .max(Duration::from_millis(500)),
-    );
-    orphaned_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut taking_over: Option<tokio::task::JoinHandle<()>> = None;
+    // Twice a lease, on a task of its own (a slow step never delays the beat): this replica's
+    // beat, then the ticks a stopped replica left unfinished.
+    let beats = {
+        let app = app.clone();
+        let set = running_set.clone();
+        let wake = wake.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(
+                (app.reconciler.run_lease / 2)
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(15))
+                    .max(Duration::from_millis(500)),
+            );
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut side: Option<tokio::task::JoinHandle<()>> = None;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => {}
+                }
+                let agreed_again = beat(&app, &set).await;
+                if side.as_ref().is_none_or(|t| t.is_finished()) {
+                    let (app, wake, stop) = (app.clone(), wake.clone(), stop.clone());
+                    side = Some(tokio::spawn(async move {
+                        if agreed_again {
+                            end_orphans(&app).await;
+                        }
+                        take_over(&app, &wake, &stop).await;
+                    }));
+                }
+            }
+            if let Some(t) = side {
+                let _ = t.await;
+            }
+        })
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = orphaned_ticks.tick() => {
-                tell_replicas(&app, &running_set).await;
-                if taking_over.as_ref().is_none_or(|t| t.is_finished()) {
-                    let app = app.clone();
-                    let wake = wake.clone();
-                    taking_over = Some(tokio::spawn(async move { take_over(&app, &wake).await }));
-                }
-            }
             _ = ticker.tick() => {
                 let print = fingerprint(&cfg.policies_dir);
                 if print != last_print {
                     last_print = print;
                     if reload(&app, &cfg.policies_dir, &health) {
-                        running_set = SetInfo::of(&app, &cfg.policies_dir);
-                        tell_replicas(&app, &running_set).await;
+                        *running_set.lock().unwrap_or_else(|e| e.into_inner()) =
+                            crate::replicas::PolicySet::of(&cfg.policies_dir, &app.policies());
+                        beat(&app, &running_set).await;
                         changed.notify_one();
-                        end_orphans(&app).await;
+                        let app = app.clone();
+                        tokio::spawn(async move { end_orphans(&app).await });
                     }
                 }
             }
@@ -348,9 +325,7 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
     }
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: no new claims; waiting for calls in flight");
     let _ = scheduler.await;
-    if let Some(t) = taking_over {
-        let _ = t.await;
-    }
+    let _ = beats.await;
     if tokio::time::timeout(cfg.shutdown_grace, workers)
         .await
         .is_err()
@@ -403,6 +378,8 @@ async fn scheduler(
                         }
                     }
                     wake.notify_waiters();
+                    // What a pass begun before a reload queued under a name since dropped.
+                    end_orphans(&app).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "reconcile failed; the next tick tries again")

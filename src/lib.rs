@@ -28,6 +28,7 @@ pub mod plan;
 pub mod policy;
 pub mod pricing;
 pub mod reconcile;
+pub mod replicas;
 pub mod schedule;
 pub mod server;
 pub mod settings;

@@ -35,6 +35,8 @@ pub struct Reconciler {
     /// How long a replica holds a tick without renewing it (the workers' lease): a pass renews
     /// its runs' leases as it goes, and a tick left by a stopped replica is taken over after.
     pub run_lease: chrono::Duration,
+    /// The ticks this process is reconciling now (policy, tick).
+    pub running: std::sync::Arc<std::sync::Mutex<HashSet<Tick>>>,
 }
 
 /// What one policy's run did.
@@ -88,7 +90,48 @@ pub struct NotCarried {
     pub why: String,
 }
 
+/// A policy's tick: (policy, scheduled time).
+pub type Tick = (String, DateTime<Utc>);
+
+/// The ticks a pass of this process holds, listed in [`Reconciler::running`] until it ends
+/// (or is dropped).
+struct Running<'a> {
+    set: &'a std::sync::Mutex<HashSet<Tick>>,
+    ticks: Vec<Tick>,
+}
+
+impl<'a> Running<'a> {
+    fn of(r: &'a Reconciler, policies: &[Policy], tick: DateTime<Utc>) -> Running<'a> {
+        let ticks: Vec<Tick> = policies.iter().map(|p| (p.name.clone(), tick)).collect();
+        r.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ticks.iter().cloned());
+        Running {
+            set: &r.running,
+            ticks,
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        for t in &self.ticks {
+            set.remove(t);
+        }
+    }
+}
+
 impl Reconciler {
+    /// Whether this process is reconciling `policy`'s tick `tick` now.
+    pub fn running_here(&self, policy: &str, tick: DateTime<Utc>) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(policy.to_string(), tick))
+    }
+
     /// Calls off the queued releases of policies no longer loaded (removed, or renamed), each
     /// with why, and tells the owners of those announced as scheduled. Nothing would release
     /// them (the re-check at their time cancels them), yet they would sit in the queue and on
@@ -220,6 +263,7 @@ impl Reconciler {
         }
         let span = tracing::info_span!("run", tick = %scheduled_for, owner = %self.owner,
             policies = ?mine.iter().map(|p| p.name.as_str()).collect::<Vec<_>>());
+        let _running = Running::of(self, &mine, scheduled_for);
         let reconcile =
             tracing::Instrument::instrument(self.reconcile(&mine, scheduled_for, saved, now), span);
         // The runs' leases are renewed while the pass goes on, however long its listing takes.

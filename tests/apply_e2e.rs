@@ -672,3 +672,50 @@ limits:
         report.render(Utc::now())
     );
 }
+
+/// `apply` from a folder other than the one the running replicas run (an old checkout on a
+/// laptop) releases nothing and calls off nothing of theirs while they differ, and says why.
+#[tokio::test]
+async fn apply_from_other_policy_files_than_the_running_replicas_releases_nothing() {
+    let fleet = common::ci_fleet(3);
+    let h = common::start_sim(fleet, Faults::default(), 15).await;
+    let db = common::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ci.yaml"), CI_POLICY).unwrap();
+    let now = Utc::now();
+    db.store
+        .replica_seen(
+            "replica-a",
+            "0123abcd",
+            "other",
+            now + chrono::Duration::minutes(1),
+        )
+        .await
+        .unwrap();
+    let app = app_for(&h, &db, policies(CI_POLICY), Arc::new(SystemClock)).await;
+    let opts = ecs_janitor::app::ApplyOptions {
+        policies_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let report = app
+        .apply(None, &opts, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        released(&h).is_empty(),
+        "nothing released while they differ"
+    );
+    let note = report.window_note.clone().unwrap_or_default();
+    assert!(
+        note.contains("Releases wait: the replicas run different policy sets")
+            && note.contains("replica-a run [other]"),
+        "{note}"
+    );
+    // Once no replica runs (it stopped), the same apply releases.
+    db.store.replica_gone("replica-a").await.unwrap();
+    let app = app_for(&h, &db, policies(CI_POLICY), Arc::new(SystemClock)).await;
+    app.apply(None, &opts, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(!released(&h).is_empty());
+}

@@ -615,8 +615,10 @@ async fn replicas_running_different_policy_sets_release_nothing_until_they_agree
                 &listen,
                 "--replica-id",
                 name,
+                // Counted as running for 15 s from each beat (every 2.5 s): a loaded machine
+                // does not drop a replica from the other's view mid-test.
                 "--lease-secs",
-                "2",
+                "5",
                 "--reload-ms",
                 "200",
             ],
@@ -696,7 +698,7 @@ async fn replicas_running_different_policy_sets_release_nothing_until_they_agree
     }
     assert!(said(
         a_dir.path(),
-        "the replicas run the same policy set again"
+        "the replicas run the same policy set; releases go on"
     ));
 }
 

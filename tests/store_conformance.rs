@@ -2210,3 +2210,34 @@ conformance!(
         assert!(s.abandoned_runs(at(3600)).await.unwrap().is_empty());
     }
 );
+
+conformance!(
+    an_abandoned_tick_a_later_tick_followed_is_closed_once,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let lease = chrono::Duration::seconds(30);
+        let at = |secs: i64| t0() + chrono::Duration::seconds(secs);
+        assert!(s.begin_run("p", t0(), "a", t0(), lease).await.unwrap());
+        assert!(s.begin_run("p", at(60), "b", at(60), lease).await.unwrap());
+        let abandoned = s.abandoned_runs(at(61)).await.unwrap();
+        assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+        assert!(abandoned[0].superseded, "{abandoned:?}");
+        // Closed once, with one event, whichever replica gets there first.
+        assert!(s.close_abandoned("p", t0(), "gone", at(61)).await.unwrap());
+        assert!(!s.close_abandoned("p", t0(), "gone", at(62)).await.unwrap());
+        let failed = s
+            .events_where(&ecs_janitor::store::EventFilter {
+                kind: Some("run_failed".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        // The later tick, still leased, is neither abandoned nor closed.
+        assert!(s.abandoned_runs(at(62)).await.unwrap().is_empty());
+        assert!(!s
+            .close_abandoned("p", at(60), "gone", at(62))
+            .await
+            .unwrap());
+    }
+);

@@ -66,6 +66,7 @@ pub(super) async fn apply(args: ApplyArgs, settings: Settings) -> anyhow::Result
         only: args.only.clone(),
         max_plan_age: args.max_plan_age,
         keep_plan: false,
+        policies_dir: Some(settings.policies.clone()),
     };
     let report = app.apply(saved.as_ref(), &opts, cancel).await;
     if let Some(p) = progress {

@@ -24,6 +24,7 @@ pub(super) async fn plan(args: PlanArgs, settings: Settings) -> anyhow::Result<E
         force_dry_run: true,
         // plan records no run.
         run_lease: chrono::Duration::zero(),
+        running: Default::default(),
     };
     let plan = rec.plan_only(&policies, chrono::Utc::now()).await?;
     if let Some(path) = &args.out {

@@ -156,8 +156,15 @@ pub enum WebhookFault {
 /// Reads one webhook entry (a configuration file's `webhooks:` item), saying which of its keys
 /// is at fault and why. A secret's value never appears in the message.
 pub fn parse_webhook(v: &serde_json::Value) -> Result<WebhookConfig, (WebhookFault, String)> {
-    let raw: RawWebhook =
-        serde_json::from_value(v.clone()).map_err(|e| (fault_of(v), e.to_string()))?;
+    let raw: RawWebhook = serde_json::from_value(v.clone()).map_err(|e| {
+        let fault = fault_of(v);
+        // serde quotes a bad value: never a secret's.
+        let message = match &fault {
+            WebhookFault::Value("secret") => "webhook `secret` must be text".to_string(),
+            _ => e.to_string(),
+        };
+        (fault, message)
+    })?;
     WebhookConfig::try_from(raw).map_err(|e| (WebhookFault::Value(e.key()), e.to_string()))
 }
 

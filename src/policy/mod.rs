@@ -23,7 +23,7 @@ pub use regions::{closest_region, is_known_region, ECS_REGIONS};
 pub use schema::json_schema;
 pub use validate::is_valid_account;
 pub(crate) use validate::{closest, edit_distance};
-pub use walk::{policy_files, PolicyFiles};
+pub use walk::{policy_files, set_digest, PolicyFiles};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

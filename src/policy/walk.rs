@@ -281,3 +281,29 @@ mod tests {
         assert!(found.files.is_empty());
     }
 }
+
+/// A digest of the policy set in `dir` as replicas compare it: SHA-256 of each policy file's
+/// name relative to `dir` and its contents, in name order (the same files give the same digest
+/// wherever the folder is mounted).
+pub fn set_digest(dir: &Path) -> String {
+    use sha2::Digest;
+    let mut files = policy_files(dir).files;
+    files.sort();
+    let mut h = sha2::Sha256::new();
+    for f in &files {
+        let name = f
+            .strip_prefix(dir)
+            .unwrap_or(f)
+            .to_string_lossy()
+            .into_owned();
+        let body = std::fs::read(f).unwrap_or_default();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((body.len() as u64).to_le_bytes());
+        h.update(&body);
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

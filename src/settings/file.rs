@@ -513,7 +513,7 @@ mod tests {
     fn a_bad_webhook_key_is_located_at_the_key() {
         let c = ConfigFile::parse(
             Path::new("j.yaml"),
-            "webhooks:\n  - name: team\n    url: https://example.invalid/hook\n    format: slakc\n  - url: ftp://x/y\n    format: slack\n  - url: https://example.invalid/h\n    secret: SECabc\n  - url: https://example.invalid/h\n    fromat: slack\n  - url: https://example.invalid/h\n    name: [a, b]\n",
+            "webhooks:\n  - name: team\n    url: https://example.invalid/hook\n    format: slakc\n  - url: ftp://x/y\n    format: slack\n  - url: https://example.invalid/h\n    secret: SECabc\n  - url: https://example.invalid/h\n    fromat: slack\n  - url: https://example.invalid/h\n    name: [a, b]\n  - url: https://example.invalid/h\n    format: dingtalk\n    secret: 12345\n",
         )
         .unwrap();
         let problems: Vec<String> = c
@@ -522,18 +522,19 @@ mod tests {
             .iter()
             .map(|e| e.to_string())
             .collect();
-        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert_eq!(problems.len(), 6, "{problems:?}");
         let want = [
             ("j.yaml:4:13", "`format`"),
             ("j.yaml:5:10", "`url`"),
             ("j.yaml:8:13", "`secret`"),
             ("j.yaml:10:5", "`fromat`"),
             ("j.yaml:12:11", "`name`"),
+            ("j.yaml:15:13", "`secret`"),
         ];
         for ((place, key), got) in want.iter().zip(&problems) {
             assert!(got.starts_with(&format!("{place}: ")), "{got}");
             assert!(got.contains(key), "{got}");
-            assert!(!got.contains("SECabc"), "{got}");
+            assert!(!got.contains("SECabc") && !got.contains("12345"), "{got}");
         }
     }
 

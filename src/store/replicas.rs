@@ -13,54 +13,56 @@ pub struct ReplicaRow {
     pub policies_digest: String,
     /// The set's policy names, comma-separated, for people.
     pub policies: String,
-    pub seen_at: DateTime<Utc>,
+    /// Counted as running until then: three of its own leases after it last said so.
+    pub live_until: DateTime<Utc>,
 }
 
 impl Store {
-    /// Records that replica `id` runs the policy set `digest` (named `policies`) at `now`.
+    /// Records that replica `id` runs the policy set `digest` (named `policies`), to be counted
+    /// as running until `live_until`.
     pub async fn replica_seen(
         &self,
         id: &str,
         digest: &str,
         policies: &str,
-        now: DateTime<Utc>,
+        live_until: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.pool
             .execute(
                 Sql::new(
-                    "INSERT INTO replicas (id, policies_digest, policies, seen_at)
+                    "INSERT INTO replicas (id, policies_digest, policies, live_until)
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (id) DO UPDATE SET policies_digest = excluded.policies_digest,
-                         policies = excluded.policies, seen_at = excluded.seen_at",
+                         policies = excluded.policies, live_until = excluded.live_until",
                 )
                 .bind(id)
                 .bind(digest)
                 .bind(policies)
-                .bind(ms(now)),
+                .bind(ms(live_until)),
             )
             .await?;
         Ok(())
     }
 
-    /// The replicas seen since `since`, by id.
-    pub async fn live_replicas(&self, since: DateTime<Utc>) -> Result<Vec<ReplicaRow>, StoreError> {
+    /// The replicas running at `now`, by id.
+    pub async fn live_replicas(&self, now: DateTime<Utc>) -> Result<Vec<ReplicaRow>, StoreError> {
         let rows: Vec<(String, String, String, i64)> = self
             .pool
             .fetch_all(
                 Sql::new(
-                    "SELECT id, policies_digest, policies, seen_at FROM replicas
-                     WHERE seen_at >= $1 ORDER BY id",
+                    "SELECT id, policies_digest, policies, live_until FROM replicas
+                     WHERE live_until >= $1 ORDER BY id",
                 )
-                .bind(ms(since)),
+                .bind(ms(now)),
             )
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, policies_digest, policies, seen)| ReplicaRow {
+            .map(|(id, policies_digest, policies, until)| ReplicaRow {
                 id,
                 policies_digest,
                 policies,
-                seen_at: from_ms(seen),
+                live_until: from_ms(until),
             })
             .collect())
     }

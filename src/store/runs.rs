@@ -108,6 +108,83 @@ impl Store {
         Ok(())
     }
 
+    /// Closes as failed the run of `policy` at `tick` while it is still abandoned (unfinished,
+    /// its lease ended), with a `run_failed` event saying `why`; nothing when another replica
+    /// took it over or closed it first.
+    pub async fn close_abandoned(
+        &self,
+        policy: &str,
+        tick: DateTime<Utc>,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = tx
+            .execute(
+                Sql::new(
+                    "UPDATE policy_runs SET finished_at = $3, outcome = $4
+                     WHERE policy = $1 AND scheduled_for = $2 AND finished_at IS NULL
+                       AND COALESCE(lease_expires_at, 0) <= $3",
+                )
+                .bind(policy)
+                .bind(ms(tick))
+                .bind(ms(now))
+                .bind(RunStatus::Error.as_str()),
+            )
+            .await?;
+        if n == 1 {
+            let event = super::NewEvent {
+                kind: "run_failed",
+                policy: Some(policy.to_string()),
+                detail: why.to_string(),
+                ..Default::default()
+            };
+            super::audit::insert_event(&mut tx, event, now).await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Closes as failed `owner`'s unfinished runs of `policies` at `tick` (a one-shot pass
+    /// stopped before it ended), each with a `run_failed` event saying `why`.
+    pub async fn abandon_runs(
+        &self,
+        policies: &[String],
+        tick: DateTime<Utc>,
+        owner: &str,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        for policy in policies {
+            let mut tx = self.pool.begin().await?;
+            let n = tx
+                .execute(
+                    Sql::new(
+                        "UPDATE policy_runs SET finished_at = $3, outcome = $4
+                         WHERE policy = $1 AND scheduled_for = $2 AND owner = $5
+                           AND finished_at IS NULL",
+                    )
+                    .bind(policy.as_str())
+                    .bind(ms(tick))
+                    .bind(ms(now))
+                    .bind(RunStatus::Error.as_str())
+                    .bind(owner),
+                )
+                .await?;
+            if n == 1 {
+                let event = super::NewEvent {
+                    kind: "run_failed",
+                    policy: Some(policy.clone()),
+                    detail: why.to_string(),
+                    ..Default::default()
+                };
+                super::audit::insert_event(&mut tx, event, now).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
     /// Runs left unfinished by a replica that stopped renewing their lease, oldest first, each
     /// with whether a later tick of its policy has begun since.
     pub async fn abandoned_runs(
@@ -146,7 +223,7 @@ impl Store {
                 Sql::new(
                     "UPDATE policy_runs SET finished_at = $3, outcome = $4, planned = $5,
                             enqueued = $6, cancelled = $7, refused = $8
-                     WHERE policy = $1 AND scheduled_for = $2",
+                     WHERE policy = $1 AND scheduled_for = $2 AND finished_at IS NULL",
                 )
                 .bind(end.policy)
                 .bind(ms(end.scheduled_for))

@@ -905,10 +905,15 @@ impl Workers {
             let lease = self.cfg.lease;
             let clock = self.ctx.clock.clone();
             let window = self.ctx.window.clone();
+            let policies = self.ctx.policies.clone();
             Box::new(move || {
                 Box::pin(async move {
                     let now = clock.now();
                     if window.as_ref().is_some_and(|w| !w.is_open(now)) {
+                        return false;
+                    }
+                    // Replicas that came to disagree while this call waited for its turn.
+                    if policies.disagreement().is_some() {
                         return false;
                     }
                     match store

@@ -1,0 +1,95 @@
+//! Whether the running replicas, and a one-shot `apply` beside them, run the same policy files.
+//! While they do not, no DeleteInstances is sent: the workers' gate, and their last check before
+//! each call, read [`crate::context::Policies::disagreement`], which this module sets.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use crate::context::Context;
+use crate::policy::Policy;
+use crate::store::{ReplicaRow, StoreError};
+
+/// What a replica says of itself before it has compared its set with the others': it holds.
+pub const NOT_YET_COMPARED: &str =
+    "this replica has not yet compared its policy set with the other replicas' (the database did not answer)";
+
+/// A policy set as replicas compare it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySet {
+    /// [`crate::policy::set_digest`] of the folder it was loaded from.
+    pub digest: String,
+    /// Its policy names, for people.
+    pub names: String,
+}
+
+impl PolicySet {
+    /// The set `policies`, just loaded from `dir`.
+    pub fn of(dir: &Path, policies: &[Policy]) -> PolicySet {
+        let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+        PolicySet {
+            digest: crate::policy::set_digest(dir),
+            names: names.join(", "),
+        }
+    }
+}
+
+/// A replica's beat: records that replica `id` runs `set`, counted as running for three of its
+/// leases, then compares the live replicas' sets and holds releases while they differ. `None`
+/// when the database did not answer (the last look stands); else whether they agree, and
+/// whether that changed.
+pub async fn beat(
+    ctx: &Context,
+    id: &str,
+    set: &PolicySet,
+    lease: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Option<(bool, bool)> {
+    let looked = async {
+        ctx.store
+            .replica_seen(id, &set.digest, &set.names, now + lease * 3)
+            .await?;
+        ctx.store.live_replicas(now).await
+    };
+    match looked.await {
+        Ok(live) => Some(hold_if_different(ctx, &live)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot compare this replica's policy set with the others'");
+            None
+        }
+    }
+}
+
+/// A one-shot command's look, without joining the replicas: its `set` against the live
+/// replicas' (none running: they agree). Holds its releases while they differ.
+pub async fn compare(
+    ctx: &Context,
+    set: &PolicySet,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let mut live = ctx.store.live_replicas(now).await?;
+    if live.is_empty() {
+        return Ok(true);
+    }
+    live.push(ReplicaRow {
+        id: "this apply".into(),
+        policies_digest: set.digest.clone(),
+        policies: set.names.clone(),
+        live_until: now,
+    });
+    Ok(hold_if_different(ctx, &live).0)
+}
+
+/// Sets the hold from `live`: whether they agree, and whether the hold changed.
+fn hold_if_different(ctx: &Context, live: &[ReplicaRow]) -> (bool, bool) {
+    let why = crate::store::disagreement(live);
+    let agree = why.is_none();
+    let changed = ctx.policies.set_disagreement(why.clone());
+    if changed {
+        match why {
+            Some(why) => tracing::warn!("{why}"),
+            None => tracing::info!("the replicas run the same policy set; releases go on"),
+        }
+    }
+    (agree, changed)
+}
