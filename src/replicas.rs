@@ -14,6 +14,18 @@ use crate::store::{ReplicaRow, StoreError};
 pub const NOT_YET_COMPARED: &str =
     "this replica has not yet compared its policy set with the other replicas' (the database did not answer)";
 
+/// This process among replicas: told apart from another given the same id.
+fn nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!("{}-{started}", std::process::id())
+    })
+}
+
 /// A policy set as replicas compare it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicySet {
@@ -46,13 +58,26 @@ pub async fn beat(
     now: DateTime<Utc>,
 ) -> Option<(bool, bool)> {
     let looked = async {
-        ctx.store
-            .replica_seen(id, &set.digest, &set.names, now + lease * 3)
+        let clash = ctx
+            .store
+            .replica_seen(id, nonce(), &set.digest, &set.names, now + lease * 3, now)
             .await?;
-        ctx.store.live_replicas(now).await
+        Ok::<_, StoreError>((clash, ctx.store.live_replicas(now).await?))
     };
     match looked.await {
-        Ok(live) => Some(hold_if_different(ctx, &live)),
+        Ok((Some(until), _)) => {
+            // Told apart by their nonces: both hold while both write the row.
+            let why = format!(
+                "another process runs as replica {id} (counted as running until {}): two daemons given one id, or this one before a restart; releases wait until it stops (give each daemon its own --replica-id)",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+            let changed = ctx.policies.set_disagreement(Some(why.clone()));
+            if changed {
+                tracing::warn!("{why}");
+            }
+            Some((false, changed))
+        }
+        Ok((None, live)) => Some(hold_if_different(ctx, &live)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot compare this replica's policy set with the others'");
             None

@@ -686,9 +686,11 @@ async fn apply_from_other_policy_files_than_the_running_replicas_releases_nothin
     db.store
         .replica_seen(
             "replica-a",
+            "its-process",
             "0123abcd",
             "other",
             now + chrono::Duration::minutes(1),
+            now,
         )
         .await
         .unwrap();

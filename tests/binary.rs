@@ -702,6 +702,64 @@ async fn replicas_running_different_policy_sets_release_nothing_until_they_agree
     ));
 }
 
+/// Two daemons given one replica id (a fixed hostname and PID 1 in two containers) would share
+/// one row and never be seen to disagree: each tells the other apart and holds, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_given_one_replica_id_hold_and_say_so() {
+    let Some(db) = common::postgres().await else {
+        return;
+    };
+    let h = common::start_sim(fleet::generate(50, 38, Utc::now()), Faults::default(), 38).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), "p.yaml", STOPPED_PAYG);
+    let store = Store::connect(&db.url).await.unwrap();
+    // Paused throughout: this is about what they say, the gate is tested elsewhere.
+    store.pause("test", "twins", Utc::now()).await.unwrap();
+    let twins: Vec<Child> = (0..2)
+        .map(|_| {
+            let listen = format!("127.0.0.1:{}", free_port());
+            janitor(
+                &h,
+                dir.path(),
+                &db.url,
+                &[
+                    "run",
+                    "--listen",
+                    &listen,
+                    "--replica-id",
+                    "twin",
+                    "--lease-secs",
+                    "2",
+                ],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let said = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("err-"))
+            .filter(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .contains("another process runs as replica twin")
+            })
+            .count()
+    };
+    common::wait_for("both twins saying so", Duration::from_secs(60), || {
+        let n = said();
+        async move { n == 2 }
+    })
+    .await;
+    for child in twins {
+        common::sigterm(&child);
+        let out = finish(dir.path(), child, "a twin after SIGTERM");
+        assert!(out.status.success(), "{}", out.stderr);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_share_one_postgres_without_running_a_tick_or_a_batch_twice() {
     let Some(db) = common::postgres().await else {

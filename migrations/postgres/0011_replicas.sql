@@ -6,5 +6,7 @@ CREATE TABLE replicas (
     id              TEXT    PRIMARY KEY,
     policies_digest TEXT    NOT NULL,
     policies        TEXT    NOT NULL,
-    live_until      BIGINT NOT NULL
+    live_until      BIGINT NOT NULL,
+    -- Which process wrote the row: two daemons given one id are told apart by it.
+    nonce           TEXT    NOT NULL DEFAULT ''
 );

@@ -18,30 +18,44 @@ pub struct ReplicaRow {
 }
 
 impl Store {
-    /// Records that replica `id` runs the policy set `digest` (named `policies`), to be counted
-    /// as running until `live_until`.
+    /// Records that replica `id`, written by process `nonce`, runs the policy set `digest`
+    /// (named `policies`), to be counted as running until `live_until`. Returns until when
+    /// another process was counted as running under the same id, if one still was at `now`
+    /// (two daemons given one id, or this one before a crash).
     pub async fn replica_seen(
         &self,
         id: &str,
+        nonce: &str,
         digest: &str,
         policies: &str,
         live_until: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let before: Option<(String, i64)> = self
+            .pool
+            .fetch_optional(
+                Sql::new("SELECT nonce, live_until FROM replicas WHERE id = $1").bind(id),
+            )
+            .await?;
         self.pool
             .execute(
                 Sql::new(
-                    "INSERT INTO replicas (id, policies_digest, policies, live_until)
-                     VALUES ($1, $2, $3, $4)
+                    "INSERT INTO replicas (id, policies_digest, policies, live_until, nonce)
+                     VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (id) DO UPDATE SET policies_digest = excluded.policies_digest,
-                         policies = excluded.policies, live_until = excluded.live_until",
+                         policies = excluded.policies, live_until = excluded.live_until,
+                         nonce = excluded.nonce",
                 )
                 .bind(id)
                 .bind(digest)
                 .bind(policies)
-                .bind(ms(live_until)),
+                .bind(ms(live_until))
+                .bind(nonce),
             )
             .await?;
-        Ok(())
+        Ok(before
+            .filter(|(other, until)| other != nonce && *until >= ms(now))
+            .map(|(_, until)| from_ms(until)))
     }
 
     /// The replicas running at `now`, by id.
