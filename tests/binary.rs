@@ -615,10 +615,11 @@ async fn replicas_running_different_policy_sets_release_nothing_until_they_agree
                 &listen,
                 "--replica-id",
                 name,
-                // Counted as running for 15 s from each beat (every 2.5 s): a loaded machine
-                // does not drop a replica from the other's view mid-test.
+                // Counted as running for 60 s from each beat (every 10 s): a machine loaded by
+                // the whole suite does not drop a replica from the other's view mid-test (with
+                // 5 s, once, the other released everything before the queue was looked at).
                 "--lease-secs",
-                "5",
+                "20",
                 "--reload-ms",
                 "200",
             ],
