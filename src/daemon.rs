@@ -4,8 +4,6 @@
 //! answers health checks. Shutdown stops claiming and lets in-flight calls finish within a grace
 //! period; what is left is recovered by lease expiry.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -31,19 +29,6 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     /// The admin tokens: any enables the mutating admin endpoints.
     pub admin_tokens: crate::server::AdminTokens,
-}
-
-/// A fingerprint of every policy file's name and content, to notice changes. The folder is
-/// walked as `validate` walks it: each real directory once, links into loops not followed.
-fn fingerprint(dir: &Path) -> u64 {
-    let mut files = crate::policy::policy_files(dir).files;
-    files.sort();
-    let mut h = DefaultHasher::new();
-    for f in files {
-        f.hash(&mut h);
-        std::fs::read(&f).unwrap_or_default().hash(&mut h);
-    }
-    h.finish()
 }
 
 /// Loads the policies; on failure logs every problem and keeps the current set.
@@ -232,7 +217,8 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
         })
     };
 
-    let mut last_print = fingerprint(&cfg.policies_dir);
+    // Changes are noticed by the digest the replicas compare.
+    let mut last_print = crate::policy::set_digest(&cfg.policies_dir);
     // Nothing is released until this replica has compared its set with the others'.
     app.ctx
         .policies
@@ -308,7 +294,7 @@ pub async fn run(app: App, cfg: DaemonConfig, shutdown: CancellationToken) -> Re
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
-                let print = fingerprint(&cfg.policies_dir);
+                let print = crate::policy::set_digest(&cfg.policies_dir);
                 if print != last_print {
                     last_print = print;
                     if reload(&app, &cfg.policies_dir, &health) {

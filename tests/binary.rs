@@ -615,9 +615,10 @@ async fn replicas_running_different_policy_sets_release_nothing_until_they_agree
                 &listen,
                 "--replica-id",
                 name,
-                // Counted as running for 60 s from each beat (every 10 s): a machine loaded by
-                // the whole suite does not drop a replica from the other's view mid-test (with
-                // 5 s, once, the other released everything before the queue was looked at).
+                // Counted as running for 60 s from each beat (every 10 s), so that a machine
+                // loaded by the whole suite cannot drop a replica from the other's view. Under
+                // that load this test has timed out waiting for a queued release, with 5 s and
+                // with 20 s, for a reason not yet found: the wait below prints both logs then.
                 "--lease-secs",
                 "20",
                 "--reload-ms",
@@ -668,11 +669,27 @@ async fn replicas_running_different_policy_sets_release_nothing_until_they_agree
         })
         .await;
     }
-    common::wait_for("releases queued", Duration::from_secs(60), || {
-        let store = store.clone();
-        async move { store.counts().await.map(|c| c.pending > 0).unwrap_or(false) }
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = store.counts().await.unwrap();
+        if c.pending > 0 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = [a_dir.path(), b_dir.path()]
+                .iter()
+                .map(|d| last_output(d).1)
+                .collect();
+            panic!(
+                "no release queued: {c:?}; released {}; runs {:?}\nA: {}\nB: {}",
+                released(&h).len(),
+                store.runs(20).await.unwrap(),
+                logs[0],
+                logs[1]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for page in &pages {
         let body = reqwest::get(page).await.unwrap().text().await.unwrap();
         assert!(body.contains("id=\"policy-sets\""), "{body}");

@@ -36,6 +36,14 @@ impl<'a> RunEnd<'a> {
     }
 }
 
+/// Which unfinished run [`Store::close_run`] may close.
+enum CloseIf<'a> {
+    /// One whose lease ended unrenewed.
+    LeaseEnded,
+    /// One this replica began.
+    OwnedBy(&'a str),
+}
+
 /// A run whose replica stopped mid-pass: its lease ended unrenewed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AbandonedRun {
@@ -118,31 +126,8 @@ impl Store {
         why: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n = tx
-            .execute(
-                Sql::new(
-                    "UPDATE policy_runs SET finished_at = $3, outcome = $4
-                     WHERE policy = $1 AND scheduled_for = $2 AND finished_at IS NULL
-                       AND COALESCE(lease_expires_at, 0) <= $3",
-                )
-                .bind(policy)
-                .bind(ms(tick))
-                .bind(ms(now))
-                .bind(RunStatus::Error.as_str()),
-            )
-            .await?;
-        if n == 1 {
-            let event = super::NewEvent {
-                kind: "run_failed",
-                policy: Some(policy.to_string()),
-                detail: why.to_string(),
-                ..Default::default()
-            };
-            super::audit::insert_event(&mut tx, event, now).await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+        self.close_run(policy, tick, CloseIf::LeaseEnded, why, now)
+            .await
     }
 
     /// Closes as failed `owner`'s unfinished runs of `policies` at `tick` (a one-shot pass
@@ -156,33 +141,50 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         for policy in policies {
-            let mut tx = self.pool.begin().await?;
-            let n = tx
-                .execute(
-                    Sql::new(
-                        "UPDATE policy_runs SET finished_at = $3, outcome = $4
-                         WHERE policy = $1 AND scheduled_for = $2 AND owner = $5
-                           AND finished_at IS NULL",
-                    )
-                    .bind(policy.as_str())
-                    .bind(ms(tick))
-                    .bind(ms(now))
-                    .bind(RunStatus::Error.as_str())
-                    .bind(owner),
-                )
+            self.close_run(policy, tick, CloseIf::OwnedBy(owner), why, now)
                 .await?;
-            if n == 1 {
-                let event = super::NewEvent {
-                    kind: "run_failed",
-                    policy: Some(policy.clone()),
-                    detail: why.to_string(),
-                    ..Default::default()
-                };
-                super::audit::insert_event(&mut tx, event, now).await?;
-            }
-            tx.commit().await?;
         }
         Ok(())
+    }
+
+    /// Closes an unfinished run as failed when `only` holds, with its `run_failed` event, in one
+    /// transaction; whether it did.
+    async fn close_run(
+        &self,
+        policy: &str,
+        tick: DateTime<Utc>,
+        only: CloseIf<'_>,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut q = Sql::new("UPDATE policy_runs SET finished_at = ");
+        q.push_bind(ms(now))
+            .push(", outcome = ")
+            .push_bind(RunStatus::Error.as_str())
+            .push(" WHERE policy = ")
+            .push_bind(policy)
+            .push(" AND scheduled_for = ")
+            .push_bind(ms(tick))
+            .push(" AND finished_at IS NULL");
+        match only {
+            CloseIf::LeaseEnded => q
+                .push(" AND COALESCE(lease_expires_at, 0) <= ")
+                .push_bind(ms(now)),
+            CloseIf::OwnedBy(owner) => q.push(" AND owner = ").push_bind(owner),
+        };
+        let mut tx = self.pool.begin().await?;
+        let closed = tx.execute(q).await? == 1;
+        if closed {
+            let event = super::NewEvent {
+                kind: "run_failed",
+                policy: Some(policy.to_string()),
+                detail: why.to_string(),
+                ..Default::default()
+            };
+            super::audit::insert_event(&mut tx, event, now).await?;
+        }
+        tx.commit().await?;
+        Ok(closed)
     }
 
     /// Runs left unfinished by a replica that stopped renewing their lease, oldest first, each
