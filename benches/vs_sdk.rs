@@ -68,9 +68,12 @@ fn script_job() -> String {
 
 /// `n` instances over the three regions: mostly running or stopped machines no policy selects,
 /// and one in 28 of each kind the policies release (stopped CI runners, subscriptions expired
-/// ten days ago, stopped sandboxes).
+/// ten days ago, stopped sandboxes). They were created one after another over the last two
+/// years, as a fleet grows.
 fn fleet(n: usize) -> Vec<Instance> {
     let now = Utc::now();
+    let first = now - chrono::Duration::days(730);
+    let every = chrono::Duration::days(730) / (n.max(1) as i32);
     (0..n)
         .map(|k| {
             let region = REGIONS[k % 3];
@@ -82,6 +85,7 @@ fn fleet(n: usize) -> Vec<Instance> {
                 _ => (InstanceStatus::Running, ChargeType::PostPaid),
             };
             let mut i = fixtures::instance(&format!("i-{k:07}"), region, status, charge);
+            i.creation_time = Some(first + every * (k as i32));
             match k % 28 {
                 0 => {
                     i.tags.insert("purpose".into(), "ci".into());
@@ -180,7 +184,8 @@ fn minimum(f: &[Instance]) -> Minimum {
 }
 
 /// `apply --auto-approve` at its defaults; its wall time and ECS calls. With `VS_SDK_LOG`, its
-/// log is kept as `vs_sdk-apply-{label}.log` in the temp folder.
+/// log is kept as `vs_sdk-apply-{label}.log` in the temp folder. `VS_SDK_BIN` names another
+/// build of ecs-janitor to run (an earlier commit's, to compare in the same run).
 async fn apply(h: &SimHandle, dir: &Path, label: &str) -> (f64, usize) {
     let db = format!("sqlite://{}", dir.join("bench.db").display());
     let started = Instant::now();
@@ -188,7 +193,7 @@ async fn apply(h: &SimHandle, dir: &Path, label: &str) -> (f64, usize) {
         let endpoint = h.endpoint().to_string();
         let policies = dir.join("policies");
         move || {
-            Command::new(BIN)
+            Command::new(std::env::var("VS_SDK_BIN").unwrap_or_else(|_| BIN.into()))
                 .args(["apply", "--auto-approve"])
                 .env("JANITOR_ECS_ENDPOINT", endpoint)
                 .env("ALIBABA_CLOUD_ACCESS_KEY_ID", sim::DEFAULT_ACCESS_KEY_ID)

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
@@ -64,6 +65,22 @@ pub struct Listed {
     /// The region was listed without a server-side filter: `instances` counts all of its
     /// instances, not only those the policies' filters let through.
     pub complete: bool,
+    /// When the listed instances were created, at each tenth of them (the 10th to the 90th
+    /// percentile); `None` when none gave a time. Pricing splits a long listing of the region's
+    /// disks at these times, into parts of about as many disks each.
+    pub created: Option<[DateTime<Utc>; 9]>,
+}
+
+/// The creation times of `instances` at each tenth of them (see [`Listed::created`]).
+pub fn creation_deciles(instances: &[Instance]) -> Option<[DateTime<Utc>; 9]> {
+    let mut times: Vec<DateTime<Utc>> = instances.iter().filter_map(|i| i.creation_time).collect();
+    if times.is_empty() {
+        return None;
+    }
+    times.sort_unstable();
+    Some(std::array::from_fn(|d| {
+        times[(d + 1) * (times.len() - 1) / 10]
+    }))
 }
 
 /// [`Listed`] for each (account, region) of a pass.
@@ -80,6 +97,7 @@ impl Inventory {
                 let listed = Listed {
                     instances: instances.len(),
                     complete,
+                    created: creation_deciles(instances),
                 };
                 (k.clone(), listed)
             })

@@ -1050,6 +1050,117 @@ fn disks_for(i: &Instance, data: &[(&str, u32, bool)]) -> Vec<Disk> {
 }
 
 #[tokio::test]
+async fn describe_disks_filters_by_creation_time_and_refuses_a_malformed_filter() {
+    // Ten instances created a minute apart, at 10:00:00, 10:01:00, ... (a disk is created
+    // with its instance); one more at 10:04:30.
+    let base = chrono::DateTime::parse_from_rfc3339("2026-01-05T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut fleet: Vec<Instance> = (0..10)
+        .map(|n| {
+            let mut i = inst(
+                &format!("i-{n:02}"),
+                InstanceStatus::Stopped,
+                ChargeType::PostPaid,
+            );
+            i.creation_time = Some(base + chrono::Duration::minutes(n));
+            i
+        })
+        .collect();
+    let mut odd = inst("i-odd", InstanceStatus::Stopped, ChargeType::PostPaid);
+    odd.creation_time = Some(base + chrono::Duration::seconds(4 * 60 + 30));
+    fleet.push(odd);
+    let h = start(fleet.clone(), Faults::default()).await;
+    for i in &fleet {
+        h.sim.set_disks(&i.instance_id, disks_for(i, &[]));
+    }
+    let ask = |extra: &[(&'static str, &'static str)]| {
+        let mut p = vec![
+            ("Action", "DescribeDisks"),
+            ("RegionId", REGION),
+            ("MaxResults", "100"),
+        ];
+        p.extend_from_slice(extra);
+        p
+    };
+    let owners = |body: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = body["Disks"]["Disk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["InstanceId"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    // Each disk says when it was created, to the second.
+    let (_, body) = raw(&h, &ask(&[]), None).await;
+    let odd_disk = body["Disks"]["Disk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["InstanceId"] == "i-odd")
+        .cloned()
+        .unwrap();
+    assert_eq!(odd_disk["CreationTime"], "2026-01-05T10:04:30Z");
+    // Created after 10:04 (the time named itself is out, modelled strictly): 10:04:30 and
+    // 10:05 onwards.
+    let after = [
+        ("Filter.1.Key", "CreationStartTime"),
+        ("Filter.1.Value", "2026-01-05T10:04Z"),
+    ];
+    let (s, body) = raw(&h, &ask(&after), None).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        owners(&body),
+        ["i-05", "i-06", "i-07", "i-08", "i-09", "i-odd"]
+    );
+    // Created before 10:05: up to 10:04:30, not 10:05 itself; both filters AND.
+    let before = [
+        ("Filter.2.Key", "CreationEndTime"),
+        ("Filter.2.Value", "2026-01-05T10:05Z"),
+    ];
+    let (_, body) = raw(&h, &ask(&before), None).await;
+    assert_eq!(
+        owners(&body),
+        ["i-00", "i-01", "i-02", "i-03", "i-04", "i-odd"]
+    );
+    let both = [after, before].concat();
+    let (_, body) = raw(&h, &ask(&both), None).await;
+    assert_eq!(owners(&body), ["i-odd"]);
+    // The client sends them by the minute.
+    let c = client_for(&h, sim::DEFAULT_ACCESS_KEY_SECRET);
+    let q = DiskQuery {
+        created_after: Some(base + chrono::Duration::seconds(7 * 60 + 59)),
+        ..DiskQuery::default()
+    };
+    let (page, next) = c.describe_disks_page(REGION, &q, None).await.unwrap();
+    assert_eq!(next, None);
+    let mut got: Vec<&str> = page.iter().map(|d| d.instance_id.as_str()).collect();
+    got.sort();
+    assert_eq!(got, ["i-08", "i-09"], "after 10:07");
+    // A wrong key, a value without its key, and a value that is not a time are refused.
+    for bad in [
+        &[
+            ("Filter.1.Key", "CreationEndTime"),
+            ("Filter.1.Value", "2026-01-05T10:04Z"),
+        ][..],
+        &[("Filter.2.Value", "2026-01-05T10:04Z")][..],
+        &[
+            ("Filter.1.Key", "CreationStartTime"),
+            ("Filter.1.Value", "yesterday"),
+        ][..],
+    ] {
+        let (s, body) = raw(&h, &ask(bad), None).await;
+        assert_eq!(
+            (s, body["Code"].as_str()),
+            (400, Some("InvalidParameter")),
+            "{bad:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn describe_disks_pages_by_region_and_filters_by_instance_kind_and_zone() {
     // A third of the fleet in zone -g, the rest in -h.
     let fleet: Vec<Instance> = (0..300)

@@ -103,8 +103,13 @@ async fn sim_with_disks() -> SimHandle {
 }
 
 async fn plan_with(h: &SimHandle, prices: PriceConfig) -> Plan {
+    plan_of(h, POLICY, prices).await
+}
+
+/// The plan of `policies` (YAML) over the simulator's fleet, priced with `prices`.
+async fn plan_of(h: &SimHandle, policies: &str, prices: PriceConfig) -> Plan {
     let db = common::sqlite().await;
-    let ps = common::policies(POLICY);
+    let ps = common::policies(policies);
     let mut p = common::Pipeline::new(&db.store, common::client(h), ps.clone());
     p.extras.prices = prices;
     let app = p.build();
@@ -240,6 +245,118 @@ async fn a_region_of_several_pages_of_disks_is_listed_as_system_and_data_disks_s
 }
 
 #[tokio::test]
+async fn a_long_listing_of_disks_is_split_by_creation_time_and_keeps_each_disk_once() {
+    // 10,000 instances with two disks each, created ten a minute over 1,000 minutes (at :00,
+    // :06, ... :54): twenty pages of system disks and twenty of data disks, each a chain of
+    // pages that wait for one another. Split at the instances' median creation minute, each
+    // kind is read in two chains of about ten pages side by side; the disks of the minute the
+    // two ranges share come in both and are kept once.
+    let h = created_over_time(10_000, |_| true).await;
+    let unlimited = POLICY.replace("max_releases_per_run: 1000", "max_releases_per_run: 10000");
+    let plan = plan_of(&h, &unlimited, PriceConfig::default()).await;
+    assert_eq!(plan.releases().count(), 10_000);
+    for r in plan.releases() {
+        let s = r.saving.as_ref().expect("priced");
+        assert!(s.monthly.is_some(), "{}: {:?}", r.instance_id, s.unknown);
+        let disk_lines = s.lines.iter().filter(|l| l.resource.ends_with("_disk"));
+        assert_eq!(disk_lines.count(), 2, "{}: each disk once", r.instance_id);
+    }
+    // The chains: each (kind, range) and how many pages it took.
+    let calls = h.sim.calls();
+    let listing: Vec<_> = calls
+        .iter()
+        .filter(|c| c.action == "DescribeDisks" && c.by_cursor)
+        .collect();
+    let mut chains: std::collections::BTreeMap<&[(String, String)], usize> = Default::default();
+    for c in &listing {
+        *chains.entry(c.disk_filters.as_slice()).or_default() += 1;
+    }
+    assert_eq!(chains.len(), 4, "two kinds in two ranges each: {chains:?}");
+    let median = "2026-03-01T08:19Z"; // the 5,000th instance's minute (499 × 10 + 1 ..)
+    for kind in ["system", "data"] {
+        let ranges: Vec<_> = chains
+            .keys()
+            .filter(|f| f.contains(&("DiskType".to_string(), kind.to_string())))
+            .collect();
+        assert_eq!(ranges.len(), 2, "{kind}: {ranges:?}");
+        assert!(
+            ranges
+                .iter()
+                .any(|f| f.contains(&("Filter.1.Value".to_string(), median.to_string()))),
+            "{kind}: one range starts at the median minute: {ranges:?}"
+        );
+    }
+    let longest = chains.values().max().copied().unwrap_or(0);
+    assert!(
+        longest <= 11,
+        "the longest chain {longest} pages, against 20 unsplit"
+    );
+    // One count, then at most one page more a range than the forty a listing needs.
+    let all = calls.iter().filter(|c| c.action == "DescribeDisks").count();
+    assert!(all <= 1 + 40 + 2, "{all} DescribeDisks calls");
+}
+
+/// A simulator of `n` running instances `i-00000`.. with a system and a data disk each, created
+/// ten a minute from 2026-03-01T00:00Z (at :00, :06, ... :54); those `tag(n)` chooses tagged
+/// for the sweep.
+async fn created_over_time(n: i64, tag: impl Fn(i64) -> bool) -> SimHandle {
+    let start = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let f: Vec<Instance> = (0..n)
+        .map(|k| {
+            let mut i = tagged(
+                &format!("i-{k:05}"),
+                InstanceStatus::Running,
+                ChargeType::PostPaid,
+                "",
+            );
+            i.creation_time = Some(start + chrono::Duration::seconds(60 * (k / 10) + 6 * (k % 10)));
+            if !tag(k) {
+                i.tags.clear();
+            }
+            i
+        })
+        .collect();
+    let h = common::start_sim(f.clone(), Faults::default(), 3).await;
+    for i in &f {
+        h.sim.set_disks(&i.instance_id, disks(i, true));
+    }
+    h
+}
+
+#[tokio::test]
+async fn a_region_its_count_shows_long_is_listed_again_split_by_creation_time() {
+    // 300 of 10,000 instances tagged for the sweep: the pass lists the 300, and estimates 600
+    // disks, a page of each kind, listed at once beside the region's count. The count says
+    // 20,000: the listing is stopped and read again in two time ranges a kind (cut at the 300's
+    // median creation minute), losing the pages already asked for.
+    let h = created_over_time(10_000, |k| k % 33 == 0).await;
+    let plan = plan_with(&h, PriceConfig::default()).await;
+    assert_eq!(plan.releases().count(), 304);
+    for r in plan.releases() {
+        let s = r.saving.as_ref().expect("priced");
+        let disk_lines = s.lines.iter().filter(|l| l.resource.ends_with("_disk"));
+        assert_eq!(disk_lines.count(), 2, "{}", r.instance_id);
+    }
+    let calls = h.sim.calls();
+    let listing: Vec<_> = calls
+        .iter()
+        .filter(|c| c.action == "DescribeDisks" && c.by_cursor)
+        .collect();
+    let ranged = listing
+        .iter()
+        .filter(|c| c.disk_filters.iter().any(|(k, _)| k.starts_with("Filter.")))
+        .count();
+    let unranged = listing.len() - ranged;
+    assert!(
+        (1..=4).contains(&unranged),
+        "the first listing's pages before the count stopped it: {unranged}"
+    );
+    assert!((40..=42).contains(&ranged), "{ranged} pages in ranges");
+}
+
+#[tokio::test]
 async fn a_few_releases_in_a_large_region_listed_through_a_filter_are_read_one_at_a_time() {
     // 5,000 instances, ten of them tagged for the sweep: the pass lists the ten (a tag filter),
     // but the region holds 10,000 disks, twenty pages. Counted first (one call), the ten are
@@ -344,6 +461,7 @@ async fn read_filtered_region(
     let listed = ecs_janitor::inventory::Listed {
         instances: ids.len(),
         complete: false,
+        created: None,
     };
     let slots = tokio::sync::Semaphore::new(ecs_janitor::pricing::IN_FLIGHT_PER_REGION);
     let (got, calls, failures) = ecs_janitor::pricing::disks::region_disks(

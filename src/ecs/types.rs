@@ -414,6 +414,9 @@ pub struct Disk {
     pub charge_type: ChargeType,
     /// `In_use`, `Available`, ...
     pub status: String,
+    /// When it was created (`CreationTime`); `None` when the answer gave none or one that does
+    /// not parse (pricing never reads it: it only asks for disks by creation time).
+    pub creation_time: Option<DateTime<Utc>>,
 }
 
 impl Disk {
@@ -430,6 +433,11 @@ impl Disk {
             delete_with_instance: self.delete_with_instance,
             disk_charge_type: self.charge_type.as_str().to_string(),
             status: self.status.clone(),
+            // DescribeDisks gives seconds (its reference's example: `2021-06-07T06:08:56Z`).
+            creation_time: self
+                .creation_time
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_default(),
         }
     }
 }
@@ -448,6 +456,7 @@ pub struct WireDisk {
     pub delete_with_instance: bool,
     pub disk_charge_type: String,
     pub status: String,
+    pub creation_time: String,
 }
 
 impl WireDisk {
@@ -483,6 +492,7 @@ impl WireDisk {
             delete_with_instance: self.delete_with_instance,
             charge_type,
             status: self.status,
+            creation_time: parse_ecs_time(&self.creation_time),
         })
     }
 }

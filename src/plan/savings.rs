@@ -447,6 +447,7 @@ mod tests {
             delete_with_instance: dwi,
             charge_type: charge,
             status: "In_use".into(),
+            creation_time: None,
         }
     }
 

@@ -1,15 +1,16 @@
 //! The disks of a region's planned releases (`DescribeDisks`): read one instance at a time when
 //! that costs fewer calls than listing the region (500 disks a page), else the region's listing:
 //! its system disks and its data disks side by side, each page by page (each page needs the
-//! token of the one before). A region listed through server-side filters is counted first, or,
-//! when it has enough releases that the count could hardly change the choice, counted while
-//! its listing starts. Each disk read is shown to the caller as it comes (`on_disk`), so the
+//! token of the one before), a long listing split further by creation time. A region listed
+//! through server-side filters is counted first, or, when it has enough releases that the count
+//! could hardly change the choice, counted while its listing starts. Each disk read is shown to the caller as it comes (`on_disk`), so the
 //! prices it calls for can be asked while later pages are still on their way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use tokio::sync::Semaphore;
 
 use crate::ecs::client::{DiskQuery, MAX_DISK_PAGE};
@@ -80,6 +81,7 @@ impl KeptDisk {
             delete_with_instance: self.delete_with_instance,
             charge_type: self.charge_type,
             status: String::new(),
+            creation_time: None,
         }
     }
 }
@@ -114,10 +116,11 @@ pub async fn region_disks(
         ids,
         slots,
         on_disk,
+        created: listed.and_then(|l| l.created),
     };
     if !complete && ids.len() > listing_pages(disks) {
         if ids.len() >= LIST_WHILE_COUNTING {
-            return read.counting_while_listing().await;
+            return read.counting_while_listing(disks).await;
         }
         calls += 1;
         match read.count().await {
@@ -152,6 +155,63 @@ pub fn listing_pages(disks: usize) -> usize {
     }
 }
 
+/// How many pages of one kind of disk (system or data) a listing reads in a row before it is
+/// split in time: a kind of disk is listed in one part more for every this many pages. Each
+/// part may cost a page more than one listing would (its last page is partly full), so the
+/// split costs at most one call in this many, and shortens the longest chain of pages, each
+/// waiting for the token of the one before, by about as many times as there are parts.
+pub const PAGES_A_PART: usize = 20;
+
+/// The creation-time ranges (after, before) a kind of disk among `disks` is listed in, side by
+/// side: one range, unbounded, unless the kind takes [`PAGES_A_PART`] pages or more and the
+/// listed instances' creation times are known (`created`). Then the cuts are at those times'
+/// deciles, on the assumption that disks are created about when their instances are (a
+/// system disk is created with its instance): ranges of about as many disks each, as far as
+/// that holds; when it does not, the parts are uneven and the split gains less, never loses a
+/// disk.
+///
+/// ECS filters by the minute, and does not document whether a disk created at the minute named
+/// is in the answer; so each range ends a minute after the next one starts, and a disk of that
+/// minute may be listed twice (the caller keeps it once).
+pub fn time_ranges(disks: usize, created: Option<&[DateTime<Utc>; 9]>) -> Vec<TimeRange> {
+    let pages = if listed_in_kinds(disks) {
+        disks.div_ceil(2).div_ceil(MAX_DISK_PAGE)
+    } else {
+        disks.div_ceil(MAX_DISK_PAGE)
+    };
+    let parts = (1 + pages / PAGES_A_PART).min(10);
+    let Some(created) = created.filter(|_| parts > 1) else {
+        return vec![(None, None)];
+    };
+    let minute = |d: usize| {
+        let t = created[d];
+        t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t)
+    };
+    // A cut whose minute is a neighbouring decile's too has a tenth of the instances or more
+    // in that minute, listed in both ranges: it is left out (with every instance created in
+    // one minute, nothing is split).
+    let mut cuts: Vec<DateTime<Utc>> = (1..parts)
+        .map(|j| (10 * j / parts).clamp(1, 9) - 1)
+        .filter(|&d| {
+            let at = minute(d);
+            (d == 0 || minute(d - 1) != at) && (d == 8 || minute(d + 1) != at)
+        })
+        .map(minute)
+        .collect();
+    cuts.dedup();
+    let mut ranges = Vec::with_capacity(cuts.len() + 1);
+    let mut after = None;
+    for cut in cuts {
+        ranges.push((after, Some(cut + TimeDelta::minutes(1))));
+        after = Some(cut);
+    }
+    ranges.push((after, None));
+    ranges
+}
+
+/// Created after, created before (`None`: unbounded), as DescribeDisks' filters take them.
+pub type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// What a listing keeps: each wanted instance's disks.
 type Kept = HashMap<String, Vec<KeptDisk>>;
 
@@ -169,6 +229,8 @@ struct Reader<'a> {
     ids: &'a [&'a str],
     slots: &'a Semaphore,
     on_disk: OnDisk<'a>,
+    /// The listed instances' creation times, by tenths ([`Listed::created`]).
+    created: Option<[DateTime<Utc>; 9]>,
 }
 
 impl Reader<'_> {
@@ -180,24 +242,30 @@ impl Reader<'_> {
             .await
     }
 
-    /// The region counted and listed side by side: the listing stops when the count shows that
-    /// its page holds every disk or that one call a release is fewer calls than the listing's
-    /// pages still to come, and is read on otherwise (also when the count fails: the estimate
-    /// chose the listing).
-    async fn counting_while_listing(&self) -> RegionDisks {
+    /// The region counted and listed side by side (the listing as the estimate of `disks`
+    /// would have it, and split in kinds): the listing stops when the count shows that its page
+    /// holds every disk, or that one call a release is fewer calls than the listing's pages
+    /// still to come, or that the region is large enough to be listed in more time ranges than
+    /// the estimate gave (the pages already asked for are lost: at most a page or two a range,
+    /// against a chain of pages some times shorter). It is read on otherwise (also when the
+    /// count fails: the estimate chose the listing).
+    async fn counting_while_listing(&self, disks: usize) -> RegionDisks {
         let halt = Halt::default();
+        let estimate = disks.max(MAX_DISK_PAGE + 1);
+        let ranges = time_ranges(estimate, self.created.as_ref()).len();
         let count = async {
             let counted = self.count().await;
             if let Ok((page, total)) = &counted {
                 let left =
                     listing_pages(*total).saturating_sub(halt.started.load(Ordering::SeqCst));
-                if page.len() >= *total || self.ids.len() < left {
+                let more_ranges = time_ranges(*total, self.created.as_ref()).len() > ranges;
+                if page.len() >= *total || self.ids.len() < left || more_ranges {
                     halt.stopped.store(true, Ordering::SeqCst);
                 }
             }
             counted
         };
-        let (counted, (listing, pages)) = futures::join!(count, self.listing(true, &halt));
+        let (counted, (listing, pages)) = futures::join!(count, self.listing(estimate, &halt));
         let calls = 1 + pages;
         if let Some((got, failures)) = listing {
             // Read to its end (the count's answer came too late to stop it, or said go on).
@@ -267,46 +335,64 @@ impl Reader<'_> {
                 .collect();
             return (reads, self.ids.len(), failures);
         }
-        let (listing, calls) = self.listing(listed_in_kinds(disks), &Halt::default()).await;
+        let (listing, calls) = self.listing(disks, &Halt::default()).await;
         let (got, failures) = listing.unwrap_or_default();
         (got, calls, failures)
     }
 
-    /// The region's listing: its system disks and its data disks side by side when `split`,
-    /// else all at once; with the pages asked for. `None` when `halt` stopped it early.
+    /// The region's listing of about `disks` disks: its system disks and its data disks side by
+    /// side when they take more than a page, each kind in [`time_ranges`] side by side, else all
+    /// at once; with the pages asked for. `None` when `halt` stopped it early.
     async fn listing(
         &self,
-        split: bool,
+        disks: usize,
         halt: &Halt,
     ) -> (Option<(InstanceDisks, Vec<String>)>, usize) {
-        // Two listings side by side: each page needs the token of the one before, so one
-        // listing is as slow as its pages in a row. The two together cost at most one page
-        // more than one listing.
+        // Listings side by side: each page needs the token of the one before, so one listing
+        // is as slow as its pages in a row. Each more listing costs at most one page more.
         // (DescribeDisks' `DiskType` is `all`, `system` or `data`: every disk is one of the two.)
         let wanted: HashSet<&str> = self.ids.iter().copied().collect();
-        let list = |kind| self.kind(kind, &wanted, halt);
-        let (system, data) = if split {
-            futures::join!(list(Some(DiskKind::System)), list(Some(DiskKind::Data)))
+        let kinds: &[Option<DiskKind>] = if listed_in_kinds(disks) {
+            &[Some(DiskKind::System), Some(DiskKind::Data)]
         } else {
-            (list(None).await, (Ok(Some(Kept::new())), 0))
+            &[None]
         };
-        let calls = system.1 + data.1;
-        let mut of = match (system.0, data.0) {
-            (Ok(Some(mut of)), Ok(Some(more))) => {
-                for (id, ds) in more {
-                    of.entry(id).or_default().extend(ds);
+        let ranges = time_ranges(disks, self.created.as_ref());
+        let parts = kinds.iter().flat_map(|kind| {
+            ranges.iter().map(|&(after, before)| DiskQuery {
+                kind: *kind,
+                created_after: after,
+                created_before: before,
+                ..DiskQuery::default()
+            })
+        });
+        let read = futures::future::join_all(parts.map(|q| self.part(q, &wanted, halt))).await;
+        let calls = read.iter().map(|(_, n)| n).sum();
+        let mut of = Kept::new();
+        for (got, _) in read {
+            match got {
+                Ok(Some(more)) => {
+                    for (id, ds) in more {
+                        of.entry(id).or_default().extend(ds);
+                    }
                 }
-                of
+                Ok(None) => return (None, calls),
+                Err(w) => {
+                    let out = self.ids.iter().map(|id| (id.to_string(), Err(w.clone())));
+                    return (
+                        Some((out.collect(), vec![format!("{}: {w}", self.region)])),
+                        calls,
+                    );
+                }
             }
-            (Ok(None), _) | (_, Ok(None)) => return (None, calls),
-            (Err(w), _) | (_, Err(w)) => {
-                let out = self.ids.iter().map(|id| (id.to_string(), Err(w.clone())));
-                return (
-                    Some((out.collect(), vec![format!("{}: {w}", self.region)])),
-                    calls,
-                );
+        }
+        if ranges.len() > 1 {
+            // A disk created in the minute two ranges share may have come in both.
+            for ds in of.values_mut() {
+                let mut seen = HashSet::new();
+                ds.retain(|d| seen.insert(d.disk_id.clone()));
             }
-        };
+        }
         let out = self
             .ids
             .iter()
@@ -315,13 +401,13 @@ impl Reader<'_> {
         (Some((out, Vec::new())), calls)
     }
 
-    /// The disks of one kind (or of both) of the `wanted` instances, page after page, each
-    /// page holding a slot of the region; with the calls made. `Ok(None)` when `halt` stopped
-    /// it before its last page. Keeps only what pricing reads: a region's listing holds every disk
+    /// The disks `query` asks for (one kind or both, in one time range or all) of the `wanted`
+    /// instances, page after page, each page holding a slot of the region; with the calls
+    /// made. `Ok(None)` when `halt` stopped it before its last page. Keeps only what pricing reads: a region's listing holds every disk
     /// of the region, and an all-matching pass prices hundreds of thousands.
-    async fn kind(
+    async fn part(
         &self,
-        kind: Option<DiskKind>,
+        query: DiskQuery<'_>,
         wanted: &HashSet<&str>,
         halt: &Halt,
     ) -> (Result<Option<Kept>, String>, usize) {
@@ -329,10 +415,6 @@ impl Reader<'_> {
         let mut categories = HashSet::new();
         let mut token: Option<String> = None;
         let mut calls = 0;
-        let query = DiskQuery {
-            kind,
-            ..DiskQuery::default()
-        };
         loop {
             if halt.stopped.load(Ordering::SeqCst) {
                 return (Ok(None), calls);
@@ -390,5 +472,41 @@ mod tests {
         assert_eq!(listing_pages(501), 2);
         assert_eq!(listing_pages(1200), 4);
         assert_eq!(listing_pages(20_000), 40);
+    }
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 - 1_700_000_000 % 60, 0).unwrap()
+            + TimeDelta::minutes(minute)
+            + TimeDelta::seconds(17)
+    }
+
+    #[test]
+    fn a_long_listing_is_split_at_the_instances_creation_deciles_in_overlapping_minutes() {
+        // Instances created one every ten minutes: deciles at minutes 10, 20, ... 90.
+        let created: [DateTime<Utc>; 9] = std::array::from_fn(|d| at(10 * (d as i64 + 1)));
+        let minute = |m| at(m) - TimeDelta::seconds(17);
+        // Fewer than 20 pages of a kind (19,000 disks: 19 pages of system disks and 19 of data
+        // disks), or no creation times: one unbounded range.
+        assert_eq!(time_ranges(19_000, Some(&created)), vec![(None, None)]);
+        assert_eq!(time_ranges(20_000, None), vec![(None, None)]);
+        assert_eq!(time_ranges(400, Some(&created)), vec![(None, None)]);
+        // 20 pages of each kind: two ranges cut at the median's minute, each reaching a minute
+        // into the other.
+        assert_eq!(
+            time_ranges(20_000, Some(&created)),
+            vec![(None, Some(minute(51))), (Some(minute(50)), None)]
+        );
+        // 60 pages of each: four ranges, at the deciles nearest the quarters.
+        let r = time_ranges(60_000, Some(&created));
+        assert_eq!(r.len(), 4, "{r:?}");
+        assert_eq!(r[1], (Some(minute(20)), Some(minute(51))));
+        // Every instance created in one minute: a cut would list nearly everything twice.
+        let same = [at(5); 9];
+        assert_eq!(time_ranges(60_000, Some(&same)), vec![(None, None)]);
+        // A cut in a minute shared with a neighbouring decile is left out, the others kept.
+        let mut crowded = created;
+        crowded[4] = crowded[3];
+        let r = time_ranges(60_000, Some(&crowded));
+        assert_eq!(r.len(), 3, "{r:?}");
     }
 }

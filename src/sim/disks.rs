@@ -20,7 +20,9 @@ use serde_json::json;
 use super::describe::{decode_token, encode_token};
 use super::params::require_region;
 use super::{api_err, ApiError, SimState};
-use crate::ecs::types::{ChargeType, Disk, DiskKind, Instance};
+use chrono::{DateTime, Utc};
+
+use crate::ecs::types::{parse_ecs_time, ChargeType, Disk, DiskKind, Instance};
 
 /// FNV-1a: a hash that is the same on every build, for disks drawn from an instance's id.
 fn fnv(s: &str) -> u64 {
@@ -53,6 +55,7 @@ pub fn disk_of(
         delete_with_instance,
         charge_type: inst.charge_type,
         status: "In_use".to_string(),
+        creation_time: inst.creation_time,
     }
 }
 
@@ -221,6 +224,7 @@ pub(super) fn describe_disks(
             ))
         }
     };
+    let (created_after, created_before) = creation_filters(map)?;
     let after = map
         .get("NextToken")
         .filter(|t| !t.is_empty())
@@ -273,6 +277,8 @@ pub(super) fn describe_disks(
             && zone.is_none_or(|z| d.zone_id == z)
             && kind.is_none_or(|k| d.kind == k)
             && ids.as_ref().is_none_or(|ids| ids.contains(&d.disk_id))
+            && created_after.is_none_or(|t| d.creation_time.is_some_and(|c| c > t))
+            && created_before.is_none_or(|t| d.creation_time.is_some_and(|c| c < t))
     };
     let range = match &after {
         Some(a) => fleet.range::<String, _>((
@@ -321,6 +327,47 @@ pub(super) fn describe_disks(
         "MaxResults": size,
         "Disks": {"Disk": disks},
     }))
+}
+
+/// DescribeDisks' creation-time filters (its API reference): `Filter.1.Key` must be
+/// `CreationStartTime` and asks for the disks created after `Filter.1.Value`; `Filter.2.Key` must
+/// be `CreationEndTime` and asks for those created before `Filter.2.Value`; each value is
+/// `yyyy-MM-ddTHH:mmZ`, UTC, and needs its key.
+///
+/// Undocumented, and modelled strictly: whether a disk created at the very time named is in the
+/// answer (the simulator leaves it out of both, so ranges that only touch lose it: a client
+/// must make its ranges overlap), and the error for a wrong key, a value without its key or a
+/// value that is not a time (the generic `InvalidParameter`; a time given in seconds is taken).
+/// Every disk has a creation time in ECS; a simulated disk given none matches neither filter.
+fn creation_filters(
+    map: &HashMap<&str, &str>,
+) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+    let filter = |n: u8, key: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
+        let k = map.get(format!("Filter.{n}.Key").as_str()).copied();
+        let v = map.get(format!("Filter.{n}.Value").as_str()).copied();
+        let bad = |what: String| api_err(400, "InvalidParameter", what);
+        match (k, v) {
+            (None, None) => Ok(None),
+            (Some(k), _) if k != key => Err(bad(format!(
+                "The specified parameter \"Filter.{n}.Key\" ({k}) is not valid: it must be {key}."
+            ))),
+            (_, None) => Err(bad(format!(
+                "The specified parameter \"Filter.{n}.Value\" is missing."
+            ))),
+            (None, Some(_)) => Err(bad(format!(
+                "The specified parameter \"Filter.{n}.Key\" is missing."
+            ))),
+            (Some(_), Some(v)) => parse_ecs_time(v).map(Some).ok_or_else(|| {
+                bad(format!(
+                    "The specified parameter \"Filter.{n}.Value\" ({v}) is not a time of the form yyyy-MM-ddTHH:mmZ."
+                ))
+            }),
+        }
+    };
+    Ok((
+        filter(1, "CreationStartTime")?,
+        filter(2, "CreationEndTime")?,
+    ))
 }
 
 #[cfg(test)]

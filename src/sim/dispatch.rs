@@ -197,6 +197,14 @@ fn call_log(
             .or_else(|| map.get("PageNumber").filter(|n| **n != "1"))
             .map(|s| s.to_string()),
         by_cursor: map.contains_key("NextToken") || map.contains_key("MaxResults"),
+        disk_filters: if action == "DescribeDisks" {
+            ["DiskType", "Filter.1.Value", "Filter.2.Value"]
+                .iter()
+                .filter_map(|k| map.get(k).map(|v| (k.to_string(), v.to_string())))
+                .collect()
+        } else {
+            Vec::new()
+        },
         outcome: String::new(),
         signature: signature.to_string(),
     }

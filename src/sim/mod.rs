@@ -213,6 +213,9 @@ pub struct CallLogEntry {
     /// listing by number starts with one first page; one by cursor may follow it when the
     /// fleet moved while it was listed.
     pub by_cursor: bool,
+    /// A DescribeDisks' `DiskType` and creation-time filters (`Filter.1.Value`,
+    /// `Filter.2.Value`), as sent; empty for other calls.
+    pub disk_filters: Vec<(String, String)>,
     /// `OK` or the error code answered; `Dropped` when the answer was cut off.
     pub outcome: String,
     /// The signature the call was verified with: `v1` or `v3`.
