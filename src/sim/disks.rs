@@ -329,6 +329,9 @@ pub(super) fn describe_disks(
     }))
 }
 
+/// Created after, created before (`None`: not asked).
+type CreatedBetween = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// DescribeDisks' creation-time filters (its API reference): `Filter.1.Key` must be
 /// `CreationStartTime` and asks for the disks created after `Filter.1.Value`; `Filter.2.Key` must
 /// be `CreationEndTime` and asks for those created before `Filter.2.Value`; each value is
@@ -339,9 +342,7 @@ pub(super) fn describe_disks(
 /// must make its ranges overlap), and the error for a wrong key, a value without its key or a
 /// value that is not a time (the generic `InvalidParameter`; a time given in seconds is taken).
 /// Every disk has a creation time in ECS; a simulated disk given none matches neither filter.
-fn creation_filters(
-    map: &HashMap<&str, &str>,
-) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+fn creation_filters(map: &HashMap<&str, &str>) -> Result<CreatedBetween, ApiError> {
     let filter = |n: u8, key: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
         let k = map.get(format!("Filter.{n}.Key").as_str()).copied();
         let v = map.get(format!("Filter.{n}.Value").as_str()).copied();
@@ -376,7 +377,8 @@ mod tests {
     use crate::ecs::types::InstanceStatus;
 
     fn inst(id: &str) -> Instance {
-        let now = chrono::Utc::now();
+        // A fixed time: the disks take their instance's creation time.
+        let now = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
         let mut i = crate::sim::fleet::generate(1, 1, now).remove(0);
         i.instance_id = id.to_string();
         i.status = InstanceStatus::Stopped;
