@@ -215,11 +215,15 @@ pub type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 /// What a listing keeps: each wanted instance's disks.
 type Kept = HashMap<String, Vec<KeptDisk>>;
 
-/// Lets a listing be stopped between its pages, and counts the pages it asked for.
+/// Lets a listing be stopped between its pages, and counts the pages it asked for. With
+/// `decided`, each part of the listing asks for its second page only once that says `true` (or
+/// its sender is gone): the answer that may stop the listing is awaited before more pages are
+/// asked for that it could waste.
 #[derive(Debug, Default)]
 struct Halt {
     stopped: AtomicBool,
     started: AtomicUsize,
+    decided: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What reading one region's disks works with.
@@ -250,7 +254,12 @@ impl Reader<'_> {
     /// against a chain of pages some times shorter). It is read on otherwise (also when the
     /// count fails: the estimate chose the listing).
     async fn counting_while_listing(&self, disks: usize) -> RegionDisks {
-        let halt = Halt::default();
+        // The count and each part's first page go together; later pages wait for the count.
+        let (decided, rx) = tokio::sync::watch::channel(false);
+        let halt = Halt {
+            decided: Some(rx),
+            ..Halt::default()
+        };
         let estimate = disks.max(MAX_DISK_PAGE + 1);
         let ranges = time_ranges(estimate, self.created.as_ref()).len();
         let count = async {
@@ -263,6 +272,7 @@ impl Reader<'_> {
                     halt.stopped.store(true, Ordering::SeqCst);
                 }
             }
+            let _ = decided.send(true);
             counted
         };
         let (counted, (listing, pages)) = futures::join!(count, self.listing(estimate, &halt));
@@ -416,6 +426,10 @@ impl Reader<'_> {
         let mut token: Option<String> = None;
         let mut calls = 0;
         loop {
+            if let Some(decided) = halt.decided.as_ref().filter(|_| calls > 0) {
+                // An error means the decision's sender is gone: nothing will stop the listing.
+                let _ = decided.clone().wait_for(|d| *d).await;
+            }
             if halt.stopped.load(Ordering::SeqCst) {
                 return (Ok(None), calls);
             }
