@@ -14,12 +14,14 @@ fn esc(s: &str) -> std::borrow::Cow<'_, str> {
     html_escape::encode_safe(s)
 }
 
+/// How long ago `t` was, or how long until it comes: `5m ago`, `in 1s`. A time still ahead,
+/// by however little, is never "ago": its seconds are rounded up.
 fn ago(now: DateTime<Utc>, t: DateTime<Utc>) -> String {
-    let s = (now - t).num_seconds();
-    let (v, pre, post) = if s >= 0 {
-        (s, "", " ago")
+    let ms = (now - t).num_milliseconds();
+    let (v, pre, post) = if ms >= 0 {
+        (ms / 1000, "", " ago")
     } else {
-        (-s, "in ", "")
+        (ms.unsigned_abs().div_ceil(1000) as i64, "in ", "")
     };
     let text = if v >= 86_400 {
         format!("{}d {}h", v / 86_400, (v % 86_400) / 3600)
@@ -476,4 +478,21 @@ async fn exemptions_section(
     }
     h.push_str("</table></div>");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_ahead_by_less_than_a_second_is_in_a_second_not_ago() {
+        let now = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
+        let ms = chrono::TimeDelta::milliseconds;
+        assert_eq!(ago(now, now + ms(400)), "in 1s");
+        assert_eq!(ago(now, now + ms(1_000)), "in 1s");
+        assert_eq!(ago(now, now + ms(61_000)), "in 1m");
+        assert_eq!(ago(now, now), "0s ago");
+        assert_eq!(ago(now, now - ms(1_999)), "1s ago");
+        assert_eq!(ago(now, now - ms(90_061_000)), "1d 1h ago");
+    }
 }
