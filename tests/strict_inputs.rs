@@ -268,6 +268,32 @@ fn logs_carry_no_colour_codes_off_a_terminal_or_with_no_color() {
 }
 
 #[test]
+fn a_bad_account_in_the_config_file_is_located_at_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("policies/a.yaml"),
+        &policy("a", "0 0 * * * *", "[cn-hangzhou]"),
+    );
+    let home = dir.path().display().to_string();
+    for (accounts, want) in [
+        (
+            "accounts:\n  prod: {profile: p}\n  stage: {profile: \" \"}\n",
+            "janitor.yaml:3:10: `accounts.stage.profile` is empty",
+        ),
+        (
+            "accounts:\n  prod: {profile: p}\n  \"st age\": {profile: q}\n",
+            "janitor.yaml:3:3: `accounts`: invalid account name \"st age\"",
+        ),
+    ] {
+        write(&dir.path().join("janitor.yaml"), accounts);
+        let out = janitor(dir.path(), &["config", "check"], &[("HOME", home.as_str())]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+}
+
+#[test]
 fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     write(
@@ -280,7 +306,7 @@ fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret(
          window: {days: mon-fry, start: \"25:00\", end: \"06:00\", timezone: Asia/Shanghia}\n\
          webhooks:\n  - url: https://example.invalid/hook\n    format: teams\n  - url: ftp://example.invalid/hook\n\
          workers:\n  concurrency: four\n  concurency: 3\n\
-         accounts:\n  prod: {profile: no-such-profile}\n",
+         accounts:\n  prod: {profile: no-such-profile}\n  stage: {profile: no-such-either}\n",
     );
     let home = dir.path().display().to_string();
     let env = [
@@ -305,11 +331,13 @@ fn config_check_refuses_what_run_refuses_all_at_once_with_sources_and_no_secret(
         "janitor.yaml:8:16 (`workers.concurrency`): invalid value \"four\" for --concurrency",
         "environment variable JANITOR_CALLS_PER_SECOND: invalid value \"lots\" for --calls-per-second",
         "janitor.yaml:11:3: account prod: profile no-such-profile is unusable",
+        // Each account at its own line (found trying it: the second was placed on the first's).
+        "janitor.yaml:12:3: account stage: profile no-such-either is unusable",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
     }
-    assert!(stdout.contains("\n10 problems:\n"), "{stdout}");
-    assert!(stderr.contains("10 problems found"), "{stderr}");
+    assert!(stdout.contains("\n11 problems:\n"), "{stdout}");
+    assert!(stderr.contains("11 problems found"), "{stderr}");
     assert!(
         !stdout.contains("flag"),
         "no value here came from a flag: {stdout}"

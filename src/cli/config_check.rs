@@ -10,14 +10,17 @@ use crate::store::Store;
 
 /// Whether each account the file maps has a usable profile.
 fn account_problems(settings: &Settings) -> Vec<String> {
-    let place = settings.accounts_place.clone().unwrap_or_default();
     settings
         .accounts
         .iter()
         .filter_map(|(account, profile)| {
+            let place = settings
+                .account_places
+                .get(account)
+                .map_or(String::new(), |p| format!("{p}: "));
             crate::ecs::accounts::profile_credentials(profile)
                 .err()
-                .map(|e| format!("{place}: account {account}: profile {profile} is unusable: {e}"))
+                .map(|e| format!("{place}account {account}: profile {profile} is unusable: {e}"))
         })
         .collect()
 }

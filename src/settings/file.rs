@@ -191,6 +191,8 @@ impl ConfigFile {
                             if let Some(name) = scalar_text(&pk.value) {
                                 file.positions
                                     .insert(format!("{k}.{name}"), (pv.pos.line, pv.pos.col));
+                                file.positions
+                                    .insert(format!("{k}.{name}:key"), (pk.pos.line, pk.pos.col));
                             }
                         }
                     }
@@ -386,12 +388,15 @@ impl ConfigFile {
         let mut out = BTreeMap::new();
         for (name, a) in map {
             if !crate::policy::is_valid_account(&name) {
-                return Err(bad(format!(
+                return Err(self.invalid(&format!("accounts.{name}:key"), format!(
                     "`accounts`: invalid account name {name:?}: use 1-63 letters, digits, dashes and underscores"
                 )));
             }
             if a.profile.trim().is_empty() {
-                return Err(bad(format!("`accounts.{name}.profile` is empty")));
+                return Err(self.invalid(
+                    &format!("accounts.{name}"),
+                    format!("`accounts.{name}.profile` is empty"),
+                ));
             }
             out.insert(name, a.profile);
         }

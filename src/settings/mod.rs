@@ -118,8 +118,9 @@ pub struct Settings {
     pub admin_tokens: crate::server::AdminTokens,
     /// Account name → aliyun CLI profile (`accounts:` in the file).
     pub accounts: BTreeMap<String, String>,
-    /// Where the file sets `accounts:` (`FILE:LINE:COL`), for messages about an account.
-    pub accounts_place: Option<String>,
+    /// Where the file names each account (`FILE:LINE:COL` of its key under `accounts:`), for
+    /// messages about it.
+    pub account_places: BTreeMap<String, String>,
     pub window: Option<OperatingWindow>,
     pub webhooks: Vec<WebhookConfig>,
     /// The configuration file read, if any.
@@ -225,6 +226,14 @@ impl Settings {
                 }
             }
         }
+        let account_places = file
+            .map(|f| {
+                accounts
+                    .keys()
+                    .map(|name| (name.clone(), f.place(&format!("accounts.{name}:key"))))
+                    .collect()
+            })
+            .unwrap_or_default();
         let settings = Settings {
             log_format,
             log,
@@ -251,7 +260,7 @@ impl Settings {
             reload_every,
             admin_tokens,
             accounts,
-            accounts_place: file.map(|f| f.place("accounts")),
+            account_places,
             window,
             webhooks,
             file: file.map(|f| f.path.clone()),
