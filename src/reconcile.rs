@@ -637,8 +637,18 @@ impl Reconciler {
                                 within: at - now,
                             }
                         });
+                        // Said in the notice: people told "released at 10:00" while the
+                        // releases are paused would otherwise expect them to go.
+                        let paused = match self.ctx.store.pause_state().await {
+                            Ok(p) => p.map(|p| p.describe()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read whether releases are paused, for the notice");
+                                None
+                            }
+                        };
                         notes.push(crate::notify::Notification::Scheduled {
                             saving,
+                            paused,
                             policy: pp.policy.clone(),
                             releases: waiting
                                 .iter()

@@ -572,6 +572,60 @@ release:
     assert_eq!(of("scheduled", "b-renamed"), 1, "{events:?}");
 }
 
+/// Releases queued while releases are paused: the grace notice says so, with who paused and
+/// why (found in a user trial: it gave a release time as if they would go then).
+#[tokio::test]
+async fn the_grace_notice_of_releases_queued_while_paused_says_they_wait_for_a_resume() {
+    let yaml = "name: later\nschedule: \"0 0 * * * *\"\nregions: [cn-hangzhou]\nselect:\n  tags: {purpose: ci}\nrelease:\n  grace: 1h\n";
+    let h = common::start_sim(common::ci_fleet(3), Faults::default(), 15).await;
+    let db = common::sqlite().await;
+    let (url, got) = common::receiver().await;
+    let n = common::generic_notifier(url);
+    let app = |extras: Extras| {
+        common::Pipeline {
+            cfg: fast_workers(),
+            extras,
+            ..common::Pipeline::new(&db.store, common::client(&h), policies(yaml))
+        }
+        .build()
+    };
+    db.store
+        .pause("alice", "migration window", Utc::now())
+        .await
+        .unwrap();
+    app(Extras {
+        notifier: Some(n.clone()),
+        ..Extras::default()
+    })
+    .apply(None, &Default::default(), CancellationToken::new())
+    .await
+    .unwrap();
+    assert!(n.flush(Duration::from_secs(10)).await, "delivered");
+    let messages = got.lock().unwrap().clone();
+    let events: Vec<serde_json::Value> = messages
+        .iter()
+        .flat_map(|m| m["events"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let scheduled = events
+        .iter()
+        .find(|e| e["kind"] == "scheduled")
+        .unwrap_or_else(|| panic!("a grace notice: {events:?}"));
+    let paused = scheduled["paused"].as_str().unwrap_or_default();
+    assert!(
+        paused.contains("paused by alice") && paused.contains("migration window"),
+        "{scheduled}"
+    );
+    let text = messages
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        .collect::<String>();
+    assert!(
+        text.contains("Releases are paused by alice")
+            && text.contains("these wait until someone resumes"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn outside_the_operating_window_nothing_is_released_and_apply_says_when() {
     let fleet = common::ci_fleet(3);

@@ -157,6 +157,7 @@ fn cases() -> Vec<(Notification, Value, Value, Value)> {
         releases: vec![web1(), unnamed()],
         at: t("2024-05-07T02:00:00Z"),
         saving: None,
+        paused: None,
     };
     let released = Notification::Released {
         policy: "stale-dev".into(),
@@ -419,6 +420,7 @@ async fn a_batch_is_one_message_and_long_lists_are_capped() {
             releases: many(120),
             at,
             saving: None,
+            paused: None,
         },
         Notification::Released {
             policy: "stale-dev".into(),

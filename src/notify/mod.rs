@@ -105,6 +105,9 @@ pub enum Notification {
         at: DateTime<Utc>,
         /// What releasing them will save, and in how long (`None` when the plan was not priced).
         saving: Option<ScheduledSaving>,
+        /// Releases are paused as this is sent (who paused, when, why): they go at `at` only
+        /// if someone resumes by then.
+        paused: Option<String>,
     },
     /// Releases that completed.
     Released {

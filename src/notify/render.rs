@@ -121,6 +121,7 @@ fn event_json(n: &Notification, max: usize) -> Value {
             releases,
             at,
             saving,
+            paused,
         } => {
             let (count, instances, omitted) = capped_list(releases, max, instance_json);
             let saves = saving.as_ref().map(|s| {
@@ -134,6 +135,9 @@ fn event_json(n: &Notification, max: usize) -> Value {
                    "count": count, "instances": instances, "omitted": omitted});
             if let Some(saves) = saves {
                 v["saves"] = saves;
+            }
+            if let Some(p) = paused {
+                v["paused"] = json!(p);
             }
             v
         }
@@ -355,12 +359,20 @@ fn event_text(flavor: Flavor, n: &Notification, max: usize) -> String {
             releases,
             at,
             saving,
+            paused,
         } => format!(
-            "{}: {} will be released at {} (grace period started){}\n\n{}",
+            "{}: {} will be released at {} (grace period started){}{}\n\n{}",
             flavor.bold(policy),
             plural(releases.len(), "instance", "instances"),
             human_time(*at),
             saving.as_ref().map(saving_words).unwrap_or_default(),
+            paused
+                .as_ref()
+                .map(|p| format!(
+                    ". Releases are {}: these wait until someone resumes",
+                    flavor.escape(p)
+                ))
+                .unwrap_or_default(),
             list(flavor, releases, max, |i| instance_words(flavor, i)),
         ),
         Notification::Released { policy, releases } => format!(
@@ -454,6 +466,7 @@ mod tests {
                 unknown: 1,
                 within: chrono::Duration::hours(24),
             }),
+            paused: None,
         };
         let v = render(WebhookFormat::Generic, std::slice::from_ref(&n), 10);
         let text = v.to_string();
@@ -480,6 +493,7 @@ mod tests {
     fn slack_escapes_markup_in_names() {
         let batch = vec![Notification::Scheduled {
             saving: None,
+            paused: None,
             policy: "p<&>".into(),
             releases: vec![InstanceRef {
                 instance_id: "i-1".into(),
