@@ -26,6 +26,6 @@ ENV JANITOR_POLICIES=/policies \
     JANITOR_LISTEN=0.0.0.0:9187 \
     JANITOR_LOG_FORMAT=json
 EXPOSE 9187
-HEALTHCHECK --interval=30s --timeout=3s CMD ["/usr/local/bin/ecs-janitor", "--version"]
+HEALTHCHECK --interval=30s --timeout=3s CMD ["/usr/local/bin/ecs-janitor", "ready"]
 ENTRYPOINT ["/usr/local/bin/ecs-janitor"]
 CMD ["run"]

@@ -345,6 +345,21 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
         http_status(&format!("http://{listen}/healthz")).await,
         Some(200)
     );
+    // The container's health check: `ready` asks /readyz on the listen address, a 0.0.0.0
+    // one (as the image sets it) on the loopback.
+    let any = format!("0.0.0.0:{port}");
+    let asked = janitor(&h, dir.path(), &url, &["ready"])
+        .env("JANITOR_LISTEN", &any)
+        .spawn()
+        .unwrap();
+    let out = finish(dir.path(), asked, "ready");
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("ready: http://127.0.0.1:{port}/readyz")),
+        "{}",
+        out.stdout
+    );
     // A second daemon on the same SQLite file is refused, naming the file (it used to run
     // beside the first, logging "database is locked" for as long as both ran).
     let other = format!("127.0.0.1:{}", free_port());
@@ -399,6 +414,18 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
     let out = finish(dir.path(), child, "run after SIGTERM");
     assert!(out.status.success(), "{}", out.stderr);
     all_succeeded(&url, want_all.len()).await;
+    // Stopped: not ready, and says why.
+    let asked = janitor(&h, dir.path(), &url, &["ready", "--listen", &listen])
+        .spawn()
+        .unwrap();
+    let out = finish(dir.path(), asked, "ready after the daemon stopped");
+    assert_eq!(out.status.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("not ready: {ready}: cannot reach it")),
+        "{}",
+        out.stderr
+    );
 }
 
 /// A policy renamed while its releases wait out their grace: the daemon calls them off as it

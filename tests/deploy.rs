@@ -137,6 +137,11 @@ fn the_image_runs_the_binary_as_a_non_root_user() {
         "USER {user}"
     );
     assert!(d.contains("ENTRYPOINT [\"/usr/local/bin/ecs-janitor\"]"));
+    // The health check asks the daemon's readiness, not merely whether the binary runs.
+    assert!(
+        d.contains("HEALTHCHECK --interval=30s --timeout=3s CMD [\"/usr/local/bin/ecs-janitor\", \"ready\"]"),
+        "{d}"
+    );
     assert!(d.contains("CMD [\"run\"]"));
     let inv = parse(&["ecs-janitor".to_string(), "run".to_string()]);
     assert!(matches!(inv.cli.command, Command::Run));

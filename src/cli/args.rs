@@ -58,6 +58,21 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ask a running daemon whether it is ready (`GET /readyz` on its --listen address, or
+    /// --url): exit 0 when it is, 1 with why when not. For a container's health check: the
+    /// image has no curl.
+    Ready(ReadyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReadyArgs {
+    /// The readiness endpoint to ask, instead of `http://<--listen>/readyz` (an unspecified
+    /// address such as 0.0.0.0 is asked on the loopback).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout_secs: f64,
 }
 
 /// The settings each subcommand reads (by its path), so it gets their flags and nothing else.
@@ -93,6 +108,7 @@ pub const COMMAND_GROUPS: &[(&[&str], &[Group])] = &[
     (&["pause"], &[Group::Database]),
     (&["resume"], &[Group::Database]),
     (&["history"], &[Group::Database]),
+    (&["ready"], &[Group::Daemon]),
     (
         &["exempt"],
         &[Group::Policies, Group::Database, Group::Ecs, Group::Safety],
@@ -374,6 +390,7 @@ impl Command {
             Command::Exempt(_) => "exempt",
             Command::Simulate(_) => "simulate",
             Command::Config(_) => "config",
+            Command::Ready(_) => "ready",
         };
         let sub = match self {
             Command::Queue(QueueCommand::List { .. }) => Some("list"),

@@ -24,6 +24,7 @@ mod control;
 mod daemon;
 mod plan;
 pub mod progress;
+mod ready;
 mod simulate;
 mod validate;
 
@@ -167,6 +168,7 @@ async fn run_command(inv: Invocation) -> anyhow::Result<ExitCode> {
         Command::Resume { reason } => control::resume(reason.as_deref(), &s).await,
         Command::Simulate(args) => simulate::simulate(args).await,
         Command::Config(ConfigCommand::Check) => config_check::config_check(&s, problems).await,
+        Command::Ready(args) => ready::ready(&args, &s).await,
     }
 }
 
