@@ -155,6 +155,7 @@ impl App {
             // no longer.
             if let Err(e) = crate::marks::reconcile(
                 &self.ctx,
+                self.reconciler.mark_holder(),
                 self.ctx.clock.now(),
                 crate::marks::Scope::Removals,
             )

@@ -105,8 +105,13 @@ async fn end_orphans(app: &App) {
     let now = app.ctx.clock.now();
     match app.reconciler.end_orphans(now).await {
         Ok(ended) if !ended.is_empty() => {
-            if let Err(e) =
-                crate::marks::reconcile(&app.ctx, now, crate::marks::Scope::Removals).await
+            if let Err(e) = crate::marks::reconcile(
+                &app.ctx,
+                app.reconciler.mark_holder(),
+                now,
+                crate::marks::Scope::Removals,
+            )
+            .await
             {
                 tracing::warn!(error = %e, "marks were not reconciled; the next pass tries again");
             }

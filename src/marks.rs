@@ -335,10 +335,46 @@ pub enum Scope {
     Removals,
 }
 
+/// Who reconciles marks: one replica at a time, under the lease [`LEASE`].
+#[derive(Debug, Clone, Copy)]
+pub struct Holder<'a> {
+    /// This process (the reconciler's owner).
+    pub owner: &'a str,
+    /// How long the lease holds if this process dies with it.
+    pub lease: chrono::Duration,
+}
+
+/// The name of the lease marks are reconciled under.
+pub const LEASE: &str = "marks";
+
 /// Brings the marks on instances to what the queue wants (as one pass ends, or only the
 /// removals after the workers). Refused calls are recorded, never returned: only the store
-/// failing is an error.
+/// failing is an error. One replica at a time: while another holds the lease, nothing is sent
+/// (it sends the same difference; replicas whose passes ended together sent every
+/// TagResources twice), and the next pass repairs whatever is left.
 pub async fn reconcile(
+    ctx: &Context,
+    holder: Holder<'_>,
+    now: DateTime<Utc>,
+    scope: Scope,
+) -> Result<MarkReport, StoreError> {
+    if !ctx
+        .store
+        .take_lease(LEASE, holder.owner, now + holder.lease, now)
+        .await?
+    {
+        tracing::debug!("another replica is reconciling the marks");
+        return Ok(MarkReport::default());
+    }
+    let done = reconcile_held(ctx, now, scope).await;
+    // Given back even after a failure; if that fails too, the lease runs out.
+    if let Err(e) = ctx.store.end_lease(LEASE, holder.owner).await {
+        tracing::warn!(error = %e, "cannot give back the marks' lease; it runs out by itself");
+    }
+    done
+}
+
+async fn reconcile_held(
     ctx: &Context,
     now: DateTime<Utc>,
     scope: Scope,

@@ -349,6 +349,14 @@ impl Reconciler {
         Ok(plan)
     }
 
+    /// This process as the one reconciling marks, under its run lease.
+    pub fn mark_holder(&self) -> crate::marks::Holder<'_> {
+        crate::marks::Holder {
+            owner: &self.owner,
+            lease: self.run_lease,
+        }
+    }
+
     /// Brings the marks on instances to what the queue now wants (never in a forced dry run),
     /// then notes each pending release's mark in `plan`. A failure is logged, never returned:
     /// marks never hold a release back.
@@ -357,7 +365,8 @@ impl Reconciler {
             return;
         }
         let done = async {
-            crate::marks::reconcile(&self.ctx, now, crate::marks::Scope::All).await?;
+            crate::marks::reconcile(&self.ctx, self.mark_holder(), now, crate::marks::Scope::All)
+                .await?;
             self.ctx.store.marks().await
         };
         match done.await {

@@ -389,6 +389,33 @@ async fn dry_runs_and_mark_false_write_no_tag() {
     }
 }
 
+/// Replicas whose passes end together each sent the same TagResources (found in a user trial
+/// of two replicas): one at a time now, under a lease; the other sends nothing, and the next
+/// pass repairs what is left.
+#[tokio::test]
+async fn while_another_replica_reconciles_the_marks_a_pass_sends_no_tag_call() {
+    let e = env_with(common::ci_fleet(3), GRACED, false).await;
+    let other = "another-replica";
+    let until = e.clock.now() + Duration::seconds(30);
+    assert!(e
+        .store
+        .take_lease("marks", other, until, e.clock.now())
+        .await
+        .unwrap());
+    e.apply().await;
+    assert!(
+        e.calls("TagResources").is_empty(),
+        "the other replica's to send"
+    );
+    assert!(e.listed_tags("i-0").await.is_empty());
+    // It gave the lease back (or its lease ran out): the next pass writes the marks.
+    e.store.end_lease("marks", other).await.unwrap();
+    e.clock.advance(Duration::minutes(10));
+    e.apply().await;
+    assert_eq!(e.calls("TagResources").len(), 1);
+    assert_eq!(e.listed_tags("i-0").await, expected_mark());
+}
+
 #[tokio::test]
 async fn tag_resources_goes_fifty_ids_a_call() {
     let e = env_with(common::ci_fleet(120), GRACED, false).await;

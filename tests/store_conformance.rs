@@ -309,6 +309,52 @@ conformance!(
     }
 );
 
+conformance!(
+    a_lease_is_held_by_one_owner_until_given_back_or_run_out,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let secs = chrono::Duration::seconds;
+        assert!(s
+            .take_lease("marks", "a", t0() + secs(30), t0())
+            .await
+            .unwrap());
+        assert!(
+            !s.take_lease("marks", "b", t0() + secs(30), t0() + secs(1))
+                .await
+                .unwrap(),
+            "held by a"
+        );
+        assert!(
+            s.take_lease("other", "b", t0() + secs(30), t0())
+                .await
+                .unwrap(),
+            "each name its own lease"
+        );
+        assert!(
+            s.take_lease("marks", "a", t0() + secs(40), t0() + secs(10))
+                .await
+                .unwrap(),
+            "its holder renews it"
+        );
+        // Only its holder gives it back.
+        s.end_lease("marks", "b").await.unwrap();
+        assert!(!s
+            .take_lease("marks", "b", t0() + secs(60), t0() + secs(39))
+            .await
+            .unwrap());
+        // Run out: anyone takes it.
+        assert!(s
+            .take_lease("marks", "b", t0() + secs(70), t0() + secs(40))
+            .await
+            .unwrap());
+        s.end_lease("marks", "b").await.unwrap();
+        assert!(s
+            .take_lease("marks", "c", t0() + secs(70), t0() + secs(41))
+            .await
+            .unwrap());
+    }
+);
+
 conformance!(each_policy_tick_runs_once, |db: TestDb| async move {
     let s = &db.store;
     assert!(s

@@ -27,6 +27,7 @@ mod chain;
 mod db;
 mod diagnose;
 mod exemptions;
+mod leases;
 mod marks;
 mod observations;
 mod queue;
