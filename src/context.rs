@@ -23,6 +23,9 @@ pub struct Policies(
     watch::Receiver<Arc<Vec<Policy>>>,
     /// Set while the running replicas disagree on the policy set: why releases wait.
     Arc<std::sync::RwLock<Option<Arc<str>>>>,
+    /// The digest of this process's set as the replicas compare it, once it has compared
+    /// (workers check it against the live replicas' before each claim).
+    Arc<std::sync::RwLock<Option<Arc<str>>>>,
 );
 
 /// The one writer of a [`Policies`]: the daemon's reload (and tests).
@@ -33,7 +36,10 @@ impl Policies {
     /// A policy set and its writer.
     pub fn new(policies: Vec<Policy>) -> (Policies, PolicyReload) {
         let (tx, rx) = watch::channel(Arc::new(policies));
-        (Policies(rx, Arc::default()), PolicyReload(tx))
+        (
+            Policies(rx, Arc::default(), Arc::default()),
+            PolicyReload(tx),
+        )
     }
 
     /// The policies now loaded.
@@ -44,6 +50,16 @@ impl Policies {
     /// Why releases wait because the running replicas run different policy sets, if they do.
     pub fn disagreement(&self) -> Option<Arc<str>> {
         self.1.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The digest of this process's policy set as the replicas compare it, once it compared.
+    pub fn digest(&self) -> Option<Arc<str>> {
+        self.2.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the digest of this process's policy set ([`crate::replicas::PolicySet`]).
+    pub fn set_digest(&self, digest: &str) {
+        *self.2.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::from(digest));
     }
 
     /// Records whether the running replicas disagree (the daemon, from the database); returns

@@ -57,6 +57,7 @@ pub async fn beat(
     lease: chrono::Duration,
     now: DateTime<Utc>,
 ) -> Option<(bool, bool)> {
+    ctx.policies.set_digest(&set.digest);
     let looked = async {
         let clash = ctx
             .store
@@ -92,6 +93,7 @@ pub async fn compare(
     set: &PolicySet,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
+    ctx.policies.set_digest(&set.digest);
     let mut live = ctx.store.live_replicas(now).await?;
     if live.is_empty() {
         return Ok(true);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ecs_janitor::app::App;
 use ecs_janitor::backoff::Backoff;
-use ecs_janitor::clock::{OffsetClock, SharedClock, SystemClock};
+use ecs_janitor::clock::{Clock, OffsetClock, SharedClock, SystemClock};
 use ecs_janitor::context::Extras;
 use ecs_janitor::ecs::{ChargeType, Instance, InstanceStatus};
 use ecs_janitor::plan::SavedPlan;
@@ -570,6 +570,52 @@ release:
     };
     assert_eq!(of("cancelled", "b-later"), 1, "{events:?}");
     assert_eq!(of("scheduled", "b-renamed"), 1, "{events:?}");
+}
+
+/// A replica with another policy set joins while releases are queued: the workers hold at
+/// their next claim, from the database, without waiting for this process's next comparison
+/// (its beat, up to half a lease later: found reading two replicas' logs, where a stale one
+/// went on sending for that long).
+#[tokio::test]
+async fn workers_hold_at_once_when_a_replica_with_another_policy_set_is_running() {
+    let h = common::start_sim(common::ci_fleet(3), Faults::default(), 16).await;
+    let db = common::sqlite().await;
+    let clock = OffsetClock::new();
+    let app = app_for(&h, &db, policies(GRACE_POLICY), Arc::new(clock.clone())).await;
+    app.apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    // This process compared its set (digest "mine") when the replicas agreed.
+    app.ctx.policies.set_digest("mine");
+    assert!(app.ctx.policies.disagreement().is_none());
+    clock.advance(chrono::Duration::minutes(61));
+    let until = clock.now() + chrono::Duration::minutes(5);
+    db.store
+        .replica_seen(
+            "joined",
+            "n",
+            "theirs-0123456789",
+            "other",
+            until,
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    let held = app.workers.drain(CancellationToken::new()).await.unwrap();
+    assert!(h.sim.releases().is_empty(), "nothing sent");
+    let why = held.stopped.map(|s| s.describe()).unwrap_or_default();
+    assert!(
+        why.contains("another policy set (theirs-01234) than this one (mine)"),
+        "{why}"
+    );
+    // The joined replica runs the same set now: the releases go.
+    db.store
+        .replica_seen("joined", "n", "mine", "same", until, clock.now())
+        .await
+        .unwrap();
+    let done = app.workers.drain(CancellationToken::new()).await.unwrap();
+    assert!(done.stopped.is_none(), "{:?}", done.stopped);
+    assert_eq!(released(&h).len(), 3);
 }
 
 /// Releases queued while releases are paused: the grace notice says so, with who paused and

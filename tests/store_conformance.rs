@@ -1153,13 +1153,13 @@ conformance!(
     |db: TestDb| async move {
         use ecs_janitor::policy::{SnapshotDisks, SnapshotOptions};
         let s = &db.store;
-        let nothing = s.before_claim().await.unwrap();
+        let nothing = s.before_claim(t0()).await.unwrap();
         assert_eq!((nothing.paused, nothing.snapshots_waiting), (None, false));
         // A release without snapshots is no work for the snapshot stage.
         s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
-        assert!(!s.before_claim().await.unwrap().snapshots_waiting);
+        assert!(!s.before_claim(t0()).await.unwrap().snapshots_waiting);
         s.pause("alice", "freeze", t0()).await.unwrap();
-        let paused = s.before_claim().await.unwrap();
+        let paused = s.before_claim(t0()).await.unwrap();
         assert_eq!(paused.paused, s.pause_state().await.unwrap());
         assert_eq!(paused.paused.map(|p| p.by), Some("alice".to_string()));
         s.enqueue(
@@ -1174,10 +1174,28 @@ conformance!(
         )
         .await
         .unwrap();
-        assert!(s.before_claim().await.unwrap().snapshots_waiting);
+        assert!(s.before_claim(t0()).await.unwrap().snapshots_waiting);
         s.resume("bob", "", t0()).await.unwrap();
-        let resumed = s.before_claim().await.unwrap();
+        let resumed = s.before_claim(t0()).await.unwrap();
         assert_eq!((resumed.paused, resumed.snapshots_waiting), (None, true));
+        // And the policy sets of the replicas running then, each once.
+        assert!(resumed.live_policy_sets.is_empty());
+        let until = t0() + chrono::Duration::seconds(90);
+        for (id, digest) in [("a", "d1"), ("b", "d1"), ("c", "d2")] {
+            s.replica_seen(id, "n", digest, "p", until, t0())
+                .await
+                .unwrap();
+        }
+        s.replica_seen("gone", "n", "d3", "p", t0(), t0())
+            .await
+            .unwrap();
+        let mut sets = s
+            .before_claim(t0() + chrono::Duration::seconds(1))
+            .await
+            .unwrap()
+            .live_policy_sets;
+        sets.sort();
+        assert_eq!(sets, ["d1", "d2"], "live replicas' sets, each once");
     }
 );
 

@@ -79,6 +79,8 @@ pub struct BeforeClaim {
     pub paused: Option<PauseInfo>,
     /// Some pending release waits for its snapshots (see [`Store::claim_snapshot_stage`]).
     pub snapshots_waiting: bool,
+    /// The digests of the policy sets the running replicas run (`replicas`).
+    pub live_policy_sets: Vec<String>,
 }
 
 /// Whether releases are paused, in one read.
@@ -205,18 +207,26 @@ impl Store {
         Ok(pause_from(&rows))
     }
 
-    /// What a worker reads before each claim, in one read: the pause, and whether any release
-    /// waits for its snapshots (work for the snapshot stage).
-    pub async fn before_claim(&self) -> Result<BeforeClaim, StoreError> {
+    /// What a worker reads before each claim, in one read: the pause, whether any release
+    /// waits for its snapshots (work for the snapshot stage), and the policy sets the replicas
+    /// running at `now` run.
+    pub async fn before_claim(&self, now: DateTime<Utc>) -> Result<BeforeClaim, StoreError> {
         let mut q = pause_sql();
         q.push(&format!(
             " UNION ALL SELECT '', '' WHERE EXISTS (SELECT 1 FROM releases WHERE {})",
             super::snapshots::WAITING
         ));
+        q.push(" UNION ALL SELECT DISTINCT 'digest', policies_digest FROM replicas WHERE live_until >= ")
+            .push_bind(super::ms(now));
         let rows: Vec<(String, String)> = self.pool.fetch_all(q).await?;
         Ok(BeforeClaim {
             paused: pause_from(&rows),
             snapshots_waiting: rows.iter().any(|(key, _)| key.is_empty()),
+            live_policy_sets: rows
+                .iter()
+                .filter(|(key, _)| key == "digest")
+                .map(|(_, d)| d.clone())
+                .collect(),
         })
     }
 

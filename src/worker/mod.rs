@@ -580,9 +580,15 @@ impl Workers {
     }
 
     fn gate<'a>(&'a self, paused: Option<&'a PauseInfo>) -> Gate<'a> {
+        self.gate_with(paused, None)
+    }
+
+    /// The gate, with why the replicas' policy sets differ as the database says right now
+    /// (`differ`), beside what this process last compared.
+    fn gate_with<'a>(&'a self, paused: Option<&'a PauseInfo>, differ: Option<String>) -> Gate<'a> {
         Gate {
             paused,
-            policy_sets_differ: self.ctx.policies.disagreement(),
+            policy_sets_differ: self.ctx.policies.disagreement().or(differ.map(Arc::from)),
             window: self.ctx.window.as_ref(),
             dry_run: self.dry_run,
             max_tries: i64::from(self.cfg.max_attempts.max(1)),
@@ -592,9 +598,20 @@ impl Workers {
     /// Checks the switches, then claims and carries out one batch; `None` when nothing is due.
     async fn step_inner(&self) -> Result<Option<BatchResult>, WorkerError> {
         // Before claiming, so that a paused or closed queue is left exactly as it is.
-        let before = self.ctx.store.before_claim().await?;
+        let now = self.ctx.clock.now();
+        let before = self.ctx.store.before_claim(now).await?;
+        // A replica with another policy set may have joined since this process last compared
+        // (its beat comes every half lease): the database says so at once.
+        let differ = self.ctx.policies.digest().and_then(|own| {
+            let other = before.live_policy_sets.iter().find(|d| **d != *own)?;
+            Some(format!(
+                "a running replica runs another policy set ({}) than this one ({}); releases wait until they agree",
+                short(other),
+                short(&own)
+            ))
+        });
         let paused = before.paused;
-        if let Some((why, _)) = gate_stop(&self.gate(paused.as_ref()), self.ctx.clock.now()) {
+        if let Some((why, _)) = gate_stop(&self.gate_with(paused.as_ref(), differ), now) {
             return Ok(Some(BatchResult::Stopped(why)));
         }
         // The snapshot stage never holds the batches back: it runs on every step where a
@@ -1352,4 +1369,9 @@ fn failed(e: &EcsError, quarantine: Option<chrono::Duration>) -> MemberOutcome {
         },
         request_id: e.request_id().map(str::to_string),
     }
+}
+
+/// The first twelve characters of a digest, as people compare them.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
