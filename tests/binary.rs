@@ -509,94 +509,168 @@ async fn the_daemon_calls_off_a_renamed_policys_releases_and_queues_them_under_t
     assert!(out.status.success(), "{}", out.stderr);
 }
 
+/// A replica that kills `replica-a` in the middle of its first tick's pass (the tick a few
+/// seconds from now, one a minute: no later tick comes to supersede it) and returns what it
+/// left, with the means to start more replicas on the same database.
+struct KilledMidPass {
+    h: SimHandle,
+    dir: tempfile::TempDir,
+    url: String,
+    store: Store,
+    policy: String,
+    left: Vec<ecs_janitor::store::RunRow>,
+}
+
+impl KilledMidPass {
+    async fn new(seed: u64) -> KilledMidPass {
+        let fleet = fleet::generate(200, seed, Utc::now());
+        let faults = Faults {
+            latency: Duration::from_millis(1500),
+            actions: vec!["DescribeInstances".into()],
+            ..Faults::default()
+        };
+        let h = common::start_sim(fleet, faults, seed).await;
+        let dir = tempfile::tempdir().unwrap();
+        let second = (Utc::now() + chrono::Duration::seconds(4))
+            .format("%S")
+            .to_string();
+        let policy = STOPPED_PAYG
+            .replace(
+                "[cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]",
+                "[cn-hangzhou]",
+            )
+            .replace("\"* * * * * *\"", &format!("\"{second} * * * * *\""))
+            .replace("limits:", "release:\n  grace: 6h\nlimits:");
+        write_policy(dir.path(), "p.yaml", &policy);
+        let url = format!("sqlite://{}", dir.path().join("j.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let mut k = KilledMidPass {
+            h,
+            dir,
+            url,
+            store,
+            policy,
+            left: Vec::new(),
+        };
+        let mut a = k.replica("replica-a");
+        common::wait_for("replica-a's pass", Duration::from_secs(90), || {
+            let store = k.store.clone();
+            async move {
+                store
+                    .runs(10)
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r.owner == "replica-a" && r.finished_at.is_none())
+            }
+        })
+        .await;
+        a.kill().unwrap();
+        a.wait().unwrap();
+        k.left = k.runs().await;
+        assert_eq!(k.left.len(), 1, "{:?}", k.left);
+        assert!(k.left[0].finished_at.is_none(), "{:?}", k.left);
+        k
+    }
+
+    fn replica(&self, name: &str) -> Child {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = [
+            "run",
+            "--listen",
+            &listen,
+            "--lease-secs",
+            "2",
+            "--replica-id",
+            name,
+        ];
+        janitor(&self.h, self.dir.path(), &self.url, &args)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn runs(&self) -> Vec<ecs_janitor::store::RunRow> {
+        self.store.runs(10).await.unwrap_or_default()
+    }
+
+    /// Waits until the tick replica-a left is finished, by whichever replica.
+    async fn wait_closed(&self) -> Vec<ecs_janitor::store::RunRow> {
+        common::wait_for("the tick taken over", Duration::from_secs(40), || {
+            let store = self.store.clone();
+            let tick = self.left[0].scheduled_for;
+            async move {
+                store
+                    .runs(10)
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r.scheduled_for == tick && r.finished_at.is_some())
+            }
+        })
+        .await;
+        self.runs().await
+    }
+
+    fn stop(&self, child: Child, what: &str) {
+        common::sigterm(&child);
+        let out = finish(self.dir.path(), child, what);
+        assert!(out.status.success(), "{}", out.stderr);
+    }
+}
+
 /// A replica killed in the middle of a tick's pass: another takes the tick over once the
 /// lease on it ends, and reconciles it (found in a user trial: the tick stayed "running" under
 /// the dead replica's name for good, and a daily policy lost its day).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_left_by_a_killed_replica_is_taken_over_and_reconciled() {
-    let fleet = fleet::generate(200, 36, Utc::now());
-    let faults = Faults {
-        latency: Duration::from_millis(1500),
-        actions: vec!["DescribeInstances".into()],
-        ..Faults::default()
-    };
-    let h = common::start_sim(fleet, faults, 36).await;
-    let dir = tempfile::tempdir().unwrap();
-    // One tick a minute, the first a few seconds from now: no later tick comes to supersede
-    // the one the first replica leaves.
-    let second = (Utc::now() + chrono::Duration::seconds(4))
-        .format("%S")
-        .to_string();
-    let policy = STOPPED_PAYG
-        .replace(
-            "[cn-hangzhou, cn-shanghai, cn-beijing, ap-southeast-1]",
-            "[cn-hangzhou]",
-        )
-        .replace("\"* * * * * *\"", &format!("\"{second} * * * * *\""))
-        .replace("limits:", "release:\n  grace: 6h\nlimits:");
-    write_policy(dir.path(), "p.yaml", &policy);
-    let url = format!("sqlite://{}", dir.path().join("j.db").display());
-    let replica = |name: &str| {
-        let listen = format!("127.0.0.1:{}", free_port());
-        janitor(
-            &h,
-            dir.path(),
-            &url,
-            &[
-                "run",
-                "--listen",
-                &listen,
-                "--lease-secs",
-                "2",
-                "--replica-id",
-                name,
-            ],
-        )
-        .spawn()
-        .unwrap()
-    };
-    let store = Store::connect(&url).await.unwrap();
-    let runs = || {
-        let store = store.clone();
-        async move { store.runs(10).await.unwrap_or_default() }
-    };
-    let mut a = replica("replica-a");
-    common::wait_for("replica-a's pass", Duration::from_secs(90), || {
-        let runs = runs();
-        async move {
-            runs.await
-                .iter()
-                .any(|r| r.owner == "replica-a" && r.finished_at.is_none())
-        }
-    })
-    .await;
-    a.kill().unwrap();
-    a.wait().unwrap();
-    let left = runs().await;
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert!(left[0].finished_at.is_none(), "{left:?}");
-    let b = replica("replica-b");
-    common::wait_for("the tick taken over", Duration::from_secs(40), || {
-        let runs = runs();
-        async move {
-            runs.await
-                .iter()
-                .any(|r| r.owner == "replica-b" && r.finished_at.is_some())
-        }
-    })
-    .await;
-    let done = runs().await;
+    let k = KilledMidPass::new(36).await;
+    let b = k.replica("replica-b");
+    let done = k.wait_closed().await;
     assert_eq!(
         done.len(),
         1,
         "the same tick, reconciled once more: {done:?}"
     );
-    assert_eq!(done[0].scheduled_for, left[0].scheduled_for);
+    assert_eq!(done[0].owner, "replica-b", "{done:?}");
     assert_eq!(done[0].outcome.map(|o| o.as_str()), Some("ok"), "{done:?}");
     assert!(done[0].planned > 0, "{done:?}");
-    common::sigterm(&b);
-    let out = finish(dir.path(), b, "replica-b after SIGTERM");
-    assert!(out.status.success(), "{}", out.stderr);
+    k.stop(b, "replica-b after SIGTERM");
+}
+
+/// The same, but the policy was renamed before another replica came: the tick is not run
+/// under a name nothing loads; it is closed as failed, once, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_left_by_a_killed_replica_of_a_policy_since_renamed_is_closed_saying_why() {
+    let k = KilledMidPass::new(38).await;
+    let renamed = k
+        .policy
+        .replace("name: stopped-payg", "name: stopped-payg-2");
+    assert_ne!(renamed, k.policy);
+    write_policy(k.dir.path(), "p.yaml", &renamed);
+    let b = k.replica("replica-b");
+    let done = k.wait_closed().await;
+    let left = done
+        .iter()
+        .find(|r| r.scheduled_for == k.left[0].scheduled_for && r.policy == "stopped-payg")
+        .unwrap_or_else(|| panic!("{done:?}"));
+    assert_eq!(left.outcome.map(|o| o.as_str()), Some("error"), "{done:?}");
+    assert_eq!(left.planned, 0, "not run under the old name: {done:?}");
+    let told = k
+        .store
+        .events_where(&ecs_janitor::store::EventFilter {
+            kind: Some("run_failed".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(told.len(), 1, "{told:?}");
+    let why = told[0].detail.clone();
+    assert!(
+        why.contains("replica replica-a stopped during this tick's pass")
+            && why.contains("the policy is no longer loaded"),
+        "{why}"
+    );
+    k.stop(b, "replica-b after SIGTERM");
 }
 
 /// Two replicas on one database with different policy sets (one on an old checkout): neither
