@@ -338,9 +338,10 @@ pub enum Scope {
 /// Who reconciles marks: one replica at a time, under the lease [`LEASE`].
 #[derive(Debug, Clone, Copy)]
 pub struct Holder<'a> {
-    /// This process (the reconciler's owner).
+    /// This process (the reconciler's owner), for the logs.
     pub owner: &'a str,
-    /// How long the lease holds if this process dies with it.
+    /// How long the lease holds unrenewed (it is renewed every half of it while the work
+    /// runs), and the longest a reconcile waits for another to give it back.
     pub lease: chrono::Duration,
 }
 
@@ -349,26 +350,55 @@ pub const LEASE: &str = "marks";
 
 /// Brings the marks on instances to what the queue wants (as one pass ends, or only the
 /// removals after the workers). Refused calls are recorded, never returned: only the store
-/// failing is an error. One replica at a time: while another holds the lease, nothing is sent
-/// (it sends the same difference; replicas whose passes ended together sent every
-/// TagResources twice), and the next pass repairs whatever is left.
+/// failing is an error.
+///
+/// One at a time, across replicas and within a process, under a lease in the database taken
+/// with a token of its own (replicas whose passes ended together each sent the same
+/// TagResources): a reconcile that finds it held waits for it, up to the lease's length, then
+/// reads the queue afresh and does its own (the holder's difference may have been read before
+/// this pass queued, or be removals only). If the holder never gives it back and its lease
+/// does not run out, this one is skipped, said in the log, and the next pass repairs it.
 pub async fn reconcile(
     ctx: &Context,
     holder: Holder<'_>,
     now: DateTime<Utc>,
     scope: Scope,
 ) -> Result<MarkReport, StoreError> {
-    if !ctx
-        .store
-        .take_lease(LEASE, holder.owner, now + holder.lease, now)
-        .await?
-    {
-        tracing::debug!("another replica is reconciling the marks");
-        return Ok(MarkReport::default());
+    let token = crate::store::new_client_token();
+    let lease = holder.lease.max(chrono::Duration::seconds(2));
+    let waiting = lease.to_std().unwrap_or(std::time::Duration::from_secs(30));
+    let deadline = tokio::time::Instant::now() + waiting;
+    loop {
+        let at = ctx.clock.now();
+        if ctx.store.take_lease(LEASE, &token, at + lease, at).await? {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(owner = holder.owner, "marks not reconciled: another reconcile held their lease all along; the next pass tries again");
+            return Ok(MarkReport::default());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let done = reconcile_held(ctx, now, scope).await;
+    // Renewed every half lease while the work runs (a reconcile of thousands of marks, paced,
+    // outlasts one lease).
+    let renew = async {
+        let every = (lease / 2)
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(every).await;
+            let at = ctx.clock.now();
+            if let Err(e) = ctx.store.take_lease(LEASE, &token, at + lease, at).await {
+                tracing::warn!(error = %e, "cannot renew the marks' lease");
+            }
+        }
+    };
+    let done = tokio::select! {
+        done = reconcile_held(ctx, now, scope) => done,
+        never = renew => never,
+    };
     // Given back even after a failure; if that fails too, the lease runs out.
-    if let Err(e) = ctx.store.end_lease(LEASE, holder.owner).await {
+    if let Err(e) = ctx.store.end_lease(LEASE, &token).await {
         tracing::warn!(error = %e, "cannot give back the marks' lease; it runs out by itself");
     }
     done

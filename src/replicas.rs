@@ -57,12 +57,13 @@ pub async fn beat(
     lease: chrono::Duration,
     now: DateTime<Utc>,
 ) -> Option<(bool, bool)> {
-    ctx.policies.set_digest(&set.digest);
     let looked = async {
         let clash = ctx
             .store
             .replica_seen(id, nonce(), &set.digest, &set.names, now + lease * 3, now)
             .await?;
+        // Once this replica's row says so: the workers compare it with the rows they read.
+        ctx.policies.set_digest(&set.digest);
         Ok::<_, StoreError>((clash, ctx.store.live_replicas(now).await?))
     };
     match looked.await {

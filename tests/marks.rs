@@ -390,11 +390,11 @@ async fn dry_runs_and_mark_false_write_no_tag() {
 }
 
 /// Replicas whose passes end together each sent the same TagResources (found in a user trial
-/// of two replicas): one at a time now, under a lease; the other sends nothing, and the next
-/// pass repairs what is left.
+/// of two replicas): one reconcile at a time now, under a lease. One that finds it held waits
+/// for it, then reads the queue afresh and sends what is left, once.
 #[tokio::test]
-async fn while_another_replica_reconciles_the_marks_a_pass_sends_no_tag_call() {
-    let e = env_with(common::ci_fleet(3), GRACED, false).await;
+async fn while_another_replica_reconciles_the_marks_a_pass_waits_and_then_writes_them_once() {
+    let e = Arc::new(env_with(common::ci_fleet(3), GRACED, false).await);
     let other = "another-replica";
     let until = e.clock.now() + Duration::seconds(30);
     assert!(e
@@ -402,17 +402,36 @@ async fn while_another_replica_reconciles_the_marks_a_pass_sends_no_tag_call() {
         .take_lease("marks", other, until, e.clock.now())
         .await
         .unwrap());
-    e.apply().await;
+    let pass = tokio::spawn({
+        let e = e.clone();
+        async move { e.apply().await }
+    });
+    common::wait_for(
+        "the pass's releases queued",
+        std::time::Duration::from_secs(10),
+        || {
+            let store = e.store.clone();
+            async move {
+                store
+                    .list_releases(&ReleaseFilter::default())
+                    .await
+                    .map(|r| r.len() == 3)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    assert!(!pass.is_finished(), "the pass waits for the lease");
     assert!(
         e.calls("TagResources").is_empty(),
-        "the other replica's to send"
+        "nothing sent while another holds it"
     );
-    assert!(e.listed_tags("i-0").await.is_empty());
-    // It gave the lease back (or its lease ran out): the next pass writes the marks.
     e.store.end_lease("marks", other).await.unwrap();
-    e.clock.advance(Duration::minutes(10));
-    e.apply().await;
-    assert_eq!(e.calls("TagResources").len(), 1);
+    tokio::time::timeout(std::time::Duration::from_secs(20), pass)
+        .await
+        .expect("the pass ends once the lease is given back")
+        .unwrap();
+    assert_eq!(e.calls("TagResources").len(), 1, "written once");
     assert_eq!(e.listed_tags("i-0").await, expected_mark());
 }
 

@@ -30,7 +30,12 @@ pub(super) async fn ready(args: &ReadyArgs, s: &Settings) -> anyhow::Result<Exit
                 args.timeout_secs
             )
         })?;
-    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    // Never through a proxy: HTTP_PROXY, set for the daemon's way to ECS, would take the
+    // loopback request elsewhere and mark a healthy container unhealthy.
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .build()?;
     match client.get(&url).send().await {
         Ok(r) if r.status().is_success() => {
             outln!("ready: {url}");

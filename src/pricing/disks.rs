@@ -29,11 +29,14 @@ pub type OnDisk<'a> = &'a (dyn Fn(&str, &KeptDisk) + Sync);
 
 /// From how many releases a region that must be counted is listed while its count is on its
 /// way. With two disks each (a system disk and a data disk, as the estimate assumes) they take
-/// more than a page, so the listing starts split in kinds; the count's answer then stops it
-/// only when reading one instance at a time is fewer calls than the pages still to come (a
-/// region of more than 500 disks a release, 125,500 here) or its own page holds every disk.
-/// A region that turns out to hold at most 500 disks costs a page more than counting first
-/// (its system and data disks on two pages instead of one); any other, a round trip less.
+/// more than a page, so the listing starts split in kinds, and each part asks for its first
+/// page only until the count answers. The count then stops it when reading one instance at a
+/// time is fewer calls than the pages still to come (a region of more than 500 disks a release,
+/// 125,500 here), when its own page holds every disk, or when the region is long enough to be
+/// listed in more creation-time ranges than the estimate gave (read again so: the first pages
+/// are lost). A region that turns out to hold at most 500 disks costs a page more than
+/// counting first (its system and data disks on two pages instead of one); a region that is
+/// not split further, a round trip less.
 pub const LIST_WHILE_COUNTING: usize = MAX_DISK_PAGE / 2 + 1;
 
 /// What pricing keeps of a disk: a third of a [`Disk`]'s size, the category shared by every
@@ -200,13 +203,20 @@ pub fn time_ranges(disks: usize, created: Option<&[DateTime<Utc>; 9]>) -> Vec<Ti
         .collect();
     cuts.dedup();
     let mut ranges = Vec::with_capacity(cuts.len() + 1);
-    let mut after = None;
+    // The first range starts before any disk: ECS's reference does not say what a
+    // `Filter.2` without a `Filter.1` does, so both are always sent.
+    let mut after = (!cuts.is_empty()).then(listing_floor);
     for cut in cuts {
         ranges.push((after, Some(cut + TimeDelta::minutes(1))));
         after = Some(cut);
     }
     ranges.push((after, None));
     ranges
+}
+
+/// A time before any disk: the start of the first creation-time range (2009, before ECS).
+pub fn listing_floor() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_230_768_000, 0).unwrap_or_default()
 }
 
 /// Created after, created before (`None`: unbounded), as DescribeDisks' filters take them.
@@ -378,6 +388,11 @@ impl Reader<'_> {
         });
         let read = futures::future::join_all(parts.map(|q| self.part(q, &wanted, halt))).await;
         let calls = read.iter().map(|(_, n)| n).sum();
+        // Stopped first: the count that stopped it chose another way to read the region, which
+        // a part failing meanwhile must not override.
+        if read.iter().any(|(got, _)| matches!(got, Ok(None))) {
+            return (None, calls);
+        }
         let mut of = Kept::new();
         for (got, _) in read {
             match got {
@@ -505,10 +520,13 @@ mod tests {
         assert_eq!(time_ranges(20_000, None), vec![(None, None)]);
         assert_eq!(time_ranges(400, Some(&created)), vec![(None, None)]);
         // 20 pages of each kind: two ranges cut at the median's minute, each reaching a minute
-        // into the other.
+        // into the other, the first from before any disk (both filters always sent).
         assert_eq!(
             time_ranges(20_000, Some(&created)),
-            vec![(None, Some(minute(51))), (Some(minute(50)), None)]
+            vec![
+                (Some(listing_floor()), Some(minute(51))),
+                (Some(minute(50)), None)
+            ]
         );
         // 60 pages of each: four ranges, at the deciles nearest the quarters.
         let r = time_ranges(60_000, Some(&created));
