@@ -108,6 +108,19 @@ pub async fn compare(
     Ok(hold_if_different(ctx, &live).0)
 }
 
+/// Why releases wait when a running replica's set (`live`, the digests the workers read before
+/// each claim) is not this process's (`own`): a replica that joined since this process last
+/// compared holds it at its next claim, not at its next beat.
+pub fn another_set(own: &str, live: &[String]) -> Option<String> {
+    let short = |d: &str| d.get(..12).unwrap_or(d).to_string();
+    let other = live.iter().find(|d| d.as_str() != own)?;
+    Some(format!(
+        "a running replica runs another policy set ({}) than this one ({}); releases wait until every replica runs the same files (update or stop the others; the status page names which replica runs which policies)",
+        short(other),
+        short(own)
+    ))
+}
+
 /// Sets the hold from `live`: whether they agree, and whether the hold changed.
 fn hold_if_different(ctx: &Context, live: &[ReplicaRow]) -> (bool, bool) {
     let why = crate::store::disagreement(live);

@@ -393,22 +393,17 @@ impl Reader<'_> {
         if read.iter().any(|(got, _)| matches!(got, Ok(None))) {
             return (None, calls);
         }
+        if let Some(w) = read.iter().find_map(|(got, _)| got.as_ref().err()) {
+            let out = self.ids.iter().map(|id| (id.to_string(), Err(w.clone())));
+            return (
+                Some((out.collect(), vec![format!("{}: {w}", self.region)])),
+                calls,
+            );
+        }
         let mut of = Kept::new();
-        for (got, _) in read {
-            match got {
-                Ok(Some(more)) => {
-                    for (id, ds) in more {
-                        of.entry(id).or_default().extend(ds);
-                    }
-                }
-                Ok(None) => return (None, calls),
-                Err(w) => {
-                    let out = self.ids.iter().map(|id| (id.to_string(), Err(w.clone())));
-                    return (
-                        Some((out.collect(), vec![format!("{}: {w}", self.region)])),
-                        calls,
-                    );
-                }
+        for (more, _) in read {
+            for (id, ds) in more.ok().flatten().unwrap_or_default() {
+                of.entry(id).or_default().extend(ds);
             }
         }
         if ranges.len() > 1 {

@@ -602,14 +602,11 @@ impl Workers {
         let before = self.ctx.store.before_claim(now).await?;
         // A replica with another policy set may have joined since this process last compared
         // (its beat comes every half lease): the database says so at once.
-        let differ = self.ctx.policies.digest().and_then(|own| {
-            let other = before.live_policy_sets.iter().find(|d| **d != *own)?;
-            Some(format!(
-                "a running replica runs another policy set ({}) than this one ({}); releases wait until they agree",
-                short(other),
-                short(&own)
-            ))
-        });
+        let differ = self
+            .ctx
+            .policies
+            .digest()
+            .and_then(|own| crate::replicas::another_set(&own, &before.live_policy_sets));
         let paused = before.paused;
         if let Some((why, _)) = gate_stop(&self.gate_with(paused.as_ref(), differ), now) {
             return Ok(Some(BatchResult::Stopped(why)));
@@ -1369,9 +1366,4 @@ fn failed(e: &EcsError, quarantine: Option<chrono::Duration>) -> MemberOutcome {
         },
         request_id: e.request_id().map(str::to_string),
     }
-}
-
-/// The first twelve characters of a digest, as people compare them.
-fn short(digest: &str) -> &str {
-    digest.get(..12).unwrap_or(digest)
 }
