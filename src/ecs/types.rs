@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// An instance's lifecycle state, as `DescribeInstances` reports it.
@@ -436,7 +436,7 @@ impl Disk {
             // DescribeDisks gives seconds (its reference's example: `2021-06-07T06:08:56Z`).
             creation_time: self
                 .creation_time
-                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                 .unwrap_or_default(),
         }
     }
@@ -554,17 +554,38 @@ pub struct WireDetailInfo {
 }
 
 /// Parses an ECS time: `yyyy-MM-ddTHH:mmZ` (what the API really returns) or `yyyy-MM-ddTHH:mm:ssZ`
-/// (what its documentation says).
+/// (what its documentation says). Read for every instance and disk of a listing, so by RFC 3339's
+/// fixed-width parser, not a format string (which was a twentieth of `apply`'s time).
 pub fn parse_ecs_time(s: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%MZ")
-        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%SZ"))
-        .ok()
-        .map(|n| n.and_utc())
+    let b = s.as_bytes();
+    if !s.ends_with('Z') || b.get(10) != Some(&b'T') {
+        return None;
+    }
+    let parsed = match b.len() {
+        // The minute form, given its seconds.
+        17 => {
+            let mut full = [0u8; 20];
+            full[..16].copy_from_slice(&b[..16]);
+            full[16..].copy_from_slice(b":00Z");
+            DateTime::parse_from_rfc3339(std::str::from_utf8(&full).ok()?)
+        }
+        20 => DateTime::parse_from_rfc3339(s),
+        _ => return None,
+    };
+    parsed.ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// Formats a time the way `DescribeInstances` does: minute precision, `yyyy-MM-ddTHH:mmZ`.
 pub fn format_ecs_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%MZ").to_string()
+    use chrono::{Datelike, Timelike};
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
 }
 
 #[cfg(test)]
@@ -602,6 +623,20 @@ mod tests {
         assert_eq!(m, s);
         assert_eq!(format_ecs_time(m), "2019-11-11T08:35Z");
         assert!(parse_ecs_time("yesterday").is_none());
+        // Only the two forms, in UTC.
+        for bad in [
+            "2019-11-11 08:35Z",
+            "2019-11-11T08:35",
+            "2019-11-11T08:35:00+08:00",
+            "2019-11-11T08:35:00.5Z",
+            "2019-13-11T08:35Z",
+            "",
+        ] {
+            assert!(parse_ecs_time(bad).is_none(), "{bad}");
+        }
+        let t = parse_ecs_time("2021-06-07T06:08:56Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2021-06-07T06:08:56+00:00");
+        assert_eq!(format_ecs_time(t), "2021-06-07T06:08Z");
     }
 
     #[test]

@@ -560,7 +560,7 @@ mod tests {
     fn the_documented_example_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/janitor.example.yaml");
         let c = ConfigFile::load(&path).unwrap();
-        assert_eq!(c.values["workers.concurrency"], "8");
+        assert_eq!(c.values["workers.concurrency"], "16");
         assert_eq!(c.webhooks().unwrap().len(), 3);
         assert!(c.window().unwrap().is_some());
         assert_eq!(c.accounts().unwrap()["prod"], "janitor-prod");

@@ -502,7 +502,18 @@ mod tests {
             "janitor.yaml:3:14 (`admin_token`): invalid value for `admin_token`: give a value"
         );
         // The default stands in for a bad value, so checks can go on.
-        assert_eq!(s.workers.concurrency, 8);
+        assert_eq!(s.workers.concurrency, 16);
+    }
+
+    /// The defaults `--help` and `config show` print are the ones the workers run with (the
+    /// batches in flight were raised in one place and not the other).
+    #[test]
+    fn the_documented_worker_defaults_are_the_workers_own() {
+        let d = crate::worker::WorkerConfig::default();
+        let default = |key: &str| super::spec::spec(key).and_then(|s| s.default).unwrap();
+        assert_eq!(default("workers.concurrency"), d.concurrency.to_string());
+        assert_eq!(default("workers.max_attempts"), d.max_attempts.to_string());
+        assert_eq!(default("workers.lease_secs"), d.lease.as_secs().to_string());
     }
 
     /// A zero that would stop all work is refused where it is written (found trying

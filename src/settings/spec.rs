@@ -334,7 +334,7 @@ pub const SPECS: &[Spec] = &[
         env: "JANITOR_CONCURRENCY",
         flag: Some("concurrency"),
         value_name: "N",
-        default: Some("8"),
+        default: Some("16"),
         help: "Batches in flight at once, over all accounts and regions; claims prefer a \
                region no batch in flight is in, so each region's pace is used.",
         group: Group::Workers,

@@ -15,9 +15,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::json;
+use serde::Serialize;
 
-use super::describe::{decode_token, encode_token};
+use super::describe::{answer_text, decode_token, encode_token, PageEcho};
 use super::params::require_region;
 use super::{api_err, ApiError, SimState};
 use chrono::{DateTime, Utc};
@@ -182,7 +182,7 @@ pub(super) fn describe_disks(
     st: &SimState,
     account: &str,
     map: &HashMap<&str, &str>,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<String, ApiError> {
     let (region, _) = require_region(st, map)?;
     let size = match map.get("MaxResults") {
         None => 10,
@@ -261,9 +261,9 @@ pub(super) fn describe_disks(
     };
     let empty = BTreeMap::new();
     let fleet = st.disks.by_region.get(region).unwrap_or(&empty);
-    let visible = |d: &&Disk| {
-        // A detached disk stays its instance's owner's.
-        let owned = if d.instance_id.is_empty() {
+    // A detached disk stays its instance's owner's.
+    let owned = |d: &Disk| {
+        if d.instance_id.is_empty() {
             st.disks
                 .detached_owner
                 .get(&d.disk_id)
@@ -271,14 +271,18 @@ pub(super) fn describe_disks(
                 == account
         } else {
             st.owns(account, &d.instance_id)
-        };
-        owned
-            && instance.is_none_or(|i| d.instance_id == i)
-            && zone.is_none_or(|z| d.zone_id == z)
-            && kind.is_none_or(|k| d.kind == k)
-            && ids.as_ref().is_none_or(|ids| ids.contains(&d.disk_id))
+        }
+    };
+    // The cheap comparisons first: a page of a creation-time range passes over the disks of
+    // the other ranges, and the owner is two lookups.
+    let visible = |d: &&Disk| {
+        kind.is_none_or(|k| d.kind == k)
             && created_after.is_none_or(|t| d.creation_time.is_some_and(|c| c > t))
             && created_before.is_none_or(|t| d.creation_time.is_some_and(|c| c < t))
+            && instance.is_none_or(|i| d.instance_id == i)
+            && zone.is_none_or(|z| d.zone_id == z)
+            && ids.as_ref().is_none_or(|ids| ids.contains(&d.disk_id))
+            && owned(d)
     };
     let range = match &after {
         Some(a) => fleet.range::<String, _>((
@@ -296,13 +300,15 @@ pub(super) fn describe_disks(
             .take(page_size)
             .map(|d| d.to_wire())
             .collect();
-        return Ok(json!({
-            "TotalCount": matching.len(),
-            "PageNumber": number,
-            "PageSize": page_size,
-            "NextToken": "",
-            "Disks": {"Disk": disks},
-        }));
+        return answer_text(&DiskPage {
+            paging: PageEcho::Numbered {
+                page_number: number,
+                page_size,
+            },
+            next_token: Some(String::new()),
+            total_count: matching.len(),
+            disks: DiskList { disk: disks },
+        });
     }
     let mut page: Vec<&Disk> = Vec::with_capacity(size);
     let mut more = false;
@@ -321,12 +327,34 @@ pub(super) fn describe_disks(
         _ => String::new(),
     };
     let disks: Vec<_> = page.iter().map(|d| d.to_wire()).collect();
-    Ok(json!({
-        "TotalCount": disks.len(),
-        "NextToken": next,
-        "MaxResults": size,
-        "Disks": {"Disk": disks},
-    }))
+    answer_text(&DiskPage {
+        total_count: disks.len(),
+        paging: PageEcho::Token {
+            next_token: next,
+            max_results: size,
+        },
+        next_token: None,
+        disks: DiskList { disk: disks },
+    })
+}
+
+/// A DescribeDisks page as ECS shapes it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DiskPage {
+    #[serde(flatten)]
+    paging: PageEcho,
+    /// Paged by number, the answer still carries an empty `NextToken`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<String>,
+    total_count: usize,
+    disks: DiskList,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DiskList {
+    disk: Vec<crate::ecs::types::WireDisk>,
 }
 
 /// Created after, created before (`None`: not asked).

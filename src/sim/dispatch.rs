@@ -20,6 +20,8 @@ use super::{api_err, auth, ApiError, CallLogEntry, Scripted, SimConfig, SimState
 /// What a handled action produced.
 pub(super) enum Outcome {
     Ok(serde_json::Value),
+    /// The same, already serialised: a JSON object without its `RequestId` (the listings).
+    Text(String),
     /// Carried out, but the connection is closed before the answer.
     Dropped,
     /// A gateway's HTML error page (status 503), without doing anything.
@@ -120,7 +122,7 @@ impl Simulator {
                 act(&call, &cfg, &mut st)
             };
         log.outcome = match &result {
-            Ok(Outcome::Ok(_)) => "OK".into(),
+            Ok(Outcome::Ok(_) | Outcome::Text(_)) => "OK".into(),
             Ok(Outcome::Dropped) => "Dropped".into(),
             Ok(Outcome::Html503) => "Html503".into(),
             Err(e) => e.code.clone(),
@@ -303,8 +305,8 @@ fn act(call: &Call<'_>, cfg: &SimConfig, st: &mut SimState) -> Result<Outcome, A
             "MissingParameter",
             "The input parameter \"Action\" that is mandatory for processing this request is not supplied.",
         )),
-        "DescribeInstances" => describe(st, call.account, &call.map).map(Outcome::Ok),
-        "DescribeDisks" => describe_disks(st, call.account, &call.map).map(Outcome::Ok),
+        "DescribeInstances" => describe(st, call.account, &call.map).map(Outcome::Text),
+        "DescribeDisks" => describe_disks(st, call.account, &call.map).map(Outcome::Text),
         "DescribePrice" => describe_price(st, &cfg.price_currency, &call.map).map(Outcome::Ok),
         "DescribeRenewalPrice" => {
             describe_renewal_price(st, call.account, &cfg.price_currency, &call.map)

@@ -144,6 +144,12 @@ pub async fn respond(
             }
             (StatusCode::OK, Json(v)).into_response()
         }
+        Ok(Outcome::Text(text)) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            with_request_id(&text, &request_id),
+        )
+            .into_response(),
         Ok(Outcome::Html503) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [("content-type", "text/html")],
@@ -185,6 +191,17 @@ pub async fn respond(
     }
 }
 
+/// `answer` (a JSON object's text) with `"RequestId"` first, as every ECS answer carries it.
+fn with_request_id(answer: &str, request_id: &str) -> String {
+    let id = serde_json::to_string(request_id).unwrap_or_else(|_| "\"\"".into());
+    match answer.trim_start().strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"RequestId\":{id}}}"),
+        Some(rest) => format!("{{\"RequestId\":{id},{rest}"),
+        // Not an object: never made by the actions; answered as it is.
+        None => answer.to_string(),
+    }
+}
+
 async fn state_handler(State(sim): State<Simulator>) -> Response {
     let instances: Vec<_> = sim.instances().iter().map(|i| i.to_wire()).collect();
     Json(json!({
@@ -208,5 +225,21 @@ async fn tag_handler(State(sim): State<Simulator>, Json(t): Json<TagRequest>) ->
             Json(json!({"error": format!("no instance {}", t.instance_id)})),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_request_id;
+
+    #[test]
+    fn a_serialised_answer_gets_its_request_id() {
+        let v: serde_json::Value =
+            serde_json::from_str(&with_request_id(r#"{"TotalCount":2,"A":{"B":[]}}"#, "R-1"))
+                .unwrap();
+        assert_eq!(v["RequestId"], "R-1");
+        assert_eq!(v["TotalCount"], 2);
+        let v: serde_json::Value = serde_json::from_str(&with_request_id("{ }", "R-2")).unwrap();
+        assert_eq!(v, serde_json::json!({"RequestId": "R-2"}));
     }
 }
