@@ -283,19 +283,28 @@ pub enum PriceRequest {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
-struct DisksBody {
+struct DisksBody<'a> {
     request_id: String,
     next_token: Option<String>,
     /// A number or a string, and meaningful only when paged by number: read by
     /// [`count_of`] when wanted, never checked otherwise.
     total_count: Option<serde_json::Value>,
-    disks: DiskList,
+    #[serde(borrow)]
+    disks: DiskList<'a>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
-struct DiskList {
-    disk: Vec<WireDisk>,
+struct DiskList<'a> {
+    #[serde(borrow)]
+    disk: Vec<WireDisk<'a>>,
+}
+
+/// What a DescribeDisks answer says besides its disks.
+struct DisksPaging {
+    request_id: String,
+    next_token: Option<String>,
+    total_count: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -320,12 +329,28 @@ fn count_of(v: serde_json::Value) -> Option<usize> {
     }
 }
 
-/// A DescribeDisks answer's disks, and the rest of it (its paging), the disks taken out.
-fn disks_answer(status: u16, body: &[u8]) -> Result<(Vec<Disk>, DisksBody), EcsError> {
+/// Which disks of a page to keep, by the instance each is attached to.
+pub type KeepDisk<'a> = &'a (dyn Fn(&str) -> bool + Sync);
+
+/// A DescribeDisks answer's disks that `keep` picks, and the rest of the answer (its paging).
+/// The others are read without a copy of their text, and without being checked.
+fn disks_answer(
+    status: u16,
+    body: &[u8],
+    keep: KeepDisk<'_>,
+) -> Result<(Vec<Disk>, DisksPaging), EcsError> {
     const ACTION: &str = "DescribeDisks";
-    let mut b: DisksBody = decode(ACTION, status, body)?;
-    let disks = std::mem::take(&mut b.disks.disk)
+    let b: DisksBody<'_> = serde_json::from_slice(body).map_err(|e| EcsError::Decode {
+        action: ACTION,
+        status,
+        request_id: String::new(),
+        detail: e.to_string(),
+    })?;
+    let disks = b
+        .disks
+        .disk
         .into_iter()
+        .filter(|d| keep(&d.instance_id))
         .map(WireDisk::into_disk)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| EcsError::Decode {
@@ -334,7 +359,12 @@ fn disks_answer(status: u16, body: &[u8]) -> Result<(Vec<Disk>, DisksBody), EcsE
             request_id: b.request_id.clone(),
             detail: e.to_string(),
         })?;
-    Ok((disks, b))
+    let paging = DisksPaging {
+        request_id: b.request_id,
+        next_token: b.next_token,
+        total_count: b.total_count,
+    };
+    Ok((disks, paging))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -802,6 +832,19 @@ impl EcsClient {
         query: &DiskQuery<'_>,
         next_token: Option<&str>,
     ) -> Result<(Vec<Disk>, Option<String>), EcsError> {
+        self.describe_disks_page_of(region, query, next_token, &|_| true)
+            .await
+    }
+
+    /// The same page, of it only the disks `keep` picks by their instance (pricing's listing
+    /// keeps the disks of the instances it prices, of every disk of a region).
+    pub async fn describe_disks_page_of(
+        &self,
+        region: &str,
+        query: &DiskQuery<'_>,
+        next_token: Option<&str>,
+        keep: KeepDisk<'_>,
+    ) -> Result<(Vec<Disk>, Option<String>), EcsError> {
         const ACTION: &str = "DescribeDisks";
         let mut params: Vec<(String, String)> =
             vec![("MaxResults".into(), MAX_DISK_PAGE.to_string())];
@@ -810,7 +853,7 @@ impl EcsClient {
             params.push(("NextToken".into(), t.to_string()));
         }
         self.read(ACTION, region, &params, |status, body| {
-            let (disks, b) = disks_answer(status, body)?;
+            let (disks, b) = disks_answer(status, body, keep)?;
             Ok((disks, b.next_token.filter(|t| !t.is_empty())))
         })
         .await
@@ -831,7 +874,7 @@ impl EcsClient {
         ];
         query.push_params(&mut params);
         self.read(ACTION, region, &params, |status, body| {
-            let (disks, b) = disks_answer(status, body)?;
+            let (disks, b) = disks_answer(status, body, &|_| true)?;
             let total = b
                 .total_count
                 .and_then(count_of)

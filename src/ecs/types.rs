@@ -2,6 +2,7 @@
 //! lists, and its exact wire form (`DescribeInstances`' JSON) in both directions, so the client and
 //! the simulator agree on one shape.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -421,45 +422,56 @@ pub struct Disk {
 
 impl Disk {
     /// The wire (`DescribeDisks` JSON) form of this disk.
-    pub fn to_wire(&self) -> WireDisk {
+    pub fn to_wire(&self) -> WireDisk<'_> {
         WireDisk {
-            disk_id: self.disk_id.clone(),
-            instance_id: self.instance_id.clone(),
-            region_id: self.region_id.clone(),
-            zone_id: self.zone_id.clone(),
-            category: self.category.clone(),
+            disk_id: Cow::Borrowed(&self.disk_id),
+            instance_id: Cow::Borrowed(&self.instance_id),
+            region_id: Cow::Borrowed(&self.region_id),
+            zone_id: Cow::Borrowed(&self.zone_id),
+            category: Cow::Borrowed(&self.category),
             size: self.size_gb,
-            r#type: self.kind.as_str().to_string(),
+            r#type: Cow::Borrowed(self.kind.as_str()),
             delete_with_instance: self.delete_with_instance,
-            disk_charge_type: self.charge_type.as_str().to_string(),
-            status: self.status.clone(),
+            disk_charge_type: Cow::Borrowed(self.charge_type.as_str()),
+            status: Cow::Borrowed(&self.status),
             // DescribeDisks gives seconds (its reference's example: `2021-06-07T06:08:56Z`).
             creation_time: self
                 .creation_time
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .map(|t| Cow::Owned(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
                 .unwrap_or_default(),
         }
     }
 }
 
-/// A disk exactly as `DescribeDisks` serialises it. Unknown fields are ignored when reading.
+/// A disk exactly as `DescribeDisks` serialises it, its text borrowed from the answer (or from
+/// the simulator's [`Disk`]): a listing reads tens of thousands of disks to keep a few, and
+/// only those kept are copied. Unknown fields are ignored when reading.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-pub struct WireDisk {
-    pub disk_id: String,
-    pub instance_id: String,
-    pub region_id: String,
-    pub zone_id: String,
-    pub category: String,
+pub struct WireDisk<'a> {
+    #[serde(borrow)]
+    pub disk_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub instance_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub region_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub zone_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub category: Cow<'a, str>,
     pub size: u32,
-    pub r#type: String,
+    #[serde(borrow)]
+    pub r#type: Cow<'a, str>,
     pub delete_with_instance: bool,
-    pub disk_charge_type: String,
-    pub status: String,
-    pub creation_time: String,
+    #[serde(borrow)]
+    pub disk_charge_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub status: Cow<'a, str>,
+    #[serde(borrow)]
+    pub creation_time: Cow<'a, str>,
 }
 
-impl WireDisk {
+impl WireDisk<'_> {
     /// Normalises the wire form; a disk with an unknown `Type` or `DiskChargeType` is an error
     /// naming it.
     pub fn into_disk(self) -> Result<Disk, WireError> {
@@ -469,7 +481,7 @@ impl WireDisk {
             value: value.to_string(),
             expected,
         };
-        let kind = match self.r#type.as_str() {
+        let kind = match self.r#type.as_ref() {
             "system" => DiskKind::System,
             "data" => DiskKind::Data,
             other => return Err(err("Type", other, "system or data")),
@@ -482,17 +494,17 @@ impl WireDisk {
             )
         })?;
         Ok(Disk {
-            disk_id: self.disk_id,
-            instance_id: self.instance_id,
-            region_id: self.region_id,
-            zone_id: self.zone_id,
-            category: self.category,
+            creation_time: parse_ecs_time(&self.creation_time),
+            disk_id: self.disk_id.into_owned(),
+            instance_id: self.instance_id.into_owned(),
+            region_id: self.region_id.into_owned(),
+            zone_id: self.zone_id.into_owned(),
+            category: self.category.into_owned(),
             size_gb: self.size,
             kind,
             delete_with_instance: self.delete_with_instance,
             charge_type,
-            status: self.status,
-            creation_time: parse_ecs_time(&self.creation_time),
+            status: self.status.into_owned(),
         })
     }
 }

@@ -448,7 +448,9 @@ impl Reader<'_> {
             let page = {
                 let _slot = self.slots.acquire().await;
                 self.client
-                    .describe_disks_page(self.region, &query, token.as_deref())
+                    .describe_disks_page_of(self.region, &query, token.as_deref(), &|id| {
+                        wanted.contains(id)
+                    })
                     .await
             };
             let (page, next) = match page {

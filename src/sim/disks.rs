@@ -341,20 +341,20 @@ pub(super) fn describe_disks(
 /// A DescribeDisks page as ECS shapes it.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct DiskPage {
+struct DiskPage<'a> {
     #[serde(flatten)]
     paging: PageEcho,
     /// Paged by number, the answer still carries an empty `NextToken`.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_token: Option<String>,
     total_count: usize,
-    disks: DiskList,
+    disks: DiskList<'a>,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct DiskList {
-    disk: Vec<crate::ecs::types::WireDisk>,
+struct DiskList<'a> {
+    disk: Vec<crate::ecs::types::WireDisk<'a>>,
 }
 
 /// Created after, created before (`None`: not asked).
