@@ -618,6 +618,61 @@ async fn workers_hold_at_once_when_a_replica_with_another_policy_set_is_running(
     assert_eq!(released(&h).len(), 3);
 }
 
+/// A replica with another policy set joins after a batch was claimed, while its re-check is
+/// in flight: the call is not sent. The last word before DeleteInstances reads the database,
+/// not only this process's last comparison (the claim's read had found the replicas agreeing,
+/// and the batch went out).
+#[tokio::test]
+async fn a_replica_joining_during_the_re_check_stops_the_call() {
+    let h = common::start_sim(common::ci_fleet(3), Faults::default(), 16).await;
+    let db = common::sqlite().await;
+    let clock = OffsetClock::new();
+    let app = app_for(&h, &db, policies(GRACE_POLICY), Arc::new(clock.clone())).await;
+    app.apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    app.ctx.policies.set_digest("mine");
+    clock.advance(chrono::Duration::minutes(61));
+    // Each answer waits two seconds: the window in which the replica joins.
+    h.sim.set_faults(Faults {
+        latency: Duration::from_secs(2),
+        ..Faults::default()
+    });
+    let workers = app.workers.clone();
+    let drain = tokio::spawn(async move { workers.drain(CancellationToken::new()).await });
+    let rechecking = || {
+        h.sim
+            .calls()
+            .iter()
+            .any(|c| c.action == "DescribeInstances" && !c.instance_ids.is_empty())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rechecking() {
+        assert!(std::time::Instant::now() < deadline, "no re-check was sent");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    db.store
+        .replica_seen(
+            "joined",
+            "n",
+            "theirs-0123456789",
+            "other",
+            clock.now() + chrono::Duration::minutes(5),
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    let held = drain.await.unwrap().unwrap();
+    assert!(h.sim.releases().is_empty(), "nothing sent");
+    assert!(
+        !h.sim.calls().iter().any(|c| c.action == "DeleteInstances"),
+        "no DeleteInstances"
+    );
+    let why = held.stopped.map(|s| s.describe()).unwrap_or_default();
+    assert!(why.contains("another policy set"), "{why}");
+}
+
 /// Releases queued while releases are paused: the grace notice says so, with who paused and
 /// why (found in a user trial: it gave a release time as if they would go then).
 #[tokio::test]

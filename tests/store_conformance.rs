@@ -1225,9 +1225,44 @@ conformance!(
         );
         s.resume("alice", "", t0()).await.unwrap();
         assert!(s
-            .begin_attempt_for(&b.fence, &[], &b.client_token, Some(LEASE), t0())
+            .begin_attempt_for(&b.fence, &[], &b.client_token, Some(LEASE), None, t0())
             .await
             .unwrap());
+    }
+);
+
+conformance!(
+    no_attempt_while_a_running_replica_runs_another_policy_set,
+    |db: TestDb| async move {
+        let s = &db.store;
+        s.enqueue(&[rel("i-1", "r1", false)], t0()).await.unwrap();
+        let b = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        let attempt = |set: Option<&'static str>| {
+            s.begin_attempt_for(&b.fence, &[], &b.client_token, Some(LEASE), set, t0())
+        };
+        let minute = chrono::Duration::minutes(1);
+        // A replica with another set that stopped beating a minute ago holds nothing.
+        s.replica_seen("old", "n0", "d2", "p", t0() - minute, t0() - minute * 2)
+            .await
+            .unwrap();
+        assert!(attempt(Some("d1")).await.unwrap(), "a replica gone");
+        // One that joined after the claim, running another set: the call is not sent.
+        s.replica_seen("new", "n1", "d2", "p", t0() + minute, t0())
+            .await
+            .unwrap();
+        assert!(
+            !attempt(Some("d1")).await.unwrap(),
+            "a call while a running replica runs another policy set"
+        );
+        assert!(
+            attempt(None).await.unwrap(),
+            "without a set of its own (a store-level caller), nothing to compare"
+        );
+        // Once it runs the same files, calls go again.
+        s.replica_seen("new", "n1", "d1", "p", t0() + minute, t0())
+            .await
+            .unwrap();
+        assert!(attempt(Some("d1")).await.unwrap(), "the same set");
     }
 );
 

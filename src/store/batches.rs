@@ -395,21 +395,23 @@ impl Store {
         token: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.begin_attempt_for(fence, settled, token, None, now)
+        self.begin_attempt_for(fence, settled, token, None, None, now)
             .await
     }
 
     /// [`Store::begin_attempt`], the last word before a call is sent: refused (false) when the
     /// lease was lost or has expired, when releases are paused, or when a member has become
     /// exempt (`ecs-janitor exempt`) since the re-check, all in the same write that counts the
-    /// attempt. With `lease`, the lease is extended from `now`, so the call starts
-    /// with a whole lease ahead of it.
+    /// attempt; and, given this process's policy set (`policy_set`, its digest), when a replica
+    /// running at `now` runs another. With `lease`, the lease is extended from `now`, so the
+    /// call starts with a whole lease ahead of it.
     pub async fn begin_attempt_for(
         &self,
         fence: &Fence,
         settled: &[(BatchMember, MemberOutcome)],
         token: &str,
         lease: Option<Duration>,
+        policy_set: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let extend: Option<i64> = lease.map(|l| ms(now) + l.as_millis() as i64);
@@ -425,6 +427,16 @@ impl Store {
         .bind(extend);
         gate.push(" AND lease_expires_at > $4 AND NOT ");
         settings::paused_sql(&mut gate);
+        // A replica with another policy set that joined since the claim's read (the workers
+        // hold at their next claim; a batch already claimed would still have gone out).
+        if let Some(own) = policy_set {
+            gate.push(
+                " AND NOT EXISTS (SELECT 1 FROM replicas WHERE live_until >= $4
+                   AND policies_digest <> ",
+            )
+            .push_bind(own)
+            .push(")");
+        }
         // An operator's exemption written since the re-check stops the call too: the batch is
         // given back, and the next re-check drops the exempt member. Only the members the call
         // will name count, not those settled above (see `Chain` on what its parts read).

@@ -929,12 +929,21 @@ impl Workers {
                     if window.as_ref().is_some_and(|w| !w.is_open(now)) {
                         return false;
                     }
-                    // Replicas that came to disagree while this call waited for its turn.
+                    // Replicas that came to disagree while this call waited for its turn: as
+                    // this process last compared, and as the database says now.
                     if policies.disagreement().is_some() {
                         return false;
                     }
+                    let own = policies.digest();
                     match store
-                        .begin_attempt_for(&fence, &settle, &token, Some(lease), now)
+                        .begin_attempt_for(
+                            &fence,
+                            &settle,
+                            &token,
+                            Some(lease),
+                            own.as_deref(),
+                            now,
+                        )
                         .await
                     {
                         Ok(ok) => ok,
