@@ -248,9 +248,9 @@ async fn a_region_of_several_pages_of_disks_is_listed_as_system_and_data_disks_s
 async fn a_long_listing_of_disks_is_split_by_creation_time_and_keeps_each_disk_once() {
     // 10,000 instances with two disks each, created ten a minute over 1,000 minutes (at :00,
     // :06, ... :54): twenty pages of system disks and twenty of data disks, each a chain of
-    // pages that wait for one another. Split at the instances' median creation minute, each
-    // kind is read in two chains of about ten pages side by side; the disks of the minute the
-    // two ranges share come in both and are kept once.
+    // pages that wait for one another. Split at the instances' third and sixth creation
+    // deciles, each kind is read in three chains of about seven pages side by side; the disks
+    // of a minute two ranges share come in both and are kept once.
     let h = created_over_time(10_000, |_| true).await;
     let unlimited = POLICY.replace("max_releases_per_run: 1000", "max_releases_per_run: 10000");
     let plan = plan_of(&h, &unlimited, PriceConfig::default()).await;
@@ -271,29 +271,36 @@ async fn a_long_listing_of_disks_is_split_by_creation_time_and_keeps_each_disk_o
     for c in &listing {
         *chains.entry(c.disk_filters.as_slice()).or_default() += 1;
     }
-    assert_eq!(chains.len(), 4, "two kinds in two ranges each: {chains:?}");
-    let median = "2026-03-01T08:19Z"; // the 5,000th instance's minute (499 × 10 + 1 ..)
+    assert_eq!(
+        chains.len(),
+        6,
+        "two kinds in three ranges each: {chains:?}"
+    );
+    // The minutes of the 3,000th and 6,000th instances (deciles 3 and 6).
+    let cuts = ["2026-03-01T04:59Z", "2026-03-01T09:59Z"];
     for kind in ["system", "data"] {
         let ranges: Vec<_> = chains
             .keys()
             .filter(|f| f.contains(&("DiskType".to_string(), kind.to_string())))
             .collect();
-        assert_eq!(ranges.len(), 2, "{kind}: {ranges:?}");
-        assert!(
-            ranges
-                .iter()
-                .any(|f| f.contains(&("Filter.1.Value".to_string(), median.to_string()))),
-            "{kind}: one range starts at the median minute: {ranges:?}"
-        );
+        assert_eq!(ranges.len(), 3, "{kind}: {ranges:?}");
+        for cut in cuts {
+            assert!(
+                ranges
+                    .iter()
+                    .any(|f| f.contains(&("Filter.1.Value".to_string(), cut.to_string()))),
+                "{kind}: a range starts at {cut}: {ranges:?}"
+            );
+        }
     }
     let longest = chains.values().max().copied().unwrap_or(0);
     assert!(
-        longest <= 11,
-        "the longest chain {longest} pages, against 20 unsplit"
+        longest <= 9,
+        "the longest chain {longest} pages (the last range holds four tenths), against 20 unsplit"
     );
     // One count, then at most one page more a range than the forty a listing needs.
     let all = calls.iter().filter(|c| c.action == "DescribeDisks").count();
-    assert!(all <= 1 + 40 + 2, "{all} DescribeDisks calls");
+    assert!(all <= 1 + 40 + 3, "{all} DescribeDisks calls");
 }
 
 /// A simulator of `n` running instances `i-00000`.. with a system and a data disk each, created
@@ -326,11 +333,11 @@ async fn created_over_time(n: i64, tag: impl Fn(i64) -> bool) -> SimHandle {
 }
 
 #[tokio::test]
-async fn a_region_its_count_shows_long_is_listed_again_split_by_creation_time() {
+async fn a_region_its_count_shows_long_is_listed_split_by_creation_time_from_its_first_page() {
     // 300 of 10,000 instances tagged for the sweep: the pass lists the 300, and estimates 600
-    // disks, a page of each kind, listed at once beside the region's count. The count says
-    // 20,000: the listing is stopped and read again in two time ranges a kind (cut at the 300's
-    // median creation minute), losing the two first pages asked for beside the count.
+    // disks, a page of each kind. The region's count, asked first, says 20,000: the listing
+    // starts in three time ranges a kind (cut at the 300's deciles), and no page is asked for
+    // twice (listed beside the count, as an earlier version did, its first pages were lost).
     let h = created_over_time(10_000, |k| k % 33 == 0).await;
     let plan = plan_with(&h, PriceConfig::default()).await;
     assert_eq!(plan.releases().count(), 304);
@@ -348,13 +355,14 @@ async fn a_region_its_count_shows_long_is_listed_again_split_by_creation_time() 
         .iter()
         .filter(|c| c.disk_filters.iter().any(|(k, _)| k.starts_with("Filter.")))
         .count();
-    let unranged = listing.len() - ranged;
+    assert_eq!(ranged, listing.len(), "every page in a range");
+    // At most a page more a range (its last page part full) than the forty of one listing.
+    assert!((40..=46).contains(&ranged), "{ranged} pages in ranges");
     assert_eq!(
-        unranged, 2,
-        "the first listing asks for a first page of each kind beside the count, and no more \
-         before the count's answer stops it"
+        count(&h, "DescribeDisks"),
+        1 + ranged,
+        "the count, then the ranges"
     );
-    assert!((40..=42).contains(&ranged), "{ranged} pages in ranges");
 }
 
 #[tokio::test]
@@ -479,9 +487,9 @@ async fn read_filtered_region(
 }
 
 #[tokio::test]
-async fn a_region_with_many_releases_is_counted_while_its_listing_starts() {
-    // 600 releases in a region the pass listed through a filter: enough that the count could
-    // hardly change the choice, so the two listings do not wait for its answer.
+async fn a_region_with_many_releases_is_counted_before_its_listing_starts() {
+    // 600 releases in a region the pass listed through a filter: counted first, then its two
+    // kinds of disks listed side by side.
     let f = disks_only(600);
     let h = slow_sim(&f, 50).await;
     for i in &f {
@@ -494,18 +502,24 @@ async fn a_region_with_many_releases_is_counted_while_its_listing_starts() {
     assert!(got
         .iter()
         .all(|(_, d)| d.as_ref().is_ok_and(|d| d.len() == 2)));
-    let peak = h.sim.take_peak_in_flight();
+    let calls = h.sim.calls();
     assert!(
-        peak >= 3,
-        "the count and the first page of each listing were in flight together (peak {peak})"
+        !calls[0].by_cursor,
+        "the count (paged by number) comes first"
+    );
+    assert!(calls[1..].iter().all(|c| c.by_cursor));
+    let peak = h.sim.take_peak_in_flight();
+    assert_eq!(
+        peak, 2,
+        "the two listings in flight together, not the count with them"
     );
 }
 
 #[tokio::test]
-async fn a_count_that_shows_one_call_a_release_is_fewer_stops_the_listing_begun_beside_it() {
-    // 64,000 instances in the region, 251 of them released: the listing starts beside the
-    // count, but the region's disks take more pages than there are releases, so the count
-    // stops it and each release's disks are read alone.
+async fn a_count_that_shows_one_call_a_release_is_fewer_reads_each_release_alone() {
+    // 64,000 instances in the region, 251 of them released: the region's disks take more
+    // pages than there are releases, so after the count each release's disks are read alone,
+    // and no page of the region's listing is asked for.
     let f: Vec<Instance> = (0..64_000)
         .map(|k| {
             common::inst(
@@ -526,18 +540,10 @@ async fn a_count_that_shows_one_call_a_release_is_fewer_stops_the_listing_begun_
         "the region's {total} disks take more pages than there are releases"
     );
     let (got, calls) = read_filtered_region(&h, &ids).await;
-    // Paged by cursor: the listing's pages and the reads one instance at a time.
-    let listing_pages = h.sim.calls().iter().filter(|c| c.by_cursor).count() - 251;
-    assert!(
-        (1..20).contains(&listing_pages),
-        "the listing stopped after a few of its {} pages ({listing_pages})",
-        ecs_janitor::pricing::disks::listing_pages(total)
-    );
-    assert_eq!(
-        calls,
-        1 + listing_pages + 251,
-        "the count, those pages, one read a release"
-    );
+    // Paged by cursor: the reads one instance at a time, and no listing.
+    let by_cursor = h.sim.calls().iter().filter(|c| c.by_cursor).count();
+    assert_eq!(by_cursor, 251, "one read a release");
+    assert_eq!(calls, 1 + 251, "the count, one read a release");
     assert_eq!(count(&h, "DescribeDisks"), calls);
     let sim_disks = h.sim.disks();
     for (id, d) in &got {

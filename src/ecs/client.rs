@@ -1480,7 +1480,7 @@ mod tests {
     #[test]
     fn a_disks_answer_reads_its_count_as_a_number_or_a_string_and_its_disks_whatever_it() {
         for (total, count) in [("7", Some(7)), ("\"7\"", Some(7)), ("\"n/a\"", None)] {
-            let (disks, rest) = disks_answer(200, &answer(total)).expect(total);
+            let (disks, rest) = disks_answer(200, &answer(total), &|_| true).expect(total);
             assert_eq!(
                 disks.len(),
                 1,

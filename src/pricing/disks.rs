@@ -2,12 +2,11 @@
 //! that costs fewer calls than listing the region (500 disks a page), else the region's listing:
 //! its system disks and its data disks side by side, each page by page (each page needs the
 //! token of the one before), a long listing split further by creation time. A region listed
-//! through server-side filters is counted first, or, when it has enough releases that the count
-//! could hardly change the choice, counted while its listing starts. Each disk read is shown to the caller as it comes (`on_disk`), so the
-//! prices it calls for can be asked while later pages are still on their way.
+//! through server-side filters is counted first. Each disk read is shown to the caller as it
+//! comes (`on_disk`), so the prices it calls for can be asked while later pages are still on
+//! their way.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -26,18 +25,6 @@ pub type RegionDisks = (InstanceDisks, usize, Vec<String>);
 
 /// Called with each disk of a wanted instance as it is read (the instance's id, the disk).
 pub type OnDisk<'a> = &'a (dyn Fn(&str, &KeptDisk) + Sync);
-
-/// From how many releases a region that must be counted is listed while its count is on its
-/// way. With two disks each (a system disk and a data disk, as the estimate assumes) they take
-/// more than a page, so the listing starts split in kinds, and each part asks for its first
-/// page only until the count answers. The count then stops it when reading one instance at a
-/// time is fewer calls than the pages still to come (a region of more than 500 disks a release,
-/// 125,500 here), when its own page holds every disk, or when the region is long enough to be
-/// listed in more creation-time ranges than the estimate gave (read again so: the first pages
-/// are lost). A region that turns out to hold at most 500 disks costs a page more than
-/// counting first (its system and data disks on two pages instead of one); a region that is
-/// not split further, a round trip less.
-pub const LIST_WHILE_COUNTING: usize = MAX_DISK_PAGE / 2 + 1;
 
 /// What pricing keeps of a disk: a third of a [`Disk`]'s size, the category shared by every
 /// disk of it (an all-matching pass keeps hundreds of thousands).
@@ -96,9 +83,10 @@ impl KeptDisk {
 /// When the pass listed the region through server-side filters, it saw only the instances they
 /// let through, and the region may hold many more disks: unless one call a release is the
 /// fewest calls even then, one DescribeDisks call counts them first (paged by number, the
-/// paging that counts; its page of 100 is all the reading a small region needs). From
-/// [`LIST_WHILE_COUNTING`] releases the listing starts beside the count, and stops if the count
-/// says fewer calls would do (at most the pages already asked for are lost).
+/// paging that counts; its page of 100 is all the reading a small region needs). The count
+/// comes before any page of the listing: the listing's length decides how it is split, and
+/// listing beside the count (as an earlier version did) lost the pages asked for before the
+/// count showed a long region, to save one round trip on a short one.
 ///
 /// The region is read whole, never zone by zone (`ZoneId`): which zone DescribeDisks gives a
 /// regional (zone-redundant) disk is not documented, and a zone's listing might leave one out.
@@ -122,9 +110,6 @@ pub async fn region_disks(
         created: listed.and_then(|l| l.created),
     };
     if !complete && ids.len() > listing_pages(disks) {
-        if ids.len() >= LIST_WHILE_COUNTING {
-            return read.counting_while_listing(disks).await;
-        }
         calls += 1;
         match read.count().await {
             // The count's page held every disk of the region: nothing more to read.
@@ -163,7 +148,7 @@ pub fn listing_pages(disks: usize) -> usize {
 /// part may cost a page more than one listing would (its last page is partly full), so the
 /// split costs at most one call in this many, and shortens the longest chain of pages, each
 /// waiting for the token of the one before, by about as many times as there are parts.
-pub const PAGES_A_PART: usize = 20;
+pub const PAGES_A_PART: usize = 10;
 
 /// The creation-time ranges (after, before) a kind of disk among `disks` is listed in, side by
 /// side: one range, unbounded, unless the kind takes [`PAGES_A_PART`] pages or more and the
@@ -225,17 +210,6 @@ pub type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 /// What a listing keeps: each wanted instance's disks.
 type Kept = HashMap<String, Vec<KeptDisk>>;
 
-/// Lets a listing be stopped between its pages, and counts the pages it asked for. With
-/// `decided`, each part of the listing asks for its second page only once that says `true` (or
-/// its sender is gone): the answer that may stop the listing is awaited before more pages are
-/// asked for that it could waste.
-#[derive(Debug, Default)]
-struct Halt {
-    stopped: AtomicBool,
-    started: AtomicUsize,
-    decided: Option<tokio::sync::watch::Receiver<bool>>,
-}
-
 /// What reading one region's disks works with.
 struct Reader<'a> {
     client: &'a EcsClient,
@@ -254,59 +228,6 @@ impl Reader<'_> {
         self.client
             .count_disks(self.region, &DiskQuery::default())
             .await
-    }
-
-    /// The region counted and listed side by side (the listing as the estimate of `disks`
-    /// would have it, and split in kinds): the listing stops when the count shows that its page
-    /// holds every disk, or that one call a release is fewer calls than the listing's pages
-    /// still to come, or that the region is large enough to be listed in more time ranges than
-    /// the estimate gave (the pages already asked for are lost: at most a page or two a range,
-    /// against a chain of pages some times shorter). It is read on otherwise (also when the
-    /// count fails: the estimate chose the listing).
-    async fn counting_while_listing(&self, disks: usize) -> RegionDisks {
-        // The count and each part's first page go together; later pages wait for the count.
-        let (decided, rx) = tokio::sync::watch::channel(false);
-        let halt = Halt {
-            decided: Some(rx),
-            ..Halt::default()
-        };
-        let estimate = disks.max(MAX_DISK_PAGE + 1);
-        let ranges = time_ranges(estimate, self.created.as_ref()).len();
-        let count = async {
-            let counted = self.count().await;
-            if let Ok((page, total)) = &counted {
-                let left =
-                    listing_pages(*total).saturating_sub(halt.started.load(Ordering::SeqCst));
-                let more_ranges = time_ranges(*total, self.created.as_ref()).len() > ranges;
-                if page.len() >= *total || self.ids.len() < left || more_ranges {
-                    halt.stopped.store(true, Ordering::SeqCst);
-                }
-            }
-            let _ = decided.send(true);
-            counted
-        };
-        let (counted, (listing, pages)) = futures::join!(count, self.listing(estimate, &halt));
-        let calls = 1 + pages;
-        if let Some((got, failures)) = listing {
-            // Read to its end (the count's answer came too late to stop it, or said go on).
-            if let Err(e) = &counted {
-                tracing::warn!(region = self.region, error = %e, "cannot count the region's disks; read them as listed");
-            }
-            return (got, calls, failures);
-        }
-        match counted {
-            Ok((page, total)) if page.len() >= total => (self.of_page(page), calls, Vec::new()),
-            Ok((_, total)) => {
-                let (got, n, failures) = self.disks(total).await;
-                (got, calls + n, failures)
-            }
-            // Only the count's answer stops the listing.
-            Err(e) => {
-                let w = e.to_string();
-                let out = self.ids.iter().map(|id| (id.to_string(), Err(w.clone())));
-                (out.collect(), calls, vec![format!("{}: {w}", self.region)])
-            }
-        }
     }
 
     /// Each of `ids`' disks among `page`.
@@ -355,19 +276,14 @@ impl Reader<'_> {
                 .collect();
             return (reads, self.ids.len(), failures);
         }
-        let (listing, calls) = self.listing(disks, &Halt::default()).await;
-        let (got, failures) = listing.unwrap_or_default();
+        let (got, failures, calls) = self.listing(disks).await;
         (got, calls, failures)
     }
 
     /// The region's listing of about `disks` disks: its system disks and its data disks side by
     /// side when they take more than a page, each kind in [`time_ranges`] side by side, else all
-    /// at once; with the pages asked for. `None` when `halt` stopped it early.
-    async fn listing(
-        &self,
-        disks: usize,
-        halt: &Halt,
-    ) -> (Option<(InstanceDisks, Vec<String>)>, usize) {
+    /// at once; with the failures in words and the pages asked for.
+    async fn listing(&self, disks: usize) -> (InstanceDisks, Vec<String>, usize) {
         // Listings side by side: each page needs the token of the one before, so one listing
         // is as slow as its pages in a row. Each more listing costs at most one page more.
         // (DescribeDisks' `DiskType` is `all`, `system` or `data`: every disk is one of the two.)
@@ -386,23 +302,15 @@ impl Reader<'_> {
                 ..DiskQuery::default()
             })
         });
-        let read = futures::future::join_all(parts.map(|q| self.part(q, &wanted, halt))).await;
+        let read = futures::future::join_all(parts.map(|q| self.part(q, &wanted))).await;
         let calls = read.iter().map(|(_, n)| n).sum();
-        // Stopped first: the count that stopped it chose another way to read the region, which
-        // a part failing meanwhile must not override.
-        if read.iter().any(|(got, _)| matches!(got, Ok(None))) {
-            return (None, calls);
-        }
         if let Some(w) = read.iter().find_map(|(got, _)| got.as_ref().err()) {
             let out = self.ids.iter().map(|id| (id.to_string(), Err(w.clone())));
-            return (
-                Some((out.collect(), vec![format!("{}: {w}", self.region)])),
-                calls,
-            );
+            return (out.collect(), vec![format!("{}: {w}", self.region)], calls);
         }
         let mut of = Kept::new();
         for (more, _) in read {
-            for (id, ds) in more.ok().flatten().unwrap_or_default() {
+            for (id, ds) in more.unwrap_or_default() {
                 of.entry(id).or_default().extend(ds);
             }
         }
@@ -418,32 +326,23 @@ impl Reader<'_> {
             .iter()
             .map(|id| (id.to_string(), Ok(of.remove(*id).unwrap_or_default())))
             .collect();
-        (Some((out, Vec::new())), calls)
+        (out, Vec::new(), calls)
     }
 
     /// The disks `query` asks for (one kind or both, in one time range or all) of the `wanted`
     /// instances, page after page, each page holding a slot of the region; with the calls
-    /// made. `Ok(None)` when `halt` stopped it before its last page. Keeps only what pricing reads: a region's listing holds every disk
-    /// of the region, and an all-matching pass prices hundreds of thousands.
+    /// made. Keeps only what pricing reads: a region's listing holds every disk of the
+    /// region, and an all-matching pass prices hundreds of thousands.
     async fn part(
         &self,
         query: DiskQuery<'_>,
         wanted: &HashSet<&str>,
-        halt: &Halt,
-    ) -> (Result<Option<Kept>, String>, usize) {
+    ) -> (Result<Kept, String>, usize) {
         let mut of = Kept::new();
         let mut categories = HashSet::new();
         let mut token: Option<String> = None;
         let mut calls = 0;
         loop {
-            if let Some(decided) = halt.decided.as_ref().filter(|_| calls > 0) {
-                // An error means the decision's sender is gone: nothing will stop the listing.
-                let _ = decided.clone().wait_for(|d| *d).await;
-            }
-            if halt.stopped.load(Ordering::SeqCst) {
-                return (Ok(None), calls);
-            }
-            halt.started.fetch_add(1, Ordering::SeqCst);
             calls += 1;
             let page = {
                 let _slot = self.slots.acquire().await;
@@ -460,7 +359,7 @@ impl Reader<'_> {
             self.keep(page, wanted, &mut of, &mut categories);
             match next {
                 Some(t) => token = Some(t),
-                None => return (Ok(Some(of)), calls),
+                None => return (Ok(of), calls),
             }
         }
     }
@@ -511,24 +410,33 @@ mod tests {
         // Instances created one every ten minutes: deciles at minutes 10, 20, ... 90.
         let created: [DateTime<Utc>; 9] = std::array::from_fn(|d| at(10 * (d as i64 + 1)));
         let minute = |m| at(m) - TimeDelta::seconds(17);
-        // Fewer than 20 pages of a kind (19,000 disks: 19 pages of system disks and 19 of data
+        // Fewer than 10 pages of a kind (9,000 disks: 9 pages of system disks and 9 of data
         // disks), or no creation times: one unbounded range.
-        assert_eq!(time_ranges(19_000, Some(&created)), vec![(None, None)]);
+        assert_eq!(time_ranges(9_000, Some(&created)), vec![(None, None)]);
         assert_eq!(time_ranges(20_000, None), vec![(None, None)]);
         assert_eq!(time_ranges(400, Some(&created)), vec![(None, None)]);
-        // 20 pages of each kind: two ranges cut at the median's minute, each reaching a minute
+        // 10 pages of each kind: two ranges cut at the median's minute, each reaching a minute
         // into the other, the first from before any disk (both filters always sent).
         assert_eq!(
-            time_ranges(20_000, Some(&created)),
+            time_ranges(10_000, Some(&created)),
             vec![
                 (Some(listing_floor()), Some(minute(51))),
                 (Some(minute(50)), None)
             ]
         );
-        // 60 pages of each: four ranges, at the deciles nearest the quarters.
+        // 20 pages of each: three ranges, at the third and sixth deciles.
+        assert_eq!(
+            time_ranges(20_000, Some(&created)),
+            vec![
+                (Some(listing_floor()), Some(minute(31))),
+                (Some(minute(30)), Some(minute(61))),
+                (Some(minute(60)), None)
+            ]
+        );
+        // 60 pages of each: seven ranges, at the deciles nearest the sevenths.
         let r = time_ranges(60_000, Some(&created));
-        assert_eq!(r.len(), 4, "{r:?}");
-        assert_eq!(r[1], (Some(minute(20)), Some(minute(51))));
+        assert_eq!(r.len(), 7, "{r:?}");
+        assert_eq!(r[1], (Some(minute(10)), Some(minute(21))));
         // Every instance created in one minute: a cut would list nearly everything twice.
         let same = [at(5); 9];
         assert_eq!(time_ranges(60_000, Some(&same)), vec![(None, None)]);
@@ -536,6 +444,6 @@ mod tests {
         let mut crowded = created;
         crowded[4] = crowded[3];
         let r = time_ranges(60_000, Some(&crowded));
-        assert_eq!(r.len(), 3, "{r:?}");
+        assert_eq!(r.len(), 5, "{r:?}");
     }
 }
