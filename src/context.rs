@@ -24,7 +24,8 @@ pub struct Policies(
     /// Set while the running replicas disagree on the policy set: why releases wait.
     Arc<std::sync::RwLock<Option<Arc<str>>>>,
     /// The digest of this process's set as the replicas compare it, once it has compared
-    /// (workers check it against the live replicas' before each claim).
+    /// (workers check it against the live replicas' before each claim, and the write that
+    /// records each call before it is sent checks it again).
     Arc<std::sync::RwLock<Option<Arc<str>>>>,
 );
 

@@ -249,7 +249,7 @@ async fn a_long_listing_of_disks_is_split_by_creation_time_and_keeps_each_disk_o
     // 10,000 instances with two disks each, created ten a minute over 1,000 minutes (at :00,
     // :06, ... :54): twenty pages of system disks and twenty of data disks, each a chain of
     // pages that wait for one another. Split at the instances' third and sixth creation
-    // deciles, each kind is read in three chains of about seven pages side by side; the disks
+    // deciles, each kind is read in three chains of six to nine pages side by side; the disks
     // of a minute two ranges share come in both and are kept once.
     let h = created_over_time(10_000, |_| true).await;
     let unlimited = POLICY.replace("max_releases_per_run: 1000", "max_releases_per_run: 10000");

@@ -1489,4 +1489,32 @@ mod tests {
             assert_eq!(rest.total_count.and_then(count_of), count, "{total}");
         }
     }
+
+    /// Only the disks `keep` picks are made Disks, and only they are checked: a disk of an
+    /// unknown kind attached to an instance not priced does not fail the page; one of an
+    /// instance priced does, naming it. Escaped text is read as such.
+    #[test]
+    fn a_disks_answer_keeps_and_checks_only_the_disks_asked_for() {
+        let odd = r#"{"DiskId":"d-2","InstanceId":"i-2","Type":"ephemeral","DiskChargeType":"PostPaid",
+            "Category":"cloud\u005fauto","Size":20}"#;
+        let body =
+            format!(r#"{{"RequestId":"r-1","NextToken":"n","Disks":{{"Disk":[{DISK},{odd}]}}}}"#);
+        let (disks, rest) = disks_answer(200, body.as_bytes(), &|id| id == "i-1").unwrap();
+        assert_eq!(disks.len(), 1);
+        assert_eq!(disks[0].disk_id, "d-1");
+        assert_eq!(rest.next_token.as_deref(), Some("n"));
+        let Err(e) = disks_answer(200, body.as_bytes(), &|_| true) else {
+            panic!("a disk of an unknown kind, kept, fails the page");
+        };
+        assert!(
+            e.to_string().contains("d-2") && e.to_string().contains("ephemeral"),
+            "{e}"
+        );
+        let fixed = body.replace("ephemeral", "data");
+        let (disks, _) = disks_answer(200, fixed.as_bytes(), &|id| id == "i-2").unwrap();
+        assert_eq!(
+            disks[0].category, "cloud_auto",
+            "an escaped character read as itself"
+        );
+    }
 }

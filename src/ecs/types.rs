@@ -566,8 +566,9 @@ pub struct WireDetailInfo {
 }
 
 /// Parses an ECS time: `yyyy-MM-ddTHH:mmZ` (what the API really returns) or `yyyy-MM-ddTHH:mm:ssZ`
-/// (what its documentation says). Read for every instance and disk of a listing, so by RFC 3339's
-/// fixed-width parser, not a format string (which was a twentieth of `apply`'s time).
+/// (what its documentation says), zero-padded as ECS writes them. Read for every instance and
+/// disk of a listing, so by RFC 3339's fixed-width parser, not a format string (which was a
+/// twentieth of `apply`'s time, and also took unpadded fields ECS never sends).
 pub fn parse_ecs_time(s: &str) -> Option<DateTime<Utc>> {
     let b = s.as_bytes();
     if !s.ends_with('Z') || b.get(10) != Some(&b'T') {

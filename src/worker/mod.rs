@@ -35,8 +35,9 @@ use decide::{against_policy, decide, gate_stop, give_up};
 pub use decide::{Gate, Live, Rules, Stop, Transition};
 
 /// The last check before a DeleteInstances goes out, run once the call limits let it through:
-/// true when it may be sent (the lease holds, releases are not paused, the window is open); it
-/// counts the attempt in the same write.
+/// true when it may be sent (the lease holds, releases are not paused, the window is open, no
+/// member has become exempt, no running replica runs another policy set); it counts the
+/// attempt in the same write.
 type Admit = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, bool> + Send>;
 
 /// One ECS call a worker makes, signed as the batch's account.
@@ -598,18 +599,27 @@ impl Workers {
         }
     }
 
-    /// Checks the switches, then claims and carries out one batch; `None` when nothing is due.
-    async fn step_inner(&self) -> Result<Option<BatchResult>, WorkerError> {
-        // Before claiming, so that a paused or closed queue is left exactly as it is.
-        let now = self.ctx.clock.now();
+    /// What the database says before a claim, and why releases wait when a running replica
+    /// runs another policy set: one that joined since this process last compared (its beat
+    /// comes every half lease) shows here at once.
+    async fn read_switches(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<(crate::store::BeforeClaim, Option<String>), WorkerError> {
         let before = self.ctx.store.before_claim(now).await?;
-        // A replica with another policy set may have joined since this process last compared
-        // (its beat comes every half lease): the database says so at once.
         let differ = self
             .ctx
             .policies
             .digest()
             .and_then(|own| crate::replicas::another_set(&own, &before.live_policy_sets));
+        Ok((before, differ))
+    }
+
+    /// Checks the switches, then claims and carries out one batch; `None` when nothing is due.
+    async fn step_inner(&self) -> Result<Option<BatchResult>, WorkerError> {
+        // Before claiming, so that a paused or closed queue is left exactly as it is.
+        let now = self.ctx.clock.now();
+        let (before, differ) = self.read_switches(now).await?;
         let paused = before.paused;
         if let Some((why, _)) = gate_stop(&self.gate_with(paused.as_ref(), differ), now) {
             return Ok(Some(BatchResult::Stopped(why)));
@@ -960,12 +970,15 @@ impl Workers {
         let result = match result {
             Ok(Some(a)) => Ok(a),
             Ok(None) => {
-                // Refused at the last check: the lease was lost, or a pause or the window
-                // closed while the call waited. Nothing was sent; give the batch back as it is.
+                // Refused at the last check: the lease was lost, or a pause, the window, an
+                // exemption or a replica with another policy set stopped the call while it
+                // waited. Nothing was sent; give the batch back as it is, saying why.
                 let ok = self.ctx.store.postpone(&fence, now, now).await?;
-                let paused = self.switches().await?;
+                let (before, differ) = self.read_switches(now).await?;
                 return Ok(
-                    match gate_stop(&self.gate(paused.as_ref()), now).filter(|_| ok) {
+                    match gate_stop(&self.gate_with(before.paused.as_ref(), differ), now)
+                        .filter(|_| ok)
+                    {
                         Some((why, _)) => BatchResult::Stopped(why),
                         None => BatchResult::LeaseLost,
                     },
