@@ -27,8 +27,14 @@ use tokio_util::sync::CancellationToken;
 mod harness;
 use harness::{sim_client as client, status_mib};
 
+/// The simulator answering at once, or after `DRAIN_LATENCY_MS` (a real API's round trip, to
+/// see what more batches in flight do there).
 async fn start(f: Vec<Instance>) -> SimHandle {
-    harness::start_sim(f, Duration::ZERO).await
+    let ms = std::env::var("DRAIN_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    harness::start_sim(f, Duration::from_millis(ms)).await
 }
 
 /// `VmRSS:`/`VmHWM:` of this process, in MiB.
@@ -166,12 +172,13 @@ fn main() {
         let want_kind = |k: &str| {
             !args.iter().any(|a| a == "sqlite" || a == "postgres") || args.iter().any(|a| a == k)
         };
-        let want_workers = |w: usize| {
-            !args.iter().any(|a| a.parse::<usize>().is_ok())
-                || args.iter().any(|a| a.parse::<usize>() == Ok(w))
-        };
+        // `-- postgres 16` runs 16 workers (any count given; 1, 2 and 4 when none is).
+        let mut counts: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+        if counts.is_empty() {
+            counts = vec![1, 2, 4];
+        }
         for kind in kinds.into_iter().filter(|k| want_kind(k)) {
-            for concurrency in [1, 2, 4].into_iter().filter(|w| want_workers(*w)) {
+            for &concurrency in &counts {
                 drain(kind, &f, concurrency).await;
             }
         }

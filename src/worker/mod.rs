@@ -30,6 +30,7 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 pub mod decide;
 mod snapshot;
+mod spread;
 
 use decide::{against_policy, decide, gate_stop, give_up};
 pub use decide::{Gate, Live, Rules, Stop, Transition};
@@ -289,6 +290,8 @@ pub struct Workers {
     /// The (account, region) pairs of the batches this process is working, with how many:
     /// claims prefer others, so every region's pace is used.
     busy: Arc<Mutex<HashMap<(String, String), usize>>>,
+    /// Whether claims should still ask to go elsewhere than `busy` (see [`spread::Spread`]).
+    spread: Arc<Mutex<spread::Spread>>,
     /// Why releases wait now (the pause, the operating window), as last logged: a daemon says
     /// so once each time it changes, not on every step.
     held: Arc<Mutex<Option<String>>>,
@@ -339,6 +342,7 @@ impl Workers {
             stopped_accounts: Arc::default(),
             claimed: Arc::default(),
             busy: Arc::default(),
+            spread: Arc::default(),
             held: Arc::default(),
             claiming: Arc::default(),
             cancel: CancellationToken::new(),
@@ -682,6 +686,11 @@ impl Workers {
             .keys()
             .cloned()
             .collect();
+        let busy = self
+            .spread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .avoid(busy, now);
         let Some(batch) = self
             .ctx
             .store
@@ -698,6 +707,10 @@ impl Workers {
         else {
             return Ok(None);
         };
+        self.spread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .claimed(&busy, &batch.account, &batch.region, now);
         let _busy = Busy::hold(&self.busy, &batch.account, &batch.region);
         drop(claiming);
         self.note_claimed(batch.members.iter().map(|m| m.release_id));
