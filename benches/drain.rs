@@ -8,7 +8,8 @@
 //! grew during the drain (the process also holds the simulator and its fleet).
 //!
 //! `cargo bench --bench drain` measures (`-- sqlite 4` narrows it to one store and one worker
-//! count); under `cargo test` it runs a small smoke pass.
+//! count, any count; `DRAIN_LATENCY_MS=30` has the simulator answer after a real API's round
+//! trip); under `cargo test` it runs a small smoke pass.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

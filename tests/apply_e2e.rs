@@ -572,6 +572,32 @@ release:
     assert_eq!(of("scheduled", "b-renamed"), 1, "{events:?}");
 }
 
+/// Releases queued under a grace and now due, in a pipeline whose process compared its policy
+/// set (digest "mine") while the replicas agreed.
+async fn due_releases_compared_as_mine(
+    h: &SimHandle,
+    db: &common::TestDb,
+    clock: &OffsetClock,
+) -> App {
+    let app = app_for(h, db, policies(GRACE_POLICY), Arc::new(clock.clone())).await;
+    app.apply(None, &Default::default(), CancellationToken::new())
+        .await
+        .unwrap();
+    app.ctx.policies.set_digest("mine");
+    assert!(app.ctx.policies.disagreement().is_none());
+    clock.advance(chrono::Duration::minutes(61));
+    app
+}
+
+/// Replica "joined" says it runs the policy set `digest`, for the next five minutes.
+async fn replica_joins(db: &common::TestDb, clock: &OffsetClock, digest: &str) {
+    let until = clock.now() + chrono::Duration::minutes(5);
+    db.store
+        .replica_seen("joined", "n", digest, "other", until, clock.now())
+        .await
+        .unwrap();
+}
+
 /// A replica with another policy set joins while releases are queued: the workers hold at
 /// their next claim, from the database, without waiting for this process's next comparison
 /// (its beat, up to half a lease later: found reading two replicas' logs, where a stale one
@@ -581,26 +607,8 @@ async fn workers_hold_at_once_when_a_replica_with_another_policy_set_is_running(
     let h = common::start_sim(common::ci_fleet(3), Faults::default(), 16).await;
     let db = common::sqlite().await;
     let clock = OffsetClock::new();
-    let app = app_for(&h, &db, policies(GRACE_POLICY), Arc::new(clock.clone())).await;
-    app.apply(None, &Default::default(), CancellationToken::new())
-        .await
-        .unwrap();
-    // This process compared its set (digest "mine") when the replicas agreed.
-    app.ctx.policies.set_digest("mine");
-    assert!(app.ctx.policies.disagreement().is_none());
-    clock.advance(chrono::Duration::minutes(61));
-    let until = clock.now() + chrono::Duration::minutes(5);
-    db.store
-        .replica_seen(
-            "joined",
-            "n",
-            "theirs-0123456789",
-            "other",
-            until,
-            clock.now(),
-        )
-        .await
-        .unwrap();
+    let app = due_releases_compared_as_mine(&h, &db, &clock).await;
+    replica_joins(&db, &clock, "theirs-0123456789").await;
     let held = app.workers.drain(CancellationToken::new()).await.unwrap();
     assert!(h.sim.releases().is_empty(), "nothing sent");
     let why = held.stopped.map(|s| s.describe()).unwrap_or_default();
@@ -609,10 +617,7 @@ async fn workers_hold_at_once_when_a_replica_with_another_policy_set_is_running(
         "{why}"
     );
     // The joined replica runs the same set now: the releases go.
-    db.store
-        .replica_seen("joined", "n", "mine", "same", until, clock.now())
-        .await
-        .unwrap();
+    replica_joins(&db, &clock, "mine").await;
     let done = app.workers.drain(CancellationToken::new()).await.unwrap();
     assert!(done.stopped.is_none(), "{:?}", done.stopped);
     assert_eq!(released(&h).len(), 3);
@@ -627,12 +632,7 @@ async fn a_replica_joining_during_the_re_check_stops_the_call() {
     let h = common::start_sim(common::ci_fleet(3), Faults::default(), 16).await;
     let db = common::sqlite().await;
     let clock = OffsetClock::new();
-    let app = app_for(&h, &db, policies(GRACE_POLICY), Arc::new(clock.clone())).await;
-    app.apply(None, &Default::default(), CancellationToken::new())
-        .await
-        .unwrap();
-    app.ctx.policies.set_digest("mine");
-    clock.advance(chrono::Duration::minutes(61));
+    let app = due_releases_compared_as_mine(&h, &db, &clock).await;
     // Each answer waits two seconds: the window in which the replica joins.
     h.sim.set_faults(Faults {
         latency: Duration::from_secs(2),
@@ -640,29 +640,16 @@ async fn a_replica_joining_during_the_re_check_stops_the_call() {
     });
     let workers = app.workers.clone();
     let drain = tokio::spawn(async move { workers.drain(CancellationToken::new()).await });
-    let rechecking = || {
-        h.sim
+    common::wait_for("the batch's re-check", Duration::from_secs(10), || {
+        let rechecking = h
+            .sim
             .calls()
             .iter()
-            .any(|c| c.action == "DescribeInstances" && !c.instance_ids.is_empty())
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !rechecking() {
-        assert!(std::time::Instant::now() < deadline, "no re-check was sent");
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    db.store
-        .replica_seen(
-            "joined",
-            "n",
-            "theirs-0123456789",
-            "other",
-            clock.now() + chrono::Duration::minutes(5),
-            clock.now(),
-        )
-        .await
-        .unwrap();
+            .any(|c| c.action == "DescribeInstances" && !c.instance_ids.is_empty());
+        async move { rechecking }
+    })
+    .await;
+    replica_joins(&db, &clock, "theirs-0123456789").await;
     let held = drain.await.unwrap().unwrap();
     assert!(h.sim.releases().is_empty(), "nothing sent");
     assert!(

@@ -276,6 +276,20 @@ async fn wait_recorded(url: &str, n: usize) {
     .await;
 }
 
+/// Runs `ready` (the container's health check), built by [`janitor`]; its output, once its exit
+/// code is checked to be `code`.
+fn ready_exits(dir: &Path, mut ready: Command, code: i32, what: &str) -> Output {
+    let out = finish(dir, ready.spawn().unwrap(), what);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -348,12 +362,9 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
     // The container's health check: `ready` asks /readyz on the listen address, a 0.0.0.0
     // one (as the image sets it) on the loopback.
     let any = format!("0.0.0.0:{port}");
-    let asked = janitor(&h, dir.path(), &url, &["ready"])
-        .env("JANITOR_LISTEN", &any)
-        .spawn()
-        .unwrap();
-    let out = finish(dir.path(), asked, "ready");
-    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let mut asked = janitor(&h, dir.path(), &url, &["ready"]);
+    asked.env("JANITOR_LISTEN", &any);
+    let out = ready_exits(dir.path(), asked, 0, "ready");
     assert!(
         out.stdout
             .contains(&format!("ready: http://127.0.0.1:{port}/readyz")),
@@ -415,11 +426,8 @@ async fn the_daemon_reconciles_on_schedule_reloads_policies_and_stops_on_sigterm
     assert!(out.status.success(), "{}", out.stderr);
     all_succeeded(&url, want_all.len()).await;
     // Stopped: not ready, and says why.
-    let asked = janitor(&h, dir.path(), &url, &["ready", "--listen", &listen])
-        .spawn()
-        .unwrap();
-    let out = finish(dir.path(), asked, "ready after the daemon stopped");
-    assert_eq!(out.status.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    let asked = janitor(&h, dir.path(), &url, &["ready", "--listen", &listen]);
+    let out = ready_exits(dir.path(), asked, 1, "ready after the daemon stopped");
     assert!(
         out.stderr
             .contains(&format!("not ready: {ready}: cannot reach it")),
