@@ -2340,3 +2340,74 @@ conformance!(
             .unwrap());
     }
 );
+
+conformance!(
+    a_claim_gives_back_each_member_as_queued_in_queue_order,
+    |db: TestDb| async move {
+        let s = &db.store;
+        // Names as ECS allows them, and some it doesn't but a store must still carry whole:
+        // quotes, backslashes, brackets, commas, Chinese, an emoji, nothing at all.
+        let names = [
+            "web-1",
+            "say \"hi\"",
+            "back\\slash",
+            "[1, 2]",
+            "生产-数据库",
+            "🧹 janitor",
+            "",
+            "tab\there",
+        ];
+        let mut rs = Vec::new();
+        for (n, name) in names.iter().enumerate() {
+            rs.push(NewRelease {
+                instance_name: name.to_string(),
+                policy: format!("policy-{}", n % 3),
+                ..rel(&format!("i-{n:02}"), "r1", false)
+            });
+        }
+        rs.push(rel("i-busy", "r2", false));
+        s.enqueue(&rs, t0()).await.unwrap();
+        let queued: Vec<_> = s
+            .list_releases(&ReleaseFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.region == "r1")
+            .map(|r| (r.id, r.instance_id, r.instance_name, r.policy))
+            .collect();
+        assert_eq!(queued.len(), names.len());
+        // Claimed while r2 is busy here: the claim that prefers another pair.
+        let busy = [(String::new(), "r2".to_string())];
+        let b = s
+            .claim_spread("w", t0(), LEASE, 100, None, &[], &busy)
+            .await
+            .unwrap()
+            .expect("r1's releases are due");
+        assert_eq!(b.region, "r1");
+        let got: Vec<_> = b
+            .members
+            .iter()
+            .map(|m| {
+                assert_eq!(m.snapshot_days, None);
+                (
+                    m.release_id,
+                    m.instance_id.clone(),
+                    m.instance_name.clone(),
+                    m.policy.clone(),
+                )
+            })
+            .collect();
+        let mut want = queued.clone();
+        want.sort_by_key(|r| r.0);
+        assert_eq!(got, want, "every member whole, in id order");
+        // And the other pair's, claimed anywhere.
+        let b2 = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
+        let ids: Vec<_> = b2.members.iter().map(|m| m.instance_id.as_str()).collect();
+        assert_eq!((b2.region.as_str(), ids), ("r2", vec!["i-busy"]));
+        assert!(s
+            .claim("w", t0(), LEASE, 100, None)
+            .await
+            .unwrap()
+            .is_none());
+    }
+);

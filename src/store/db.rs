@@ -232,6 +232,29 @@ impl Sql {
     }
 }
 
+/// An aggregate of the rows in scope as one JSON text: an array holding an array of `columns`
+/// for each row (SQLite's `json_group_array` gives `[]` for no rows, PostgreSQL's `json_agg`
+/// NULL). Many rows read as one: sqlx copies every column of every row it decodes, which for a
+/// hundred rows costs more than the statement itself.
+pub(super) fn json_rows(postgres: bool, columns: &str) -> String {
+    if postgres {
+        format!("json_agg(json_build_array({columns}))::text")
+    } else {
+        format!("json_group_array(json_array({columns}))")
+    }
+}
+
+/// The rows [`json_rows`] aggregated, each decoded as a `T` (a tuple of its columns).
+pub(super) fn parse_json_rows<T: serde::de::DeserializeOwned>(
+    text: Option<&str>,
+    what: &str,
+) -> Result<Vec<T>, sqlx::Error> {
+    serde_json::from_str(text.unwrap_or("[]")).map_err(|e| sqlx::Error::ColumnDecode {
+        index: what.to_string(),
+        source: Box::new(e),
+    })
+}
+
 /// `text` with each `$N` placeholder outside quoted text and identifiers written by `write`
 /// (`false`: left as it was).
 fn rewrite_placeholders(text: &str, mut write: impl FnMut(usize, &mut String) -> bool) -> String {

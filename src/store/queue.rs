@@ -10,7 +10,7 @@ use super::audit::{insert_event, insert_events};
 use super::batches::BATCH_ROW;
 use super::batches::{self, BatchKind};
 use super::db::{Pool, Sql, Tx};
-use super::rows::{BatchRow, ClaimRow};
+use super::rows::{members_json, BatchRow, ClaimRow};
 use super::{
     from_ms, ms, new_client_token, safety, BatchId, ClaimedBatch, NewEvent, ReleaseId,
     ReleaseState, Store, StoreError,
@@ -161,14 +161,18 @@ impl Due<'_> {
         owner: &str,
         until: i64,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
-        let mut rows: Vec<ClaimRow> = Vec::new();
+        let mut row: Option<ClaimRow> = None;
         if !self.busy.is_empty() {
-            rows = pool.fetch_all(self.form(true, max, owner, until)).await?;
+            row = pool
+                .fetch_optional(self.form(true, max, owner, until))
+                .await?;
         }
-        if rows.is_empty() {
-            rows = pool.fetch_all(self.form(false, max, owner, until)).await?;
+        if row.is_none() {
+            row = pool
+                .fetch_optional(self.form(false, max, owner, until))
+                .await?;
         }
-        if let Some(b) = ClaimRow::claimed(rows, owner) {
+        if let Some(b) = ClaimRow::claimed(row, owner)? {
             return Ok(Some(b));
         }
         let lease = batches::lease_sql(self.stored_sql(), owner, until, self.now);
@@ -180,7 +184,7 @@ impl Due<'_> {
     }
 
     /// PostgreSQL: [`Due::pick`], and the new batch of what it picked formed, leased to `owner`
-    /// until `until` and logged, in one statement: a row per member, each with the batch. It
+    /// until `until` and logged, in one statement: one row, the batch with its members. It
     /// picks nothing while a stored batch is due again (a check made once, before the pick
     /// locks any row).
     fn form(&self, elsewhere: bool, max: usize, owner: &str, until: i64) -> Sql {
@@ -214,10 +218,9 @@ impl Due<'_> {
         q.push_bind(now);
         q.push(", 'batched', b.id, b.client_token, ");
         q.push(&batched_detail_sql("(SELECT COUNT(*) FROM m)"));
-        q.push(
-            " FROM b)
-             SELECT b.*, m.* FROM b, m ORDER BY m.release_id",
-        );
+        q.push(" FROM b) SELECT b.*, ");
+        q.push(&members_json(true, "m"));
+        q.push(" AS members FROM b");
         q
     }
 
@@ -233,13 +236,15 @@ impl Due<'_> {
         owner: &str,
         until: i64,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
-        let rows: Vec<ClaimRow> = tx.fetch_all(self.form_script(max, owner, until)).await?;
-        Ok(ClaimRow::claimed(rows, owner))
+        let row: Option<ClaimRow> = tx
+            .fetch_optional(self.form_script(max, owner, until))
+            .await?;
+        Ok(ClaimRow::claimed(row, owner)?)
     }
 
     /// The script of [`Due::new_batch`]: the batch inserted with the head's kind, the head's
     /// group's due releases made its members, the event, and the batch read back with them
-    /// (a row per member; none when nothing is due). Each statement finds the batch by its
+    /// (one row with its members; none when nothing is due). Each statement finds the batch by its
     /// token.
     fn form_script(&self, max: usize, owner: &str, until: i64) -> Sql {
         let (now, token) = (ms(self.now), new_client_token());
@@ -291,15 +296,14 @@ impl Due<'_> {
         ));
         q.push(" FROM batches b WHERE b.client_token = ")
             .push_bind(&token);
-        q.push(&format!(
-            ";\nSELECT * FROM (SELECT {BATCH_ROW} FROM batches WHERE client_token = "
-        ))
-        .push_bind(&token);
-        q.push(
-            ") b JOIN (SELECT id AS release_id, instance_id, instance_name, policy, snapshot_days,
-                              batch_id FROM releases WHERE state = 'in_flight') m
-                 ON m.batch_id = b.id ORDER BY m.release_id",
-        );
+        q.push(&format!(";\nSELECT {BATCH_ROW}, "));
+        q.push(&members_json(
+            false,
+            "(SELECT id AS release_id, instance_id, instance_name, policy, snapshot_days
+               FROM releases WHERE batch_id = batches.id AND state = 'in_flight')",
+        ));
+        q.push(" AS members FROM batches WHERE client_token = ")
+            .push_bind(&token);
         q
     }
 

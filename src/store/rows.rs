@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
+use super::db::{json_rows, parse_json_rows};
 use super::from_ms;
 
 /// Defines an id newtype: stored and serialised as its number, printed as it.
@@ -446,23 +447,57 @@ impl BatchRow {
     }
 }
 
-/// A claimed batch's row beside one of its members: a claim made in one statement returns a
-/// row per member.
+/// A claimed batch's row with its members: what a claim made in one statement returns.
 #[derive(Debug, Clone, FromRow)]
 pub(super) struct ClaimRow {
     #[sqlx(flatten)]
     batch: BatchRow,
-    #[sqlx(flatten)]
-    member: BatchMember,
+    /// The members, as [`members_json`] aggregates them: one row a claim, not one a member.
+    members: Option<String>,
 }
 
+/// A member as a claim reads it back: `[release_id, instance_id, instance_name, policy,
+/// snapshot_days]`.
+type MemberTuple = (ReleaseId, String, String, String, Option<i64>);
+
 impl ClaimRow {
-    /// The batch `rows` (in member order) describe, leased to `owner`; `None` for no rows.
-    pub(super) fn claimed(rows: Vec<ClaimRow>, owner: &str) -> Option<ClaimedBatch> {
-        let batch = rows.first()?.batch.clone();
-        let members = rows.into_iter().map(|r| r.member).collect();
-        Some(batch.into_claimed(owner, members))
+    /// The batch `row` describes, leased to `owner`, its members in id order; `None` for no
+    /// row or no members.
+    pub(super) fn claimed(
+        row: Option<ClaimRow>,
+        owner: &str,
+    ) -> Result<Option<ClaimedBatch>, sqlx::Error> {
+        let Some(row) = row else { return Ok(None) };
+        let mut tuples: Vec<MemberTuple> = parse_json_rows(row.members.as_deref(), "members")?;
+        if tuples.is_empty() {
+            return Ok(None);
+        }
+        tuples.sort_unstable_by_key(|t| t.0);
+        let members = tuples
+            .into_iter()
+            .map(
+                |(release_id, instance_id, instance_name, policy, snapshot_days)| BatchMember {
+                    release_id,
+                    instance_id,
+                    instance_name,
+                    policy,
+                    snapshot_days,
+                },
+            )
+            .collect();
+        Ok(Some(row.batch.into_claimed(owner, members)))
     }
+}
+
+/// A subquery giving the members of a batch as one JSON text (see [`json_rows`]), from the
+/// rows of `from` (columns `release_id, instance_id, instance_name, policy, snapshot_days`),
+/// in any order: [`ClaimRow::claimed`] sorts them.
+pub(super) fn members_json(postgres: bool, from: &str) -> String {
+    let agg = json_rows(
+        postgres,
+        "release_id, instance_id, instance_name, policy, snapshot_days",
+    );
+    format!("(SELECT {agg} FROM {from})")
 }
 
 /// A batch a worker holds under a lease: one DeleteInstances call, its token and its members.
