@@ -2411,3 +2411,56 @@ conformance!(
             .is_none());
     }
 );
+
+conformance!(
+    listings_longer_than_a_page_read_each_release_once_in_order,
+    |db: TestDb| async move {
+        let s = &db.store;
+        // More than two of the listing's pages (5,000 releases a statement).
+        let n = 12_345;
+        let rs: Vec<_> = (0..n)
+            .map(|k| NewRelease {
+                policy: if k % 2 == 0 { "even" } else { "odd" }.into(),
+                instance_name: format!("名前 \"{k}\""),
+                ..rel(&format!("i-{k:05}"), "r1", false)
+            })
+            .collect();
+        s.enqueue(&rs, t0()).await.unwrap();
+        let all = s.list_releases(&ReleaseFilter::default()).await.unwrap();
+        assert_eq!(all.len(), n);
+        assert!(
+            all.windows(2).all(|w| w[0].id > w[1].id),
+            "newest first, each once"
+        );
+        let last = &all[0];
+        assert_eq!(
+            (last.instance_id.as_str(), last.instance_name.as_str()),
+            ("i-12344", "名前 \"12344\"")
+        );
+        assert_eq!(last.state.to_string(), "pending");
+        assert_eq!(last.reasons, "because");
+        // A limit past a page's end, and a filter.
+        let some = s
+            .list_releases(&ReleaseFilter {
+                limit: Some(5_001),
+                ..ReleaseFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(some[..], all[..5_001]);
+        let odd = s
+            .list_releases(&ReleaseFilter {
+                policy: Some("odd".into()),
+                ..ReleaseFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(odd.len(), n / 2);
+        assert!(odd.iter().all(|r| r.policy == "odd"));
+        // Oldest first: the pending releases of a policy no longer loaded.
+        let orphans = s.pending_outside(&["even".to_string()]).await.unwrap();
+        let want: Vec<_> = odd.iter().rev().map(|r| r.id).collect();
+        assert_eq!(orphans.iter().map(|r| r.id).collect::<Vec<_>>(), want);
+        assert_eq!(s.active_releases().await.unwrap(), all);
+    }
+);

@@ -5,9 +5,10 @@
 
 use chrono::{DateTime, Utc};
 
+use super::db::json_rows;
 use super::db::Sql;
 use super::queue::ACTIVE;
-use super::rows::RELEASE_SELECT;
+use super::rows::{releases_from_json, RELEASE_COLUMNS, RELEASE_SELECT};
 use super::{
     from_ms, ms, settings, ReleaseId, ReleaseRow, ReleaseState, RunStatus, Store, StoreError,
 };
@@ -51,6 +52,16 @@ pub struct ReleaseFilter {
     pub touched_since: Option<DateTime<Utc>>,
 }
 
+/// How many releases a listing reads a statement: a page's JSON text is about 2 MB.
+const PAGE: i64 = 5_000;
+
+/// Which way a listing runs, by release id.
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    NewestFirst,
+    OldestFirst,
+}
+
 /// A stored state name as its [`ReleaseState`]: the CHECK constraint allows no other.
 fn state(s: &str) -> Result<ReleaseState, StoreError> {
     s.parse()
@@ -60,8 +71,7 @@ fn state(s: &str) -> Result<ReleaseState, StoreError> {
 impl Store {
     /// Releases, newest first, with their batch's ClientToken.
     pub async fn list_releases(&self, f: &ReleaseFilter) -> Result<Vec<ReleaseRow>, StoreError> {
-        let mut q = Sql::new(RELEASE_SELECT);
-        q.push(" WHERE 1 = 1");
+        let mut q = Sql::new("1 = 1");
         if let Some(s) = &f.state {
             q.push(" AND (CASE WHEN r.state = 'pending' AND r.snapshot_stage = 'snapshotting' THEN 'snapshotting' ELSE r.state END) = ").push_bind(s);
         }
@@ -72,11 +82,7 @@ impl Store {
             q.push(" AND (r.updated_at >= ").push_bind(ms(t));
             q.push(" OR r.state = 'pending')");
         }
-        q.push(" ORDER BY r.id DESC");
-        if let Some(l) = f.limit {
-            q.push(" LIMIT ").push_bind(l);
-        }
-        self.pool.fetch_all(q).await
+        self.releases_where(q, Order::NewestFirst, f.limit).await
     }
 
     /// One release.
@@ -90,36 +96,81 @@ impl Store {
     /// Pending releases (not yet batched or snapshotting) of policies other than `loaded`: those
     /// of a policy no longer loaded, oldest first.
     pub async fn pending_outside(&self, loaded: &[String]) -> Result<Vec<ReleaseRow>, StoreError> {
-        let mut q = Sql::new(RELEASE_SELECT);
-        q.push(" WHERE r.state = 'pending'");
+        let mut q = Sql::new("r.state = 'pending'");
         if !loaded.is_empty() {
             q.push(" AND r.policy NOT IN ")
                 .push_list(loaded.iter().cloned());
         }
-        q.push(" ORDER BY r.id");
-        self.pool.fetch_all(q).await
+        self.releases_where(q, Order::OldestFirst, None).await
     }
 
     /// Pending and in-flight releases, newest first.
     pub async fn active_releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
         // Filtered in the database: every pass reads this, and history only grows.
-        self.pool
-            .fetch_all(Sql::new(format!(
-                "{RELEASE_SELECT} WHERE r.state IN {ACTIVE} ORDER BY r.id DESC"
-            )))
-            .await
+        let q = Sql::new(format!("r.state IN {ACTIVE}"));
+        self.releases_where(q, Order::NewestFirst, None).await
     }
 
     /// Pending and in-flight releases queued with a grace (due later than they were queued),
     /// newest first: the only ones an instance may carry a mark for. Usually none, where the
     /// active releases may be a whole fleet's.
     pub async fn waiting_releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
-        self.pool
-            .fetch_all(Sql::new(format!(
-                "{RELEASE_SELECT} WHERE r.state IN {ACTIVE} AND r.not_before > r.created_at
-                 ORDER BY r.id DESC"
-            )))
-            .await
+        let q = Sql::new(format!(
+            "r.state IN {ACTIVE} AND r.not_before > r.created_at"
+        ));
+        self.releases_where(q, Order::NewestFirst, None).await
+    }
+
+    /// The releases `filter` (a condition on `r`, the release, and `b`, its batch) selects, in
+    /// `order` of id, at most `limit`. Read [`PAGE`] at a time, each page one row: the page's
+    /// releases aggregated as one JSON text (see [`json_rows`]), since sqlx decoding a row per
+    /// release copied each of its 23 columns, 16 µs a release. Pages follow each other by id, so
+    /// no release is read twice; one that changes meanwhile is read as it was when its page was.
+    async fn releases_where(
+        &self,
+        filter: Sql,
+        order: Order,
+        limit: Option<i64>,
+    ) -> Result<Vec<ReleaseRow>, StoreError> {
+        let (cmp, dir) = match order {
+            Order::NewestFirst => ("<", "DESC"),
+            Order::OldestFirst => (">", "ASC"),
+        };
+        let agg = json_rows(self.is_postgres(), RELEASE_COLUMNS);
+        let mut out: Vec<ReleaseRow> = Vec::new();
+        let mut after: Option<ReleaseId> = None;
+        loop {
+            let want = match limit {
+                Some(l) => (l - out.len() as i64).clamp(0, PAGE),
+                None => PAGE,
+            };
+            if want == 0 {
+                break;
+            }
+            let mut q = Sql::new(format!("SELECT {agg} FROM ({RELEASE_SELECT} WHERE ("));
+            q.append(filter.clone());
+            q.push(")");
+            if let Some(id) = after {
+                q.push(&format!(" AND r.id {cmp} ")).push_bind(id);
+            }
+            q.push(&format!(" ORDER BY r.id {dir} LIMIT "))
+                .push_bind(want);
+            q.push(") page");
+            let (text,): (Option<String>,) = self.pool.fetch_one(q).await?;
+            let mut page = releases_from_json(text.as_deref())?;
+            // An aggregate keeps no order of its own.
+            match order {
+                Order::NewestFirst => page.sort_unstable_by_key(|r| std::cmp::Reverse(r.id)),
+                Order::OldestFirst => page.sort_unstable_by_key(|r| r.id),
+            }
+            let full = page.len() as i64 == want;
+            after = page.last().map(|r| r.id);
+            out.append(&mut page);
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Releases by state.
