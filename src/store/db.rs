@@ -560,6 +560,23 @@ impl Pool {
         })
     }
 
+    /// The rows of `q` (whose result has exactly `columns`), read as one row: aggregated into
+    /// one JSON text by the database (see [`json_rows`]) and each decoded as a `T`, a tuple or
+    /// struct of those columns in order. In no particular order: sort them if it matters.
+    pub(super) async fn fetch_json<T: serde::de::DeserializeOwned>(
+        &self,
+        columns: &str,
+        q: Sql,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut one = Sql::new(format!(
+            "SELECT {} FROM (",
+            json_rows(self.is_postgres(), columns)
+        ));
+        one.append(q).push(") rows_as_json");
+        let (text,): (Option<String>,) = self.fetch_one(one).await?;
+        Ok(parse_json_rows(text.as_deref(), columns)?)
+    }
+
     pub(super) async fn fetch_optional<O: FromEither>(
         &self,
         q: Sql,

@@ -79,7 +79,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let known: Vec<(String, String)> = self
             .pool
-            .fetch_all(
+            .fetch_json(
+                "instance_id, seen_with",
                 Sql::new(
                     "SELECT instance_id, seen_with FROM observations WHERE region = $1 AND account = $2",
                 )
@@ -149,9 +150,10 @@ impl Store {
     pub async fn observations(&self) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
         let rows: Vec<(String, i64)> = self
             .pool
-            .fetch_all(Sql::new(
-                "SELECT instance_id, first_seen_stopped_at FROM observations",
-            ))
+            .fetch_json(
+                "instance_id, first_seen_stopped_at",
+                Sql::new("SELECT instance_id, first_seen_stopped_at FROM observations"),
+            )
             .await?;
         Ok(rows.into_iter().map(|(i, t)| (i, from_ms(t))).collect())
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::db::{json_rows, parse_json_rows, Sql};
+use super::db::Sql;
 use super::settings::{pause_from, PAUSE_KEYS};
 use super::{from_ms, ms, PauseInfo, ReleaseId, Store, StoreError};
 use crate::plan::exempt::Exemption;
@@ -58,16 +58,9 @@ impl Store {
               WHERE until > ",
         )
         .push_bind(ms(now));
-        // One row back, the rows above as one JSON text: up to 200 rows decoded one by one
-        // cost more than the statement.
-        let mut one = Sql::new(format!(
-            "SELECT {} FROM (",
-            json_rows(self.is_postgres(), "what, id, n, t1, t2")
-        ));
-        one.append(q).push(") r");
-        let (text,): (Option<String>,) = self.pool.fetch_one(one).await?;
+        // One row back: up to 200 rows decoded one by one cost more than the statement.
         type Row = (String, String, Option<i64>, Option<String>, Option<String>);
-        let rows: Vec<Row> = parse_json_rows(text.as_deref(), "recheck_reads")?;
+        let rows: Vec<Row> = self.pool.fetch_json("what, id, n, t1, t2", q).await?;
         let mut settings = Vec::new();
         for (what, id, n, t1, t2) in rows {
             match (what.as_str(), n) {

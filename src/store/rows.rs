@@ -196,7 +196,7 @@ pub(super) const RELEASE_SELECT: &str =
      FROM releases r LEFT JOIN batches b ON b.id = r.batch_id";
 
 /// The columns [`RELEASE_SELECT`] gives, in [`RawRelease`]'s order: what a listing aggregates
-/// into one JSON text (see [`releases_from_json`]).
+/// into one JSON text.
 pub(super) const RELEASE_COLUMNS: &str =
     "id, instance_id, instance_name, region, policy, force, terminate_subscription, state,
      not_before, batch_id, attempts, last_code, last_message, request_id, reasons, created_at,
@@ -206,7 +206,7 @@ pub(super) const RELEASE_COLUMNS: &str =
 /// A release's columns as stored. Read as a row, or (serde reads a struct from an array in its
 /// fields' order) as an array of [`RELEASE_COLUMNS`].
 #[derive(Debug, Clone, FromRow, serde::Deserialize)]
-struct RawRelease {
+pub(super) struct RawRelease {
     id: ReleaseId,
     instance_id: String,
     instance_name: String,
@@ -375,17 +375,8 @@ where
     }
 }
 
-/// The releases a listing read as one JSON text of arrays of [`RELEASE_COLUMNS`] (see
-/// [`json_rows`]), in the order they came.
-pub(super) fn releases_from_json(text: Option<&str>) -> Result<Vec<ReleaseRow>, sqlx::Error> {
-    parse_json_rows::<RawRelease>(text, "releases")?
-        .into_iter()
-        .map(RawRelease::decoded)
-        .collect()
-}
-
 impl RawRelease {
-    fn decoded(self) -> Result<ReleaseRow, sqlx::Error> {
+    pub(super) fn decoded(self) -> Result<ReleaseRow, sqlx::Error> {
         let r = self;
         Ok(ReleaseRow {
             id: r.id,
