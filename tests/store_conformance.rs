@@ -2464,3 +2464,22 @@ conformance!(
         assert_eq!(s.active_releases().await.unwrap(), all);
     }
 );
+
+conformance!(
+    observations_of_a_fleet_larger_than_a_page_are_all_read,
+    |db: TestDb| async move {
+        let s = &db.store;
+        let ids: Vec<String> = (0..11_111).map(|k| format!("i-{k:05}")).collect();
+        s.observe("", "r1", &listed_stopped(&ids), t0())
+            .await
+            .unwrap();
+        let later = t0() + chrono::Duration::hours(1);
+        s.observe("", "r2", &listed_stopped(&["i-other".to_string()]), later)
+            .await
+            .unwrap();
+        let seen = s.observations().await.unwrap();
+        assert_eq!(seen.len(), ids.len() + 1);
+        assert!(ids.iter().all(|i| seen.get(i) == Some(&t0())));
+        assert_eq!(seen.get("i-other"), Some(&later));
+    }
+);

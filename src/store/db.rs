@@ -233,16 +233,23 @@ impl Sql {
 }
 
 /// An aggregate of the rows in scope as one JSON text: an array holding an array of `columns`
-/// for each row (SQLite's `json_group_array` gives `[]` for no rows, PostgreSQL's `json_agg`
-/// NULL). Many rows read as one: sqlx copies every column of every row it decodes, which for a
-/// hundred rows costs more than the statement itself.
-pub(super) fn json_rows(postgres: bool, columns: &str) -> String {
+/// for each row, in `order_by`'s order if given (SQLite's `json_group_array` gives `[]` for no
+/// rows, PostgreSQL's `json_agg` NULL). Many rows read as one: sqlx copies every column of
+/// every row it decodes, which for a hundred rows costs more than the statement itself.
+pub(super) fn json_rows(postgres: bool, columns: &str, order_by: Option<&str>) -> String {
+    let order = order_by
+        .map(|o| format!(" ORDER BY {o}"))
+        .unwrap_or_default();
     if postgres {
-        format!("json_agg(json_build_array({columns}))::text")
+        format!("json_agg(json_build_array({columns}){order})::text")
     } else {
-        format!("json_group_array(json_array({columns}))")
+        format!("json_group_array(json_array({columns}){order})")
     }
 }
+
+/// How many rows [`Pool::fetch_json_pages`] reads a statement: 5,000 releases are about 2 MB of
+/// JSON text.
+pub(super) const JSON_PAGE: i64 = 5_000;
 
 /// The rows [`json_rows`] aggregated, each decoded as a `T` (a tuple of its columns).
 pub(super) fn parse_json_rows<T: serde::de::DeserializeOwned>(
@@ -562,19 +569,62 @@ impl Pool {
 
     /// The rows of `q` (whose result has exactly `columns`), read as one row: aggregated into
     /// one JSON text by the database (see [`json_rows`]) and each decoded as a `T`, a tuple or
-    /// struct of those columns in order. In no particular order: sort them if it matters.
+    /// struct of those columns in order. In no particular order.
     pub(super) async fn fetch_json<T: serde::de::DeserializeOwned>(
         &self,
         columns: &str,
         q: Sql,
     ) -> Result<Vec<T>, StoreError> {
+        self.fetch_json_ordered(columns, None, q).await
+    }
+
+    /// [`Pool::fetch_json`], the rows in `order_by`'s order (columns of `q`) if given.
+    async fn fetch_json_ordered<T: serde::de::DeserializeOwned>(
+        &self,
+        columns: &str,
+        order_by: Option<&str>,
+        q: Sql,
+    ) -> Result<Vec<T>, StoreError> {
         let mut one = Sql::new(format!(
             "SELECT {} FROM (",
-            json_rows(self.is_postgres(), columns)
+            json_rows(self.is_postgres(), columns, order_by)
         ));
         one.append(q).push(") rows_as_json");
         let (text,): (Option<String>,) = self.fetch_one(one).await?;
         Ok(parse_json_rows(text.as_deref(), columns)?)
+    }
+
+    /// [`Pool::fetch_json`] a page of up to [`JSON_PAGE`] rows at a time, for reads that may
+    /// be a whole fleet's: one page's text is held at a time, not the whole read's.
+    /// `page(after, n)` is the query for the first `n` rows in `order_by`'s order (a unique key
+    /// of its columns) that follow `after`, the last row of the page before (`None` for the
+    /// first); at most `limit` rows in all, in that order. The database orders and compares the
+    /// key, so its collation and the pages agree, and no row is read twice.
+    pub(super) async fn fetch_json_pages<T: serde::de::DeserializeOwned>(
+        &self,
+        columns: &str,
+        order_by: &str,
+        limit: Option<i64>,
+        page: impl Fn(Option<&T>, i64) -> Sql,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out: Vec<T> = Vec::new();
+        loop {
+            let want = match limit {
+                Some(l) => (l - out.len() as i64).clamp(0, JSON_PAGE),
+                None => JSON_PAGE,
+            };
+            if want == 0 {
+                break;
+            }
+            let q = page(out.last(), want);
+            let mut rows: Vec<T> = self.fetch_json_ordered(columns, Some(order_by), q).await?;
+            let full = rows.len() as i64 == want;
+            out.append(&mut rows);
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     pub(super) async fn fetch_optional<O: FromEither>(

@@ -148,11 +148,23 @@ impl Store {
 
     /// When each instance was first seen Stopped.
     pub async fn observations(&self) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
+        // A whole fleet's, perhaps: a page at a time.
         let rows: Vec<(String, i64)> = self
             .pool
-            .fetch_json(
+            .fetch_json_pages(
                 "instance_id, first_seen_stopped_at",
-                Sql::new("SELECT instance_id, first_seen_stopped_at FROM observations"),
+                "instance_id",
+                None,
+                |after: Option<&(String, i64)>, n| {
+                    let mut q = Sql::new(
+                        "SELECT instance_id, first_seen_stopped_at FROM observations WHERE 1 = 1",
+                    );
+                    if let Some((id, _)) = after {
+                        q.push(" AND instance_id > ").push_bind(id.as_str());
+                    }
+                    q.push(" ORDER BY instance_id LIMIT ").push_bind(n);
+                    q
+                },
             )
             .await?;
         Ok(rows.into_iter().map(|(i, t)| (i, from_ms(t))).collect())

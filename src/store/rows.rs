@@ -207,7 +207,7 @@ pub(super) const RELEASE_COLUMNS: &str =
 /// fields' order) as an array of [`RELEASE_COLUMNS`].
 #[derive(Debug, Clone, FromRow, serde::Deserialize)]
 pub(super) struct RawRelease {
-    id: ReleaseId,
+    pub(super) id: ReleaseId,
     instance_id: String,
     instance_name: String,
     region: String,
@@ -512,6 +512,7 @@ pub(super) fn members_json(postgres: bool, from: &str) -> String {
     let agg = json_rows(
         postgres,
         "release_id, instance_id, instance_name, policy, snapshot_days",
+        None,
     );
     format!("(SELECT {agg} FROM {from})")
 }

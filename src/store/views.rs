@@ -51,9 +51,6 @@ pub struct ReleaseFilter {
     pub touched_since: Option<DateTime<Utc>>,
 }
 
-/// How many releases a listing reads a statement: a page's JSON text is about 2 MB.
-const PAGE: i64 = 5_000;
-
 /// Which way a listing runs, by release id.
 #[derive(Debug, Clone, Copy)]
 enum Order {
@@ -121,10 +118,10 @@ impl Store {
     }
 
     /// The releases `filter` (a condition on `r`, the release, and `b`, its batch) selects, in
-    /// `order` of id, at most `limit`. Read [`PAGE`] at a time, each page one row: the page's
-    /// releases aggregated as one JSON text (see `Pool::fetch_json`), since sqlx decoding a row per
-    /// release copied each of its 23 columns, 16 µs a release. Pages follow each other by id, so
-    /// no release is read twice; one that changes meanwhile is read as it was when its page was.
+    /// `order` of id, at most `limit`: a page at a time, each page one row (see
+    /// `Pool::fetch_json_pages`), since sqlx decoding a row per release copied each of its 23
+    /// columns, 16 µs a release. A release that changes meanwhile is read as it was when its
+    /// page was.
     async fn releases_where(
         &self,
         filter: Sql,
@@ -135,44 +132,28 @@ impl Store {
             Order::NewestFirst => ("<", "DESC"),
             Order::OldestFirst => (">", "ASC"),
         };
-        let mut out: Vec<ReleaseRow> = Vec::new();
-        let mut after: Option<ReleaseId> = None;
-        loop {
-            let want = match limit {
-                Some(l) => (l - out.len() as i64).clamp(0, PAGE),
-                None => PAGE,
-            };
-            if want == 0 {
-                break;
-            }
-            let mut q = Sql::new(format!("{RELEASE_SELECT} WHERE ("));
-            q.append(filter.clone());
-            q.push(")");
-            if let Some(id) = after {
-                q.push(&format!(" AND r.id {cmp} ")).push_bind(id);
-            }
-            q.push(&format!(" ORDER BY r.id {dir} LIMIT "))
-                .push_bind(want);
-            let mut page = self
-                .pool
-                .fetch_json::<RawRelease>(RELEASE_COLUMNS, q)
-                .await?
-                .into_iter()
-                .map(RawRelease::decoded)
-                .collect::<Result<Vec<ReleaseRow>, _>>()?;
-            // An aggregate keeps no order of its own.
-            match order {
-                Order::NewestFirst => page.sort_unstable_by_key(|r| std::cmp::Reverse(r.id)),
-                Order::OldestFirst => page.sort_unstable_by_key(|r| r.id),
-            }
-            let full = page.len() as i64 == want;
-            after = page.last().map(|r| r.id);
-            out.append(&mut page);
-            if !full {
-                break;
-            }
-        }
-        Ok(out)
+        let rows = self
+            .pool
+            .fetch_json_pages(
+                RELEASE_COLUMNS,
+                &format!("id {dir}"),
+                limit,
+                |after: Option<&RawRelease>, n| {
+                    let mut q = Sql::new(format!("{RELEASE_SELECT} WHERE ("));
+                    q.append(filter.clone());
+                    q.push(")");
+                    if let Some(r) = after {
+                        q.push(&format!(" AND r.id {cmp} ")).push_bind(r.id);
+                    }
+                    q.push(&format!(" ORDER BY r.id {dir} LIMIT ")).push_bind(n);
+                    q
+                },
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(RawRelease::decoded)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Releases by state.
