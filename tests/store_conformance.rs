@@ -2400,6 +2400,9 @@ conformance!(
         let mut want = queued.clone();
         want.sort_by_key(|r| r.0);
         assert_eq!(got, want, "every member whole, in id order");
+        // Whole as queued, not only as listed (a listing is read the same way).
+        let got_names: Vec<&str> = b.members.iter().map(|m| m.instance_name.as_str()).collect();
+        assert_eq!(got_names, names, "queued in this order");
         // And the other pair's, claimed anywhere.
         let b2 = s.claim("w", t0(), LEASE, 100, None).await.unwrap().unwrap();
         let ids: Vec<_> = b2.members.iter().map(|m| m.instance_id.as_str()).collect();
@@ -2448,6 +2451,14 @@ conformance!(
             .await
             .unwrap();
         assert_eq!(some[..], all[..5_001]);
+        let two_pages = s
+            .list_releases(&ReleaseFilter {
+                limit: Some(10_000),
+                ..ReleaseFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(two_pages[..], all[..10_000]);
         let odd = s
             .list_releases(&ReleaseFilter {
                 policy: Some("odd".into()),
@@ -2466,10 +2477,11 @@ conformance!(
 );
 
 conformance!(
-    observations_of_a_fleet_larger_than_a_page_are_all_read,
+    observations_of_a_fleet_of_whole_pages_are_all_read,
     |db: TestDb| async move {
         let s = &db.store;
-        let ids: Vec<String> = (0..11_111).map(|k| format!("i-{k:05}")).collect();
+        // Two full pages of 5,000 and an empty one after them.
+        let ids: Vec<String> = (0..9_999).map(|k| format!("i-{k:05}")).collect();
         s.observe("", "r1", &listed_stopped(&ids), t0())
             .await
             .unwrap();

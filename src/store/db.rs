@@ -596,15 +596,21 @@ impl Pool {
 
     /// [`Pool::fetch_json`] a page of up to [`JSON_PAGE`] rows at a time, for reads that may
     /// be a whole fleet's: one page's text is held at a time, not the whole read's.
-    /// `page(after, n)` is the query for the first `n` rows in `order_by`'s order (a unique key
-    /// of its columns) that follow `after`, the last row of the page before (`None` for the
-    /// first); at most `limit` rows in all, in that order. The database orders and compares the
-    /// key, so its collation and the pages agree, and no row is read twice.
-    pub(super) async fn fetch_json_pages<T: serde::de::DeserializeOwned>(
+    /// `page(after, n)` is the query for the first `n` rows in `order_by`'s order (`key`, a
+    /// unique key of its columns) that follow `after`, the last row of the page before (`None`
+    /// for the first); at most `limit` rows in all, in that order. The database orders and
+    /// compares the key, so its collation and the pages agree, and no row is read twice. A page
+    /// that does not move past the one before is refused, never read again and again.
+    ///
+    /// Each page is its own statement: a row that changes meanwhile is read as it was when its
+    /// page was, and one added after its page was read is not read, as if the read had been
+    /// made before it was added.
+    pub(super) async fn fetch_json_pages<T: serde::de::DeserializeOwned, K: PartialEq>(
         &self,
         columns: &str,
         order_by: &str,
         limit: Option<i64>,
+        key: impl Fn(&T) -> K,
         page: impl Fn(Option<&T>, i64) -> Sql,
     ) -> Result<Vec<T>, StoreError> {
         let mut out: Vec<T> = Vec::new();
@@ -616,8 +622,14 @@ impl Pool {
             if want == 0 {
                 break;
             }
+            let before = out.last().map(&key);
             let q = page(out.last(), want);
             let mut rows: Vec<T> = self.fetch_json_ordered(columns, Some(order_by), q).await?;
+            if before.is_some() && rows.last().map(&key) == before {
+                return Err(StoreError::Db(sqlx::Error::Protocol(format!(
+                    "a page of {columns} ordered by {order_by} did not move past the one before"
+                ))));
+            }
             let full = rows.len() as i64 == want;
             out.append(&mut rows);
             if !full {
@@ -850,5 +862,46 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(back, vec![(2999, "v2999".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn a_paged_read_stops_at_a_page_that_does_not_move_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let pool = Pool::open(&url, &url).await.unwrap();
+        pool.execute(Sql::new("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)"))
+            .await
+            .unwrap();
+        let rows: Vec<(i64, String)> = (0..12_000).map(|k| (k, format!("\"{k}\""))).collect();
+        for chunk in rows.chunks(4_000) {
+            let mut q = Sql::new("INSERT INTO t (a, b) ");
+            q.push_values(chunk, |(a, b)| [(*a).into(), b.as_str().into()]);
+            pool.execute(q).await.unwrap();
+        }
+        let read = |cmp: &'static str| {
+            let pool = &pool;
+            async move {
+                pool.fetch_json_pages(
+                    "a, b",
+                    "a",
+                    None,
+                    |r: &(i64, String)| r.0,
+                    |after, n| {
+                        let mut q = Sql::new("SELECT a, b FROM t WHERE 1 = 1");
+                        if let Some((a, _)) = after {
+                            q.push(&format!(" AND a {cmp} ")).push_bind(*a);
+                        }
+                        q.push(" ORDER BY a LIMIT ").push_bind(n);
+                        q
+                    },
+                )
+                .await
+            }
+        };
+        // Three pages, each row once, in order, text whole.
+        assert_eq!(read(">").await.unwrap(), rows);
+        // A key compared the wrong way reads the first page again: refused, not looped on.
+        let err = read("<=").await.unwrap_err().to_string();
+        assert!(err.contains("did not move past"), "{err}");
     }
 }

@@ -155,6 +155,7 @@ impl Store {
                 "instance_id, first_seen_stopped_at",
                 "instance_id",
                 None,
+                |r: &(String, i64)| r.0.clone(),
                 |after: Option<&(String, i64)>, n| {
                     let mut q = Sql::new(
                         "SELECT instance_id, first_seen_stopped_at FROM observations WHERE 1 = 1",

@@ -161,19 +161,21 @@ impl Due<'_> {
         owner: &str,
         until: i64,
     ) -> Result<Option<ClaimedBatch>, StoreError> {
-        let mut row: Option<ClaimRow> = None;
+        let mut claimed = None;
         if !self.busy.is_empty() {
-            row = pool
+            let row = pool
                 .fetch_optional(self.form(true, max, owner, until))
                 .await?;
+            claimed = ClaimRow::claimed(row, owner)?;
         }
-        if row.is_none() {
-            row = pool
+        if claimed.is_none() {
+            let row = pool
                 .fetch_optional(self.form(false, max, owner, until))
                 .await?;
+            claimed = ClaimRow::claimed(row, owner)?;
         }
-        if let Some(b) = ClaimRow::claimed(row, owner)? {
-            return Ok(Some(b));
+        if claimed.is_some() {
+            return Ok(claimed);
         }
         let lease = batches::lease_sql(self.stored_sql(), owner, until, self.now);
         if let Some(b) = pool.fetch_optional::<BatchRow>(lease).await? {

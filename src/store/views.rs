@@ -121,7 +121,9 @@ impl Store {
     /// `order` of id, at most `limit`: a page at a time, each page one row (see
     /// `Pool::fetch_json_pages`), since sqlx decoding a row per release copied each of its 23
     /// columns, 16 µs a release. A release that changes meanwhile is read as it was when its
-    /// page was.
+    /// page was, and one queued after its page was read is not read: to a pass reading the
+    /// active releases, as if it had been queued after the read (and queueing its instance again
+    /// is refused by the one-active-release index).
     async fn releases_where(
         &self,
         filter: Sql,
@@ -138,6 +140,7 @@ impl Store {
                 RELEASE_COLUMNS,
                 &format!("id {dir}"),
                 limit,
+                |r: &RawRelease| r.id,
                 |after: Option<&RawRelease>, n| {
                     let mut q = Sql::new(format!("{RELEASE_SELECT} WHERE ("));
                     q.append(filter.clone());
