@@ -2493,5 +2493,14 @@ conformance!(
         assert_eq!(seen.len(), ids.len() + 1);
         assert!(ids.iter().all(|i| seen.get(i) == Some(&t0())));
         assert_eq!(seen.get("i-other"), Some(&later));
+        // Listed again with most of them no longer Stopped: every page of what r1 knew is
+        // weighed, and those stops end; r2's is untouched.
+        s.observe("", "r1", &listed_stopped(&ids[..100]), later)
+            .await
+            .unwrap();
+        let seen = s.observations().await.unwrap();
+        assert_eq!(seen.len(), 101);
+        assert!(ids[..100].iter().all(|i| seen.get(i) == Some(&t0())));
+        assert_eq!(seen.get("i-other"), Some(&later));
     }
 );

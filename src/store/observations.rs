@@ -78,14 +78,11 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let known: Vec<(String, String)> = self
-            .pool
-            .fetch_json(
-                "instance_id, seen_with",
-                Sql::new(
-                    "SELECT instance_id, seen_with FROM observations WHERE region = $1 AND account = $2",
-                )
-                .bind(region)
-                .bind(account),
+            .observed(
+                "seen_with",
+                Sql::new("region = $1 AND account = $2")
+                    .bind(region)
+                    .bind(account),
             )
             .await?;
         let constraints: BTreeSet<&str> = seen.constraints.iter().map(String::as_str).collect();
@@ -148,18 +145,30 @@ impl Store {
 
     /// When each instance was first seen Stopped.
     pub async fn observations(&self) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
-        // A whole fleet's, perhaps: a page at a time.
         let rows: Vec<(String, i64)> = self
-            .pool
+            .observed("first_seen_stopped_at", Sql::new("1 = 1"))
+            .await?;
+        Ok(rows.into_iter().map(|(i, t)| (i, from_ms(t))).collect())
+    }
+
+    /// Each observation `filter` (a condition with its own `$1`..) selects, as its instance id
+    /// and `column`: a page at a time, since it may be a whole fleet's.
+    async fn observed<T: serde::de::DeserializeOwned>(
+        &self,
+        column: &str,
+        filter: Sql,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        self.pool
             .fetch_json_pages(
-                "instance_id, first_seen_stopped_at",
+                &format!("instance_id, {column}"),
                 "instance_id",
                 None,
-                |r: &(String, i64)| r.0.clone(),
-                |after: Option<&(String, i64)>, n| {
-                    let mut q = Sql::new(
-                        "SELECT instance_id, first_seen_stopped_at FROM observations WHERE 1 = 1",
-                    );
+                |r: &(String, T)| r.0.clone(),
+                |after, n| {
+                    let mut q = Sql::new(format!(
+                        "SELECT instance_id, {column} FROM observations WHERE ("
+                    ));
+                    q.append(filter.clone()).push(")");
                     if let Some((id, _)) = after {
                         q.push(" AND instance_id > ").push_bind(id.as_str());
                     }
@@ -167,8 +176,7 @@ impl Store {
                     q
                 },
             )
-            .await?;
-        Ok(rows.into_iter().map(|(i, t)| (i, from_ms(t))).collect())
+            .await
     }
 
     /// When each of `ids` was first seen Stopped (those never seen are left out): a batch's
