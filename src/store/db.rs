@@ -597,23 +597,26 @@ impl Pool {
     /// [`Pool::fetch_json`] a page of up to [`JSON_PAGE`] rows at a time, for reads that may
     /// be a whole fleet's: one page's text is held at a time, not the whole read's.
     /// `page(after, n)` is the query for the first `n` rows in `order_by`'s order (`key`, a
-    /// unique key of its columns) that follow `after`, the last row of the page before (`None`
-    /// for the first); at most `limit` rows in all, in that order. The database orders and
+    /// unique key of its columns) that follow `after`, the key of the last row of the page
+    /// before (`None` for the first); at most `limit` rows in all, in that order, each as
+    /// `decode` makes it. The database orders and
     /// compares the key, so its collation and the pages agree, and no row is read twice. A page
     /// that does not move past the one before is refused, never read again and again.
     ///
     /// Each page is its own statement: a row that changes meanwhile is read as it was when its
     /// page was, and one added after its page was read is not read, as if the read had been
     /// made before it was added.
-    pub(super) async fn fetch_json_pages<T: serde::de::DeserializeOwned, K: PartialEq>(
+    pub(super) async fn fetch_json_pages<T: serde::de::DeserializeOwned, K: PartialEq, U>(
         &self,
         columns: &str,
         order_by: &str,
         limit: Option<i64>,
         key: impl Fn(&T) -> K,
-        page: impl Fn(Option<&T>, i64) -> Sql,
-    ) -> Result<Vec<T>, StoreError> {
-        let mut out: Vec<T> = Vec::new();
+        page: impl Fn(Option<&K>, i64) -> Sql,
+        decode: impl Fn(T) -> Result<U, sqlx::Error>,
+    ) -> Result<Vec<U>, StoreError> {
+        let mut out: Vec<U> = Vec::new();
+        let mut before: Option<K> = None;
         loop {
             let want = match limit {
                 Some(l) => (l - out.len() as i64).clamp(0, JSON_PAGE),
@@ -622,16 +625,21 @@ impl Pool {
             if want == 0 {
                 break;
             }
-            let before = out.last().map(&key);
-            let q = page(out.last(), want);
-            let mut rows: Vec<T> = self.fetch_json_ordered(columns, Some(order_by), q).await?;
-            if before.is_some() && rows.last().map(&key) == before {
+            let q = page(before.as_ref(), want);
+            let rows: Vec<T> = self.fetch_json_ordered(columns, Some(order_by), q).await?;
+            let last = rows.last().map(&key);
+            if before.is_some() && last == before {
                 return Err(StoreError::Db(sqlx::Error::Protocol(format!(
                     "a page of {columns} ordered by {order_by} did not move past the one before"
                 ))));
             }
             let full = rows.len() as i64 == want;
-            out.append(&mut rows);
+            // Decoded a page at a time: a whole read's raw rows never sit beside its result.
+            out.reserve(rows.len());
+            for r in rows {
+                out.push(decode(r)?);
+            }
+            before = last;
             if !full {
                 break;
             }
@@ -888,12 +896,13 @@ mod tests {
                     |r: &(i64, String)| r.0,
                     |after, n| {
                         let mut q = Sql::new("SELECT a, b FROM t WHERE 1 = 1");
-                        if let Some((a, _)) = after {
+                        if let Some(a) = after {
                             q.push(&format!(" AND a {cmp} ")).push_bind(*a);
                         }
                         q.push(" ORDER BY a LIMIT ").push_bind(n);
                         q
                     },
+                    Ok,
                 )
                 .await
             }

@@ -164,17 +164,18 @@ impl Store {
                 "instance_id",
                 None,
                 |r: &(String, T)| r.0.clone(),
-                |after, n| {
+                |after: Option<&String>, n| {
                     let mut q = Sql::new(format!(
                         "SELECT instance_id, {column} FROM observations WHERE ("
                     ));
                     q.append(filter.clone()).push(")");
-                    if let Some((id, _)) = after {
+                    if let Some(id) = after {
                         q.push(" AND instance_id > ").push_bind(id.as_str());
                     }
                     q.push(" ORDER BY instance_id LIMIT ").push_bind(n);
                     q
                 },
+                Ok,
             )
             .await
     }

@@ -134,29 +134,25 @@ impl Store {
             Order::NewestFirst => ("<", "DESC"),
             Order::OldestFirst => (">", "ASC"),
         };
-        let rows = self
-            .pool
+        self.pool
             .fetch_json_pages(
                 RELEASE_COLUMNS,
                 &format!("id {dir}"),
                 limit,
                 |r: &RawRelease| r.id,
-                |after: Option<&RawRelease>, n| {
+                |after, n| {
                     let mut q = Sql::new(format!("{RELEASE_SELECT} WHERE ("));
                     q.append(filter.clone());
                     q.push(")");
-                    if let Some(r) = after {
-                        q.push(&format!(" AND r.id {cmp} ")).push_bind(r.id);
+                    if let Some(id) = after {
+                        q.push(&format!(" AND r.id {cmp} ")).push_bind(*id);
                     }
                     q.push(&format!(" ORDER BY r.id {dir} LIMIT ")).push_bind(n);
                     q
                 },
+                RawRelease::decoded,
             )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(RawRelease::decoded)
-            .collect::<Result<_, _>>()?)
+            .await
     }
 
     /// Releases by state.
