@@ -340,12 +340,7 @@ fn disks_answer(
     keep: KeepDisk<'_>,
 ) -> Result<(Vec<Disk>, DisksPaging), EcsError> {
     const ACTION: &str = "DescribeDisks";
-    let b: DisksBody<'_> = serde_json::from_slice(body).map_err(|e| EcsError::Decode {
-        action: ACTION,
-        status,
-        request_id: String::new(),
-        detail: e.to_string(),
-    })?;
+    let b: DisksBody<'_> = decode(ACTION, status, body)?;
     let disks = b
         .disks
         .disk
@@ -367,10 +362,10 @@ fn disks_answer(
     Ok((disks, paging))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
+fn decode<'a, T: Deserialize<'a>>(
     action: &'static str,
     status: u16,
-    body: &[u8],
+    body: &'a [u8],
 ) -> Result<T, EcsError> {
     serde_json::from_slice(body).map_err(|e| EcsError::Decode {
         action,

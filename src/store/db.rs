@@ -630,7 +630,10 @@ impl Pool {
             let last = rows.last().map(&key);
             if before.is_some() && last == before {
                 return Err(StoreError::Db(sqlx::Error::Protocol(format!(
-                    "a page of {columns} ordered by {order_by} did not move past the one before"
+                    "a page of ({columns}) ordered by {order_by} did not move past the one \
+                     before, so the read was stopped rather than repeated; nothing was written. \
+                     This is a defect in ecs-janitor's query, not in your data: please report it \
+                     with the database kind and version"
                 ))));
             }
             let full = rows.len() as i64 == want;
@@ -849,14 +852,22 @@ mod tests {
         assert_eq!(Sql::new("SELECT $1").anonymous().text(), "SELECT $1");
     }
 
-    #[tokio::test]
-    async fn sqlite_runs_a_statement_of_thousands_of_values_once_each() {
+    /// A fresh SQLite database (kept while the folder lives) with table `t (a, b)`, `a` its
+    /// key when `keyed`.
+    async fn scratch(keyed: bool) -> (tempfile::TempDir, Pool) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let pool = Pool::open(&url, &url).await.unwrap();
-        pool.execute(Sql::new("CREATE TABLE t (a INTEGER, b TEXT)"))
+        let key = if keyed { " PRIMARY KEY" } else { "" };
+        pool.execute(Sql::new(format!("CREATE TABLE t (a INTEGER{key}, b TEXT)")))
             .await
             .unwrap();
+        (dir, pool)
+    }
+
+    #[tokio::test]
+    async fn sqlite_runs_a_statement_of_thousands_of_values_once_each() {
+        let (_dir, pool) = scratch(false).await;
         let rows: Vec<(i64, String)> = (0..3000).map(|k| (k, format!("v{k}"))).collect();
         let mut q = Sql::new("INSERT INTO t (a, b) ");
         q.push_values(&rows, |(a, b)| [(*a).into(), b.as_str().into()]);
@@ -874,12 +885,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_paged_read_stops_at_a_page_that_does_not_move_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let pool = Pool::open(&url, &url).await.unwrap();
-        pool.execute(Sql::new("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)"))
-            .await
-            .unwrap();
+        let (_dir, pool) = scratch(true).await;
         let rows: Vec<(i64, String)> = (0..12_000).map(|k| (k, format!("\"{k}\""))).collect();
         for chunk in rows.chunks(4_000) {
             let mut q = Sql::new("INSERT INTO t (a, b) ");
